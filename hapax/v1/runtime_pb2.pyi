@@ -1,0 +1,68 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Provider(_message.Message):
+    __slots__ = ("name", "type", "model", "aliases", "base_url", "cluster", "timeout_seconds", "api_key")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    model: str
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    base_url: str
+    cluster: str
+    timeout_seconds: float
+    api_key: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., base_url: _Optional[str] = ..., cluster: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., api_key: _Optional[str] = ...) -> None: ...
+
+class Route(_message.Message):
+    __slots__ = ("path", "handler", "version", "metrics_labels")
+    class MetricsLabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    HANDLER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    METRICS_LABELS_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    handler: str
+    version: str
+    metrics_labels: _containers.ScalarMap[str, str]
+    def __init__(self, path: _Optional[str] = ..., handler: _Optional[str] = ..., version: _Optional[str] = ..., metrics_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Chain(_message.Message):
+    __slots__ = ("cluster", "providers")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    cluster: str
+    providers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cluster: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Runtime(_message.Message):
+    __slots__ = ("config_version", "providers", "provider_preference", "routes", "chains")
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_PREFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    CHAINS_FIELD_NUMBER: _ClassVar[int]
+    config_version: str
+    providers: _containers.RepeatedCompositeFieldContainer[Provider]
+    provider_preference: _containers.RepeatedScalarFieldContainer[str]
+    routes: _containers.RepeatedCompositeFieldContainer[Route]
+    chains: _containers.RepeatedCompositeFieldContainer[Chain]
+    def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., provider_preference: _Optional[_Iterable[str]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ...) -> None: ...
