@@ -1,0 +1,5 @@
+import sys
+
+from control_plane.server import main
+
+sys.exit(main())

@@ -1,0 +1,894 @@
+"""The configuration model of Hapax: ``hapax.yaml`` -> immutable, typed objects.
+
+Everything else in the control plane trusts these objects, so this module is
+strict: unknown keys, wrong types and dangling references are errors. It never
+stops at the first problem: a user fixing a file wants the whole list at once,
+each with its key path (``providers.openai.type``, ``routes[2].path``).
+
+Reading a file goes through three steps, each a section below:
+YAML (with line numbers for syntax errors) -> ``${ENV}`` expansion of string
+values -> validation into the dataclasses.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+__all__ = [
+    "DEFAULT_BASE_URLS",
+    "DEFAULT_ROUTES",
+    "HANDLERS",
+    "PROVIDER_TYPES",
+    "ConfigError",
+    "ConfigIssue",
+    "FrozenMap",
+    "HapaxConfig",
+    "ProviderConfig",
+    "RouteConfig",
+    "ServerConfig",
+    "load_config",
+    "parse_config",
+    "summarize",
+]
+
+PROVIDER_TYPES = ("anthropic", "ollama", "openai")
+HANDLERS = ("chat", "completion", "embeddings", "models")
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "ollama": "http://localhost:11434",
+}
+DEFAULT_TIMEOUT = 60.0
+HEALTH_PATH = "/health"
+
+# Hapax sets these labels itself on every series; a route may not override them.
+RESERVED_LABELS = ("provider", "model", "route", "status", "handler", "le", "quantile")
+MAX_LABELS = 8  # every label multiplies the number of time series
+MAX_LABEL_VALUE_LENGTH = 64
+
+_TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes")
+_SERVER_KEYS = ("host", "port", "admin_port", "metrics_port")
+_PORT_KEYS = ("port", "admin_port", "metrics_port")
+_PROVIDER_KEYS = ("type", "model", "api_key", "base_url", "timeout", "aliases")
+_ROUTE_KEYS = ("path", "handler", "version", "metrics_labels")
+_KEYED_PROVIDER_TYPES = ("anthropic", "openai")  # their APIs refuse requests without a key
+
+_PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # provider names become Envoy cluster names
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Prometheus' own rule
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem found in a file, at a key path ("" for the file itself)."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        # A root-level issue (syntax error, unreadable file) has no path to show.
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    """A configuration file is invalid; ``issues`` lists every problem found."""
+
+    def __init__(self, source: str, issues: Iterable[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = tuple(issues)
+        super().__init__(source, self.issues)  # keeps the exception picklable
+
+    def __str__(self) -> str:
+        count = _plural(len(self.issues), "error")
+        return "\n".join([f"{self.source}: {count}", *(f"  {issue}" for issue in self.issues)])
+
+
+class FrozenMap(Mapping[K, V]):
+    """A read-only, hashable, ordered mapping.
+
+    Frozen dataclasses hash their fields, which rules out ``dict`` and
+    ``MappingProxyType``; this keeps ``Mapping`` ergonomics and stays hashable.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
+        self._data: dict[K, V] = dict(items)
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+def _freeze(obj: object, name: str, convert: Any) -> None:
+    # The dataclasses are frozen; normalising inputs in __post_init__ needs the bypass.
+    object.__setattr__(obj, name, convert(getattr(obj, name)))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080  # HTTP/1.1 + HTTP/2 listener
+    admin_port: int = 9901  # Envoy admin, always bound to 127.0.0.1 (host does not apply)
+    metrics_port: int = 9090  # Hapax /metrics
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    type: str  # one of PROVIDER_TYPES
+    model: str
+    api_key: str = field(repr=False)  # after ${ENV} expansion; "" when unset
+    base_url: str  # no trailing slash
+    timeout: float = DEFAULT_TIMEOUT  # seconds
+    aliases: tuple[str, ...] = ()  # extra model names clients may use for this provider
+
+    def __post_init__(self) -> None:
+        _freeze(self, "aliases", tuple)
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    path: str
+    handler: str  # one of HANDLERS
+    version: str = "v1"
+    metrics_labels: Mapping[str, str] = field(default_factory=FrozenMap)
+
+    def __post_init__(self) -> None:
+        _freeze(self, "metrics_labels", FrozenMap)
+
+
+@dataclass(frozen=True)
+class HapaxConfig:
+    server: ServerConfig
+    providers: Mapping[str, ProviderConfig]  # in file order
+    provider_preference: tuple[str, ...]
+    routes: tuple[RouteConfig, ...]
+    warnings: tuple[ConfigIssue, ...] = ()  # non-fatal findings
+    source: str = "<string>"
+
+    def __post_init__(self) -> None:
+        _freeze(self, "providers", FrozenMap)
+        _freeze(self, "provider_preference", tuple)
+        _freeze(self, "routes", tuple)
+        _freeze(self, "warnings", tuple)
+
+
+DEFAULT_ROUTES: tuple[RouteConfig, ...] = (
+    RouteConfig("/v1/chat/completions", "chat"),
+    RouteConfig("/v1/completions", "completion"),
+    RouteConfig("/v1/embeddings", "embeddings"),
+    RouteConfig("/v1/models", "models"),
+)
+
+
+# --------------------------------------------------------------------------- public functions
+
+
+def parse_config(
+    text: str, *, source: str = "<string>", env: Mapping[str, str] | None = None
+) -> HapaxConfig:
+    """Parse and validate YAML text; raise ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    issues = _Issues()
+    try:
+        data = _expand(_load_yaml(text), "", env, issues)
+        config = _build(data, source, issues)
+    except _YamlSyntaxError as err:
+        raise ConfigError(source, [ConfigIssue("", str(err))]) from None
+    except RecursionError:  # a self-referencing alias (&a [*a]) or absurd nesting
+        raise ConfigError(source, [ConfigIssue("", "the document nests too deeply or refers to itself")]) from None
+    if config is None:
+        raise ConfigError(source, issues.errors)
+    return config
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> HapaxConfig:
+    """Read and parse a file; an unreadable file is a ConfigError too."""
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(source, [ConfigIssue("", f"cannot read the file: {reason}")]) from None
+    return parse_config(text, source=source, env=env)
+
+
+def summarize(config: HapaxConfig) -> str:
+    """One line for humans: what a valid file configures."""
+    providers = f"{_plural(len(config.providers), 'provider')} ({', '.join(config.providers)})"
+    host = f"[{config.server.host}]" if ":" in config.server.host else config.server.host
+    parts = [
+        providers,
+        f"preference {' > '.join(config.provider_preference)}",
+        _plural(len(config.routes), "route"),
+        f"listening on {host}:{config.server.port}",
+    ]
+    return f"{config.source}: valid — {', '.join(parts)}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _YamlSyntaxError(Exception):
+    """The text is not YAML; the message carries the line and column."""
+
+
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys and leaves dates as strings.
+
+    PyYAML keeps the last of two duplicate keys silently, which would hide a
+    provider defined twice. Dates become strings because no Hapax value is a
+    date, and ``version: 2024-06-01`` should stay the text the user wrote.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        _reject_duplicate_keys(node)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError):  # e.g. "!!int abc": give it a line number
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value as {node.tag.rsplit(':', 1)[-1]}", node.start_mark
+            ) from None
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_constructor(_TIMESTAMP_TAG, yaml.SafeLoader.construct_yaml_str)
+
+
+def _reject_duplicate_keys(node: yaml.MappingNode) -> None:
+    seen: dict[tuple[str, str], yaml.Mark] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+            continue  # merged keys (<<: *base) are meant to be overridden
+        ident = (key_node.tag, key_node.value)
+        if ident in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key_node.value!r} (first defined on line {seen[ident].line + 1})",
+                key_node.start_mark,
+            )
+        seen[ident] = key_node.start_mark
+
+
+def _load_yaml(text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        raise _YamlSyntaxError(_describe_yaml_error(exc)) from None
+
+
+def _describe_yaml_error(exc: yaml.YAMLError) -> str:
+    # Built from the parts, not str(exc): PyYAML's own text quotes the offending
+    # line, which could be the one holding an API key.
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if problem is None or mark is None:
+        return f"invalid YAML: {exc}"
+    message = f"invalid YAML at {_position(mark)}: {problem}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark and context != problem:
+        message += f" ({context} started at {_position(context_mark)})"
+    return message
+
+
+def _position(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+# --------------------------------------------------------------------------- environment expansion
+
+_REFERENCE = re.compile(r"\$(?:(?P<dollar>\$)|\{(?P<body>[^}]*)\}|(?P<open>\{))")
+_REFERENCE_BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
+
+
+class _Expanded(str):
+    """A string value that came (partly) from ``${VAR}`` references.
+
+    It remembers the text as written and which variables came out empty, so
+    that messages can name ``$OPENAI_API_KEY`` instead of echoing a value that
+    may be a secret, and numeric fields can accept numbers from the
+    environment (where everything is a string).
+    """
+
+    template: str
+    empty_variables: tuple[str, ...]  # e.g. ("OPENAI_API_KEY is not set",)
+
+    def __new__(cls, value: str, template: str, empty_variables: tuple[str, ...]) -> _Expanded:
+        self = super().__new__(cls, value)
+        self.template = template
+        self.empty_variables = empty_variables
+        return self
+
+
+def _expand(value: Any, path: str, env: Mapping[str, str], issues: _Issues) -> Any:
+    """Expand ``${VAR}`` in every string value of the tree (keys are names, not values)."""
+    if isinstance(value, dict):
+        return {key: _expand(item, _join(path, key), env, issues) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand(item, _index(path, i), env, issues) for i, item in enumerate(value)]
+    if isinstance(value, str) and "$" in value:
+        return _expand_string(value, path, env, issues)
+    return value
+
+
+def _expand_string(template: str, path: str, env: Mapping[str, str], issues: _Issues) -> str:
+    empty: list[str] = []
+    referenced = False
+
+    def substitute(match: re.Match[str]) -> str:
+        nonlocal referenced
+        if match["dollar"]:
+            return "$"
+        body = None if match["open"] else _REFERENCE_BODY.fullmatch(match["body"])
+        if body is None:
+            # The reference is not echoed: it may sit inside a literal secret.
+            issues.error(path, "invalid variable reference: expected ${NAME} or ${NAME:-default} "
+                               "(write $$ for a literal $)")
+            return match[0]
+        referenced = True
+        return _lookup(body["name"], body["default"], env, empty)
+
+    value = _REFERENCE.sub(substitute, template)
+    return _Expanded(value, template, tuple(empty)) if referenced else value
+
+
+def _lookup(name: str, default: str | None, env: Mapping[str, str], empty: list[str]) -> str:
+    value = env.get(name)
+    if value:
+        return value
+    if default is not None:  # like the shell's ${VAR:-default}: unset or empty
+        return default
+    empty.append(f"{name} is not set" if value is None else f"{name} is empty")
+    return ""
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+@dataclass
+class _Issues:
+    errors: list[ConfigIssue] = field(default_factory=list)
+    warnings: list[ConfigIssue] = field(default_factory=list)
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(ConfigIssue(path, message))
+
+    def warn(self, path: str, message: str) -> None:
+        self.warnings.append(ConfigIssue(path, message))
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _index(path: str, index: int) -> str:
+    return f"{path}[{index}]"
+
+
+def _describe(value: object, *, secret: bool = False) -> str:
+    """How a wrong value is shown in a message: its kind, and its text unless secret."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        kind, text = "boolean", str(value).lower()
+    elif isinstance(value, int):
+        kind, text = "integer", str(value)
+    elif isinstance(value, float):
+        kind, text = "number", str(value)
+    elif isinstance(value, _Expanded):
+        kind, text = "string", f"from {value.template!r}"
+    elif isinstance(value, str):
+        kind, text = "string", repr(value if len(value) <= 40 else value[:37] + "...")
+    elif isinstance(value, dict):
+        return "a mapping"
+    elif isinstance(value, list):
+        return "a list"
+    else:
+        return type(value).__name__
+    return kind if secret else f"{kind} {text}"
+
+
+def _expected(what: str, value: object, *, secret: bool = False) -> str:
+    return f"expected {what}, got {_describe(value, secret=secret)}"
+
+
+def _suggestion(word: str, choices: Sequence[str]) -> str | None:
+    matches = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _not_one_of(kind: str, value: str, choices: Sequence[str], *, suggest: bool = True) -> str:
+    message = f"unknown {kind} {value!r} (expected one of: {', '.join(choices)})"
+    close = _suggestion(value, choices) if suggest else None
+    return f"{message}; did you mean {close!r}?" if close else message
+
+
+def _reject_unknown_keys(node: Mapping[Any, Any], path: str, allowed: Sequence[str], issues: _Issues) -> None:
+    for key in node:
+        if not isinstance(key, str):
+            issues.error(_join(path, key), _expected("a string key", key))
+        elif key not in allowed:
+            close = _suggestion(key, allowed)
+            hint = f"did you mean {close!r}?" if close else f"expected one of: {', '.join(allowed)}"
+            issues.error(_join(path, key), f"unknown key {key!r} ({hint})")
+
+
+def _mapping(value: Any, path: str, issues: _Issues) -> dict[Any, Any] | None:
+    if isinstance(value, dict):
+        return value
+    issues.error(path, _expected("a mapping", value))
+    return None
+
+
+def _list(value: Any, path: str, issues: _Issues) -> list[Any] | None:
+    if isinstance(value, list):
+        return value
+    issues.error(path, _expected("a list", value))
+    return None
+
+
+def _string(value: Any, path: str, issues: _Issues, *, secret: bool = False) -> str | None:
+    if isinstance(value, str):
+        return str(value)  # a plain str: _Expanded's bookkeeping stays in this module
+    issues.error(path, _expected("a string", value, secret=secret))
+    return None
+
+
+def _text(value: Any, path: str, issues: _Issues) -> str | None:
+    """A string that must say something."""
+    text = _string(value, path, issues)
+    if text is not None and not text.strip():
+        issues.error(path, "must not be empty")
+        return None
+    return text
+
+
+def _required(node: Mapping[str, Any], key: str, path: str, issues: _Issues) -> Any:
+    # An explicit null counts as absent: `model:` with nothing after it is a missing model.
+    value = node.get(key)
+    if value is None:
+        issues.error(_join(path, key), "is required")
+    return value
+
+
+def _integer(value: Any, path: str, issues: _Issues) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, _Expanded) and re.fullmatch(r"[+-]?\d+", value.strip()):
+        return int(value)  # from the environment, where every value is a string
+    issues.error(path, _expected("an integer", value))
+    return None
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
+    if data is None:
+        issues.error("", "the file is empty: expected a mapping with at least 'providers'")
+        return None
+    if not isinstance(data, dict):
+        issues.error("", _expected("a mapping at the top level", data))
+        return None
+    root = data
+    _reject_unknown_keys(root, "", _TOP_LEVEL_KEYS, issues)
+    server = _server(root.get("server"), issues)
+    providers = _providers(root.get("providers"), issues)
+    preference = _preference(root.get("provider_preference"), _provider_names(root.get("providers")), issues)
+    routes = _routes(root.get("routes"), issues)
+    if issues.errors:
+        return None
+    return HapaxConfig(server, providers, preference, routes, tuple(issues.warnings), source)
+
+
+# --------------------------------------------------------------------------- server
+
+
+def _server(value: Any, issues: _Issues) -> ServerConfig:
+    defaults = ServerConfig()
+    node = _mapping(value, "server", issues) if value is not None else None
+    if node is None:
+        return defaults
+    _reject_unknown_keys(node, "server", _SERVER_KEYS, issues)
+    host = _host(node.get("host"), issues) or defaults.host
+    ports = {key: _port(node.get(key), getattr(defaults, key), _join("server", key), issues) for key in _PORT_KEYS}
+    valid = {key: port for key, port in ports.items() if port is not None}
+    _check_distinct_ports(valid, explicit=node.keys(), issues=issues)
+    return replace(defaults, host=host, **valid)
+
+
+def _host(value: Any, issues: _Issues) -> str | None:
+    if value is None:
+        return None
+    host = _string(value, "server.host", issues)
+    if host is None:
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        # Envoy binds listeners to addresses; it would reject a host name at run time.
+        issues.error("server.host", f"expected an IP address such as 0.0.0.0 or 127.0.0.1, got {host!r}")
+        return None
+    return host
+
+
+def _port(value: Any, default: int, path: str, issues: _Issues) -> int | None:
+    if value is None:
+        return default
+    port = _integer(value, path, issues)
+    if port is not None and not 0 <= port <= 65535:
+        issues.error(path, f"port {port} is out of range (0..65535; 0 picks a free port)")
+        return None
+    return port
+
+
+def _check_distinct_ports(ports: Mapping[str, int], *, explicit: Iterable[str], issues: _Issues) -> None:
+    explicit = set(explicit)
+    owner: dict[int, str] = {}
+    # Defaults first, so a clash is reported at the key the user actually wrote.
+    for key in sorted(ports, key=lambda k: k in explicit):
+        port = ports[key]
+        if port == 0:
+            continue  # every 0 gets its own ephemeral port
+        if port in owner:
+            other = owner[port]
+            note = "" if other in explicit else " (its default)"
+            issues.error(_join("server", key), f"port {port} is already used by server.{other}{note}")
+        else:
+            owner[port] = key
+
+
+# --------------------------------------------------------------------------- providers
+
+
+def _provider_names(value: Any) -> list[str]:
+    return [name for name in value if isinstance(name, str)] if isinstance(value, dict) else []
+
+
+def _providers(value: Any, issues: _Issues) -> dict[str, ProviderConfig]:
+    if value is None:
+        issues.error("providers", "is required: define at least one provider")
+        return {}
+    node = _mapping(value, "providers", issues)
+    if node is None:
+        return {}
+    if not node:
+        issues.error("providers", "must define at least one provider")
+    providers = {}
+    for name, body in node.items():
+        provider = _provider(name, body, _join("providers", name), issues)
+        if provider is not None:
+            providers[provider.name] = provider
+    return providers
+
+
+def _provider(name: Any, body: Any, path: str, issues: _Issues) -> ProviderConfig | None:
+    name_ok = _check_provider_name(name, path, issues)
+    node = _mapping(body, path, issues)
+    if node is None:
+        return None
+    _reject_unknown_keys(node, path, _PROVIDER_KEYS, issues)
+    kind = _provider_type(_required(node, "type", path, issues), _join(path, "type"), issues)
+    model_value = _required(node, "model", path, issues)
+    model = _text(model_value, _join(path, "model"), issues) if model_value is not None else None
+    api_key = _api_key(node.get("api_key"), kind, _join(path, "api_key"), issues)
+    base_url = _base_url(node.get("base_url"), kind, _join(path, "base_url"), issues)
+    timeout = _timeout(node.get("timeout"), _join(path, "timeout"), issues)
+    aliases = _aliases(node.get("aliases"), _join(path, "aliases"), issues)
+    if not (name_ok and kind and model and base_url):
+        return None
+    return ProviderConfig(name, kind, model, api_key, base_url, timeout, aliases)
+
+
+def _check_provider_name(name: Any, path: str, issues: _Issues) -> bool:
+    if not isinstance(name, str):
+        issues.error(path, f"provider names must be strings, got {_describe(name)}")
+        return False
+    if not _PROVIDER_NAME.fullmatch(name):
+        issues.error(path, f"invalid provider name {name!r}: use lowercase letters, digits, '_' and '-', "
+                           "starting with a letter or digit (it names an Envoy cluster)")
+        return False
+    return True
+
+
+def _provider_type(value: Any, path: str, issues: _Issues) -> str | None:
+    if value is None:
+        return None
+    kind = _string(value, path, issues)
+    if kind is not None and kind not in PROVIDER_TYPES:
+        issues.error(path, _not_one_of("provider type", kind, PROVIDER_TYPES, suggest=False))
+        return None
+    return kind
+
+
+def _api_key(value: Any, kind: str | None, path: str, issues: _Issues) -> str:
+    key = "" if value is None else _string(value, path, issues, secret=True)
+    if key is None:
+        return ""
+    if not key and kind in _KEYED_PROVIDER_TYPES:
+        issues.warn(path, f"{_why_empty(value)}; requests to this provider will be rejected")
+    return key
+
+
+def _why_empty(value: Any) -> str:
+    if value is None:
+        return "empty (no api_key given)"
+    if isinstance(value, _Expanded) and value.empty_variables:
+        return f"empty ({', '.join(value.empty_variables)})"
+    return "empty"
+
+
+def _base_url(value: Any, kind: str | None, path: str, issues: _Issues) -> str | None:
+    if value is None:
+        return DEFAULT_BASE_URLS.get(kind or "")
+    url = _string(value, path, issues)
+    if url is None:
+        return None
+    problem = _url_problem(url)
+    if problem:
+        issues.error(path, problem)
+        return None
+    return url.rstrip("/")
+
+
+def _url_problem(url: str) -> str | None:
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "must not contain whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parses the port, raising on a bad one
+    except ValueError as exc:
+        return f"invalid URL: {exc}"
+    if parts.username is not None or parts.password is not None:
+        return "must not contain credentials (user:password@); use api_key"  # and is not echoed
+    if parts.scheme not in ("http", "https"):
+        return f"expected an http:// or https:// URL, got {url!r}"
+    if not parts.hostname:
+        return f"URL {url!r} has no host"
+    if parts.query or parts.fragment:
+        return f"URL {url!r} must not have a query string or fragment"
+    return None
+
+
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _timeout(value: Any, path: str, issues: _Issues) -> float:
+    if value is None:
+        return DEFAULT_TIMEOUT
+    seconds = _seconds(value)
+    if seconds is None:
+        issues.error(path, _expected("a number of seconds or a duration such as '30s', '500ms' or '1m30s'", value))
+    elif not (0 < seconds < math.inf):
+        issues.error(path, f"must be a positive, finite number of seconds, got {_describe(value)}")
+    else:
+        return seconds
+    return DEFAULT_TIMEOUT
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        try:
+            return float(value)
+        except OverflowError:  # a YAML integer beyond float range
+            return math.inf
+    if isinstance(value, _Expanded) and re.fullmatch(r"\d+(?:\.\d+)?", value.strip()):
+        return float(value)  # a bare number from the environment means seconds
+    if isinstance(value, str) and _DURATION.fullmatch(value.strip()):
+        return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(value))
+    return None
+
+
+def _aliases(value: Any, path: str, issues: _Issues) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = _list(value, path, issues) or []
+    aliases = (_text(item, _index(path, i), issues) for i, item in enumerate(items))
+    return tuple(alias for alias in aliases if alias is not None)
+
+
+# --------------------------------------------------------------------------- provider_preference
+
+
+def _preference(value: Any, names: Sequence[str], issues: _Issues) -> tuple[str, ...]:
+    path = "provider_preference"
+    if value is None:
+        return tuple(names)
+    items = _list(value, path, issues)
+    if items is None:
+        return tuple(names)
+    if not items:
+        issues.error(path, "must list at least one provider (omit the key to use every provider in file order)")
+    chosen: dict[str, str] = {}  # name -> where it was listed
+    for i, item in enumerate(items):
+        name = _preference_entry(item, _index(path, i), names, chosen, issues)
+        if name is not None:
+            chosen[name] = _index(path, i)
+    unlisted = [name for name in names if name not in chosen]
+    if chosen and unlisted:
+        issues.warn(path, f"not listed, so never used for failover: {', '.join(unlisted)}")
+    return tuple(chosen)
+
+
+def _preference_entry(
+    item: Any, path: str, names: Sequence[str], chosen: Mapping[str, str], issues: _Issues
+) -> str | None:
+    name = _string(item, path, issues)
+    if name is None:
+        return None
+    if names and name not in names:  # no names: `providers` is broken and already reported
+        close = _suggestion(name, names)
+        hint = f"; did you mean {close!r}?" if close else ""
+        issues.error(path, f"unknown provider {name!r} (defined: {', '.join(names)}){hint}")
+        return None
+    if name in chosen:
+        issues.error(path, f"provider {name!r} is listed twice (first at {chosen[name]})")
+        return None
+    return name
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def _routes(value: Any, issues: _Issues) -> tuple[RouteConfig, ...]:
+    if value is None:
+        return DEFAULT_ROUTES
+    items = _list(value, "routes", issues)
+    if items is None:
+        return ()
+    if not items:
+        issues.error("routes", "must define at least one route (omit the key for the default routes)")
+    routes = (_route(item, _index("routes", i), issues) for i, item in enumerate(items))
+    built = tuple(route for route in routes if route is not None)
+    _check_unique_paths(items, issues)
+    return built
+
+
+def _route(value: Any, path: str, issues: _Issues) -> RouteConfig | None:
+    node = _mapping(value, path, issues)
+    if node is None:
+        return None
+    _reject_unknown_keys(node, path, _ROUTE_KEYS, issues)
+    route_path = _route_path(_required(node, "path", path, issues), _join(path, "path"), issues)
+    handler = _handler(_required(node, "handler", path, issues), _join(path, "handler"), issues)
+    version_value = node.get("version")
+    version = "v1" if version_value is None else _text(version_value, _join(path, "version"), issues)
+    labels = _metrics_labels(node.get("metrics_labels"), _join(path, "metrics_labels"), issues)
+    if not (route_path and handler and version):
+        return None
+    return RouteConfig(route_path, handler, version, labels)
+
+
+def _route_path(value: Any, path: str, issues: _Issues) -> str | None:
+    if value is None:
+        return None
+    route_path = _string(value, path, issues)
+    problem = None if route_path is None else _route_path_problem(route_path)
+    if problem:
+        issues.error(path, problem)
+        return None
+    return route_path
+
+
+def _route_path_problem(route_path: str) -> str | None:
+    if not route_path.startswith("/"):
+        return f"path {route_path!r} must start with '/'"
+    if any(c.isspace() or not c.isprintable() for c in route_path):
+        return f"path {route_path!r} must not contain whitespace or control characters"
+    if "?" in route_path or "#" in route_path:
+        return f"path {route_path!r} must not contain '?' or '#' (routes match the path only)"
+    if route_path == HEALTH_PATH:
+        return f"path {HEALTH_PATH} is reserved for the gateway health endpoint"
+    return None
+
+
+def _check_unique_paths(items: Sequence[Any], issues: _Issues) -> None:
+    first_use: dict[str, str] = {}
+    for i, item in enumerate(items):
+        route_path = item.get("path") if isinstance(item, dict) else None
+        if not isinstance(route_path, str):
+            continue
+        where = _index("routes", i)
+        if route_path in first_use:
+            issues.error(_join(where, "path"), f"duplicate path {route_path} (already used by {first_use[route_path]})")
+        else:
+            first_use[route_path] = where
+
+
+def _handler(value: Any, path: str, issues: _Issues) -> str | None:
+    if value is None:
+        return None
+    handler = _string(value, path, issues)
+    if handler is not None and handler not in HANDLERS:
+        issues.error(path, _not_one_of("handler", handler, HANDLERS))
+        return None
+    return handler
+
+
+def _metrics_labels(value: Any, path: str, issues: _Issues) -> dict[str, str]:
+    if value is None:
+        return {}
+    node = _mapping(value, path, issues)
+    if node is None:
+        return {}
+    if len(node) > MAX_LABELS:
+        issues.error(path, f"at most {MAX_LABELS} labels are allowed, got {len(node)} "
+                           "(each label multiplies the number of time series)")
+    labels = {}
+    for name, raw in node.items():
+        label_path = _join(path, name)
+        name_ok = _check_label_name(name, label_path, issues)
+        text = _label_value(raw, label_path, issues)
+        if name_ok and text is not None:
+            labels[name] = text
+    return labels
+
+
+def _check_label_name(name: Any, path: str, issues: _Issues) -> bool:
+    if not isinstance(name, str):
+        problem = f"label names must be strings, got {_describe(name)}"
+    elif not _LABEL_NAME.fullmatch(name):
+        problem = f"invalid label name {name!r} (Prometheus label names match [a-zA-Z_][a-zA-Z0-9_]*)"
+    elif name.startswith("__"):
+        problem = f"invalid label name {name!r}: names starting with '__' are reserved by Prometheus"
+    elif name in RESERVED_LABELS:
+        problem = f"label {name!r} is reserved: Hapax sets it itself (reserved: {', '.join(RESERVED_LABELS)})"
+    else:
+        return True
+    issues.error(path, problem)
+    return False
+
+
+def _label_value(value: Any, path: str, issues: _Issues) -> str | None:
+    text = _text(value, path, issues)
+    if text is not None and len(text) > MAX_LABEL_VALUE_LENGTH:
+        issues.error(path, f"label value is {len(text)} characters long; at most {MAX_LABEL_VALUE_LENGTH} are allowed")
+        return None
+    return text

@@ -1,0 +1,561 @@
+"""Translates a validated HapaxConfig into xDS resources.
+
+Envoy gets clusters, endpoints, one listener and one route configuration; ext_proc
+gets one ``hapax.v1.Runtime``. API keys go only into the Runtime resource: no
+listener, route or cluster ever carries one.
+
+Shape of the data plane (see DESIGN.md):
+
+- ``provider.<name>``: one cluster per provider, TLS with SNI for https. Its
+  endpoint carries ``filter_metadata.hapax.provider`` so the upstream ext_proc
+  step learns which provider an attempt goes to (``xds.upstream_host_metadata``).
+- ``chain.<name>``: an aggregate cluster trying ``<name>`` first, then the rest of
+  ``provider_preference``. Upstream HTTP filters of an aggregate cluster are the
+  ones Envoy runs (those of the member clusters are ignored), so the per-attempt
+  ext_proc filter lives here.
+- The router-level ext_proc step reads the client request once, picks the chain
+  and names it in the ``x-hapax-chain`` header, which the route uses as
+  ``cluster_header``.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from envoy.config.cluster.v3 import cluster_pb2, circuit_breaker_pb2  # noqa: F401
+from envoy.config.core.v3 import (
+    address_pb2,
+    base_pb2,
+    config_source_pb2,
+    grpc_service_pb2,
+    protocol_pb2,
+    substitution_format_string_pb2,
+)
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
+from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.retry.priority.previous_priorities.v3 import (
+    previous_priorities_config_pb2,
+)
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import any_pb2, duration_pb2, message, struct_pb2, wrappers_pb2
+
+from control_plane.config import HapaxConfig, ProviderConfig, RouteConfig
+from hapax.v1 import runtime_pb2
+
+LISTENER_NAME = "hapax_http"
+ROUTE_CONFIG_NAME = "hapax_routes"
+EXT_PROC_CLUSTER = "hapax_ext_proc"
+EXT_PROC_HTTP_CLUSTER = "hapax_ext_proc_http"
+RUNTIME_NAME = "hapax"
+CHAIN_HEADER = "x-hapax-chain"
+EXT_PROC_FILTER = "hapax.ext_proc"
+METADATA_NAMESPACE = "hapax"
+HEALTH_PATH = "/health"
+# Bodies above this get a 413 from ext_proc (BUFFERED_PARTIAL hands it the first
+# part with end_of_stream unset), so clients see OpenAI error JSON.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+HANDLER_METHODS = {"chat": "POST", "completion": "POST", "embeddings": "POST", "models": "GET"}
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ExtProcEndpoints:
+    """Where the ext_proc processes listen: gRPC for Envoy, HTTP for /health."""
+
+    grpc: tuple[Address, ...]
+    http: tuple[Address, ...]
+
+
+def provider_cluster_name(provider: str) -> str:
+    return f"provider.{provider}"
+
+
+def chain_cluster_name(first: str) -> str:
+    return f"chain.{first}"
+
+
+def chain_order(config: HapaxConfig, first: str) -> tuple[str, ...]:
+    return (first, *(p for p in config.provider_preference if p != first))
+
+
+def chain_firsts(config: HapaxConfig) -> tuple[str, ...]:
+    """Every provider gets a chain: preference order first, then the others."""
+    rest = tuple(p for p in config.providers if p not in config.provider_preference)
+    return (*config.provider_preference, *rest)
+
+
+def pack(msg: message.Message) -> any_pb2.Any:
+    out = any_pb2.Any()
+    out.Pack(msg)
+    return out
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def _socket_address(host: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+    )
+
+
+def _ads() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.V3,
+    )
+
+
+# ---------------------------------------------------------------- clusters
+
+
+def _http1_options(
+    filters: list[hcm_pb2.HttpFilter] | None = None,
+) -> dict[str, any_pb2.Any]:
+    opts = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http_protocol_options=protocol_pb2.Http1ProtocolOptions()
+        ),
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
+            idle_timeout=_duration(60)
+        ),
+    )
+    if filters:
+        opts.http_filters.extend(filters)
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": pack(opts)}
+
+
+def _http2_options() -> dict[str, any_pb2.Any]:
+    opts = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": pack(opts)}
+
+
+def system_ca_file() -> str:
+    paths = ssl.get_default_verify_paths()
+    return paths.cafile or paths.openssl_cafile
+
+
+def _upstream_tls(sni: str) -> base_pb2.TransportSocket:
+    ctx = tls_pb2.UpstreamTlsContext(
+        sni=sni,
+        common_tls_context=tls_pb2.CommonTlsContext(
+            validation_context=common_pb2.CertificateValidationContext(
+                trusted_ca=base_pb2.DataSource(filename=system_ca_file()),
+                match_typed_subject_alt_names=[
+                    common_pb2.SubjectAltNameMatcher(
+                        san_type=common_pb2.SubjectAltNameMatcher.DNS,
+                        matcher=string_pb2.StringMatcher(exact=sni),
+                    )
+                ],
+            ),
+        ),
+    )
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(ctx))
+
+
+def _provider_endpoint(provider: ProviderConfig) -> tuple[str, int, bool]:
+    url = urlsplit(provider.base_url)
+    tls = url.scheme == "https"
+    return url.hostname or "", url.port or (443 if tls else 80), tls
+
+
+def provider_cluster(provider: ProviderConfig) -> cluster_pb2.Cluster:
+    host, port, tls = _provider_endpoint(provider)
+    name = provider_cluster_name(provider.name)
+    endpoint_metadata = base_pb2.Metadata()
+    endpoint_metadata.filter_metadata[METADATA_NAMESPACE].update({"provider": provider.name})
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.LOGICAL_DNS,
+        dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED,
+        connect_timeout=_duration(min(provider.timeout, 10.0)),
+        typed_extension_protocol_options=_http1_options(),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=name,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(
+                                address=_socket_address(host, port), hostname=host
+                            ),
+                            metadata=endpoint_metadata,
+                        )
+                    ]
+                )
+            ],
+        ),
+    )
+    if tls:
+        cluster.transport_socket.CopyFrom(_upstream_tls(host))
+    return cluster
+
+
+def _ext_proc_filter(
+    phase: str, mode: processing_mode_pb2.ProcessingMode, attributes: tuple[str, ...] = ()
+) -> ext_proc_pb2.ExternalProcessor:
+    return ext_proc_pb2.ExternalProcessor(
+        grpc_service=grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=EXT_PROC_CLUSTER),
+            timeout=_duration(5),
+            initial_metadata=[base_pb2.HeaderValue(key="x-hapax-phase", value=phase)],
+        ),
+        processing_mode=mode,
+        request_attributes=list(attributes),
+        message_timeout=_duration(5),
+        failure_mode_allow=False,
+        allow_mode_override=True,
+        mutation_rules=mutation_rules_pb2.HeaderMutationRules(
+            allow_all_routing=wrappers_pb2.BoolValue(value=True)
+        ),
+    )
+
+
+PM = processing_mode_pb2.ProcessingMode
+
+
+def upstream_ext_proc_filter() -> hcm_pb2.HttpFilter:
+    # The response phases start as SKIP; a translator that must rewrite responses
+    # asks for them per attempt with mode_override.
+    mode = PM(
+        request_header_mode=PM.SEND,
+        request_body_mode=PM.BUFFERED,
+        response_header_mode=PM.SKIP,
+        response_body_mode=PM.NONE,
+        request_trailer_mode=PM.SKIP,
+        response_trailer_mode=PM.SKIP,
+    )
+    flt = _ext_proc_filter("upstream", mode, ("xds.upstream_host_metadata",))
+    return hcm_pb2.HttpFilter(name=EXT_PROC_FILTER, typed_config=pack(flt))
+
+
+def chain_cluster(config: HapaxConfig, first: str) -> cluster_pb2.Cluster:
+    codec = hcm_pb2.HttpFilter(
+        name="envoy.filters.http.upstream_codec",
+        typed_config=pack(upstream_codec_pb2.UpstreamCodec()),
+    )
+    members = [provider_cluster_name(p) for p in chain_order(config, first)]
+    return cluster_pb2.Cluster(
+        name=chain_cluster_name(first),
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        connect_timeout=_duration(10),
+        cluster_type=cluster_pb2.Cluster.CustomClusterType(
+            name="envoy.clusters.aggregate",
+            typed_config=pack(aggregate_pb2.ClusterConfig(clusters=members)),
+        ),
+        typed_extension_protocol_options=_http1_options([upstream_ext_proc_filter(), codec]),
+    )
+
+
+def ext_proc_grpc_cluster() -> cluster_pb2.Cluster:
+    return cluster_pb2.Cluster(
+        name=EXT_PROC_CLUSTER,
+        type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
+        connect_timeout=_duration(1),
+        typed_extension_protocol_options=_http2_options(),
+    )
+
+
+def ext_proc_http_cluster() -> cluster_pb2.Cluster:
+    return cluster_pb2.Cluster(
+        name=EXT_PROC_HTTP_CLUSTER,
+        type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
+        connect_timeout=_duration(1),
+    )
+
+
+def load_assignment(cluster: str, addresses: tuple[Address, ...]) -> endpoint_pb2.ClusterLoadAssignment:
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=cluster,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                lb_endpoints=[
+                    endpoint_components_pb2.LbEndpoint(
+                        endpoint=endpoint_components_pb2.Endpoint(
+                            address=_socket_address(a.host, a.port)
+                        )
+                    )
+                    for a in addresses
+                ]
+            )
+        ],
+    )
+
+
+# ---------------------------------------------------------------- routes
+
+
+def _error_body(status: int, message: str, err_type: str, code: str) -> str:
+    return json.dumps({"error": {"message": message, "type": err_type, "param": None, "code": code}})
+
+
+def _direct_json(status: int, message: str, err_type: str, code: str) -> route_components_pb2.DirectResponseAction:
+    return route_components_pb2.DirectResponseAction(
+        status=status,
+        body=base_pb2.DataSource(inline_string=_error_body(status, message, err_type, code)),
+    )
+
+
+def _json_headers(extra: dict[str, str] | None = None) -> list[base_pb2.HeaderValueOption]:
+    headers = {"content-type": "application/json", **(extra or {})}
+    return [
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=k, value=v),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+        for k, v in headers.items()
+    ]
+
+
+def _per_route_ext_proc(mode: processing_mode_pb2.ProcessingMode | None) -> dict[str, any_pb2.Any]:
+    if mode is None:
+        per_route = ext_proc_pb2.ExtProcPerRoute(disabled=True)
+    else:
+        per_route = ext_proc_pb2.ExtProcPerRoute(
+            overrides=ext_proc_pb2.ExtProcOverrides(processing_mode=mode)
+        )
+    return {EXT_PROC_FILTER: pack(per_route)}
+
+
+def _route_metadata(route: RouteConfig) -> base_pb2.Metadata:
+    md = base_pb2.Metadata()
+    md.filter_metadata[METADATA_NAMESPACE].update(
+        {"handler": route.handler, "version": route.version, **dict(route.metrics_labels)}
+    )
+    return md
+
+
+def _retry_policy(config: HapaxConfig) -> route_components_pb2.RetryPolicy:
+    attempts = max(len(config.provider_preference), 1)
+    return route_components_pb2.RetryPolicy(
+        retry_on="connect-failure,refused-stream,reset,5xx,retriable-status-codes",
+        retriable_status_codes=[429],
+        num_retries=wrappers_pb2.UInt32Value(value=attempts),
+        # With an aggregate cluster each member is a priority level: moving the
+        # retry off the priorities already tried is what makes it a failover.
+        retry_priority=route_components_pb2.RetryPolicy.RetryPriority(
+            name="envoy.retry_priorities.previous_priorities",
+            typed_config=pack(
+                previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1)
+            ),
+        ),
+    )
+
+
+def provider_route(config: HapaxConfig, route: RouteConfig) -> route_components_pb2.Route:
+    method = HANDLER_METHODS[route.handler]
+    if route.handler == "models":
+        mode = PM(request_header_mode=PM.SEND, request_body_mode=PM.NONE,
+                  response_header_mode=PM.SKIP, response_body_mode=PM.NONE)
+    else:
+        mode = PM(request_header_mode=PM.SEND, request_body_mode=PM.BUFFERED_PARTIAL,
+                  response_header_mode=PM.SKIP, response_body_mode=PM.NONE)
+    longest = max((p.timeout for p in config.providers.values()), default=60.0)
+    return route_components_pb2.Route(
+        name=f"{route.handler}:{route.path}",
+        match=route_components_pb2.RouteMatch(
+            path=route.path,
+            headers=[
+                route_components_pb2.HeaderMatcher(
+                    name=":method", string_match=string_pb2.StringMatcher(exact=method)
+                )
+            ],
+        ),
+        route=route_components_pb2.RouteAction(
+            cluster_header=CHAIN_HEADER,
+            # Generations can stream for minutes: bound idleness, not total time.
+            timeout=_duration(0),
+            idle_timeout=_duration(longest),
+            retry_policy=_retry_policy(config),
+        ),
+        metadata=_route_metadata(route),
+        typed_per_filter_config=_per_route_ext_proc(mode),
+    )
+
+
+def method_not_allowed_route(route: RouteConfig) -> route_components_pb2.Route:
+    method = HANDLER_METHODS[route.handler]
+    return route_components_pb2.Route(
+        name=f"405:{route.path}",
+        match=route_components_pb2.RouteMatch(path=route.path),
+        direct_response=_direct_json(
+            405,
+            f"Method not allowed: {route.path} accepts {method} only.",
+            "invalid_request_error",
+            "method_not_allowed",
+        ),
+        response_headers_to_add=_json_headers({"allow": method}),
+        typed_per_filter_config=_per_route_ext_proc(None),
+    )
+
+
+def health_route() -> route_components_pb2.Route:
+    return route_components_pb2.Route(
+        name="health",
+        match=route_components_pb2.RouteMatch(path=HEALTH_PATH),
+        route=route_components_pb2.RouteAction(cluster=EXT_PROC_HTTP_CLUSTER, timeout=_duration(5)),
+        typed_per_filter_config=_per_route_ext_proc(None),
+    )
+
+
+def not_found_route(config: HapaxConfig) -> route_components_pb2.Route:
+    known = ", ".join(sorted({r.path for r in config.routes} | {HEALTH_PATH}))
+    return route_components_pb2.Route(
+        name="404",
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        direct_response=_direct_json(
+            404, f"Unknown request URL. This gateway serves: {known}.",
+            "invalid_request_error", "unknown_url",
+        ),
+        response_headers_to_add=_json_headers(),
+        typed_per_filter_config=_per_route_ext_proc(None),
+    )
+
+
+def route_configuration(config: HapaxConfig) -> route_pb2.RouteConfiguration:
+    routes = [health_route()]
+    for route in config.routes:
+        routes.append(provider_route(config, route))
+        routes.append(method_not_allowed_route(route))
+    routes.append(not_found_route(config))
+    return route_pb2.RouteConfiguration(
+        name=ROUTE_CONFIG_NAME,
+        virtual_hosts=[route_components_pb2.VirtualHost(name="hapax", domains=["*"], routes=routes)],
+    )
+
+
+# ---------------------------------------------------------------- listener
+
+# Envoy's own local replies (no healthy provider, connect failure, timeout...)
+# are plain text by default; clients of an OpenAI API expect error JSON.
+_LOCAL_REPLY_ERRORS = (
+    (("UT",), 504, "The provider did not answer in time.", "timeout"),
+    (("UO",), 503, "The gateway is at capacity for this provider.", "overloaded"),
+    (("NC",), 503, "No provider chain was selected for this request.", "no_provider"),
+    (("UH", "UF", "URX", "UC", "UR", "LR"), 503, "No provider could serve the request.", "provider_unavailable"),
+)
+
+
+def _local_reply_config() -> hcm_pb2.LocalReplyConfig:
+    mappers = []
+    for flags, status, message_text, code in _LOCAL_REPLY_ERRORS:
+        body = {
+            "error": {
+                "message": f"{message_text} (%LOCAL_REPLY_BODY%)",
+                "type": "server_error",
+                "param": None,
+                "code": code,
+            }
+        }
+        fmt = struct_pb2.Struct()
+        fmt.update(body)
+        mappers.append(
+            hcm_pb2.ResponseMapper(
+                filter=accesslog_pb2.AccessLogFilter(
+                    response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags))
+                ),
+                status_code=wrappers_pb2.UInt32Value(value=status),
+                body_format_override=substitution_format_string_pb2.SubstitutionFormatString(
+                    json_format=fmt
+                ),
+            )
+        )
+    return hcm_pb2.LocalReplyConfig(mappers=mappers)
+
+
+def router_ext_proc_filter() -> hcm_pb2.HttpFilter:
+    # Per-route overrides set the real mode; this default only covers routes
+    # that have none, which is none of ours (see route_configuration).
+    mode = PM(request_header_mode=PM.SEND, request_body_mode=PM.NONE,
+              response_header_mode=PM.SKIP, response_body_mode=PM.NONE,
+              request_trailer_mode=PM.SKIP, response_trailer_mode=PM.SKIP)
+    return hcm_pb2.HttpFilter(name=EXT_PROC_FILTER, typed_config=pack(_ext_proc_filter("router", mode)))
+
+
+def http_connection_manager() -> hcm_pb2.HttpConnectionManager:
+    return hcm_pb2.HttpConnectionManager(
+        stat_prefix="hapax",
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(route_config_name=ROUTE_CONFIG_NAME, config_source=_ads()),
+        http_filters=[
+            router_ext_proc_filter(),
+            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
+        ],
+        local_reply_config=_local_reply_config(),
+        stream_idle_timeout=_duration(300),
+        request_timeout=_duration(0),
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(idle_timeout=_duration(300)),
+        use_remote_address=wrappers_pb2.BoolValue(value=True),
+    )
+
+
+def listener(config: HapaxConfig) -> listener_pb2.Listener:
+    return listener_pb2.Listener(
+        name=LISTENER_NAME,
+        address=_socket_address(config.server.host, config.server.port),
+        per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=MAX_REQUEST_BYTES),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name="envoy.filters.network.http_connection_manager",
+                        typed_config=pack(http_connection_manager()),
+                    )
+                ]
+            )
+        ],
+    )
+
+
+# ---------------------------------------------------------------- ext_proc runtime
+
+
+def runtime(config: HapaxConfig, version: str) -> runtime_pb2.Runtime:
+    out = runtime_pb2.Runtime(
+        config_version=version, provider_preference=list(config.provider_preference)
+    )
+    for p in config.providers.values():
+        out.providers.add(
+            name=p.name, type=p.type, model=p.model, aliases=list(p.aliases),
+            base_url=p.base_url, cluster=provider_cluster_name(p.name),
+            timeout_seconds=p.timeout, api_key=p.api_key,
+        )
+    for r in config.routes:
+        route = out.routes.add(path=r.path, handler=r.handler, version=r.version)
+        route.metrics_labels.update(dict(r.metrics_labels))
+    for first in chain_firsts(config):
+        out.chains.add(cluster=chain_cluster_name(first), providers=list(chain_order(config, first)))
+    return out

@@ -1,0 +1,127 @@
+"""The control plane process: config file -> snapshots -> ADS.
+
+It serves the snapshot built from the file, watches the file (editors that
+save by rename included) and publishes a new version only when the new file is
+valid and yields a consistent snapshot; otherwise it logs why, with the key
+paths, and the last good version keeps serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from watchfiles import awatch
+
+from control_plane.ads import AdsServer, SnapshotCache
+from control_plane.config import ConfigError, HapaxConfig, load_config, summarize
+from control_plane.resources import Address, ExtProcEndpoints
+from control_plane.snapshot import InconsistentSnapshot, Snapshot, build_snapshot
+from hapax import logs
+
+log = logging.getLogger("hapax.control_plane")
+
+
+class ControlPlane:
+    def __init__(self, config_path: Path, ext_proc: ExtProcEndpoints, port: int | None = None) -> None:
+        self.config_path = config_path
+        self.ext_proc = ext_proc
+        self.port = port
+        self._generation = 0
+        self.cache = SnapshotCache(self._snapshot_for(self._load()))
+        self.ads = AdsServer(self.cache)
+
+    def _load(self) -> HapaxConfig:
+        config = load_config(self.config_path)
+        if self.port is None:
+            return config
+        return replace(config, server=replace(config.server, port=self.port))
+
+    def _snapshot_for(self, config: HapaxConfig) -> Snapshot:
+        self._generation += 1
+        draft = build_snapshot(config, "draft", self.ext_proc)
+        digest = hashlib.sha256()
+        for type_url in sorted(draft.resources):
+            for name, msg in sorted(draft.resources[type_url].items()):
+                digest.update(name.encode())
+                digest.update(msg.SerializeToString(deterministic=True))
+        version = f"{self._generation}-{digest.hexdigest()[:10]}"
+        for warning in config.warnings:
+            log.warning("config warning", extra={"file": config.source, "issue": str(warning)})
+        return build_snapshot(config, version, self.ext_proc)
+
+    def reload(self) -> bool:
+        try:
+            config = self._load()
+            snapshot = self._snapshot_for(config)
+        except ConfigError as err:
+            log.error("config rejected; keeping the last good version",
+                      extra={"file": err.source, "errors": [str(i) for i in err.issues],
+                             "serving_version": self.cache.snapshot.version})
+            return False
+        except InconsistentSnapshot as err:
+            log.error("config produced an inconsistent snapshot; keeping the last good version",
+                      extra={"problems": list(err.problems)})
+            return False
+        self.cache.set(snapshot)
+        log.info("config version published", extra={"version": snapshot.version, "summary": summarize(config)})
+        return True
+
+    async def watch(self) -> None:
+        target = self.config_path.resolve()
+        async for changes in awatch(target.parent, debounce=200, step=50):
+            if any(Path(p).resolve() == target for _, p in changes) and target.exists():
+                self.reload()
+
+
+async def serve(args: argparse.Namespace) -> None:
+    endpoints = ExtProcEndpoints(
+        grpc=tuple(_address(a) for a in args.ext_proc_grpc),
+        http=tuple(_address(a) for a in args.ext_proc_http),
+    )
+    plane = ControlPlane(Path(args.config), endpoints, args.port)
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(plane.ads, server)
+    port = server.add_insecure_port(args.listen)
+    await server.start()
+    host = args.listen.rsplit(":", 1)[0]
+    logs.announce("ready", component="control_plane", xds=f"{host}:{port}",
+                  version=plane.cache.snapshot.version)
+    watcher = asyncio.create_task(plane.watch())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    watcher.cancel()
+    await server.stop(grace=1)
+
+
+def _address(text: str) -> Address:
+    host, _, port = text.rpartition(":")
+    return Address(host, int(port))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hapax-control-plane")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--listen", default="127.0.0.1:18000")
+    parser.add_argument("--ext-proc-grpc", action="append", required=True)
+    parser.add_argument("--ext-proc-http", action="append", required=True)
+    parser.add_argument("--port", type=int, default=None, help="override server.port of the file")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logs.setup("control_plane", args.log_level)
+    try:
+        asyncio.run(serve(args))
+    except ConfigError as err:
+        log.error("invalid config", extra={"file": err.source, "errors": [str(i) for i in err.issues]})
+        return 1
+    return 0

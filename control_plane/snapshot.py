@@ -1,0 +1,163 @@
+"""One immutable, versioned set of xDS resources, checked for consistency.
+
+A snapshot is what the ADS server hands out: for every type URL, the resources
+of that type at one version. ``build_snapshot`` turns a config into one;
+``check_consistency`` refuses a snapshot in which any name points at a resource
+that is not there (Envoy would otherwise warm forever or route into nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import message
+
+from control_plane import resources as res
+from control_plane.config import HapaxConfig
+from hapax.v1 import runtime_pb2
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+RUNTIME = "type.googleapis.com/hapax.v1.Runtime"
+
+# Order in which a new version is pushed: clusters before the endpoints that fill
+# them, listeners before the routes they reference (go-control-plane's order),
+# Hapax's own runtime last.
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, RUNTIME)
+
+
+class InconsistentSnapshot(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("inconsistent snapshot: " + "; ".join(problems))
+        self.problems = tuple(problems)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: str
+    resources: Mapping[str, Mapping[str, message.Message]] = field(default_factory=dict)
+
+    def of_type(self, type_url: str) -> Mapping[str, message.Message]:
+        return self.resources.get(type_url, MappingProxyType({}))
+
+
+def _by_name(items: list[message.Message], name_of) -> Mapping[str, message.Message]:
+    return MappingProxyType({name_of(i): i for i in items})
+
+
+def make_snapshot(version: str, by_type: dict[str, list[message.Message]]) -> Snapshot:
+    names = {
+        CLUSTER: lambda c: c.name,
+        ENDPOINT: lambda e: e.cluster_name,
+        LISTENER: lambda lst: lst.name,
+        ROUTE: lambda r: r.name,
+        RUNTIME: lambda _: res.RUNTIME_NAME,
+    }
+    snap = Snapshot(
+        version=version,
+        resources=MappingProxyType(
+            {t: _by_name(items, names[t]) for t, items in by_type.items()}
+        ),
+    )
+    check_consistency(snap)
+    return snap
+
+
+def build_snapshot(config: HapaxConfig, version: str, ext_proc: res.ExtProcEndpoints) -> Snapshot:
+    clusters = [res.ext_proc_grpc_cluster(), res.ext_proc_http_cluster()]
+    clusters += [res.provider_cluster(p) for p in config.providers.values()]
+    clusters += [res.chain_cluster(config, first) for first in res.chain_firsts(config)]
+    return make_snapshot(
+        version,
+        {
+            CLUSTER: clusters,
+            ENDPOINT: [
+                res.load_assignment(res.EXT_PROC_CLUSTER, ext_proc.grpc),
+                res.load_assignment(res.EXT_PROC_HTTP_CLUSTER, ext_proc.http),
+            ],
+            LISTENER: [res.listener(config)],
+            ROUTE: [res.route_configuration(config)],
+            RUNTIME: [res.runtime(config, version)],
+        },
+    )
+
+
+# ---------------------------------------------------------------- consistency
+
+
+def _aggregate_members(cluster: cluster_pb2.Cluster) -> list[str]:
+    if cluster.cluster_type.name != "envoy.clusters.aggregate":
+        return []
+    cfg = aggregate_pb2.ClusterConfig()
+    cluster.cluster_type.typed_config.Unpack(cfg)
+    return list(cfg.clusters)
+
+
+def _rds_names(lst: listener_pb2.Listener) -> list[str]:
+    names = []
+    for chain in lst.filter_chains:
+        for flt in chain.filters:
+            if flt.typed_config.Is(hcm_pb2.HttpConnectionManager.DESCRIPTOR):
+                hcm = hcm_pb2.HttpConnectionManager()
+                flt.typed_config.Unpack(hcm)
+                if hcm.HasField("rds"):
+                    names.append(hcm.rds.route_config_name)
+    return names
+
+
+def _route_clusters(rc: route_pb2.RouteConfiguration) -> list[str]:
+    return [
+        r.route.cluster
+        for vh in rc.virtual_hosts
+        for r in vh.routes
+        if r.HasField("route") and r.route.cluster
+    ]
+
+
+def check_consistency(snap: Snapshot) -> None:
+    clusters = snap.of_type(CLUSTER)
+    endpoints = snap.of_type(ENDPOINT)
+    routes = snap.of_type(ROUTE)
+    problems: list[str] = []
+    for name, c in clusters.items():
+        if c.type == cluster_pb2.Cluster.EDS and name not in endpoints:
+            problems.append(f"cluster {name} uses EDS but has no ClusterLoadAssignment")
+        for member in _aggregate_members(c):
+            if member not in clusters:
+                problems.append(f"aggregate cluster {name} names missing cluster {member}")
+    for name in endpoints:
+        if name not in clusters:
+            problems.append(f"ClusterLoadAssignment {name} has no cluster")
+    for name, lst in snap.of_type(LISTENER).items():
+        problems += [f"listener {name} names missing route configuration {r}"
+                     for r in _rds_names(lst) if r not in routes]
+    for name, rc in routes.items():
+        problems += [f"route configuration {name} names missing cluster {c}"
+                     for c in _route_clusters(rc) if c not in clusters]
+    for rt in snap.of_type(RUNTIME).values():
+        problems += _runtime_problems(rt, clusters)
+    if problems:
+        raise InconsistentSnapshot(problems)
+
+
+def _runtime_problems(rt: runtime_pb2.Runtime, clusters: Mapping[str, message.Message]) -> list[str]:
+    problems = [f"runtime chain {ch.cluster} has no cluster"
+                for ch in rt.chains if ch.cluster not in clusters]
+    problems += [f"runtime provider {p.name} has no cluster {p.cluster}"
+                 for p in rt.providers if p.cluster not in clusters]
+    known = {p.name for p in rt.providers}
+    problems += [f"runtime chain {ch.cluster} names unknown provider {p}"
+                 for ch in rt.chains for p in ch.providers if p not in known]
+    return problems
