@@ -1,0 +1,5 @@
+import sys
+
+from ext_proc.server import main
+
+sys.exit(main())

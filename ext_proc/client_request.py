@@ -1,0 +1,162 @@
+"""Parses and validates what a client sends, in the OpenAI API's shapes.
+
+Each handler accepts its OpenAI body and turns it into the canonical request
+the translators work from. The legacy completion handler also accepts the
+original Hapax shapes (``input`` or ``messages``) and becomes a chat request,
+because the chat API is the one every provider serves.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ext_proc.errors import GatewayError, invalid
+
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+AUTO_MODELS = frozenset({"", "auto"})
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    handler: str            # chat | completion | embeddings
+    model: str | None       # as requested; None or "auto" = preference order
+    stream: bool
+    body: dict[str, Any]    # canonical OpenAI body: chat completion or embeddings
+    rewritten: bool         # body differs from what the client sent
+
+
+def parse(handler: str, raw: bytes) -> ClientRequest:
+    body = _json_object(raw)
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise invalid(f"'model' must be a string, got {_kind(model)}.", param="model")
+    if handler == "chat":
+        _check_chat(body)
+        return ClientRequest("chat", model, _stream(body), body, rewritten=False)
+    if handler == "completion":
+        return _completion(body, model)
+    if handler == "embeddings":
+        _check_embeddings(body)
+        return ClientRequest("embeddings", model, False, body, rewritten=False)
+    raise GatewayError(405, f"handler {handler!r} takes no request body", code="method_not_allowed")
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        raise invalid("The request body is empty; expected a JSON object.", code="invalid_json")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise invalid(f"The request body is not valid JSON: {err}.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise invalid(f"The request body must be a JSON object, got {_kind(body)}.", code="invalid_json")
+    return body
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "an integer", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _stream(body: dict[str, Any]) -> bool:
+    stream = body.get("stream", False)
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise invalid(f"'stream' must be a boolean, got {_kind(stream)}.", param="stream")
+    return stream
+
+
+def _check_messages(messages: Any) -> None:
+    if messages is None:
+        raise invalid("Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise invalid("'messages' must be a non-empty array.", param="messages")
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise invalid(f"'{where}' must be an object, got {_kind(msg)}.", param=where)
+        role = msg.get("role")
+        if role not in CHAT_ROLES:
+            raise invalid(f"'{where}.role' must be one of {', '.join(sorted(CHAT_ROLES))}; got {role!r}.",
+                          param=f"{where}.role")
+        content = msg.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise invalid(f"'{where}.content' must be a string or an array of parts, got {_kind(content)}.",
+                          param=f"{where}.content")
+
+
+def _check_sampling(body: dict[str, Any]) -> None:
+    for key in ("max_tokens", "max_completion_tokens", "n", "seed"):
+        value = body.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise invalid(f"'{key}' must be an integer, got {_kind(value)}.", param=key)
+    for key in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(key)
+        if value is not None and value < 1:
+            raise invalid(f"'{key}' must be at least 1, got {value}.", param=key)
+    for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        value = body.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise invalid(f"'{key}' must be a number, got {_kind(value)}.", param=key)
+    stop = body.get("stop")
+    if stop is not None and not (isinstance(stop, str) or (
+            isinstance(stop, list) and all(isinstance(s, str) for s in stop))):
+        raise invalid("'stop' must be a string or an array of strings.", param="stop")
+
+
+def _check_chat(body: dict[str, Any]) -> None:
+    _check_messages(body.get("messages"))
+    _check_sampling(body)
+    _stream(body)
+
+
+def _completion(body: dict[str, Any], model: str | None) -> ClientRequest:
+    """Legacy completions, and the original Hapax ``input``/``messages`` shapes."""
+    if "messages" in body:
+        messages = body["messages"]
+        _check_messages(messages)
+    elif "prompt" in body:
+        messages = [{"role": "user", "content": _prompt_text(body["prompt"], "prompt")}]
+    elif "input" in body:
+        messages = [{"role": "user", "content": _prompt_text(body["input"], "input")}]
+    else:
+        raise invalid("Missing required parameter: 'prompt' (or 'input' or 'messages').",
+                      param="prompt", code="missing_required_parameter")
+    _check_sampling(body)
+    chat = {k: v for k, v in body.items() if k not in ("prompt", "input", "messages", "echo",
+                                                          "logprobs", "best_of", "suffix")}
+    chat["messages"] = messages
+    return ClientRequest("completion", model, _stream(body), chat, rewritten=True)
+
+
+def _prompt_text(value: Any, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        return value[0]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        raise invalid(f"'{key}' with several prompts is not supported; send one request per prompt.",
+                      param=key)
+    raise invalid(f"'{key}' must be a string, got {_kind(value)}.", param=key)
+
+
+def _check_embeddings(body: dict[str, Any]) -> None:
+    value = body.get("input")
+    if value is None:
+        raise invalid("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+    ok = isinstance(value, str) or (isinstance(value, list) and value and all(
+        isinstance(v, (str, int)) and not isinstance(v, bool) or (
+            isinstance(v, list) and all(isinstance(t, int) for t in v)) for v in value))
+    if not ok:
+        raise invalid("'input' must be a string, an array of strings, or an array of token arrays.",
+                      param="input")
+
+
+def from_canonical(handler: str, raw: bytes) -> ClientRequest:
+    """The request as the router step left it: already validated and canonical."""
+    body = json.loads(raw)
+    return ClientRequest(handler, body.get("model"), bool(body.get("stream")), body, rewritten=False)

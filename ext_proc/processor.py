@@ -1,0 +1,299 @@
+"""The Envoy External Processing service: the router step and the upstream step.
+
+Envoy calls it twice per request, on separate gRPC streams told apart by the
+``x-hapax-phase`` initial metadata:
+
+- router (once per request, HTTP connection manager): validates the client
+  request, answers what needs no provider (``/v1/models``, client errors), picks
+  the provider chain (an aggregate cluster) and names it in ``x-hapax-chain``.
+- upstream (once per attempt, in the chain cluster): learns from the endpoint's
+  metadata which provider this attempt goes to and rewrites the request for it
+  (path, host, credentials, model, body), and the response if the provider does
+  not speak OpenAI or the client asked for another shape.
+
+Nothing is shared between the two steps but what travels in the request itself
+(``x-hapax-*`` headers, stripped before the provider sees them), so the steps may
+land on different ext_proc processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import lru_cache
+from typing import AsyncIterator, Callable
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import text_format
+
+from ext_proc import client_request
+from ext_proc.client_request import AUTO_MODELS, ClientRequest
+from ext_proc.errors import GatewayError, invalid
+from ext_proc.providers import ResponseStage, translator_for
+from ext_proc.runtime import Provider, RuntimeView
+from ext_proc.shapes import ChainedStage, TextCompletionStage
+
+log = logging.getLogger("hapax.ext_proc")
+
+CHAIN_HEADER = "x-hapax-chain"
+HANDLER_HEADER = "x-hapax-handler"
+MODEL_HEADER = "x-hapax-model"
+INTERNAL_HEADERS = (CHAIN_HEADER, HANDLER_HEADER, MODEL_HEADER)
+# Credentials a client may send to the gateway; none of them may reach a provider.
+CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
+EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
+HOST_METADATA = "xds.upstream_host_metadata"
+
+PM = processing_mode_pb2.ProcessingMode
+TRANSLATE_RESPONSE = PM(
+    request_header_mode=PM.SEND, request_body_mode=PM.BUFFERED,
+    response_header_mode=PM.SEND, response_body_mode=PM.STREAMED,
+    request_trailer_mode=PM.SKIP, response_trailer_mode=PM.SKIP,
+)
+
+
+# ---------------------------------------------------------------- protobuf helpers
+
+
+def header_map(headers: pb.HttpHeaders) -> dict[str, str]:
+    return {h.key: (h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value)
+            for h in headers.headers.headers}
+
+
+def _set(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def mutation(set_headers: dict[str, str] | None = None, remove: tuple[str, ...] = ()) -> pb.HeaderMutation:
+    return pb.HeaderMutation(
+        set_headers=[_set(k, v) for k, v in (set_headers or {}).items()],
+        remove_headers=list(remove),
+    )
+
+
+def immediate(status: int, body: bytes, details: str, content_type: str = "application/json") -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),
+            headers=mutation({"content-type": content_type}),
+            body=body,
+            details=details,
+        )
+    )
+
+
+def error_response(err: GatewayError) -> pb.ProcessingResponse:
+    return immediate(err.status, err.body(), f"hapax_{err.code or err.type}")
+
+
+def _continue_headers(common: pb.CommonResponse | None = None) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common or pb.CommonResponse()))
+
+
+@lru_cache(maxsize=256)
+def provider_from_host_metadata(text: str) -> str:
+    """The provider name from the attempt's endpoint metadata (text-format proto)."""
+    md = base_pb2.Metadata()
+    text_format.Parse(text, md)
+    ns = md.filter_metadata.get("hapax")
+    if ns is None or "provider" not in ns.fields:
+        return ""
+    return ns.fields["provider"].string_value
+
+
+# ---------------------------------------------------------------- router step
+
+
+class RouterStep:
+    def __init__(self, view: RuntimeView) -> None:
+        self.view = view
+        self.handler = ""
+
+    def on_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
+        headers = header_map(msg)
+        path = headers.get(":path", "").split("?", 1)[0]
+        route = self.view.routes.get(path)
+        if route is None:
+            raise GatewayError(404, f"Unknown request URL: {path}.", code="unknown_url")
+        self.handler = route.handler
+        if route.handler == "models":
+            return immediate(200, self.models_body(), "hapax_models")
+        if msg.end_of_stream:
+            raise invalid("The request body is empty; expected a JSON object.", code="invalid_json")
+        return _continue_headers()
+
+    def on_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
+        if not msg.end_of_stream:
+            # BUFFERED_PARTIAL hands over a partial body only when it exceeds the limit.
+            raise GatewayError(413, f"The request body is larger than the gateway accepts ({len(msg.body)} bytes buffered).",
+                               code="request_too_large")
+        req = client_request.parse(self.handler, msg.body)
+        chain = self.chain_for(req)
+        set_headers = {CHAIN_HEADER: chain, HANDLER_HEADER: req.handler}
+        common = pb.CommonResponse(clear_route_cache=True)
+        if req.rewritten:
+            body = json.dumps(req.body, separators=(",", ":")).encode()
+            common.body_mutation.body = body
+            set_headers["content-length"] = str(len(body))
+        common.header_mutation.CopyFrom(mutation(set_headers, remove=CLIENT_CREDENTIAL_HEADERS))
+        return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+
+    def chain_for(self, req: ClientRequest) -> str:
+        if req.model is None or req.model in AUTO_MODELS:
+            return self.view.default_chain
+        provider = self.view.provider_for_model.get(req.model)
+        if provider is None:
+            known = ", ".join(sorted(self.view.provider_for_model)) or "none"
+            raise GatewayError(404, f"The model '{req.model}' does not exist on this gateway. "
+                               f"Available models: {known} (or 'auto').",
+                               param="model", code="model_not_found")
+        return self.view.chain_for_provider[provider]
+
+    def models_body(self) -> bytes:
+        data = []
+        for p in self.view.providers.values():
+            for model in (p.model, *p.aliases):
+                data.append({"id": model, "object": "model", "created": 0, "owned_by": p.name})
+        return json.dumps({"object": "list", "data": data}).encode()
+
+
+# ---------------------------------------------------------------- upstream step
+
+
+class UpstreamStep:
+    def __init__(self, view: RuntimeView) -> None:
+        self.view = view
+        self.provider: Provider | None = None
+        self.handler = ""
+        self.stage: ResponseStage | None = None
+
+    def on_headers(self, msg: pb.HttpHeaders, attributes) -> pb.ProcessingResponse:
+        self.provider = self._provider(attributes)
+        headers = header_map(msg)
+        self.handler = headers.get(HANDLER_HEADER, "")
+        translator = translator_for(self.provider.type)
+        if self.handler not in translator.handlers:
+            raise GatewayError(400, f"Provider '{self.provider.name}' ({self.provider.type}) does not serve "
+                               f"the '{self.handler}' API.", code="unsupported_handler")
+        response = _continue_headers()
+        if self._needs_response_stage():
+            response.mode_override.CopyFrom(TRANSLATE_RESPONSE)
+        return response
+
+    def on_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
+        assert self.provider is not None
+        req = client_request.from_canonical(self.handler, msg.body)
+        translator = translator_for(self.provider.type)
+        out = translator.request(req, self.provider)
+        self.stage = self._response_stage(req)
+        set_headers = {":path": out.path, ":authority": self.provider.host,
+                       "content-type": "application/json", "content-length": str(len(out.body)),
+                       **out.set_headers}
+        common = pb.CommonResponse(header_mutation=mutation(set_headers, remove=INTERNAL_HEADERS))
+        common.body_mutation.body = out.body
+        return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+
+    def on_response_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
+        headers = header_map(msg)
+        common = pb.CommonResponse()
+        if self.stage is not None:
+            status = int(headers.get(":status", "0") or 0)
+            set_headers = self.stage.headers(status, headers.get("content-type", ""))
+            common.header_mutation.CopyFrom(mutation(set_headers, remove=("content-length",)))
+        return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
+
+    def on_response_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
+        common = pb.CommonResponse()
+        if self.stage is not None:
+            common.body_mutation.body = self.stage.body(msg.body, msg.end_of_stream)
+        return pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))
+
+    def _provider(self, attributes) -> Provider:
+        fields = attributes[EXT_PROC_ATTRIBUTES].fields if EXT_PROC_ATTRIBUTES in attributes else {}
+        text = fields[HOST_METADATA].string_value if HOST_METADATA in fields else ""
+        name = provider_from_host_metadata(text) if text else ""
+        provider = self.view.providers.get(name)
+        if provider is None:
+            raise GatewayError(502, f"The gateway routed to an unknown provider endpoint ({name or 'no metadata'}); "
+                               "its configuration may be changing.", type="server_error", code="unknown_provider")
+        return provider
+
+    def _needs_response_stage(self) -> bool:
+        assert self.provider is not None
+        probe = ClientRequest(self.handler, None, False, {}, False)
+        return self.handler == "completion" or translator_for(self.provider.type).response(probe, self.provider) is not None
+
+    def _response_stage(self, req: ClientRequest) -> ResponseStage | None:
+        assert self.provider is not None
+        stage = translator_for(self.provider.type).response(req, self.provider)
+        if req.handler != "completion":
+            return stage
+        shape = TextCompletionStage()
+        return shape if stage is None else ChainedStage(stage, shape)
+
+
+# ---------------------------------------------------------------- service
+
+
+class Processor(pb_grpc.ExternalProcessorServicer):
+    def __init__(self, current_view: Callable[[], RuntimeView | None]) -> None:
+        self.current_view = current_view
+
+    async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest], context):
+        phase = dict(context.invocation_metadata()).get("x-hapax-phase", "router")
+        view = self.current_view()
+        step: RouterStep | UpstreamStep | None = None
+        if view is not None:
+            step = RouterStep(view) if phase == "router" else UpstreamStep(view)
+        async for request in request_iterator:
+            if step is None:
+                yield error_response(GatewayError(
+                    503, "The gateway has not received its configuration yet; retry shortly.",
+                    type="server_error", code="not_configured"))
+                return
+            try:
+                response = self._dispatch(step, request)
+            except GatewayError as err:
+                yield error_response(err)
+                return
+            except Exception:
+                log.exception("ext_proc failed on a request", extra={"phase": phase})
+                yield error_response(GatewayError(500, "The gateway failed to process the request.",
+                                                  type="server_error", code="internal_error"))
+                return
+            yield response
+
+    @staticmethod
+    def _dispatch(step: RouterStep | UpstreamStep, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        kind = request.WhichOneof("request")
+        if kind == "request_headers":
+            if isinstance(step, UpstreamStep):
+                return step.on_headers(request.request_headers, request.attributes)
+            return step.on_headers(request.request_headers)
+        if kind == "request_body":
+            return step.on_body(request.request_body)
+        if kind == "response_headers" and isinstance(step, UpstreamStep):
+            return step.on_response_headers(request.response_headers)
+        if kind == "response_body" and isinstance(step, UpstreamStep):
+            return step.on_response_body(request.response_body)
+        return _passthrough(kind)
+
+
+def _passthrough(kind: str | None) -> pb.ProcessingResponse:
+    empty = pb.CommonResponse()
+    if kind == "response_headers":
+        return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=empty))
+    if kind == "response_body":
+        return pb.ProcessingResponse(response_body=pb.BodyResponse(response=empty))
+    if kind == "request_trailers":
+        return pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+    if kind == "response_trailers":
+        return pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+    return _continue_headers()

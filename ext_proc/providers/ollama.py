@@ -1,0 +1,402 @@
+"""Ollama's native API (``type: ollama``).
+
+Requests: the canonical OpenAI chat body becomes ``POST /api/chat`` (sampling
+parameters under ``options``, images as base64, tool-call arguments as
+objects, ``stream`` always explicit because Ollama streams by default); an
+embeddings body becomes ``POST /api/embed``. Responses: Ollama's JSON, its
+NDJSON stream and its ``{"error": "..."}`` bodies become OpenAI chat
+completions, SSE chunks, embeddings lists and error JSON. Pure translation,
+no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import struct
+import time
+import uuid
+from typing import Any, Callable
+
+from ext_proc.client_request import ClientRequest
+from ext_proc.errors import invalid
+from ext_proc.providers.base import ProviderRequest, ResponseStage, Translator
+from ext_proc.runtime import Provider
+from ext_proc.sse import encode
+
+PATHS = {"chat": "/api/chat", "completion": "/api/chat", "embeddings": "/api/embed"}
+FINISH_REASONS = {"stop": "stop", "length": "length"}
+_DATA_URL = re.compile(r"^data:[^,]*;base64,(?P<data>.*)$", re.DOTALL)
+_JSON = {"separators": (",", ":"), "ensure_ascii": False}
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, **_JSON)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class OllamaTranslator(Translator):
+    type = "ollama"
+    handlers = frozenset(PATHS)
+
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 new_id: Callable[[], str] = _new_id) -> None:
+        self._clock = clock
+        self._new_id = new_id
+
+    def request(self, req: ClientRequest, provider: Provider) -> ProviderRequest:
+        if req.handler not in PATHS:
+            raise invalid(f"Provider '{provider.name}' (ollama) does not serve {req.handler}",
+                          code="unsupported_handler")
+        if req.handler == "embeddings":
+            body = embed_body(req.body, provider.model)
+        else:
+            body = chat_body(req.body, provider.model, req.stream)
+        # Ollama has no keys; a key is only meaningful for an authenticating proxy in front.
+        headers = {"content-type": "application/json"}
+        if provider.api_key:
+            headers["authorization"] = f"Bearer {provider.api_key}"
+        return ProviderRequest(path=provider.base_path + PATHS[req.handler],
+                               body=_dumps(body).encode(), set_headers=headers)
+
+    def response(self, req: ClientRequest, provider: Provider) -> ResponseStage:
+        embeddings = req.handler == "embeddings"
+        return OllamaResponseStage(
+            provider, stream=req.stream and not embeddings, embeddings=embeddings,
+            base64_embeddings=embeddings and req.body.get("encoding_format") == "base64",
+            clock=self._clock, new_id=self._new_id)
+
+
+# --------------------------------------------------------------------------- request
+
+
+def embed_body(body: dict[str, Any], model: str) -> dict[str, Any]:
+    value = body.get("input")
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return {"model": model, "input": value}
+    raise invalid("Ollama embeds text only: 'input' must be a string or an array of strings, "
+                  "not token arrays.", param="input")
+
+
+def chat_body(chat: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
+    n = chat.get("n")
+    if n is not None and n != 1:
+        raise invalid("Ollama returns one choice per request; 'n' must be 1.", param="n")
+    body: dict[str, Any] = {"model": model, "messages": _messages(chat.get("messages") or []),
+                            "stream": bool(stream)}
+    options: dict[str, Any] = {}
+    for key in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
+        if chat.get(key) is not None:
+            options[key] = chat[key]
+    max_tokens = chat.get("max_completion_tokens") or chat.get("max_tokens")
+    if max_tokens:
+        options["num_predict"] = max_tokens
+    stop = chat.get("stop")
+    if stop:
+        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    if options:
+        body["options"] = options
+    # Ollama takes OpenAI-shaped tools; it has no tool_choice, but "none" can be
+    # honoured by not offering the tools. Forcing a call cannot be expressed and
+    # is left to the model.
+    if chat.get("tools") and chat.get("tool_choice") != "none":
+        body["tools"] = chat["tools"]
+    fmt = chat.get("response_format")
+    if isinstance(fmt, dict):
+        if fmt.get("type") == "json_object":
+            body["format"] = "json"
+        elif fmt.get("type") == "json_schema":
+            schema = (fmt.get("json_schema") or {}).get("schema")
+            body["format"] = schema if isinstance(schema, dict) else "json"
+    return body
+
+
+def _messages(messages: list[Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    tool_names: dict[str, str] = {}  # tool_call id -> function name, for tool results
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        role = msg.get("role")
+        text, images = _content(msg.get("content"), where)
+        if role in ("system", "developer"):
+            item: dict[str, Any] = {"role": "system", "content": text}
+        elif role == "user":
+            item = {"role": "user", "content": text}
+        elif role == "assistant":
+            item = {"role": "assistant", "content": text}
+            calls = []
+            for call in msg.get("tool_calls") or []:
+                fn = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(fn, dict) or not fn.get("name"):
+                    raise invalid(f"'{where}.tool_calls' entries need a function name.",
+                                  param=f"{where}.tool_calls")
+                if call.get("id"):
+                    tool_names[str(call["id"])] = fn["name"]
+                calls.append({"function": {"name": fn["name"], "arguments": _arguments(fn.get("arguments"))}})
+            legacy = msg.get("function_call")
+            if isinstance(legacy, dict) and legacy.get("name"):
+                calls.append({"function": {"name": legacy["name"],
+                                           "arguments": _arguments(legacy.get("arguments"))}})
+            if calls:
+                item["tool_calls"] = calls
+        elif role in ("tool", "function"):
+            item = {"role": "tool", "content": text}
+            name = msg.get("name") if role == "function" else tool_names.get(str(msg.get("tool_call_id")))
+            if name:
+                item["tool_name"] = name
+        else:
+            raise invalid(f"'{where}.role' {role!r} cannot be sent to Ollama.", param=f"{where}.role")
+        if images:
+            item["images"] = images
+        out.append(item)
+    return out
+
+
+def _content(content: Any, where: str) -> tuple[str, list[str]]:
+    if content is None:
+        return "", []
+    if isinstance(content, str):
+        return content, []
+    texts: list[str] = []
+    images: list[str] = []
+    for j, part in enumerate(content):
+        at = f"{where}.content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            texts.append(str(part.get("text") or ""))
+        elif kind == "refusal":
+            texts.append(str(part.get("refusal") or ""))
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            match = _DATA_URL.match(url) if isinstance(url, str) else None
+            if not match:
+                raise invalid(f"'{at}': Ollama takes images only as base64 data URLs "
+                              "(data:image/...;base64,...), not links.", param=at)
+            images.append(match["data"])
+        else:
+            raise invalid(f"'{at}' of type {kind!r} cannot be sent to Ollama.", param=at)
+    return "\n".join(texts), images
+
+
+def _arguments(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = json.loads(raw) if isinstance(raw, str) and raw.strip() else {}
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# -------------------------------------------------------------------------- response
+
+
+def openai_error(message: str, status: int, provider: str) -> dict[str, Any]:
+    """OpenAI's error JSON for an Ollama error message and HTTP status."""
+    code: str | None = None
+    if status == 404:
+        kind = "invalid_request_error"
+        code = "model_not_found" if "model" in message.lower() or "not found" in message.lower() \
+            else "not_found"
+    elif status in (401, 403):
+        kind = "authentication_error" if status == 401 else "permission_error"
+        message = (f"The gateway's credential for provider '{provider}' was rejected "
+                   f"(this is not about your own API key): {message}")
+    elif status == 429:
+        kind, code = "rate_limit_exceeded", "rate_limit_exceeded"
+    elif 400 <= status < 500:
+        kind = "invalid_request_error"
+    else:
+        kind = "server_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def _error_message(raw: bytes, status: int) -> str:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        body = None
+    if isinstance(body, dict) and body.get("error") is not None:
+        err = body["error"]
+        return str(err.get("message") if isinstance(err, dict) else err)
+    text = raw.decode("utf-8", errors="replace").strip()[:500]
+    return f"Provider returned HTTP {status}" + (f": {text}" if text else "")
+
+
+def usage(body: dict[str, Any]) -> dict[str, int]:
+    prompt = body.get("prompt_eval_count") or 0
+    completion = body.get("eval_count") or 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _embedding(vector: list[float], as_base64: bool) -> Any:
+    if not as_base64:
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+class OllamaResponseStage(ResponseStage):
+    """Ollama JSON / NDJSON / error -> OpenAI chat or embeddings JSON / SSE / error."""
+
+    def __init__(self, provider: Provider, *, stream: bool, embeddings: bool = False,
+                 base64_embeddings: bool = False, clock: Callable[[], float] = time.time,
+                 new_id: Callable[[], str] = _new_id) -> None:
+        self._model = provider.model
+        self._provider = provider.name
+        self._embeddings = embeddings
+        self._base64 = base64_embeddings
+        self._clock = clock
+        self._mode = "stream" if stream else "json"
+        self._status = 200
+        self._buffer = bytearray()
+        token = new_id()
+        self._id = "chatcmpl-" + token[:24]
+        self._call_prefix = "call_" + token[:20]
+        self._created: int | None = None
+        self._calls = 0
+        self._tail = b""
+        self._started = False
+        self._finished = False
+
+    def headers(self, status: int, content_type: str) -> dict[str, str]:
+        self._status = status
+        media = content_type.split(";", 1)[0].strip().lower()
+        if status >= 400:
+            self._mode = "error"
+        elif media == "application/x-ndjson":
+            self._mode = "stream"
+        else:
+            self._mode = "json"
+        return {"content-type": "text/event-stream" if self._mode == "stream" else "application/json"}
+
+    def body(self, piece: bytes, end_of_stream: bool) -> bytes:
+        if self._mode == "stream":
+            return self._stream(piece, end_of_stream)
+        self._buffer += piece
+        if not end_of_stream:
+            return b""
+        raw, self._buffer = bytes(self._buffer), bytearray()
+        if self._mode == "error":
+            return _dumps(openai_error(_error_message(raw, self._status), self._status, self._provider)).encode()
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            body = None
+        if isinstance(body, dict) and body.get("error") is not None:
+            status = self._status if self._status >= 400 else 500
+            return _dumps(openai_error(_error_message(raw, status), status, self._provider)).encode()
+        if self._embeddings and isinstance(body, dict) and isinstance(body.get("embeddings"), list):
+            return _dumps(self._embeddings_list(body)).encode()
+        if not self._embeddings and isinstance(body, dict) and isinstance(body.get("message"), dict):
+            return _dumps(self._chat_completion(body)).encode()
+        return _dumps(openai_error("Provider returned an unreadable response.", 502, self._provider)).encode()
+
+    # ---- JSON
+
+    def _now(self) -> int:
+        if self._created is None:
+            self._created = int(self._clock())
+        return self._created
+
+    def _tool_calls(self, calls: list[Any]) -> list[dict[str, Any]]:
+        out = []
+        for call in calls:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(fn, dict):
+                continue
+            args = fn.get("arguments")
+            out.append({"index": self._calls, "id": f"{self._call_prefix}_{self._calls}", "type": "function",
+                        "function": {"name": fn.get("name"),
+                                     "arguments": args if isinstance(args, str) else _dumps(args or {})}})
+            self._calls += 1
+        return out
+
+    def _finish_reason(self, body: dict[str, Any]) -> str:
+        if self._calls:
+            return "tool_calls"
+        return FINISH_REASONS.get(body.get("done_reason") or "stop", "stop")
+
+    def _chat_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        msg = body["message"]
+        message: dict[str, Any] = {"role": "assistant", "content": msg.get("content") or ""}
+        calls = self._tool_calls(msg.get("tool_calls") or [])
+        if calls:
+            for call in calls:
+                del call["index"]
+            message["tool_calls"] = calls
+            message["content"] = msg.get("content") or None
+        return {"id": self._id, "object": "chat.completion", "created": self._now(), "model": self._model,
+                "choices": [{"index": 0, "message": message, "logprobs": None,
+                             "finish_reason": self._finish_reason(body)}],
+                "usage": usage(body)}
+
+    def _embeddings_list(self, body: dict[str, Any]) -> dict[str, Any]:
+        prompt = body.get("prompt_eval_count") or 0
+        return {"object": "list",
+                "data": [{"object": "embedding", "index": i, "embedding": _embedding(v, self._base64)}
+                         for i, v in enumerate(body["embeddings"])],
+                "model": self._model,
+                "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
+
+    # ---- NDJSON -> SSE
+
+    def _stream(self, piece: bytes, end_of_stream: bool) -> bytes:
+        *lines, self._tail = (self._tail + piece).split(b"\n")
+        if end_of_stream:
+            lines.append(self._tail)
+            self._tail = b""
+        out = bytearray()
+        for line in lines:
+            if self._finished:
+                break
+            if line.strip():
+                out += self._line(line)
+        if end_of_stream and not self._finished:
+            self._finished = True
+            out += self._error_event("provider stream ended unexpectedly")
+        return bytes(out)
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return encode(_dumps({"id": self._id, "object": "chat.completion.chunk", "created": self._now(),
+                              "model": self._model,
+                              "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                           "finish_reason": finish_reason}]}))
+
+    def _error_event(self, message: str) -> bytes:
+        return encode(_dumps({"error": {"message": message, "type": "server_error", "param": None,
+                                        "code": None}}))
+
+    def _line(self, line: bytes) -> bytes:
+        try:
+            body = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            self._finished = True
+            return self._error_event("provider sent an unreadable stream line")
+        if body.get("error") is not None:
+            self._finished = True
+            err = body["error"]
+            return self._error_event(str(err.get("message") if isinstance(err, dict) else err))
+        out = bytearray()
+        if not self._started:
+            self._started = True
+            out += self._chunk({"role": "assistant", "content": ""})
+        msg = body.get("message") or {}
+        if msg.get("content"):
+            out += self._chunk({"content": msg["content"]})
+        calls = self._tool_calls(msg.get("tool_calls") or [])
+        if calls:
+            out += self._chunk({"tool_calls": calls})
+        if body.get("done"):
+            self._finished = True
+            out += self._chunk({}, self._finish_reason(body))
+            out += encode(_dumps({"id": self._id, "object": "chat.completion.chunk", "created": self._now(),
+                                  "model": self._model, "choices": [], "usage": usage(body)}))
+            out += encode("[DONE]")
+        return bytes(out)

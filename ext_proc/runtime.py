@@ -1,0 +1,90 @@
+"""ext_proc's read-only view of one ``hapax.v1.Runtime`` version.
+
+Built once per version received over xDS and swapped atomically, so a request
+sees one consistent version from its first phase to its last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from hapax.v1 import runtime_pb2
+
+
+class InvalidRuntime(Exception):
+    """A Runtime resource ext_proc cannot serve (sent back as a NACK)."""
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    type: str
+    model: str
+    aliases: tuple[str, ...]
+    base_url: str
+    host: str          # value for :authority
+    base_path: str     # path prefix from base_url, no trailing slash
+    api_key: str
+    timeout: float
+
+    def __repr__(self) -> str:  # never print the key
+        return f"Provider(name={self.name!r}, type={self.type!r}, model={self.model!r})"
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    handler: str
+    version: str
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class RuntimeView:
+    version: str
+    providers: Mapping[str, Provider]
+    routes: Mapping[str, Route]
+    chain_for_provider: Mapping[str, str]
+    default_chain: str
+    provider_for_model: Mapping[str, str]
+
+    @classmethod
+    def from_proto(cls, rt: runtime_pb2.Runtime, known_types: frozenset[str]) -> "RuntimeView":
+        providers = {p.name: _provider(p, known_types) for p in rt.providers}
+        if not rt.chains:
+            raise InvalidRuntime("runtime has no provider chain")
+        chain_for = {ch.providers[0]: ch.cluster for ch in rt.chains if ch.providers}
+        by_model: dict[str, str] = {}
+        # First provider in preference order wins a model name both serve.
+        for name in [*rt.provider_preference, *providers]:
+            p = providers[name]
+            for model in (p.model, *p.aliases):
+                by_model.setdefault(model, name)
+        routes = {r.path: Route(r.path, r.handler, r.version, MappingProxyType(dict(r.metrics_labels)))
+                  for r in rt.routes}
+        return cls(
+            version=rt.config_version,
+            providers=MappingProxyType(providers),
+            routes=MappingProxyType(routes),
+            chain_for_provider=MappingProxyType(chain_for),
+            default_chain=rt.chains[0].cluster,
+            provider_for_model=MappingProxyType(by_model),
+        )
+
+
+def _provider(p: runtime_pb2.Provider, known_types: frozenset[str]) -> Provider:
+    if p.type not in known_types:
+        raise InvalidRuntime(f"provider {p.name}: no translator for type {p.type!r}")
+    url = urlsplit(p.base_url)
+    if not url.hostname:
+        raise InvalidRuntime(f"provider {p.name}: base_url has no host")
+    default_port = 443 if url.scheme == "https" else 80
+    host = url.hostname if (url.port or default_port) == default_port else f"{url.hostname}:{url.port}"
+    return Provider(
+        name=p.name, type=p.type, model=p.model, aliases=tuple(p.aliases),
+        base_url=p.base_url, host=host, base_path=url.path.rstrip("/"),
+        api_key=p.api_key, timeout=p.timeout_seconds,
+    )

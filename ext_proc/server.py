@@ -1,0 +1,62 @@
+"""The ext_proc process: gRPC ExternalProcessor + HTTP /health + xDS client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+import grpc
+from aiohttp import web
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from ext_proc.health import health_app
+from ext_proc.processor import Processor
+from ext_proc.providers import TRANSLATORS
+from ext_proc.xds_client import RuntimeSubscription
+from hapax import logs
+
+log = logging.getLogger("hapax.ext_proc")
+
+
+async def serve(args: argparse.Namespace) -> None:
+    subscription = RuntimeSubscription(args.xds, frozenset(TRANSLATORS), args.node_id)
+    xds_task = asyncio.create_task(subscription.run())
+
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    pb_grpc.add_ExternalProcessorServicer_to_server(Processor(lambda: subscription.view), server)
+    host = args.listen.rsplit(":", 1)[0]
+    grpc_port = server.add_insecure_port(args.listen)
+    await server.start()
+
+    runner = web.AppRunner(health_app(subscription), access_log=None)
+    await runner.setup()
+    health_host, _, health_port = args.health_listen.rpartition(":")
+    site = web.TCPSite(runner, health_host, int(health_port))
+    await site.start()
+    actual_health_port = site._server.sockets[0].getsockname()[1]  # aiohttp exposes no public accessor
+
+    logs.announce("ready", component="ext_proc", grpc=f"{host}:{grpc_port}",
+                  http=f"{health_host}:{actual_health_port}", node=subscription.node_id)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    xds_task.cancel()
+    await server.stop(grace=2)
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hapax-ext-proc")
+    parser.add_argument("--xds", required=True, help="control plane ADS address, host:port")
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--health-listen", default="127.0.0.1:0")
+    parser.add_argument("--node-id", default=None)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logs.setup("ext_proc", args.log_level)
+    asyncio.run(serve(args))
+    return 0

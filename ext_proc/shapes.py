@@ -1,0 +1,91 @@
+"""Answers in the shape the client asked for.
+
+Translators produce OpenAI chat completions. The legacy completion handler
+answers in ``text_completion`` shape, so its responses (JSON or SSE) pass
+through this stage after the provider's own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ext_proc.providers.base import ResponseStage
+from ext_proc.sse import SseParser, encode
+
+
+def _text_choice(choice: dict[str, Any], text: str | None) -> dict[str, Any]:
+    return {"text": text or "", "index": choice.get("index", 0), "logprobs": None,
+            "finish_reason": choice.get("finish_reason")}
+
+
+def chat_to_text_completion(body: dict[str, Any], *, chunk: bool) -> dict[str, Any]:
+    out = {k: body[k] for k in ("id", "created", "model", "usage", "system_fingerprint") if k in body}
+    out["object"] = "text_completion"
+    choices = []
+    for choice in body.get("choices") or []:
+        text = (choice.get("delta") or {}).get("content") if chunk else (choice.get("message") or {}).get("content")
+        choices.append(_text_choice(choice, text))
+    out["choices"] = choices
+    return out
+
+
+class TextCompletionStage(ResponseStage):
+    def __init__(self) -> None:
+        self._streaming = False
+        self._passthrough = False
+        self._parser = SseParser()
+        self._buffer = bytearray()
+
+    def headers(self, status: int, content_type: str) -> dict[str, str]:
+        self._passthrough = status >= 400  # errors are already OpenAI error JSON
+        self._streaming = content_type.startswith("text/event-stream")
+        return {}
+
+    def body(self, piece: bytes, end_of_stream: bool) -> bytes:
+        if self._passthrough:
+            return piece
+        if self._streaming:
+            return self._stream(piece, end_of_stream)
+        self._buffer += piece
+        if not end_of_stream:
+            return b""
+        try:
+            body = json.loads(self._buffer)
+        except json.JSONDecodeError:
+            return bytes(self._buffer)
+        return json.dumps(chat_to_text_completion(body, chunk=False)).encode()
+
+    def _stream(self, piece: bytes, end_of_stream: bool) -> bytes:
+        events = self._parser.feed(piece) + (self._parser.finish() if end_of_stream else [])
+        out = bytearray()
+        for event in events:
+            out += encode(self._convert(event.data))
+        return bytes(out)
+
+    @staticmethod
+    def _convert(data: str) -> str:
+        if data == "[DONE]":
+            return data
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError:
+            return data
+        if "error" in chunk or "choices" not in chunk:
+            return data
+        return json.dumps(chat_to_text_completion(chunk, chunk=True))
+
+
+class ChainedStage(ResponseStage):
+    """Runs the provider's stage, then the shape's, on every piece."""
+
+    def __init__(self, first: ResponseStage, second: ResponseStage) -> None:
+        self.first, self.second = first, second
+
+    def headers(self, status: int, content_type: str) -> dict[str, str]:
+        headers = self.first.headers(status, content_type)
+        headers.update(self.second.headers(status, headers.get("content-type", content_type)))
+        return headers
+
+    def body(self, piece: bytes, end_of_stream: bool) -> bytes:
+        return self.second.body(self.first.body(piece, end_of_stream), end_of_stream)

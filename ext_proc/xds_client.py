@@ -1,0 +1,96 @@
+"""ext_proc's subscription to its runtime configuration over ADS.
+
+ext_proc is an xDS client like Envoy: it asks the control plane for the
+``hapax.v1.Runtime`` resource, ACKs a version it can serve and NACKs (with the
+reason) one it cannot, keeping the last good one. It reconnects with backoff
+when the control plane goes away, and keeps serving what it has meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.rpc import status_pb2
+
+from ext_proc.runtime import InvalidRuntime, RuntimeView
+from hapax.v1 import runtime_pb2
+
+RUNTIME_TYPE = "type.googleapis.com/hapax.v1.Runtime"
+INVALID_ARGUMENT = 3
+
+log = logging.getLogger("hapax.ext_proc.xds")
+
+
+class RuntimeSubscription:
+    def __init__(self, address: str, known_types: frozenset[str], node_id: str | None = None) -> None:
+        self.address = address
+        self.known_types = known_types
+        self.node_id = node_id or f"ext_proc-{os.getpid()}"
+        self.view: RuntimeView | None = None
+        self.connected = False
+        self.received = asyncio.Event()
+        self.last_error = ""
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._stream()
+                backoff = 0.1
+            except grpc.aio.AioRpcError as err:
+                self.last_error = f"{err.code().name}: {err.details()}"
+            finally:
+                if self.connected:
+                    log.warning("lost the control plane; serving the last version",
+                                extra={"version": self.view.version if self.view else None})
+                self.connected = False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _stream(self) -> None:
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            outbox: asyncio.Queue = asyncio.Queue()
+            await outbox.put(self._request())
+            call = stub.StreamAggregatedResources(_drain(outbox))
+            async for response in call:
+                self.connected = True
+                await outbox.put(self._answer(response))
+
+    def _request(self, **fields) -> discovery_pb2.DiscoveryRequest:
+        return discovery_pb2.DiscoveryRequest(
+            type_url=RUNTIME_TYPE,
+            node=base_pb2.Node(id=self.node_id, cluster="hapax-ext-proc"),
+            version_info=self.view.version if self.view else "",
+            **fields,
+        )
+
+    def _answer(self, response: discovery_pb2.DiscoveryResponse) -> discovery_pb2.DiscoveryRequest:
+        try:
+            self.view = self._parse(response)
+        except InvalidRuntime as err:
+            log.error("rejected a runtime configuration (NACK)",
+                      extra={"version": response.version_info, "reason": str(err)})
+            return self._request(response_nonce=response.nonce,
+                                 error_detail=status_pb2.Status(code=INVALID_ARGUMENT, message=str(err)))
+        self.received.set()
+        log.info("runtime configuration applied", extra={"version": response.version_info})
+        return self._request(response_nonce=response.nonce)
+
+    def _parse(self, response: discovery_pb2.DiscoveryResponse) -> RuntimeView:
+        if len(response.resources) != 1:
+            raise InvalidRuntime(f"expected one Runtime resource, got {len(response.resources)}")
+        rt = runtime_pb2.Runtime()
+        if not response.resources[0].Unpack(rt):
+            raise InvalidRuntime(f"resource is {response.resources[0].type_url}, not a Runtime")
+        return RuntimeView.from_proto(rt, self.known_types)
+
+
+async def _drain(outbox: asyncio.Queue):
+    while True:
+        yield await outbox.get()

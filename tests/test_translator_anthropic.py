@@ -1,0 +1,628 @@
+"""AnthropicTranslator: OpenAI chat <-> Anthropic Messages, golden and property tests.
+
+Provider-side fixtures follow the shapes in Anthropic's Messages API and
+streaming documentation (message JSON, SSE event sequence, error JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ext_proc.client_request import ClientRequest
+from ext_proc.errors import GatewayError
+from ext_proc.providers.anthropic import AnthropicTranslator
+from ext_proc.runtime import Provider
+
+NOW = 1_700_000_000
+
+
+def provider(api_key: str = "k", base_path: str = "") -> Provider:
+    return Provider(name="claude", type="anthropic", model="claude-3-haiku", aliases=(),
+                    base_url="https://api.anthropic.com", host="api.anthropic.com",
+                    base_path=base_path, api_key=api_key, timeout=30.0)
+
+
+def chat(body: dict[str, Any], *, stream: bool = False, handler: str = "chat") -> ClientRequest:
+    return ClientRequest(handler, "claude-3-haiku", stream, {"model": "claude-3-haiku", **body},
+                         rewritten=False)
+
+
+def translator() -> AnthropicTranslator:
+    return AnthropicTranslator(clock=lambda: NOW + 0.7)
+
+
+def translate(body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    return json.loads(translator().request(chat(body, **kw), provider()).body)
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def text_blocks(*texts: str) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": t} for t in texts]
+
+
+# ------------------------------------------------------------------ request mapping
+
+
+def test_request_targets_messages_endpoint_with_version_and_key_headers():
+    out = translator().request(chat({"messages": [user("hi")]}), provider(base_path="/proxy"))
+    assert out.path == "/proxy/v1/messages"
+    assert out.set_headers == {"x-api-key": "k", "anthropic-version": "2023-06-01",
+                               "content-type": "application/json"}
+    body = json.loads(out.body)
+    assert body["model"] == "claude-3-haiku"
+    assert body["messages"] == [{"role": "user", "content": text_blocks("hi")}]
+    assert body["stream"] is False
+
+
+def test_request_without_api_key_sends_no_x_api_key_header():
+    out = translator().request(chat({"messages": [user("hi")]}), provider(api_key=""))
+    assert "x-api-key" not in out.set_headers
+    assert out.set_headers["anthropic-version"] == "2023-06-01"
+
+
+def test_system_and_developer_messages_are_lifted_into_top_level_system():
+    body = translate({"messages": [
+        {"role": "system", "content": "Be brief."},
+        user("hi"),
+        {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
+        user("again"),
+    ]})
+    assert body["system"] == "Be brief.\n\nAnswer in French."
+    assert all(m["role"] in ("user", "assistant") for m in body["messages"])
+    # the two user turns around the lifted developer message merge into one
+    assert body["messages"] == [{"role": "user", "content": text_blocks("hi", "again")}]
+
+
+def test_no_system_key_without_system_messages():
+    assert "system" not in translate({"messages": [user("hi")]})
+
+
+def test_consecutive_same_role_messages_merge_so_roles_alternate():
+    body = translate({"messages": [
+        user("a"), user("b"),
+        {"role": "assistant", "content": "c"}, {"role": "assistant", "content": "d"},
+        user("e"),
+    ]})
+    assert body["messages"] == [
+        {"role": "user", "content": text_blocks("a", "b")},
+        {"role": "assistant", "content": text_blocks("c", "d")},
+        {"role": "user", "content": text_blocks("e")},
+    ]
+
+
+def test_leading_assistant_message_gets_a_placeholder_user_turn_first():
+    body = translate({"messages": [{"role": "assistant", "content": "Hello, how can I help?"},
+                                   user("Tell me a joke")]})
+    assert body["messages"][0] == {"role": "user", "content": text_blocks("(continue)")}
+    assert body["messages"][1]["role"] == "assistant"
+
+
+def test_system_only_conversation_still_sends_a_user_turn():
+    body = translate({"messages": [{"role": "system", "content": "Say hi."}]})
+    assert body["system"] == "Say hi."
+    assert body["messages"] == [{"role": "user", "content": text_blocks("(continue)")}]
+
+
+def test_blank_text_is_dropped_and_final_assistant_prefill_loses_trailing_whitespace():
+    body = translate({"messages": [user("q"), user("   "), {"role": "assistant", "content": "The answer is "}]})
+    assert body["messages"] == [
+        {"role": "user", "content": text_blocks("q")},
+        {"role": "assistant", "content": text_blocks("The answer is")},
+    ]
+
+
+def test_max_tokens_defaults_to_4096():
+    assert translate({"messages": [user("hi")]})["max_tokens"] == 4096
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"max_tokens": 77}, 77),
+    ({"max_completion_tokens": 55}, 55),
+    ({"max_tokens": 77, "max_completion_tokens": 55}, 55),
+])
+def test_max_tokens_comes_from_max_tokens_or_max_completion_tokens(params, expected):
+    assert translate({"messages": [user("hi")], **params})["max_tokens"] == expected
+
+
+@pytest.mark.parametrize("stop, expected", [
+    ("END", ["END"]),
+    (["a", "b"], ["a", "b"]),
+    (["\n", "STOP", ""], ["STOP"]),  # Anthropic rejects whitespace-only sequences
+])
+def test_stop_becomes_stop_sequences_list(stop, expected):
+    assert translate({"messages": [user("hi")], "stop": stop})["stop_sequences"] == expected
+
+
+def test_whitespace_only_stop_sends_no_stop_sequences():
+    assert "stop_sequences" not in translate({"messages": [user("hi")], "stop": "\n"})
+
+
+def test_sampling_parameters_and_stream_are_mapped():
+    body = translate({"messages": [user("hi")], "temperature": 0.3, "top_p": 0.9, "user": "u-1"},
+                     stream=True)
+    assert body["temperature"] == 0.3
+    assert body["top_p"] == 0.9
+    assert body["stream"] is True
+    assert body["metadata"] == {"user_id": "u-1"}
+
+
+def test_temperature_above_anthropic_range_is_clamped_to_one():
+    assert translate({"messages": [user("hi")], "temperature": 1.8})["temperature"] == 1.0
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def test_tools_become_input_schema_tools():
+    body = translate({"messages": [user("hi")], "tools": [
+        WEATHER_TOOL, {"type": "function", "function": {"name": "now"}}]})
+    assert body["tools"] == [
+        {"name": "get_weather", "description": "Get the weather",
+         "input_schema": WEATHER_TOOL["function"]["parameters"]},
+        {"name": "now", "input_schema": {"type": "object", "properties": {}}},
+    ]
+    assert "tool_choice" not in body
+
+
+@pytest.mark.parametrize("choice, expected", [
+    ("auto", {"type": "auto"}),
+    ("required", {"type": "any"}),
+    ("none", {"type": "none"}),
+    ({"type": "function", "function": {"name": "get_weather"}}, {"type": "tool", "name": "get_weather"}),
+])
+def test_tool_choice_mapping(choice, expected):
+    body = translate({"messages": [user("hi")], "tools": [WEATHER_TOOL], "tool_choice": choice})
+    assert body["tool_choice"] == expected
+
+
+def test_parallel_tool_calls_false_disables_parallel_tool_use():
+    body = translate({"messages": [user("hi")], "tools": [WEATHER_TOOL], "parallel_tool_calls": False})
+    assert body["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+
+
+def test_invalid_tool_choice_is_a_400():
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [user("hi")], "tools": [WEATHER_TOOL], "tool_choice": "sometimes"})
+    assert err.value.status == 400 and err.value.param == "tool_choice"
+
+
+def test_tool_calls_become_tool_use_and_tool_messages_become_tool_results():
+    body = translate({"tools": [WEATHER_TOOL], "messages": [
+        user("Weather in Paris and Rome?"),
+        {"role": "assistant", "content": "Checking.", "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+            {"id": "call_2", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{not json"}},
+        ]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+        {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "21C"}]},
+        user("Thanks"),
+    ]})
+    assert body["messages"] == [
+        {"role": "user", "content": text_blocks("Weather in Paris and Rome?")},
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "Checking."},
+            {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
+            {"type": "tool_use", "id": "call_2", "name": "get_weather", "input": {}},
+        ]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "call_1", "content": "18C"},
+            {"type": "tool_result", "tool_use_id": "call_2", "content": text_blocks("21C")},
+            {"type": "text", "text": "Thanks"},
+        ]},
+    ]
+
+
+def test_assistant_with_null_content_and_tool_calls_has_only_tool_use():
+    body = translate({"messages": [
+        user("q"),
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call.9", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call.9", "content": "ok"},
+    ]})
+    assert body["messages"][1] == {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "call_9", "name": "f", "input": {}}]}
+    # the id is made Anthropic-safe the same way on both sides
+    assert body["messages"][2]["content"][0]["tool_use_id"] == "call_9"
+
+
+def test_image_parts_become_image_blocks():
+    body = translate({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+    ]}]})
+    assert body["messages"][0]["content"] == [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+    ]
+
+
+def test_unsupported_content_part_is_a_400():
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}}]}]})
+    assert err.value.status == 400
+
+
+def test_embeddings_handler_is_rejected_with_unsupported_handler():
+    req = ClientRequest("embeddings", "claude-3-haiku", False, {"input": "x"}, rewritten=False)
+    with pytest.raises(GatewayError) as err:
+        translator().request(req, provider())
+    assert err.value.status == 400
+    assert err.value.code == "unsupported_handler"
+    assert err.value.message == "Provider 'claude' (anthropic) does not serve embeddings"
+
+
+def test_n_above_one_cannot_be_expressed():
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [user("hi")], "n": 2})
+    assert err.value.status == 400 and err.value.param == "n"
+
+
+def test_completion_handler_is_translated_exactly_like_chat():
+    body = {"messages": [user("Say this is a test")], "max_tokens": 7}
+    a = translator().request(chat(body, handler="completion"), provider())
+    b = translator().request(chat(body), provider())
+    assert a == b
+
+
+# ----------------------------------------------------------------- response mapping
+
+
+MESSAGE = {
+    "id": "msg_013Zva2CMHLNnXjNJJKqJ2EF",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-3-haiku-20240307",
+    "content": [{"type": "text", "text": "Hi! My name is Claude."}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 10, "output_tokens": 25},
+}
+
+
+def respond(status: int, content_type: str, body: bytes, *, stream: bool = False,
+            pieces: list[bytes] | None = None) -> tuple[dict[str, str], bytes]:
+    stage = translator().response(chat({"messages": [user("hi")]}, stream=stream), provider())
+    headers = stage.headers(status, content_type)
+    out = bytearray()
+    pieces = pieces if pieces is not None else [body]
+    for i, piece in enumerate(pieces):
+        out += stage.body(piece, i == len(pieces) - 1)
+    return headers, bytes(out)
+
+
+def test_json_response_becomes_chat_completion():
+    headers, out = respond(200, "application/json", json.dumps(MESSAGE).encode())
+    assert headers == {"content-type": "application/json"}
+    assert json.loads(out) == {
+        "id": "chatcmpl-msg_013Zva2CMHLNnXjNJJKqJ2EF",
+        "object": "chat.completion",
+        "created": NOW,
+        "model": "claude-3-haiku",
+        "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "Hi! My name is Claude."}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 25, "total_tokens": 35},
+    }
+
+
+@pytest.mark.parametrize("reason, finish", [
+    ("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"), ("tool_use", "tool_calls"),
+])
+def test_stop_reasons_map_to_finish_reasons(reason, finish):
+    _, out = respond(200, "application/json", json.dumps({**MESSAGE, "stop_reason": reason}).encode())
+    assert json.loads(out)["choices"][0]["finish_reason"] == finish
+
+
+def test_json_tool_use_becomes_tool_calls_with_null_content():
+    message = {**MESSAGE, "stop_reason": "tool_use", "content": [
+        {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": "get_weather",
+         "input": {"location": "San Francisco, CA"}}]}
+    _, out = respond(200, "application/json", json.dumps(message).encode())
+    choice = json.loads(out)["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    call = choice["message"]["tool_calls"][0]
+    assert call["id"] == "toolu_01A09q90qw90lq917835lq9" and call["type"] == "function"
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"location": "San Francisco, CA"}
+
+
+def test_cache_tokens_count_as_prompt_tokens():
+    message = {**MESSAGE, "usage": {"input_tokens": 5, "output_tokens": 3,
+                                    "cache_creation_input_tokens": 7, "cache_read_input_tokens": 11}}
+    _, out = respond(200, "application/json", json.dumps(message).encode())
+    assert json.loads(out)["usage"] == {"prompt_tokens": 23, "completion_tokens": 3, "total_tokens": 26,
+                                        "prompt_tokens_details": {"cached_tokens": 11}}
+
+
+def test_json_body_is_emitted_only_at_end_of_stream():
+    raw = json.dumps(MESSAGE).encode()
+    stage = translator().response(chat({"messages": [user("hi")]}), provider())
+    stage.headers(200, "application/json")
+    assert stage.body(raw[:20], False) == b""
+    assert stage.body(raw[20:], False) == b""
+    assert json.loads(stage.body(b"", True))["choices"][0]["message"]["content"] == "Hi! My name is Claude."
+
+
+@pytest.mark.parametrize("status, content_type, expected", [
+    (200, "application/json", "application/json"),
+    (200, "text/event-stream; charset=utf-8", "text/event-stream"),
+    (429, "application/json", "application/json"),
+    (500, "text/event-stream", "application/json"),
+])
+def test_headers_set_only_content_type_never_status(status, content_type, expected):
+    stage = translator().response(chat({"messages": [user("hi")]}, stream=True), provider())
+    assert stage.headers(status, content_type) == {"content-type": expected}
+
+
+@pytest.mark.parametrize("status, err_type, openai_type, code", [
+    (400, "invalid_request_error", "invalid_request_error", None),
+    (401, "authentication_error", "authentication_error", "provider_authentication_error"),
+    (403, "permission_error", "permission_error", "provider_permission_error"),
+    (429, "rate_limit_error", "rate_limit_exceeded", "rate_limit_exceeded"),
+    (500, "api_error", "server_error", "api_error"),
+    (529, "overloaded_error", "server_error", "overloaded"),
+])
+def test_error_json_becomes_openai_error_json(status, err_type, openai_type, code):
+    raw = json.dumps({"type": "error", "error": {"type": err_type, "message": "The details."}}).encode()
+    _, out = respond(status, "application/json", raw)
+    err = json.loads(out)["error"]
+    assert err["type"] == openai_type
+    assert err["code"] == code
+    assert err["param"] is None
+    assert err["message"].endswith("The details.")
+
+
+def test_authentication_error_says_the_gateway_credential_was_rejected():
+    raw = b'{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}'
+    _, out = respond(401, "application/json", raw)
+    message = json.loads(out)["error"]["message"]
+    assert "gateway" in message and "claude" in message and "invalid x-api-key" in message
+
+
+def test_not_found_model_error_has_model_not_found_code():
+    raw = b'{"type":"error","error":{"type":"not_found_error","message":"model: claude-9"}}'
+    _, out = respond(404, "application/json", raw)
+    assert json.loads(out)["error"]["code"] == "model_not_found"
+
+
+def test_non_json_error_body_still_becomes_openai_error():
+    _, out = respond(502, "text/html", b"<html>Bad Gateway</html>")
+    err = json.loads(out)["error"]
+    assert err["type"] == "server_error"
+    assert "502" in err["message"] and "Bad Gateway" in err["message"]
+
+
+# -------------------------------------------------------------------------- streams
+
+
+def sse(*events: tuple[str, dict[str, Any]]) -> bytes:
+    return b"".join(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events)
+
+
+TEXT_STREAM = sse(
+    ("message_start", {"type": "message_start", "message": {
+        "id": "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY", "type": "message", "role": "assistant",
+        "content": [], "model": "claude-3-haiku-20240307", "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": 25, "output_tokens": 1}}}),
+    ("content_block_start", {"type": "content_block_start", "index": 0,
+                             "content_block": {"type": "text", "text": ""}}),
+    ("ping", {"type": "ping"}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "text_delta", "text": "Hello"}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "text_delta", "text": "! Ünïcødé ✓"}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                       "usage": {"output_tokens": 15}}),
+    ("message_stop", {"type": "message_stop"}),
+)
+
+TOOL_STREAM = sse(
+    ("message_start", {"type": "message_start", "message": {
+        "id": "msg_014p7gG3wDgGV9EUtLvnow3U", "type": "message", "role": "assistant", "content": [],
+        "model": "claude-3-haiku-20240307", "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": 472, "output_tokens": 2}}}),
+    ("content_block_start", {"type": "content_block_start", "index": 0,
+                             "content_block": {"type": "text", "text": ""}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "text_delta", "text": "Okay, let me check."}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    ("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {
+        "type": "tool_use", "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "name": "get_weather", "input": {}}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                             "delta": {"type": "input_json_delta", "partial_json": ""}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                             "delta": {"type": "input_json_delta", "partial_json": "{\"location\":"}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                             "delta": {"type": "input_json_delta", "partial_json": " \"San Francisco, CA\"}"}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                       "usage": {"output_tokens": 89}}),
+    ("message_stop", {"type": "message_stop"}),
+)
+
+
+def events(out: bytes) -> list[Any]:
+    """The data of each SSE event, JSON-decoded except the [DONE] sentinel."""
+    assert out.endswith(b"\n\n") or not out
+    result = []
+    for block in out.decode().split("\n\n")[:-1]:
+        lines = block.split("\n")
+        assert all(line.startswith("data: ") for line in lines), block
+        data = "\n".join(line[6:] for line in lines)
+        result.append(data if data == "[DONE]" else json.loads(data))
+    return result
+
+
+def stream(raw: bytes, size: int | None = None) -> bytes:
+    pieces = [raw] if size is None else [raw[i:i + size] for i in range(0, len(raw), size)] + [b""]
+    _, out = respond(200, "text/event-stream", raw, stream=True, pieces=pieces)
+    return out
+
+
+def test_text_stream_becomes_openai_chunks_usage_and_done():
+    got = events(stream(TEXT_STREAM))
+    for chunk in got[:-1]:
+        assert chunk["id"] == "chatcmpl-msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY"
+        assert chunk["object"] == "chat.completion.chunk"
+        assert chunk["created"] == NOW and chunk["model"] == "claude-3-haiku"
+    assert [c["choices"][0]["delta"] for c in got[:4]] == [
+        {"role": "assistant", "content": ""}, {"content": "Hello"}, {"content": "! Ünïcødé ✓"}, {}]
+    assert [c["choices"][0]["finish_reason"] for c in got[:4]] == [None, None, None, "stop"]
+    assert got[4]["choices"] == []
+    assert got[4]["usage"] == {"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40}
+    assert got[5] == "[DONE]"
+    assert len(got) == 6
+
+
+def test_tool_use_stream_becomes_tool_call_deltas():
+    got = events(stream(TOOL_STREAM))
+    deltas = [c["choices"][0]["delta"] for c in got if c != "[DONE]" and c["choices"]]
+    assert deltas == [
+        {"role": "assistant", "content": ""},
+        {"content": "Okay, let me check."},
+        {"tool_calls": [{"index": 0, "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "type": "function",
+                         "function": {"name": "get_weather", "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": "{\"location\":"}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": " \"San Francisco, CA\"}"}}]},
+        {},
+    ]
+    assert got[-3]["choices"][0]["finish_reason"] == "tool_calls"
+    assert got[-2]["usage"] == {"prompt_tokens": 472, "completion_tokens": 89, "total_tokens": 561}
+    assert got[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize("transcript", [TEXT_STREAM, TOOL_STREAM], ids=["text", "tools"])
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 1000])
+def test_stream_output_is_identical_however_the_input_is_split(transcript, size):
+    assert stream(transcript, size) == stream(transcript)
+
+
+def test_stream_chunks_are_emitted_as_events_arrive_not_buffered():
+    stage = translator().response(chat({"messages": [user("hi")]}, stream=True), provider())
+    stage.headers(200, "text/event-stream")
+    boundary = TEXT_STREAM.index(b"event: content_block_delta")
+    first = events(stage.body(TEXT_STREAM[:boundary], False))
+    assert first[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    half_event = TEXT_STREAM.index(b"Hello") + 2
+    assert stage.body(TEXT_STREAM[boundary:half_event], False) == b""
+    second = events(stage.body(TEXT_STREAM[half_event:half_event + 20], False))
+    assert second[0]["choices"][0]["delta"] == {"content": "Hello"}
+
+
+def test_mid_stream_error_event_becomes_openai_error_without_done():
+    cut = TEXT_STREAM.index(b"event: content_block_stop")
+    raw = TEXT_STREAM[:cut] + sse(("error", {"type": "error", "error": {
+        "type": "overloaded_error", "message": "Overloaded"}})) + TEXT_STREAM[cut:]
+    got = events(stream(raw))
+    assert got[-1] == {"error": {"message": "Overloaded", "type": "server_error", "param": None,
+                                 "code": "overloaded"}}
+    assert "[DONE]" not in got
+    assert not any(isinstance(c, dict) and c.get("usage") for c in got)  # nothing after the error
+    assert stream(raw, 1) == stream(raw)
+
+
+def test_stream_cut_before_message_stop_ends_with_an_error_event():
+    cut = TEXT_STREAM.index(b"event: message_delta")
+    got = events(stream(TEXT_STREAM[:cut], 5))
+    assert got[-1]["error"]["message"] == "provider stream ended unexpectedly"
+    assert got[-1]["error"]["type"] == "server_error"
+    assert "[DONE]" not in got
+    assert [c["choices"][0]["delta"] for c in got[:-1]][1:] == [{"content": "Hello"}, {"content": "! Ünïcødé ✓"}]
+
+
+def test_empty_stream_is_an_error_event():
+    assert events(stream(b""))[0]["error"]["message"] == "provider stream ended unexpectedly"
+
+
+def test_stream_with_error_status_is_converted_as_json_error():
+    raw = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
+    headers, out = respond(429, "application/json", raw, stream=True, pieces=[raw[:9], raw[9:]])
+    assert headers == {"content-type": "application/json"}
+    assert json.loads(out)["error"]["type"] == "rate_limit_exceeded"
+
+
+# ------------------------------------------------------------------ property test
+
+safe_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+
+
+@st.composite
+def chat_requests(draw) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = []
+    for i in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["system", "developer", "user", "user_parts", "assistant", "tool_round"]))
+        if kind == "user_parts":
+            parts = draw(st.lists(safe_text, min_size=1, max_size=3))
+            messages.append({"role": "user", "content": [{"type": "text", "text": p} for p in parts]})
+        elif kind == "tool_round":
+            call_id = f"call_{i}"
+            messages.append({"role": "assistant", "content": draw(st.one_of(st.none(), safe_text)),
+                             "tool_calls": [{"id": call_id, "type": "function", "function": {
+                                 "name": "f", "arguments": draw(st.sampled_from(['{"a": 1}', "", "{bad"]))}}]})
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": draw(safe_text)})
+        else:
+            messages.append({"role": kind, "content": draw(safe_text)})
+    body: dict[str, Any] = {"messages": messages}
+    if draw(st.booleans()):
+        body["max_tokens"] = draw(st.integers(1, 10_000))
+    if draw(st.booleans()):
+        body["temperature"] = draw(st.floats(0, 2))
+    if draw(st.booleans()):
+        body["stop"] = draw(st.one_of(safe_text, st.lists(safe_text, max_size=4)))
+    if draw(st.booleans()):
+        body["tools"] = [WEATHER_TOOL]
+        body["tool_choice"] = draw(st.sampled_from(["auto", "required", "none"]))
+    return body
+
+
+def texts_of(messages: list[dict[str, Any]]) -> list[tuple[bool, str]]:
+    out = []
+    for m in messages:
+        if m["role"] in ("user", "assistant"):
+            content = m.get("content")
+            parts = [content] if isinstance(content, str) else [p["text"] for p in content or []]
+            out += [(m is messages[-1] and m["role"] == "assistant", p) for p in parts]
+    return out
+
+
+def all_strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in all_strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in all_strings(v)]
+    return []
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chat_requests(), st.booleans())
+def test_any_valid_chat_request_translates_and_keeps_its_text(body, stream_flag):
+    out = translator().request(chat(body, stream=stream_flag), provider())
+    sent = json.loads(out.body)
+    roles = [m["role"] for m in sent["messages"]]
+    assert roles[0] == "user"
+    assert all(a != b for a, b in zip(roles, roles[1:])), roles
+    assert sent["max_tokens"] >= 1
+    strings = [s for m in sent["messages"] for s in all_strings(m["content"])]
+    for is_final_assistant, text in texts_of(body["messages"]):
+        if not text.strip():
+            continue  # Anthropic rejects blank text blocks; they carry nothing
+        want = text.rstrip() if is_final_assistant else text
+        assert any(want in s for s in strings), text

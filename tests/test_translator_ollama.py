@@ -1,0 +1,458 @@
+"""OllamaTranslator: OpenAI chat/embeddings <-> Ollama native API, golden and property tests.
+
+Provider-side fixtures follow the shapes in Ollama's API documentation
+(docs/api.md: /api/chat JSON and NDJSON stream, /api/embed, {"error": ...}).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ext_proc.client_request import ClientRequest
+from ext_proc.errors import GatewayError
+from ext_proc.providers.ollama import OllamaTranslator
+from ext_proc.runtime import Provider
+
+NOW = 1_700_000_000
+
+
+def provider(api_key: str = "", base_path: str = "") -> Provider:
+    return Provider(name="local", type="ollama", model="llama3.2", aliases=(),
+                    base_url="http://localhost:11434", host="localhost:11434",
+                    base_path=base_path, api_key=api_key, timeout=30.0)
+
+
+def chat(body: dict[str, Any], *, stream: bool = False, handler: str = "chat") -> ClientRequest:
+    return ClientRequest(handler, "llama3.2", stream, {"model": "llama3.2", **body}, rewritten=False)
+
+
+def embeddings(body: dict[str, Any]) -> ClientRequest:
+    return ClientRequest("embeddings", "llama3.2", False, {"model": "llama3.2", **body}, rewritten=False)
+
+
+def translator() -> OllamaTranslator:
+    return OllamaTranslator(clock=lambda: NOW + 0.4, new_id=lambda: "0123456789abcdef0123456789abcdef")
+
+
+def translate(body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    return json.loads(translator().request(chat(body, **kw), provider()).body)
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+# ------------------------------------------------------------------ request mapping
+
+
+def test_chat_request_targets_api_chat_without_credentials():
+    out = translator().request(chat({"messages": [user("why is the sky blue?")]}), provider(base_path="/ollama"))
+    assert out.path == "/ollama/api/chat"
+    assert "authorization" not in out.set_headers
+    assert json.loads(out.body) == {"model": "llama3.2", "stream": False,
+                                    "messages": [{"role": "user", "content": "why is the sky blue?"}]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stream_flag_is_always_explicit(stream):
+    assert translate({"messages": [user("hi")]}, stream=stream)["stream"] is stream
+
+
+def test_api_key_becomes_bearer_for_a_proxied_ollama():
+    out = translator().request(chat({"messages": [user("hi")]}), provider(api_key="secret"))
+    assert out.set_headers["authorization"] == "Bearer secret"
+
+
+def test_completion_handler_is_translated_exactly_like_chat():
+    body = {"messages": [user("hi")], "max_tokens": 5}
+    assert translator().request(chat(body, handler="completion"), provider()) == \
+        translator().request(chat(body), provider())
+
+
+def test_system_and_developer_become_system_role_and_parts_are_joined():
+    body = translate({"messages": [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "system", "content": [{"type": "text", "text": "Use French."}]},
+        {"role": "user", "content": [{"type": "text", "text": "line one"}, {"type": "text", "text": "line two"}]},
+    ]})
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "system", "content": "Use French."},
+        {"role": "user", "content": "line one\nline two"},
+    ]
+
+
+def test_data_url_images_become_base64_images():
+    body = translate({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is in this image?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]}]})
+    assert body["messages"] == [{"role": "user", "content": "what is in this image?",
+                                 "images": ["iVBORw0KGgo="]}]
+
+
+def test_linked_images_cannot_be_expressed():
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]})
+    assert err.value.status == 400
+
+
+def test_sampling_parameters_go_into_options():
+    body = translate({"messages": [user("hi")], "temperature": 0.2, "top_p": 0.8, "max_tokens": 100,
+                      "stop": "END", "seed": 42})
+    assert body["options"] == {"temperature": 0.2, "top_p": 0.8, "num_predict": 100, "stop": ["END"],
+                               "seed": 42}
+
+
+def test_max_completion_tokens_becomes_num_predict_and_stop_list_is_kept():
+    body = translate({"messages": [user("hi")], "max_completion_tokens": 9, "stop": ["\n", "user:"]})
+    assert body["options"] == {"num_predict": 9, "stop": ["\n", "user:"]}
+
+
+def test_no_options_when_no_sampling_parameters():
+    assert "options" not in translate({"messages": [user("hi")]})
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_current_weather", "description": "Get the current weather for a location",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}
+
+
+def test_tools_pass_through_and_tool_calls_arguments_become_objects():
+    body = translate({"tools": [WEATHER_TOOL], "messages": [
+        user("What is the weather today in Paris?"),
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_current_weather", "arguments": '{"location": "Paris, FR"}'}},
+            {"id": "call_2", "type": "function",
+             "function": {"name": "get_current_weather", "arguments": "{oops"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22C"},
+    ]})
+    assert body["tools"] == [WEATHER_TOOL]
+    assert body["messages"][1] == {"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": "get_current_weather", "arguments": {"location": "Paris, FR"}}},
+        {"function": {"name": "get_current_weather", "arguments": {}}},
+    ]}
+    assert body["messages"][2] == {"role": "tool", "content": "22C", "tool_name": "get_current_weather"}
+
+
+def test_tool_choice_none_withholds_the_tools():
+    assert "tools" not in translate({"messages": [user("hi")], "tools": [WEATHER_TOOL], "tool_choice": "none"})
+
+
+@pytest.mark.parametrize("response_format, expected", [
+    ({"type": "json_object"}, "json"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}, {"type": "object"}),
+])
+def test_response_format_becomes_format(response_format, expected):
+    assert translate({"messages": [user("hi")], "response_format": response_format})["format"] == expected
+
+
+def test_text_response_format_sets_no_format():
+    assert "format" not in translate({"messages": [user("hi")], "response_format": {"type": "text"}})
+
+
+def test_embeddings_request_targets_api_embed():
+    out = translator().request(embeddings({"input": ["a", "b"]}), provider())
+    assert out.path == "/api/embed"
+    assert json.loads(out.body) == {"model": "llama3.2", "input": ["a", "b"]}
+
+
+def test_token_array_embeddings_input_cannot_be_expressed():
+    with pytest.raises(GatewayError) as err:
+        translator().request(embeddings({"input": [[1, 2, 3]]}), provider())
+    assert err.value.status == 400 and err.value.param == "input"
+
+
+# ----------------------------------------------------------------- response mapping
+
+
+def respond(status: int, content_type: str, body: bytes, *, req: ClientRequest | None = None,
+            pieces: list[bytes] | None = None) -> tuple[dict[str, str], bytes]:
+    req = req or chat({"messages": [user("hi")]})
+    stage = translator().response(req, provider())
+    headers = stage.headers(status, content_type)
+    out = bytearray()
+    pieces = pieces if pieces is not None else [body]
+    for i, piece in enumerate(pieces):
+        out += stage.body(piece, i == len(pieces) - 1)
+    return headers, bytes(out)
+
+
+CHAT_RESPONSE = {
+    "model": "llama3.2", "created_at": "2023-12-12T14:13:43.416799Z",
+    "message": {"role": "assistant", "content": "Hello! How are you today?"},
+    "done_reason": "stop", "done": True, "total_duration": 5191566416, "load_duration": 2154458,
+    "prompt_eval_count": 26, "prompt_eval_duration": 383809000, "eval_count": 298,
+    "eval_duration": 4799921000,
+}
+
+
+def test_json_response_becomes_chat_completion():
+    headers, out = respond(200, "application/json; charset=utf-8", json.dumps(CHAT_RESPONSE).encode())
+    assert headers == {"content-type": "application/json"}
+    assert json.loads(out) == {
+        "id": "chatcmpl-0123456789abcdef01234567", "object": "chat.completion", "created": NOW,
+        "model": "llama3.2",
+        "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "Hello! How are you today?"}}],
+        "usage": {"prompt_tokens": 26, "completion_tokens": 298, "total_tokens": 324},
+    }
+
+
+@pytest.mark.parametrize("done_reason, finish", [("stop", "stop"), ("length", "length"), (None, "stop")])
+def test_done_reason_maps_to_finish_reason(done_reason, finish):
+    _, out = respond(200, "application/json", json.dumps({**CHAT_RESPONSE, "done_reason": done_reason}).encode())
+    assert json.loads(out)["choices"][0]["finish_reason"] == finish
+
+
+def test_json_tool_calls_get_ids_and_string_arguments():
+    body = {**CHAT_RESPONSE, "message": {"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": "get_current_weather", "arguments": {"format": "celsius", "location": "Paris, FR"}}},
+        {"function": {"name": "get_time", "arguments": {}}}]}}
+    _, out = respond(200, "application/json", json.dumps(body).encode())
+    choice = json.loads(out)["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    calls = choice["message"]["tool_calls"]
+    assert [c["function"]["name"] for c in calls] == ["get_current_weather", "get_time"]
+    assert json.loads(calls[0]["function"]["arguments"]) == {"format": "celsius", "location": "Paris, FR"}
+    assert calls[1]["function"]["arguments"] == "{}"
+    assert all(c["type"] == "function" for c in calls)
+    assert len({c["id"] for c in calls}) == 2 and all(c["id"].startswith("call_") for c in calls)
+
+
+def test_json_body_is_emitted_only_at_end_of_stream():
+    raw = json.dumps(CHAT_RESPONSE).encode()
+    stage = translator().response(chat({"messages": [user("hi")]}), provider())
+    stage.headers(200, "application/json")
+    assert stage.body(raw[:10], False) == b""
+    assert json.loads(stage.body(raw[10:], True))["usage"]["total_tokens"] == 324
+
+
+EMBED_RESPONSE = {"model": "all-minilm", "embeddings": [[0.5, -0.25], [1.0, 0.0]],
+                  "total_duration": 14143917, "load_duration": 1019500, "prompt_eval_count": 8}
+
+
+def test_embeddings_response_becomes_openai_list_with_usage():
+    _, out = respond(200, "application/json", json.dumps(EMBED_RESPONSE).encode(),
+                     req=embeddings({"input": ["a", "b"]}))
+    assert json.loads(out) == {
+        "object": "list", "model": "llama3.2",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -0.25]},
+                 {"object": "embedding", "index": 1, "embedding": [1.0, 0.0]}],
+        "usage": {"prompt_tokens": 8, "total_tokens": 8},
+    }
+
+
+def test_embeddings_usage_is_zero_without_prompt_eval_count():
+    body = {"model": "all-minilm", "embeddings": [[0.1]]}
+    _, out = respond(200, "application/json", json.dumps(body).encode(), req=embeddings({"input": "a"}))
+    assert json.loads(out)["usage"] == {"prompt_tokens": 0, "total_tokens": 0}
+
+
+def test_base64_encoding_format_returns_packed_float32():
+    _, out = respond(200, "application/json", json.dumps(EMBED_RESPONSE).encode(),
+                     req=embeddings({"input": ["a", "b"], "encoding_format": "base64"}))
+    first = json.loads(out)["data"][0]["embedding"]
+    assert list(struct.unpack("<2f", base64.b64decode(first))) == [0.5, -0.25]
+
+
+@pytest.mark.parametrize("status, message, openai_type, code", [
+    (404, 'model "llama9" not found, try pulling it first', "invalid_request_error", "model_not_found"),
+    (400, "invalid options", "invalid_request_error", None),
+    (500, "llama runner process has terminated", "server_error", None),
+])
+def test_error_json_becomes_openai_error_json(status, message, openai_type, code):
+    headers, out = respond(status, "application/json; charset=utf-8", json.dumps({"error": message}).encode())
+    assert headers == {"content-type": "application/json"}
+    assert json.loads(out) == {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
+
+
+def test_non_json_error_body_still_becomes_openai_error():
+    _, out = respond(502, "text/plain", b"upstream connect error")
+    err = json.loads(out)["error"]
+    assert err["type"] == "server_error" and "upstream connect error" in err["message"]
+
+
+@pytest.mark.parametrize("status, content_type, expected", [
+    (200, "application/x-ndjson", "text/event-stream"),
+    (200, "application/json; charset=utf-8", "application/json"),
+    (404, "application/json", "application/json"),
+])
+def test_headers_set_only_content_type(status, content_type, expected):
+    stage = translator().response(chat({"messages": [user("hi")]}, stream=True), provider())
+    assert stage.headers(status, content_type) == {"content-type": expected}
+
+
+# -------------------------------------------------------------------------- streams
+
+
+def ndjson(*lines: dict[str, Any]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def line(content: str) -> dict[str, Any]:
+    return {"model": "llama3.2", "created_at": "2023-08-04T08:52:19.385406455-07:00",
+            "message": {"role": "assistant", "content": content}, "done": False}
+
+
+FINAL = {"model": "llama3.2", "created_at": "2023-08-04T19:22:45.499127Z",
+         "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop",
+         "total_duration": 4883583458, "load_duration": 1334875, "prompt_eval_count": 26,
+         "prompt_eval_duration": 342546000, "eval_count": 282, "eval_duration": 4535599000}
+
+TEXT_STREAM = ndjson(line("The"), line(" sky"), line(" is blue ✓ ünïcødé"), FINAL)
+TOOL_STREAM = ndjson(
+    {"model": "llama3.2", "created_at": "2024-07-22T20:33:28.123648Z", "done": False,
+     "message": {"role": "assistant", "content": "", "tool_calls": [
+         {"function": {"name": "get_current_weather", "arguments": {"location": "Paris, FR"}}}]}},
+    {**FINAL, "eval_count": 33, "prompt_eval_count": 122})
+
+
+def events(out: bytes) -> list[Any]:
+    assert out.endswith(b"\n\n") or not out
+    result = []
+    for block in out.decode().split("\n\n")[:-1]:
+        assert block.startswith("data: ") and "\n" not in block, block
+        data = block[6:]
+        result.append(data if data == "[DONE]" else json.loads(data))
+    return result
+
+
+def stream(raw: bytes, size: int | None = None) -> bytes:
+    pieces = [raw] if size is None else [raw[i:i + size] for i in range(0, len(raw), size)] + [b""]
+    _, out = respond(200, "application/x-ndjson", raw, req=chat({"messages": [user("hi")]}, stream=True),
+                     pieces=pieces)
+    return out
+
+
+def test_ndjson_stream_becomes_openai_chunks_usage_and_done():
+    got = events(stream(TEXT_STREAM))
+    for chunk in got[:-1]:
+        assert chunk["id"] == "chatcmpl-0123456789abcdef01234567"
+        assert chunk["object"] == "chat.completion.chunk"
+        assert chunk["created"] == NOW and chunk["model"] == "llama3.2"
+    assert [c["choices"][0]["delta"] for c in got[:5]] == [
+        {"role": "assistant", "content": ""}, {"content": "The"}, {"content": " sky"},
+        {"content": " is blue ✓ ünïcødé"}, {}]
+    assert got[4]["choices"][0]["finish_reason"] == "stop"
+    assert got[5]["choices"] == []
+    assert got[5]["usage"] == {"prompt_tokens": 26, "completion_tokens": 282, "total_tokens": 308}
+    assert got[6] == "[DONE]" and len(got) == 7
+
+
+def test_length_done_reason_in_stream():
+    got = events(stream(ndjson(line("a"), {**FINAL, "done_reason": "length"})))
+    assert got[-3]["choices"][0]["finish_reason"] == "length"
+
+
+def test_tool_call_stream_becomes_tool_call_delta_and_tool_calls_finish():
+    got = events(stream(TOOL_STREAM))
+    call = got[1]["choices"][0]["delta"]["tool_calls"][0]
+    assert call["index"] == 0 and call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"]["name"] == "get_current_weather"
+    assert json.loads(call["function"]["arguments"]) == {"location": "Paris, FR"}
+    assert got[2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert got[3]["usage"]["total_tokens"] == 155
+
+
+@pytest.mark.parametrize("transcript", [TEXT_STREAM, TOOL_STREAM], ids=["text", "tools"])
+@pytest.mark.parametrize("size", [1, 2, 5, 13, 100, 10_000])
+def test_stream_output_is_identical_however_the_input_is_split(transcript, size):
+    assert stream(transcript, size) == stream(transcript)
+
+
+def test_stream_lines_are_converted_as_they_arrive():
+    stage = translator().response(chat({"messages": [user("hi")]}, stream=True), provider())
+    stage.headers(200, "application/x-ndjson")
+    first_line_end = TEXT_STREAM.index(b"\n") + 1
+    assert stage.body(TEXT_STREAM[:first_line_end - 5], False) == b""  # half a line: wait
+    got = events(stage.body(TEXT_STREAM[first_line_end - 5:first_line_end], False))
+    assert [c["choices"][0]["delta"] for c in got] == [{"role": "assistant", "content": ""}, {"content": "The"}]
+
+
+def test_final_line_without_trailing_newline_is_still_read():
+    got = events(stream(TEXT_STREAM.rstrip(b"\n"), 3))
+    assert got[-1] == "[DONE]"
+
+
+def test_mid_stream_error_line_becomes_error_event_without_done():
+    raw = ndjson(line("The"), {"error": "an error was encountered while running the model"}, FINAL)
+    got = events(stream(raw))
+    assert got[-1] == {"error": {"message": "an error was encountered while running the model",
+                                 "type": "server_error", "param": None, "code": None}}
+    assert "[DONE]" not in got and not any(isinstance(c, dict) and "usage" in c for c in got)
+    assert stream(raw, 1) == stream(raw)
+
+
+def test_stream_cut_before_done_ends_with_an_error_event():
+    raw = ndjson(line("The"), line(" sky"))
+    got = events(stream(raw, 4))
+    assert [c["choices"][0]["delta"] for c in got[:-1]] == [
+        {"role": "assistant", "content": ""}, {"content": "The"}, {"content": " sky"}]
+    assert got[-1]["error"]["message"] == "provider stream ended unexpectedly"
+    assert got[-1]["error"]["type"] == "server_error"
+
+
+def test_stream_request_answered_with_error_status_is_json_error():
+    raw = b'{"error":"model \\"nope\\" not found, try pulling it first"}'
+    headers, out = respond(404, "application/json", raw, req=chat({"messages": [user("hi")]}, stream=True),
+                           pieces=[raw[:7], raw[7:]])
+    assert headers == {"content-type": "application/json"}
+    assert json.loads(out)["error"]["code"] == "model_not_found"
+
+
+# ------------------------------------------------------------------ property test
+
+safe_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+
+
+@st.composite
+def chat_requests(draw) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = []
+    for i in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["system", "developer", "user", "user_parts", "assistant", "tool_round"]))
+        if kind == "user_parts":
+            parts = draw(st.lists(safe_text, min_size=1, max_size=3))
+            messages.append({"role": "user", "content": [{"type": "text", "text": p} for p in parts]})
+        elif kind == "tool_round":
+            call_id = f"call_{i}"
+            messages.append({"role": "assistant", "content": draw(st.one_of(st.none(), safe_text)),
+                             "tool_calls": [{"id": call_id, "type": "function", "function": {
+                                 "name": "f", "arguments": draw(st.sampled_from(['{"a": 1}', "", "{bad"]))}}]})
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": draw(safe_text)})
+        else:
+            messages.append({"role": kind, "content": draw(safe_text)})
+    body: dict[str, Any] = {"messages": messages}
+    if draw(st.booleans()):
+        body["max_tokens"] = draw(st.integers(1, 10_000))
+    if draw(st.booleans()):
+        body["temperature"] = draw(st.floats(0, 2))
+    if draw(st.booleans()):
+        body["stop"] = draw(st.one_of(safe_text, st.lists(safe_text, max_size=4)))
+    if draw(st.booleans()):
+        body["tools"] = [WEATHER_TOOL]
+    return body
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chat_requests(), st.booleans())
+def test_any_valid_chat_request_translates_and_keeps_its_text(body, stream_flag):
+    sent = json.loads(translator().request(chat(body, stream=stream_flag), provider()).body)
+    assert sent["stream"] is stream_flag
+    assert len(sent["messages"]) == len(body["messages"])
+    for original, translated in zip(body["messages"], sent["messages"]):
+        content = original.get("content")
+        texts = [content] if isinstance(content, str) else [p["text"] for p in content or []]
+        assert isinstance(translated["content"], str)
+        for text in texts:
+            assert text in translated["content"]
