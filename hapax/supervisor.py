@@ -1,0 +1,291 @@
+"""``hapax serve``: starts ext_proc, the control plane and Envoy, and watches them.
+
+Start order follows the dependencies: ext_proc first (it binds its ports and
+reports them), then the control plane (which must know where ext_proc listens
+to tell Envoy), then Envoy (which asks the control plane for everything).
+
+Policy when a child dies: the supervisor says which one and how (exit code or
+signal), stops the other two and exits non-zero. Restarting belongs to the
+service manager above us (systemd, Kubernetes), which also sees the failure;
+a supervisor that silently restarted a crash-looping child would hide it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hapax.envoy_process import envoy_binary, render_bootstrap
+
+log = logging.getLogger("hapax.supervisor")
+
+READY_TIMEOUT = 60.0
+STOP_GRACE = 5.0
+
+
+class StartupError(Exception):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # If the supervisor is killed outright, the kernel sends SIGTERM to the
+    # children: no orphaned Envoy keeps a port bound.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: asyncio.subprocess.Process | None = None
+    ready: dict = field(default_factory=dict)
+
+    async def start(self, wait_ready: bool) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        if wait_ready:
+            self.ready = await asyncio.wait_for(self._ready_line(), READY_TIMEOUT)
+        asyncio.create_task(self._drain_stdout())
+
+    async def _ready_line(self) -> dict:
+        assert self.process and self.process.stdout
+        while True:
+            line = await self.process.stdout.readline()
+            if not line:
+                raise StartupError(f"{self.name} exited before it was ready ({self.describe_exit()})")
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event.get("event") == "ready":
+                return event
+
+    async def _drain_stdout(self) -> None:
+        assert self.process and self.process.stdout
+        while await self.process.stdout.readline():
+            pass
+
+    def describe_exit(self) -> str:
+        code = self.process.returncode if self.process else None
+        if code is None:
+            return "still running"
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+    async def stop(self) -> None:
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_GRACE)
+        except asyncio.TimeoutError:
+            log.warning("child did not stop in time; killing it", extra={"child": self.name})
+            proc.kill()
+            await proc.wait()
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    config_path: Path | None
+    port: int | None = None          # overrides server.port
+    admin_port: int | None = None    # overrides server.admin_port
+    envoy_log_level: str = "warning"
+    log_level: str = "INFO"
+
+
+class Supervisor:
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options
+        self.children: list[Child] = []
+        self.fakes: list = []
+        self.workdir = Path(tempfile.mkdtemp(prefix="hapax-"))
+        self.listen_url = ""
+        self.admin_url = ""
+
+    # -- start
+
+    async def start(self) -> None:
+        from control_plane.config import load_config  # validated before anything starts
+
+        config_path = self.options.config_path or await self._default_config()
+        config = load_config(config_path)
+        admin_port = config.server.admin_port if self.options.admin_port is None else self.options.admin_port
+        port = config.server.port if self.options.port is None else self.options.port
+        port_args = [] if self.options.port is None else ["--port", str(self.options.port)]
+        xds_port = free_port()
+        py = sys.executable
+        ext_proc = Child("ext_proc", [py, "-m", "ext_proc", "--xds", f"127.0.0.1:{xds_port}",
+                                      "--log-level", self.options.log_level])
+        await self._start(ext_proc)
+        control_plane = Child("control_plane", [
+            py, "-m", "control_plane", "--config", str(config_path),
+            "--listen", f"127.0.0.1:{xds_port}",
+            "--ext-proc-grpc", ext_proc.ready["grpc"], "--ext-proc-http", ext_proc.ready["http"],
+            *port_args, "--log-level", self.options.log_level])
+        await self._start(control_plane)
+        await self._start_envoy(admin_port, xds_port)
+        port = await self._listener_port(port)
+        host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        self.listen_url = f"http://{host}:{port}"
+        self._print_ready(config, control_plane.ready.get("version", ""))
+
+    async def _start(self, child: Child, wait_ready: bool = True) -> None:
+        self.children.append(child)
+        await child.start(wait_ready)
+        log.info("child started", extra={"child": child.name, "pid": child.process.pid, **child.ready})
+
+    async def _start_envoy(self, admin_port: int, xds_port: int) -> None:
+        bootstrap = self.workdir / "envoy.yaml"
+        bootstrap.write_text(render_bootstrap(
+            node_id=f"hapax-envoy-{os.getpid()}", admin_port=admin_port,
+            xds_host="127.0.0.1", xds_port=xds_port))
+        admin_file = self.workdir / "admin.address"
+        envoy = Child("envoy", [
+            str(envoy_binary()), "-c", str(bootstrap), "--admin-address-path", str(admin_file),
+            "--disable-hot-restart", "--log-level", self.options.envoy_log_level,
+            "--log-format", '{"ts":"%Y-%m-%dT%T.%eZ","level":"%l","component":"envoy","logger":"%n","msg":"%j"}',
+        ])
+        await self._start(envoy, wait_ready=False)
+        self.admin_url = "http://" + await self._wait_file(admin_file, envoy)
+
+    async def _wait_file(self, path: Path, child: Child) -> str:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if child.process and child.process.returncode is not None:
+                raise StartupError(f"{child.name} exited during start-up ({child.describe_exit()})")
+            if path.exists() and path.read_text().strip():
+                return path.read_text().strip()
+            await asyncio.sleep(0.05)
+        raise StartupError(f"{child.name} did not start within {READY_TIMEOUT:.0f}s")
+
+    async def _listener_port(self, configured: int) -> int:
+        """Waits until Envoy has its listener from the control plane and is LIVE."""
+        envoy = self.children[-1]
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if envoy.process and envoy.process.returncode is not None:
+                raise StartupError(f"envoy exited during start-up ({envoy.describe_exit()})")
+            port = await asyncio.to_thread(self._admin_listener_port)
+            if port:
+                return port
+            await asyncio.sleep(0.1)
+        raise StartupError(f"Envoy did not get its listener (port {configured}) from the control plane "
+                           f"within {READY_TIMEOUT:.0f}s; see the logs above")
+
+    def _admin_listener_port(self) -> int | None:
+        try:
+            with urllib.request.urlopen(self.admin_url + "/ready", timeout=1) as r:
+                if r.status != 200:
+                    return None
+            with urllib.request.urlopen(self.admin_url + "/listeners?format=json", timeout=1) as r:
+                listeners = json.load(r).get("listener_statuses", [])
+        except OSError:
+            return None
+        for lst in listeners:
+            if lst.get("name") == "hapax_http":
+                return int(lst["local_address"]["socket_address"]["port_value"])
+        return None
+
+    async def _default_config(self) -> Path:
+        from control_plane.defaults import default_config_text, needs_fake_providers
+
+        fake_urls = None
+        if needs_fake_providers(os.environ):
+            fake_urls = await self._start_fakes()
+        path = self.workdir / "hapax.default.yaml"
+        path.write_text(default_config_text(os.environ, fake_urls))
+        return path
+
+    async def _start_fakes(self) -> dict[str, str]:
+        from hapax.fakes import FakeAnthropic, FakeOllama, FakeOpenAI
+
+        fakes = {
+            "openai": FakeOpenAI(api_key="fake-openai-key", model="gpt-4o-mini"),
+            "anthropic": FakeAnthropic(api_key="fake-anthropic-key", model="claude-3-5-haiku-latest"),
+            "ollama": FakeOllama(model="llama3.2"),
+        }
+        for fake in fakes.values():
+            await fake.start()
+            self.fakes.append(fake)
+        return {name: fake.base_url for name, fake in fakes.items()}
+
+    def _print_ready(self, config, version: str) -> None:
+        providers = ", ".join(f"{p.name} ({p.type}, {p.base_url})" for p in config.providers.values())
+        lines = [
+            "Hapax is ready.",
+            f"  OpenAI API:   {self.listen_url}/v1",
+            f"  Health:       {self.listen_url}/health",
+            f"  Envoy admin:  {self.admin_url} (loopback only)",
+            f"  Providers:    {providers}",
+            f"  Preference:   {' > '.join(config.provider_preference)}",
+            f"  Config:       {self.options.config_path or 'built-in default'} (version {version})",
+            "Press Ctrl-C to stop.",
+        ]
+        print("\n".join(lines), flush=True)
+
+    # -- run and stop
+
+    async def wait(self) -> int:
+        """Returns when a signal arrives (0) or a child dies (1)."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        waiters = {asyncio.create_task(c.process.wait()): c for c in self.children if c.process}
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stopper, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (stopper, *waiters):
+            task.cancel()
+        if stopper in done:
+            log.info("stopping on signal")
+            return 0
+        for task in done:
+            child = waiters[task]
+            log.error("child died; stopping the gateway", extra={"child": child.name, "how": child.describe_exit()})
+            print(f"hapax: {child.name} died ({child.describe_exit()}); stopping.", file=sys.stderr, flush=True)
+        return 1
+
+    async def stop(self) -> None:
+        for child in reversed(self.children):
+            await child.stop()
+        for fake in self.fakes:
+            await fake.stop()
+        for path in sorted(self.workdir.glob("*")):
+            path.unlink(missing_ok=True)
+        self.workdir.rmdir()
+
+
+async def serve(options: ServeOptions) -> int:
+    supervisor = Supervisor(options)
+    try:
+        await supervisor.start()
+    except BaseException:
+        await supervisor.stop()
+        raise
+    try:
+        return await supervisor.wait()
+    finally:
+        await supervisor.stop()
+        print("Hapax stopped.", flush=True)

@@ -1,0 +1,140 @@
+"""Shared fixtures: fake providers on a background loop, and a real gateway.
+
+The gateway is the real thing: ``hapax serve --config FILE`` as a subprocess,
+which starts ext_proc, the control plane and Envoy on ephemeral loopback ports.
+Fake providers run on their own event loop in a thread so that tests may use
+blocking clients (the official ``openai`` SDK) as well as asyncio ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class FakeHost:
+    """Runs fake providers on a private event loop in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def start(self, fake):
+        self.run(fake.start())
+        return fake
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def fake_host():
+    host = FakeHost()
+    yield host
+    host.close()
+
+
+class Gateway:
+    """A running ``hapax serve`` process and what it printed."""
+
+    def __init__(self, config: dict, tmp: Path, env: dict[str, str] | None = None) -> None:
+        self.config_path = tmp / "hapax.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.output: list[str] = []
+        full_env = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hapax.cli", "serve", "--config", str(self.config_path),
+             "--log-level", "WARNING"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+            start_new_session=True,
+        )
+        self.stderr: list[str] = []
+        threading.Thread(target=self._collect_stderr, daemon=True).start()
+        self.url = self._wait_ready()
+        self.admin_url = self._line_value("Envoy admin:").split()[0]
+
+    def _collect_stderr(self) -> None:
+        assert self.proc.stderr
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def _wait_ready(self, timeout: float = 90.0) -> str:
+        assert self.proc.stdout
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("hapax serve exited before ready:\n" + "".join(self.stderr[-40:]))
+            self.output.append(line)
+            if line.startswith("Press Ctrl-C"):
+                return self._line_value("OpenAI API:").removesuffix("/v1")
+        raise RuntimeError("hapax serve was not ready in time")
+
+    def _line_value(self, label: str) -> str:
+        for line in self.output:
+            if line.strip().startswith(label):
+                return line.split(label, 1)[1].strip()
+        raise KeyError(label)
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def child_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def gateway_config(providers: dict[str, dict], *, preference: list[str] | None = None,
+                   routes: list[dict] | None = None) -> dict:
+    config: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0, "admin_port": 0, "metrics_port": 0},
+        "providers": providers,
+    }
+    if preference is not None:
+        config["provider_preference"] = preference
+    if routes is not None:
+        config["routes"] = routes
+    return config
+
+
+@pytest.fixture(scope="session")
+def start_gateway(tmp_path_factory) -> Callable[..., Gateway]:
+    started: list[Gateway] = []
+
+    def start(config: dict, env: dict[str, str] | None = None) -> Gateway:
+        gw = Gateway(config, tmp_path_factory.mktemp("gw"), env)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
