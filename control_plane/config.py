@@ -17,7 +17,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -127,7 +127,7 @@ class FrozenMap(Mapping[K, V]):
         return repr(self._data)
 
 
-def _freeze(obj: object, name: str, convert: Any) -> None:
+def _freeze(obj: object, name: str, convert: Callable[[Any], Any]) -> None:
     # The dataclasses are frozen; normalising inputs in __post_init__ needs the bypass.
     object.__setattr__(obj, name, convert(getattr(obj, name)))
 
@@ -306,7 +306,7 @@ def _describe_yaml_error(exc: yaml.YAMLError) -> str:
     problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     if problem is None or mark is None:
-        return f"invalid YAML: {exc}"
+        return f"invalid YAML: {' '.join(str(exc).split())}"  # one line, like every other issue
     message = f"invalid YAML at {_position(mark)}: {problem}"
     context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
     if context and context_mark and context != problem:

@@ -96,5 +96,5 @@ def _literals(settings: Mapping[str, str]) -> dict[str, str]:
 
 
 def _literal(text: str) -> str:
-    # The parser expands ${VAR} in every string; a URL is meant literally.
+    # The parser expands ${VAR} in every string; these values are meant literally.
     return text.replace("$", "$$")

@@ -66,8 +66,9 @@ CHAIN_HEADER = "x-hapax-chain"
 EXT_PROC_FILTER = "hapax.ext_proc"
 METADATA_NAMESPACE = "hapax"
 HEALTH_PATH = "/health"
-# Bodies above this get a 413 from ext_proc (BUFFERED_PARTIAL hands it the first
-# part with end_of_stream unset), so clients see OpenAI error JSON.
+# Bodies above this get Envoy's 413, rewritten to OpenAI error JSON by the
+# local reply config. (BUFFERED_PARTIAL would let ext_proc answer it, but it can
+# release the headers to the router before the body step names the chain.)
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 HANDLER_METHODS = {"chat": "POST", "completion": "POST", "embeddings": "POST", "models": "GET"}
@@ -381,7 +382,7 @@ def provider_route(config: HapaxConfig, route: RouteConfig) -> route_components_
         mode = PM(request_header_mode=PM.SEND, request_body_mode=PM.NONE,
                   response_header_mode=PM.SKIP, response_body_mode=PM.NONE)
     else:
-        mode = PM(request_header_mode=PM.SEND, request_body_mode=PM.BUFFERED_PARTIAL,
+        mode = PM(request_header_mode=PM.SEND, request_body_mode=PM.BUFFERED,
                   response_header_mode=PM.SKIP, response_body_mode=PM.NONE)
     longest = max((p.timeout for p in config.providers.values()), default=60.0)
     return route_components_pb2.Route(
@@ -469,30 +470,33 @@ _LOCAL_REPLY_ERRORS = (
 )
 
 
+def _json_mapper(flt: accesslog_pb2.AccessLogFilter, status: int, message_text: str,
+                 err_type: str, code: str) -> hcm_pb2.ResponseMapper:
+    fmt = struct_pb2.Struct()
+    fmt.update({"error": {"message": message_text, "type": err_type, "param": None, "code": code}})
+    return hcm_pb2.ResponseMapper(
+        filter=flt,
+        status_code=wrappers_pb2.UInt32Value(value=status),
+        body_format_override=substitution_format_string_pb2.SubstitutionFormatString(json_format=fmt),
+    )
+
+
 def _local_reply_config() -> hcm_pb2.LocalReplyConfig:
-    mappers = []
-    for flags, status, message_text, code in _LOCAL_REPLY_ERRORS:
-        body = {
-            "error": {
-                "message": f"{message_text} (%LOCAL_REPLY_BODY%)",
-                "type": "server_error",
-                "param": None,
-                "code": code,
-            }
-        }
-        fmt = struct_pb2.Struct()
-        fmt.update(body)
-        mappers.append(
-            hcm_pb2.ResponseMapper(
-                filter=accesslog_pb2.AccessLogFilter(
-                    response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags))
-                ),
-                status_code=wrappers_pb2.UInt32Value(value=status),
-                body_format_override=substitution_format_string_pb2.SubstitutionFormatString(
-                    json_format=fmt
-                ),
-            )
-        )
+    mappers = [
+        _json_mapper(
+            accesslog_pb2.AccessLogFilter(
+                response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags))),
+            status, f"{text} (%LOCAL_REPLY_BODY%)", "server_error", code)
+        for flags, status, text, code in _LOCAL_REPLY_ERRORS
+    ]
+    # Envoy answers 413 itself when a body outgrows the buffer; ext_proc never does.
+    too_large = accesslog_pb2.AccessLogFilter(status_code_filter=accesslog_pb2.StatusCodeFilter(
+        comparison=accesslog_pb2.ComparisonFilter(
+            op=accesslog_pb2.ComparisonFilter.EQ,
+            value=base_pb2.RuntimeUInt32(default_value=413, runtime_key="hapax.unused.413"))))
+    mappers.append(_json_mapper(
+        too_large, 413, f"The request body is larger than the gateway accepts ({MAX_REQUEST_BYTES} bytes).",
+        "invalid_request_error", "request_too_large"))
     return hcm_pb2.LocalReplyConfig(mappers=mappers)
 
 

@@ -130,10 +130,6 @@ class RouterStep:
         return _continue_headers()
 
     def on_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
-        if not msg.end_of_stream:
-            # BUFFERED_PARTIAL hands over a partial body only when it exceeds the limit.
-            raise GatewayError(413, f"The request body is larger than the gateway accepts ({len(msg.body)} bytes buffered).",
-                               code="request_too_large")
         req = client_request.parse(self.handler, msg.body)
         chain = self.chain_for(req)
         set_headers = {CHAIN_HEADER: chain, HANDLER_HEADER: req.handler}

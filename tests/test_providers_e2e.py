@@ -1,0 +1,123 @@
+"""The seed example's shape end to end: Anthropic first, OpenAI second, Ollama local.
+
+Requests leave the openai SDK in OpenAI's shape and reach each fake provider in
+that provider's own wire format; the answers come back in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from hapax.fakes import FakeAnthropic, FakeOllama, FakeOpenAI
+from tests.conftest import gateway_config
+
+ANTHROPIC_KEY = "sk-ant-test-secret"
+OPENAI_KEY = "sk-oai-test-secret"
+
+
+@pytest.fixture(scope="module")
+def fakes(fake_host):
+    started = {
+        "anthropic": fake_host.start(FakeAnthropic(api_key=ANTHROPIC_KEY, model="claude-3-haiku")),
+        "openai": fake_host.start(FakeOpenAI(api_key=OPENAI_KEY, model="gpt-4")),
+        "ollama": fake_host.start(FakeOllama(model="llama3.2")),
+    }
+    yield started
+    for fake in started.values():
+        fake_host.run(fake.stop())
+
+
+@pytest.fixture(scope="module")
+def gateway(fakes, start_gateway):
+    config = gateway_config(
+        {
+            "anthropic": {"type": "anthropic", "model": "claude-3-haiku", "api_key": "${ANTHROPIC_API_KEY}",
+                          "base_url": fakes["anthropic"].base_url},
+            "openai": {"type": "openai", "model": "gpt-4", "api_key": "${OPENAI_API_KEY}",
+                       "base_url": fakes["openai"].base_url},
+            "ollama": {"type": "ollama", "model": "llama3.2", "base_url": fakes["ollama"].base_url},
+        },
+        preference=["anthropic", "openai"],
+        routes=[
+            {"path": "/v1/chat/completions", "handler": "chat"},
+            {"path": "/v1/embeddings", "handler": "embeddings"},
+            {"path": "/v1/marketing/completions", "handler": "completion", "version": "v1",
+             "metrics_labels": {"department": "marketing"}},
+        ],
+    )
+    return start_gateway(config, env={"ANTHROPIC_API_KEY": ANTHROPIC_KEY, "OPENAI_API_KEY": OPENAI_KEY})
+
+
+@pytest.fixture()
+def client(gateway, fakes):
+    for fake in fakes.values():
+        fake.reset()
+    return openai.OpenAI(base_url=gateway.base_url, api_key="sk-client", max_retries=0, timeout=30)
+
+
+def test_preference_order_sends_auto_requests_to_anthropic_in_its_format(client, fakes):
+    reply = client.chat.completions.create(
+        model="auto", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}])
+    assert reply.object == "chat.completion"
+    assert reply.choices[0].message.content == "Hello from fake-anthropic! You said: hi there"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+    [sent] = fakes["anthropic"].requests
+    assert sent.path == "/v1/messages"
+    assert sent.headers["x-api-key"] == ANTHROPIC_KEY
+    assert sent.headers["anthropic-version"] == "2023-06-01"
+    assert "authorization" not in sent.headers
+    assert sent.body["system"] == "be brief"
+    assert sent.body["model"] == "claude-3-haiku" and sent.body["max_tokens"] > 0
+    assert fakes["openai"].requests == []
+
+
+def test_anthropic_stream_becomes_openai_chunks(client, fakes):
+    stream = client.chat.completions.create(
+        model="claude-3-haiku", messages=[{"role": "user", "content": "stream it"}], stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from fake-anthropic! You said: stream it"
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert fakes["anthropic"].requests[0].body["stream"] is True
+
+
+def test_seed_marketing_route_serves_completions_from_anthropic(gateway, fakes, client):
+    marketing = openai.OpenAI(base_url=gateway.url + "/v1/marketing", api_key="sk-client", max_retries=0)
+    reply = marketing.completions.create(model="auto", prompt="write a tagline")
+    assert reply.object == "text_completion"
+    assert reply.choices[0].text == "Hello from fake-anthropic! You said: write a tagline"
+    assert fakes["anthropic"].requests[0].path == "/v1/messages"
+
+
+def test_ollama_model_is_served_through_the_native_chat_api(client, fakes):
+    reply = client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "local?"}],
+                                           max_tokens=64)
+    assert reply.choices[0].message.content == "Hello from fake-ollama! You said: local?"
+    [sent] = fakes["ollama"].requests
+    assert sent.path == "/api/chat"
+    assert sent.body["stream"] is False and sent.body["options"]["num_predict"] == 64
+
+
+def test_ollama_ndjson_stream_becomes_openai_sse(client, fakes):
+    stream = client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "stream local"}],
+                                            stream=True)
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+        "Hello from fake-ollama! You said: stream local"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_embeddings_on_an_anthropic_first_chain_get_a_clear_400(client, fakes):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="claude-3-haiku", input="x")
+    assert err.value.body["code"] == "unsupported_handler"
+    assert fakes["anthropic"].requests == []
+
+
+def test_ollama_embeddings_come_back_in_openai_shape(client, fakes):
+    reply = client.embeddings.create(model="llama3.2", input=["one", "two"])
+    assert [d.index for d in reply.data] == [0, 1] and len(reply.data[0].embedding) > 0
+    assert fakes["ollama"].requests[0].path == "/api/embed"

@@ -1,0 +1,146 @@
+"""What the control plane turns a config into: consistent, secret-free, valid for Envoy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+from control_plane import resources as res
+from control_plane.config import parse_config
+from control_plane.snapshot import (
+    CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, RUNTIME, InconsistentSnapshot,
+    _aggregate_members, build_snapshot, make_snapshot,
+)
+from control_plane.static_bootstrap import envoy_validate, static_bootstrap
+from hapax.envoy_process import envoy_binary
+
+SEED = """\
+providers:
+  anthropic: {type: anthropic, model: claude-3-haiku, api_key: "${ANTHROPIC_API_KEY}"}
+  openai:    {type: openai,    model: gpt-4,          api_key: "${OPENAI_API_KEY}"}
+provider_preference: [anthropic, openai]
+routes:
+  - path: "/v1/marketing/completions"
+    handler: completion
+    version: v1
+    metrics_labels: {department: marketing}
+"""
+SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-SECRET-aaaa", "OPENAI_API_KEY": "sk-oai-SECRET-bbbb"}
+EXT_PROC = res.ExtProcEndpoints(grpc=(res.Address("127.0.0.1", 7001),), http=(res.Address("127.0.0.1", 7002),))
+
+MIXED = """\
+providers:
+  openai: {type: openai, model: gpt-4o, api_key: "${OPENAI_API_KEY}"}
+  local:  {type: ollama, model: llama3.2, base_url: "http://127.0.0.1:11434", timeout: 2m}
+  claude: {type: anthropic, model: claude-3-haiku, api_key: "${ANTHROPIC_API_KEY}"}
+provider_preference: [openai, claude]
+"""
+
+
+def seed_snapshot(text: str = SEED):
+    return build_snapshot(parse_config(text, env=SECRETS), "v1", EXT_PROC)
+
+
+def test_seed_example_becomes_one_cluster_per_provider_and_a_chain_per_first_provider():
+    snap = seed_snapshot()
+    clusters = snap.of_type(CLUSTER)
+    assert {"provider.anthropic", "provider.openai", "chain.anthropic", "chain.openai",
+            res.EXT_PROC_CLUSTER, res.EXT_PROC_HTTP_CLUSTER} == set(clusters)
+    assert _aggregate_members(clusters["chain.anthropic"]) == ["provider.anthropic", "provider.openai"]
+    assert _aggregate_members(clusters["chain.openai"]) == ["provider.openai", "provider.anthropic"]
+
+
+def test_https_providers_get_tls_with_sni_and_local_ones_plain_http():
+    clusters = seed_snapshot(MIXED).of_type(CLUSTER)
+    openai = clusters["provider.openai"]
+    assert openai.transport_socket.name == "envoy.transport_sockets.tls"
+    tls = tls_pb2.UpstreamTlsContext()
+    openai.transport_socket.typed_config.Unpack(tls)
+    assert tls.sni == "api.openai.com"
+    assert not clusters["provider.local"].HasField("transport_socket")
+    address = clusters["provider.local"].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+    assert (address.socket_address.address, address.socket_address.port_value) == ("127.0.0.1", 11434)
+
+
+def test_routes_carry_the_department_route_and_gateway_routes():
+    rc = seed_snapshot().of_type(ROUTE)[res.ROUTE_CONFIG_NAME]
+    routes = rc.virtual_hosts[0].routes
+    paths = [r.match.path or r.match.prefix for r in routes]
+    assert paths[0] == "/health"
+    assert "/v1/marketing/completions" in paths
+    assert paths[-1] == "/"  # the JSON 404 catch-all comes last
+    marketing = next(r for r in routes if r.match.path == "/v1/marketing/completions" and r.HasField("route"))
+    assert marketing.route.cluster_header == res.CHAIN_HEADER
+    assert marketing.metadata.filter_metadata["hapax"]["department"] == "marketing"
+
+
+def test_api_keys_reach_only_the_runtime_resource_never_envoy_resources():
+    snap = seed_snapshot()
+    for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
+        for msg in snap.of_type(type_url).values():
+            blob = msg.SerializeToString()
+            for secret in SECRETS.values():
+                assert secret.encode() not in blob, f"{secret} leaked into {type_url}"
+    runtime = snap.of_type(RUNTIME)[res.RUNTIME_NAME]
+    assert {p.name: p.api_key for p in runtime.providers} == {
+        "anthropic": SECRETS["ANTHROPIC_API_KEY"], "openai": SECRETS["OPENAI_API_KEY"]}
+
+
+def test_runtime_names_chains_in_preference_order():
+    runtime = seed_snapshot(MIXED).of_type(RUNTIME)[res.RUNTIME_NAME]
+    assert [c.cluster for c in runtime.chains] == ["chain.openai", "chain.claude", "chain.local"]
+    assert list(runtime.chains[2].providers) == ["local", "openai", "claude"]
+
+
+def test_push_order_is_clusters_endpoints_listeners_routes_then_runtime():
+    assert PUSH_ORDER == (CLUSTER, ENDPOINT, LISTENER, ROUTE, RUNTIME)
+
+
+def test_snapshot_naming_a_missing_cluster_is_refused():
+    rc = route_pb2.RouteConfiguration(name="r", virtual_hosts=[route_components_pb2.VirtualHost(
+        name="v", domains=["*"], routes=[route_components_pb2.Route(
+            match=route_components_pb2.RouteMatch(prefix="/"),
+            route=route_components_pb2.RouteAction(cluster="nowhere"))])])
+    with pytest.raises(InconsistentSnapshot, match="missing cluster nowhere"):
+        make_snapshot("v", {ROUTE: [rc]})
+
+
+def test_eds_cluster_without_endpoints_is_refused():
+    cluster = cluster_pb2.Cluster(name="lonely", type=cluster_pb2.Cluster.EDS)
+    with pytest.raises(InconsistentSnapshot, match="lonely uses EDS"):
+        make_snapshot("v", {CLUSTER: [cluster]})
+
+
+def test_listener_naming_a_missing_route_configuration_is_refused():
+    snap = seed_snapshot()
+    with pytest.raises(InconsistentSnapshot, match="missing route configuration"):
+        make_snapshot("v", {CLUSTER: list(snap.of_type(CLUSTER).values()),
+                            ENDPOINT: list(snap.of_type(ENDPOINT).values()),
+                            LISTENER: list(snap.of_type(LISTENER).values())})
+
+
+def _validate(tmp_path: Path, bootstrap: dict):
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(bootstrap))
+    return envoy_validate(envoy_binary(), path)
+
+
+@pytest.mark.parametrize("text", [SEED, MIXED], ids=["seed", "mixed"])
+def test_envoy_validate_accepts_the_generated_configuration(tmp_path, text):
+    result = _validate(tmp_path, static_bootstrap(seed_snapshot(text)))
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_envoy_validate_rejects_a_broken_configuration(tmp_path):
+    # Proves the check above can fail: a route to a cluster Envoy doesn't have.
+    bootstrap = static_bootstrap(seed_snapshot())
+    bootstrap["static_resources"]["clusters"] = [
+        c for c in bootstrap["static_resources"]["clusters"] if c["name"] != res.EXT_PROC_HTTP_CLUSTER]
+    result = _validate(tmp_path, bootstrap)
+    assert result.returncode != 0
+    assert res.EXT_PROC_HTTP_CLUSTER in result.stderr + result.stdout
