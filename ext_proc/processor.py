@@ -223,8 +223,7 @@ class UpstreamStep:
 
     def _needs_response_stage(self) -> bool:
         assert self.provider is not None
-        probe = ClientRequest(self.handler, None, False, {}, False)
-        return self.handler == "completion" or translator_for(self.provider.type).response(probe, self.provider) is not None
+        return self.handler == "completion" or not translator_for(self.provider.type).answers_in_openai_shape
 
     def _response_stage(self, req: ClientRequest) -> ResponseStage | None:
         assert self.provider is not None

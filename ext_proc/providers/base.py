@@ -38,6 +38,9 @@ class ResponseStage(ABC):
 class Translator(ABC):
     type: ClassVar[str]
     handlers: ClassVar[frozenset[str]]
+    # True when the provider already answers in OpenAI's shape: Envoy then
+    # streams its responses to the client without crossing ext_proc.
+    answers_in_openai_shape: ClassVar[bool] = False
 
     @abstractmethod
     def request(self, req: ClientRequest, provider: Provider) -> ProviderRequest:

@@ -14,6 +14,7 @@ PATHS = {"chat": "/chat/completions", "completion": "/chat/completions", "embedd
 class OpenAITranslator(Translator):
     type = "openai"
     handlers = frozenset(PATHS)
+    answers_in_openai_shape = True
 
     def request(self, req: ClientRequest, provider: Provider) -> ProviderRequest:
         body = dict(req.body)

@@ -1,0 +1,161 @@
+"""ext_proc's pure parts: request parsing, SSE reassembly, response shapes, runtime view."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, strategies as st
+
+from ext_proc import client_request
+from ext_proc.errors import GatewayError
+from ext_proc.processor import provider_from_host_metadata
+from ext_proc.runtime import InvalidRuntime, RuntimeView
+from ext_proc.shapes import TextCompletionStage
+from ext_proc.sse import SseParser, encode
+from hapax.v1 import runtime_pb2
+
+
+# ---------------------------------------------------------------- client requests
+
+
+def test_chat_body_is_kept_as_sent():
+    raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+    req = client_request.parse("chat", raw)
+    assert (req.handler, req.model, req.stream, req.rewritten) == ("chat", "m", True, False)
+
+
+@pytest.mark.parametrize("body", [{"prompt": "p"}, {"prompt": ["p"]}, {"input": "p"},
+                                  {"messages": [{"role": "user", "content": "p"}]}])
+def test_completion_shapes_become_one_chat_request(body):
+    req = client_request.parse("completion", json.dumps({**body, "max_tokens": 5}).encode())
+    assert req.body["messages"] == [{"role": "user", "content": "p"}]
+    assert req.body["max_tokens"] == 5
+    assert "prompt" not in req.body and "input" not in req.body
+    assert req.rewritten
+
+
+@pytest.mark.parametrize("raw,param", [
+    (b"", None), (b"[1, 2]", None), (b"\xff\xfe", None),
+    (b'{"prompt": ["a", "b"]}', "prompt"), (b'{"prompt": 3}', "prompt"), (b"{}", "prompt"),
+])
+def test_bad_completion_bodies_are_400s(raw, param):
+    with pytest.raises(GatewayError) as err:
+        client_request.parse("completion", raw)
+    assert err.value.status == 400 and err.value.param == param
+
+
+@pytest.mark.parametrize("value", ["x", ["a", "b"], [[1, 2], [3]], [1, 2]])
+def test_embedding_inputs_openai_accepts_are_accepted(value):
+    assert client_request.parse("embeddings", json.dumps({"input": value}).encode()).handler == "embeddings"
+
+
+@pytest.mark.parametrize("value", [None, 3, [], [{"a": 1}], [True]])
+def test_embedding_inputs_openai_rejects_are_400s(value):
+    body = {} if value is None else {"input": value}
+    with pytest.raises(GatewayError) as err:
+        client_request.parse("embeddings", json.dumps(body).encode())
+    assert err.value.param == "input"
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+                    max_leaves=12),
+       st.sampled_from(["chat", "completion", "embeddings"]))
+def test_any_json_is_either_accepted_or_a_gateway_error(value, handler):
+    try:
+        client_request.parse(handler, json.dumps(value).encode())
+    except GatewayError as err:
+        assert 400 <= err.status < 500
+        assert json.loads(err.body())["error"]["message"]
+
+
+# ---------------------------------------------------------------- SSE
+
+
+def test_sse_events_split_across_reads_are_reassembled():
+    stream = encode('{"a": 1}') + b"event: ping\ndata: {}\r\n\r\n" + encode("[DONE]")
+    whole = SseParser().feed(stream)
+    parser = SseParser()
+    pieces = [e for i in range(len(stream)) for e in parser.feed(stream[i:i + 1])]
+    assert pieces == whole
+    assert [(e.event, e.data) for e in whole] == [("message", '{"a": 1}'), ("ping", "{}"), ("message", "[DONE]")]
+
+
+def test_sse_tail_without_blank_line_is_delivered_on_finish():
+    parser = SseParser()
+    assert parser.feed(b"data: last") == []
+    assert [e.data for e in parser.finish()] == ["last"]
+
+
+# ---------------------------------------------------------------- text_completion shape
+
+
+def _chat_chunk(text: str | None, finish: str | None = None) -> bytes:
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+             "choices": [{"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}]}
+    return encode(json.dumps(chunk))
+
+
+def test_chat_json_becomes_text_completion():
+    stage = TextCompletionStage()
+    stage.headers(200, "application/json")
+    body = {"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    raw = json.dumps(body).encode()
+    assert stage.body(raw[:10], False) == b""
+    out = json.loads(stage.body(raw[10:], True))
+    assert out["object"] == "text_completion"
+    assert out["choices"] == [{"text": "hello", "index": 0, "logprobs": None, "finish_reason": "stop"}]
+    assert out["usage"]["total_tokens"] == 2
+
+
+def test_chat_stream_becomes_text_completion_chunks_as_they_arrive():
+    stage = TextCompletionStage()
+    stage.headers(200, "text/event-stream")
+    first = stage.body(_chat_chunk("Hel"), False)
+    assert json.loads(first.decode().removeprefix("data: "))["choices"][0]["text"] == "Hel"
+    rest = stage.body(_chat_chunk("lo", "stop") + encode("[DONE]"), True).decode()
+    events = [line.removeprefix("data: ") for line in rest.split("\n") if line]
+    assert json.loads(events[0])["choices"][0] == {"text": "lo", "index": 0, "logprobs": None, "finish_reason": "stop"}
+    assert events[1] == "[DONE]"
+
+
+def test_provider_errors_pass_through_the_completion_shape_untouched():
+    stage = TextCompletionStage()
+    stage.headers(429, "application/json")
+    error = b'{"error": {"message": "slow down", "type": "rate_limit", "code": "rate_limit_exceeded"}}'
+    assert stage.body(error, True) == error
+
+
+# ---------------------------------------------------------------- runtime view
+
+
+def _runtime() -> runtime_pb2.Runtime:
+    rt = runtime_pb2.Runtime(config_version="7", provider_preference=["a", "b"])
+    rt.providers.add(name="a", type="openai", model="shared", base_url="https://api.example.com/v1", cluster="provider.a")
+    rt.providers.add(name="b", type="openai", model="shared", aliases=["b-alias"],
+                     base_url="http://10.0.0.1:8000", cluster="provider.b")
+    rt.chains.add(cluster="chain.a", providers=["a", "b"])
+    rt.chains.add(cluster="chain.b", providers=["b", "a"])
+    return rt
+
+
+def test_runtime_view_maps_models_to_the_preferred_provider_and_hosts_with_ports():
+    view = RuntimeView.from_proto(_runtime(), frozenset({"openai"}))
+    assert view.provider_for_model == {"shared": "a", "b-alias": "b"}
+    assert view.providers["a"].host == "api.example.com" and view.providers["a"].base_path == "/v1"
+    assert view.providers["b"].host == "10.0.0.1:8000" and view.providers["b"].base_path == ""
+    assert view.default_chain == "chain.a" and view.chain_for_provider["b"] == "chain.b"
+
+
+def test_runtime_with_a_provider_type_without_translator_is_rejected():
+    with pytest.raises(InvalidRuntime, match="no translator"):
+        RuntimeView.from_proto(_runtime(), frozenset({"anthropic"}))
+
+
+def test_provider_name_is_read_from_envoy_host_metadata_text():
+    text = 'filter_metadata { key: "hapax" value { fields { key: "provider" value { string_value: "b" } } } }'
+    assert provider_from_host_metadata(text) == "b"
+    assert provider_from_host_metadata("") == ""
