@@ -257,7 +257,7 @@ def upstream_ext_proc_filter() -> hcm_pb2.HttpFilter:
         request_trailer_mode=PM.SKIP,
         response_trailer_mode=PM.SKIP,
     )
-    flt = _ext_proc_filter("upstream", mode, ("xds.upstream_host_metadata",))
+    flt = _ext_proc_filter("upstream", mode, ("xds.upstream_host_metadata", "xds.route_metadata"))
     return hcm_pb2.HttpFilter(name=EXT_PROC_FILTER, typed_config=pack(flt))
 
 

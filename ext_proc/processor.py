@@ -11,9 +11,13 @@ Envoy calls it twice per request, on separate gRPC streams told apart by the
   (path, host, credentials, model, body), and the response if the provider does
   not speak OpenAI or the client asked for another shape.
 
-Nothing is shared between the two steps but what travels in the request itself
-(``x-hapax-*`` headers, stripped before the provider sees them), so the steps may
-land on different ext_proc processes.
+Nothing is shared between the two steps but what Envoy carries: the chain
+header and the route's metadata (its handler), so the steps may land on
+different ext_proc processes.
+
+Envoy hands every retry the request headers as the previous attempt's upstream
+step left them, so each attempt starts by removing whatever another provider's
+attempt may have set (credentials above all) before setting its own.
 """
 
 from __future__ import annotations
@@ -33,20 +37,18 @@ from google.protobuf import text_format
 from ext_proc import client_request
 from ext_proc.client_request import AUTO_MODELS, ClientRequest
 from ext_proc.errors import GatewayError, invalid
-from ext_proc.providers import ResponseStage, translator_for
+from ext_proc.providers import PROVIDER_HEADERS, ResponseStage, translator_for
 from ext_proc.runtime import Provider, RuntimeView
 from ext_proc.shapes import ChainedStage, TextCompletionStage
 
 log = logging.getLogger("hapax.ext_proc")
 
 CHAIN_HEADER = "x-hapax-chain"
-HANDLER_HEADER = "x-hapax-handler"
-MODEL_HEADER = "x-hapax-model"
-INTERNAL_HEADERS = (CHAIN_HEADER, HANDLER_HEADER, MODEL_HEADER)
 # Credentials a client may send to the gateway; none of them may reach a provider.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 HOST_METADATA = "xds.upstream_host_metadata"
+ROUTE_METADATA = "xds.route_metadata"
 
 PM = processing_mode_pb2.ProcessingMode
 TRANSLATE_RESPONSE = PM(
@@ -97,15 +99,26 @@ def _continue_headers(common: pb.CommonResponse | None = None) -> pb.ProcessingR
     return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common or pb.CommonResponse()))
 
 
-@lru_cache(maxsize=256)
-def provider_from_host_metadata(text: str) -> str:
-    """The provider name from the attempt's endpoint metadata (text-format proto)."""
+@lru_cache(maxsize=1024)
+def hapax_metadata(text: str) -> dict[str, str]:
+    """The ``hapax`` namespace of an Envoy metadata attribute (text-format proto)."""
+    if not text:
+        return {}
     md = base_pb2.Metadata()
     text_format.Parse(text, md)
     ns = md.filter_metadata.get("hapax")
-    if ns is None or "provider" not in ns.fields:
+    return {} if ns is None else {k: v.string_value for k, v in ns.fields.items()}
+
+
+def provider_from_host_metadata(text: str) -> str:
+    return hapax_metadata(text).get("provider", "")
+
+
+def _attribute(attributes, name: str) -> str:
+    if EXT_PROC_ATTRIBUTES not in attributes:
         return ""
-    return ns.fields["provider"].string_value
+    fields = attributes[EXT_PROC_ATTRIBUTES].fields
+    return fields[name].string_value if name in fields else ""
 
 
 # ---------------------------------------------------------------- router step
@@ -132,7 +145,7 @@ class RouterStep:
     def on_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
         req = client_request.parse(self.handler, msg.body)
         chain = self.chain_for(req)
-        set_headers = {CHAIN_HEADER: chain, HANDLER_HEADER: req.handler}
+        set_headers = {CHAIN_HEADER: chain}
         common = pb.CommonResponse(clear_route_cache=True)
         if req.rewritten:
             body = json.dumps(req.body, separators=(",", ":")).encode()
@@ -172,8 +185,7 @@ class UpstreamStep:
 
     def on_headers(self, msg: pb.HttpHeaders, attributes) -> pb.ProcessingResponse:
         self.provider = self._provider(attributes)
-        headers = header_map(msg)
-        self.handler = headers.get(HANDLER_HEADER, "")
+        self.handler = hapax_metadata(_attribute(attributes, ROUTE_METADATA)).get("handler", "")
         translator = translator_for(self.provider.type)
         if self.handler not in translator.handlers:
             raise GatewayError(400, f"Provider '{self.provider.name}' ({self.provider.type}) does not serve "
@@ -192,7 +204,8 @@ class UpstreamStep:
         set_headers = {":path": out.path, ":authority": self.provider.host,
                        "content-type": "application/json", "content-length": str(len(out.body)),
                        **out.set_headers}
-        common = pb.CommonResponse(header_mutation=mutation(set_headers, remove=INTERNAL_HEADERS))
+        stale = tuple(h for h in (CHAIN_HEADER, *PROVIDER_HEADERS) if h not in set_headers)
+        common = pb.CommonResponse(header_mutation=mutation(set_headers, remove=stale))
         common.body_mutation.body = out.body
         return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
 
@@ -212,9 +225,7 @@ class UpstreamStep:
         return pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))
 
     def _provider(self, attributes) -> Provider:
-        fields = attributes[EXT_PROC_ATTRIBUTES].fields if EXT_PROC_ATTRIBUTES in attributes else {}
-        text = fields[HOST_METADATA].string_value if HOST_METADATA in fields else ""
-        name = provider_from_host_metadata(text) if text else ""
+        name = provider_from_host_metadata(_attribute(attributes, HOST_METADATA))
         provider = self.view.providers.get(name)
         if provider is None:
             raise GatewayError(502, f"The gateway routed to an unknown provider endpoint ({name or 'no metadata'}); "

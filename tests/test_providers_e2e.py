@@ -9,7 +9,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from hapax.fakes import FakeAnthropic, FakeOllama, FakeOpenAI
+from hapax.fakes import FakeAnthropic, FakeOllama, FakeOpenAI, Status
 from tests.conftest import gateway_config
 
 ANTHROPIC_KEY = "sk-ant-test-secret"
@@ -121,3 +121,26 @@ def test_ollama_embeddings_come_back_in_openai_shape(client, fakes):
     reply = client.embeddings.create(model="llama3.2", input=["one", "two"])
     assert [d.index for d in reply.data] == [0, 1] and len(reply.data[0].embedding) > 0
     assert fakes["ollama"].requests[0].path == "/api/embed"
+
+
+def test_a_retry_after_anthropic_fails_is_rewritten_for_openai(client, fakes):
+    # The failover structure of the spine (aggregate cluster + per-attempt
+    # ext_proc): the second attempt goes to another provider in its own format.
+    fakes["anthropic"].inject(Status(500))
+    reply = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "fail over"}])
+    assert reply.choices[0].message.content == "Hello from fake-openai! You said: fail over"
+    assert [r.path for r in fakes["anthropic"].requests] == ["/v1/messages"]
+    [sent] = fakes["openai"].requests
+    assert sent.path == "/v1/chat/completions"
+    assert sent.body["model"] == "gpt-4" and "max_tokens" not in sent.body
+    assert sent.headers["authorization"] == f"Bearer {OPENAI_KEY}" and "x-api-key" not in sent.headers
+
+
+def test_a_retry_never_carries_the_previous_providers_credential(client, fakes):
+    fakes["openai"].inject(Status(503))
+    reply = client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "keys"}])
+    assert reply.choices[0].message.content == "Hello from fake-anthropic! You said: keys"
+    [sent] = fakes["anthropic"].requests
+    assert "authorization" not in sent.headers
+    assert OPENAI_KEY not in str(sent.headers) and OPENAI_KEY not in str(sent.body)
+    assert sent.headers["x-api-key"] == ANTHROPIC_KEY

@@ -64,6 +64,7 @@ def _dumps(value: Any) -> str:
 class AnthropicTranslator(Translator):
     type = "anthropic"
     handlers = frozenset({"chat", "completion"})
+    provider_headers = frozenset({"x-api-key", "anthropic-version"})
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
