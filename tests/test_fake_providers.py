@@ -91,7 +91,9 @@ async def open_stream(
     return await session.post(url, json=payload, headers=headers)
 
 
-async def chat(session: aiohttp.ClientSession, fake: FakeOpenAI, **body: Any) -> aiohttp.ClientResponse:
+async def chat(
+    session: aiohttp.ClientSession, fake: FakeOpenAI, **body: Any
+) -> aiohttp.ClientResponse:
     payload = {"model": "gpt-4o-mini", "messages": HELLO, **body}
     url = f"{fake.base_url}/chat/completions"
     if payload.get("stream"):
@@ -120,16 +122,6 @@ async def read_all(response: aiohttp.ClientResponse) -> tuple[bytes, Exception |
     finally:
         response.release()
     return body, None
-
-
-class _AnyString(str):
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, str) and bool(other)
-
-    __hash__ = str.__hash__
-
-
-ANY_STRING = _AnyString()
 
 
 def sse_events(raw: bytes) -> list[tuple[str | None, str]]:
@@ -204,7 +196,6 @@ async def test_openai_rejects_malformed_json(session, openai):
     response = await session.post(
         f"{openai.base_url}/chat/completions", data=b"{not json", headers=OPENAI_AUTH
     )
-    await response.read()
     error = (await response.json())["error"]
     assert response.status == 400
     assert error["type"] == "invalid_request_error"
@@ -249,12 +240,17 @@ async def test_openai_streamed_tool_call_arguments_concatenate(session, openai):
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
+CALLED_WEATHER = {"name": "get_weather", "arguments": "{}"}
+
+
 async def test_openai_answers_in_text_after_a_tool_result(session, openai):
     messages = [
         *HELLO,
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
-        ]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": CALLED_WEATHER}],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     ]
     body = await (await chat(session, openai, messages=messages, tools=[WEATHER_TOOL])).json()
@@ -375,8 +371,11 @@ async def test_anthropic_message_shape_and_usage(session, anthropic):
     body = await response.json()
     assert response.status == 200
     assert {k: body[k] for k in ("type", "role", "model", "stop_reason", "stop_sequence")} == {
-        "type": "message", "role": "assistant", "model": "claude-test",
-        "stop_reason": "end_turn", "stop_sequence": None,
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-test",
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
     }
     assert body["content"] == [
         {"type": "text", "text": "Hello from fake-anthropic! You said: tell me a joke"}
@@ -463,11 +462,13 @@ async def test_anthropic_tool_use_block_and_streamed_input(session, anthropic):
     pieces = [p["delta"] for p in payloads if p["type"] == "content_block_delta"]
     assert {piece["type"] for piece in pieces} == {"input_json_delta"}
     assert json.loads("".join(p["partial_json"] for p in pieces)) == {"city": "tell me a joke"}
-    assert next(p for p in payloads if p["type"] == "message_delta")["delta"]["stop_reason"] == "tool_use"
+    ending = next(p for p in payloads if p["type"] == "message_delta")
+    assert ending["delta"]["stop_reason"] == "tool_use"
 
 
 async def test_anthropic_models_list_the_configured_model(session, anthropic):
-    response = await fetch(session, "GET", f"{anthropic.base_url}/v1/models", headers=ANTHROPIC_AUTH)
+    url = f"{anthropic.base_url}/v1/models"
+    response = await fetch(session, "GET", url, headers=ANTHROPIC_AUTH)
     body = await response.json()
     assert [model["id"] for model in body["data"]] == [anthropic.model]
     assert anthropic.base_url == anthropic.origin
@@ -490,8 +491,12 @@ async def test_ollama_streams_ndjson_by_default(session, ollama):
 
 
 async def test_ollama_non_stream_is_one_object_and_honours_num_predict(session, ollama):
-    payload = {"model": "llama3.2:latest", "messages": HELLO, "stream": False,
-               "options": {"num_predict": 2}}
+    payload = {
+        "model": "llama3.2:latest",  # the same model as the configured "llama3.2"
+        "messages": HELLO,
+        "stream": False,
+        "options": {"num_predict": 2},
+    }
     body = await (await fetch(session, "POST", f"{ollama.base_url}/api/chat", payload)).json()
     assert body["done"] is True
     assert body["message"] == {"role": "assistant", "content": "Hello from"}
@@ -564,7 +569,8 @@ async def test_fault_without_times_persists_until_cleared(session, ollama):
 
 async def test_faults_hit_health_endpoints_too(session, openai):
     openai.inject(Status(503), times=2)
-    assert (await fetch(session, "GET", f"{openai.base_url}/models", headers=OPENAI_AUTH)).status == 503
+    models = await fetch(session, "GET", f"{openai.base_url}/models", headers=OPENAI_AUTH)
+    assert models.status == 503
     assert (await chat(session, openai)).status == 503
     assert (await chat(session, openai)).status == 200
 
@@ -640,9 +646,9 @@ async def test_anthropic_stream_error_is_an_error_event_mid_stream(session, anth
     events = sse_events(raw)
     assert error is None
     assert [name for name, _ in events] == ["message_start", "content_block_start", "error"]
-    assert json.loads(events[-1][1]) == {
-        "type": "error", "error": {"type": "api_error", "message": ANY_STRING},
-    }
+    error_event = json.loads(events[-1][1])
+    assert error_event["type"] == "error"
+    assert error_event["error"]["type"] == "api_error" and error_event["error"]["message"]
 
 
 async def test_ollama_stream_error_is_an_error_line(session, ollama):

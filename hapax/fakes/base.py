@@ -41,7 +41,6 @@ __all__ = [
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-
 def _request_key(name: str, kind: type) -> Any:
     # web.RequestKey (aiohttp >= 3.13) avoids NotAppKeyWarning; older aiohttp takes strings.
     factory = getattr(web, "RequestKey", None)
