@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -47,7 +48,13 @@ def _validate(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         print(f"{config.source}: warning: {warning}", file=sys.stderr)
     if args.envoy:
-        failure = _envoy_validate(config)
+        from hapax.envoy_process import EnvoyNotFound
+
+        try:
+            failure = _envoy_validate(config)
+        except (EnvoyNotFound, OSError) as err:  # no envoy binary, or one that cannot be run
+            print(f"{config.source}: cannot run envoy to validate: {err}", file=sys.stderr)
+            return 1
         if failure:
             print(f"{config.source}: Envoy rejects the generated configuration:\n{failure}", file=sys.stderr)
             return 1
@@ -67,7 +74,16 @@ def _envoy_validate(config) -> str:
         path = Path(tmp) / "bootstrap.json"
         path.write_text(json.dumps(static_bootstrap(snapshot)))
         result = envoy_validate(envoy_binary(), path)
-    return "" if result.returncode == 0 else (result.stderr or result.stdout).strip()
+    if result.returncode == 0:
+        return ""
+    # Envoy may fail without a word (a crash): that is still a rejection, never a pass.
+    how = f"exit code {result.returncode}"
+    if result.returncode < 0:
+        try:
+            how = f"killed by {signal.Signals(-result.returncode).name}"
+        except ValueError:
+            how = f"killed by signal {-result.returncode}"
+    return (result.stderr or result.stdout).strip() or f"envoy --mode validate failed ({how}) and printed nothing"
 
 
 def main(argv: list[str] | None = None) -> int:

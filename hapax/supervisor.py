@@ -147,6 +147,7 @@ class Supervisor:
         await self._start(control_plane)
         await self._start_envoy(admin_port, xds_port)
         port = await self._listener_port(port)
+        await self._wait_ext_proc_configured(ext_proc)
         host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
         self.listen_url = f"http://{host}:{port}"
         self._print_ready(config, control_plane.ready.get("version", ""))
@@ -193,6 +194,33 @@ class Supervisor:
             await asyncio.sleep(0.1)
         raise StartupError(f"Envoy did not get its listener (port {configured}) from the control plane "
                            f"within {READY_TIMEOUT:.0f}s; see the logs above")
+
+    async def _wait_ext_proc_configured(self, ext_proc: Child) -> None:
+        """Waits until ext_proc has its runtime configuration from the control plane.
+
+        Envoy being LIVE is not enough: ext_proc subscribes on its own stream (and
+        backs off while the control plane starts), and answers every request with
+        503 until its first configuration arrives.
+        """
+        url = f"http://{ext_proc.ready['http']}/health"
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            for child in self.children:
+                if child.process and child.process.returncode is not None:
+                    raise StartupError(f"{child.name} exited during start-up ({child.describe_exit()})")
+            if await asyncio.to_thread(self._http_ok, url):
+                return
+            await asyncio.sleep(0.1)
+        raise StartupError(f"ext_proc did not get its configuration from the control plane "
+                           f"within {READY_TIMEOUT:.0f}s; see the logs above")
+
+    @staticmethod
+    def _http_ok(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
 
     def _admin_listener_port(self) -> int | None:
         try:

@@ -1,0 +1,365 @@
+"""``hapax serve`` as a process supervisor: start-up, shutdown and child deaths.
+
+Every test runs the real command (``python -m hapax.cli serve``) and looks at
+the real processes it starts: ext_proc, the control plane and Envoy. A child
+counts as gone when /proc has no entry for it, or only a zombie entry (it has
+exited and merely awaits reaping by whoever adopted it); the start time in
+/proc/PID/stat guards against a recycled pid.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+import openai
+import pytest
+
+from hapax.fakes import FakeOpenAI
+from tests.conftest import REPO, Gateway, gateway_config
+
+CHILD_NAMES = ("ext_proc", "control_plane", "envoy")
+EXIT_TIMEOUT = 60.0  # generous: the supervisor gives each child 5 s to stop
+
+
+# ---------------------------------------------------------------- process helpers
+
+
+@dataclass(frozen=True)
+class Proc:
+    """One process, identified by pid *and* start time so a reused pid never matches."""
+
+    pid: int
+    start_time: str
+
+    @classmethod
+    def of(cls, pid: int) -> "Proc":
+        state, start_time = _stat(pid)
+        assert state is not None, f"pid {pid} has no /proc entry"
+        return cls(pid, start_time)
+
+    def running(self) -> bool:
+        state, start_time = _stat(self.pid)
+        return state is not None and state not in ("Z", "X") and start_time == self.start_time
+
+
+def _stat(pid: int) -> tuple[str | None, str | None]:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None, None
+    fields = text.rsplit(")", 1)[1].split()  # the command name may contain spaces and ')'
+    return fields[0], fields[19]  # state (field 3), starttime (field 22)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _child_kind(argv: list[str]) -> str:
+    if Path(argv[0]).name == "envoy":
+        return "envoy"
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "-m" and argv[i + 1] in ("ext_proc", "control_plane"):
+            return argv[i + 1]
+    return "unknown: " + " ".join(argv)
+
+
+def children_by_kind(pids: list[int]) -> dict[str, Proc]:
+    kinds = {}
+    for pid in pids:
+        kind = _child_kind(_cmdline(pid))
+        assert kind not in kinds, f"two {kind} children"
+        kinds[kind] = Proc.of(pid)
+    return kinds
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def assert_all_gone(children: dict[str, Proc], timeout: float = 10.0) -> None:
+    wait_until(lambda: not any(p.running() for p in children.values()), timeout)
+    alive = {name: p.pid for name, p in children.items() if p.running()}
+    assert not alive, f"children still running: {alive}"
+
+
+def assert_refuses_connections(url: str) -> None:
+    parts = urlsplit(url)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((parts.hostname, parts.port), timeout=5).close()
+
+
+def accepts_connections(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+def processes_with_environ(marker: str) -> list[int]:
+    """Live processes whose environment carries ``marker`` (so: descendants of one launch)."""
+    found = []
+    needle = marker.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                state, _ = _stat(int(entry.name))
+                if state not in (None, "Z", "X"):
+                    found.append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def provider(fake_host):
+    fake = fake_host.start(FakeOpenAI(api_key="sk-supervisor-test", model="gpt-4o-mini"))
+    yield fake
+    fake_host.run(fake.stop())
+
+
+@pytest.fixture()
+def gateway_tmp(tmp_path) -> Path:
+    """TMPDIR of the gateway under test, where the supervisor makes its work directory."""
+    path = tmp_path / "gateway-tmp"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture()
+def gateway(provider, start_gateway, gateway_tmp) -> Gateway:
+    config = gateway_config({"openai": {"type": "openai", "model": "gpt-4o-mini",
+                                        "api_key": "sk-supervisor-test", "base_url": provider.base_url}})
+    gw = start_gateway(config, env={"TMPDIR": str(gateway_tmp)})
+    yield gw
+    if gw.proc.poll() is None:
+        gw.stop()
+    try:  # whatever a failed test left behind in the gateway's process group
+        os.killpg(gw.proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def three_children(gw: Gateway) -> dict[str, Proc]:
+    children = children_by_kind(gw.child_pids())
+    assert sorted(children) == sorted(CHILD_NAMES)
+    assert all(p.running() for p in children.values())
+    return children
+
+
+def say_hello(base_url: str, model: str = "gpt-4o-mini", text: str = "are you there") -> str:
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=30)
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}])
+    return reply.choices[0].message.content
+
+
+# ---------------------------------------------------------------- clean shutdown
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigint", "ctrl-c-to-process-group"])
+def test_sigterm_stops_all_three_children_and_frees_the_port(gateway, gateway_tmp, how):
+    children = three_children(gateway)
+    [workdir] = gateway_tmp.glob("hapax-*")
+    assert (workdir / "envoy.yaml").is_file()
+    assert say_hello(gateway.base_url).startswith("Hello from fake-openai!")
+
+    if how == "sigterm":
+        gateway.proc.send_signal(signal.SIGTERM)
+    elif how == "sigint":
+        gateway.proc.send_signal(signal.SIGINT)
+    else:  # a terminal's Ctrl-C: SIGINT to the supervisor and its children at once
+        os.killpg(gateway.proc.pid, signal.SIGINT)
+    code = gateway.proc.wait(timeout=EXIT_TIMEOUT)
+
+    assert code == 0, "".join(gateway.stderr)  # 1 would mean a child was taken for dead
+    assert_all_gone(children, timeout=1.0)  # the supervisor reaped them before exiting
+    for pid in (p.pid for p in children.values()):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert_refuses_connections(gateway.url)
+    assert_refuses_connections(gateway.admin_url)
+    assert not workdir.exists(), "the supervisor leaves no temporary files behind"
+
+
+# ---------------------------------------------------------------- a child dies
+
+
+@pytest.mark.parametrize("victim,sig,how", [
+    ("ext_proc", signal.SIGKILL, "killed by SIGKILL"),
+    ("envoy", signal.SIGKILL, "killed by SIGKILL"),
+    # A child that stops cleanly on its own is still a child that is gone.
+    ("control_plane", signal.SIGTERM, "exit code 0"),
+])
+def test_supervisor_names_the_dead_child_and_exits_nonzero(gateway, gateway_tmp, victim, sig, how):
+    children = three_children(gateway)
+
+    os.kill(children[victim].pid, sig)
+    code = gateway.proc.wait(timeout=EXIT_TIMEOUT)
+
+    assert code == 1, "".join(gateway.stderr)
+    # stderr is read on a thread, which may still be catching up with the exit.
+    wait_until(lambda: f"{victim} died" in "".join(gateway.stderr), 5.0)
+    stderr = "".join(gateway.stderr)
+    assert f"hapax: {victim} died ({how}); stopping." in stderr
+    for other in CHILD_NAMES:
+        if other != victim:
+            assert f"{other} died" not in stderr
+    assert_all_gone(children, timeout=1.0)
+    assert_refuses_connections(gateway.url)
+    assert_refuses_connections(gateway.admin_url)
+    assert list(gateway_tmp.glob("hapax-*")) == []
+
+
+def test_killing_the_supervisor_outright_takes_the_children_down(gateway):
+    children = three_children(gateway)
+
+    gateway.proc.kill()
+    assert gateway.proc.wait(timeout=EXIT_TIMEOUT) == -signal.SIGKILL
+
+    # PR_SET_PDEATHSIG: the kernel sends each child SIGTERM when its parent dies.
+    assert_all_gone(children, timeout=10.0)
+    assert wait_until(lambda: not accepts_connections(gateway.url), 10.0)
+    assert_refuses_connections(gateway.url)
+
+
+# ---------------------------------------------------------------- built-in configuration
+
+
+class ServeProcess:
+    """``hapax serve`` with arbitrary arguments; stdout is read on a thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hapax.cli", "serve", *args], cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            start_new_session=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, None), daemon=True).start()
+
+    def _pump(self, stream, sink: queue.Queue | None) -> None:
+        for line in stream:
+            if sink is None:
+                self.stderr.append(line)
+            else:
+                sink.put(line)
+        if sink is not None:
+            sink.put(None)  # end of output
+
+    def wait_ready(self, timeout: float = 90.0) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError("hapax serve was not ready in time:\n" + "".join(self.stdout + self.stderr))
+            if line is None:
+                raise AssertionError("hapax serve exited before ready:\n" + "".join(self.stdout + self.stderr))
+            self.stdout.append(line)
+            if line.startswith("Press Ctrl-C"):
+                break
+        banner = {}
+        for line in self.stdout:
+            label, sep, value = line.strip().partition(":")
+            if sep and line.startswith("  "):
+                banner[label] = value.strip()
+        return banner
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+
+
+def test_default_config_serves_with_built_in_fake_providers():
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+    serve = ServeProcess(["--port", "0", "--admin-port", "0", "--log-level", "WARNING"], env)
+    try:
+        banner = serve.wait_ready()
+        base_url = banner["OpenAI API"]
+        assert banner["Config"].startswith("built-in default")
+        assert banner["Preference"] == "openai > anthropic > ollama"
+        children = children_by_kind(subprocess.run(
+            ["pgrep", "-P", str(serve.proc.pid)], capture_output=True, text=True).stdout.split())
+        assert sorted(children) == sorted(CHILD_NAMES)  # the fakes run inside the supervisor
+
+        expected_label = {"auto": "fake-openai", "gpt-4o-mini": "fake-openai",
+                          "claude-3-5-haiku-latest": "fake-anthropic", "llama3.2": "fake-ollama"}
+        for model, label in expected_label.items():
+            text = f"hi {model}"
+            assert say_hello(base_url, model, text) == f"Hello from {label}! You said: {text}"
+
+        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=30)
+        for model, label in expected_label.items():
+            stream = client.chat.completions.create(
+                model=model, stream=True, messages=[{"role": "user", "content": "stream please"}])
+            chunks = [c.choices[0].delta.content or "" for c in stream if c.choices]
+            assert len([c for c in chunks if c]) > 1, chunks
+            assert "".join(chunks) == f"Hello from {label}! You said: stream please"
+
+        serve.proc.send_signal(signal.SIGTERM)
+        code = serve.proc.wait(timeout=EXIT_TIMEOUT)
+        assert code == 0, "".join(serve.stderr)
+        assert_all_gone(children, timeout=1.0)
+        assert_refuses_connections(base_url)
+    finally:
+        serve.close()
+
+
+# ---------------------------------------------------------------- bad configuration
+
+
+def test_invalid_config_fails_fast_with_key_paths(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "server: {port: 0, admin_port: 0}\n"
+        "providers:\n"
+        "  openai: {type: opnai, model: gpt-4, api_key: sk-whatever}\n")
+    marker = f"HAPAX_SUPERVISOR_TEST_MARKER={uuid.uuid4().hex}"
+    name, value = marker.split("=")
+    result = subprocess.run(
+        [sys.executable, "-m", "hapax.cli", "serve", "--config", str(config)], cwd=REPO,
+        capture_output=True, text=True, timeout=60, env={**os.environ, name: value},
+    )
+    assert result.returncode == 1, result.stderr
+    assert "providers.openai.type: unknown provider type 'opnai'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Hapax is ready" not in result.stdout
+    # Nothing was started: no process carries the launch's marker or the config's path.
+    assert processes_with_environ(marker) == []
+    assert [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if str(config) in " ".join(_cmdline(pid))] == []
