@@ -667,11 +667,16 @@ def _base_url(value: Any, kind: str | None, path: str, issues: _Issues) -> str |
     url = _string(value, path, issues)
     if url is None:
         return None
-    problem = _url_problem(url)
+    problem = _url_problem(value)  # the original keeps its ${VAR} reference for the message
     if problem:
         issues.error(path, problem)
         return None
     return url.rstrip("/")
+
+
+def _shown(text: str) -> str:
+    """A value as a message may show it: by its reference when it came from the environment."""
+    return repr(text.template) if isinstance(text, _Expanded) else repr(text)
 
 
 def _url_problem(url: str) -> str | None:
@@ -681,15 +686,16 @@ def _url_problem(url: str) -> str | None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parses the port, raising on a bad one
     except ValueError as exc:
-        return f"invalid URL: {exc}"
+        # urlsplit's message can quote the value, which may have come from a secret.
+        return f"invalid URL {_shown(url)}" if isinstance(url, _Expanded) else f"invalid URL: {exc}"
     if parts.username is not None or parts.password is not None:
         return "must not contain credentials (user:password@); use api_key"  # and is not echoed
     if parts.scheme not in ("http", "https"):
-        return f"expected an http:// or https:// URL, got {url!r}"
+        return f"expected an http:// or https:// URL, got {_shown(url)}"
     if not parts.hostname:
-        return f"URL {url!r} has no host"
+        return f"URL {_shown(url)} has no host"
     if parts.query or parts.fragment:
-        return f"URL {url!r} must not have a query string or fragment"
+        return f"URL {_shown(url)} must not have a query string or fragment"
     return None
 
 

@@ -275,12 +275,8 @@ class Supervisor:
 
     # -- run and stop
 
-    async def wait(self) -> int:
-        """Returns when a signal arrives (0) or a child dies (1)."""
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    async def wait(self, stop: asyncio.Event) -> int:
+        """Returns when ``stop`` is set by a signal (0) or a child dies (1)."""
         waiters = {asyncio.create_task(c.process.wait()): c for c in self.children if c.process}
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopper, *waiters}, return_when=asyncio.FIRST_COMPLETED)
@@ -306,14 +302,34 @@ class Supervisor:
 
 
 async def serve(options: ServeOptions) -> int:
+    # Signals are handled from the first moment: a SIGTERM during start-up
+    # stops what has started and cleans up, like one after it.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     supervisor = Supervisor(options)
     try:
-        await supervisor.start()
-    except BaseException:
-        await supervisor.stop()
-        raise
-    try:
-        return await supervisor.wait()
+        if not await _start_unless_stopped(supervisor, stop):
+            log.info("stopped during start-up")
+            return 0
+        return await supervisor.wait(stop)
     finally:
         await supervisor.stop()
         print("Hapax stopped.", flush=True)
+
+
+async def _start_unless_stopped(supervisor: Supervisor, stop: asyncio.Event) -> bool:
+    starting = asyncio.create_task(supervisor.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if starting.done():
+        starting.result()  # raises what start-up raised
+        return True
+    starting.cancel()
+    try:
+        await starting
+    except asyncio.CancelledError:
+        pass
+    return False

@@ -192,3 +192,14 @@ def test_envoy_that_cannot_be_run_fails_without_a_traceback(seed, tmp_path):
     assert result.stdout == ""
     assert f"{seed}: cannot run envoy to validate" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_secret_put_in_base_url_by_mistake_is_not_printed(tmp_path):
+    config = tmp_path / "hapax.yaml"
+    config.write_text('providers:\n  openai: {type: openai, model: gpt-4, base_url: "${OPENAI_API_KEY}"}\n')
+    result = subprocess.run([sys.executable, "-m", "hapax.cli", "validate", "--config", str(config)],
+                            capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": "sk-test-SECRET-123"},
+                            timeout=60)
+    assert result.returncode == 1
+    assert "providers.openai.base_url" in result.stderr and "${OPENAI_API_KEY}" in result.stderr
+    assert "sk-test-SECRET-123" not in result.stdout + result.stderr

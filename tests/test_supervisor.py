@@ -363,3 +363,29 @@ def test_invalid_config_fails_fast_with_key_paths(tmp_path):
     assert processes_with_environ(marker) == []
     assert [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
             if str(config) in " ".join(_cmdline(pid))] == []
+
+
+# ---------------------------------------------------------------- signals during start-up
+
+
+def test_sigterm_during_start_up_stops_what_started_and_cleans_up(provider, tmp_path):
+    config = tmp_path / "hapax.yaml"
+    config.write_text(
+        "server: {host: 127.0.0.1, port: 0, admin_port: 0}\n"
+        f"providers:\n  openai: {{type: openai, model: gpt-4o-mini, api_key: test-key, base_url: '{provider.base_url}'}}\n")
+    workdirs = tmp_path / "tmp"
+    workdirs.mkdir()
+    serve = ServeProcess(["--config", str(config), "--log-level", "WARNING"], {**os.environ, "TMPDIR": str(workdirs)})
+    try:
+        # As soon as the first child exists the supervisor is mid-start-up.
+        assert wait_until(lambda: subprocess.run(["pgrep", "-P", str(serve.proc.pid)],
+                                                 capture_output=True, text=True).stdout.strip(), 60)
+        started = children_by_kind(subprocess.run(["pgrep", "-P", str(serve.proc.pid)],
+                                                  capture_output=True, text=True).stdout.split())
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(timeout=EXIT_TIMEOUT) == 0, "".join(serve.stderr)
+        assert_all_gone(started, timeout=1.0)
+        assert list(workdirs.iterdir()) == []
+        assert "Traceback" not in "".join(serve.stderr)
+    finally:
+        serve.close()
