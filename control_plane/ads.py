@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -80,8 +80,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         stream = _Stream(self)
-        async for response in stream.run(request_iterator):
-            yield response
+        try:
+            async for response in stream.run(request_iterator):
+                yield response
+        except asyncio.CancelledError:
+            return  # the server is stopping; the client reconnects elsewhere or later
 
     async def DeltaAggregatedResources(self, request_iterator, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Hapax serves state-of-the-world ADS only")

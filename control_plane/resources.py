@@ -25,7 +25,9 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from envoy.config.cluster.v3 import cluster_pb2, circuit_breaker_pb2  # noqa: F401
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import (
     address_pb2,
     base_pb2,
@@ -36,9 +38,7 @@ from envoy.config.core.v3 import (
 )
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -387,14 +387,7 @@ def provider_route(config: HapaxConfig, route: RouteConfig) -> route_components_
     longest = max((p.timeout for p in config.providers.values()), default=60.0)
     return route_components_pb2.Route(
         name=f"{route.handler}:{route.path}",
-        match=route_components_pb2.RouteMatch(
-            path=route.path,
-            headers=[
-                route_components_pb2.HeaderMatcher(
-                    name=":method", string_match=string_pb2.StringMatcher(exact=method)
-                )
-            ],
-        ),
+        match=route_components_pb2.RouteMatch(path=route.path, headers=_method_is(method)),
         route=route_components_pb2.RouteAction(
             cluster_header=CHAIN_HEADER,
             # Generations can stream for minutes: bound idleness, not total time.
@@ -407,14 +400,13 @@ def provider_route(config: HapaxConfig, route: RouteConfig) -> route_components_
     )
 
 
-def method_not_allowed_route(route: RouteConfig) -> route_components_pb2.Route:
-    method = HANDLER_METHODS[route.handler]
+def method_not_allowed_route(path: str, method: str) -> route_components_pb2.Route:
     return route_components_pb2.Route(
-        name=f"405:{route.path}",
-        match=route_components_pb2.RouteMatch(path=route.path),
+        name=f"405:{path}",
+        match=route_components_pb2.RouteMatch(path=path),
         direct_response=_direct_json(
             405,
-            f"Method not allowed: {route.path} accepts {method} only.",
+            f"Method not allowed: {path} accepts {method} only.",
             "invalid_request_error",
             "method_not_allowed",
         ),
@@ -423,10 +415,14 @@ def method_not_allowed_route(route: RouteConfig) -> route_components_pb2.Route:
     )
 
 
+def _method_is(method: str) -> list[route_components_pb2.HeaderMatcher]:
+    return [route_components_pb2.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(exact=method))]
+
+
 def health_route() -> route_components_pb2.Route:
     return route_components_pb2.Route(
         name="health",
-        match=route_components_pb2.RouteMatch(path=HEALTH_PATH),
+        match=route_components_pb2.RouteMatch(path=HEALTH_PATH, headers=_method_is("GET")),
         route=route_components_pb2.RouteAction(cluster=EXT_PROC_HTTP_CLUSTER, timeout=_duration(5)),
         typed_per_filter_config=_per_route_ext_proc(None),
     )
@@ -447,10 +443,10 @@ def not_found_route(config: HapaxConfig) -> route_components_pb2.Route:
 
 
 def route_configuration(config: HapaxConfig) -> route_pb2.RouteConfiguration:
-    routes = [health_route()]
+    routes = [health_route(), method_not_allowed_route(HEALTH_PATH, "GET")]
     for route in config.routes:
         routes.append(provider_route(config, route))
-        routes.append(method_not_allowed_route(route))
+        routes.append(method_not_allowed_route(route.path, HANDLER_METHODS[route.handler]))
     routes.append(not_found_route(config))
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,

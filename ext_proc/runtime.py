@@ -6,9 +6,9 @@ sees one consistent version from its first phase to its last.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from hapax.v1 import runtime_pb2
@@ -52,7 +52,7 @@ class RuntimeView:
     provider_for_model: Mapping[str, str]
 
     @classmethod
-    def from_proto(cls, rt: runtime_pb2.Runtime, known_types: frozenset[str]) -> "RuntimeView":
+    def from_proto(cls, rt: runtime_pb2.Runtime, known_types: frozenset[str]) -> RuntimeView:
         providers = {p.name: _provider(p, known_types) for p in rt.providers}
         if not rt.chains:
             raise InvalidRuntime("runtime has no provider chain")

@@ -44,11 +44,13 @@ class RuntimeSubscription:
                 backoff = 0.1
             except grpc.aio.AioRpcError as err:
                 self.last_error = f"{err.code().name}: {err.details()}"
-            finally:
-                if self.connected:
-                    log.warning("lost the control plane; serving the last version",
-                                extra={"version": self.view.version if self.view else None})
-                self.connected = False
+            except asyncio.CancelledError:
+                self.connected = False  # we are stopping: nothing was lost
+                raise
+            if self.connected:
+                log.warning("lost the control plane; serving the last version",
+                            extra={"version": self.view.version if self.view else None})
+            self.connected = False
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 

@@ -40,6 +40,9 @@ def setup(component: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # watchfiles reports every change in the watched folder at INFO; the control
+    # plane logs the ones that matter (the config file) itself.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
 def announce(event: str, **fields: object) -> None:

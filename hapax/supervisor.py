@@ -13,6 +13,7 @@ a supervisor that silently restarted a crash-looping child would hide it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import logging
@@ -31,6 +32,7 @@ from hapax.envoy_process import envoy_binary, render_bootstrap
 log = logging.getLogger("hapax.supervisor")
 
 READY_TIMEOUT = 60.0
+STOP_ORDER = ("envoy", "ext_proc", "control_plane")
 STOP_GRACE = 5.0
 
 
@@ -57,6 +59,7 @@ class Child:
     argv: list[str]
     process: asyncio.subprocess.Process | None = None
     ready: dict = field(default_factory=dict)
+    _drain: asyncio.Task | None = None  # held so the task is not garbage-collected
 
     async def start(self, wait_ready: bool) -> None:
         self.process = await asyncio.create_subprocess_exec(
@@ -65,7 +68,7 @@ class Child:
         )
         if wait_ready:
             self.ready = await asyncio.wait_for(self._ready_line(), READY_TIMEOUT)
-        asyncio.create_task(self._drain_stdout())
+        self._drain = asyncio.create_task(self._drain_stdout())
 
     async def _ready_line(self) -> dict:
         assert self.process and self.process.stdout
@@ -100,7 +103,7 @@ class Child:
         proc.terminate()
         try:
             await asyncio.wait_for(proc.wait(), STOP_GRACE)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("child did not stop in time; killing it", extra={"child": self.name})
             proc.kill()
             await proc.wait()
@@ -155,7 +158,8 @@ class Supervisor:
     async def _start(self, child: Child, wait_ready: bool = True) -> None:
         self.children.append(child)
         await child.start(wait_ready)
-        log.info("child started", extra={"child": child.name, "pid": child.process.pid, **child.ready})
+        ports = {k: v for k, v in child.ready.items() if k not in ("event", "component")}
+        log.info("child started", extra={"child": child.name, "pid": child.process.pid, **ports})
 
     async def _start_envoy(self, admin_port: int, xds_port: int) -> None:
         bootstrap = self.workdir / "envoy.yaml"
@@ -292,7 +296,9 @@ class Supervisor:
         return 1
 
     async def stop(self) -> None:
-        for child in reversed(self.children):
+        # Envoy first (no new requests), then ext_proc, then the control plane,
+        # which the other two are clients of.
+        for child in sorted(self.children, key=lambda c: STOP_ORDER.index(c.name)):
             await child.stop()
         for fake in self.fakes:
             await fake.stop()
@@ -328,8 +334,6 @@ async def _start_unless_stopped(supervisor: Supervisor, stop: asyncio.Event) -> 
         starting.result()  # raises what start-up raised
         return True
     starting.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await starting
-    except asyncio.CancelledError:
-        pass
     return False

@@ -258,3 +258,9 @@ def test_api_keys_never_reach_envoy_config_or_logs(gateway, client):
     for secret in (PRIMARY_KEY, BACKUP_KEY):
         assert secret not in dump
         assert secret not in "".join(gateway.stderr) + "".join(gateway.output)
+
+
+def test_health_accepts_get_only(gateway):
+    status, headers, body = raw(gateway, "POST", "/health", b"{}")
+    _assert_openai_error(status, headers, body, 405, "method_not_allowed")
+    assert headers.get("allow") == "GET"
