@@ -28,11 +28,12 @@ from control_plane.snapshot import (
 )
 from hapax.envoy_process import envoy_binary, render_bootstrap
 from hapax.supervisor import free_port
-from tests.test_snapshot import EXT_PROC, SECRETS, SEED
+from tests.seed import SEED_YAML
+from tests.test_snapshot import EXT_PROC, SECRETS
 
 
 def snapshot(version: str) -> Snapshot:
-    return build_snapshot(parse_config(SEED, env=SECRETS), version, EXT_PROC)
+    return build_snapshot(parse_config(SEED_YAML, env=SECRETS), version, EXT_PROC)
 
 
 class AdsClient:

@@ -15,19 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.seed import SEED_YAML
 
-# The seed's example, verbatim from the design brief.
-SEED_EXAMPLE = """\
-providers:
-  anthropic: {type: anthropic, model: claude-3-haiku, api_key: "${ANTHROPIC_API_KEY}"}
-  openai:    {type: openai,    model: gpt-4,          api_key: "${OPENAI_API_KEY}"}
-provider_preference: [anthropic, openai]
-routes:
-  - path: "/v1/marketing/completions"
-    handler: completion
-    version: v1
-    metrics_labels: {department: marketing}
-"""
 
 SECRET = "sk-test-SECRET-123"
 
@@ -53,7 +42,7 @@ def lines(text: str) -> list[str]:
 
 @pytest.fixture()
 def seed(tmp_path) -> Path:
-    return write(tmp_path, SEED_EXAMPLE)
+    return write(tmp_path, SEED_YAML)
 
 
 # ---------------------------------------------------------------- valid files

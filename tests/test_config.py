@@ -27,18 +27,8 @@ from control_plane.config import (
     summarize,
 )
 from control_plane.defaults import default_config_text, needs_fake_providers
+from tests.seed import SEED_YAML
 
-SEED = """\
-providers:
-  anthropic: {type: anthropic, model: claude-3-haiku, api_key: "${ANTHROPIC_API_KEY}"}
-  openai:    {type: openai,    model: gpt-4,          api_key: "${OPENAI_API_KEY}"}
-provider_preference: [anthropic, openai]
-routes:
-  - path: "/v1/marketing/completions"
-    handler: completion
-    version: v1
-    metrics_labels: {department: marketing}
-"""
 
 SECRET = "sk-test-0123456789abcdef"
 
@@ -66,7 +56,7 @@ def with_route(body: str) -> str:
 
 
 def test_seed_example_loads_verbatim():
-    config = parse_config(SEED, source="hapax.yaml", env={})
+    config = parse_config(SEED_YAML, source="hapax.yaml", env={})
 
     assert list(config.providers) == ["anthropic", "openai"]
     assert config.providers["anthropic"] == ProviderConfig(
@@ -84,7 +74,7 @@ def test_seed_example_loads_verbatim():
 
 
 def test_seed_example_warns_about_each_missing_api_key_naming_the_variable():
-    config = parse_config(SEED, env={})
+    config = parse_config(SEED_YAML, env={})
 
     assert [str(w) for w in config.warnings] == [
         "providers.anthropic.api_key: empty (ANTHROPIC_API_KEY is not set); "
@@ -95,7 +85,7 @@ def test_seed_example_warns_about_each_missing_api_key_naming_the_variable():
 
 
 def test_api_key_comes_from_the_environment_and_silences_the_warning():
-    config = parse_config(SEED, env={"OPENAI_API_KEY": SECRET, "ANTHROPIC_API_KEY": "sk-ant"})
+    config = parse_config(SEED_YAML, env={"OPENAI_API_KEY": SECRET, "ANTHROPIC_API_KEY": "sk-ant"})
 
     assert config.providers["openai"].api_key == SECRET
     assert config.providers["anthropic"].api_key == "sk-ant"
@@ -103,7 +93,7 @@ def test_api_key_comes_from_the_environment_and_silences_the_warning():
 
 
 def test_api_key_set_but_empty_is_named_as_empty():
-    config = parse_config(SEED, env={"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": "x"})
+    config = parse_config(SEED_YAML, env={"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": "x"})
 
     assert [w.message for w in config.warnings] == [
         "empty (OPENAI_API_KEY is empty); requests to this provider will be rejected"
@@ -328,7 +318,7 @@ def test_explicit_tag_with_bad_value_is_reported_with_its_line():
 
 
 def test_unknown_key_suggests_close_match():
-    found = errors(SEED.replace("provider_preference", "provider_preferance"))
+    found = errors(SEED_YAML.replace("provider_preference", "provider_preferance"))
 
     assert found == {
         "provider_preferance": "unknown key 'provider_preferance' (did you mean 'provider_preference'?)"
@@ -694,11 +684,11 @@ def test_config_error_survives_pickling():
 
 def test_api_key_never_in_error_or_repr():
     env = {"OPENAI_API_KEY": SECRET}
-    config = parse_config(SEED.replace("${ANTHROPIC_API_KEY}", SECRET), env=env)
+    config = parse_config(SEED_YAML.replace("${ANTHROPIC_API_KEY}", SECRET), env=env)
     assert SECRET not in repr(config) and SECRET not in str(config.providers["openai"])
     assert SECRET not in summarize(config)
 
-    broken = SEED.replace("type: openai", "type: opnai").replace("gpt-4", "''")
+    broken = SEED_YAML.replace("type: openai", "type: opnai").replace("gpt-4", "''")
     with pytest.raises(ConfigError) as caught:
         parse_config(broken.replace("${ANTHROPIC_API_KEY}", SECRET), env=env)
     assert SECRET not in str(caught.value) and SECRET not in repr(caught.value)
@@ -711,7 +701,7 @@ def test_api_key_of_wrong_type_is_reported_without_its_value():
 
 
 def test_config_objects_are_immutable_and_hashable():
-    config = parse_config(SEED, env={})
+    config = parse_config(SEED_YAML, env={})
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.source = "x"  # type: ignore[misc]
@@ -719,11 +709,11 @@ def test_config_objects_are_immutable_and_hashable():
         config.providers["x"] = config.providers["openai"]  # type: ignore[index]
     with pytest.raises(TypeError):
         config.routes[0].metrics_labels["department"] = "sales"  # type: ignore[index]
-    assert hash(config) == hash(parse_config(SEED, env={}))
+    assert hash(config) == hash(parse_config(SEED_YAML, env={}))
 
 
 def test_replace_keeps_the_config_frozen():
-    config = parse_config(SEED, env={})
+    config = parse_config(SEED_YAML, env={})
 
     changed = dataclasses.replace(config, server=dataclasses.replace(config.server, port=1))
 
@@ -744,7 +734,7 @@ def test_constructors_normalise_mutable_inputs():
 
 def test_load_config_reads_the_file_and_names_it_as_source(tmp_path):
     path = tmp_path / "hapax.yaml"
-    path.write_text(SEED)
+    path.write_text(SEED_YAML)
 
     config = load_config(path, env={})
 

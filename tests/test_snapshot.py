@@ -18,18 +18,8 @@ from control_plane.snapshot import (
 )
 from control_plane.static_bootstrap import envoy_validate, static_bootstrap
 from hapax.envoy_process import envoy_binary
+from tests.seed import SEED_YAML
 
-SEED = """\
-providers:
-  anthropic: {type: anthropic, model: claude-3-haiku, api_key: "${ANTHROPIC_API_KEY}"}
-  openai:    {type: openai,    model: gpt-4,          api_key: "${OPENAI_API_KEY}"}
-provider_preference: [anthropic, openai]
-routes:
-  - path: "/v1/marketing/completions"
-    handler: completion
-    version: v1
-    metrics_labels: {department: marketing}
-"""
 SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-SECRET-aaaa", "OPENAI_API_KEY": "sk-oai-SECRET-bbbb"}
 EXT_PROC = res.ExtProcEndpoints(grpc=(res.Address("127.0.0.1", 7001),), http=(res.Address("127.0.0.1", 7002),))
 
@@ -42,7 +32,7 @@ provider_preference: [openai, claude]
 """
 
 
-def seed_snapshot(text: str = SEED):
+def seed_snapshot(text: str = SEED_YAML):
     return build_snapshot(parse_config(text, env=SECRETS), "v1", EXT_PROC)
 
 
@@ -130,7 +120,7 @@ def _validate(tmp_path: Path, bootstrap: dict):
     return envoy_validate(envoy_binary(), path)
 
 
-@pytest.mark.parametrize("text", [SEED, MIXED], ids=["seed", "mixed"])
+@pytest.mark.parametrize("text", [SEED_YAML, MIXED], ids=["seed", "mixed"])
 def test_envoy_validate_accepts_the_generated_configuration(tmp_path, text):
     result = _validate(tmp_path, static_bootstrap(seed_snapshot(text)))
     assert result.returncode == 0, result.stderr + result.stdout
