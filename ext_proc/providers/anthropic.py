@@ -17,7 +17,13 @@ from typing import Any, Callable
 
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import invalid
-from ext_proc.providers.base import ProviderRequest, ResponseStage, Translator
+from ext_proc.providers.base import (
+    ConvertingResponseStage,
+    ProviderRequest,
+    ResponseStage,
+    Translator,
+    tool_arguments,
+)
 from ext_proc.runtime import Provider
 from ext_proc.sse import SseParser, encode
 
@@ -278,16 +284,6 @@ def _tool_id(call_id: str) -> str:
     return _TOOL_ID_UNSAFE.sub("_", call_id)
 
 
-def _arguments(raw: Any) -> dict[str, Any]:
-    if isinstance(raw, dict):
-        return raw
-    try:
-        value = json.loads(raw) if isinstance(raw, str) and raw.strip() else {}
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _assistant_blocks(msg: dict[str, Any], where: str, i: int,
                       legacy_calls: dict[str, str]) -> list[dict[str, Any]]:
     blocks = _content_blocks(msg.get("content"), where, images=False)
@@ -297,13 +293,13 @@ def _assistant_blocks(msg: dict[str, Any], where: str, i: int,
         if not isinstance(fn, dict) or not fn.get("name") or not call.get("id"):
             raise invalid(f"'{at}' must have an id and a function name.", param=at)
         blocks.append({"type": "tool_use", "id": _tool_id(str(call["id"])), "name": fn["name"],
-                       "input": _arguments(fn.get("arguments"))})
+                       "input": tool_arguments(fn.get("arguments"))})
     legacy = msg.get("function_call")
     if isinstance(legacy, dict) and legacy.get("name"):
         call_id = f"toolu_legacy_{i}"
         legacy_calls[legacy["name"]] = call_id
         blocks.append({"type": "tool_use", "id": call_id, "name": legacy["name"],
-                       "input": _arguments(legacy.get("arguments"))})
+                       "input": tool_arguments(legacy.get("arguments"))})
     return blocks
 
 
@@ -387,16 +383,16 @@ def chat_completion(message: dict[str, Any], model: str, created: int) -> dict[s
     }
 
 
-class AnthropicResponseStage(ResponseStage):
+class AnthropicResponseStage(ConvertingResponseStage):
     """Anthropic JSON / SSE / error -> OpenAI chat JSON / SSE / error."""
 
+    stream_media_type = "text/event-stream"
+
     def __init__(self, provider: Provider, *, stream: bool, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(stream=stream)
         self._model = provider.model
         self._provider = provider.name
         self._clock = clock
-        self._mode = "stream" if stream else "json"
-        self._status = 200
-        self._buffer = bytearray()
         self._parser = SseParser()
         self._finished = False
         self._id = ""
@@ -404,40 +400,24 @@ class AnthropicResponseStage(ResponseStage):
         self._usage: dict[str, Any] = {}
         self._tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
 
-    def headers(self, status: int, content_type: str) -> dict[str, str]:
-        self._status = status
-        media = content_type.split(";", 1)[0].strip().lower()
-        if status >= 400:
-            self._mode = "error"
-        elif media == "text/event-stream":
-            self._mode = "stream"
-        else:
-            self._mode = "json"
-        return {"content-type": "text/event-stream" if self._mode == "stream" else "application/json"}
+    def error_body(self, raw: bytes) -> bytes:
+        return _dumps(_error_from_body(raw, self.status, self._provider)).encode()
 
-    def body(self, piece: bytes, end_of_stream: bool) -> bytes:
-        if self._mode == "stream":
-            return self._stream(piece, end_of_stream)
-        self._buffer += piece
-        if not end_of_stream:
-            return b""
-        raw, self._buffer = bytes(self._buffer), bytearray()
-        if self._mode == "error":
-            return _dumps(_error_from_body(raw, self._status, self._provider)).encode()
+    def json_body(self, raw: bytes) -> bytes:
         try:
             message = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
             message = None
         if not isinstance(message, dict) or message.get("type") == "error" or "content" not in message:
             if isinstance(message, dict) and isinstance(message.get("error"), dict):
-                return _dumps(_error_from_body(raw, self._status, self._provider)).encode()
+                return self.error_body(raw)
             return _dumps(openai_error("api_error", "Provider returned an unreadable response.",
-                                       self._status, self._provider)).encode()
+                                       self.status, self._provider)).encode()
         return _dumps(chat_completion(message, self._model, int(self._clock()))).encode()
 
     # ---- SSE
 
-    def _stream(self, piece: bytes, end_of_stream: bool) -> bytes:
+    def stream_piece(self, piece: bytes, end_of_stream: bool) -> bytes:
         events = self._parser.feed(piece)
         if end_of_stream:
             events += self._parser.finish()

@@ -8,9 +8,10 @@ is adding one module that implements this; no other translator changes.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 from ext_proc.client_request import ClientRequest
 from ext_proc.runtime import Provider
@@ -35,6 +36,54 @@ class ResponseStage(ABC):
         """Called for every piece as it arrives; returns what the client gets now."""
 
 
+class ConvertingResponseStage(ResponseStage):
+    """The skeleton of a stage for a provider that answers in its own shape.
+
+    The status and content type decide how the body is read: an error (status
+    400 and up) or a JSON body is converted once it is complete; a stream
+    (``stream_media_type``) is converted piece by piece as it arrives.
+    """
+
+    stream_media_type: ClassVar[str]
+
+    def __init__(self, *, stream: bool) -> None:
+        self.mode: Literal["json", "stream", "error"] = "stream" if stream else "json"
+        self.status = 200
+        self._buffer = bytearray()
+
+    def headers(self, status: int, content_type: str) -> dict[str, str]:
+        self.status = status
+        media = content_type.split(";", 1)[0].strip().lower()
+        if status >= 400:
+            self.mode = "error"
+        elif media == self.stream_media_type:
+            self.mode = "stream"
+        else:
+            self.mode = "json"
+        return {"content-type": "text/event-stream" if self.mode == "stream" else "application/json"}
+
+    def body(self, piece: bytes, end_of_stream: bool) -> bytes:
+        if self.mode == "stream":
+            return self.stream_piece(piece, end_of_stream)
+        self._buffer += piece
+        if not end_of_stream:
+            return b""
+        raw, self._buffer = bytes(self._buffer), bytearray()
+        return self.error_body(raw) if self.mode == "error" else self.json_body(raw)
+
+    @abstractmethod
+    def json_body(self, raw: bytes) -> bytes:
+        """The provider's complete JSON answer, in OpenAI's shape."""
+
+    @abstractmethod
+    def error_body(self, raw: bytes) -> bytes:
+        """The provider's complete error body, as OpenAI error JSON."""
+
+    @abstractmethod
+    def stream_piece(self, piece: bytes, end_of_stream: bool) -> bytes:
+        """One piece of the provider's stream, as the OpenAI SSE it completes."""
+
+
 class Translator(ABC):
     type: ClassVar[str]
     handlers: ClassVar[frozenset[str]]
@@ -52,3 +101,18 @@ class Translator(ABC):
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage | None:
         """None when the provider already answers in OpenAI's shape."""
         return None
+
+
+def tool_arguments(raw: Any) -> dict[str, Any]:
+    """OpenAI tool-call ``arguments`` (a JSON string) as the object providers want.
+
+    Models sometimes emit invalid or non-object JSON; the call still goes through
+    with empty arguments rather than failing the whole request.
+    """
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = json.loads(raw) if isinstance(raw, str) and raw.strip() else {}
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -21,7 +21,13 @@ from typing import Any, Callable
 
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import invalid
-from ext_proc.providers.base import ProviderRequest, ResponseStage, Translator
+from ext_proc.providers.base import (
+    ConvertingResponseStage,
+    ProviderRequest,
+    ResponseStage,
+    Translator,
+    tool_arguments,
+)
 from ext_proc.runtime import Provider
 from ext_proc.sse import encode
 
@@ -136,11 +142,11 @@ def _messages(messages: list[Any]) -> list[dict[str, Any]]:
                                   param=f"{where}.tool_calls")
                 if call.get("id"):
                     tool_names[str(call["id"])] = fn["name"]
-                calls.append({"function": {"name": fn["name"], "arguments": _arguments(fn.get("arguments"))}})
+                calls.append({"function": {"name": fn["name"], "arguments": tool_arguments(fn.get("arguments"))}})
             legacy = msg.get("function_call")
             if isinstance(legacy, dict) and legacy.get("name"):
                 calls.append({"function": {"name": legacy["name"],
-                                           "arguments": _arguments(legacy.get("arguments"))}})
+                                           "arguments": tool_arguments(legacy.get("arguments"))}})
             if calls:
                 item["tool_calls"] = calls
         elif role in ("tool", "function"):
@@ -181,16 +187,6 @@ def _content(content: Any, where: str) -> tuple[str, list[str]]:
         else:
             raise invalid(f"'{at}' of type {kind!r} cannot be sent to Ollama.", param=at)
     return "\n".join(texts), images
-
-
-def _arguments(raw: Any) -> dict[str, Any]:
-    if isinstance(raw, dict):
-        return raw
-    try:
-        value = json.loads(raw) if isinstance(raw, str) and raw.strip() else {}
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 # -------------------------------------------------------------------------- response
@@ -240,20 +236,20 @@ def _embedding(vector: list[float], as_base64: bool) -> Any:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
-class OllamaResponseStage(ResponseStage):
+class OllamaResponseStage(ConvertingResponseStage):
     """Ollama JSON / NDJSON / error -> OpenAI chat or embeddings JSON / SSE / error."""
+
+    stream_media_type = "application/x-ndjson"
 
     def __init__(self, provider: Provider, *, stream: bool, embeddings: bool = False,
                  base64_embeddings: bool = False, clock: Callable[[], float] = time.time,
                  new_id: Callable[[], str] = _new_id) -> None:
+        super().__init__(stream=stream)
         self._model = provider.model
         self._provider = provider.name
         self._embeddings = embeddings
         self._base64 = base64_embeddings
         self._clock = clock
-        self._mode = "stream" if stream else "json"
-        self._status = 200
-        self._buffer = bytearray()
         token = new_id()
         self._id = "chatcmpl-" + token[:24]
         self._call_prefix = "call_" + token[:20]
@@ -263,32 +259,16 @@ class OllamaResponseStage(ResponseStage):
         self._started = False
         self._finished = False
 
-    def headers(self, status: int, content_type: str) -> dict[str, str]:
-        self._status = status
-        media = content_type.split(";", 1)[0].strip().lower()
-        if status >= 400:
-            self._mode = "error"
-        elif media == "application/x-ndjson":
-            self._mode = "stream"
-        else:
-            self._mode = "json"
-        return {"content-type": "text/event-stream" if self._mode == "stream" else "application/json"}
+    def error_body(self, raw: bytes) -> bytes:
+        return _dumps(openai_error(_error_message(raw, self.status), self.status, self._provider)).encode()
 
-    def body(self, piece: bytes, end_of_stream: bool) -> bytes:
-        if self._mode == "stream":
-            return self._stream(piece, end_of_stream)
-        self._buffer += piece
-        if not end_of_stream:
-            return b""
-        raw, self._buffer = bytes(self._buffer), bytearray()
-        if self._mode == "error":
-            return _dumps(openai_error(_error_message(raw, self._status), self._status, self._provider)).encode()
+    def json_body(self, raw: bytes) -> bytes:
         try:
             body = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
             body = None
         if isinstance(body, dict) and body.get("error") is not None:
-            status = self._status if self._status >= 400 else 500
+            status = self.status if self.status >= 400 else 500
             return _dumps(openai_error(_error_message(raw, status), status, self._provider)).encode()
         if self._embeddings and isinstance(body, dict) and isinstance(body.get("embeddings"), list):
             return _dumps(self._embeddings_list(body)).encode()
@@ -345,7 +325,7 @@ class OllamaResponseStage(ResponseStage):
 
     # ---- NDJSON -> SSE
 
-    def _stream(self, piece: bytes, end_of_stream: bool) -> bytes:
+    def stream_piece(self, piece: bytes, end_of_stream: bool) -> bytes:
         *lines, self._tail = (self._tail + piece).split(b"\n")
         if end_of_stream:
             lines.append(self._tail)
