@@ -40,7 +40,9 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
+from envoy.extensions.filters.http.custom_response.v3 import custom_response_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
+from envoy.extensions.http.custom_response.local_response_policy.v3 import local_response_policy_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -51,8 +53,11 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import status_code_input_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, message, struct_pb2, wrappers_pb2
+from xds.core.v3 import extension_pb2
+from xds.type.matcher.v3 import matcher_pb2
+from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from control_plane.config import HapaxConfig, ProviderConfig, RouteConfig
 from hapax.v1 import runtime_pb2
@@ -496,6 +501,45 @@ def _local_reply_config() -> hcm_pb2.LocalReplyConfig:
     return hcm_pb2.LocalReplyConfig(mappers=mappers)
 
 
+# A provider that refuses the gateway's credentials is the gateway's problem, not
+# the client's: a client that saw 401 would think its own key was wrong.
+_CREDENTIAL_REJECTED = (401, 403)
+
+
+def _status_is(status: int) -> matcher_pb2.Matcher.MatcherList.Predicate:
+    return matcher_pb2.Matcher.MatcherList.Predicate(
+        single_predicate=matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
+            input=extension_pb2.TypedExtensionConfig(
+                name="status", typed_config=pack(status_code_input_pb2.HttpResponseStatusCodeMatchInput())),
+            value_match=xds_string_pb2.StringMatcher(exact=str(status)),
+        )
+    )
+
+
+def credential_rejected_filter() -> hcm_pb2.HttpFilter:
+    body = struct_pb2.Struct()
+    body.update({"error": {
+        "message": "The provider '%UPSTREAM_METADATA(hapax:provider)%' rejected the gateway's credentials "
+                   "(HTTP %RESPONSE_CODE%). This is a gateway configuration problem, not the client's: "
+                   "check that provider's api_key.",
+        "type": "server_error", "param": None, "code": "provider_auth_failed"}})
+    policy = local_response_policy_pb2.LocalResponsePolicy(
+        status_code=wrappers_pb2.UInt32Value(value=502),
+        body_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=body),
+    )
+    on_match = matcher_pb2.Matcher.OnMatch(
+        action=extension_pb2.TypedExtensionConfig(name="credential_rejected", typed_config=pack(policy)))
+    matcher = matcher_pb2.Matcher(matcher_list=matcher_pb2.Matcher.MatcherList(matchers=[
+        matcher_pb2.Matcher.MatcherList.FieldMatcher(
+            predicate=matcher_pb2.Matcher.MatcherList.Predicate(
+                or_matcher=matcher_pb2.Matcher.MatcherList.Predicate.PredicateList(
+                    predicate=[_status_is(s) for s in _CREDENTIAL_REJECTED])),
+            on_match=on_match)
+    ]))
+    config = custom_response_pb2.CustomResponse(custom_response_matcher=matcher)
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.custom_response", typed_config=pack(config))
+
+
 def router_ext_proc_filter() -> hcm_pb2.HttpFilter:
     # Per-route overrides set the real mode; this default only covers routes
     # that have none, which is none of ours (see route_configuration).
@@ -511,6 +555,7 @@ def http_connection_manager() -> hcm_pb2.HttpConnectionManager:
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(route_config_name=ROUTE_CONFIG_NAME, config_source=_ads()),
         http_filters=[
+            credential_rejected_filter(),
             router_ext_proc_filter(),
             hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
         ],

@@ -56,6 +56,13 @@ TRANSLATE_RESPONSE = PM(
     response_header_mode=PM.SEND, response_body_mode=PM.STREAMED,
     request_trailer_mode=PM.SKIP, response_trailer_mode=PM.SKIP,
 )
+# A response read whole holds its headers until the body is converted, so the
+# status can still change (a 200 whose body is unusable becomes a 502).
+READ_WHOLE_RESPONSE = PM(
+    request_header_mode=PM.SEND, request_body_mode=PM.BUFFERED,
+    response_header_mode=PM.SEND, response_body_mode=PM.BUFFERED,
+    request_trailer_mode=PM.SKIP, response_trailer_mode=PM.SKIP,
+)
 
 
 # ---------------------------------------------------------------- protobuf helpers
@@ -212,16 +219,24 @@ class UpstreamStep:
     def on_response_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
         headers = header_map(msg)
         common = pb.CommonResponse()
+        response = pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
         if self.stage is not None:
             status = int(headers.get(":status", "0") or 0)
             set_headers = self.stage.headers(status, headers.get("content-type", ""))
             common.header_mutation.CopyFrom(mutation(set_headers, remove=("content-length",)))
-        return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
+            if not self.stage.streams:
+                response.mode_override.CopyFrom(READ_WHOLE_RESPONSE)
+        return response
 
     def on_response_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
         common = pb.CommonResponse()
         if self.stage is not None:
             common.body_mutation.body = self.stage.body(msg.body, msg.end_of_stream)
+            if msg.end_of_stream and not self.stage.streams:
+                set_headers = {"content-length": str(len(common.body_mutation.body))}
+                if self.stage.status_override:
+                    set_headers[":status"] = str(self.stage.status_override)
+                common.header_mutation.CopyFrom(mutation(set_headers))
         return pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))
 
     def _provider(self, attributes) -> Provider:

@@ -42,6 +42,10 @@ class TextCompletionStage(ResponseStage):
         self._streaming = content_type.startswith("text/event-stream")
         return {}
 
+    @property
+    def streams(self) -> bool:
+        return self._streaming
+
     def body(self, piece: bytes, end_of_stream: bool) -> bytes:
         if self._passthrough:
             return piece
@@ -86,6 +90,14 @@ class ChainedStage(ResponseStage):
         headers = self.first.headers(status, content_type)
         headers.update(self.second.headers(status, headers.get("content-type", content_type)))
         return headers
+
+    @property
+    def streams(self) -> bool:
+        return self.first.streams or self.second.streams
+
+    @property
+    def status_override(self) -> int | None:  # type: ignore[override]
+        return self.first.status_override or self.second.status_override
 
     def body(self, piece: bytes, end_of_stream: bool) -> bytes:
         return self.second.body(self.first.body(piece, end_of_stream), end_of_stream)

@@ -6,6 +6,8 @@ that provider's own wire format; the answers come back in OpenAI's shape.
 
 from __future__ import annotations
 
+import time
+
 import openai
 import pytest
 
@@ -144,3 +146,40 @@ def test_a_retry_never_carries_the_previous_providers_credential(client, fakes):
     assert "authorization" not in sent.headers
     assert OPENAI_KEY not in str(sent.headers) and OPENAI_KEY not in str(sent.body)
     assert sent.headers["x-api-key"] == ANTHROPIC_KEY
+
+
+@pytest.mark.parametrize("name,model,status", [("openai", "gpt-4", 401), ("anthropic", "claude-3-haiku", 401),
+                                               ("openai", "gpt-4", 403)])
+def test_a_provider_rejecting_the_gateways_key_is_a_502_naming_the_provider(client, fakes, name, model, status):
+    fakes[name].inject(Status(status), times=None)
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    fakes[name].clear_faults()
+    assert err.value.status_code == 502
+    body = err.value.body
+    assert body["code"] == "provider_auth_failed"
+    assert f"'{name}'" in body["message"] and f"HTTP {status}" in body["message"]
+    assert "not the client's" in body["message"]
+
+
+@pytest.mark.parametrize("name,model", [("openai", "gpt-4"), ("anthropic", "claude-3-haiku"), ("ollama", "llama3.2")])
+def test_stream_chunks_reach_the_client_as_the_provider_sends_them(client, fakes, name, model):
+    # The fake waits 200 ms between chunks. A gateway that buffered the stream
+    # would deliver every chunk at once; this one must deliver them spaced out.
+    gap = 0.2
+    fakes[name].chunk_delay = gap
+    try:
+        arrivals = []
+        stream = client.chat.completions.create(model=model, stream=True,
+                                                messages=[{"role": "user", "content": "one two three"}])
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append(time.monotonic())
+    finally:
+        fakes[name].chunk_delay = 0.0
+    assert len(arrivals) >= 6
+    spacings = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    # Lower bounds only: the machine may be slow, but it cannot make chunks
+    # that were 200 ms apart at the provider arrive together unless buffered.
+    assert arrivals[-1] - arrivals[0] >= gap * (len(arrivals) - 1) * 0.5
+    assert sum(1 for s in spacings if s >= gap * 0.5) >= len(spacings) // 2

@@ -411,8 +411,8 @@ class AnthropicResponseStage(ConvertingResponseStage):
         if not isinstance(message, dict) or message.get("type") == "error" or "content" not in message:
             if isinstance(message, dict) and isinstance(message.get("error"), dict):
                 return self.error_body(raw)
-            return _dumps(openai_error("api_error", "Provider returned an unreadable response.",
-                                       self.status, self._provider)).encode()
+            return self.unreadable(_dumps(openai_error(
+                "api_error", "Provider returned an unreadable response.", 502, self._provider)).encode())
         return _dumps(chat_completion(message, self._model, int(self._clock()))).encode()
 
     # ---- SSE

@@ -27,6 +27,15 @@ class ProviderRequest:
 class ResponseStage(ABC):
     """Rewrites one attempt's response; stateful across the body's pieces."""
 
+    # Set when the body shows the provider's status was wrong for what it sent
+    # (a 200 with an unreadable body); applied only to responses read whole.
+    status_override: int | None = None
+
+    @property
+    def streams(self) -> bool:
+        """After headers(): True to convert piece by piece, False to read the body whole."""
+        return True
+
     @abstractmethod
     def headers(self, status: int, content_type: str) -> dict[str, str]:
         """Called once with the provider's status; returns headers to set."""
@@ -61,6 +70,15 @@ class ConvertingResponseStage(ResponseStage):
         else:
             self.mode = "json"
         return {"content-type": "text/event-stream" if self.mode == "stream" else "application/json"}
+
+    @property
+    def streams(self) -> bool:
+        return self.mode == "stream"
+
+    def unreadable(self, error_body: bytes) -> bytes:
+        """An answer the provider sent but no client could use: a 502, not a 200."""
+        self.status_override = 502
+        return error_body
 
     def body(self, piece: bytes, end_of_stream: bool) -> bytes:
         if self.mode == "stream":

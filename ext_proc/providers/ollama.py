@@ -274,7 +274,8 @@ class OllamaResponseStage(ConvertingResponseStage):
             return _dumps(self._embeddings_list(body)).encode()
         if not self._embeddings and isinstance(body, dict) and isinstance(body.get("message"), dict):
             return _dumps(self._chat_completion(body)).encode()
-        return _dumps(openai_error("Provider returned an unreadable response.", 502, self._provider)).encode()
+        return self.unreadable(
+            _dumps(openai_error("Provider returned an unreadable response.", 502, self._provider)).encode())
 
     # ---- JSON
 
