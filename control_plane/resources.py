@@ -242,8 +242,10 @@ def _ext_proc_filter(
         message_timeout=_duration(5),
         failure_mode_allow=False,
         allow_mode_override=True,
+        # Routing headers (:authority, :path) and x-envoy-max-retries are set on purpose.
         mutation_rules=mutation_rules_pb2.HeaderMutationRules(
-            allow_all_routing=wrappers_pb2.BoolValue(value=True)
+            allow_all_routing=wrappers_pb2.BoolValue(value=True),
+            allow_envoy=wrappers_pb2.BoolValue(value=True),
         ),
     )
 
@@ -365,11 +367,15 @@ def _route_metadata(route: RouteConfig) -> base_pb2.Metadata:
 
 
 def _retry_policy(config: HapaxConfig) -> route_components_pb2.RetryPolicy:
-    attempts = max(len(config.provider_preference), 1)
+    # One attempt per provider of the longest chain (one retry when there is only
+    # one provider). Retry policy is per route while chains are per request, so a
+    # shorter chain may get one extra attempt, on its first provider again.
+    longest_chain = max(len(chain_order(config, first)) for first in chain_firsts(config))
+    retries = max(longest_chain - 1, 1)
     return route_components_pb2.RetryPolicy(
         retry_on="connect-failure,refused-stream,reset,5xx,retriable-status-codes",
         retriable_status_codes=[429],
-        num_retries=wrappers_pb2.UInt32Value(value=attempts),
+        num_retries=wrappers_pb2.UInt32Value(value=retries),
         # With an aggregate cluster each member is a priority level: moving the
         # retry off the priorities already tried is what makes it a failover.
         retry_priority=route_components_pb2.RetryPolicy.RetryPriority(

@@ -152,7 +152,10 @@ class RouterStep:
     def on_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
         req = client_request.parse(self.handler, msg.body)
         chain = self.chain_for(req)
-        set_headers = {CHAIN_HEADER: chain}
+        # One attempt per provider of this chain; the route's retry policy is
+        # shared by all chains, so the count travels with the request.
+        retries = max(self.view.chain_length.get(chain, 1) - 1, 1)
+        set_headers = {CHAIN_HEADER: chain, "x-envoy-max-retries": str(retries)}
         common = pb.CommonResponse(clear_route_cache=True)
         if req.rewritten:
             body = json.dumps(req.body, separators=(",", ":")).encode()

@@ -48,6 +48,7 @@ class RuntimeView:
     providers: Mapping[str, Provider]
     routes: Mapping[str, Route]
     chain_for_provider: Mapping[str, str]
+    chain_length: Mapping[str, int]
     default_chain: str
     provider_for_model: Mapping[str, str]
 
@@ -70,6 +71,7 @@ class RuntimeView:
             providers=MappingProxyType(providers),
             routes=MappingProxyType(routes),
             chain_for_provider=MappingProxyType(chain_for),
+            chain_length=MappingProxyType({ch.cluster: len(ch.providers) for ch in rt.chains}),
             default_chain=rt.chains[0].cluster,
             provider_for_model=MappingProxyType(by_model),
         )

@@ -183,3 +183,27 @@ def test_stream_chunks_reach_the_client_as_the_provider_sends_them(client, fakes
     # that were 200 ms apart at the provider arrive together unless buffered.
     assert arrivals[-1] - arrivals[0] >= gap * (len(arrivals) - 1) * 0.5
     assert sum(1 for s in spacings if s >= gap * 0.5) >= len(spacings) // 2
+
+
+def test_anthropic_overloaded_529_reaches_the_client_as_openai_503(client, fakes):
+    # chain.openai tries OpenAI, then Anthropic: the client sees the last answer.
+    fakes["openai"].inject(Status(503))
+    fakes["anthropic"].inject(Status(529))
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "busy?"}])
+    assert err.value.status_code == 503
+    assert err.value.body["type"] == "server_error"
+    assert len(fakes["anthropic"].requests) == 1
+
+
+def test_usage_and_finish_reason_survive_translation(client, fakes):
+    for model, label in (("claude-3-haiku", "fake-anthropic"), ("llama3.2", "fake-ollama")):
+        reply = client.chat.completions.create(model=model, max_tokens=3,
+                                               messages=[{"role": "user", "content": "a long question here"}])
+        assert reply.choices[0].finish_reason == "length"
+        assert reply.choices[0].message.content == f"Hello from {label}!"
+        assert reply.usage.completion_tokens == 3 and reply.usage.prompt_tokens == 4
+        chunks = list(client.chat.completions.create(
+            model=model, stream=True, stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "a long question here"}]))
+        assert chunks[-1].usage.prompt_tokens == 4 and chunks[-1].usage.completion_tokens > 3

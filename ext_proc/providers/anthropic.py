@@ -401,6 +401,8 @@ class AnthropicResponseStage(ConvertingResponseStage):
         self._tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
 
     def error_body(self, raw: bytes) -> bytes:
+        if self.status == 529:  # Anthropic's "overloaded"; OpenAI clients know 503
+            self.status_override = 503
         return _dumps(_error_from_body(raw, self.status, self._provider)).encode()
 
     def json_body(self, raw: bytes) -> bytes:
