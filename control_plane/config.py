@@ -31,9 +31,11 @@ __all__ = [
     "HANDLERS",
     "PROVIDER_TYPES",
     "ConfigError",
+    "CircuitBreakerConfig",
     "ConfigIssue",
     "FrozenMap",
     "HapaxConfig",
+    "HealthCheckConfig",
     "ProviderConfig",
     "RouteConfig",
     "ServerConfig",
@@ -57,10 +59,12 @@ RESERVED_LABELS = ("provider", "model", "route", "status", "handler", "le", "qua
 MAX_LABELS = 8  # every label multiplies the number of time series
 MAX_LABEL_VALUE_LENGTH = 64
 
-_TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes")
+_TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "health_check")
 _SERVER_KEYS = ("host", "port", "admin_port", "metrics_port")
 _PORT_KEYS = ("port", "admin_port", "metrics_port")
-_PROVIDER_KEYS = ("type", "model", "api_key", "base_url", "timeout", "aliases")
+_PROVIDER_KEYS = ("type", "model", "api_key", "base_url", "timeout", "aliases", "health_check", "circuit_breaker")
+_HEALTH_CHECK_KEYS = ("interval", "timeout", "healthy_threshold", "unhealthy_threshold")
+_CIRCUIT_BREAKER_KEYS = ("max_concurrent_requests", "max_pending_requests", "max_retries")
 _ROUTE_KEYS = ("path", "handler", "version", "metrics_labels")
 _KEYED_PROVIDER_TYPES = ("anthropic", "openai")  # their APIs refuse requests without a key
 
@@ -141,6 +145,25 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class HealthCheckConfig:
+    """How ext_proc probes a provider, and when the verdict flips (Envoy's semantics)."""
+
+    interval: float = 10.0  # seconds between probes
+    timeout: float = 5.0  # one probe's time limit
+    healthy_threshold: int = 2  # consecutive successes to come back
+    unhealthy_threshold: int = 3  # consecutive failures to be taken out
+
+
+@dataclass(frozen=True)
+class CircuitBreakerConfig:
+    """Caps on what one provider may hold, so a slow one cannot absorb all capacity."""
+
+    max_concurrent_requests: int = 1024
+    max_pending_requests: int = 1024
+    max_retries: int = 3  # retries in flight towards this provider at once
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     name: str
     type: str  # one of PROVIDER_TYPES
@@ -149,6 +172,8 @@ class ProviderConfig:
     base_url: str  # no trailing slash
     timeout: float = DEFAULT_TIMEOUT  # seconds
     aliases: tuple[str, ...] = ()  # extra model names clients may use for this provider
+    health_check: HealthCheckConfig = HealthCheckConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
 
     def __post_init__(self) -> None:
         _freeze(self, "aliases", tuple)
@@ -516,7 +541,8 @@ def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
     root = data
     _reject_unknown_keys(root, "", _TOP_LEVEL_KEYS, issues)
     server = _server(root.get("server"), issues)
-    providers = _providers(root.get("providers"), issues)
+    health_defaults = _health_check(root.get("health_check"), "health_check", HealthCheckConfig(), issues)
+    providers = _providers(root.get("providers"), health_defaults, issues)
     preference = _preference(root.get("provider_preference"), _provider_names(root.get("providers")), issues)
     routes = _routes(root.get("routes"), issues)
     if issues.errors:
@@ -588,7 +614,7 @@ def _provider_names(value: Any) -> list[str]:
     return [name for name in value if isinstance(name, str)] if isinstance(value, dict) else []
 
 
-def _providers(value: Any, issues: _Issues) -> dict[str, ProviderConfig]:
+def _providers(value: Any, health_defaults: HealthCheckConfig, issues: _Issues) -> dict[str, ProviderConfig]:
     if value is None:
         issues.error("providers", "is required: define at least one provider")
         return {}
@@ -599,13 +625,15 @@ def _providers(value: Any, issues: _Issues) -> dict[str, ProviderConfig]:
         issues.error("providers", "must define at least one provider")
     providers = {}
     for name, body in node.items():
-        provider = _provider(name, body, _join("providers", name), issues)
+        provider = _provider(name, body, _join("providers", name), health_defaults, issues)
         if provider is not None:
             providers[provider.name] = provider
     return providers
 
 
-def _provider(name: Any, body: Any, path: str, issues: _Issues) -> ProviderConfig | None:
+def _provider(
+    name: Any, body: Any, path: str, health_defaults: HealthCheckConfig, issues: _Issues
+) -> ProviderConfig | None:
     name_ok = _check_provider_name(name, path, issues)
     node = _mapping(body, path, issues)
     if node is None:
@@ -618,9 +646,55 @@ def _provider(name: Any, body: Any, path: str, issues: _Issues) -> ProviderConfi
     base_url = _base_url(node.get("base_url"), kind, _join(path, "base_url"), issues)
     timeout = _timeout(node.get("timeout"), _join(path, "timeout"), issues)
     aliases = _aliases(node.get("aliases"), _join(path, "aliases"), issues)
+    health = _health_check(node.get("health_check"), _join(path, "health_check"), health_defaults, issues)
+    breaker = _circuit_breaker(node.get("circuit_breaker"), _join(path, "circuit_breaker"), issues)
     if not (name_ok and kind and model and base_url):
         return None
-    return ProviderConfig(name, kind, model, api_key, base_url, timeout, aliases)
+    return ProviderConfig(name, kind, model, api_key, base_url, timeout, aliases, health, breaker)
+
+
+def _health_check(value: Any, path: str, defaults: HealthCheckConfig, issues: _Issues) -> HealthCheckConfig:
+    """A mapping overriding ``defaults`` key by key (the top level's, for a provider)."""
+    node = {} if value is None else _mapping(value, path, issues)
+    if node is None:
+        return defaults
+    _reject_unknown_keys(node, path, _HEALTH_CHECK_KEYS, issues)
+    fields = {}
+    for key in ("interval", "timeout"):
+        if node.get(key) is not None:
+            fields[key] = _duration(node[key], _join(path, key), getattr(defaults, key), issues)
+    for key in ("healthy_threshold", "unhealthy_threshold"):
+        if node.get(key) is not None:
+            fields[key] = _positive_integer(node[key], _join(path, key), getattr(defaults, key), issues)
+    config = replace(defaults, **fields)
+    if config.timeout <= config.interval:
+        return config
+    if "timeout" not in fields:  # an inherited timeout shrinks to a shorter interval
+        return replace(config, timeout=config.interval)
+    issues.error(_join(path, "timeout"), f"must not exceed the interval ({config.interval:g}s), "
+                                         f"got {config.timeout:g}s")
+    return config
+
+
+def _circuit_breaker(value: Any, path: str, issues: _Issues) -> CircuitBreakerConfig:
+    defaults = CircuitBreakerConfig()
+    node = {} if value is None else _mapping(value, path, issues)
+    if node is None:
+        return defaults
+    _reject_unknown_keys(node, path, _CIRCUIT_BREAKER_KEYS, issues)
+    fields = {key: _positive_integer(node[key], _join(path, key), getattr(defaults, key), issues)
+              for key in _CIRCUIT_BREAKER_KEYS if node.get(key) is not None}
+    return replace(defaults, **fields)
+
+
+def _positive_integer(value: Any, path: str, default: int, issues: _Issues) -> int:
+    number = _integer(value, path, issues)
+    if number is None:
+        return default
+    if number < 1:
+        issues.error(path, f"must be at least 1, got {number}")
+        return default
+    return number
 
 
 def _check_provider_name(name: Any, path: str, issues: _Issues) -> bool:
@@ -705,8 +779,10 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def _timeout(value: Any, path: str, issues: _Issues) -> float:
-    if value is None:
-        return DEFAULT_TIMEOUT
+    return DEFAULT_TIMEOUT if value is None else _duration(value, path, DEFAULT_TIMEOUT, issues)
+
+
+def _duration(value: Any, path: str, default: float, issues: _Issues) -> float:
     seconds = _seconds(value)
     if seconds is None:
         issues.error(path, _expected("a number of seconds or a duration such as '30s', '500ms' or '1m30s'", value))
@@ -714,7 +790,7 @@ def _timeout(value: Any, path: str, issues: _Issues) -> float:
         issues.error(path, f"must be a positive, finite number of seconds, got {_describe(value)}")
     else:
         return seconds
-    return DEFAULT_TIMEOUT
+    return default
 
 
 def _seconds(value: Any) -> float | None:

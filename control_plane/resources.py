@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import (
     address_pb2,
+    health_check_pb2,
     base_pb2,
     config_source_pb2,
     grpc_service_pb2,
@@ -51,9 +52,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.retry.priority.previous_priorities.v3 import (
     previous_priorities_config_pb2,
 )
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import status_code_input_pb2, string_pb2
+from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, message, struct_pb2, wrappers_pb2
 from xds.core.v3 import extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
@@ -196,7 +199,70 @@ def _provider_endpoint(provider: ProviderConfig) -> tuple[str, int, bool]:
     return url.hostname or "", url.port or (443 if tls else 80), tls
 
 
-def provider_cluster(provider: ProviderConfig) -> cluster_pb2.Cluster:
+def provider_health_path(provider: str) -> str:
+    return f"/providers/{provider}/health"
+
+
+# How often Envoy asks ext_proc for its verdict; the verdict itself follows the
+# provider's health_check settings, so Envoy takes it as it is (thresholds 1).
+VERDICT_POLL_SECONDS = 1.0
+PLAINTEXT_MATCH = "hapax_plaintext"
+
+
+def _verdict_health_check(provider: ProviderConfig) -> health_check_pb2.HealthCheck:
+    poll = min(VERDICT_POLL_SECONDS, provider.health_check.interval)
+    check = health_check_pb2.HealthCheck(
+        timeout=_duration(poll),
+        interval=_duration(poll),
+        no_traffic_interval=_duration(poll),
+        unhealthy_threshold=wrappers_pb2.UInt32Value(value=1),
+        healthy_threshold=wrappers_pb2.UInt32Value(value=1),
+        http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(
+            host="hapax-ext-proc", path=provider_health_path(provider.name)),
+    )
+    # The verdict comes from ext_proc over plain HTTP, even for a TLS provider.
+    check.transport_socket_match_criteria.update({PLAINTEXT_MATCH: True})
+    return check
+
+
+def _outlier_detection() -> outlier_detection_pb2.OutlierDetection:
+    # Passive signals eject a provider faster than the probe notices; with one
+    # host per provider cluster, ejection must be allowed to take all of it.
+    return outlier_detection_pb2.OutlierDetection(
+        consecutive_5xx=wrappers_pb2.UInt32Value(value=5),
+        consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=3),
+        enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=100),
+        split_external_local_origin_errors=True,
+        consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=3),
+        enforcing_consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=100),
+        interval=_duration(2),
+        base_ejection_time=_duration(10),
+        max_ejection_percent=wrappers_pb2.UInt32Value(value=100),
+    )
+
+
+def _circuit_breakers(provider: ProviderConfig) -> circuit_breaker_pb2.CircuitBreakers:
+    limits = provider.circuit_breaker
+    return circuit_breaker_pb2.CircuitBreakers(thresholds=[circuit_breaker_pb2.CircuitBreakers.Thresholds(
+        max_connections=wrappers_pb2.UInt32Value(value=limits.max_concurrent_requests),
+        max_requests=wrappers_pb2.UInt32Value(value=limits.max_concurrent_requests),
+        max_pending_requests=wrappers_pb2.UInt32Value(value=limits.max_pending_requests),
+        max_retries=wrappers_pb2.UInt32Value(value=limits.max_retries),
+    )])
+
+
+def _failover_lb_config() -> cluster_pb2.Cluster.CommonLbConfig:
+    # Envoy's default sends traffic to unhealthy hosts when too few are healthy;
+    # for a provider that is down, failing over is the whole point. And a health
+    # change reaches the workers at once instead of after the default 1 s merge
+    # window (meant for large clusters; ours have one host each).
+    return cluster_pb2.Cluster.CommonLbConfig(
+        healthy_panic_threshold=percent_pb2.Percent(value=0),
+        update_merge_window=_duration(0),
+    )
+
+
+def provider_cluster(provider: ProviderConfig, verdict: Address) -> cluster_pb2.Cluster:
     host, port, tls = _provider_endpoint(provider)
     name = provider_cluster_name(provider.name)
     endpoint_metadata = base_pb2.Metadata()
@@ -207,6 +273,10 @@ def provider_cluster(provider: ProviderConfig) -> cluster_pb2.Cluster:
         dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED,
         connect_timeout=_duration(min(provider.timeout, 10.0)),
         typed_extension_protocol_options=_http1_options(),
+        health_checks=[_verdict_health_check(provider)],
+        outlier_detection=_outlier_detection(),
+        circuit_breakers=_circuit_breakers(provider),
+        common_lb_config=_failover_lb_config(),
         load_assignment=endpoint_pb2.ClusterLoadAssignment(
             cluster_name=name,
             endpoints=[
@@ -214,7 +284,9 @@ def provider_cluster(provider: ProviderConfig) -> cluster_pb2.Cluster:
                     lb_endpoints=[
                         endpoint_components_pb2.LbEndpoint(
                             endpoint=endpoint_components_pb2.Endpoint(
-                                address=_socket_address(host, port), hostname=host
+                                address=_socket_address(host, port), hostname=host,
+                                health_check_config=endpoint_components_pb2.Endpoint.HealthCheckConfig(
+                                    address=_socket_address(verdict.host, verdict.port)),
                             ),
                             metadata=endpoint_metadata,
                         )
@@ -225,6 +297,12 @@ def provider_cluster(provider: ProviderConfig) -> cluster_pb2.Cluster:
     )
     if tls:
         cluster.transport_socket.CopyFrom(_upstream_tls(host))
+        plaintext = cluster.transport_socket_matches.add(
+            name=PLAINTEXT_MATCH,
+            transport_socket=base_pb2.TransportSocket(
+                name="envoy.transport_sockets.raw_buffer", typed_config=pack(raw_buffer_pb2.RawBuffer())),
+        )
+        plaintext.match.update({PLAINTEXT_MATCH: True})
     return cluster
 
 
@@ -283,6 +361,7 @@ def chain_cluster(config: HapaxConfig, first: str) -> cluster_pb2.Cluster:
             typed_config=pack(aggregate_pb2.ClusterConfig(clusters=members)),
         ),
         typed_extension_protocol_options=_http1_options([upstream_ext_proc_filter(), codec]),
+        common_lb_config=_failover_lb_config(),
     )
 
 
@@ -603,6 +682,10 @@ def runtime(config: HapaxConfig, version: str) -> runtime_pb2.Runtime:
             name=p.name, type=p.type, model=p.model, aliases=list(p.aliases),
             base_url=p.base_url, cluster=provider_cluster_name(p.name),
             timeout_seconds=p.timeout, api_key=p.api_key,
+            health_check=runtime_pb2.HealthCheck(
+                interval_seconds=p.health_check.interval, timeout_seconds=p.health_check.timeout,
+                healthy_threshold=p.health_check.healthy_threshold,
+                unhealthy_threshold=p.health_check.unhealthy_threshold),
         )
     for r in config.routes:
         route = out.routes.add(path=r.path, handler=r.handler, version=r.version)

@@ -76,7 +76,8 @@ def make_snapshot(version: str, by_type: dict[str, list[message.Message]]) -> Sn
 
 def build_snapshot(config: HapaxConfig, version: str, ext_proc: res.ExtProcEndpoints) -> Snapshot:
     clusters = [res.ext_proc_grpc_cluster(), res.ext_proc_http_cluster()]
-    clusters += [res.provider_cluster(p) for p in config.providers.values()]
+    # Envoy polls one ext_proc for each provider's verdict (they all probe alike).
+    clusters += [res.provider_cluster(p, ext_proc.http[0]) for p in config.providers.values()]
     clusters += [res.chain_cluster(config, first) for first in res.chain_firsts(config)]
     return make_snapshot(
         version,

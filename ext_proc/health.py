@@ -1,17 +1,33 @@
-"""The HTTP side of ext_proc: ``/health``, which Envoy routes ``GET /health`` to.
+"""The HTTP side of ext_proc.
 
-A request that reaches it has crossed Envoy, so Envoy is up; ext_proc answers,
-so ext_proc is up; the control plane is up when the xDS stream is connected.
+``/health`` is what Envoy routes ``GET /health`` to. A request that reaches it
+has crossed Envoy, so Envoy is up; ext_proc answers, so ext_proc is up; the
+control plane is up when the xDS stream is connected. It also reports every
+provider's health as ext_proc's prober sees it.
+
+``/providers/{name}/health`` is each provider's verdict, polled by Envoy's
+active health check on that provider's endpoint: 200 healthy, 503 unhealthy.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from ext_proc.provider_health import ProviderHealth, ProviderProber
 from ext_proc.xds_client import RuntimeSubscription
 
 
-def health_app(subscription: RuntimeSubscription) -> web.Application:
+def _provider_report(state: ProviderHealth | None) -> dict:
+    if state is None or state.last_checked is None:
+        return {"status": "unknown"}
+    report = {"status": "healthy" if state.healthy else "unhealthy", "checks": state.checks,
+              "consecutive_failures": state.consecutive_failures}
+    if state.last_error:
+        report["last_error"] = state.last_error
+    return report
+
+
+def health_app(subscription: RuntimeSubscription, prober: ProviderProber) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         view = subscription.view
         cp_up = subscription.connected
@@ -27,10 +43,17 @@ def health_app(subscription: RuntimeSubscription) -> web.Application:
                     **({"error": subscription.last_error} if not cp_up and subscription.last_error else {}),
                 },
             },
-            "providers": sorted(view.providers) if view else [],
+            "providers": {name: _provider_report(prober.state(name)) for name in (view.providers if view else ())},
         }
         return web.json_response(body, status=200 if ok else 503)
 
+    async def provider_verdict(request: web.Request) -> web.Response:
+        state = prober.state(request.match_info["name"])
+        # Unknown until the first probe completes: optimistic, like the prober.
+        healthy = state is None or state.healthy
+        return web.json_response(_provider_report(state), status=200 if healthy else 503)
+
     app = web.Application()
     app.router.add_get("/health", health)
+    app.router.add_get("/providers/{name}/health", provider_verdict)
     return app

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
+from ext_proc.provider_health import HealthCheckSettings
 from hapax.v1 import runtime_pb2
 
 
@@ -29,6 +30,7 @@ class Provider:
     base_path: str     # path prefix from base_url, no trailing slash
     api_key: str
     timeout: float
+    health_check: HealthCheckSettings = HealthCheckSettings()
 
     def __repr__(self) -> str:  # never print the key
         return f"Provider(name={self.name!r}, type={self.type!r}, model={self.model!r})"
@@ -85,8 +87,13 @@ def _provider(p: runtime_pb2.Provider, known_types: frozenset[str]) -> Provider:
         raise InvalidRuntime(f"provider {p.name}: base_url has no host")
     default_port = 443 if url.scheme == "https" else 80
     host = url.hostname if (url.port or default_port) == default_port else f"{url.hostname}:{url.port}"
+    hc = p.health_check
     return Provider(
         name=p.name, type=p.type, model=p.model, aliases=tuple(p.aliases),
         base_url=p.base_url, host=host, base_path=url.path.rstrip("/"),
         api_key=p.api_key, timeout=p.timeout_seconds,
+        health_check=HealthCheckSettings(
+            interval=hc.interval_seconds, timeout=hc.timeout_seconds,
+            healthy_threshold=hc.healthy_threshold, unhealthy_threshold=hc.unhealthy_threshold,
+        ) if p.HasField("health_check") else HealthCheckSettings(),
     )

@@ -13,7 +13,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ext_proc.health import health_app
 from ext_proc.processor import Processor
-from ext_proc.providers import TRANSLATORS
+from ext_proc.provider_health import ProviderProber
+from ext_proc.providers import TRANSLATORS, translator_for
 from ext_proc.xds_client import RuntimeSubscription
 from hapax import logs
 
@@ -21,7 +22,12 @@ log = logging.getLogger("hapax.ext_proc")
 
 
 async def serve(args: argparse.Namespace) -> None:
-    subscription = RuntimeSubscription(args.xds, frozenset(TRANSLATORS), args.node_id)
+    prober = ProviderProber(translator_for)
+    subscription = RuntimeSubscription(
+        args.xds, frozenset(TRANSLATORS), args.node_id,
+        on_update=lambda view: prober.update(
+            view.providers, {name: p.health_check for name, p in view.providers.items()}),
+    )
     xds_task = asyncio.create_task(subscription.run())
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
@@ -30,7 +36,7 @@ async def serve(args: argparse.Namespace) -> None:
     grpc_port = server.add_insecure_port(args.listen)
     await server.start()
 
-    runner = web.AppRunner(health_app(subscription), access_log=None)
+    runner = web.AppRunner(health_app(subscription, prober), access_log=None)
     await runner.setup()
     health_host, _, health_port = args.health_listen.rpartition(":")
     site = web.TCPSite(runner, health_host, int(health_port))
@@ -45,6 +51,7 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     xds_task.cancel()
+    await prober.close()
     await server.stop(grace=2)
     await runner.cleanup()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -27,8 +28,10 @@ log = logging.getLogger("hapax.ext_proc.xds")
 
 
 class RuntimeSubscription:
-    def __init__(self, address: str, known_types: frozenset[str], node_id: str | None = None) -> None:
+    def __init__(self, address: str, known_types: frozenset[str], node_id: str | None = None,
+                 on_update: Callable[[RuntimeView], None] | None = None) -> None:
         self.address = address
+        self.on_update = on_update
         self.known_types = known_types
         self.node_id = node_id or f"ext_proc-{os.getpid()}"
         self.view: RuntimeView | None = None
@@ -81,6 +84,8 @@ class RuntimeSubscription:
             return self._request(response_nonce=response.nonce,
                                  error_detail=status_pb2.Status(code=INVALID_ARGUMENT, message=str(err)))
         self.received.set()
+        if self.on_update is not None:
+            self.on_update(self.view)
         log.info("runtime configuration applied", extra={"version": response.version_info})
         return self._request(response_nonce=response.nonce)
 

@@ -16,9 +16,11 @@ from control_plane.config import (
     DEFAULT_ROUTES,
     HANDLERS,
     PROVIDER_TYPES,
+    CircuitBreakerConfig,
     ConfigError,
     ConfigIssue,
     HapaxConfig,
+    HealthCheckConfig,
     ProviderConfig,
     RouteConfig,
     ServerConfig,
@@ -335,7 +337,7 @@ def test_unknown_key_suggests_close_match():
         (with_provider("{type: ollama, model: m}") + "server: {prot: 80}", "server.prot",
          "unknown key 'prot' (did you mean 'port'?)"),
         (with_provider("{type: ollama, model: m}") + "listeners: []", "listeners",
-         "unknown key 'listeners' (expected one of: server, providers, provider_preference, routes)"),
+         "unknown key 'listeners' (expected one of: server, providers, provider_preference, routes, health_check)"),
         (with_provider("{type: ollama, model: m}") + "1: x", "1", "expected a string key, got integer 1"),
     ],
 )
@@ -883,3 +885,39 @@ def test_arbitrary_text_only_ever_raises_config_error(text):
         parse_config(text, env={})
     except ConfigError as err:
         assert err.issues
+
+
+# --------------------------------------------------------------------------- health checks and circuit breakers
+
+
+def test_health_check_defaults_apply_and_providers_override_key_by_key():
+    config = parse_config(
+        "health_check: {interval: 2s, unhealthy_threshold: 5}\n"
+        "providers:\n"
+        "  a: {type: ollama, model: m}\n"
+        "  b: {type: ollama, model: m, health_check: {interval: 500ms, timeout: 100ms}}\n", env={})
+    a, b = config.providers["a"].health_check, config.providers["b"].health_check
+    assert (a.interval, a.healthy_threshold, a.unhealthy_threshold) == (2.0, 2, 5)
+    assert a.timeout == 2.0  # the 5 s default shrinks to the shorter interval
+    assert (b.interval, b.timeout, b.unhealthy_threshold) == (0.5, 0.1, 5)
+
+
+@pytest.mark.parametrize("block,path,message", [
+    ("{interval: soon}", "providers.a.health_check.interval", "expected a number of seconds"),
+    ("{healthy_threshold: 0}", "providers.a.health_check.healthy_threshold", "must be at least 1"),
+    ("{interval: 1s, timeout: 2s}", "providers.a.health_check.timeout", "must not exceed the interval"),
+    ("{intervall: 1s}", "providers.a.health_check.intervall", "did you mean 'interval'"),
+])
+def test_bad_health_check_settings_name_their_key(block, path, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(f"providers:\n  a: {{type: ollama, model: m, health_check: {block}}}\n", env={})
+    assert any(i.path == path and message in i.message for i in err.value.issues), err.value.issues
+
+
+def test_circuit_breaker_limits_are_positive_integers():
+    config = parse_config("providers:\n  a: {type: ollama, model: m, circuit_breaker: {max_pending_requests: 8}}\n",
+                          env={})
+    assert config.providers["a"].circuit_breaker == CircuitBreakerConfig(max_pending_requests=8)
+    with pytest.raises(ConfigError) as err:
+        parse_config("providers:\n  a: {type: ollama, model: m, circuit_breaker: {max_retries: -1}}\n", env={})
+    assert [i.path for i in err.value.issues] == ["providers.a.circuit_breaker.max_retries"]

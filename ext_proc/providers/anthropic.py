@@ -89,6 +89,12 @@ class AnthropicTranslator(Translator):
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage:
         return AnthropicResponseStage(provider, stream=req.stream, clock=self._clock)
 
+    def health_probe(self, provider: Provider) -> ProviderRequest:
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        if provider.api_key:
+            headers["x-api-key"] = provider.api_key
+        return ProviderRequest(path=provider.base_path + "/v1/models", body=b"", set_headers=headers)
+
 
 # --------------------------------------------------------------------------- request
 

@@ -120,6 +120,10 @@ class Translator(ABC):
         """None when the provider already answers in OpenAI's shape."""
         return None
 
+    @abstractmethod
+    def health_probe(self, provider: Provider) -> ProviderRequest:
+        """The cheapest authenticated GET that proves the provider serves (a model list)."""
+
 
 def tool_arguments(raw: Any) -> dict[str, Any]:
     """OpenAI tool-call ``arguments`` (a JSON string) as the object providers want.

@@ -76,6 +76,10 @@ class OllamaTranslator(Translator):
             base64_embeddings=embeddings and req.body.get("encoding_format") == "base64",
             clock=self._clock, new_id=self._new_id)
 
+    def health_probe(self, provider: Provider) -> ProviderRequest:
+        headers = {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
+        return ProviderRequest(path=provider.base_path + "/api/tags", body=b"", set_headers=headers)
+
 
 # --------------------------------------------------------------------------- request
 

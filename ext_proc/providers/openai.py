@@ -28,3 +28,7 @@ class OpenAITranslator(Translator):
             body=json.dumps(body, separators=(",", ":")).encode(),
             set_headers=headers,
         )
+
+    def health_probe(self, provider: Provider) -> ProviderRequest:
+        headers = {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
+        return ProviderRequest(path=provider.base_path + "/models", body=b"", set_headers=headers)

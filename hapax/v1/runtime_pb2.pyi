@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Provider(_message.Message):
-    __slots__ = ("name", "type", "model", "aliases", "base_url", "cluster", "timeout_seconds", "api_key")
+    __slots__ = ("name", "type", "model", "aliases", "base_url", "cluster", "timeout_seconds", "api_key", "health_check")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class Provider(_message.Message):
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     API_KEY_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     model: str
@@ -24,7 +25,20 @@ class Provider(_message.Message):
     cluster: str
     timeout_seconds: float
     api_key: str
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., base_url: _Optional[str] = ..., cluster: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., api_key: _Optional[str] = ...) -> None: ...
+    health_check: HealthCheck
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., base_url: _Optional[str] = ..., cluster: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., api_key: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ...) -> None: ...
+
+class HealthCheck(_message.Message):
+    __slots__ = ("interval_seconds", "timeout_seconds", "healthy_threshold", "unhealthy_threshold")
+    INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    UNHEALTHY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    interval_seconds: float
+    timeout_seconds: float
+    healthy_threshold: int
+    unhealthy_threshold: int
+    def __init__(self, interval_seconds: _Optional[float] = ..., timeout_seconds: _Optional[float] = ..., healthy_threshold: _Optional[int] = ..., unhealthy_threshold: _Optional[int] = ...) -> None: ...
 
 class Route(_message.Message):
     __slots__ = ("path", "handler", "version", "metrics_labels")

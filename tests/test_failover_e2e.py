@@ -1,0 +1,135 @@
+"""Provider outages are invisible to clients: failover, health checks, all-down.
+
+Real Envoy, control plane and ext_proc; the primary is a fake OpenAI that is
+made to fail, the secondary a fake Anthropic (so every failover also proves
+the retry was rewritten for the other provider's format).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import openai
+import pytest
+
+from hapax.fakes import FakeAnthropic, FakeOpenAI, Reset, Status
+from tests.conftest import gateway_config
+
+INTERVAL = 0.2  # health check interval; thresholds below are in these units
+UNHEALTHY, HEALTHY = 2, 2
+
+
+@pytest.fixture(scope="module")
+def fakes(fake_host):
+    primary = fake_host.start(FakeOpenAI(api_key="k-primary", model="gpt-4o-mini"))
+    secondary = fake_host.start(FakeAnthropic(api_key="k-secondary", model="claude-3-haiku"))
+    yield primary, secondary
+    for fake in (primary, secondary):
+        fake_host.run(fake.stop())
+
+
+@pytest.fixture(scope="module")
+def gateway(fakes, start_gateway):
+    primary, secondary = fakes
+    config = gateway_config(
+        {"primary": {"type": "openai", "model": "gpt-4o-mini", "api_key": "k-primary",
+                     "base_url": primary.base_url},
+         "secondary": {"type": "anthropic", "model": "claude-3-haiku", "api_key": "k-secondary",
+                       "base_url": secondary.base_url}},
+        preference=["primary", "secondary"])
+    config["health_check"] = {"interval": f"{int(INTERVAL * 1000)}ms", "timeout": "150ms",
+                              "unhealthy_threshold": UNHEALTHY, "healthy_threshold": HEALTHY}
+    return start_gateway(config)
+
+
+@pytest.fixture()
+def client(gateway, fakes, fake_host):
+    for fake in fakes:
+        fake.reset()
+    wait_for(lambda: provider_states(gateway) == {"primary": "healthy", "secondary": "healthy"},
+             "both providers healthy")
+    return openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0, timeout=30)
+
+
+def provider_states(gateway) -> dict[str, str]:
+    with urllib.request.urlopen(gateway.url + "/health", timeout=5) as resp:
+        return {name: p["status"] for name, p in json.load(resp)["providers"].items()}
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def envoy_health_flags(gateway, provider: str) -> str:
+    with urllib.request.urlopen(gateway.admin_url + "/clusters", timeout=5) as resp:
+        lines = resp.read().decode().splitlines()
+    return next(line.rsplit("::", 1)[1] for line in lines
+                if line.startswith(f"provider.{provider}::") and "::health_flags::" in line)
+
+
+def chat_requests(fake) -> list:
+    return [r for r in fake.requests if r.method == "POST"]
+
+
+@pytest.mark.parametrize("fault", [Status(500), Status(503), Status(429, retry_after=1), Reset()],
+                         ids=["500", "503", "429", "reset"])
+def test_failover_survives_primary_failures(client, fakes, fault):
+    primary, secondary = fakes
+    primary.inject(fault, times=None)
+    try:
+        for i in range(20):
+            reply = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": f"n{i}"}])
+            assert reply.choices[0].message.content == f"Hello from fake-anthropic! You said: n{i}"
+    finally:
+        primary.clear_faults()
+    served = chat_requests(secondary)
+    assert len(served) == 20
+    assert all(r.path == "/v1/messages" and r.headers["x-api-key"] == "k-secondary" for r in served)
+
+
+def test_health_check_takes_a_failing_provider_out_and_brings_it_back(client, gateway, fakes):
+    primary, secondary = fakes
+    primary.inject(Status(503), times=None)
+    wait_for(lambda: provider_states(gateway)["primary"] == "unhealthy", "ext_proc to mark the primary unhealthy")
+    wait_for(lambda: "failed_active_hc" in envoy_health_flags(gateway, "primary"), "Envoy to take the verdict")
+    # Out of rotation: requests go straight to the secondary, the primary sees only probes.
+    before = len(chat_requests(primary))
+    for i in range(5):
+        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}])
+    wait_for(lambda: len(chat_requests(secondary)) >= 5, "secondary to serve")
+    assert len(chat_requests(primary)) == before
+    assert [r.path for r in fakes[0].requests if r.method == "GET"]  # the probes kept going
+    primary.clear_faults()
+    wait_for(lambda: provider_states(gateway)["primary"] == "healthy", "primary back")
+    wait_for(lambda: _served_by_primary(client), "traffic back on the primary")
+
+
+def _served_by_primary(client) -> bool:
+    reply = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "back?"}])
+    return reply.choices[0].message.content.startswith("Hello from fake-openai")
+
+
+def test_all_providers_down_is_a_fast_clean_503(client, gateway, fakes):
+    for fake in fakes:
+        fake.inject(Status(503), times=None)
+    try:
+        wait_for(lambda: set(provider_states(gateway).values()) == {"unhealthy"}, "both unhealthy")
+        wait_for(lambda: all("failed_active_hc" in envoy_health_flags(gateway, p) for p in ("primary", "secondary")),
+                 "Envoy to take both verdicts")
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "anyone?"}])
+        assert err.value.status_code == 503
+        assert err.value.body["code"] == "provider_unavailable", err.value.body
+        assert time.monotonic() - started < 10  # no hang: answered without waiting on a provider timeout
+        assert all(not chat_requests(fake) for fake in fakes)
+    finally:
+        for fake in fakes:
+            fake.clear_faults()
