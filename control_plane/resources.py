@@ -446,15 +446,18 @@ def _route_metadata(route: RouteConfig) -> base_pb2.Metadata:
 
 
 def _retry_policy(config: HapaxConfig) -> route_components_pb2.RetryPolicy:
-    # One attempt per provider of the longest chain (one retry when there is only
-    # one provider). Retry policy is per route while chains are per request, so a
-    # shorter chain may get one extra attempt, on its first provider again.
+    # Enough attempts for the longest chain; the router step narrows it to the
+    # request's own chain with x-envoy-max-retries.
     longest_chain = max(len(chain_order(config, first)) for first in chain_firsts(config))
     retries = max(longest_chain - 1, 1)
+    silence = max((p.timeout for p in config.providers.values()), default=60.0)
     return route_components_pb2.RetryPolicy(
         retry_on="connect-failure,refused-stream,reset,5xx,retriable-status-codes",
         retriable_status_codes=[429],
         num_retries=wrappers_pb2.UInt32Value(value=retries),
+        # A provider silent for its whole timeout (before its first byte, or
+        # between chunks) fails the attempt; before the first byte, that fails over.
+        per_try_idle_timeout=_duration(silence),
         # With an aggregate cluster each member is a priority level: moving the
         # retry off the priorities already tried is what makes it a failover.
         retry_priority=route_components_pb2.RetryPolicy.RetryPriority(
@@ -474,16 +477,19 @@ def provider_route(config: HapaxConfig, route: RouteConfig) -> route_components_
     else:
         mode = PM(request_header_mode=PM.SEND, request_body_mode=PM.BUFFERED,
                   response_header_mode=PM.SKIP, response_body_mode=PM.NONE)
-    longest = max((p.timeout for p in config.providers.values()), default=60.0)
+    retry_policy = _retry_policy(config)
+    attempts = retry_policy.num_retries.value + 1
     return route_components_pb2.Route(
         name=f"{route.handler}:{route.path}",
         match=route_components_pb2.RouteMatch(path=route.path, headers=_method_is(method)),
         route=route_components_pb2.RouteAction(
             cluster_header=CHAIN_HEADER,
             # Generations can stream for minutes: bound idleness, not total time.
+            # Each attempt has its own idle limit; the client's stream may sit idle
+            # through every attempt of the chain before the first byte.
             timeout=_duration(0),
-            idle_timeout=_duration(longest),
-            retry_policy=_retry_policy(config),
+            idle_timeout=_duration(retry_policy.per_try_idle_timeout.ToNanoseconds() / 1e9 * attempts + 1),
+            retry_policy=retry_policy,
         ),
         metadata=_route_metadata(route),
         typed_per_filter_config=_per_route_ext_proc(mode),

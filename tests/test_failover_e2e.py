@@ -14,7 +14,7 @@ import urllib.request
 import openai
 import pytest
 
-from hapax.fakes import FakeAnthropic, FakeOpenAI, Reset, Status
+from hapax.fakes import CutStream, FakeAnthropic, FakeOpenAI, Hang, Reset, Status
 from tests.conftest import gateway_config
 
 INTERVAL = 0.2  # health check interval; thresholds below are in these units
@@ -133,3 +133,42 @@ def test_all_providers_down_is_a_fast_clean_503(client, gateway, fakes):
     finally:
         for fake in fakes:
             fake.clear_faults()
+
+
+def test_a_hanging_provider_fails_over_after_its_timeout(fake_host, start_gateway):
+    hanging = fake_host.start(FakeOpenAI(api_key="k", model="slow"))
+    backup = fake_host.start(FakeOpenAI(api_key="k", model="quick"))
+    try:
+        hanging.inject(Hang(), times=None)
+        config = gateway_config(
+            {"slow": {"type": "openai", "model": "slow", "api_key": "k", "base_url": hanging.base_url,
+                      "timeout": "1s", "health_check": {"interval": "1h"}},
+             "quick": {"type": "openai", "model": "quick", "api_key": "k", "base_url": backup.base_url,
+                       "timeout": "1s"}},
+            preference=["slow", "quick"])
+        gateway = start_gateway(config)
+        client = openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0, timeout=30)
+        for stream in (False, True):
+            reply = client.chat.completions.create(model="auto", stream=stream,
+                                                   messages=[{"role": "user", "content": "hurry"}])
+            text = reply.choices[0].message.content if not stream else "".join(
+                c.choices[0].delta.content or "" for c in reply if c.choices)
+            assert text == "Hello from fake-openai! You said: hurry"
+        assert len([r for r in hanging.requests if r.method == "POST"]) == 2
+        assert len([r for r in backup.requests if r.method == "POST"]) == 2
+    finally:
+        fake_host.run(hanging.stop())
+        fake_host.run(backup.stop())
+
+
+def test_a_stream_cut_after_bytes_were_sent_is_an_error_for_the_client_not_a_success(client, fakes):
+    primary, _ = fakes
+    primary.inject(CutStream(after_chunks=3))
+    received = []
+    with pytest.raises(openai.APIError):
+        for chunk in client.chat.completions.create(model="auto", stream=True,
+                                                    messages=[{"role": "user", "content": "one two three four"}]):
+            if chunk.choices and chunk.choices[0].delta.content:
+                received.append(chunk.choices[0].delta.content)
+    assert received  # bytes had reached the client, so no failover was possible
+    assert len(chat_requests(fakes[1])) == 0

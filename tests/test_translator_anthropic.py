@@ -592,12 +592,14 @@ def chat_requests(draw) -> dict[str, Any]:
 
 
 def texts_of(messages: list[dict[str, Any]]) -> list[tuple[bool, str]]:
+    # System/developer messages are lifted out, so the final turn is the last other one.
+    turns = [m for m in messages if m["role"] not in ("system", "developer")]
     out = []
     for m in messages:
         if m["role"] in ("user", "assistant"):
             content = m.get("content")
             parts = [content] if isinstance(content, str) else [p["text"] for p in content or []]
-            out += [(m is messages[-1] and m["role"] == "assistant", p) for p in parts]
+            out += [(m is turns[-1] and m["role"] == "assistant", p) for p in parts]
     return out
 
 
