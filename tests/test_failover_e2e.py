@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
 
-from hapax.fakes import CutStream, FakeAnthropic, FakeOpenAI, Hang, Reset, Status
+from hapax.fakes import CutStream, FakeAnthropic, FakeOpenAI, Hang, Latency, Reset, Status
 from tests.conftest import gateway_config
 
 INTERVAL = 0.2  # health check interval; thresholds below are in these units
@@ -172,3 +173,39 @@ def test_a_stream_cut_after_bytes_were_sent_is_an_error_for_the_client_not_a_suc
                 received.append(chunk.choices[0].delta.content)
     assert received  # bytes had reached the client, so no failover was possible
     assert len(chat_requests(fakes[1])) == 0
+
+
+def test_a_slow_provider_cannot_absorb_more_than_its_circuit_breaker_allows(fake_host, start_gateway):
+    slow = fake_host.start(FakeOpenAI(api_key="k", model="slow"))
+    spare = fake_host.start(FakeOpenAI(api_key="k", model="spare"))
+    try:
+        slow.inject(Latency(1.5), times=None)
+        config = gateway_config(
+            {"slow": {"type": "openai", "model": "slow", "api_key": "k", "base_url": slow.base_url,
+                      "circuit_breaker": {"max_concurrent_requests": 2, "max_pending_requests": 1}},
+             "spare": {"type": "openai", "model": "spare", "api_key": "k", "base_url": spare.base_url}},
+            preference=["slow", "spare"])
+        gateway = start_gateway(config)
+
+        def ask(i: int):
+            client = openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0, timeout=30)
+            try:
+                return client.chat.completions.create(
+                    model="auto", messages=[{"role": "user", "content": f"r{i}"}]).choices[0].message.content
+            except openai.APIStatusError as err:
+                return err.status_code, err.body["code"]
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(ask, range(8)))
+        at_slow = len([r for r in slow.requests if r.method == "POST"])
+        assert at_slow <= 3  # 2 in flight + 1 pending, never all 8
+        served = [r for r in results if isinstance(r, str)]
+        refused = [r for r in results if not isinstance(r, str)]
+        assert all(text.startswith("Hello from fake-openai") for text in served)
+        # Beyond the limits, Envoy answers at once (it never retries an overflow,
+        # so these do not fail over; they do not queue behind the slow provider).
+        assert refused and set(refused) == {(503, "overloaded")}
+        assert len(served) + len(refused) == 8
+    finally:
+        fake_host.run(slow.stop())
+        fake_host.run(spare.stop())
