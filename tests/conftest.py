@@ -9,9 +9,7 @@ blocking clients (the official ``openai`` SDK) as well as asyncio ones.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -31,6 +29,16 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Polls until ``predicate`` holds; the timeout only bounds a broken run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 class FakeHost:

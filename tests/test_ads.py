@@ -10,7 +10,6 @@ import asyncio
 import json
 import subprocess
 import urllib.request
-from pathlib import Path
 
 import grpc
 import pytest
@@ -27,7 +26,6 @@ from control_plane.snapshot import (
     CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, RUNTIME, Snapshot, build_snapshot, make_snapshot,
 )
 from hapax.envoy_process import envoy_binary, render_bootstrap
-from hapax.supervisor import free_port
 from tests.seed import SEED_YAML
 from tests.test_snapshot import EXT_PROC, SECRETS
 

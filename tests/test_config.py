@@ -20,7 +20,6 @@ from control_plane.config import (
     ConfigError,
     ConfigIssue,
     HapaxConfig,
-    HealthCheckConfig,
     ProviderConfig,
     RouteConfig,
     ServerConfig,

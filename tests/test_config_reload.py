@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.error
 import urllib.request
 
@@ -12,7 +11,7 @@ import pytest
 import yaml
 
 from hapax.fakes import FakeOpenAI
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, wait_for
 
 
 def post(url: str, body: dict) -> int:
@@ -35,15 +34,6 @@ def save_by_rename(path, text: str) -> None:
     os.replace(tmp, path)  # how vim and most editors save
 
 
-def wait_until(predicate, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def fake(fake_host):
     fake = fake_host.start(FakeOpenAI(api_key="k", model="gpt-4o-mini"))
@@ -62,13 +52,13 @@ def test_valid_edit_is_served_and_invalid_edit_keeps_the_last_good_version(fake,
 
     config["routes"].append({"path": "/v1/sales/chat", "handler": "chat", "metrics_labels": {"department": "sales"}})
     save_by_rename(gateway.config_path, yaml.safe_dump(config))
-    wait_until(lambda: post(gateway.url + "/v1/sales/chat", chat) == 200, "the new route")
+    wait_for(lambda: post(gateway.url + "/v1/sales/chat", chat) == 200, "the new route")
     second_version = health(gateway)["components"]["control_plane"]["config_version"]
     assert second_version != first_version
 
     broken = dict(config, providers={"openai": {"type": "opnai", "model": "gpt-4o-mini"}})
     save_by_rename(gateway.config_path, yaml.safe_dump(broken))
-    wait_until(lambda: any("config rejected" in line for line in gateway.stderr), "the rejection to be logged")
+    wait_for(lambda: any("config rejected" in line for line in gateway.stderr), "the rejection to be logged")
     rejection = next(line for line in gateway.stderr if "config rejected" in line)
     assert "providers.openai.type: unknown provider type 'opnai'" in rejection
     assert post(gateway.url + "/v1/sales/chat", chat) == 200

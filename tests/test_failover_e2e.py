@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from hapax.fakes import CutStream, FakeAnthropic, FakeOpenAI, Hang, Latency, Reset, Status
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, wait_for
 
 INTERVAL = 0.2  # health check interval; thresholds below are in these units
 UNHEALTHY, HEALTHY = 2, 2
@@ -57,15 +57,6 @@ def client(gateway, fakes, fake_host):
 def provider_states(gateway) -> dict[str, str]:
     with urllib.request.urlopen(gateway.url + "/health", timeout=5) as resp:
         return {name: p["status"] for name, p in json.load(resp)["providers"].items()}
-
-
-def wait_for(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def envoy_health_flags(gateway, provider: str) -> str:
