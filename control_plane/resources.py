@@ -72,6 +72,10 @@ EXT_PROC_HTTP_CLUSTER = "hapax_ext_proc_http"
 RUNTIME_NAME = "hapax"
 CHAIN_HEADER = "x-hapax-chain"
 EXT_PROC_FILTER = "hapax.ext_proc"
+# A different name on purpose: per-route overrides are keyed by filter name and
+# Envoy applies them to upstream filters too; the routes' overrides are meant
+# for the router-level step only.
+UPSTREAM_EXT_PROC_FILTER = "hapax.ext_proc.upstream"
 METADATA_NAMESPACE = "hapax"
 HEALTH_PATH = "/health"
 # Bodies above this get Envoy's 413, rewritten to OpenAI error JSON by the
@@ -332,8 +336,9 @@ PM = processing_mode_pb2.ProcessingMode
 
 
 def upstream_ext_proc_filter() -> hcm_pb2.HttpFilter:
-    # The response phases start as SKIP; a translator that must rewrite responses
-    # asks for them per attempt with mode_override.
+    # The response phases start as SKIP, so answers already in OpenAI's shape
+    # never cross Python; a translator that must rewrite responses asks for them
+    # per attempt with mode_override.
     mode = PM(
         request_header_mode=PM.SEND,
         request_body_mode=PM.BUFFERED,
@@ -343,7 +348,7 @@ def upstream_ext_proc_filter() -> hcm_pb2.HttpFilter:
         response_trailer_mode=PM.SKIP,
     )
     flt = _ext_proc_filter("upstream", mode, ("xds.upstream_host_metadata", "xds.route_metadata"))
-    return hcm_pb2.HttpFilter(name=EXT_PROC_FILTER, typed_config=pack(flt))
+    return hcm_pb2.HttpFilter(name=UPSTREAM_EXT_PROC_FILTER, typed_config=pack(flt))
 
 
 def chain_cluster(config: HapaxConfig, first: str) -> cluster_pb2.Cluster:

@@ -24,7 +24,6 @@ class ClientRequest:
     model: str | None       # as requested; None or "auto" = preference order
     stream: bool
     body: dict[str, Any]    # canonical OpenAI body: chat completion or embeddings
-    rewritten: bool         # body differs from what the client sent
 
 
 def parse(handler: str, raw: bytes) -> ClientRequest:
@@ -34,12 +33,12 @@ def parse(handler: str, raw: bytes) -> ClientRequest:
         raise invalid(f"'model' must be a string, got {_kind(model)}.", param="model")
     if handler == "chat":
         _check_chat(body)
-        return ClientRequest("chat", model, _stream(body), body, rewritten=False)
+        return ClientRequest("chat", model, _stream(body), body)
     if handler == "completion":
         return _completion(body, model)
     if handler == "embeddings":
         _check_embeddings(body)
-        return ClientRequest("embeddings", model, False, body, rewritten=False)
+        return ClientRequest("embeddings", model, False, body)
     raise GatewayError(405, f"handler {handler!r} takes no request body", code="method_not_allowed")
 
 
@@ -130,7 +129,7 @@ def _completion(body: dict[str, Any], model: str | None) -> ClientRequest:
     chat = {k: v for k, v in body.items() if k not in ("prompt", "input", "messages", "echo",
                                                           "logprobs", "best_of", "suffix")}
     chat["messages"] = messages
-    return ClientRequest("completion", model, _stream(body), chat, rewritten=True)
+    return ClientRequest("completion", model, _stream(body), chat)
 
 
 def _prompt_text(value: Any, key: str) -> str:
@@ -154,9 +153,3 @@ def _check_embeddings(body: dict[str, Any]) -> None:
     if not ok:
         raise invalid("'input' must be a string, an array of strings, or an array of token arrays.",
                       param="input")
-
-
-def from_canonical(handler: str, raw: bytes) -> ClientRequest:
-    """The request as the router step left it: already validated and canonical."""
-    body = json.loads(raw)
-    return ClientRequest(handler, body.get("model"), bool(body.get("stream")), body, rewritten=False)

