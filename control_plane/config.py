@@ -37,6 +37,7 @@ __all__ = [
     "HapaxConfig",
     "HealthCheckConfig",
     "ProviderConfig",
+    "RetryConfig",
     "RouteConfig",
     "ServerConfig",
     "load_config",
@@ -59,7 +60,8 @@ RESERVED_LABELS = ("provider", "model", "route", "status", "handler", "le", "qua
 MAX_LABELS = 8  # every label multiplies the number of time series
 MAX_LABEL_VALUE_LENGTH = 64
 
-_TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "health_check")
+_TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "health_check", "retry")
+_RETRY_KEYS = ("max_attempts",)
 _SERVER_KEYS = ("host", "port", "admin_port", "metrics_port")
 _PORT_KEYS = ("port", "admin_port", "metrics_port")
 _PROVIDER_KEYS = ("type", "model", "api_key", "base_url", "timeout", "aliases", "health_check", "circuit_breaker")
@@ -160,7 +162,17 @@ class CircuitBreakerConfig:
 
     max_concurrent_requests: int = 1024
     max_pending_requests: int = 1024
-    max_retries: int = 3  # retries in flight towards this provider at once
+    # Retries in flight at once; a chain allows the sum of its providers'. Not
+    # Envoy's default of 3: failing over is this gateway's job, and a retry goes
+    # to another provider, so it is no storm against the one that failed.
+    max_retries: int = 1024
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    # Attempts per request, the first included; None: one per provider of the
+    # request's chain (each retry goes to the next provider).
+    max_attempts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +210,7 @@ class HapaxConfig:
     routes: tuple[RouteConfig, ...]
     warnings: tuple[ConfigIssue, ...] = ()  # non-fatal findings
     source: str = "<string>"
+    retry: RetryConfig = RetryConfig()
 
     def __post_init__(self) -> None:
         _freeze(self, "providers", FrozenMap)
@@ -545,9 +558,20 @@ def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
     providers = _providers(root.get("providers"), health_defaults, issues)
     preference = _preference(root.get("provider_preference"), _provider_names(root.get("providers")), issues)
     routes = _routes(root.get("routes"), issues)
+    retry = _retry(root.get("retry"), issues)
     if issues.errors:
         return None
-    return HapaxConfig(server, providers, preference, routes, tuple(issues.warnings), source)
+    return HapaxConfig(server, providers, preference, routes, tuple(issues.warnings), source, retry)
+
+
+def _retry(value: Any, issues: _Issues) -> RetryConfig:
+    node = {} if value is None else _mapping(value, "retry", issues)
+    if node is None:
+        return RetryConfig()
+    _reject_unknown_keys(node, "retry", _RETRY_KEYS, issues)
+    if node.get("max_attempts") is None:
+        return RetryConfig()
+    return RetryConfig(_positive_integer(node["max_attempts"], "retry.max_attempts", 1, issues))
 
 
 # --------------------------------------------------------------------------- server

@@ -356,7 +356,12 @@ def chain_cluster(config: HapaxConfig, first: str) -> cluster_pb2.Cluster:
         name="envoy.filters.http.upstream_codec",
         typed_config=pack(upstream_codec_pb2.UpstreamCodec()),
     )
-    members = [provider_cluster_name(p) for p in chain_order(config, first)]
+    order = chain_order(config, first)
+    members = [provider_cluster_name(p) for p in order]
+    # Envoy counts retries in flight against the route's cluster, this one, not
+    # against the provider it retries to; its default (3) would stop failover
+    # under load. The chain allows what its providers allow together.
+    retries_in_flight = sum(config.providers[p].circuit_breaker.max_retries for p in order)
     return cluster_pb2.Cluster(
         name=chain_cluster_name(first),
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
@@ -367,6 +372,9 @@ def chain_cluster(config: HapaxConfig, first: str) -> cluster_pb2.Cluster:
         ),
         typed_extension_protocol_options=_http1_options([upstream_ext_proc_filter(), codec]),
         common_lb_config=_failover_lb_config(),
+        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(thresholds=[
+            circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                max_retries=wrappers_pb2.UInt32Value(value=retries_in_flight))]),
     )
 
 
@@ -454,7 +462,7 @@ def _retry_policy(config: HapaxConfig) -> route_components_pb2.RetryPolicy:
     # Enough attempts for the longest chain; the router step narrows it to the
     # request's own chain with x-envoy-max-retries.
     longest_chain = max(len(chain_order(config, first)) for first in chain_firsts(config))
-    retries = max(longest_chain - 1, 1)
+    retries = max(config.retry.max_attempts or longest_chain, longest_chain, 2) - 1
     silence = max((p.timeout for p in config.providers.values()), default=60.0)
     return route_components_pb2.RetryPolicy(
         retry_on="connect-failure,refused-stream,reset,5xx,retriable-status-codes",
@@ -686,7 +694,8 @@ def listener(config: HapaxConfig) -> listener_pb2.Listener:
 
 def runtime(config: HapaxConfig, version: str) -> runtime_pb2.Runtime:
     out = runtime_pb2.Runtime(
-        config_version=version, provider_preference=list(config.provider_preference)
+        config_version=version, provider_preference=list(config.provider_preference),
+        max_attempts=config.retry.max_attempts or 0,
     )
     for p in config.providers.values():
         out.providers.add(

@@ -154,9 +154,11 @@ class RouterStep:
     def on_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
         req = client_request.parse(self.handler, msg.body)
         chain = self.chain_for(req)
-        # One attempt per provider of this chain; the route's retry policy is
-        # shared by all chains, so the count travels with the request.
-        retries = max(self.view.chain_length.get(chain, 1) - 1, 1)
+        # One attempt per provider of this chain unless the config says how many;
+        # the route's retry policy is shared by all chains, so the count travels
+        # with the request.
+        attempts = self.view.max_attempts or max(self.view.chain_length.get(chain, 1), 2)
+        retries = attempts - 1
         set_headers = {CHAIN_HEADER: chain, "x-envoy-max-retries": str(retries)}
         # The body itself is left alone here: the upstream step rewrites it for
         # the provider anyway. (A multi-MB body mutation at this step crashed

@@ -53,6 +53,7 @@ class RuntimeView:
     chain_length: Mapping[str, int]
     default_chain: str
     provider_for_model: Mapping[str, str]
+    max_attempts: int  # 0: one per provider of the chain
 
     @classmethod
     def from_proto(cls, rt: runtime_pb2.Runtime, known_types: frozenset[str]) -> RuntimeView:
@@ -76,6 +77,7 @@ class RuntimeView:
             chain_length=MappingProxyType({ch.cluster: len(ch.providers) for ch in rt.chains}),
             default_chain=rt.chains[0].cluster,
             provider_for_model=MappingProxyType(by_model),
+            max_attempts=rt.max_attempts,
         )
 
 

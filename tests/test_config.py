@@ -336,7 +336,7 @@ def test_unknown_key_suggests_close_match():
         (with_provider("{type: ollama, model: m}") + "server: {prot: 80}", "server.prot",
          "unknown key 'prot' (did you mean 'port'?)"),
         (with_provider("{type: ollama, model: m}") + "listeners: []", "listeners",
-         "unknown key 'listeners' (expected one of: server, providers, provider_preference, routes, health_check)"),
+         "unknown key 'listeners' (expected one of: server, providers, provider_preference, routes, health_check, retry)"),
         (with_provider("{type: ollama, model: m}") + "1: x", "1", "expected a string key, got integer 1"),
     ],
 )
@@ -920,3 +920,12 @@ def test_circuit_breaker_limits_are_positive_integers():
     with pytest.raises(ConfigError) as err:
         parse_config("providers:\n  a: {type: ollama, model: m, circuit_breaker: {max_retries: -1}}\n", env={})
     assert [i.path for i in err.value.issues] == ["providers.a.circuit_breaker.max_retries"]
+
+
+def test_retry_max_attempts_is_optional_and_positive():
+    assert parse_config("providers:\n  a: {type: ollama, model: m}\n", env={}).retry.max_attempts is None
+    config = parse_config("retry: {max_attempts: 4}\nproviders:\n  a: {type: ollama, model: m}\n", env={})
+    assert config.retry.max_attempts == 4
+    with pytest.raises(ConfigError) as err:
+        parse_config("retry: {max_attempts: 0, backoff: 1s}\nproviders:\n  a: {type: ollama, model: m}\n", env={})
+    assert sorted(i.path for i in err.value.issues) == ["retry.backoff", "retry.max_attempts"]

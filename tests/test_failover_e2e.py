@@ -206,3 +206,39 @@ def test_a_slow_provider_cannot_absorb_more_than_its_circuit_breaker_allows(fake
     finally:
         fake_host.run(slow.stop())
         fake_host.run(spare.stop())
+
+
+def test_max_attempts_one_means_no_failover(fake_host, start_gateway):
+    primary = fake_host.start(FakeOpenAI(api_key="k", model="a"))
+    secondary = fake_host.start(FakeOpenAI(api_key="k", model="b"))
+    try:
+        primary.inject(Status(503), times=None)
+        config = gateway_config(
+            {"a": {"type": "openai", "model": "a", "api_key": "k", "base_url": primary.base_url,
+                   "health_check": {"interval": "1h"}},
+             "b": {"type": "openai", "model": "b", "api_key": "k", "base_url": secondary.base_url}},
+            preference=["a", "b"])
+        config["retry"] = {"max_attempts": 1}
+        client = openai.OpenAI(base_url=start_gateway(config).base_url, api_key="unused", max_retries=0)
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "once"}])
+        assert len(chat_requests(primary)) == 1 and chat_requests(secondary) == []
+    finally:
+        fake_host.run(primary.stop())
+        fake_host.run(secondary.stop())
+
+
+def test_concurrent_requests_all_fail_over(client, fakes):
+    # Retries in flight are counted against the chain cluster: a default limit
+    # of 3 would leave most of 24 concurrent failovers unserved.
+    primary, secondary = fakes
+    primary.inject(Status(503), times=None)
+    try:
+        def ask(i: int) -> str:
+            return client.chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": f"c{i}"}]).choices[0].message.content
+        with ThreadPoolExecutor(24) as pool:
+            replies = list(pool.map(ask, range(24)))
+    finally:
+        primary.clear_faults()
+    assert sorted(replies) == sorted(f"Hello from fake-anthropic! You said: c{i}" for i in range(24))
