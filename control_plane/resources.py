@@ -66,6 +66,7 @@ from control_plane.config import HapaxConfig, ProviderConfig, RouteConfig
 from hapax.v1 import runtime_pb2
 
 LISTENER_NAME = "hapax_http"
+METRICS_LISTENER_NAME = "hapax_metrics"
 ROUTE_CONFIG_NAME = "hapax_routes"
 EXT_PROC_CLUSTER = "hapax_ext_proc"
 EXT_PROC_HTTP_CLUSTER = "hapax_ext_proc_http"
@@ -559,7 +560,10 @@ def route_configuration(config: HapaxConfig) -> route_pb2.RouteConfiguration:
     routes.append(not_found_route(config))
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
-        virtual_hosts=[route_components_pb2.VirtualHost(name="hapax", domains=["*"], routes=routes)],
+        virtual_hosts=[route_components_pb2.VirtualHost(
+            name="hapax", domains=["*"], routes=routes,
+            # Lets the upstream step tell a first attempt from a retry (metrics).
+            include_request_attempt_count=True)],
     )
 
 
@@ -713,3 +717,29 @@ def runtime(config: HapaxConfig, version: str) -> runtime_pb2.Runtime:
     for first in chain_firsts(config):
         out.chains.add(cluster=chain_cluster_name(first), providers=list(chain_order(config, first)))
     return out
+
+
+def metrics_listener(config: HapaxConfig) -> listener_pb2.Listener:
+    """``server.metrics_port``: GET /metrics, answered by ext_proc."""
+    routes = route_pb2.RouteConfiguration(name="hapax_metrics", virtual_hosts=[route_components_pb2.VirtualHost(
+        name="metrics", domains=["*"], routes=[
+            route_components_pb2.Route(
+                match=route_components_pb2.RouteMatch(path="/metrics", headers=_method_is("GET")),
+                route=route_components_pb2.RouteAction(cluster=EXT_PROC_HTTP_CLUSTER, timeout=_duration(10))),
+            route_components_pb2.Route(
+                match=route_components_pb2.RouteMatch(prefix="/"),
+                direct_response=_direct_json(404, "This port serves GET /metrics only.",
+                                             "invalid_request_error", "unknown_url"),
+                response_headers_to_add=_json_headers()),
+        ])])
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix="hapax_metrics",
+        route_config=routes,
+        http_filters=[hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))],
+    )
+    return listener_pb2.Listener(
+        name=METRICS_LISTENER_NAME,
+        address=_socket_address(config.server.host, config.server.metrics_port),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
+            name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm))])],
+    )

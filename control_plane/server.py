@@ -30,19 +30,20 @@ log = logging.getLogger("hapax.control_plane")
 
 
 class ControlPlane:
-    def __init__(self, config_path: Path, ext_proc: ExtProcEndpoints, port: int | None = None) -> None:
+    def __init__(self, config_path: Path, ext_proc: ExtProcEndpoints, port: int | None = None,
+                 metrics_port: int | None = None) -> None:
         self.config_path = config_path
         self.ext_proc = ext_proc
         self.port = port
+        self.metrics_port = metrics_port
         self._generation = 0
         self.cache = SnapshotCache(self._snapshot_for(self._load()))
         self.ads = AdsServer(self.cache)
 
     def _load(self) -> HapaxConfig:
         config = load_config(self.config_path)
-        if self.port is None:
-            return config
-        return replace(config, server=replace(config.server, port=self.port))
+        overrides = {k: v for k, v in (("port", self.port), ("metrics_port", self.metrics_port)) if v is not None}
+        return replace(config, server=replace(config.server, **overrides)) if overrides else config
 
     def _snapshot_for(self, config: HapaxConfig) -> Snapshot:
         self._generation += 1
@@ -86,7 +87,7 @@ async def serve(args: argparse.Namespace) -> None:
         grpc=tuple(_address(a) for a in args.ext_proc_grpc),
         http=tuple(_address(a) for a in args.ext_proc_http),
     )
-    plane = ControlPlane(Path(args.config), endpoints, args.port)
+    plane = ControlPlane(Path(args.config), endpoints, args.port, args.metrics_port)
     server = grpc.aio.server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(plane.ads, server)
     port = server.add_insecure_port(args.listen)
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ext-proc-grpc", action="append", required=True)
     parser.add_argument("--ext-proc-http", action="append", required=True)
     parser.add_argument("--port", type=int, default=None, help="override server.port of the file")
+    parser.add_argument("--metrics-port", type=int, default=None, help="override server.metrics_port")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logs.setup("control_plane", args.log_level)

@@ -87,7 +87,7 @@ def build_snapshot(config: HapaxConfig, version: str, ext_proc: res.ExtProcEndpo
                 res.load_assignment(res.EXT_PROC_CLUSTER, ext_proc.grpc),
                 res.load_assignment(res.EXT_PROC_HTTP_CLUSTER, ext_proc.http),
             ],
-            LISTENER: [res.listener(config)],
+            LISTENER: [res.listener(config), res.metrics_listener(config)],
             ROUTE: [res.route_configuration(config)],
             RUNTIME: [res.runtime(config, version)],
         },

@@ -7,12 +7,18 @@ provider's health as ext_proc's prober sees it.
 
 ``/providers/{name}/health`` is each provider's verdict, polled by Envoy's
 active health check on that provider's endpoint: 200 healthy, 503 unhealthy.
+
+``/metrics`` is this process's Prometheus series (Envoy serves it on
+``server.metrics_port``).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ext_proc.metrics import GatewayMetrics
 from ext_proc.provider_health import ProviderHealth, ProviderProber
 from ext_proc.xds_client import RuntimeSubscription
 
@@ -27,7 +33,8 @@ def _provider_report(state: ProviderHealth | None) -> dict:
     return report
 
 
-def health_app(subscription: RuntimeSubscription, prober: ProviderProber) -> web.Application:
+def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
+               metrics: GatewayMetrics) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         view = subscription.view
         cp_up = subscription.connected
@@ -53,7 +60,12 @@ def health_app(subscription: RuntimeSubscription, prober: ProviderProber) -> web
         healthy = state is None or state.healthy
         return web.json_response(_provider_report(state), status=200 if healthy else 503)
 
+    async def prometheus(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry),
+                            headers={"content-type": CONTENT_TYPE_LATEST})
+
     app = web.Application()
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", prometheus)
     app.router.add_get("/providers/{name}/health", provider_verdict)
     return app

@@ -37,6 +37,7 @@ from google.protobuf import text_format
 from ext_proc import client_request
 from ext_proc.client_request import AUTO_MODELS, ClientRequest
 from ext_proc.errors import GatewayError, invalid
+from ext_proc.metrics import GatewayMetrics
 from ext_proc.providers import PROVIDER_HEADERS, ResponseStage, translator_for
 from ext_proc.runtime import Provider, RuntimeView
 from ext_proc.shapes import ChainedStage, TextCompletionStage
@@ -49,6 +50,7 @@ CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-aut
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 HOST_METADATA = "xds.upstream_host_metadata"
 ROUTE_METADATA = "xds.route_metadata"
+ATTEMPT_HEADER = "x-envoy-attempt-count"  # set by Envoy on each attempt (include_request_attempt_count)
 
 PM = processing_mode_pb2.ProcessingMode
 # Asked for at request headers when the response needs converting; streams are
@@ -190,8 +192,9 @@ class RouterStep:
 
 
 class UpstreamStep:
-    def __init__(self, view: RuntimeView) -> None:
+    def __init__(self, view: RuntimeView, metrics: GatewayMetrics | None = None) -> None:
         self.view = view
+        self.metrics = metrics
         self.provider: Provider | None = None
         self.handler = ""
         self.stage: ResponseStage | None = None
@@ -199,6 +202,9 @@ class UpstreamStep:
     def on_headers(self, msg: pb.HttpHeaders, attributes) -> pb.ProcessingResponse:
         self.provider = self._provider(attributes)
         self.handler = hapax_metadata(_attribute(attributes, ROUTE_METADATA)).get("handler", "")
+        if self.metrics is not None:
+            attempt = header_map(msg).get(ATTEMPT_HEADER, "1")
+            self.metrics.attempt(self.provider.name, int(attempt) if attempt.isdigit() else 1)
         translator = translator_for(self.provider.type)
         if self.handler not in translator.handlers:
             raise GatewayError(400, f"Provider '{self.provider.name}' ({self.provider.type}) does not serve "
@@ -219,7 +225,7 @@ class UpstreamStep:
         set_headers = {":path": out.path, ":authority": self.provider.host,
                        "content-type": "application/json", "content-length": str(len(out.body)),
                        **out.set_headers}
-        stale = tuple(h for h in (CHAIN_HEADER, *PROVIDER_HEADERS) if h not in set_headers)
+        stale = tuple(h for h in (CHAIN_HEADER, ATTEMPT_HEADER, *PROVIDER_HEADERS) if h not in set_headers)
         common = pb.CommonResponse(header_mutation=mutation(set_headers, remove=stale))
         common.body_mutation.body = out.body
         return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
@@ -272,15 +278,17 @@ class UpstreamStep:
 
 
 class Processor(pb_grpc.ExternalProcessorServicer):
-    def __init__(self, current_view: Callable[[], RuntimeView | None]) -> None:
+    def __init__(self, current_view: Callable[[], RuntimeView | None],
+                 metrics: GatewayMetrics | None = None) -> None:
         self.current_view = current_view
+        self.metrics = metrics
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest], context):
         phase = dict(context.invocation_metadata()).get("x-hapax-phase", "router")
         view = self.current_view()
         step: RouterStep | UpstreamStep | None = None
         if view is not None:
-            step = RouterStep(view) if phase == "router" else UpstreamStep(view)
+            step = RouterStep(view) if phase == "router" else UpstreamStep(view, self.metrics)
         async for request in request_iterator:
             if step is None:
                 yield error_response(GatewayError(

@@ -47,6 +47,7 @@ class ProviderHealth:
     last_error: str = ""
     last_checked: float | None = None
     checks: int = 0
+    failures: int = 0
 
     def record(self, error: str, settings: HealthCheckSettings) -> bool:
         """Counts one probe; returns True when the verdict flipped."""
@@ -54,6 +55,7 @@ class ProviderHealth:
         self.last_checked = time.time()
         self.last_error = error
         if error:
+            self.failures += 1
             self.consecutive_failures += 1
             self.consecutive_successes = 0
             flip = self.healthy and self.consecutive_failures >= settings.unhealthy_threshold

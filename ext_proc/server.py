@@ -13,6 +13,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ext_proc.health import health_app
 from ext_proc.processor import Processor
+from ext_proc.metrics import GatewayMetrics
 from ext_proc.provider_health import ProviderProber
 from ext_proc.providers import TRANSLATORS, translator_for
 from ext_proc.xds_client import RuntimeSubscription
@@ -23,6 +24,7 @@ log = logging.getLogger("hapax.ext_proc")
 
 async def serve(args: argparse.Namespace) -> None:
     prober = ProviderProber(translator_for)
+    metrics = GatewayMetrics(prober)
     subscription = RuntimeSubscription(
         args.xds, frozenset(TRANSLATORS), args.node_id,
         on_update=lambda view: prober.update(
@@ -31,12 +33,12 @@ async def serve(args: argparse.Namespace) -> None:
     xds_task = asyncio.create_task(subscription.run())
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
-    pb_grpc.add_ExternalProcessorServicer_to_server(Processor(lambda: subscription.view), server)
+    pb_grpc.add_ExternalProcessorServicer_to_server(Processor(lambda: subscription.view, metrics), server)
     host = args.listen.rsplit(":", 1)[0]
     grpc_port = server.add_insecure_port(args.listen)
     await server.start()
 
-    runner = web.AppRunner(health_app(subscription, prober), access_log=None)
+    runner = web.AppRunner(health_app(subscription, prober, metrics), access_log=None)
     await runner.setup()
     health_host, _, health_port = args.health_listen.rpartition(":")
     site = web.TCPSite(runner, health_host, int(health_port))

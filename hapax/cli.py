@@ -22,6 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
         config_path=Path(args.config) if args.config else None,
         port=args.port,
         admin_port=args.admin_port,
+        metrics_port=args.metrics_port,
         envoy_log_level=args.envoy_log_level,
         log_level=args.log_level,
     )
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                        "(local fake providers unless OPENAI_API_KEY / ANTHROPIC_API_KEY are set)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port; 0 = any free port)")
     serve.add_argument("--admin-port", type=int, help="Envoy admin port on 127.0.0.1 (overrides server.admin_port)")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus port (overrides server.metrics_port)")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument("--envoy-log-level", default="warning")
     validate = sub.add_parser("validate", help="check a config file and print every error")

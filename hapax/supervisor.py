@@ -33,6 +33,7 @@ log = logging.getLogger("hapax.supervisor")
 
 READY_TIMEOUT = 60.0
 STOP_ORDER = ("envoy", "ext_proc", "control_plane")
+LISTENERS = ("hapax_http", "hapax_metrics")
 STOP_GRACE = 5.0
 
 
@@ -114,6 +115,7 @@ class ServeOptions:
     config_path: Path | None
     port: int | None = None          # overrides server.port
     admin_port: int | None = None    # overrides server.admin_port
+    metrics_port: int | None = None  # overrides server.metrics_port
     envoy_log_level: str = "warning"
     log_level: str = "INFO"
 
@@ -125,6 +127,7 @@ class Supervisor:
         self.fakes: list = []
         self.workdir = Path(tempfile.mkdtemp(prefix="hapax-"))
         self.listen_url = ""
+        self.metrics_url = ""
         self.admin_url = ""
 
     # -- start
@@ -137,6 +140,8 @@ class Supervisor:
         admin_port = config.server.admin_port if self.options.admin_port is None else self.options.admin_port
         port = config.server.port if self.options.port is None else self.options.port
         port_args = [] if self.options.port is None else ["--port", str(self.options.port)]
+        if self.options.metrics_port is not None:
+            port_args += ["--metrics-port", str(self.options.metrics_port)]
         xds_port = free_port()
         py = sys.executable
         ext_proc = Child("ext_proc", [py, "-m", "ext_proc", "--xds", f"127.0.0.1:{xds_port}",
@@ -149,10 +154,11 @@ class Supervisor:
             *port_args, "--log-level", self.options.log_level])
         await self._start(control_plane)
         await self._start_envoy(admin_port, xds_port)
-        port = await self._listener_port(port)
+        ports = await self._listener_ports(port)
         await self._wait_ext_proc_configured(ext_proc)
         host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        self.listen_url = f"http://{host}:{port}"
+        self.listen_url = f"http://{host}:{ports['hapax_http']}"
+        self.metrics_url = f"http://{host}:{ports['hapax_metrics']}/metrics"
         self._print_ready(config, control_plane.ready.get("version", ""))
 
     async def _start(self, child: Child, wait_ready: bool = True) -> None:
@@ -188,18 +194,18 @@ class Supervisor:
             await asyncio.sleep(0.05)
         raise StartupError(f"{child.name} did not start within {READY_TIMEOUT:.0f}s")
 
-    async def _listener_port(self, configured: int) -> int:
-        """Waits until Envoy has its listener from the control plane and is LIVE."""
+    async def _listener_ports(self, configured: int) -> dict[str, int]:
+        """Waits until Envoy has its listeners from the control plane and is LIVE."""
         envoy = self.children[-1]
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if envoy.process and envoy.process.returncode is not None:
                 raise StartupError(f"envoy exited during start-up ({envoy.describe_exit()})")
-            port = await asyncio.to_thread(self._admin_listener_port)
-            if port:
-                return port
+            ports = await asyncio.to_thread(self._admin_listener_ports)
+            if set(ports) >= set(LISTENERS):
+                return ports
             await asyncio.sleep(0.1)
-        raise StartupError(f"Envoy did not get its listener (port {configured}) from the control plane "
+        raise StartupError(f"Envoy did not get its listeners (port {configured}) from the control plane "
                            f"within {READY_TIMEOUT:.0f}s; see the logs above")
 
     async def _wait_ext_proc_configured(self, ext_proc: Child) -> None:
@@ -229,19 +235,17 @@ class Supervisor:
         except OSError:
             return False
 
-    def _admin_listener_port(self) -> int | None:
+    def _admin_listener_ports(self) -> dict[str, int]:
         try:
             with urllib.request.urlopen(self.admin_url + "/ready", timeout=1) as r:
                 if r.status != 200:
-                    return None
+                    return {}
             with urllib.request.urlopen(self.admin_url + "/listeners?format=json", timeout=1) as r:
                 listeners = json.load(r).get("listener_statuses", [])
         except OSError:
-            return None
-        for lst in listeners:
-            if lst.get("name") == "hapax_http":
-                return int(lst["local_address"]["socket_address"]["port_value"])
-        return None
+            return {}
+        return {lst["name"]: int(lst["local_address"]["socket_address"]["port_value"])
+                for lst in listeners if lst.get("name") in LISTENERS}
 
     async def _default_config(self) -> Path:
         from control_plane.defaults import default_config_text, needs_fake_providers
@@ -272,6 +276,7 @@ class Supervisor:
             "Hapax is ready.",
             f"  OpenAI API:   {self.listen_url}/v1",
             f"  Health:       {self.listen_url}/health",
+            f"  Metrics:      {self.metrics_url}",
             f"  Envoy admin:  {self.admin_url} (loopback only)",
             f"  Providers:    {providers}",
             f"  Preference:   {' > '.join(config.provider_preference)}",

@@ -242,3 +242,18 @@ def test_concurrent_requests_all_fail_over(client, fakes):
     finally:
         primary.clear_faults()
     assert sorted(replies) == sorted(f"Hello from fake-anthropic! You said: c{i}" for i in range(24))
+
+
+def test_metrics_export_provider_health_and_retries(client, gateway, fakes):
+    primary, _ = fakes
+    primary.inject(Status(503))
+    client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "count me"}])
+    metrics_url = next(line.split("Metrics:", 1)[1].strip() for line in gateway.output if "Metrics:" in line)
+    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    assert 'hapax_provider_healthy{provider="primary"} 1.0' in text
+    assert 'hapax_provider_healthy{provider="secondary"} 1.0' in text
+    retried = [line for line in text.splitlines()
+               if line.startswith('hapax_provider_attempts_total{attempt="retry",provider="secondary"}')]
+    assert retried and float(retried[0].split()[-1]) >= 1
+    assert 'hapax_provider_health_checks_total{provider="primary",result="success"}' in text

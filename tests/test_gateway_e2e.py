@@ -103,6 +103,7 @@ def test_provider_gets_its_own_credential_and_never_the_clients(client, fakes):
     assert CLIENT_KEY not in json.dumps(sent.headers)
     assert not any(k.startswith("x-hapax-") for k in sent.headers)
     assert "x-envoy-max-retries" not in sent.headers  # consumed by Envoy's router
+    assert "x-envoy-attempt-count" not in sent.headers  # read by ext_proc, then removed
 
 
 def test_streaming_chat_completion_arrives_as_sse_chunks(client, fakes):

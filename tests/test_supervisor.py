@@ -307,7 +307,7 @@ class ServeProcess:
 
 def test_default_config_serves_with_built_in_fake_providers():
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
-    serve = ServeProcess(["--port", "0", "--admin-port", "0", "--log-level", "WARNING"], env)
+    serve = ServeProcess(["--port", "0", "--admin-port", "0", "--metrics-port", "0", "--log-level", "WARNING"], env)
     try:
         banner = serve.wait_ready()
         base_url = banner["OpenAI API"]
@@ -346,7 +346,7 @@ def test_default_config_serves_with_built_in_fake_providers():
 def test_invalid_config_fails_fast_with_key_paths(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(
-        "server: {port: 0, admin_port: 0}\n"
+        "server: {port: 0, admin_port: 0, metrics_port: 0}\n"
         "providers:\n"
         "  openai: {type: opnai, model: gpt-4, api_key: sk-whatever}\n")
     marker = f"HAPAX_SUPERVISOR_TEST_MARKER={uuid.uuid4().hex}"
@@ -371,7 +371,7 @@ def test_invalid_config_fails_fast_with_key_paths(tmp_path):
 def test_sigterm_during_start_up_stops_what_started_and_cleans_up(provider, tmp_path):
     config = tmp_path / "hapax.yaml"
     config.write_text(
-        "server: {host: 127.0.0.1, port: 0, admin_port: 0}\n"
+        "server: {host: 127.0.0.1, port: 0, admin_port: 0, metrics_port: 0}\n"
         f"providers:\n  openai: {{type: openai, model: gpt-4o-mini, api_key: test-key, base_url: '{provider.base_url}'}}\n")
     workdirs = tmp_path / "tmp"
     workdirs.mkdir()
