@@ -70,19 +70,32 @@ def chat_requests(fake) -> list:
     return [r for r in fake.requests if r.method == "POST"]
 
 
-@pytest.mark.parametrize("fault", [Status(500), Status(503), Status(429, retry_after=1), Reset()],
-                         ids=["500", "503", "429", "reset"])
-def test_failover_survives_primary_failures(client, fakes, fault):
+REQUESTS = 200
+
+
+@pytest.mark.parametrize("fault", [Status(500), Status(503), Status(429, retry_after=1), Reset(), "refuse"],
+                         ids=["500", "503", "429", "reset", "refused"])
+def test_failover_survives_primary_failures(client, fakes, fake_host, fault):
     primary, secondary = fakes
-    primary.inject(fault, times=None)
+    if fault == "refuse":
+        fake_host.run(primary.refuse_connections())
+    else:
+        primary.inject(fault, times=None)
     try:
-        for i in range(20):
-            reply = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": f"n{i}"}])
-            assert reply.choices[0].message.content == f"Hello from fake-anthropic! You said: n{i}"
+        for i in range(REQUESTS):
+            messages = [{"role": "user", "content": f"n{i}"}]
+            if i % 2:
+                stream = client.chat.completions.create(model="auto", messages=messages, stream=True)
+                text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+            else:
+                text = client.chat.completions.create(model="auto", messages=messages).choices[0].message.content
+            assert text == f"Hello from fake-anthropic! You said: n{i}"
     finally:
         primary.clear_faults()
+        if fault == "refuse":
+            fake_host.run(primary.accept_connections())
     served = chat_requests(secondary)
-    assert len(served) == 20
+    assert len(served) == REQUESTS
     assert all(r.path == "/v1/messages" and r.headers["x-api-key"] == "k-secondary" for r in served)
 
 
