@@ -385,6 +385,12 @@ def ext_proc_grpc_cluster() -> cluster_pb2.Cluster:
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
         connect_timeout=_duration(1),
+        # Whole bodies travel to ext_proc in one message. When a response body
+        # pushed this connection over its write high watermark (1 MiB by default),
+        # Envoy 1.40 disabled "the upstream stream" of the upstream ext_proc
+        # filter and crashed (SIGSEGV, null pointer): keep the watermark above
+        # the largest body plus its JSON rewrite.
+        per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=4 * MAX_REQUEST_BYTES),
         typed_extension_protocol_options=_http2_options(),
     )
 
