@@ -17,18 +17,26 @@ from ext_proc.client_request import ClientRequest
 from ext_proc.errors import GatewayError
 from ext_proc.providers.anthropic import AnthropicTranslator
 from ext_proc.runtime import Provider
-
-NOW = 1_700_000_000
+from tests.translator_helpers import (
+    NOW,
+    assert_one_stream,
+    chat_requests,
+    client_request,
+    make_provider,
+    pieces_of,
+    run_stage,
+    sse_events,
+    user,
+)
 
 
 def provider(api_key: str = "k", base_path: str = "") -> Provider:
-    return Provider(name="claude", type="anthropic", model="claude-3-haiku", aliases=(),
-                    base_url="https://api.anthropic.com", host="api.anthropic.com",
-                    base_path=base_path, api_key=api_key, timeout=30.0)
+    return make_provider("anthropic", "claude", "claude-3-haiku", "https://api.anthropic.com",
+                         api_key=api_key, base_path=base_path)
 
 
 def chat(body: dict[str, Any], *, stream: bool = False, handler: str = "chat") -> ClientRequest:
-    return ClientRequest(handler, "claude-3-haiku", stream, {"model": "claude-3-haiku", **body})
+    return client_request("claude-3-haiku", body, stream=stream, handler=handler)
 
 
 def translator() -> AnthropicTranslator:
@@ -37,10 +45,6 @@ def translator() -> AnthropicTranslator:
 
 def translate(body: dict[str, Any], **kw: Any) -> dict[str, Any]:
     return json.loads(translator().request(chat(body, **kw), provider()).body)
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"role": "user", "content": text}
 
 
 def text_blocks(*texts: str) -> list[dict[str, Any]]:
@@ -296,12 +300,7 @@ MESSAGE = {
 def respond(status: int, content_type: str, body: bytes, *, stream: bool = False,
             pieces: list[bytes] | None = None) -> tuple[dict[str, str], bytes]:
     stage = translator().response(chat({"messages": [user("hi")]}, stream=stream), provider())
-    headers = stage.headers(status, content_type)
-    out = bytearray()
-    pieces = pieces if pieces is not None else [body]
-    for i, piece in enumerate(pieces):
-        out += stage.body(piece, i == len(pieces) - 1)
-    return headers, bytes(out)
+    return run_stage(stage, status, content_type, pieces if pieces is not None else [body])
 
 
 def test_json_response_becomes_chat_completion():
@@ -456,30 +455,14 @@ TOOL_STREAM = sse(
 )
 
 
-def events(out: bytes) -> list[Any]:
-    """The data of each SSE event, JSON-decoded except the [DONE] sentinel."""
-    assert out.endswith(b"\n\n") or not out
-    result = []
-    for block in out.decode().split("\n\n")[:-1]:
-        lines = block.split("\n")
-        assert all(line.startswith("data: ") for line in lines), block
-        data = "\n".join(line[6:] for line in lines)
-        result.append(data if data == "[DONE]" else json.loads(data))
-    return result
-
-
 def stream(raw: bytes, size: int | None = None) -> bytes:
-    pieces = [raw] if size is None else [raw[i:i + size] for i in range(0, len(raw), size)] + [b""]
-    _, out = respond(200, "text/event-stream", raw, stream=True, pieces=pieces)
+    _, out = respond(200, "text/event-stream", raw, stream=True, pieces=pieces_of(raw, size))
     return out
 
 
 def test_text_stream_becomes_openai_chunks_usage_and_done():
-    got = events(stream(TEXT_STREAM))
-    for chunk in got[:-1]:
-        assert chunk["id"] == "chatcmpl-msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY"
-        assert chunk["object"] == "chat.completion.chunk"
-        assert chunk["created"] == NOW and chunk["model"] == "claude-3-haiku"
+    got = sse_events(stream(TEXT_STREAM))
+    assert_one_stream(got[:-1], "chatcmpl-msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY", "claude-3-haiku")
     assert [c["choices"][0]["delta"] for c in got[:4]] == [
         {"role": "assistant", "content": ""}, {"content": "Hello"}, {"content": "! Ünïcødé ✓"}, {}]
     assert [c["choices"][0]["finish_reason"] for c in got[:4]] == [None, None, None, "stop"]
@@ -490,7 +473,7 @@ def test_text_stream_becomes_openai_chunks_usage_and_done():
 
 
 def test_tool_use_stream_becomes_tool_call_deltas():
-    got = events(stream(TOOL_STREAM))
+    got = sse_events(stream(TOOL_STREAM))
     deltas = [c["choices"][0]["delta"] for c in got if c != "[DONE]" and c["choices"]]
     assert deltas == [
         {"role": "assistant", "content": ""},
@@ -516,11 +499,11 @@ def test_stream_chunks_are_emitted_as_events_arrive_not_buffered():
     stage = translator().response(chat({"messages": [user("hi")]}, stream=True), provider())
     stage.headers(200, "text/event-stream")
     boundary = TEXT_STREAM.index(b"event: content_block_delta")
-    first = events(stage.body(TEXT_STREAM[:boundary], False))
+    first = sse_events(stage.body(TEXT_STREAM[:boundary], False))
     assert first[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     half_event = TEXT_STREAM.index(b"Hello") + 2
     assert stage.body(TEXT_STREAM[boundary:half_event], False) == b""
-    second = events(stage.body(TEXT_STREAM[half_event:half_event + 20], False))
+    second = sse_events(stage.body(TEXT_STREAM[half_event:half_event + 20], False))
     assert second[0]["choices"][0]["delta"] == {"content": "Hello"}
 
 
@@ -528,7 +511,7 @@ def test_mid_stream_error_event_becomes_openai_error_without_done():
     cut = TEXT_STREAM.index(b"event: content_block_stop")
     raw = TEXT_STREAM[:cut] + sse(("error", {"type": "error", "error": {
         "type": "overloaded_error", "message": "Overloaded"}})) + TEXT_STREAM[cut:]
-    got = events(stream(raw))
+    got = sse_events(stream(raw))
     assert got[-1] == {"error": {"message": "Overloaded", "type": "server_error", "param": None,
                                  "code": "overloaded"}}
     assert "[DONE]" not in got
@@ -538,7 +521,7 @@ def test_mid_stream_error_event_becomes_openai_error_without_done():
 
 def test_stream_cut_before_message_stop_ends_with_an_error_event():
     cut = TEXT_STREAM.index(b"event: message_delta")
-    got = events(stream(TEXT_STREAM[:cut], 5))
+    got = sse_events(stream(TEXT_STREAM[:cut], 5))
     assert got[-1]["error"]["message"] == "provider stream ended unexpectedly"
     assert got[-1]["error"]["type"] == "server_error"
     assert "[DONE]" not in got
@@ -546,7 +529,7 @@ def test_stream_cut_before_message_stop_ends_with_an_error_event():
 
 
 def test_empty_stream_is_an_error_event():
-    assert events(stream(b""))[0]["error"]["message"] == "provider stream ended unexpectedly"
+    assert sse_events(stream(b""))[0]["error"]["message"] == "provider stream ended unexpectedly"
 
 
 def test_stream_with_error_status_is_converted_as_json_error():
@@ -558,47 +541,28 @@ def test_stream_with_error_status_is_converted_as_json_error():
 
 # ------------------------------------------------------------------ property test
 
-safe_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+
+def text_parts(message: dict[str, Any]) -> list[str]:
+    content = message.get("content")
+    return [content] if isinstance(content, str) else [p["text"] for p in content or []]
 
 
-@st.composite
-def chat_requests(draw) -> dict[str, Any]:
-    messages: list[dict[str, Any]] = []
-    for i in range(draw(st.integers(1, 8))):
-        kind = draw(st.sampled_from(["system", "developer", "user", "user_parts", "assistant", "tool_round"]))
-        if kind == "user_parts":
-            parts = draw(st.lists(safe_text, min_size=1, max_size=3))
-            messages.append({"role": "user", "content": [{"type": "text", "text": p} for p in parts]})
-        elif kind == "tool_round":
-            call_id = f"call_{i}"
-            messages.append({"role": "assistant", "content": draw(st.one_of(st.none(), safe_text)),
-                             "tool_calls": [{"id": call_id, "type": "function", "function": {
-                                 "name": "f", "arguments": draw(st.sampled_from(['{"a": 1}', "", "{bad"]))}}]})
-            messages.append({"role": "tool", "tool_call_id": call_id, "content": draw(safe_text)})
-        else:
-            messages.append({"role": kind, "content": draw(safe_text)})
-    body: dict[str, Any] = {"messages": messages}
-    if draw(st.booleans()):
-        body["max_tokens"] = draw(st.integers(1, 10_000))
-    if draw(st.booleans()):
-        body["temperature"] = draw(st.floats(0, 2))
-    if draw(st.booleans()):
-        body["stop"] = draw(st.one_of(safe_text, st.lists(safe_text, max_size=4)))
-    if draw(st.booleans()):
-        body["tools"] = [WEATHER_TOOL]
-        body["tool_choice"] = draw(st.sampled_from(["auto", "required", "none"]))
-    return body
+def is_sent_as_a_turn(message: dict[str, Any]) -> bool:
+    # System/developer messages are lifted out and blank ones dropped, so neither
+    # can be the final turn (whose assistant text is a prefill, trimmed).
+    if message["role"] in ("system", "developer"):
+        return False
+    if message["role"] == "tool" or message.get("tool_calls"):
+        return True
+    return any(p.strip() for p in text_parts(message))
 
 
 def texts_of(messages: list[dict[str, Any]]) -> list[tuple[bool, str]]:
-    # System/developer messages are lifted out, so the final turn is the last other one.
-    turns = [m for m in messages if m["role"] not in ("system", "developer")]
+    turns = [m for m in messages if is_sent_as_a_turn(m)]
     out = []
     for m in messages:
         if m["role"] in ("user", "assistant"):
-            content = m.get("content")
-            parts = [content] if isinstance(content, str) else [p["text"] for p in content or []]
-            out += [(m is turns[-1] and m["role"] == "assistant", p) for p in parts]
+            out += [(bool(turns) and m is turns[-1] and m["role"] == "assistant", p) for p in text_parts(m)]
     return out
 
 
@@ -613,7 +577,7 @@ def all_strings(value: Any) -> list[str]:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(chat_requests(), st.booleans())
+@given(chat_requests(WEATHER_TOOL, tool_choices=("auto", "required", "none")), st.booleans())
 def test_any_valid_chat_request_translates_and_keeps_its_text(body, stream_flag):
     out = translator().request(chat(body, stream=stream_flag), provider())
     sent = json.loads(out.body)

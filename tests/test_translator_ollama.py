@@ -19,22 +19,30 @@ from ext_proc.client_request import ClientRequest
 from ext_proc.errors import GatewayError
 from ext_proc.providers.ollama import OllamaTranslator
 from ext_proc.runtime import Provider
-
-NOW = 1_700_000_000
+from tests.translator_helpers import (
+    NOW,
+    assert_one_stream,
+    chat_requests,
+    client_request,
+    make_provider,
+    pieces_of,
+    run_stage,
+    sse_events,
+    user,
+)
 
 
 def provider(api_key: str = "", base_path: str = "") -> Provider:
-    return Provider(name="local", type="ollama", model="llama3.2", aliases=(),
-                    base_url="http://localhost:11434", host="localhost:11434",
-                    base_path=base_path, api_key=api_key, timeout=30.0)
+    return make_provider("ollama", "local", "llama3.2", "http://localhost:11434",
+                         api_key=api_key, base_path=base_path)
 
 
 def chat(body: dict[str, Any], *, stream: bool = False, handler: str = "chat") -> ClientRequest:
-    return ClientRequest(handler, "llama3.2", stream, {"model": "llama3.2", **body})
+    return client_request("llama3.2", body, stream=stream, handler=handler)
 
 
 def embeddings(body: dict[str, Any]) -> ClientRequest:
-    return ClientRequest("embeddings", "llama3.2", False, {"model": "llama3.2", **body})
+    return client_request("llama3.2", body, handler="embeddings")
 
 
 def translator() -> OllamaTranslator:
@@ -43,10 +51,6 @@ def translator() -> OllamaTranslator:
 
 def translate(body: dict[str, Any], **kw: Any) -> dict[str, Any]:
     return json.loads(translator().request(chat(body, **kw), provider()).body)
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"role": "user", "content": text}
 
 
 # ------------------------------------------------------------------ request mapping
@@ -179,12 +183,7 @@ def respond(status: int, content_type: str, body: bytes, *, req: ClientRequest |
             pieces: list[bytes] | None = None) -> tuple[dict[str, str], bytes]:
     req = req or chat({"messages": [user("hi")]})
     stage = translator().response(req, provider())
-    headers = stage.headers(status, content_type)
-    out = bytearray()
-    pieces = pieces if pieces is not None else [body]
-    for i, piece in enumerate(pieces):
-        out += stage.body(piece, i == len(pieces) - 1)
-    return headers, bytes(out)
+    return run_stage(stage, status, content_type, pieces if pieces is not None else [body])
 
 
 CHAT_RESPONSE = {
@@ -318,29 +317,15 @@ TOOL_STREAM = ndjson(
     {**FINAL, "eval_count": 33, "prompt_eval_count": 122})
 
 
-def events(out: bytes) -> list[Any]:
-    assert out.endswith(b"\n\n") or not out
-    result = []
-    for block in out.decode().split("\n\n")[:-1]:
-        assert block.startswith("data: ") and "\n" not in block, block
-        data = block[6:]
-        result.append(data if data == "[DONE]" else json.loads(data))
-    return result
-
-
 def stream(raw: bytes, size: int | None = None) -> bytes:
-    pieces = [raw] if size is None else [raw[i:i + size] for i in range(0, len(raw), size)] + [b""]
     _, out = respond(200, "application/x-ndjson", raw, req=chat({"messages": [user("hi")]}, stream=True),
-                     pieces=pieces)
+                     pieces=pieces_of(raw, size))
     return out
 
 
 def test_ndjson_stream_becomes_openai_chunks_usage_and_done():
-    got = events(stream(TEXT_STREAM))
-    for chunk in got[:-1]:
-        assert chunk["id"] == "chatcmpl-0123456789abcdef01234567"
-        assert chunk["object"] == "chat.completion.chunk"
-        assert chunk["created"] == NOW and chunk["model"] == "llama3.2"
+    got = sse_events(stream(TEXT_STREAM))
+    assert_one_stream(got[:-1], "chatcmpl-0123456789abcdef01234567", "llama3.2")
     assert [c["choices"][0]["delta"] for c in got[:5]] == [
         {"role": "assistant", "content": ""}, {"content": "The"}, {"content": " sky"},
         {"content": " is blue ✓ ünïcødé"}, {}]
@@ -351,12 +336,12 @@ def test_ndjson_stream_becomes_openai_chunks_usage_and_done():
 
 
 def test_length_done_reason_in_stream():
-    got = events(stream(ndjson(line("a"), {**FINAL, "done_reason": "length"})))
+    got = sse_events(stream(ndjson(line("a"), {**FINAL, "done_reason": "length"})))
     assert got[-3]["choices"][0]["finish_reason"] == "length"
 
 
 def test_tool_call_stream_becomes_tool_call_delta_and_tool_calls_finish():
-    got = events(stream(TOOL_STREAM))
+    got = sse_events(stream(TOOL_STREAM))
     call = got[1]["choices"][0]["delta"]["tool_calls"][0]
     assert call["index"] == 0 and call["type"] == "function" and call["id"].startswith("call_")
     assert call["function"]["name"] == "get_current_weather"
@@ -376,18 +361,18 @@ def test_stream_lines_are_converted_as_they_arrive():
     stage.headers(200, "application/x-ndjson")
     first_line_end = TEXT_STREAM.index(b"\n") + 1
     assert stage.body(TEXT_STREAM[:first_line_end - 5], False) == b""  # half a line: wait
-    got = events(stage.body(TEXT_STREAM[first_line_end - 5:first_line_end], False))
+    got = sse_events(stage.body(TEXT_STREAM[first_line_end - 5:first_line_end], False))
     assert [c["choices"][0]["delta"] for c in got] == [{"role": "assistant", "content": ""}, {"content": "The"}]
 
 
 def test_final_line_without_trailing_newline_is_still_read():
-    got = events(stream(TEXT_STREAM.rstrip(b"\n"), 3))
+    got = sse_events(stream(TEXT_STREAM.rstrip(b"\n"), 3))
     assert got[-1] == "[DONE]"
 
 
 def test_mid_stream_error_line_becomes_error_event_without_done():
     raw = ndjson(line("The"), {"error": "an error was encountered while running the model"}, FINAL)
-    got = events(stream(raw))
+    got = sse_events(stream(raw))
     assert got[-1] == {"error": {"message": "an error was encountered while running the model",
                                  "type": "server_error", "param": None, "code": None}}
     assert "[DONE]" not in got and not any(isinstance(c, dict) and "usage" in c for c in got)
@@ -396,7 +381,7 @@ def test_mid_stream_error_line_becomes_error_event_without_done():
 
 def test_stream_cut_before_done_ends_with_an_error_event():
     raw = ndjson(line("The"), line(" sky"))
-    got = events(stream(raw, 4))
+    got = sse_events(stream(raw, 4))
     assert [c["choices"][0]["delta"] for c in got[:-1]] == [
         {"role": "assistant", "content": ""}, {"content": "The"}, {"content": " sky"}]
     assert got[-1]["error"]["message"] == "provider stream ended unexpectedly"
@@ -413,39 +398,9 @@ def test_stream_request_answered_with_error_status_is_json_error():
 
 # ------------------------------------------------------------------ property test
 
-safe_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
-
-
-@st.composite
-def chat_requests(draw) -> dict[str, Any]:
-    messages: list[dict[str, Any]] = []
-    for i in range(draw(st.integers(1, 8))):
-        kind = draw(st.sampled_from(["system", "developer", "user", "user_parts", "assistant", "tool_round"]))
-        if kind == "user_parts":
-            parts = draw(st.lists(safe_text, min_size=1, max_size=3))
-            messages.append({"role": "user", "content": [{"type": "text", "text": p} for p in parts]})
-        elif kind == "tool_round":
-            call_id = f"call_{i}"
-            messages.append({"role": "assistant", "content": draw(st.one_of(st.none(), safe_text)),
-                             "tool_calls": [{"id": call_id, "type": "function", "function": {
-                                 "name": "f", "arguments": draw(st.sampled_from(['{"a": 1}', "", "{bad"]))}}]})
-            messages.append({"role": "tool", "tool_call_id": call_id, "content": draw(safe_text)})
-        else:
-            messages.append({"role": kind, "content": draw(safe_text)})
-    body: dict[str, Any] = {"messages": messages}
-    if draw(st.booleans()):
-        body["max_tokens"] = draw(st.integers(1, 10_000))
-    if draw(st.booleans()):
-        body["temperature"] = draw(st.floats(0, 2))
-    if draw(st.booleans()):
-        body["stop"] = draw(st.one_of(safe_text, st.lists(safe_text, max_size=4)))
-    if draw(st.booleans()):
-        body["tools"] = [WEATHER_TOOL]
-    return body
-
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(chat_requests(), st.booleans())
+@given(chat_requests(WEATHER_TOOL), st.booleans())
 def test_any_valid_chat_request_translates_and_keeps_its_text(body, stream_flag):
     sent = json.loads(translator().request(chat(body, stream=stream_flag), provider()).body)
     assert sent["stream"] is stream_flag

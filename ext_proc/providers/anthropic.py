@@ -10,7 +10,6 @@ Pure translation, no I/O.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from typing import Any, Callable
@@ -22,7 +21,17 @@ from ext_proc.providers.base import (
     ProviderRequest,
     ResponseStage,
     Translator,
+    dumps,
+    http_error_text,
+    json_or_none,
     tool_arguments,
+)
+from ext_proc.providers.openai_chunks import (
+    chunk,
+    completion,
+    error_event,
+    error_json,
+    stream_end,
 )
 from ext_proc.runtime import Provider
 from ext_proc.sse import SseParser, encode
@@ -60,11 +69,6 @@ ERROR_TYPES = {
 
 _DATA_URL = re.compile(r"^data:(?P<media>[^;,]+)(?:;[^,;]*)*;base64,(?P<data>.*)$", re.DOTALL)
 _TOOL_ID_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
-_JSON = {"separators": (",", ":"), "ensure_ascii": False}
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, **_JSON)
 
 
 class AnthropicTranslator(Translator):
@@ -84,7 +88,7 @@ class AnthropicTranslator(Translator):
         if provider.api_key:
             headers["x-api-key"] = provider.api_key
         return ProviderRequest(path=provider.base_path + "/v1/messages",
-                               body=_dumps(body).encode(), set_headers=headers)
+                               body=dumps(body).encode(), set_headers=headers)
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage:
         return AnthropicResponseStage(provider, stream=req.stream, clock=self._clock)
@@ -336,20 +340,15 @@ def openai_error(err_type: str | None, message: str, status: int, provider: str)
                    f"(this is not about your own API key): {message}")
     if err_type == "not_found_error" and "model" in message.lower():
         code = "model_not_found"
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return error_json(message, kind, code)
 
 
 def _error_from_body(raw: bytes, status: int, provider: str) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        body = None
+    body = json_or_none(raw)
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict):
         return openai_error(err.get("type"), str(err.get("message") or ""), status, provider)
-    text = raw.decode("utf-8", errors="replace").strip()[:500]
-    message = f"Provider returned HTTP {status}" + (f": {text}" if text else "")
-    return openai_error(None, message, status, provider)
+    return openai_error(None, http_error_text(raw, status), status, provider)
 
 
 def usage(u: dict[str, Any]) -> dict[str, Any]:
@@ -374,19 +373,13 @@ def chat_completion(message: dict[str, Any], model: str, created: int) -> dict[s
         elif block.get("type") == "tool_use":
             calls.append({"id": block.get("id"), "type": "function",
                           "function": {"name": block.get("name"),
-                                       "arguments": _dumps(block.get("input") or {})}})
+                                       "arguments": dumps(block.get("input") or {})}})
     out_msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
     if calls:
         out_msg["tool_calls"] = calls
     finish = STOP_REASONS.get(message.get("stop_reason") or "", "stop")
-    return {
-        "id": "chatcmpl-" + str(message.get("id") or ""),
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "message": out_msg, "logprobs": None, "finish_reason": finish}],
-        "usage": usage(message.get("usage") or {}),
-    }
+    return completion("chatcmpl-" + str(message.get("id") or ""), created, model, out_msg, finish,
+                      usage(message.get("usage") or {}))
 
 
 class AnthropicResponseStage(ConvertingResponseStage):
@@ -409,19 +402,16 @@ class AnthropicResponseStage(ConvertingResponseStage):
     def error_body(self, raw: bytes) -> bytes:
         if self.status == 529:  # Anthropic's "overloaded"; OpenAI clients know 503
             self.status_override = 503
-        return _dumps(_error_from_body(raw, self.status, self._provider)).encode()
+        return dumps(_error_from_body(raw, self.status, self._provider)).encode()
 
     def json_body(self, raw: bytes) -> bytes:
-        try:
-            message = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            message = None
+        message = json_or_none(raw)
         if not isinstance(message, dict) or message.get("type") == "error" or "content" not in message:
             if isinstance(message, dict) and isinstance(message.get("error"), dict):
                 return self.error_body(raw)
-            return self.unreadable(_dumps(openai_error(
+            return self.unreadable(dumps(openai_error(
                 "api_error", "Provider returned an unreadable response.", 502, self._provider)).encode())
-        return _dumps(chat_completion(message, self._model, int(self._clock()))).encode()
+        return dumps(chat_completion(message, self._model, int(self._clock()))).encode()
 
     # ---- SSE
 
@@ -436,32 +426,23 @@ class AnthropicResponseStage(ConvertingResponseStage):
             out += self._event(event.event, event.data)
         if end_of_stream and not self._finished:
             self._finished = True
-            out += self._error_event("server_error", "provider stream ended unexpectedly")
+            out += error_event("provider stream ended unexpectedly")
         return bytes(out)
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         self._start()
-        return encode(_dumps({"id": self._id, "object": "chat.completion.chunk",
-                              "created": self._created, "model": self._model,
-                              "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                           "finish_reason": finish_reason}]}))
+        return chunk(self._id, self._created, self._model, delta, finish_reason)
 
     def _start(self, message_id: str | None = None) -> None:
         if not self._id:
             self._id = "chatcmpl-" + (message_id or "anthropic")
             self._created = int(self._clock())
 
-    def _error_event(self, kind: str, message: str, code: str | None = None) -> bytes:
-        return encode(_dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}))
-
     def _event(self, name: str, data: str) -> bytes:
-        try:
-            payload = json.loads(data)
-        except json.JSONDecodeError:
-            payload = None
+        payload = json_or_none(data)
         if not isinstance(payload, dict):
             self._finished = True
-            return self._error_event("server_error", "provider sent an unreadable stream event")
+            return error_event("provider sent an unreadable stream event")
         kind = payload.get("type") or name
         if kind == "message_start":
             message = payload.get("message") or {}
@@ -481,16 +462,13 @@ class AnthropicResponseStage(ConvertingResponseStage):
         if kind == "message_stop":
             self._finished = True
             self._start()
-            tail = encode(_dumps({"id": self._id, "object": "chat.completion.chunk",
-                                  "created": self._created, "model": self._model,
-                                  "choices": [], "usage": usage(self._usage)}))
-            return tail + encode("[DONE]")
+            return stream_end(self._id, self._created, self._model, usage(self._usage))
         if kind == "error":
             self._finished = True
             err = payload.get("error") or {}
             converted = openai_error(err.get("type"), str(err.get("message") or ""), 500,
                                      self._provider)
-            return encode(_dumps(converted))
+            return encode(dumps(converted))
         return b""  # ping, content_block_stop, and event types added later
 
     def _block_start(self, index: int, block: dict[str, Any]) -> bytes:

@@ -138,3 +138,23 @@ def tool_arguments(raw: Any) -> dict[str, Any]:
     except json.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON; non-ASCII text stays as it is rather than growing into escapes."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def json_or_none(raw: bytes | str) -> Any:
+    """The JSON value in ``raw``, or None: a provider's body can be anything (a proxy's HTML, a cut stream)."""
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def http_error_text(raw: bytes, status: int) -> str:
+    """The message for an error body that is not the provider's own error JSON."""
+    # Kept short: it may be a whole HTML page from a proxy in front of the provider.
+    text = raw.decode("utf-8", errors="replace").strip()[:500]
+    return f"Provider returned HTTP {status}" + (f": {text}" if text else "")

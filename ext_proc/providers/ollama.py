@@ -12,7 +12,6 @@ no I/O.
 from __future__ import annotations
 
 import base64
-import json
 import re
 import struct
 import time
@@ -26,19 +25,23 @@ from ext_proc.providers.base import (
     ProviderRequest,
     ResponseStage,
     Translator,
+    dumps,
+    http_error_text,
+    json_or_none,
     tool_arguments,
 )
+from ext_proc.providers.openai_chunks import (
+    chunk,
+    completion,
+    error_event,
+    error_json,
+    stream_end,
+)
 from ext_proc.runtime import Provider
-from ext_proc.sse import encode
 
 PATHS = {"chat": "/api/chat", "completion": "/api/chat", "embeddings": "/api/embed"}
 FINISH_REASONS = {"stop": "stop", "length": "length"}
 _DATA_URL = re.compile(r"^data:[^,]*;base64,(?P<data>.*)$", re.DOTALL)
-_JSON = {"separators": (",", ":"), "ensure_ascii": False}
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, **_JSON)
 
 
 def _new_id() -> str:
@@ -67,7 +70,7 @@ class OllamaTranslator(Translator):
         if provider.api_key:
             headers["authorization"] = f"Bearer {provider.api_key}"
         return ProviderRequest(path=provider.base_path + PATHS[req.handler],
-                               body=_dumps(body).encode(), set_headers=headers)
+                               body=dumps(body).encode(), set_headers=headers)
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage:
         embeddings = req.handler == "embeddings"
@@ -213,19 +216,15 @@ def openai_error(message: str, status: int, provider: str) -> dict[str, Any]:
         kind = "invalid_request_error"
     else:
         kind = "server_error"
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return error_json(message, kind, code)
 
 
 def _error_message(raw: bytes, status: int) -> str:
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        body = None
+    body = json_or_none(raw)
     if isinstance(body, dict) and body.get("error") is not None:
         err = body["error"]
         return str(err.get("message") if isinstance(err, dict) else err)
-    text = raw.decode("utf-8", errors="replace").strip()[:500]
-    return f"Provider returned HTTP {status}" + (f": {text}" if text else "")
+    return http_error_text(raw, status)
 
 
 def usage(body: dict[str, Any]) -> dict[str, int]:
@@ -264,22 +263,19 @@ class OllamaResponseStage(ConvertingResponseStage):
         self._finished = False
 
     def error_body(self, raw: bytes) -> bytes:
-        return _dumps(openai_error(_error_message(raw, self.status), self.status, self._provider)).encode()
+        return dumps(openai_error(_error_message(raw, self.status), self.status, self._provider)).encode()
 
     def json_body(self, raw: bytes) -> bytes:
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            body = None
+        body = json_or_none(raw)
         if isinstance(body, dict) and body.get("error") is not None:
             status = self.status if self.status >= 400 else 500
-            return _dumps(openai_error(_error_message(raw, status), status, self._provider)).encode()
+            return dumps(openai_error(_error_message(raw, status), status, self._provider)).encode()
         if self._embeddings and isinstance(body, dict) and isinstance(body.get("embeddings"), list):
-            return _dumps(self._embeddings_list(body)).encode()
+            return dumps(self._embeddings_list(body)).encode()
         if not self._embeddings and isinstance(body, dict) and isinstance(body.get("message"), dict):
-            return _dumps(self._chat_completion(body)).encode()
+            return dumps(self._chat_completion(body)).encode()
         return self.unreadable(
-            _dumps(openai_error("Provider returned an unreadable response.", 502, self._provider)).encode())
+            dumps(openai_error("Provider returned an unreadable response.", 502, self._provider)).encode())
 
     # ---- JSON
 
@@ -297,7 +293,7 @@ class OllamaResponseStage(ConvertingResponseStage):
             args = fn.get("arguments")
             out.append({"index": self._calls, "id": f"{self._call_prefix}_{self._calls}", "type": "function",
                         "function": {"name": fn.get("name"),
-                                     "arguments": args if isinstance(args, str) else _dumps(args or {})}})
+                                     "arguments": args if isinstance(args, str) else dumps(args or {})}})
             self._calls += 1
         return out
 
@@ -315,10 +311,7 @@ class OllamaResponseStage(ConvertingResponseStage):
                 del call["index"]
             message["tool_calls"] = calls
             message["content"] = msg.get("content") or None
-        return {"id": self._id, "object": "chat.completion", "created": self._now(), "model": self._model,
-                "choices": [{"index": 0, "message": message, "logprobs": None,
-                             "finish_reason": self._finish_reason(body)}],
-                "usage": usage(body)}
+        return completion(self._id, self._now(), self._model, message, self._finish_reason(body), usage(body))
 
     def _embeddings_list(self, body: dict[str, Any]) -> dict[str, Any]:
         prompt = body.get("prompt_eval_count") or 0
@@ -343,31 +336,21 @@ class OllamaResponseStage(ConvertingResponseStage):
                 out += self._line(line)
         if end_of_stream and not self._finished:
             self._finished = True
-            out += self._error_event("provider stream ended unexpectedly")
+            out += error_event("provider stream ended unexpectedly")
         return bytes(out)
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return encode(_dumps({"id": self._id, "object": "chat.completion.chunk", "created": self._now(),
-                              "model": self._model,
-                              "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                           "finish_reason": finish_reason}]}))
-
-    def _error_event(self, message: str) -> bytes:
-        return encode(_dumps({"error": {"message": message, "type": "server_error", "param": None,
-                                        "code": None}}))
+        return chunk(self._id, self._now(), self._model, delta, finish_reason)
 
     def _line(self, line: bytes) -> bytes:
-        try:
-            body = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            body = None
+        body = json_or_none(line)
         if not isinstance(body, dict):
             self._finished = True
-            return self._error_event("provider sent an unreadable stream line")
+            return error_event("provider sent an unreadable stream line")
         if body.get("error") is not None:
             self._finished = True
             err = body["error"]
-            return self._error_event(str(err.get("message") if isinstance(err, dict) else err))
+            return error_event(str(err.get("message") if isinstance(err, dict) else err))
         out = bytearray()
         if not self._started:
             self._started = True
@@ -381,7 +364,5 @@ class OllamaResponseStage(ConvertingResponseStage):
         if body.get("done"):
             self._finished = True
             out += self._chunk({}, self._finish_reason(body))
-            out += encode(_dumps({"id": self._id, "object": "chat.completion.chunk", "created": self._now(),
-                                  "model": self._model, "choices": [], "usage": usage(body)}))
-            out += encode("[DONE]")
+            out += stream_end(self._id, self._now(), self._model, usage(body))
         return bytes(out)

@@ -57,30 +57,21 @@ class FakeAnthropic(FakeProvider):
 
     # -- wire format hooks ------------------------------------------------------
 
-    def error_response(
-        self,
-        status: int,
-        message: str,
-        *,
-        error_type: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-    ) -> web.Response:
-        fallback = "api_error" if status >= 500 else "invalid_request_error"
-        kind = error_type or _ERROR_TYPES.get(status, fallback)
-        return web.json_response(_error_body(kind, message), status=status)
+    def error_response(self, error: RequestError) -> web.Response:
+        fallback = "api_error" if error.status >= 500 else "invalid_request_error"
+        kind = error.error_type or _ERROR_TYPES.get(error.status, fallback)
+        return web.json_response(_error_body(kind, error.message), status=error.status)
 
-    def check_credentials(self, request: web.Request) -> web.Response | None:
+    def check_credentials(self, request: web.Request) -> None:
         if self.api_key is not None:
             key = request.headers.get("x-api-key")
             if key is None:
-                return self.error_response(401, "x-api-key header is required")
+                raise RequestError(401, "x-api-key header is required")
             if key != self.api_key:
-                return self.error_response(401, "invalid x-api-key")
+                raise RequestError(401, "invalid x-api-key")
         # Required even without a key, as the real API does for every request.
         if "anthropic-version" not in request.headers:
-            return self.error_response(400, "anthropic-version: header is required")
-        return None
+            raise RequestError(400, "anthropic-version: header is required")
 
     def stream_error_event(self, error_type: str, message: str) -> bytes:
         return sse_event(_error_body(error_type, message), event="error")

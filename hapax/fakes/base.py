@@ -65,7 +65,11 @@ class RecordedRequest:
 
 
 class RequestError(Exception):
-    """Raised by handlers to answer with an error in the provider's own format."""
+    """An error to answer in the provider's own format; handlers raise it.
+
+    The middleware also builds one for every error it answers itself (injected
+    faults, bad credentials, unknown paths), so each fake renders errors in one place.
+    """
 
     def __init__(
         self,
@@ -142,19 +146,12 @@ class FakeProvider(ABC):
     def routes(self) -> list[web.RouteDef]: ...
 
     @abstractmethod
-    def error_response(
-        self,
-        status: int,
-        message: str,
-        *,
-        error_type: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-    ) -> web.Response: ...
+    def error_response(self, error: RequestError) -> web.Response:
+        """``error`` as the provider's error JSON, with its status."""
 
     @abstractmethod
-    def check_credentials(self, request: web.Request) -> web.Response | None:
-        """An error response when the request's credentials are wrong, else None."""
+    def check_credentials(self, request: web.Request) -> None:
+        """Raises RequestError when the request's credentials are wrong."""
 
     @abstractmethod
     def stream_error_event(self, error_type: str, message: str) -> bytes: ...
@@ -264,7 +261,8 @@ class FakeProvider(ABC):
             return _abort(request)
         if isinstance(fault, StreamError):
             status = self.error_statuses.get(fault.error_type, 500)
-            return self.error_response(status, STREAM_ERROR_MESSAGE, error_type=fault.error_type)
+            error = RequestError(status, STREAM_ERROR_MESSAGE, error_type=fault.error_type)
+            return self.error_response(error)
         return response
 
     async def send_stream(
@@ -335,22 +333,19 @@ class FakeProvider(ABC):
         return None
 
     async def _serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        denied = self.check_credentials(request)
-        if denied is not None:
-            return denied
         try:
+            self.check_credentials(request)
             return await handler(request)
         except RequestError as exc:
-            return self.error_response(
-                exc.status, exc.message, error_type=exc.error_type, param=exc.param, code=exc.code
-            )
+            return self.error_response(exc)
         except web.HTTPException as exc:
             # Unknown paths and wrong methods should still look like the provider's errors.
-            return self.error_response(exc.status, exc.reason)
+            return self.error_response(RequestError(exc.status, exc.reason))
 
     def _status_response(self, fault: Status) -> web.Response:
         if fault.body is None:
-            response = self.error_response(fault.code, f"Injected fault: HTTP {fault.code}")
+            error = RequestError(fault.code, f"Injected fault: HTTP {fault.code}")
+            response = self.error_response(error)
         else:
             response = web.json_response(fault.body, status=fault.code)
         if fault.retry_after is not None:

@@ -43,23 +43,14 @@ class FakeOllama(FakeProvider):
 
     # -- wire format hooks ------------------------------------------------------
 
-    def error_response(
-        self,
-        status: int,
-        message: str,
-        *,
-        error_type: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-    ) -> web.Response:
-        return web.json_response({"error": message}, status=status)
+    def error_response(self, error: RequestError) -> web.Response:
+        return web.json_response({"error": error.message}, status=error.status)
 
-    def check_credentials(self, request: web.Request) -> web.Response | None:
+    def check_credentials(self, request: web.Request) -> None:
         if self.api_key is None:
-            return None
+            return
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return self.error_response(401, "unauthorized")
-        return None
+            raise RequestError(401, "unauthorized")
 
     def stream_error_event(self, error_type: str, message: str) -> bytes:
         return ndjson_line({"error": f"{error_type}: {message}"})

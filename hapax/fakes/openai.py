@@ -65,39 +65,30 @@ class FakeOpenAI(FakeProvider):
 
     # -- wire format hooks ------------------------------------------------------
 
-    def error_response(
-        self,
-        status: int,
-        message: str,
-        *,
-        error_type: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-    ) -> web.Response:
-        default_type, default_code = _error_kind(status)
-        error = {
-            "message": message,
-            "type": error_type or default_type,
-            "param": param,
-            "code": code or default_code,
+    def error_response(self, error: RequestError) -> web.Response:
+        default_type, default_code = _error_kind(error.status)
+        body = {
+            "message": error.message,
+            "type": error.error_type or default_type,
+            "param": error.param,
+            "code": error.code or default_code,
         }
-        return web.json_response({"error": error}, status=status)
+        return web.json_response({"error": body}, status=error.status)
 
-    def check_credentials(self, request: web.Request) -> web.Response | None:
+    def check_credentials(self, request: web.Request) -> None:
         if self.api_key is None:
-            return None
+            return
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            return self.error_response(
+            raise RequestError(
                 401,
                 "You didn't provide an API key. You need to provide your API key in an "
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
             )
         if token.strip() != self.api_key:
-            return self.error_response(
+            raise RequestError(
                 401, f"Incorrect API key provided: {_mask(token)}.", code="invalid_api_key"
             )
-        return None
 
     def stream_error_event(self, error_type: str, message: str) -> bytes:
         error = {"message": message, "type": error_type, "param": None, "code": None}
