@@ -1,24 +1,30 @@
 """Active health checks of the providers, run by ext_proc.
 
 One background task per provider sends the provider's cheapest authenticated
-request (its translator says which) every ``interval`` and keeps a verdict with
-Envoy's semantics: healthy -> unhealthy after ``unhealthy_threshold`` failures
-in a row, back after ``healthy_threshold`` successes in a row. Envoy polls the
-verdict (``/providers/{name}/health``) with its own active health check.
+request (its translator's ``health_probe``: a model list) every ``interval``
+and keeps a verdict with Envoy's semantics: healthy -> unhealthy after
+``unhealthy_threshold`` failed probes in a row, back after ``healthy_threshold``
+successful probes in a row. A probe succeeds on HTTP 2xx within ``timeout``;
+anything else (another status, refused, reset, timeout) fails it. Envoy polls
+the verdict (``/providers/{name}/health``, see ext_proc/health.py) with its own
+active health check, so an unhealthy provider gets no traffic.
 
-A provider starts healthy: a new provider gets traffic until proven down, and
-passive outlier detection in Envoy covers the first seconds.
+A provider starts healthy (optimistic), as in Envoy with a probe that has not
+answered yet: a new provider, or one whose config was just reloaded, must not
+drop out of rotation for ``healthy_threshold x interval`` before anyone has seen
+it fail. Envoy's passive outlier detection covers a provider that is down from
+the start until ``unhealthy_threshold`` probes have confirmed it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,30 +33,46 @@ if TYPE_CHECKING:
     from ext_proc.providers.base import Translator
     from ext_proc.runtime import Provider
 
+__all__ = ["HealthCheckSettings", "ProviderHealth", "ProviderProber"]
+
 log = logging.getLogger("hapax.ext_proc.health")
 
 
 @dataclass(frozen=True)
 class HealthCheckSettings:
-    interval: float = 10.0
-    timeout: float = 5.0
-    healthy_threshold: int = 2
-    unhealthy_threshold: int = 3
+    interval: float = 10.0         # seconds from the start of one probe to the start of the next
+    timeout: float = 5.0           # one probe's time limit (connect + status + body)
+    healthy_threshold: int = 2     # consecutive successes to become healthy
+    unhealthy_threshold: int = 3   # consecutive failures to become unhealthy
+
+    def effective(self) -> HealthCheckSettings:
+        """These settings with unusable values (zero from an unset proto field,
+        negatives) replaced by the defaults: an interval of 0 would spin."""
+        default = HealthCheckSettings()
+        return HealthCheckSettings(
+            interval=self.interval if self.interval > 0 else default.interval,
+            timeout=self.timeout if self.timeout > 0 else default.timeout,
+            healthy_threshold=self.healthy_threshold if self.healthy_threshold >= 1 else default.healthy_threshold,
+            unhealthy_threshold=(self.unhealthy_threshold if self.unhealthy_threshold >= 1
+                                 else default.unhealthy_threshold),
+        )
 
 
 @dataclass
 class ProviderHealth:
+    """One provider's verdict, as ``/health``, the per-provider verdict and metrics report it."""
+
     name: str
-    healthy: bool = True
+    healthy: bool = True            # optimistic until proven down (see the module docstring)
     consecutive_successes: int = 0
     consecutive_failures: int = 0
-    last_error: str = ""
-    last_checked: float | None = None
-    checks: int = 0
-    failures: int = 0
+    last_error: str = ""            # "" when the last probe succeeded; never contains the api key
+    last_checked: float | None = None  # time.time() when the last probe completed
+    checks: int = 0                 # probes completed
+    failures: int = 0               # probes failed, all time (checks - failures succeeded)
 
     def record(self, error: str, settings: HealthCheckSettings) -> bool:
-        """Counts one probe; returns True when the verdict flipped."""
+        """Counts one completed probe ("" for success); returns True when the verdict flipped."""
         self.checks += 1
         self.last_checked = time.time()
         self.last_error = error
@@ -69,12 +91,25 @@ class ProviderHealth:
 
 
 class ProviderProber:
-    def __init__(self, translator_for: Callable[[str], Translator]) -> None:
+    """Probes every provider of the current runtime in the background.
+
+    ``update()`` is called with each runtime version (from inside the running
+    event loop); ``state()``/``states()`` are read by the HTTP side at any time;
+    ``close()`` on shutdown.
+    """
+
+    def __init__(self, translator_for: Callable[[str], Translator], *,
+                 session_factory: Callable[..., aiohttp.ClientSession] = aiohttp.ClientSession) -> None:
         self.translator_for = translator_for
+        self._session_factory = session_factory
         self._states: dict[str, ProviderHealth] = {}
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._probed: dict[str, tuple[Provider, HealthCheckSettings]] = {}
+        # Cancelled by update() but maybe not finished yet; close() waits for them.
+        self._retired: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
+
+    # -- what the HTTP side reads ----------------------------------------------
 
     def state(self, name: str) -> ProviderHealth | None:
         return self._states.get(name)
@@ -82,70 +117,146 @@ class ProviderProber:
     def states(self) -> dict[str, ProviderHealth]:
         return dict(self._states)
 
+    # -- lifecycle ---------------------------------------------------------------
+
     def update(self, providers: Mapping[str, Provider], settings: Mapping[str, HealthCheckSettings]) -> None:
+        """Probes exactly ``providers`` from now on.
+
+        A provider whose Provider or settings changed gets a new task (first
+        probe immediately); its verdict is kept only if it still points at the
+        same base_url with the same key, since anything else is another
+        endpoint. A removed provider's task is cancelled and its state dropped.
+        A provider missing from ``settings`` uses its own ``health_check``.
+        """
         for name in set(self._tasks) - set(providers):
-            self._tasks.pop(name).cancel()
+            self._retire(self._tasks.pop(name))
             self._states.pop(name, None)
             self._probed.pop(name, None)
         for name, provider in providers.items():
-            wanted = (provider, settings.get(name, HealthCheckSettings()))
-            if self._probed.get(name) == wanted:
-                continue
+            chosen = settings.get(name) or getattr(provider, "health_check", None) or HealthCheckSettings()
+            wanted = (provider, chosen.effective())
             old = self._probed.get(name)
+            if old == wanted and name in self._tasks:
+                continue
             if old is None or (old[0].base_url, old[0].api_key) != (provider.base_url, provider.api_key):
                 self._states[name] = ProviderHealth(name)  # another endpoint: start afresh
             if name in self._tasks:
-                self._tasks.pop(name).cancel()
+                self._retire(self._tasks.pop(name))
             self._probed[name] = wanted
-            self._tasks[name] = asyncio.create_task(self._probe_forever(*wanted), name=f"probe-{name}")
+            self._tasks[name] = asyncio.create_task(self._probe_forever(*wanted), name=f"hapax-probe-{name}")
 
     async def close(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-        for task in self._tasks.values():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stops every probe and closes the HTTP session; the last verdicts stay readable."""
+        tasks = [*self._tasks.values(), *self._retired]
         self._tasks.clear()
-        if self._session is not None:
-            await self._session.close()
+        self._probed.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._retired.clear()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _retire(self, task: asyncio.Task[None]) -> None:
+        task.cancel()
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    # -- probing -----------------------------------------------------------------
 
     async def _probe_forever(self, provider: Provider, settings: HealthCheckSettings) -> None:
         state = self._states[provider.name]
+        loop = asyncio.get_running_loop()
         while True:
+            # Start to start, so a slow probe does not stretch the period: a
+            # provider that hangs is found out within
+            # (unhealthy_threshold - 1) x interval + timeout.
+            started = loop.time()
             error = await self.probe(provider, settings.timeout)
             if state.record(error, settings):
                 self._log_flip(state)
-            await asyncio.sleep(settings.interval)
+            await asyncio.sleep(max(0.0, started + settings.interval - loop.time()))
 
     async def probe(self, provider: Provider, timeout: float) -> str:
         """One probe: "" on success, else a short reason (never the key)."""
-        request = self.translator_for(provider.type).health_probe(provider)
-        url = urlsplit(provider.base_url)
-        target = f"{url.scheme}://{url.netloc}{request.path}"
         try:
-            async with self._client().get(target, headers=request.set_headers,
-                                          timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            request = self.translator_for(provider.type).health_probe(provider)
+            target = probe_url(provider, request.path)
+            async with self._client().get(
+                target, headers=request.set_headers, allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                # A model list is small; reading it proves the provider finished answering.
                 await resp.read()
                 return "" if 200 <= resp.status < 300 else f"HTTP {resp.status}"
-        except asyncio.TimeoutError:
-            return f"timed out after {timeout:g}s"
-        except aiohttp.ClientConnectorError:
-            return "connection refused"
-        except (aiohttp.ClientError, OSError) as err:
-            return f"connection failed ({type(err).__name__})"
+        except Exception as err:  # a failed probe, never a dead task (CancelledError is no Exception)
+            reason = describe_failure(err, timeout)
+            if reason is None:
+                log.warning("health probe raised unexpectedly", exc_info=True,
+                            extra={"provider": provider.name})
+                reason = f"probe error ({type(err).__name__})"
+            return reason
 
     def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
+        if self._session is None or self._session.closed:
             # No connection reuse: a provider that resets connections must fail
             # its probe, and one that came back must pass on a fresh connection.
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+            self._session = self._session_factory(connector=aiohttp.TCPConnector(force_close=True))
         return self._session
 
     @staticmethod
     def _log_flip(state: ProviderHealth) -> None:
-        extra = {"provider": state.name, "reason": state.last_error,
-                 "consecutive": state.consecutive_failures or state.consecutive_successes}
         if state.healthy:
-            log.info("provider is healthy again", extra=extra)
+            log.info("provider is healthy again", extra={
+                "provider": state.name, "reason": f"{state.consecutive_successes} probes in a row passed",
+                "consecutive": state.consecutive_successes})
         else:
-            log.warning("provider is unhealthy; taken out of rotation", extra=extra)
+            log.warning("provider is unhealthy; taken out of rotation", extra={
+                "provider": state.name, "reason": state.last_error,
+                "consecutive": state.consecutive_failures})
+
+
+def probe_url(provider: Provider, path: str) -> str:
+    """``scheme://host[:port]`` of the provider's base_url, then ``path``.
+
+    Built from base_url (the endpoint Envoy connects to) without any userinfo,
+    keeping IPv6 brackets.
+    """
+    url = urlsplit(provider.base_url)
+    authority = url.netloc.rpartition("@")[2]
+    return f"{url.scheme}://{authority}{path}"
+
+
+def describe_failure(err: BaseException, timeout: float) -> str | None:
+    """A short, key-free reason for a failed probe; None for an unexpected error.
+
+    Only fixed words, numbers and exception type names: aiohttp's messages can
+    carry URLs and headers, which the reason must never echo.
+    """
+    if isinstance(err, TimeoutError):  # asyncio.TimeoutError and aiohttp's timeout errors
+        return f"timed out after {timeout:g}s"
+    if isinstance(err, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return "TLS handshake failed"
+    if isinstance(err, aiohttp.ClientConnectorError):
+        os_error: Any = err.os_error
+        if isinstance(os_error, ConnectionRefusedError) or getattr(os_error, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused"
+        if isinstance(os_error, OSError) and os_error.strerror:
+            return f"cannot connect ({os_error.strerror.lower()})"
+        return f"cannot connect ({type(os_error).__name__})"
+    if isinstance(err, aiohttp.ServerDisconnectedError):
+        return "connection closed by provider"
+    if isinstance(err, aiohttp.ClientPayloadError):
+        return "response cut short"
+    if isinstance(err, aiohttp.ClientOSError | OSError):
+        if isinstance(err, ConnectionResetError) or getattr(err, "errno", None) == errno.ECONNRESET:
+            return "connection reset"
+        return f"connection failed ({type(err).__name__})"
+    if isinstance(err, aiohttp.ClientResponseError):
+        return f"bad response ({type(err).__name__})"
+    if isinstance(err, aiohttp.InvalidURL):
+        return "invalid provider URL"
+    if isinstance(err, aiohttp.ClientError):
+        return f"request failed ({type(err).__name__})"
+    return None
