@@ -88,7 +88,8 @@ def _provider(p: runtime_pb2.Provider, known_types: frozenset[str]) -> Provider:
     if not url.hostname:
         raise InvalidRuntime(f"provider {p.name}: base_url has no host")
     default_port = 443 if url.scheme == "https" else 80
-    host = url.hostname if (url.port or default_port) == default_port else f"{url.hostname}:{url.port}"
+    name = f"[{url.hostname}]" if ":" in url.hostname else url.hostname  # IPv6 literals keep brackets
+    host = name if (url.port or default_port) == default_port else f"{name}:{url.port}"
     hc = p.health_check
     return Provider(
         name=p.name, type=p.type, model=p.model, aliases=tuple(p.aliases),

@@ -149,6 +149,15 @@ def test_runtime_view_maps_models_to_the_preferred_provider_and_hosts_with_ports
     assert view.default_chain == "chain.a" and view.chain_for_provider["b"] == "chain.b"
 
 
+def test_ipv6_provider_hosts_keep_their_brackets():
+    rt = _runtime()
+    rt.providers[1].base_url = "http://[::1]:11434"
+    rt.providers[0].base_url = "https://[2001:db8::1]/v1"
+    view = RuntimeView.from_proto(rt, frozenset({"openai"}))
+    assert view.providers["b"].host == "[::1]:11434"
+    assert view.providers["a"].host == "[2001:db8::1]"
+
+
 def test_runtime_with_a_provider_type_without_translator_is_rejected():
     with pytest.raises(InvalidRuntime, match="no translator"):
         RuntimeView.from_proto(_runtime(), frozenset({"anthropic"}))
