@@ -282,23 +282,14 @@ def provider_cluster(provider: ProviderConfig, verdict: Address) -> cluster_pb2.
         outlier_detection=_outlier_detection(),
         circuit_breakers=_circuit_breakers(provider),
         common_lb_config=_failover_lb_config(),
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=name,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(
-                                address=_socket_address(host, port), hostname=host,
-                                health_check_config=endpoint_components_pb2.Endpoint.HealthCheckConfig(
-                                    address=_socket_address(verdict.host, verdict.port)),
-                            ),
-                            metadata=endpoint_metadata,
-                        )
-                    ]
-                )
-            ],
-        ),
+        load_assignment=_load_assignment(name, [endpoint_components_pb2.LbEndpoint(
+            endpoint=endpoint_components_pb2.Endpoint(
+                address=_socket_address(host, port), hostname=host,
+                health_check_config=endpoint_components_pb2.Endpoint.HealthCheckConfig(
+                    address=_socket_address(verdict.host, verdict.port)),
+            ),
+            metadata=endpoint_metadata,
+        )]),
     )
     if tls:
         cluster.transport_socket.CopyFrom(_upstream_tls(host))
@@ -404,22 +395,17 @@ def ext_proc_http_cluster() -> cluster_pb2.Cluster:
     )
 
 
-def load_assignment(cluster: str, addresses: tuple[Address, ...]) -> endpoint_pb2.ClusterLoadAssignment:
+def _load_assignment(cluster: str, endpoints: list[endpoint_components_pb2.LbEndpoint]
+                     ) -> endpoint_pb2.ClusterLoadAssignment:
     return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=cluster,
-        endpoints=[
-            endpoint_components_pb2.LocalityLbEndpoints(
-                lb_endpoints=[
-                    endpoint_components_pb2.LbEndpoint(
-                        endpoint=endpoint_components_pb2.Endpoint(
-                            address=_socket_address(a.host, a.port)
-                        )
-                    )
-                    for a in addresses
-                ]
-            )
-        ],
-    )
+        cluster_name=cluster, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=endpoints)])
+
+
+def load_assignment(cluster: str, addresses: tuple[Address, ...]) -> endpoint_pb2.ClusterLoadAssignment:
+    return _load_assignment(cluster, [
+        endpoint_components_pb2.LbEndpoint(
+            endpoint=endpoint_components_pb2.Endpoint(address=_socket_address(a.host, a.port)))
+        for a in addresses])
 
 
 # ---------------------------------------------------------------- routes

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
+
+
+def error_json(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error JSON, whoever produced the error."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 class GatewayError(Exception):
@@ -18,8 +24,7 @@ class GatewayError(Exception):
         self.param = param
 
     def body(self) -> bytes:
-        return json.dumps({"error": {"message": self.message, "type": self.type,
-                                     "param": self.param, "code": self.code}}).encode()
+        return json.dumps(error_json(self.message, self.type, self.code, self.param)).encode()
 
 
 def invalid(message: str, *, param: str | None = None, code: str | None = None) -> GatewayError:

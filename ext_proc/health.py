@@ -15,7 +15,6 @@ active health check on that provider's endpoint: 200 healthy, 503 unhealthy.
 from __future__ import annotations
 
 from aiohttp import web
-
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ext_proc.metrics import GatewayMetrics

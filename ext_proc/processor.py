@@ -22,7 +22,6 @@ attempt may have set (credentials above all) before setting its own.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from functools import lru_cache
@@ -75,6 +74,13 @@ READ_WHOLE_RESPONSE = PM(
 def header_map(headers: pb.HttpHeaders) -> dict[str, str]:
     return {h.key: (h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value)
             for h in headers.headers.headers}
+
+
+def header_value(headers: pb.HttpHeaders, name: str) -> str:
+    for h in headers.headers.headers:
+        if h.key == name:
+            return h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+    return ""
 
 
 def _set(key: str, value: str) -> base_pb2.HeaderValueOption:
@@ -148,7 +154,7 @@ class RouterStep:
             raise GatewayError(404, f"Unknown request URL: {path}.", code="unknown_url")
         self.handler = route.handler
         if route.handler == "models":
-            return immediate(200, self.models_body(), "hapax_models")
+            return immediate(200, self.view.models_json, "hapax_models")
         if msg.end_of_stream:
             raise invalid("The request body is empty; expected a JSON object.", code="invalid_json")
         return _continue_headers()
@@ -180,12 +186,6 @@ class RouterStep:
                                param="model", code="model_not_found")
         return self.view.chain_for_provider[provider]
 
-    def models_body(self) -> bytes:
-        data = []
-        for p in self.view.providers.values():
-            for model in (p.model, *p.aliases):
-                data.append({"id": model, "object": "model", "created": 0, "owned_by": p.name})
-        return json.dumps({"object": "list", "data": data}).encode()
 
 
 # ---------------------------------------------------------------- upstream step
@@ -203,7 +203,7 @@ class UpstreamStep:
         self.provider = self._provider(attributes)
         self.handler = hapax_metadata(_attribute(attributes, ROUTE_METADATA)).get("handler", "")
         if self.metrics is not None:
-            attempt = header_map(msg).get(ATTEMPT_HEADER, "1")
+            attempt = header_value(msg, ATTEMPT_HEADER) or "1"
             self.metrics.attempt(self.provider.name, int(attempt) if attempt.isdigit() else 1)
         translator = translator_for(self.provider.type)
         if self.handler not in translator.handlers:

@@ -6,6 +6,7 @@ sees one consistent version from its first phase to its last.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -54,6 +55,7 @@ class RuntimeView:
     default_chain: str
     provider_for_model: Mapping[str, str]
     max_attempts: int  # 0: one per provider of the chain
+    models_json: bytes  # the /v1/models answer, built once per version
 
     @classmethod
     def from_proto(cls, rt: runtime_pb2.Runtime, known_types: frozenset[str]) -> RuntimeView:
@@ -78,7 +80,14 @@ class RuntimeView:
             default_chain=rt.chains[0].cluster,
             provider_for_model=MappingProxyType(by_model),
             max_attempts=rt.max_attempts,
+            models_json=_models_json(providers.values()),
         )
+
+
+def _models_json(providers) -> bytes:
+    data = [{"id": model, "object": "model", "created": 0, "owned_by": p.name}
+            for p in providers for model in (p.model, *p.aliases)]
+    return json.dumps({"object": "list", "data": data}).encode()
 
 
 def _provider(p: runtime_pb2.Provider, known_types: frozenset[str]) -> Provider:

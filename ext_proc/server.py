@@ -12,8 +12,8 @@ from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ext_proc.health import health_app
-from ext_proc.processor import Processor
 from ext_proc.metrics import GatewayMetrics
+from ext_proc.processor import Processor
 from ext_proc.provider_health import ProviderProber
 from ext_proc.providers import TRANSLATORS, translator_for
 from ext_proc.xds_client import RuntimeSubscription

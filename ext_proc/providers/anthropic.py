@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable
 
 from ext_proc.client_request import ClientRequest
-from ext_proc.errors import invalid
+from ext_proc.errors import error_json, invalid
 from ext_proc.providers.base import (
     ConvertingResponseStage,
     ProviderRequest,
@@ -30,7 +30,6 @@ from ext_proc.providers.openai_chunks import (
     chunk,
     completion,
     error_event,
-    error_json,
     stream_end,
 )
 from ext_proc.runtime import Provider

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ext_proc.errors import error_json
 from ext_proc.providers.base import dumps
 from ext_proc.sse import encode
 
 # The sentinel OpenAI ends a successful stream with.
 DONE = encode("[DONE]")
-
-
-def error_json(message: str, kind: str, code: str | None = None) -> dict[str, Any]:
-    """OpenAI's error JSON (``param`` is never known from a provider's answer)."""
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 def error_event(message: str, kind: str = "server_error", code: str | None = None) -> bytes:
