@@ -61,7 +61,8 @@ MAX_LABELS = 8  # every label multiplies the number of time series
 MAX_LABEL_VALUE_LENGTH = 64
 
 _TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "health_check", "retry")
-_RETRY_KEYS = ("max_attempts",)
+_RETRY_KEYS = ("max_attempts", "backoff")
+_BACKOFF_KEYS = ("base_interval", "max_interval")
 _SERVER_KEYS = ("host", "port", "admin_port", "metrics_port")
 _PORT_KEYS = ("port", "admin_port", "metrics_port")
 _PROVIDER_KEYS = ("type", "model", "api_key", "base_url", "timeout", "aliases", "health_check", "circuit_breaker")
@@ -173,6 +174,10 @@ class RetryConfig:
     # Attempts per request, the first included; None: one per provider of the
     # request's chain (each retry goes to the next provider).
     max_attempts: int | None = None
+    # Envoy's jittered exponential back-off between attempts: each wait is
+    # random in [0, base x 2^n), capped at max_interval.
+    backoff_base: float = 0.025
+    backoff_max: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -569,9 +574,27 @@ def _retry(value: Any, issues: _Issues) -> RetryConfig:
     if node is None:
         return RetryConfig()
     _reject_unknown_keys(node, "retry", _RETRY_KEYS, issues)
-    if node.get("max_attempts") is None:
-        return RetryConfig()
-    return RetryConfig(_positive_integer(node["max_attempts"], "retry.max_attempts", 1, issues))
+    attempts = node.get("max_attempts")
+    max_attempts = None if attempts is None else _positive_integer(attempts, "retry.max_attempts", 1, issues)
+    base, most = _backoff(node.get("backoff"), issues)
+    return RetryConfig(max_attempts, base, most)
+
+
+def _backoff(value: Any, issues: _Issues) -> tuple[float, float]:
+    default = RetryConfig()
+    node = {} if value is None else _mapping(value, "retry.backoff", issues)
+    if not node:
+        return default.backoff_base, default.backoff_max
+    _reject_unknown_keys(node, "retry.backoff", _BACKOFF_KEYS, issues)
+    base = default.backoff_base
+    if node.get("base_interval") is not None:
+        base = _duration(node["base_interval"], "retry.backoff.base_interval", base, issues)
+    most = max(base * 10, default.backoff_max) if node.get("max_interval") is None else _duration(
+        node["max_interval"], "retry.backoff.max_interval", default.backoff_max, issues)
+    if most < base:
+        issues.error("retry.backoff.max_interval",
+                     f"must be at least base_interval ({base:g}s), got {most:g}s")
+    return base, most
 
 
 # --------------------------------------------------------------------------- server

@@ -464,6 +464,10 @@ def _retry_policy(config: HapaxConfig) -> route_components_pb2.RetryPolicy:
         # A provider silent for its whole timeout (before its first byte, or
         # between chunks) fails the attempt; before the first byte, that fails over.
         per_try_idle_timeout=_duration(silence),
+        retry_back_off=route_components_pb2.RetryPolicy.RetryBackOff(
+            base_interval=_duration(config.retry.backoff_base),
+            max_interval=_duration(config.retry.backoff_max),
+        ),
         # With an aggregate cluster each member is a priority level: moving the
         # retry off the priorities already tried is what makes it a failover.
         retry_priority=route_components_pb2.RetryPolicy.RetryPriority(

@@ -929,3 +929,25 @@ def test_retry_max_attempts_is_optional_and_positive():
     with pytest.raises(ConfigError) as err:
         parse_config("retry: {max_attempts: 0, backoff: 1s}\nproviders:\n  a: {type: ollama, model: m}\n", env={})
     assert sorted(i.path for i in err.value.issues) == ["retry.backoff", "retry.max_attempts"]
+
+
+def test_retry_backoff_defaults_to_envoys_and_can_be_tuned():
+    default = parse_config("providers:\n  a: {type: ollama, model: m}\n", env={}).retry
+    assert (default.backoff_base, default.backoff_max) == (0.025, 0.25)
+    only_base = parse_config("retry: {backoff: {base_interval: 100ms}}\nproviders:\n  a: {type: ollama, model: m}\n",
+                             env={}).retry
+    assert (only_base.backoff_base, only_base.backoff_max) == (0.1, 1.0)  # Envoy's rule: 10 x base
+    both = parse_config("retry: {backoff: {base_interval: 10ms, max_interval: 2s}}\n"
+                        "providers:\n  a: {type: ollama, model: m}\n", env={}).retry
+    assert (both.backoff_base, both.backoff_max) == (0.01, 2.0)
+
+
+@pytest.mark.parametrize("backoff,path", [
+    ("{base_interval: 1s, max_interval: 100ms}", "retry.backoff.max_interval"),
+    ("{base_interval: -1}", "retry.backoff.base_interval"),
+    ("{jitter: true}", "retry.backoff.jitter"),
+])
+def test_retry_backoff_errors_name_the_key(backoff, path):
+    with pytest.raises(ConfigError) as err:
+        parse_config(f"retry: {{backoff: {backoff}}}\nproviders:\n  a: {{type: ollama, model: m}}\n", env={})
+    assert [i.path for i in err.value.issues] == [path]

@@ -69,6 +69,16 @@ def test_routes_carry_the_department_route_and_gateway_routes():
     assert marketing.metadata.filter_metadata["hapax"]["department"] == "marketing"
 
 
+def test_retry_policy_carries_the_configured_backoff():
+    text = SEED_YAML + "retry: {max_attempts: 3, backoff: {base_interval: 50ms, max_interval: 1s}}\n"
+    rc = seed_snapshot(text).of_type(ROUTE)[res.ROUTE_CONFIG_NAME]
+    marketing = next(r for r in rc.virtual_hosts[0].routes if r.match.path == "/v1/marketing/completions")
+    policy = marketing.route.retry_policy
+    assert policy.num_retries.value == 2
+    assert (policy.retry_back_off.base_interval.ToMilliseconds(),
+            policy.retry_back_off.max_interval.ToMilliseconds()) == (50, 1000)
+
+
 def test_api_keys_reach_only_the_runtime_resource_never_envoy_resources():
     snap = seed_snapshot()
     for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
