@@ -328,13 +328,13 @@ PM = processing_mode_pb2.ProcessingMode
 
 
 def upstream_ext_proc_filter() -> hcm_pb2.HttpFilter:
-    # The response phases start as SKIP, so answers already in OpenAI's shape
-    # never cross Python; a translator that must rewrite responses asks for them
-    # per attempt with mode_override.
+    # Every attempt's response headers reach ext_proc (its status and any
+    # retry-after); the body only when ext_proc asks for it per attempt with
+    # mode_override, so a JSON answer already in OpenAI's shape never crosses Python.
     mode = PM(
         request_header_mode=PM.SEND,
         request_body_mode=PM.BUFFERED,
-        response_header_mode=PM.SKIP,
+        response_header_mode=PM.SEND,
         response_body_mode=PM.NONE,
         request_trailer_mode=PM.SKIP,
         response_trailer_mode=PM.SKIP,

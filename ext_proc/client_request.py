@@ -25,6 +25,12 @@ class ClientRequest:
     stream: bool
     body: dict[str, Any]    # canonical OpenAI body: chat completion or embeddings
 
+    @property
+    def include_usage(self) -> bool:
+        """The client asked for the usage chunk at the end of its stream."""
+        options = self.body.get("stream_options")
+        return self.stream and isinstance(options, dict) and options.get("include_usage") is True
+
 
 def parse(handler: str, raw: bytes) -> ClientRequest:
     body = _json_object(raw)
@@ -66,6 +72,9 @@ def _stream(body: dict[str, Any]) -> bool:
         return False
     if not isinstance(stream, bool):
         raise invalid(f"'stream' must be a boolean, got {_kind(stream)}.", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise invalid(f"'stream_options' must be an object, got {_kind(options)}.", param="stream_options")
     return stream
 
 

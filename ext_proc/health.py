@@ -6,7 +6,9 @@ control plane is up when the xDS stream is connected. It also reports every
 provider's health as ext_proc's prober sees it.
 
 ``/providers/{name}/health`` is each provider's verdict, polled by Envoy's
-active health check on that provider's endpoint: 200 healthy, 503 unhealthy.
+active health check on that provider's endpoint: 200 healthy, 503 unhealthy or
+holding off (the provider answered 429/503 with a retry-after that has not
+passed yet).
 
 ``/metrics`` is this process's Prometheus series (Envoy serves it on
 ``server.metrics_port``).
@@ -29,6 +31,11 @@ def _provider_report(state: ProviderHealth | None) -> dict:
               "consecutive_failures": state.consecutive_failures}
     if state.last_error:
         report["last_error"] = state.last_error
+    held = state.hold_off_remaining()
+    if held and state.healthy:
+        report["status"] = "holding_off"
+    if held:
+        report["retry_after_seconds"] = round(held, 1)
     return report
 
 
@@ -56,7 +63,7 @@ def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
     async def provider_verdict(request: web.Request) -> web.Response:
         state = prober.state(request.match_info["name"])
         # Unknown until the first probe completes: optimistic, like the prober.
-        healthy = state is None or state.healthy
+        healthy = state is None or state.in_rotation()
         return web.json_response(_provider_report(state), status=200 if healthy else 503)
 
     async def prometheus(_: web.Request) -> web.Response:

@@ -23,11 +23,11 @@ class ProviderHealthCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         healthy = GaugeMetricFamily("hapax_provider_healthy",
-                                    "1 if the provider passes its health checks, else 0", labels=["provider"])
+                                    "1 if the provider gets traffic (passes its health checks, no retry-after pending), else 0", labels=["provider"])
         checks = CounterMetricFamily("hapax_provider_health_checks",
                                      "Health probes completed, by result", labels=["provider", "result"])
         for name, state in sorted(self.prober.states().items()):
-            healthy.add_metric([name], 1.0 if state.healthy else 0.0)
+            healthy.add_metric([name], 1.0 if state.in_rotation() else 0.0)
             checks.add_metric([name, "failure"], state.failures)
             checks.add_metric([name, "success"], state.checks - state.failures)
         yield healthy
@@ -41,6 +41,12 @@ class GatewayMetrics:
         self.attempts = Counter(
             "hapax_provider_attempts", "Requests sent to a provider; attempt=retry counts failovers and retries",
             ["provider", "attempt"], registry=self.registry)
+        self.streams = Counter(
+            "hapax_streams", "Streams a client received, by how they ended: only 'completed' is a success",
+            ["provider", "outcome"], registry=self.registry)
 
     def attempt(self, provider: str, number: int) -> None:
         self.attempts.labels(provider, "first" if number <= 1 else "retry").inc()
+
+    def stream_ended(self, provider: str, outcome: str) -> None:
+        self.streams.labels(provider, outcome).inc()

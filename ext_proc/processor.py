@@ -37,6 +37,7 @@ from ext_proc import client_request
 from ext_proc.client_request import AUTO_MODELS, ClientRequest
 from ext_proc.errors import GatewayError, invalid
 from ext_proc.metrics import GatewayMetrics
+from ext_proc.provider_health import retry_after_seconds
 from ext_proc.providers import PROVIDER_HEADERS, ResponseStage, translator_for
 from ext_proc.runtime import Provider, RuntimeView
 from ext_proc.shapes import ChainedStage, TextCompletionStage
@@ -52,11 +53,11 @@ ROUTE_METADATA = "xds.route_metadata"
 ATTEMPT_HEADER = "x-envoy-attempt-count"  # set by Envoy on each attempt (include_request_attempt_count)
 
 PM = processing_mode_pb2.ProcessingMode
-# Asked for at request headers when the response needs converting; streams are
-# converted piece by piece. Once the response headers show a JSON answer, it is
-# read whole instead: its headers then wait for the converted body, so the
-# status can still change (a 200 whose body is unusable becomes a 502).
-TRANSLATE_RESPONSE = PM(
+# Every attempt's response headers reach the upstream step (status, retry-after);
+# its body only when a response stage must read it: a stream piece by piece, a
+# JSON answer whole (its headers then wait for the converted body, so the
+# status can still change: a 200 whose body is unusable becomes a 502).
+STREAM_RESPONSE = PM(
     request_header_mode=PM.SEND, request_body_mode=PM.BUFFERED,
     response_header_mode=PM.SEND, response_body_mode=PM.STREAMED,
     request_trailer_mode=PM.SKIP, response_trailer_mode=PM.SKIP,
@@ -66,6 +67,9 @@ READ_WHOLE_RESPONSE = PM(
     response_header_mode=PM.SEND, response_body_mode=PM.BUFFERED,
     request_trailer_mode=PM.SKIP, response_trailer_mode=PM.SKIP,
 )
+# A stream whose ext_proc call ended before its end: the provider's connection
+# was cut, or the client went away (Envoy then resets the other side).
+INTERRUPTED = "interrupted"
 
 
 # ---------------------------------------------------------------- protobuf helpers
@@ -192,12 +196,15 @@ class RouterStep:
 
 
 class UpstreamStep:
-    def __init__(self, view: RuntimeView, metrics: GatewayMetrics | None = None) -> None:
+    def __init__(self, view: RuntimeView, metrics: GatewayMetrics | None = None,
+                 hold_off: Callable[[str, float], None] | None = None) -> None:
         self.view = view
         self.metrics = metrics
+        self.hold_off = hold_off
         self.provider: Provider | None = None
         self.handler = ""
         self.stage: ResponseStage | None = None
+        self.streaming = False  # the client is receiving this attempt's stream
 
     def on_headers(self, msg: pb.HttpHeaders, attributes) -> pb.ProcessingResponse:
         self.provider = self._provider(attributes)
@@ -209,10 +216,7 @@ class UpstreamStep:
         if self.handler not in translator.handlers:
             raise GatewayError(400, f"Provider '{self.provider.name}' ({self.provider.type}) does not serve "
                                f"the '{self.handler}' API.", code="unsupported_handler")
-        response = _continue_headers()
-        if self._needs_response_stage():
-            response.mode_override.CopyFrom(TRANSLATE_RESPONSE)
-        return response
+        return _continue_headers()
 
     def on_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
         assert self.provider is not None
@@ -232,15 +236,36 @@ class UpstreamStep:
 
     def on_response_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
         headers = header_map(msg)
+        status = int(headers.get(":status", "0") or 0)
+        self._honour_retry_after(status, headers.get("retry-after", ""))
         common = pb.CommonResponse()
         response = pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
-        if self.stage is not None:
-            status = int(headers.get(":status", "0") or 0)
-            set_headers = self.stage.headers(status, headers.get("content-type", ""))
-            common.header_mutation.CopyFrom(mutation(set_headers, remove=("content-length",)))
-            if not self.stage.streams:
-                response.mode_override.CopyFrom(READ_WHOLE_RESPONSE)
+        if self.stage is None:
+            return response
+        set_headers = self.stage.headers(status, headers.get("content-type", ""))
+        if not self.stage.reads_body:
+            common.header_mutation.CopyFrom(mutation(set_headers))
+            return response
+        common.header_mutation.CopyFrom(mutation(set_headers, remove=("content-length",)))
+        self.streaming = self.stage.streams
+        response.mode_override.CopyFrom(STREAM_RESPONSE if self.streaming else READ_WHOLE_RESPONSE)
         return response
+
+    def finish(self) -> None:
+        """The attempt's ext_proc call is over: a stream that did not reach its end is counted so."""
+        if self.streaming and self.metrics is not None and self.provider is not None:
+            outcome = self.stage.stream_outcome if self.stage is not None else None
+            self.metrics.stream_ended(self.provider.name, outcome or INTERRUPTED)
+            self.streaming = False
+
+    def _honour_retry_after(self, status: int, retry_after: str) -> None:
+        # A provider that says when to come back is not sent traffic before then
+        # (the next attempt of this request has already moved to the next provider).
+        if status not in (429, 503) or not retry_after or self.hold_off is None or self.provider is None:
+            return
+        seconds = retry_after_seconds(retry_after)
+        if seconds:
+            self.hold_off(self.provider.name, seconds)
 
     def on_response_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
         common = pb.CommonResponse()
@@ -261,10 +286,6 @@ class UpstreamStep:
                                "its configuration may be changing.", type="server_error", code="unknown_provider")
         return provider
 
-    def _needs_response_stage(self) -> bool:
-        assert self.provider is not None
-        return self.handler == "completion" or not translator_for(self.provider.type).answers_in_openai_shape
-
     def _response_stage(self, req: ClientRequest) -> ResponseStage | None:
         assert self.provider is not None
         stage = translator_for(self.provider.type).response(req, self.provider)
@@ -279,33 +300,39 @@ class UpstreamStep:
 
 class Processor(pb_grpc.ExternalProcessorServicer):
     def __init__(self, current_view: Callable[[], RuntimeView | None],
-                 metrics: GatewayMetrics | None = None) -> None:
+                 metrics: GatewayMetrics | None = None,
+                 hold_off: Callable[[str, float], None] | None = None) -> None:
         self.current_view = current_view
         self.metrics = metrics
+        self.hold_off = hold_off
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest], context):
         phase = dict(context.invocation_metadata()).get("x-hapax-phase", "router")
         view = self.current_view()
         step: RouterStep | UpstreamStep | None = None
         if view is not None:
-            step = RouterStep(view) if phase == "router" else UpstreamStep(view, self.metrics)
-        async for request in request_iterator:
-            if step is None:
-                yield error_response(GatewayError(
-                    503, "The gateway has not received its configuration yet; retry shortly.",
-                    type="server_error", code="not_configured"))
-                return
-            try:
-                response = self._dispatch(step, request)
-            except GatewayError as err:
-                yield error_response(err)
-                return
-            except Exception:
-                log.exception("ext_proc failed on a request", extra={"phase": phase})
-                yield error_response(GatewayError(500, "The gateway failed to process the request.",
-                                                  type="server_error", code="internal_error"))
-                return
-            yield response
+            step = RouterStep(view) if phase == "router" else UpstreamStep(view, self.metrics, self.hold_off)
+        try:
+            async for request in request_iterator:
+                if step is None:
+                    yield error_response(GatewayError(
+                        503, "The gateway has not received its configuration yet; retry shortly.",
+                        type="server_error", code="not_configured"))
+                    return
+                try:
+                    response = self._dispatch(step, request)
+                except GatewayError as err:
+                    yield error_response(err)
+                    return
+                except Exception:
+                    log.exception("ext_proc failed on a request", extra={"phase": phase})
+                    yield error_response(GatewayError(500, "The gateway failed to process the request.",
+                                                      type="server_error", code="internal_error"))
+                    return
+                yield response
+        finally:
+            if isinstance(step, UpstreamStep):
+                step.finish()
 
     @staticmethod
     def _dispatch(step: RouterStep | UpstreamStep, request: pb.ProcessingRequest) -> pb.ProcessingResponse:

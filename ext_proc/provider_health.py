@@ -19,6 +19,8 @@ the start until ``unhealthy_threshold`` probes have confirmed it.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import errno
 import logging
 import time
@@ -33,7 +35,11 @@ if TYPE_CHECKING:
     from ext_proc.providers.base import Translator
     from ext_proc.runtime import Provider
 
-__all__ = ["HealthCheckSettings", "ProviderHealth", "ProviderProber"]
+__all__ = ["HealthCheckSettings", "ProviderHealth", "ProviderProber", "retry_after_seconds"]
+
+# The longest retry-after honoured: a provider asking for more is held off this
+# long, then probed and tried again (Envoy's cap for rate-limited back-off).
+MAX_HOLD_OFF_SECONDS = 300.0
 
 log = logging.getLogger("hapax.ext_proc.health")
 
@@ -70,6 +76,14 @@ class ProviderHealth:
     last_checked: float | None = None  # time.time() when the last probe completed
     checks: int = 0                 # probes completed
     failures: int = 0               # probes failed, all time (checks - failures succeeded)
+    held_until: float = 0.0         # time.monotonic() before which the provider asked not to be called
+
+    def in_rotation(self, now: float | None = None) -> bool:
+        """Healthy and not holding off after a retry-after: the verdict Envoy gets."""
+        return self.healthy and self.hold_off_remaining(now) == 0
+
+    def hold_off_remaining(self, now: float | None = None) -> float:
+        return max(0.0, self.held_until - (time.monotonic() if now is None else now))
 
     def record(self, error: str, settings: HealthCheckSettings) -> bool:
         """Counts one completed probe ("" for success); returns True when the verdict flipped."""
@@ -116,6 +130,19 @@ class ProviderProber:
 
     def states(self) -> dict[str, ProviderHealth]:
         return dict(self._states)
+
+    def hold_off(self, name: str, seconds: float) -> None:
+        """The provider answered with a retry-after: out of rotation until it passes."""
+        state = self._states.get(name)
+        if state is None or seconds <= 0:
+            return
+        seconds = min(seconds, MAX_HOLD_OFF_SECONDS)
+        until = time.monotonic() + seconds
+        if until > state.held_until:
+            if not state.hold_off_remaining():
+                log.warning("provider asked to be left alone; out of rotation until its retry-after passes",
+                            extra={"provider": name, "seconds": round(seconds, 3)})
+            state.held_until = until
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -215,6 +242,21 @@ class ProviderProber:
             log.warning("provider is unhealthy; taken out of rotation", extra={
                 "provider": state.name, "reason": state.last_error,
                 "consecutive": state.consecutive_failures})
+
+
+def retry_after_seconds(value: str, now: float | None = None) -> float | None:
+    """A ``retry-after`` header (delay-seconds or an HTTP-date) in seconds from now; None if unusable."""
+    value = value.strip()
+    if value.isdigit():
+        return float(value) or None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    seconds = when.timestamp() - (time.time() if now is None else now)
+    return seconds if seconds > 0 else None
 
 
 def probe_url(provider: Provider, path: str) -> str:

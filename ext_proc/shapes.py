@@ -96,8 +96,16 @@ class ChainedStage(ResponseStage):
         return self.first.streams or self.second.streams
 
     @property
+    def reads_body(self) -> bool:
+        return self.first.reads_body or self.second.reads_body
+
+    @property
     def status_override(self) -> int | None:  # type: ignore[override]
         return self.first.status_override or self.second.status_override
+
+    @property
+    def stream_outcome(self) -> str | None:  # type: ignore[override]
+        return self.first.stream_outcome
 
     def body(self, piece: bytes, end_of_stream: bool) -> bytes:
         return self.second.body(self.first.body(piece, end_of_stream), end_of_stream)

@@ -15,12 +15,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import yaml
 from hypothesis import settings
+from prometheus_client.parser import text_string_to_metric_families
 
 # Property tests explore new examples on a developer's machine; in CI they run
 # a fixed, derandomized set so that a green main stays green.
@@ -113,6 +115,20 @@ class Gateway:
     @property
     def base_url(self) -> str:
         return self.url + "/v1"
+
+    @property
+    def metrics_url(self) -> str:
+        return self._line_value("Metrics:")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one series on Hapax's /metrics (0 when it does not exist yet)."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
 
     def child_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)

@@ -44,6 +44,14 @@ def test_bad_completion_bodies_are_400s(raw, param):
     assert err.value.status == 400 and err.value.param == param
 
 
+@pytest.mark.parametrize("options", ['"yes"', "[true]", "1"])
+def test_stream_options_that_are_not_an_object_are_400s(options):
+    raw = b'{"messages": [{"role": "user", "content": "hi"}], "stream": true, "stream_options": %s}' % options.encode()
+    with pytest.raises(GatewayError) as err:
+        client_request.parse("chat", raw)
+    assert err.value.status == 400 and err.value.param == "stream_options"
+
+
 @pytest.mark.parametrize("value", ["x", ["a", "b"], [[1, 2], [3]], [1, 2]])
 def test_embedding_inputs_openai_accepts_are_accepted(value):
     assert client_request.parse("embeddings", json.dumps({"input": value}).encode()).handler == "embeddings"

@@ -8,6 +8,7 @@ the retry was rewritten for the other provider's format).
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,17 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from hapax.fakes import CutStream, FakeAnthropic, FakeOpenAI, Hang, Latency, Reset, Status
+from hapax.fakes import (
+    CutStream,
+    FakeAnthropic,
+    FakeOpenAI,
+    Hang,
+    Latency,
+    Reset,
+    Status,
+    StreamError,
+)
+from hapax.fakes.base import STREAM_ERROR_MESSAGE
 from tests.conftest import gateway_config, wait_for
 
 INTERVAL = 0.2  # health check interval; thresholds below are in these units
@@ -116,6 +127,58 @@ def test_health_check_takes_a_failing_provider_out_and_brings_it_back(client, ga
     wait_for(lambda: _served_by_primary(client), "traffic back on the primary")
 
 
+def test_a_retry_after_keeps_traffic_off_the_provider_until_it_passes(client, gateway, fakes):
+    primary, _ = fakes
+    primary.inject(Status(429, retry_after=3))  # once: probes and later requests would be answered
+    reply = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "quota?"}])
+    assert reply.choices[0].message.content == "Hello from fake-anthropic! You said: quota?"
+    assert provider_states(gateway)["primary"] == "holding_off"
+    wait_for(lambda: "failed_active_hc" in envoy_health_flags(gateway, "primary"), "Envoy to hold the primary off")
+    held_at = len(chat_requests(primary))
+    for i in range(5):
+        reply = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": f"h{i}"}])
+        assert reply.choices[0].message.content.startswith("Hello from fake-anthropic")
+    assert len(chat_requests(primary)) == held_at  # not called again before its retry-after passed
+    wait_for(lambda: provider_states(gateway)["primary"] == "healthy", "the retry-after to pass")
+    wait_for(lambda: _served_by_primary(client), "traffic back on the primary")
+
+
+def test_health_flips_after_exactly_the_thresholds_while_traffic_flows(client, gateway, fakes):
+    primary, _ = fakes
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            try:
+                client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "flow"}])
+            except Exception as err:  # noqa: BLE001 - every client-visible failure is collected
+                errors.append(err)
+
+    def probes() -> int:
+        return len([r for r in primary.requests if r.method == "GET"])
+
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(2):
+            pool.submit(traffic)
+        try:
+            probes_before = probes()
+            primary.inject(Status(503), times=None)
+            wait_for(lambda: provider_states(gateway)["primary"] == "unhealthy", "the primary marked unhealthy")
+            # Taken out by exactly the threshold's probes: within unhealthy_threshold
+            # x interval. (Slack of two probes: one in flight at the injection,
+            # one started before this thread saw the verdict.)
+            assert UNHEALTHY <= probes() - probes_before <= UNHEALTHY + 2
+            primary.clear_faults()
+            probes_before = probes()
+            wait_for(lambda: provider_states(gateway)["primary"] == "healthy", "the primary back")
+            assert HEALTHY <= probes() - probes_before <= HEALTHY + 2
+            wait_for(lambda: _served_by_primary(client), "traffic back on the primary")
+        finally:
+            stop.set()
+    assert errors == []  # failover covered the whole outage
+
+
 def _served_by_primary(client) -> bool:
     reply = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "back?"}])
     return reply.choices[0].message.content.startswith("Hello from fake-openai")
@@ -166,23 +229,78 @@ def test_a_hanging_provider_fails_over_after_its_timeout(fake_host, start_gatewa
         fake_host.run(backup.stop())
 
 
-def test_a_stream_cut_after_bytes_were_sent_never_looks_complete(client, fakes):
-    primary, _ = fakes
-    primary.inject(CutStream(after_chunks=3))
+PRIMARY_ANSWER = "Hello from fake-openai! You said: one two three four"
+
+
+def read_stream(client, text: str) -> tuple[str, list, Exception | None]:
+    """What a streaming client got: the text, the finish reasons, and the error that ended it."""
     received, finish_reasons = [], []
     try:
         for chunk in client.chat.completions.create(model="auto", stream=True,
-                                                    messages=[{"role": "user", "content": "one two three four"}]):
+                                                    messages=[{"role": "user", "content": text}]):
             for choice in chunk.choices:
                 received.append(choice.delta.content or "")
                 finish_reasons.append(choice.finish_reason)
-    except Exception:  # noqa: BLE001 - the SDK or its HTTP layer: any transport error is fine
-        pass  # Envoy resets the client's stream: the usual outcome
-    # Bytes had reached the client, so no failover was possible; what it got
-    # must not pass for a whole answer (no finish_reason, no [DONE]).
-    assert received
+    except Exception as err:  # noqa: BLE001 - the SDK's APIError or its HTTP layer's transport error
+        return "".join(received), finish_reasons, err
+    return "".join(received), finish_reasons, None
+
+
+@pytest.fixture()
+def slow_primary(fakes):
+    # Chunks far enough apart that the first ones have reached the client when
+    # the fault strikes: from then on no failover is possible.
+    primary, _ = fakes
+    primary.chunk_delay = 0.1
+    yield primary
+    primary.chunk_delay = 0.0
+
+
+def test_a_stream_reset_after_bytes_were_sent_fails_loudly_and_counts_as_interrupted(client, gateway, fakes,
+                                                                                      slow_primary):
+    before = gateway.metric("hapax_streams_total", provider="primary", outcome="interrupted")
+    slow_primary.inject(CutStream(after_chunks=3))
+    text, finish_reasons, error = read_stream(client, "one two three four")
+    # Envoy can only reset the client's stream once bytes have gone out: an
+    # error the client cannot miss, never a stream that looks whole.
+    assert text and PRIMARY_ANSWER.startswith(text) and text != PRIMARY_ANSWER
+    assert error is not None
     assert not any(finish_reasons)
-    assert len(chat_requests(fakes[1])) == 0
+    assert chat_requests(fakes[1]) == []
+    wait_for(lambda: gateway.metric("hapax_streams_total", provider="primary", outcome="interrupted") == before + 1,
+             "the interrupted stream to be counted")
+
+
+def test_a_stream_that_ends_early_gets_an_error_event_and_counts_as_an_error(client, gateway, fakes, slow_primary):
+    before = gateway.metric("hapax_streams_total", provider="primary", outcome="ended_early")
+    slow_primary.inject(CutStream(after_chunks=3, reset=False))
+    text, finish_reasons, error = read_stream(client, "one two three four")
+    assert text and PRIMARY_ANSWER.startswith(text) and text != PRIMARY_ANSWER
+    assert isinstance(error, openai.APIError) and "ended unexpectedly" in str(error)
+    assert not any(finish_reasons)
+    assert chat_requests(fakes[1]) == []
+    wait_for(lambda: gateway.metric("hapax_streams_total", provider="primary", outcome="ended_early") == before + 1,
+             "the stream to be counted as ended early")
+
+
+def test_a_provider_error_mid_stream_reaches_the_client_and_counts_as_an_error(client, gateway, slow_primary):
+    before = gateway.metric("hapax_streams_total", provider="primary", outcome="provider_error")
+    slow_primary.inject(StreamError(after_chunks=3))
+    text, _, error = read_stream(client, "one two three four")
+    assert text and PRIMARY_ANSWER.startswith(text) and text != PRIMARY_ANSWER
+    assert isinstance(error, openai.APIError) and str(error) == STREAM_ERROR_MESSAGE  # the provider's own words
+    wait_for(lambda: gateway.metric("hapax_streams_total", provider="primary",
+                                    outcome="provider_error") == before + 1,
+             "the stream to be counted as a provider error")
+
+
+def test_a_whole_stream_counts_as_completed(client, gateway):
+    before = gateway.metric("hapax_streams_total", provider="primary", outcome="completed")
+    text, finish_reasons, error = read_stream(client, "all of it")
+    assert error is None and text == "Hello from fake-openai! You said: all of it"
+    assert finish_reasons[-1] == "stop"
+    wait_for(lambda: gateway.metric("hapax_streams_total", provider="primary", outcome="completed") == before + 1,
+             "the stream to be counted as completed")
 
 
 def test_a_slow_provider_cannot_absorb_more_than_its_circuit_breaker_allows(fake_host, start_gateway):
@@ -261,8 +379,7 @@ def test_metrics_export_provider_health_and_retries(client, gateway, fakes):
     primary, _ = fakes
     primary.inject(Status(503))
     client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "count me"}])
-    metrics_url = next(line.split("Metrics:", 1)[1].strip() for line in gateway.output if "Metrics:" in line)
-    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+    with urllib.request.urlopen(gateway.metrics_url, timeout=5) as resp:
         text = resp.read().decode()
     assert 'hapax_provider_healthy{provider="primary"} 1.0' in text
     assert 'hapax_provider_healthy{provider="secondary"} 1.0' in text

@@ -625,6 +625,14 @@ async def test_cut_stream_ends_without_done_marker(session, openai):
     assert b"[DONE]" not in raw
 
 
+async def test_cut_stream_without_reset_ends_the_body_cleanly_but_early(session, openai):
+    openai.inject(CutStream(after_chunks=3, reset=False))
+    raw, error = await read_all(await chat(session, openai, stream=True))
+    assert error is None
+    assert len(openai_chunks(raw)) == 3
+    assert b"[DONE]" not in raw
+
+
 async def test_cut_stream_on_non_stream_request_resets(session, openai):
     openai.inject(CutStream(after_chunks=3))
     with pytest.raises(aiohttp.ServerDisconnectedError):

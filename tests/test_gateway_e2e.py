@@ -115,11 +115,22 @@ def test_streaming_chat_completion_arrives_as_sse_chunks(client, fakes):
     stream = client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "stream me please"}], stream=True)
     chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    # Every chunk has a choice: the usage chunk the gateway asks the provider
+    # for (to count tokens) is not passed to a client that did not ask for it.
+    assert all(c.choices for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert text == expected
-    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert len([c for c in chunks if c.choices[0].delta.content]) > 3
+    assert chunks[-1].choices[0].finish_reason == "stop"
     assert only_request(primary).body["stream_options"] == {"include_usage": True}
+
+
+def test_a_client_that_asks_for_usage_gets_the_usage_chunk(client):
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "count my tokens"}], stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert all(c.choices for c in chunks[:-1])
 
 
 def test_model_picks_the_provider_that_serves_it(client, fakes):

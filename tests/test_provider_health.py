@@ -14,7 +14,13 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from ext_proc.provider_health import HealthCheckSettings, ProviderHealth, ProviderProber
+from ext_proc.provider_health import (
+    MAX_HOLD_OFF_SECONDS,
+    HealthCheckSettings,
+    ProviderHealth,
+    ProviderProber,
+    retry_after_seconds,
+)
 from ext_proc.providers import translator_for
 from ext_proc.runtime import Provider
 from hapax.fakes import FakeAnthropic, FakeOllama, FakeOpenAI, Hang, Reset, Status
@@ -318,3 +324,35 @@ async def test_close_cancels_every_probe_and_closes_the_session():
         await asyncio.sleep(0.2)
         assert len(fast.requests) == count
         assert prober.state("a").checks >= 2  # the last verdicts stay readable
+
+
+# -- retry-after: a provider that says when to come back ------------------------
+
+
+@pytest.mark.parametrize("value,seconds", [
+    ("7", 7.0), (" 0 ", None), ("Thu, 01 Jan 2026 00:00:30 GMT", 30.0),
+    ("Thu, 01 Jan 2026 00:00:00 GMT", None), ("-5", None), ("1.5", None), ("soon", None), ("", None),
+])
+def test_retry_after_is_read_as_delay_seconds_or_an_http_date(value, seconds):
+    now = 1767225600.0  # 2026-01-01T00:00:00Z
+    assert retry_after_seconds(value, now=now) == seconds
+
+
+def test_a_hold_off_takes_a_healthy_provider_out_of_rotation_until_it_passes():
+    state = ProviderHealth("p")
+    state.held_until = 100.0
+    assert state.healthy and not state.in_rotation(now=99.0)
+    assert state.hold_off_remaining(now=99.0) == 1.0
+    assert state.in_rotation(now=100.0)
+
+
+async def test_hold_off_keeps_the_longest_wait_and_is_capped(prober):
+    async with FakeOpenAI() as fake:
+        prober.update({"p": provider_for(fake, "openai")}, {"p": HealthCheckSettings(interval=3600)})
+    prober.hold_off("p", 30)
+    prober.hold_off("p", 5)  # a shorter retry-after does not shorten the first
+    assert 29 < prober.state("p").hold_off_remaining() <= 30
+    prober.hold_off("p", 10_000)
+    assert prober.state("p").hold_off_remaining() <= MAX_HOLD_OFF_SECONDS
+    prober.hold_off("unknown", 30)  # a provider no longer configured: nothing to hold
+    assert prober.state("unknown") is None

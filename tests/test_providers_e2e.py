@@ -105,7 +105,7 @@ def test_ollama_model_is_served_through_the_native_chat_api(client, fakes):
 
 def test_ollama_ndjson_stream_becomes_openai_sse(client, fakes):
     stream = client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "stream local"}],
-                                            stream=True)
+                                            stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
         "Hello from fake-ollama! You said: stream local"

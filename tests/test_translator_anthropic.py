@@ -297,9 +297,10 @@ MESSAGE = {
 }
 
 
-def respond(status: int, content_type: str, body: bytes, *, stream: bool = False,
+def respond(status: int, content_type: str, body: bytes, *, stream: bool = False, include_usage: bool = True,
             pieces: list[bytes] | None = None) -> tuple[dict[str, str], bytes]:
-    stage = translator().response(chat({"messages": [user("hi")]}, stream=stream), provider())
+    body_fields = {"messages": [user("hi")], "stream_options": {"include_usage": include_usage}}
+    stage = translator().response(chat(body_fields, stream=stream), provider())
     return run_stage(stage, status, content_type, pieces if pieces is not None else [body])
 
 
@@ -470,6 +471,13 @@ def test_text_stream_becomes_openai_chunks_usage_and_done():
     assert got[4]["usage"] == {"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40}
     assert got[5] == "[DONE]"
     assert len(got) == 6
+
+
+def test_stream_carries_no_usage_chunk_unless_the_client_asked():
+    _, out = respond(200, "text/event-stream", TEXT_STREAM, stream=True, include_usage=False)
+    got = sse_events(out)
+    assert got[-1] == "[DONE]"
+    assert all(chunk["choices"] for chunk in got[:-1])  # every chunk has a choice to read
 
 
 def test_tool_use_stream_becomes_tool_call_deltas():

@@ -317,10 +317,16 @@ TOOL_STREAM = ndjson(
     {**FINAL, "eval_count": 33, "prompt_eval_count": 122})
 
 
-def stream(raw: bytes, size: int | None = None) -> bytes:
-    _, out = respond(200, "application/x-ndjson", raw, req=chat({"messages": [user("hi")]}, stream=True),
-                     pieces=pieces_of(raw, size))
+def stream(raw: bytes, size: int | None = None, include_usage: bool = True) -> bytes:
+    req = chat({"messages": [user("hi")], "stream_options": {"include_usage": include_usage}}, stream=True)
+    _, out = respond(200, "application/x-ndjson", raw, req=req, pieces=pieces_of(raw, size))
     return out
+
+
+def test_stream_carries_no_usage_chunk_unless_the_client_asked():
+    got = sse_events(stream(TEXT_STREAM, include_usage=False))
+    assert got[-1] == "[DONE]"
+    assert all(chunk["choices"] for chunk in got[:-1])
 
 
 def test_ndjson_stream_becomes_openai_chunks_usage_and_done():

@@ -17,6 +17,9 @@ from typing import Any, Callable
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import error_json, invalid
 from ext_proc.providers.base import (
+    COMPLETED,
+    ENDED_EARLY,
+    PROVIDER_ERROR,
     ConvertingResponseStage,
     ProviderRequest,
     ResponseStage,
@@ -90,7 +93,8 @@ class AnthropicTranslator(Translator):
                                body=dumps(body).encode(), set_headers=headers)
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage:
-        return AnthropicResponseStage(provider, stream=req.stream, clock=self._clock)
+        return AnthropicResponseStage(provider, stream=req.stream, include_usage=req.include_usage,
+                                      clock=self._clock)
 
     def health_probe(self, provider: Provider) -> ProviderRequest:
         headers = {"anthropic-version": ANTHROPIC_VERSION}
@@ -386,13 +390,13 @@ class AnthropicResponseStage(ConvertingResponseStage):
 
     stream_media_type = "text/event-stream"
 
-    def __init__(self, provider: Provider, *, stream: bool, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(stream=stream)
+    def __init__(self, provider: Provider, *, stream: bool, include_usage: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(stream=stream, include_usage=include_usage)
         self._model = provider.model
         self._provider = provider.name
         self._clock = clock
         self._parser = SseParser()
-        self._finished = False
         self._id = ""
         self._created = 0
         self._usage: dict[str, Any] = {}
@@ -420,11 +424,11 @@ class AnthropicResponseStage(ConvertingResponseStage):
             events += self._parser.finish()
         out = bytearray()
         for event in events:
-            if self._finished:
+            if self.stream_outcome:
                 break
             out += self._event(event.event, event.data)
-        if end_of_stream and not self._finished:
-            self._finished = True
+        if end_of_stream and not self.stream_outcome:
+            self.stream_outcome = ENDED_EARLY
             out += error_event("provider stream ended unexpectedly")
         return bytes(out)
 
@@ -440,7 +444,7 @@ class AnthropicResponseStage(ConvertingResponseStage):
     def _event(self, name: str, data: str) -> bytes:
         payload = json_or_none(data)
         if not isinstance(payload, dict):
-            self._finished = True
+            self.stream_outcome = PROVIDER_ERROR
             return error_event("provider sent an unreadable stream event")
         kind = payload.get("type") or name
         if kind == "message_start":
@@ -459,11 +463,12 @@ class AnthropicResponseStage(ConvertingResponseStage):
                 return b""
             return self._chunk({}, STOP_REASONS.get(reason, "stop"))
         if kind == "message_stop":
-            self._finished = True
+            self.stream_outcome = COMPLETED
             self._start()
-            return stream_end(self._id, self._created, self._model, usage(self._usage))
+            return stream_end(self._id, self._created, self._model,
+                              usage(self._usage) if self.include_usage else None)
         if kind == "error":
-            self._finished = True
+            self.stream_outcome = PROVIDER_ERROR
             err = payload.get("error") or {}
             converted = openai_error(err.get("type"), str(err.get("message") or ""), 500,
                                      self._provider)

@@ -24,16 +24,30 @@ class ProviderRequest:
     set_headers: dict[str, str] = field(default_factory=dict)
 
 
+# How a stream the client received ended. A stream that ends any other way
+# than COMPLETED is an error for metrics, never a success.
+COMPLETED = "completed"            # the provider's own end ([DONE], message_stop, done)
+PROVIDER_ERROR = "provider_error"  # the provider sent an error (or unreadable) event
+ENDED_EARLY = "ended_early"        # the body ended before the provider's end of stream
+
+
 class ResponseStage(ABC):
     """Rewrites one attempt's response; stateful across the body's pieces."""
 
     # Set when the body shows the provider's status was wrong for what it sent
     # (a 200 with an unreadable body); applied only to responses read whole.
     status_override: int | None = None
+    # Set by a streaming stage once its stream has ended (see COMPLETED...).
+    stream_outcome: str | None = None
 
     @property
     def streams(self) -> bool:
         """After headers(): True to convert piece by piece, False to read the body whole."""
+        return True
+
+    @property
+    def reads_body(self) -> bool:
+        """After headers(): False when this response passes to the client untouched."""
         return True
 
     @abstractmethod
@@ -55,9 +69,12 @@ class ConvertingResponseStage(ResponseStage):
 
     stream_media_type: ClassVar[str]
 
-    def __init__(self, *, stream: bool) -> None:
+    def __init__(self, *, stream: bool, include_usage: bool = False) -> None:
         self.mode: Literal["json", "stream", "error"] = "stream" if stream else "json"
         self.status = 200
+        # The usage chunk ends a stream only when the client asked for it:
+        # clients that did not may read choices[0] of every chunk.
+        self.include_usage = include_usage
         self._buffer = bytearray()
 
     def headers(self, status: int, content_type: str) -> dict[str, str]:
@@ -108,16 +125,13 @@ class Translator(ABC):
     # Headers this translator may set (credentials, versions); removed from an
     # attempt that goes to another provider.
     provider_headers: ClassVar[frozenset[str]] = frozenset({"authorization"})
-    # True when the provider already answers in OpenAI's shape: Envoy then
-    # streams its responses to the client without crossing ext_proc.
-    answers_in_openai_shape: ClassVar[bool] = False
 
     @abstractmethod
     def request(self, req: ClientRequest, provider: Provider) -> ProviderRequest:
         """The provider's path, headers (credentials included) and body."""
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage | None:
-        """None when the provider already answers in OpenAI's shape."""
+        """None when the provider's answer reaches the client untouched."""
         return None
 
     @abstractmethod

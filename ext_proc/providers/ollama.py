@@ -21,6 +21,9 @@ from typing import Any, Callable
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import error_json, invalid
 from ext_proc.providers.base import (
+    COMPLETED,
+    ENDED_EARLY,
+    PROVIDER_ERROR,
     ConvertingResponseStage,
     ProviderRequest,
     ResponseStage,
@@ -74,7 +77,7 @@ class OllamaTranslator(Translator):
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage:
         embeddings = req.handler == "embeddings"
         return OllamaResponseStage(
-            provider, stream=req.stream and not embeddings, embeddings=embeddings,
+            provider, stream=req.stream and not embeddings, include_usage=req.include_usage, embeddings=embeddings,
             base64_embeddings=embeddings and req.body.get("encoding_format") == "base64",
             clock=self._clock, new_id=self._new_id)
 
@@ -243,10 +246,10 @@ class OllamaResponseStage(ConvertingResponseStage):
 
     stream_media_type = "application/x-ndjson"
 
-    def __init__(self, provider: Provider, *, stream: bool, embeddings: bool = False,
+    def __init__(self, provider: Provider, *, stream: bool, include_usage: bool = False, embeddings: bool = False,
                  base64_embeddings: bool = False, clock: Callable[[], float] = time.time,
                  new_id: Callable[[], str] = _new_id) -> None:
-        super().__init__(stream=stream)
+        super().__init__(stream=stream, include_usage=include_usage)
         self._model = provider.model
         self._provider = provider.name
         self._embeddings = embeddings
@@ -259,7 +262,6 @@ class OllamaResponseStage(ConvertingResponseStage):
         self._calls = 0
         self._tail = b""
         self._started = False
-        self._finished = False
 
     def error_body(self, raw: bytes) -> bytes:
         return dumps(openai_error(_error_message(raw, self.status), self.status, self._provider)).encode()
@@ -329,12 +331,12 @@ class OllamaResponseStage(ConvertingResponseStage):
             self._tail = b""
         out = bytearray()
         for line in lines:
-            if self._finished:
+            if self.stream_outcome:
                 break
             if line.strip():
                 out += self._line(line)
-        if end_of_stream and not self._finished:
-            self._finished = True
+        if end_of_stream and not self.stream_outcome:
+            self.stream_outcome = ENDED_EARLY
             out += error_event("provider stream ended unexpectedly")
         return bytes(out)
 
@@ -344,10 +346,10 @@ class OllamaResponseStage(ConvertingResponseStage):
     def _line(self, line: bytes) -> bytes:
         body = json_or_none(line)
         if not isinstance(body, dict):
-            self._finished = True
+            self.stream_outcome = PROVIDER_ERROR
             return error_event("provider sent an unreadable stream line")
         if body.get("error") is not None:
-            self._finished = True
+            self.stream_outcome = PROVIDER_ERROR
             err = body["error"]
             return error_event(str(err.get("message") if isinstance(err, dict) else err))
         out = bytearray()
@@ -361,7 +363,7 @@ class OllamaResponseStage(ConvertingResponseStage):
         if calls:
             out += self._chunk({"tool_calls": calls})
         if body.get("done"):
-            self._finished = True
+            self.stream_outcome = COMPLETED
             out += self._chunk({}, self._finish_reason(body))
-            out += stream_end(self._id, self._now(), self._model, usage(body))
+            out += stream_end(self._id, self._now(), self._model, usage(body) if self.include_usage else None)
         return bytes(out)

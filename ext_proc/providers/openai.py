@@ -1,12 +1,28 @@
-"""OpenAI and OpenAI-compatible servers: the request keeps its shape."""
+"""OpenAI and OpenAI-compatible servers: the request keeps its shape.
+
+Answers need no conversion; only streams are watched on their way through, so
+a stream the provider cuts short ends with an error event the client can see,
+and the usage chunk the gateway asks for (to count tokens) reaches only the
+clients that asked for it too.
+"""
 
 from __future__ import annotations
 
 import json
 
 from ext_proc.client_request import ClientRequest
-from ext_proc.providers.base import ProviderRequest, Translator
+from ext_proc.providers.base import (
+    COMPLETED,
+    ENDED_EARLY,
+    PROVIDER_ERROR,
+    ProviderRequest,
+    ResponseStage,
+    Translator,
+    json_or_none,
+)
+from ext_proc.providers.openai_chunks import DONE, error_event
 from ext_proc.runtime import Provider
+from ext_proc.sse import SseParser, encode
 
 PATHS = {"chat": "/chat/completions", "completion": "/chat/completions", "embeddings": "/embeddings"}
 
@@ -14,7 +30,6 @@ PATHS = {"chat": "/chat/completions", "completion": "/chat/completions", "embedd
 class OpenAITranslator(Translator):
     type = "openai"
     handlers = frozenset(PATHS)
-    answers_in_openai_shape = True
 
     def request(self, req: ClientRequest, provider: Provider) -> ProviderRequest:
         body = dict(req.body)
@@ -29,6 +44,57 @@ class OpenAITranslator(Translator):
             set_headers=headers,
         )
 
+    def response(self, req: ClientRequest, provider: Provider) -> ResponseStage | None:
+        return OpenAIStreamStage(include_usage=req.include_usage) if req.stream else None
+
     def health_probe(self, provider: Provider) -> ProviderRequest:
         headers = {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
         return ProviderRequest(path=provider.base_path + "/models", body=b"", set_headers=headers)
+
+
+class OpenAIStreamStage(ResponseStage):
+    """Passes an OpenAI SSE stream through event by event, and sees how it ends."""
+
+    def __init__(self, *, include_usage: bool) -> None:
+        self.include_usage = include_usage
+        self.usage: dict | None = None
+        self._streaming = False
+        self._parser = SseParser()
+
+    def headers(self, status: int, content_type: str) -> dict[str, str]:
+        self._streaming = status < 400 and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+        return {}
+
+    @property
+    def streams(self) -> bool:
+        return self._streaming
+
+    @property
+    def reads_body(self) -> bool:
+        return self._streaming  # errors and JSON answers are already what the client expects
+
+    def body(self, piece: bytes, end_of_stream: bool) -> bytes:
+        events = self._parser.feed(piece) + (self._parser.finish() if end_of_stream else [])
+        out = bytearray()
+        for event in events:
+            if self.stream_outcome:
+                break  # nothing a provider sends after its end is part of the answer
+            out += self._pass(event.data, event.event)
+        if end_of_stream and not self.stream_outcome:
+            self.stream_outcome = ENDED_EARLY
+            out += error_event("provider stream ended unexpectedly")
+        return bytes(out)
+
+    def _pass(self, data: str, name: str) -> bytes:
+        if data == "[DONE]":
+            self.stream_outcome = COMPLETED
+            return DONE
+        payload = json_or_none(data)
+        if isinstance(payload, dict):
+            if payload.get("error") is not None:
+                self.stream_outcome = PROVIDER_ERROR
+            elif isinstance(payload.get("usage"), dict):
+                self.usage = payload["usage"]
+                if not self.include_usage and not payload.get("choices"):
+                    return b""  # the usage chunk the gateway added for itself
+        return encode(data, None if name == "message" else name)

@@ -38,7 +38,9 @@ def chunk(id_: str, created: int, model: str, delta: dict[str, Any],
                                       "finish_reason": finish_reason}]}))
 
 
-def stream_end(id_: str, created: int, model: str, usage: dict[str, Any]) -> bytes:
-    """The usage chunk (no choices, as with ``include_usage``) and [DONE] that close a stream."""
+def stream_end(id_: str, created: int, model: str, usage: dict[str, Any] | None) -> bytes:
+    """[DONE], after the usage chunk (no choices) when the client asked for it (``include_usage``)."""
+    if usage is None:
+        return DONE
     return encode(dumps({"id": id_, "object": "chat.completion.chunk", "created": created, "model": model,
                          "choices": [], "usage": usage})) + DONE

@@ -292,6 +292,9 @@ class FakeProvider(ABC):
             await response.write(self.stream_error_event(fault.error_type, STREAM_ERROR_MESSAGE))
             await response.write_eof()
             return response
+        if isinstance(fault, CutStream) and not fault.reset:
+            await response.write_eof()
+            return response
         _abort(request)
         return response
 

@@ -44,10 +44,14 @@ class Hang:
 class CutStream:
     """Send ``after_chunks`` stream events, then abort the connection.
 
+    With ``reset=False`` the HTTP body ends properly instead, without the
+    stream's own end (no ``[DONE]``, ``message_stop`` or ``done``), as when a
+    proxy in front of the provider gives up on a long stream.
     A non-streaming request gets a ``Reset`` instead.
     """
 
     after_chunks: int
+    reset: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,82 @@
+"""The OpenAI stream stage: events pass through, and the way a stream ends is known."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ext_proc.providers.base import COMPLETED, ENDED_EARLY, PROVIDER_ERROR
+from ext_proc.providers.openai import OpenAIStreamStage, OpenAITranslator
+from tests.translator_helpers import (
+    client_request,
+    make_provider,
+    pieces_of,
+    run_stage,
+    sse_events,
+    user,
+)
+
+
+def chunk(content: str | None, finish: str | None = None, usage: dict | None = None) -> bytes:
+    choices = [] if content is None else [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]
+    return f"data: {json.dumps({'id': 'c1', 'object': 'chat.completion.chunk', 'choices': choices, 'usage': usage})}\n\n".encode()
+
+
+USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+WHOLE = chunk("Hel") + chunk("lo", "stop") + chunk(None, usage=USAGE) + b"data: [DONE]\n\n"
+
+
+def provider():
+    return make_provider("openai", "oai", "gpt-4o", "https://api.openai.com", api_key="k", base_path="/v1")
+
+
+@pytest.mark.parametrize("size", [None, 1, 7])
+def test_a_whole_stream_passes_through_and_completes(size):
+    stage = OpenAIStreamStage(include_usage=True)
+    _, out = run_stage(stage, 200, "text/event-stream; charset=utf-8", pieces_of(WHOLE, size))
+    assert sse_events(out) == sse_events(WHOLE)
+    assert stage.stream_outcome == COMPLETED
+    assert stage.usage == USAGE
+
+
+def test_the_usage_chunk_the_gateway_asked_for_is_dropped_for_a_client_that_did_not():
+    stage = OpenAIStreamStage(include_usage=False)
+    _, out = run_stage(stage, 200, "text/event-stream", [WHOLE])
+    events = sse_events(out)
+    assert events[-1] == "[DONE]" and all(e["choices"] for e in events[:-1])
+    assert stage.usage == USAGE  # still seen by the gateway, for its token counts
+
+
+def test_a_stream_that_ends_without_done_gets_an_error_event():
+    stage = OpenAIStreamStage(include_usage=False)
+    _, out = run_stage(stage, 200, "text/event-stream", [chunk("Hel"), b""])
+    events = sse_events(out)
+    assert events[0]["choices"][0]["delta"] == {"content": "Hel"}
+    assert events[-1]["error"]["message"] == "provider stream ended unexpectedly"
+    assert stage.stream_outcome == ENDED_EARLY
+
+
+def test_a_provider_error_event_ends_the_stream_as_a_provider_error():
+    error = b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
+    stage = OpenAIStreamStage(include_usage=False)
+    _, out = run_stage(stage, 200, "text/event-stream", [chunk("Hel") + error + chunk("ignored"), b""])
+    events = sse_events(out)
+    assert events[-1]["error"]["message"] == "overloaded" and len(events) == 2  # nothing after the error
+    assert stage.stream_outcome == PROVIDER_ERROR
+
+
+@pytest.mark.parametrize("status,content_type", [(429, "application/json"), (200, "application/json"),
+                                                 (500, "text/event-stream")])
+def test_errors_and_json_answers_are_not_read(status, content_type):
+    stage = OpenAIStreamStage(include_usage=False)
+    stage.headers(status, content_type)
+    assert not stage.reads_body and not stage.streams
+
+
+def test_only_streaming_requests_get_a_stage():
+    translator = OpenAITranslator()
+    messages = {"messages": [user("hi")]}
+    assert translator.response(client_request("gpt-4o", messages), provider()) is None
+    assert isinstance(translator.response(client_request("gpt-4o", messages, stream=True), provider()),
+                      OpenAIStreamStage)
