@@ -20,6 +20,8 @@ Shape of the data plane (see DESIGN.md):
 
 from __future__ import annotations
 
+import re
+
 import json
 import ssl
 from dataclasses import dataclass
@@ -446,9 +448,46 @@ def _per_route_ext_proc(mode: processing_mode_pb2.ProcessingMode | None) -> dict
 def _route_metadata(route: RouteConfig) -> base_pb2.Metadata:
     md = base_pb2.Metadata()
     md.filter_metadata[METADATA_NAMESPACE].update(
-        {"handler": route.handler, "version": route.version, **dict(route.metrics_labels)}
+        {"handler": route.handler, "version": route.version, "route": route.path, **dict(route.metrics_labels)}
     )
     return md
+
+
+# ---------------------------------------------------------------- Envoy stats by department
+#
+# A provider route's stats live under vhost.hapax.route.<stat_prefix>.*; the
+# prefix is the route's path followed by its metrics labels as key.value pairs,
+# and the bootstrap's stats_tags (fixed when Envoy starts) turn each into a tag:
+#   vhost.hapax.route.v1_marketing_completions.department.marketing.upstream_rq_2xx
+#   -> envoy_vhost_route_upstream_rq{envoy_route="v1_marketing_completions", department="marketing", ...}
+# (envoy_route is Envoy's own tag for the segment after "route.").
+_STAT_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def stats_label_keys(config: HapaxConfig) -> tuple[str, ...]:
+    """Every metrics label key of the config's routes: the Envoy stat tags to create at start."""
+    return tuple(sorted({key for route in config.routes for key in route.metrics_labels}))
+
+
+def _stat_segment(text: str) -> str:
+    return _STAT_UNSAFE.sub("_", text.strip("/")) or "_"
+
+
+def route_stat_prefix(route: RouteConfig, label_keys: tuple[str, ...]) -> str:
+    """Only keys Envoy has a tag for: any other would end up inside the metric's name."""
+    parts = [_stat_segment(route.path)]
+    for key in label_keys:
+        if key in route.metrics_labels:
+            parts += [key, _stat_segment(route.metrics_labels[key])]
+    return ".".join(parts)
+
+
+def envoy_stats_tags(label_keys: tuple[str, ...]) -> list[dict[str, str]]:
+    """The bootstrap's stats_config.stats_tags for route_stat_prefix's layout."""
+    route = r"^vhost\.[^.]+\.route\."
+    # Pairs are skipped two segments at a time, so a key is never matched at a value's place.
+    return [{"tag_name": key, "regex": route + r"[^.]+\.(?:[^.]+\.[^.]+\.)*?(" + key + r"\.([^.]+)\.)"}
+             for key in label_keys]
 
 
 def _retry_policy(config: HapaxConfig) -> route_components_pb2.RetryPolicy:
@@ -479,14 +518,17 @@ def _retry_policy(config: HapaxConfig) -> route_components_pb2.RetryPolicy:
     )
 
 
-def provider_route(config: HapaxConfig, route: RouteConfig) -> route_components_pb2.Route:
+def provider_route(config: HapaxConfig, route: RouteConfig,
+                   label_keys: tuple[str, ...] = ()) -> route_components_pb2.Route:
     method = HANDLER_METHODS[route.handler]
+    # The router step sees each request's final response headers (after every
+    # retry, Envoy's own replies included): that is where requests are counted.
     if route.handler == "models":
         mode = PM(request_header_mode=PM.SEND, request_body_mode=PM.NONE,
                   response_header_mode=PM.SKIP, response_body_mode=PM.NONE)
     else:
         mode = PM(request_header_mode=PM.SEND, request_body_mode=PM.BUFFERED,
-                  response_header_mode=PM.SKIP, response_body_mode=PM.NONE)
+                  response_header_mode=PM.SEND, response_body_mode=PM.NONE)
     retry_policy = _retry_policy(config)
     attempts = retry_policy.num_retries.value + 1
     return route_components_pb2.Route(
@@ -502,6 +544,7 @@ def provider_route(config: HapaxConfig, route: RouteConfig) -> route_components_
             retry_policy=retry_policy,
         ),
         metadata=_route_metadata(route),
+        stat_prefix=route_stat_prefix(route, label_keys),
         typed_per_filter_config=_per_route_ext_proc(mode),
     )
 
@@ -548,10 +591,11 @@ def not_found_route(config: HapaxConfig) -> route_components_pb2.Route:
     )
 
 
-def route_configuration(config: HapaxConfig) -> route_pb2.RouteConfiguration:
+def route_configuration(config: HapaxConfig, label_keys: tuple[str, ...] | None = None) -> route_pb2.RouteConfiguration:
+    keys = stats_label_keys(config) if label_keys is None else label_keys
     routes = [health_route(), method_not_allowed_route(HEALTH_PATH, "GET")]
     for route in config.routes:
-        routes.append(provider_route(config, route))
+        routes.append(provider_route(config, route, keys))
         routes.append(method_not_allowed_route(route.path, HANDLER_METHODS[route.handler]))
     routes.append(not_found_route(config))
     return route_pb2.RouteConfiguration(

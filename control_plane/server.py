@@ -22,7 +22,7 @@ from watchfiles import awatch
 
 from control_plane.ads import AdsServer, SnapshotCache
 from control_plane.config import ConfigError, HapaxConfig, load_config, summarize
-from control_plane.resources import Address, ExtProcEndpoints
+from control_plane.resources import Address, ExtProcEndpoints, stats_label_keys
 from control_plane.snapshot import InconsistentSnapshot, Snapshot, build_snapshot
 from hapax import logs
 
@@ -37,7 +37,10 @@ class ControlPlane:
         self.port = port
         self.metrics_port = metrics_port
         self._generation = 0
-        self.cache = SnapshotCache(self._snapshot_for(self._load()))
+        first = self._load()
+        # Envoy's stat tags are fixed when it starts, from this same first config.
+        self.stats_label_keys = stats_label_keys(first)
+        self.cache = SnapshotCache(self._snapshot_for(first))
         self.ads = AdsServer(self.cache)
 
     def _load(self) -> HapaxConfig:
@@ -47,7 +50,7 @@ class ControlPlane:
 
     def _snapshot_for(self, config: HapaxConfig) -> Snapshot:
         self._generation += 1
-        draft = build_snapshot(config, "draft", self.ext_proc)
+        draft = build_snapshot(config, "draft", self.ext_proc, self.stats_label_keys)
         digest = hashlib.sha256()
         for type_url in sorted(draft.resources):
             for name, msg in sorted(draft.resources[type_url].items()):
@@ -56,7 +59,11 @@ class ControlPlane:
         version = f"{self._generation}-{digest.hexdigest()[:10]}"
         for warning in config.warnings:
             log.warning("config warning", extra={"file": config.source, "issue": str(warning)})
-        return build_snapshot(config, version, self.ext_proc)
+        untagged = sorted(set(stats_label_keys(config)) - set(self.stats_label_keys))
+        if untagged:
+            log.warning("new metrics label keys reach Envoy's own stats only after a restart "
+                        "(Hapax's /metrics has them now)", extra={"keys": untagged})
+        return build_snapshot(config, version, self.ext_proc, self.stats_label_keys)
 
     def reload(self) -> bool:
         try:

@@ -74,7 +74,9 @@ def make_snapshot(version: str, by_type: dict[str, list[message.Message]]) -> Sn
     return snap
 
 
-def build_snapshot(config: HapaxConfig, version: str, ext_proc: res.ExtProcEndpoints) -> Snapshot:
+def build_snapshot(config: HapaxConfig, version: str, ext_proc: res.ExtProcEndpoints,
+                   stats_label_keys: tuple[str, ...] | None = None) -> Snapshot:
+    """``stats_label_keys``: the metrics label keys Envoy has stat tags for (those of the config it started with)."""
     clusters = [res.ext_proc_grpc_cluster(), res.ext_proc_http_cluster()]
     # Envoy polls one ext_proc for each provider's verdict (they all probe alike).
     clusters += [res.provider_cluster(p, ext_proc.http[0]) for p in config.providers.values()]
@@ -88,7 +90,7 @@ def build_snapshot(config: HapaxConfig, version: str, ext_proc: res.ExtProcEndpo
                 res.load_assignment(res.EXT_PROC_HTTP_CLUSTER, ext_proc.http),
             ],
             LISTENER: [res.listener(config), res.metrics_listener(config)],
-            ROUTE: [res.route_configuration(config)],
+            ROUTE: [res.route_configuration(config, stats_label_keys)],
             RUNTIME: [res.runtime(config, version)],
         },
     )

