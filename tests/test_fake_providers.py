@@ -717,3 +717,11 @@ def test_main_prints_base_urls_and_exits_cleanly_on_sigterm():
     assert [line["provider"] for line in lines] == ["openai", "anthropic", "ollama"]
     assert lines[0]["base_url"].startswith("http://127.0.0.1:")
     assert lines[0]["base_url"].endswith("/v1")
+
+
+async def test_a_fault_for_one_method_leaves_other_requests_alone(session, openai):
+    openai.inject(Status(503), method="POST")
+    async with session.get(f"{openai.base_url}/models", headers=OPENAI_AUTH) as probe:
+        assert probe.status == 200  # a health probe neither sees nor uses up the fault
+    assert (await chat(session, openai)).status == 503
+    assert (await chat(session, openai)).status == 200

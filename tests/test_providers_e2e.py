@@ -128,7 +128,7 @@ def test_ollama_embeddings_come_back_in_openai_shape(client, fakes):
 def test_a_retry_after_anthropic_fails_is_rewritten_for_openai(client, fakes):
     # The failover structure of the spine (aggregate cluster + per-attempt
     # ext_proc): the second attempt goes to another provider in its own format.
-    fakes["anthropic"].inject(Status(500))
+    fakes["anthropic"].inject(Status(500), method="POST")
     reply = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "fail over"}])
     assert reply.choices[0].message.content == "Hello from fake-openai! You said: fail over"
     assert [r.path for r in fakes["anthropic"].requests] == ["/v1/messages"]
@@ -139,7 +139,7 @@ def test_a_retry_after_anthropic_fails_is_rewritten_for_openai(client, fakes):
 
 
 def test_a_retry_never_carries_the_previous_providers_credential(client, fakes):
-    fakes["openai"].inject(Status(503))
+    fakes["openai"].inject(Status(503), method="POST")
     reply = client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "keys"}])
     assert reply.choices[0].message.content == "Hello from fake-anthropic! You said: keys"
     [sent] = fakes["anthropic"].requests
@@ -187,8 +187,8 @@ def test_stream_chunks_reach_the_client_as_the_provider_sends_them(client, fakes
 
 def test_anthropic_overloaded_529_reaches_the_client_as_openai_503(client, fakes):
     # chain.openai tries OpenAI, then Anthropic: the client sees the last answer.
-    fakes["openai"].inject(Status(503))
-    fakes["anthropic"].inject(Status(529))
+    fakes["openai"].inject(Status(503), method="POST")
+    fakes["anthropic"].inject(Status(529), method="POST")
     with pytest.raises(openai.InternalServerError) as err:
         client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "busy?"}])
     assert err.value.status_code == 503

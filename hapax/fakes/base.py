@@ -229,12 +229,14 @@ class FakeProvider(ABC):
 
     # -- faults and recordings ----------------------------------------------
 
-    def inject(self, fault: Fault, *, times: int | None = 1) -> None:
+    def inject(self, fault: Fault, *, times: int | None = 1, method: str | None = None) -> None:
         """Apply ``fault`` to the next ``times`` requests (None: until cleared).
 
+        With ``method`` ("POST": the API calls), only requests with that method
+        get it: a gateway's health probes (GET) then neither see nor use it up.
         Faults queue up in order: a second inject starts after the first runs out.
         """
-        self._faults.push(fault, times)
+        self._faults.push(fault, times, method)
 
     def clear_faults(self) -> None:
         self._faults.clear()
@@ -303,7 +305,7 @@ class FakeProvider(ABC):
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         request[_RECORD] = await self._record(request)
-        fault = self._faults.take()
+        fault = self._faults.take(request.method)
         request[_FAULT] = fault
         early = await self._act_before_handling(request, fault)
         if early is not None:

@@ -72,6 +72,7 @@ Fault = Union[Status, Latency, Reset, Hang, CutStream, StreamError]
 class _Armed:
     fault: Fault
     remaining: int | None  # None: until cleared
+    method: str | None = None  # only requests with this method (None: all)
 
 
 class FaultQueue:
@@ -80,16 +81,18 @@ class FaultQueue:
     def __init__(self) -> None:
         self._queue: deque[_Armed] = deque()
 
-    def push(self, fault: Fault, times: int | None) -> None:
+    def push(self, fault: Fault, times: int | None, method: str | None = None) -> None:
         if times is not None and times < 1:
             raise ValueError("times must be >= 1, or None for every request")
-        self._queue.append(_Armed(fault, times))
+        self._queue.append(_Armed(fault, times, method))
 
-    def take(self) -> Fault | None:
-        """The fault for the request arriving now, consuming one use of it."""
+    def take(self, method: str | None = None) -> Fault | None:
+        """The fault for a request arriving now with ``method``, consuming one use of it."""
         if not self._queue:
             return None
         head = self._queue[0]
+        if head.method is not None and head.method != method:
+            return None
         if head.remaining is not None:
             head.remaining -= 1
             if head.remaining == 0:
