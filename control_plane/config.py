@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from control_plane.pricing import DEFAULT_PRICES, ModelPrice
+
 __all__ = [
     "DEFAULT_BASE_URLS",
     "DEFAULT_ROUTES",
@@ -56,11 +58,13 @@ DEFAULT_TIMEOUT = 60.0
 HEALTH_PATH = "/health"
 
 # Hapax sets these labels itself on every series; a route may not override them.
-RESERVED_LABELS = ("provider", "model", "route", "status", "handler", "le", "quantile")
+RESERVED_LABELS = ("provider", "model", "route", "status", "status_class", "outcome", "handler",
+                   "gen_ai_token_type", "version", "result", "le", "quantile")
 MAX_LABELS = 8  # every label multiplies the number of time series
 MAX_LABEL_VALUE_LENGTH = 64
 
-_TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "health_check", "retry")
+_TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "health_check", "retry", "pricing")
+_PRICE_KEYS = ("input", "output")
 _RETRY_KEYS = ("max_attempts", "backoff")
 _BACKOFF_KEYS = ("base_interval", "max_interval")
 _SERVER_KEYS = ("host", "port", "admin_port", "metrics_port")
@@ -216,8 +220,11 @@ class HapaxConfig:
     warnings: tuple[ConfigIssue, ...] = ()  # non-fatal findings
     source: str = "<string>"
     retry: RetryConfig = RetryConfig()
+    # Model -> price per million tokens: the built-in table with ``pricing:`` over it.
+    pricing: Mapping[str, ModelPrice] = field(default_factory=lambda: FrozenMap(DEFAULT_PRICES))
 
     def __post_init__(self) -> None:
+        _freeze(self, "pricing", FrozenMap)
         _freeze(self, "providers", FrozenMap)
         _freeze(self, "provider_preference", tuple)
         _freeze(self, "routes", tuple)
@@ -564,9 +571,39 @@ def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
     preference = _preference(root.get("provider_preference"), _provider_names(root.get("providers")), issues)
     routes = _routes(root.get("routes"), issues)
     retry = _retry(root.get("retry"), issues)
+    pricing = _pricing(root.get("pricing"), issues)
     if issues.errors:
         return None
-    return HapaxConfig(server, providers, preference, routes, tuple(issues.warnings), source, retry)
+    return HapaxConfig(server, providers, preference, routes, tuple(issues.warnings), source, retry, pricing)
+
+
+def _pricing(value: Any, issues: _Issues) -> dict[str, ModelPrice]:
+    table = dict(DEFAULT_PRICES)
+    node = {} if value is None else _mapping(value, "pricing", issues)
+    for model, entry in (node or {}).items():
+        path = _join("pricing", model)
+        if not isinstance(model, str) or not model.strip():
+            issues.error(path, _expected("a model name", model))
+            continue
+        prices = _mapping(entry, path, issues)
+        if prices is None:
+            continue
+        _reject_unknown_keys(prices, path, _PRICE_KEYS, issues)
+        missing = [k for k in _PRICE_KEYS if k not in prices]
+        if missing:
+            issues.error(path, f"needs both input and output (USD per million tokens); missing: {', '.join(missing)}")
+            continue
+        amounts = [_price(prices[k], _join(path, k), issues) for k in _PRICE_KEYS]
+        if None not in amounts:
+            table[model] = ModelPrice(*amounts)
+    return table
+
+
+def _price(value: Any, path: str, issues: _Issues) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf):
+        issues.error(path, _expected("a non-negative number of US dollars per million tokens", value))
+        return None
+    return float(value)
 
 
 def _retry(value: Any, issues: _Issues) -> RetryConfig:

@@ -32,6 +32,8 @@ class Provider:
     api_key: str
     timeout: float
     health_check: HealthCheckSettings = HealthCheckSettings()
+    # US dollars per million input / output tokens; None when the model has no price.
+    price: tuple[float, float] | None = None
 
     def __repr__(self) -> str:  # never print the key
         return f"Provider(name={self.name!r}, type={self.type!r}, model={self.model!r})"
@@ -108,4 +110,5 @@ def _provider(p: runtime_pb2.Provider, known_types: frozenset[str]) -> Provider:
             interval=hc.interval_seconds, timeout=hc.timeout_seconds,
             healthy_threshold=hc.healthy_threshold, unhealthy_threshold=hc.unhealthy_threshold,
         ) if p.HasField("health_check") else HealthCheckSettings(),
+        price=(p.price.input_per_million, p.price.output_per_million) if p.HasField("price") else None,
     )

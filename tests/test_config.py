@@ -28,8 +28,8 @@ from control_plane.config import (
     summarize,
 )
 from control_plane.defaults import default_config_text, needs_fake_providers
+from control_plane.pricing import DEFAULT_PRICES, ModelPrice, price_for
 from tests.seed import SEED_YAML
-
 
 SECRET = "sk-test-0123456789abcdef"
 
@@ -336,7 +336,8 @@ def test_unknown_key_suggests_close_match():
         (with_provider("{type: ollama, model: m}") + "server: {prot: 80}", "server.prot",
          "unknown key 'prot' (did you mean 'port'?)"),
         (with_provider("{type: ollama, model: m}") + "listeners: []", "listeners",
-         "unknown key 'listeners' (expected one of: server, providers, provider_preference, routes, health_check, retry)"),
+         "unknown key 'listeners' (expected one of: server, providers, provider_preference, routes, health_check, retry, "
+         "pricing)"),
         (with_provider("{type: ollama, model: m}") + "1: x", "1", "expected a string key, got integer 1"),
     ],
 )
@@ -557,7 +558,8 @@ def test_route_structure_errors(routes, path, message):
         ("{department: ''}", "department", "must not be empty"),
         ("{provider: x}", "provider",
          "label 'provider' is reserved: Hapax sets it itself "
-         "(reserved: provider, model, route, status, handler, le, quantile)"),
+         "(reserved: provider, model, route, status, status_class, outcome, handler, gen_ai_token_type, version, "
+         "result, le, quantile)"),
         ("{__name: x}", "__name", "invalid label name '__name': names starting with '__' are reserved by Prometheus"),
         ("{'team-name': x}", "team-name",
          "invalid label name 'team-name' (Prometheus label names match [a-zA-Z_][a-zA-Z0-9_]*)"),
@@ -951,3 +953,32 @@ def test_retry_backoff_errors_name_the_key(backoff, path):
     with pytest.raises(ConfigError) as err:
         parse_config(f"retry: {{backoff: {backoff}}}\nproviders:\n  a: {{type: ollama, model: m}}\n", env={})
     assert [i.path for i in err.value.issues] == [path]
+
+
+def test_pricing_adds_and_overrides_models_over_the_built_in_table():
+    config = parse_config("pricing:\n  my-llm: {input: 1, output: 2.5}\n  gpt-4o: {input: 0, output: 0}\n"
+                          "providers:\n  a: {type: ollama, model: m}\n", env={})
+    assert config.pricing["my-llm"] == ModelPrice(1.0, 2.5)
+    assert config.pricing["gpt-4o"] == ModelPrice(0.0, 0.0)
+    assert config.pricing["claude-3-haiku"] == DEFAULT_PRICES["claude-3-haiku"]
+
+
+@pytest.mark.parametrize("entry,path", [
+    ("{input: 1}", "pricing.m"),
+    ("{input: -1, output: 1}", "pricing.m.input"),
+    ("{input: 1, output: cheap}", "pricing.m.output"),
+    ("{input: 1, output: 1, currency: EUR}", "pricing.m.currency"),
+    ("3", "pricing.m"),
+])
+def test_pricing_errors_name_the_key(entry, path):
+    with pytest.raises(ConfigError) as err:
+        parse_config(f"pricing:\n  m: {entry}\nproviders:\n  a: {{type: ollama, model: m}}\n", env={})
+    assert [i.path for i in err.value.issues] == [path]
+
+
+@pytest.mark.parametrize("model,entry", [
+    ("gpt-4o", "gpt-4o"), ("gpt-4o-2024-08-06", "gpt-4o"), ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+    ("claude-3-5-haiku-latest", "claude-3-5-haiku"), ("gpt-4.5-preview", None), ("llama3.2", None),
+])
+def test_a_model_takes_its_own_price_or_that_of_the_model_it_is_a_variant_of(model, entry):
+    assert price_for(model, DEFAULT_PRICES) == (DEFAULT_PRICES[entry] if entry else None)

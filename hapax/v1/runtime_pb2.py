@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hapax/v1/runtime.proto\x12\x08hapax.v1\"\xc0\x01\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x10\n\x08\x62\x61se_url\x18\x05 \x01(\t\x12\x0f\n\x07\x63luster\x18\x06 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12\x0f\n\x07\x61pi_key\x18\x08 \x01(\t\x12+\n\x0chealth_check\x18\t \x01(\x0b\x32\x15.hapax.v1.HealthCheck\"x\n\x0bHealthCheck\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\x12\x19\n\x11healthy_threshold\x18\x03 \x01(\r\x12\x1b\n\x13unhealthy_threshold\x18\x04 \x01(\r\"\xa9\x01\n\x05Route\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07handler\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12:\n\x0emetrics_labels\x18\x04 \x03(\x0b\x32\".hapax.v1.Route.MetricsLabelsEntry\x1a\x34\n\x12MetricsLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"+\n\x05\x43hain\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tproviders\x18\x02 \x03(\t\"\xbd\x01\n\x07Runtime\x12\x16\n\x0e\x63onfig_version\x18\x01 \x01(\t\x12%\n\tproviders\x18\x02 \x03(\x0b\x32\x12.hapax.v1.Provider\x12\x1b\n\x13provider_preference\x18\x03 \x03(\t\x12\x1f\n\x06routes\x18\x04 \x03(\x0b\x32\x0f.hapax.v1.Route\x12\x1f\n\x06\x63hains\x18\x05 \x03(\x0b\x32\x0f.hapax.v1.Chain\x12\x14\n\x0cmax_attempts\x18\x06 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hapax/v1/runtime.proto\x12\x08hapax.v1\"\xe5\x01\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x10\n\x08\x62\x61se_url\x18\x05 \x01(\t\x12\x0f\n\x07\x63luster\x18\x06 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12\x0f\n\x07\x61pi_key\x18\x08 \x01(\t\x12+\n\x0chealth_check\x18\t \x01(\x0b\x32\x15.hapax.v1.HealthCheck\x12#\n\x05price\x18\n \x01(\x0b\x32\x14.hapax.v1.ModelPrice\"C\n\nModelPrice\x12\x19\n\x11input_per_million\x18\x01 \x01(\x01\x12\x1a\n\x12output_per_million\x18\x02 \x01(\x01\"x\n\x0bHealthCheck\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\x12\x19\n\x11healthy_threshold\x18\x03 \x01(\r\x12\x1b\n\x13unhealthy_threshold\x18\x04 \x01(\r\"\xa9\x01\n\x05Route\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07handler\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12:\n\x0emetrics_labels\x18\x04 \x03(\x0b\x32\".hapax.v1.Route.MetricsLabelsEntry\x1a\x34\n\x12MetricsLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"+\n\x05\x43hain\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tproviders\x18\x02 \x03(\t\"\xbd\x01\n\x07Runtime\x12\x16\n\x0e\x63onfig_version\x18\x01 \x01(\t\x12%\n\tproviders\x18\x02 \x03(\x0b\x32\x12.hapax.v1.Provider\x12\x1b\n\x13provider_preference\x18\x03 \x03(\t\x12\x1f\n\x06routes\x18\x04 \x03(\x0b\x32\x0f.hapax.v1.Route\x12\x1f\n\x06\x63hains\x18\x05 \x03(\x0b\x32\x0f.hapax.v1.Chain\x12\x14\n\x0cmax_attempts\x18\x06 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTE_METRICSLABELSENTRY']._loaded_options = None
   _globals['_ROUTE_METRICSLABELSENTRY']._serialized_options = b'8\001'
   _globals['_PROVIDER']._serialized_start=37
-  _globals['_PROVIDER']._serialized_end=229
-  _globals['_HEALTHCHECK']._serialized_start=231
-  _globals['_HEALTHCHECK']._serialized_end=351
-  _globals['_ROUTE']._serialized_start=354
-  _globals['_ROUTE']._serialized_end=523
-  _globals['_ROUTE_METRICSLABELSENTRY']._serialized_start=471
-  _globals['_ROUTE_METRICSLABELSENTRY']._serialized_end=523
-  _globals['_CHAIN']._serialized_start=525
-  _globals['_CHAIN']._serialized_end=568
-  _globals['_RUNTIME']._serialized_start=571
-  _globals['_RUNTIME']._serialized_end=760
+  _globals['_PROVIDER']._serialized_end=266
+  _globals['_MODELPRICE']._serialized_start=268
+  _globals['_MODELPRICE']._serialized_end=335
+  _globals['_HEALTHCHECK']._serialized_start=337
+  _globals['_HEALTHCHECK']._serialized_end=457
+  _globals['_ROUTE']._serialized_start=460
+  _globals['_ROUTE']._serialized_end=629
+  _globals['_ROUTE_METRICSLABELSENTRY']._serialized_start=577
+  _globals['_ROUTE_METRICSLABELSENTRY']._serialized_end=629
+  _globals['_CHAIN']._serialized_start=631
+  _globals['_CHAIN']._serialized_end=674
+  _globals['_RUNTIME']._serialized_start=677
+  _globals['_RUNTIME']._serialized_end=866
 # @@protoc_insertion_point(module_scope)

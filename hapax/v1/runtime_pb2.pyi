@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Provider(_message.Message):
-    __slots__ = ("name", "type", "model", "aliases", "base_url", "cluster", "timeout_seconds", "api_key", "health_check")
+    __slots__ = ("name", "type", "model", "aliases", "base_url", "cluster", "timeout_seconds", "api_key", "health_check", "price")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class Provider(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     model: str
@@ -26,7 +27,16 @@ class Provider(_message.Message):
     timeout_seconds: float
     api_key: str
     health_check: HealthCheck
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., base_url: _Optional[str] = ..., cluster: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., api_key: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ...) -> None: ...
+    price: ModelPrice
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., base_url: _Optional[str] = ..., cluster: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., api_key: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., price: _Optional[_Union[ModelPrice, _Mapping]] = ...) -> None: ...
+
+class ModelPrice(_message.Message):
+    __slots__ = ("input_per_million", "output_per_million")
+    INPUT_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    input_per_million: float
+    output_per_million: float
+    def __init__(self, input_per_million: _Optional[float] = ..., output_per_million: _Optional[float] = ...) -> None: ...
 
 class HealthCheck(_message.Message):
     __slots__ = ("interval_seconds", "timeout_seconds", "healthy_threshold", "unhealthy_threshold")
