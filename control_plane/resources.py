@@ -20,22 +20,25 @@ Shape of the data plane (see DESIGN.md):
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.cluster.v3 import (
+    circuit_breaker_pb2,
+    cluster_pb2,
+    outlier_detection_pb2,
+)
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import (
     address_pb2,
-    health_check_pb2,
     base_pb2,
     config_source_pb2,
     grpc_service_pb2,
+    health_check_pb2,
     protocol_pb2,
     substitution_format_string_pb2,
 )
@@ -45,11 +48,13 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
 from envoy.extensions.filters.http.custom_response.v3 import custom_response_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
-from envoy.extensions.http.custom_response.local_response_policy.v3 import local_response_policy_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.http.custom_response.local_response_policy.v3 import (
+    local_response_policy_pb2,
 )
 from envoy.extensions.retry.priority.previous_priorities.v3 import (
     previous_priorities_config_pb2,
@@ -65,6 +70,7 @@ from xds.type.matcher.v3 import matcher_pb2
 from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from control_plane.config import HapaxConfig, ProviderConfig, RouteConfig
+from control_plane.pricing import price_for
 from hapax.v1 import runtime_pb2
 
 LISTENER_NAME = "hapax_http"
@@ -200,6 +206,12 @@ def _upstream_tls(sni: str) -> base_pb2.TransportSocket:
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(ctx))
 
 
+def _stat_name(cluster_name: str) -> str:
+    # Envoy's cluster tag ends at the first dot: "provider.openai" would give
+    # envoy_cluster_name="provider" and put "openai" into every metric's name.
+    return cluster_name.replace(".", "_")
+
+
 def _provider_endpoint(provider: ProviderConfig) -> tuple[str, int, bool]:
     url = urlsplit(provider.base_url)
     tls = url.scheme == "https"
@@ -276,6 +288,7 @@ def provider_cluster(provider: ProviderConfig, verdict: Address) -> cluster_pb2.
     endpoint_metadata.filter_metadata[METADATA_NAMESPACE].update({"provider": provider.name})
     cluster = cluster_pb2.Cluster(
         name=name,
+        alt_stat_name=_stat_name(name),
         type=cluster_pb2.Cluster.LOGICAL_DNS,
         dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED,
         connect_timeout=_duration(min(provider.timeout, 10.0)),
@@ -358,6 +371,7 @@ def chain_cluster(config: HapaxConfig, first: str) -> cluster_pb2.Cluster:
     retries_in_flight = sum(config.providers[p].circuit_breaker.max_retries for p in order)
     return cluster_pb2.Cluster(
         name=chain_cluster_name(first),
+        alt_stat_name=_stat_name(chain_cluster_name(first)),
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
         connect_timeout=_duration(10),
         cluster_type=cluster_pb2.Cluster.CustomClusterType(
@@ -742,7 +756,7 @@ def runtime(config: HapaxConfig, version: str) -> runtime_pb2.Runtime:
         max_attempts=config.retry.max_attempts or 0,
     )
     for p in config.providers.values():
-        out.providers.add(
+        provider = out.providers.add(
             name=p.name, type=p.type, model=p.model, aliases=list(p.aliases),
             base_url=p.base_url, cluster=provider_cluster_name(p.name),
             timeout_seconds=p.timeout, api_key=p.api_key,
@@ -751,6 +765,10 @@ def runtime(config: HapaxConfig, version: str) -> runtime_pb2.Runtime:
                 healthy_threshold=p.health_check.healthy_threshold,
                 unhealthy_threshold=p.health_check.unhealthy_threshold),
         )
+        price = price_for(p.model, config.pricing)
+        if price is not None:
+            provider.price.CopyFrom(runtime_pb2.ModelPrice(input_per_million=price.input,
+                                                           output_per_million=price.output))
     for r in config.routes:
         route = out.routes.add(path=r.path, handler=r.handler, version=r.version)
         route.metrics_labels.update(dict(r.metrics_labels))

@@ -1,18 +1,57 @@
 """Prometheus series of one ext_proc process (served at ``/metrics``).
 
-Label values come from the configuration (provider names), never from request
-contents, so cardinality stays bounded.
+Every per-request series carries the route's ``metrics_labels`` (``department``...)
+plus ``route``, and ``provider`` and ``model`` where a provider is involved.
+Label values come from the configuration (``none`` when no provider answered),
+never from request contents, so cardinality stays bounded by the config.
+
+Label names follow the configuration too: they are the union of the routes'
+label keys. When a new version brings another key, the per-request families
+are created afresh with it (their counts restart, which ``rate()`` and
+``increase()`` treat as a counter reset).
+
+Names follow OpenTelemetry's GenAI conventions where they exist
+(``gen_ai_client_token_usage``, ``gen_ai_server_request_duration_seconds``,
+``gen_ai_server_time_to_first_token_seconds``, time per output token).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ext_proc.provider_health import ProviderProber
+from ext_proc.runtime import Provider, Route, RuntimeView
+
+# A "_created" series per counter doubles the output for nothing a dashboard uses.
+disable_created_metrics()
+
+NONE = "none"  # provider / model of a request that no provider answered
+
+# Buckets: OpenTelemetry's advice for the GenAI histograms; the overhead's spans
+# what a Python hop can add, from half a millisecond up.
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25)
+
+# outcome of hapax_requests_total
+SUCCESS = "success"
+CLIENT_ERROR = "client_error"
+PROVIDER_ERROR = "provider_error"
+FAILED_OVER = "failed_over"
+STREAM_ABORTED = "stream_aborted"
 
 
 class ProviderHealthCollector(Collector):
@@ -22,8 +61,10 @@ class ProviderHealthCollector(Collector):
         self.prober = prober
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        healthy = GaugeMetricFamily("hapax_provider_healthy",
-                                    "1 if the provider gets traffic (passes its health checks, no retry-after pending), else 0", labels=["provider"])
+        healthy = GaugeMetricFamily(
+            "hapax_provider_healthy",
+            "1 if the provider gets traffic (passes its health checks, no retry-after pending), else 0",
+            labels=["provider"])
         checks = CounterMetricFamily("hapax_provider_health_checks",
                                      "Health probes completed, by result", labels=["provider", "result"])
         for name, state in sorted(self.prober.states().items()):
@@ -34,19 +75,128 @@ class ProviderHealthCollector(Collector):
         yield checks
 
 
+class _RequestFamilies:
+    """The per-request families for one set of route label keys."""
+
+    def __init__(self, registry: CollectorRegistry, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+        self.registry = registry
+        route = [*keys, "route"]
+        answered = [*route, "provider", "model"]
+        self.all = [
+            requests := Counter("hapax_requests", "Requests answered, by status class and outcome "
+                                "(success | client_error | provider_error | failed_over | stream_aborted)",
+                                [*answered, "status_class", "outcome"], registry=registry),
+            duration := Histogram("gen_ai_server_request_duration_seconds",
+                                  "Time from the request's arrival to the end of its answer",
+                                  answered, buckets=DURATION_BUCKETS, registry=registry),
+            ttft := Histogram("gen_ai_server_time_to_first_token_seconds",
+                              "Streams: time from the request's arrival to the first chunk",
+                              answered, buckets=TTFT_BUCKETS, registry=registry),
+            tpot := Histogram("gen_ai_server_time_per_output_token_seconds",
+                              "Streams: time per output token after the first chunk",
+                              answered, buckets=TPOT_BUCKETS, registry=registry),
+            tokens := Histogram("gen_ai_client_token_usage", "Tokens per answer, by gen_ai_token_type (input | output)",
+                                [*answered, "gen_ai_token_type"], buckets=TOKEN_BUCKETS, registry=registry),
+            cost := Counter("hapax_cost_usd", "What the answers cost, from the config's price table (US dollars)",
+                            answered, registry=registry),
+            failovers := Counter("hapax_failovers", "Requests answered by a provider after earlier attempts failed",
+                                 [*route, "provider"], registry=registry),
+            retries := Counter("hapax_retries", "Attempts after the first, by the provider they went to",
+                               [*route, "provider"], registry=registry),
+            inflight := Gauge("hapax_inflight_requests", "Requests being answered now", route, registry=registry),
+            overhead := Histogram("hapax_gateway_overhead_seconds",
+                                  "Time a request spent in the gateway itself, the provider's time excluded "
+                                  "(requests answered at the first attempt)",
+                                  route, buckets=OVERHEAD_BUCKETS, registry=registry),
+        ]
+        self.requests, self.duration, self.ttft, self.tpot, self.tokens = requests, duration, ttft, tpot, tokens
+        self.cost, self.failovers, self.retries, self.inflight, self.overhead = (
+            cost, failovers, retries, inflight, overhead)
+
+    def route_values(self, route: Route) -> list[str]:
+        return [*(route.labels.get(key, "") for key in self.keys), route.path]
+
+    def unregister(self) -> None:
+        for family in self.all:
+            self.registry.unregister(family)
+
+
+def _status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "unknown"
+
+
 class GatewayMetrics:
     def __init__(self, prober: ProviderProber) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(ProviderHealthCollector(prober))
-        self.attempts = Counter(
-            "hapax_provider_attempts", "Requests sent to a provider; attempt=retry counts failovers and retries",
-            ["provider", "attempt"], registry=self.registry)
         self.streams = Counter(
             "hapax_streams", "Streams a client received, by how they ended: only 'completed' is a success",
             ["provider", "outcome"], registry=self.registry)
+        self.config_version = Gauge("hapax_config_version_info", "The configuration version ext_proc serves (1)",
+                                    ["version"], registry=self.registry)
+        self._families = _RequestFamilies(self.registry, ())
 
-    def attempt(self, provider: str, number: int) -> None:
-        self.attempts.labels(provider, "first" if number <= 1 else "retry").inc()
+    def configure(self, view: RuntimeView) -> None:
+        """Called with each runtime version: label names follow its routes."""
+        self.config_version.clear()
+        self.config_version.labels(view.version).set(1)
+        keys = tuple(sorted({key for route in view.routes.values() for key in route.labels}))
+        if keys != self._families.keys:
+            self._families.unregister()
+            self._families = _RequestFamilies(self.registry, keys)
+
+    # -- per request (router step) ----------------------------------------------
+
+    def request_started(self, route: Route) -> None:
+        f = self._families
+        f.inflight.labels(*f.route_values(route)).inc()
+
+    def request_ended(self, route: Route) -> None:
+        f = self._families
+        f.inflight.labels(*f.route_values(route)).dec()
+
+    def request_answered(self, route: Route, provider: Provider | None, status: int, outcome: str,
+                         duration: float, overhead: float | None = None) -> None:
+        f = self._families
+        values = f.route_values(route)
+        answered = [*values, provider.name if provider else NONE, provider.model if provider else NONE]
+        f.requests.labels(*answered, _status_class(status), outcome).inc()
+        f.duration.labels(*answered).observe(duration)
+        if outcome == FAILED_OVER and provider is not None:
+            f.failovers.labels(*values, provider.name).inc()
+        if overhead is not None:
+            f.overhead.labels(*values).observe(max(0.0, overhead))
+
+    # -- per attempt (upstream step) ----------------------------------------------
+
+    def retried(self, route: Route, provider: Provider) -> None:
+        f = self._families
+        f.retries.labels(*f.route_values(route), provider.name).inc()
+
+    def tokens_used(self, route: Route, provider: Provider, usage: dict[str, Any]) -> None:
+        f = self._families
+        answered = [*f.route_values(route), provider.name, provider.model]
+        input_tokens = _count(usage.get("prompt_tokens"))
+        output_tokens = _count(usage.get("completion_tokens"))
+        f.tokens.labels(*answered, "input").observe(input_tokens)
+        if "completion_tokens" in usage:  # embeddings have no output
+            f.tokens.labels(*answered, "output").observe(output_tokens)
+        if provider.price is not None:
+            per_input, per_output = provider.price
+            f.cost.labels(*answered).inc((input_tokens * per_input + output_tokens * per_output) / 1e6)
+
+    def stream_timing(self, route: Route, provider: Provider, first_chunk: float,
+                      per_output_token: float | None) -> None:
+        f = self._families
+        answered = [*f.route_values(route), provider.name, provider.model]
+        f.ttft.labels(*answered).observe(first_chunk)
+        if per_output_token is not None:
+            f.tpot.labels(*answered).observe(per_output_token)
 
     def stream_ended(self, provider: str, outcome: str) -> None:
         self.streams.labels(provider, outcome).inc()
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

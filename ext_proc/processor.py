@@ -23,6 +23,7 @@ attempt may have set (credentials above all) before setting its own.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from functools import lru_cache
 
@@ -36,21 +37,37 @@ from google.protobuf import text_format
 from ext_proc import client_request
 from ext_proc.client_request import AUTO_MODELS, ClientRequest
 from ext_proc.errors import GatewayError, invalid
-from ext_proc.metrics import GatewayMetrics
+from ext_proc.metrics import (
+    CLIENT_ERROR,
+    FAILED_OVER,
+    PROVIDER_ERROR,
+    STREAM_ABORTED,
+    SUCCESS,
+    GatewayMetrics,
+)
 from ext_proc.provider_health import retry_after_seconds
 from ext_proc.providers import PROVIDER_HEADERS, ResponseStage, translator_for
-from ext_proc.runtime import Provider, RuntimeView
+from ext_proc.providers.base import COMPLETED
+from ext_proc.runtime import Provider, Route, RuntimeView
 from ext_proc.shapes import ChainedStage, TextCompletionStage
 
 log = logging.getLogger("hapax.ext_proc")
 
 CHAIN_HEADER = "x-hapax-chain"
 # Credentials a client may send to the gateway; none of them may reach a provider.
+# Provider answers that mean the gateway's key was refused; the client gets a 502.
+CREDENTIAL_REJECTED = (401, 403)
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 HOST_METADATA = "xds.upstream_host_metadata"
 ROUTE_METADATA = "xds.route_metadata"
 ATTEMPT_HEADER = "x-envoy-attempt-count"  # set by Envoy on each attempt (include_request_attempt_count)
+# What the two steps tell each other through Envoy (both removed before leaving it):
+START_HEADER = "x-hapax-start"  # request: when the router step first saw it (unix time)
+PROVIDER_HEADER = "x-hapax-provider"  # response: which provider answered...
+ANSWER_ATTEMPT_HEADER = "x-hapax-attempt"  # ...at which attempt...
+UPSTREAM_SECONDS_HEADER = "x-hapax-upstream-seconds"  # ...and how long it took to its response headers
+STEP_RESPONSE_HEADERS = (PROVIDER_HEADER, ANSWER_ATTEMPT_HEADER, UPSTREAM_SECONDS_HEADER)
 
 PM = processing_mode_pb2.ProcessingMode
 # Every attempt's response headers reach the upstream step (status, retry-after);
@@ -146,9 +163,20 @@ def _attribute(attributes, name: str) -> str:
 
 
 class RouterStep:
-    def __init__(self, view: RuntimeView) -> None:
+    """Once per request: validates it, picks its chain, and counts it when its answer starts.
+
+    Every final answer passes here (after Envoy's retries, Envoy's own replies
+    included), except that a successful stream is counted by the upstream step
+    that watched it end.
+    """
+
+    def __init__(self, view: RuntimeView, metrics: GatewayMetrics | None = None) -> None:
         self.view = view
+        self.metrics = metrics
         self.handler = ""
+        self.route: Route | None = None
+        self.started = time.monotonic()
+        self.counted = False
 
     def on_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
         headers = header_map(msg)
@@ -156,8 +184,11 @@ class RouterStep:
         route = self.view.routes.get(path)
         if route is None:
             raise GatewayError(404, f"Unknown request URL: {path}.", code="unknown_url")
-        self.handler = route.handler
+        self.route, self.handler = route, route.handler
+        if self.metrics is not None:
+            self.metrics.request_started(route)
         if route.handler == "models":
+            self._count(200, None, SUCCESS)
             return immediate(200, self.view.models_json, "hapax_models")
         if msg.end_of_stream:
             raise invalid("The request body is empty; expected a JSON object.", code="invalid_json")
@@ -171,13 +202,53 @@ class RouterStep:
         # with the request.
         attempts = self.view.max_attempts or max(self.view.chain_length.get(chain, 1), 2)
         retries = attempts - 1
-        set_headers = {CHAIN_HEADER: chain, "x-envoy-max-retries": str(retries)}
+        set_headers = {CHAIN_HEADER: chain, "x-envoy-max-retries": str(retries),
+                       START_HEADER: f"{time.time() - (time.monotonic() - self.started):.6f}"}
         # The body itself is left alone here: the upstream step rewrites it for
         # the provider anyway. (A multi-MB body mutation at this step crashed
         # Envoy 1.40 with SIGSEGV; see tests/test_gateway_e2e.py.)
         common = pb.CommonResponse(clear_route_cache=True)
         common.header_mutation.CopyFrom(mutation(set_headers, remove=CLIENT_CREDENTIAL_HEADERS))
         return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+
+    def on_response_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
+        headers = header_map(msg)
+        common = pb.CommonResponse(header_mutation=mutation(remove=STEP_RESPONSE_HEADERS))
+        response = pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
+        status = int(headers.get(":status", "0") or 0)
+        provider = self.view.providers.get(headers.get(PROVIDER_HEADER, ""))
+        if 200 <= status < 300 and headers.get("content-type", "").startswith("text/event-stream"):
+            return response  # the upstream step counts it when it ends
+        attempt = int(headers.get(ANSWER_ATTEMPT_HEADER, "1") or 1)
+        if status in CREDENTIAL_REJECTED and provider is not None:
+            status, outcome = 502, PROVIDER_ERROR  # what the client gets (custom_response)
+        elif status < 400:
+            outcome = FAILED_OVER if attempt > 1 else SUCCESS
+        elif status < 500 and status != 429:
+            outcome = CLIENT_ERROR
+        else:
+            outcome = PROVIDER_ERROR
+        overhead = None
+        upstream = headers.get(UPSTREAM_SECONDS_HEADER)
+        if attempt == 1 and upstream:
+            overhead = time.monotonic() - self.started - float(upstream)
+        self._count(status, provider, outcome, overhead)
+        return response
+
+    def on_error(self, err: GatewayError) -> None:
+        if self.route is not None:
+            self._count(err.status, None, CLIENT_ERROR if err.status < 500 else PROVIDER_ERROR)
+
+    def finish(self) -> None:
+        if self.route is not None and self.metrics is not None:
+            self.metrics.request_ended(self.route)
+
+    def _count(self, status: int, provider: Provider | None, outcome: str, overhead: float | None = None) -> None:
+        if self.metrics is None or self.route is None or self.counted:
+            return
+        self.counted = True
+        self.metrics.request_answered(self.route, provider, status, outcome,
+                                      time.monotonic() - self.started, overhead)
 
     def chain_for(self, req: ClientRequest) -> str:
         if req.model is None or req.model in AUTO_MODELS:
@@ -196,22 +267,41 @@ class RouterStep:
 
 
 class UpstreamStep:
+    """Once per attempt: rewrites the request for the provider it goes to, and reads the answer.
+
+    Counts what only an attempt knows: retries, token usage and cost, a
+    stream's timing, and (since it alone sees a stream end) a streamed answer.
+    """
+
     def __init__(self, view: RuntimeView, metrics: GatewayMetrics | None = None,
                  hold_off: Callable[[str, float], None] | None = None) -> None:
         self.view = view
         self.metrics = metrics
         self.hold_off = hold_off
         self.provider: Provider | None = None
+        self.route: Route | None = None
         self.handler = ""
+        self.attempt = 1
         self.stage: ResponseStage | None = None
         self.streaming = False  # the client is receiving this attempt's stream
+        self.request_start = time.time()  # when the router step first saw the request
+        self.sent = 0.0  # monotonic: the rewritten request left for the provider
+        self.first_chunk: float | None = None  # wall clock
 
     def on_headers(self, msg: pb.HttpHeaders, attributes) -> pb.ProcessingResponse:
         self.provider = self._provider(attributes)
-        self.handler = hapax_metadata(_attribute(attributes, ROUTE_METADATA)).get("handler", "")
-        if self.metrics is not None:
-            attempt = header_value(msg, ATTEMPT_HEADER) or "1"
-            self.metrics.attempt(self.provider.name, int(attempt) if attempt.isdigit() else 1)
+        route_md = hapax_metadata(_attribute(attributes, ROUTE_METADATA))
+        self.handler = route_md.get("handler", "")
+        self.route = self.view.routes.get(route_md.get("route", ""))
+        attempt = header_value(msg, ATTEMPT_HEADER)
+        self.attempt = int(attempt) if attempt.isdigit() else 1
+        start = header_value(msg, START_HEADER)
+        try:
+            self.request_start = float(start) if start else self.request_start
+        except ValueError:
+            pass
+        if self.metrics is not None and self.route is not None and self.attempt > 1:
+            self.metrics.retried(self.route, self.provider)
         translator = translator_for(self.provider.type)
         if self.handler not in translator.handlers:
             raise GatewayError(400, f"Provider '{self.provider.name}' ({self.provider.type}) does not serve "
@@ -229,34 +319,75 @@ class UpstreamStep:
         set_headers = {":path": out.path, ":authority": self.provider.host,
                        "content-type": "application/json", "content-length": str(len(out.body)),
                        **out.set_headers}
-        stale = tuple(h for h in (CHAIN_HEADER, ATTEMPT_HEADER, *PROVIDER_HEADERS) if h not in set_headers)
+        stale = tuple(h for h in (CHAIN_HEADER, ATTEMPT_HEADER, START_HEADER, *PROVIDER_HEADERS)
+                      if h not in set_headers)
         common = pb.CommonResponse(header_mutation=mutation(set_headers, remove=stale))
         common.body_mutation.body = out.body
+        self.sent = time.monotonic()
         return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
 
     def on_response_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
+        assert self.provider is not None
         headers = header_map(msg)
         status = int(headers.get(":status", "0") or 0)
         self._honour_retry_after(status, headers.get("retry-after", ""))
-        common = pb.CommonResponse()
-        response = pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
-        if self.stage is None:
-            return response
-        set_headers = self.stage.headers(status, headers.get("content-type", ""))
-        if not self.stage.reads_body:
-            common.header_mutation.CopyFrom(mutation(set_headers))
-            return response
-        common.header_mutation.CopyFrom(mutation(set_headers, remove=("content-length",)))
+        # For the router step, which counts the request once its answer is final.
+        set_headers = {PROVIDER_HEADER: self.provider.name, ANSWER_ATTEMPT_HEADER: str(self.attempt),
+                       UPSTREAM_SECONDS_HEADER: f"{time.monotonic() - self.sent:.6f}" if self.sent else "0"}
+        if self.stage is not None:
+            set_headers.update(self.stage.headers(status, headers.get("content-type", "")))
+        if self.stage is None or not self.stage.reads_body:
+            return pb.ProcessingResponse(response_headers=pb.HeadersResponse(
+                response=pb.CommonResponse(header_mutation=mutation(set_headers))))
+        # The body is rewritten: its length is set once known (JSON) or left to chunking (streams).
         self.streaming = self.stage.streams
-        response.mode_override.CopyFrom(STREAM_RESPONSE if self.streaming else READ_WHOLE_RESPONSE)
-        return response
+        return pb.ProcessingResponse(
+            response_headers=pb.HeadersResponse(response=pb.CommonResponse(
+                header_mutation=mutation(set_headers, remove=("content-length",)))),
+            mode_override=STREAM_RESPONSE if self.streaming else READ_WHOLE_RESPONSE)
+
+    def on_response_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
+        common = pb.CommonResponse()
+        if self.stage is not None:
+            if self.first_chunk is None and msg.body:
+                self.first_chunk = time.time()
+            common.body_mutation.body = self.stage.body(msg.body, msg.end_of_stream)
+            if msg.end_of_stream and not self.stage.streams:
+                set_headers = {"content-length": str(len(common.body_mutation.body))}
+                if self.stage.status_override:
+                    set_headers[":status"] = str(self.stage.status_override)
+                common.header_mutation.CopyFrom(mutation(set_headers))
+            if msg.end_of_stream:
+                self._count_usage()
+        return pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))
 
     def finish(self) -> None:
-        """The attempt's ext_proc call is over: a stream that did not reach its end is counted so."""
-        if self.streaming and self.metrics is not None and self.provider is not None:
-            outcome = self.stage.stream_outcome if self.stage is not None else None
-            self.metrics.stream_ended(self.provider.name, outcome or INTERRUPTED)
-            self.streaming = False
+        """The attempt's ext_proc call is over: a stream is counted by how it ended."""
+        if not self.streaming or self.metrics is None or self.provider is None:
+            return
+        self.streaming = False
+        stream_outcome = (self.stage.stream_outcome if self.stage is not None else None) or INTERRUPTED
+        self.metrics.stream_ended(self.provider.name, stream_outcome)
+        if self.route is None:
+            return
+        if stream_outcome == COMPLETED:
+            outcome = FAILED_OVER if self.attempt > 1 else SUCCESS
+        else:
+            outcome = STREAM_ABORTED
+        self.metrics.request_answered(self.route, self.provider, 200, outcome, time.time() - self.request_start)
+
+    def _count_usage(self) -> None:
+        if self.metrics is None or self.route is None or self.provider is None or self.stage is None:
+            return
+        usage = self.stage.usage
+        if usage is None:
+            return
+        self.metrics.tokens_used(self.route, self.provider, usage)
+        if self.streaming and self.first_chunk is not None:
+            ended = time.time()
+            output = usage.get("completion_tokens")
+            per_token = (ended - self.first_chunk) / (output - 1) if isinstance(output, int) and output > 1 else None
+            self.metrics.stream_timing(self.route, self.provider, self.first_chunk - self.request_start, per_token)
 
     def _honour_retry_after(self, status: int, retry_after: str) -> None:
         # A provider that says when to come back is not sent traffic before then
@@ -266,17 +397,6 @@ class UpstreamStep:
         seconds = retry_after_seconds(retry_after)
         if seconds:
             self.hold_off(self.provider.name, seconds)
-
-    def on_response_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
-        common = pb.CommonResponse()
-        if self.stage is not None:
-            common.body_mutation.body = self.stage.body(msg.body, msg.end_of_stream)
-            if msg.end_of_stream and not self.stage.streams:
-                set_headers = {"content-length": str(len(common.body_mutation.body))}
-                if self.stage.status_override:
-                    set_headers[":status"] = str(self.stage.status_override)
-                common.header_mutation.CopyFrom(mutation(set_headers))
-        return pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))
 
     def _provider(self, attributes) -> Provider:
         name = provider_from_host_metadata(_attribute(attributes, HOST_METADATA))
@@ -311,7 +431,8 @@ class Processor(pb_grpc.ExternalProcessorServicer):
         view = self.current_view()
         step: RouterStep | UpstreamStep | None = None
         if view is not None:
-            step = RouterStep(view) if phase == "router" else UpstreamStep(view, self.metrics, self.hold_off)
+            step = (RouterStep(view, self.metrics) if phase == "router"
+                    else UpstreamStep(view, self.metrics, self.hold_off))
         try:
             async for request in request_iterator:
                 if step is None:
@@ -322,6 +443,8 @@ class Processor(pb_grpc.ExternalProcessorServicer):
                 try:
                     response = self._dispatch(step, request)
                 except GatewayError as err:
+                    if isinstance(step, RouterStep):
+                        step.on_error(err)
                     yield error_response(err)
                     return
                 except Exception:
@@ -331,7 +454,7 @@ class Processor(pb_grpc.ExternalProcessorServicer):
                     return
                 yield response
         finally:
-            if isinstance(step, UpstreamStep):
+            if step is not None:
                 step.finish()
 
     @staticmethod
@@ -343,7 +466,7 @@ class Processor(pb_grpc.ExternalProcessorServicer):
             return step.on_headers(request.request_headers)
         if kind == "request_body":
             return step.on_body(request.request_body)
-        if kind == "response_headers" and isinstance(step, UpstreamStep):
+        if kind == "response_headers":
             return step.on_response_headers(request.response_headers)
         if kind == "response_body" and isinstance(step, UpstreamStep):
             return step.on_response_body(request.response_body)

@@ -16,6 +16,7 @@ from ext_proc.metrics import GatewayMetrics
 from ext_proc.processor import Processor
 from ext_proc.provider_health import ProviderProber
 from ext_proc.providers import TRANSLATORS, translator_for
+from ext_proc.runtime import RuntimeView
 from ext_proc.xds_client import RuntimeSubscription
 from hapax import logs
 
@@ -27,8 +28,7 @@ async def serve(args: argparse.Namespace) -> None:
     metrics = GatewayMetrics(prober)
     subscription = RuntimeSubscription(
         args.xds, frozenset(TRANSLATORS), args.node_id,
-        on_update=lambda view: prober.update(
-            view.providers, {name: p.health_check for name, p in view.providers.items()}),
+        on_update=lambda view: _apply(view, prober, metrics),
     )
     xds_task = asyncio.create_task(subscription.run())
 
@@ -56,6 +56,12 @@ async def serve(args: argparse.Namespace) -> None:
     await prober.close()
     await server.stop(grace=2)
     await runner.cleanup()
+
+
+def _apply(view: RuntimeView, prober: ProviderProber, metrics: GatewayMetrics) -> None:
+    """A new runtime version: probe its providers, label series after its routes."""
+    prober.update(view.providers, {name: p.health_check for name, p in view.providers.items()})
+    metrics.configure(view)
 
 
 def main(argv: list[str] | None = None) -> int:

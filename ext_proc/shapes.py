@@ -107,5 +107,9 @@ class ChainedStage(ResponseStage):
     def stream_outcome(self) -> str | None:  # type: ignore[override]
         return self.first.stream_outcome
 
+    @property
+    def usage(self) -> dict[str, Any] | None:  # type: ignore[override]
+        return self.first.usage
+
     def body(self, piece: bytes, end_of_stream: bool) -> bytes:
         return self.second.body(self.first.body(piece, end_of_stream), end_of_stream)

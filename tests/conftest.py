@@ -80,7 +80,7 @@ class Gateway:
         full_env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hapax.cli", "serve", "--config", str(self.config_path),
-             "--log-level", "WARNING"],
+             "--log-level", "WARNING", *os.environ.get("HAPAX_TEST_SERVE_ARGS", "").split()],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
             start_new_session=True,
         )

@@ -62,6 +62,9 @@ def client(gateway, fakes, fake_host):
         fake.reset()
     wait_for(lambda: provider_states(gateway) == {"primary": "healthy", "secondary": "healthy"},
              "both providers healthy")
+    # Envoy's view too: an earlier test's failures may have had a provider ejected.
+    wait_for(lambda: all(envoy_health_flags(gateway, p) == "healthy" for p in ("primary", "secondary")),
+             "Envoy to route to both providers")
     return openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0, timeout=30)
 
 
@@ -129,7 +132,7 @@ def test_health_check_takes_a_failing_provider_out_and_brings_it_back(client, ga
 
 def test_a_retry_after_keeps_traffic_off_the_provider_until_it_passes(client, gateway, fakes):
     primary, _ = fakes
-    primary.inject(Status(429, retry_after=3))  # once: probes and later requests would be answered
+    primary.inject(Status(429, retry_after=3), method="POST")  # once: later requests would be answered
     reply = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "quota?"}])
     assert reply.choices[0].message.content == "Hello from fake-anthropic! You said: quota?"
     assert provider_states(gateway)["primary"] == "holding_off"
@@ -251,7 +254,7 @@ def slow_primary(fakes):
     # Chunks far enough apart that the first ones have reached the client when
     # the fault strikes: from then on no failover is possible.
     primary, _ = fakes
-    primary.chunk_delay = 0.1
+    primary.chunk_delay = 0.3
     yield primary
     primary.chunk_delay = 0.0
 
@@ -259,7 +262,7 @@ def slow_primary(fakes):
 def test_a_stream_reset_after_bytes_were_sent_fails_loudly_and_counts_as_interrupted(client, gateway, fakes,
                                                                                       slow_primary):
     before = gateway.metric("hapax_streams_total", provider="primary", outcome="interrupted")
-    slow_primary.inject(CutStream(after_chunks=3))
+    slow_primary.inject(CutStream(after_chunks=3), method="POST")
     text, finish_reasons, error = read_stream(client, "one two three four")
     # Envoy can only reset the client's stream once bytes have gone out: an
     # error the client cannot miss, never a stream that looks whole.
@@ -273,7 +276,7 @@ def test_a_stream_reset_after_bytes_were_sent_fails_loudly_and_counts_as_interru
 
 def test_a_stream_that_ends_early_gets_an_error_event_and_counts_as_an_error(client, gateway, fakes, slow_primary):
     before = gateway.metric("hapax_streams_total", provider="primary", outcome="ended_early")
-    slow_primary.inject(CutStream(after_chunks=3, reset=False))
+    slow_primary.inject(CutStream(after_chunks=3, reset=False), method="POST")
     text, finish_reasons, error = read_stream(client, "one two three four")
     assert text and PRIMARY_ANSWER.startswith(text) and text != PRIMARY_ANSWER
     assert isinstance(error, openai.APIError) and "ended unexpectedly" in str(error)
@@ -285,7 +288,7 @@ def test_a_stream_that_ends_early_gets_an_error_event_and_counts_as_an_error(cli
 
 def test_a_provider_error_mid_stream_reaches_the_client_and_counts_as_an_error(client, gateway, slow_primary):
     before = gateway.metric("hapax_streams_total", provider="primary", outcome="provider_error")
-    slow_primary.inject(StreamError(after_chunks=3))
+    slow_primary.inject(StreamError(after_chunks=3), method="POST")
     text, _, error = read_stream(client, "one two three four")
     assert text and PRIMARY_ANSWER.startswith(text) and text != PRIMARY_ANSWER
     assert isinstance(error, openai.APIError) and str(error) == STREAM_ERROR_MESSAGE  # the provider's own words
@@ -375,15 +378,19 @@ def test_concurrent_requests_all_fail_over(client, fakes):
     assert sorted(replies) == sorted(f"Hello from fake-anthropic! You said: c{i}" for i in range(24))
 
 
-def test_metrics_export_provider_health_and_retries(client, gateway, fakes):
+def test_a_failover_moves_the_failover_retry_and_request_counters(client, gateway, fakes):
     primary, _ = fakes
-    primary.inject(Status(503))
+    route = {"route": "/v1/chat/completions"}
+    answered = {**route, "provider": "secondary", "model": "claude-3-haiku"}
+
+    def counts() -> tuple[float, ...]:
+        return (gateway.metric("hapax_retries_total", **route, provider="secondary"),
+                gateway.metric("hapax_failovers_total", **route, provider="secondary"),
+                gateway.metric("hapax_requests_total", **answered, status_class="2xx", outcome="failed_over"))
+
+    before = counts()
+    primary.inject(Status(503), method="POST")
     client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "count me"}])
-    with urllib.request.urlopen(gateway.metrics_url, timeout=5) as resp:
-        text = resp.read().decode()
-    assert 'hapax_provider_healthy{provider="primary"} 1.0' in text
-    assert 'hapax_provider_healthy{provider="secondary"} 1.0' in text
-    retried = [line for line in text.splitlines()
-               if line.startswith('hapax_provider_attempts_total{attempt="retry",provider="secondary"}')]
-    assert retried and float(retried[0].split()[-1]) >= 1
-    assert 'hapax_provider_health_checks_total{provider="primary",result="success"}' in text
+    wait_for(lambda: counts() == tuple(n + 1 for n in before), "one retry, one failover, one failed-over request")
+    assert gateway.metric("hapax_provider_healthy", provider="primary") == 1.0
+    assert gateway.metric("hapax_provider_health_checks_total", provider="primary", result="success") >= 1

@@ -43,6 +43,9 @@ def test_seed_example_becomes_one_cluster_per_provider_and_a_chain_per_first_pro
             res.EXT_PROC_CLUSTER, res.EXT_PROC_HTTP_CLUSTER} == set(clusters)
     assert _aggregate_members(clusters["chain.anthropic"]) == ["provider.anthropic", "provider.openai"]
     assert _aggregate_members(clusters["chain.openai"]) == ["provider.openai", "provider.anthropic"]
+    # Dots would split Envoy's cluster tag: stats name the cluster without them.
+    assert (clusters["provider.openai"].alt_stat_name, clusters["chain.openai"].alt_stat_name) == (
+        "provider_openai", "chain_openai")
 
 
 def test_https_providers_get_tls_with_sni_and_local_ones_plain_http():

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ext_proc.providers.base import COMPLETED, ENDED_EARLY, PROVIDER_ERROR
-from ext_proc.providers.openai import OpenAIStreamStage, OpenAITranslator
+from ext_proc.providers.openai import OpenAIResponseStage, OpenAITranslator
 from tests.translator_helpers import (
     client_request,
     make_provider,
@@ -33,7 +33,7 @@ def provider():
 
 @pytest.mark.parametrize("size", [None, 1, 7])
 def test_a_whole_stream_passes_through_and_completes(size):
-    stage = OpenAIStreamStage(include_usage=True)
+    stage = OpenAIResponseStage(include_usage=True)
     _, out = run_stage(stage, 200, "text/event-stream; charset=utf-8", pieces_of(WHOLE, size))
     assert sse_events(out) == sse_events(WHOLE)
     assert stage.stream_outcome == COMPLETED
@@ -41,7 +41,7 @@ def test_a_whole_stream_passes_through_and_completes(size):
 
 
 def test_the_usage_chunk_the_gateway_asked_for_is_dropped_for_a_client_that_did_not():
-    stage = OpenAIStreamStage(include_usage=False)
+    stage = OpenAIResponseStage(include_usage=False)
     _, out = run_stage(stage, 200, "text/event-stream", [WHOLE])
     events = sse_events(out)
     assert events[-1] == "[DONE]" and all(e["choices"] for e in events[:-1])
@@ -49,7 +49,7 @@ def test_the_usage_chunk_the_gateway_asked_for_is_dropped_for_a_client_that_did_
 
 
 def test_a_stream_that_ends_without_done_gets_an_error_event():
-    stage = OpenAIStreamStage(include_usage=False)
+    stage = OpenAIResponseStage(include_usage=False)
     _, out = run_stage(stage, 200, "text/event-stream", [chunk("Hel"), b""])
     events = sse_events(out)
     assert events[0]["choices"][0]["delta"] == {"content": "Hel"}
@@ -59,24 +59,24 @@ def test_a_stream_that_ends_without_done_gets_an_error_event():
 
 def test_a_provider_error_event_ends_the_stream_as_a_provider_error():
     error = b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
-    stage = OpenAIStreamStage(include_usage=False)
+    stage = OpenAIResponseStage(include_usage=False)
     _, out = run_stage(stage, 200, "text/event-stream", [chunk("Hel") + error + chunk("ignored"), b""])
     events = sse_events(out)
     assert events[-1]["error"]["message"] == "overloaded" and len(events) == 2  # nothing after the error
     assert stage.stream_outcome == PROVIDER_ERROR
 
 
-@pytest.mark.parametrize("status,content_type", [(429, "application/json"), (200, "application/json"),
-                                                 (500, "text/event-stream")])
-def test_errors_and_json_answers_are_not_read(status, content_type):
-    stage = OpenAIStreamStage(include_usage=False)
+@pytest.mark.parametrize("status,content_type", [(429, "application/json"), (500, "text/event-stream")])
+def test_errors_are_not_read(status, content_type):
+    stage = OpenAIResponseStage(include_usage=False)
     stage.headers(status, content_type)
     assert not stage.reads_body and not stage.streams
 
 
-def test_only_streaming_requests_get_a_stage():
-    translator = OpenAITranslator()
-    messages = {"messages": [user("hi")]}
-    assert translator.response(client_request("gpt-4o", messages), provider()) is None
-    assert isinstance(translator.response(client_request("gpt-4o", messages, stream=True), provider()),
-                      OpenAIStreamStage)
+def test_a_json_answer_passes_unchanged_and_its_usage_is_read():
+    answer = json.dumps({"id": "c1", "object": "chat.completion", "choices": [], "usage": USAGE}).encode()
+    stage = OpenAITranslator().response(client_request("gpt-4o", {"messages": [user("hi")]}), provider())
+    headers, out = run_stage(stage, 200, "application/json", pieces_of(answer, 5))
+    assert (headers, out) == ({}, answer)
+    assert stage.reads_body and not stage.streams
+    assert stage.usage == USAGE

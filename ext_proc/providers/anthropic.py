@@ -414,7 +414,9 @@ class AnthropicResponseStage(ConvertingResponseStage):
                 return self.error_body(raw)
             return self.unreadable(dumps(openai_error(
                 "api_error", "Provider returned an unreadable response.", 502, self._provider)).encode())
-        return dumps(chat_completion(message, self._model, int(self._clock()))).encode()
+        answer = chat_completion(message, self._model, int(self._clock()))
+        self.usage = answer["usage"]
+        return dumps(answer).encode()
 
     # ---- SSE
 
@@ -465,8 +467,8 @@ class AnthropicResponseStage(ConvertingResponseStage):
         if kind == "message_stop":
             self.stream_outcome = COMPLETED
             self._start()
-            return stream_end(self._id, self._created, self._model,
-                              usage(self._usage) if self.include_usage else None)
+            self.usage = usage(self._usage)
+            return stream_end(self._id, self._created, self._model, self.usage if self.include_usage else None)
         if kind == "error":
             self.stream_outcome = PROVIDER_ERROR
             err = payload.get("error") or {}

@@ -39,6 +39,8 @@ class ResponseStage(ABC):
     status_override: int | None = None
     # Set by a streaming stage once its stream has ended (see COMPLETED...).
     stream_outcome: str | None = None
+    # The answer's token usage in OpenAI's shape (prompt_tokens, completion_tokens), once seen.
+    usage: dict[str, Any] | None = None
 
     @property
     def streams(self) -> bool:

@@ -312,15 +312,17 @@ class OllamaResponseStage(ConvertingResponseStage):
                 del call["index"]
             message["tool_calls"] = calls
             message["content"] = msg.get("content") or None
-        return completion(self._id, self._now(), self._model, message, self._finish_reason(body), usage(body))
+        self.usage = usage(body)
+        return completion(self._id, self._now(), self._model, message, self._finish_reason(body), self.usage)
 
     def _embeddings_list(self, body: dict[str, Any]) -> dict[str, Any]:
         prompt = body.get("prompt_eval_count") or 0
+        self.usage = {"prompt_tokens": prompt, "total_tokens": prompt}
         return {"object": "list",
                 "data": [{"object": "embedding", "index": i, "embedding": _embedding(v, self._base64)}
                          for i, v in enumerate(body["embeddings"])],
                 "model": self._model,
-                "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
+                "usage": self.usage}
 
     # ---- NDJSON -> SSE
 
@@ -364,6 +366,7 @@ class OllamaResponseStage(ConvertingResponseStage):
             out += self._chunk({"tool_calls": calls})
         if body.get("done"):
             self.stream_outcome = COMPLETED
+            self.usage = usage(body)
             out += self._chunk({}, self._finish_reason(body))
-            out += stream_end(self._id, self._now(), self._model, usage(body) if self.include_usage else None)
+            out += stream_end(self._id, self._now(), self._model, self.usage if self.include_usage else None)
         return bytes(out)

@@ -1,9 +1,10 @@
 """OpenAI and OpenAI-compatible servers: the request keeps its shape.
 
-Answers need no conversion; only streams are watched on their way through, so
-a stream the provider cuts short ends with an error event the client can see,
-and the usage chunk the gateway asks for (to count tokens) reaches only the
-clients that asked for it too.
+Answers need no conversion, but the gateway reads them on their way through:
+a JSON answer for its token usage; a stream event by event, so that one the
+provider cuts short ends with an error event the client can see, and so that
+the usage chunk the gateway asks for (to count tokens) reaches only the
+clients that asked for it too. Error answers pass untouched.
 """
 
 from __future__ import annotations
@@ -45,35 +46,38 @@ class OpenAITranslator(Translator):
         )
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage | None:
-        return OpenAIStreamStage(include_usage=req.include_usage) if req.stream else None
+        return OpenAIResponseStage(include_usage=req.include_usage)
 
     def health_probe(self, provider: Provider) -> ProviderRequest:
         headers = {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
         return ProviderRequest(path=provider.base_path + "/models", body=b"", set_headers=headers)
 
 
-class OpenAIStreamStage(ResponseStage):
-    """Passes an OpenAI SSE stream through event by event, and sees how it ends."""
+class OpenAIResponseStage(ResponseStage):
+    """Passes an OpenAI answer through unchanged but for the usage chunk, and reads it."""
 
     def __init__(self, *, include_usage: bool) -> None:
         self.include_usage = include_usage
-        self.usage: dict | None = None
-        self._streaming = False
+        self._mode = "error"
         self._parser = SseParser()
+        self._buffer = bytearray()
 
     def headers(self, status: int, content_type: str) -> dict[str, str]:
-        self._streaming = status < 400 and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+        media = content_type.split(";", 1)[0].strip().lower()
+        self._mode = "error" if status >= 400 else "stream" if media == "text/event-stream" else "json"
         return {}
 
     @property
     def streams(self) -> bool:
-        return self._streaming
+        return self._mode == "stream"
 
     @property
     def reads_body(self) -> bool:
-        return self._streaming  # errors and JSON answers are already what the client expects
+        return self._mode != "error"  # an error is already what the client expects
 
     def body(self, piece: bytes, end_of_stream: bool) -> bytes:
+        if self._mode == "json":
+            return self._json(piece, end_of_stream)
         events = self._parser.feed(piece) + (self._parser.finish() if end_of_stream else [])
         out = bytearray()
         for event in events:
@@ -84,6 +88,16 @@ class OpenAIStreamStage(ResponseStage):
             self.stream_outcome = ENDED_EARLY
             out += error_event("provider stream ended unexpectedly")
         return bytes(out)
+
+    def _json(self, piece: bytes, end_of_stream: bool) -> bytes:
+        self._buffer += piece
+        if not end_of_stream:
+            return b""
+        raw, self._buffer = bytes(self._buffer), bytearray()
+        answer = json_or_none(raw)
+        if isinstance(answer, dict) and isinstance(answer.get("usage"), dict):
+            self.usage = answer["usage"]
+        return raw
 
     def _pass(self, data: str, name: str) -> bytes:
         if data == "[DONE]":
