@@ -39,6 +39,7 @@ __all__ = [
     "HapaxConfig",
     "HealthCheckConfig",
     "ProviderConfig",
+    "LoggingConfig",
     "RetryConfig",
     "RouteConfig",
     "ServerConfig",
@@ -63,7 +64,11 @@ RESERVED_LABELS = ("provider", "model", "route", "status", "status_class", "outc
 MAX_LABELS = 8  # every label multiplies the number of time series
 MAX_LABEL_VALUE_LENGTH = 64
 
-_TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "health_check", "retry", "pricing")
+_TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "health_check", "retry", "pricing",
+                   "logging")
+_LOGGING_KEYS = ("level", "format", "access_log")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "text")
 _PRICE_KEYS = ("input", "output")
 _RETRY_KEYS = ("max_attempts", "backoff")
 _BACKOFF_KEYS = ("base_interval", "max_interval")
@@ -185,6 +190,13 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"    # Hapax's own processes (Envoy's has --envoy-log-level)
+    format: str = "json"   # json | text, for Hapax's own lines; access logs are always JSON
+    access_log: bool = True  # Envoy's access log, one JSON line per request on stderr
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     name: str
     type: str  # one of PROVIDER_TYPES
@@ -222,6 +234,7 @@ class HapaxConfig:
     retry: RetryConfig = RetryConfig()
     # Model -> price per million tokens: the built-in table with ``pricing:`` over it.
     pricing: Mapping[str, ModelPrice] = field(default_factory=lambda: FrozenMap(DEFAULT_PRICES))
+    logging: LoggingConfig = LoggingConfig()
 
     def __post_init__(self) -> None:
         _freeze(self, "pricing", FrozenMap)
@@ -572,9 +585,35 @@ def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
     routes = _routes(root.get("routes"), issues)
     retry = _retry(root.get("retry"), issues)
     pricing = _pricing(root.get("pricing"), issues)
+    logging_config = _logging(root.get("logging"), issues)
     if issues.errors:
         return None
-    return HapaxConfig(server, providers, preference, routes, tuple(issues.warnings), source, retry, pricing)
+    return HapaxConfig(server, providers, preference, routes, tuple(issues.warnings), source, retry, pricing,
+                       logging_config)
+
+
+def _logging(value: Any, issues: _Issues) -> LoggingConfig:
+    default = LoggingConfig()
+    node = {} if value is None else _mapping(value, "logging", issues)
+    if not node:
+        return default
+    _reject_unknown_keys(node, "logging", _LOGGING_KEYS, issues)
+    level = _one_of(node.get("level"), "logging.level", "log level", LOG_LEVELS, default.level, issues)
+    fmt = _one_of(node.get("format"), "logging.format", "log format", LOG_FORMATS, default.format, issues)
+    access_log = node.get("access_log", default.access_log)
+    if not isinstance(access_log, bool):
+        issues.error("logging.access_log", _expected("true or false", access_log))
+        access_log = default.access_log
+    return LoggingConfig(level, fmt, access_log)
+
+
+def _one_of(value: Any, path: str, kind: str, choices: Sequence[str], default: str, issues: _Issues) -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str) or value.lower() not in choices:
+        issues.error(path, _not_one_of(kind, str(value), choices))
+        return default
+    return value.lower()
 
 
 def _pricing(value: Any, issues: _Issues) -> dict[str, ModelPrice]:

@@ -45,6 +45,7 @@ from envoy.config.core.v3 import (
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
 from envoy.extensions.filters.http.custom_response.v3 import custom_response_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
@@ -711,8 +712,53 @@ def router_ext_proc_filter() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=EXT_PROC_FILTER, typed_config=pack(_ext_proc_filter("router", mode)))
 
 
-def http_connection_manager() -> hcm_pb2.HttpConnectionManager:
+# One JSON line per request on Envoy's stderr. No credentials, no bodies, no
+# query strings (some clients put keys there); request_id is the x-request-id
+# that ext_proc's log lines carry too.
+_ACCESS_LOG_FIELDS = {
+    "ts": "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
+    "level": "info",
+    "component": "envoy",
+    "logger": "access",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "method": "%REQ(:METHOD)%",
+    # The client's path, from the route (the request's :path is the provider's
+    # once ext_proc has rewritten it); Envoy's own routes (404, /health) have none.
+    "path": f"%METADATA(ROUTE:{METADATA_NAMESPACE}:route)%",
+    "protocol": "%PROTOCOL%",
+    "route": "%ROUTE_NAME%",
+    "provider": "%UPSTREAM_METADATA(hapax:provider)%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "status": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+    "duration_ms": "%DURATION%",
+    "upstream_first_byte_ms": "%RESPONSE_DURATION%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+}
+
+
+def access_log(config: HapaxConfig) -> list[accesslog_pb2.AccessLog]:
+    if not config.logging.access_log:
+        return []
+    fields = dict(_ACCESS_LOG_FIELDS)
+    for key in stats_label_keys(config):  # department & co., from the route's metadata
+        fields[key] = f"%METADATA(ROUTE:{METADATA_NAMESPACE}:{key})%"
+    fmt = struct_pb2.Struct()
+    fmt.update(fields)
+    log_format = substitution_format_string_pb2.SubstitutionFormatString(json_format=fmt)
+    return [accesslog_pb2.AccessLog(
+        name="envoy.access_loggers.stderr",
+        typed_config=pack(stream_pb2.StderrAccessLog(log_format=log_format)),
+    )]
+
+
+def http_connection_manager(config: HapaxConfig) -> hcm_pb2.HttpConnectionManager:
     return hcm_pb2.HttpConnectionManager(
+        access_log=access_log(config),
         stat_prefix="hapax",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(route_config_name=ROUTE_CONFIG_NAME, config_source=_ads()),
@@ -739,7 +785,7 @@ def listener(config: HapaxConfig) -> listener_pb2.Listener:
                 filters=[
                     listener_components_pb2.Filter(
                         name="envoy.filters.network.http_connection_manager",
-                        typed_config=pack(http_connection_manager()),
+                        typed_config=pack(http_connection_manager(config)),
                     )
                 ]
             )

@@ -126,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="override server.port of the file")
     parser.add_argument("--metrics-port", type=int, default=None, help="override server.metrics_port")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", default="json", choices=("json", "text"))
     args = parser.parse_args(argv)
-    logs.setup("control_plane", args.log_level)
+    logs.setup("control_plane", args.log_level, args.log_format)
     try:
         asyncio.run(serve(args))
     except ConfigError as err:

@@ -61,6 +61,7 @@ CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-aut
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 HOST_METADATA = "xds.upstream_host_metadata"
 ROUTE_METADATA = "xds.route_metadata"
+REQUEST_ID_HEADER = "x-request-id"  # Envoy's; its access log line carries it too
 ATTEMPT_HEADER = "x-envoy-attempt-count"  # set by Envoy on each attempt (include_request_attempt_count)
 # What the two steps tell each other through Envoy (both removed before leaving it):
 START_HEADER = "x-hapax-start"  # request: when the router step first saw it (unix time)
@@ -177,9 +178,11 @@ class RouterStep:
         self.route: Route | None = None
         self.started = time.monotonic()
         self.counted = False
+        self.request_id = ""
 
     def on_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
         headers = header_map(msg)
+        self.request_id = headers.get(REQUEST_ID_HEADER, "")
         path = headers.get(":path", "").split("?", 1)[0]
         route = self.view.routes.get(path)
         if route is None:
@@ -236,6 +239,8 @@ class RouterStep:
         return response
 
     def on_error(self, err: GatewayError) -> None:
+        log.info("request answered by the gateway", extra={
+            "request_id": self.request_id, "status": err.status, "code": err.code or err.type})
         if self.route is not None:
             self._count(err.status, None, CLIENT_ERROR if err.status < 500 else PROVIDER_ERROR)
 
@@ -287,6 +292,7 @@ class UpstreamStep:
         self.request_start = time.time()  # when the router step first saw the request
         self.sent = 0.0  # monotonic: the rewritten request left for the provider
         self.first_chunk: float | None = None  # wall clock
+        self.request_id = ""
 
     def on_headers(self, msg: pb.HttpHeaders, attributes) -> pb.ProcessingResponse:
         self.provider = self._provider(attributes)
@@ -295,6 +301,7 @@ class UpstreamStep:
         self.route = self.view.routes.get(route_md.get("route", ""))
         attempt = header_value(msg, ATTEMPT_HEADER)
         self.attempt = int(attempt) if attempt.isdigit() else 1
+        self.request_id = header_value(msg, REQUEST_ID_HEADER)
         start = header_value(msg, START_HEADER)
         try:
             self.request_start = float(start) if start else self.request_start
@@ -330,6 +337,10 @@ class UpstreamStep:
         assert self.provider is not None
         headers = header_map(msg)
         status = int(headers.get(":status", "0") or 0)
+        if status >= 500 or status == 429:
+            log.warning("provider answered with an error; Envoy retries elsewhere if an attempt is left", extra={
+                "request_id": self.request_id, "provider": self.provider.name, "status": status,
+                "attempt": self.attempt})
         self._honour_retry_after(status, headers.get("retry-after", ""))
         # For the router step, which counts the request once its answer is final.
         set_headers = {PROVIDER_HEADER: self.provider.name, ANSWER_ATTEMPT_HEADER: str(self.attempt),
@@ -368,6 +379,9 @@ class UpstreamStep:
         self.streaming = False
         stream_outcome = (self.stage.stream_outcome if self.stage is not None else None) or INTERRUPTED
         self.metrics.stream_ended(self.provider.name, stream_outcome)
+        if stream_outcome != COMPLETED:
+            log.warning("a stream ended before the provider's end of stream", extra={
+                "request_id": self.request_id, "provider": self.provider.name, "outcome": stream_outcome})
         if self.route is None:
             return
         if stream_outcome == COMPLETED:

@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--health-listen", default="127.0.0.1:0")
     parser.add_argument("--node-id", default=None)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", default="json", choices=("json", "text"))
     args = parser.parse_args(argv)
-    logs.setup("ext_proc", args.log_level)
+    logs.setup("ext_proc", args.log_level, args.log_format)
     asyncio.run(serve(args))
     return 0

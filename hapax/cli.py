@@ -17,7 +17,7 @@ from hapax import logs
 def _serve(args: argparse.Namespace) -> int:
     from hapax.supervisor import ServeOptions, StartupError, serve
 
-    logs.setup("supervisor", args.log_level)
+    logs.setup("supervisor", args.log_level or "INFO")
     options = ServeOptions(
         config_path=Path(args.config) if args.config else None,
         port=args.port,
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="listen port (overrides server.port; 0 = any free port)")
     serve.add_argument("--admin-port", type=int, help="Envoy admin port on 127.0.0.1 (overrides server.admin_port)")
     serve.add_argument("--metrics-port", type=int, help="Prometheus port (overrides server.metrics_port)")
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-level", help="debug | info | warning | error (overrides logging.level)")
     serve.add_argument("--envoy-log-level", default="warning")
     validate = sub.add_parser("validate", help="check a config file and print every error")
     validate.add_argument("--config", required=True)

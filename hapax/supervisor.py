@@ -27,11 +27,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hapax import logs
 from hapax.envoy_process import envoy_binary, render_bootstrap
 
 log = logging.getLogger("hapax.supervisor")
 
 READY_TIMEOUT = 60.0
+# Envoy's own log lines in the shape of Hapax's JSON lines (hapax/logs.py).
+ENVOY_JSON_LOG_FORMAT = '{"ts":"%Y-%m-%dT%T.%eZ","level":"%l","component":"envoy","logger":"%n","msg":"%j"}'
 STOP_ORDER = ("envoy", "ext_proc", "control_plane")
 LISTENERS = ("hapax_http", "hapax_metrics")
 STOP_GRACE = 5.0
@@ -117,7 +120,7 @@ class ServeOptions:
     admin_port: int | None = None    # overrides server.admin_port
     metrics_port: int | None = None  # overrides server.metrics_port
     envoy_log_level: str = "warning"
-    log_level: str = "INFO"
+    log_level: str | None = None     # overrides logging.level
 
 
 class Supervisor:
@@ -129,6 +132,8 @@ class Supervisor:
         self.listen_url = ""
         self.metrics_url = ""
         self.admin_url = ""
+        self.log_args: list[str] = []
+        self.log_format = "json"
 
     # -- start
 
@@ -138,6 +143,10 @@ class Supervisor:
 
         config_path = self.options.config_path or await self._default_config()
         config = load_config(config_path)
+        level = self.options.log_level or config.logging.level
+        self.log_args = ["--log-level", level, "--log-format", config.logging.format]
+        logs.setup("supervisor", level, config.logging.format)
+        self.log_format = config.logging.format
         admin_port = config.server.admin_port if self.options.admin_port is None else self.options.admin_port
         port = config.server.port if self.options.port is None else self.options.port
         port_args = [] if self.options.port is None else ["--port", str(self.options.port)]
@@ -146,13 +155,13 @@ class Supervisor:
         xds_port = free_port()
         py = sys.executable
         ext_proc = Child("ext_proc", [py, "-m", "ext_proc", "--xds", f"127.0.0.1:{xds_port}",
-                                      "--log-level", self.options.log_level])
+                                      *self.log_args])
         await self._start(ext_proc)
         control_plane = Child("control_plane", [
             py, "-m", "control_plane", "--config", str(config_path),
             "--listen", f"127.0.0.1:{xds_port}",
             "--ext-proc-grpc", ext_proc.ready["grpc"], "--ext-proc-http", ext_proc.ready["http"],
-            *port_args, "--log-level", self.options.log_level])
+            *port_args, *self.log_args])
         await self._start(control_plane)
         await self._start_envoy(admin_port, xds_port, envoy_stats_tags(stats_label_keys(config)))
         ports = await self._listener_ports(port)
@@ -180,7 +189,7 @@ class Supervisor:
             # The custom_response filter (provider auth failures -> 502) is marked
             # work-in-progress upstream and Envoy says so on every config push.
             "--component-log-level", "misc:error",
-            "--log-format", '{"ts":"%Y-%m-%dT%T.%eZ","level":"%l","component":"envoy","logger":"%n","msg":"%j"}',
+            *(["--log-format", ENVOY_JSON_LOG_FORMAT] if self.log_format == "json" else []),
         ])
         await self._start(envoy, wait_ready=False)
         self.admin_url = "http://" + await self._wait_file(admin_file, envoy)

@@ -20,6 +20,7 @@ from control_plane.config import (
     ConfigError,
     ConfigIssue,
     HapaxConfig,
+    LoggingConfig,
     ProviderConfig,
     RouteConfig,
     ServerConfig,
@@ -337,7 +338,7 @@ def test_unknown_key_suggests_close_match():
          "unknown key 'prot' (did you mean 'port'?)"),
         (with_provider("{type: ollama, model: m}") + "listeners: []", "listeners",
          "unknown key 'listeners' (expected one of: server, providers, provider_preference, routes, health_check, retry, "
-         "pricing)"),
+         "pricing, logging)"),
         (with_provider("{type: ollama, model: m}") + "1: x", "1", "expected a string key, got integer 1"),
     ],
 )
@@ -982,3 +983,23 @@ def test_pricing_errors_name_the_key(entry, path):
 ])
 def test_a_model_takes_its_own_price_or_that_of_the_model_it_is_a_variant_of(model, entry):
     assert price_for(model, DEFAULT_PRICES) == (DEFAULT_PRICES[entry] if entry else None)
+
+
+def test_logging_defaults_to_json_at_info_with_access_logs():
+    assert parse_config("providers:\n  a: {type: ollama, model: m}\n", env={}).logging == LoggingConfig("info", "json", True)
+    config = parse_config("logging: {level: DEBUG, format: text, access_log: false}\n"
+                          "providers:\n  a: {type: ollama, model: m}\n", env={})
+    assert config.logging == LoggingConfig("debug", "text", False)
+
+
+@pytest.mark.parametrize("node,path,message", [
+    ("{level: loud}", "logging.level", "unknown log level 'loud'"),
+    ("{format: xml}", "logging.format", "unknown log format 'xml'"),
+    ("{access_log: yes please}", "logging.access_log", "expected true or false"),
+    ("{colour: true}", "logging.colour", "unknown key 'colour'"),
+])
+def test_logging_errors_name_the_key(node, path, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(f"logging: {node}\nproviders:\n  a: {{type: ollama, model: m}}\n", env={})
+    [issue] = err.value.issues
+    assert issue.path == path and message in issue.message
