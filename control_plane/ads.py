@@ -12,42 +12,74 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, message
 
 from control_plane.snapshot import PUSH_ORDER, Snapshot
+from hapax.v1 import runtime_pb2
 
 log = logging.getLogger("hapax.control_plane.ads")
 
 # Types whose subscribers get every resource regardless of the names they ask
 # for (an empty name list is a wildcard in SotW for every type).
 WILDCARD = "*"
+STATUS = "type.googleapis.com/hapax.v1.ConfigStatus"
+STATUS_NAME = "hapax"
 
 
 class SnapshotCache:
-    """Holds the current snapshot and wakes every stream when it changes."""
+    """The current configuration snapshot and config status; wakes every stream on a change.
+
+    The status (``hapax.v1.ConfigStatus``) has versions of its own: a refused
+    edit or a NACK changes it, never the configuration's version.
+    """
 
     def __init__(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
+        self._status = runtime_pb2.ConfigStatus(serving_version=snapshot.version)
+        self._status_version = 1
+        self._generation = 0
         self._changed = asyncio.Event()
 
     @property
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
+    @property
+    def status(self) -> runtime_pb2.ConfigStatus:
+        copy = runtime_pb2.ConfigStatus()
+        copy.CopyFrom(self._status)
+        return copy
+
     def set(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
+        self.update_status(lambda status: setattr(status, "serving_version", snapshot.version))
+
+    def update_status(self, change: Callable[[runtime_pb2.ConfigStatus], None]) -> None:
+        change(self._status)
+        self._status_version += 1
+        self._generation += 1
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def wait_change(self, seen: Snapshot) -> Snapshot:
-        while self._snapshot is seen:
+    def current(self, type_url: str) -> tuple[str, Mapping[str, message.Message]]:
+        """The version and resources a client of ``type_url`` should have now."""
+        if type_url == STATUS:
+            return f"status-{self._status_version}", {STATUS_NAME: self._status}
+        return self._snapshot.version, self._snapshot.of_type(type_url)
+
+    async def wait_change(self, seen: int) -> int:
+        while self._generation == seen:
             await self._changed.wait()
-        return self._snapshot
+        return self._generation
+
+    @property
+    def generation(self) -> int:
+        return self._generation
 
 
 @dataclass
@@ -107,7 +139,7 @@ class _Stream:
                 kind, item = await self.events.get()
                 if kind == "end":
                     return
-                responses = self._on_request(item) if kind == "request" else self._on_snapshot(item)
+                responses = self._on_request(item) if kind == "request" else self._on_change()
                 for response in responses:
                     yield response
         finally:
@@ -127,10 +159,10 @@ class _Stream:
             await self.events.put(("end", None))
 
     async def _watch(self) -> None:
-        seen = self.server.cache.snapshot
+        seen = self.server.cache.generation
         while True:
             seen = await self.server.cache.wait_change(seen)
-            await self.events.put(("snapshot", seen))
+            await self.events.put(("change", None))
 
     # -- protocol
 
@@ -154,16 +186,19 @@ class _Stream:
             self._record_nack(client, request, state)
         elif request.response_nonce:
             state.acked_version = request.version_info
-        snapshot = self.server.cache.snapshot
-        up_to_date = state.sent_version == snapshot.version
-        rejected = state.nacked_version == snapshot.version
+        version, _ = self.server.cache.current(request.type_url)
+        up_to_date = state.sent_version == version
+        rejected = state.nacked_version == version
         if (up_to_date or rejected) and not names_changed:
             return []
-        return [self._respond(request.type_url, state, snapshot)]
+        return [self._respond(request.type_url, state)]
 
     def _record_nack(self, client: ClientState, request, state: TypeState) -> None:
         state.nacked_version = state.sent_version
         state.nack_message = request.error_detail.message
+        self.server.cache.update_status(lambda status: status.rejections.add(
+            node=client.node_id, type_url=request.type_url, version=state.sent_version,
+            reason=request.error_detail.message))
         log.warning(
             "xDS client rejected a configuration (NACK); it keeps its last good version",
             extra={
@@ -175,21 +210,22 @@ class _Stream:
             },
         )
 
-    def _on_snapshot(self, snapshot: Snapshot) -> list[discovery_pb2.DiscoveryResponse]:
+    def _on_change(self) -> list[discovery_pb2.DiscoveryResponse]:
         if self.client is None:
             return []
         out = []
-        for type_url in PUSH_ORDER:
+        for type_url in (*PUSH_ORDER, STATUS):
             state = self.client.types.get(type_url)
-            if state is not None and state.sent_version != snapshot.version:
-                out.append(self._respond(type_url, state, snapshot))
+            version, _ = self.server.cache.current(type_url)
+            if state is not None and version not in (state.sent_version, state.nacked_version):
+                out.append(self._respond(type_url, state))
         return out
 
-    def _respond(self, type_url: str, state: TypeState, snapshot: Snapshot) -> discovery_pb2.DiscoveryResponse:
-        available = snapshot.of_type(type_url)
+    def _respond(self, type_url: str, state: TypeState) -> discovery_pb2.DiscoveryResponse:
+        version, available = self.server.cache.current(type_url)
         wanted = sorted(state.names) if state.names else sorted(available)
         response = discovery_pb2.DiscoveryResponse(
-            version_info=snapshot.version,
+            version_info=version,
             type_url=type_url,
             nonce=self.server.next_nonce(),
         )
@@ -198,7 +234,7 @@ class _Stream:
                 packed = any_pb2.Any()
                 packed.Pack(available[name])
                 response.resources.append(packed)
-        state.sent_version = snapshot.version
+        state.sent_version = version
         state.sent_nonce = response.nonce
         state.responses_sent += 1
         return response

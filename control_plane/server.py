@@ -21,10 +21,24 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from watchfiles import awatch
 
 from control_plane.ads import AdsServer, SnapshotCache
-from control_plane.config import ConfigError, HapaxConfig, load_config, summarize
-from control_plane.resources import Address, ExtProcEndpoints, stats_label_keys
+from control_plane.config import (
+    ConfigError,
+    ConfigIssue,
+    HapaxConfig,
+    load_config,
+    summarize,
+)
+from control_plane.resources import (
+    Address,
+    ExtProcEndpoints,
+    envoy_stats_tags,
+    stats_label_keys,
+)
 from control_plane.snapshot import InconsistentSnapshot, Snapshot, build_snapshot
+from control_plane.static_bootstrap import envoy_rejection
 from hapax import logs
+from hapax.envoy_process import EnvoyNotFound, envoy_binary
+from hapax.v1 import runtime_pb2
 
 log = logging.getLogger("hapax.control_plane")
 
@@ -37,10 +51,15 @@ class ControlPlane:
         self.port = port
         self.metrics_port = metrics_port
         self._generation = 0
+        self._digest = ""
+        self.envoy = _envoy_for_validation()
         first = self._load()
         # Envoy's stat tags are fixed when it starts, from this same first config.
         self.stats_label_keys = stats_label_keys(first)
-        self.cache = SnapshotCache(self._snapshot_for(first))
+        snapshot = self._snapshot_for(first)
+        if snapshot is None:
+            raise ConfigError(str(config_path), [ConfigIssue("", "no configuration could be built")])
+        self.cache = SnapshotCache(snapshot)
         self.ads = AdsServer(self.cache)
 
     def _load(self) -> HapaxConfig:
@@ -48,15 +67,28 @@ class ControlPlane:
         overrides = {k: v for k, v in (("port", self.port), ("metrics_port", self.metrics_port)) if v is not None}
         return replace(config, server=replace(config.server, **overrides)) if overrides else config
 
-    def _snapshot_for(self, config: HapaxConfig) -> Snapshot:
-        self._generation += 1
+    def _snapshot_for(self, config: HapaxConfig) -> Snapshot | None:
+        """The next version for ``config``; None when it is the content being served already.
+
+        Versions are content-addressed (a digest of every resource) and
+        monotonic (a generation number in front), so every consumer can tell
+        which of two versions is newer and whether two are the same.
+        """
         draft = build_snapshot(config, "draft", self.ext_proc, self.stats_label_keys)
         digest = hashlib.sha256()
         for type_url in sorted(draft.resources):
             for name, msg in sorted(draft.resources[type_url].items()):
                 digest.update(name.encode())
                 digest.update(msg.SerializeToString(deterministic=True))
-        version = f"{self._generation}-{digest.hexdigest()[:10]}"
+        if digest.hexdigest() == self._digest:
+            return None
+        rejection = envoy_rejection(self.envoy, draft, envoy_stats_tags(self.stats_label_keys)) if self.envoy else ""
+        if rejection:
+            raise ConfigError(config.source, [ConfigIssue("", f"Envoy rejects the generated configuration: "
+                                                              f"{rejection}")])
+        self._generation += 1
+        self._digest = digest.hexdigest()
+        version = f"{self._generation}-{self._digest[:10]}"
         for warning in config.warnings:
             log.warning("config warning", extra={"file": config.source, "issue": str(warning)})
         untagged = sorted(set(stats_label_keys(config)) - set(self.stats_label_keys))
@@ -66,27 +98,58 @@ class ControlPlane:
         return build_snapshot(config, version, self.ext_proc, self.stats_label_keys)
 
     def reload(self) -> bool:
+        """Reads the file again: True when a new version is published."""
         try:
             config = self._load()
             snapshot = self._snapshot_for(config)
-        except ConfigError as err:
-            log.error("config rejected; keeping the last good version",
-                      extra={"file": err.source, "errors": [str(i) for i in err.issues],
-                             "serving_version": self.cache.snapshot.version})
+        except (ConfigError, InconsistentSnapshot) as err:
+            self._refuse(err)
             return False
-        except InconsistentSnapshot as err:
-            log.error("config produced an inconsistent snapshot; keeping the last good version",
-                      extra={"problems": list(err.problems)})
+        if snapshot is None:
+            log.info("config file saved without a change", extra={"version": self.cache.snapshot.version})
+            self.cache.update_status(lambda status: setattr(status, "reloads_unchanged", status.reloads_unchanged + 1))
             return False
         self.cache.set(snapshot)
+        self.cache.update_status(_applied)
         log.info("config version published", extra={"version": snapshot.version, "summary": summarize(config)})
         return True
+
+    def _refuse(self, err: ConfigError | InconsistentSnapshot) -> None:
+        if isinstance(err, ConfigError):
+            problems = [str(i) for i in err.issues]
+            text = "\n".join(f"{err.source}: {p}" for p in problems)
+        else:
+            problems = list(err.problems)
+            text = "inconsistent configuration: " + "; ".join(problems)
+        log.error("config rejected; keeping the last good version",
+                  extra={"file": getattr(err, "source", str(self.config_path)), "errors": problems,
+                         "serving_version": self.cache.snapshot.version})
+
+        def record(status: runtime_pb2.ConfigStatus) -> None:
+            status.reloads_invalid += 1
+            status.last_error = text
+
+        self.cache.update_status(record)
 
     async def watch(self) -> None:
         target = self.config_path.resolve()
         async for changes in awatch(target.parent, debounce=200, step=50):
             if any(Path(p).resolve() == target for _, p in changes) and target.exists():
                 self.reload()
+
+
+def _applied(status: runtime_pb2.ConfigStatus) -> None:
+    status.reloads_applied += 1
+    status.last_error = ""
+
+
+def _envoy_for_validation() -> Path | None:
+    """The Envoy binary that checks each candidate; a control plane without one checks less."""
+    try:
+        return envoy_binary()
+    except EnvoyNotFound:
+        log.warning("no envoy binary here: configurations are validated without Envoy's own checks")
+        return None
 
 
 async def serve(args: argparse.Namespace) -> None:

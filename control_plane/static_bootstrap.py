@@ -7,7 +7,10 @@ so Envoy can validate everything without a control plane.
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -63,3 +66,21 @@ def envoy_validate(envoy: Path, bootstrap_file: Path) -> subprocess.CompletedPro
          "--disable-hot-restart"],
         capture_output=True, text=True, timeout=120,
     )
+
+
+def envoy_rejection(envoy: Path, snapshot: Snapshot, stats_tags: list[dict[str, str]] = ()) -> str:
+    """Why Envoy refuses ``snapshot`` (its own validation of a static copy), or "" if it accepts it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bootstrap.json"
+        path.write_text(json.dumps(static_bootstrap(snapshot, stats_tags=stats_tags)))
+        result = envoy_validate(envoy, path)
+    if result.returncode == 0:
+        return ""
+    # Envoy may fail without a word (a crash): that is still a rejection, never a pass.
+    how = f"exit code {result.returncode}"
+    if result.returncode < 0:
+        try:
+            how = f"killed by {signal.Signals(-result.returncode).name}"
+        except ValueError:
+            how = f"killed by signal {-result.returncode}"
+    return (result.stderr or result.stdout).strip() or f"envoy --mode validate failed ({how}) and printed nothing"

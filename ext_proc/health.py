@@ -39,6 +39,18 @@ def _provider_report(state: ProviderHealth | None) -> dict:
     return report
 
 
+def _config_status(status) -> dict:
+    """What the control plane did with the file: reload counts, the edit it refused, NACKs."""
+    report: dict = {"reloads": {"applied": status.reloads_applied, "unchanged": status.reloads_unchanged,
+                                "invalid": status.reloads_invalid}}
+    if status.last_error:
+        report["last_error"] = status.last_error
+    if status.rejections:
+        report["rejected_versions"] = [{"node": r.node, "type_url": r.type_url, "version": r.version,
+                                        "reason": r.reason} for r in status.rejections]
+    return report
+
+
 def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
                metrics: GatewayMetrics) -> web.Application:
     async def health(_: web.Request) -> web.Response:
@@ -54,6 +66,7 @@ def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
                     "status": "up" if cp_up else "down",
                     "config_version": view.version if view else None,
                     **({"error": subscription.last_error} if not cp_up and subscription.last_error else {}),
+                    **_config_status(subscription.status),
                 },
             },
             "providers": {name: _provider_report(prober.state(name)) for name in (view.providers if view else ())},

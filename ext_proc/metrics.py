@@ -17,7 +17,7 @@ Names follow OpenTelemetry's GenAI conventions where they exist
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 
 from ext_proc.provider_health import ProviderProber
 from ext_proc.runtime import Provider, Route, RuntimeView
+from hapax.v1 import runtime_pb2
 
 # A "_created" series per counter doubles the output for nothing a dashboard uses.
 disable_created_metrics()
@@ -73,6 +74,22 @@ class ProviderHealthCollector(Collector):
             checks.add_metric([name, "success"], state.checks - state.failures)
         yield healthy
         yield checks
+
+
+class ConfigStatusCollector(Collector):
+    """The control plane's reload counts, as ext_proc last heard them (ConfigStatus over xDS)."""
+
+    def __init__(self, status: Callable[[], runtime_pb2.ConfigStatus]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        status = self.status()
+        reloads = CounterMetricFamily("hapax_config_reloads", "Config file reloads by result "
+                                      "(applied | unchanged | invalid)", labels=["result"])
+        reloads.add_metric(["applied"], status.reloads_applied)
+        reloads.add_metric(["unchanged"], status.reloads_unchanged)
+        reloads.add_metric(["invalid"], status.reloads_invalid)
+        yield reloads
 
 
 class _RequestFamilies:

@@ -12,7 +12,7 @@ from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ext_proc.health import health_app
-from ext_proc.metrics import GatewayMetrics
+from ext_proc.metrics import ConfigStatusCollector, GatewayMetrics
 from ext_proc.processor import Processor
 from ext_proc.provider_health import ProviderProber
 from ext_proc.providers import TRANSLATORS, translator_for
@@ -30,6 +30,7 @@ async def serve(args: argparse.Namespace) -> None:
         args.xds, frozenset(TRANSLATORS), args.node_id,
         on_update=lambda view: _apply(view, prober, metrics),
     )
+    metrics.registry.register(ConfigStatusCollector(lambda: subscription.status))
     xds_task = asyncio.create_task(subscription.run())
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])

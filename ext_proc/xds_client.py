@@ -2,8 +2,10 @@
 
 ext_proc is an xDS client like Envoy: it asks the control plane for the
 ``hapax.v1.Runtime`` resource, ACKs a version it can serve and NACKs (with the
-reason) one it cannot, keeping the last good one. It reconnects with backoff
-when the control plane goes away, and keeps serving what it has meanwhile.
+reason) one it cannot, keeping the last good one. It also follows the
+``hapax.v1.ConfigStatus`` resource (reloads, the last refused edit, NACKs) to
+report it. It reconnects with backoff when the control plane goes away, and
+keeps serving what it has meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ext_proc.runtime import InvalidRuntime, RuntimeView
 from hapax.v1 import runtime_pb2
 
 RUNTIME_TYPE = "type.googleapis.com/hapax.v1.Runtime"
+STATUS_TYPE = "type.googleapis.com/hapax.v1.ConfigStatus"
 INVALID_ARGUMENT = 3
 
 log = logging.getLogger("hapax.ext_proc.xds")
@@ -35,6 +38,8 @@ class RuntimeSubscription:
         self.known_types = known_types
         self.node_id = node_id or f"ext_proc-{os.getpid()}"
         self.view: RuntimeView | None = None
+        self.status = runtime_pb2.ConfigStatus()
+        self._status_version = ""
         self.connected = False
         self.received = asyncio.Event()
         self.last_error = ""
@@ -62,10 +67,14 @@ class RuntimeSubscription:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             outbox: asyncio.Queue = asyncio.Queue()
             await outbox.put(self._request())
+            await outbox.put(self._status_request())
             call = stub.StreamAggregatedResources(_drain(outbox))
             async for response in call:
                 self.connected = True
-                await outbox.put(self._answer(response))
+                if response.type_url == STATUS_TYPE:
+                    await outbox.put(self._take_status(response))
+                else:
+                    await outbox.put(self._answer(response))
 
     def _request(self, **fields) -> discovery_pb2.DiscoveryRequest:
         return discovery_pb2.DiscoveryRequest(
@@ -74,6 +83,15 @@ class RuntimeSubscription:
             version_info=self.view.version if self.view else "",
             **fields,
         )
+
+    def _status_request(self, **fields) -> discovery_pb2.DiscoveryRequest:
+        return discovery_pb2.DiscoveryRequest(type_url=STATUS_TYPE, version_info=self._status_version, **fields)
+
+    def _take_status(self, response: discovery_pb2.DiscoveryResponse) -> discovery_pb2.DiscoveryRequest:
+        status = runtime_pb2.ConfigStatus()
+        if len(response.resources) == 1 and response.resources[0].Unpack(status):
+            self.status, self._status_version = status, response.version_info
+        return self._status_request(response_nonce=response.nonce)
 
     def _answer(self, response: discovery_pb2.DiscoveryResponse) -> discovery_pb2.DiscoveryRequest:
         try:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import signal
 import sys
-import tempfile
 from pathlib import Path
 
 from control_plane.config import ConfigError, load_config, summarize
@@ -64,27 +61,19 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _envoy_validate(config) -> str:
-    from control_plane.resources import Address, ExtProcEndpoints, envoy_stats_tags, stats_label_keys
+    from control_plane.resources import (
+        Address,
+        ExtProcEndpoints,
+        envoy_stats_tags,
+        stats_label_keys,
+    )
     from control_plane.snapshot import build_snapshot
-    from control_plane.static_bootstrap import envoy_validate, static_bootstrap
+    from control_plane.static_bootstrap import envoy_rejection
     from hapax.envoy_process import envoy_binary
 
     endpoints = ExtProcEndpoints(grpc=(Address("127.0.0.1", 1),), http=(Address("127.0.0.1", 2),))
     snapshot = build_snapshot(config, "validate", endpoints)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bootstrap.json"
-        path.write_text(json.dumps(static_bootstrap(snapshot, stats_tags=envoy_stats_tags(stats_label_keys(config)))))
-        result = envoy_validate(envoy_binary(), path)
-    if result.returncode == 0:
-        return ""
-    # Envoy may fail without a word (a crash): that is still a rejection, never a pass.
-    how = f"exit code {result.returncode}"
-    if result.returncode < 0:
-        try:
-            how = f"killed by {signal.Signals(-result.returncode).name}"
-        except ValueError:
-            how = f"killed by signal {-result.returncode}"
-    return (result.stderr or result.stdout).strip() or f"envoy --mode validate failed ({how}) and printed nothing"
+    return envoy_rejection(envoy_binary(), snapshot, envoy_stats_tags(stats_label_keys(config)))
 
 
 def main(argv: list[str] | None = None) -> int:

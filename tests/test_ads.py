@@ -20,12 +20,13 @@ from google.protobuf import duration_pb2
 from google.rpc import status_pb2
 
 from control_plane import resources as res
-from control_plane.ads import AdsServer, SnapshotCache
+from control_plane.ads import STATUS, AdsServer, SnapshotCache
 from control_plane.config import parse_config
 from control_plane.snapshot import (
     CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, RUNTIME, Snapshot, build_snapshot, make_snapshot,
 )
 from hapax.envoy_process import envoy_binary, render_bootstrap
+from hapax.v1 import runtime_pb2
 from tests.seed import SEED_YAML
 from tests.test_snapshot import EXT_PROC, SECRETS
 
@@ -208,3 +209,23 @@ async def test_envoy_nack_is_logged_and_not_resent_and_envoy_keeps_serving(ads, 
     finally:
         envoy.terminate()
         envoy.wait(timeout=10)
+
+
+async def test_the_config_status_has_versions_of_its_own_and_reports_nacks(ads):
+    server, cache, connect, _ = ads
+    watcher, envoy = connect("ext_proc-1"), connect("envoy-1")
+    await watcher.send(STATUS)
+    first = await watcher.recv()
+    status = runtime_pb2.ConfigStatus()
+    assert first.resources[0].Unpack(status) and status.serving_version == "v1"
+    await watcher.send(STATUS, nonce=first.nonce, version=first.version_info)
+    await envoy.send(CLUSTER)
+    clusters = await envoy.recv()
+    await envoy.send(CLUSTER, nonce=clusters.nonce, version="", error="cluster rejected: bad timeout")
+    # The NACK changes the status (pushed to its watchers), not the configuration.
+    second = await watcher.recv()
+    assert second.version_info != first.version_info and cache.snapshot.version == "v1"
+    second.resources[0].Unpack(status)
+    [rejection] = status.rejections
+    assert (rejection.node, rejection.type_url, rejection.version, rejection.reason) == (
+        "envoy-1", CLUSTER, "v1", "cluster rejected: bad timeout")

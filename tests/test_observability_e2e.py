@@ -195,8 +195,7 @@ def test_every_series_takes_its_label_values_from_the_config(gateway):
 def test_the_dashboards_metric_names_are_all_exported(gateway):
     names = {name for text in (scrape(gateway.metrics_url), scrape(gateway.admin_url + "/stats/prometheus"))
              for name, _, _ in samples(text)}
-    # hapax_config_reloads_total comes with the control plane's reload status (issue #6).
-    assert EXPORTED_METRICS - names == {"hapax_config_reloads_total"}
+    assert EXPORTED_METRICS - names == set()
 
 
 def access_log(gateway) -> list[dict]:

@@ -92,3 +92,31 @@ class Runtime(_message.Message):
     chains: _containers.RepeatedCompositeFieldContainer[Chain]
     max_attempts: int
     def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., provider_preference: _Optional[_Iterable[str]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., max_attempts: _Optional[int] = ...) -> None: ...
+
+class ConfigStatus(_message.Message):
+    __slots__ = ("serving_version", "reloads_applied", "reloads_unchanged", "reloads_invalid", "last_error", "rejections")
+    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RELOADS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    RELOADS_UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    RELOADS_INVALID_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    serving_version: str
+    reloads_applied: int
+    reloads_unchanged: int
+    reloads_invalid: int
+    last_error: str
+    rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
+    def __init__(self, serving_version: _Optional[str] = ..., reloads_applied: _Optional[int] = ..., reloads_unchanged: _Optional[int] = ..., reloads_invalid: _Optional[int] = ..., last_error: _Optional[str] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+
+class Rejection(_message.Message):
+    __slots__ = ("node", "type_url", "version", "reason")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_URL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    type_url: str
+    version: str
+    reason: str
+    def __init__(self, node: _Optional[str] = ..., type_url: _Optional[str] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
