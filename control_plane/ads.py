@@ -1,15 +1,21 @@
-"""Aggregated Discovery Service (xDS v3, state of the world) on grpc.aio.
+"""Aggregated Discovery Service (xDS v3) on grpc.aio: state of the world and incremental.
 
 One stream per client (an Envoy or an ext_proc). For each type URL the client
 subscribes to, the stream remembers what it sent (version, nonce) and what the
 client said about it. A NACK (a request whose ``error_detail`` is set) is logged
-with the client's message and the rejected version is not sent again: the client
-keeps its last good version and gets the next snapshot when there is one.
+with the client's message, reported in the config status, and the rejected
+version is not sent again: the client keeps its last good version and gets the
+next snapshot when there is one.
+
+The incremental (delta) variant, which Envoy uses, sends only the resources
+whose content changed since what the client has (each resource's version is a
+digest of its content) and names the ones that are gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -93,6 +99,9 @@ class TypeState:
     nacked_version: str = ""
     nack_message: str = ""
     responses_sent: int = 0
+    # Incremental streams only: what the client subscribed to and holds.
+    wildcard: bool = False
+    known: dict[str, str] = field(default_factory=dict)  # resource name -> version (digest)
 
 
 @dataclass
@@ -118,8 +127,15 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         except asyncio.CancelledError:
             return  # the server is stopping; the client reconnects elsewhere or later
 
-    async def DeltaAggregatedResources(self, request_iterator, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Hapax serves state-of-the-world ADS only")
+    async def DeltaAggregatedResources(
+        self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context
+    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        stream = _DeltaStream(self)
+        try:
+            async for response in stream.run(request_iterator):
+                yield response
+        except asyncio.CancelledError:
+            return
 
     def next_nonce(self) -> str:
         return str(next(self._nonces))
@@ -205,7 +221,7 @@ class _Stream:
                 "node": client.node_id,
                 "type_url": request.type_url,
                 "rejected_version": state.sent_version,
-                "kept_version": request.version_info,
+                "kept_version": state.acked_version,
                 "reason": request.error_detail.message,
             },
         )
@@ -234,6 +250,78 @@ class _Stream:
                 packed = any_pb2.Any()
                 packed.Pack(available[name])
                 response.resources.append(packed)
+        state.sent_version = version
+        state.sent_nonce = response.nonce
+        state.responses_sent += 1
+        return response
+
+
+def resource_version(msg: message.Message) -> str:
+    """A resource's version in incremental xDS: a digest of its content."""
+    return hashlib.sha256(msg.SerializeToString(deterministic=True)).hexdigest()[:16]
+
+
+class _DeltaStream(_Stream):
+    def _on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        client = self._client_for(request)
+        first = request.type_url not in client.types
+        state = client.types.setdefault(request.type_url, TypeState())
+        if request.response_nonce:
+            if request.response_nonce == state.sent_nonce:
+                if request.HasField("error_detail"):
+                    # What was sent stays recorded as held, so it is not sent again.
+                    self._record_nack(client, request, state)
+                else:
+                    state.acked_version = state.sent_version
+            if not (request.resource_names_subscribe or request.resource_names_unsubscribe):
+                return []
+        if first:
+            state.known.update(request.initial_resource_versions)
+            # An empty first subscription is the legacy wildcard (Envoy's CDS and LDS).
+            state.wildcard = not request.resource_names_subscribe
+        for name in request.resource_names_subscribe:
+            if name == WILDCARD:
+                state.wildcard = True
+            else:
+                state.names = state.names | {name}
+        for name in request.resource_names_unsubscribe:
+            if name == WILDCARD:
+                state.wildcard = False
+            else:
+                state.names = state.names - {name}
+                state.known.pop(name, None)
+        response = self._delta(request.type_url, state, always=first)
+        return [response] if response is not None else []
+
+    def _on_change(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        if self.client is None:
+            return []
+        out = []
+        for type_url in (*PUSH_ORDER, STATUS):
+            state = self.client.types.get(type_url)
+            if state is not None:
+                response = self._delta(type_url, state)
+                if response is not None:
+                    out.append(response)
+        return out
+
+    def _delta(self, type_url: str, state: TypeState, always: bool = False) -> discovery_pb2.DeltaDiscoveryResponse | None:
+        version, available = self.server.cache.current(type_url)
+        wanted = dict(available) if state.wildcard else {n: available[n] for n in state.names if n in available}
+        response = discovery_pb2.DeltaDiscoveryResponse(system_version_info=version, type_url=type_url)
+        for name in sorted(wanted):
+            digest = resource_version(wanted[name])
+            if state.known.get(name) != digest:
+                packed = any_pb2.Any()
+                packed.Pack(wanted[name])
+                response.resources.add(name=name, version=digest, resource=packed)
+                state.known[name] = digest
+        for name in sorted(set(state.known) - set(wanted)):
+            response.removed_resources.append(name)
+            del state.known[name]
+        if not (response.resources or response.removed_resources or always):
+            return None
+        response.nonce = self.server.next_nonce()
         state.sent_version = version
         state.sent_nonce = response.nonce
         state.responses_sent += 1

@@ -202,8 +202,8 @@ async def test_envoy_nack_is_logged_and_not_resent_and_envoy_keeps_serving(ads, 
         assert state.responses_sent == sent
         admin = await _wait_for(lambda: admin_file.exists() and admin_file.read_text().strip(), "admin address")
         dump = await asyncio.to_thread(_admin_json, admin, "/config_dump?resource=dynamic_active_clusters")
-        versions = {c["version_info"] for c in dump["configs"]}
-        assert versions == {"v1"}
+        names = {c["cluster"]["name"] for c in dump["configs"]}
+        assert "broken" not in names and "provider.openai" in names
         cache.set(snapshot("v3"))
         await _wait_for(lambda: state.acked_version == "v3", "Envoy to ACK the next good version")
     finally:
@@ -229,3 +229,105 @@ async def test_the_config_status_has_versions_of_its_own_and_reports_nacks(ads):
     [rejection] = status.rejections
     assert (rejection.node, rejection.type_url, rejection.version, rejection.reason) == (
         "envoy-1", CLUSTER, "v1", "cluster rejected: bad timeout")
+
+
+class DeltaClient:
+    def __init__(self, address: str, node_id: str = "delta-node") -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.node = base_pb2.Node(id=node_id)
+        self.call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel).DeltaAggregatedResources(self._out())
+
+    async def _out(self):
+        while True:
+            yield await self.outbox.get()
+
+    async def send(self, type_url: str, *, subscribe=(), nonce="", initial=None, error: str | None = None) -> None:
+        req = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, node=self.node, response_nonce=nonce,
+                                                  resource_names_subscribe=list(subscribe))
+        req.initial_resource_versions.update(initial or {})
+        if error is not None:
+            req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+        await self.outbox.put(req)
+
+    async def recv(self) -> discovery_pb2.DeltaDiscoveryResponse:
+        return await asyncio.wait_for(self.call.read(), 10)
+
+    async def close(self) -> None:
+        self.call.cancel()
+        await self.channel.close()
+
+
+WITH_LOCAL = SEED_YAML + "  - path: /v1/chat/completions\n    handler: chat\n"
+WITH_LOCAL = WITH_LOCAL.replace("provider_preference:", "  local: {type: ollama, model: llama3.2}\n"
+                                "provider_preference:")
+
+
+@pytest.fixture()
+async def delta(ads):
+    server, cache, _, port = ads
+    clients: list[DeltaClient] = []
+
+    def connect(node_id: str = "delta-node") -> DeltaClient:
+        client = DeltaClient(f"127.0.0.1:{port}", node_id)
+        clients.append(client)
+        return client
+
+    yield server, cache, connect
+    for client in clients:
+        await client.close()
+
+
+async def test_delta_sends_only_what_changed_and_names_what_is_gone(delta):
+    _, cache, connect = delta
+    client = connect()
+    await client.send(CLUSTER)  # an empty first subscription: wildcard
+    first = await client.recv()
+    held = {r.name: r.version for r in first.resources}
+    assert "provider.openai" in held and not first.removed_resources
+    await client.send(CLUSTER, nonce=first.nonce)
+
+    cache.set(build_snapshot(parse_config(WITH_LOCAL, env=SECRETS), "v2", EXT_PROC))
+    added = await client.recv()
+    changed = {r.name for r in added.resources}
+    assert "provider.local" in changed and "provider.openai" not in changed  # unchanged: not re-sent
+    assert added.system_version_info == "v2" and not added.removed_resources
+    await client.send(CLUSTER, nonce=added.nonce)
+
+    cache.set(snapshot("v3"))
+    gone = await client.recv()
+    assert "provider.local" in gone.removed_resources and "provider.openai" not in {r.name for r in gone.resources}
+
+
+async def test_delta_reconnect_sends_only_what_the_client_lacks(delta):
+    _, cache, connect = delta
+    first_client = connect("first")
+    await first_client.send(CLUSTER)
+    held = {r.name: r.version for r in (await first_client.recv()).resources}
+    cache.set(build_snapshot(parse_config(WITH_LOCAL, env=SECRETS), "v2", EXT_PROC))
+    again = connect("again")  # a reconnecting Envoy says what it holds
+    await again.send(CLUSTER, initial=held)
+    response = await again.recv()
+    assert "provider.local" in {r.name for r in response.resources}
+    assert not {r.name for r in response.resources} & {n for n in held if n.startswith("provider.")}
+
+
+async def test_delta_named_subscriptions_get_only_those_names(delta):
+    _, _, connect = delta
+    client = connect()
+    await client.send(ROUTE, subscribe=[res.ROUTE_CONFIG_NAME])
+    response = await client.recv()
+    assert [r.name for r in response.resources] == [res.ROUTE_CONFIG_NAME]
+
+
+async def test_a_delta_nack_is_recorded_and_not_resent(delta):
+    server, cache, connect = delta
+    client = connect()
+    await client.send(CLUSTER)
+    first = await client.recv()
+    await client.send(CLUSTER, nonce=first.nonce, error="no thanks")
+    state = await _wait_for(lambda: server.clients["delta-node"].types[CLUSTER].nacked_version, "the NACK")
+    assert state == "v1" and cache.status.rejections[0].reason == "no thanks"
+    cache.set(build_snapshot(parse_config(WITH_LOCAL, env=SECRETS), "v2", EXT_PROC))
+    nxt = await client.recv()  # the next version, with only what changed since what was sent
+    assert nxt.system_version_info == "v2" and "provider.openai" not in {r.name for r in nxt.resources}
