@@ -65,6 +65,7 @@ REQUEST_ID_HEADER = "x-request-id"  # Envoy's; its access log line carries it to
 ATTEMPT_HEADER = "x-envoy-attempt-count"  # set by Envoy on each attempt (include_request_attempt_count)
 # What the two steps tell each other through Envoy (both removed before leaving it):
 START_HEADER = "x-hapax-start"  # request: when the router step first saw it (unix time)
+VERSION_HEADER = "x-hapax-version"  # request: the runtime version it started under
 PROVIDER_HEADER = "x-hapax-provider"  # response: which provider answered...
 ANSWER_ATTEMPT_HEADER = "x-hapax-attempt"  # ...at which attempt...
 UPSTREAM_SECONDS_HEADER = "x-hapax-upstream-seconds"  # ...and how long it took to its response headers
@@ -205,7 +206,7 @@ class RouterStep:
         # with the request.
         attempts = self.view.max_attempts or max(self.view.chain_length.get(chain, 1), 2)
         retries = attempts - 1
-        set_headers = {CHAIN_HEADER: chain, "x-envoy-max-retries": str(retries),
+        set_headers = {CHAIN_HEADER: chain, "x-envoy-max-retries": str(retries), VERSION_HEADER: self.view.version,
                        START_HEADER: f"{time.time() - (time.monotonic() - self.started):.6f}"}
         # The body itself is left alone here: the upstream step rewrites it for
         # the provider anyway. (A multi-MB body mutation at this step crashed
@@ -279,8 +280,10 @@ class UpstreamStep:
     """
 
     def __init__(self, view: RuntimeView, metrics: GatewayMetrics | None = None,
-                 hold_off: Callable[[str, float], None] | None = None) -> None:
+                 hold_off: Callable[[str, float], None] | None = None,
+                 view_for: Callable[[str], RuntimeView | None] = lambda _: None) -> None:
         self.view = view
+        self.view_for = view_for
         self.metrics = metrics
         self.hold_off = hold_off
         self.provider: Provider | None = None
@@ -295,6 +298,9 @@ class UpstreamStep:
         self.request_id = ""
 
     def on_headers(self, msg: pb.HttpHeaders, attributes) -> pb.ProcessingResponse:
+        # Every attempt of a request uses the version the request started under,
+        # even if a newer one (without this attempt's provider) has arrived since.
+        self.view = self.view_for(header_value(msg, VERSION_HEADER)) or self.view
         self.provider = self._provider(attributes)
         route_md = hapax_metadata(_attribute(attributes, ROUTE_METADATA))
         self.handler = route_md.get("handler", "")
@@ -326,7 +332,7 @@ class UpstreamStep:
         set_headers = {":path": out.path, ":authority": self.provider.host,
                        "content-type": "application/json", "content-length": str(len(out.body)),
                        **out.set_headers}
-        stale = tuple(h for h in (CHAIN_HEADER, ATTEMPT_HEADER, START_HEADER, *PROVIDER_HEADERS)
+        stale = tuple(h for h in (CHAIN_HEADER, ATTEMPT_HEADER, START_HEADER, VERSION_HEADER, *PROVIDER_HEADERS)
                       if h not in set_headers)
         common = pb.CommonResponse(header_mutation=mutation(set_headers, remove=stale))
         common.body_mutation.body = out.body
@@ -435,10 +441,12 @@ class UpstreamStep:
 class Processor(pb_grpc.ExternalProcessorServicer):
     def __init__(self, current_view: Callable[[], RuntimeView | None],
                  metrics: GatewayMetrics | None = None,
-                 hold_off: Callable[[str, float], None] | None = None) -> None:
+                 hold_off: Callable[[str, float], None] | None = None,
+                 view_for: Callable[[str], RuntimeView | None] = lambda _: None) -> None:
         self.current_view = current_view
         self.metrics = metrics
         self.hold_off = hold_off
+        self.view_for = view_for
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest], context):
         phase = dict(context.invocation_metadata()).get("x-hapax-phase", "router")
@@ -446,7 +454,7 @@ class Processor(pb_grpc.ExternalProcessorServicer):
         step: RouterStep | UpstreamStep | None = None
         if view is not None:
             step = (RouterStep(view, self.metrics) if phase == "router"
-                    else UpstreamStep(view, self.metrics, self.hold_off))
+                    else UpstreamStep(view, self.metrics, self.hold_off, self.view_for))
         try:
             async for request in request_iterator:
                 if step is None:

@@ -34,7 +34,8 @@ async def serve(args: argparse.Namespace) -> None:
     xds_task = asyncio.create_task(subscription.run())
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
-    pb_grpc.add_ExternalProcessorServicer_to_server(Processor(lambda: subscription.view, metrics, prober.hold_off), server)
+    pb_grpc.add_ExternalProcessorServicer_to_server(Processor(lambda: subscription.view, metrics, prober.hold_off,
+                                                         subscription.view_for), server)
     host = args.listen.rsplit(":", 1)[0]
     grpc_port = server.add_insecure_port(args.listen)
     await server.start()

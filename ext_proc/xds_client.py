@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 
 import grpc
@@ -26,6 +27,7 @@ from hapax.v1 import runtime_pb2
 RUNTIME_TYPE = "type.googleapis.com/hapax.v1.Runtime"
 STATUS_TYPE = "type.googleapis.com/hapax.v1.ConfigStatus"
 INVALID_ARGUMENT = 3
+RECENT_VERSIONS = 16
 
 log = logging.getLogger("hapax.ext_proc.xds")
 
@@ -38,6 +40,9 @@ class RuntimeSubscription:
         self.known_types = known_types
         self.node_id = node_id or f"ext_proc-{os.getpid()}"
         self.view: RuntimeView | None = None
+        # Recent versions, so that a request keeps the version it started under
+        # even if a newer one arrives before its last attempt (see view_for).
+        self._recent: OrderedDict[str, RuntimeView] = OrderedDict()
         self.status = runtime_pb2.ConfigStatus()
         self._status_version = ""
         self.connected = False
@@ -76,6 +81,10 @@ class RuntimeSubscription:
                 else:
                     await outbox.put(self._answer(response))
 
+    def view_for(self, version: str) -> RuntimeView | None:
+        """The view of ``version`` if it is recent, else the current one."""
+        return self._recent.get(version) or self.view
+
     def _request(self, **fields) -> discovery_pb2.DiscoveryRequest:
         return discovery_pb2.DiscoveryRequest(
             type_url=RUNTIME_TYPE,
@@ -96,6 +105,9 @@ class RuntimeSubscription:
     def _answer(self, response: discovery_pb2.DiscoveryResponse) -> discovery_pb2.DiscoveryRequest:
         try:
             self.view = self._parse(response)
+            self._recent[self.view.version] = self.view
+            while len(self._recent) > RECENT_VERSIONS:
+                self._recent.popitem(last=False)
         except InvalidRuntime as err:
             log.error("rejected a runtime configuration (NACK)",
                       extra={"version": response.version_info, "reason": str(err)})

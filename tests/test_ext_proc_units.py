@@ -5,16 +5,26 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, strategies as st
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_pb
+from google.protobuf import struct_pb2
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ext_proc import client_request
 from ext_proc.errors import GatewayError
-from ext_proc.processor import provider_from_host_metadata
+from ext_proc.processor import (
+    EXT_PROC_ATTRIBUTES,
+    HOST_METADATA,
+    ROUTE_METADATA,
+    VERSION_HEADER,
+    UpstreamStep,
+    provider_from_host_metadata,
+)
 from ext_proc.runtime import InvalidRuntime, RuntimeView
 from ext_proc.shapes import TextCompletionStage
 from ext_proc.sse import SseParser, encode
 from hapax.v1 import runtime_pb2
-
 
 # ---------------------------------------------------------------- client requests
 
@@ -175,3 +185,26 @@ def test_provider_name_is_read_from_envoy_host_metadata_text():
     text = 'filter_metadata { key: "hapax" value { fields { key: "provider" value { string_value: "b" } } } }'
     assert provider_from_host_metadata(text) == "b"
     assert provider_from_host_metadata("") == ""
+
+
+def test_every_attempt_uses_the_version_its_request_started_under():
+    started_under = RuntimeView.from_proto(_runtime(), frozenset({"openai"}))
+    newer = _runtime()
+    newer.config_version = "v2"
+    del newer.providers[1]  # provider b removed while a request to it was in flight
+    newer.chains.pop()
+    newer.chains[0].providers[:] = ["a"]
+    newer.provider_preference[:] = [p for p in newer.provider_preference if p != "b"]
+    current = RuntimeView.from_proto(newer, frozenset({"openai"}))
+    attributes = {EXT_PROC_ATTRIBUTES: struct_pb2.Struct(fields={
+        HOST_METADATA: struct_pb2.Value(string_value='filter_metadata { key: "hapax" value { fields { key: '
+                                                     '"provider" value { string_value: "b" } } } }'),
+        ROUTE_METADATA: struct_pb2.Value(string_value='filter_metadata { key: "hapax" value { fields { key: '
+                                                      '"handler" value { string_value: "chat" } } } }')})}
+    headers = ext_pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
+        base_pb2.HeaderValue(key=VERSION_HEADER, raw_value=started_under.version.encode())]))
+    step = UpstreamStep(current, view_for={started_under.version: started_under}.get)
+    step.on_headers(headers, attributes)
+    assert step.provider is not None and step.provider.name == "b"
+    with pytest.raises(GatewayError, match="unknown provider"):  # without the pin, b is gone
+        UpstreamStep(current).on_headers(ext_pb.HttpHeaders(), attributes)

@@ -1,0 +1,156 @@
+"""A fleet: several Envoys on one control plane, which may restart under them.
+
+The three processes run on their own here, as in a fleet deployment (not
+under ``hapax serve``): one ext_proc, one control plane on a fixed xDS port,
+two Envoys. A late Envoy gets the current version; a config change reaches
+both; a control plane that stops leaves both serving what they have, and one
+that comes back on the same address resyncs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hapax.envoy_process import envoy_binary, render_bootstrap
+from hapax.fakes import FakeOpenAI
+from tests.conftest import gateway_config, wait_for
+
+TEAM = "/v1/team/chat/completions"
+CHAT = {"model": "auto", "messages": [{"role": "user", "content": "fleet"}]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A Hapax component started on its own; ``ready`` is its announced addresses."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     start_new_session=True)
+        assert self.proc.stdout
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{argv[2]} exited before it was ready")
+        self.ready = json.loads(line)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+class Envoy:
+    def __init__(self, tmp: Path, name: str, xds_port: int) -> None:
+        bootstrap = tmp / f"{name}.yaml"
+        bootstrap.write_text(render_bootstrap(node_id=name, admin_port=0, xds_host="127.0.0.1", xds_port=xds_port))
+        admin = tmp / f"{name}.admin"
+        self.proc = subprocess.Popen(
+            [str(envoy_binary()), "-c", str(bootstrap), "--admin-address-path", str(admin),
+             "--disable-hot-restart", "--log-level", "error", "--base-id", str(free_port())],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: admin.exists() and admin.read_text().strip(), f"{name}'s admin address")
+        self.admin = "http://" + admin.read_text().strip()
+        wait_for(lambda: self._api_port(), f"{name}'s listener")
+        self.url = f"http://127.0.0.1:{self._api_port()}"
+
+    def _api_port(self) -> int | None:
+        try:
+            with urllib.request.urlopen(self.admin + "/listeners?format=json", timeout=2) as resp:
+                listeners = json.load(resp).get("listener_statuses", [])
+        except OSError:
+            return None
+        for listener in listeners:
+            if listener["name"] == "hapax_http":
+                return listener["local_address"]["socket_address"]["port_value"]
+        return None
+
+    def post(self, path: str) -> int:
+        request = urllib.request.Request(self.url + path, data=json.dumps(CHAT).encode(),
+                                         headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=15)
+
+
+@pytest.fixture()
+def fleet(fake_host, tmp_path):
+    fake = fake_host.start(FakeOpenAI(api_key="k", model="gpt-4o-mini"))
+    config_path = tmp_path / "hapax.yaml"
+    config = gateway_config({"openai": {"type": "openai", "model": "gpt-4o-mini", "api_key": "k",
+                                        "base_url": fake.base_url}},
+                            routes=[{"path": "/v1/chat/completions", "handler": "chat"}])
+    config_path.write_text(yaml.safe_dump(config))
+    xds_port = free_port()
+    py = sys.executable
+    ext_proc = Process([py, "-m", "ext_proc", "--xds", f"127.0.0.1:{xds_port}", "--log-level", "WARNING"])
+
+    def control_plane() -> Process:
+        return Process([py, "-m", "control_plane", "--config", str(config_path), "--listen", f"127.0.0.1:{xds_port}",
+                        "--ext-proc-grpc", ext_proc.ready["grpc"], "--ext-proc-http", ext_proc.ready["http"],
+                        "--log-level", "WARNING"])
+
+    started: list = [ext_proc]
+    try:
+        yield config, config_path, control_plane, started, lambda name: Envoy(tmp_path, name, xds_port)
+    finally:
+        for process in reversed(started):
+            process.stop()
+        fake_host.run(fake.stop())
+
+
+def save(path: Path, config: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(config))
+    os.replace(tmp, path)
+
+
+def test_envoys_converge_and_survive_a_control_plane_restart(fleet):
+    config, path, control_plane, started, envoy = fleet
+    plane = control_plane()
+    started.append(plane)
+    first = envoy("envoy-a")
+    started.append(first)
+    assert first.post("/v1/chat/completions") == 200
+    second = envoy("envoy-b")  # a node that connects late gets the current version
+    started.append(second)
+    assert second.post("/v1/chat/completions") == 200
+
+    with_team = {**config, "routes": [*config["routes"], {"path": TEAM, "handler": "chat"}]}
+    save(path, with_team)
+    for node in (first, second):
+        wait_for(lambda node=node: node.post(TEAM) == 200, f"{node.admin} to serve the new route")
+
+    plane.stop()  # Envoy keeps serving the last configuration it has
+    for node in (first, second):
+        assert [node.post(TEAM) for _ in range(5)] == [200] * 5
+
+    save(path, config)  # edited while the control plane is down: the restarted one serves it
+    started.append(control_plane())
+    for node in (first, second):
+        wait_for(lambda node=node: node.post(TEAM) == 404, f"{node.admin} to resync")
+        assert node.post("/v1/chat/completions") == 200
