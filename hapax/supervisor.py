@@ -167,7 +167,8 @@ class Supervisor:
         ports = await self._listener_ports(port)
         await self._wait_ext_proc_configured(ext_proc)
         host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        self.listen_url = f"http://{host}:{ports['hapax_http']}"
+        scheme = "https" if config.server.tls is not None else "http"
+        self.listen_url = f"{scheme}://{host}:{ports['hapax_http']}"
         self.metrics_url = f"http://{host}:{ports['hapax_metrics']}/metrics"
         self._print_ready(config, control_plane.ready.get("version", ""))
 
@@ -287,6 +288,7 @@ class Supervisor:
             f"  OpenAI API:   {self.listen_url}/v1",
             f"  Health:       {self.listen_url}/health",
             f"  Metrics:      {self.metrics_url}",
+            *([f"  HTTP/3:       udp port {config.server.http3_port} (QUIC)"] if config.server.http3.enabled else []),
             f"  Envoy admin:  {self.admin_url} (loopback only)",
             f"  Providers:    {providers}",
             f"  Preference:   {' > '.join(config.provider_preference)}",
