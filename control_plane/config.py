@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from control_plane.pricing import DEFAULT_PRICES, ModelPrice
+from control_plane.tls import Certificate, CertificateError, load_certificate
 
 __all__ = [
     "DEFAULT_BASE_URLS",
@@ -39,6 +40,7 @@ __all__ = [
     "HapaxConfig",
     "HealthCheckConfig",
     "ProviderConfig",
+    "Http3Config",
     "LoggingConfig",
     "RetryConfig",
     "RouteConfig",
@@ -72,7 +74,9 @@ LOG_FORMATS = ("json", "text")
 _PRICE_KEYS = ("input", "output")
 _RETRY_KEYS = ("max_attempts", "backoff")
 _BACKOFF_KEYS = ("base_interval", "max_interval")
-_SERVER_KEYS = ("host", "port", "admin_port", "metrics_port")
+_SERVER_KEYS = ("host", "port", "admin_port", "metrics_port", "tls", "http3")
+_TLS_KEYS = ("cert_file", "key_file")
+_HTTP3_KEYS = ("enabled", "port", "tls_cert_file", "tls_key_file")
 _PORT_KEYS = ("port", "admin_port", "metrics_port")
 _PROVIDER_KEYS = ("type", "model", "api_key", "base_url", "timeout", "aliases", "health_check", "circuit_breaker")
 _HEALTH_CHECK_KEYS = ("interval", "timeout", "healthy_threshold", "unhealthy_threshold")
@@ -149,11 +153,24 @@ def _freeze(obj: object, name: str, convert: Callable[[Any], Any]) -> None:
 
 
 @dataclass(frozen=True)
+class Http3Config:
+    enabled: bool = False
+    port: int | None = None  # UDP; None: the same number as server.port
+    certificate: Certificate | None = None  # tls_cert_file / tls_key_file, else server.tls's
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "0.0.0.0"
-    port: int = 8080  # HTTP/1.1 + HTTP/2 listener
+    port: int = 8080  # HTTP/1.1 + HTTP/2 listener (HTTPS with tls)
     admin_port: int = 9901  # Envoy admin, always bound to 127.0.0.1 (host does not apply)
     metrics_port: int = 9090  # Hapax /metrics
+    tls: Certificate | None = None  # HTTPS on the TCP listener, HTTP/2 by ALPN
+    http3: Http3Config = Http3Config()
+
+    @property
+    def http3_port(self) -> int:
+        return self.port if self.http3.port is None else self.http3.port
 
 
 @dataclass(frozen=True)
@@ -578,7 +595,7 @@ def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
         return None
     root = data
     _reject_unknown_keys(root, "", _TOP_LEVEL_KEYS, issues)
-    server = _server(root.get("server"), issues)
+    server = _server(root.get("server"), issues, _base_dir(source))
     health_defaults = _health_check(root.get("health_check"), "health_check", HealthCheckConfig(), issues)
     providers = _providers(root.get("providers"), health_defaults, issues)
     preference = _preference(root.get("provider_preference"), _provider_names(root.get("providers")), issues)
@@ -676,7 +693,7 @@ def _backoff(value: Any, issues: _Issues) -> tuple[float, float]:
 # --------------------------------------------------------------------------- server
 
 
-def _server(value: Any, issues: _Issues) -> ServerConfig:
+def _server(value: Any, issues: _Issues, base_dir: Path) -> ServerConfig:
     defaults = ServerConfig()
     node = _mapping(value, "server", issues) if value is not None else None
     if node is None:
@@ -686,7 +703,59 @@ def _server(value: Any, issues: _Issues) -> ServerConfig:
     ports = {key: _port(node.get(key), getattr(defaults, key), _join("server", key), issues) for key in _PORT_KEYS}
     valid = {key: port for key, port in ports.items() if port is not None}
     _check_distinct_ports(valid, explicit=node.keys(), issues=issues)
-    return replace(defaults, host=host, **valid)
+    tls = _tls(node.get("tls"), base_dir, issues)
+    http3 = _http3(node.get("http3"), tls, base_dir, issues)
+    return replace(defaults, host=host, tls=tls, http3=http3, **valid)
+
+
+def _base_dir(source: str) -> Path:
+    """Relative certificate paths are relative to the config file."""
+    path = Path(source)
+    return path.parent if source != "<string>" and path.parent.is_dir() else Path.cwd()
+
+
+def _certificate(cert: Any, key: Any, paths: tuple[str, str], base_dir: Path, issues: _Issues) -> Certificate | None:
+    texts = [_string(value, path, issues) for value, path in ((cert, paths[0]), (key, paths[1]))]
+    if None in texts:
+        return None
+    try:
+        return load_certificate(base_dir / texts[0], base_dir / texts[1])
+    except CertificateError as err:
+        issues.error(paths[0] if err.which == "cert" else paths[1], err.reason)
+        return None
+
+
+def _tls(value: Any, base_dir: Path, issues: _Issues) -> Certificate | None:
+    node = None if value is None else _mapping(value, "server.tls", issues)
+    if node is None:
+        return None
+    _reject_unknown_keys(node, "server.tls", _TLS_KEYS, issues)
+    missing = [k for k in _TLS_KEYS if node.get(k) is None]
+    if missing:
+        issues.error("server.tls", f"needs both cert_file and key_file; missing: {', '.join(missing)}")
+        return None
+    return _certificate(node["cert_file"], node["key_file"], ("server.tls.cert_file", "server.tls.key_file"),
+                        base_dir, issues)
+
+
+def _http3(value: Any, tls: Certificate | None, base_dir: Path, issues: _Issues) -> Http3Config:
+    node = None if value is None else _mapping(value, "server.http3", issues)
+    if node is None:
+        return Http3Config()
+    _reject_unknown_keys(node, "server.http3", _HTTP3_KEYS, issues)
+    enabled = node.get("enabled", True)
+    if not isinstance(enabled, bool):
+        issues.error("server.http3.enabled", _expected("true or false", enabled))
+        return Http3Config()
+    port = None if node.get("port") is None else _port(node["port"], 0, "server.http3.port", issues)
+    certificate = tls
+    if node.get("tls_cert_file") is not None or node.get("tls_key_file") is not None:
+        certificate = _certificate(node.get("tls_cert_file"), node.get("tls_key_file"),
+                                   ("server.http3.tls_cert_file", "server.http3.tls_key_file"), base_dir, issues)
+    elif enabled and tls is None:
+        issues.error("server.http3", "HTTP/3 needs a certificate: set tls_cert_file and tls_key_file, "
+                                     "or server.tls")
+    return Http3Config(enabled, port, certificate)
 
 
 def _host(value: Any, issues: _Issues) -> str | None:

@@ -43,7 +43,12 @@ from envoy.config.core.v3 import (
     substitution_format_string_pb2,
 )
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.listener.v3 import (
+    listener_components_pb2,
+    listener_pb2,
+    quic_config_pb2,
+    udp_listener_config_pb2,
+)
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
@@ -60,8 +65,9 @@ from envoy.extensions.http.custom_response.local_response_policy.v3 import (
 from envoy.extensions.retry.priority.previous_priorities.v3 import (
     previous_priorities_config_pb2,
 )
+from envoy.extensions.transport_sockets.quic.v3 import quic_transport_pb2
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import status_code_input_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
@@ -72,6 +78,7 @@ from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from control_plane.config import HapaxConfig, ProviderConfig, RouteConfig
 from control_plane.pricing import price_for
+from control_plane.tls import Certificate
 from hapax.v1 import runtime_pb2
 
 LISTENER_NAME = "hapax_http"
@@ -618,7 +625,8 @@ def route_configuration(config: HapaxConfig, label_keys: tuple[str, ...] | None 
         virtual_hosts=[route_components_pb2.VirtualHost(
             name="hapax", domains=["*"], routes=routes,
             # Lets the upstream step tell a first attempt from a retry (metrics).
-            include_request_attempt_count=True)],
+            include_request_attempt_count=True,
+            response_headers_to_add=_alt_svc(config))],
     )
 
 
@@ -776,21 +784,97 @@ def http_connection_manager(config: HapaxConfig) -> hcm_pb2.HttpConnectionManage
 
 
 def listener(config: HapaxConfig) -> listener_pb2.Listener:
+    chain = listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
+        name="envoy.filters.network.http_connection_manager",
+        typed_config=pack(http_connection_manager(config)),
+    )])
+    if config.server.tls is not None:
+        # HTTPS; HTTP/2 or HTTP/1.1 by ALPN (codec AUTO follows it).
+        chain.transport_socket.CopyFrom(base_pb2.TransportSocket(
+            name="envoy.transport_sockets.tls",
+            typed_config=pack(_downstream_tls(TLS_SECRET, ["h2", "http/1.1"]))))
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         address=_socket_address(config.server.host, config.server.port),
         per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=MAX_REQUEST_BYTES),
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                filters=[
-                    listener_components_pb2.Filter(
-                        name="envoy.filters.network.http_connection_manager",
-                        typed_config=pack(http_connection_manager(config)),
-                    )
-                ]
-            )
-        ],
+        filter_chains=[chain],
     )
+
+
+# ---------------------------------------------------------------- HTTPS and HTTP/3
+#
+# Certificates reach Envoy only as SDS secrets over ADS (checked by the config
+# loader first, see control_plane/tls.py); a renewed certificate is a new
+# secret version, taken by Envoy without touching the listeners.
+TLS_SECRET = "hapax_tls"
+HTTP3_TLS_SECRET = "hapax_http3_tls"
+HTTP3_LISTENER_NAME = "hapax_http3"
+ALT_SVC_MAX_AGE = 86400
+
+
+def tls_secrets(config: HapaxConfig) -> list[secret_pb2.Secret]:
+    secrets = []
+    if config.server.tls is not None:
+        secrets.append(_secret(TLS_SECRET, config.server.tls))
+    http3 = config.server.http3
+    if http3.enabled and http3.certificate is not None and http3.certificate != config.server.tls:
+        secrets.append(_secret(HTTP3_TLS_SECRET, http3.certificate))
+    return secrets
+
+
+def _secret(name: str, certificate: Certificate) -> secret_pb2.Secret:
+    return secret_pb2.Secret(name=name, tls_certificate=common_pb2.TlsCertificate(
+        certificate_chain=base_pb2.DataSource(inline_bytes=certificate.cert_pem),
+        private_key=base_pb2.DataSource(inline_bytes=certificate.key_pem),
+    ))
+
+
+def _downstream_tls(secret: str, alpn: list[str]) -> tls_pb2.DownstreamTlsContext:
+    return tls_pb2.DownstreamTlsContext(common_tls_context=tls_pb2.CommonTlsContext(
+        tls_certificate_sds_secret_configs=[secret_pb2.SdsSecretConfig(name=secret, sds_config=_ads())],
+        alpn_protocols=alpn,
+    ))
+
+
+def http3_listener(config: HapaxConfig) -> listener_pb2.Listener | None:
+    http3 = config.server.http3
+    if not http3.enabled or http3.certificate is None:
+        return None
+    secret = TLS_SECRET if http3.certificate == config.server.tls else HTTP3_TLS_SECRET
+    transport = quic_transport_pb2.QuicDownstreamTransport(
+        downstream_tls_context=_downstream_tls(secret, ["h3"]),
+        # No 0-RTT: every API call is a POST that spends money; a replayed one
+        # must be impossible, not merely unlikely. Resumption still saves the
+        # certificate exchange. (README: HTTP/3.)
+        enable_early_data=wrappers_pb2.BoolValue(value=False),
+    )
+    hcm = http_connection_manager(config)
+    hcm.codec_type = hcm_pb2.HttpConnectionManager.HTTP3
+    hcm.http3_protocol_options.CopyFrom(protocol_pb2.Http3ProtocolOptions())
+    address = _socket_address(config.server.host, config.server.http3_port)
+    address.socket_address.protocol = address_pb2.SocketAddress.UDP
+    return listener_pb2.Listener(
+        name=HTTP3_LISTENER_NAME,
+        address=address,
+        per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=MAX_REQUEST_BYTES),
+        udp_listener_config=udp_listener_config_pb2.UdpListenerConfig(
+            quic_options=quic_config_pb2.QuicProtocolOptions()),
+        filter_chains=[listener_components_pb2.FilterChain(
+            transport_socket=base_pb2.TransportSocket(name="envoy.transport_sockets.quic", typed_config=pack(transport)),
+            filters=[listener_components_pb2.Filter(
+                name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm))],
+        )],
+    )
+
+
+def _alt_svc(config: HapaxConfig) -> list[base_pb2.HeaderValueOption]:
+    """Advertises HTTP/3 on every answer, so that clients upgrade (not with an ephemeral port: unknown here)."""
+    http3 = config.server.http3
+    if not http3.enabled or http3.certificate is None or config.server.http3_port == 0:
+        return []
+    return [base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key="alt-svc", value=f'h3=":{config.server.http3_port}"; ma={ALT_SVC_MAX_AGE}'),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)]
 
 
 # ---------------------------------------------------------------- ext_proc runtime

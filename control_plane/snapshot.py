@@ -19,6 +19,8 @@ from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.quic.v3 import quic_transport_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import message
 
 from control_plane import resources as res
@@ -30,11 +32,13 @@ ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 RUNTIME = "type.googleapis.com/hapax.v1.Runtime"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 # Order in which a new version is pushed: clusters before the endpoints that fill
-# them, listeners before the routes they reference (go-control-plane's order),
-# Hapax's own runtime last.
-PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, RUNTIME)
+# them, secrets (certificates) before the listeners that use them, listeners
+# before the routes they reference (go-control-plane's order), Hapax's own
+# runtime last.
+PUSH_ORDER = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE, RUNTIME)
 
 
 class InconsistentSnapshot(Exception):
@@ -63,6 +67,7 @@ def make_snapshot(version: str, by_type: dict[str, list[message.Message]]) -> Sn
         LISTENER: lambda lst: lst.name,
         ROUTE: lambda r: r.name,
         RUNTIME: lambda _: res.RUNTIME_NAME,
+        SECRET: lambda secret: secret.name,
     }
     snap = Snapshot(
         version=version,
@@ -89,7 +94,9 @@ def build_snapshot(config: HapaxConfig, version: str, ext_proc: res.ExtProcEndpo
                 res.load_assignment(res.EXT_PROC_CLUSTER, ext_proc.grpc),
                 res.load_assignment(res.EXT_PROC_HTTP_CLUSTER, ext_proc.http),
             ],
-            LISTENER: [res.listener(config), res.metrics_listener(config)],
+            SECRET: res.tls_secrets(config),
+            LISTENER: [lst for lst in (res.listener(config), res.metrics_listener(config), res.http3_listener(config))
+                       if lst is not None],
             ROUTE: [res.route_configuration(config, stats_label_keys)],
             RUNTIME: [res.runtime(config, version)],
         },
@@ -119,6 +126,21 @@ def _rds_names(lst: listener_pb2.Listener) -> list[str]:
     return names
 
 
+def _secret_names(lst: listener_pb2.Listener) -> list[str]:
+    names = []
+    for chain in lst.filter_chains:
+        if not chain.HasField("transport_socket"):
+            continue
+        tls = tls_pb2.DownstreamTlsContext()
+        quic = quic_transport_pb2.QuicDownstreamTransport()
+        if chain.transport_socket.typed_config.Unpack(quic):
+            tls = quic.downstream_tls_context
+        else:
+            chain.transport_socket.typed_config.Unpack(tls)
+        names += [sds.name for sds in tls.common_tls_context.tls_certificate_sds_secret_configs]
+    return names
+
+
 def _route_clusters(rc: route_pb2.RouteConfiguration) -> list[str]:
     return [
         r.route.cluster
@@ -142,9 +164,12 @@ def check_consistency(snap: Snapshot) -> None:
     for name in endpoints:
         if name not in clusters:
             problems.append(f"ClusterLoadAssignment {name} has no cluster")
+    secrets = snap.of_type(SECRET)
     for name, lst in snap.of_type(LISTENER).items():
         problems += [f"listener {name} names missing route configuration {r}"
                      for r in _rds_names(lst) if r not in routes]
+        problems += [f"listener {name} names missing secret {s}"
+                     for s in _secret_names(lst) if s not in secrets]
     for name, rc in routes.items():
         problems += [f"route configuration {name} names missing cluster {c}"
                      for c in _route_clusters(rc) if c not in clusters]

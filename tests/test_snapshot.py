@@ -13,7 +13,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from control_plane import resources as res
 from control_plane.config import parse_config
 from control_plane.snapshot import (
-    CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, RUNTIME, InconsistentSnapshot,
+    CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, RUNTIME, SECRET, InconsistentSnapshot,
     _aggregate_members, build_snapshot, make_snapshot,
 )
 from control_plane.static_bootstrap import envoy_validate, static_bootstrap
@@ -118,8 +118,8 @@ def test_runtime_names_chains_in_preference_order():
     assert list(runtime.chains[2].providers) == ["local", "openai", "claude"]
 
 
-def test_push_order_is_clusters_endpoints_listeners_routes_then_runtime():
-    assert PUSH_ORDER == (CLUSTER, ENDPOINT, LISTENER, ROUTE, RUNTIME)
+def test_push_order_is_clusters_endpoints_secrets_listeners_routes_then_runtime():
+    assert PUSH_ORDER == (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE, RUNTIME)
 
 
 def test_snapshot_naming_a_missing_cluster_is_refused():

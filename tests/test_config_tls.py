@@ -1,0 +1,103 @@
+"""server.tls and server.http3: certificate files are checked when the config loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trustme
+
+from control_plane import resources as res
+from control_plane.config import ConfigError, load_config, parse_config
+from control_plane.snapshot import LISTENER, ROUTE, SECRET, build_snapshot
+from control_plane.static_bootstrap import envoy_rejection
+from hapax.envoy_process import envoy_binary
+from tests.test_snapshot import EXT_PROC
+
+PROVIDERS = "providers:\n  a: {type: ollama, model: m}\n"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    for name in ("gateway", "other"):
+        cert = ca.issue_cert("localhost", "127.0.0.1")
+        cert.private_key_pem.write_to_path(folder / f"{name}.key")
+        cert.cert_chain_pems[0].write_to_path(folder / f"{name}.pem")
+    (folder / "garbage.pem").write_text("not a certificate\n")
+    return folder
+
+
+def config_text(certs: Path, server: str) -> str:
+    return f"server:\n{server}\n" + PROVIDERS
+
+
+def errors(text: str) -> dict[str, str]:
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, env={})
+    return {issue.path: issue.message for issue in err.value.issues}
+
+
+def test_tls_and_http3_share_a_checked_certificate(certs):
+    config = parse_config(config_text(certs, f"  tls: {{cert_file: {certs}/gateway.pem, key_file: {certs}/gateway.key}}"
+                                             "\n  http3: {enabled: true, port: 8443}"), env={})
+    assert config.server.tls is not None and config.server.tls.cert_pem.startswith(b"-----BEGIN CERTIFICATE")
+    assert config.server.http3.enabled and config.server.http3_port == 8443
+    assert config.server.http3.certificate == config.server.tls
+    assert b"PRIVATE KEY" not in repr(config).encode()  # the key never shows in a repr (nor in logs)
+
+
+def test_http3_takes_its_own_certificate_and_the_tcp_port_number_by_default(certs):
+    config = parse_config(config_text(certs, f"  http3: {{tls_cert_file: {certs}/gateway.pem, "
+                                             f"tls_key_file: {certs}/gateway.key}}"), env={})
+    assert config.server.tls is None and config.server.http3.enabled
+    assert config.server.http3_port == config.server.port
+
+
+@pytest.mark.parametrize("server,path,message", [
+    ("  tls: {cert_file: CERTS/missing.pem, key_file: CERTS/gateway.key}", "server.tls.cert_file", "cannot read"),
+    ("  tls: {cert_file: CERTS/gateway.pem, key_file: CERTS/other.key}", "server.tls.key_file",
+     "does not match the certificate"),
+    ("  tls: {cert_file: CERTS/garbage.pem, key_file: CERTS/gateway.key}", "server.tls.cert_file",
+     "is not a PEM certificate"),
+    ("  tls: {cert_file: CERTS/gateway.pem, key_file: CERTS/gateway.pem}", "server.tls.key_file",
+     "is not a PEM private key"),
+    ("  tls: {cert_file: CERTS/gateway.pem}", "server.tls", "missing: key_file"),
+    ("  http3: {enabled: true}", "server.http3", "HTTP/3 needs a certificate"),
+    ("  http3: {tls_cert_file: CERTS/gateway.pem}", "server.http3.tls_key_file", "expected a string"),
+    ("  http3: {enabled: maybe, tls_cert_file: CERTS/gateway.pem}", "server.http3.enabled", "true or false"),
+])
+def test_certificate_problems_are_config_errors_at_their_key(certs, server, path, message):
+    found = errors(config_text(certs, server.replace("CERTS", str(certs))))
+    assert path in found and message in found[path], found
+
+
+def test_relative_certificate_paths_are_relative_to_the_config_file(certs, tmp_path):
+    config_file = certs / "hapax.yaml"
+    config_file.write_text("server:\n  tls: {cert_file: gateway.pem, key_file: gateway.key}\n" + PROVIDERS)
+    assert load_config(config_file, env={}).server.tls.cert_file == str(certs / "gateway.pem")
+
+
+def test_envoy_validates_the_tls_and_http3_listeners_with_their_secrets(certs, tmp_path):
+    config = parse_config(config_text(certs, f"  tls: {{cert_file: {certs}/gateway.pem, key_file: {certs}/gateway.key}}"
+                                             "\n  http3: {enabled: true, port: 8443}"), env={})
+    snapshot = build_snapshot(config, "v1", EXT_PROC)
+    assert set(snapshot.of_type(SECRET)) == {res.TLS_SECRET}  # one certificate, shared
+    listeners = snapshot.of_type(LISTENER)
+    assert res.HTTP3_LISTENER_NAME in listeners
+    secret_text = str(snapshot.of_type(SECRET)[res.TLS_SECRET])
+    assert all("PRIVATE KEY" not in str(listener) for listener in listeners.values())  # only in the secret
+    assert "PRIVATE KEY" in secret_text
+    alt_svc = snapshot.of_type(ROUTE)[res.ROUTE_CONFIG_NAME].virtual_hosts[0].response_headers_to_add
+    assert [(h.header.key, h.header.value) for h in alt_svc] == [("alt-svc", 'h3=":8443"; ma=86400')]
+    assert envoy_rejection(envoy_binary(), snapshot) == ""
+
+
+def test_a_separate_http3_certificate_is_its_own_secret(certs):
+    config = parse_config(config_text(certs, f"  tls: {{cert_file: {certs}/gateway.pem, key_file: {certs}/gateway.key}}"
+                                             f"\n  http3: {{tls_cert_file: {certs}/other.pem, "
+                                             f"tls_key_file: {certs}/other.key}}"), env={})
+    snapshot = build_snapshot(config, "v1", EXT_PROC)
+    assert set(snapshot.of_type(SECRET)) == {res.TLS_SECRET, res.HTTP3_TLS_SECRET}
+    assert envoy_rejection(envoy_binary(), snapshot) == ""
