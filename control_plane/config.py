@@ -40,6 +40,7 @@ __all__ = [
     "HapaxConfig",
     "HealthCheckConfig",
     "ProviderConfig",
+    "ExtProcConfig",
     "Http3Config",
     "LoggingConfig",
     "RetryConfig",
@@ -67,7 +68,9 @@ MAX_LABELS = 8  # every label multiplies the number of time series
 MAX_LABEL_VALUE_LENGTH = 64
 
 _TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "health_check", "retry", "pricing",
-                   "logging")
+                   "logging", "ext_proc")
+_EXT_PROC_KEYS = ("workers",)
+MAX_WORKERS = 64
 _LOGGING_KEYS = ("level", "format", "access_log")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
@@ -207,6 +210,13 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class ExtProcConfig:
+    # ext_proc processes `hapax serve` runs; None: one per CPU. (Envoy spreads the
+    # gRPC streams over them; a request's steps may land on different ones.)
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"    # Hapax's own processes (Envoy's has --envoy-log-level)
     format: str = "json"   # json | text, for Hapax's own lines; access logs are always JSON
@@ -252,6 +262,7 @@ class HapaxConfig:
     # Model -> price per million tokens: the built-in table with ``pricing:`` over it.
     pricing: Mapping[str, ModelPrice] = field(default_factory=lambda: FrozenMap(DEFAULT_PRICES))
     logging: LoggingConfig = LoggingConfig()
+    ext_proc: ExtProcConfig = ExtProcConfig()
 
     def __post_init__(self) -> None:
         _freeze(self, "pricing", FrozenMap)
@@ -603,10 +614,24 @@ def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
     retry = _retry(root.get("retry"), issues)
     pricing = _pricing(root.get("pricing"), issues)
     logging_config = _logging(root.get("logging"), issues)
+    ext_proc = _ext_proc(root.get("ext_proc"), issues)
     if issues.errors:
         return None
     return HapaxConfig(server, providers, preference, routes, tuple(issues.warnings), source, retry, pricing,
-                       logging_config)
+                       logging_config, ext_proc)
+
+
+def _ext_proc(value: Any, issues: _Issues) -> ExtProcConfig:
+    node = {} if value is None else _mapping(value, "ext_proc", issues)
+    if not node:
+        return ExtProcConfig()
+    _reject_unknown_keys(node, "ext_proc", _EXT_PROC_KEYS, issues)
+    if node.get("workers") is None:
+        return ExtProcConfig()
+    workers = _positive_integer(node["workers"], "ext_proc.workers", 1, issues)
+    if workers > MAX_WORKERS:
+        issues.error("ext_proc.workers", f"at most {MAX_WORKERS} workers, got {workers}")
+    return ExtProcConfig(min(workers, MAX_WORKERS))
 
 
 def _logging(value: Any, issues: _Issues) -> LoggingConfig:

@@ -17,7 +17,7 @@ passed yet).
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.provider_health import ProviderHealth, ProviderProber
@@ -80,7 +80,7 @@ def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
         return web.json_response(_provider_report(state), status=200 if healthy else 503)
 
     async def prometheus(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry),
+        return web.Response(body=metrics.exposition(),
                             headers={"content-type": CONTENT_TYPE_LATEST})
 
     app = web.Application()

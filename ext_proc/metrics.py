@@ -17,6 +17,7 @@ Names follow OpenTelemetry's GenAI conventions where they exist
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +27,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
+    generate_latest,
+    multiprocess,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -38,6 +41,7 @@ from hapax.v1 import runtime_pb2
 disable_created_metrics()
 
 NONE = "none"  # provider / model of a request that no provider answered
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 # Buckets: OpenTelemetry's advice for the GenAI histograms; the overhead's spans
 # what a Python hop can add, from half a millisecond up.
@@ -121,7 +125,8 @@ class _RequestFamilies:
                                  [*route, "provider"], registry=registry),
             retries := Counter("hapax_retries", "Attempts after the first, by the provider they went to",
                                [*route, "provider"], registry=registry),
-            inflight := Gauge("hapax_inflight_requests", "Requests being answered now", route, registry=registry),
+            inflight := Gauge("hapax_inflight_requests", "Requests being answered now", route, registry=registry,
+                              multiprocess_mode="livesum"),
             overhead := Histogram("hapax_gateway_overhead_seconds",
                                   "Time a request spent in the gateway itself, the provider's time excluded "
                                   "(requests answered at the first attempt)",
@@ -144,15 +149,36 @@ def _status_class(status: int) -> str:
 
 
 class GatewayMetrics:
+    """This process's series; with several ext_proc workers, every worker's together.
+
+    Several workers share a directory (``PROMETHEUS_MULTIPROC_DIR``, set by the
+    supervisor before any of them starts) where prometheus_client keeps each
+    process's values; a scrape, which lands on any one worker, adds them up.
+    """
+
     def __init__(self, prober: ProviderProber) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(ProviderHealthCollector(prober))
+        self.collectors: list[Collector] = [ProviderHealthCollector(prober)]
         self.streams = Counter(
             "hapax_streams", "Streams a client received, by how they ended: only 'completed' is a success",
             ["provider", "outcome"], registry=self.registry)
         self.config_version = Gauge("hapax_config_version_info", "The configuration version ext_proc serves (1)",
-                                    ["version"], registry=self.registry)
+                                    ["version"], registry=self.registry, multiprocess_mode="livemax")
         self._families = _RequestFamilies(self.registry, ())
+
+    def add_collector(self, collector: Collector) -> None:
+        """A collector of state this process reads at scrape time (not added up across workers)."""
+        self.collectors.append(collector)
+
+    def exposition(self) -> bytes:
+        registry = CollectorRegistry()
+        if os.environ.get(MULTIPROCESS_DIR):
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry.register(_Registered(self.registry))
+        for collector in self.collectors:
+            registry.register(collector)
+        return generate_latest(registry)
 
     def configure(self, view: RuntimeView) -> None:
         """Called with each runtime version: label names follow its routes."""
@@ -213,6 +239,16 @@ class GatewayMetrics:
 
     def stream_ended(self, provider: str, outcome: str) -> None:
         self.streams.labels(provider, outcome).inc()
+
+
+class _Registered(Collector):
+    """A registry's own metrics, as one collector of another registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Any]:
+        return self.registry.collect()
 
 
 def _count(value: Any) -> int:

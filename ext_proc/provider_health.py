@@ -22,10 +22,12 @@ import asyncio
 import datetime
 import email.utils
 import errno
+import os
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from ext_proc.providers.base import Translator
     from ext_proc.runtime import Provider
 
-__all__ = ["HealthCheckSettings", "ProviderHealth", "ProviderProber", "retry_after_seconds"]
+__all__ = ["HealthCheckSettings", "HoldOffBoard", "ProviderHealth", "ProviderProber", "retry_after_seconds"]
 
 # The longest retry-after honoured: a provider asking for more is held off this
 # long, then probed and tried again (Envoy's cap for rate-limited back-off).
@@ -104,6 +106,36 @@ class ProviderHealth:
         return flip
 
 
+class HoldOffBoard:
+    """Retry-after deadlines shared by every ext_proc worker: one small file per provider.
+
+    A worker that sees a retry-after writes the deadline; Envoy polls the
+    verdict of one worker, which must know. Deadlines are time.monotonic()
+    values, which on Linux count from the same point in every process.
+    Without a folder (one worker), the board keeps nothing.
+    """
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def set(self, name: str, until: float) -> None:
+        if self.folder is None:
+            return
+        tmp = self.folder / f".{name}.{os.getpid()}"
+        tmp.write_text(repr(until))
+        os.replace(tmp, self.folder / name)  # readers see the old deadline or the new one, never half
+
+    def get(self, name: str) -> float:
+        if self.folder is None:
+            return 0.0
+        try:
+            return float((self.folder / name).read_text())
+        except (OSError, ValueError):
+            return 0.0
+
+
 class ProviderProber:
     """Probes every provider of the current runtime in the background.
 
@@ -113,8 +145,10 @@ class ProviderProber:
     """
 
     def __init__(self, translator_for: Callable[[str], Translator], *,
-                 session_factory: Callable[..., aiohttp.ClientSession] = aiohttp.ClientSession) -> None:
+                 session_factory: Callable[..., aiohttp.ClientSession] = aiohttp.ClientSession,
+                 hold_off_board: HoldOffBoard | None = None) -> None:
         self.translator_for = translator_for
+        self.board = hold_off_board or HoldOffBoard(None)
         self._session_factory = session_factory
         self._states: dict[str, ProviderHealth] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -126,10 +160,13 @@ class ProviderProber:
     # -- what the HTTP side reads ----------------------------------------------
 
     def state(self, name: str) -> ProviderHealth | None:
-        return self._states.get(name)
+        state = self._states.get(name)
+        if state is not None:
+            state.held_until = max(state.held_until, self.board.get(name))
+        return state
 
     def states(self) -> dict[str, ProviderHealth]:
-        return dict(self._states)
+        return {name: self.state(name) for name in list(self._states)}  # type: ignore[misc]
 
     def hold_off(self, name: str, seconds: float) -> None:
         """The provider answered with a retry-after: out of rotation until it passes."""
@@ -143,6 +180,7 @@ class ProviderProber:
                 log.warning("provider asked to be left alone; out of rotation until its retry-after passes",
                             extra={"provider": name, "seconds": round(seconds, 3)})
             state.held_until = until
+            self.board.set(name, until)
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 import grpc
 from aiohttp import web
@@ -14,7 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from ext_proc.health import health_app
 from ext_proc.metrics import ConfigStatusCollector, GatewayMetrics
 from ext_proc.processor import Processor
-from ext_proc.provider_health import ProviderProber
+from ext_proc.provider_health import HoldOffBoard, ProviderProber
 from ext_proc.providers import TRANSLATORS, translator_for
 from ext_proc.runtime import RuntimeView
 from ext_proc.xds_client import RuntimeSubscription
@@ -24,13 +25,14 @@ log = logging.getLogger("hapax.ext_proc")
 
 
 async def serve(args: argparse.Namespace) -> None:
-    prober = ProviderProber(translator_for)
+    board = HoldOffBoard(Path(args.shared_dir) / "hold-off" if args.shared_dir else None)
+    prober = ProviderProber(translator_for, hold_off_board=board)
     metrics = GatewayMetrics(prober)
     subscription = RuntimeSubscription(
         args.xds, frozenset(TRANSLATORS), args.node_id,
         on_update=lambda view: _apply(view, prober, metrics),
     )
-    metrics.registry.register(ConfigStatusCollector(lambda: subscription.status))
+    metrics.add_collector(ConfigStatusCollector(lambda: subscription.status))
     xds_task = asyncio.create_task(subscription.run())
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--health-listen", default="127.0.0.1:0")
     parser.add_argument("--node-id", default=None)
+    parser.add_argument("--shared-dir", default=None,
+                        help="state the ext_proc workers of one gateway share (retry-after deadlines)")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", default="json", choices=("json", "text"))
     args = parser.parse_args(argv)

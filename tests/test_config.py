@@ -338,7 +338,7 @@ def test_unknown_key_suggests_close_match():
          "unknown key 'prot' (did you mean 'port'?)"),
         (with_provider("{type: ollama, model: m}") + "listeners: []", "listeners",
          "unknown key 'listeners' (expected one of: server, providers, provider_preference, routes, health_check, retry, "
-         "pricing, logging)"),
+         "pricing, logging, ext_proc)"),
         (with_provider("{type: ollama, model: m}") + "1: x", "1", "expected a string key, got integer 1"),
     ],
 )
@@ -1003,3 +1003,13 @@ def test_logging_errors_name_the_key(node, path, message):
         parse_config(f"logging: {node}\nproviders:\n  a: {{type: ollama, model: m}}\n", env={})
     [issue] = err.value.issues
     assert issue.path == path and message in issue.message
+
+
+def test_ext_proc_workers_default_to_one_per_cpu_and_are_bounded():
+    assert parse_config("providers:\n  a: {type: ollama, model: m}\n", env={}).ext_proc.workers is None
+    assert parse_config("ext_proc: {workers: 3}\nproviders:\n  a: {type: ollama, model: m}\n",
+                        env={}).ext_proc.workers == 3
+    for bad in ("0", "1000", "many"):
+        with pytest.raises(ConfigError) as err:
+            parse_config(f"ext_proc: {{workers: {bad}}}\nproviders:\n  a: {{type: ollama, model: m}}\n", env={})
+        assert [i.path for i in err.value.issues] == ["ext_proc.workers"]

@@ -17,6 +17,7 @@ import pytest
 from ext_proc.provider_health import (
     MAX_HOLD_OFF_SECONDS,
     HealthCheckSettings,
+    HoldOffBoard,
     ProviderHealth,
     ProviderProber,
     retry_after_seconds,
@@ -356,3 +357,19 @@ async def test_hold_off_keeps_the_longest_wait_and_is_capped(prober):
     assert prober.state("p").hold_off_remaining() <= MAX_HOLD_OFF_SECONDS
     prober.hold_off("unknown", 30)  # a provider no longer configured: nothing to hold
     assert prober.state("unknown") is None
+
+
+async def test_a_hold_off_seen_by_one_worker_holds_for_every_worker(tmp_path):
+    board_dir = tmp_path / "hold-off"
+    first = ProviderProber(translator_for, hold_off_board=HoldOffBoard(board_dir))
+    second = ProviderProber(translator_for, hold_off_board=HoldOffBoard(board_dir))
+    try:
+        async with FakeOpenAI() as fake:
+            for prober in (first, second):
+                prober.update({"p": provider_for(fake, "openai")}, {"p": HealthCheckSettings(interval=3600)})
+        first.hold_off("p", 30)
+        assert not second.state("p").in_rotation()  # the worker Envoy polls knows
+        assert 29 < second.states()["p"].hold_off_remaining() <= 30
+    finally:
+        await first.close()
+        await second.close()
