@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import logging
 import signal
@@ -131,11 +132,124 @@ class ControlPlane:
 
         self.cache.update_status(record)
 
-    async def watch(self) -> None:
-        target = self.config_path.resolve()
-        async for changes in awatch(target.parent, debounce=200, step=50):
-            if any(Path(p).resolve() == target for _, p in changes) and target.exists():
-                self.reload()
+    async def watch(self, triggers: ReloadTriggers | None = None, loaded: bytes | None = None) -> None:
+        """Reloads when the file's content changes, and on every ``triggers.add("SIGHUP")``.
+
+        File events come from the file's folder, so a save by rename, a delete
+        then re-create and a swapped symlink (a Kubernetes ConfigMap) are all
+        seen. A burst of writes is grouped (watchfiles' debounce) and the file
+        is read after it, so the last write wins. A slow check of the content
+        catches what events miss (an edit while the control plane started, a
+        file system without inotify). A deleted file changes nothing: the last
+        good version keeps serving until the file is back. ``loaded`` is the
+        content read at start-up (None: read it now).
+        """
+        triggers = triggers or ReloadTriggers()
+        last = _read(self.config_path) if loaded is None else loaded
+        sources = [asyncio.create_task(_file_events(self.config_path, triggers)),
+                   asyncio.create_task(_poll_content(self.config_path, triggers))]
+        gone = empty_deferred = False
+        try:
+            while True:
+                reasons = await triggers.next()
+                content = _read(self.config_path)
+                forced = RELOAD_SIGNAL in reasons
+                if (content is None) != gone:
+                    gone = content is None
+                    if gone:
+                        log.warning("config file is gone; the last good version keeps serving until it is back",
+                                    extra={"file": str(self.config_path)})
+                    else:
+                        log.info("config file is back", extra={"file": str(self.config_path)})
+                if gone and not forced:
+                    continue
+                if content is not None and not content.strip() and not forced and not empty_deferred:
+                    # Most likely an editor between truncating the file and writing it: look again shortly.
+                    empty_deferred = True
+                    asyncio.get_running_loop().call_later(EMPTY_FILE_GRACE, triggers.add, "empty file")
+                    continue
+                empty_deferred = False
+                if content == last and not forced:
+                    continue
+                last = content
+                log.info("config reload", extra={"trigger": ", ".join(sorted(reasons)), "file": str(self.config_path)})
+                try:
+                    self.reload()
+                except Exception:  # a bug must not end the watch: the next edit gets its chance
+                    log.exception("config reload failed; the last good version keeps serving")
+        finally:
+            for task in sources:
+                task.cancel()
+            await asyncio.gather(*sources, return_exceptions=True)
+
+
+# File events: a burst is grouped until it has been quiet for STEP (at most DEBOUNCE).
+WATCH_DEBOUNCE_MS = 300
+WATCH_STEP_MS = 50
+# The content check behind the file events; a change must hold for one interval.
+POLL_SECONDS = 2.0
+EMPTY_FILE_GRACE = 0.5  # an empty file is read again once before it counts
+RELOAD_SIGNAL = "SIGHUP"  # the trigger that reloads even an unchanged file
+
+
+class ReloadTriggers:
+    """Why the file should be read again, gathered until the watch gets to them."""
+
+    def __init__(self) -> None:
+        self._reasons: set[str] = set()
+        self._event = asyncio.Event()
+
+    def add(self, reason: str) -> None:
+        self._reasons.add(reason)
+        self._event.set()
+
+    async def next(self) -> set[str]:
+        await self._event.wait()
+        self._event.clear()
+        reasons, self._reasons = self._reasons, set()
+        return reasons
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+async def _file_events(path: Path, triggers: ReloadTriggers) -> None:
+    """A trigger per batch of changes in the folder of the file (and of its target, for a symlink)."""
+    warned = False
+    while True:
+        folders = sorted({str(path.absolute().parent), str(path.resolve().parent)})
+        try:
+            async with contextlib.aclosing(awatch(*folders, watch_filter=None, recursive=False,
+                                                  debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS)) as batches:
+                # Handled once the watch is in place (the first await of `batches`): a change made
+                # before it, while starting or while a folder was replaced, is not missed.
+                triggers.add("watch started")
+                async for changes in batches:
+                    triggers.add("file event")
+                    warned = False
+                    if any(changed in folders for _, changed in changes):
+                        break  # a watched folder itself went or was replaced (a symlink's target): watch anew
+        except Exception as err:  # noqa: BLE001 - e.g. the folder is gone, or no inotify watches are left
+            if not warned:
+                log.warning("cannot watch the config folder; checking the file every few seconds instead",
+                            extra={"folders": folders, "error": str(err)})
+                warned = True
+            await asyncio.sleep(POLL_SECONDS)
+
+
+async def _poll_content(path: Path, triggers: ReloadTriggers) -> None:
+    """A trigger whenever the content has held still for a whole interval (the watch skips it if already read)."""
+    previous = _read(path)
+    while True:
+        await asyncio.sleep(POLL_SECONDS)
+        content = _read(path)
+        if content == previous:
+            triggers.add("content check")
+        previous = content
 
 
 def _applied(status: runtime_pb2.ConfigStatus) -> None:
@@ -157,21 +271,27 @@ async def serve(args: argparse.Namespace) -> None:
         grpc=tuple(_address(a) for a in args.ext_proc_grpc),
         http=tuple(_address(a) for a in args.ext_proc_http),
     )
+    loaded = _read(Path(args.config))  # read before the first load: any edit from here on is seen
     plane = ControlPlane(Path(args.config), endpoints, args.port, args.metrics_port)
     server = grpc.aio.server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(plane.ads, server)
     port = server.add_insecure_port(args.listen)
     await server.start()
-    host = args.listen.rsplit(":", 1)[0]
-    logs.announce("ready", component="control_plane", xds=f"{host}:{port}",
-                  version=plane.cache.snapshot.version)
-    watcher = asyncio.create_task(plane.watch())
     stop = asyncio.Event()
+    triggers = ReloadTriggers()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP (`kill -HUP`, or forwarded by `hapax serve`) reads the file again, changed or not.
+    loop.add_signal_handler(signal.SIGHUP, triggers.add, RELOAD_SIGNAL)
+    watcher = asyncio.create_task(plane.watch(triggers, loaded))
+    host = args.listen.rsplit(":", 1)[0]
+    logs.announce("ready", component="control_plane", xds=f"{host}:{port}",
+                  version=plane.cache.snapshot.version)
     await stop.wait()
     watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
     await server.stop(grace=1)
 
 
@@ -192,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-format", default="json", choices=("json", "text"))
     args = parser.parse_args(argv)
     logs.setup("control_plane", args.log_level, args.log_format)
+    # A SIGHUP while starting must not kill us; the file is read at start anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         asyncio.run(serve(args))
     except ConfigError as err:

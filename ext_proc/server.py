@@ -80,5 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-format", default="json", choices=("json", "text"))
     args = parser.parse_args(argv)
     logs.setup("ext_proc", args.log_level, args.log_format)
+    # SIGHUP reloads the config in the control plane; here (a terminal closing
+    # on the whole process group) it must not take the gateway down.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     asyncio.run(serve(args))
     return 0

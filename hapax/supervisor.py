@@ -8,6 +8,8 @@ Policy when a child dies: the supervisor says which one and how (exit code or
 signal), stops the other two and exits non-zero. Restarting belongs to the
 service manager above us (systemd, Kubernetes), which also sees the failure;
 a supervisor that silently restarted a crash-looping child would hide it.
+
+SIGHUP is passed on to the control plane, which reads its file again.
 """
 
 from __future__ import annotations
@@ -299,6 +301,16 @@ class Supervisor:
 
     # -- run and stop
 
+    def reload_config(self) -> None:
+        """SIGHUP: the control plane reads its file again; nothing else restarts."""
+        child = next((c for c in self.children if c.name == "control_plane"), None)
+        if child is None or not child.ready or child.process is None or child.process.returncode is not None:
+            # It has not announced itself yet: it reads the file (and watches it) as it starts.
+            log.info("SIGHUP before the control plane is up; it reads the config as it starts")
+            return
+        log.info("SIGHUP: the control plane reloads the config", extra={"pid": child.process.pid})
+        child.process.send_signal(signal.SIGHUP)
+
     async def wait(self, stop: asyncio.Event) -> int:
         """Returns when ``stop`` is set by a signal (0) or a child dies (1)."""
         waiters = {asyncio.create_task(c.process.wait()): c for c in self.children if c.process}
@@ -335,6 +347,8 @@ async def serve(options: ServeOptions) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     supervisor = Supervisor(options)
+    # SIGHUP is the conventional "reload your config": forwarded to the control plane.
+    loop.add_signal_handler(signal.SIGHUP, supervisor.reload_config)
     try:
         if not await _start_unless_stopped(supervisor, stop):
             log.info("stopped during start-up")

@@ -59,7 +59,7 @@ class Process:
 
 
 class Envoy:
-    def __init__(self, tmp: Path, name: str, xds_port: int) -> None:
+    def __init__(self, tmp: Path, name: str, xds_port: int, started: list) -> None:
         bootstrap = tmp / f"{name}.yaml"
         bootstrap.write_text(render_bootstrap(node_id=name, admin_port=0, xds_host="127.0.0.1", xds_port=xds_port))
         admin = tmp / f"{name}.admin"
@@ -67,6 +67,7 @@ class Envoy:
             [str(envoy_binary()), "-c", str(bootstrap), "--admin-address-path", str(admin),
              "--disable-hot-restart", "--log-level", "error", "--base-id", str(free_port())],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(self)  # stopped by the fixture even if it never gets ready
         wait_for(lambda: admin.exists() and admin.read_text().strip(), f"{name}'s admin address")
         self.admin = "http://" + admin.read_text().strip()
         wait_for(lambda: self._api_port(), f"{name}'s listener")
@@ -116,7 +117,7 @@ def fleet(fake_host, tmp_path):
 
     started: list = [ext_proc]
     try:
-        yield config, config_path, control_plane, started, lambda name: Envoy(tmp_path, name, xds_port)
+        yield config, config_path, control_plane, started, lambda name: Envoy(tmp_path, name, xds_port, started)
     finally:
         for process in reversed(started):
             process.stop()
@@ -134,11 +135,10 @@ def test_envoys_converge_and_survive_a_control_plane_restart(fleet):
     plane = control_plane()
     started.append(plane)
     first = envoy("envoy-a")
-    started.append(first)
-    assert first.post("/v1/chat/completions") == 200
+    # ext_proc may get its first version a moment after Envoy its listeners.
+    wait_for(lambda: first.post("/v1/chat/completions") == 200, "the first Envoy to serve")
     second = envoy("envoy-b")  # a node that connects late gets the current version
-    started.append(second)
-    assert second.post("/v1/chat/completions") == 200
+    wait_for(lambda: second.post("/v1/chat/completions") == 200, "the late Envoy to serve")
 
     with_team = {**config, "routes": [*config["routes"], {"path": TEAM, "handler": "chat"}]}
     save(path, with_team)
