@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,6 +63,7 @@ class ControlPlane:
             raise ConfigError(str(config_path), [ConfigIssue("", "no configuration could be built")])
         self.cache = SnapshotCache(snapshot)
         self.ads = AdsServer(self.cache)
+        self.certificate_files = _certificate_files(first)
 
     def _load(self) -> HapaxConfig:
         config = load_config(self.config_path)
@@ -108,10 +110,11 @@ class ControlPlane:
             return False
         if snapshot is None:
             log.info("config file saved without a change", extra={"version": self.cache.snapshot.version})
-            self.cache.update_status(lambda status: setattr(status, "reloads_unchanged", status.reloads_unchanged + 1))
+            self.cache.update_status(_unchanged)
             return False
         self.cache.set(snapshot)
         self.cache.update_status(_applied)
+        self.certificate_files = _certificate_files(config)
         log.info("config version published", extra={"version": snapshot.version, "summary": summarize(config)})
         return True
 
@@ -132,6 +135,16 @@ class ControlPlane:
 
         self.cache.update_status(record)
 
+    def watched_files(self) -> list[Path]:
+        """The config file and the certificate files the serving version uses (a renewal is a reload)."""
+        return [self.config_path, *self.certificate_files]
+
+    def _certificates(self) -> tuple[bytes | None, ...]:
+        return tuple(_read(path) for path in self.certificate_files)
+
+    def _watched_content(self) -> tuple[bytes | None, tuple[bytes | None, ...]]:
+        return _read(self.config_path), self._certificates()
+
     async def watch(self, triggers: ReloadTriggers | None = None, loaded: bytes | None = None) -> None:
         """Reloads when the file's content changes, and on every ``triggers.add("SIGHUP")``.
 
@@ -145,9 +158,9 @@ class ControlPlane:
         content read at start-up (None: read it now).
         """
         triggers = triggers or ReloadTriggers()
-        last = _read(self.config_path) if loaded is None else loaded
-        sources = [asyncio.create_task(_file_events(self.config_path, triggers)),
-                   asyncio.create_task(_poll_content(self.config_path, triggers))]
+        last = (_read(self.config_path) if loaded is None else loaded, self._certificates())
+        sources = [asyncio.create_task(_file_events(self.watched_files, triggers)),
+                   asyncio.create_task(_poll_content(self._watched_content, triggers))]
         gone = empty_deferred = False
         try:
             while True:
@@ -169,9 +182,9 @@ class ControlPlane:
                     asyncio.get_running_loop().call_later(EMPTY_FILE_GRACE, triggers.add, "empty file")
                     continue
                 empty_deferred = False
-                if content == last and not forced:
+                if (content, self._certificates()) == last and not forced:
                     continue
-                last = content
+                last = (content, self._certificates())
                 log.info("config reload", extra={"trigger": ", ".join(sorted(reasons)), "file": str(self.config_path)})
                 try:
                     self.reload()
@@ -217,11 +230,11 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
-async def _file_events(path: Path, triggers: ReloadTriggers) -> None:
-    """A trigger per batch of changes in the folder of the file (and of its target, for a symlink)."""
+async def _file_events(paths: Callable[[], list[Path]], triggers: ReloadTriggers) -> None:
+    """A trigger per batch of changes in the folders of the files (and of their targets, for symlinks)."""
     warned = False
     while True:
-        folders = sorted({str(path.absolute().parent), str(path.resolve().parent)})
+        folders = _folders(paths())
         try:
             async with contextlib.aclosing(awatch(*folders, watch_filter=None, recursive=False,
                                                   debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS)) as batches:
@@ -231,8 +244,8 @@ async def _file_events(path: Path, triggers: ReloadTriggers) -> None:
                 async for changes in batches:
                     triggers.add("file event")
                     warned = False
-                    if any(changed in folders for _, changed in changes):
-                        break  # a watched folder itself went or was replaced (a symlink's target): watch anew
+                    if any(changed in folders for _, changed in changes) or _folders(paths()) != folders:
+                        break  # a folder went or was replaced, or the files moved (new certificate paths): watch anew
         except Exception as err:  # noqa: BLE001 - e.g. the folder is gone, or no inotify watches are left
             if not warned:
                 log.warning("cannot watch the config folder; checking the file every few seconds instead",
@@ -241,15 +254,29 @@ async def _file_events(path: Path, triggers: ReloadTriggers) -> None:
             await asyncio.sleep(POLL_SECONDS)
 
 
-async def _poll_content(path: Path, triggers: ReloadTriggers) -> None:
+def _folders(paths: list[Path]) -> list[str]:
+    return sorted({str(p.absolute().parent) for p in paths} | {str(p.resolve().parent) for p in paths})
+
+
+async def _poll_content(content: Callable[[], object], triggers: ReloadTriggers) -> None:
     """A trigger whenever the content has held still for a whole interval (the watch skips it if already read)."""
-    previous = _read(path)
+    previous = content()
     while True:
         await asyncio.sleep(POLL_SECONDS)
-        content = _read(path)
-        if content == previous:
+        current = content()
+        if current == previous:
             triggers.add("content check")
-        previous = content
+        previous = current
+
+
+def _certificate_files(config: HapaxConfig) -> list[Path]:
+    certificates = [config.server.tls, config.server.http3.certificate]
+    return sorted({Path(f) for c in certificates if c is not None for f in (c.cert_file, c.key_file)})
+
+
+def _unchanged(status: runtime_pb2.ConfigStatus) -> None:
+    status.reloads_unchanged += 1
+    status.last_error = ""  # what the files say now is what is served: nothing is refused any more
 
 
 def _applied(status: runtime_pb2.ConfigStatus) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import urllib.request
@@ -13,7 +14,7 @@ import pytest
 import trustme
 
 from hapax.fakes import FakeOpenAI
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, wait_for
 from tests.h3 import h3_client
 
 ANSWER = "Hello from fake-openai! You said: one two three four five six seven eight"
@@ -41,6 +42,7 @@ def edge(fake_host, start_gateway, tmp_path_factory):
     config["server"]["tls"] = {"cert_file": str(folder / "gateway.pem"), "key_file": str(folder / "gateway.key")}
     config["server"]["http3"] = {"enabled": True, "port": udp_port}
     gateway = start_gateway(config)
+    gateway.ca, gateway.cert_folder = ca, folder
     yield gateway, udp_port, str(folder / "ca.pem"), fake
     fake_host.run(fake.stop())
 
@@ -157,3 +159,45 @@ def _h2_post(sock: ssl.SSLSocket, path: str, body: bytes) -> tuple[int, dict[str
             elif isinstance(event, h2.events.StreamEnded):
                 return int(headers[":status"]), headers, bytes(data)
         sock.sendall(conn.data_to_send())
+
+
+def served_certificate(gateway, ca_file: str) -> bytes:
+    port = int(gateway.url.rsplit(":", 1)[1])
+    context = ssl.create_default_context(cafile=ca_file)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        return tls.getpeercert(binary_form=True)
+
+
+def reloads(gateway, result: str) -> float:
+    return gateway.metric("hapax_config_reloads_total", result=result)
+
+
+async def test_a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_refused(edge):
+    gateway, udp_port, ca_file, _ = edge
+    folder = gateway.cert_folder
+    before = served_certificate(gateway, ca_file)
+    renewed = gateway.ca.issue_cert("localhost", "127.0.0.1")
+    renewed.private_key_pem.write_to_path(folder / "gateway.key.new")
+    renewed.cert_chain_pems[0].write_to_path(folder / "gateway.pem.new")
+    os.replace(folder / "gateway.key.new", folder / "gateway.key")
+    os.replace(folder / "gateway.pem.new", folder / "gateway.pem")
+    expected = ssl.PEM_cert_to_DER_cert(renewed.cert_chain_pems[0].bytes().decode())
+    wait_for(lambda: served_certificate(gateway, ca_file) == expected, "the renewed certificate on HTTPS")
+    assert expected != before
+    async with h3_client(udp_port, ca_file) as client:  # HTTP/3 shares it and keeps working
+        assert (await client.request("GET", "/v1/models")).status == 200
+
+    invalid = reloads(gateway, "invalid")
+    stranger = trustme.CA().issue_cert("localhost")
+    stranger.private_key_pem.write_to_path(folder / "gateway.key")  # a key that does not match
+    wait_for(lambda: reloads(gateway, "invalid") > invalid, "the mismatched key to be refused")
+    assert served_certificate(gateway, ca_file) == expected  # the last good certificate keeps serving
+    renewed.private_key_pem.write_to_path(folder / "gateway.key")
+    wait_for(lambda: "last_error" not in health(gateway), "the repaired pair to be accepted")
+
+
+def health(gateway) -> dict:
+    with urllib.request.urlopen(gateway.url + "/health", timeout=10,
+                                context=ssl.create_default_context(cafile=str(gateway.cert_folder / "ca.pem"))) as resp:
+        return json.load(resp)["components"]["control_plane"]
