@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -52,7 +53,9 @@ class ControlPlane:
         self.ext_proc = ext_proc
         self.port = port
         self.metrics_port = metrics_port
-        self._generation = 0
+        # Versions count up from the start time in milliseconds, so that they keep
+        # rising across a control plane restart too.
+        self._generation = int(time.time() * 1000)
         self._digest = ""
         self.envoy = _envoy_for_validation()
         first = self._load()
