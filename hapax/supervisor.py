@@ -20,6 +20,7 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -63,6 +64,7 @@ def _die_with_parent() -> None:
 class Child:
     name: str
     argv: list[str]
+    env: dict[str, str] | None = None  # added to the supervisor's environment
     process: asyncio.subprocess.Process | None = None
     ready: dict = field(default_factory=dict)
     _drain: asyncio.Task | None = None  # held so the task is not garbage-collected
@@ -71,6 +73,7 @@ class Child:
         self.process = await asyncio.create_subprocess_exec(
             *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            env={**os.environ, **self.env} if self.env else None,
         )
         if wait_ready:
             self.ready = await asyncio.wait_for(self._ready_line(), READY_TIMEOUT)
@@ -156,23 +159,36 @@ class Supervisor:
             port_args += ["--metrics-port", str(self.options.metrics_port)]
         xds_port = free_port()
         py = sys.executable
-        ext_proc = Child("ext_proc", [py, "-m", "ext_proc", "--xds", f"127.0.0.1:{xds_port}",
-                                      *self.log_args])
-        await self._start(ext_proc)
+        workers = await self._start_ext_procs(config.ext_proc.workers or os.cpu_count() or 1, xds_port)
+        endpoints = [arg for w in workers for arg in ("--ext-proc-grpc", w.ready["grpc"],
+                                                      "--ext-proc-http", w.ready["http"])]
         control_plane = Child("control_plane", [
             py, "-m", "control_plane", "--config", str(config_path),
-            "--listen", f"127.0.0.1:{xds_port}",
-            "--ext-proc-grpc", ext_proc.ready["grpc"], "--ext-proc-http", ext_proc.ready["http"],
-            *port_args, *self.log_args])
+            "--listen", f"127.0.0.1:{xds_port}", *endpoints, *port_args, *self.log_args])
         await self._start(control_plane)
         await self._start_envoy(admin_port, xds_port, envoy_stats_tags(stats_label_keys(config)))
         ports = await self._listener_ports(port)
-        await self._wait_ext_proc_configured(ext_proc)
+        for worker in workers:
+            await self._wait_ext_proc_configured(worker)
         host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
         scheme = "https" if config.server.tls is not None else "http"
         self.listen_url = f"{scheme}://{host}:{ports['hapax_http']}"
         self.metrics_url = f"http://{host}:{ports['hapax_metrics']}/metrics"
         self._print_ready(config, control_plane.ready.get("version", ""))
+
+    async def _start_ext_procs(self, count: int, xds_port: int) -> list[Child]:
+        """``count`` ext_proc workers, started together; they share metrics and retry-after state."""
+        metrics_dir, shared_dir = self.workdir / "metrics", self.workdir / "shared"
+        metrics_dir.mkdir()
+        shared_dir.mkdir()
+        workers = [Child("ext_proc" if i == 0 else f"ext_proc#{i + 1}",
+                         [sys.executable, "-m", "ext_proc", "--xds", f"127.0.0.1:{xds_port}",
+                          "--node-id", f"ext_proc-{os.getpid()}-{i + 1}", "--shared-dir", str(shared_dir),
+                          *self.log_args],
+                         env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+                   for i in range(count)]
+        await asyncio.gather(*(self._start(worker) for worker in workers))
+        return workers
 
     async def _start(self, child: Child, wait_ready: bool = True) -> None:
         self.children.append(child)
@@ -330,13 +346,11 @@ class Supervisor:
     async def stop(self) -> None:
         # Envoy first (no new requests), then ext_proc, then the control plane,
         # which the other two are clients of.
-        for child in sorted(self.children, key=lambda c: STOP_ORDER.index(c.name)):
+        for child in sorted(self.children, key=lambda c: STOP_ORDER.index(c.name.split("#")[0])):
             await child.stop()
         for fake in self.fakes:
             await fake.stop()
-        for path in sorted(self.workdir.glob("*")):
-            path.unlink(missing_ok=True)
-        self.workdir.rmdir()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 async def serve(options: ServeOptions) -> int:

@@ -14,6 +14,7 @@ import queue
 import signal
 import socket
 import subprocess
+import urllib.request
 import sys
 import threading
 import time
@@ -81,11 +82,16 @@ def _child_kind(argv: list[str]) -> str:
 
 
 def children_by_kind(pids: list[int]) -> dict[str, Proc]:
+    """Children by what they are: ext_proc workers after the first are ext_proc#2, #3..."""
     kinds = {}
-    for pid in pids:
+    for pid in sorted(int(p) for p in pids):
         kind = _child_kind(_cmdline(pid))
-        assert kind not in kinds, f"two {kind} children"
-        kinds[kind] = Proc.of(pid)
+        assert kind == "ext_proc" or kind not in kinds, f"two {kind} children"
+        name, n = kind, 1
+        while name in kinds:
+            n += 1
+            name = f"{kind}#{n}"
+        kinds[name] = Proc.of(pid)
     return kinds
 
 
@@ -158,6 +164,7 @@ def gateway_tmp(tmp_path) -> Path:
 def gateway(provider, start_gateway, gateway_tmp) -> Gateway:
     config = gateway_config({"openai": {"type": "openai", "model": "gpt-4o-mini",
                                         "api_key": "sk-supervisor-test", "base_url": provider.base_url}})
+    config["ext_proc"] = {"workers": 1}  # one of each child; several workers: see below
     gw = start_gateway(config, env={"TMPDIR": str(gateway_tmp)})
     yield gw
     if gw.proc.poll() is None:
@@ -315,7 +322,9 @@ def test_default_config_serves_with_built_in_fake_providers():
         assert banner["Preference"] == "openai > anthropic > ollama"
         children = children_by_kind(subprocess.run(
             ["pgrep", "-P", str(serve.proc.pid)], capture_output=True, text=True).stdout.split())
-        assert sorted(children) == sorted(CHILD_NAMES)  # the fakes run inside the supervisor
+        workers = os.cpu_count() or 1  # the default: one ext_proc per CPU
+        extra = [f"ext_proc#{n}" for n in range(2, workers + 1)]
+        assert sorted(children) == sorted([*CHILD_NAMES, *extra])  # the fakes run inside the supervisor
 
         expected_label = {"auto": "fake-openai", "gpt-4o-mini": "fake-openai",
                           "claude-3-5-haiku-latest": "fake-anthropic", "llama3.2": "fake-ollama"}
@@ -389,3 +398,26 @@ def test_sigterm_during_start_up_stops_what_started_and_cleans_up(provider, tmp_
         assert "Traceback" not in "".join(serve.stderr)
     finally:
         serve.close()
+
+
+def test_ext_proc_workers_share_the_load_and_one_scrape_counts_them_all(provider, start_gateway, gateway_tmp):
+    config = gateway_config({"openai": {"type": "openai", "model": "gpt-4o-mini",
+                                        "api_key": "sk-supervisor-test", "base_url": provider.base_url}})
+    config["ext_proc"] = {"workers": 2}
+    gw = start_gateway(config, env={"TMPDIR": str(gateway_tmp)})
+    children = children_by_kind(gw.child_pids())
+    assert sorted(children) == sorted([*CHILD_NAMES, "ext_proc#2"])
+    for i in range(40):
+        assert say_hello(gw.base_url, text=f"worker {i}").startswith("Hello from fake-openai!")
+    # Every scrape lands on one worker, and each reports all 40 (their counts are added up).
+    route = {"route": "/v1/chat/completions", "provider": "openai", "outcome": "success"}
+    assert [gw.metric("hapax_requests_total", **route) for _ in range(4)] == [40.0] * 4
+    # Envoy spread the ext_proc calls over both workers (its per-host counts).
+    with urllib.request.urlopen(gw.admin_url + "/clusters", timeout=5) as resp:
+        lines = resp.read().decode().splitlines()
+    per_worker = [int(line.rsplit("::", 1)[1]) for line in lines
+                  if line.startswith("hapax_ext_proc::") and "::rq_total::" in line]
+    assert len(per_worker) == 2 and all(n > 0 for n in per_worker), per_worker
+    os.kill(int(children["ext_proc#2"].pid), signal.SIGKILL)
+    assert gw.proc.wait(timeout=EXIT_TIMEOUT) == 1  # a dead worker stops the gateway, like any child
+    assert_all_gone(children)
