@@ -22,8 +22,8 @@ import asyncio
 import datetime
 import email.utils
 import errno
-import os
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass

@@ -23,7 +23,16 @@ from control_plane import resources as res
 from control_plane.ads import STATUS, AdsServer, SnapshotCache
 from control_plane.config import parse_config
 from control_plane.snapshot import (
-    CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, RUNTIME, SECRET, Snapshot, build_snapshot, make_snapshot,
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PUSH_ORDER,
+    ROUTE,
+    RUNTIME,
+    SECRET,
+    Snapshot,
+    build_snapshot,
+    make_snapshot,
 )
 from hapax.envoy_process import envoy_binary, render_bootstrap
 from hapax.v1 import runtime_pb2

@@ -17,7 +17,6 @@ import pytest
 from tests.conftest import REPO
 from tests.seed import SEED_YAML
 
-
 SECRET = "sk-test-SECRET-123"
 
 

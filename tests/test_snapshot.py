@@ -13,8 +13,17 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from control_plane import resources as res
 from control_plane.config import parse_config
 from control_plane.snapshot import (
-    CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, RUNTIME, SECRET, InconsistentSnapshot,
-    _aggregate_members, build_snapshot, make_snapshot,
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PUSH_ORDER,
+    ROUTE,
+    RUNTIME,
+    SECRET,
+    InconsistentSnapshot,
+    _aggregate_members,
+    build_snapshot,
+    make_snapshot,
 )
 from control_plane.static_bootstrap import envoy_validate, static_bootstrap
 from hapax.envoy_process import envoy_binary

@@ -14,10 +14,10 @@ import queue
 import signal
 import socket
 import subprocess
-import urllib.request
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
