@@ -162,9 +162,11 @@ class GatewayMetrics:
         self.streams = Counter(
             "hapax_streams", "Streams a client received, by how they ended: only 'completed' is a success",
             ["provider", "outcome"], registry=self.registry)
-        self.config_version = Gauge("hapax_config_version_info", "The configuration version ext_proc serves (1)",
+        self.config_version = Gauge("hapax_config_version_info",
+                                    "1 for the configuration version ext_proc serves (0 for earlier ones)",
                                     ["version"], registry=self.registry, multiprocess_mode="livemax")
         self._families = _RequestFamilies(self.registry, ())
+        self._version = ""
 
     def add_collector(self, collector: Collector) -> None:
         """A collector of state this process reads at scrape time (not added up across workers)."""
@@ -182,7 +184,10 @@ class GatewayMetrics:
 
     def configure(self, view: RuntimeView) -> None:
         """Called with each runtime version: label names follow its routes."""
-        self.config_version.clear()
+        # Set to 0 rather than removed: several workers' values cannot be removed.
+        if self._version and self._version != view.version:
+            self.config_version.labels(self._version).set(0)
+        self._version = view.version
         self.config_version.labels(view.version).set(1)
         keys = tuple(sorted({key for route in view.routes.values() for key in route.labels}))
         if keys != self._families.keys:

@@ -192,7 +192,14 @@ def test_every_series_takes_its_label_values_from_the_config(gateway):
         assert sample.labels.get("provider", "none") in ("primary", "secondary", "none"), sample
 
 
-def test_the_dashboards_metric_names_are_all_exported(gateway):
+def test_the_dashboards_metric_names_are_all_exported(gateway, fakes):
+    # Traffic of every kind the dashboard shows: answers, a stream, a failover.
+    client_for(gateway, "marketing").completions.create(model="auto", prompt="dashboards")
+    list(client_for(gateway, "engineering").chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "stream for the dashboard"}], stream=True))
+    fakes[0].inject(Status(503), method="POST")
+    client_for(gateway, "engineering").chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "fail over for the dashboard"}])
     names = {name for text in (scrape(gateway.metrics_url), scrape(gateway.admin_url + "/stats/prometheus"))
              for name, _, _ in samples(text)}
     assert EXPORTED_METRICS - names == set()

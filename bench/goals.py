@@ -1,0 +1,100 @@
+"""The targets of issue #8, each next to what this run measured.
+
+Reported, never asserted: the machine is shared, and a benchmark that fails
+on noise teaches nothing. A target this run did not measure says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bench.measurement import Measurement
+from bench.report import MB, Table, find, size_points
+from bench.scenarios import CLOSED, OPEN, TIMING
+
+
+@dataclass(frozen=True)
+class Goal:
+    what: str
+    goal: str
+    measured: str
+    met: bool | None  # None: not measured in this run
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "MISSED", None: "not measured"}[self.met]
+
+
+def goals(measurements: Sequence[Measurement]) -> list[Goal]:
+    out: list[Goal] = []
+    g = find(measurements, kind="json", prompt="300B", load=CLOSED, connections=64)
+    if g and "B" in g and "C" in g:
+        ratio = g["C"].throughput / g["B"].throughput
+        out.append(Goal("Throughput C/B, non-streaming, c=64", ">= 0.40", f"{ratio:.3f}", ratio >= 0.40))
+    else:
+        out.append(Goal("Throughput C/B, non-streaming, c=64", ">= 0.40", "–", None))
+
+    g = find(measurements, kind="json", load=OPEN)
+    if g and "B" in g and "C" in g:
+        rate = g["C"].extra["rate"]
+        p50, p99 = g["C"].p50_ms - g["B"].p50_ms, g["C"].p99_ms - g["B"].p99_ms
+        out.append(Goal(f"Added latency p50 at half C's peak ({rate:.0f} req/s)", "<= 1.5 ms", f"{p50:.2f} ms",
+                        p50 <= 1.5))
+        out.append(Goal(f"Added latency p99 at half C's peak ({rate:.0f} req/s)", "<= 5 ms", f"{p99:.2f} ms",
+                        p99 <= 5.0))
+    else:
+        out.append(Goal("Added latency at half C's peak", "p50 <= 1.5 ms, p99 <= 5 ms", "–", None))
+
+    g = find(measurements, kind="paced", load=TIMING, connections=1)
+    if g and "B" in g and "C" in g:
+        c, b = g["C"], g["B"]
+        added = c.p50_ms - b.p50_ms
+        out.append(Goal("Streaming: added time to first byte (p50, 1 stream)", "<= 2 ms", f"{added:.2f} ms",
+                        added <= 2.0))
+        gap, chunk = c.extra["gap_ms"], c.extra["transit_p50_ms"] - b.extra["transit_p50_ms"]
+        # Buffering would bunch the chunks up (gaps near 0); the added transit is context.
+        forwarded = abs(c.extra["gap_p50_ms"] - gap) <= 1.0
+        out.append(Goal("Streaming: chunks forwarded as they arrive", f"gap p50 ≈ the fake's {gap:g} ms",
+                        f"gap p50 {c.extra['gap_p50_ms']:.2f} ms (each chunk +{chunk:.2f} ms transit)",
+                        forwarded))
+    else:
+        out.append(Goal("Streaming: added time to first byte", "<= 2 ms", "–", None))
+
+    points = size_points(measurements)
+    if len(points) == 3:
+        (_, s0, a0, _), (_, s1, a1, _), (_, s2, a2, _) = points
+        small, large = (a1 - a0) * 1000 / ((s1 - s0) / 1024), (a2 - a1) * 1000 / ((s2 - s1) / 1024)
+        # The 300B->10KB step is small, so its slope is noisy: allow 5 µs/KB on top.
+        out.append(Goal("200 KB prompts: added latency at most linear in size",
+                        "µs/KB (10KB->200KB) <= µs/KB (300B->10KB) + noise",
+                        f"{small:.1f} then {large:.1f} µs/KB (+{a2:.2f} ms at 200 KB)",
+                        large <= max(small, 0.0) * 1.25 + 5.0))
+    else:
+        out.append(Goal("200 KB prompts: added latency at most linear", "linear", "–", None))
+
+    peaks = [mem.hwm_kb for m in measurements if m.target == "C"
+             for name, mem in m.memory.items() if name.split("#")[0] == "ext_proc"]
+    out.append(rss_goal(max(peaks) if peaks else None))
+    out.append(soak_goal(None))
+    return out
+
+
+def rss_goal(ext_proc_peak_kb: int | None) -> Goal:
+    if ext_proc_peak_kb is None:
+        return Goal("ext_proc peak RSS (VmHWM)", "< 200 MB", "–", None)
+    mb = ext_proc_peak_kb / MB
+    return Goal("ext_proc peak RSS (VmHWM)", "< 200 MB", f"{mb:.1f} MB", mb < 200)
+
+
+def soak_goal(growth: dict[str, float] | None) -> Goal:
+    what = "RSS growth under soak, after warm-up"
+    if not growth:
+        return Goal(what, "< 5 %", "– (./dev bench --soak)", None)
+    return Goal(what, "< 5 % (every Hapax process)", ", ".join(f"{k} {v:+.1f} %" for k, v in growth.items()),
+                max(growth.values()) < 5.0)
+
+
+def goals_table(items: Sequence[Goal]) -> Table:
+    return Table("Targets from issue #8 (reported, not asserted)", ["target", "goal", "measured", "verdict"],
+                 [[g.what, g.goal, g.measured, g.verdict] for g in items])

@@ -1,0 +1,82 @@
+"""The bytes on the wire: client requests of fixed prompt sizes, and the fake provider's answers.
+
+Everything is encoded once, up front, so neither the load generators nor the
+fake providers spend time on JSON during a run.
+"""
+
+from __future__ import annotations
+
+import json
+
+# Prompt sizes the issue asks for: the size of the message content, in bytes.
+PROMPT_SIZES = {"300B": 300, "10KB": 10 * 1024, "200KB": 200 * 1024}
+STREAM_CHUNKS = 20  # content chunks in a fake SSE answer (plus the usage chunk and [DONE])
+# Model names in the requests: Hapax picks the provider (and so the kind of
+# answer) by model; the fake and bare Envoy ignore the field.
+MODELS = {"json": "bench-json", "sse": "bench-sse", "paced": "bench-paced"}
+CREATED = 1_700_000_000  # a fixed timestamp: answers are byte-identical from run to run
+# Where the paced fake writes each chunk's send time (time.monotonic(), the
+# clock every process on the machine shares) into the chunk's id, fixed width.
+STAMP = b"@" * 17
+STAMP_FORMAT = "{:017.6f}"
+
+
+def _compact(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def prompt(size: int) -> str:
+    # Words rather than one repeated letter: closer to real text for any
+    # parser or compressor on the way, and still exactly `size` bytes.
+    words = "the quick brown fox jumps over the lazy dog "
+    return (words * (size // len(words) + 1))[:size]
+
+
+def chat_request(size: int, *, model: str, stream: bool) -> bytes:
+    """An OpenAI chat request whose single user message has `size` bytes of content."""
+    body: dict[str, object] = {"model": model, "messages": [{"role": "user", "content": prompt(size)}]}
+    if stream:
+        # With the usage chunk asked for, every target passes the same events
+        # (Hapax drops the usage chunk for a client that did not ask for it).
+        body.update(stream=True, stream_options={"include_usage": True})
+    return _compact(body)
+
+
+USAGE = {"prompt_tokens": 75, "completion_tokens": STREAM_CHUNKS, "total_tokens": 75 + STREAM_CHUNKS}
+
+
+def chat_completion() -> bytes:
+    """A non-streaming answer, with usage (ext_proc reads it to count tokens)."""
+    return _compact({
+        "id": "chatcmpl-bench", "object": "chat.completion", "created": CREATED, "model": "bench",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "word " * STREAM_CHUNKS}}],
+        "usage": USAGE,
+    })
+
+
+def _chunk(delta: dict[str, str], finish: str | None, chunk_id: str) -> dict[str, object]:
+    return {"id": chunk_id, "object": "chat.completion.chunk", "created": CREATED, "model": "bench",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def sse_events(chunks: int = STREAM_CHUNKS, *, stamped: bool = False) -> list[bytes]:
+    """One SSE event per element: `chunks` content chunks, the usage chunk, ``[DONE]``.
+
+    ``stamped``: each content chunk's id holds ``STAMP``, for the sender to overwrite with its send time.
+    """
+    chunk_id = "t" + STAMP.decode() if stamped else "chatcmpl-bench"
+    events = []
+    for i in range(chunks):
+        delta = {"role": "assistant", "content": "word "} if i == 0 else {"content": "word "}
+        events.append(_chunk(delta, "stop" if i == chunks - 1 else None, chunk_id))
+    # The usage chunk OpenAI sends last when the request asks for
+    # stream_options.include_usage (Hapax always asks, to count tokens).
+    events.append({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": CREATED,
+                   "model": "bench", "choices": [], "usage": USAGE})
+    return [b"data: " + _compact(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+
+
+def models_list() -> bytes:
+    """What GET .../models answers: Hapax's health probe only needs a 200."""
+    return _compact({"object": "list", "data": [{"id": "bench", "object": "model", "owned_by": "bench"}]})

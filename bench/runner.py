@@ -1,0 +1,141 @@
+"""Runs a plan: every scenario against A, B and C in turn, charging CPU time to each process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import procstat
+from bench.http1 import encode_request
+from bench.measurement import Measurement, percentile
+from bench.openloop import open_loop
+from bench.payloads import MODELS, PROMPT_SIZES, chat_request
+from bench.scenarios import CLOSED, OPEN, TIMING, Scenario
+from bench.streams import stream_timing
+from bench.targets import Target
+from bench.wrk import run_wrk, write_script
+
+CLIENT = "client"  # the load generator: wrk (a child) or this process's asyncio generators
+
+
+def _client_cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    waited = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk runs are the only children we wait for
+    return own.ru_utime + own.ru_stime + waited.ru_utime + waited.ru_stime
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+class Runner:
+    def __init__(self, targets: list[Target], workdir: Path, gap: float,
+                 log: Callable[[str], None] = print) -> None:
+        self.targets = targets
+        self.workdir = workdir
+        self.gap = gap  # the paced fake's time between events
+        self.log = log
+        self.measurements: list[Measurement] = []
+        self._scripts: dict[tuple[str, str], Path] = {}
+
+    # -- the plan
+
+    def warm_up(self, seconds: int) -> None:
+        """Connections, pools and caches of every target, before anything is recorded."""
+        for target in self.targets:
+            run_wrk(target.endpoints["json"].url, self._script("json", "300B"), 16, seconds)
+
+    def run(self, plan: list[Scenario]) -> list[Measurement]:
+        for i, scenario in enumerate(plan, 1):
+            for target in self.targets:  # A B C, then the next scenario: A B C ...
+                m = self.measure(scenario, target)
+                self.measurements.append(m)
+                self.log(f"[{i}/{len(plan)}] {scenario.name:<32} {target.key}  {m.throughput:9.1f} req/s  "
+                         f"p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms  errors {m.errors}")
+        return self.measurements
+
+    def c_peak(self, kind: str, prompt: str) -> float:
+        rates = [m.throughput for m in self.measurements if m.target == "C" and m.scenario.load == CLOSED
+                 and m.scenario.kind == kind and m.scenario.prompt == prompt]
+        if not rates:
+            raise RuntimeError(f"an open-loop {kind} {prompt} scenario needs a closed-loop one before it")
+        return max(rates)
+
+    # -- one measurement
+
+    def measure(self, scenario: Scenario, target: Target) -> Measurement:
+        pids = target.processes()
+        cpu_before = procstat.cpu_snapshot(pids)
+        client_before = _client_cpu()
+        machine_before = procstat.machine_busy_seconds()
+        if scenario.load == CLOSED:
+            m = self._closed(scenario, target)
+        elif scenario.load == OPEN:
+            m = self._open(scenario, target)
+        elif scenario.load == TIMING:
+            m = self._timing(scenario, target)
+        else:
+            raise ValueError(scenario.load)
+        cpu_after = procstat.cpu_snapshot(pids)
+        m.extra["machine_busy_s"] = procstat.machine_busy_seconds() - machine_before
+        m.cpu_seconds = {name: cpu_after[name] - cpu_before[name] for name in cpu_after if name in cpu_before}
+        m.cpu_seconds[CLIENT] = _client_cpu() - client_before
+        m.memory = {}
+        for name, pid in pids.items():
+            try:
+                m.memory[name] = procstat.memory(pid)
+            except FileNotFoundError:
+                continue
+        return m
+
+    def _body(self, scenario: Scenario) -> bytes:
+        return chat_request(PROMPT_SIZES[scenario.prompt], model=MODELS[scenario.kind], stream=scenario.stream)
+
+    def _script(self, kind: str, prompt: str) -> Path:
+        key = (kind, prompt)
+        if key not in self._scripts:
+            body = chat_request(PROMPT_SIZES[prompt], model=MODELS[kind], stream=kind != "json")
+            self._scripts[key] = write_script(body, f"{kind}-{prompt}", self.workdir)
+        return self._scripts[key]
+
+    def _closed(self, scenario: Scenario, target: Target) -> Measurement:
+        r = run_wrk(target.endpoints[scenario.kind].url, self._script(scenario.kind, scenario.prompt),
+                    scenario.connections, scenario.seconds)
+        return Measurement(scenario, target.key, r.requests, r.seconds, r.p50_ms, r.p90_ms, r.p99_ms,
+                           r.status_errors, r.socket_errors, command=r.command)
+
+    def _open(self, scenario: Scenario, target: Target) -> Measurement:
+        rate = scenario.peak_fraction * self.c_peak(scenario.kind, scenario.prompt)
+        ep = target.endpoints[scenario.kind]
+        raw = encode_request("POST", ep.host, ep.port, ep.path, self._body(scenario))
+        r = asyncio.run(open_loop(ep.host, ep.port, [raw], rate, scenario.seconds))
+        lat = r.latencies
+        return Measurement(
+            scenario, target.key, len(lat), r.seconds,
+            _ms(percentile(lat, 50)), _ms(percentile(lat, 90)), _ms(percentile(lat, 99)),
+            r.status_errors, r.socket_errors,
+            extra={"rate": rate, "scheduled": r.scheduled, "connections": r.connections,
+                   "send_lag_p50_ms": _ms(percentile(r.send_lag, 50)),
+                   "send_lag_p99_ms": _ms(percentile(r.send_lag, 99))},
+            command=f"python -m bench (open loop: POST {ep.url}, {rate:.0f} req/s for {scenario.seconds} s, "
+                    f"pid {os.getpid()})",
+        )
+
+    def _timing(self, scenario: Scenario, target: Target) -> Measurement:
+        ep = target.endpoints[scenario.kind]
+        raw = encode_request("POST", ep.host, ep.port, ep.path, self._body(scenario))
+        r = asyncio.run(stream_timing(ep.host, ep.port, raw, scenario.connections, scenario.seconds))
+        return Measurement(
+            scenario, target.key, r.streams, r.seconds,
+            _ms(percentile(r.ttfb, 50)), _ms(percentile(r.ttfb, 90)), _ms(percentile(r.ttfb, 99)),
+            r.status_errors + r.incomplete, r.socket_errors,
+            extra={"gap_ms": _ms(self.gap),
+                   "gap_p50_ms": _ms(percentile(r.gaps, 50)), "gap_p99_ms": _ms(percentile(r.gaps, 99)),
+                   "transit_p50_ms": _ms(percentile(r.transit, 50)),
+                   "transit_p99_ms": _ms(percentile(r.transit, 99))},
+            command=f"python -m bench (stream timing: POST {ep.url}, {scenario.connections} connection(s), "
+                    f"{scenario.seconds} s)",
+        )
