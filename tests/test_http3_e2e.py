@@ -125,6 +125,19 @@ def test_https_on_tcp_speaks_http2_by_alpn_and_advertises_http3(edge):
     assert headers["alt-svc"] == f'h3=":{udp_port}"; ma=86400'
 
 
+def test_a_stream_over_http2_arrives_as_over_http3(edge):
+    gateway, _, ca, _ = edge
+    context = ssl.create_default_context(cafile=ca)
+    context.set_alpn_protocols(["h2"])
+    port = int(gateway.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        status, headers, body = _h2_post(tls, "/v1/chat/completions", json.dumps({**CHAT, "stream": True}).encode())
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    events = sse_data([body])
+    assert events[-1] == "[DONE]" and streamed_text(events) == ANSWER
+
+
 def test_https_http11_clients_are_answered_too(edge):
     gateway, udp_port, ca, _ = edge
     assert gateway.url.startswith("https://")
