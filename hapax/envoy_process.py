@@ -6,10 +6,15 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from string import Template
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
+# In a checkout (or an editable install) the template is the repository's; an
+# installed wheel carries it as a data file under the environment's prefix.
+_CHECKOUT_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
+TEMPLATE = (_CHECKOUT_TEMPLATE if _CHECKOUT_TEMPLATE.is_file()
+            else Path(sys.prefix) / "share" / "hapax" / "envoy" / "bootstrap.yaml")
 
 
 class EnvoyNotFound(Exception):
