@@ -92,7 +92,9 @@ def build_snapshot(config: HapaxConfig, version: str, ext_proc: res.ExtProcEndpo
             CLUSTER: clusters,
             ENDPOINT: [
                 res.load_assignment(res.EXT_PROC_CLUSTER, ext_proc.grpc),
-                res.load_assignment(res.EXT_PROC_HTTP_CLUSTER, ext_proc.http),
+                # /health and /metrics from the first ext_proc only: the one whose provider
+                # verdicts Envoy polls, so that what /health says is what Envoy does.
+                res.load_assignment(res.EXT_PROC_HTTP_CLUSTER, ext_proc.http[:1]),
             ],
             SECRET: res.tls_secrets(config),
             LISTENER: [lst for lst in (res.listener(config), res.metrics_listener(config), res.http3_listener(config))

@@ -170,17 +170,21 @@ class ProviderProber:
 
     def hold_off(self, name: str, seconds: float) -> None:
         """The provider answered with a retry-after: out of rotation until it passes."""
-        state = self._states.get(name)
-        if state is None or seconds <= 0:
+        if seconds <= 0:
             return
         seconds = min(seconds, MAX_HOLD_OFF_SECONDS)
         until = time.monotonic() + seconds
-        if until > state.held_until:
+        if until <= self.board.get(name):
+            return
+        # On the shared board even where this process does not probe: the worker
+        # that does (and answers Envoy's polls) reads it.
+        self.board.set(name, until)
+        state = self._states.get(name)
+        if state is not None and until > state.held_until:
             if not state.hold_off_remaining():
                 log.warning("provider asked to be left alone; out of rotation until its retry-after passes",
                             extra={"provider": name, "seconds": round(seconds, 3)})
             state.held_until = until
-            self.board.set(name, until)
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -30,7 +30,7 @@ async def serve(args: argparse.Namespace) -> None:
     metrics = GatewayMetrics(prober)
     subscription = RuntimeSubscription(
         args.xds, frozenset(TRANSLATORS), args.node_id,
-        on_update=lambda view: _apply(view, prober, metrics),
+        on_update=lambda view: _apply(view, None if args.no_probe else prober, metrics),
     )
     metrics.add_collector(ConfigStatusCollector(lambda: subscription.status))
     xds_task = asyncio.create_task(subscription.run())
@@ -62,9 +62,10 @@ async def serve(args: argparse.Namespace) -> None:
     await runner.cleanup()
 
 
-def _apply(view: RuntimeView, prober: ProviderProber, metrics: GatewayMetrics) -> None:
+def _apply(view: RuntimeView, prober: ProviderProber | None, metrics: GatewayMetrics) -> None:
     """A new runtime version: probe its providers, label series after its routes."""
-    prober.update(view.providers, {name: p.health_check for name, p in view.providers.items()})
+    if prober is not None:
+        prober.update(view.providers, {name: p.health_check for name, p in view.providers.items()})
     metrics.configure(view)
 
 
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--health-listen", default="127.0.0.1:0")
     parser.add_argument("--node-id", default=None)
+    parser.add_argument("--no-probe", action="store_true",
+                        help="leave health checks to another worker of the same gateway (the first one)")
     parser.add_argument("--shared-dir", default=None,
                         help="state the ext_proc workers of one gateway share (retry-after deadlines)")
     parser.add_argument("--log-level", default="INFO")

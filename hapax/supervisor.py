@@ -47,10 +47,14 @@ class StartupError(Exception):
     pass
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def reserve_port(host: str = "127.0.0.1") -> socket.socket:
+    """A port held until the control plane binds it: bound with SO_REUSEPORT (as gRPC
+    binds) and never listening, so no other process gets it in between (the ext_proc
+    workers bind their own ports meanwhile)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, 0))
+    return sock
 
 
 def _die_with_parent() -> None:
@@ -157,7 +161,8 @@ class Supervisor:
         port_args = [] if self.options.port is None else ["--port", str(self.options.port)]
         if self.options.metrics_port is not None:
             port_args += ["--metrics-port", str(self.options.metrics_port)]
-        xds_port = free_port()
+        reservation = reserve_port()
+        xds_port = reservation.getsockname()[1]
         py = sys.executable
         workers = await self._start_ext_procs(config.ext_proc.workers or os.cpu_count() or 1, xds_port)
         endpoints = [arg for w in workers for arg in ("--ext-proc-grpc", w.ready["grpc"],
@@ -165,7 +170,10 @@ class Supervisor:
         control_plane = Child("control_plane", [
             py, "-m", "control_plane", "--config", str(config_path),
             "--listen", f"127.0.0.1:{xds_port}", *endpoints, *port_args, *self.log_args])
-        await self._start(control_plane)
+        try:
+            await self._start(control_plane)
+        finally:
+            reservation.close()
         await self._start_envoy(admin_port, xds_port, envoy_stats_tags(stats_label_keys(config)))
         ports = await self._listener_ports(port)
         for worker in workers:
@@ -184,7 +192,8 @@ class Supervisor:
         workers = [Child("ext_proc" if i == 0 else f"ext_proc#{i + 1}",
                          [sys.executable, "-m", "ext_proc", "--xds", f"127.0.0.1:{xds_port}",
                           "--node-id", f"ext_proc-{os.getpid()}-{i + 1}", "--shared-dir", str(shared_dir),
-                          *self.log_args],
+                          # The first worker probes: Envoy polls its verdicts and /health is its.
+                          *(["--no-probe"] if i else []), *self.log_args],
                          env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
                    for i in range(count)]
         await asyncio.gather(*(self._start(worker) for worker in workers))

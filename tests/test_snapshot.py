@@ -175,3 +175,18 @@ def test_envoy_validate_rejects_a_broken_configuration(tmp_path):
     result = _validate(tmp_path, bootstrap)
     assert result.returncode != 0
     assert res.EXT_PROC_HTTP_CLUSTER in result.stderr + result.stdout
+
+
+def test_health_and_metrics_come_from_the_worker_whose_verdicts_envoy_polls():
+    workers = res.ExtProcEndpoints(grpc=(res.Address("127.0.0.1", 7001), res.Address("127.0.0.1", 7003)),
+                                   http=(res.Address("127.0.0.1", 7002), res.Address("127.0.0.1", 7004)))
+    snap = build_snapshot(parse_config(SEED_YAML, env=SECRETS), "v1", workers)
+    endpoints = snap.of_type(ENDPOINT)
+
+    def ports(cluster: str) -> list[int]:
+        return [e.endpoint.address.socket_address.port_value for e in endpoints[cluster].endpoints[0].lb_endpoints]
+
+    assert ports(res.EXT_PROC_CLUSTER) == [7001, 7003]  # the calls are spread over every worker
+    assert ports(res.EXT_PROC_HTTP_CLUSTER) == [7002]   # /health and /metrics: the first one's
+    verdict = snap.of_type(CLUSTER)["provider.openai"].load_assignment.endpoints[0].lb_endpoints[0]
+    assert verdict.endpoint.health_check_config.address.socket_address.port_value == 7002
