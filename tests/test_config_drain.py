@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import openai
-import yaml
 
 from hapax.fakes import FakeOpenAI
-from tests.conftest import gateway_config, wait_for
-
-
-def save(path, config: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(config))
-    os.replace(tmp, path)
+from tests.conftest import gateway_config, save_config, wait_for
 
 
 def test_a_stream_on_a_provider_removed_mid_answer_completes(fake_host, start_gateway):
@@ -34,7 +25,7 @@ def test_a_stream_on_a_provider_removed_mid_answer_completes(fake_host, start_ga
         chunks = [next(stream)]
         only_staying = {**both, "providers": {"staying": both["providers"]["staying"]},
                         "provider_preference": ["staying"]}
-        save(gateway.config_path, only_staying)
+        save_config(gateway.config_path, only_staying)
         wait_for(lambda: [m.id for m in client.models.list().data] == ["staying"], "the new version")
         chunks += list(stream)  # the rest arrives although "leaving" is gone from the config
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

@@ -8,26 +8,19 @@ version; the reason is on /health and the reload counter moves.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import urllib.request
 
 import pytest
-import yaml
 
 from hapax.fakes import FakeOpenAI
-from tests.conftest import gateway_config, wait_for
+from tests.conftest import gateway_config, save_config, wait_for
 
 
 def health(gateway) -> dict:
     with urllib.request.urlopen(gateway.url + "/health", timeout=10) as resp:
         return json.load(resp)["components"]["control_plane"]
 
-
-def save(path, config: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-    os.replace(tmp, path)
 
 
 @pytest.fixture()
@@ -47,19 +40,19 @@ def test_refused_and_unchanged_edits_are_reported_and_never_pushed(setup):
     gateway, config = setup
     version = health(gateway)["config_version"]
 
-    save(gateway.config_path, {**config, "providers": {"openai": {"type": "opnai", "model": "m"}}})
+    save_config(gateway.config_path, {**config, "providers": {"openai": {"type": "opnai", "model": "m"}}})
     wait_for(lambda: reloads(gateway, "invalid") == 1, "the refused edit to be counted")
     status = health(gateway)
     assert "providers.openai.type: unknown provider type 'opnai'" in status["last_error"]
     assert str(gateway.config_path) in status["last_error"]
     assert status["config_version"] == version and status["reloads"]["invalid"] == 1
 
-    save(gateway.config_path, config)  # back to what is served: nothing new to push
+    save_config(gateway.config_path, config)  # back to what is served: nothing new to push
     wait_for(lambda: reloads(gateway, "unchanged") == 1, "the unchanged save to be counted")
     assert health(gateway)["config_version"] == version
 
     routes = [{"path": "/v1/chat/completions", "handler": "chat"}, {"path": "/v1/team/chat", "handler": "chat"}]
-    save(gateway.config_path, {**config, "routes": routes})
+    save_config(gateway.config_path, {**config, "routes": routes})
     wait_for(lambda: reloads(gateway, "applied") == 1, "the valid edit to be applied")
     status = health(gateway)
     assert status["config_version"] != version and "last_error" not in status
@@ -73,7 +66,7 @@ def test_a_version_envoy_rejects_is_reported_and_not_sent_again(setup):
         taken.listen()
         port = taken.getsockname()[1]
         # Valid by every check that can run before Envoy binds: only the running Envoy can refuse it.
-        save(gateway.config_path, {**config, "server": {**config["server"], "metrics_port": port}})
+        save_config(gateway.config_path, {**config, "server": {**config["server"], "metrics_port": port}})
         wait_for(lambda: health(gateway).get("rejected_versions"), "Envoy's NACK to be reported")
         [rejection] = health(gateway)["rejected_versions"]
         assert rejection["type_url"].endswith("Listener") and rejection["node"].startswith("hapax-envoy")
@@ -82,12 +75,12 @@ def test_a_version_envoy_rejects_is_reported_and_not_sent_again(setup):
             assert resp.status == 200
         # Another push (the status, to ext_proc) does not re-send Envoy the version it refused...
         attempts = admin_stat(gateway, "listener_manager.lds.update_attempt")
-        save(gateway.config_path, {**config, "providers": {"openai": {"type": "opnai", "model": "m"}}})
+        save_config(gateway.config_path, {**config, "providers": {"openai": {"type": "opnai", "model": "m"}}})
         wait_for(lambda: reloads(gateway, "invalid") == 1, "the refused edit to be counted")
         assert admin_stat(gateway, "listener_manager.lds.update_attempt") == attempts
     # ...and the next good version reaches it as usual.
     accepted = admin_stat(gateway, "listener_manager.lds.update_success")
-    save(gateway.config_path, config)
+    save_config(gateway.config_path, config)
     wait_for(lambda: admin_stat(gateway, "listener_manager.lds.update_success") == accepted + 1,
              "Envoy to take the next version")
     assert admin_stat(gateway, "listener_manager.lds.update_rejected") == 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -24,16 +23,11 @@ import yaml
 
 from hapax.envoy_process import envoy_binary, render_bootstrap
 from hapax.fakes import FakeOpenAI
-from tests.conftest import gateway_config, wait_for
+from tests.conftest import free_port, gateway_config, save_config, wait_for
 
 TEAM = "/v1/team/chat/completions"
 CHAT = {"model": "auto", "messages": [{"role": "user", "content": "fleet"}]}
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Process:
@@ -124,11 +118,6 @@ def fleet(fake_host, tmp_path):
         fake_host.run(fake.stop())
 
 
-def save(path: Path, config: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(config))
-    os.replace(tmp, path)
-
 
 def test_envoys_converge_and_survive_a_control_plane_restart(fleet):
     config, path, control_plane, started, envoy = fleet
@@ -141,7 +130,7 @@ def test_envoys_converge_and_survive_a_control_plane_restart(fleet):
     wait_for(lambda: second.post("/v1/chat/completions") == 200, "the late Envoy to serve")
 
     with_team = {**config, "routes": [*config["routes"], {"path": TEAM, "handler": "chat"}]}
-    save(path, with_team)
+    save_config(path, with_team)
     for node in (first, second):
         wait_for(lambda node=node: node.post(TEAM) == 200, f"{node.admin} to serve the new route")
 
@@ -149,7 +138,7 @@ def test_envoys_converge_and_survive_a_control_plane_restart(fleet):
     for node in (first, second):
         assert [node.post(TEAM) for _ in range(5)] == [200] * 5
 
-    save(path, config)  # edited while the control plane is down: the restarted one serves it
+    save_config(path, config)  # edited while the control plane is down: the restarted one serves it
     started.append(control_plane())
     for node in (first, second):
         wait_for(lambda node=node: node.post(TEAM) == 404, f"{node.admin} to resync")

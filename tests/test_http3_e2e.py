@@ -14,17 +14,12 @@ import pytest
 import trustme
 
 from hapax.fakes import FakeOpenAI
-from tests.conftest import gateway_config, wait_for
+from tests.conftest import free_port, gateway_config, wait_for
 from tests.h3 import h3_client
 
 ANSWER = "Hello from fake-openai! You said: one two three four five six seven eight"
 CHAT = {"model": "auto", "messages": [{"role": "user", "content": "one two three four five six seven eight"}]}
 
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +31,7 @@ def edge(fake_host, start_gateway, tmp_path_factory):
     cert.cert_chain_pems[0].write_to_path(folder / "gateway.pem")
     ca.cert_pem.write_to_path(folder / "ca.pem")
     fake = fake_host.start(FakeOpenAI(api_key="k", model="gpt-4o-mini"))
-    udp_port = free_udp_port()
+    udp_port = free_port(socket.SOCK_DGRAM)
     config = gateway_config({"openai": {"type": "openai", "model": "gpt-4o-mini", "api_key": "k",
                                         "base_url": fake.base_url}})
     config["server"]["tls"] = {"cert_file": str(folder / "gateway.pem"), "key_file": str(folder / "gateway.key")}

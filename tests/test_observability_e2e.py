@@ -37,14 +37,17 @@ def fakes(fake_host):
         fake_host.run(fake.stop())
 
 
-@pytest.fixture(scope="module")
-def gateway(fakes, start_gateway):
-    primary, secondary = fakes
-    config = gateway_config(
+def two_providers(primary, secondary) -> dict:
+    return gateway_config(
         {"primary": {"type": "openai", "model": "gpt-4o-mini", "api_key": PRIMARY_KEY, "base_url": primary.base_url},
          "secondary": {"type": "anthropic", "model": "claude-3-haiku", "api_key": SECONDARY_KEY,
                        "base_url": secondary.base_url}},
         preference=["primary", "secondary"])
+
+
+@pytest.fixture(scope="module")
+def gateway(fakes, start_gateway):
+    config = two_providers(*fakes)
     config["routes"] = [
         {"path": MARKETING, "handler": "completion", "metrics_labels": {"department": "marketing"}},
         {"path": ENGINEERING, "handler": "chat", "metrics_labels": {"department": "engineering"}},
@@ -256,15 +259,10 @@ def test_api_keys_never_appear_in_logs_or_metrics(gateway):
 
 
 def test_text_logs_when_the_config_asks_for_them(fakes, start_gateway):
-    primary, secondary = fakes
-    config = gateway_config(
-        {"primary": {"type": "openai", "model": "gpt-4o-mini", "api_key": PRIMARY_KEY, "base_url": primary.base_url},
-         "secondary": {"type": "anthropic", "model": "claude-3-haiku", "api_key": SECONDARY_KEY,
-                       "base_url": secondary.base_url}},
-        preference=["primary", "secondary"])
+    config = two_providers(*fakes)
     config["logging"] = {"format": "text", "access_log": False}
     gateway = start_gateway(config)
-    primary.inject(Status(503), method="POST")
+    fakes[0].inject(Status(503), method="POST")
     openai.OpenAI(base_url=gateway.base_url, api_key="client-key", max_retries=0).chat.completions.create(
         model="auto", messages=[{"role": "user", "content": "plain text please"}])
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import urllib.parse
 import urllib.request
@@ -20,18 +19,13 @@ import pytest
 import yaml
 
 from hapax.fakes import FakeOpenAI
-from tests.conftest import gateway_config, wait_for
+from tests.conftest import free_port, gateway_config, wait_for
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None,
     reason="Debian's prometheus package is not installed (./dev test installs it when run as root with apt-get)")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
