@@ -36,7 +36,6 @@ from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import (
     address_pb2,
     base_pb2,
-    config_source_pb2,
     grpc_service_pb2,
     health_check_pb2,
     protocol_pb2,
@@ -71,14 +70,22 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import status_code_input_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import any_pb2, duration_pb2, message, struct_pb2, wrappers_pb2
+from google.protobuf import any_pb2, struct_pb2, wrappers_pb2
 from xds.core.v3 import extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
 from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
+from control_plane import passthrough
+from control_plane.chains import (
+    chain_cluster_name,
+    chain_firsts,
+    chain_order,
+    provider_cluster_name,
+)
 from control_plane.config import HapaxConfig, ProviderConfig, RouteConfig
 from control_plane.pricing import price_for
 from control_plane.tls import Certificate
+from control_plane.xds import ads, duration, pack
 from hapax.v1 import runtime_pb2
 
 LISTENER_NAME = "hapax_http"
@@ -120,46 +127,13 @@ class ExtProcEndpoints:
     http: tuple[Address, ...]
 
 
-def provider_cluster_name(provider: str) -> str:
-    return f"provider.{provider}"
-
-
-def chain_cluster_name(first: str) -> str:
-    return f"chain.{first}"
-
-
-def chain_order(config: HapaxConfig, first: str) -> tuple[str, ...]:
-    return (first, *(p for p in config.provider_preference if p != first))
-
-
-def chain_firsts(config: HapaxConfig) -> tuple[str, ...]:
-    """Every provider gets a chain: preference order first, then the others."""
-    rest = tuple(p for p in config.providers if p not in config.provider_preference)
-    return (*config.provider_preference, *rest)
-
-
-def pack(msg: message.Message) -> any_pb2.Any:
-    out = any_pb2.Any()
-    out.Pack(msg)
-    return out
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
+_duration = duration
+_ads = ads
 
 
 def _socket_address(host: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(
         socket_address=address_pb2.SocketAddress(address=host, port_value=port)
-    )
-
-
-def _ads() -> config_source_pb2.ConfigSource:
-    return config_source_pb2.ConfigSource(
-        ads=config_source_pb2.AggregatedConfigSource(),
-        resource_api_version=config_source_pb2.V3,
     )
 
 
@@ -224,6 +198,12 @@ def _provider_endpoint(provider: ProviderConfig) -> tuple[str, int, bool]:
     url = urlsplit(provider.base_url)
     tls = url.scheme == "https"
     return url.hostname or "", url.port or (443 if tls else 80), tls
+
+
+def _authority(host: str, port: int, tls: bool) -> str:
+    """The endpoint's Host header value (a lane route's auto_host_rewrite uses it)."""
+    name = f"[{host}]" if ":" in host else host
+    return name if port == (443 if tls else 80) else f"{name}:{port}"
 
 
 def provider_health_path(provider: str) -> str:
@@ -307,7 +287,7 @@ def provider_cluster(provider: ProviderConfig, verdict: Address) -> cluster_pb2.
         common_lb_config=_failover_lb_config(),
         load_assignment=_load_assignment(name, [endpoint_components_pb2.LbEndpoint(
             endpoint=endpoint_components_pb2.Endpoint(
-                address=_socket_address(host, port), hostname=host,
+                address=_socket_address(host, port), hostname=_authority(host, port, tls),
                 health_check_config=endpoint_components_pb2.Endpoint.HealthCheckConfig(
                     address=_socket_address(verdict.host, verdict.port)),
             ),
@@ -386,7 +366,8 @@ def chain_cluster(config: HapaxConfig, first: str) -> cluster_pb2.Cluster:
             name="envoy.clusters.aggregate",
             typed_config=pack(aggregate_pb2.ClusterConfig(clusters=members)),
         ),
-        typed_extension_protocol_options=_http1_options([upstream_ext_proc_filter(), codec]),
+        typed_extension_protocol_options=_http1_options(
+            [passthrough.upstream_filter(config, first, upstream_ext_proc_filter()), codec]),
         common_lb_config=_failover_lb_config(),
         circuit_breakers=circuit_breaker_pb2.CircuitBreakers(thresholds=[
             circuit_breaker_pb2.CircuitBreakers.Thresholds(
@@ -617,9 +598,18 @@ def route_configuration(config: HapaxConfig, label_keys: tuple[str, ...] | None 
     keys = stats_label_keys(config) if label_keys is None else label_keys
     routes = [health_route(), method_not_allowed_route(HEALTH_PATH, "GET")]
     for route in config.routes:
-        routes.append(provider_route(config, route, keys))
+        base = provider_route(config, route, keys)
+        lanes = list(passthrough.lane_routes(config, route.handler, base, _per_route_ext_proc(None)))
+        routes += [*lanes, base] if lanes else [base]
         routes.append(method_not_allowed_route(route.path, HANDLER_METHODS[route.handler]))
     routes.append(not_found_route(config))
+    if passthrough.lane_models(config):
+        # Only a lane route and the ordinary route it is a variant of need the body's fields.
+        lane_paths = {r.match.path for r in routes if r.name.startswith(passthrough.LANE + ":")}
+        for r in routes:
+            if not (r.HasField("route") and r.match.path in lane_paths):
+                for name, config_any in passthrough.json_to_metadata_disabled().items():
+                    r.typed_per_filter_config[name].CopyFrom(config_any)
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         virtual_hosts=[route_components_pb2.VirtualHost(
@@ -766,14 +756,18 @@ def access_log(config: HapaxConfig) -> list[accesslog_pb2.AccessLog]:
 
 def http_connection_manager(config: HapaxConfig) -> hcm_pb2.HttpConnectionManager:
     return hcm_pb2.HttpConnectionManager(
-        access_log=access_log(config),
+        access_log=access_log(config) + (
+            [passthrough.access_logger(EXT_PROC_CLUSTER)] if passthrough.lane_models(config) else []),
         stat_prefix="hapax",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(route_config_name=ROUTE_CONFIG_NAME, config_source=_ads()),
         http_filters=[
+            *([passthrough.json_to_metadata_filter()] if passthrough.lane_models(config) else []),
             credential_rejected_filter(),
             router_ext_proc_filter(),
-            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
+            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router(
+                upstream_log=[passthrough.hold_off_logger(EXT_PROC_CLUSTER)] if passthrough.lane_models(config) else [],
+            ))),
         ],
         local_reply_config=_local_reply_config(),
         stream_idle_timeout=_duration(300),

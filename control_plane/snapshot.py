@@ -23,6 +23,7 @@ from envoy.extensions.transport_sockets.quic.v3 import quic_transport_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import message
 
+from control_plane import passthrough
 from control_plane import resources as res
 from control_plane.config import HapaxConfig
 from hapax.v1 import runtime_pb2
@@ -96,7 +97,7 @@ def build_snapshot(config: HapaxConfig, version: str, ext_proc: res.ExtProcEndpo
                 # verdicts Envoy polls, so that what /health says is what Envoy does.
                 res.load_assignment(res.EXT_PROC_HTTP_CLUSTER, ext_proc.http[:1]),
             ],
-            SECRET: res.tls_secrets(config),
+            SECRET: [*res.tls_secrets(config), *passthrough.key_secrets(config)],
             LISTENER: [lst for lst in (res.listener(config), res.metrics_listener(config), res.http3_listener(config))
                        if lst is not None],
             ROUTE: [res.route_configuration(config, stats_label_keys)],

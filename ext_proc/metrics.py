@@ -102,6 +102,7 @@ class _RequestFamilies:
     def __init__(self, registry: CollectorRegistry, keys: tuple[str, ...]) -> None:
         self.keys = keys
         self.registry = registry
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         route = [*keys, "route"]
         answered = [*route, "provider", "model"]
         self.all = [
@@ -136,12 +137,29 @@ class _RequestFamilies:
         self.cost, self.failovers, self.retries, self.inflight, self.overhead = (
             cost, failovers, retries, inflight, overhead)
 
+    def child(self, family: Any, *values: str) -> Any:
+        """``family.labels(*values)``, remembered: label values come from the config, so few."""
+        key = (id(family), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*values)
+        return child
+
     def route_values(self, route: Route) -> list[str]:
         return [*(route.labels.get(key, "") for key in self.keys), route.path]
 
     def unregister(self) -> None:
         for family in self.all:
             self.registry.unregister(family)
+
+
+def outcome_for(status: int, attempt: int) -> str:
+    """The outcome of a request whose final answer has ``status``, given at ``attempt``."""
+    if status < 400:
+        return FAILED_OVER if attempt > 1 else SUCCESS
+    if status < 500 and status != 429:
+        return CLIENT_ERROR
+    return PROVIDER_ERROR
 
 
 def _status_class(status: int) -> str:
@@ -198,49 +216,49 @@ class GatewayMetrics:
 
     def request_started(self, route: Route) -> None:
         f = self._families
-        f.inflight.labels(*f.route_values(route)).inc()
+        f.child(f.inflight, *f.route_values(route)).inc()
 
     def request_ended(self, route: Route) -> None:
         f = self._families
-        f.inflight.labels(*f.route_values(route)).dec()
+        f.child(f.inflight, *f.route_values(route)).dec()
 
     def request_answered(self, route: Route, provider: Provider | None, status: int, outcome: str,
                          duration: float, overhead: float | None = None) -> None:
         f = self._families
         values = f.route_values(route)
         answered = [*values, provider.name if provider else NONE, provider.model if provider else NONE]
-        f.requests.labels(*answered, _status_class(status), outcome).inc()
-        f.duration.labels(*answered).observe(duration)
+        f.child(f.requests, *answered, _status_class(status), outcome).inc()
+        f.child(f.duration, *answered).observe(duration)
         if outcome == FAILED_OVER and provider is not None:
-            f.failovers.labels(*values, provider.name).inc()
+            f.child(f.failovers, *values, provider.name).inc()
         if overhead is not None:
-            f.overhead.labels(*values).observe(max(0.0, overhead))
+            f.child(f.overhead, *values).observe(max(0.0, overhead))
 
     # -- per attempt (upstream step) ----------------------------------------------
 
     def retried(self, route: Route, provider: Provider) -> None:
         f = self._families
-        f.retries.labels(*f.route_values(route), provider.name).inc()
+        f.child(f.retries, *f.route_values(route), provider.name).inc()
 
     def tokens_used(self, route: Route, provider: Provider, usage: dict[str, Any]) -> None:
         f = self._families
         answered = [*f.route_values(route), provider.name, provider.model]
         input_tokens = _count(usage.get("prompt_tokens"))
         output_tokens = _count(usage.get("completion_tokens"))
-        f.tokens.labels(*answered, "input").observe(input_tokens)
+        f.child(f.tokens, *answered, "input").observe(input_tokens)
         if "completion_tokens" in usage:  # embeddings have no output
-            f.tokens.labels(*answered, "output").observe(output_tokens)
+            f.child(f.tokens, *answered, "output").observe(output_tokens)
         if provider.price is not None:
             per_input, per_output = provider.price
-            f.cost.labels(*answered).inc((input_tokens * per_input + output_tokens * per_output) / 1e6)
+            f.child(f.cost, *answered).inc((input_tokens * per_input + output_tokens * per_output) / 1e6)
 
     def stream_timing(self, route: Route, provider: Provider, first_chunk: float,
                       per_output_token: float | None) -> None:
         f = self._families
         answered = [*f.route_values(route), provider.name, provider.model]
-        f.ttft.labels(*answered).observe(first_chunk)
+        f.child(f.ttft, *answered).observe(first_chunk)
         if per_output_token is not None:
-            f.tpot.labels(*answered).observe(per_output_token)
+            f.child(f.tpot, *answered).observe(per_output_token)
 
     def stream_ended(self, provider: str, outcome: str) -> None:
         self.streams.labels(provider, outcome).inc()

@@ -35,6 +35,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import text_format
 
 from ext_proc import client_request
+from ext_proc.access_log import LANE
 from ext_proc.client_request import AUTO_MODELS, ClientRequest
 from ext_proc.errors import GatewayError, invalid
 from ext_proc.metrics import (
@@ -44,6 +45,7 @@ from ext_proc.metrics import (
     STREAM_ABORTED,
     SUCCESS,
     GatewayMetrics,
+    outcome_for,
 )
 from ext_proc.provider_health import retry_after_seconds
 from ext_proc.providers import PROVIDER_HEADERS, ResponseStage, translator_for
@@ -230,13 +232,8 @@ class RouterStep:
             return response  # the upstream step counts it when it ends
         attempt = int(headers.get(ANSWER_ATTEMPT_HEADER, "1") or 1)
         if status in CREDENTIAL_REJECTED and provider is not None:
-            status, outcome = 502, PROVIDER_ERROR  # what the client gets (custom_response)
-        elif status < 400:
-            outcome = FAILED_OVER if attempt > 1 else SUCCESS
-        elif status < 500 and status != 429:
-            outcome = CLIENT_ERROR
-        else:
-            outcome = PROVIDER_ERROR
+            status = 502  # what the client gets (custom_response)
+        outcome = outcome_for(status, attempt)
         overhead = None
         upstream = headers.get(UPSTREAM_SECONDS_HEADER)
         if attempt == 1 and upstream:
@@ -302,6 +299,9 @@ class UpstreamStep:
         self.first_chunk: float | None = None  # wall clock
         self.request_id = ""
         self.done = False  # nothing more to do: the stream can end (see Processor.Process)
+        # An attempt of a passthrough-lane request, translated because it left the lane:
+        # the access log counts that request (control_plane/passthrough.py).
+        self.lane = False
 
     def on_headers(self, msg: pb.HttpHeaders, attributes) -> pb.ProcessingResponse:
         # Every attempt of a request uses the version the request started under,
@@ -311,6 +311,7 @@ class UpstreamStep:
         route_md = hapax_metadata(_attribute(attributes, ROUTE_METADATA))
         self.handler = route_md.get("handler", "")
         self.route = self.view.routes.get(route_md.get("route", ""))
+        self.lane = route_md.get("lane") == LANE
         attempt = header_value(msg, ATTEMPT_HEADER)
         self.attempt = int(attempt) if attempt.isdigit() else 1
         self.request_id = header_value(msg, REQUEST_ID_HEADER)
@@ -319,7 +320,7 @@ class UpstreamStep:
             self.request_start = float(start) if start else self.request_start
         except ValueError:
             pass
-        if self.metrics is not None and self.route is not None and self.attempt > 1:
+        if self.metrics is not None and self.route is not None and self.attempt > 1 and not self.lane:
             self.metrics.retried(self.route, self.provider)
         translator = translator_for(self.provider.type)
         if self.handler not in translator.handlers:
@@ -354,9 +355,10 @@ class UpstreamStep:
                 "request_id": self.request_id, "provider": self.provider.name, "status": status,
                 "attempt": self.attempt})
         self._honour_retry_after(status, headers.get("retry-after", ""))
-        # For the router step, which counts the request once its answer is final.
-        set_headers = {PROVIDER_HEADER: self.provider.name, ANSWER_ATTEMPT_HEADER: str(self.attempt),
-                       UPSTREAM_SECONDS_HEADER: f"{time.monotonic() - self.sent:.6f}" if self.sent else "0"}
+        # For the router step, which counts the request once its answer is final (none on the lane).
+        set_headers = {} if self.lane else {
+            PROVIDER_HEADER: self.provider.name, ANSWER_ATTEMPT_HEADER: str(self.attempt),
+            UPSTREAM_SECONDS_HEADER: f"{time.monotonic() - self.sent:.6f}" if self.sent else "0"}
         if self.stage is not None:
             set_headers.update(self.stage.headers(status, headers.get("content-type", "")))
         if self.stage is None or not self.stage.reads_body:
@@ -406,7 +408,7 @@ class UpstreamStep:
         self.metrics.request_ended(self.route)  # the router step handed the stream's in-flight count over
 
     def _count_usage(self) -> None:
-        if self.metrics is None or self.route is None or self.provider is None or self.stage is None:
+        if self.metrics is None or self.route is None or self.provider is None or self.stage is None or self.lane:
             return
         usage = self.stage.usage
         if usage is None:

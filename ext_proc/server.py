@@ -10,8 +10,10 @@ from pathlib import Path
 
 import grpc
 from aiohttp import web
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from ext_proc.access_log import AccessLogCounter
 from ext_proc.health import health_app
 from ext_proc.metrics import ConfigStatusCollector, GatewayMetrics
 from ext_proc.processor import Processor
@@ -38,6 +40,8 @@ async def serve(args: argparse.Namespace) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
     pb_grpc.add_ExternalProcessorServicer_to_server(Processor(lambda: subscription.view, metrics, prober.hold_off,
                                                          subscription.view_for), server)
+    access_log = AccessLogCounter(lambda: subscription.view, metrics, prober.hold_off)
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(access_log, server)
     host = args.listen.rsplit(":", 1)[0]
     grpc_port = server.add_insecure_port(args.listen)
     await server.start()

@@ -215,19 +215,34 @@ def test_malformed_json_gets_400_without_calling_a_provider(gateway, client, fak
     assert fakes[0].requests == [] and fakes[1].requests == []
 
 
+# "llama" is an alias: the body must be rewritten, so ext_proc reads it (and checks it).
 @pytest.mark.parametrize("payload,param", [
-    ({"model": "gpt-4o-mini"}, "messages"),
-    ({"model": "gpt-4o-mini", "messages": "hi"}, "messages"),
-    ({"model": "gpt-4o-mini", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
-    ({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}, "max_tokens"),
+    ({"model": "llama"}, "messages"),
+    ({"model": "llama", "messages": "hi"}, "messages"),
+    ({"model": "llama", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+    ({"model": "llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}, "max_tokens"),
     ({"model": 42, "messages": [{"role": "user", "content": "hi"}]}, "model"),
+    # Not a boolean: keeps the request off the passthrough lane even with the provider's own model name.
     ({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "stream"),
 ])
 def test_invalid_chat_requests_get_400_naming_the_parameter(gateway, client, fakes, payload, param):
     status, headers, body = raw(gateway, "POST", "/v1/chat/completions", json.dumps(payload).encode())
     _assert_openai_error(status, headers, body, 400)
     assert body["error"]["param"] == param
-    assert fakes[0].requests == []
+    assert fakes[0].requests == [] and fakes[1].requests == []
+
+
+@pytest.mark.parametrize("payload,param", [
+    ({"model": "gpt-4o-mini"}, "messages"),
+    ({"model": "gpt-4o-mini", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+])
+def test_passthrough_requests_are_checked_by_the_provider_whose_api_they_use(gateway, client, fakes, payload, param):
+    # The provider's own model name and no stream: Envoy forwards the body as it is,
+    # and the OpenAI-compatible provider's error reaches the client unchanged.
+    status, headers, body = raw(gateway, "POST", "/v1/chat/completions", json.dumps(payload).encode())
+    _assert_openai_error(status, headers, body, 400)
+    assert body["error"]["param"] == param
+    assert only_request(fakes[0]).body == payload
 
 
 def test_unknown_model_gets_404_model_not_found(client, fakes):

@@ -109,7 +109,8 @@ def test_route_stats_carry_the_path_and_the_labels_envoy_has_tags_for():
         "v1_eng_v2_chat_completions.department.engineering"}
 
 
-def test_api_keys_reach_only_the_runtime_resource_never_envoy_resources():
+def test_api_keys_reach_ext_proc_and_envoy_sds_secrets_never_other_envoy_resources():
+    # (Which providers' keys Envoy gets as secrets: tests/test_passthrough.py.)
     snap = seed_snapshot()
     for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
         for msg in snap.of_type(type_url).values():

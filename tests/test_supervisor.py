@@ -19,9 +19,9 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
 import openai
@@ -45,7 +45,7 @@ class Proc:
     start_time: str
 
     @classmethod
-    def of(cls, pid: int) -> "Proc":
+    def of(cls, pid: int) -> Proc:
         state, start_time = _stat(pid)
         assert state is not None, f"pid {pid} has no /proc entry"
         return cls(pid, start_time)
@@ -401,14 +401,15 @@ def test_sigterm_during_start_up_stops_what_started_and_cleans_up(provider, tmp_
 
 
 def test_ext_proc_workers_share_the_load_and_one_scrape_counts_them_all(provider, start_gateway, gateway_tmp):
-    config = gateway_config({"openai": {"type": "openai", "model": "gpt-4o-mini",
+    # Asked for by an alias, the model name is rewritten: every request goes through ext_proc.
+    config = gateway_config({"openai": {"type": "openai", "model": "gpt-4o-mini", "aliases": ["mini"],
                                         "api_key": "sk-supervisor-test", "base_url": provider.base_url}})
     config["ext_proc"] = {"workers": 2}
     gw = start_gateway(config, env={"TMPDIR": str(gateway_tmp)})
     children = children_by_kind(gw.child_pids())
     assert sorted(children) == sorted([*CHILD_NAMES, "ext_proc#2"])
     for i in range(40):
-        assert say_hello(gw.base_url, text=f"worker {i}").startswith("Hello from fake-openai!")
+        assert say_hello(gw.base_url, model="mini", text=f"worker {i}").startswith("Hello from fake-openai!")
     # Every scrape lands on one worker, and each reports all 40 (their counts are added up).
     route = {"route": "/v1/chat/completions", "provider": "openai", "outcome": "success"}
     assert [gw.metric("hapax_requests_total", **route) for _ in range(4)] == [40.0] * 4

@@ -1,0 +1,321 @@
+"""The passthrough lane: OpenAI-to-OpenAI requests that Envoy serves without Python.
+
+ext_proc is needed where something must be understood or rewritten: a provider
+with another API, a model alias, a stream (watched event by event), the legacy
+completion shapes. A non-streaming chat or embeddings request whose ``model``
+is an OpenAI-type provider's own model name needs none of that. For such a
+request Envoy, alone:
+
+- reads ``model`` and ``stream`` from the body (``json_to_metadata``) and picks a
+  lane route on them, which names the model's chain cluster;
+- injects, per attempt, the key of the provider that attempt goes to
+  (``credential_injector`` with the provider's SDS secret, chosen by a composite
+  filter matching the endpoint's ``hapax.provider``);
+- reads the token usage from the answer (``json_to_metadata`` again), which the
+  gRPC access log brings to ext_proc's metrics in batches, after the answer.
+
+An attempt that goes to a provider outside the lane (another type, another
+model or another base path) is an ordinary upstream ext_proc attempt,
+translated as always: failover does not depend on the lane.
+
+What the lane checks: the body is a JSON object whose ``model`` is a string
+naming a lane model and whose ``stream`` is absent or ``false``. Anything else
+(malformed JSON, an unknown model, those two fields of the wrong type) takes
+the ordinary route, where ext_proc answers with a precise error. The other
+fields are the provider's to check: it speaks the OpenAI API, and its error
+answer reaches the client unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
+from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+from envoy.extensions.filters.http.composite.v3 import composite_pb2
+from envoy.extensions.filters.http.credential_injector.v3 import credential_injector_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.http.injected_credentials.generic.v3 import generic_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from envoy.type.matcher.v3 import metadata_pb2, regex_pb2, string_pb2, value_pb2
+from envoy.type.metadata.v3 import metadata_pb2 as metadata_kind_pb2
+from envoy.type.tracing.v3 import custom_tag_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2
+from xds.core.v3 import extension_pb2
+from xds.type.matcher.v3 import cel_pb2 as cel_matcher_pb2
+from xds.type.matcher.v3 import http_inputs_pb2, matcher_pb2
+from xds.type.v3 import cel_pb2
+
+from control_plane.cel import MetadataEquals, all_of
+from control_plane.chains import attempts, chain_cluster_name, chain_order
+from control_plane.config import HapaxConfig, ProviderConfig
+from control_plane.xds import ads, pack
+
+LANE = "passthrough"
+METADATA_NAMESPACE = "hapax"
+# Dynamic metadata json_to_metadata writes: what the lane routes on, what the answer used.
+REQUEST_NAMESPACE = "hapax.request"
+USAGE_NAMESPACE = "hapax.usage"
+JSON_TO_METADATA_FILTER = "hapax.json_to_metadata"
+LANE_FILTER = "hapax.passthrough"
+# The OpenAI API path of each handler the lane serves, under the provider's base path.
+HANDLER_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
+# What the access log tags each entry with, for ext_proc's metrics.
+TAG_LANE, TAG_ROUTE, TAG_PROVIDER = "lane", "route", "provider"
+ACCESS_LOG_NAME = "hapax"
+# Headers a client may send that must not reach a provider (credentials) or
+# that the gateway sets itself between its steps.
+REMOVED_REQUEST_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization",
+                           "x-hapax-chain", "x-hapax-version", "x-hapax-start")
+_JSON = regex_pb2.RegexMatcher(regex=r"^application/json(;.*)?$")
+
+
+@dataclass(frozen=True)
+class LaneModel:
+    """A model name clients may send that the lane serves, and how."""
+
+    model: str
+    first: str  # the provider that owns the name: its chain is the request's chain
+    providers: tuple[str, ...]  # the chain's providers an attempt reaches without ext_proc
+    base_path: str  # the lane providers' API path prefix, e.g. "/v1"
+
+
+def base_path(provider: ProviderConfig) -> str:
+    return urlsplit(provider.base_url).path.rstrip("/")
+
+
+def model_owners(config: HapaxConfig) -> dict[str, str]:
+    """Model name (a provider's model or alias) -> the provider that serves it (preference order first)."""
+    owners: dict[str, str] = {}
+    for name in [*config.provider_preference, *config.providers]:
+        p = config.providers[name]
+        for model in (p.model, *p.aliases):
+            owners.setdefault(model, name)
+    return owners
+
+
+def lane_models(config: HapaxConfig) -> tuple[LaneModel, ...]:
+    lanes = []
+    for model, owner in model_owners(config).items():
+        first = config.providers[owner]
+        if first.type != "openai" or first.model != model:
+            continue  # another API, or an alias the body must be rewritten for
+        path = base_path(first)
+        providers = tuple(name for name in chain_order(config, owner)
+                          if _serves_unchanged(config.providers[name], model, path))
+        lanes.append(LaneModel(model, owner, providers, path))
+    return tuple(lanes)
+
+
+def _serves_unchanged(provider: ProviderConfig, model: str, path: str) -> bool:
+    return provider.type == "openai" and provider.model == model and base_path(provider) == path
+
+
+def lane_providers(config: HapaxConfig) -> frozenset[str]:
+    return frozenset(name for lane in lane_models(config) for name in lane.providers)
+
+
+# ---------------------------------------------------------------- provider keys (SDS)
+
+
+def key_secret_name(provider: str) -> str:
+    return f"hapax_key.{provider}"
+
+
+def key_secrets(config: HapaxConfig) -> list[secret_pb2.Secret]:
+    """The lane providers' keys: the only way a key reaches Envoy."""
+    return [
+        secret_pb2.Secret(name=key_secret_name(name), generic_secret=secret_pb2.GenericSecret(
+            secret=base_pb2.DataSource(inline_string=f"Bearer {config.providers[name].api_key}")))
+        for name in sorted(lane_providers(config)) if config.providers[name].api_key
+    ]
+
+
+# ---------------------------------------------------------------- listener side
+
+
+def json_to_metadata_filter() -> hcm_pb2.HttpFilter:
+    def rule(path: list[str], namespace: str, key: str, *,
+             typ: int = json_to_metadata_pb2.JsonToMetadata.PROTOBUF_VALUE,
+             missing: struct_pb2.Value | None = None) -> json_to_metadata_pb2.JsonToMetadata.Rule:
+        kv = json_to_metadata_pb2.JsonToMetadata.KeyValuePair
+        out = json_to_metadata_pb2.JsonToMetadata.Rule(
+            selectors=[json_to_metadata_pb2.JsonToMetadata.Selector(key=k) for k in path],
+            on_present=kv(metadata_namespace=namespace, key=key, type=typ))
+        if missing is not None:
+            out.on_missing.CopyFrom(kv(metadata_namespace=namespace, key=key, value=missing))
+        return out
+
+    JTM = json_to_metadata_pb2.JsonToMetadata
+    config = JTM(
+        request_rules=JTM.MatchRules(
+            # The default accepts "application/json" exactly, not with a charset.
+            allow_content_types_regex=_JSON,
+            rules=[
+                rule(["model"], REQUEST_NAMESPACE, "model", typ=JTM.PROTOBUF_VALUE),
+                # Absent means false; any value but a boolean false keeps the request off the lane.
+                rule(["stream"], REQUEST_NAMESPACE, "stream", missing=struct_pb2.Value(bool_value=False)),
+            ]),
+        response_rules=JTM.MatchRules(
+            allow_content_types_regex=_JSON,
+            rules=[rule(["usage", "prompt_tokens"], USAGE_NAMESPACE, "prompt_tokens"),
+                   rule(["usage", "completion_tokens"], USAGE_NAMESPACE, "completion_tokens")]),
+    )
+    return hcm_pb2.HttpFilter(name=JSON_TO_METADATA_FILTER, typed_config=pack(config))
+
+
+def json_to_metadata_disabled() -> dict[str, any_pb2.Any]:
+    """typed_per_filter_config for routes no lane request can take: their bodies are not parsed."""
+    return {JSON_TO_METADATA_FILTER: pack(route_components_pb2.FilterConfig(disabled=True))}
+
+
+def lane_routes(config: HapaxConfig, handler: str, base: route_components_pb2.Route,
+                disabled_ext_proc: dict[str, any_pb2.Any]) -> Iterator[route_components_pb2.Route]:
+    """The lane's variants of ``base`` (an ordinary provider route), one per lane model; to go before it."""
+    if handler not in HANDLER_PATHS:
+        return
+    for lane in lane_models(config):
+        route = route_components_pb2.Route()
+        route.CopyFrom(base)
+        route.name = f"{LANE}:{base.name}:{lane.model}"
+        route.match.dynamic_metadata.extend([
+            _metadata_matcher("model", string_match=string_pb2.StringMatcher(exact=lane.model)),
+            _metadata_matcher("stream", bool_match=False),
+        ])
+        action = route.route
+        action.ClearField("cluster_header")
+        action.cluster = chain_cluster_name(lane.first)
+        # Attempts that leave the lane get their path and host from ext_proc.
+        action.prefix_rewrite = lane.base_path + HANDLER_PATHS[handler]
+        action.auto_host_rewrite.value = True
+        action.retry_policy.num_retries.value = attempts(config, lane.first) - 1
+        route.request_headers_to_remove.extend(REMOVED_REQUEST_HEADERS)
+        fields = route.metadata.filter_metadata[METADATA_NAMESPACE]
+        fields.update({"lane": LANE, **{_lane_key(p): LANE for p in lane.providers}})
+        route.typed_per_filter_config.clear()
+        for name, config_any in disabled_ext_proc.items():
+            route.typed_per_filter_config[name].CopyFrom(config_any)
+        yield route
+
+
+def _lane_key(provider: str) -> str:
+    return f"{LANE}.{provider}"
+
+
+def _metadata_matcher(key: str, **value) -> metadata_pb2.MetadataMatcher:
+    return metadata_pb2.MetadataMatcher(
+        filter=REQUEST_NAMESPACE, path=[metadata_pb2.MetadataMatcher.PathSegment(key=key)],
+        value=value_pb2.ValueMatcher(**value))
+
+
+def access_logger(grpc_cluster: str) -> accesslog_pb2.AccessLog:
+    """Every answered request, in batches, to ext_proc (which counts the lane's)."""
+    return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(
+        als_pb2.HttpGrpcAccessLogConfig(common_config=_grpc_log(grpc_cluster))))
+
+
+def hold_off_logger(grpc_cluster: str) -> accesslog_pb2.AccessLog:
+    """The router's log of attempts answered 429 or 503, with their retry-after, to ext_proc.
+
+    What the upstream step does for the attempts it sees: a provider that says
+    when to come back is held off until then. (This request's next attempt has
+    already gone elsewhere; the log arrives within a flush interval.)
+    """
+    def status_is(code: int) -> accesslog_pb2.AccessLogFilter:
+        return accesslog_pb2.AccessLogFilter(status_code_filter=accesslog_pb2.StatusCodeFilter(
+            comparison=accesslog_pb2.ComparisonFilter(
+                op=accesslog_pb2.ComparisonFilter.EQ,
+                value=base_pb2.RuntimeUInt32(default_value=code, runtime_key="hapax.hold_off_status"))))
+
+    return accesslog_pb2.AccessLog(
+        name="envoy.access_loggers.http_grpc",
+        filter=accesslog_pb2.AccessLogFilter(or_filter=accesslog_pb2.OrFilter(filters=[status_is(429), status_is(503)])),
+        typed_config=pack(als_pb2.HttpGrpcAccessLogConfig(
+            common_config=_grpc_log(grpc_cluster), additional_response_headers_to_log=["retry-after"])))
+
+
+def _grpc_log(grpc_cluster: str) -> als_pb2.CommonGrpcAccessLogConfig:
+    def tag(name: str, kind: metadata_kind_pb2.MetadataKind, key: str) -> custom_tag_pb2.CustomTag:
+        return custom_tag_pb2.CustomTag(tag=name, metadata=custom_tag_pb2.CustomTag.Metadata(
+            kind=kind, metadata_key=metadata_kind_pb2.MetadataKey(
+                key=METADATA_NAMESPACE, path=[metadata_kind_pb2.MetadataKey.PathSegment(key=key)])))
+
+    route_kind = metadata_kind_pb2.MetadataKind(route=metadata_kind_pb2.MetadataKind.Route())
+    host_kind = metadata_kind_pb2.MetadataKind(host=metadata_kind_pb2.MetadataKind.Host())
+    return als_pb2.CommonGrpcAccessLogConfig(
+        log_name=ACCESS_LOG_NAME,
+        grpc_service=grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=grpc_cluster)),
+        transport_api_version=config_source_pb2.V3,
+        buffer_flush_interval=duration_pb2.Duration(nanos=250_000_000),
+        custom_tags=[tag(TAG_LANE, route_kind, "lane"), tag(TAG_ROUTE, route_kind, "route"),
+                     tag(TAG_PROVIDER, host_kind, "provider")],
+    )
+
+
+# ---------------------------------------------------------------- upstream side (per attempt)
+
+
+def upstream_filter(config: HapaxConfig, first: str, translate: hcm_pb2.HttpFilter) -> hcm_pb2.HttpFilter:
+    """The chain's per-attempt filter: a lane attempt gets its key from Envoy, any other goes to ``translate``."""
+    lane = [name for name in chain_order(config, first) if name in lane_providers(config)]
+    if not lane:
+        return translate
+    matchers = [matcher_pb2.Matcher.MatcherList.FieldMatcher(
+        predicate=_cel_predicate(
+            MetadataEquals("upstream_host_metadata", METADATA_NAMESPACE, "provider", name),
+            MetadataEquals("route_metadata", METADATA_NAMESPACE, _lane_key(name), LANE)),
+        on_match=_execute(f"{LANE}.{name}", _injector(config.providers[name])),
+    ) for name in lane]
+    matcher = matcher_pb2.Matcher(
+        matcher_list=matcher_pb2.Matcher.MatcherList(matchers=matchers),
+        on_no_match=_execute("translate", extension_pb2.TypedExtensionConfig(
+            name=translate.name, typed_config=translate.typed_config)))
+    composite = extension_matcher_pb2.ExtensionWithMatcher(
+        extension_config=core_extension_pb2.TypedExtensionConfig(name="composite", typed_config=pack(composite_pb2.Composite())),
+        xds_matcher=matcher,
+    )
+    return hcm_pb2.HttpFilter(name=LANE_FILTER, typed_config=pack(composite))
+
+
+def _injector(provider: ProviderConfig) -> extension_pb2.TypedExtensionConfig:
+    if not provider.api_key:  # a keyless server (local vLLM...): nothing to add
+        return extension_pb2.TypedExtensionConfig(
+            name="no_credential", typed_config=pack(header_mutation_pb2.HeaderMutation()))
+    generic = generic_pb2.Generic(credential=secret_pb2.SdsSecretConfig(
+        name=key_secret_name(provider.name),
+        sds_config=ads()))
+    injector = credential_injector_pb2.CredentialInjector(
+        overwrite=True,
+        credential=core_extension_pb2.TypedExtensionConfig(
+            name="envoy.http.injected_credentials.generic", typed_config=pack(generic)))
+    return extension_pb2.TypedExtensionConfig(name="credential_injector", typed_config=pack(injector))
+
+
+def _cel_predicate(*conditions: MetadataEquals) -> matcher_pb2.Matcher.MatcherList.Predicate:
+    expression = cel_matcher_pb2.CelMatcher(expr_match=cel_pb2.CelExpression(cel_expr_parsed=all_of(*conditions)))
+    return matcher_pb2.Matcher.MatcherList.Predicate(
+        single_predicate=matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
+            input=extension_pb2.TypedExtensionConfig(
+                name="envoy.matching.inputs.cel_data_input",
+                typed_config=pack(http_inputs_pb2.HttpAttributesCelMatchInput())),
+            custom_match=extension_pb2.TypedExtensionConfig(
+                name="envoy.matching.matchers.cel_matcher", typed_config=pack(expression))))
+
+
+def _execute(name: str, filter_config: extension_pb2.TypedExtensionConfig) -> matcher_pb2.Matcher.OnMatch:
+    action = composite_pb2.ExecuteFilterAction(typed_config=core_extension_pb2.TypedExtensionConfig(
+        name=filter_config.name, typed_config=filter_config.typed_config))
+    return matcher_pb2.Matcher.OnMatch(action=extension_pb2.TypedExtensionConfig(name=name, typed_config=pack(action)))
+
+

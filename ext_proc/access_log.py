@@ -1,0 +1,103 @@
+"""Counts the passthrough lane's requests from Envoy's gRPC access log.
+
+A request on the lane (see control_plane/passthrough.py) is served by Envoy
+alone; ext_proc hears of it afterwards, when Envoy sends its access log entry
+(in batches, every quarter second or 16 KiB). Each lane entry is counted as
+the router and upstream steps count the other routes' requests: by outcome,
+with its duration and the gateway's own share of it, a failover, and the
+token usage and cost Envoy read from the answer (json_to_metadata).
+
+Entries of other routes are ignored: their steps counted them already.
+
+The router also logs each lane attempt answered 429 or 503: one with a
+retry-after holds its provider off, as the upstream step does for the
+attempts it sees.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+
+from ext_proc.metrics import GatewayMetrics, outcome_for
+from ext_proc.provider_health import retry_after_seconds
+from ext_proc.runtime import RuntimeView
+
+log = logging.getLogger("hapax.ext_proc")
+
+# Set by the control plane on the lane's routes and in json_to_metadata's rules.
+LANE = "passthrough"
+TAG_LANE, TAG_ROUTE, TAG_PROVIDER = "lane", "route", "provider"
+USAGE_NAMESPACE = "hapax.usage"
+
+
+class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
+    def __init__(self, current_view: Callable[[], RuntimeView | None], metrics: GatewayMetrics,
+                 hold_off: Callable[[str, float], None] | None = None) -> None:
+        self.current_view = current_view
+        self.metrics = metrics
+        self.hold_off = hold_off
+
+    async def StreamAccessLogs(self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
+                               context: Any) -> als_pb2.StreamAccessLogsResponse:
+        async for message in request_iterator:
+            for entry in message.http_logs.log_entry:
+                try:
+                    self.count(entry)
+                except Exception:  # one odd entry must not end the stream (Envoy would drop the batch)
+                    log.exception("could not count an access log entry")
+        return als_pb2.StreamAccessLogsResponse()
+
+    def count(self, entry: accesslog_pb2.HTTPAccessLogEntry) -> None:
+        common = entry.common_properties
+        tags = common.custom_tags
+        if tags.get(TAG_LANE) != LANE:
+            return
+        if common.access_log_type == accesslog_pb2.UpstreamEnd:
+            self._honour_retry_after(entry)
+            return
+        view = self.current_view()
+        status = entry.response.response_code.value
+        route = view.routes.get(tags.get(TAG_ROUTE, "")) if view is not None else None
+        if route is None or status == 0:
+            return  # a route gone with a newer version; a client gone before any answer (as the steps do)
+        provider = view.providers.get(tags.get(TAG_PROVIDER, ""))
+        attempts = common.upstream_request_attempt_count or 1
+        duration = _seconds(common.time_to_last_downstream_tx_byte) or _seconds(common.duration)
+        overhead = _overhead(common) if attempts == 1 and provider is not None else None
+        self.metrics.request_answered(route, provider, status, outcome_for(status, attempts), duration, overhead)
+        if provider is None:
+            return
+        # The log names only the provider that answered; in a chain of two, the one retry went there.
+        for _ in range(attempts - 1):
+            self.metrics.retried(route, provider)
+        usage = common.metadata.filter_metadata.get(USAGE_NAMESPACE)
+        if usage is not None and 200 <= status < 300:
+            self.metrics.tokens_used(route, provider, {
+                key: int(value.number_value) for key, value in usage.fields.items() if value.HasField("number_value")})
+
+
+    def _honour_retry_after(self, attempt: accesslog_pb2.HTTPAccessLogEntry) -> None:
+        """An attempt the router logged for its 429 or 503 (control_plane/passthrough.py: hold_off_logger)."""
+        retry_after = attempt.response.response_headers.get("retry-after", "")
+        provider = attempt.common_properties.custom_tags.get(TAG_PROVIDER, "")
+        seconds = retry_after_seconds(retry_after) if retry_after else None
+        if seconds and provider and self.hold_off is not None:
+            self.hold_off(provider, seconds)
+
+
+def _seconds(d) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def _overhead(common: accesslog_pb2.AccessLogCommon) -> float | None:
+    """Time to the first byte sent to the client, less the provider's time to its first byte."""
+    if not (common.HasField("time_to_first_downstream_tx_byte") and common.HasField("time_to_first_upstream_rx_byte")
+            and common.HasField("time_to_last_upstream_tx_byte")):
+        return None
+    provider_time = _seconds(common.time_to_first_upstream_rx_byte) - _seconds(common.time_to_last_upstream_tx_byte)
+    return _seconds(common.time_to_first_downstream_tx_byte) - provider_time

@@ -1,0 +1,132 @@
+"""Which requests the control plane puts on the passthrough lane, and the Envoy config it takes."""
+
+from __future__ import annotations
+
+import json
+
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+from envoy.extensions.filters.http.composite.v3 import composite_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+from control_plane import passthrough
+from control_plane import resources as res
+from control_plane.config import parse_config
+from control_plane.snapshot import CLUSTER, LISTENER, ROUTE, SECRET, build_snapshot
+from control_plane.static_bootstrap import envoy_validate, static_bootstrap
+from hapax.envoy_process import envoy_binary
+from tests.test_snapshot import EXT_PROC
+
+CONFIG = """\
+providers:
+  openai:  {type: openai, model: gpt-4o, api_key: sk-openai-LANE, aliases: [fast]}
+  second:  {type: openai, model: gpt-4o, api_key: sk-second-LANE, base_url: "http://10.0.0.2:8000/v1"}
+  proxied: {type: openai, model: gpt-4o, api_key: sk-proxied-LANE, base_url: "https://gw.example.com/openai/v1"}
+  vllm:    {type: openai, model: llama-3-8b, base_url: "http://10.0.0.3:8000/v1"}
+  claude:  {type: anthropic, model: claude-3-haiku, api_key: sk-ant-LANE}
+provider_preference: [openai, second, proxied, claude]
+routes:
+  - {path: /v1/chat/completions, handler: chat}
+  - {path: /v1/completions, handler: completion}
+  - {path: /v1/eng/chat/completions, handler: chat, metrics_labels: {department: engineering}}
+"""
+KEYS = ("sk-openai-LANE", "sk-second-LANE", "sk-proxied-LANE", "sk-ant-LANE")
+
+
+def config():
+    return parse_config(CONFIG)
+
+
+def test_only_an_openai_providers_own_model_name_takes_the_lane():
+    lanes = {lane.model: lane for lane in passthrough.lane_models(config())}
+    # Not "fast" (an alias, rewritten), not claude's model (another API).
+    assert sorted(lanes) == ["gpt-4o", "llama-3-8b"]
+    gpt = lanes["gpt-4o"]
+    assert gpt.first == "openai" and gpt.base_path == "/v1"
+    # Same model and API path: attempts stay on the lane; "proxied" has another base path.
+    assert gpt.providers == ("openai", "second")
+    assert lanes["llama-3-8b"].providers == ("vllm",)
+
+
+def _routes():
+    return [r for r in res.route_configuration(config()).virtual_hosts[0].routes]
+
+
+def test_lane_routes_go_before_their_ordinary_route_and_route_on_the_body_without_ext_proc():
+    names = [r.name for r in _routes()]
+    chat = names.index("chat:/v1/chat/completions")
+    assert names[chat - 2:chat] == ["passthrough:chat:/v1/chat/completions:gpt-4o",
+                                     "passthrough:chat:/v1/chat/completions:llama-3-8b"]
+    lane = next(r for r in _routes() if r.name == "passthrough:chat:/v1/eng/chat/completions:gpt-4o")
+    matchers = {m.path[0].key: m.value for m in lane.match.dynamic_metadata}
+    assert matchers["model"].string_match.exact == "gpt-4o"
+    assert matchers["stream"].bool_match is False and matchers["stream"].HasField("bool_match")
+    assert lane.route.cluster == "chain.openai"
+    assert lane.route.prefix_rewrite == "/v1/chat/completions"  # the department path is the gateway's, not the API's
+    assert lane.route.auto_host_rewrite.value
+    assert lane.route.retry_policy.num_retries.value == 3  # one attempt per provider of the chain
+    assert {"authorization", "x-api-key", "x-hapax-chain"} <= set(lane.request_headers_to_remove)
+    ext_proc = ext_proc_pb2.ExtProcPerRoute()
+    lane.typed_per_filter_config[res.EXT_PROC_FILTER].Unpack(ext_proc)
+    assert ext_proc.disabled
+    labels = lane.metadata.filter_metadata["hapax"]
+    assert labels["department"] == "engineering" and labels["lane"] == "passthrough"
+    assert labels["passthrough.openai"] == labels["passthrough.second"] == "passthrough"
+    assert "passthrough.proxied" not in labels.fields
+
+
+def test_routes_no_lane_request_can_take_do_not_parse_the_body_in_envoy():
+    for route in _routes():
+        parsed = passthrough.JSON_TO_METADATA_FILTER not in route.typed_per_filter_config
+        assert parsed == (route.HasField("route") and route.match.path in (
+            "/v1/chat/completions", "/v1/eng/chat/completions")), route.name
+
+
+def _upstream_filters(cluster):
+    opts = http_protocol_options_pb2.HttpProtocolOptions()
+    cluster.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Unpack(opts)
+    return list(opts.http_filters)
+
+
+def test_each_attempt_gets_its_providers_key_from_envoy_or_goes_to_ext_proc():
+    first, codec = _upstream_filters(res.chain_cluster(config(), "claude"))
+    assert first.name == passthrough.LANE_FILTER and codec.name == "envoy.filters.http.upstream_codec"
+    composite = extension_matcher_pb2.ExtensionWithMatcher()
+    first.typed_config.Unpack(composite)
+    matchers = composite.xds_matcher.matcher_list.matchers
+    # claude's chain: claude, openai, second, proxied; vllm is not in it.
+    assert [m.on_match.action.name for m in matchers] == ["passthrough.openai", "passthrough.second"]
+    action = composite_pb2.ExecuteFilterAction()
+    matchers[0].on_match.action.typed_config.Unpack(action)
+    assert action.typed_config.name == "credential_injector"
+    assert b"hapax_key.openai" in action.typed_config.typed_config.value
+    fallback = composite_pb2.ExecuteFilterAction()
+    composite.xds_matcher.on_no_match.action.typed_config.Unpack(fallback)
+    assert fallback.typed_config.name == res.UPSTREAM_EXT_PROC_FILTER
+
+
+def test_a_chain_without_lane_providers_keeps_the_plain_ext_proc_filter():
+    only_claude = parse_config("providers:\n  claude: {type: anthropic, model: claude-3-haiku, api_key: k}\n")
+    first, _ = _upstream_filters(res.chain_cluster(only_claude, "claude"))
+    assert first.name == res.UPSTREAM_EXT_PROC_FILTER
+    hcm_filters = [f.name for f in res.http_connection_manager(only_claude).http_filters]
+    assert passthrough.JSON_TO_METADATA_FILTER not in hcm_filters
+
+
+def test_provider_keys_reach_envoy_only_as_sds_secrets_of_the_lane_providers():
+    snap = build_snapshot(config(), "v1", EXT_PROC)
+    secrets = snap.of_type(SECRET)
+    assert sorted(secrets) == ["hapax_key.openai", "hapax_key.second"]  # vllm has no key, the others no lane
+    assert secrets["hapax_key.second"].generic_secret.secret.inline_string == "Bearer sk-second-LANE"
+    for type_url in (CLUSTER, LISTENER, ROUTE):
+        for msg in snap.of_type(type_url).values():
+            blob = msg.SerializeToString()
+            assert not any(key.encode() in blob for key in KEYS), type_url
+
+
+def test_envoy_validates_the_lane_with_its_composite_filters_and_secrets(tmp_path):
+    bootstrap = static_bootstrap(build_snapshot(config(), "v1", EXT_PROC), stats_tags=res.envoy_stats_tags(("department",)))
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(bootstrap))
+    result = envoy_validate(envoy_binary(), path)
+    assert result.returncode == 0, result.stderr + result.stdout
