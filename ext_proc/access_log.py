@@ -45,11 +45,12 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
     async def StreamAccessLogs(self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
                                context: Any) -> als_pb2.StreamAccessLogsResponse:
         async for message in request_iterator:
-            for entry in message.http_logs.log_entry:
-                try:
-                    self.count(entry)
-                except Exception:  # one odd entry must not end the stream (Envoy would drop the batch)
-                    log.exception("could not count an access log entry")
+            with self.metrics.batched():
+                for entry in message.http_logs.log_entry:
+                    try:
+                        self.count(entry)
+                    except Exception:  # one odd entry must not end the stream (Envoy would drop the batch)
+                        log.exception("could not count an access log entry")
         return als_pb2.StreamAccessLogsResponse()
 
     def count(self, entry: accesslog_pb2.HTTPAccessLogEntry) -> None:

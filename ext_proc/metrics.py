@@ -17,8 +17,11 @@ Names follow OpenTelemetry's GenAI conventions where they exist
 
 from __future__ import annotations
 
+import bisect
 import os
+from collections import Counter as Tally
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import (
@@ -102,7 +105,8 @@ class _RequestFamilies:
     def __init__(self, registry: CollectorRegistry, keys: tuple[str, ...]) -> None:
         self.keys = keys
         self.registry = registry
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], tuple[Any, bool]] = {}  # -> (child, batchable)
+        self.pending: dict[tuple[int, tuple[str, ...]], _Pending] | None = None  # inside GatewayMetrics.batched()
         route = [*keys, "route"]
         answered = [*route, "provider", "model"]
         self.all = [
@@ -140,10 +144,16 @@ class _RequestFamilies:
     def child(self, family: Any, *values: str) -> Any:
         """``family.labels(*values)``, remembered: label values come from the config, so few."""
         key = (id(family), values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = family.labels(*values)
-        return child
+        known = self._children.get(key)
+        if known is None:
+            known = self._children[key] = (family.labels(*values), isinstance(family, (Counter, Histogram)))
+        child, batchable = known
+        if self.pending is None or not batchable:
+            return child
+        pending = self.pending.get(key)
+        if pending is None:
+            pending = self.pending[key] = _Pending(child)
+        return pending
 
     def route_values(self, route: Route) -> list[str]:
         return [*(route.labels.get(key, "") for key in self.keys), route.path]
@@ -212,6 +222,22 @@ class GatewayMetrics:
             self._families.unregister()
             self._families = _RequestFamilies(self.registry, keys)
 
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Counter and histogram updates inside are added up and written once, at the end.
+
+        In multiprocess mode prometheus_client writes every update to a shared
+        file; the access log brings requests by the dozen, mostly with the same labels.
+        """
+        f = self._families
+        f.pending = {}
+        try:
+            yield
+        finally:
+            pending, f.pending = f.pending, None
+            for update in pending.values():
+                update.write()
+
     # -- per request (router step) ----------------------------------------------
 
     def request_started(self, route: Route) -> None:
@@ -262,6 +288,46 @@ class GatewayMetrics:
 
     def stream_ended(self, provider: str, outcome: str) -> None:
         self.streams.labels(provider, outcome).inc()
+
+
+class _Pending:
+    """A counter's or histogram's updates during GatewayMetrics.batched()."""
+
+    __slots__ = ("child", "total", "observed")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.total = 0.0
+        self.observed: list[float] = []
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.total += amount
+
+    def observe(self, amount: float) -> None:
+        self.observed.append(amount)
+
+    def write(self) -> None:
+        if self.total:
+            self.child.inc(self.total)
+        if self.observed:
+            observe_all(self.child, self.observed)
+
+
+def observe_all(histogram: Any, amounts: list[float]) -> None:
+    """``histogram.observe(a) for a in amounts``, with one write per bucket touched.
+
+    prometheus_client has no bulk observe; this adds to the same per-bucket
+    values its ``observe`` does (the first bucket whose bound is >= the amount),
+    and falls back to ``observe`` if those internals are not there.
+    """
+    buckets, bounds, total = (getattr(histogram, name, None) for name in ("_buckets", "_upper_bounds", "_sum"))
+    if buckets is None or bounds is None or total is None:
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    for index, count in Tally(bisect.bisect_left(bounds, amount) for amount in amounts).items():
+        buckets[index].inc(count)
+    total.inc(sum(amounts))
 
 
 class _Registered(Collector):
