@@ -113,8 +113,11 @@ def main_table(measurements: Sequence[Measurement]) -> Table:
                 ratio = c.throughput / b.throughput if b.throughput else None
                 added50, added99 = c.p50_ms - b.p50_ms, c.p99_ms - b.p99_ms
                 ext_proc = c.cpu_per_1k("ext_proc")
+            label = TARGET_LABELS[key]
+            if scenario.load == OPEN and "send_lag_p99_ms" in m.extra:
+                label += f" (sender late p99 {num(m.extra['send_lag_p99_ms'])} ms)"
             rows.append([
-                _label(scenario, group) if key == "A" else "", TARGET_LABELS[key],
+                _label(scenario, group) if key == "A" else "", label,
                 _rate(m.throughput), num(m.p50_ms), num(m.p90_ms), num(m.p99_ms), str(m.errors),
                 num(ext_proc, 3), num(ratio, 3), _signed(added50), _signed(added99),
             ])
