@@ -19,7 +19,7 @@ import pytest
 
 from hapax.fakes import FakeAnthropic, FakeOpenAI
 from hapax.fakes.faults import Status
-from tests.conftest import gateway_config, wait_for
+from tests.conftest import gateway_config, save_config, wait_for
 from tests.test_failover_e2e import envoy_health_flags, provider_states
 
 PRIMARY_KEY = "sk-lane-primary"
@@ -189,3 +189,30 @@ def test_embeddings_take_the_lane(gateway, client, fakes):
     assert [d.index for d in reply.data] == [0, 1]
     assert ext_proc_calls(gateway) == before
     assert fakes[0].requests[-1].path == "/v1/embeddings"
+
+
+def test_a_rotated_provider_key_reaches_the_lane_without_a_restart(fake_host, start_gateway):
+    provider = fake_host.start(FakeOpenAI(api_key="sk-before-rotation", model=MODEL))
+    try:
+        config = gateway_config({"openai": {"type": "openai", "model": MODEL, "api_key": "sk-before-rotation",
+                                            "base_url": provider.base_url}})
+        gw = start_gateway(config)
+        client = openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+        before = ext_proc_calls(gw)
+        ask(client, "old key")
+        provider.api_key = "sk-after-rotation"  # the provider now refuses the old key
+        config["providers"]["openai"]["api_key"] = "sk-after-rotation"
+        save_config(gw.config_path, config)
+
+        def new_key_works() -> bool:
+            try:
+                return ask(client, "new key").choices[0].message.content.endswith("new key")
+            except openai.APIStatusError:
+                return False
+
+        wait_for(new_key_works, "the new key in Envoy's secret")
+        assert provider.requests[-1].headers["authorization"] == "Bearer sk-after-rotation"
+        assert ext_proc_calls(gw) == before  # still the lane: the key came as a new SDS secret version
+        assert "sk-after-rotation" not in "".join(gw.stderr)
+    finally:
+        fake_host.run(provider.stop())
