@@ -81,7 +81,6 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             self.metrics.tokens_used(route, provider, {
                 key: int(value.number_value) for key, value in usage.fields.items() if value.HasField("number_value")})
 
-
     def _honour_retry_after(self, attempt: accesslog_pb2.HTTPAccessLogEntry) -> None:
         """An attempt the router logged for its 429 or 503 (control_plane/passthrough.py: hold_off_logger)."""
         retry_after = attempt.response.response_headers.get("retry-after", "")

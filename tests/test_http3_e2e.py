@@ -61,6 +61,19 @@ async def test_a_chat_completion_over_http3(edge):
     assert response.json()["choices"][0]["message"]["content"] == ANSWER
 
 
+async def test_a_passthrough_lane_request_over_http3(edge):
+    # The provider's own model, no stream: Envoy alone serves it, over QUIC as over TCP.
+    _, udp_port, ca, fake = edge
+    async with h3_client(udp_port, ca) as client:
+        response = await client.request("POST", "/v1/chat/completions",
+                                        json.dumps({**CHAT, "model": "gpt-4o-mini"}).encode(),
+                                        {"content-type": "application/json", "authorization": "Bearer client"})
+    assert response.status == 200
+    assert response.json()["choices"][0]["message"]["content"] == ANSWER
+    assert fake.requests[-1].headers["authorization"] == "Bearer k"
+    assert fake.requests[-1].body["model"] == "gpt-4o-mini"
+
+
 async def test_a_stream_over_http3_arrives_chunk_by_chunk(edge):
     _, udp_port, ca, _ = edge
     async with h3_client(udp_port, ca) as client:
