@@ -268,7 +268,8 @@ def _grpc_log(grpc_cluster: str) -> als_pb2.CommonGrpcAccessLogConfig:
 
 def upstream_filter(config: HapaxConfig, first: str, translate: hcm_pb2.HttpFilter) -> hcm_pb2.HttpFilter:
     """The chain's per-attempt filter: a lane attempt gets its key from Envoy, any other goes to ``translate``."""
-    lane = [name for name in chain_order(config, first) if name in lane_providers(config)]
+    on_lane = lane_providers(config)
+    lane = [name for name in chain_order(config, first) if name in on_lane]
     if not lane:
         return translate
     matchers = [matcher_pb2.Matcher.MatcherList.FieldMatcher(

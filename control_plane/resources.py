@@ -597,15 +597,17 @@ def not_found_route(config: HapaxConfig) -> route_components_pb2.Route:
 def route_configuration(config: HapaxConfig, label_keys: tuple[str, ...] | None = None) -> route_pb2.RouteConfiguration:
     keys = stats_label_keys(config) if label_keys is None else label_keys
     routes = [health_route(), method_not_allowed_route(HEALTH_PATH, "GET")]
+    lane_paths = set()
     for route in config.routes:
         base = provider_route(config, route, keys)
         lanes = list(passthrough.lane_routes(config, route.handler, base, _per_route_ext_proc(None)))
-        routes += [*lanes, base] if lanes else [base]
+        if lanes:
+            lane_paths.add(route.path)
+        routes += [*lanes, base]
         routes.append(method_not_allowed_route(route.path, HANDLER_METHODS[route.handler]))
     routes.append(not_found_route(config))
-    if passthrough.lane_models(config):
+    if lane_paths:
         # Only a lane route and the ordinary route it is a variant of need the body's fields.
-        lane_paths = {r.match.path for r in routes if r.name.startswith(passthrough.LANE + ":")}
         for r in routes:
             if not (r.HasField("route") and r.match.path in lane_paths):
                 for name, config_any in passthrough.json_to_metadata_disabled().items():
@@ -755,18 +757,18 @@ def access_log(config: HapaxConfig) -> list[accesslog_pb2.AccessLog]:
 
 
 def http_connection_manager(config: HapaxConfig) -> hcm_pb2.HttpConnectionManager:
+    lane = bool(passthrough.lane_models(config))
     return hcm_pb2.HttpConnectionManager(
-        access_log=access_log(config) + (
-            [passthrough.access_logger(EXT_PROC_CLUSTER)] if passthrough.lane_models(config) else []),
+        access_log=access_log(config) + ([passthrough.access_logger(EXT_PROC_CLUSTER)] if lane else []),
         stat_prefix="hapax",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(route_config_name=ROUTE_CONFIG_NAME, config_source=_ads()),
         http_filters=[
-            *([passthrough.json_to_metadata_filter()] if passthrough.lane_models(config) else []),
+            *([passthrough.json_to_metadata_filter()] if lane else []),
             credential_rejected_filter(),
             router_ext_proc_filter(),
             hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router(
-                upstream_log=[passthrough.hold_off_logger(EXT_PROC_CLUSTER)] if passthrough.lane_models(config) else [],
+                upstream_log=[passthrough.hold_off_logger(EXT_PROC_CLUSTER)] if lane else [],
             ))),
         ],
         local_reply_config=_local_reply_config(),
