@@ -185,27 +185,36 @@ def lane_routes(config: HapaxConfig, handler: str, base: route_components_pb2.Ro
     if handler not in HANDLER_PATHS:
         return
     for lane in lane_models(config):
-        route = route_components_pb2.Route()
-        route.CopyFrom(base)
-        route.name = f"{LANE}:{base.name}:{lane.model}"
-        route.match.dynamic_metadata.extend([
-            _metadata_matcher("model", string_match=string_pb2.StringMatcher(exact=lane.model)),
-            _metadata_matcher("stream", bool_match=False),
-        ])
-        action = route.route
-        action.ClearField("cluster_header")
-        action.cluster = chain_cluster_name(lane.first)
+        route = body_routed(config, base, LANE, lane.model, lane.first, stream=False,
+                            disabled_ext_proc=disabled_ext_proc)
         # Attempts that leave the lane get their path and host from ext_proc.
-        action.prefix_rewrite = lane.base_path + HANDLER_PATHS[handler]
-        action.auto_host_rewrite.value = True
-        action.retry_policy.num_retries.value = attempts(config, lane.first) - 1
-        route.request_headers_to_remove.extend(REMOVED_REQUEST_HEADERS)
-        fields = route.metadata.filter_metadata[METADATA_NAMESPACE]
-        fields.update({"lane": LANE, **{_lane_key(p): LANE for p in lane.providers}})
-        route.typed_per_filter_config.clear()
-        for name, config_any in disabled_ext_proc.items():
-            route.typed_per_filter_config[name].CopyFrom(config_any)
+        route.route.prefix_rewrite = lane.base_path + HANDLER_PATHS[handler]
+        route.route.auto_host_rewrite.value = True
+        route.metadata.filter_metadata[METADATA_NAMESPACE].update({_lane_key(p): LANE for p in lane.providers})
         yield route
+
+
+def body_routed(config: HapaxConfig, base: route_components_pb2.Route, lane: str, model: str, first: str, *,
+                stream: bool, disabled_ext_proc: dict[str, any_pb2.Any]) -> route_components_pb2.Route:
+    """A copy of ``base`` that Envoy picks from the body's ``model`` and ``stream`` and sends to
+    ``first``'s chain, without the router step (what that step does, the route does)."""
+    route = route_components_pb2.Route()
+    route.CopyFrom(base)
+    route.name = f"{lane}:{base.name}:{model}"
+    route.match.dynamic_metadata.extend([
+        _metadata_matcher("model", string_match=string_pb2.StringMatcher(exact=model)),
+        _metadata_matcher("stream", bool_match=stream),
+    ])
+    action = route.route
+    action.ClearField("cluster_header")
+    action.cluster = chain_cluster_name(first)
+    action.retry_policy.num_retries.value = attempts(config, first) - 1
+    route.request_headers_to_remove.extend(REMOVED_REQUEST_HEADERS)
+    route.metadata.filter_metadata[METADATA_NAMESPACE].update({"lane": lane})
+    route.typed_per_filter_config.clear()
+    for name, config_any in disabled_ext_proc.items():
+        route.typed_per_filter_config[name].CopyFrom(config_any)
+    return route
 
 
 def _lane_key(provider: str) -> str:
@@ -219,9 +228,12 @@ def _metadata_matcher(key: str, **value) -> metadata_pb2.MetadataMatcher:
 
 
 def access_logger(grpc_cluster: str) -> accesslog_pb2.AccessLog:
-    """Every answered request, in batches, to ext_proc (which counts the lane's)."""
+    """Every answered request, in batches, to ext_proc (which counts the lanes')."""
     return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(
-        als_pb2.HttpGrpcAccessLogConfig(common_config=_grpc_log(grpc_cluster))))
+        als_pb2.HttpGrpcAccessLogConfig(
+            common_config=_grpc_log(grpc_cluster),
+            # A stream the upstream step delivered is its to count (control_plane/stream_lane.py).
+            additional_response_headers_to_log=["content-type"])))
 
 
 def hold_off_logger(grpc_cluster: str) -> accesslog_pb2.AccessLog:

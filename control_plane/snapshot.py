@@ -100,7 +100,7 @@ def build_snapshot(config: HapaxConfig, version: str, ext_proc: res.ExtProcEndpo
             SECRET: [*res.tls_secrets(config), *passthrough.key_secrets(config)],
             LISTENER: [lst for lst in (res.listener(config), res.metrics_listener(config), res.http3_listener(config))
                        if lst is not None],
-            ROUTE: [res.route_configuration(config, stats_label_keys)],
+            ROUTE: [res.route_configuration(config, stats_label_keys, version)],
             RUNTIME: [res.runtime(config, version)],
         },
     )

@@ -7,6 +7,11 @@ the router and upstream steps count the other routes' requests: by outcome,
 with its duration and the gateway's own share of it, a failover, and the
 token usage and cost Envoy read from the answer (json_to_metadata).
 
+The stream lane (control_plane/stream_lane.py) has no router step either; its
+upstream step counts a stream it delivered, with its retries and tokens, and
+this log counts every other answer on that lane: provider errors, Envoy's own
+replies, and the client errors the upstream step answered.
+
 Entries of other routes are ignored: their steps counted them already.
 
 The router also logs each lane attempt answered 429 or 503: one with a
@@ -29,8 +34,11 @@ from ext_proc.runtime import RuntimeView
 
 log = logging.getLogger("hapax.ext_proc")
 
-# Set by the control plane on the lane's routes and in json_to_metadata's rules.
+# Set by the control plane on the lanes' routes and in json_to_metadata's rules.
 LANE = "passthrough"
+STREAM_LANE = "stream"
+# How the gateway's own error answers are detailed (processor.error_response).
+GATEWAY_DETAILS_PREFIX = "hapax_"
 TAG_LANE, TAG_ROUTE, TAG_PROVIDER = "lane", "route", "provider"
 USAGE_NAMESPACE = "hapax.usage"
 
@@ -56,22 +64,31 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
     def count(self, entry: accesslog_pb2.HTTPAccessLogEntry) -> None:
         common = entry.common_properties
         tags = common.custom_tags
-        if tags.get(TAG_LANE) != LANE:
-            return
+        lane = tags.get(TAG_LANE)
         if common.access_log_type == accesslog_pb2.UpstreamEnd:
-            self._honour_retry_after(entry)
-            return
+            if lane == LANE:  # the stream lane's upstream step saw the attempt itself
+                self._honour_retry_after(entry)
+        elif lane == LANE:
+            self._count_answer(entry, step_counted=False)
+        elif lane == STREAM_LANE and not _delivered_stream(entry):
+            self._count_answer(entry, step_counted=True)
+
+    def _count_answer(self, entry: accesslog_pb2.HTTPAccessLogEntry, *, step_counted: bool) -> None:
+        """``step_counted``: an upstream step saw every attempt and counted their retries and tokens."""
+        common, tags = entry.common_properties, entry.common_properties.custom_tags
         view = self.current_view()
         status = entry.response.response_code.value
         route = view.routes.get(tags.get(TAG_ROUTE, "")) if view is not None else None
         if route is None or status == 0:
             return  # a route gone with a newer version; a client gone before any answer (as the steps do)
-        provider = view.providers.get(tags.get(TAG_PROVIDER, ""))
+        provider = None
+        if not entry.response.response_code_details.startswith(GATEWAY_DETAILS_PREFIX):
+            provider = view.providers.get(tags.get(TAG_PROVIDER, ""))  # else the gateway answered, not it
         attempts = common.upstream_request_attempt_count or 1
         duration = _seconds(common.time_to_last_downstream_tx_byte) or _seconds(common.duration)
         overhead = _overhead(common) if attempts == 1 and provider is not None else None
         self.metrics.request_answered(route, provider, status, outcome_for(status, attempts), duration, overhead)
-        if provider is None:
+        if provider is None or step_counted:
             return
         # The log names only the provider that answered; in a chain of two, the one retry went there.
         for _ in range(attempts - 1):
@@ -88,6 +105,12 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         seconds = retry_after_seconds(retry_after) if retry_after else None
         if seconds and provider and self.hold_off is not None:
             self.hold_off(provider, seconds)
+
+
+def _delivered_stream(entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
+    """A stream the upstream step watched to its end, and counted there."""
+    content_type = entry.response.response_headers.get("content-type", "")
+    return 200 <= entry.response.response_code.value < 300 and content_type.startswith("text/event-stream")
 
 
 def _seconds(d) -> float:

@@ -35,7 +35,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import text_format
 
 from ext_proc import client_request
-from ext_proc.access_log import LANE
+from ext_proc.access_log import LANE, STREAM_LANE
 from ext_proc.client_request import AUTO_MODELS, ClientRequest
 from ext_proc.errors import GatewayError, invalid
 from ext_proc.metrics import (
@@ -299,9 +299,11 @@ class UpstreamStep:
         self.first_chunk: float | None = None  # wall clock
         self.request_id = ""
         self.done = False  # nothing more to do: the stream can end (see Processor.Process)
-        # An attempt of a passthrough-lane request, translated because it left the lane:
-        # the access log counts that request (control_plane/passthrough.py).
-        self.lane = False
+        # The request's lane, if Envoy routed it from its body (no router step to
+        # talk to): "passthrough" for one translated because it left that lane (the
+        # access log counts it), "stream" for the stream lane (control_plane/stream_lane.py).
+        self.lane = ""
+        self.in_flight = False  # this attempt holds its request's in-flight count
 
     def on_headers(self, msg: pb.HttpHeaders, attributes) -> pb.ProcessingResponse:
         # Every attempt of a request uses the version the request started under,
@@ -311,7 +313,7 @@ class UpstreamStep:
         route_md = hapax_metadata(_attribute(attributes, ROUTE_METADATA))
         self.handler = route_md.get("handler", "")
         self.route = self.view.routes.get(route_md.get("route", ""))
-        self.lane = route_md.get("lane") == LANE
+        self.lane = route_md.get("lane", "")
         attempt = header_value(msg, ATTEMPT_HEADER)
         self.attempt = int(attempt) if attempt.isdigit() else 1
         self.request_id = header_value(msg, REQUEST_ID_HEADER)
@@ -320,8 +322,12 @@ class UpstreamStep:
             self.request_start = float(start) if start else self.request_start
         except ValueError:
             pass
-        if self.metrics is not None and self.route is not None and self.attempt > 1 and not self.lane:
-            self.metrics.retried(self.route, self.provider)
+        if self.metrics is not None and self.route is not None and self.lane != LANE:
+            if self.attempt > 1:
+                self.metrics.retried(self.route, self.provider)
+            if self.lane == STREAM_LANE:  # no router step counts it in flight
+                self.metrics.request_started(self.route)
+                self.in_flight = True
         translator = translator_for(self.provider.type)
         if self.handler not in translator.handlers:
             raise GatewayError(400, f"Provider '{self.provider.name}' ({self.provider.type}) does not serve "
@@ -355,7 +361,7 @@ class UpstreamStep:
                 "request_id": self.request_id, "provider": self.provider.name, "status": status,
                 "attempt": self.attempt})
         self._honour_retry_after(status, headers.get("retry-after", ""))
-        # For the router step, which counts the request once its answer is final (none on the lane).
+        # For the router step, which counts the request once its answer is final (none on a lane).
         set_headers = {} if self.lane else {
             PROVIDER_HEADER: self.provider.name, ANSWER_ATTEMPT_HEADER: str(self.attempt),
             UPSTREAM_SECONDS_HEADER: f"{time.monotonic() - self.sent:.6f}" if self.sent else "0"}
@@ -367,6 +373,8 @@ class UpstreamStep:
                 response=pb.CommonResponse(header_mutation=mutation(set_headers))))
         # The body is rewritten: its length is set once known (JSON) or left to chunking (streams).
         self.streaming = self.stage.streams
+        if self.streaming and not self.lane:
+            self.in_flight = True  # the router step hands a stream's in-flight count over (it cannot see it end)
         return pb.ProcessingResponse(
             response_headers=pb.HeadersResponse(response=pb.CommonResponse(
                 header_mutation=mutation(set_headers, remove=("content-length",)))),
@@ -388,8 +396,20 @@ class UpstreamStep:
                 self.done = True
         return pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))
 
+    def on_error(self, err: GatewayError) -> None:
+        # Counted where the answer's end is seen: by the router step, or the access log on a lane.
+        log.info("attempt answered by the gateway", extra={
+            "request_id": self.request_id, "provider": self.provider.name if self.provider else None,
+            "status": err.status, "code": err.code or err.type})
+
     def finish(self) -> None:
         """The attempt's ext_proc call is over: a stream is counted by how it ended."""
+        self._count_stream_end()
+        if self.in_flight and self.metrics is not None and self.route is not None:
+            self.in_flight = False
+            self.metrics.request_ended(self.route)
+
+    def _count_stream_end(self) -> None:
         if not self.streaming or self.metrics is None or self.provider is None:
             return
         self.streaming = False
@@ -405,11 +425,12 @@ class UpstreamStep:
         else:
             outcome = STREAM_ABORTED
         self.metrics.request_answered(self.route, self.provider, 200, outcome, time.time() - self.request_start)
-        self.metrics.request_ended(self.route)  # the router step handed the stream's in-flight count over
 
     def _count_usage(self) -> None:
-        if self.metrics is None or self.route is None or self.provider is None or self.stage is None or self.lane:
+        if self.metrics is None or self.route is None or self.provider is None or self.stage is None:
             return
+        if self.lane == LANE:
+            return  # the access log counts the tokens Envoy read
         usage = self.stage.usage
         if usage is None:
             return
@@ -476,8 +497,7 @@ class Processor(pb_grpc.ExternalProcessorServicer):
                 try:
                     response = self._dispatch(step, request)
                 except GatewayError as err:
-                    if isinstance(step, RouterStep):
-                        step.on_error(err)
+                    step.on_error(err)
                     yield error_response(err)
                     return
                 except Exception:

@@ -1,0 +1,56 @@
+"""Which streams the control plane routes from the body (the stream lane), and the routes it builds."""
+
+from __future__ import annotations
+
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+
+from control_plane import passthrough, stream_lane
+from control_plane import resources as res
+from control_plane.config import parse_config
+from control_plane.snapshot import ROUTE, build_snapshot
+from tests.test_passthrough import CONFIG
+from tests.test_snapshot import EXT_PROC
+
+
+def _routes(text: str = CONFIG, version: str = "v7"):
+    snap = build_snapshot(parse_config(text), version, EXT_PROC)
+    return list(snap.of_type(ROUTE)[res.ROUTE_CONFIG_NAME].virtual_hosts[0].routes)
+
+
+def test_every_model_name_streams_on_the_lane_to_the_chain_of_the_provider_that_owns_it():
+    lane = {r.name.rsplit(":", 1)[1]: r for r in _routes() if r.name.startswith("stream:chat:/v1/chat/completions:")}
+    # Own models and aliases, every API: the upstream step translates each attempt.
+    assert sorted(lane) == ["claude-3-haiku", "fast", "gpt-4o", "llama-3-8b"]
+    assert lane["fast"].route.cluster == lane["gpt-4o"].route.cluster == "chain.openai"
+    assert lane["claude-3-haiku"].route.cluster == "chain.claude"
+    assert lane["llama-3-8b"].route.cluster == "chain.vllm"
+    matchers = {m.path[0].key: m.value for m in lane["claude-3-haiku"].match.dynamic_metadata}
+    assert matchers["model"].string_match.exact == "claude-3-haiku"
+    assert matchers["stream"].bool_match is True
+
+
+def test_a_stream_lane_route_does_what_the_router_step_did():
+    names = [r.name for r in _routes()]
+    route = _routes()[names.index("stream:chat:/v1/eng/chat/completions:gpt-4o")]
+    assert names.index(route.name) < names.index("chat:/v1/eng/chat/completions")
+    assert route.route.retry_policy.num_retries.value == 3
+    assert not route.route.prefix_rewrite  # the upstream step sets each attempt's path
+    assert {"authorization", "x-api-key", "x-hapax-chain", "x-hapax-start", "x-hapax-version"} \
+        <= set(route.request_headers_to_remove)
+    stamped = {h.header.key: h.header.value for h in route.request_headers_to_add}
+    assert stamped == {stream_lane.START_HEADER: "%START_TIME(%s.%6f)%", stream_lane.VERSION_HEADER: "v7"}
+    ext_proc = ext_proc_pb2.ExtProcPerRoute()
+    route.typed_per_filter_config[res.EXT_PROC_FILTER].Unpack(ext_proc)
+    assert ext_proc.disabled
+    labels = route.metadata.filter_metadata["hapax"]
+    assert labels["lane"] == stream_lane.STREAM_LANE and labels["department"] == "engineering"
+    # No passthrough.<provider> flag: every attempt goes to the upstream ext_proc step.
+    assert not [k for k in labels.fields if k.startswith(passthrough.LANE + ".")]
+
+
+def test_apis_that_do_not_stream_have_no_stream_lane():
+    text = ("providers:\n  claude: {type: anthropic, model: claude-3-haiku, api_key: k}\n"
+            "routes:\n  - {path: /v1/embeddings, handler: embeddings}\n")
+    assert not [r for r in _routes(text) if r.name.startswith("stream:")]
+    hcm_filters = [f.name for f in res.http_connection_manager(parse_config(text)).http_filters]
+    assert passthrough.JSON_TO_METADATA_FILTER not in hcm_filters  # no lane: bodies are not read in Envoy

@@ -1,0 +1,201 @@
+"""The stream lane, for real: streams Envoy routes from the body, straight to the upstream step.
+
+Two OpenAI fakes serve the same model under different keys, then an Anthropic
+fake. Whether the router step ran is read from Envoy's stats of the HCM's
+ext_proc filter (the upstream step's filter lives in the chain clusters); what
+was counted, from /metrics. Counts that the access log makes arrive a moment
+after the answer, and one made twice would show up a moment later too: hence
+``settled``.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import aiohttp
+import openai
+import pytest
+
+from hapax.fakes import FakeAnthropic, FakeOpenAI
+from hapax.fakes.faults import CutStream, Status
+from tests.conftest import gateway_config, wait_for
+
+PRIMARY_KEY = "sk-stream-primary"
+SECOND_KEY = "sk-stream-second"
+CLAUDE_KEY = "sk-ant-stream"
+CLIENT_KEY = "sk-client-of-the-stream-lane"
+MODEL = "gpt-4o-mini"
+CHAT = "/v1/chat/completions"
+# Longer than the access log's flush interval (250 ms): a count it would add has arrived.
+LOG_FLUSH = 1.0
+
+
+@pytest.fixture(scope="module")
+def fakes(fake_host):
+    providers = (fake_host.start(FakeOpenAI(api_key=PRIMARY_KEY, model=MODEL)),
+                 fake_host.start(FakeOpenAI(api_key=SECOND_KEY, model=MODEL)),
+                 fake_host.start(FakeAnthropic(api_key=CLAUDE_KEY, model="claude-3-haiku")))
+    yield providers
+    for fake in providers:
+        fake_host.run(fake.stop())
+
+
+@pytest.fixture(scope="module")
+def gateway(fakes, start_gateway):
+    primary, second, claude = fakes
+    config = gateway_config(
+        {"primary": {"type": "openai", "model": MODEL, "api_key": PRIMARY_KEY, "base_url": primary.base_url,
+                     "aliases": ["mini"]},
+         "second": {"type": "openai", "model": MODEL, "api_key": SECOND_KEY, "base_url": second.base_url},
+         "claude": {"type": "anthropic", "model": "claude-3-haiku", "api_key": CLAUDE_KEY,
+                    "base_url": claude.origin}},
+        preference=["primary", "second", "claude"],
+        routes=[{"path": CHAT, "handler": "chat"}, {"path": "/v1/completions", "handler": "completion"}],
+    )
+    return start_gateway(config)
+
+
+@pytest.fixture()
+def client(gateway, fakes):
+    for fake in fakes:
+        fake.reset()
+        fake.clear_faults()
+    return openai.OpenAI(base_url=gateway.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+
+
+def _stat(gateway, name: str) -> int:
+    with urllib.request.urlopen(f"{gateway.admin_url}/stats?filter=^{name}$", timeout=5) as resp:
+        return sum(int(line.rsplit(":", 1)[1]) for line in resp.read().decode().splitlines() if line.strip())
+
+
+def router_steps(gateway) -> int:
+    """gRPC streams the HCM's ext_proc filter (the router step) opened."""
+    return _stat(gateway, r"http\.hapax\.ext_proc\.streams_started")
+
+
+def upstream_steps(gateway) -> int:
+    return _stat(gateway, r"cluster\.chain_.*\.ext_proc\.streams_started")
+
+
+def stream(client, text: str, model: str = MODEL) -> list:
+    chunks = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], stream=True)
+    return list(chunks)
+
+
+def text_of(chunks) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def settled(read, expected, what: str) -> None:
+    """``read()`` reaches ``expected`` and is still there once the access log has flushed."""
+    wait_for(lambda: read() == expected, what)
+    time.sleep(LOG_FLUSH)
+    assert read() == expected, f"{what}: counted again"
+
+
+def test_a_stream_naming_a_known_model_goes_straight_to_the_upstream_step(gateway, client, fakes):
+    primary = fakes[0]
+    answered = {"route": CHAT, "provider": "primary", "status_class": "2xx", "outcome": "success"}
+    tokens = {"route": CHAT, "provider": "primary", "gen_ai_token_type": "output"}
+    requests, counted = gateway.metric("hapax_requests_total", **answered), \
+        gateway.metric("gen_ai_client_token_usage_count", **tokens)
+    routers, upstreams = router_steps(gateway), upstream_steps(gateway)
+    chunks = stream(client, "stream lane")
+    assert text_of(chunks).endswith("stream lane")
+    assert all(c.choices for c in chunks)  # the usage chunk the gateway asked for stays with it
+    assert router_steps(gateway) == routers
+    assert upstream_steps(gateway) == upstreams + 1
+    sent = primary.requests[-1]
+    assert sent.headers["authorization"] == f"Bearer {PRIMARY_KEY}"
+    assert sent.body["stream_options"] == {"include_usage": True}
+    # What the route stamps for the upstream step stays in the gateway.
+    assert not {"x-hapax-start", "x-hapax-version", "x-hapax-chain"} & set(sent.headers)
+    settled(lambda: gateway.metric("hapax_requests_total", **answered), requests + 1, "the stream counted once")
+    assert gateway.metric("gen_ai_client_token_usage_count", **tokens) == counted + 1
+    assert gateway.metric("hapax_inflight_requests", route=CHAT) == 0
+
+
+def test_an_alias_and_another_providers_model_stream_on_the_lane_translated(gateway, client, fakes):
+    primary, _, claude = fakes
+    routers = router_steps(gateway)
+    assert text_of(stream(client, "by alias", model="mini")).endswith("by alias")
+    assert primary.requests[-1].body["model"] == MODEL
+    chunks = stream(client, "to claude", model="claude-3-haiku")
+    assert text_of(chunks).endswith("to claude")
+    assert chunks[0].object == "chat.completion.chunk"
+    assert claude.requests[-1].path == "/v1/messages"
+    assert claude.requests[-1].headers["x-api-key"] == CLAUDE_KEY
+    assert router_steps(gateway) == routers
+
+
+def test_a_stream_lane_failover_counts_its_retry_and_its_failover_once(gateway, client, fakes):
+    primary, second, _ = fakes
+    failed_over = {"route": CHAT, "provider": "second", "outcome": "failed_over"}
+    retried = {"route": CHAT, "provider": "second"}
+    failovers, retries = gateway.metric("hapax_requests_total", **failed_over), \
+        gateway.metric("hapax_retries_total", **retried)
+    primary.inject(Status(500), times=1, method="POST")
+    assert text_of(stream(client, "primary is down")).endswith("primary is down")
+    assert second.requests[-1].headers["authorization"] == f"Bearer {SECOND_KEY}"
+    settled(lambda: gateway.metric("hapax_requests_total", **failed_over), failovers + 1, "the failover counted once")
+    assert gateway.metric("hapax_retries_total", **retried) == retries + 1
+
+
+def test_a_stream_no_provider_could_serve_is_counted_once_by_the_access_log(gateway, client, fakes):
+    for fake in fakes:
+        fake.inject(Status(500), times=1, method="POST")
+    failed = {"route": CHAT, "status_class": "5xx", "outcome": "provider_error"}
+    before = gateway.metric("hapax_requests_total", **failed)
+    with pytest.raises(openai.InternalServerError):
+        stream(client, "everyone is down")
+    settled(lambda: gateway.metric("hapax_requests_total", **failed), before + 1, "the failure counted once")
+    assert gateway.metric("hapax_inflight_requests", route=CHAT) == 0
+
+
+async def _post(url: str, body: dict) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+def test_an_invalid_stream_request_gets_the_upstream_steps_error_and_reaches_no_provider(gateway, client, fakes):
+    import asyncio
+
+    refused = {"route": CHAT, "provider": "none", "status_class": "4xx", "outcome": "client_error"}
+    before = gateway.metric("hapax_requests_total", **refused)
+    routers = router_steps(gateway)
+    status, body = asyncio.run(_post(gateway.base_url + "/chat/completions",
+                                     {"model": MODEL, "stream": True, "messages": "not a list"}))
+    assert status == 400
+    assert body["error"]["type"] == "invalid_request_error" and body["error"]["param"] == "messages"
+    assert router_steps(gateway) == routers  # the upstream step checked it
+    assert all(not fake.requests for fake in fakes)
+    settled(lambda: gateway.metric("hapax_requests_total", **refused), before + 1, "the client error counted once")
+
+
+def test_a_stream_of_an_unknown_model_still_gets_the_router_steps_answer(gateway, client, fakes):
+    routers = router_steps(gateway)
+    with pytest.raises(openai.NotFoundError) as err:
+        stream(client, "who?", model="no-such-model")
+    assert err.value.code == "model_not_found"
+    assert router_steps(gateway) == routers + 1
+
+
+def test_a_stream_cut_by_the_provider_on_the_lane_ends_with_an_error_event_and_is_counted(gateway, client, fakes):
+    primary = fakes[0]
+    aborted = {"route": CHAT, "provider": "primary", "outcome": "stream_aborted"}
+    before = gateway.metric("hapax_requests_total", **aborted)
+    primary.inject(CutStream(after_chunks=2, reset=False), times=1, method="POST")
+    with pytest.raises(openai.APIError, match="ended unexpectedly"):
+        stream(client, "a long story")
+    settled(lambda: gateway.metric("hapax_requests_total", **aborted), before + 1, "the cut stream counted once")
+    assert gateway.metric("hapax_inflight_requests", route=CHAT) == 0
+
+
+def test_a_legacy_completion_stream_takes_the_lane_in_its_own_shape(gateway, client, fakes):
+    routers = router_steps(gateway)
+    chunks = list(client.completions.create(model=MODEL, prompt="once upon a time", stream=True))
+    assert chunks and all(c.object == "text_completion" for c in chunks)
+    assert "".join(c.choices[0].text for c in chunks if c.choices).endswith("once upon a time")
+    assert fakes[0].requests[-1].path == "/v1/chat/completions"
+    assert router_steps(gateway) == routers
