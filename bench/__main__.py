@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--quick", action="store_true", help="fewer scenarios, shorter runs (about 1.5 min)")
     mode.add_argument("--soak", action="store_true", help="Hapax alone at a fixed rate, RSS every 10 s")
     parser.add_argument("--output", type=Path, help="where to write the markdown results")
+    parser.add_argument("--only", metavar="TEXT",
+                        help="run only the scenarios whose name contains TEXT (e.g. 'paced stream')")
     parser.add_argument("--gap-ms", type=float, default=10.0, help="paced fake: time between SSE events")
     parser.add_argument("--soak-minutes", type=float, default=10.0)
     parser.add_argument("--soak-rate", type=float, default=100.0, help="soak requests per second")
@@ -105,7 +107,10 @@ def benchmark(args: argparse.Namespace, procs: ProcessSet, envoy: Path, workdir:
     log("targets up: " + ", ".join(f"{t.key} {t.endpoints['json'].url}" for t in targets))
     runner = Runner(targets, workdir, args.gap_ms / 1000, log)
     runner.warm_up(1 if args.quick else 2)
-    measurements = runner.run(quick_plan() if args.quick else full_plan())
+    plan = quick_plan() if args.quick else full_plan()
+    if args.only:
+        plan = [s for s in plan if args.only in s.name]
+    measurements = runner.run(plan)
     tables = [goals_table(goals(measurements)), main_table(measurements), cpu_table(measurements)]
     tables += [t for t in (stream_table(measurements), size_table(measurements), process_table(measurements),
                            memory_table(measurements)) if t]
