@@ -10,6 +10,8 @@ after the answer, and one made twice would show up a moment later too: hence
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import urllib.request
 
@@ -159,8 +161,6 @@ async def _post(url: str, body: dict) -> tuple[int, dict]:
 
 
 def test_an_invalid_stream_request_gets_the_upstream_steps_error_and_reaches_no_provider(gateway, client, fakes):
-    import asyncio
-
     refused = {"route": CHAT, "provider": "none", "status_class": "4xx", "outcome": "client_error"}
     before = gateway.metric("hapax_requests_total", **refused)
     routers = router_steps(gateway)
@@ -199,3 +199,27 @@ def test_a_legacy_completion_stream_takes_the_lane_in_its_own_shape(gateway, cli
     assert "".join(c.choices[0].text for c in chunks if c.choices).endswith("once upon a time")
     assert fakes[0].requests[-1].path == "/v1/chat/completions"
     assert router_steps(gateway) == routers
+
+
+async def _slow_upload(url: str, body: bytes, pause: float) -> int:
+    async def pieces():
+        yield body[:10]
+        await asyncio.sleep(pause)  # Envoy has the headers; the route needs the whole body
+        yield body[10:]
+
+    async with aiohttp.ClientSession() as session, \
+            session.post(url, data=pieces(), headers={"content-type": "application/json"}) as resp:
+        await resp.read()
+        return resp.status
+
+
+def test_a_stream_lane_request_is_timed_from_when_its_client_began_to_send(gateway, client, fakes):
+    # The route stamps the request's start; without it the upstream step would time it from its own start.
+    timed = {"route": CHAT, "provider": "primary"}
+    count = gateway.metric("gen_ai_server_request_duration_seconds_count", **timed)
+    total = gateway.metric("gen_ai_server_request_duration_seconds_sum", **timed)
+    body = json.dumps({"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "slowly"}]})
+    assert asyncio.run(_slow_upload(gateway.base_url + "/chat/completions", body.encode(), 0.5)) == 200
+    wait_for(lambda: gateway.metric("gen_ai_server_request_duration_seconds_count", **timed) == count + 1,
+             "the stream timed")
+    assert gateway.metric("gen_ai_server_request_duration_seconds_sum", **timed) - total >= 0.5
