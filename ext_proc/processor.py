@@ -11,6 +11,11 @@ Envoy calls it twice per request, on separate gRPC streams told apart by the
   (path, host, credentials, model, body), and the response if the provider does
   not speak OpenAI or the client asked for another shape.
 
+A request Envoy routes from its body skips the router step: a stream naming a
+known model (the stream lane, control_plane/stream_lane.py) comes straight to
+the upstream step; a passthrough-lane request reaches it only for an attempt
+that leaves that lane.
+
 Nothing is shared between the two steps but what Envoy carries: the chain
 header and the route's metadata (its handler), so the steps may land on
 different ext_proc processes.
