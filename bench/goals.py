@@ -41,7 +41,11 @@ def goals(measurements: Sequence[Measurement]) -> list[Goal]:
         p50, p99 = g["C"].p50_ms - g["B"].p50_ms, g["C"].p99_ms - g["B"].p99_ms
         out.append(Goal(f"Added latency p50 at half C's peak ({rate:.0f} req/s)", "<= 1.5 ms", f"{p50:.2f} ms",
                         p50 <= 1.5))
-        out.append(Goal(f"Added latency p99 at half C's peak ({rate:.0f} req/s)", "<= 5 ms", f"{p99:.2f} ms",
+        # An open loop measures from each request's due time, so a late generator
+        # (starved of CPU on this shared 2-core machine) shows up as the target's tail.
+        late = g["C"].extra.get("send_lag_p99_ms")
+        note = f" (generator itself {late:.1f} ms late at p99)" if late is not None and late > 5.0 else ""
+        out.append(Goal(f"Added latency p99 at half C's peak ({rate:.0f} req/s)", "<= 5 ms", f"{p99:.2f} ms{note}",
                         p99 <= 5.0))
     else:
         out.append(Goal("Added latency at half C's peak", "p50 <= 1.5 ms, p99 <= 5 ms", "–", None))
