@@ -75,7 +75,7 @@ from xds.core.v3 import extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
 from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
-from control_plane import passthrough, stream_lane
+from control_plane import model_lane, passthrough
 from control_plane.chains import (
     chain_cluster_name,
     chain_firsts,
@@ -596,14 +596,14 @@ def not_found_route(config: HapaxConfig) -> route_components_pb2.Route:
 
 def route_configuration(config: HapaxConfig, label_keys: tuple[str, ...] | None = None,
                         version: str = "") -> route_pb2.RouteConfiguration:
-    """``version``: the runtime version the stream lane's requests start under (stream_lane.py)."""
+    """``version``: the runtime version the model lane's requests start under (model_lane.py)."""
     keys = stats_label_keys(config) if label_keys is None else label_keys
     routes = [health_route(), method_not_allowed_route(HEALTH_PATH, "GET")]
     lane_paths = set()
     for route in config.routes:
         base = provider_route(config, route, keys)
         lanes = [*passthrough.lane_routes(config, route.handler, base, _per_route_ext_proc(None)),
-                 *stream_lane.stream_routes(config, route.handler, base, version, _per_route_ext_proc(None))]
+                 *model_lane.model_routes(config, route.handler, base, version, _per_route_ext_proc(None))]
         if lanes:
             lane_paths.add(route.path)
         routes += [*lanes, base]
@@ -761,7 +761,7 @@ def access_log(config: HapaxConfig) -> list[accesslog_pb2.AccessLog]:
 
 def uses_lanes(config: HapaxConfig) -> bool:
     """Whether some request may take a lane: Envoy then reads bodies and logs answers to ext_proc."""
-    return bool(passthrough.lane_models(config)) or any(r.handler in stream_lane.HANDLERS for r in config.routes)
+    return bool(passthrough.lane_models(config)) or any(r.handler in model_lane.HANDLERS for r in config.routes)
 
 
 def http_connection_manager(config: HapaxConfig) -> hcm_pb2.HttpConnectionManager:

@@ -7,10 +7,11 @@ the router and upstream steps count the other routes' requests: by outcome,
 with its duration and the gateway's own share of it, a failover, and the
 token usage and cost Envoy read from the answer (json_to_metadata).
 
-The stream lane (control_plane/stream_lane.py) has no router step either; its
-upstream step counts a stream it delivered, with its retries and tokens, and
-this log counts every other answer on that lane: provider errors, Envoy's own
-replies, and the client errors the upstream step answered.
+The model lane (control_plane/model_lane.py) has no router step either; its
+upstream step counts a stream it delivered, and every attempt's retries and
+tokens; this log counts every other answer on that lane: JSON answers,
+provider errors, Envoy's own replies, and the client errors the upstream step
+answered.
 
 Entries of other routes are ignored: their steps counted them already.
 
@@ -36,7 +37,7 @@ log = logging.getLogger("hapax.ext_proc")
 
 # Set by the control plane on the lanes' routes and in json_to_metadata's rules.
 LANE = "passthrough"
-STREAM_LANE = "stream"
+MODEL_LANE = "model"
 # How the gateway's own error answers are detailed (processor.error_response).
 GATEWAY_DETAILS_PREFIX = "hapax_"
 TAG_LANE, TAG_ROUTE, TAG_PROVIDER = "lane", "route", "provider"
@@ -66,11 +67,11 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         tags = common.custom_tags
         lane = tags.get(TAG_LANE)
         if common.access_log_type == accesslog_pb2.UpstreamEnd:
-            if lane == LANE:  # the stream lane's upstream step saw the attempt itself
+            if lane == LANE:  # the model lane's upstream step saw the attempt itself
                 self._honour_retry_after(entry)
         elif lane == LANE:
             self._count_answer(entry, step_counted=False)
-        elif lane == STREAM_LANE and not _delivered_stream(entry):
+        elif lane == MODEL_LANE and not _delivered_stream(entry):
             self._count_answer(entry, step_counted=True)
 
     def _count_answer(self, entry: accesslog_pb2.HTTPAccessLogEntry, *, step_counted: bool) -> None:

@@ -11,8 +11,8 @@ Envoy calls it twice per request, on separate gRPC streams told apart by the
   (path, host, credentials, model, body), and the response if the provider does
   not speak OpenAI or the client asked for another shape.
 
-A request Envoy routes from its body skips the router step: a stream naming a
-known model (the stream lane, control_plane/stream_lane.py) comes straight to
+A request Envoy routes from its body skips the router step: one naming a
+known model (the model lane, control_plane/model_lane.py) comes straight to
 the upstream step; a passthrough-lane request reaches it only for an attempt
 that leaves that lane.
 
@@ -40,7 +40,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import text_format
 
 from ext_proc import client_request
-from ext_proc.access_log import LANE, STREAM_LANE
+from ext_proc.access_log import LANE, MODEL_LANE
 from ext_proc.client_request import AUTO_MODELS, ClientRequest
 from ext_proc.errors import GatewayError, invalid
 from ext_proc.metrics import (
@@ -306,7 +306,7 @@ class UpstreamStep:
         self.done = False  # nothing more to do: the stream can end (see Processor.Process)
         # The request's lane, if Envoy routed it from its body (no router step to
         # talk to): "passthrough" for one translated because it left that lane (the
-        # access log counts it), "stream" for the stream lane (control_plane/stream_lane.py).
+        # access log counts it), "model" for the model lane (control_plane/model_lane.py).
         self.lane = ""
         self.in_flight = False  # this attempt holds its request's in-flight count
 
@@ -330,7 +330,7 @@ class UpstreamStep:
         if self.metrics is not None and self.route is not None and self.lane != LANE:
             if self.attempt > 1:
                 self.metrics.retried(self.route, self.provider)
-            if self.lane == STREAM_LANE:  # no router step counts it in flight
+            if self.lane == MODEL_LANE:  # no router step counts it in flight
                 self.metrics.request_started(self.route)
                 self.in_flight = True
         translator = translator_for(self.provider.type)

@@ -28,7 +28,7 @@ import openai
 import pytest
 
 from hapax.fakes import FakeOpenAI
-from tests.conftest import REPO, Gateway, gateway_config
+from tests.conftest import REPO, Gateway, gateway_config, wait_for
 
 CHILD_NAMES = ("ext_proc", "control_plane", "envoy")
 EXIT_TIMEOUT = 60.0  # generous: the supervisor gives each child 5 s to stop
@@ -401,7 +401,7 @@ def test_sigterm_during_start_up_stops_what_started_and_cleans_up(provider, tmp_
 
 
 def test_ext_proc_workers_share_the_load_and_one_scrape_counts_them_all(provider, start_gateway, gateway_tmp):
-    # Asked for by an alias, the model name is rewritten: every request goes through ext_proc.
+    # Asked for by an alias, the model name is rewritten: every request goes through ext_proc's upstream step.
     config = gateway_config({"openai": {"type": "openai", "model": "gpt-4o-mini", "aliases": ["mini"],
                                         "api_key": "sk-supervisor-test", "base_url": provider.base_url}})
     config["ext_proc"] = {"workers": 2}
@@ -410,8 +410,10 @@ def test_ext_proc_workers_share_the_load_and_one_scrape_counts_them_all(provider
     assert sorted(children) == sorted([*CHILD_NAMES, "ext_proc#2"])
     for i in range(40):
         assert say_hello(gw.base_url, model="mini", text=f"worker {i}").startswith("Hello from fake-openai!")
-    # Every scrape lands on one worker, and each reports all 40 (their counts are added up).
+    # Every scrape lands on one worker, and each reports all 40 (their counts are added up),
+    # once the access log that counts them has reached whichever worker it goes to.
     route = {"route": "/v1/chat/completions", "provider": "openai", "outcome": "success"}
+    wait_for(lambda: gw.metric("hapax_requests_total", **route) == 40.0, "the 40 requests counted")
     assert [gw.metric("hapax_requests_total", **route) for _ in range(4)] == [40.0] * 4
     # Envoy spread the ext_proc calls over both workers (its per-host counts).
     with urllib.request.urlopen(gw.admin_url + "/clusters", timeout=5) as resp:

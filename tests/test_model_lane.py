@@ -1,10 +1,10 @@
-"""Which streams the control plane routes from the body (the stream lane), and the routes it builds."""
+"""Which requests the control plane routes from the body's model (the model lane), and the routes it builds."""
 
 from __future__ import annotations
 
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 
-from control_plane import passthrough, stream_lane
+from control_plane import model_lane, passthrough
 from control_plane import resources as res
 from control_plane.config import parse_config
 from control_plane.snapshot import ROUTE, build_snapshot
@@ -17,10 +17,14 @@ def _routes(text: str = CONFIG, version: str = "v7"):
     return list(snap.of_type(ROUTE)[res.ROUTE_CONFIG_NAME].virtual_hosts[0].routes)
 
 
-def test_every_model_name_streams_on_the_lane_to_the_chain_of_the_provider_that_owns_it():
-    lane = {r.name.rsplit(":", 1)[1]: r for r in _routes() if r.name.startswith("stream:chat:/v1/chat/completions:")}
-    # Own models and aliases, every API: the upstream step translates each attempt.
-    assert sorted(lane) == ["claude-3-haiku", "fast", "gpt-4o", "llama-3-8b"]
+def test_every_model_name_takes_the_lane_to_the_chain_of_the_provider_that_owns_it():
+    prefix = "model:chat:/v1/chat/completions:"
+    lane = {r.name.removeprefix(prefix): r for r in _routes() if r.name.startswith(prefix)}
+    # Own models and aliases, every API, streams or not: the upstream step translates each attempt.
+    assert sorted(lane) == sorted(f"{m}{s}" for m in ("claude-3-haiku", "fast", "gpt-4o", "llama-3-8b")
+                                  for s in ("", ":stream"))
+    lane = {name: r for name, r in lane.items() if name.endswith(":stream")}
+    lane = {name.removesuffix(":stream"): r for name, r in lane.items()}
     assert lane["fast"].route.cluster == lane["gpt-4o"].route.cluster == "chain.openai"
     assert lane["claude-3-haiku"].route.cluster == "chain.claude"
     assert lane["llama-3-8b"].route.cluster == "chain.vllm"
@@ -29,28 +33,31 @@ def test_every_model_name_streams_on_the_lane_to_the_chain_of_the_provider_that_
     assert matchers["stream"].bool_match is True
 
 
-def test_a_stream_lane_route_does_what_the_router_step_did():
+def test_a_model_lane_route_does_what_the_router_step_did():
     names = [r.name for r in _routes()]
-    route = _routes()[names.index("stream:chat:/v1/eng/chat/completions:gpt-4o")]
-    assert names.index(route.name) < names.index("chat:/v1/eng/chat/completions")
+    route = _routes()[names.index("model:chat:/v1/eng/chat/completions:gpt-4o")]
+    # After the passthrough lane's route for the same model (which needs no ext_proc), before the ordinary one.
+    assert names.index("passthrough:chat:/v1/eng/chat/completions:gpt-4o") < names.index(route.name) \
+        < names.index("chat:/v1/eng/chat/completions")
+    assert route.match.dynamic_metadata[1].value.bool_match is False
     assert route.route.retry_policy.num_retries.value == 3
     assert not route.route.prefix_rewrite  # the upstream step sets each attempt's path
     assert {"authorization", "x-api-key", "x-hapax-chain", "x-hapax-start", "x-hapax-version"} \
         <= set(route.request_headers_to_remove)
     stamped = {h.header.key: h.header.value for h in route.request_headers_to_add}
-    assert stamped == {stream_lane.START_HEADER: "%START_TIME(%s.%6f)%", stream_lane.VERSION_HEADER: "v7"}
+    assert stamped == {model_lane.START_HEADER: "%START_TIME(%s.%6f)%", model_lane.VERSION_HEADER: "v7"}
     ext_proc = ext_proc_pb2.ExtProcPerRoute()
     route.typed_per_filter_config[res.EXT_PROC_FILTER].Unpack(ext_proc)
     assert ext_proc.disabled
     labels = route.metadata.filter_metadata["hapax"]
-    assert labels["lane"] == stream_lane.STREAM_LANE and labels["department"] == "engineering"
+    assert labels["lane"] == model_lane.MODEL_LANE and labels["department"] == "engineering"
     # No passthrough.<provider> flag: every attempt goes to the upstream ext_proc step.
     assert not [k for k in labels.fields if k.startswith(passthrough.LANE + ".")]
 
 
-def test_apis_that_do_not_stream_have_no_stream_lane():
+def test_a_gateway_serving_only_its_model_list_has_no_lane():
     text = ("providers:\n  claude: {type: anthropic, model: claude-3-haiku, api_key: k}\n"
-            "routes:\n  - {path: /v1/embeddings, handler: embeddings}\n")
-    assert not [r for r in _routes(text) if r.name.startswith("stream:")]
+            "routes:\n  - {path: /v1/models, handler: models}\n")
+    assert not [r for r in _routes(text) if r.name.startswith("model:")]
     hcm_filters = [f.name for f in res.http_connection_manager(parse_config(text)).http_filters]
     assert passthrough.JSON_TO_METADATA_FILTER not in hcm_filters  # no lane: bodies are not read in Envoy

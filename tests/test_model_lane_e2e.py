@@ -1,4 +1,4 @@
-"""The stream lane, for real: streams Envoy routes from the body, straight to the upstream step.
+"""The model lane, for real: requests Envoy routes from the body's model, straight to the upstream step.
 
 Two OpenAI fakes serve the same model under different keys, then an Anthropic
 fake. Whether the router step ran is read from Envoy's stats of the HCM's
@@ -26,7 +26,7 @@ from tests.conftest import gateway_config, wait_for
 PRIMARY_KEY = "sk-stream-primary"
 SECOND_KEY = "sk-stream-second"
 CLAUDE_KEY = "sk-ant-stream"
-CLIENT_KEY = "sk-client-of-the-stream-lane"
+CLIENT_KEY = "sk-client-of-the-model-lane"
 MODEL = "gpt-4o-mini"
 CHAT = "/v1/chat/completions"
 # Longer than the access log's flush interval (250 ms): a count it would add has arrived.
@@ -131,7 +131,7 @@ def test_an_alias_and_another_providers_model_stream_on_the_lane_translated(gate
     assert router_steps(gateway) == routers
 
 
-def test_a_stream_lane_failover_counts_its_retry_and_its_failover_once(gateway, client, fakes):
+def test_a_model_lane_stream_failover_counts_its_retry_and_its_failover_once(gateway, client, fakes):
     primary, second, _ = fakes
     failed_over = {"route": CHAT, "provider": "second", "outcome": "failed_over"}
     retried = {"route": CHAT, "provider": "second"}
@@ -213,7 +213,7 @@ async def _slow_upload(url: str, body: bytes, pause: float) -> int:
         return resp.status
 
 
-def test_a_stream_lane_request_is_timed_from_when_its_client_began_to_send(gateway, client, fakes):
+def test_a_model_lane_request_is_timed_from_when_its_client_began_to_send(gateway, client, fakes):
     # The route stamps the request's start; without it the upstream step would time it from its own start.
     timed = {"route": CHAT, "provider": "primary"}
     count = gateway.metric("gen_ai_server_request_duration_seconds_count", **timed)
@@ -223,3 +223,48 @@ def test_a_stream_lane_request_is_timed_from_when_its_client_began_to_send(gatew
     wait_for(lambda: gateway.metric("gen_ai_server_request_duration_seconds_count", **timed) == count + 1,
              "the stream timed")
     assert gateway.metric("gen_ai_server_request_duration_seconds_sum", **timed) - total >= 0.5
+
+
+def ask(client, text: str, model: str):
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}])
+
+
+def test_an_alias_or_another_apis_model_skips_the_router_step_and_is_counted_once(gateway, client, fakes):
+    primary, _, claude = fakes
+    answered = {"route": CHAT, "provider": "claude", "status_class": "2xx", "outcome": "success"}
+    tokens = {"route": CHAT, "provider": "claude", "gen_ai_token_type": "input"}
+    requests, counted = gateway.metric("hapax_requests_total", **answered), \
+        gateway.metric("gen_ai_client_token_usage_count", **tokens)
+    routers = router_steps(gateway)
+    assert ask(client, "by alias", "mini").choices[0].message.content.endswith("by alias")
+    assert primary.requests[-1].body["model"] == MODEL
+    reply = ask(client, "to claude", "claude-3-haiku")
+    assert reply.object == "chat.completion" and reply.choices[0].message.content.endswith("to claude")
+    assert claude.requests[-1].headers["x-api-key"] == CLAUDE_KEY
+    assert router_steps(gateway) == routers
+    # The answer by the access log, its tokens by the upstream step: each once.
+    settled(lambda: gateway.metric("hapax_requests_total", **answered), requests + 1, "the answer counted once")
+    assert gateway.metric("gen_ai_client_token_usage_count", **tokens) == counted + 1
+    assert gateway.metric("hapax_inflight_requests", route=CHAT) == 0
+
+
+def test_a_model_lane_failover_counts_its_retry_and_its_failover_once(gateway, client, fakes):
+    primary, second, _ = fakes
+    failed_over = {"route": CHAT, "provider": "second", "outcome": "failed_over"}
+    retried = {"route": CHAT, "provider": "second"}
+    failovers, retries = gateway.metric("hapax_requests_total", **failed_over), \
+        gateway.metric("hapax_retries_total", **retried)
+    primary.inject(Status(500), times=1, method="POST")
+    assert ask(client, "primary is down", "mini").choices[0].message.content.endswith("primary is down")
+    assert second.requests[-1].body["model"] == MODEL  # the alias rewritten for the provider it failed over to
+    settled(lambda: gateway.metric("hapax_requests_total", **failed_over), failovers + 1, "the failover counted once")
+    assert gateway.metric("hapax_retries_total", **retried) == retries + 1
+
+
+def test_an_invalid_request_on_the_model_lane_gets_the_same_error_as_from_the_router_step(gateway, client, fakes):
+    body = {"model": "mini", "messages": [{"role": "user", "content": 42}]}
+    on_lane = asyncio.run(_post(gateway.base_url + "/chat/completions", body))
+    via_router = asyncio.run(_post(gateway.base_url + "/chat/completions", {**body, "model": "auto"}))
+    assert on_lane[0] == via_router[0] == 400
+    assert on_lane[1] == via_router[1]
+    assert all(not fake.requests for fake in fakes)

@@ -1,0 +1,64 @@
+"""The model lane: requests Envoy routes from the body's model, without the router step.
+
+Every ext_proc message is a round trip of about half a millisecond (gRPC,
+Python, and the wake-ups between processes), and every gRPC stream costs
+more. The router step costs one stream and three messages (request headers,
+request body, response headers) to decide, for a request naming a model the
+gateway knows, only what Envoy can: which chain serves the model. So a chat,
+completion or embeddings request whose ``model`` names a provider's model or
+alias takes a route Envoy picks from the body (``json_to_metadata``, as the
+passthrough lane does), straight to that model's chain. Every attempt is
+still translated and checked by the upstream step (its errors are the
+client's answer). The passthrough lane's routes come first: a request they
+take needs no ext_proc at all.
+
+What the router step did for the request, the route does: it removes client
+credentials and the gateway's own headers, sets the retry count, and stamps
+when the request started and under which runtime version (the upstream step
+reads both). Counting is split by who sees the end: the upstream step counts
+a stream it delivered, and every attempt's retries and tokens; the gRPC access
+log counts every other answer (as it does for the passthrough lane), with the
+upstream step's client errors among them.
+
+Anything else (``auto`` or no model, an unknown one, malformed JSON, a
+non-boolean ``stream``) takes the ordinary route and the router step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_components_pb2
+from google.protobuf import any_pb2
+
+from control_plane.config import HapaxConfig
+from control_plane.passthrough import body_routed, model_owners
+
+MODEL_LANE = "model"
+HANDLERS = frozenset({"chat", "completion", "embeddings"})  # the APIs whose body names a model
+# Read by the upstream step (ext_proc/processor.py), removed before the provider.
+START_HEADER = "x-hapax-start"
+VERSION_HEADER = "x-hapax-version"
+
+
+def model_routes(config: HapaxConfig, handler: str, base: route_components_pb2.Route, version: str,
+                 disabled_ext_proc: dict[str, any_pb2.Any]) -> Iterator[route_components_pb2.Route]:
+    """The model lane's variants of ``base``, one per model name and ``stream`` value; to go before it."""
+    if handler not in HANDLERS:
+        return
+    for model, owner in model_owners(config).items():
+        for stream in (True, False):
+            route = body_routed(config, base, MODEL_LANE, model, owner, stream=stream,
+                                disabled_ext_proc=disabled_ext_proc)
+            route.name += ":stream" if stream else ""
+            route.request_headers_to_add.extend([
+                _set(START_HEADER, "%START_TIME(%s.%6f)%"),  # unix time, as the router step writes it
+                *([_set(VERSION_HEADER, version)] if version else []),
+            ])
+            yield route
+
+
+def _set(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value),
+                                      append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
