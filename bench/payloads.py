@@ -13,7 +13,11 @@ PROMPT_SIZES = {"300B": 300, "10KB": 10 * 1024, "200KB": 200 * 1024}
 STREAM_CHUNKS = 20  # content chunks in a fake SSE answer (plus the usage chunk and [DONE])
 # Model names in the requests: Hapax picks the provider (and so the kind of
 # answer) by model; the fake and bare Envoy ignore the field.
-MODELS = {"json": "bench-json", "sse": "bench-sse", "paced": "bench-paced"}
+MODELS = {"json": "bench-json", "sse": "bench-sse", "paced": "bench-paced",
+          # The JSON answer again, asked for by an alias of its model: Hapax rewrites
+          # the body, so the request takes ext_proc's upstream step (the model lane).
+          "alias": "bench-alias"}
+STREAMING = frozenset({"sse", "paced"})  # the kinds whose requests ask for a stream
 CREATED = 1_700_000_000  # a fixed timestamp: answers are byte-identical from run to run
 # Where the paced fake writes each chunk's send time (time.monotonic(), the
 # clock every process on the machine shares) into the chunk's id, fixed width.

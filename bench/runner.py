@@ -12,7 +12,7 @@ from bench import procstat
 from bench.http1 import encode_request
 from bench.measurement import Measurement, percentile
 from bench.openloop import open_loop
-from bench.payloads import MODELS, PROMPT_SIZES, chat_request
+from bench.payloads import MODELS, PROMPT_SIZES, STREAMING, chat_request
 from bench.scenarios import CLOSED, OPEN, TIMING, Scenario
 from bench.streams import stream_timing
 from bench.targets import Target
@@ -97,7 +97,7 @@ class Runner:
     def _script(self, kind: str, prompt: str) -> Path:
         key = (kind, prompt)
         if key not in self._scripts:
-            body = chat_request(PROMPT_SIZES[prompt], model=MODELS[kind], stream=kind != "json")
+            body = chat_request(PROMPT_SIZES[prompt], model=MODELS[kind], stream=kind in STREAMING)
             self._scripts[key] = write_script(body, f"{kind}-{prompt}", self.workdir)
         return self._scripts[key]
 

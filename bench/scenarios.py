@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bench.payloads import STREAMING
+
 CLOSED = "closed"  # wrk, fixed connections, as fast as the target answers
 OPEN = "open"      # the open-loop generator at a fixed rate (a fraction of C's peak)
 TIMING = "timing"  # stream timing against the paced fake
@@ -16,7 +18,7 @@ TIMING = "timing"  # stream timing against the paced fake
 
 @dataclass(frozen=True)
 class Scenario:
-    kind: str    # json | sse | paced: which answer (bench/targets.py KINDS)
+    kind: str    # json | sse | paced: which answer (bench/targets.py KINDS); alias: json, by an alias
     prompt: str  # a key of payloads.PROMPT_SIZES
     load: str    # CLOSED | OPEN | TIMING
     seconds: int
@@ -25,14 +27,14 @@ class Scenario:
 
     @property
     def name(self) -> str:
-        what = {"json": "json", "sse": "stream", "paced": "paced stream"}[self.kind]
+        what = {"json": "json", "sse": "stream", "paced": "paced stream", "alias": "json via alias"}[self.kind]
         if self.load == OPEN:
             return f"{what} {self.prompt} open {self.peak_fraction:g}x C peak"
         return f"{what} {self.prompt} c={self.connections}"
 
     @property
     def stream(self) -> bool:
-        return self.kind != "json"
+        return self.kind in STREAMING
 
 
 def _closed(kind: str, prompt: str, seconds: int, *levels: int) -> list[Scenario]:
@@ -50,6 +52,8 @@ def full_plan() -> list[Scenario]:
         Scenario("json", "300B", OPEN, 10, peak_fraction=0.25),
         *_closed("json", "10KB", 8, 1, 16, 64),
         *_closed("json", "200KB", 8, 1, 16, 64),
+        # Through ext_proc's upstream step (the model lane): what Anthropic and Ollama requests cost too.
+        *_closed("alias", "300B", 8, 1, 16),
         *_closed("sse", "300B", 8, 1, 16, 64),
         Scenario("paced", "300B", TIMING, 6, 1),
         Scenario("paced", "300B", TIMING, 6, 16),
@@ -62,6 +66,7 @@ def quick_plan() -> list[Scenario]:
         *_closed("json", "300B", 4, 1, 64),
         Scenario("json", "300B", OPEN, 5, peak_fraction=0.5),
         *_closed("json", "200KB", 4, 16),
+        *_closed("alias", "300B", 4, 16),
         *_closed("sse", "300B", 4, 16),
         Scenario("paced", "300B", TIMING, 4, 1),
     ]

@@ -18,7 +18,7 @@ from bench import procstat
 from bench.http1 import encode_request
 from bench.measurement import percentile
 from bench.openloop import OpenLoopResult, open_loop
-from bench.payloads import MODELS, PROMPT_SIZES, chat_request
+from bench.payloads import MODELS, PROMPT_SIZES, STREAMING, chat_request
 from bench.report import HAPAX_ROLES, MB, Table, num
 from bench.targets import Target
 
@@ -63,7 +63,7 @@ async def _soak(target: Target, rate: float, seconds: float, warmup: float, log)
     result = SoakResult(rate, seconds, warmup)
     ep = target.endpoints["json"]  # Hapax serves every kind on one path, told apart by model
     raws = [encode_request("POST", ep.host, ep.port, ep.path,
-                           chat_request(PROMPT_SIZES[prompt], model=MODELS[kind], stream=kind != "json"))
+                           chat_request(PROMPT_SIZES[prompt], model=MODELS[kind], stream=kind in STREAMING))
             for kind, prompt in MIX]
     loop = asyncio.get_running_loop()
     load = asyncio.create_task(open_loop(ep.host, ep.port, raws, rate, seconds))

@@ -20,12 +20,13 @@ import yaml
 from bench import procstat
 from bench.bare_proxy import ENTRY_PREFIXES, bare_proxy_config
 from bench.fake_provider import JSON_PREFIX, SSE_PREFIX, fake_provider_config
-from bench.payloads import MODELS, chat_request
+from bench.payloads import MODELS, STREAMING, chat_request
 from bench.processes import Process, ProcessSet, StartError, start_envoy, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 CHAT_PATH = "/v1/chat/completions"
-KINDS = ("json", "sse", "paced")
+KINDS = ("json", "sse", "paced")  # the kinds of answer, one provider each in C
+ALIASED = {"alias": "json"}  # request kinds that get another kind's answer, by an alias of its model
 
 
 @dataclass(frozen=True)
@@ -113,13 +114,15 @@ def target_a(fakes: Fakes) -> Target:
         "json": Endpoint(fakes.envoy_port, JSON_PREFIX.rstrip("/") + CHAT_PATH),
         "sse": Endpoint(fakes.envoy_port, SSE_PREFIX.rstrip("/") + CHAT_PATH),
         "paced": Endpoint(fakes.paced_port, CHAT_PATH),
+        "alias": Endpoint(fakes.envoy_port, JSON_PREFIX.rstrip("/") + CHAT_PATH),
     }, fixed_pids=fakes.pids)
 
 
 def start_bare_envoy(procs: ProcessSet, envoy: Path, workdir: Path, fakes: Fakes) -> Target:
     proc, port = start_envoy(procs, "bare-envoy", bare_proxy_config(fakes.envoy_port, fakes.paced_port),
                              envoy, workdir)
-    endpoints = {kind: Endpoint(port, ENTRY_PREFIXES[kind] + "chat/completions") for kind in KINDS}
+    endpoints = {kind: Endpoint(port, ENTRY_PREFIXES[ALIASED.get(kind, kind)] + "chat/completions")
+                 for kind in (*KINDS, *ALIASED)}
     return Target("B", "bare Envoy -> fake", endpoints, root=proc, fixed_pids=fakes.pids)
 
 
@@ -127,8 +130,9 @@ def hapax_config(fakes: Fakes) -> dict:
     """One openai-type provider per kind of answer, told apart by the request's model.
 
     Hapax picks a provider from the body (model), bare Envoy cannot; the
-    providers differ only in base_url, so every C request takes the same path
-    through Hapax: router step, chain cluster, upstream step.
+    providers differ only in base_url. A JSON request takes the passthrough lane
+    (Envoy alone), a stream or an aliased request the model lane (ext_proc's
+    upstream step).
     """
     fake = f"http://127.0.0.1:{fakes.envoy_port}"
     base_urls = {"json": f"{fake}/json/v1", "sse": f"{fake}/sse/v1",
@@ -137,7 +141,9 @@ def hapax_config(fakes: Fakes) -> dict:
         "server": {"host": "127.0.0.1", "port": 0, "admin_port": 0, "metrics_port": 0},
         "logging": {"level": "warning", "access_log": False},
         "providers": {kind: {"type": "openai", "model": MODELS[kind], "api_key": "bench-key",
-                             "base_url": base_urls[kind]} for kind in KINDS},
+                             "base_url": base_urls[kind],
+                             "aliases": [MODELS[alias] for alias, of in ALIASED.items() if of == kind]}
+                      for kind in KINDS},
         "provider_preference": list(KINDS),
     }
 
@@ -154,7 +160,7 @@ def start_hapax(procs: ProcessSet, workdir: Path, fakes: Fakes) -> Target:
     banner = wait_until(lambda: "Press Ctrl-C" in proc.stdout() and proc.stdout(), "printed no banner", proc)
     url = _banner_value(banner, "OpenAI API:").removesuffix("/v1")
     port = int(url.rsplit(":", 1)[1])
-    target = Target("C", "Hapax (hapax serve)", {kind: Endpoint(port, CHAT_PATH) for kind in KINDS},
+    target = Target("C", "Hapax (hapax serve)", {kind: Endpoint(port, CHAT_PATH) for kind in (*KINDS, *ALIASED)},
                     root=proc, fixed_pids=fakes.pids)
     _wait_answers(target, proc)
     return target
@@ -169,8 +175,8 @@ def _banner_value(banner: str, label: str) -> str:
 
 def _wait_answers(target: Target, proc: Process) -> None:
     """Until every kind of request gets a 200: the providers' first health verdicts take a moment."""
-    for kind in KINDS:
-        url, body = target.endpoints[kind].url, chat_request(300, model=MODELS[kind], stream=kind != "json")
+    for kind in (*KINDS, *ALIASED):
+        url, body = target.endpoints[kind].url, chat_request(300, model=MODELS[kind], stream=kind in STREAMING)
         wait_until(lambda u=url, b=body: _post_ok(u, b), f"no 200 for a {kind} request", proc, timeout=60)
 
 
