@@ -268,3 +268,16 @@ def test_an_invalid_request_on_the_model_lane_gets_the_same_error_as_from_the_ro
     assert on_lane[0] == via_router[0] == 400
     assert on_lane[1] == via_router[1]
     assert all(not fake.requests for fake in fakes)
+
+
+def test_a_client_cannot_turn_failover_off_on_a_lane_with_envoys_retry_headers(gateway, fakes):
+    primary, second, _ = fakes
+    for fake in fakes:
+        fake.reset()
+    primary.inject(Status(500), times=1, method="POST")
+    # The router step overwrote x-envoy-max-retries; a lane route has no step. Envoy drops x-envoy-*
+    # request headers from clients it does not trust as internal (no internal_address_config: none).
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30,
+                           default_headers={"x-envoy-max-retries": "0"})
+    assert ask(client, "still fails over", "mini").choices[0].message.content.endswith("still fails over")
+    assert len(second.requests) == 1
