@@ -275,8 +275,7 @@ def test_a_client_cannot_turn_failover_off_on_a_lane_with_envoys_retry_headers(g
     for fake in fakes:
         fake.reset()
     primary.inject(Status(500), times=1, method="POST")
-    # The router step overwrote x-envoy-max-retries; a lane route has no step. Envoy drops x-envoy-*
-    # request headers from clients it does not trust as internal (no internal_address_config: none).
+    # The router step overwrote x-envoy-max-retries; a lane route has no step, and Envoy must not honour it.
     client = openai.OpenAI(base_url=gateway.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30,
                            default_headers={"x-envoy-max-retries": "0"})
     assert ask(client, "still fails over", "mini").choices[0].message.content.endswith("still fails over")
