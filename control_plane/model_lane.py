@@ -16,9 +16,11 @@ What the router step did for the request, the route does: it removes client
 credentials and the gateway's own headers, sets the retry count, and stamps
 when the request started and under which runtime version (the upstream step
 reads both). Counting is split by who sees the end: the upstream step counts
-a stream it delivered, and every attempt's retries and tokens; the gRPC access
-log counts every other answer (as it does for the passthrough lane), with the
-upstream step's client errors among them.
+a stream it delivered (with its tokens) and every attempt's retries; the gRPC
+access log counts every other answer (as it does for the passthrough lane),
+a JSON one with the tokens Envoy read from it, and the upstream step's client
+errors among them. So an OpenAI-shaped JSON answer (an alias, an
+OpenAI-compatible server) needs no ext_proc message after its headers.
 
 Anything else (``auto`` or no model, an unknown one, malformed JSON, a
 non-boolean ``stream``) takes the ordinary route and the router step.

@@ -8,10 +8,11 @@ with its duration and the gateway's own share of it, a failover, and the
 token usage and cost Envoy read from the answer (json_to_metadata).
 
 The model lane (control_plane/model_lane.py) has no router step either; its
-upstream step counts a stream it delivered, and every attempt's retries and
-tokens; this log counts every other answer on that lane: JSON answers,
-provider errors, Envoy's own replies, and the client errors the upstream step
-answered.
+upstream step counts a stream it delivered (with its tokens) and every
+attempt's retries; this log counts every other answer on that lane, a JSON
+answer with the tokens Envoy read from it (whichever provider's API it was
+translated from), provider errors, Envoy's own replies, and the client errors
+the upstream step answered.
 
 Entries of other routes are ignored: their steps counted them already.
 
@@ -70,12 +71,12 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             if lane == LANE:  # the model lane's upstream step saw the attempt itself
                 self._honour_retry_after(entry)
         elif lane == LANE:
-            self._count_answer(entry, step_counted=False)
+            self._count_answer(entry, retries_counted=False)
         elif lane == MODEL_LANE and not _delivered_stream(entry):
-            self._count_answer(entry, step_counted=True)
+            self._count_answer(entry, retries_counted=True)
 
-    def _count_answer(self, entry: accesslog_pb2.HTTPAccessLogEntry, *, step_counted: bool) -> None:
-        """``step_counted``: an upstream step saw every attempt and counted their retries and tokens."""
+    def _count_answer(self, entry: accesslog_pb2.HTTPAccessLogEntry, *, retries_counted: bool) -> None:
+        """``retries_counted``: an upstream step saw every attempt and counted their retries."""
         common, tags = entry.common_properties, entry.common_properties.custom_tags
         view = self.current_view()
         status = entry.response.response_code.value
@@ -89,11 +90,12 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         duration = _seconds(common.time_to_last_downstream_tx_byte) or _seconds(common.duration)
         overhead = _overhead(common) if attempts == 1 and provider is not None else None
         self.metrics.request_answered(route, provider, status, outcome_for(status, attempts), duration, overhead)
-        if provider is None or step_counted:
+        if provider is None:
             return
-        # The log names only the provider that answered; in a chain of two, the one retry went there.
-        for _ in range(attempts - 1):
-            self.metrics.retried(route, provider)
+        if not retries_counted:
+            # The log names only the provider that answered; in a chain of two, the one retry went there.
+            for _ in range(attempts - 1):
+                self.metrics.retried(route, provider)
         usage = common.metadata.filter_metadata.get(USAGE_NAMESPACE)
         if usage is not None and 200 <= status < 300:
             self.metrics.tokens_used(route, provider, {

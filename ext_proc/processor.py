@@ -372,7 +372,8 @@ class UpstreamStep:
             UPSTREAM_SECONDS_HEADER: f"{time.monotonic() - self.sent:.6f}" if self.sent else "0"}
         if self.stage is not None:
             set_headers.update(self.stage.headers(status, headers.get("content-type", "")))
-        if self.stage is None or not self.stage.reads_body:
+        # On a lane, Envoy reads a JSON answer's usage itself (json_to_metadata; the access log counts it).
+        if self.stage is None or not self.stage.reads_body or (self.lane and self.stage.reads_json_only_for_usage):
             self.done = True
             return pb.ProcessingResponse(response_headers=pb.HeadersResponse(
                 response=pb.CommonResponse(header_mutation=mutation(set_headers))))
@@ -434,8 +435,8 @@ class UpstreamStep:
     def _count_usage(self) -> None:
         if self.metrics is None or self.route is None or self.provider is None or self.stage is None:
             return
-        if self.lane == LANE:
-            return  # the access log counts the tokens Envoy read
+        if self.lane and not self.streaming:
+            return  # the access log counts the tokens Envoy read from the answer
         usage = self.stage.usage
         if usage is None:
             return

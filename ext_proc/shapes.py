@@ -100,6 +100,10 @@ class ChainedStage(ResponseStage):
         return self.first.reads_body or self.second.reads_body
 
     @property
+    def reads_json_only_for_usage(self) -> bool:
+        return self.first.reads_json_only_for_usage and self.second.reads_json_only_for_usage
+
+    @property
     def status_override(self) -> int | None:  # type: ignore[override]
         return self.first.status_override or self.second.status_override
 

@@ -280,3 +280,15 @@ def test_a_client_cannot_turn_failover_off_on_a_lane_with_envoys_retry_headers(g
                            default_headers={"x-envoy-max-retries": "0"})
     assert ask(client, "still fails over", "mini").choices[0].message.content.endswith("still fails over")
     assert len(second.requests) == 1
+
+
+def test_an_openai_json_answer_on_the_lane_is_read_by_envoy_not_ext_proc(gateway, client, fakes):
+    tokens = {"route": CHAT, "provider": "primary", "gen_ai_token_type": "output"}
+    counted = gateway.metric("gen_ai_client_token_usage_sum", **tokens)
+    sent_before = _stat(gateway, r"cluster\.chain_.*\.ext_proc\.stream_msgs_sent")
+    reply = ask(client, "by alias, read by Envoy", "mini")
+    assert reply.choices[0].message.content.endswith("by alias, read by Envoy")
+    # Request headers, request body, response headers: the answer's body never crossed to Python.
+    assert _stat(gateway, r"cluster\.chain_.*\.ext_proc\.stream_msgs_sent") - sent_before == 3
+    settled(lambda: gateway.metric("gen_ai_client_token_usage_sum", **tokens),
+            counted + reply.usage.completion_tokens, "the answer's tokens counted once, from Envoy's read")

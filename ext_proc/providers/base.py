@@ -52,6 +52,12 @@ class ResponseStage(ABC):
         """After headers(): False when this response passes to the client untouched."""
         return True
 
+    @property
+    def reads_json_only_for_usage(self) -> bool:
+        """After headers(): True when a JSON answer passes unchanged and is read only for its usage,
+        which Envoy reads too (json_to_metadata) on routes that have it."""
+        return False
+
     @abstractmethod
     def headers(self, status: int, content_type: str) -> dict[str, str]:
         """Called once with the provider's status; returns headers to set."""

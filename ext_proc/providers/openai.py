@@ -75,6 +75,10 @@ class OpenAIResponseStage(ResponseStage):
     def reads_body(self) -> bool:
         return self._mode != "error"  # an error is already what the client expects
 
+    @property
+    def reads_json_only_for_usage(self) -> bool:
+        return self._mode == "json"
+
     def body(self, piece: bytes, end_of_stream: bool) -> bytes:
         if self._mode == "json":
             return self._json(piece, end_of_stream)
