@@ -128,7 +128,7 @@ def soak(args: argparse.Namespace, procs: ProcessSet, envoy: Path, workdir: Path
              if name.split("#")[0] == "ext_proc"]
     goal_list = [rss_goal(max(peaks) if peaks else None), soak_goal(result.growth())]
     command = (f"python -m bench (open loop: POST {hapax.endpoints['json'].url}, {args.soak_rate:g} req/s "
-               f"for {seconds:.0f} s, mix of 300B/10KB/200KB JSON and streams)")
+               f"for {seconds:.0f} s, mix of 300B/10KB/200KB JSON, JSON by alias and streams)")
     return [goals_table(goal_list), *soak_tables(result)], procs.commands() + [command]
 
 
