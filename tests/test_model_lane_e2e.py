@@ -19,15 +19,18 @@ import aiohttp
 import openai
 import pytest
 
-from hapax.fakes import FakeAnthropic, FakeOpenAI
 from hapax.fakes.faults import CutStream, Status
-from tests.conftest import gateway_config, wait_for
+from tests.conftest import wait_for
+from tests.test_passthrough_e2e import (  # the same three providers
+    CLAUDE_KEY,
+    MODEL,
+    PRIMARY_KEY,
+    SECOND_KEY,
+    lane_fakes,
+    two_accounts_and_claude,
+)
 
-PRIMARY_KEY = "sk-stream-primary"
-SECOND_KEY = "sk-stream-second"
-CLAUDE_KEY = "sk-ant-stream"
 CLIENT_KEY = "sk-client-of-the-model-lane"
-MODEL = "gpt-4o-mini"
 CHAT = "/v1/chat/completions"
 # Longer than the access log's flush interval (250 ms): a count it would add has arrived.
 LOG_FLUSH = 1.0
@@ -35,27 +38,13 @@ LOG_FLUSH = 1.0
 
 @pytest.fixture(scope="module")
 def fakes(fake_host):
-    providers = (fake_host.start(FakeOpenAI(api_key=PRIMARY_KEY, model=MODEL)),
-                 fake_host.start(FakeOpenAI(api_key=SECOND_KEY, model=MODEL)),
-                 fake_host.start(FakeAnthropic(api_key=CLAUDE_KEY, model="claude-3-haiku")))
-    yield providers
-    for fake in providers:
-        fake_host.run(fake.stop())
+    yield from lane_fakes(fake_host)
 
 
 @pytest.fixture(scope="module")
 def gateway(fakes, start_gateway):
-    primary, second, claude = fakes
-    config = gateway_config(
-        {"primary": {"type": "openai", "model": MODEL, "api_key": PRIMARY_KEY, "base_url": primary.base_url,
-                     "aliases": ["mini"]},
-         "second": {"type": "openai", "model": MODEL, "api_key": SECOND_KEY, "base_url": second.base_url},
-         "claude": {"type": "anthropic", "model": "claude-3-haiku", "api_key": CLAUDE_KEY,
-                    "base_url": claude.origin}},
-        preference=["primary", "second", "claude"],
-        routes=[{"path": CHAT, "handler": "chat"}, {"path": "/v1/completions", "handler": "completion"}],
-    )
-    return start_gateway(config)
+    return start_gateway(two_accounts_and_claude(fakes, [
+        {"path": CHAT, "handler": "chat"}, {"path": "/v1/completions", "handler": "completion"}]))
 
 
 @pytest.fixture()
@@ -131,17 +120,6 @@ def test_an_alias_and_another_providers_model_stream_on_the_lane_translated(gate
     assert router_steps(gateway) == routers
 
 
-def test_a_model_lane_stream_failover_counts_its_retry_and_its_failover_once(gateway, client, fakes):
-    primary, second, _ = fakes
-    failed_over = {"route": CHAT, "provider": "second", "outcome": "failed_over"}
-    retried = {"route": CHAT, "provider": "second"}
-    failovers, retries = gateway.metric("hapax_requests_total", **failed_over), \
-        gateway.metric("hapax_retries_total", **retried)
-    primary.inject(Status(500), times=1, method="POST")
-    assert text_of(stream(client, "primary is down")).endswith("primary is down")
-    assert second.requests[-1].headers["authorization"] == f"Bearer {SECOND_KEY}"
-    settled(lambda: gateway.metric("hapax_requests_total", **failed_over), failovers + 1, "the failover counted once")
-    assert gateway.metric("hapax_retries_total", **retried) == retries + 1
 
 
 def test_a_stream_no_provider_could_serve_is_counted_once_by_the_access_log(gateway, client, fakes):
@@ -248,15 +226,21 @@ def test_an_alias_or_another_apis_model_skips_the_router_step_and_is_counted_onc
     assert gateway.metric("hapax_inflight_requests", route=CHAT) == 0
 
 
-def test_a_model_lane_failover_counts_its_retry_and_its_failover_once(gateway, client, fakes):
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "stream"])
+def test_a_model_lane_failover_counts_its_retry_and_its_failover_once(gateway, client, fakes, streamed):
     primary, second, _ = fakes
     failed_over = {"route": CHAT, "provider": "second", "outcome": "failed_over"}
     retried = {"route": CHAT, "provider": "second"}
     failovers, retries = gateway.metric("hapax_requests_total", **failed_over), \
         gateway.metric("hapax_retries_total", **retried)
     primary.inject(Status(500), times=1, method="POST")
-    assert ask(client, "primary is down", "mini").choices[0].message.content.endswith("primary is down")
-    assert second.requests[-1].body["model"] == MODEL  # the alias rewritten for the provider it failed over to
+    if streamed:
+        assert text_of(stream(client, "primary is down", model="mini")).endswith("primary is down")
+    else:
+        assert ask(client, "primary is down", "mini").choices[0].message.content.endswith("primary is down")
+    sent = second.requests[-1]
+    assert sent.headers["authorization"] == f"Bearer {SECOND_KEY}"
+    assert sent.body["model"] == MODEL  # the alias rewritten for the provider it failed over to
     settled(lambda: gateway.metric("hapax_requests_total", **failed_over), failovers + 1, "the failover counted once")
     assert gateway.metric("hapax_retries_total", **retried) == retries + 1
 

@@ -30,8 +30,8 @@ MODEL = "gpt-4o-mini"
 MARKETING = "/v1/marketing/chat/completions"
 
 
-@pytest.fixture(scope="module")
-def fakes(fake_host):
+def lane_fakes(fake_host):
+    """Two OpenAI accounts serving the same model under different keys, then Anthropic; stopped after."""
     providers = (fake_host.start(FakeOpenAI(api_key=PRIMARY_KEY, model=MODEL)),
                  fake_host.start(FakeOpenAI(api_key=SECOND_KEY, model=MODEL)),
                  fake_host.start(FakeAnthropic(api_key=CLAUDE_KEY, model="claude-3-haiku")))
@@ -41,20 +41,28 @@ def fakes(fake_host):
 
 
 @pytest.fixture(scope="module")
-def gateway(fakes, start_gateway):
+def fakes(fake_host):
+    yield from lane_fakes(fake_host)
+
+
+def two_accounts_and_claude(fakes, routes: list[dict]) -> dict:
+    """The gateway of the lane tests: ``primary`` (alias "mini"), then ``second``, then ``claude``."""
     primary, second, claude = fakes
-    config = gateway_config(
+    return gateway_config(
         {"primary": {"type": "openai", "model": MODEL, "api_key": PRIMARY_KEY, "base_url": primary.base_url,
                      "aliases": ["mini"]},
          "second": {"type": "openai", "model": MODEL, "api_key": SECOND_KEY, "base_url": second.base_url},
          "claude": {"type": "anthropic", "model": "claude-3-haiku", "api_key": CLAUDE_KEY,
                     "base_url": claude.origin}},
-        preference=["primary", "second", "claude"],
-        routes=[{"path": "/v1/chat/completions", "handler": "chat"},
-                {"path": "/v1/embeddings", "handler": "embeddings"},
-                {"path": MARKETING, "handler": "chat", "metrics_labels": {"department": "marketing"}}],
-    )
-    return start_gateway(config)
+        preference=["primary", "second", "claude"], routes=routes)
+
+
+@pytest.fixture(scope="module")
+def gateway(fakes, start_gateway):
+    return start_gateway(two_accounts_and_claude(fakes, [
+        {"path": "/v1/chat/completions", "handler": "chat"},
+        {"path": "/v1/embeddings", "handler": "embeddings"},
+        {"path": MARKETING, "handler": "chat", "metrics_labels": {"department": "marketing"}}]))
 
 
 @pytest.fixture()
