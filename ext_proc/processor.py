@@ -106,13 +106,6 @@ def header_map(headers: pb.HttpHeaders) -> dict[str, str]:
             for h in headers.headers.headers}
 
 
-def header_value(headers: pb.HttpHeaders, name: str) -> str:
-    for h in headers.headers.headers:
-        if h.key == name:
-            return h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
-    return ""
-
-
 def _set(key: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(
         header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
@@ -313,16 +306,17 @@ class UpstreamStep:
     def on_headers(self, msg: pb.HttpHeaders, attributes) -> pb.ProcessingResponse:
         # Every attempt of a request uses the version the request started under,
         # even if a newer one (without this attempt's provider) has arrived since.
-        self.view = self.view_for(header_value(msg, VERSION_HEADER)) or self.view
+        headers = header_map(msg)  # one pass over the headers, not one per header read
+        self.view = self.view_for(headers.get(VERSION_HEADER, "")) or self.view
         self.provider = self._provider(attributes)
         route_md = hapax_metadata(_attribute(attributes, ROUTE_METADATA))
         self.handler = route_md.get("handler", "")
         self.route = self.view.routes.get(route_md.get("route", ""))
         self.lane = route_md.get("lane", "")
-        attempt = header_value(msg, ATTEMPT_HEADER)
+        attempt = headers.get(ATTEMPT_HEADER, "")
         self.attempt = int(attempt) if attempt.isdigit() else 1
-        self.request_id = header_value(msg, REQUEST_ID_HEADER)
-        start = header_value(msg, START_HEADER)
+        self.request_id = headers.get(REQUEST_ID_HEADER, "")
+        start = headers.get(START_HEADER, "")
         try:
             self.request_start = float(start) if start else self.request_start
         except ValueError:
