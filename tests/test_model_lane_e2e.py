@@ -276,3 +276,18 @@ def test_an_openai_json_answer_on_the_lane_is_read_by_envoy_not_ext_proc(gateway
     assert _stat(gateway, r"cluster\.chain_.*\.ext_proc\.stream_msgs_sent") - sent_before == 3
     settled(lambda: gateway.metric("gen_ai_client_token_usage_sum", **tokens),
             counted + reply.usage.completion_tokens, "the answer's tokens counted once, from Envoy's read")
+
+
+def test_no_key_reaches_the_lanes_logs_errors_or_metrics(gateway, client, fakes):
+    fakes[0].inject(Status(500), times=1, method="POST")
+    assert ask(client, "logged failover", "mini").choices[0].message.content.endswith("logged failover")
+    status, body = asyncio.run(_post(gateway.base_url + "/chat/completions",
+                                     {"model": "claude-3-haiku", "messages": "not a list"}))
+    assert status == 400
+    # The logs searched hold the lane's attempts (the failover's warning names its provider).
+    wait_for(lambda: "Envoy retries elsewhere" in "".join(gateway.stderr), "the failed attempt logged")
+    with urllib.request.urlopen(gateway.metrics_url, timeout=5) as resp:
+        metrics = resp.read().decode()
+    seen = "".join(gateway.stderr) + json.dumps(body) + metrics
+    for key in (PRIMARY_KEY, SECOND_KEY, CLAUDE_KEY, CLIENT_KEY):
+        assert key not in seen
