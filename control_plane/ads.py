@@ -15,11 +15,13 @@ digest of its content) and names the ones that are gone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -38,7 +40,11 @@ STATUS_NAME = "hapax"
 
 
 class SnapshotCache:
-    """The current configuration snapshot and config status; wakes every stream on a change.
+    """What every type URL's clients are served, and the config status; wakes every stream on a change.
+
+    ``snapshot`` is the newest configuration accepted. What is served of each
+    type may lag behind it while a rollout (``control_plane.rollout``) moves
+    clients over in stages; each type has the version of its content.
 
     The status (``hapax.v1.ConfigStatus``) has versions of its own: a refused
     edit or a NACK changes it, never the configuration's version.
@@ -46,10 +52,12 @@ class SnapshotCache:
 
     def __init__(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
-        self._status = runtime_pb2.ConfigStatus(serving_version=snapshot.version)
-        self._status_version = 1
+        self._served: dict[str, tuple[str, Mapping[str, message.Message]]] = {}
+        self._status = runtime_pb2.ConfigStatus()
+        self._status_version = 0
         self._generation = 0
         self._changed = asyncio.Event()
+        self.set(snapshot)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -62,12 +70,36 @@ class SnapshotCache:
         return copy
 
     def set(self, snapshot: Snapshot) -> None:
-        self._snapshot = snapshot
+        """Serves ``snapshot`` whole, at once."""
+        self.accept(snapshot)
+        self.serve({t: (snapshot.version, snapshot.of_type(t)) for t in PUSH_ORDER})
         self.update_status(lambda status: setattr(status, "serving_version", snapshot.version))
+
+    def accept(self, snapshot: Snapshot) -> None:
+        """Records ``snapshot`` as the newest configuration, before it is served."""
+        self._snapshot = snapshot
+
+    def served(self, type_url: str) -> Mapping[str, message.Message]:
+        return self._served.get(type_url, ("", {}))[1]
+
+    def serve(self, stage: Mapping[str, tuple[str, Mapping[str, message.Message]]]) -> bool:
+        """Serves each type's (version, resources) of ``stage``: True if anything changed."""
+        changed = False
+        for type_url, (version, resources) in stage.items():
+            old = self._served.get(type_url)
+            if old is None or old[0] != version or dict(old[1]) != dict(resources):
+                self._served[type_url] = (version, resources)
+                changed = True
+        if changed:
+            self._wake()
+        return changed
 
     def update_status(self, change: Callable[[runtime_pb2.ConfigStatus], None]) -> None:
         change(self._status)
         self._status_version += 1
+        self._wake()
+
+    def _wake(self) -> None:
         self._generation += 1
         self._changed.set()
         self._changed = asyncio.Event()
@@ -76,7 +108,7 @@ class SnapshotCache:
         """The version and resources a client of ``type_url`` should have now."""
         if type_url == STATUS:
             return f"status-{self._status_version}", {STATUS_NAME: self._status}
-        return self._snapshot.version, self._snapshot.of_type(type_url)
+        return self._served.get(type_url, (self._snapshot.version, MappingProxyType({})))
 
     async def wait_change(self, seen: int) -> int:
         while self._generation == seen:
@@ -95,6 +127,7 @@ class TypeState:
     names: frozenset[str] = frozenset()
     sent_version: str = ""
     sent_nonce: str = ""
+    answered_nonce: str = ""  # the last response the client ACKed or NACKed
     acked_version: str = ""
     nacked_version: str = ""
     nack_message: str = ""
@@ -104,11 +137,18 @@ class TypeState:
     known: dict[str, str] = field(default_factory=dict)  # resource name -> version (digest)
 
 
+    @property
+    def awaiting_answer(self) -> bool:
+        return self.sent_nonce != self.answered_nonce
+
+
 @dataclass
 class ClientState:
     node_id: str
     types: dict[str, TypeState] = field(default_factory=dict)
     connected: bool = True
+    # The cache generation whose change this client's stream has handled last.
+    generation_seen: int = 0
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -116,6 +156,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.cache = cache
         self.clients: dict[str, ClientState] = {}
         self._nonces = itertools.count(1)
+        self._progress = asyncio.Event()
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context
@@ -140,6 +181,32 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def next_nonce(self) -> str:
         return str(next(self._nonces))
 
+    def progressed(self) -> None:
+        """A client answered, or a stream handled a change, or a client left."""
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    def unsettled(self, generation: int) -> list[str]:
+        """The connected clients that have not yet answered what ``generation`` sent them, as node/type."""
+        waiting = []
+        for client in self.clients.values():
+            if not client.connected:
+                continue
+            if client.generation_seen < generation:
+                waiting.append(f"{client.node_id}/*")
+                continue
+            waiting += [f"{client.node_id}/{type_url.rsplit('.', 1)[-1]}" for type_url in PUSH_ORDER
+                        if type_url in client.types and client.types[type_url].awaiting_answer]
+        return waiting
+
+    async def settle(self, generation: int, timeout: float) -> list[str]:
+        """Waits until every connected client has answered ``generation``: the ones that did not, in time."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.unsettled(generation):
+                    await self._progress.wait()
+        return self.unsettled(generation)
+
 
 class _Stream:
     def __init__(self, server: AdsServer) -> None:
@@ -163,6 +230,7 @@ class _Stream:
             watcher.cancel()
             if self.client is not None:
                 self.client.connected = False
+                self.server.progressed()
                 log.info("xDS client disconnected", extra={"node": self.client.node_id})
 
     async def _read(self, requests) -> None:
@@ -185,7 +253,8 @@ class _Stream:
     def _client_for(self, request: discovery_pb2.DiscoveryRequest) -> ClientState:
         if self.client is None:
             node_id = request.node.id or "unknown"
-            self.client = ClientState(node_id=node_id)
+            # Whatever it asks for from now on is answered from what is served now.
+            self.client = ClientState(node_id=node_id, generation_seen=self.server.cache.generation)
             self.server.clients[node_id] = self.client
             log.info("xDS client connected", extra={"node": node_id, "cluster": request.node.cluster})
         return self.client
@@ -202,12 +271,18 @@ class _Stream:
             self._record_nack(client, request, state)
         elif request.response_nonce:
             state.acked_version = request.version_info
+        if request.response_nonce:
+            self._answered(state, request.response_nonce)
         version, _ = self.server.cache.current(request.type_url)
         up_to_date = state.sent_version == version
         rejected = state.nacked_version == version
         if (up_to_date or rejected) and not names_changed:
             return []
         return [self._respond(request.type_url, state)]
+
+    def _answered(self, state: TypeState, nonce: str) -> None:
+        state.answered_nonce = nonce
+        self.server.progressed()
 
     def _record_nack(self, client: ClientState, request, state: TypeState) -> None:
         state.nacked_version = state.sent_version
@@ -235,7 +310,13 @@ class _Stream:
             version, _ = self.server.cache.current(type_url)
             if state is not None and version not in (state.sent_version, state.nacked_version):
                 out.append(self._respond(type_url, state))
+        self._handled_change()
         return out
+
+    def _handled_change(self) -> None:
+        assert self.client is not None
+        self.client.generation_seen = self.server.cache.generation
+        self.server.progressed()
 
     def _respond(self, type_url: str, state: TypeState) -> discovery_pb2.DiscoveryResponse:
         version, available = self.server.cache.current(type_url)
@@ -273,6 +354,7 @@ class _DeltaStream(_Stream):
                     self._record_nack(client, request, state)
                 else:
                     state.acked_version = state.sent_version
+                self._answered(state, request.response_nonce)
             if not (request.resource_names_subscribe or request.resource_names_unsubscribe):
                 return []
         if first:
@@ -303,6 +385,7 @@ class _DeltaStream(_Stream):
                 response = self._delta(type_url, state)
                 if response is not None:
                     out.append(response)
+        self._handled_change()
         return out
 
     def _delta(self, type_url: str, state: TypeState, always: bool = False) -> discovery_pb2.DeltaDiscoveryResponse | None:
