@@ -37,6 +37,7 @@ from control_plane.resources import (
     envoy_stats_tags,
     stats_label_keys,
 )
+from control_plane.rollout import Rollout
 from control_plane.snapshot import InconsistentSnapshot, Snapshot, build_snapshot
 from control_plane.static_bootstrap import envoy_rejection
 from hapax import logs
@@ -66,6 +67,7 @@ class ControlPlane:
             raise ConfigError(str(config_path), [ConfigIssue("", "no configuration could be built")])
         self.cache = SnapshotCache(snapshot)
         self.ads = AdsServer(self.cache)
+        self.rollout = Rollout(self.cache, self.ads)
         self.certificate_files = _certificate_files(first)
 
     def _load(self) -> HapaxConfig:
@@ -115,7 +117,7 @@ class ControlPlane:
             log.info("config file saved without a change", extra={"version": self.cache.snapshot.version})
             self.cache.update_status(_unchanged)
             return False
-        self.cache.set(snapshot)
+        self.rollout.start(snapshot)
         self.cache.update_status(_applied)
         self.certificate_files = _certificate_files(config)
         log.info("config version published", extra={"version": snapshot.version, "summary": summarize(config)})
@@ -320,6 +322,7 @@ async def serve(args: argparse.Namespace) -> None:
                   version=plane.cache.snapshot.version)
     await stop.wait()
     watcher.cancel()
+    plane.rollout.stop()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
     await server.stop(grace=1)

@@ -64,7 +64,8 @@ def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
                 "ext_proc": {"status": "up", "node": subscription.node_id},
                 "control_plane": {
                     "status": "up" if cp_up else "down",
-                    "config_version": view.version if view else None,
+                    # Served means rolled out to Envoy too, which the runtime's own version does not say.
+                    "config_version": subscription.status.serving_version or (view.version if view else None),
                     **({"error": subscription.last_error} if not cp_up and subscription.last_error else {}),
                     **_config_status(subscription.status),
                 },
