@@ -22,6 +22,13 @@ a JSON one with the tokens Envoy read from it, and the upstream step's client
 errors among them. So an OpenAI-shaped JSON answer (an alias, an
 OpenAI-compatible server) needs no ext_proc message after its headers.
 
+What Envoy read of the body travels too: the route's metadata names the
+model and whether it streams, and a stream's route stamps whether its client
+asked for the usage chunk. A body the provider takes as it is (an OpenAI
+provider's own model name and, on a stream, the usage chunk asked for:
+``Translator.request_as_sent``) then never reaches ext_proc: the upstream step
+sets only the path and headers, and a stream costs one message less.
+
 Anything else (``auto`` or no model, an unknown one, malformed JSON, a
 non-boolean ``stream``) takes the ordinary route and the router step.
 """
@@ -35,13 +42,19 @@ from envoy.config.route.v3 import route_components_pb2
 from google.protobuf import any_pb2
 
 from control_plane.config import HapaxConfig
-from control_plane.passthrough import body_routed, model_owners
+from control_plane.passthrough import (
+    METADATA_NAMESPACE,
+    REQUEST_NAMESPACE,
+    body_routed,
+    model_owners,
+)
 
 MODEL_LANE = "model"
 HANDLERS = frozenset({"chat", "completion", "embeddings"})  # the APIs whose body names a model
 # Read by the upstream step (ext_proc/processor.py), removed before the provider.
 START_HEADER = "x-hapax-start"
 VERSION_HEADER = "x-hapax-version"
+USAGE_HEADER = "x-hapax-usage"  # "true" when a stream's client asked for the usage chunk
 
 
 def model_routes(config: HapaxConfig, handler: str, base: route_components_pb2.Route, version: str,
@@ -54,9 +67,13 @@ def model_routes(config: HapaxConfig, handler: str, base: route_components_pb2.R
             route = body_routed(config, base, MODEL_LANE, model, owner, stream=stream,
                                 disabled_ext_proc=disabled_ext_proc)
             route.name += ":stream" if stream else ""
+            # What Envoy read of the body, for the upstream step to tell whether it must rewrite it.
+            route.metadata.filter_metadata[METADATA_NAMESPACE].update(
+                {"model": model, "stream": "true" if stream else "false"})
             route.request_headers_to_add.extend([
                 _set(START_HEADER, "%START_TIME(%s.%6f)%"),  # unix time, as the router step writes it
                 *([_set(VERSION_HEADER, version)] if version else []),
+                *([_set(USAGE_HEADER, f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:include_usage)%")] if stream else []),
             ])
             yield route
 

@@ -76,7 +76,7 @@ ACCESS_LOG_NAME = "hapax"
 # Headers a client may send that must not reach a provider (credentials) or
 # that the gateway sets itself between its steps.
 REMOVED_REQUEST_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization",
-                           "x-hapax-chain", "x-hapax-version", "x-hapax-start")
+                           "x-hapax-chain", "x-hapax-version", "x-hapax-start", "x-hapax-usage")
 _JSON = regex_pb2.RegexMatcher(regex=r"^application/json(;.*)?$")
 
 
@@ -165,6 +165,9 @@ def json_to_metadata_filter() -> hcm_pb2.HttpFilter:
                 rule(["model"], REQUEST_NAMESPACE, "model", typ=JTM.PROTOBUF_VALUE),
                 # Absent means false; any value but a boolean false keeps the request off the lane.
                 rule(["stream"], REQUEST_NAMESPACE, "stream", missing=struct_pb2.Value(bool_value=False)),
+                # Whether a stream's client asked for the usage chunk: if so, and it names the
+                # provider's own model, an OpenAI provider can take its body as it is.
+                rule(["stream_options", "include_usage"], REQUEST_NAMESPACE, "include_usage"),
             ]),
         response_rules=JTM.MatchRules(
             allow_content_types_regex=_JSON,

@@ -25,6 +25,14 @@ class ClientRequest:
     stream: bool
     body: dict[str, Any]    # canonical OpenAI body: chat completion or embeddings
 
+    @classmethod
+    def as_read(cls, handler: str, model: str, stream: bool, include_usage: bool) -> ClientRequest:
+        """A request known only by what Envoy read of its body (the model lane's route)."""
+        body: dict[str, Any] = {"model": model, "stream": stream}
+        if include_usage:
+            body["stream_options"] = {"include_usage": True}
+        return cls(handler, model, stream, body)
+
     @property
     def include_usage(self) -> bool:
         """The client asked for the usage chunk at the end of its stream."""

@@ -73,6 +73,7 @@ ATTEMPT_HEADER = "x-envoy-attempt-count"  # set by Envoy on each attempt (includ
 # What the two steps tell each other through Envoy (both removed before leaving it):
 START_HEADER = "x-hapax-start"  # request: when the router step first saw it (unix time)
 VERSION_HEADER = "x-hapax-version"  # request: the runtime version it started under
+USAGE_HEADER = "x-hapax-usage"  # request, model lane: "true" if a stream's client asked for the usage chunk
 PROVIDER_HEADER = "x-hapax-provider"  # response: which provider answered...
 ANSWER_ATTEMPT_HEADER = "x-hapax-attempt"  # ...at which attempt...
 UPSTREAM_SECONDS_HEADER = "x-hapax-upstream-seconds"  # ...and how long it took to its response headers
@@ -86,6 +87,12 @@ PM = processing_mode_pb2.ProcessingMode
 STREAM_RESPONSE = PM(
     request_header_mode=PM.SEND, request_body_mode=PM.BUFFERED,
     response_header_mode=PM.SEND, response_body_mode=PM.STREAMED,
+    request_trailer_mode=PM.SKIP, response_trailer_mode=PM.SKIP,
+)
+# A request body the provider takes as it is (ProviderRequest.body None) is not sent.
+BODY_AS_SENT = PM(
+    request_header_mode=PM.SEND, request_body_mode=PM.NONE,
+    response_header_mode=PM.SEND, response_body_mode=PM.NONE,
     request_trailer_mode=PM.SKIP, response_trailer_mode=PM.SKIP,
 )
 READ_WHOLE_RESPONSE = PM(
@@ -133,6 +140,12 @@ def immediate(status: int, body: bytes, details: str, content_type: str = "appli
 
 def error_response(err: GatewayError) -> pb.ProcessingResponse:
     return immediate(err.status, err.body(), f"hapax_{err.code or err.type}")
+
+
+def _stale_headers(set_headers: dict[str, str]) -> tuple[str, ...]:
+    """What the steps told each other, and another provider's attempt set, that this attempt does not set."""
+    return tuple(h for h in (CHAIN_HEADER, ATTEMPT_HEADER, START_HEADER, VERSION_HEADER, USAGE_HEADER,
+                             *PROVIDER_HEADERS) if h not in set_headers)
 
 
 def _continue_headers(common: pb.CommonResponse | None = None) -> pb.ProcessingResponse:
@@ -331,7 +344,26 @@ class UpstreamStep:
         if self.handler not in translator.handlers:
             raise GatewayError(400, f"Provider '{self.provider.name}' ({self.provider.type}) does not serve "
                                f"the '{self.handler}' API.", code="unsupported_handler")
-        return _continue_headers()
+        return self._body_as_sent(route_md, headers.get(USAGE_HEADER) == "true") or _continue_headers()
+
+    def _body_as_sent(self, route_md: dict, include_usage: bool) -> pb.ProcessingResponse | None:
+        """On the model lane, what Envoy read of the body may show the provider takes it as it is:
+        then only the path and headers change, and the body is not sent here."""
+        model, stream = route_md.get("model"), route_md.get("stream")
+        if self.lane != MODEL_LANE or not model or stream not in ("true", "false"):
+            return None
+        assert self.provider is not None
+        req = ClientRequest.as_read(self.handler, model, stream == "true", include_usage)
+        out = translator_for(self.provider.type).request_as_sent(req, self.provider)
+        if out is None:
+            return None
+        self.stage = self._response_stage(req)
+        self.sent = time.monotonic()
+        set_headers = {":path": out.path, ":authority": self.provider.host, **out.set_headers}
+        return pb.ProcessingResponse(
+            request_headers=pb.HeadersResponse(response=pb.CommonResponse(
+                header_mutation=mutation(set_headers, remove=_stale_headers(set_headers)))),
+            mode_override=BODY_AS_SENT)
 
     def on_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
         assert self.provider is not None
@@ -344,9 +376,7 @@ class UpstreamStep:
         set_headers = {":path": out.path, ":authority": self.provider.host,
                        "content-type": "application/json", "content-length": str(len(out.body)),
                        **out.set_headers}
-        stale = tuple(h for h in (CHAIN_HEADER, ATTEMPT_HEADER, START_HEADER, VERSION_HEADER, *PROVIDER_HEADERS)
-                      if h not in set_headers)
-        common = pb.CommonResponse(header_mutation=mutation(set_headers, remove=stale))
+        common = pb.CommonResponse(header_mutation=mutation(set_headers, remove=_stale_headers(set_headers)))
         common.body_mutation.body = out.body
         self.sent = time.monotonic()
         return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))

@@ -51,8 +51,18 @@ def test_a_model_lane_route_does_what_the_router_step_did():
     assert ext_proc.disabled
     labels = route.metadata.filter_metadata["hapax"]
     assert labels["lane"] == model_lane.MODEL_LANE and labels["department"] == "engineering"
+    assert (labels["model"], labels["stream"]) == ("gpt-4o", "false")  # what Envoy read of the body
     # No passthrough.<provider> flag: every attempt goes to the upstream ext_proc step.
     assert not [k for k in labels.fields if k.startswith(passthrough.LANE + ".")]
+
+
+def test_a_stream_route_tells_the_upstream_step_whether_its_client_asked_for_the_usage_chunk():
+    names = [r.name for r in _routes()]
+    route = _routes()[names.index("model:chat:/v1/eng/chat/completions:gpt-4o:stream")]
+    stamped = {h.header.key: h.header.value for h in route.request_headers_to_add}
+    assert stamped[model_lane.USAGE_HEADER] == "%DYNAMIC_METADATA(hapax.request:include_usage)%"
+    assert route.metadata.filter_metadata["hapax"]["stream"] == "true"
+    assert model_lane.USAGE_HEADER in route.request_headers_to_remove  # a client cannot send it
 
 
 def test_a_gateway_serving_only_its_model_list_has_no_lane():

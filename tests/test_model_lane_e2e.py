@@ -291,3 +291,49 @@ def test_no_key_reaches_the_lanes_logs_errors_or_metrics(gateway, client, fakes)
     seen = "".join(gateway.stderr) + json.dumps(body) + metrics
     for key in (PRIMARY_KEY, SECOND_KEY, CLAUDE_KEY, CLIENT_KEY):
         assert key not in seen
+
+
+async def _post_raw(url: str, body: bytes) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as session, \
+            session.post(url, data=body, headers={"content-type": "application/json"}) as resp:
+        return resp.status, await resp.read()
+
+
+def _events(raw: bytes) -> list[dict]:
+    data = [line.removeprefix(b"data: ") for line in raw.splitlines() if line.startswith(b"data: ")]
+    assert data[-1] == b"[DONE]"
+    return [json.loads(d) for d in data[:-1]]
+
+
+def test_a_stream_body_the_provider_takes_as_it_is_reaches_it_byte_for_byte(gateway, client, fakes):
+    primary = fakes[0]
+    tokens = {"route": CHAT, "provider": "primary", "gen_ai_token_type": "output"}
+    counted = gateway.metric("gen_ai_client_token_usage_count", **tokens)
+    # Its own model's name, and the usage chunk asked for: nothing for the gateway to change.
+    body = (b'{"model": "%s",  "stream": true, "stream_options": {"include_usage": true},\n'
+            b' "messages": [{"role": "user", "content": "as sent"}], "user": "u-7"}' % MODEL.encode())
+    status, raw = asyncio.run(_post_raw(gateway.base_url + "/chat/completions", body))
+    assert status == 200
+    events = _events(raw)
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]).endswith("as sent")
+    assert events[-1]["usage"]["completion_tokens"] > 0  # the usage chunk the client asked for
+    sent = primary.requests[-1]
+    assert sent.raw == body
+    assert sent.headers["authorization"] == f"Bearer {PRIMARY_KEY}" and sent.path == "/v1/chat/completions"
+    assert not [h for h in sent.headers if h.startswith("x-hapax-")]
+    wait_for(lambda: gateway.metric("gen_ai_client_token_usage_count", **tokens) == counted + 1, "its tokens counted")
+
+
+@pytest.mark.parametrize(("asks_usage", "messages"), [(True, 2), (False, 3)])
+def test_only_a_body_the_provider_takes_as_it_is_skips_its_ext_proc_message(gateway, client, fakes, asks_usage,
+                                                                            messages):
+    # An answer that takes no message (OpenAI's error passes as it is), so that only the request side varies.
+    fakes[0].inject(Status(400), times=1, method="POST")
+    request = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "counted"}]}
+    if asks_usage:
+        request["stream_options"] = {"include_usage": True}
+    before = _stat(gateway, r"cluster\.chain_.*\.ext_proc\.stream_msgs_sent")
+    status, _ = asyncio.run(_post(gateway.base_url + "/chat/completions", request))
+    assert status == 400
+    # Request headers, [request body,] response headers.
+    assert _stat(gateway, r"cluster\.chain_.*\.ext_proc\.stream_msgs_sent") - before == messages

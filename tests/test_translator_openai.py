@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from ext_proc.client_request import ClientRequest
 from ext_proc.providers.base import COMPLETED, ENDED_EARLY, PROVIDER_ERROR
 from ext_proc.providers.openai import OpenAIResponseStage, OpenAITranslator
 from tests.translator_helpers import (
@@ -80,3 +81,26 @@ def test_a_json_answer_passes_unchanged_and_its_usage_is_read():
     assert (headers, out) == ({}, answer)
     assert stage.reads_body and not stage.streams
     assert stage.usage == USAGE
+
+
+@pytest.mark.parametrize(("handler", "model", "stream", "include_usage"), [
+    ("chat", "gpt-4o", True, True),     # a stream that asked for the usage chunk itself
+    ("chat", "gpt-4o", False, False),
+    ("embeddings", "gpt-4o", False, False),
+])
+def test_a_body_that_names_the_providers_model_and_asks_what_the_gateway_needs_goes_as_sent(
+        handler, model, stream, include_usage):
+    out = OpenAITranslator().request_as_sent(ClientRequest.as_read(handler, model, stream, include_usage), provider())
+    assert out is not None and out.body is None
+    assert out.path == {"chat": "/v1/chat/completions", "embeddings": "/v1/embeddings"}[handler]
+    assert out.set_headers == {"authorization": "Bearer k"}
+
+
+@pytest.mark.parametrize(("handler", "model", "stream", "include_usage"), [
+    ("chat", "mini", True, True),       # an alias: the body must name the provider's model
+    ("chat", "gpt-4o", True, False),    # the gateway adds include_usage to count the stream's tokens
+    ("completion", "gpt-4o", False, False),  # a legacy completion becomes a chat request
+])
+def test_a_body_the_gateway_must_rewrite_does_not_go_as_sent(handler, model, stream, include_usage):
+    assert OpenAITranslator().request_as_sent(ClientRequest.as_read(handler, model, stream, include_usage),
+                                              provider()) is None

@@ -20,7 +20,7 @@ from ext_proc.runtime import Provider
 @dataclass(frozen=True)
 class ProviderRequest:
     path: str
-    body: bytes
+    body: bytes | None  # None: the client's body, as it is
     set_headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -137,6 +137,14 @@ class Translator(ABC):
     @abstractmethod
     def request(self, req: ClientRequest, provider: Provider) -> ProviderRequest:
         """The provider's path, headers (credentials included) and body."""
+
+    def request_as_sent(self, req: ClientRequest, provider: Provider) -> ProviderRequest | None:
+        """The provider's path and headers if it takes the client's body unchanged (body None), else None.
+
+        Asked before the body is read, with what Envoy read of it (``ClientRequest.as_read``):
+        a body that goes as it is costs no ext_proc message. The provider checks it then.
+        """
+        return None
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage | None:
         """None when the provider's answer reaches the client untouched."""

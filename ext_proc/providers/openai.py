@@ -38,19 +38,29 @@ class OpenAITranslator(Translator):
         if req.stream:
             # Token usage is only known on a stream if the last chunk carries it.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        headers = {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
         return ProviderRequest(
             path=provider.base_path + PATHS[req.handler],
             body=json.dumps(body, separators=(",", ":")).encode(),
-            set_headers=headers,
+            set_headers=_credentials(provider),
         )
+
+    def request_as_sent(self, req: ClientRequest, provider: Provider) -> ProviderRequest | None:
+        # The body already names the provider's model and, on a stream, asks for the usage
+        # chunk; a legacy completion is converted to chat.
+        if req.handler == "completion" or req.model != provider.model or (req.stream and not req.include_usage):
+            return None
+        return ProviderRequest(path=provider.base_path + PATHS[req.handler], body=None,
+                               set_headers=_credentials(provider))
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage | None:
         return OpenAIResponseStage(include_usage=req.include_usage)
 
     def health_probe(self, provider: Provider) -> ProviderRequest:
-        headers = {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
-        return ProviderRequest(path=provider.base_path + "/models", body=b"", set_headers=headers)
+        return ProviderRequest(path=provider.base_path + "/models", body=b"", set_headers=_credentials(provider))
+
+
+def _credentials(provider: Provider) -> dict[str, str]:
+    return {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
 
 
 class OpenAIResponseStage(ResponseStage):
