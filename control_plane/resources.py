@@ -306,7 +306,8 @@ def provider_cluster(provider: ProviderConfig, verdict: Address) -> cluster_pb2.
 
 
 def _ext_proc_filter(
-    phase: str, mode: processing_mode_pb2.ProcessingMode, attributes: tuple[str, ...] = ()
+    phase: str, mode: processing_mode_pb2.ProcessingMode, attributes: tuple[str, ...] = (),
+    response_attributes: tuple[str, ...] = (),
 ) -> ext_proc_pb2.ExternalProcessor:
     return ext_proc_pb2.ExternalProcessor(
         grpc_service=grpc_service_pb2.GrpcService(
@@ -316,6 +317,7 @@ def _ext_proc_filter(
         ),
         processing_mode=mode,
         request_attributes=list(attributes),
+        response_attributes=list(response_attributes),
         message_timeout=_duration(5),
         failure_mode_allow=False,
         allow_mode_override=True,
@@ -342,7 +344,10 @@ def upstream_ext_proc_filter() -> hcm_pb2.HttpFilter:
         request_trailer_mode=PM.SKIP,
         response_trailer_mode=PM.SKIP,
     )
-    flt = _ext_proc_filter("upstream", mode, ("xds.upstream_host_metadata", "xds.route_metadata"))
+    # The status comes with the first answer message: a stream the step does not read the
+    # headers of learns it from its first piece (ext_proc/processor.py: STREAM_AS_SENT).
+    flt = _ext_proc_filter("upstream", mode, ("xds.upstream_host_metadata", "xds.route_metadata"),
+                           ("response.code",))
     return hcm_pb2.HttpFilter(name=UPSTREAM_EXT_PROC_FILTER, typed_config=pack(flt))
 
 

@@ -68,7 +68,9 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         tags = common.custom_tags
         lane = tags.get(TAG_LANE)
         if common.access_log_type == accesslog_pb2.UpstreamEnd:
-            if lane == LANE:  # the model lane's upstream step saw the attempt itself
+            # Holding off again is harmless: the model lane's upstream step reads the retry-after
+            # too, except on a stream it sent as it is (whose answer's headers it does not read).
+            if lane in (LANE, MODEL_LANE):
                 self._honour_retry_after(entry)
         elif lane == LANE:
             self._count_answer(entry, retries_counted=False)

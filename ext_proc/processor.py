@@ -73,6 +73,8 @@ ATTEMPT_HEADER = "x-envoy-attempt-count"  # set by Envoy on each attempt (includ
 # What the two steps tell each other through Envoy (both removed before leaving it):
 START_HEADER = "x-hapax-start"  # request: when the router step first saw it (unix time)
 VERSION_HEADER = "x-hapax-version"  # request: the runtime version it started under
+# How an event stream's first piece begins (a field name of text/event-stream, or a comment).
+SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
 USAGE_HEADER = "x-hapax-usage"  # request, model lane: "true" if a stream's client asked for the usage chunk
 PROVIDER_HEADER = "x-hapax-provider"  # response: which provider answered...
 ANSWER_ATTEMPT_HEADER = "x-hapax-attempt"  # ...at which attempt...
@@ -93,6 +95,14 @@ STREAM_RESPONSE = PM(
 BODY_AS_SENT = PM(
     request_header_mode=PM.SEND, request_body_mode=PM.NONE,
     response_header_mode=PM.SEND, response_body_mode=PM.NONE,
+    request_trailer_mode=PM.SKIP, response_trailer_mode=PM.SKIP,
+)
+# The same for a stream, whose answer's headers then go to the client unread:
+# the step learns the status from the first piece (response.code), and the
+# first chunk waits on one ext_proc round trip fewer.
+STREAM_AS_SENT = PM(
+    request_header_mode=PM.SEND, request_body_mode=PM.NONE,
+    response_header_mode=PM.SKIP, response_body_mode=PM.STREAMED,
     request_trailer_mode=PM.SKIP, response_trailer_mode=PM.SKIP,
 )
 READ_WHOLE_RESPONSE = PM(
@@ -165,6 +175,14 @@ def hapax_metadata(text: str) -> dict[str, str]:
 
 def provider_from_host_metadata(text: str) -> str:
     return hapax_metadata(text).get("provider", "")
+
+
+def _status_attribute(attributes) -> int:
+    """The answer's status (``response.code``, sent with the first message of the answer)."""
+    if attributes is None or EXT_PROC_ATTRIBUTES not in attributes:
+        return 0
+    fields = attributes[EXT_PROC_ATTRIBUTES].fields
+    return int(fields["response.code"].number_value) if "response.code" in fields else 0
 
 
 def _attribute(attributes, name: str) -> str:
@@ -315,6 +333,8 @@ class UpstreamStep:
         # access log counts it), "model" for the model lane (control_plane/model_lane.py).
         self.lane = ""
         self.in_flight = False  # this attempt holds its request's in-flight count
+        # A stream sent as it is: its answer's headers reach the client without the step.
+        self.headers_unread = False
 
     def on_headers(self, msg: pb.HttpHeaders, attributes) -> pb.ProcessingResponse:
         # Every attempt of a request uses the version the request started under,
@@ -359,11 +379,12 @@ class UpstreamStep:
             return None
         self.stage = self._response_stage(req)
         self.sent = time.monotonic()
+        self.headers_unread = req.stream
         set_headers = {":path": out.path, ":authority": self.provider.host, **out.set_headers}
         return pb.ProcessingResponse(
             request_headers=pb.HeadersResponse(response=pb.CommonResponse(
                 header_mutation=mutation(set_headers, remove=_stale_headers(set_headers)))),
-            mode_override=BODY_AS_SENT)
+            mode_override=STREAM_AS_SENT if req.stream else BODY_AS_SENT)
 
     def on_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
         assert self.provider is not None
@@ -385,10 +406,7 @@ class UpstreamStep:
         assert self.provider is not None
         headers = header_map(msg)
         status = int(headers.get(":status", "0") or 0)
-        if status >= 500 or status == 429:
-            log.warning("provider answered with an error; Envoy retries elsewhere if an attempt is left", extra={
-                "request_id": self.request_id, "provider": self.provider.name, "status": status,
-                "attempt": self.attempt})
+        self._log_provider_error(status)
         self._honour_retry_after(status, headers.get("retry-after", ""))
         # For the router step, which counts the request once its answer is final (none on a lane).
         set_headers = {} if self.lane else {
@@ -410,21 +428,48 @@ class UpstreamStep:
                 header_mutation=mutation(set_headers, remove=("content-length",)))),
             mode_override=STREAM_RESPONSE if self.streaming else READ_WHOLE_RESPONSE)
 
-    def on_response_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
+    def on_response_body(self, msg: pb.HttpBody, attributes=None) -> pb.ProcessingResponse:
         common = pb.CommonResponse()
+        if self.headers_unread:
+            self._answer_began(_status_attribute(attributes), msg.body)
         if self.stage is not None:
             if self.first_chunk is None and msg.body:
                 self.first_chunk = time.time()
-            common.body_mutation.body = self.stage.body(msg.body, msg.end_of_stream)
+            out = self.stage.body(msg.body, msg.end_of_stream)
+            if out != msg.body:  # else Envoy passes on the piece it holds, without a copy
+                common.body_mutation.body = out
             if msg.end_of_stream and not self.stage.streams:
-                set_headers = {"content-length": str(len(common.body_mutation.body))}
+                set_headers = {"content-length": str(len(out))}
                 if self.stage.status_override:
                     set_headers[":status"] = str(self.stage.status_override)
                 common.header_mutation.CopyFrom(mutation(set_headers))
             if msg.end_of_stream:
                 self._count_usage()
-                self.done = True
+        if msg.end_of_stream:
+            self.done = True
         return pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))
+
+    def _answer_began(self, status: int, first_piece: bytes) -> None:
+        """What the response headers tell the step, for a stream whose headers it did not read.
+
+        Only an event stream is read as one; any other answer passes as it is (a JSON
+        answer or an error: the access log counts it, as any other answer on the lane).
+        """
+        assert self.stage is not None
+        self.headers_unread = False
+        self._log_provider_error(status)
+        events = 200 <= status < 300 and first_piece.lstrip().startswith(SSE_FIELDS)
+        self.stage.headers(status, "text/event-stream" if events else "application/json")
+        self.streaming = self.stage.streams
+        if not self.streaming:
+            self.stage = None
+
+    def _log_provider_error(self, status: int) -> None:
+        if status >= 500 or status == 429:
+            assert self.provider is not None
+            log.warning("provider answered with an error; Envoy retries elsewhere if an attempt is left", extra={
+                "request_id": self.request_id, "provider": self.provider.name, "status": status,
+                "attempt": self.attempt})
 
     def on_error(self, err: GatewayError) -> None:
         # Counted where the answer's end is seen: by the router step, or the access log on a lane.
@@ -557,7 +602,7 @@ class Processor(pb_grpc.ExternalProcessorServicer):
         if kind == "response_headers":
             return step.on_response_headers(request.response_headers)
         if kind == "response_body" and isinstance(step, UpstreamStep):
-            return step.on_response_body(request.response_body)
+            return step.on_response_body(request.response_body, request.attributes)
         return _passthrough(kind)
 
 

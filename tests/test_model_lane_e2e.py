@@ -21,6 +21,7 @@ import pytest
 
 from hapax.fakes.faults import CutStream, Status
 from tests.conftest import wait_for
+from tests.test_failover_e2e import provider_states
 from tests.test_passthrough_e2e import (  # the same three providers
     CLAUDE_KEY,
     MODEL,
@@ -69,8 +70,11 @@ def upstream_steps(gateway) -> int:
     return _stat(gateway, r"cluster\.chain_.*\.ext_proc\.streams_started")
 
 
-def stream(client, text: str, model: str = MODEL) -> list:
-    chunks = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], stream=True)
+def stream(client, text: str, model: str = MODEL, *, asks_usage: bool = False) -> list:
+    """``asks_usage`` with the provider's own model: a body the provider takes as it is."""
+    options = {"stream_options": {"include_usage": True}} if asks_usage else {}
+    chunks = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], stream=True,
+                                            **options)
     return list(chunks)
 
 
@@ -159,13 +163,15 @@ def test_a_stream_of_an_unknown_model_still_gets_the_router_steps_answer(gateway
     assert router_steps(gateway) == routers + 1
 
 
-def test_a_stream_cut_by_the_provider_on_the_lane_ends_with_an_error_event_and_is_counted(gateway, client, fakes):
+@pytest.mark.parametrize("asks_usage", [False, True], ids=["rewritten", "as_sent"])
+def test_a_stream_cut_by_the_provider_on_the_lane_ends_with_an_error_event_and_is_counted(gateway, client, fakes,
+                                                                                          asks_usage):
     primary = fakes[0]
     aborted = {"route": CHAT, "provider": "primary", "outcome": "stream_aborted"}
     before = gateway.metric("hapax_requests_total", **aborted)
     primary.inject(CutStream(after_chunks=2, reset=False), times=1, method="POST")
     with pytest.raises(openai.APIError, match="ended unexpectedly"):
-        stream(client, "a long story")
+        stream(client, "a long story", asks_usage=asks_usage)
     settled(lambda: gateway.metric("hapax_requests_total", **aborted), before + 1, "the cut stream counted once")
     assert gateway.metric("hapax_inflight_requests", route=CHAT) == 0
 
@@ -226,21 +232,25 @@ def test_an_alias_or_another_apis_model_skips_the_router_step_and_is_counted_onc
     assert gateway.metric("hapax_inflight_requests", route=CHAT) == 0
 
 
-@pytest.mark.parametrize("streamed", [False, True], ids=["json", "stream"])
-def test_a_model_lane_failover_counts_its_retry_and_its_failover_once(gateway, client, fakes, streamed):
+@pytest.mark.parametrize("kind", ["json", "stream", "stream_as_sent"])
+def test_a_model_lane_failover_counts_its_retry_and_its_failover_once(gateway, client, fakes, kind):
     primary, second, _ = fakes
     failed_over = {"route": CHAT, "provider": "second", "outcome": "failed_over"}
     retried = {"route": CHAT, "provider": "second"}
     failovers, retries = gateway.metric("hapax_requests_total", **failed_over), \
         gateway.metric("hapax_retries_total", **retried)
     primary.inject(Status(500), times=1, method="POST")
-    if streamed:
-        assert text_of(stream(client, "primary is down", model="mini")).endswith("primary is down")
-    else:
+    if kind == "json":
         assert ask(client, "primary is down", "mini").choices[0].message.content.endswith("primary is down")
+    else:  # by alias the body is rewritten; by the providers' own model it goes as sent
+        as_sent = kind == "stream_as_sent"
+        chunks = stream(client, "primary is down", model=MODEL if as_sent else "mini", asks_usage=as_sent)
+        assert text_of(chunks).endswith("primary is down")
     sent = second.requests[-1]
     assert sent.headers["authorization"] == f"Bearer {SECOND_KEY}"
     assert sent.body["model"] == MODEL  # the alias rewritten for the provider it failed over to
+    if kind == "stream_as_sent":
+        assert sent.raw == primary.requests[-1].raw  # the same bytes to each attempt
     settled(lambda: gateway.metric("hapax_requests_total", **failed_over), failovers + 1, "the failover counted once")
     assert gateway.metric("hapax_retries_total", **retried) == retries + 1
 
@@ -324,16 +334,24 @@ def test_a_stream_body_the_provider_takes_as_it_is_reaches_it_byte_for_byte(gate
     wait_for(lambda: gateway.metric("gen_ai_client_token_usage_count", **tokens) == counted + 1, "its tokens counted")
 
 
-@pytest.mark.parametrize(("asks_usage", "messages"), [(True, 2), (False, 3)])
-def test_only_a_body_the_provider_takes_as_it_is_skips_its_ext_proc_message(gateway, client, fakes, asks_usage,
-                                                                            messages):
-    # An answer that takes no message (OpenAI's error passes as it is), so that only the request side varies.
-    fakes[0].inject(Status(400), times=1, method="POST")
-    request = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "counted"}]}
-    if asks_usage:
-        request["stream_options"] = {"include_usage": True}
-    before = _stat(gateway, r"cluster\.chain_.*\.ext_proc\.stream_msgs_sent")
-    status, _ = asyncio.run(_post(gateway.base_url + "/chat/completions", request))
-    assert status == 400
-    # Request headers, [request body,] response headers.
-    assert _stat(gateway, r"cluster\.chain_.*\.ext_proc\.stream_msgs_sent") - before == messages
+def test_a_body_sent_as_it_is_is_checked_by_the_provider_not_the_gateway(gateway, client, fakes):
+    primary = fakes[0]
+    refused = {"route": CHAT, "provider": "primary", "status_class": "4xx"}
+    before = gateway.metric("hapax_requests_total", **refused)
+    # What the upstream step would refuse (see the invalid stream request above), had it read the body.
+    primary.inject(Status(400), times=1, method="POST")
+    status, body = asyncio.run(_post(gateway.base_url + "/chat/completions", {
+        "model": MODEL, "stream": True, "stream_options": {"include_usage": True}, "messages": "not a list"}))
+    assert status == 400 and body["error"]["param"] != "messages"  # the provider's answer, passed on
+    assert len(primary.requests) == 1
+    settled(lambda: gateway.metric("hapax_requests_total", **refused), before + 1, "the provider's 400 counted once")
+
+
+def test_a_retry_after_on_a_stream_sent_as_it_is_keeps_traffic_off_the_provider(gateway, client, fakes):
+    primary, second, _ = fakes
+    primary.inject(Status(429, retry_after=2), times=1, method="POST")
+    # The step does not read this answer's headers: Envoy's log of the attempt carries the retry-after.
+    assert text_of(stream(client, "quota?", asks_usage=True)).endswith("quota?")
+    assert len(second.requests) == 1
+    wait_for(lambda: provider_states(gateway)["primary"] == "holding_off", "the primary held off")
+    wait_for(lambda: provider_states(gateway)["primary"] == "healthy", "the retry-after to pass")
