@@ -335,6 +335,7 @@ class UpstreamStep:
         self.in_flight = False  # this attempt holds its request's in-flight count
         # A stream sent as it is: its answer's headers reach the client without the step.
         self.headers_unread = False
+        self.answer_status = 0
 
     def on_headers(self, msg: pb.HttpHeaders, attributes) -> pb.ProcessingResponse:
         # Every attempt of a request uses the version the request started under,
@@ -431,7 +432,11 @@ class UpstreamStep:
     def on_response_body(self, msg: pb.HttpBody, attributes=None) -> pb.ProcessingResponse:
         common = pb.CommonResponse()
         if self.headers_unread:
-            self._answer_began(_status_attribute(attributes), msg.body)
+            # The status comes with the first message; what the answer is, with its first bytes.
+            self.answer_status = self.answer_status or _status_attribute(attributes)
+            if not (msg.body or msg.end_of_stream):
+                return pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))
+            self._answer_began(self.answer_status, msg.body)
         if self.stage is not None:
             if self.first_chunk is None and msg.body:
                 self.first_chunk = time.time()

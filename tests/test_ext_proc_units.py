@@ -7,7 +7,7 @@ import json
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_pb
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, text_format
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,6 +17,7 @@ from ext_proc.processor import (
     EXT_PROC_ATTRIBUTES,
     HOST_METADATA,
     ROUTE_METADATA,
+    USAGE_HEADER,
     VERSION_HEADER,
     UpstreamStep,
     provider_from_host_metadata,
@@ -208,3 +209,51 @@ def test_every_attempt_uses_the_version_its_request_started_under():
     assert step.provider is not None and step.provider.name == "b"
     with pytest.raises(GatewayError, match="unknown provider"):  # without the pin, b is gone
         UpstreamStep(current).on_headers(ext_pb.HttpHeaders(), attributes)
+
+
+def _as_sent_stream_step() -> tuple[UpstreamStep, ext_pb.ProcessingResponse]:
+    """Provider a's own model, streamed, the usage chunk asked for: the body goes as the client sent it."""
+    route_md = base_pb2.Metadata()
+    route_md.filter_metadata["hapax"].update({"handler": "chat", "lane": "model", "model": "shared", "stream": "true"})
+    host_md = base_pb2.Metadata()
+    host_md.filter_metadata["hapax"].update({"provider": "a"})
+    attributes = {EXT_PROC_ATTRIBUTES: struct_pb2.Struct(fields={
+        HOST_METADATA: struct_pb2.Value(string_value=text_format.MessageToString(host_md)),
+        ROUTE_METADATA: struct_pb2.Value(string_value=text_format.MessageToString(route_md))})}
+    headers = ext_pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
+        base_pb2.HeaderValue(key=USAGE_HEADER, raw_value=b"true")]))
+    step = UpstreamStep(RuntimeView.from_proto(_runtime(), frozenset({"openai"})))
+    return step, step.on_headers(headers, attributes)
+
+
+def _status(code: int) -> dict:
+    return {EXT_PROC_ATTRIBUTES: struct_pb2.Struct(fields={"response.code": struct_pb2.Value(number_value=code)})}
+
+
+def test_a_stream_sent_as_it_is_skips_its_body_and_its_answers_headers():
+    _, response = _as_sent_stream_step()
+    mode = response.mode_override
+    assert mode.request_body_mode == mode.NONE and mode.response_header_mode == mode.SKIP
+    assert mode.response_body_mode == mode.STREAMED
+    set_headers = {h.header.key: h.header.raw_value for h in response.request_headers.response.header_mutation.set_headers}
+    assert set_headers[":path"] == b"/v1/chat/completions" and set_headers[":authority"] == b"api.example.com"
+
+
+def test_a_stream_sent_as_it_is_is_read_as_a_stream_once_its_first_bytes_show_it_is_one():
+    step, _ = _as_sent_stream_step()
+    step.on_response_body(ext_pb.HttpBody(body=b""), _status(200))  # the status, no bytes yet
+    assert not step.streaming
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+    response = step.on_response_body(ext_pb.HttpBody(body=event), None)
+    assert step.streaming
+    assert not response.response_body.response.HasField("body_mutation")  # unchanged: Envoy keeps its copy
+    step.on_response_body(ext_pb.HttpBody(body=b"data: [DONE]\n\n", end_of_stream=True), None)
+    assert step.stage is not None and step.stage.stream_outcome == "completed" and step.done
+
+
+def test_an_answer_to_a_stream_sent_as_it_is_that_is_not_a_stream_passes_as_it_is():
+    step, _ = _as_sent_stream_step()
+    error = b'{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}'
+    response = step.on_response_body(ext_pb.HttpBody(body=error, end_of_stream=True), _status(400))
+    assert not step.streaming and step.stage is None and step.done
+    assert response.response_body.response == ext_pb.CommonResponse()
