@@ -116,6 +116,7 @@ class _OpenLoop:
         self.busy: set[_Exchange] = set()
         self.waiting: deque[tuple[bytes, float]] = deque()  # due, but every connection is busy
         self.opening = 0
+        self.last_settled = 0.0  # loop time of the last answer or error
 
     async def prewarm(self, n: int) -> None:
         for _ in range(n):
@@ -155,7 +156,8 @@ class _OpenLoop:
         conn.send(raw, due)
 
     def answered(self, conn: _Exchange, due: float, status: int, keep_alive: bool) -> None:
-        self.result.latencies.append(self.loop.time() - due)
+        self.last_settled = self.loop.time()
+        self.result.latencies.append(self.last_settled - due)
         if not 200 <= status < 300:
             self.result.status_errors += 1
         self.busy.discard(conn)
@@ -171,6 +173,7 @@ class _OpenLoop:
         if conn.due is not None:  # closed with its answer unread
             conn.due = None
             self.result.socket_errors += 1
+            self.last_settled = self.loop.time()
         self.busy.discard(conn)
         if conn in self.idle:
             self.idle.remove(conn)
@@ -215,6 +218,6 @@ async def open_loop(host: str, port: int, requests: Sequence[bytes], rate: float
     while result.settled < result.scheduled:
         await asyncio.sleep(SWEEP_SECONDS)
         load.sweep()
-    result.seconds = loop.time() - start
+    result.seconds = max(load.last_settled, start) - start
     load.close()
     return result
