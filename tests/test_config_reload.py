@@ -85,8 +85,9 @@ def test_valid_edit_is_served_and_invalid_edit_keeps_the_last_good_version(fake,
     config["routes"].append({"path": "/v1/sales/chat", "handler": "chat", "metrics_labels": {"department": "sales"}})
     save_by_rename(gateway.config_path, yaml.safe_dump(config))
     wait_for(lambda: post(gateway.url + "/v1/sales/chat", chat) == 200, "the new route")
-    second_version = health(gateway)["components"]["control_plane"]["config_version"]
-    assert second_version != first_version
+    # The routes are served before the rollout's last stage: the version follows it.
+    wait_for(lambda: version(gateway) != first_version, "the new version to be rolled out")
+    second_version = version(gateway)
 
     broken = dict(config, providers={"openai": {"type": "opnai", "model": "gpt-4o-mini"}})
     save_by_rename(gateway.config_path, yaml.safe_dump(broken))
@@ -371,8 +372,11 @@ def test_twenty_edits_under_load_take_effect_with_zero_failed_requests(load_fake
     def apply(change: str, new: Served, seen) -> None:
         nonlocal served
         served = new
+        old = version(gateway)
         save_by_rename(gateway.config_path, yaml.safe_dump(new.config(fakes), sort_keys=False))
         wait_for(seen, change)
+        # Seen by clients, then rolled out to its last stage (the old clusters removed).
+        wait_for(lambda: version(gateway) != old, f"{change}: the version rolled out")
         observed.append(change)
 
     def rotate(provider: str, model: str, new_key: str, new: Served) -> None:

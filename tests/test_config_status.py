@@ -54,6 +54,8 @@ def test_refused_and_unchanged_edits_are_reported_and_never_pushed(setup):
     routes = [{"path": "/v1/chat/completions", "handler": "chat"}, {"path": "/v1/team/chat", "handler": "chat"}]
     save_config(gateway.config_path, {**config, "routes": routes})
     wait_for(lambda: reloads(gateway, "applied") == 1, "the valid edit to be applied")
+    # Counted when accepted; its version is the one served once rolled out to Envoy and ext_proc.
+    wait_for(lambda: health(gateway)["config_version"] != version, "the new version to be rolled out")
     status = health(gateway)
     assert status["config_version"] != version and "last_error" not in status
     assert int(status["config_version"].split("-")[0]) > int(version.split("-")[0])  # monotonic
