@@ -18,9 +18,11 @@ import urllib.request
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 
+from hapax.fakes import FakeOpenAI
 from hapax.fakes.faults import CutStream, Status
-from tests.conftest import wait_for
+from tests.conftest import gateway_config, wait_for
 from tests.test_failover_e2e import provider_states
 from tests.test_passthrough_e2e import (  # the same three providers
     CLAUDE_KEY,
@@ -309,6 +311,13 @@ async def _post_raw(url: str, body: bytes) -> tuple[int, bytes]:
         return resp.status, await resp.read()
 
 
+async def _post_raw_whole(url: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Reads to the end of the connection's stream, whatever Content-Length says."""
+    async with aiohttp.ClientSession() as session, \
+            session.post(url, data=body, headers={"content-type": "application/json"}) as resp:
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.content.read()
+
+
 def _events(raw: bytes) -> list[dict]:
     data = [line.removeprefix(b"data: ") for line in raw.splitlines() if line.startswith(b"data: ")]
     assert data[-1] == b"[DONE]"
@@ -355,3 +364,35 @@ def test_a_retry_after_on_a_stream_sent_as_it_is_keeps_traffic_off_the_provider(
     assert len(second.requests) == 1
     wait_for(lambda: provider_states(gateway)["primary"] == "holding_off", "the primary held off")
     wait_for(lambda: provider_states(gateway)["primary"] == "healthy", "the retry-after to pass")
+
+
+class TerseSseOpenAI(FakeOpenAI):
+    """An OpenAI-compatible server whose stream has a Content-Length and no space after "data:"."""
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "terse-1",
+                 "choices": [{"index": 0, "delta": {"content": "terse"}, "finish_reason": "stop"}]}
+        usage = {**chunk, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+        body = b"".join(b"data:" + json.dumps(e).encode() + b"\n\n" for e in (chunk, usage)) + b"data:[DONE]\n\n"
+        return web.Response(body=body, content_type="text/event-stream")
+
+
+def test_a_stream_sent_as_it_is_and_rewritten_by_the_step_reaches_its_client_whole(fake_host, start_gateway):
+    # The step re-frames each event ("data: "), so the provider's Content-Length no longer holds;
+    # the step does not read these headers, and Envoy drops the length of a body it streams to ext_proc.
+    terse = fake_host.start(TerseSseOpenAI(api_key="kt", model="terse-1"))
+    try:
+        gateway = start_gateway(gateway_config(
+            {"terse": {"type": "openai", "model": "terse-1", "api_key": "kt", "base_url": terse.base_url}},
+            routes=[{"path": CHAT, "handler": "chat"}]))
+        body = json.dumps({"model": "terse-1", "stream": True, "stream_options": {"include_usage": True},
+                           "messages": [{"role": "user", "content": "terse?"}]}).encode()
+        status, headers, raw = asyncio.run(_post_raw_whole(gateway.base_url + "/chat/completions", body))
+        assert status == 200
+        assert raw.endswith(b"data: [DONE]\n\n"), raw[-40:]  # every byte the step sent, none cut off
+        assert headers.get("content-length") in (None, str(len(raw)))
+        assert [e["choices"][0]["delta"]["content"] for e in _events(raw) if e["choices"]] == ["terse"]
+        gateway.stop()
+    finally:
+        fake_host.run(terse.stop())
