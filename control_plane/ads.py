@@ -136,7 +136,6 @@ class TypeState:
     wildcard: bool = False
     known: dict[str, str] = field(default_factory=dict)  # resource name -> version (digest)
 
-
     @property
     def awaiting_answer(self) -> bool:
         return self.sent_nonce != self.answered_nonce

@@ -37,7 +37,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import text_format
+from google.protobuf import struct_pb2, text_format
 
 from ext_proc import client_request
 from ext_proc.access_log import LANE, MODEL_LANE
@@ -53,7 +53,12 @@ from ext_proc.metrics import (
     outcome_for,
 )
 from ext_proc.provider_health import retry_after_seconds
-from ext_proc.providers import PROVIDER_HEADERS, ResponseStage, translator_for
+from ext_proc.providers import (
+    PROVIDER_HEADERS,
+    ProviderRequest,
+    ResponseStage,
+    translator_for,
+)
 from ext_proc.providers.base import COMPLETED
 from ext_proc.runtime import Provider, Route, RuntimeView
 from ext_proc.shapes import ChainedStage, TextCompletionStage
@@ -177,19 +182,22 @@ def provider_from_host_metadata(text: str) -> str:
     return hapax_metadata(text).get("provider", "")
 
 
-def _status_attribute(attributes) -> int:
-    """The answer's status (``response.code``, sent with the first message of the answer)."""
-    if attributes is None or EXT_PROC_ATTRIBUTES not in attributes:
-        return 0
+def _attribute_value(attributes, name: str) -> struct_pb2.Value | None:
+    if not attributes or EXT_PROC_ATTRIBUTES not in attributes:
+        return None
     fields = attributes[EXT_PROC_ATTRIBUTES].fields
-    return int(fields["response.code"].number_value) if "response.code" in fields else 0
+    return fields.get(name)
 
 
 def _attribute(attributes, name: str) -> str:
-    if EXT_PROC_ATTRIBUTES not in attributes:
-        return ""
-    fields = attributes[EXT_PROC_ATTRIBUTES].fields
-    return fields[name].string_value if name in fields else ""
+    value = _attribute_value(attributes, name)
+    return value.string_value if value is not None else ""
+
+
+def _status_attribute(attributes) -> int:
+    """The answer's status (``response.code``, sent with the first message of the answer)."""
+    value = _attribute_value(attributes, "response.code")
+    return int(value.number_value) if value is not None else 0
 
 
 # ---------------------------------------------------------------- router step
@@ -381,7 +389,7 @@ class UpstreamStep:
         self.stage = self._response_stage(req)
         self.sent = time.monotonic()
         self.headers_unread = req.stream
-        set_headers = {":path": out.path, ":authority": self.provider.host, **out.set_headers}
+        set_headers = self._target_headers(out)
         return pb.ProcessingResponse(
             request_headers=pb.HeadersResponse(response=pb.CommonResponse(
                 header_mutation=mutation(set_headers, remove=_stale_headers(set_headers)))),
@@ -395,13 +403,17 @@ class UpstreamStep:
         translator = translator_for(self.provider.type)
         out = translator.request(req, self.provider)
         self.stage = self._response_stage(req)
-        set_headers = {":path": out.path, ":authority": self.provider.host,
-                       "content-type": "application/json", "content-length": str(len(out.body)),
-                       **out.set_headers}
+        set_headers = {**self._target_headers(out),
+                       "content-type": "application/json", "content-length": str(len(out.body))}
         common = pb.CommonResponse(header_mutation=mutation(set_headers, remove=_stale_headers(set_headers)))
         common.body_mutation.body = out.body
         self.sent = time.monotonic()
         return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+
+    def _target_headers(self, out: ProviderRequest) -> dict[str, str]:
+        """Where this attempt goes, and its credentials."""
+        assert self.provider is not None
+        return {":path": out.path, ":authority": self.provider.host, **out.set_headers}
 
     def on_response_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
         assert self.provider is not None
