@@ -29,6 +29,7 @@ from tests.test_passthrough_e2e import (  # the same three providers
     MODEL,
     PRIMARY_KEY,
     SECOND_KEY,
+    fresh_client,
     lane_fakes,
     two_accounts_and_claude,
 )
@@ -52,10 +53,7 @@ def gateway(fakes, start_gateway):
 
 @pytest.fixture()
 def client(gateway, fakes):
-    for fake in fakes:
-        fake.reset()
-        fake.clear_faults()
-    return openai.OpenAI(base_url=gateway.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+    return fresh_client(gateway, fakes, CLIENT_KEY)
 
 
 def _stat(gateway, name: str) -> int:

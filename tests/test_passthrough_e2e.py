@@ -65,12 +65,17 @@ def gateway(fakes, start_gateway):
         {"path": MARKETING, "handler": "chat", "metrics_labels": {"department": "marketing"}}]))
 
 
-@pytest.fixture()
-def client(gateway, fakes):
+def fresh_client(gateway, fakes, api_key: str) -> openai.OpenAI:
+    """A client of ``gateway`` whose fakes have forgotten earlier requests and faults."""
     for fake in fakes:
         fake.reset()
         fake.clear_faults()
-    return openai.OpenAI(base_url=gateway.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+    return openai.OpenAI(base_url=gateway.base_url, api_key=api_key, max_retries=0, timeout=30)
+
+
+@pytest.fixture()
+def client(gateway, fakes):
+    return fresh_client(gateway, fakes, CLIENT_KEY)
 
 
 def ext_proc_calls(gateway) -> int:

@@ -98,9 +98,19 @@ async def _envoy_holding_clusters_and_routes(plane: Plane) -> DeltaClient:
 async def _ext_proc_holding_the_runtime(plane: Plane) -> AdsClient:
     ext_proc = plane.ext_proc()
     await ext_proc.send(RUNTIME)
-    first = await ext_proc.recv()
-    await ext_proc.send(RUNTIME, nonce=first.nonce, version=first.version_info)
+    await _ack(ext_proc, await ext_proc.recv())
     return ext_proc
+
+
+async def _plane_with_clients(plane_at, first: Snapshot, stage_timeout: float = 30.0
+                             ) -> tuple[Plane, DeltaClient, AdsClient]:
+    """A plane serving ``first``, an Envoy that holds its clusters and routes, an ext_proc its runtime."""
+    plane = await plane_at(first, stage_timeout=stage_timeout)
+    return plane, await _envoy_holding_clusters_and_routes(plane), await _ext_proc_holding_the_runtime(plane)
+
+
+async def _ack(client: AdsClient, response) -> None:
+    await client.send(response.type_url, nonce=response.nonce, version=response.version_info)
 
 
 def _runtime_version(response) -> str:
@@ -110,9 +120,7 @@ def _runtime_version(response) -> str:
 
 
 async def test_ext_proc_gets_a_new_runtime_only_once_envoy_holds_its_clusters_and_routes_follow(plane_at):
-    plane = await plane_at(snapshot_of(SEED_YAML, "v1"))
-    envoy = await _envoy_holding_clusters_and_routes(plane)
-    ext_proc = await _ext_proc_holding_the_runtime(plane)
+    plane, envoy, ext_proc = await _plane_with_clients(plane_at, snapshot_of(SEED_YAML, "v1"))
 
     plane.rollout.start(snapshot_of(WITH_LOCAL, "v2"))
     clusters = await envoy.recv()
@@ -126,7 +134,7 @@ async def test_ext_proc_gets_a_new_runtime_only_once_envoy_holds_its_clusters_an
     assert _runtime_version(runtime) == "v2"
     assert plane.served_version(ROUTE) == "v1"  # the routes wait for ext_proc's answer
 
-    await ext_proc.send(RUNTIME, nonce=runtime.nonce, version=runtime.version_info)
+    await _ack(ext_proc, runtime)
     routes = await envoy.recv()
     assert routes.type_url == ROUTE and routes.system_version_info == "v2"
     await envoy.send(ROUTE, nonce=routes.nonce)
@@ -135,14 +143,12 @@ async def test_ext_proc_gets_a_new_runtime_only_once_envoy_holds_its_clusters_an
 
 
 async def test_clusters_a_version_drops_go_only_after_routes_and_runtime_stopped_naming_them(plane_at):
-    plane = await plane_at(snapshot_of(WITH_LOCAL, "v1"))
-    envoy = await _envoy_holding_clusters_and_routes(plane)
-    ext_proc = await _ext_proc_holding_the_runtime(plane)
+    plane, envoy, ext_proc = await _plane_with_clients(plane_at, snapshot_of(WITH_LOCAL, "v1"))
 
     plane.rollout.start(snapshot_of(SEED_YAML, "v2"))
     runtime = await ext_proc.recv()
     assert "provider.local" in plane.cache.served(CLUSTER)  # still there while ext_proc moves over
-    await ext_proc.send(RUNTIME, nonce=runtime.nonce, version=runtime.version_info)
+    await _ack(ext_proc, runtime)
     routes = await envoy.recv()
     assert routes.type_url == ROUTE and not routes.removed_resources
     assert "provider.local" in plane.cache.served(CLUSTER)  # old routes name it until Envoy answers
@@ -155,9 +161,7 @@ async def test_clusters_a_version_drops_go_only_after_routes_and_runtime_stopped
 
 
 async def test_a_client_that_never_answers_delays_a_rollout_but_does_not_stop_it(plane_at, caplog):
-    plane = await plane_at(snapshot_of(SEED_YAML, "v1"), stage_timeout=0.5)
-    envoy = await _envoy_holding_clusters_and_routes(plane)
-    ext_proc = await _ext_proc_holding_the_runtime(plane)
+    plane, envoy, ext_proc = await _plane_with_clients(plane_at, snapshot_of(SEED_YAML, "v1"), stage_timeout=0.5)
 
     with caplog.at_level(logging.WARNING, logger="hapax.control_plane.rollout"):
         plane.rollout.start(snapshot_of(WITH_LOCAL, "v2"))
@@ -168,9 +172,7 @@ async def test_a_client_that_never_answers_delays_a_rollout_but_does_not_stop_it
 
 
 async def test_an_edit_during_a_rollout_takes_over_and_the_superseded_runtime_is_never_served(plane_at):
-    plane = await plane_at(snapshot_of(SEED_YAML, "v1"))
-    envoy = await _envoy_holding_clusters_and_routes(plane)
-    ext_proc = await _ext_proc_holding_the_runtime(plane)
+    plane, envoy, ext_proc = await _plane_with_clients(plane_at, snapshot_of(SEED_YAML, "v1"))
 
     plane.rollout.start(snapshot_of(WITH_LOCAL, "v2"))
     first = await envoy.recv()  # v2's clusters, not answered before v3 comes
@@ -182,7 +184,7 @@ async def test_an_edit_during_a_rollout_takes_over_and_the_superseded_runtime_is
     await envoy.send(CLUSTER, nonce=second.nonce)
     runtime = await ext_proc.recv()
     assert _runtime_version(runtime) == "v3"
-    await ext_proc.send(RUNTIME, nonce=runtime.nonce, version=runtime.version_info)
+    await _ack(ext_proc, runtime)
     await envoy.send(ROUTE, nonce=(await envoy.recv()).nonce)
     pruned = await envoy.recv()
     assert "provider.local" in pruned.removed_resources
@@ -256,7 +258,7 @@ async def test_envoy_acks_a_new_cluster_only_once_warm_so_ext_proc_waits_for_its
         verdicts.release.set()
         runtime = await ext_proc.recv()
         assert _runtime_version(runtime) == "v2"
-        await ext_proc.send(RUNTIME, nonce=runtime.nonce, version=runtime.version_info)
+        await _ack(ext_proc, runtime)
         await asyncio.wait_for(plane.rollout.done(), 20)
         assert state.types[ROUTE].acked_version == "v2" and plane.cache.status.serving_version == "v2"
         clusters = await asyncio.to_thread(_admin_json, admin, "/clusters?format=json")
