@@ -8,9 +8,12 @@ request Envoy, alone:
 
 - reads ``model`` and ``stream`` from the body (``json_to_metadata``) and picks a
   lane route on them, which names the model's chain cluster;
-- injects, per attempt, the key of the provider that attempt goes to
-  (``credential_injector`` with the provider's SDS secret, chosen by a composite
-  filter matching the endpoint's ``hapax.provider``);
+- sends it to the lane's own cluster, ``lane.<first>``: the same providers in the
+  same order as the model's chain cluster, but its per-attempt filter injects
+  the key of the provider each attempt goes to (``credential_injector`` with the
+  provider's SDS secret, chosen by a composite filter matching the endpoint's
+  ``hapax.provider``). The chain cluster, which every other request uses, runs
+  only ext_proc's upstream step: those requests pay for no matching;
 - reads the token usage from the answer (``json_to_metadata`` again), which the
   gRPC access log brings to ext_proc's metrics in batches, after the answer.
 
@@ -68,6 +71,7 @@ REQUEST_NAMESPACE = "hapax.request"
 USAGE_NAMESPACE = "hapax.usage"
 JSON_TO_METADATA_FILTER = "hapax.json_to_metadata"
 LANE_FILTER = "hapax.passthrough"
+LANE_CLUSTER_PREFIX = "lane."
 # The OpenAI API path of each handler the lane serves, under the provider's base path.
 HANDLER_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 # What the access log tags each entry with, for ext_proc's metrics.
@@ -190,10 +194,10 @@ def lane_routes(config: HapaxConfig, handler: str, base: route_components_pb2.Ro
     for lane in lane_models(config):
         route = body_routed(config, base, LANE, lane.model, lane.first, stream=False,
                             disabled_ext_proc=disabled_ext_proc)
+        route.route.cluster = lane_cluster_name(lane.first)
         # Attempts that leave the lane get their path and host from ext_proc.
         route.route.prefix_rewrite = lane.base_path + HANDLER_PATHS[handler]
         route.route.auto_host_rewrite.value = True
-        route.metadata.filter_metadata[METADATA_NAMESPACE].update({_lane_key(p): LANE for p in lane.providers})
         yield route
 
 
@@ -220,8 +224,8 @@ def body_routed(config: HapaxConfig, base: route_components_pb2.Route, lane: str
     return route
 
 
-def _lane_key(provider: str) -> str:
-    return f"{LANE}.{provider}"
+def lane_cluster_name(first: str) -> str:
+    return f"{LANE_CLUSTER_PREFIX}{first}"
 
 
 def _metadata_matcher(key: str, **value) -> metadata_pb2.MetadataMatcher:
@@ -281,18 +285,13 @@ def _grpc_log(grpc_cluster: str) -> als_pb2.CommonGrpcAccessLogConfig:
 # ---------------------------------------------------------------- upstream side (per attempt)
 
 
-def upstream_filter(config: HapaxConfig, first: str, translate: hcm_pb2.HttpFilter) -> hcm_pb2.HttpFilter:
-    """The chain's per-attempt filter: a lane attempt gets its key from Envoy, any other goes to ``translate``."""
-    on_lane = lane_providers(config)
-    lane = [name for name in chain_order(config, first) if name in on_lane]
-    if not lane:
-        return translate
+def upstream_filter(config: HapaxConfig, lane: LaneModel, translate: hcm_pb2.HttpFilter) -> hcm_pb2.HttpFilter:
+    """The lane cluster's per-attempt filter: an attempt to a lane provider gets its key from Envoy,
+    any other (a provider the body would have to be rewritten for) goes to ``translate``."""
     matchers = [matcher_pb2.Matcher.MatcherList.FieldMatcher(
-        predicate=_cel_predicate(
-            MetadataEquals("upstream_host_metadata", METADATA_NAMESPACE, "provider", name),
-            MetadataEquals("route_metadata", METADATA_NAMESPACE, _lane_key(name), LANE)),
+        predicate=_cel_predicate(MetadataEquals("upstream_host_metadata", METADATA_NAMESPACE, "provider", name)),
         on_match=_execute(f"{LANE}.{name}", _injector(config.providers[name])),
-    ) for name in lane]
+    ) for name in lane.providers]
     matcher = matcher_pb2.Matcher(
         matcher_list=matcher_pb2.Matcher.MatcherList(matchers=matchers),
         on_no_match=_execute("translate", extension_pb2.TypedExtensionConfig(

@@ -13,6 +13,9 @@ Shape of the data plane (see DESIGN.md):
   ``provider_preference``. Upstream HTTP filters of an aggregate cluster are the
   ones Envoy runs (those of the member clusters are ignored), so the per-attempt
   ext_proc filter lives here.
+- ``lane.<name>``: the same chain for the passthrough lane's requests, whose
+  per-attempt filter adds the key itself where the provider takes the body as it
+  is (control_plane/passthrough.py).
 - The router-level ext_proc step reads the client request once, picks the chain
   and names it in the ``x-hapax-chain`` header, which the route uses as
   ``cluster_header``.
@@ -352,6 +355,17 @@ def upstream_ext_proc_filter() -> hcm_pb2.HttpFilter:
 
 
 def chain_cluster(config: HapaxConfig, first: str) -> cluster_pb2.Cluster:
+    return _aggregate_cluster(config, chain_cluster_name(first), first, upstream_ext_proc_filter())
+
+
+def lane_cluster(config: HapaxConfig, lane: passthrough.LaneModel) -> cluster_pb2.Cluster:
+    """The passthrough lane's copy of its model's chain, whose attempts Envoy gives the key itself."""
+    return _aggregate_cluster(config, passthrough.lane_cluster_name(lane.first), lane.first,
+                              passthrough.upstream_filter(config, lane, upstream_ext_proc_filter()))
+
+
+def _aggregate_cluster(config: HapaxConfig, name: str, first: str,
+                       per_attempt: hcm_pb2.HttpFilter) -> cluster_pb2.Cluster:
     codec = hcm_pb2.HttpFilter(
         name="envoy.filters.http.upstream_codec",
         typed_config=pack(upstream_codec_pb2.UpstreamCodec()),
@@ -363,16 +377,15 @@ def chain_cluster(config: HapaxConfig, first: str) -> cluster_pb2.Cluster:
     # under load. The chain allows what its providers allow together.
     retries_in_flight = sum(config.providers[p].circuit_breaker.max_retries for p in order)
     return cluster_pb2.Cluster(
-        name=chain_cluster_name(first),
-        alt_stat_name=_stat_name(chain_cluster_name(first)),
+        name=name,
+        alt_stat_name=_stat_name(name),
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
         connect_timeout=_duration(10),
         cluster_type=cluster_pb2.Cluster.CustomClusterType(
             name="envoy.clusters.aggregate",
             typed_config=pack(aggregate_pb2.ClusterConfig(clusters=members)),
         ),
-        typed_extension_protocol_options=_http1_options(
-            [passthrough.upstream_filter(config, first, upstream_ext_proc_filter()), codec]),
+        typed_extension_protocol_options=_http1_options([per_attempt, codec]),
         common_lb_config=_failover_lb_config(),
         circuit_breakers=circuit_breaker_pb2.CircuitBreakers(thresholds=[
             circuit_breaker_pb2.CircuitBreakers.Thresholds(

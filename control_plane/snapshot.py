@@ -87,6 +87,7 @@ def build_snapshot(config: HapaxConfig, version: str, ext_proc: res.ExtProcEndpo
     # Envoy polls one ext_proc for each provider's verdict (they all probe alike).
     clusters += [res.provider_cluster(p, ext_proc.http[0]) for p in config.providers.values()]
     clusters += [res.chain_cluster(config, first) for first in res.chain_firsts(config)]
+    clusters += [res.lane_cluster(config, lane) for lane in passthrough.lane_models(config)]
     return make_snapshot(
         version,
         {

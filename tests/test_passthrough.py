@@ -12,7 +12,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from control_plane import passthrough
 from control_plane import resources as res
 from control_plane.config import parse_config
-from control_plane.snapshot import CLUSTER, LISTENER, ROUTE, SECRET, build_snapshot
+from control_plane.snapshot import CLUSTER, LISTENER, ROUTE, SECRET, _aggregate_members, build_snapshot
 from control_plane.static_bootstrap import envoy_validate, static_bootstrap
 from hapax.envoy_process import envoy_binary
 from tests.test_snapshot import EXT_PROC
@@ -63,7 +63,7 @@ def test_lane_routes_go_before_their_ordinary_route_and_route_on_the_body_withou
     matchers = {m.path[0].key: m.value for m in lane.match.dynamic_metadata}
     assert matchers["model"].string_match.exact == "gpt-4o"
     assert matchers["stream"].bool_match is False and matchers["stream"].HasField("bool_match")
-    assert lane.route.cluster == "chain.openai"
+    assert lane.route.cluster == "lane.openai"  # the chain of the model's provider, with Envoy's keys
     assert lane.route.prefix_rewrite == "/v1/chat/completions"  # the department path is the gateway's, not the API's
     assert lane.route.auto_host_rewrite.value
     assert lane.route.retry_policy.num_retries.value == 3  # one attempt per provider of the chain
@@ -73,8 +73,6 @@ def test_lane_routes_go_before_their_ordinary_route_and_route_on_the_body_withou
     assert ext_proc.disabled
     labels = lane.metadata.filter_metadata["hapax"]
     assert labels["department"] == "engineering" and labels["lane"] == "passthrough"
-    assert labels["passthrough.openai"] == labels["passthrough.second"] == "passthrough"
-    assert "passthrough.proxied" not in labels.fields
 
 
 def test_routes_no_lane_request_can_take_do_not_parse_the_body_in_envoy():
@@ -91,13 +89,17 @@ def _upstream_filters(cluster):
     return list(opts.http_filters)
 
 
-def test_each_attempt_gets_its_providers_key_from_envoy_or_goes_to_ext_proc():
-    first, codec = _upstream_filters(res.chain_cluster(config(), "claude"))
+def _lane(model: str) -> passthrough.LaneModel:
+    return next(lane for lane in passthrough.lane_models(config()) if lane.model == model)
+
+
+def test_each_lane_attempt_gets_its_providers_key_from_envoy_or_goes_to_ext_proc():
+    first, codec = _upstream_filters(res.lane_cluster(config(), _lane("gpt-4o")))
     assert first.name == passthrough.LANE_FILTER and codec.name == "envoy.filters.http.upstream_codec"
     composite = extension_matcher_pb2.ExtensionWithMatcher()
     first.typed_config.Unpack(composite)
     matchers = composite.xds_matcher.matcher_list.matchers
-    # claude's chain: claude, openai, second, proxied; vllm is not in it.
+    # openai's chain: openai, second, proxied, claude; only the first two take the body as it is.
     assert [m.on_match.action.name for m in matchers] == ["passthrough.openai", "passthrough.second"]
     action = composite_pb2.ExecuteFilterAction()
     matchers[0].on_match.action.typed_config.Unpack(action)
@@ -108,10 +110,18 @@ def test_each_attempt_gets_its_providers_key_from_envoy_or_goes_to_ext_proc():
     assert fallback.typed_config.name == res.UPSTREAM_EXT_PROC_FILTER
 
 
-def test_a_chain_without_lane_providers_keeps_the_plain_ext_proc_filter():
-    only_claude = parse_config("providers:\n  claude: {type: anthropic, model: claude-3-haiku, api_key: k}\n")
-    first, _ = _upstream_filters(res.chain_cluster(only_claude, "claude"))
-    assert first.name == res.UPSTREAM_EXT_PROC_FILTER
+def test_a_lane_has_its_own_copy_of_the_chain_and_chains_run_only_the_upstream_step():
+    clusters = build_snapshot(config(), "v1", EXT_PROC).of_type(CLUSTER)
+    lanes = sorted(name for name in clusters if name.startswith("lane."))
+    assert lanes == ["lane.openai", "lane.vllm"]  # one per lane model, named after its provider
+    for lane in lanes:
+        chain = clusters["chain." + lane.removeprefix("lane.")]
+        assert _aggregate_members(clusters[lane]) == _aggregate_members(chain)
+        assert clusters[lane].circuit_breakers == chain.circuit_breakers
+    # Every other request (router step, model lane) pays for no matching per attempt.
+    for name in (n for n in clusters if n.startswith("chain.")):
+        first, _ = _upstream_filters(clusters[name])
+        assert first.name == res.UPSTREAM_EXT_PROC_FILTER, name
 
 
 def test_provider_keys_reach_envoy_only_as_sds_secrets_of_the_lane_providers():

@@ -48,13 +48,14 @@ def seed_snapshot(text: str = SEED_YAML):
 def test_seed_example_becomes_one_cluster_per_provider_and_a_chain_per_first_provider():
     snap = seed_snapshot()
     clusters = snap.of_type(CLUSTER)
-    assert {"provider.anthropic", "provider.openai", "chain.anthropic", "chain.openai",
+    # openai's model takes the passthrough lane, which has its own copy of openai's chain.
+    assert {"provider.anthropic", "provider.openai", "chain.anthropic", "chain.openai", "lane.openai",
             res.EXT_PROC_CLUSTER, res.EXT_PROC_HTTP_CLUSTER} == set(clusters)
     assert _aggregate_members(clusters["chain.anthropic"]) == ["provider.anthropic", "provider.openai"]
     assert _aggregate_members(clusters["chain.openai"]) == ["provider.openai", "provider.anthropic"]
     # Dots would split Envoy's cluster tag: stats name the cluster without them.
-    assert (clusters["provider.openai"].alt_stat_name, clusters["chain.openai"].alt_stat_name) == (
-        "provider_openai", "chain_openai")
+    assert [clusters[name].alt_stat_name for name in ("provider.openai", "chain.openai", "lane.openai")] == [
+        "provider_openai", "chain_openai", "lane_openai"]
 
 
 def test_https_providers_get_tls_with_sni_and_local_ones_plain_http():
