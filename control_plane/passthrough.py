@@ -53,7 +53,7 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.type.matcher.v3 import metadata_pb2, regex_pb2, string_pb2, value_pb2
 from envoy.type.metadata.v3 import metadata_pb2 as metadata_kind_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
-from google.protobuf import any_pb2, duration_pb2, struct_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from xds.core.v3 import extension_pb2
 from xds.type.matcher.v3 import cel_pb2 as cel_matcher_pb2
 from xds.type.matcher.v3 import http_inputs_pb2, matcher_pb2
@@ -77,6 +77,7 @@ HANDLER_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 # What the access log tags each entry with, for ext_proc's metrics.
 TAG_LANE, TAG_ROUTE, TAG_PROVIDER = "lane", "route", "provider"
 ACCESS_LOG_NAME = "hapax"
+ALS_BUFFER_BYTES = 1 << 20
 # Headers a client may send that must not reach a provider (credentials) or
 # that the gateway sets itself between its steps.
 REMOVED_REQUEST_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization",
@@ -277,6 +278,10 @@ def _grpc_log(grpc_cluster: str) -> als_pb2.CommonGrpcAccessLogConfig:
             envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=grpc_cluster)),
         transport_api_version=config_source_pb2.V3,
         buffer_flush_interval=duration_pb2.Duration(nanos=250_000_000),
+        # Flushed by time, not by size: at 7k req/s the default 16 KiB made ~230 messages
+        # a second, and each costs ext_proc's gRPC more than its 30 entries do (measured:
+        # 0.035 -> 0.018 ms of ext_proc CPU per request). A quarter second's entries fit.
+        buffer_size_bytes=wrappers_pb2.UInt32Value(value=ALS_BUFFER_BYTES),
         custom_tags=[tag(TAG_LANE, route_kind, "lane"), tag(TAG_ROUTE, route_kind, "route"),
                      tag(TAG_PROVIDER, host_kind, "provider")],
     )
