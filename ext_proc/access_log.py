@@ -2,7 +2,7 @@
 
 A request on the lane (see control_plane/passthrough.py) is served by Envoy
 alone; ext_proc hears of it afterwards, when Envoy sends its access log entry
-(in batches, every quarter second or 16 KiB). Each lane entry is counted as
+(in batches, every quarter second or 1 MiB). Each lane entry is counted as
 the router and upstream steps count the other routes' requests: by outcome,
 with its duration and the gateway's own share of it, a failover, and the
 token usage and cost Envoy read from the answer (json_to_metadata).
@@ -24,15 +24,16 @@ attempts it sees.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+from google.protobuf import struct_pb2
 
 from ext_proc.metrics import GatewayMetrics, outcome_for
 from ext_proc.provider_health import retry_after_seconds
-from ext_proc.runtime import RuntimeView
+from ext_proc.runtime import Provider, Route, RuntimeView
 
 log = logging.getLogger("hapax.ext_proc")
 
@@ -55,32 +56,40 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
     async def StreamAccessLogs(self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
                                context: Any) -> als_pb2.StreamAccessLogsResponse:
         async for message in request_iterator:
-            with self.metrics.batched():
-                for entry in message.http_logs.log_entry:
-                    try:
-                        self.count(entry)
-                    except Exception:  # one odd entry must not end the stream (Envoy would drop the batch)
-                        log.exception("could not count an access log entry")
+            self.count_batch(message.http_logs.log_entry)
         return als_pb2.StreamAccessLogsResponse()
 
-    def count(self, entry: accesslog_pb2.HTTPAccessLogEntry) -> None:
+    def count_batch(self, entries: Iterable[accesslog_pb2.HTTPAccessLogEntry]) -> None:
+        """A flush's entries, added up by labels first: a flush brings hundreds, mostly alike."""
+        view = self.current_view()
+        answers: dict[tuple[str, str, int, str], _Answers] = {}
+        for entry in entries:
+            try:
+                self.count(entry, view, answers)
+            except Exception:  # one odd entry must not end the stream (Envoy would drop the batch)
+                log.exception("could not count an access log entry")
+        with self.metrics.batched():
+            for alike in answers.values():
+                alike.report(self.metrics)
+
+    def count(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView | None,
+              answers: dict[tuple[str, str, int, str], _Answers]) -> None:
         common = entry.common_properties
-        tags = common.custom_tags
-        lane = tags.get(TAG_LANE)
+        lane = common.custom_tags.get(TAG_LANE)
         if common.access_log_type == accesslog_pb2.UpstreamEnd:
             # Holding off again is harmless: the model lane's upstream step reads the retry-after
             # too, except on a stream it sent as it is (whose answer's headers it does not read).
             if lane in (LANE, MODEL_LANE):
                 self._honour_retry_after(entry)
         elif lane == LANE:
-            self._count_answer(entry, retries_counted=False)
+            self._count_answer(entry, view, answers, retries_counted=False)
         elif lane == MODEL_LANE and not _delivered_stream(entry):
-            self._count_answer(entry, retries_counted=True)
+            self._count_answer(entry, view, answers, retries_counted=True)
 
-    def _count_answer(self, entry: accesslog_pb2.HTTPAccessLogEntry, *, retries_counted: bool) -> None:
+    def _count_answer(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView | None,
+                      answers: dict[tuple[str, str, int, str], _Answers], *, retries_counted: bool) -> None:
         """``retries_counted``: an upstream step saw every attempt and counted their retries."""
         common, tags = entry.common_properties, entry.common_properties.custom_tags
-        view = self.current_view()
         status = entry.response.response_code.value
         route = view.routes.get(tags.get(TAG_ROUTE, "")) if view is not None else None
         if route is None or status == 0:
@@ -89,19 +98,27 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         if not entry.response.response_code_details.startswith(GATEWAY_DETAILS_PREFIX):
             provider = view.providers.get(tags.get(TAG_PROVIDER, ""))  # else the gateway answered, not it
         attempts = common.upstream_request_attempt_count or 1
-        duration = _seconds(common.time_to_last_downstream_tx_byte) or _seconds(common.duration)
-        overhead = _overhead(common) if attempts == 1 and provider is not None else None
-        self.metrics.request_answered(route, provider, status, outcome_for(status, attempts), duration, overhead)
+        outcome = outcome_for(status, attempts)
+        key = (route.path, provider.name if provider is not None else "", status, outcome)
+        alike = answers.get(key)
+        if alike is None:
+            alike = answers[key] = _Answers(route, provider, status, outcome)
+        alike.durations.append(_seconds(common.time_to_last_downstream_tx_byte) or _seconds(common.duration))
         if provider is None:
             return
-        if not retries_counted:
+        if attempts == 1:
+            overhead = _overhead(common)
+            if overhead is not None:
+                alike.overheads.append(overhead)
+        elif not retries_counted:
             # The log names only the provider that answered; in a chain of two, the one retry went there.
-            for _ in range(attempts - 1):
-                self.metrics.retried(route, provider)
+            alike.retries += attempts - 1
         usage = common.metadata.filter_metadata.get(USAGE_NAMESPACE)
         if usage is not None and 200 <= status < 300:
-            self.metrics.tokens_used(route, provider, {
-                key: int(value.number_value) for key, value in usage.fields.items() if value.HasField("number_value")})
+            alike.inputs.append(_tokens(usage.fields.get("prompt_tokens")))
+            completion = usage.fields.get("completion_tokens")
+            if completion is not None and completion.HasField("number_value"):  # embeddings have none
+                alike.outputs.append(_tokens(completion))
 
     def _honour_retry_after(self, attempt: accesslog_pb2.HTTPAccessLogEntry) -> None:
         """An attempt the router logged for its 429 or 503 (control_plane/passthrough.py: hold_off_logger)."""
@@ -110,6 +127,30 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         seconds = retry_after_seconds(retry_after) if retry_after else None
         if seconds and provider and self.hold_off is not None:
             self.hold_off(provider, seconds)
+
+
+class _Answers:
+    """The answers of one flush that share their labels (route, provider, status, outcome)."""
+
+    __slots__ = ("route", "provider", "status", "outcome", "durations", "overheads", "retries", "inputs", "outputs")
+
+    def __init__(self, route: Route, provider: Provider | None, status: int, outcome: str) -> None:
+        self.route, self.provider, self.status, self.outcome = route, provider, status, outcome
+        self.durations: list[float] = []
+        self.overheads: list[float] = []  # of those answered at the first attempt
+        self.retries = 0
+        self.inputs: list[int] = []  # token counts of those whose usage Envoy read
+        self.outputs: list[int] = []
+
+    def report(self, metrics: GatewayMetrics) -> None:
+        metrics.requests_answered(self.route, self.provider, self.status, self.outcome,
+                                  self.durations, self.overheads)
+        if self.provider is None:
+            return
+        if self.retries:
+            metrics.retried(self.route, self.provider, self.retries)
+        if self.inputs:
+            metrics.tokens_counted(self.route, self.provider, self.inputs, self.outputs)
 
 
 def _delivered_stream(entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
@@ -129,3 +170,7 @@ def _overhead(common: accesslog_pb2.AccessLogCommon) -> float | None:
         return None
     provider_time = _seconds(common.time_to_first_upstream_rx_byte) - _seconds(common.time_to_last_upstream_tx_byte)
     return _seconds(common.time_to_first_downstream_tx_byte) - provider_time
+
+
+def _tokens(value: struct_pb2.Value | None) -> int:
+    return max(0, int(value.number_value)) if value is not None and value.HasField("number_value") else 0

@@ -250,33 +250,41 @@ class GatewayMetrics:
 
     def request_answered(self, route: Route, provider: Provider | None, status: int, outcome: str,
                          duration: float, overhead: float | None = None) -> None:
+        self.requests_answered(route, provider, status, outcome, [duration], [] if overhead is None else [overhead])
+
+    def requests_answered(self, route: Route, provider: Provider | None, status: int, outcome: str,
+                          durations: list[float], overheads: list[float]) -> None:
+        """``len(durations)`` answers alike; ``overheads``: those of the ones answered at the first attempt."""
         f = self._families
         values = f.route_values(route)
         answered = [*values, provider.name if provider else NONE, provider.model if provider else NONE]
-        f.child(f.requests, *answered, _status_class(status), outcome).inc()
-        f.child(f.duration, *answered).observe(duration)
+        f.child(f.requests, *answered, _status_class(status), outcome).inc(len(durations))
+        _observe(f.child(f.duration, *answered), durations)
         if outcome == FAILED_OVER and provider is not None:
-            f.child(f.failovers, *values, provider.name).inc()
-        if overhead is not None:
-            f.child(f.overhead, *values).observe(max(0.0, overhead))
+            f.child(f.failovers, *values, provider.name).inc(len(durations))
+        if overheads:
+            _observe(f.child(f.overhead, *values), [max(0.0, overhead) for overhead in overheads])
 
     # -- per attempt (upstream step) ----------------------------------------------
 
-    def retried(self, route: Route, provider: Provider) -> None:
+    def retried(self, route: Route, provider: Provider, times: int = 1) -> None:
         f = self._families
-        f.child(f.retries, *f.route_values(route), provider.name).inc()
+        f.child(f.retries, *f.route_values(route), provider.name).inc(times)
 
     def tokens_used(self, route: Route, provider: Provider, usage: dict[str, Any]) -> None:
+        outputs = [_count(usage.get("completion_tokens"))] if "completion_tokens" in usage else []  # embeddings: none
+        self.tokens_counted(route, provider, [_count(usage.get("prompt_tokens"))], outputs)
+
+    def tokens_counted(self, route: Route, provider: Provider, inputs: list[int], outputs: list[int]) -> None:
+        """Answers' input token counts, and the output token counts of those that have one."""
         f = self._families
         answered = [*f.route_values(route), provider.name, provider.model]
-        input_tokens = _count(usage.get("prompt_tokens"))
-        output_tokens = _count(usage.get("completion_tokens"))
-        f.child(f.tokens, *answered, "input").observe(input_tokens)
-        if "completion_tokens" in usage:  # embeddings have no output
-            f.child(f.tokens, *answered, "output").observe(output_tokens)
+        _observe(f.child(f.tokens, *answered, "input"), inputs)
+        if outputs:
+            _observe(f.child(f.tokens, *answered, "output"), outputs)
         if provider.price is not None:
             per_input, per_output = provider.price
-            f.child(f.cost, *answered).inc((input_tokens * per_input + output_tokens * per_output) / 1e6)
+            f.child(f.cost, *answered).inc((sum(inputs) * per_input + sum(outputs) * per_output) / 1e6)
 
     def stream_timing(self, route: Route, provider: Provider, first_chunk: float,
                       per_output_token: float | None) -> None:
@@ -311,6 +319,13 @@ class _Pending:
             self.child.inc(self.total)
         if self.observed:
             observe_all(self.child, self.observed)
+
+
+def _observe(child: Any, amounts: list[float]) -> None:
+    if isinstance(child, _Pending):
+        child.observed.extend(amounts)
+    else:
+        observe_all(child, amounts)
 
 
 def observe_all(histogram: Any, amounts: list[float]) -> None:
