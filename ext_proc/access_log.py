@@ -2,7 +2,7 @@
 
 A request on the lane (see control_plane/passthrough.py) is served by Envoy
 alone; ext_proc hears of it afterwards, when Envoy sends its access log entry
-(in batches, every quarter second or 1 MiB). Each lane entry is counted as
+(in batches, every quarter second or 64 KiB). Each lane entry is counted as
 the router and upstream steps count the other routes' requests: by outcome,
 with its duration and the gateway's own share of it, a failover, and the
 token usage and cost Envoy read from the answer (json_to_metadata).
