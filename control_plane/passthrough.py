@@ -7,7 +7,7 @@ is an OpenAI-type provider's own model name needs none of that. For such a
 request Envoy, alone:
 
 - reads ``model`` and ``stream`` from the body (``json_to_metadata``) and picks a
-  lane route on them, which names the model's chain cluster;
+  lane route on them;
 - sends it to the lane's own cluster, ``lane.<first>``: the same providers in the
   same order as the model's chain cluster, but its per-attempt filter injects
   the key of the provider each attempt goes to (``credential_injector`` with the
