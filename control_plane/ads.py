@@ -28,6 +28,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, message
 
 from control_plane.snapshot import PUSH_ORDER, Snapshot
+from hapax import wire
 from hapax.v1 import runtime_pb2
 
 log = logging.getLogger("hapax.control_plane.ads")
@@ -35,8 +36,8 @@ log = logging.getLogger("hapax.control_plane.ads")
 # Types whose subscribers get every resource regardless of the names they ask
 # for (an empty name list is a wildcard in SotW for every type).
 WILDCARD = "*"
-STATUS = "type.googleapis.com/hapax.v1.ConfigStatus"
-STATUS_NAME = "hapax"
+STATUS = wire.STATUS_TYPE_URL
+STATUS_NAME = wire.STATUS_NAME
 
 
 class SnapshotCache:

@@ -27,6 +27,7 @@ import yaml
 
 from control_plane.pricing import DEFAULT_PRICES, ModelPrice
 from control_plane.tls import Certificate, CertificateError, load_certificate
+from hapax import wire
 
 __all__ = [
     "DEFAULT_BASE_URLS",
@@ -52,14 +53,14 @@ __all__ = [
 ]
 
 PROVIDER_TYPES = ("anthropic", "ollama", "openai")
-HANDLERS = ("chat", "completion", "embeddings", "models")
+HANDLERS = tuple(handler.value for handler in wire.Handler)
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
     "ollama": "http://localhost:11434",
 }
 DEFAULT_TIMEOUT = 60.0
-HEALTH_PATH = "/health"
+HEALTH_PATH = wire.HEALTH_PATH
 
 # Hapax sets these labels itself on every series; a route may not override them.
 RESERVED_LABELS = ("provider", "model", "route", "status", "status_class", "outcome", "handler",

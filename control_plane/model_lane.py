@@ -48,13 +48,11 @@ from control_plane.passthrough import (
     body_routed,
     model_owners,
 )
+from hapax import wire
 
-MODEL_LANE = "model"
-HANDLERS = frozenset({"chat", "completion", "embeddings"})  # the APIs whose body names a model
-# Read by the upstream step (ext_proc/processor.py), removed before the provider.
-START_HEADER = "x-hapax-start"
-VERSION_HEADER = "x-hapax-version"
-USAGE_HEADER = "x-hapax-usage"  # "true" when a stream's client asked for the usage chunk
+MODEL_LANE = wire.Lane.MODEL
+# The APIs whose body names a model.
+HANDLERS = frozenset({wire.Handler.CHAT, wire.Handler.COMPLETION, wire.Handler.EMBEDDINGS})
 
 
 def model_routes(config: HapaxConfig, handler: str, base: route_components_pb2.Route, version: str,
@@ -69,11 +67,12 @@ def model_routes(config: HapaxConfig, handler: str, base: route_components_pb2.R
             route.name += ":stream" if stream else ""
             # What Envoy read of the body, for the upstream step to tell whether it must rewrite it.
             route.metadata.filter_metadata[METADATA_NAMESPACE].update(
-                {"model": model, "stream": "true" if stream else "false"})
+                {wire.RouteKey.MODEL: model, wire.RouteKey.STREAM: "true" if stream else "false"})
             route.request_headers_to_add.extend([
-                _set(START_HEADER, "%START_TIME(%s.%6f)%"),  # unix time, as the router step writes it
-                *([_set(VERSION_HEADER, version)] if version else []),
-                *([_set(USAGE_HEADER, f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:include_usage)%")] if stream else []),
+                _set(wire.START_HEADER, "%START_TIME(%s.%6f)%"),  # unix time, as the router step writes it
+                *([_set(wire.VERSION_HEADER, version)] if version else []),
+                *([_set(wire.USAGE_HEADER, f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:include_usage)%")]
+                  if stream else []),
             ])
             yield route
 

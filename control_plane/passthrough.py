@@ -63,25 +63,19 @@ from control_plane.cel import MetadataEquals, all_of
 from control_plane.chains import attempts, chain_cluster_name, chain_order
 from control_plane.config import HapaxConfig, ProviderConfig
 from control_plane.xds import ads, pack
+from hapax import wire
 
-LANE = "passthrough"
-METADATA_NAMESPACE = "hapax"
-# Dynamic metadata json_to_metadata writes: what the lane routes on, what the answer used.
+LANE = wire.Lane.PASSTHROUGH
+METADATA_NAMESPACE = wire.METADATA_NAMESPACE
+# Dynamic metadata json_to_metadata writes of the request: what the lane routes on (what it
+# writes of the answer, the usage, is ext_proc's to read: wire.USAGE_NAMESPACE).
 REQUEST_NAMESPACE = "hapax.request"
-USAGE_NAMESPACE = "hapax.usage"
 JSON_TO_METADATA_FILTER = "hapax.json_to_metadata"
 LANE_FILTER = "hapax.passthrough"
 LANE_CLUSTER_PREFIX = "lane."
 # The OpenAI API path of each handler the lane serves, under the provider's base path.
-HANDLER_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
-# What the access log tags each entry with, for ext_proc's metrics.
-TAG_LANE, TAG_ROUTE, TAG_PROVIDER = "lane", "route", "provider"
-ACCESS_LOG_NAME = "hapax"
+HANDLER_PATHS = {handler: wire.OPENAI_PATHS[handler] for handler in (wire.Handler.CHAT, wire.Handler.EMBEDDINGS)}
 ALS_BUFFER_BYTES = 64 * 1024
-# Headers a client may send that must not reach a provider (credentials) or
-# that the gateway sets itself between its steps.
-REMOVED_REQUEST_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization",
-                           "x-hapax-chain", "x-hapax-version", "x-hapax-start", "x-hapax-usage")
 _JSON = regex_pb2.RegexMatcher(regex=r"^application/json(;.*)?$")
 
 
@@ -176,8 +170,8 @@ def json_to_metadata_filter() -> hcm_pb2.HttpFilter:
             ]),
         response_rules=JTM.MatchRules(
             allow_content_types_regex=_JSON,
-            rules=[rule(["usage", "prompt_tokens"], USAGE_NAMESPACE, "prompt_tokens"),
-                   rule(["usage", "completion_tokens"], USAGE_NAMESPACE, "completion_tokens")]),
+            rules=[rule(["usage", key], wire.USAGE_NAMESPACE, key)
+                   for key in (wire.PROMPT_TOKENS, wire.COMPLETION_TOKENS)]),
     )
     return hcm_pb2.HttpFilter(name=JSON_TO_METADATA_FILTER, typed_config=pack(config))
 
@@ -217,8 +211,8 @@ def body_routed(config: HapaxConfig, base: route_components_pb2.Route, lane: str
     action.ClearField("cluster_header")
     action.cluster = chain_cluster_name(first)
     action.retry_policy.num_retries.value = attempts(config, first) - 1
-    route.request_headers_to_remove.extend(REMOVED_REQUEST_HEADERS)
-    route.metadata.filter_metadata[METADATA_NAMESPACE].update({"lane": lane})
+    route.request_headers_to_remove.extend(wire.REMOVED_REQUEST_HEADERS)
+    route.metadata.filter_metadata[METADATA_NAMESPACE].update({wire.RouteKey.LANE: lane})
     route.typed_per_filter_config.clear()
     for name, config_any in disabled_ext_proc.items():
         route.typed_per_filter_config[name].CopyFrom(config_any)
@@ -273,7 +267,7 @@ def _grpc_log(grpc_cluster: str) -> als_pb2.CommonGrpcAccessLogConfig:
     route_kind = metadata_kind_pb2.MetadataKind(route=metadata_kind_pb2.MetadataKind.Route())
     host_kind = metadata_kind_pb2.MetadataKind(host=metadata_kind_pb2.MetadataKind.Host())
     return als_pb2.CommonGrpcAccessLogConfig(
-        log_name=ACCESS_LOG_NAME,
+        log_name=wire.ACCESS_LOG_NAME,
         grpc_service=grpc_service_pb2.GrpcService(
             envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=grpc_cluster)),
         transport_api_version=config_source_pb2.V3,
@@ -284,8 +278,9 @@ def _grpc_log(grpc_cluster: str) -> als_pb2.CommonGrpcAccessLogConfig:
         # 64 KiB 0.017-0.022 ms, 11.0 ms; 1 MiB (a quarter second's entries in one message)
         # 0.013 ms but 14 ms, and p50 +1 ms: Envoy writes a whole flush at once.
         buffer_size_bytes=wrappers_pb2.UInt32Value(value=ALS_BUFFER_BYTES),
-        custom_tags=[tag(TAG_LANE, route_kind, "lane"), tag(TAG_ROUTE, route_kind, "route"),
-                     tag(TAG_PROVIDER, host_kind, "provider")],
+        custom_tags=[tag(wire.LogTag.LANE, route_kind, wire.RouteKey.LANE),
+                     tag(wire.LogTag.ROUTE, route_kind, wire.RouteKey.ROUTE),
+                     tag(wire.LogTag.PROVIDER, host_kind, wire.HOST_PROVIDER_KEY)],
     )
 
 
@@ -296,7 +291,7 @@ def upstream_filter(config: HapaxConfig, lane: LaneModel, translate: hcm_pb2.Htt
     """The lane cluster's per-attempt filter: an attempt to a lane provider gets its key from Envoy,
     any other (a provider the body would have to be rewritten for) goes to ``translate``."""
     matchers = [matcher_pb2.Matcher.MatcherList.FieldMatcher(
-        predicate=_cel_predicate(MetadataEquals("upstream_host_metadata", METADATA_NAMESPACE, "provider", name)),
+        predicate=_cel_predicate(MetadataEquals("upstream_host_metadata", METADATA_NAMESPACE, wire.HOST_PROVIDER_KEY, name)),
         on_match=_execute(f"{LANE}.{name}", _injector(config.providers[name])),
     ) for name in lane.providers]
     matcher = matcher_pb2.Matcher(

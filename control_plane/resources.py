@@ -89,28 +89,30 @@ from control_plane.config import HapaxConfig, ProviderConfig, RouteConfig
 from control_plane.pricing import price_for
 from control_plane.tls import Certificate
 from control_plane.xds import ads, duration, pack
+from hapax import wire
 from hapax.v1 import runtime_pb2
 
-LISTENER_NAME = "hapax_http"
-METRICS_LISTENER_NAME = "hapax_metrics"
+LISTENER_NAME = wire.LISTENER
+METRICS_LISTENER_NAME = wire.METRICS_LISTENER
 ROUTE_CONFIG_NAME = "hapax_routes"
 EXT_PROC_CLUSTER = "hapax_ext_proc"
 EXT_PROC_HTTP_CLUSTER = "hapax_ext_proc_http"
-RUNTIME_NAME = "hapax"
-CHAIN_HEADER = "x-hapax-chain"
 EXT_PROC_FILTER = "hapax.ext_proc"
 # A different name on purpose: per-route overrides are keyed by filter name and
 # Envoy applies them to upstream filters too; the routes' overrides are meant
 # for the router-level step only.
 UPSTREAM_EXT_PROC_FILTER = "hapax.ext_proc.upstream"
-METADATA_NAMESPACE = "hapax"
-HEALTH_PATH = "/health"
+METADATA_NAMESPACE = wire.METADATA_NAMESPACE
+HEALTH_PATH = wire.HEALTH_PATH
+# The provider an attempt went to, in Envoy's substitution format.
+UPSTREAM_PROVIDER = f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{wire.HOST_PROVIDER_KEY})%"
 # Bodies above this get Envoy's 413, rewritten to OpenAI error JSON by the
 # local reply config. (BUFFERED_PARTIAL would let ext_proc answer it, but it can
 # release the headers to the router before the body step names the chain.)
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
-HANDLER_METHODS = {"chat": "POST", "completion": "POST", "embeddings": "POST", "models": "GET"}
+HANDLER_METHODS = {wire.Handler.CHAT: "POST", wire.Handler.COMPLETION: "POST", wire.Handler.EMBEDDINGS: "POST",
+                   wire.Handler.MODELS: "GET"}
 
 
 @dataclass(frozen=True)
@@ -209,10 +211,6 @@ def _authority(host: str, port: int, tls: bool) -> str:
     return name if port == (443 if tls else 80) else f"{name}:{port}"
 
 
-def provider_health_path(provider: str) -> str:
-    return f"/providers/{provider}/health"
-
-
 # How often Envoy asks ext_proc for its verdict; the verdict itself follows the
 # provider's health_check settings, so Envoy takes it as it is (thresholds 1).
 VERDICT_POLL_SECONDS = 1.0
@@ -228,7 +226,7 @@ def _verdict_health_check(provider: ProviderConfig) -> health_check_pb2.HealthCh
         unhealthy_threshold=wrappers_pb2.UInt32Value(value=1),
         healthy_threshold=wrappers_pb2.UInt32Value(value=1),
         http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(
-            host="hapax-ext-proc", path=provider_health_path(provider.name)),
+            host="hapax-ext-proc", path=wire.provider_verdict_path(provider.name)),
     )
     # The verdict comes from ext_proc over plain HTTP, even for a TLS provider.
     check.transport_socket_match_criteria.update({PLAINTEXT_MATCH: True})
@@ -276,7 +274,7 @@ def provider_cluster(provider: ProviderConfig, verdict: Address) -> cluster_pb2.
     host, port, tls = _provider_endpoint(provider)
     name = provider_cluster_name(provider.name)
     endpoint_metadata = base_pb2.Metadata()
-    endpoint_metadata.filter_metadata[METADATA_NAMESPACE].update({"provider": provider.name})
+    endpoint_metadata.filter_metadata[METADATA_NAMESPACE].update({wire.HOST_PROVIDER_KEY: provider.name})
     cluster = cluster_pb2.Cluster(
         name=name,
         alt_stat_name=_stat_name(name),
@@ -309,14 +307,14 @@ def provider_cluster(provider: ProviderConfig, verdict: Address) -> cluster_pb2.
 
 
 def _ext_proc_filter(
-    phase: str, mode: processing_mode_pb2.ProcessingMode, attributes: tuple[str, ...] = (),
+    phase: wire.Phase, mode: processing_mode_pb2.ProcessingMode, attributes: tuple[str, ...] = (),
     response_attributes: tuple[str, ...] = (),
 ) -> ext_proc_pb2.ExternalProcessor:
     return ext_proc_pb2.ExternalProcessor(
         grpc_service=grpc_service_pb2.GrpcService(
             envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=EXT_PROC_CLUSTER),
             timeout=_duration(5),
-            initial_metadata=[base_pb2.HeaderValue(key="x-hapax-phase", value=phase)],
+            initial_metadata=[base_pb2.HeaderValue(key=wire.PHASE_METADATA, value=phase)],
         ),
         processing_mode=mode,
         request_attributes=list(attributes),
@@ -349,8 +347,8 @@ def upstream_ext_proc_filter() -> hcm_pb2.HttpFilter:
     )
     # The status comes with the first answer message: a stream the step does not read the
     # headers of learns it from its first piece (ext_proc/processor.py: STREAM_AS_SENT).
-    flt = _ext_proc_filter("upstream", mode, ("xds.upstream_host_metadata", "xds.route_metadata"),
-                           ("response.code",))
+    flt = _ext_proc_filter(wire.Phase.UPSTREAM, mode, (wire.HOST_METADATA_ATTRIBUTE, wire.ROUTE_METADATA_ATTRIBUTE),
+                           (wire.STATUS_ATTRIBUTE,))
     return hcm_pb2.HttpFilter(name=UPSTREAM_EXT_PROC_FILTER, typed_config=pack(flt))
 
 
@@ -469,7 +467,8 @@ def _per_route_ext_proc(mode: processing_mode_pb2.ProcessingMode | None) -> dict
 def _route_metadata(route: RouteConfig) -> base_pb2.Metadata:
     md = base_pb2.Metadata()
     md.filter_metadata[METADATA_NAMESPACE].update(
-        {"handler": route.handler, "version": route.version, "route": route.path, **dict(route.metrics_labels)}
+        {wire.RouteKey.HANDLER: route.handler, wire.RouteKey.VERSION: route.version, wire.RouteKey.ROUTE: route.path,
+         **dict(route.metrics_labels)}
     )
     return md
 
@@ -544,7 +543,7 @@ def provider_route(config: HapaxConfig, route: RouteConfig,
     method = HANDLER_METHODS[route.handler]
     # The router step sees each request's final response headers (after every
     # retry, Envoy's own replies included): that is where requests are counted.
-    if route.handler == "models":
+    if route.handler == wire.Handler.MODELS:
         mode = PM(request_header_mode=PM.SEND, request_body_mode=PM.NONE,
                   response_header_mode=PM.SKIP, response_body_mode=PM.NONE)
     else:
@@ -556,7 +555,7 @@ def provider_route(config: HapaxConfig, route: RouteConfig,
         name=f"{route.handler}:{route.path}",
         match=route_components_pb2.RouteMatch(path=route.path, headers=_method_is(method)),
         route=route_components_pb2.RouteAction(
-            cluster_header=CHAIN_HEADER,
+            cluster_header=wire.CHAIN_HEADER,
             # Generations can stream for minutes: bound idleness, not total time.
             # Each attempt has its own idle limit; the client's stream may sit idle
             # through every attempt of the chain before the first byte.
@@ -703,7 +702,7 @@ def _status_is(status: int) -> matcher_pb2.Matcher.MatcherList.Predicate:
 def credential_rejected_filter() -> hcm_pb2.HttpFilter:
     body = struct_pb2.Struct()
     body.update({"error": {
-        "message": "The provider '%UPSTREAM_METADATA(hapax:provider)%' rejected the gateway's credentials "
+        "message": f"The provider '{UPSTREAM_PROVIDER}' rejected the gateway's credentials "
                    "(HTTP %RESPONSE_CODE%). This is a gateway configuration problem, not the client's: "
                    "check that provider's api_key.",
         "type": "server_error", "param": None, "code": "provider_auth_failed"}})
@@ -730,7 +729,7 @@ def router_ext_proc_filter() -> hcm_pb2.HttpFilter:
     mode = PM(request_header_mode=PM.SEND, request_body_mode=PM.NONE,
               response_header_mode=PM.SKIP, response_body_mode=PM.NONE,
               request_trailer_mode=PM.SKIP, response_trailer_mode=PM.SKIP)
-    return hcm_pb2.HttpFilter(name=EXT_PROC_FILTER, typed_config=pack(_ext_proc_filter("router", mode)))
+    return hcm_pb2.HttpFilter(name=EXT_PROC_FILTER, typed_config=pack(_ext_proc_filter(wire.Phase.ROUTER, mode)))
 
 
 # One JSON line per request on Envoy's stderr. No credentials, no bodies, no
@@ -745,10 +744,10 @@ _ACCESS_LOG_FIELDS = {
     "method": "%REQ(:METHOD)%",
     # The client's path, from the route (the request's :path is the provider's
     # once ext_proc has rewritten it); Envoy's own routes (404, /health) have none.
-    "path": f"%METADATA(ROUTE:{METADATA_NAMESPACE}:route)%",
+    "path": f"%METADATA(ROUTE:{METADATA_NAMESPACE}:{wire.RouteKey.ROUTE})%",
     "protocol": "%PROTOCOL%",
     "route": "%ROUTE_NAME%",
-    "provider": "%UPSTREAM_METADATA(hapax:provider)%",
+    "provider": UPSTREAM_PROVIDER,
     "upstream_cluster": "%UPSTREAM_CLUSTER%",
     "status": "%RESPONSE_CODE%",
     "response_flags": "%RESPONSE_FLAGS%",
@@ -830,7 +829,7 @@ def listener(config: HapaxConfig) -> listener_pb2.Listener:
 # secret version, taken by Envoy without touching the listeners.
 TLS_SECRET = "hapax_tls"
 HTTP3_TLS_SECRET = "hapax_http3_tls"
-HTTP3_LISTENER_NAME = "hapax_http3"
+HTTP3_LISTENER_NAME = wire.HTTP3_LISTENER
 ALT_SVC_MAX_AGE = 86400
 
 
@@ -931,10 +930,10 @@ def runtime(config: HapaxConfig, version: str) -> runtime_pb2.Runtime:
 
 def metrics_listener(config: HapaxConfig) -> listener_pb2.Listener:
     """``server.metrics_port``: GET /metrics, answered by ext_proc."""
-    routes = route_pb2.RouteConfiguration(name="hapax_metrics", virtual_hosts=[route_components_pb2.VirtualHost(
+    routes = route_pb2.RouteConfiguration(name=METRICS_LISTENER_NAME, virtual_hosts=[route_components_pb2.VirtualHost(
         name="metrics", domains=["*"], routes=[
             route_components_pb2.Route(
-                match=route_components_pb2.RouteMatch(path="/metrics", headers=_method_is("GET")),
+                match=route_components_pb2.RouteMatch(path=wire.METRICS_PATH, headers=_method_is("GET")),
                 route=route_components_pb2.RouteAction(cluster=EXT_PROC_HTTP_CLUSTER, timeout=_duration(10))),
             route_components_pb2.Route(
                 match=route_components_pb2.RouteMatch(prefix="/"),
@@ -943,7 +942,7 @@ def metrics_listener(config: HapaxConfig) -> listener_pb2.Listener:
                 response_headers_to_add=_json_headers()),
         ])])
     hcm = hcm_pb2.HttpConnectionManager(
-        stat_prefix="hapax_metrics",
+        stat_prefix=METRICS_LISTENER_NAME,
         route_config=routes,
         http_filters=[hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))],
     )

@@ -26,13 +26,14 @@ from google.protobuf import message
 from control_plane import passthrough
 from control_plane import resources as res
 from control_plane.config import HapaxConfig
+from hapax import wire
 from hapax.v1 import runtime_pb2
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-RUNTIME = "type.googleapis.com/hapax.v1.Runtime"
+RUNTIME = wire.RUNTIME_TYPE_URL
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 # Order in which a new version is pushed: clusters before the endpoints that fill
@@ -67,7 +68,7 @@ def make_snapshot(version: str, by_type: dict[str, list[message.Message]]) -> Sn
         ENDPOINT: lambda e: e.cluster_name,
         LISTENER: lambda lst: lst.name,
         ROUTE: lambda r: r.name,
-        RUNTIME: lambda _: res.RUNTIME_NAME,
+        RUNTIME: lambda _: wire.RUNTIME_NAME,
         SECRET: lambda secret: secret.name,
     }
     snap = Snapshot(

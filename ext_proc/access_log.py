@@ -34,16 +34,11 @@ from google.protobuf import struct_pb2
 from ext_proc.metrics import GatewayMetrics, outcome_for
 from ext_proc.provider_health import retry_after_seconds
 from ext_proc.runtime import Provider, Route, RuntimeView
+from hapax import wire
+from hapax.wire import Lane, LogTag
 
 log = logging.getLogger("hapax.ext_proc")
 
-# Set by the control plane on the lanes' routes and in json_to_metadata's rules.
-LANE = "passthrough"
-MODEL_LANE = "model"
-# How the gateway's own error answers are detailed (processor.error_response).
-GATEWAY_DETAILS_PREFIX = "hapax_"
-TAG_LANE, TAG_ROUTE, TAG_PROVIDER = "lane", "route", "provider"
-USAGE_NAMESPACE = "hapax.usage"
 
 
 class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
@@ -75,15 +70,15 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
     def count(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView | None,
               answers: dict[tuple[str, str, int, str], _Answers]) -> None:
         common = entry.common_properties
-        lane = common.custom_tags.get(TAG_LANE)
+        lane = common.custom_tags.get(LogTag.LANE)
         if common.access_log_type == accesslog_pb2.UpstreamEnd:
             # Holding off again is harmless: the model lane's upstream step reads the retry-after
             # too, except on a stream it sent as it is (whose answer's headers it does not read).
-            if lane in (LANE, MODEL_LANE):
+            if lane in (Lane.PASSTHROUGH, Lane.MODEL):
                 self._honour_retry_after(entry)
-        elif lane == LANE:
+        elif lane == Lane.PASSTHROUGH:
             self._count_answer(entry, view, answers, retries_counted=False)
-        elif lane == MODEL_LANE and not _delivered_stream(entry):
+        elif lane == Lane.MODEL and not _delivered_stream(entry):
             self._count_answer(entry, view, answers, retries_counted=True)
 
     def _count_answer(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView | None,
@@ -91,12 +86,12 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         """``retries_counted``: an upstream step saw every attempt and counted their retries."""
         common, tags = entry.common_properties, entry.common_properties.custom_tags
         status = entry.response.response_code.value
-        route = view.routes.get(tags.get(TAG_ROUTE, "")) if view is not None else None
+        route = view.routes.get(tags.get(LogTag.ROUTE, "")) if view is not None else None
         if route is None or status == 0:
             return  # a route gone with a newer version; a client gone before any answer (as the steps do)
         provider = None
-        if not entry.response.response_code_details.startswith(GATEWAY_DETAILS_PREFIX):
-            provider = view.providers.get(tags.get(TAG_PROVIDER, ""))  # else the gateway answered, not it
+        if not entry.response.response_code_details.startswith(wire.GATEWAY_DETAILS_PREFIX):
+            provider = view.providers.get(tags.get(LogTag.PROVIDER, ""))  # else the gateway answered, not it
         attempts = common.upstream_request_attempt_count or 1
         outcome = outcome_for(status, attempts)
         key = (route.path, provider.name if provider is not None else "", status, outcome)
@@ -113,17 +108,17 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         elif not retries_counted:
             # The log names only the provider that answered; in a chain of two, the one retry went there.
             alike.retries += attempts - 1
-        usage = common.metadata.filter_metadata.get(USAGE_NAMESPACE)
+        usage = common.metadata.filter_metadata.get(wire.USAGE_NAMESPACE)
         if usage is not None and 200 <= status < 300:
-            alike.inputs.append(_tokens(usage.fields.get("prompt_tokens")))
-            completion = usage.fields.get("completion_tokens")
+            alike.inputs.append(_tokens(usage.fields.get(wire.PROMPT_TOKENS)))
+            completion = usage.fields.get(wire.COMPLETION_TOKENS)
             if completion is not None and completion.HasField("number_value"):  # embeddings have none
                 alike.outputs.append(_tokens(completion))
 
     def _honour_retry_after(self, attempt: accesslog_pb2.HTTPAccessLogEntry) -> None:
         """An attempt the router logged for its 429 or 503 (control_plane/passthrough.py: hold_off_logger)."""
         retry_after = attempt.response.response_headers.get("retry-after", "")
-        provider = attempt.common_properties.custom_tags.get(TAG_PROVIDER, "")
+        provider = attempt.common_properties.custom_tags.get(LogTag.PROVIDER, "")
         seconds = retry_after_seconds(retry_after) if retry_after else None
         if seconds and provider and self.hold_off is not None:
             self.hold_off(provider, seconds)

@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.provider_health import ProviderHealth, ProviderProber
 from ext_proc.xds_client import RuntimeSubscription
+from hapax import wire
 
 
 def _provider_report(state: ProviderHealth | None) -> dict:
@@ -85,7 +86,7 @@ def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
                             headers={"content-type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", prometheus)
-    app.router.add_get("/providers/{name}/health", provider_verdict)
+    app.router.add_get(wire.HEALTH_PATH, health)
+    app.router.add_get(wire.METRICS_PATH, prometheus)
+    app.router.add_get(wire.PROVIDER_VERDICT_PATH, provider_verdict)
     return app

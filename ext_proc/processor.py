@@ -40,7 +40,6 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2, text_format
 
 from ext_proc import client_request
-from ext_proc.access_log import LANE, MODEL_LANE
 from ext_proc.client_request import AUTO_MODELS, ClientRequest
 from ext_proc.errors import GatewayError, invalid
 from ext_proc.metrics import (
@@ -62,29 +61,35 @@ from ext_proc.providers import (
 from ext_proc.providers.base import COMPLETED
 from ext_proc.runtime import Provider, Route, RuntimeView
 from ext_proc.shapes import ChainedStage, TextCompletionStage
+from hapax import wire
+from hapax.wire import (
+    ANSWER_ATTEMPT_HEADER,
+    ATTEMPT_HEADER,
+    CHAIN_HEADER,
+    CLIENT_CREDENTIAL_HEADERS,
+    EXT_PROC_ATTRIBUTES,
+    HOST_METADATA_ATTRIBUTE,
+    PROVIDER_HEADER,
+    REQUEST_ID_HEADER,
+    ROUTE_METADATA_ATTRIBUTE,
+    START_HEADER,
+    STEP_REQUEST_HEADERS,
+    STEP_RESPONSE_HEADERS,
+    UPSTREAM_SECONDS_HEADER,
+    USAGE_HEADER,
+    VERSION_HEADER,
+    Handler,
+    Lane,
+    Phase,
+    RouteKey,
+)
 
 log = logging.getLogger("hapax.ext_proc")
 
-CHAIN_HEADER = "x-hapax-chain"
-# Credentials a client may send to the gateway; none of them may reach a provider.
 # Provider answers that mean the gateway's key was refused; the client gets a 502.
 CREDENTIAL_REJECTED = (401, 403)
-CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
-EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
-HOST_METADATA = "xds.upstream_host_metadata"
-ROUTE_METADATA = "xds.route_metadata"
-REQUEST_ID_HEADER = "x-request-id"  # Envoy's; its access log line carries it too
-ATTEMPT_HEADER = "x-envoy-attempt-count"  # set by Envoy on each attempt (include_request_attempt_count)
-# What the two steps tell each other through Envoy (both removed before leaving it):
-START_HEADER = "x-hapax-start"  # request: when the router step first saw it (unix time)
-VERSION_HEADER = "x-hapax-version"  # request: the runtime version it started under
 # How an event stream's first piece begins (a field name of text/event-stream, or a comment).
 SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
-USAGE_HEADER = "x-hapax-usage"  # request, model lane: "true" if a stream's client asked for the usage chunk
-PROVIDER_HEADER = "x-hapax-provider"  # response: which provider answered...
-ANSWER_ATTEMPT_HEADER = "x-hapax-attempt"  # ...at which attempt...
-UPSTREAM_SECONDS_HEADER = "x-hapax-upstream-seconds"  # ...and how long it took to its response headers
-STEP_RESPONSE_HEADERS = (PROVIDER_HEADER, ANSWER_ATTEMPT_HEADER, UPSTREAM_SECONDS_HEADER)
 
 PM = processing_mode_pb2.ProcessingMode
 # Every attempt's response headers reach the upstream step (status, retry-after);
@@ -154,13 +159,12 @@ def immediate(status: int, body: bytes, details: str, content_type: str = "appli
 
 
 def error_response(err: GatewayError) -> pb.ProcessingResponse:
-    return immediate(err.status, err.body(), f"hapax_{err.code or err.type}")
+    return immediate(err.status, err.body(), f"{wire.GATEWAY_DETAILS_PREFIX}{err.code or err.type}")
 
 
 def _stale_headers(set_headers: dict[str, str]) -> tuple[str, ...]:
     """What the steps told each other, and another provider's attempt set, that this attempt does not set."""
-    return tuple(h for h in (CHAIN_HEADER, ATTEMPT_HEADER, START_HEADER, VERSION_HEADER, USAGE_HEADER,
-                             *PROVIDER_HEADERS) if h not in set_headers)
+    return tuple(h for h in (ATTEMPT_HEADER, *STEP_REQUEST_HEADERS, *PROVIDER_HEADERS) if h not in set_headers)
 
 
 def _continue_headers(common: pb.CommonResponse | None = None) -> pb.ProcessingResponse:
@@ -169,17 +173,17 @@ def _continue_headers(common: pb.CommonResponse | None = None) -> pb.ProcessingR
 
 @lru_cache(maxsize=1024)
 def hapax_metadata(text: str) -> dict[str, str]:
-    """The ``hapax`` namespace of an Envoy metadata attribute (text-format proto)."""
+    """The gateway's namespace of an Envoy metadata attribute (text-format proto)."""
     if not text:
         return {}
     md = base_pb2.Metadata()
     text_format.Parse(text, md)
-    ns = md.filter_metadata.get("hapax")
+    ns = md.filter_metadata.get(wire.METADATA_NAMESPACE)
     return {} if ns is None else {k: v.string_value for k, v in ns.fields.items()}
 
 
 def provider_from_host_metadata(text: str) -> str:
-    return hapax_metadata(text).get("provider", "")
+    return hapax_metadata(text).get(wire.HOST_PROVIDER_KEY, "")
 
 
 def _attribute_value(attributes, name: str) -> struct_pb2.Value | None:
@@ -196,7 +200,7 @@ def _attribute(attributes, name: str) -> str:
 
 def _status_attribute(attributes) -> int:
     """The answer's status (``response.code``, sent with the first message of the answer)."""
-    value = _attribute_value(attributes, "response.code")
+    value = _attribute_value(attributes, wire.STATUS_ATTRIBUTE)
     return int(value.number_value) if value is not None else 0
 
 
@@ -232,10 +236,10 @@ class RouterStep:
         self.route, self.handler = route, route.handler
         if self.metrics is not None:
             self.metrics.request_started(route)
-        if route.handler == "models":
+        if route.handler == Handler.MODELS:
             self._count(200, None, SUCCESS)
             self.done = True
-            return immediate(200, self.view.models_json, "hapax_models")
+            return immediate(200, self.view.models_json, f"{wire.GATEWAY_DETAILS_PREFIX}models")
         if msg.end_of_stream:
             raise invalid("The request body is empty; expected a JSON object.", code="invalid_json")
         return _continue_headers()
@@ -248,7 +252,7 @@ class RouterStep:
         # with the request.
         attempts = self.view.max_attempts or max(self.view.chain_length.get(chain, 1), 2)
         retries = attempts - 1
-        set_headers = {CHAIN_HEADER: chain, "x-envoy-max-retries": str(retries), VERSION_HEADER: self.view.version,
+        set_headers = {CHAIN_HEADER: chain, wire.MAX_RETRIES_HEADER: str(retries), VERSION_HEADER: self.view.version,
                        START_HEADER: f"{time.time() - (time.monotonic() - self.started):.6f}"}
         # The body itself is left alone here: the upstream step rewrites it for
         # the provider anyway. (A multi-MB body mutation at this step crashed
@@ -351,10 +355,10 @@ class UpstreamStep:
         headers = header_map(msg)  # one pass over the headers, not one per header read
         self.view = self.view_for(headers.get(VERSION_HEADER, "")) or self.view
         self.provider = self._provider(attributes)
-        route_md = hapax_metadata(_attribute(attributes, ROUTE_METADATA))
-        self.handler = route_md.get("handler", "")
-        self.route = self.view.routes.get(route_md.get("route", ""))
-        self.lane = route_md.get("lane", "")
+        route_md = hapax_metadata(_attribute(attributes, ROUTE_METADATA_ATTRIBUTE))
+        self.handler = route_md.get(RouteKey.HANDLER, "")
+        self.route = self.view.routes.get(route_md.get(RouteKey.ROUTE, ""))
+        self.lane = route_md.get(RouteKey.LANE, "")
         attempt = headers.get(ATTEMPT_HEADER, "")
         self.attempt = int(attempt) if attempt.isdigit() else 1
         self.request_id = headers.get(REQUEST_ID_HEADER, "")
@@ -363,10 +367,10 @@ class UpstreamStep:
             self.request_start = float(start) if start else self.request_start
         except ValueError:
             pass
-        if self.metrics is not None and self.route is not None and self.lane != LANE:
+        if self.metrics is not None and self.route is not None and self.lane != Lane.PASSTHROUGH:
             if self.attempt > 1:
                 self.metrics.retried(self.route, self.provider)
-            if self.lane == MODEL_LANE:  # no router step counts it in flight
+            if self.lane == Lane.MODEL:  # no router step counts it in flight
                 self.metrics.request_started(self.route)
                 self.in_flight = True
         translator = translator_for(self.provider.type)
@@ -378,8 +382,8 @@ class UpstreamStep:
     def _body_as_sent(self, route_md: dict, include_usage: bool) -> pb.ProcessingResponse | None:
         """On the model lane, what Envoy read of the body may show the provider takes it as it is:
         then only the path and headers change, and the body is not sent here."""
-        model, stream = route_md.get("model"), route_md.get("stream")
-        if self.lane != MODEL_LANE or not model or stream not in ("true", "false"):
+        model, stream = route_md.get(RouteKey.MODEL), route_md.get(RouteKey.STREAM)
+        if self.lane != Lane.MODEL or not model or stream not in ("true", "false"):
             return None
         assert self.provider is not None
         req = ClientRequest.as_read(self.handler, model, stream == "true", include_usage)
@@ -543,7 +547,7 @@ class UpstreamStep:
             self.hold_off(self.provider.name, seconds)
 
     def _provider(self, attributes) -> Provider:
-        name = provider_from_host_metadata(_attribute(attributes, HOST_METADATA))
+        name = provider_from_host_metadata(_attribute(attributes, HOST_METADATA_ATTRIBUTE))
         provider = self.view.providers.get(name)
         if provider is None:
             raise GatewayError(502, f"The gateway routed to an unknown provider endpoint ({name or 'no metadata'}); "
@@ -553,7 +557,7 @@ class UpstreamStep:
     def _response_stage(self, req: ClientRequest) -> ResponseStage | None:
         assert self.provider is not None
         stage = translator_for(self.provider.type).response(req, self.provider)
-        if req.handler != "completion":
+        if req.handler != Handler.COMPLETION:
             return stage
         shape = TextCompletionStage()
         return shape if stage is None else ChainedStage(stage, shape)
@@ -573,11 +577,11 @@ class Processor(pb_grpc.ExternalProcessorServicer):
         self.view_for = view_for
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest], context):
-        phase = dict(context.invocation_metadata()).get("x-hapax-phase", "router")
+        phase = dict(context.invocation_metadata()).get(wire.PHASE_METADATA, Phase.ROUTER)
         view = self.current_view()
         step: RouterStep | UpstreamStep | None = None
         if view is not None:
-            step = (RouterStep(view, self.metrics) if phase == "router"
+            step = (RouterStep(view, self.metrics) if phase == Phase.ROUTER
                     else UpstreamStep(view, self.metrics, self.hold_off, self.view_for))
         try:
             async for request in request_iterator:

@@ -22,10 +22,11 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
 from ext_proc.runtime import InvalidRuntime, RuntimeView
+from hapax import wire
 from hapax.v1 import runtime_pb2
 
-RUNTIME_TYPE = "type.googleapis.com/hapax.v1.Runtime"
-STATUS_TYPE = "type.googleapis.com/hapax.v1.ConfigStatus"
+RUNTIME_TYPE = wire.RUNTIME_TYPE_URL
+STATUS_TYPE = wire.STATUS_TYPE_URL
 INVALID_ARGUMENT = 3
 RECENT_VERSIONS = 16
 

@@ -30,7 +30,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hapax import logs
+from hapax import logs, wire
 from hapax.envoy_process import envoy_binary, render_bootstrap
 
 log = logging.getLogger("hapax.supervisor")
@@ -39,7 +39,7 @@ READY_TIMEOUT = 60.0
 # Envoy's own log lines in the shape of Hapax's JSON lines (hapax/logs.py).
 ENVOY_JSON_LOG_FORMAT = '{"ts":"%Y-%m-%dT%T.%eZ","level":"%l","component":"envoy","logger":"%n","msg":"%j"}'
 STOP_ORDER = ("envoy", "ext_proc", "control_plane")
-LISTENERS = ("hapax_http", "hapax_metrics")
+LISTENERS = (wire.LISTENER, wire.METRICS_LISTENER)
 STOP_GRACE = 5.0
 
 
@@ -180,8 +180,8 @@ class Supervisor:
             await self._wait_ext_proc_configured(worker)
         host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
         scheme = "https" if config.server.tls is not None else "http"
-        self.listen_url = f"{scheme}://{host}:{ports['hapax_http']}"
-        self.metrics_url = f"http://{host}:{ports['hapax_metrics']}/metrics"
+        self.listen_url = f"{scheme}://{host}:{ports[wire.LISTENER]}"
+        self.metrics_url = f"http://{host}:{ports[wire.METRICS_LISTENER]}{wire.METRICS_PATH}"
         self._print_ready(config, control_plane.ready.get("version", ""))
 
     async def _start_ext_procs(self, count: int, xds_port: int) -> list[Child]:
@@ -253,7 +253,7 @@ class Supervisor:
         backs off while the control plane starts), and answers every request with
         503 until its first configuration arrives.
         """
-        url = f"http://{ext_proc.ready['http']}/health"
+        url = f"http://{ext_proc.ready['http']}{wire.HEALTH_PATH}"
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             for child in self.children:
@@ -313,7 +313,7 @@ class Supervisor:
         lines = [
             "Hapax is ready.",
             f"  OpenAI API:   {self.listen_url}/v1",
-            f"  Health:       {self.listen_url}/health",
+            f"  Health:       {self.listen_url}{wire.HEALTH_PATH}",
             f"  Metrics:      {self.metrics_url}",
             *([f"  HTTP/3:       udp port {config.server.http3_port} (QUIC)"] if config.server.http3.enabled else []),
             f"  Envoy admin:  {self.admin_url} (loopback only)",

@@ -80,7 +80,7 @@ def test_routes_carry_the_department_route_and_gateway_routes():
     # The ordinary route, after the lanes' variants of it (which Envoy picks from the body).
     marketing = next(r for r in routes if r.match.path == "/v1/marketing/completions" and r.HasField("route")
                      and not r.match.dynamic_metadata)
-    assert marketing.route.cluster_header == res.CHAIN_HEADER
+    assert marketing.route.cluster_header == "x-hapax-chain"
     assert marketing.metadata.filter_metadata["hapax"]["department"] == "marketing"
 
 
@@ -120,13 +120,13 @@ def test_api_keys_reach_ext_proc_and_envoy_sds_secrets_never_other_envoy_resourc
             blob = msg.SerializeToString()
             for secret in SECRETS.values():
                 assert secret.encode() not in blob, f"{secret} leaked into {type_url}"
-    runtime = snap.of_type(RUNTIME)[res.RUNTIME_NAME]
+    runtime = snap.of_type(RUNTIME)["hapax"]
     assert {p.name: p.api_key for p in runtime.providers} == {
         "anthropic": SECRETS["ANTHROPIC_API_KEY"], "openai": SECRETS["OPENAI_API_KEY"]}
 
 
 def test_runtime_names_chains_in_preference_order():
-    runtime = seed_snapshot(MIXED).of_type(RUNTIME)[res.RUNTIME_NAME]
+    runtime = seed_snapshot(MIXED).of_type(RUNTIME)["hapax"]
     assert [c.cluster for c in runtime.chains] == ["chain.openai", "chain.claude", "chain.local"]
     assert list(runtime.chains[2].providers) == ["local", "openai", "claude"]
 

@@ -24,8 +24,9 @@ from ext_proc.providers.base import (
 from ext_proc.providers.openai_chunks import DONE, error_event
 from ext_proc.runtime import Provider
 from ext_proc.sse import SseParser, encode
+from hapax import wire
 
-PATHS = {"chat": "/chat/completions", "completion": "/chat/completions", "embeddings": "/embeddings"}
+PATHS = wire.OPENAI_PATHS
 
 
 class OpenAITranslator(Translator):
@@ -56,7 +57,7 @@ class OpenAITranslator(Translator):
         return OpenAIResponseStage(include_usage=req.include_usage)
 
     def health_probe(self, provider: Provider) -> ProviderRequest:
-        return ProviderRequest(path=provider.base_path + "/models", body=b"", set_headers=_credentials(provider))
+        return ProviderRequest(path=provider.base_path + wire.OPENAI_MODELS_PATH, body=b"", set_headers=_credentials(provider))
 
 
 def _credentials(provider: Provider) -> dict[str, str]:

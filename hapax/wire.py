@@ -1,0 +1,186 @@
+"""The contract between the control plane, Envoy and ext_proc: every name that crosses a process.
+
+The control plane writes Envoy's configuration and ext_proc's runtime; Envoy
+carries headers and metadata from one ext_proc step to the next; ext_proc reads
+them. Each name below is written by one side and read by another, so it is
+spelled here once and both sides import it (as Envoy AI Gateway's
+``internalapi`` does). ``tests/unit/test_architecture.py`` fails if one of these
+literals is written out anywhere else in the gateway's code.
+
+Each entry says who writes it and who reads it. "route" means a route Envoy
+gets from the control plane; "router step" and "upstream step" are ext_proc's
+two steps (``ext_proc/steps/``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+# ---------------------------------------------------------------- ext_proc's two steps
+
+
+class Phase(StrEnum):
+    """Which step an ext_proc gRPC stream is for.
+
+    Written: the control plane, as the ext_proc filter's gRPC initial metadata
+    (``PHASE_METADATA``). Read: ext_proc, to pick the step.
+    """
+
+    ROUTER = "router"      # once per request, in the HTTP connection manager
+    UPSTREAM = "upstream"  # once per attempt, in the chain cluster's upstream filters
+
+
+PHASE_METADATA = "x-hapax-phase"
+
+# ---------------------------------------------------------------- request headers between the steps
+
+# Written: the router step. Read: the route's ``cluster_header`` (Envoy picks the chain cluster).
+CHAIN_HEADER = "x-hapax-chain"
+# Unix time the request started. Written: the router step, or a body-routed lane's route
+# (``%START_TIME%``). Read: the upstream step (request duration, time to first byte).
+START_HEADER = "x-hapax-start"
+# The runtime version the request started under. Written: the router step, or a model-lane
+# route. Read: the upstream step, so every attempt uses one version.
+VERSION_HEADER = "x-hapax-version"
+# "true" when a stream's client asked for the usage chunk. Written: a model-lane stream route,
+# from what Envoy read of the body. Read: the upstream step (can the body go as sent?).
+USAGE_HEADER = "x-hapax-usage"
+# Envoy's own. Written: the router step (the request's chain length). Read: Envoy's router.
+MAX_RETRIES_HEADER = "x-envoy-max-retries"
+# Envoy's own. Written: Envoy on each attempt (the route's ``include_request_attempt_count``,
+# set by the control plane). Read: the upstream step (first attempt or retry).
+ATTEMPT_HEADER = "x-envoy-attempt-count"
+# Envoy's own. Written: Envoy. Read: ext_proc's log lines and Envoy's access log.
+REQUEST_ID_HEADER = "x-request-id"
+
+# What the gateway tells itself between steps: never from a client, never to a provider.
+STEP_REQUEST_HEADERS = (CHAIN_HEADER, VERSION_HEADER, START_HEADER, USAGE_HEADER)
+# Credentials a client may send to the gateway; none of them may reach a provider.
+# Removed by: the router step, and every body-routed lane route.
+CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
+# What a route that skips the router step removes from the client's request itself.
+REMOVED_REQUEST_HEADERS = (*CLIENT_CREDENTIAL_HEADERS, *STEP_REQUEST_HEADERS)
+
+# ---------------------------------------------------------------- response headers between the steps
+
+# Written: the upstream step on each attempt's answer. Read and removed: the router step
+# (it counts the request once its answer is final).
+PROVIDER_HEADER = "x-hapax-provider"  # which provider answered...
+ANSWER_ATTEMPT_HEADER = "x-hapax-attempt"  # ...at which attempt...
+UPSTREAM_SECONDS_HEADER = "x-hapax-upstream-seconds"  # ...and how long it took to its headers
+STEP_RESPONSE_HEADERS = (PROVIDER_HEADER, ANSWER_ATTEMPT_HEADER, UPSTREAM_SECONDS_HEADER)
+
+# ---------------------------------------------------------------- Envoy metadata
+
+# The filter-metadata namespace of the gateway's routes and provider endpoints.
+# Written: the control plane. Read: ext_proc (``xds.*_metadata`` attributes), Envoy's access logs.
+METADATA_NAMESPACE = "hapax"
+
+
+class RouteKey(StrEnum):
+    """Keys of a route's ``hapax`` metadata (besides the route's metrics labels)."""
+
+    HANDLER = "handler"  # the client API: a ``Handler``
+    VERSION = "version"  # the route's ``version`` from the config
+    ROUTE = "route"      # the client's path, as the config names the route
+    LANE = "lane"        # a ``Lane``, on a route Envoy picks from the body
+    MODEL = "model"      # model lane: the body's model
+    STREAM = "stream"    # model lane: "true" or "false"
+
+
+# Key of a provider endpoint's ``hapax`` metadata naming its provider. Written: the control
+# plane. Read: the upstream step, the access logs, the lane's per-attempt matcher.
+HOST_PROVIDER_KEY = "provider"
+
+
+class Lane(StrEnum):
+    """Routes Envoy picks from the body's ``model``, without the router step.
+
+    Written: the control plane, in the route's metadata (``RouteKey.LANE``) and the access
+    log's tag. Read: the upstream step and the access log counter.
+    """
+
+    PASSTHROUGH = "passthrough"  # served by Envoy alone (control_plane/lanes/passthrough.py)
+    MODEL = "model"              # straight to the model's chain (control_plane/lanes/model.py)
+
+
+# What json_to_metadata writes of an answer's body. Written: Envoy (the control plane's
+# filter config). Read: ext_proc's access log counter.
+USAGE_NAMESPACE = "hapax.usage"
+PROMPT_TOKENS, COMPLETION_TOKENS = "prompt_tokens", "completion_tokens"
+
+# ext_proc request attributes the control plane asks Envoy for, and ext_proc reads.
+EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"  # Envoy's key for them
+HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
+ROUTE_METADATA_ATTRIBUTE = "xds.route_metadata"
+STATUS_ATTRIBUTE = "response.code"  # a response attribute: sent with the answer's first message
+
+# ---------------------------------------------------------------- access log to ext_proc
+
+# Written: Envoy's gRPC access log (the control plane's config). Read: ext_proc's counter.
+ACCESS_LOG_NAME = "hapax"
+
+
+class LogTag(StrEnum):
+    """Custom tags of an access log entry."""
+
+    LANE = "lane"          # the route's lane
+    ROUTE = "route"        # the route's path
+    PROVIDER = "provider"  # the endpoint's provider
+
+
+# Envoy's response details of an answer ext_proc gave itself start with this.
+# Written: ext_proc's immediate responses. Read: ext_proc's access log counter.
+GATEWAY_DETAILS_PREFIX = "hapax_"
+
+# ---------------------------------------------------------------- ext_proc's runtime over ADS
+
+# Written: the control plane's ADS server. Read: ext_proc's subscription.
+RUNTIME_TYPE_URL = "type.googleapis.com/hapax.v1.Runtime"
+STATUS_TYPE_URL = "type.googleapis.com/hapax.v1.ConfigStatus"
+RUNTIME_NAME = STATUS_NAME = "hapax"  # the one resource of each type
+
+# ---------------------------------------------------------------- HTTP paths ext_proc serves
+
+# Written: the control plane's routes and health checks. Served: ext_proc's HTTP app.
+HEALTH_PATH = "/health"
+METRICS_PATH = "/metrics"
+PROVIDER_VERDICT_PATH = "/providers/{name}/health"  # Envoy's health check of provider ``name``
+
+
+def provider_verdict_path(provider: str) -> str:
+    return PROVIDER_VERDICT_PATH.format(name=provider)
+
+
+# ---------------------------------------------------------------- Envoy listeners
+
+# Written: the control plane. Read: the supervisor (Envoy's admin reports their ports).
+LISTENER = "hapax_http"
+METRICS_LISTENER = "hapax_metrics"
+HTTP3_LISTENER = "hapax_http3"
+
+# ---------------------------------------------------------------- client APIs and the OpenAI API
+
+
+class Handler(StrEnum):
+    """The client APIs a route serves. Written: the config (``routes[].handler``), into the
+    route's metadata and the runtime. Read: ext_proc's steps and translators."""
+
+    CHAT = "chat"
+    COMPLETION = "completion"
+    EMBEDDINGS = "embeddings"
+    MODELS = "models"
+
+
+# The OpenAI API's paths, under a provider's base path. Used by the passthrough lane's routes
+# (control plane, which rewrites the path itself) and the OpenAI translator (ext_proc): an
+# attempt must reach the same path whichever of them sends it.
+OPENAI_CHAT_PATH = "/chat/completions"
+OPENAI_EMBEDDINGS_PATH = "/embeddings"
+OPENAI_MODELS_PATH = "/models"
+# Each handler an OpenAI server serves; a legacy completion is sent as a chat.
+OPENAI_PATHS = {
+    Handler.CHAT: OPENAI_CHAT_PATH,
+    Handler.COMPLETION: OPENAI_CHAT_PATH,
+    Handler.EMBEDDINGS: OPENAI_EMBEDDINGS_PATH,
+}
