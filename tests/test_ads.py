@@ -20,7 +20,8 @@ from google.protobuf import duration_pb2
 from google.rpc import status_pb2
 
 from control_plane import resources as res
-from control_plane.ads import STATUS, AdsServer, SnapshotCache
+from control_plane.ads import AdsServer
+from control_plane.cache import STATUS, SnapshotCache
 from control_plane.config import parse_config
 from control_plane.snapshot import (
     CLUSTER,

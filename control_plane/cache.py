@@ -1,0 +1,102 @@
+"""The snapshot cache: what each type URL's clients are served now, apart from how it reaches them.
+
+It holds the newest accepted snapshot, the (version, resources) served of each
+type, which may lag behind that snapshot during a rollout, and the config
+status; every change bumps a generation and wakes the waiting streams. The ADS
+protocol (``control_plane.ads``) only reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from google.protobuf import message
+
+from control_plane.snapshot import PUSH_ORDER, Snapshot
+from hapax.v1 import runtime_pb2
+
+STATUS = "type.googleapis.com/hapax.v1.ConfigStatus"
+STATUS_NAME = "hapax"
+
+
+class SnapshotCache:
+    """What every type URL's clients are served, and the config status; wakes every stream on a change.
+
+    ``snapshot`` is the newest configuration accepted. What is served of each
+    type may lag behind it while a rollout (``control_plane.rollout``) moves
+    clients over in stages; each type has the version of its content.
+
+    The status (``hapax.v1.ConfigStatus``) has versions of its own: a refused
+    edit or a NACK changes it, never the configuration's version.
+    """
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self._served: dict[str, tuple[str, Mapping[str, message.Message]]] = {}
+        self._status = runtime_pb2.ConfigStatus()
+        self._status_version = 0
+        self._generation = 0
+        self._changed = asyncio.Event()
+        self.set(snapshot)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def status(self) -> runtime_pb2.ConfigStatus:
+        copy = runtime_pb2.ConfigStatus()
+        copy.CopyFrom(self._status)
+        return copy
+
+    def set(self, snapshot: Snapshot) -> None:
+        """Serves ``snapshot`` whole, at once."""
+        self.accept(snapshot)
+        self.serve({t: (snapshot.version, snapshot.of_type(t)) for t in PUSH_ORDER})
+        self.update_status(lambda status: setattr(status, "serving_version", snapshot.version))
+
+    def accept(self, snapshot: Snapshot) -> None:
+        """Records ``snapshot`` as the newest configuration, before it is served."""
+        self._snapshot = snapshot
+
+    def served(self, type_url: str) -> Mapping[str, message.Message]:
+        return self._served.get(type_url, ("", {}))[1]
+
+    def serve(self, stage: Mapping[str, tuple[str, Mapping[str, message.Message]]]) -> bool:
+        """Serves each type's (version, resources) of ``stage``: True if anything changed."""
+        changed = False
+        for type_url, (version, resources) in stage.items():
+            old = self._served.get(type_url)
+            if old is None or old[0] != version or dict(old[1]) != dict(resources):
+                self._served[type_url] = (version, resources)
+                changed = True
+        if changed:
+            self._wake()
+        return changed
+
+    def update_status(self, change: Callable[[runtime_pb2.ConfigStatus], None]) -> None:
+        change(self._status)
+        self._status_version += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        self._generation += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def current(self, type_url: str) -> tuple[str, Mapping[str, message.Message]]:
+        """The version and resources a client of ``type_url`` should have now."""
+        if type_url == STATUS:
+            return f"status-{self._status_version}", {STATUS_NAME: self._status}
+        return self._served.get(type_url, (self._snapshot.version, MappingProxyType({})))
+
+    async def wait_change(self, seen: int) -> int:
+        while self._generation == seen:
+            await self._changed.wait()
+        return self._generation
+
+    @property
+    def generation(self) -> int:
+        return self._generation
