@@ -9,14 +9,14 @@ next snapshot when there is one.
 
 The incremental (delta) variant, which Envoy uses, sends only the resources
 whose content changed since what the client has (each resource's version is a
-digest of its content) and names the ones that are gone.
+digest of its content, which the cache takes once per served version) and
+names the ones that are gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import any_pb2, message
+from google.protobuf import any_pb2
 
 from control_plane.cache import STATUS, SnapshotCache
 from control_plane.snapshot import PUSH_ORDER
@@ -252,11 +252,6 @@ class _Stream:
         return response
 
 
-def resource_version(msg: message.Message) -> str:
-    """A resource's version in incremental xDS: a digest of its content."""
-    return hashlib.sha256(msg.SerializeToString(deterministic=True)).hexdigest()[:16]
-
-
 class _DeltaStream(_Stream):
     def _on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         client = self._client_for(request)
@@ -305,10 +300,11 @@ class _DeltaStream(_Stream):
 
     def _delta(self, type_url: str, state: TypeState, always: bool = False) -> discovery_pb2.DeltaDiscoveryResponse | None:
         version, available = self.server.cache.current(type_url)
+        digests = self.server.cache.digests(type_url)
         wanted = dict(available) if state.wildcard else {n: available[n] for n in state.names if n in available}
         response = discovery_pb2.DeltaDiscoveryResponse(system_version_info=version, type_url=type_url)
         for name in sorted(wanted):
-            digest = resource_version(wanted[name])
+            digest = digests[name]
             if state.known.get(name) != digest:
                 packed = any_pb2.Any()
                 packed.Pack(wanted[name])

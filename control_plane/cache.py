@@ -2,14 +2,18 @@
 
 It holds the newest accepted snapshot, the (version, resources) served of each
 type, which may lag behind that snapshot during a rollout, and the config
-status; every change bumps a generation and wakes the waiting streams. The ADS
-protocol (``control_plane.ads``) only reads it.
+status; every change bumps a generation and wakes the waiting streams. Each
+served resource's digest (its version in incremental xDS) is taken once, when
+the cache starts serving it, not per client. The ADS protocol
+(``control_plane.ads``) only reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from google.protobuf import message
@@ -19,6 +23,25 @@ from hapax.v1 import runtime_pb2
 
 STATUS = "type.googleapis.com/hapax.v1.ConfigStatus"
 STATUS_NAME = "hapax"
+
+
+def resource_version(msg: message.Message) -> str:
+    """A resource's version in incremental xDS: a digest of its content."""
+    return hashlib.sha256(msg.SerializeToString(deterministic=True)).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Served:
+    """One type's served content: its version, its resources, and each resource's digest."""
+
+    version: str
+    resources: Mapping[str, message.Message]
+    digests: Mapping[str, str]  # resource name -> resource_version
+
+    @classmethod
+    def of(cls, version: str, resources: Mapping[str, message.Message]) -> Served:
+        digests = {name: resource_version(resource) for name, resource in resources.items()}
+        return cls(version, resources, MappingProxyType(digests))
 
 
 class SnapshotCache:
@@ -34,9 +57,10 @@ class SnapshotCache:
 
     def __init__(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
-        self._served: dict[str, tuple[str, Mapping[str, message.Message]]] = {}
+        self._served: dict[str, Served] = {}
         self._status = runtime_pb2.ConfigStatus()
         self._status_version = 0
+        self._status_served = self._serve_status()
         self._generation = 0
         self._changed = asyncio.Event()
         self.set(snapshot)
@@ -62,15 +86,16 @@ class SnapshotCache:
         self._snapshot = snapshot
 
     def served(self, type_url: str) -> Mapping[str, message.Message]:
-        return self._served.get(type_url, ("", {}))[1]
+        entry = self._served.get(type_url)
+        return entry.resources if entry is not None else {}
 
     def serve(self, stage: Mapping[str, tuple[str, Mapping[str, message.Message]]]) -> bool:
         """Serves each type's (version, resources) of ``stage``: True if anything changed."""
         changed = False
         for type_url, (version, resources) in stage.items():
             old = self._served.get(type_url)
-            if old is None or old[0] != version or dict(old[1]) != dict(resources):
-                self._served[type_url] = (version, resources)
+            if old is None or old.version != version or dict(old.resources) != dict(resources):
+                self._served[type_url] = Served.of(version, resources)
                 changed = True
         if changed:
             self._wake()
@@ -79,7 +104,12 @@ class SnapshotCache:
     def update_status(self, change: Callable[[runtime_pb2.ConfigStatus], None]) -> None:
         change(self._status)
         self._status_version += 1
+        self._status_served = self._serve_status()
         self._wake()
+
+    def _serve_status(self) -> Served:
+        # The status changes in place, only through update_status: its digest is taken there.
+        return Served.of(f"status-{self._status_version}", {STATUS_NAME: self._status})
 
     def _wake(self) -> None:
         self._generation += 1
@@ -88,9 +118,20 @@ class SnapshotCache:
 
     def current(self, type_url: str) -> tuple[str, Mapping[str, message.Message]]:
         """The version and resources a client of ``type_url`` should have now."""
+        entry = self._entry(type_url)
+        return entry.version, entry.resources
+
+    def digests(self, type_url: str) -> Mapping[str, str]:
+        """The digest of each resource ``current`` returns, by name: taken once per served version."""
+        return self._entry(type_url).digests
+
+    def _entry(self, type_url: str) -> Served:
         if type_url == STATUS:
-            return f"status-{self._status_version}", {STATUS_NAME: self._status}
-        return self._served.get(type_url, (self._snapshot.version, MappingProxyType({})))
+            return self._status_served
+        entry = self._served.get(type_url)
+        if entry is None:
+            return Served(self._snapshot.version, MappingProxyType({}), MappingProxyType({}))
+        return entry
 
     async def wait_change(self, seen: int) -> int:
         while self._generation == seen:
