@@ -9,116 +9,31 @@ next snapshot when there is one.
 
 The incremental (delta) variant, which Envoy uses, sends only the resources
 whose content changed since what the client has (each resource's version is a
-digest of its content) and names the ones that are gone.
+digest of its content, which the cache takes once per served version) and
+names the ones that are gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import any_pb2, message
+from google.protobuf import any_pb2
 
-from control_plane.snapshot import PUSH_ORDER, Snapshot
-from hapax import wire
-from hapax.v1 import runtime_pb2
+from control_plane.cache import STATUS, SnapshotCache
+from control_plane.snapshot import PUSH_ORDER
 
 log = logging.getLogger("hapax.control_plane.ads")
 
 # Types whose subscribers get every resource regardless of the names they ask
 # for (an empty name list is a wildcard in SotW for every type).
 WILDCARD = "*"
-STATUS = wire.STATUS_TYPE_URL
-STATUS_NAME = wire.STATUS_NAME
-
-
-class SnapshotCache:
-    """What every type URL's clients are served, and the config status; wakes every stream on a change.
-
-    ``snapshot`` is the newest configuration accepted. What is served of each
-    type may lag behind it while a rollout (``control_plane.rollout``) moves
-    clients over in stages; each type has the version of its content.
-
-    The status (``hapax.v1.ConfigStatus``) has versions of its own: a refused
-    edit or a NACK changes it, never the configuration's version.
-    """
-
-    def __init__(self, snapshot: Snapshot) -> None:
-        self._snapshot = snapshot
-        self._served: dict[str, tuple[str, Mapping[str, message.Message]]] = {}
-        self._status = runtime_pb2.ConfigStatus()
-        self._status_version = 0
-        self._generation = 0
-        self._changed = asyncio.Event()
-        self.set(snapshot)
-
-    @property
-    def snapshot(self) -> Snapshot:
-        return self._snapshot
-
-    @property
-    def status(self) -> runtime_pb2.ConfigStatus:
-        copy = runtime_pb2.ConfigStatus()
-        copy.CopyFrom(self._status)
-        return copy
-
-    def set(self, snapshot: Snapshot) -> None:
-        """Serves ``snapshot`` whole, at once."""
-        self.accept(snapshot)
-        self.serve({t: (snapshot.version, snapshot.of_type(t)) for t in PUSH_ORDER})
-        self.update_status(lambda status: setattr(status, "serving_version", snapshot.version))
-
-    def accept(self, snapshot: Snapshot) -> None:
-        """Records ``snapshot`` as the newest configuration, before it is served."""
-        self._snapshot = snapshot
-
-    def served(self, type_url: str) -> Mapping[str, message.Message]:
-        return self._served.get(type_url, ("", {}))[1]
-
-    def serve(self, stage: Mapping[str, tuple[str, Mapping[str, message.Message]]]) -> bool:
-        """Serves each type's (version, resources) of ``stage``: True if anything changed."""
-        changed = False
-        for type_url, (version, resources) in stage.items():
-            old = self._served.get(type_url)
-            if old is None or old[0] != version or dict(old[1]) != dict(resources):
-                self._served[type_url] = (version, resources)
-                changed = True
-        if changed:
-            self._wake()
-        return changed
-
-    def update_status(self, change: Callable[[runtime_pb2.ConfigStatus], None]) -> None:
-        change(self._status)
-        self._status_version += 1
-        self._wake()
-
-    def _wake(self) -> None:
-        self._generation += 1
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def current(self, type_url: str) -> tuple[str, Mapping[str, message.Message]]:
-        """The version and resources a client of ``type_url`` should have now."""
-        if type_url == STATUS:
-            return f"status-{self._status_version}", {STATUS_NAME: self._status}
-        return self._served.get(type_url, (self._snapshot.version, MappingProxyType({})))
-
-    async def wait_change(self, seen: int) -> int:
-        while self._generation == seen:
-            await self._changed.wait()
-        return self._generation
-
-    @property
-    def generation(self) -> int:
-        return self._generation
 
 
 @dataclass
@@ -337,11 +252,6 @@ class _Stream:
         return response
 
 
-def resource_version(msg: message.Message) -> str:
-    """A resource's version in incremental xDS: a digest of its content."""
-    return hashlib.sha256(msg.SerializeToString(deterministic=True)).hexdigest()[:16]
-
-
 class _DeltaStream(_Stream):
     def _on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         client = self._client_for(request)
@@ -390,10 +300,11 @@ class _DeltaStream(_Stream):
 
     def _delta(self, type_url: str, state: TypeState, always: bool = False) -> discovery_pb2.DeltaDiscoveryResponse | None:
         version, available = self.server.cache.current(type_url)
+        digests = self.server.cache.digests(type_url)
         wanted = dict(available) if state.wildcard else {n: available[n] for n in state.names if n in available}
         response = discovery_pb2.DeltaDiscoveryResponse(system_version_info=version, type_url=type_url)
         for name in sorted(wanted):
-            digest = resource_version(wanted[name])
+            digest = digests[name]
             if state.known.get(name) != digest:
                 packed = any_pb2.Any()
                 packed.Pack(wanted[name])

@@ -28,7 +28,8 @@ from collections.abc import Mapping
 
 from google.protobuf import message
 
-from control_plane.ads import AdsServer, SnapshotCache
+from control_plane.ads import AdsServer
+from control_plane.cache import SnapshotCache
 from control_plane.snapshot import (
     CLUSTER,
     ENDPOINT,

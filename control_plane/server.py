@@ -23,7 +23,8 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from watchfiles import awatch
 
-from control_plane.ads import AdsServer, SnapshotCache
+from control_plane.ads import AdsServer
+from control_plane.cache import SnapshotCache
 from control_plane.config import (
     ConfigError,
     ConfigIssue,

@@ -20,7 +20,9 @@ from google.protobuf import duration_pb2
 from google.rpc import status_pb2
 
 from control_plane import resources as res
-from control_plane.ads import STATUS, AdsServer, SnapshotCache
+from control_plane.ads import AdsServer
+from control_plane import cache as cache_module
+from control_plane.cache import STATUS, SnapshotCache
 from control_plane.config import parse_config
 from control_plane.snapshot import (
     CLUSTER,
@@ -341,3 +343,25 @@ async def test_a_delta_nack_is_recorded_and_not_resent(delta):
     cache.set(build_snapshot(parse_config(WITH_LOCAL, env=SECRETS), "v2", EXT_PROC))
     nxt = await client.recv()  # the next version, with only what changed since what was sent
     assert nxt.system_version_info == "v2" and "provider.openai" not in {r.name for r in nxt.resources}
+
+
+async def test_a_resource_digest_is_computed_once_per_served_version_not_per_client(delta, monkeypatch):
+    _, cache, connect = delta
+    digested: list = []
+    real = cache_module.resource_version
+    monkeypatch.setattr(cache_module, "resource_version", lambda msg: digested.append(msg) or real(msg))
+    clients = [connect(f"envoy-{i}") for i in range(3)]
+    for client in clients:
+        await client.send(CLUSTER)
+        first = await client.recv()
+        await client.send(CLUSTER, nonce=first.nonce)
+    assert digested == []  # v1's digests were taken when the cache began serving it
+
+    v2 = build_snapshot(parse_config(WITH_LOCAL, env=SECRETS), "v2", EXT_PROC)
+    cache.set(v2)
+    for client in clients:
+        pushed = {r.name: r.version for r in (await client.recv()).resources}
+        assert "provider.local" in pushed
+        assert pushed == {name: cache.digests(CLUSTER)[name] for name in pushed}
+    # Once per served resource of v2, and once for the status that now says v2: not once per client.
+    assert len(digested) == sum(len(v2.of_type(t)) for t in PUSH_ORDER) + 1

@@ -17,7 +17,8 @@ from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from control_plane import resources as res
-from control_plane.ads import AdsServer, SnapshotCache
+from control_plane.ads import AdsServer
+from control_plane.cache import SnapshotCache
 from control_plane.config import parse_config
 from control_plane.rollout import Rollout, stages
 from control_plane.snapshot import (
