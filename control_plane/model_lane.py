@@ -41,28 +41,22 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
 from google.protobuf import any_pb2
 
-from control_plane.config import HapaxConfig
-from control_plane.passthrough import (
-    METADATA_NAMESPACE,
-    REQUEST_NAMESPACE,
-    body_routed,
-    model_owners,
-)
+from control_plane.passthrough import METADATA_NAMESPACE, REQUEST_NAMESPACE, body_routed
+from control_plane.plan import MODEL_LANE_HANDLERS, Plan
 from hapax import wire
 
 MODEL_LANE = wire.Lane.MODEL
-# The APIs whose body names a model.
-HANDLERS = frozenset({wire.Handler.CHAT, wire.Handler.COMPLETION, wire.Handler.EMBEDDINGS})
 
 
-def model_routes(config: HapaxConfig, handler: str, base: route_components_pb2.Route, version: str,
+def model_routes(plan: Plan, handler: str, base: route_components_pb2.Route,
                  disabled_ext_proc: dict[str, any_pb2.Any]) -> Iterator[route_components_pb2.Route]:
     """The model lane's variants of ``base``, one per model name and ``stream`` value; to go before it."""
-    if handler not in HANDLERS:
+    if handler not in MODEL_LANE_HANDLERS:
         return
-    for model, owner in model_owners(config).items():
+    version = plan.version  # the runtime version the lane's requests start under
+    for model, owner in plan.model_owners.items():
         for stream in (True, False):
-            route = body_routed(config, base, MODEL_LANE, model, owner, stream=stream,
+            route = body_routed(plan, base, MODEL_LANE, model, owner, stream=stream,
                                 disabled_ext_proc=disabled_ext_proc)
             route.name += ":stream" if stream else ""
             # What Envoy read of the body, for the upstream step to tell whether it must rewrite it.

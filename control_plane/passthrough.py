@@ -32,8 +32,6 @@ answer reaches the client unchanged.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
@@ -60,8 +58,8 @@ from xds.type.matcher.v3 import http_inputs_pb2, matcher_pb2
 from xds.type.v3 import cel_pb2
 
 from control_plane.cel import MetadataEquals, all_of
-from control_plane.chains import attempts, chain_cluster_name, chain_order
 from control_plane.config import HapaxConfig, ProviderConfig
+from control_plane.plan import LaneModel, Plan
 from control_plane.xds import ads, pack
 from hapax import wire
 
@@ -79,51 +77,6 @@ ALS_BUFFER_BYTES = 64 * 1024
 _JSON = regex_pb2.RegexMatcher(regex=r"^application/json(;.*)?$")
 
 
-@dataclass(frozen=True)
-class LaneModel:
-    """A model name clients may send that the lane serves, and how."""
-
-    model: str
-    first: str  # the provider that owns the name: its chain is the request's chain
-    providers: tuple[str, ...]  # the chain's providers an attempt reaches without ext_proc
-    base_path: str  # the lane providers' API path prefix, e.g. "/v1"
-
-
-def base_path(provider: ProviderConfig) -> str:
-    return urlsplit(provider.base_url).path.rstrip("/")
-
-
-def model_owners(config: HapaxConfig) -> dict[str, str]:
-    """Model name (a provider's model or alias) -> the provider that serves it (preference order first)."""
-    owners: dict[str, str] = {}
-    for name in [*config.provider_preference, *config.providers]:
-        p = config.providers[name]
-        for model in (p.model, *p.aliases):
-            owners.setdefault(model, name)
-    return owners
-
-
-def lane_models(config: HapaxConfig) -> tuple[LaneModel, ...]:
-    lanes = []
-    for model, owner in model_owners(config).items():
-        first = config.providers[owner]
-        if first.type != "openai" or first.model != model:
-            continue  # another API, or an alias the body must be rewritten for
-        path = base_path(first)
-        providers = tuple(name for name in chain_order(config, owner)
-                          if _serves_unchanged(config.providers[name], model, path))
-        lanes.append(LaneModel(model, owner, providers, path))
-    return tuple(lanes)
-
-
-def _serves_unchanged(provider: ProviderConfig, model: str, path: str) -> bool:
-    return provider.type == "openai" and provider.model == model and base_path(provider) == path
-
-
-def lane_providers(config: HapaxConfig) -> frozenset[str]:
-    return frozenset(name for lane in lane_models(config) for name in lane.providers)
-
-
 # ---------------------------------------------------------------- provider keys (SDS)
 
 
@@ -131,12 +84,13 @@ def key_secret_name(provider: str) -> str:
     return f"hapax_key.{provider}"
 
 
-def key_secrets(config: HapaxConfig) -> list[secret_pb2.Secret]:
+def key_secrets(plan: Plan) -> list[secret_pb2.Secret]:
     """The lane providers' keys: the only way a key reaches Envoy."""
+    config = plan.config
     return [
         secret_pb2.Secret(name=key_secret_name(name), generic_secret=secret_pb2.GenericSecret(
             secret=base_pb2.DataSource(inline_string=f"Bearer {config.providers[name].api_key}")))
-        for name in sorted(lane_providers(config)) if config.providers[name].api_key
+        for name in sorted(plan.lane_providers) if config.providers[name].api_key
     ]
 
 
@@ -181,13 +135,13 @@ def json_to_metadata_disabled() -> dict[str, any_pb2.Any]:
     return {JSON_TO_METADATA_FILTER: pack(route_components_pb2.FilterConfig(disabled=True))}
 
 
-def lane_routes(config: HapaxConfig, handler: str, base: route_components_pb2.Route,
+def lane_routes(plan: Plan, handler: str, base: route_components_pb2.Route,
                 disabled_ext_proc: dict[str, any_pb2.Any]) -> Iterator[route_components_pb2.Route]:
     """The lane's variants of ``base`` (an ordinary provider route), one per lane model; to go before it."""
     if handler not in HANDLER_PATHS:
         return
-    for lane in lane_models(config):
-        route = body_routed(config, base, LANE, lane.model, lane.first, stream=False,
+    for lane in plan.lane_models:
+        route = body_routed(plan, base, LANE, lane.model, lane.first, stream=False,
                             disabled_ext_proc=disabled_ext_proc)
         route.route.cluster = lane_cluster_name(lane.first)
         # Attempts that leave the lane get their path and host from ext_proc.
@@ -196,7 +150,7 @@ def lane_routes(config: HapaxConfig, handler: str, base: route_components_pb2.Ro
         yield route
 
 
-def body_routed(config: HapaxConfig, base: route_components_pb2.Route, lane: str, model: str, first: str, *,
+def body_routed(plan: Plan, base: route_components_pb2.Route, lane: str, model: str, first: str, *,
                 stream: bool, disabled_ext_proc: dict[str, any_pb2.Any]) -> route_components_pb2.Route:
     """A copy of ``base`` that Envoy picks from the body's ``model`` and ``stream`` and sends to
     ``first``'s chain, without the router step (what that step does, the route does)."""
@@ -209,8 +163,9 @@ def body_routed(config: HapaxConfig, base: route_components_pb2.Route, lane: str
     ])
     action = route.route
     action.ClearField("cluster_header")
-    action.cluster = chain_cluster_name(first)
-    action.retry_policy.num_retries.value = attempts(config, first) - 1
+    chain = plan.chains[first]
+    action.cluster = chain.cluster
+    action.retry_policy.num_retries.value = chain.attempts - 1
     route.request_headers_to_remove.extend(wire.REMOVED_REQUEST_HEADERS)
     route.metadata.filter_metadata[METADATA_NAMESPACE].update({wire.RouteKey.LANE: lane})
     route.typed_per_filter_config.clear()

@@ -79,13 +79,8 @@ from xds.type.matcher.v3 import matcher_pb2
 from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from control_plane import model_lane, passthrough
-from control_plane.chains import (
-    chain_cluster_name,
-    chain_firsts,
-    chain_order,
-    provider_cluster_name,
-)
 from control_plane.config import HapaxConfig, ProviderConfig, RouteConfig
+from control_plane.plan import Chain, LaneModel, Plan, provider_cluster_name
 from control_plane.pricing import price_for
 from control_plane.tls import Certificate
 from control_plane.xds import ads, duration, pack
@@ -352,23 +347,23 @@ def upstream_ext_proc_filter() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=UPSTREAM_EXT_PROC_FILTER, typed_config=pack(flt))
 
 
-def chain_cluster(config: HapaxConfig, first: str) -> cluster_pb2.Cluster:
-    return _aggregate_cluster(config, chain_cluster_name(first), first, upstream_ext_proc_filter())
+def chain_cluster(config: HapaxConfig, chain: Chain) -> cluster_pb2.Cluster:
+    return _aggregate_cluster(config, chain.cluster, chain, upstream_ext_proc_filter())
 
 
-def lane_cluster(config: HapaxConfig, lane: passthrough.LaneModel) -> cluster_pb2.Cluster:
+def lane_cluster(plan: Plan, lane: LaneModel) -> cluster_pb2.Cluster:
     """The passthrough lane's copy of its model's chain, whose attempts Envoy gives the key itself."""
-    return _aggregate_cluster(config, passthrough.lane_cluster_name(lane.first), lane.first,
-                              passthrough.upstream_filter(config, lane, upstream_ext_proc_filter()))
+    return _aggregate_cluster(plan.config, passthrough.lane_cluster_name(lane.first), plan.chains[lane.first],
+                              passthrough.upstream_filter(plan.config, lane, upstream_ext_proc_filter()))
 
 
-def _aggregate_cluster(config: HapaxConfig, name: str, first: str,
+def _aggregate_cluster(config: HapaxConfig, name: str, chain: Chain,
                        per_attempt: hcm_pb2.HttpFilter) -> cluster_pb2.Cluster:
     codec = hcm_pb2.HttpFilter(
         name="envoy.filters.http.upstream_codec",
         typed_config=pack(upstream_codec_pb2.UpstreamCodec()),
     )
-    order = chain_order(config, first)
+    order = chain.providers
     members = [provider_cluster_name(p) for p in order]
     # Envoy counts retries in flight against the route's cluster, this one, not
     # against the provider it retries to; its default (3) would stop failover
@@ -510,10 +505,10 @@ def envoy_stats_tags(label_keys: tuple[str, ...]) -> list[dict[str, str]]:
              for key in label_keys]
 
 
-def _retry_policy(config: HapaxConfig) -> route_components_pb2.RetryPolicy:
+def _retry_policy(plan: Plan) -> route_components_pb2.RetryPolicy:
     # Enough attempts for the longest chain; the router step narrows it to the
     # request's own chain with x-envoy-max-retries.
-    longest_chain = max(len(chain_order(config, first)) for first in chain_firsts(config))
+    config, longest_chain = plan.config, plan.longest_chain
     retries = max(config.retry.max_attempts or longest_chain, longest_chain, 2) - 1
     silence = max((p.timeout for p in config.providers.values()), default=60.0)
     return route_components_pb2.RetryPolicy(
@@ -538,7 +533,7 @@ def _retry_policy(config: HapaxConfig) -> route_components_pb2.RetryPolicy:
     )
 
 
-def provider_route(config: HapaxConfig, route: RouteConfig,
+def provider_route(plan: Plan, route: RouteConfig,
                    label_keys: tuple[str, ...] = ()) -> route_components_pb2.Route:
     method = HANDLER_METHODS[route.handler]
     # The router step sees each request's final response headers (after every
@@ -549,7 +544,7 @@ def provider_route(config: HapaxConfig, route: RouteConfig,
     else:
         mode = PM(request_header_mode=PM.SEND, request_body_mode=PM.BUFFERED,
                   response_header_mode=PM.SEND, response_body_mode=PM.NONE)
-    retry_policy = _retry_policy(config)
+    retry_policy = _retry_policy(plan)
     attempts = retry_policy.num_retries.value + 1
     return route_components_pb2.Route(
         name=f"{route.handler}:{route.path}",
@@ -611,16 +606,15 @@ def not_found_route(config: HapaxConfig) -> route_components_pb2.Route:
     )
 
 
-def route_configuration(config: HapaxConfig, label_keys: tuple[str, ...] | None = None,
-                        version: str = "") -> route_pb2.RouteConfiguration:
-    """``version``: the runtime version the model lane's requests start under (model_lane.py)."""
+def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None) -> route_pb2.RouteConfiguration:
+    config = plan.config
     keys = stats_label_keys(config) if label_keys is None else label_keys
     routes = [health_route(), method_not_allowed_route(HEALTH_PATH, "GET")]
     lane_paths = set()
     for route in config.routes:
-        base = provider_route(config, route, keys)
-        lanes = [*passthrough.lane_routes(config, route.handler, base, _per_route_ext_proc(None)),
-                 *model_lane.model_routes(config, route.handler, base, version, _per_route_ext_proc(None))]
+        base = provider_route(plan, route, keys)
+        lanes = [*passthrough.lane_routes(plan, route.handler, base, _per_route_ext_proc(None)),
+                 *model_lane.model_routes(plan, route.handler, base, _per_route_ext_proc(None))]
         if lanes:
             lane_paths.add(route.path)
         routes += [*lanes, base]
@@ -776,13 +770,8 @@ def access_log(config: HapaxConfig) -> list[accesslog_pb2.AccessLog]:
     )]
 
 
-def uses_lanes(config: HapaxConfig) -> bool:
-    """Whether some request may take a lane: Envoy then reads bodies and logs answers to ext_proc."""
-    return bool(passthrough.lane_models(config)) or any(r.handler in model_lane.HANDLERS for r in config.routes)
-
-
-def http_connection_manager(config: HapaxConfig) -> hcm_pb2.HttpConnectionManager:
-    lane = uses_lanes(config)
+def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
+    config, lane = plan.config, plan.uses_lanes
     return hcm_pb2.HttpConnectionManager(
         access_log=access_log(config) + ([passthrough.access_logger(EXT_PROC_CLUSTER)] if lane else []),
         stat_prefix="hapax",
@@ -804,10 +793,11 @@ def http_connection_manager(config: HapaxConfig) -> hcm_pb2.HttpConnectionManage
     )
 
 
-def listener(config: HapaxConfig) -> listener_pb2.Listener:
+def listener(plan: Plan) -> listener_pb2.Listener:
+    config = plan.config
     chain = listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
         name="envoy.filters.network.http_connection_manager",
-        typed_config=pack(http_connection_manager(config)),
+        typed_config=pack(http_connection_manager(plan)),
     )])
     if config.server.tls is not None:
         # HTTPS; HTTP/2 or HTTP/1.1 by ALPN (codec AUTO follows it).
@@ -857,7 +847,8 @@ def _downstream_tls(secret: str, alpn: list[str]) -> tls_pb2.DownstreamTlsContex
     ))
 
 
-def http3_listener(config: HapaxConfig) -> listener_pb2.Listener | None:
+def http3_listener(plan: Plan) -> listener_pb2.Listener | None:
+    config = plan.config
     http3 = config.server.http3
     if not http3.enabled or http3.certificate is None:
         return None
@@ -869,7 +860,7 @@ def http3_listener(config: HapaxConfig) -> listener_pb2.Listener | None:
         # certificate exchange. (README: HTTP/3.)
         enable_early_data=wrappers_pb2.BoolValue(value=False),
     )
-    hcm = http_connection_manager(config)
+    hcm = http_connection_manager(plan)
     hcm.codec_type = hcm_pb2.HttpConnectionManager.HTTP3
     hcm.http3_protocol_options.CopyFrom(protocol_pb2.Http3ProtocolOptions())
     address = _socket_address(config.server.host, config.server.http3_port)
@@ -901,11 +892,10 @@ def _alt_svc(config: HapaxConfig) -> list[base_pb2.HeaderValueOption]:
 # ---------------------------------------------------------------- ext_proc runtime
 
 
-def runtime(config: HapaxConfig, version: str) -> runtime_pb2.Runtime:
-    out = runtime_pb2.Runtime(
-        config_version=version, provider_preference=list(config.provider_preference),
-        max_attempts=config.retry.max_attempts or 0,
-    )
+def runtime(plan: Plan) -> runtime_pb2.Runtime:
+    """What ext_proc needs of the plan: it derives none of it again."""
+    config = plan.config
+    out = runtime_pb2.Runtime(config_version=plan.version)
     for p in config.providers.values():
         provider = out.providers.add(
             name=p.name, type=p.type, model=p.model, aliases=list(p.aliases),
@@ -923,8 +913,10 @@ def runtime(config: HapaxConfig, version: str) -> runtime_pb2.Runtime:
     for r in config.routes:
         route = out.routes.add(path=r.path, handler=r.handler, version=r.version)
         route.metrics_labels.update(dict(r.metrics_labels))
-    for first in chain_firsts(config):
-        out.chains.add(cluster=chain_cluster_name(first), providers=list(chain_order(config, first)))
+    for chain in plan.chains.values():  # the default chain first
+        out.chains.add(cluster=chain.cluster, providers=list(chain.providers), attempts=chain.attempts)
+    for model, owner in plan.model_owners.items():
+        out.models.add(name=model, provider=owner, chain=plan.chains[owner].cluster)
     return out
 
 

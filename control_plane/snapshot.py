@@ -26,6 +26,7 @@ from google.protobuf import message
 from control_plane import passthrough
 from control_plane import resources as res
 from control_plane.config import HapaxConfig
+from control_plane.plan import make_plan
 from hapax import wire
 from hapax.v1 import runtime_pb2
 
@@ -84,11 +85,12 @@ def make_snapshot(version: str, by_type: dict[str, list[message.Message]]) -> Sn
 def build_snapshot(config: HapaxConfig, version: str, ext_proc: res.ExtProcEndpoints,
                    stats_label_keys: tuple[str, ...] | None = None) -> Snapshot:
     """``stats_label_keys``: the metrics label keys Envoy has stat tags for (those of the config it started with)."""
+    plan = make_plan(config, version)
     clusters = [res.ext_proc_grpc_cluster(), res.ext_proc_http_cluster()]
     # Envoy polls one ext_proc for each provider's verdict (they all probe alike).
     clusters += [res.provider_cluster(p, ext_proc.http[0]) for p in config.providers.values()]
-    clusters += [res.chain_cluster(config, first) for first in res.chain_firsts(config)]
-    clusters += [res.lane_cluster(config, lane) for lane in passthrough.lane_models(config)]
+    clusters += [res.chain_cluster(config, chain) for chain in plan.chains.values()]
+    clusters += [res.lane_cluster(plan, lane) for lane in plan.lane_models]
     return make_snapshot(
         version,
         {
@@ -99,11 +101,11 @@ def build_snapshot(config: HapaxConfig, version: str, ext_proc: res.ExtProcEndpo
                 # verdicts Envoy polls, so that what /health says is what Envoy does.
                 res.load_assignment(res.EXT_PROC_HTTP_CLUSTER, ext_proc.http[:1]),
             ],
-            SECRET: [*res.tls_secrets(config), *passthrough.key_secrets(config)],
-            LISTENER: [lst for lst in (res.listener(config), res.metrics_listener(config), res.http3_listener(config))
+            SECRET: [*res.tls_secrets(config), *passthrough.key_secrets(plan)],
+            LISTENER: [lst for lst in (res.listener(plan), res.metrics_listener(config), res.http3_listener(plan))
                        if lst is not None],
-            ROUTE: [res.route_configuration(config, stats_label_keys, version)],
-            RUNTIME: [res.runtime(config, version)],
+            ROUTE: [res.route_configuration(plan, stats_label_keys)],
+            RUNTIME: [res.runtime(plan)],
         },
     )
 

@@ -59,7 +59,7 @@ from ext_proc.providers import (
     translator_for,
 )
 from ext_proc.providers.base import COMPLETED
-from ext_proc.runtime import Provider, Route, RuntimeView
+from ext_proc.runtime import Chain, Provider, Route, RuntimeView
 from ext_proc.shapes import ChainedStage, TextCompletionStage
 from hapax import wire
 from hapax.wire import (
@@ -247,12 +247,10 @@ class RouterStep:
     def on_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
         req = client_request.parse(self.handler, msg.body)
         chain = self.chain_for(req)
-        # One attempt per provider of this chain unless the config says how many;
-        # the route's retry policy is shared by all chains, so the count travels
-        # with the request.
-        attempts = self.view.max_attempts or max(self.view.chain_length.get(chain, 1), 2)
-        retries = attempts - 1
-        set_headers = {CHAIN_HEADER: chain, wire.MAX_RETRIES_HEADER: str(retries), VERSION_HEADER: self.view.version,
+        # The route's retry policy is shared by all chains, so the request's own
+        # chain's attempts travel with it.
+        retries = chain.attempts - 1
+        set_headers = {CHAIN_HEADER: chain.cluster, wire.MAX_RETRIES_HEADER: str(retries), VERSION_HEADER: self.view.version,
                        START_HEADER: f"{time.time() - (time.monotonic() - self.started):.6f}"}
         # The body itself is left alone here: the upstream step rewrites it for
         # the provider anyway. (A multi-MB body mutation at this step crashed
@@ -299,16 +297,16 @@ class RouterStep:
         self.metrics.request_answered(self.route, provider, status, outcome,
                                       time.monotonic() - self.started, overhead)
 
-    def chain_for(self, req: ClientRequest) -> str:
+    def chain_for(self, req: ClientRequest) -> Chain:
         if req.model is None or req.model in AUTO_MODELS:
             return self.view.default_chain
-        provider = self.view.provider_for_model.get(req.model)
-        if provider is None:
-            known = ", ".join(sorted(self.view.provider_for_model)) or "none"
+        chain = self.view.chain_for_model.get(req.model)
+        if chain is None:
+            known = ", ".join(sorted(self.view.chain_for_model)) or "none"
             raise GatewayError(404, f"The model '{req.model}' does not exist on this gateway. "
                                f"Available models: {known} (or 'auto').",
                                param="model", code="model_not_found")
-        return self.view.chain_for_provider[provider]
+        return chain
 
 
 

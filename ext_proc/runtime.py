@@ -48,40 +48,40 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Chain:
+    """An Envoy aggregate cluster a request may be sent to, and its attempts (the first included)."""
+
+    cluster: str
+    attempts: int
+
+
+@dataclass(frozen=True)
 class RuntimeView:
     version: str
     providers: Mapping[str, Provider]
     routes: Mapping[str, Route]
-    chain_for_provider: Mapping[str, str]
-    chain_length: Mapping[str, int]
-    default_chain: str
-    provider_for_model: Mapping[str, str]
-    max_attempts: int  # 0: one per provider of the chain
+    chain_for_model: Mapping[str, Chain]  # every model name clients may send
+    default_chain: Chain  # ``auto`` and requests without a model
     models_json: bytes  # the /v1/models answer, built once per version
 
     @classmethod
     def from_proto(cls, rt: runtime_pb2.Runtime, known_types: frozenset[str]) -> RuntimeView:
+        """Reads the control plane's plan as it is (control_plane/plan.py); derives none of it."""
         providers = {p.name: _provider(p, known_types) for p in rt.providers}
         if not rt.chains:
             raise InvalidRuntime("runtime has no provider chain")
-        chain_for = {ch.providers[0]: ch.cluster for ch in rt.chains if ch.providers}
-        by_model: dict[str, str] = {}
-        # First provider in preference order wins a model name both serve.
-        for name in [*rt.provider_preference, *providers]:
-            p = providers[name]
-            for model in (p.model, *p.aliases):
-                by_model.setdefault(model, name)
+        chains = {ch.cluster: Chain(ch.cluster, ch.attempts) for ch in rt.chains}
+        for model in rt.models:
+            if model.chain not in chains:
+                raise InvalidRuntime(f"model {model.name}: no chain {model.chain}")
         routes = {r.path: Route(r.path, r.handler, r.version, MappingProxyType(dict(r.metrics_labels)))
                   for r in rt.routes}
         return cls(
             version=rt.config_version,
             providers=MappingProxyType(providers),
             routes=MappingProxyType(routes),
-            chain_for_provider=MappingProxyType(chain_for),
-            chain_length=MappingProxyType({ch.cluster: len(ch.providers) for ch in rt.chains}),
-            default_chain=rt.chains[0].cluster,
-            provider_for_model=MappingProxyType(by_model),
-            max_attempts=rt.max_attempts,
+            chain_for_model=MappingProxyType({m.name: chains[m.chain] for m in rt.models}),
+            default_chain=chains[rt.chains[0].cluster],
             models_json=_models_json(providers.values()),
         )
 

@@ -33,11 +33,12 @@ def headers(**fields: str) -> pb.HttpHeaders:
 
 
 def view() -> RuntimeView:
-    rt = runtime_pb2.Runtime(config_version="v1", provider_preference=["p"])
+    rt = runtime_pb2.Runtime(config_version="v1")
     rt.providers.add(name="p", type="openai", model="m", base_url="http://127.0.0.1:9/v1", cluster="provider.p")
     rt.routes.add(path="/v1/chat/completions", handler="chat")
     rt.routes.add(path="/v1/models", handler="models")
-    rt.chains.add(cluster="chain.p", providers=["p"])
+    rt.chains.add(cluster="chain.p", providers=["p"], attempts=2)
+    rt.models.add(name="m", provider="p", chain="chain.p")
     return RuntimeView.from_proto(rt, frozenset({"openai"}))
 
 

@@ -17,7 +17,7 @@ from ext_proc.processor import UpstreamStep, provider_from_host_metadata
 from hapax.wire import EXT_PROC_ATTRIBUTES, USAGE_HEADER, VERSION_HEADER
 from hapax.wire import HOST_METADATA_ATTRIBUTE as HOST_METADATA
 from hapax.wire import ROUTE_METADATA_ATTRIBUTE as ROUTE_METADATA
-from ext_proc.runtime import InvalidRuntime, RuntimeView
+from ext_proc.runtime import Chain, InvalidRuntime, RuntimeView
 from ext_proc.shapes import TextCompletionStage
 from ext_proc.sse import SseParser, encode
 from hapax.v1 import runtime_pb2
@@ -146,21 +146,30 @@ def test_provider_errors_pass_through_the_completion_shape_untouched():
 
 
 def _runtime() -> runtime_pb2.Runtime:
-    rt = runtime_pb2.Runtime(config_version="7", provider_preference=["a", "b"])
+    rt = runtime_pb2.Runtime(config_version="7")
     rt.providers.add(name="a", type="openai", model="shared", base_url="https://api.example.com/v1", cluster="provider.a")
     rt.providers.add(name="b", type="openai", model="shared", aliases=["b-alias"],
                      base_url="http://10.0.0.1:8000", cluster="provider.b")
-    rt.chains.add(cluster="chain.a", providers=["a", "b"])
-    rt.chains.add(cluster="chain.b", providers=["b", "a"])
+    rt.chains.add(cluster="chain.a", providers=["a", "b"], attempts=2)
+    rt.chains.add(cluster="chain.b", providers=["b", "a"], attempts=3)
+    rt.models.add(name="shared", provider="a", chain="chain.a")
+    rt.models.add(name="b-alias", provider="b", chain="chain.b")
     return rt
 
 
-def test_runtime_view_maps_models_to_the_preferred_provider_and_hosts_with_ports():
+def test_runtime_view_reads_the_plans_chains_as_sent_and_hosts_with_ports():
     view = RuntimeView.from_proto(_runtime(), frozenset({"openai"}))
-    assert view.provider_for_model == {"shared": "a", "b-alias": "b"}
+    assert view.chain_for_model == {"shared": Chain("chain.a", 2), "b-alias": Chain("chain.b", 3)}
+    assert view.default_chain == Chain("chain.a", 2)
     assert view.providers["a"].host == "api.example.com" and view.providers["a"].base_path == "/v1"
     assert view.providers["b"].host == "10.0.0.1:8000" and view.providers["b"].base_path == ""
-    assert view.default_chain == "chain.a" and view.chain_for_provider["b"] == "chain.b"
+
+
+def test_a_runtime_whose_model_names_a_missing_chain_is_rejected():
+    rt = _runtime()
+    rt.models.add(name="orphan", provider="c", chain="chain.c")
+    with pytest.raises(InvalidRuntime, match="orphan"):
+        RuntimeView.from_proto(rt, frozenset({"openai"}))
 
 
 def test_ipv6_provider_hosts_keep_their_brackets():
@@ -190,7 +199,7 @@ def test_every_attempt_uses_the_version_its_request_started_under():
     del newer.providers[1]  # provider b removed while a request to it was in flight
     newer.chains.pop()
     newer.chains[0].providers[:] = ["a"]
-    newer.provider_preference[:] = [p for p in newer.provider_preference if p != "b"]
+    del newer.models[1]
     current = RuntimeView.from_proto(newer, frozenset({"openai"}))
     attributes = {EXT_PROC_ATTRIBUTES: struct_pb2.Struct(fields={
         HOST_METADATA: struct_pb2.Value(string_value='filter_metadata { key: "hapax" value { fields { key: '

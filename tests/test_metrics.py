@@ -6,14 +6,13 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from ext_proc.metrics import FAILED_OVER, SUCCESS, GatewayMetrics, observe_all
 from ext_proc.provider_health import ProviderProber
-from ext_proc.runtime import Provider, Route, RuntimeView
+from ext_proc.runtime import Chain, Provider, Route, RuntimeView
 
 ROUTE = Route("/v1/chat/completions", "chat", "v1", {"department": "marketing"})
 PROVIDER = Provider(name="primary", type="openai", model="gpt-4o-mini", aliases=(), base_url="http://x/v1",
                     host="x", base_path="/v1", api_key="", timeout=30.0, price=(0.15, 0.6))
 VIEW = RuntimeView(version="v1", providers={"primary": PROVIDER}, routes={ROUTE.path: ROUTE},
-                   chain_for_provider={}, chain_length={}, default_chain="chain.primary",
-                   provider_for_model={}, max_attempts=0, models_json=b"")
+                   chain_for_model={}, default_chain=Chain("chain.primary", 2), models_json=b"")
 
 
 def _metrics() -> GatewayMetrics:

@@ -7,6 +7,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from control_plane import model_lane, passthrough
 from control_plane import resources as res
 from control_plane.config import parse_config
+from control_plane.plan import make_plan
 from control_plane.snapshot import ROUTE, build_snapshot
 from tests.test_passthrough import CONFIG
 from tests.test_snapshot import EXT_PROC
@@ -69,5 +70,5 @@ def test_a_gateway_serving_only_its_model_list_has_no_lane():
     text = ("providers:\n  claude: {type: anthropic, model: claude-3-haiku, api_key: k}\n"
             "routes:\n  - {path: /v1/models, handler: models}\n")
     assert not [r for r in _routes(text) if r.name.startswith("model:")]
-    hcm_filters = [f.name for f in res.http_connection_manager(parse_config(text)).http_filters]
+    hcm_filters = [f.name for f in res.http_connection_manager(make_plan(parse_config(text))).http_filters]
     assert passthrough.JSON_TO_METADATA_FILTER not in hcm_filters  # no lane: bodies are not read in Envoy

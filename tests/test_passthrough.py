@@ -12,6 +12,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from control_plane import passthrough
 from control_plane import resources as res
 from control_plane.config import parse_config
+from control_plane.plan import make_plan
 from control_plane.snapshot import CLUSTER, LISTENER, ROUTE, SECRET, _aggregate_members, build_snapshot
 from control_plane.static_bootstrap import envoy_validate, static_bootstrap
 from hapax.envoy_process import envoy_binary
@@ -38,7 +39,7 @@ def config():
 
 
 def test_only_an_openai_providers_own_model_name_takes_the_lane():
-    lanes = {lane.model: lane for lane in passthrough.lane_models(config())}
+    lanes = {lane.model: lane for lane in make_plan(config()).lane_models}
     # Not "fast" (an alias, rewritten), not claude's model (another API).
     assert sorted(lanes) == ["gpt-4o", "llama-3-8b"]
     gpt = lanes["gpt-4o"]
@@ -49,7 +50,7 @@ def test_only_an_openai_providers_own_model_name_takes_the_lane():
 
 
 def _routes():
-    return [r for r in res.route_configuration(config()).virtual_hosts[0].routes]
+    return [r for r in res.route_configuration(make_plan(config())).virtual_hosts[0].routes]
 
 
 def test_lane_routes_go_before_their_ordinary_route_and_route_on_the_body_without_ext_proc():
@@ -90,11 +91,11 @@ def _upstream_filters(cluster):
 
 
 def _lane(model: str) -> passthrough.LaneModel:
-    return next(lane for lane in passthrough.lane_models(config()) if lane.model == model)
+    return next(lane for lane in make_plan(config()).lane_models if lane.model == model)
 
 
 def test_each_lane_attempt_gets_its_providers_key_from_envoy_or_goes_to_ext_proc():
-    first, codec = _upstream_filters(res.lane_cluster(config(), _lane("gpt-4o")))
+    first, codec = _upstream_filters(res.lane_cluster(make_plan(config()), _lane("gpt-4o")))
     assert first.name == passthrough.LANE_FILTER and codec.name == "envoy.filters.http.upstream_codec"
     composite = extension_matcher_pb2.ExtensionWithMatcher()
     first.typed_config.Unpack(composite)

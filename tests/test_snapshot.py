@@ -12,6 +12,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from control_plane import resources as res
 from control_plane.config import parse_config
+from control_plane.plan import make_plan
 from control_plane.snapshot import (
     CLUSTER,
     ENDPOINT,
@@ -102,12 +103,12 @@ def test_route_stats_carry_the_path_and_the_labels_envoy_has_tags_for():
 """
     config = parse_config(text, env=SECRETS)
     assert res.stats_label_keys(config) == ("department", "team")
-    routes = {r.match.path: r for r in res.route_configuration(config).virtual_hosts[0].routes if r.HasField("route")}
+    routes = {r.match.path: r for r in res.route_configuration(make_plan(config)).virtual_hosts[0].routes if r.HasField("route")}
     assert routes["/v1/marketing/completions"].stat_prefix == "v1_marketing_completions.department.marketing"
     assert routes["/v1/eng.v2/chat/completions"].stat_prefix == \
         "v1_eng_v2_chat_completions.department.engineering.team.core_platform"
     # A key Envoy has no tag for (added after it started) stays out of the stat name.
-    later = res.route_configuration(config, ("department",)).virtual_hosts[0].routes
+    later = res.route_configuration(make_plan(config), ("department",)).virtual_hosts[0].routes
     assert {r.stat_prefix for r in later if r.match.path == "/v1/eng.v2/chat/completions" and r.HasField("route")} == {
         "v1_eng_v2_chat_completions.department.engineering"}
 
@@ -129,6 +130,20 @@ def test_runtime_names_chains_in_preference_order():
     runtime = seed_snapshot(MIXED).of_type(RUNTIME)["hapax"]
     assert [c.cluster for c in runtime.chains] == ["chain.openai", "chain.claude", "chain.local"]
     assert list(runtime.chains[2].providers) == ["local", "openai", "claude"]
+    # One attempt per provider of the chain, and never fewer than two.
+    assert [c.attempts for c in runtime.chains] == [2, 2, 3]
+
+
+def test_runtime_carries_the_plans_model_owners_and_attempts_so_ext_proc_derives_none():
+    text = MIXED.replace("model: gpt-4o,", "model: gpt-4o, aliases: [shared],").replace(
+        "model: claude-3-haiku,", "model: claude-3-haiku, aliases: [shared, fast],")
+    runtime = seed_snapshot(text + "retry: {max_attempts: 5}\n").of_type(RUNTIME)["hapax"]
+    owners = {m.name: (m.provider, m.chain) for m in runtime.models}
+    # The provider first in preference order wins a name two providers serve.
+    assert owners == {"gpt-4o": ("openai", "chain.openai"), "shared": ("openai", "chain.openai"),
+                      "claude-3-haiku": ("claude", "chain.claude"), "fast": ("claude", "chain.claude"),
+                      "llama3.2": ("local", "chain.local")}
+    assert {c.attempts for c in runtime.chains} == {5}  # the config's max_attempts, on every chain
 
 
 def test_push_order_is_clusters_endpoints_secrets_listeners_routes_then_runtime():

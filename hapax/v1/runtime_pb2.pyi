@@ -70,28 +70,38 @@ class Route(_message.Message):
     def __init__(self, path: _Optional[str] = ..., handler: _Optional[str] = ..., version: _Optional[str] = ..., metrics_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Chain(_message.Message):
-    __slots__ = ("cluster", "providers")
+    __slots__ = ("cluster", "providers", "attempts")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     cluster: str
     providers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, cluster: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ...) -> None: ...
+    attempts: int
+    def __init__(self, cluster: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ...) -> None: ...
+
+class Model(_message.Message):
+    __slots__ = ("name", "provider", "chain")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    provider: str
+    chain: str
+    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., chain: _Optional[str] = ...) -> None: ...
 
 class Runtime(_message.Message):
-    __slots__ = ("config_version", "providers", "provider_preference", "routes", "chains", "max_attempts")
+    __slots__ = ("config_version", "providers", "routes", "chains", "models")
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
-    PROVIDER_PREFERENCE_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     CHAINS_FIELD_NUMBER: _ClassVar[int]
-    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     config_version: str
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
-    provider_preference: _containers.RepeatedScalarFieldContainer[str]
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     chains: _containers.RepeatedCompositeFieldContainer[Chain]
-    max_attempts: int
-    def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., provider_preference: _Optional[_Iterable[str]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., max_attempts: _Optional[int] = ...) -> None: ...
+    models: _containers.RepeatedCompositeFieldContainer[Model]
+    def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
 
 class ConfigStatus(_message.Message):
     __slots__ = ("serving_version", "reloads_applied", "reloads_unchanged", "reloads_invalid", "last_error", "rejections")
