@@ -1,13 +1,7 @@
-"""The configuration model of Hapax: ``hapax.yaml`` -> immutable, typed objects.
+"""Validation: a parsed, expanded mapping -> the dataclasses of ``model``, with every issue.
 
-Everything else in the control plane trusts these objects, so this module is
-strict: unknown keys, wrong types and dangling references are errors. It never
-stops at the first problem: a user fixing a file wants the whole list at once,
-each with its key path (``providers.openai.type``, ``routes[2].path``).
-
-Reading a file goes through three steps, each a section below:
-YAML (with line numbers for syntax errors) -> ``${ENV}`` expansion of string
-values -> validation into the dataclasses.
+It is strict: unknown keys, wrong types and dangling references are errors,
+each reported at its key path.
 """
 
 from __future__ import annotations
@@ -15,66 +9,46 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
-import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
+from control_plane.config.env import _Expanded
+from control_plane.config.errors import _index, _Issues, _join
+from control_plane.config.model import (
+    DEFAULT_BASE_URLS,
+    DEFAULT_ROUTES,
+    DEFAULT_TIMEOUT,
+    HANDLERS,
+    HEALTH_PATH,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    MAX_LABEL_VALUE_LENGTH,
+    MAX_LABELS,
+    MAX_WORKERS,
+    PROVIDER_TYPES,
+    RESERVED_LABELS,
+    CircuitBreakerConfig,
+    ExtProcConfig,
+    HapaxConfig,
+    HealthCheckConfig,
+    Http3Config,
+    LoggingConfig,
+    ProviderConfig,
+    RetryConfig,
+    RouteConfig,
+    ServerConfig,
+)
 from control_plane.pricing import DEFAULT_PRICES, ModelPrice
 from control_plane.tls import Certificate, CertificateError, load_certificate
-from hapax import wire
-
-__all__ = [
-    "DEFAULT_BASE_URLS",
-    "DEFAULT_ROUTES",
-    "HANDLERS",
-    "PROVIDER_TYPES",
-    "ConfigError",
-    "CircuitBreakerConfig",
-    "ConfigIssue",
-    "FrozenMap",
-    "HapaxConfig",
-    "HealthCheckConfig",
-    "ProviderConfig",
-    "ExtProcConfig",
-    "Http3Config",
-    "LoggingConfig",
-    "RetryConfig",
-    "RouteConfig",
-    "ServerConfig",
-    "load_config",
-    "parse_config",
-    "summarize",
-]
-
-PROVIDER_TYPES = ("anthropic", "ollama", "openai")
-HANDLERS = tuple(handler.value for handler in wire.Handler)
-DEFAULT_BASE_URLS = {
-    "openai": "https://api.openai.com/v1",
-    "anthropic": "https://api.anthropic.com",
-    "ollama": "http://localhost:11434",
-}
-DEFAULT_TIMEOUT = 60.0
-HEALTH_PATH = wire.HEALTH_PATH
-
-# Hapax sets these labels itself on every series; a route may not override them.
-RESERVED_LABELS = ("provider", "model", "route", "status", "status_class", "outcome", "handler",
-                   "gen_ai_token_type", "version", "result", "le", "quantile")
-MAX_LABELS = 8  # every label multiplies the number of time series
-MAX_LABEL_VALUE_LENGTH = 64
 
 _TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "health_check", "retry", "pricing",
                    "logging", "ext_proc")
 _EXT_PROC_KEYS = ("workers",)
-MAX_WORKERS = 64
 _LOGGING_KEYS = ("level", "format", "access_log")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("json", "text")
 _PRICE_KEYS = ("input", "output")
 _RETRY_KEYS = ("max_attempts", "backoff")
 _BACKOFF_KEYS = ("base_interval", "max_interval")
@@ -91,413 +65,8 @@ _KEYED_PROVIDER_TYPES = ("anthropic", "openai")  # their APIs refuse requests wi
 _PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # provider names become Envoy cluster names
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Prometheus' own rule
 
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-# --------------------------------------------------------------------------- model
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem found in a file, at a key path ("" for the file itself)."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        # A root-level issue (syntax error, unreadable file) has no path to show.
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-
-class ConfigError(Exception):
-    """A configuration file is invalid; ``issues`` lists every problem found."""
-
-    def __init__(self, source: str, issues: Iterable[ConfigIssue]) -> None:
-        self.source = source
-        self.issues = tuple(issues)
-        super().__init__(source, self.issues)  # keeps the exception picklable
-
-    def __str__(self) -> str:
-        count = _plural(len(self.issues), "error")
-        return "\n".join([f"{self.source}: {count}", *(f"  {issue}" for issue in self.issues)])
-
-
-class FrozenMap(Mapping[K, V]):
-    """A read-only, hashable, ordered mapping.
-
-    Frozen dataclasses hash their fields, which rules out ``dict`` and
-    ``MappingProxyType``; this keeps ``Mapping`` ergonomics and stays hashable.
-    """
-
-    __slots__ = ("_data",)
-
-    def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
-        self._data: dict[K, V] = dict(items)
-
-    def __getitem__(self, key: K) -> V:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[K]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __hash__(self) -> int:
-        return hash(frozenset(self._data.items()))
-
-    def __repr__(self) -> str:
-        return repr(self._data)
-
-
-def _freeze(obj: object, name: str, convert: Callable[[Any], Any]) -> None:
-    # The dataclasses are frozen; normalising inputs in __post_init__ needs the bypass.
-    object.__setattr__(obj, name, convert(getattr(obj, name)))
-
-
-@dataclass(frozen=True)
-class Http3Config:
-    enabled: bool = False
-    port: int | None = None  # UDP; None: the same number as server.port
-    certificate: Certificate | None = None  # tls_cert_file / tls_key_file, else server.tls's
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    host: str = "0.0.0.0"
-    port: int = 8080  # HTTP/1.1 + HTTP/2 listener (HTTPS with tls)
-    admin_port: int = 9901  # Envoy admin, always bound to 127.0.0.1 (host does not apply)
-    metrics_port: int = 9090  # Hapax /metrics
-    tls: Certificate | None = None  # HTTPS on the TCP listener, HTTP/2 by ALPN
-    http3: Http3Config = Http3Config()
-
-    @property
-    def http3_port(self) -> int:
-        return self.port if self.http3.port is None else self.http3.port
-
-
-@dataclass(frozen=True)
-class HealthCheckConfig:
-    """How ext_proc probes a provider, and when the verdict flips (Envoy's semantics)."""
-
-    interval: float = 10.0  # seconds between probes
-    timeout: float = 5.0  # one probe's time limit
-    healthy_threshold: int = 2  # consecutive successes to come back
-    unhealthy_threshold: int = 3  # consecutive failures to be taken out
-
-
-@dataclass(frozen=True)
-class CircuitBreakerConfig:
-    """Caps on what one provider may hold, so a slow one cannot absorb all capacity."""
-
-    max_concurrent_requests: int = 1024
-    max_pending_requests: int = 1024
-    # Retries in flight at once; a chain allows the sum of its providers'. Not
-    # Envoy's default of 3: failing over is this gateway's job, and a retry goes
-    # to another provider, so it is no storm against the one that failed.
-    max_retries: int = 1024
-
-
-@dataclass(frozen=True)
-class RetryConfig:
-    # Attempts per request, the first included; None: one per provider of the
-    # request's chain (each retry goes to the next provider).
-    max_attempts: int | None = None
-    # Envoy's jittered exponential back-off between attempts: each wait is
-    # random in [0, base x 2^n), capped at max_interval.
-    backoff_base: float = 0.025
-    backoff_max: float = 0.25
-
-
-@dataclass(frozen=True)
-class ExtProcConfig:
-    # ext_proc processes `hapax serve` runs; None: one per CPU. (Envoy spreads the
-    # gRPC streams over them; a request's steps may land on different ones.)
-    workers: int | None = None
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    level: str = "info"    # Hapax's own processes (Envoy's has --envoy-log-level)
-    format: str = "json"   # json | text, for Hapax's own lines; access logs are always JSON
-    access_log: bool = True  # Envoy's access log, one JSON line per request on stderr
-
-
-@dataclass(frozen=True)
-class ProviderConfig:
-    name: str
-    type: str  # one of PROVIDER_TYPES
-    model: str
-    api_key: str = field(repr=False)  # after ${ENV} expansion; "" when unset
-    base_url: str  # no trailing slash
-    timeout: float = DEFAULT_TIMEOUT  # seconds
-    aliases: tuple[str, ...] = ()  # extra model names clients may use for this provider
-    health_check: HealthCheckConfig = HealthCheckConfig()
-    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
-
-    def __post_init__(self) -> None:
-        _freeze(self, "aliases", tuple)
-
-
-@dataclass(frozen=True)
-class RouteConfig:
-    path: str
-    handler: str  # one of HANDLERS
-    version: str = "v1"
-    metrics_labels: Mapping[str, str] = field(default_factory=FrozenMap)
-
-    def __post_init__(self) -> None:
-        _freeze(self, "metrics_labels", FrozenMap)
-
-
-@dataclass(frozen=True)
-class HapaxConfig:
-    server: ServerConfig
-    providers: Mapping[str, ProviderConfig]  # in file order
-    provider_preference: tuple[str, ...]
-    routes: tuple[RouteConfig, ...]
-    warnings: tuple[ConfigIssue, ...] = ()  # non-fatal findings
-    source: str = "<string>"
-    retry: RetryConfig = RetryConfig()
-    # Model -> price per million tokens: the built-in table with ``pricing:`` over it.
-    pricing: Mapping[str, ModelPrice] = field(default_factory=lambda: FrozenMap(DEFAULT_PRICES))
-    logging: LoggingConfig = LoggingConfig()
-    ext_proc: ExtProcConfig = ExtProcConfig()
-
-    def __post_init__(self) -> None:
-        _freeze(self, "pricing", FrozenMap)
-        _freeze(self, "providers", FrozenMap)
-        _freeze(self, "provider_preference", tuple)
-        _freeze(self, "routes", tuple)
-        _freeze(self, "warnings", tuple)
-
-
-DEFAULT_ROUTES: tuple[RouteConfig, ...] = (
-    RouteConfig("/v1/chat/completions", "chat"),
-    RouteConfig("/v1/completions", "completion"),
-    RouteConfig("/v1/embeddings", "embeddings"),
-    RouteConfig("/v1/models", "models"),
-)
-
-
-# --------------------------------------------------------------------------- public functions
-
-
-def parse_config(
-    text: str, *, source: str = "<string>", env: Mapping[str, str] | None = None
-) -> HapaxConfig:
-    """Parse and validate YAML text; raise ConfigError listing every problem."""
-    env = os.environ if env is None else env
-    issues = _Issues()
-    try:
-        data = _expand(_load_yaml(text), "", env, issues)
-        config = _build(data, source, issues)
-    except _YamlSyntaxError as err:
-        raise ConfigError(source, [ConfigIssue("", str(err))]) from None
-    except RecursionError:  # a self-referencing alias (&a [*a]) or absurd nesting
-        raise ConfigError(source, [ConfigIssue("", "the document nests too deeply or refers to itself")]) from None
-    if config is None:
-        raise ConfigError(source, issues.errors)
-    return config
-
-
-def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> HapaxConfig:
-    """Read and parse a file; an unreadable file is a ConfigError too."""
-    source = os.fspath(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(source, [ConfigIssue("", f"cannot read the file: {reason}")]) from None
-    return parse_config(text, source=source, env=env)
-
-
-def summarize(config: HapaxConfig) -> str:
-    """One line for humans: what a valid file configures."""
-    providers = f"{_plural(len(config.providers), 'provider')} ({', '.join(config.providers)})"
-    host = f"[{config.server.host}]" if ":" in config.server.host else config.server.host
-    parts = [
-        providers,
-        f"preference {' > '.join(config.provider_preference)}",
-        _plural(len(config.routes), "route"),
-        f"listening on {host}:{config.server.port}",
-    ]
-    return f"{config.source}: valid — {', '.join(parts)}"
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-# --------------------------------------------------------------------------- YAML
-
-
-class _YamlSyntaxError(Exception):
-    """The text is not YAML; the message carries the line and column."""
-
-
-_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and leaves dates as strings.
-
-    PyYAML keeps the last of two duplicate keys silently, which would hide a
-    provider defined twice. Dates become strings because no Hapax value is a
-    date, and ``version: 2024-06-01`` should stay the text the user wrote.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        _reject_duplicate_keys(node)
-        return super().construct_mapping(node, deep=deep)
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep=deep)
-        except (ValueError, TypeError, OverflowError):  # e.g. "!!int abc": give it a line number
-            raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read this value as {node.tag.rsplit(':', 1)[-1]}", node.start_mark
-            ) from None
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP_TAG]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_constructor(_TIMESTAMP_TAG, yaml.SafeLoader.construct_yaml_str)
-
-
-def _reject_duplicate_keys(node: yaml.MappingNode) -> None:
-    seen: dict[tuple[str, str], yaml.Mark] = {}
-    for key_node, _ in node.value:
-        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
-            continue  # merged keys (<<: *base) are meant to be overridden
-        ident = (key_node.tag, key_node.value)
-        if ident in seen:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"duplicate key {key_node.value!r} (first defined on line {seen[ident].line + 1})",
-                key_node.start_mark,
-            )
-        seen[ident] = key_node.start_mark
-
-
-def _load_yaml(text: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.YAMLError as exc:
-        raise _YamlSyntaxError(_describe_yaml_error(exc)) from None
-
-
-def _describe_yaml_error(exc: yaml.YAMLError) -> str:
-    # Built from the parts, not str(exc): PyYAML's own text quotes the offending
-    # line, which could be the one holding an API key.
-    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    if problem is None or mark is None:
-        return f"invalid YAML: {' '.join(str(exc).split())}"  # one line, like every other issue
-    message = f"invalid YAML at {_position(mark)}: {problem}"
-    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-    if context and context_mark and context != problem:
-        message += f" ({context} started at {_position(context_mark)})"
-    return message
-
-
-def _position(mark: yaml.Mark) -> str:
-    return f"line {mark.line + 1}, column {mark.column + 1}"
-
-
-# --------------------------------------------------------------------------- environment expansion
-
-_REFERENCE = re.compile(r"\$(?:(?P<dollar>\$)|\{(?P<body>[^}]*)\}|(?P<open>\{))")
-_REFERENCE_BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
-
-
-class _Expanded(str):
-    """A string value that came (partly) from ``${VAR}`` references.
-
-    It remembers the text as written and which variables came out empty, so
-    that messages can name ``$OPENAI_API_KEY`` instead of echoing a value that
-    may be a secret, and numeric fields can accept numbers from the
-    environment (where everything is a string).
-    """
-
-    template: str
-    empty_variables: tuple[str, ...]  # e.g. ("OPENAI_API_KEY is not set",)
-
-    def __new__(cls, value: str, template: str, empty_variables: tuple[str, ...]) -> _Expanded:
-        self = super().__new__(cls, value)
-        self.template = template
-        self.empty_variables = empty_variables
-        return self
-
-
-def _expand(value: Any, path: str, env: Mapping[str, str], issues: _Issues) -> Any:
-    """Expand ``${VAR}`` in every string value of the tree (keys are names, not values)."""
-    if isinstance(value, dict):
-        return {key: _expand(item, _join(path, key), env, issues) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_expand(item, _index(path, i), env, issues) for i, item in enumerate(value)]
-    if isinstance(value, str) and "$" in value:
-        return _expand_string(value, path, env, issues)
-    return value
-
-
-def _expand_string(template: str, path: str, env: Mapping[str, str], issues: _Issues) -> str:
-    empty: list[str] = []
-    referenced = False
-
-    def substitute(match: re.Match[str]) -> str:
-        nonlocal referenced
-        if match["dollar"]:
-            return "$"
-        body = None if match["open"] else _REFERENCE_BODY.fullmatch(match["body"])
-        if body is None:
-            # The reference is not echoed: it may sit inside a literal secret.
-            issues.error(path, "invalid variable reference: expected ${NAME} or ${NAME:-default} "
-                               "(write $$ for a literal $)")
-            return match[0]
-        referenced = True
-        return _lookup(body["name"], body["default"], env, empty)
-
-    value = _REFERENCE.sub(substitute, template)
-    return _Expanded(value, template, tuple(empty)) if referenced else value
-
-
-def _lookup(name: str, default: str | None, env: Mapping[str, str], empty: list[str]) -> str:
-    value = env.get(name)
-    if value:
-        return value
-    if default is not None:  # like the shell's ${VAR:-default}: unset or empty
-        return default
-    empty.append(f"{name} is not set" if value is None else f"{name} is empty")
-    return ""
-
 
 # --------------------------------------------------------------------------- validation helpers
-
-
-@dataclass
-class _Issues:
-    errors: list[ConfigIssue] = field(default_factory=list)
-    warnings: list[ConfigIssue] = field(default_factory=list)
-
-    def error(self, path: str, message: str) -> None:
-        self.errors.append(ConfigIssue(path, message))
-
-    def warn(self, path: str, message: str) -> None:
-        self.warnings.append(ConfigIssue(path, message))
-
-
-def _join(path: str, key: object) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-def _index(path: str, index: int) -> str:
-    return f"{path}[{index}]"
 
 
 def _describe(value: object, *, secret: bool = False) -> str:
@@ -564,7 +133,7 @@ def _list(value: Any, path: str, issues: _Issues) -> list[Any] | None:
 
 def _string(value: Any, path: str, issues: _Issues, *, secret: bool = False) -> str | None:
     if isinstance(value, str):
-        return str(value)  # a plain str: _Expanded's bookkeeping stays in this module
+        return str(value)  # a plain str: _Expanded's bookkeeping stays in this package
     issues.error(path, _expected("a string", value, secret=secret))
     return None
 
