@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from control_plane.config import HapaxConfig
+from control_plane.config.model import HapaxConfig
 
 
 def provider_cluster_name(provider: str) -> str:

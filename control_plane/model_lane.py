@@ -41,7 +41,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
 from google.protobuf import any_pb2
 
-from control_plane.config import HapaxConfig
+from control_plane.config.model import HapaxConfig
 from control_plane.passthrough import (
     METADATA_NAMESPACE,
     REQUEST_NAMESPACE,

@@ -61,7 +61,7 @@ from xds.type.v3 import cel_pb2
 
 from control_plane.cel import MetadataEquals, all_of
 from control_plane.chains import attempts, chain_cluster_name, chain_order
-from control_plane.config import HapaxConfig, ProviderConfig
+from control_plane.config.model import HapaxConfig, ProviderConfig
 from control_plane.xds import ads, pack
 from hapax import wire
 

@@ -85,7 +85,7 @@ from control_plane.chains import (
     chain_order,
     provider_cluster_name,
 )
-from control_plane.config import HapaxConfig, ProviderConfig, RouteConfig
+from control_plane.config.model import HapaxConfig, ProviderConfig, RouteConfig
 from control_plane.pricing import price_for
 from control_plane.tls import Certificate
 from control_plane.xds import ads, duration, pack
