@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from control_plane.config import DEFAULT_ROUTES, RouteConfig
+from control_plane.config.model import DEFAULT_ROUTES, RouteConfig
 
 # Provider -> the environment variable holding its key, in preference order.
 REAL_PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}

@@ -58,7 +58,7 @@ from xds.type.matcher.v3 import http_inputs_pb2, matcher_pb2
 from xds.type.v3 import cel_pb2
 
 from control_plane.cel import MetadataEquals, all_of
-from control_plane.config import HapaxConfig, ProviderConfig
+from control_plane.config.model import HapaxConfig, ProviderConfig
 from control_plane.plan import LaneModel, Plan
 from control_plane.xds import ads, pack
 from hapax import wire

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-from control_plane.config import HapaxConfig, ProviderConfig
+from control_plane.config.model import HapaxConfig, ProviderConfig
 from hapax import wire
 
 

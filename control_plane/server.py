@@ -25,13 +25,9 @@ from watchfiles import awatch
 
 from control_plane.ads import AdsServer
 from control_plane.cache import SnapshotCache
-from control_plane.config import (
-    ConfigError,
-    ConfigIssue,
-    HapaxConfig,
-    load_config,
-    summarize,
-)
+from control_plane.config.errors import ConfigError, ConfigIssue
+from control_plane.config.load import load_config, summarize
+from control_plane.config.model import HapaxConfig
 from control_plane.resources import (
     Address,
     ExtProcEndpoints,

@@ -25,7 +25,7 @@ from google.protobuf import message
 
 from control_plane import passthrough
 from control_plane import resources as res
-from control_plane.config import HapaxConfig
+from control_plane.config.model import HapaxConfig
 from control_plane.plan import make_plan
 from hapax import wire
 from hapax.v1 import runtime_pb2

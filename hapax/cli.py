@@ -7,7 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from control_plane.config import ConfigError, load_config, summarize
+from control_plane.config.errors import ConfigError
+from control_plane.config.load import load_config, summarize
 from hapax import logs
 
 

@@ -1,0 +1,224 @@
+"""The configuration model of Hapax: immutable, typed objects and their constants.
+
+Everything else in the control plane trusts these objects; ``validate`` makes
+sure a file can only become one when it is valid. The dataclasses are frozen
+and hashable (``FrozenMap`` stands in for ``dict``), so a config can be shared
+and compared freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from control_plane.config.errors import ConfigIssue
+from control_plane.pricing import DEFAULT_PRICES, ModelPrice
+from control_plane.tls import Certificate
+from hapax import wire
+
+__all__ = [
+    "DEFAULT_BASE_URLS",
+    "DEFAULT_ROUTES",
+    "DEFAULT_TIMEOUT",
+    "HANDLERS",
+    "HEALTH_PATH",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "MAX_LABELS",
+    "MAX_LABEL_VALUE_LENGTH",
+    "MAX_WORKERS",
+    "PROVIDER_TYPES",
+    "RESERVED_LABELS",
+    "CircuitBreakerConfig",
+    "ExtProcConfig",
+    "FrozenMap",
+    "HapaxConfig",
+    "HealthCheckConfig",
+    "Http3Config",
+    "LoggingConfig",
+    "ProviderConfig",
+    "RetryConfig",
+    "RouteConfig",
+    "ServerConfig",
+]
+
+PROVIDER_TYPES = ("anthropic", "ollama", "openai")
+HANDLERS = tuple(handler.value for handler in wire.Handler)
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "ollama": "http://localhost:11434",
+}
+DEFAULT_TIMEOUT = 60.0
+HEALTH_PATH = wire.HEALTH_PATH
+
+# Hapax sets these labels itself on every series; a route may not override them.
+RESERVED_LABELS = ("provider", "model", "route", "status", "status_class", "outcome", "handler",
+                   "gen_ai_token_type", "version", "result", "le", "quantile")
+MAX_LABELS = 8  # every label multiplies the number of time series
+MAX_LABEL_VALUE_LENGTH = 64
+MAX_WORKERS = 64
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "text")
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FrozenMap(Mapping[K, V]):
+    """A read-only, hashable, ordered mapping.
+
+    Frozen dataclasses hash their fields, which rules out ``dict`` and
+    ``MappingProxyType``; this keeps ``Mapping`` ergonomics and stays hashable.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
+        self._data: dict[K, V] = dict(items)
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+def _freeze(obj: object, name: str, convert: Callable[[Any], Any]) -> None:
+    # The dataclasses are frozen; normalising inputs in __post_init__ needs the bypass.
+    object.__setattr__(obj, name, convert(getattr(obj, name)))
+
+
+@dataclass(frozen=True)
+class Http3Config:
+    enabled: bool = False
+    port: int | None = None  # UDP; None: the same number as server.port
+    certificate: Certificate | None = None  # tls_cert_file / tls_key_file, else server.tls's
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080  # HTTP/1.1 + HTTP/2 listener (HTTPS with tls)
+    admin_port: int = 9901  # Envoy admin, always bound to 127.0.0.1 (host does not apply)
+    metrics_port: int = 9090  # Hapax /metrics
+    tls: Certificate | None = None  # HTTPS on the TCP listener, HTTP/2 by ALPN
+    http3: Http3Config = Http3Config()
+
+    @property
+    def http3_port(self) -> int:
+        return self.port if self.http3.port is None else self.http3.port
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    """How ext_proc probes a provider, and when the verdict flips (Envoy's semantics)."""
+
+    interval: float = 10.0  # seconds between probes
+    timeout: float = 5.0  # one probe's time limit
+    healthy_threshold: int = 2  # consecutive successes to come back
+    unhealthy_threshold: int = 3  # consecutive failures to be taken out
+
+
+@dataclass(frozen=True)
+class CircuitBreakerConfig:
+    """Caps on what one provider may hold, so a slow one cannot absorb all capacity."""
+
+    max_concurrent_requests: int = 1024
+    max_pending_requests: int = 1024
+    # Retries in flight at once; a chain allows the sum of its providers'. Not
+    # Envoy's default of 3: failing over is this gateway's job, and a retry goes
+    # to another provider, so it is no storm against the one that failed.
+    max_retries: int = 1024
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    # Attempts per request, the first included; None: one per provider of the
+    # request's chain (each retry goes to the next provider).
+    max_attempts: int | None = None
+    # Envoy's jittered exponential back-off between attempts: each wait is
+    # random in [0, base x 2^n), capped at max_interval.
+    backoff_base: float = 0.025
+    backoff_max: float = 0.25
+
+
+@dataclass(frozen=True)
+class ExtProcConfig:
+    # ext_proc processes `hapax serve` runs; None: one per CPU. (Envoy spreads the
+    # gRPC streams over them; a request's steps may land on different ones.)
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"    # Hapax's own processes (Envoy's has --envoy-log-level)
+    format: str = "json"   # json | text, for Hapax's own lines; access logs are always JSON
+    access_log: bool = True  # Envoy's access log, one JSON line per request on stderr
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    type: str  # one of PROVIDER_TYPES
+    model: str
+    api_key: str = field(repr=False)  # after ${ENV} expansion; "" when unset
+    base_url: str  # no trailing slash
+    timeout: float = DEFAULT_TIMEOUT  # seconds
+    aliases: tuple[str, ...] = ()  # extra model names clients may use for this provider
+    health_check: HealthCheckConfig = HealthCheckConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+
+    def __post_init__(self) -> None:
+        _freeze(self, "aliases", tuple)
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    path: str
+    handler: str  # one of HANDLERS
+    version: str = "v1"
+    metrics_labels: Mapping[str, str] = field(default_factory=FrozenMap)
+
+    def __post_init__(self) -> None:
+        _freeze(self, "metrics_labels", FrozenMap)
+
+
+@dataclass(frozen=True)
+class HapaxConfig:
+    server: ServerConfig
+    providers: Mapping[str, ProviderConfig]  # in file order
+    provider_preference: tuple[str, ...]
+    routes: tuple[RouteConfig, ...]
+    warnings: tuple[ConfigIssue, ...] = ()  # non-fatal findings
+    source: str = "<string>"
+    retry: RetryConfig = RetryConfig()
+    # Model -> price per million tokens: the built-in table with ``pricing:`` over it.
+    pricing: Mapping[str, ModelPrice] = field(default_factory=lambda: FrozenMap(DEFAULT_PRICES))
+    logging: LoggingConfig = LoggingConfig()
+    ext_proc: ExtProcConfig = ExtProcConfig()
+
+    def __post_init__(self) -> None:
+        _freeze(self, "pricing", FrozenMap)
+        _freeze(self, "providers", FrozenMap)
+        _freeze(self, "provider_preference", tuple)
+        _freeze(self, "routes", tuple)
+        _freeze(self, "warnings", tuple)
+
+
+DEFAULT_ROUTES: tuple[RouteConfig, ...] = (
+    RouteConfig("/v1/chat/completions", "chat"),
+    RouteConfig("/v1/completions", "completion"),
+    RouteConfig("/v1/embeddings", "embeddings"),
+    RouteConfig("/v1/models", "models"),
+)

@@ -1,0 +1,54 @@
+"""Validation: a parsed, expanded mapping -> the dataclasses of ``model``, with every issue.
+
+It is strict: unknown keys, wrong types and dangling references are errors,
+each reported at its key path. ``_build`` checks the top level and hands each
+section to its module:
+
+- ``server``: host, ports, TLS and HTTP/3;
+- ``providers``: providers, their health checks and circuit breakers, and
+  ``provider_preference``;
+- ``routes``: routes and their metrics labels;
+- ``settings``: the small sections: retry, pricing, logging, ext_proc.
+
+``values`` holds what they share: reading one value of a given kind, and the
+messages that describe a wrong one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from control_plane.config.errors import _Issues
+from control_plane.config.model import HapaxConfig, HealthCheckConfig
+from control_plane.config.validate.providers import _health_check, _preference, _provider_names, _providers
+from control_plane.config.validate.routes import _routes
+from control_plane.config.validate.server import _base_dir, _server
+from control_plane.config.validate.settings import _ext_proc, _logging, _pricing, _retry
+from control_plane.config.validate.values import _expected, _reject_unknown_keys
+
+_TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "health_check", "retry", "pricing",
+                   "logging", "ext_proc")
+
+
+def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
+    if data is None:
+        issues.error("", "the file is empty: expected a mapping with at least 'providers'")
+        return None
+    if not isinstance(data, dict):
+        issues.error("", _expected("a mapping at the top level", data))
+        return None
+    root = data
+    _reject_unknown_keys(root, "", _TOP_LEVEL_KEYS, issues)
+    server = _server(root.get("server"), issues, _base_dir(source))
+    health_defaults = _health_check(root.get("health_check"), "health_check", HealthCheckConfig(), issues)
+    providers = _providers(root.get("providers"), health_defaults, issues)
+    preference = _preference(root.get("provider_preference"), _provider_names(root.get("providers")), issues)
+    routes = _routes(root.get("routes"), issues)
+    retry = _retry(root.get("retry"), issues)
+    pricing = _pricing(root.get("pricing"), issues)
+    logging_config = _logging(root.get("logging"), issues)
+    ext_proc = _ext_proc(root.get("ext_proc"), issues)
+    if issues.errors:
+        return None
+    return HapaxConfig(server, providers, preference, routes, tuple(issues.warnings), source, retry, pricing,
+                       logging_config, ext_proc)

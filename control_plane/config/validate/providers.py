@@ -1,0 +1,245 @@
+"""The ``providers`` section (health checks and circuit breakers included) and ``provider_preference``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from control_plane.config.env import _Expanded
+from control_plane.config.errors import _index, _Issues, _join
+from control_plane.config.model import (
+    DEFAULT_BASE_URLS,
+    DEFAULT_TIMEOUT,
+    PROVIDER_TYPES,
+    CircuitBreakerConfig,
+    HealthCheckConfig,
+    ProviderConfig,
+)
+from control_plane.config.validate.values import (
+    _describe,
+    _duration,
+    _list,
+    _mapping,
+    _not_one_of,
+    _positive_integer,
+    _reject_unknown_keys,
+    _required,
+    _string,
+    _suggestion,
+    _text,
+)
+
+_PROVIDER_KEYS = ("type", "model", "api_key", "base_url", "timeout", "aliases", "health_check", "circuit_breaker")
+_HEALTH_CHECK_KEYS = ("interval", "timeout", "healthy_threshold", "unhealthy_threshold")
+_CIRCUIT_BREAKER_KEYS = ("max_concurrent_requests", "max_pending_requests", "max_retries")
+_KEYED_PROVIDER_TYPES = ("anthropic", "openai")  # their APIs refuse requests without a key
+
+_PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # provider names become Envoy cluster names
+
+
+def _provider_names(value: Any) -> list[str]:
+    return [name for name in value if isinstance(name, str)] if isinstance(value, dict) else []
+
+
+def _providers(value: Any, health_defaults: HealthCheckConfig, issues: _Issues) -> dict[str, ProviderConfig]:
+    if value is None:
+        issues.error("providers", "is required: define at least one provider")
+        return {}
+    node = _mapping(value, "providers", issues)
+    if node is None:
+        return {}
+    if not node:
+        issues.error("providers", "must define at least one provider")
+    providers = {}
+    for name, body in node.items():
+        provider = _provider(name, body, _join("providers", name), health_defaults, issues)
+        if provider is not None:
+            providers[provider.name] = provider
+    return providers
+
+
+def _provider(
+    name: Any, body: Any, path: str, health_defaults: HealthCheckConfig, issues: _Issues
+) -> ProviderConfig | None:
+    name_ok = _check_provider_name(name, path, issues)
+    node = _mapping(body, path, issues)
+    if node is None:
+        return None
+    _reject_unknown_keys(node, path, _PROVIDER_KEYS, issues)
+    kind = _provider_type(_required(node, "type", path, issues), _join(path, "type"), issues)
+    model_value = _required(node, "model", path, issues)
+    model = _text(model_value, _join(path, "model"), issues) if model_value is not None else None
+    api_key = _api_key(node.get("api_key"), kind, _join(path, "api_key"), issues)
+    base_url = _base_url(node.get("base_url"), kind, _join(path, "base_url"), issues)
+    timeout = _timeout(node.get("timeout"), _join(path, "timeout"), issues)
+    aliases = _aliases(node.get("aliases"), _join(path, "aliases"), issues)
+    health = _health_check(node.get("health_check"), _join(path, "health_check"), health_defaults, issues)
+    breaker = _circuit_breaker(node.get("circuit_breaker"), _join(path, "circuit_breaker"), issues)
+    if not (name_ok and kind and model and base_url):
+        return None
+    return ProviderConfig(name, kind, model, api_key, base_url, timeout, aliases, health, breaker)
+
+
+def _health_check(value: Any, path: str, defaults: HealthCheckConfig, issues: _Issues) -> HealthCheckConfig:
+    """A mapping overriding ``defaults`` key by key (the top level's, for a provider)."""
+    node = {} if value is None else _mapping(value, path, issues)
+    if node is None:
+        return defaults
+    _reject_unknown_keys(node, path, _HEALTH_CHECK_KEYS, issues)
+    fields = {}
+    for key in ("interval", "timeout"):
+        if node.get(key) is not None:
+            fields[key] = _duration(node[key], _join(path, key), getattr(defaults, key), issues)
+    for key in ("healthy_threshold", "unhealthy_threshold"):
+        if node.get(key) is not None:
+            fields[key] = _positive_integer(node[key], _join(path, key), getattr(defaults, key), issues)
+    config = replace(defaults, **fields)
+    if config.timeout <= config.interval:
+        return config
+    if "timeout" not in fields:  # an inherited timeout shrinks to a shorter interval
+        return replace(config, timeout=config.interval)
+    issues.error(_join(path, "timeout"), f"must not exceed the interval ({config.interval:g}s), "
+                                         f"got {config.timeout:g}s")
+    return config
+
+
+def _circuit_breaker(value: Any, path: str, issues: _Issues) -> CircuitBreakerConfig:
+    defaults = CircuitBreakerConfig()
+    node = {} if value is None else _mapping(value, path, issues)
+    if node is None:
+        return defaults
+    _reject_unknown_keys(node, path, _CIRCUIT_BREAKER_KEYS, issues)
+    fields = {key: _positive_integer(node[key], _join(path, key), getattr(defaults, key), issues)
+              for key in _CIRCUIT_BREAKER_KEYS if node.get(key) is not None}
+    return replace(defaults, **fields)
+
+
+def _check_provider_name(name: Any, path: str, issues: _Issues) -> bool:
+    if not isinstance(name, str):
+        issues.error(path, f"provider names must be strings, got {_describe(name)}")
+        return False
+    if not _PROVIDER_NAME.fullmatch(name):
+        issues.error(path, f"invalid provider name {name!r}: use lowercase letters, digits, '_' and '-', "
+                           "starting with a letter or digit (it names an Envoy cluster)")
+        return False
+    return True
+
+
+def _provider_type(value: Any, path: str, issues: _Issues) -> str | None:
+    if value is None:
+        return None
+    kind = _string(value, path, issues)
+    if kind is not None and kind not in PROVIDER_TYPES:
+        issues.error(path, _not_one_of("provider type", kind, PROVIDER_TYPES, suggest=False))
+        return None
+    return kind
+
+
+def _api_key(value: Any, kind: str | None, path: str, issues: _Issues) -> str:
+    key = "" if value is None else _string(value, path, issues, secret=True)
+    if key is None:
+        return ""
+    if not key and kind in _KEYED_PROVIDER_TYPES:
+        issues.warn(path, f"{_why_empty(value)}; requests to this provider will be rejected")
+    return key
+
+
+def _why_empty(value: Any) -> str:
+    if value is None:
+        return "empty (no api_key given)"
+    if isinstance(value, _Expanded) and value.empty_variables:
+        return f"empty ({', '.join(value.empty_variables)})"
+    return "empty"
+
+
+def _base_url(value: Any, kind: str | None, path: str, issues: _Issues) -> str | None:
+    if value is None:
+        return DEFAULT_BASE_URLS.get(kind or "")
+    url = _string(value, path, issues)
+    if url is None:
+        return None
+    problem = _url_problem(value)  # the original keeps its ${VAR} reference for the message
+    if problem:
+        issues.error(path, problem)
+        return None
+    return url.rstrip("/")
+
+
+def _shown(text: str) -> str:
+    """A value as a message may show it: by its reference when it came from the environment."""
+    return repr(text.template) if isinstance(text, _Expanded) else repr(text)
+
+
+def _url_problem(url: str) -> str | None:
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "must not contain whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parses the port, raising on a bad one
+    except ValueError as exc:
+        # urlsplit's message can quote the value, which may have come from a secret.
+        return f"invalid URL {_shown(url)}" if isinstance(url, _Expanded) else f"invalid URL: {exc}"
+    if parts.username is not None or parts.password is not None:
+        return "must not contain credentials (user:password@); use api_key"  # and is not echoed
+    if parts.scheme not in ("http", "https"):
+        return f"expected an http:// or https:// URL, got {_shown(url)}"
+    if not parts.hostname:
+        return f"URL {_shown(url)} has no host"
+    if parts.query or parts.fragment:
+        return f"URL {_shown(url)} must not have a query string or fragment"
+    return None
+
+
+def _timeout(value: Any, path: str, issues: _Issues) -> float:
+    return DEFAULT_TIMEOUT if value is None else _duration(value, path, DEFAULT_TIMEOUT, issues)
+
+
+def _aliases(value: Any, path: str, issues: _Issues) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = _list(value, path, issues) or []
+    aliases = (_text(item, _index(path, i), issues) for i, item in enumerate(items))
+    return tuple(alias for alias in aliases if alias is not None)
+
+
+# --------------------------------------------------------------------------- provider_preference
+
+
+def _preference(value: Any, names: Sequence[str], issues: _Issues) -> tuple[str, ...]:
+    path = "provider_preference"
+    if value is None:
+        return tuple(names)
+    items = _list(value, path, issues)
+    if items is None:
+        return tuple(names)
+    if not items:
+        issues.error(path, "must list at least one provider (omit the key to use every provider in file order)")
+    chosen: dict[str, str] = {}  # name -> where it was listed
+    for i, item in enumerate(items):
+        name = _preference_entry(item, _index(path, i), names, chosen, issues)
+        if name is not None:
+            chosen[name] = _index(path, i)
+    unlisted = [name for name in names if name not in chosen]
+    if chosen and unlisted:
+        issues.warn(path, f"not listed, so never used for failover: {', '.join(unlisted)}")
+    return tuple(chosen)
+
+
+def _preference_entry(
+    item: Any, path: str, names: Sequence[str], chosen: Mapping[str, str], issues: _Issues
+) -> str | None:
+    name = _string(item, path, issues)
+    if name is None:
+        return None
+    if names and name not in names:  # no names: `providers` is broken and already reported
+        close = _suggestion(name, names)
+        hint = f"; did you mean {close!r}?" if close else ""
+        issues.error(path, f"unknown provider {name!r} (defined: {', '.join(names)}){hint}")
+        return None
+    if name in chosen:
+        issues.error(path, f"provider {name!r} is listed twice (first at {chosen[name]})")
+        return None
+    return name

@@ -1,0 +1,87 @@
+"""Reading YAML text safely: a SafeLoader that rejects duplicate keys, and
+syntax errors described by line and column without quoting the line (it may
+hold an API key).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+class _YamlSyntaxError(Exception):
+    """The text is not YAML; the message carries the line and column."""
+
+
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys and leaves dates as strings.
+
+    PyYAML keeps the last of two duplicate keys silently, which would hide a
+    provider defined twice. Dates become strings because no Hapax value is a
+    date, and ``version: 2024-06-01`` should stay the text the user wrote.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        _reject_duplicate_keys(node)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError):  # e.g. "!!int abc": give it a line number
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value as {node.tag.rsplit(':', 1)[-1]}", node.start_mark
+            ) from None
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_constructor(_TIMESTAMP_TAG, yaml.SafeLoader.construct_yaml_str)
+
+
+def _reject_duplicate_keys(node: yaml.MappingNode) -> None:
+    seen: dict[tuple[str, str], yaml.Mark] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+            continue  # merged keys (<<: *base) are meant to be overridden
+        ident = (key_node.tag, key_node.value)
+        if ident in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key_node.value!r} (first defined on line {seen[ident].line + 1})",
+                key_node.start_mark,
+            )
+        seen[ident] = key_node.start_mark
+
+
+def _load_yaml(text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        raise _YamlSyntaxError(_describe_yaml_error(exc)) from None
+
+
+def _describe_yaml_error(exc: yaml.YAMLError) -> str:
+    # Built from the parts, not str(exc): PyYAML's own text quotes the offending
+    # line, which could be the one holding an API key.
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if problem is None or mark is None:
+        return f"invalid YAML: {' '.join(str(exc).split())}"  # one line, like every other issue
+    message = f"invalid YAML at {_position(mark)}: {problem}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark and context != problem:
+        message += f" ({context} started at {_position(context_mark)})"
+    return message
+
+
+def _position(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
