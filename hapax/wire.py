@@ -14,6 +14,7 @@ two steps (``ext_proc/steps/``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 # ---------------------------------------------------------------- ext_proc's two steps
@@ -179,7 +180,7 @@ OPENAI_CHAT_PATH = "/chat/completions"
 OPENAI_EMBEDDINGS_PATH = "/embeddings"
 OPENAI_MODELS_PATH = "/models"
 # Each handler an OpenAI server serves; a legacy completion is sent as a chat.
-OPENAI_PATHS = {
+OPENAI_PATHS: Mapping[str, str] = {
     Handler.CHAT: OPENAI_CHAT_PATH,
     Handler.COMPLETION: OPENAI_CHAT_PATH,
     Handler.EMBEDDINGS: OPENAI_EMBEDDINGS_PATH,

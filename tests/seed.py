@@ -1,4 +1,4 @@
-"""The seed's example configuration, verbatim from the design brief (DESIGN.md).
+"""The seed's example configuration, verbatim from the original design brief.
 
 Several tests load it exactly as written: it must keep loading unchanged.
 """
