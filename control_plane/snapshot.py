@@ -23,8 +23,8 @@ from envoy.extensions.transport_sockets.quic.v3 import quic_transport_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import message
 
-from control_plane import passthrough
 from control_plane import resources as res
+from control_plane.resources import passthrough
 from control_plane.config.model import HapaxConfig
 from control_plane.plan import make_plan
 from hapax import wire

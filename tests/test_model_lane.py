@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 
-from control_plane import model_lane, passthrough
 from control_plane import resources as res
+from control_plane.resources import model_lane, passthrough
 from control_plane.config import parse_config
 from control_plane.plan import make_plan
 from control_plane.snapshot import ROUTE, build_snapshot

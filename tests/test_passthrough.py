@@ -9,8 +9,8 @@ from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from control_plane import passthrough
 from control_plane import resources as res
+from control_plane.resources import passthrough
 from control_plane.config import parse_config
 from control_plane.plan import make_plan
 from control_plane.snapshot import CLUSTER, LISTENER, ROUTE, SECRET, _aggregate_members, build_snapshot

@@ -78,7 +78,7 @@ from xds.core.v3 import extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
 from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
-from control_plane import model_lane, passthrough
+from control_plane.resources import model_lane, passthrough
 from control_plane.config.model import HapaxConfig, ProviderConfig, RouteConfig
 from control_plane.plan import Chain, LaneModel, Plan, provider_cluster_name
 from control_plane.pricing import price_for
