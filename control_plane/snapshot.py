@@ -24,7 +24,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import message
 
 from control_plane import resources as res
-from control_plane.resources import passthrough
+from control_plane.resources.runtime import runtime
 from control_plane.config.model import HapaxConfig
 from control_plane.plan import make_plan
 from hapax import wire
@@ -101,11 +101,11 @@ def build_snapshot(config: HapaxConfig, version: str, ext_proc: res.ExtProcEndpo
                 # verdicts Envoy polls, so that what /health says is what Envoy does.
                 res.load_assignment(res.EXT_PROC_HTTP_CLUSTER, ext_proc.http[:1]),
             ],
-            SECRET: [*res.tls_secrets(config), *passthrough.key_secrets(plan)],
+            SECRET: [*res.tls_secrets(config), *res.key_secrets(plan)],
             LISTENER: [lst for lst in (res.listener(plan), res.metrics_listener(config), res.http3_listener(plan))
                        if lst is not None],
             ROUTE: [res.route_configuration(plan, stats_label_keys)],
-            RUNTIME: [res.runtime(plan)],
+            RUNTIME: [runtime(plan)],
         },
     )
 

@@ -60,6 +60,7 @@ from xds.type.v3 import cel_pb2
 from control_plane.cel import MetadataEquals, all_of
 from control_plane.config.model import HapaxConfig, ProviderConfig
 from control_plane.plan import LaneModel, Plan
+from control_plane.resources.secrets import key_secret_name
 from control_plane.xds import ads, pack
 from hapax import wire
 
@@ -75,23 +76,6 @@ LANE_CLUSTER_PREFIX = "lane."
 HANDLER_PATHS = {handler: wire.OPENAI_PATHS[handler] for handler in (wire.Handler.CHAT, wire.Handler.EMBEDDINGS)}
 ALS_BUFFER_BYTES = 64 * 1024
 _JSON = regex_pb2.RegexMatcher(regex=r"^application/json(;.*)?$")
-
-
-# ---------------------------------------------------------------- provider keys (SDS)
-
-
-def key_secret_name(provider: str) -> str:
-    return f"hapax_key.{provider}"
-
-
-def key_secrets(plan: Plan) -> list[secret_pb2.Secret]:
-    """The lane providers' keys: the only way a key reaches Envoy."""
-    config = plan.config
-    return [
-        secret_pb2.Secret(name=key_secret_name(name), generic_secret=secret_pb2.GenericSecret(
-            secret=base_pb2.DataSource(inline_string=f"Bearer {config.providers[name].api_key}")))
-        for name in sorted(plan.lane_providers) if config.providers[name].api_key
-    ]
 
 
 # ---------------------------------------------------------------- listener side

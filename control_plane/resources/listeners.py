@@ -1,0 +1,306 @@
+"""Envoy's listeners and their HTTP connection manager.
+
+- ``hapax_http``: HTTP/1.1 and HTTP/2 (HTTPS with ``server.tls``, by ALPN).
+- ``hapax_http3``: QUIC, with ``server.http3``; ``alt-svc`` on every answer
+  advertises it.
+- ``hapax_metrics``: ``GET /metrics``, answered by ext_proc.
+
+The connection manager runs the lane's ``json_to_metadata`` (when some request
+can take a lane), the custom response for a provider that refuses the
+gateway's credentials, the router-level ext_proc step and the router. Envoy's
+own local replies become OpenAI error JSON; its access log is one JSON line
+per request on stderr.
+"""
+
+from __future__ import annotations
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    base_pb2,
+    protocol_pb2,
+    substitution_format_string_pb2,
+)
+from envoy.config.listener.v3 import (
+    listener_components_pb2,
+    listener_pb2,
+    quic_config_pb2,
+    udp_listener_config_pb2,
+)
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.http.custom_response.v3 import custom_response_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.http.custom_response.local_response_policy.v3 import (
+    local_response_policy_pb2,
+)
+from envoy.extensions.transport_sockets.quic.v3 import quic_transport_pb2
+from envoy.type.matcher.v3 import status_code_input_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
+from xds.core.v3 import extension_pb2
+from xds.type.matcher.v3 import matcher_pb2
+from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
+
+from control_plane.config.model import HapaxConfig
+from control_plane.plan import Plan
+from control_plane.resources import passthrough
+from control_plane.resources.ext_proc_filters import router_ext_proc_filter
+from control_plane.resources.names import (
+    EXT_PROC_CLUSTER,
+    EXT_PROC_HTTP_CLUSTER,
+    HTTP3_LISTENER_NAME,
+    LISTENER_NAME,
+    MAX_REQUEST_BYTES,
+    METADATA_NAMESPACE,
+    METRICS_LISTENER_NAME,
+    ROUTE_CONFIG_NAME,
+    direct_json,
+    json_headers,
+    method_is,
+    socket_address,
+)
+from control_plane.resources.secrets import HTTP3_TLS_SECRET, TLS_SECRET, downstream_tls
+from control_plane.resources.stats import stats_label_keys
+from control_plane.xds import ads, duration, pack
+from hapax import wire
+
+# The provider an attempt went to, in Envoy's substitution format.
+UPSTREAM_PROVIDER = f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{wire.HOST_PROVIDER_KEY})%"
+
+# Envoy's own local replies (no healthy provider, connect failure, timeout...)
+# are plain text by default; clients of an OpenAI API expect error JSON.
+_LOCAL_REPLY_ERRORS = (
+    (("UT",), 504, "The provider did not answer in time.", "timeout"),
+    (("UO",), 503, "The gateway is at capacity for this provider.", "overloaded"),
+    (("NC",), 503, "No provider chain was selected for this request.", "no_provider"),
+    (("UH", "UF", "URX", "UC", "UR", "LR"), 503, "No provider could serve the request.", "provider_unavailable"),
+)
+
+
+def _json_mapper(flt: accesslog_pb2.AccessLogFilter, status: int, message_text: str,
+                 err_type: str, code: str) -> hcm_pb2.ResponseMapper:
+    fmt = struct_pb2.Struct()
+    fmt.update({"error": {"message": message_text, "type": err_type, "param": None, "code": code}})
+    return hcm_pb2.ResponseMapper(
+        filter=flt,
+        status_code=wrappers_pb2.UInt32Value(value=status),
+        body_format_override=substitution_format_string_pb2.SubstitutionFormatString(json_format=fmt),
+    )
+
+
+def _local_reply_config() -> hcm_pb2.LocalReplyConfig:
+    mappers = [
+        _json_mapper(
+            accesslog_pb2.AccessLogFilter(
+                response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags))),
+            status, f"{text} (%LOCAL_REPLY_BODY%)", "server_error", code)
+        for flags, status, text, code in _LOCAL_REPLY_ERRORS
+    ]
+    # Envoy answers 413 itself when a body outgrows the buffer; ext_proc never does.
+    too_large = accesslog_pb2.AccessLogFilter(status_code_filter=accesslog_pb2.StatusCodeFilter(
+        comparison=accesslog_pb2.ComparisonFilter(
+            op=accesslog_pb2.ComparisonFilter.EQ,
+            value=base_pb2.RuntimeUInt32(default_value=413, runtime_key="hapax.unused.413"))))
+    mappers.append(_json_mapper(
+        too_large, 413, f"The request body is larger than the gateway accepts ({MAX_REQUEST_BYTES} bytes).",
+        "invalid_request_error", "request_too_large"))
+    return hcm_pb2.LocalReplyConfig(mappers=mappers)
+
+
+# A provider that refuses the gateway's credentials is the gateway's problem, not
+# the client's: a client that saw 401 would think its own key was wrong.
+_CREDENTIAL_REJECTED = (401, 403)
+
+
+def _status_is(status: int) -> matcher_pb2.Matcher.MatcherList.Predicate:
+    return matcher_pb2.Matcher.MatcherList.Predicate(
+        single_predicate=matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
+            input=extension_pb2.TypedExtensionConfig(
+                name="status", typed_config=pack(status_code_input_pb2.HttpResponseStatusCodeMatchInput())),
+            value_match=xds_string_pb2.StringMatcher(exact=str(status)),
+        )
+    )
+
+
+def credential_rejected_filter() -> hcm_pb2.HttpFilter:
+    body = struct_pb2.Struct()
+    body.update({"error": {
+        "message": f"The provider '{UPSTREAM_PROVIDER}' rejected the gateway's credentials "
+                   "(HTTP %RESPONSE_CODE%). This is a gateway configuration problem, not the client's: "
+                   "check that provider's api_key.",
+        "type": "server_error", "param": None, "code": "provider_auth_failed"}})
+    policy = local_response_policy_pb2.LocalResponsePolicy(
+        status_code=wrappers_pb2.UInt32Value(value=502),
+        body_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=body),
+    )
+    on_match = matcher_pb2.Matcher.OnMatch(
+        action=extension_pb2.TypedExtensionConfig(name="credential_rejected", typed_config=pack(policy)))
+    matcher = matcher_pb2.Matcher(matcher_list=matcher_pb2.Matcher.MatcherList(matchers=[
+        matcher_pb2.Matcher.MatcherList.FieldMatcher(
+            predicate=matcher_pb2.Matcher.MatcherList.Predicate(
+                or_matcher=matcher_pb2.Matcher.MatcherList.Predicate.PredicateList(
+                    predicate=[_status_is(s) for s in _CREDENTIAL_REJECTED])),
+            on_match=on_match)
+    ]))
+    config = custom_response_pb2.CustomResponse(custom_response_matcher=matcher)
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.custom_response", typed_config=pack(config))
+
+
+# One JSON line per request on Envoy's stderr. No credentials, no bodies, no
+# query strings (some clients put keys there); request_id is the x-request-id
+# that ext_proc's log lines carry too.
+_ACCESS_LOG_FIELDS = {
+    "ts": "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
+    "level": "info",
+    "component": "envoy",
+    "logger": "access",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "method": "%REQ(:METHOD)%",
+    # The client's path, from the route (the request's :path is the provider's
+    # once ext_proc has rewritten it); Envoy's own routes (404, /health) have none.
+    "path": f"%METADATA(ROUTE:{METADATA_NAMESPACE}:{wire.RouteKey.ROUTE})%",
+    "protocol": "%PROTOCOL%",
+    "route": "%ROUTE_NAME%",
+    "provider": UPSTREAM_PROVIDER,
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "status": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+    "duration_ms": "%DURATION%",
+    "upstream_first_byte_ms": "%RESPONSE_DURATION%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+}
+
+
+def access_log(config: HapaxConfig) -> list[accesslog_pb2.AccessLog]:
+    if not config.logging.access_log:
+        return []
+    fields = dict(_ACCESS_LOG_FIELDS)
+    for key in stats_label_keys(config):  # department & co., from the route's metadata
+        fields[key] = f"%METADATA(ROUTE:{METADATA_NAMESPACE}:{key})%"
+    fmt = struct_pb2.Struct()
+    fmt.update(fields)
+    log_format = substitution_format_string_pb2.SubstitutionFormatString(json_format=fmt)
+    return [accesslog_pb2.AccessLog(
+        name="envoy.access_loggers.stderr",
+        typed_config=pack(stream_pb2.StderrAccessLog(log_format=log_format)),
+    )]
+
+
+def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
+    config, lane = plan.config, plan.uses_lanes
+    return hcm_pb2.HttpConnectionManager(
+        access_log=access_log(config) + ([passthrough.access_logger(EXT_PROC_CLUSTER)] if lane else []),
+        stat_prefix="hapax",
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(route_config_name=ROUTE_CONFIG_NAME, config_source=ads()),
+        http_filters=[
+            *([passthrough.json_to_metadata_filter()] if lane else []),
+            credential_rejected_filter(),
+            router_ext_proc_filter(),
+            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router(
+                upstream_log=[passthrough.hold_off_logger(EXT_PROC_CLUSTER)] if lane else [],
+            ))),
+        ],
+        local_reply_config=_local_reply_config(),
+        stream_idle_timeout=duration(300),
+        request_timeout=duration(0),
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(idle_timeout=duration(300)),
+        use_remote_address=wrappers_pb2.BoolValue(value=True),
+    )
+
+
+def listener(plan: Plan) -> listener_pb2.Listener:
+    config = plan.config
+    chain = listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
+        name="envoy.filters.network.http_connection_manager",
+        typed_config=pack(http_connection_manager(plan)),
+    )])
+    if config.server.tls is not None:
+        # HTTPS; HTTP/2 or HTTP/1.1 by ALPN (codec AUTO follows it).
+        chain.transport_socket.CopyFrom(base_pb2.TransportSocket(
+            name="envoy.transport_sockets.tls",
+            typed_config=pack(downstream_tls(TLS_SECRET, ["h2", "http/1.1"]))))
+    return listener_pb2.Listener(
+        name=LISTENER_NAME,
+        address=socket_address(config.server.host, config.server.port),
+        per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=MAX_REQUEST_BYTES),
+        filter_chains=[chain],
+    )
+
+
+def http3_listener(plan: Plan) -> listener_pb2.Listener | None:
+    config = plan.config
+    http3 = config.server.http3
+    if not http3.enabled or http3.certificate is None:
+        return None
+    secret = TLS_SECRET if http3.certificate == config.server.tls else HTTP3_TLS_SECRET
+    transport = quic_transport_pb2.QuicDownstreamTransport(
+        downstream_tls_context=downstream_tls(secret, ["h3"]),
+        # No 0-RTT: every API call is a POST that spends money; a replayed one
+        # must be impossible, not merely unlikely. Resumption still saves the
+        # certificate exchange. (README: HTTP/3.)
+        enable_early_data=wrappers_pb2.BoolValue(value=False),
+    )
+    hcm = http_connection_manager(plan)
+    hcm.codec_type = hcm_pb2.HttpConnectionManager.HTTP3
+    hcm.http3_protocol_options.CopyFrom(protocol_pb2.Http3ProtocolOptions())
+    address = socket_address(config.server.host, config.server.http3_port)
+    address.socket_address.protocol = address_pb2.SocketAddress.UDP
+    return listener_pb2.Listener(
+        name=HTTP3_LISTENER_NAME,
+        address=address,
+        per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=MAX_REQUEST_BYTES),
+        udp_listener_config=udp_listener_config_pb2.UdpListenerConfig(
+            quic_options=quic_config_pb2.QuicProtocolOptions()),
+        filter_chains=[listener_components_pb2.FilterChain(
+            transport_socket=base_pb2.TransportSocket(name="envoy.transport_sockets.quic", typed_config=pack(transport)),
+            filters=[listener_components_pb2.Filter(
+                name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm))],
+        )],
+    )
+
+
+ALT_SVC_MAX_AGE = 86400
+
+
+def alt_svc(config: HapaxConfig) -> list[base_pb2.HeaderValueOption]:
+    """Advertises HTTP/3 on every answer, so that clients upgrade (not with an ephemeral port: unknown here)."""
+    http3 = config.server.http3
+    if not http3.enabled or http3.certificate is None or config.server.http3_port == 0:
+        return []
+    return [base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key="alt-svc", value=f'h3=":{config.server.http3_port}"; ma={ALT_SVC_MAX_AGE}'),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)]
+
+
+def metrics_listener(config: HapaxConfig) -> listener_pb2.Listener:
+    """``server.metrics_port``: GET /metrics, answered by ext_proc."""
+    routes = route_pb2.RouteConfiguration(name=METRICS_LISTENER_NAME, virtual_hosts=[route_components_pb2.VirtualHost(
+        name="metrics", domains=["*"], routes=[
+            route_components_pb2.Route(
+                match=route_components_pb2.RouteMatch(path=wire.METRICS_PATH, headers=method_is("GET")),
+                route=route_components_pb2.RouteAction(cluster=EXT_PROC_HTTP_CLUSTER, timeout=duration(10))),
+            route_components_pb2.Route(
+                match=route_components_pb2.RouteMatch(prefix="/"),
+                direct_response=direct_json(404, "This port serves GET /metrics only.",
+                                             "invalid_request_error", "unknown_url"),
+                response_headers_to_add=json_headers()),
+        ])])
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=METRICS_LISTENER_NAME,
+        route_config=routes,
+        http_filters=[hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))],
+    )
+    return listener_pb2.Listener(
+        name=METRICS_LISTENER_NAME,
+        address=socket_address(config.server.host, config.server.metrics_port),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
+            name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm))])],
+    )

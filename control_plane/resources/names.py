@@ -1,0 +1,87 @@
+"""What the resources call each other by, and the small pieces several of them share.
+
+Listener, route configuration, cluster and filter names; where the ext_proc
+processes listen; the request size limit; the JSON error answers Envoy gives
+from a route. A name that crosses to ext_proc or the supervisor is
+``hapax.wire``'s: it is only given a local name here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.type.matcher.v3 import string_pb2
+
+from hapax import wire
+
+LISTENER_NAME = wire.LISTENER
+METRICS_LISTENER_NAME = wire.METRICS_LISTENER
+HTTP3_LISTENER_NAME = wire.HTTP3_LISTENER
+ROUTE_CONFIG_NAME = "hapax_routes"
+EXT_PROC_CLUSTER = "hapax_ext_proc"
+EXT_PROC_HTTP_CLUSTER = "hapax_ext_proc_http"
+EXT_PROC_FILTER = "hapax.ext_proc"
+# A different name on purpose: per-route overrides are keyed by filter name and
+# Envoy applies them to upstream filters too; the routes' overrides are meant
+# for the router-level step only.
+UPSTREAM_EXT_PROC_FILTER = "hapax.ext_proc.upstream"
+
+METADATA_NAMESPACE = wire.METADATA_NAMESPACE
+HEALTH_PATH = wire.HEALTH_PATH
+
+# Bodies above this get Envoy's 413, rewritten to OpenAI error JSON by the
+# local reply config. (BUFFERED_PARTIAL would let ext_proc answer it, but it can
+# release the headers to the router before the body step names the chain.)
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ExtProcEndpoints:
+    """Where the ext_proc processes listen: gRPC for Envoy, HTTP for /health."""
+
+    grpc: tuple[Address, ...]
+    http: tuple[Address, ...]
+
+
+def socket_address(host: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+    )
+
+
+def method_is(method: str) -> list[route_components_pb2.HeaderMatcher]:
+    return [route_components_pb2.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(exact=method))]
+
+
+def _error_body(status: int, message: str, err_type: str, code: str) -> str:
+    return json.dumps({"error": {"message": message, "type": err_type, "param": None, "code": code}})
+
+
+def direct_json(status: int, message: str, err_type: str, code: str) -> route_components_pb2.DirectResponseAction:
+    return route_components_pb2.DirectResponseAction(
+        status=status,
+        body=base_pb2.DataSource(inline_string=_error_body(status, message, err_type, code)),
+    )
+
+
+def json_headers(extra: dict[str, str] | None = None) -> list[base_pb2.HeaderValueOption]:
+    headers = {"content-type": "application/json", **(extra or {})}
+    return [
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=k, value=v),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+        for k, v in headers.items()
+    ]

@@ -1,0 +1,165 @@
+"""The route configuration, ``hapax_routes``: what Envoy does with each client request.
+
+In order: ``GET /health`` to ext_proc's HTTP side (405 for any other method);
+for each configured route, the passthrough lane's routes, the model lane's,
+then the ordinary provider route (whose cluster the router step names in the
+``x-hapax-chain`` header) and a 405; last, a 404 in OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import (
+    previous_priorities_config_pb2,
+)
+from google.protobuf import wrappers_pb2
+
+from control_plane.config.model import HapaxConfig, RouteConfig
+from control_plane.plan import Plan
+from control_plane.resources import model_lane, passthrough
+from control_plane.resources.ext_proc_filters import per_route_ext_proc, router_mode
+from control_plane.resources.listeners import alt_svc
+from control_plane.resources.names import (
+    EXT_PROC_HTTP_CLUSTER,
+    HEALTH_PATH,
+    METADATA_NAMESPACE,
+    ROUTE_CONFIG_NAME,
+    direct_json,
+    json_headers,
+    method_is,
+)
+from control_plane.resources.stats import route_stat_prefix, stats_label_keys
+from control_plane.xds import duration, pack
+from hapax import wire
+
+HANDLER_METHODS = {wire.Handler.CHAT: "POST", wire.Handler.COMPLETION: "POST", wire.Handler.EMBEDDINGS: "POST",
+                   wire.Handler.MODELS: "GET"}
+
+
+def _route_metadata(route: RouteConfig) -> base_pb2.Metadata:
+    md = base_pb2.Metadata()
+    md.filter_metadata[METADATA_NAMESPACE].update(
+        {wire.RouteKey.HANDLER: route.handler, wire.RouteKey.VERSION: route.version, wire.RouteKey.ROUTE: route.path,
+         **dict(route.metrics_labels)}
+    )
+    return md
+
+
+def _retry_policy(plan: Plan) -> route_components_pb2.RetryPolicy:
+    # Enough attempts for the longest chain; the router step narrows it to the
+    # request's own chain with x-envoy-max-retries.
+    config, longest_chain = plan.config, plan.longest_chain
+    retries = max(config.retry.max_attempts or longest_chain, longest_chain, 2) - 1
+    silence = max((p.timeout for p in config.providers.values()), default=60.0)
+    return route_components_pb2.RetryPolicy(
+        retry_on="connect-failure,refused-stream,reset,5xx,retriable-status-codes",
+        retriable_status_codes=[429],
+        num_retries=wrappers_pb2.UInt32Value(value=retries),
+        # A provider silent for its whole timeout (before its first byte, or
+        # between chunks) fails the attempt; before the first byte, that fails over.
+        per_try_idle_timeout=duration(silence),
+        retry_back_off=route_components_pb2.RetryPolicy.RetryBackOff(
+            base_interval=duration(config.retry.backoff_base),
+            max_interval=duration(config.retry.backoff_max),
+        ),
+        # With an aggregate cluster each member is a priority level: moving the
+        # retry off the priorities already tried is what makes it a failover.
+        retry_priority=route_components_pb2.RetryPolicy.RetryPriority(
+            name="envoy.retry_priorities.previous_priorities",
+            typed_config=pack(
+                previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1)
+            ),
+        ),
+    )
+
+
+def provider_route(plan: Plan, route: RouteConfig,
+                   label_keys: tuple[str, ...] = ()) -> route_components_pb2.Route:
+    method = HANDLER_METHODS[route.handler]
+    retry_policy = _retry_policy(plan)
+    attempts = retry_policy.num_retries.value + 1
+    return route_components_pb2.Route(
+        name=f"{route.handler}:{route.path}",
+        match=route_components_pb2.RouteMatch(path=route.path, headers=method_is(method)),
+        route=route_components_pb2.RouteAction(
+            cluster_header=wire.CHAIN_HEADER,
+            # Generations can stream for minutes: bound idleness, not total time.
+            # Each attempt has its own idle limit; the client's stream may sit idle
+            # through every attempt of the chain before the first byte.
+            timeout=duration(0),
+            idle_timeout=duration(retry_policy.per_try_idle_timeout.ToNanoseconds() / 1e9 * attempts + 1),
+            retry_policy=retry_policy,
+        ),
+        metadata=_route_metadata(route),
+        stat_prefix=route_stat_prefix(route, label_keys),
+        typed_per_filter_config=per_route_ext_proc(router_mode(route.handler)),
+    )
+
+
+def method_not_allowed_route(path: str, method: str) -> route_components_pb2.Route:
+    return route_components_pb2.Route(
+        name=f"405:{path}",
+        match=route_components_pb2.RouteMatch(path=path),
+        direct_response=direct_json(
+            405,
+            f"Method not allowed: {path} accepts {method} only.",
+            "invalid_request_error",
+            "method_not_allowed",
+        ),
+        response_headers_to_add=json_headers({"allow": method}),
+        typed_per_filter_config=per_route_ext_proc(None),
+    )
+
+
+def health_route() -> route_components_pb2.Route:
+    return route_components_pb2.Route(
+        name="health",
+        match=route_components_pb2.RouteMatch(path=HEALTH_PATH, headers=method_is("GET")),
+        route=route_components_pb2.RouteAction(cluster=EXT_PROC_HTTP_CLUSTER, timeout=duration(5)),
+        typed_per_filter_config=per_route_ext_proc(None),
+    )
+
+
+def not_found_route(config: HapaxConfig) -> route_components_pb2.Route:
+    known = ", ".join(sorted({r.path for r in config.routes} | {HEALTH_PATH}))
+    return route_components_pb2.Route(
+        name="404",
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        direct_response=direct_json(
+            404, f"Unknown request URL. This gateway serves: {known}.",
+            "invalid_request_error", "unknown_url",
+        ),
+        response_headers_to_add=json_headers(),
+        typed_per_filter_config=per_route_ext_proc(None),
+    )
+
+
+def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None) -> route_pb2.RouteConfiguration:
+    config = plan.config
+    keys = stats_label_keys(config) if label_keys is None else label_keys
+    routes = [health_route(), method_not_allowed_route(HEALTH_PATH, "GET")]
+    lane_paths = set()
+    for route in config.routes:
+        base = provider_route(plan, route, keys)
+        lanes = [*passthrough.lane_routes(plan, route.handler, base, per_route_ext_proc(None)),
+                 *model_lane.model_routes(plan, route.handler, base, per_route_ext_proc(None))]
+        if lanes:
+            lane_paths.add(route.path)
+        routes += [*lanes, base]
+        routes.append(method_not_allowed_route(route.path, HANDLER_METHODS[route.handler]))
+    routes.append(not_found_route(config))
+    if lane_paths:
+        # Only a lane route and the ordinary route it is a variant of need the body's fields.
+        for r in routes:
+            if not (r.HasField("route") and r.match.path in lane_paths):
+                for name, config_any in passthrough.json_to_metadata_disabled().items():
+                    r.typed_per_filter_config[name].CopyFrom(config_any)
+    return route_pb2.RouteConfiguration(
+        name=ROUTE_CONFIG_NAME,
+        virtual_hosts=[route_components_pb2.VirtualHost(
+            name="hapax", domains=["*"], routes=routes,
+            # Lets the upstream step tell a first attempt from a retry (metrics).
+            include_request_attempt_count=True,
+            response_headers_to_add=alt_svc(config))],
+    )

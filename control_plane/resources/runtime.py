@@ -1,0 +1,39 @@
+"""ext_proc's one resource, ``hapax.v1.Runtime``, from the plan.
+
+API keys go only into this resource (and the lane's key secrets): no listener,
+route or cluster ever carries one.
+"""
+
+from __future__ import annotations
+
+from control_plane.plan import Plan, provider_cluster_name
+from control_plane.pricing import price_for
+from hapax.v1 import runtime_pb2
+
+
+def runtime(plan: Plan) -> runtime_pb2.Runtime:
+    """What ext_proc needs of the plan: it derives none of it again."""
+    config = plan.config
+    out = runtime_pb2.Runtime(config_version=plan.version)
+    for p in config.providers.values():
+        provider = out.providers.add(
+            name=p.name, type=p.type, model=p.model, aliases=list(p.aliases),
+            base_url=p.base_url, cluster=provider_cluster_name(p.name),
+            timeout_seconds=p.timeout, api_key=p.api_key,
+            health_check=runtime_pb2.HealthCheck(
+                interval_seconds=p.health_check.interval, timeout_seconds=p.health_check.timeout,
+                healthy_threshold=p.health_check.healthy_threshold,
+                unhealthy_threshold=p.health_check.unhealthy_threshold),
+        )
+        price = price_for(p.model, config.pricing)
+        if price is not None:
+            provider.price.CopyFrom(runtime_pb2.ModelPrice(input_per_million=price.input,
+                                                           output_per_million=price.output))
+    for r in config.routes:
+        route = out.routes.add(path=r.path, handler=r.handler, version=r.version)
+        route.metrics_labels.update(dict(r.metrics_labels))
+    for chain in plan.chains.values():  # the default chain first
+        out.chains.add(cluster=chain.cluster, providers=list(chain.providers), attempts=chain.attempts)
+    for model, owner in plan.model_owners.items():
+        out.models.add(name=model, provider=owner, chain=plan.chains[owner].cluster)
+    return out
