@@ -28,12 +28,8 @@ from control_plane.cache import SnapshotCache
 from control_plane.config.errors import ConfigError, ConfigIssue
 from control_plane.config.load import load_config, summarize
 from control_plane.config.model import HapaxConfig
-from control_plane.resources import (
-    Address,
-    ExtProcEndpoints,
-    envoy_stats_tags,
-    stats_label_keys,
-)
+from control_plane.resources.names import Address, ExtProcEndpoints
+from control_plane.resources.stats import envoy_stats_tags, stats_label_keys
 from control_plane.rollout import Rollout
 from control_plane.snapshot import InconsistentSnapshot, Snapshot, build_snapshot
 from control_plane.static_bootstrap import envoy_rejection

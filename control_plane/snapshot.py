@@ -1,7 +1,9 @@
 """One immutable, versioned set of xDS resources, checked for consistency.
 
 A snapshot is what the ADS server hands out: for every type URL, the resources
-of that type at one version. ``build_snapshot`` turns a config into one;
+of that type at one version. ``build_snapshot`` is the one place that
+assembles one: it makes the config's Plan once and takes each kind of resource
+from the module of control_plane/resources/ that builds it.
 ``check_consistency`` refuses a snapshot in which any name points at a resource
 that is not there (Envoy would otherwise warm forever or route into nothing).
 """
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
@@ -23,10 +26,11 @@ from envoy.extensions.transport_sockets.quic.v3 import quic_transport_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import message
 
-from control_plane import resources as res
-from control_plane.resources.runtime import runtime
 from control_plane.config.model import HapaxConfig
-from control_plane.plan import make_plan
+from control_plane.plan import Plan, make_plan
+from control_plane.resources import clusters, listeners, routes, secrets
+from control_plane.resources.names import EXT_PROC_CLUSTER, EXT_PROC_HTTP_CLUSTER, ExtProcEndpoints
+from control_plane.resources.runtime import runtime
 from hapax import wire
 from hapax.v1 import runtime_pb2
 
@@ -82,32 +86,43 @@ def make_snapshot(version: str, by_type: dict[str, list[message.Message]]) -> Sn
     return snap
 
 
-def build_snapshot(config: HapaxConfig, version: str, ext_proc: res.ExtProcEndpoints,
+def build_snapshot(config: HapaxConfig, version: str, ext_proc: ExtProcEndpoints,
                    stats_label_keys: tuple[str, ...] | None = None) -> Snapshot:
-    """``stats_label_keys``: the metrics label keys Envoy has stat tags for (those of the config it started with)."""
+    """Every resource of ``config`` at ``version``, built from one Plan.
+
+    ``stats_label_keys``: the metrics label keys Envoy has stat tags for (those of the config it started with).
+    """
     plan = make_plan(config, version)
-    clusters = [res.ext_proc_grpc_cluster(), res.ext_proc_http_cluster()]
-    # Envoy polls one ext_proc for each provider's verdict (they all probe alike).
-    clusters += [res.provider_cluster(p, ext_proc.http[0]) for p in config.providers.values()]
-    clusters += [res.chain_cluster(config, chain) for chain in plan.chains.values()]
-    clusters += [res.lane_cluster(plan, lane) for lane in plan.lane_models]
     return make_snapshot(
         version,
         {
-            CLUSTER: clusters,
-            ENDPOINT: [
-                res.load_assignment(res.EXT_PROC_CLUSTER, ext_proc.grpc),
-                # /health and /metrics from the first ext_proc only: the one whose provider
-                # verdicts Envoy polls, so that what /health says is what Envoy does.
-                res.load_assignment(res.EXT_PROC_HTTP_CLUSTER, ext_proc.http[:1]),
-            ],
-            SECRET: [*res.tls_secrets(config), *res.key_secrets(plan)],
-            LISTENER: [lst for lst in (res.listener(plan), res.metrics_listener(config), res.http3_listener(plan))
-                       if lst is not None],
-            ROUTE: [res.route_configuration(plan, stats_label_keys)],
+            CLUSTER: _clusters(plan, ext_proc),
+            ENDPOINT: _endpoints(ext_proc),
+            SECRET: [*secrets.tls_secrets(config), *secrets.key_secrets(plan)],
+            LISTENER: [lst for lst in (listeners.listener(plan), listeners.metrics_listener(config),
+                                       listeners.http3_listener(plan)) if lst is not None],
+            ROUTE: [routes.route_configuration(plan, stats_label_keys)],
             RUNTIME: [runtime(plan)],
         },
     )
+
+
+def _clusters(plan: Plan, ext_proc: ExtProcEndpoints) -> list[cluster_pb2.Cluster]:
+    out = [clusters.ext_proc_grpc_cluster(), clusters.ext_proc_http_cluster()]
+    # Envoy polls one ext_proc for each provider's verdict (they all probe alike).
+    out += [clusters.provider_cluster(p, ext_proc.http[0]) for p in plan.config.providers.values()]
+    out += [clusters.chain_cluster(plan.config, chain) for chain in plan.chains.values()]
+    out += [clusters.lane_cluster(plan, lane) for lane in plan.lane_models]
+    return out
+
+
+def _endpoints(ext_proc: ExtProcEndpoints) -> list[endpoint_pb2.ClusterLoadAssignment]:
+    return [
+        clusters.load_assignment(EXT_PROC_CLUSTER, ext_proc.grpc),
+        # /health and /metrics from the first ext_proc only: the one whose provider
+        # verdicts Envoy polls, so that what /health says is what Envoy does.
+        clusters.load_assignment(EXT_PROC_HTTP_CLUSTER, ext_proc.http[:1]),
+    ]
 
 
 # ---------------------------------------------------------------- consistency

@@ -62,12 +62,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _envoy_validate(config) -> str:
-    from control_plane.resources import (
-        Address,
-        ExtProcEndpoints,
-        envoy_stats_tags,
-        stats_label_keys,
-    )
+    from control_plane.resources.names import Address, ExtProcEndpoints
+    from control_plane.resources.stats import envoy_stats_tags, stats_label_keys
     from control_plane.snapshot import build_snapshot
     from control_plane.static_bootstrap import envoy_rejection
     from hapax.envoy_process import envoy_binary

@@ -148,7 +148,7 @@ class Supervisor:
 
     async def start(self) -> None:
         from control_plane.config.load import load_config  # validated before anything starts
-        from control_plane.resources import envoy_stats_tags, stats_label_keys
+        from control_plane.resources.stats import envoy_stats_tags, stats_label_keys
 
         config_path = self.options.config_path or await self._default_config()
         config = load_config(config_path)
