@@ -37,6 +37,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 
 from control_plane.config.model import HapaxConfig, ProviderConfig
 from control_plane.plan import Chain, LaneModel, Plan, provider_cluster_name
+from control_plane.protobuf import ads, duration, pack
 from control_plane.resources import passthrough
 from control_plane.resources.ext_proc_filters import upstream_ext_proc_filter
 from control_plane.resources.names import (
@@ -47,7 +48,6 @@ from control_plane.resources.names import (
     Address,
     socket_address,
 )
-from control_plane.xds import ads, duration, pack
 from hapax import wire
 
 

@@ -14,8 +14,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import any_pb2, wrappers_pb2
 
+from control_plane.protobuf import duration, pack
 from control_plane.resources.names import EXT_PROC_CLUSTER, EXT_PROC_FILTER, UPSTREAM_EXT_PROC_FILTER
-from control_plane.xds import duration, pack
 from hapax import wire
 
 PM = processing_mode_pb2.ProcessingMode

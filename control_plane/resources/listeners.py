@@ -46,6 +46,7 @@ from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from control_plane.config.model import HapaxConfig
 from control_plane.plan import Plan
+from control_plane.protobuf import ads, duration, pack
 from control_plane.resources import passthrough
 from control_plane.resources.ext_proc_filters import router_ext_proc_filter
 from control_plane.resources.names import (
@@ -64,7 +65,6 @@ from control_plane.resources.names import (
 )
 from control_plane.resources.secrets import HTTP3_TLS_SECRET, TLS_SECRET, downstream_tls
 from control_plane.resources.stats import stats_label_keys
-from control_plane.xds import ads, duration, pack
 from hapax import wire
 
 # The provider an attempt went to, in Envoy's substitution format.

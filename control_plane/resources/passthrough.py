@@ -60,8 +60,8 @@ from xds.type.v3 import cel_pb2
 from control_plane.cel import MetadataEquals, all_of
 from control_plane.config.model import HapaxConfig, ProviderConfig
 from control_plane.plan import LaneModel, Plan
+from control_plane.protobuf import ads, pack
 from control_plane.resources.secrets import key_secret_name
-from control_plane.xds import ads, pack
 from hapax import wire
 
 LANE = wire.Lane.PASSTHROUGH

@@ -17,6 +17,7 @@ from google.protobuf import wrappers_pb2
 
 from control_plane.config.model import HapaxConfig, RouteConfig
 from control_plane.plan import Plan
+from control_plane.protobuf import duration, pack
 from control_plane.resources import model_lane, passthrough
 from control_plane.resources.ext_proc_filters import per_route_ext_proc, router_mode
 from control_plane.resources.listeners import alt_svc
@@ -30,7 +31,6 @@ from control_plane.resources.names import (
     method_is,
 )
 from control_plane.resources.stats import route_stat_prefix, stats_label_keys
-from control_plane.xds import duration, pack
 from hapax import wire
 
 HANDLER_METHODS = {wire.Handler.CHAT: "POST", wire.Handler.COMPLETION: "POST", wire.Handler.EMBEDDINGS: "POST",

@@ -11,8 +11,8 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 
 from control_plane.config.model import HapaxConfig
 from control_plane.plan import Plan
+from control_plane.protobuf import ads
 from control_plane.tls import Certificate
-from control_plane.xds import ads
 
 # Certificates reach Envoy only as SDS secrets over ADS (checked by the config
 # loader first, see control_plane/tls.py); a renewed certificate is a new

@@ -1,4 +1,7 @@
-"""Small builders shared by the modules that make xDS resources."""
+"""Small protobuf builders shared by the resource modules: an Any, a Duration, the ADS config source.
+
+(Named so that it shadows nothing: ``xds`` is xds-protos' package.)
+"""
 
 from __future__ import annotations
 
