@@ -2,10 +2,11 @@
 
 This is the limit of the architecture: everything Hapax does on top of it
 (two ext_proc round trips, the body crossing into Python) shows as C - B. The
-listener and HTTP connection manager settings copy control_plane/resources.py
+listener and HTTP connection manager settings copy control_plane/resources/listeners.py
 (codec AUTO, the 8 MiB per-connection buffer, timeouts, use_remote_address);
-the provider clusters copy its HTTP/1.1 upstream options. A route's
-prefix_rewrite does what ext_proc's path rewrite does in Hapax.
+the provider clusters copy the HTTP/1.1 upstream options of
+control_plane/resources/clusters.py. A route's prefix_rewrite does what
+ext_proc's path rewrite does in Hapax.
 
 Bare Envoy cannot read the body, so the kind of answer is chosen by path:
 
@@ -20,7 +21,7 @@ from typing import Any
 
 from bench.envoy_static import http_connection_manager, listener, loopback, static_bootstrap
 
-HAPAX_MAX_REQUEST_BYTES = 8 * 1024 * 1024  # control_plane/resources.py MAX_REQUEST_BYTES
+HAPAX_MAX_REQUEST_BYTES = 8 * 1024 * 1024  # control_plane/resources/names.py MAX_REQUEST_BYTES
 ENTRY_PREFIXES = {"json": "/v1/", "sse": "/stream/v1/", "paced": "/paced/v1/"}
 FAKE_PREFIXES = {"json": "/json/v1/", "sse": "/sse/v1/", "paced": "/v1/"}
 

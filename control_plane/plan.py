@@ -37,7 +37,7 @@ class Chain:
 
 @dataclass(frozen=True)
 class LaneModel:
-    """A model name the passthrough lane serves, and how (control_plane/passthrough.py)."""
+    """A model name the passthrough lane serves, and how (control_plane/resources/passthrough.py)."""
 
     model: str
     first: str  # the provider that owns the name: its chain is the request's chain

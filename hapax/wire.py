@@ -101,8 +101,8 @@ class Lane(StrEnum):
     log's tag. Read: the upstream step and the access log counter.
     """
 
-    PASSTHROUGH = "passthrough"  # served by Envoy alone (control_plane/lanes/passthrough.py)
-    MODEL = "model"              # straight to the model's chain (control_plane/lanes/model.py)
+    PASSTHROUGH = "passthrough"  # served by Envoy alone (control_plane/resources/passthrough.py)
+    MODEL = "model"              # straight to the model's chain (control_plane/resources/model_lane.py)
 
 
 # What json_to_metadata writes of an answer's body. Written: Envoy (the control plane's
