@@ -150,11 +150,7 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None) -
         routes.append(method_not_allowed_route(route.path, HANDLER_METHODS[route.handler]))
     routes.append(not_found_route(config))
     if lane_paths:
-        # Only a lane route and the ordinary route it is a variant of need the body's fields.
-        for r in routes:
-            if not (r.HasField("route") and r.match.path in lane_paths):
-                for name, config_any in passthrough.json_to_metadata_disabled().items():
-                    r.typed_per_filter_config[name].CopyFrom(config_any)
+        _read_bodies_only_on(lane_paths, routes)
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         virtual_hosts=[route_components_pb2.VirtualHost(
@@ -163,3 +159,11 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None) -
             include_request_attempt_count=True,
             response_headers_to_add=alt_svc(config))],
     )
+
+
+def _read_bodies_only_on(lane_paths: set[str], routes: list[route_components_pb2.Route]) -> None:
+    # Only a lane route and the ordinary route it is a variant of need the body's fields.
+    for r in routes:
+        if not (r.HasField("route") and r.match.path in lane_paths):
+            for name, config_any in passthrough.json_to_metadata_disabled().items():
+                r.typed_per_filter_config[name].CopyFrom(config_any)
