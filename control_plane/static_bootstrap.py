@@ -4,7 +4,7 @@ Used to check what the control plane produces with ``envoy --mode validate``:
 EDS clusters get their endpoints inline, the listener its routes inline and
 TLS listeners their certificates as static secrets, so Envoy can validate
 everything without a control plane. (Validate mode crashed on a secret
-delivered over ADS: DESIGN.md.)
+delivered over ADS, a finding from before the code existed.)
 """
 
 from __future__ import annotations

@@ -17,31 +17,6 @@ from control_plane.pricing import DEFAULT_PRICES, ModelPrice
 from control_plane.tls import Certificate
 from hapax import wire
 
-__all__ = [
-    "DEFAULT_BASE_URLS",
-    "DEFAULT_ROUTES",
-    "DEFAULT_TIMEOUT",
-    "HANDLERS",
-    "HEALTH_PATH",
-    "LOG_FORMATS",
-    "LOG_LEVELS",
-    "MAX_LABELS",
-    "MAX_LABEL_VALUE_LENGTH",
-    "MAX_WORKERS",
-    "PROVIDER_TYPES",
-    "RESERVED_LABELS",
-    "CircuitBreakerConfig",
-    "ExtProcConfig",
-    "FrozenMap",
-    "HapaxConfig",
-    "HealthCheckConfig",
-    "Http3Config",
-    "LoggingConfig",
-    "ProviderConfig",
-    "RetryConfig",
-    "RouteConfig",
-    "ServerConfig",
-]
 
 PROVIDER_TYPES = ("anthropic", "ollama", "openai")
 HANDLERS = tuple(handler.value for handler in wire.Handler)

@@ -252,11 +252,8 @@ def _aggregate_cluster(config: HapaxConfig, name: str, chain: Chain,
 
 
 def ext_proc_grpc_cluster() -> cluster_pb2.Cluster:
-    return cluster_pb2.Cluster(
-        name=EXT_PROC_CLUSTER,
-        type=cluster_pb2.Cluster.EDS,
-        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads()),
-        connect_timeout=duration(1),
+    cluster = _ext_proc_cluster(EXT_PROC_CLUSTER)
+    cluster.MergeFrom(cluster_pb2.Cluster(
         # Whole bodies travel to ext_proc in one message. When a response body
         # pushed this connection over its write high watermark (1 MiB by default),
         # Envoy 1.40 disabled "the upstream stream" of the upstream ext_proc
@@ -264,12 +261,18 @@ def ext_proc_grpc_cluster() -> cluster_pb2.Cluster:
         # the largest body plus its JSON rewrite.
         per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=4 * MAX_REQUEST_BYTES),
         typed_extension_protocol_options=_http2_options(),
-    )
+    ))
+    return cluster
 
 
 def ext_proc_http_cluster() -> cluster_pb2.Cluster:
+    return _ext_proc_cluster(EXT_PROC_HTTP_CLUSTER)
+
+
+def _ext_proc_cluster(name: str) -> cluster_pb2.Cluster:
+    """The ext_proc workers, whose addresses arrive as endpoints (EDS) over ADS."""
     return cluster_pb2.Cluster(
-        name=EXT_PROC_HTTP_CLUSTER,
+        name=name,
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads()),
         connect_timeout=duration(1),

@@ -245,7 +245,7 @@ def http3_listener(plan: Plan) -> listener_pb2.Listener | None:
         downstream_tls_context=downstream_tls(secret, ["h3"]),
         # No 0-RTT: every API call is a POST that spends money; a replayed one
         # must be impossible, not merely unlikely. Resumption still saves the
-        # certificate exchange. (README: HTTP/3.)
+        # certificate exchange. (docs/operations.md: HTTPS and HTTP/3.)
         enable_early_data=wrappers_pb2.BoolValue(value=False),
     )
     hcm = http_connection_manager(plan)
