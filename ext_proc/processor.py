@@ -52,15 +52,15 @@ from ext_proc.metrics import (
     outcome_for,
 )
 from ext_proc.provider_health import retry_after_seconds
-from ext_proc.providers import (
+from ext_proc.translators import (
     PROVIDER_HEADERS,
     ProviderRequest,
     ResponseStage,
     translator_for,
 )
-from ext_proc.providers.base import COMPLETED
+from ext_proc.translators.base import COMPLETED
 from ext_proc.runtime import Chain, Provider, Route, RuntimeView
-from ext_proc.shapes import ChainedStage, TextCompletionStage
+from ext_proc.translators.completions import ChainedStage, TextCompletionStage
 from hapax import wire
 from hapax.wire import (
     ANSWER_ATTEMPT_HEADER,

@@ -6,7 +6,7 @@ and keeps a verdict with Envoy's semantics: healthy -> unhealthy after
 ``unhealthy_threshold`` failed probes in a row, back after ``healthy_threshold``
 successful probes in a row. A probe succeeds on HTTP 2xx within ``timeout``;
 anything else (another status, refused, reset, timeout) fails it. Envoy polls
-the verdict (``/providers/{name}/health``, see ext_proc/health.py) with its own
+the verdict (``/providers/{name}/health``, see ext_proc/health_app.py) with its own
 active health check, so an unhealthy provider gets no traffic.
 
 A provider starts healthy (optimistic), as in Envoy with a probe that has not
@@ -34,8 +34,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 if TYPE_CHECKING:
-    from ext_proc.providers.base import Translator
     from ext_proc.runtime import Provider
+    from ext_proc.translators.base import Translator
 
 __all__ = ["HealthCheckSettings", "HoldOffBoard", "ProviderHealth", "ProviderProber", "retry_after_seconds"]
 

@@ -18,7 +18,7 @@ from hapax.wire import EXT_PROC_ATTRIBUTES, USAGE_HEADER, VERSION_HEADER
 from hapax.wire import HOST_METADATA_ATTRIBUTE as HOST_METADATA
 from hapax.wire import ROUTE_METADATA_ATTRIBUTE as ROUTE_METADATA
 from ext_proc.runtime import Chain, InvalidRuntime, RuntimeView
-from ext_proc.shapes import TextCompletionStage
+from ext_proc.translators.completions import TextCompletionStage
 from ext_proc.sse import SseParser, encode
 from hapax.v1 import runtime_pb2
 

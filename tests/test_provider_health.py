@@ -22,7 +22,7 @@ from ext_proc.provider_health import (
     ProviderProber,
     retry_after_seconds,
 )
-from ext_proc.providers import translator_for
+from ext_proc.translators import translator_for
 from ext_proc.runtime import Provider
 from hapax.fakes import FakeAnthropic, FakeOllama, FakeOpenAI, Hang, Reset, Status
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import GatewayError
-from ext_proc.providers.anthropic import AnthropicTranslator
+from ext_proc.translators.anthropic import AnthropicTranslator
 from ext_proc.runtime import Provider
 from tests.translator_helpers import (
     NOW,

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import GatewayError
-from ext_proc.providers.ollama import OllamaTranslator
+from ext_proc.translators.ollama import OllamaTranslator
 from ext_proc.runtime import Provider
 from tests.translator_helpers import (
     NOW,

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from ext_proc.client_request import ClientRequest
-from ext_proc.providers.base import COMPLETED, ENDED_EARLY, PROVIDER_ERROR
-from ext_proc.providers.openai import OpenAIResponseStage, OpenAITranslator
+from ext_proc.translators.base import COMPLETED, ENDED_EARLY, PROVIDER_ERROR
+from ext_proc.translators.openai import OpenAIResponseStage, OpenAITranslator
 from tests.translator_helpers import (
     client_request,
     make_provider,

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from hypothesis import strategies as st
 
 from ext_proc.client_request import ClientRequest
-from ext_proc.providers.base import ResponseStage
+from ext_proc.translators.base import ResponseStage
 from ext_proc.runtime import Provider
 
 # What the translators' injected clocks are built from: "created" must be it, truncated.

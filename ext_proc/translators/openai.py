@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from ext_proc.client_request import ClientRequest
-from ext_proc.providers.base import (
+from ext_proc.translators.base import (
     COMPLETED,
     ENDED_EARLY,
     PROVIDER_ERROR,
@@ -21,7 +21,7 @@ from ext_proc.providers.base import (
     Translator,
     json_or_none,
 )
-from ext_proc.providers.openai_chunks import DONE, error_event
+from ext_proc.translators.openai_chunks import DONE, error_event
 from ext_proc.runtime import Provider
 from ext_proc.sse import SseParser, encode
 from hapax import wire

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ext_proc.providers.anthropic import AnthropicTranslator
-from ext_proc.providers.base import ProviderRequest, ResponseStage, Translator
-from ext_proc.providers.ollama import OllamaTranslator
-from ext_proc.providers.openai import OpenAITranslator
+from ext_proc.translators.anthropic import AnthropicTranslator
+from ext_proc.translators.base import ProviderRequest, ResponseStage, Translator
+from ext_proc.translators.ollama import OllamaTranslator
+from ext_proc.translators.openai import OpenAITranslator
 
 TRANSLATORS: dict[str, Translator] = {
     t.type: t for t in (OpenAITranslator(), AnthropicTranslator(), OllamaTranslator())

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ext_proc.errors import error_json
-from ext_proc.providers.base import dumps
+from ext_proc.translators.base import dumps
 from ext_proc.sse import encode
 
 # The sentinel OpenAI ends a successful stream with.

@@ -1,4 +1,4 @@
-"""Answers in the shape the client asked for.
+"""The legacy completions API's answer shape, after the provider's translator.
 
 Translators produce OpenAI chat completions. The legacy completion handler
 answers in ``text_completion`` shape, so its responses (JSON or SSE) pass
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ext_proc.providers.base import ResponseStage
+from ext_proc.translators.base import ResponseStage
 from ext_proc.sse import SseParser, encode
 
 

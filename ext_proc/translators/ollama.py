@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import error_json, invalid
-from ext_proc.providers.base import (
+from ext_proc.translators.base import (
     COMPLETED,
     ENDED_EARLY,
     PROVIDER_ERROR,
@@ -33,7 +33,7 @@ from ext_proc.providers.base import (
     json_or_none,
     tool_arguments,
 )
-from ext_proc.providers.openai_chunks import (
+from ext_proc.translators.openai_chunks import (
     chunk,
     completion,
     error_event,
