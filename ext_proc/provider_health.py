@@ -33,37 +33,18 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from ext_proc.runtime import HealthCheckSettings, Provider
+
 if TYPE_CHECKING:
-    from ext_proc.runtime import Provider
     from ext_proc.translators.base import Translator
 
-__all__ = ["HealthCheckSettings", "HoldOffBoard", "ProviderHealth", "ProviderProber", "retry_after_seconds"]
+__all__ = ["HoldOffBoard", "ProviderHealth", "ProviderProber", "retry_after_seconds"]
 
 # The longest retry-after honoured: a provider asking for more is held off this
 # long, then probed and tried again (Envoy's cap for rate-limited back-off).
 MAX_HOLD_OFF_SECONDS = 300.0
 
 log = logging.getLogger("hapax.ext_proc.health")
-
-
-@dataclass(frozen=True)
-class HealthCheckSettings:
-    interval: float = 10.0         # seconds from the start of one probe to the start of the next
-    timeout: float = 5.0           # one probe's time limit (connect + status + body)
-    healthy_threshold: int = 2     # consecutive successes to become healthy
-    unhealthy_threshold: int = 3   # consecutive failures to become unhealthy
-
-    def effective(self) -> HealthCheckSettings:
-        """These settings with unusable values (zero from an unset proto field,
-        negatives) replaced by the defaults: an interval of 0 would spin."""
-        default = HealthCheckSettings()
-        return HealthCheckSettings(
-            interval=self.interval if self.interval > 0 else default.interval,
-            timeout=self.timeout if self.timeout > 0 else default.timeout,
-            healthy_threshold=self.healthy_threshold if self.healthy_threshold >= 1 else default.healthy_threshold,
-            unhealthy_threshold=(self.unhealthy_threshold if self.unhealthy_threshold >= 1
-                                 else default.unhealthy_threshold),
-        )
 
 
 @dataclass

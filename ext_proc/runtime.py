@@ -12,12 +12,33 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-from ext_proc.provider_health import HealthCheckSettings
 from hapax.v1 import runtime_pb2
 
 
 class InvalidRuntime(Exception):
     """A Runtime resource ext_proc cannot serve (sent back as a NACK)."""
+
+
+@dataclass(frozen=True)
+class HealthCheckSettings:
+    """A provider's health check, as the runtime carries it (ext_proc/provider_health.py runs it)."""
+
+    interval: float = 10.0         # seconds from the start of one probe to the start of the next
+    timeout: float = 5.0           # one probe's time limit (connect + status + body)
+    healthy_threshold: int = 2     # consecutive successes to become healthy
+    unhealthy_threshold: int = 3   # consecutive failures to become unhealthy
+
+    def effective(self) -> HealthCheckSettings:
+        """These settings with unusable values (zero from an unset proto field,
+        negatives) replaced by the defaults: an interval of 0 would spin."""
+        default = HealthCheckSettings()
+        return HealthCheckSettings(
+            interval=self.interval if self.interval > 0 else default.interval,
+            timeout=self.timeout if self.timeout > 0 else default.timeout,
+            healthy_threshold=self.healthy_threshold if self.healthy_threshold >= 1 else default.healthy_threshold,
+            unhealthy_threshold=(self.unhealthy_threshold if self.unhealthy_threshold >= 1
+                                 else default.unhealthy_threshold),
+        )
 
 
 @dataclass(frozen=True)

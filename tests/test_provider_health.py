@@ -16,14 +16,13 @@ import pytest
 
 from ext_proc.provider_health import (
     MAX_HOLD_OFF_SECONDS,
-    HealthCheckSettings,
     HoldOffBoard,
     ProviderHealth,
     ProviderProber,
     retry_after_seconds,
 )
+from ext_proc.runtime import HealthCheckSettings, Provider
 from ext_proc.translators import translator_for
-from ext_proc.runtime import Provider
 from hapax.fakes import FakeAnthropic, FakeOllama, FakeOpenAI, Hang, Reset, Status
 
 FAST = HealthCheckSettings(interval=0.05, timeout=0.5, healthy_threshold=2, unhealthy_threshold=3)
