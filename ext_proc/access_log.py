@@ -31,7 +31,8 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf import struct_pb2
 
-from ext_proc.metrics import GatewayMetrics, outcome_for
+from ext_proc.metrics import GatewayMetrics
+from ext_proc.outcomes import RequestOutcome, outcome_for
 from ext_proc.provider_health import retry_after_seconds
 from ext_proc.runtime import Provider, Route, RuntimeView
 from hapax import wire
@@ -57,7 +58,7 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
     def count_batch(self, entries: Iterable[accesslog_pb2.HTTPAccessLogEntry]) -> None:
         """A flush's entries, added up by labels first: a flush brings hundreds, mostly alike."""
         view = self.current_view()
-        answers: dict[tuple[str, str, int, str], _Answers] = {}
+        answers: dict[tuple[str, str, int, RequestOutcome], _Answers] = {}
         for entry in entries:
             try:
                 self.count(entry, view, answers)
@@ -68,7 +69,7 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
                 alike.report(self.metrics)
 
     def count(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView | None,
-              answers: dict[tuple[str, str, int, str], _Answers]) -> None:
+              answers: dict[tuple[str, str, int, RequestOutcome], _Answers]) -> None:
         common = entry.common_properties
         lane = common.custom_tags.get(LogTag.LANE)
         if common.access_log_type == accesslog_pb2.UpstreamEnd:
@@ -82,7 +83,7 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             self._count_answer(entry, view, answers, retries_counted=True)
 
     def _count_answer(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView | None,
-                      answers: dict[tuple[str, str, int, str], _Answers], *, retries_counted: bool) -> None:
+                      answers: dict[tuple[str, str, int, RequestOutcome], _Answers], *, retries_counted: bool) -> None:
         """``retries_counted``: an upstream step saw every attempt and counted their retries."""
         common, tags = entry.common_properties, entry.common_properties.custom_tags
         status = entry.response.response_code.value
@@ -129,7 +130,7 @@ class _Answers:
 
     __slots__ = ("route", "provider", "status", "outcome", "durations", "overheads", "retries", "inputs", "outputs")
 
-    def __init__(self, route: Route, provider: Provider | None, status: int, outcome: str) -> None:
+    def __init__(self, route: Route, provider: Provider | None, status: int, outcome: RequestOutcome) -> None:
         self.route, self.provider, self.status, self.outcome = route, provider, status, outcome
         self.durations: list[float] = []
         self.overheads: list[float] = []  # of those answered at the first attempt

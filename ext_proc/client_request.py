@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ext_proc.errors import GatewayError, invalid
+from hapax.wire import Handler
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 AUTO_MODELS = frozenset({"", "auto"})
@@ -20,13 +21,13 @@ AUTO_MODELS = frozenset({"", "auto"})
 
 @dataclass(frozen=True)
 class ClientRequest:
-    handler: str            # chat | completion | embeddings
+    handler: Handler        # chat | completion | embeddings
     model: str | None       # as requested; None or "auto" = preference order
     stream: bool
     body: dict[str, Any]    # canonical OpenAI body: chat completion or embeddings
 
     @classmethod
-    def as_read(cls, handler: str, model: str, stream: bool, include_usage: bool) -> ClientRequest:
+    def as_read(cls, handler: Handler, model: str, stream: bool, include_usage: bool) -> ClientRequest:
         """A request known only by what Envoy read of its body (the model lane's route)."""
         body: dict[str, Any] = {"model": model, "stream": stream}
         if include_usage:
@@ -45,14 +46,14 @@ def parse(handler: str, raw: bytes) -> ClientRequest:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise invalid(f"'model' must be a string, got {_kind(model)}.", param="model")
-    if handler == "chat":
+    if handler == Handler.CHAT:
         _check_chat(body)
-        return ClientRequest("chat", model, _stream(body), body)
-    if handler == "completion":
+        return ClientRequest(Handler.CHAT, model, _stream(body), body)
+    if handler == Handler.COMPLETION:
         return _completion(body, model)
-    if handler == "embeddings":
+    if handler == Handler.EMBEDDINGS:
         _check_embeddings(body)
-        return ClientRequest("embeddings", model, False, body)
+        return ClientRequest(Handler.EMBEDDINGS, model, False, body)
     raise GatewayError(405, f"handler {handler!r} takes no request body", code="method_not_allowed")
 
 
@@ -146,7 +147,7 @@ def _completion(body: dict[str, Any], model: str | None) -> ClientRequest:
     chat = {k: v for k, v in body.items() if k not in ("prompt", "input", "messages", "echo",
                                                           "logprobs", "best_of", "suffix")}
     chat["messages"] = messages
-    return ClientRequest("completion", model, _stream(body), chat)
+    return ClientRequest(Handler.COMPLETION, model, _stream(body), chat)
 
 
 def _prompt_text(value: Any, key: str) -> str:

@@ -36,6 +36,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ext_proc.outcomes import RequestOutcome, StreamOutcome
 from ext_proc.provider_health import ProviderProber
 from ext_proc.runtime import Provider, Route, RuntimeView
 from hapax.v1 import runtime_pb2
@@ -53,14 +54,6 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25)
-
-# outcome of hapax_requests_total
-SUCCESS = "success"
-CLIENT_ERROR = "client_error"
-PROVIDER_ERROR = "provider_error"
-FAILED_OVER = "failed_over"
-STREAM_ABORTED = "stream_aborted"
-
 
 class ProviderHealthCollector(Collector):
     """Reads the prober's verdicts at scrape time (no state of its own)."""
@@ -111,7 +104,7 @@ class _RequestFamilies:
         answered = [*route, "provider", "model"]
         self.all = [
             requests := Counter("hapax_requests", "Requests answered, by status class and outcome "
-                                "(success | client_error | provider_error | failed_over | stream_aborted)",
+                                f"({' | '.join(RequestOutcome)})",
                                 [*answered, "status_class", "outcome"], registry=registry),
             duration := Histogram("gen_ai_server_request_duration_seconds",
                                   "Time from the request's arrival to the end of its answer",
@@ -163,15 +156,6 @@ class _RequestFamilies:
             self.registry.unregister(family)
 
 
-def outcome_for(status: int, attempt: int) -> str:
-    """The outcome of a request whose final answer has ``status``, given at ``attempt``."""
-    if status < 400:
-        return FAILED_OVER if attempt > 1 else SUCCESS
-    if status < 500 and status != 429:
-        return CLIENT_ERROR
-    return PROVIDER_ERROR
-
-
 def _status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "unknown"
 
@@ -188,7 +172,7 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.collectors: list[Collector] = [ProviderHealthCollector(prober)]
         self.streams = Counter(
-            "hapax_streams", "Streams a client received, by how they ended: only 'completed' is a success",
+            "hapax_streams", f"Streams a client received, by how they ended: only '{StreamOutcome.COMPLETED}' is a success",
             ["provider", "outcome"], registry=self.registry)
         self.config_version = Gauge("hapax_config_version_info",
                                     "1 for the configuration version ext_proc serves (0 for earlier ones)",
@@ -248,19 +232,19 @@ class GatewayMetrics:
         f = self._families
         f.child(f.inflight, *f.route_values(route)).dec()
 
-    def request_answered(self, route: Route, provider: Provider | None, status: int, outcome: str,
+    def request_answered(self, route: Route, provider: Provider | None, status: int, outcome: RequestOutcome,
                          duration: float, overhead: float | None = None) -> None:
         self.requests_answered(route, provider, status, outcome, [duration], [] if overhead is None else [overhead])
 
-    def requests_answered(self, route: Route, provider: Provider | None, status: int, outcome: str,
+    def requests_answered(self, route: Route, provider: Provider | None, status: int, outcome: RequestOutcome,
                           durations: list[float], overheads: list[float]) -> None:
         """``len(durations)`` answers alike; ``overheads``: those of the ones answered at the first attempt."""
         f = self._families
         values = f.route_values(route)
         answered = [*values, provider.name if provider else NONE, provider.model if provider else NONE]
-        f.child(f.requests, *answered, _status_class(status), outcome).inc(len(durations))
+        f.child(f.requests, *answered, _status_class(status), outcome.value).inc(len(durations))
         _observe(f.child(f.duration, *answered), durations)
-        if outcome == FAILED_OVER and provider is not None:
+        if outcome == RequestOutcome.FAILED_OVER and provider is not None:
             f.child(f.failovers, *values, provider.name).inc(len(durations))
         if overheads:
             _observe(f.child(f.overhead, *values), [max(0.0, overhead) for overhead in overheads])
@@ -294,8 +278,8 @@ class GatewayMetrics:
         if per_output_token is not None:
             f.child(f.tpot, *answered).observe(per_output_token)
 
-    def stream_ended(self, provider: str, outcome: str) -> None:
-        self.streams.labels(provider, outcome).inc()
+    def stream_ended(self, provider: str, outcome: StreamOutcome) -> None:
+        self.streams.labels(provider, outcome.value).inc()
 
 
 class _Pending:

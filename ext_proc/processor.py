@@ -42,15 +42,8 @@ from google.protobuf import struct_pb2, text_format
 from ext_proc import client_request
 from ext_proc.client_request import AUTO_MODELS, ClientRequest
 from ext_proc.errors import GatewayError, invalid
-from ext_proc.metrics import (
-    CLIENT_ERROR,
-    FAILED_OVER,
-    PROVIDER_ERROR,
-    STREAM_ABORTED,
-    SUCCESS,
-    GatewayMetrics,
-    outcome_for,
-)
+from ext_proc.metrics import GatewayMetrics
+from ext_proc.outcomes import RequestOutcome, StreamOutcome, outcome_for
 from ext_proc.provider_health import retry_after_seconds
 from ext_proc.translators import (
     PROVIDER_HEADERS,
@@ -58,7 +51,6 @@ from ext_proc.translators import (
     ResponseStage,
     translator_for,
 )
-from ext_proc.translators.base import COMPLETED
 from ext_proc.runtime import Chain, Provider, Route, RuntimeView
 from ext_proc.translators.completions import ChainedStage, TextCompletionStage
 from hapax import wire
@@ -120,9 +112,6 @@ READ_WHOLE_RESPONSE = PM(
     response_header_mode=PM.SEND, response_body_mode=PM.BUFFERED,
     request_trailer_mode=PM.SKIP, response_trailer_mode=PM.SKIP,
 )
-# A stream whose ext_proc call ended before its end: the provider's connection
-# was cut, or the client went away (Envoy then resets the other side).
-INTERRUPTED = "interrupted"
 
 
 # ---------------------------------------------------------------- protobuf helpers
@@ -237,7 +226,7 @@ class RouterStep:
         if self.metrics is not None:
             self.metrics.request_started(route)
         if route.handler == Handler.MODELS:
-            self._count(200, None, SUCCESS)
+            self._count(200, None, RequestOutcome.SUCCESS)
             self.done = True
             return immediate(200, self.view.models_json, f"{wire.GATEWAY_DETAILS_PREFIX}models")
         if msg.end_of_stream:
@@ -284,13 +273,14 @@ class RouterStep:
         log.info("request answered by the gateway", extra={
             "request_id": self.request_id, "status": err.status, "code": err.code or err.type})
         if self.route is not None:
-            self._count(err.status, None, CLIENT_ERROR if err.status < 500 else PROVIDER_ERROR)
+            outcome = RequestOutcome.CLIENT_ERROR if err.status < 500 else RequestOutcome.PROVIDER_ERROR
+            self._count(err.status, None, outcome)
 
     def finish(self) -> None:
         if self.route is not None and self.metrics is not None and not self.stream_goes_on:
             self.metrics.request_ended(self.route)
 
-    def _count(self, status: int, provider: Provider | None, outcome: str, overhead: float | None = None) -> None:
+    def _count(self, status: int, provider: Provider | None, outcome: RequestOutcome, overhead: float | None = None) -> None:
         if self.metrics is None or self.route is None or self.counted:
             return
         self.counted = True
@@ -384,7 +374,7 @@ class UpstreamStep:
         if self.lane != Lane.MODEL or not model or stream not in ("true", "false"):
             return None
         assert self.provider is not None
-        req = ClientRequest.as_read(self.handler, model, stream == "true", include_usage)
+        req = ClientRequest.as_read(Handler(self.handler), model, stream == "true", include_usage)
         out = translator_for(self.provider.type).request_as_sent(req, self.provider)
         if out is None:
             return None
@@ -507,17 +497,17 @@ class UpstreamStep:
         if not self.streaming or self.metrics is None or self.provider is None:
             return
         self.streaming = False
-        stream_outcome = (self.stage.stream_outcome if self.stage is not None else None) or INTERRUPTED
+        stream_outcome = (self.stage.stream_outcome if self.stage is not None else None) or StreamOutcome.INTERRUPTED
         self.metrics.stream_ended(self.provider.name, stream_outcome)
-        if stream_outcome != COMPLETED:
+        if stream_outcome != StreamOutcome.COMPLETED:
             log.warning("a stream ended before the provider's end of stream", extra={
                 "request_id": self.request_id, "provider": self.provider.name, "outcome": stream_outcome})
         if self.route is None:
             return
-        if stream_outcome == COMPLETED:
-            outcome = FAILED_OVER if self.attempt > 1 else SUCCESS
+        if stream_outcome == StreamOutcome.COMPLETED:
+            outcome = RequestOutcome.answered(self.attempt)
         else:
-            outcome = STREAM_ABORTED
+            outcome = RequestOutcome.STREAM_ABORTED
         self.metrics.request_answered(self.route, self.provider, 200, outcome, time.time() - self.request_start)
 
     def _count_usage(self) -> None:

@@ -9,7 +9,8 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from ext_proc.access_log import AccessLogCounter
-from ext_proc.metrics import GatewayMetrics, outcome_for
+from ext_proc.metrics import GatewayMetrics
+from ext_proc.outcomes import outcome_for
 from ext_proc.provider_health import ProviderProber
 from tests.test_metrics import PROVIDER, ROUTE, VIEW
 

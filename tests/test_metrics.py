@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from ext_proc.metrics import FAILED_OVER, SUCCESS, GatewayMetrics, observe_all
+from ext_proc.metrics import GatewayMetrics, observe_all
+from ext_proc.outcomes import RequestOutcome
 from ext_proc.provider_health import ProviderProber
 from ext_proc.runtime import Chain, Provider, Route, RuntimeView
 
@@ -23,7 +24,7 @@ def _metrics() -> GatewayMetrics:
 
 def _answer_some(metrics: GatewayMetrics) -> None:
     for i in range(40):
-        metrics.request_answered(ROUTE, PROVIDER, 200, FAILED_OVER if i % 7 == 0 else SUCCESS,
+        metrics.request_answered(ROUTE, PROVIDER, 200, RequestOutcome.FAILED_OVER if i % 7 == 0 else RequestOutcome.SUCCESS,
                                  duration=0.01 * i, overhead=0.0004 * i)
         metrics.tokens_used(ROUTE, PROVIDER, {"prompt_tokens": i, "completion_tokens": 3 * i})
         if i % 7 == 0:

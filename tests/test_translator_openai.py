@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ext_proc.client_request import ClientRequest
-from ext_proc.translators.base import COMPLETED, ENDED_EARLY, PROVIDER_ERROR
+from ext_proc.outcomes import StreamOutcome
 from ext_proc.translators.openai import OpenAIResponseStage, OpenAITranslator
 from tests.translator_helpers import (
     client_request,
@@ -37,7 +37,7 @@ def test_a_whole_stream_passes_through_and_completes(size):
     stage = OpenAIResponseStage(include_usage=True)
     _, out = run_stage(stage, 200, "text/event-stream; charset=utf-8", pieces_of(WHOLE, size))
     assert sse_events(out) == sse_events(WHOLE)
-    assert stage.stream_outcome == COMPLETED
+    assert stage.stream_outcome == StreamOutcome.COMPLETED
     assert stage.usage == USAGE
 
 
@@ -55,7 +55,7 @@ def test_a_stream_that_ends_without_done_gets_an_error_event():
     events = sse_events(out)
     assert events[0]["choices"][0]["delta"] == {"content": "Hel"}
     assert events[-1]["error"]["message"] == "provider stream ended unexpectedly"
-    assert stage.stream_outcome == ENDED_EARLY
+    assert stage.stream_outcome == StreamOutcome.ENDED_EARLY
 
 
 def test_a_provider_error_event_ends_the_stream_as_a_provider_error():
@@ -64,7 +64,7 @@ def test_a_provider_error_event_ends_the_stream_as_a_provider_error():
     _, out = run_stage(stage, 200, "text/event-stream", [chunk("Hel") + error + chunk("ignored"), b""])
     events = sse_events(out)
     assert events[-1]["error"]["message"] == "overloaded" and len(events) == 2  # nothing after the error
-    assert stage.stream_outcome == PROVIDER_ERROR
+    assert stage.stream_outcome == StreamOutcome.PROVIDER_ERROR
 
 
 @pytest.mark.parametrize("status,content_type", [(429, "application/json"), (500, "text/event-stream")])

@@ -16,10 +16,10 @@ from typing import Any, Callable
 
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import error_json, invalid
+from ext_proc.outcomes import StreamOutcome
+from ext_proc.runtime import Provider
+from ext_proc.sse import SseParser, encode
 from ext_proc.translators.base import (
-    COMPLETED,
-    ENDED_EARLY,
-    PROVIDER_ERROR,
     ConvertingResponseStage,
     ProviderRequest,
     ResponseStage,
@@ -35,8 +35,7 @@ from ext_proc.translators.openai_chunks import (
     error_event,
     stream_end,
 )
-from ext_proc.runtime import Provider
-from ext_proc.sse import SseParser, encode
+from hapax.wire import Handler
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -75,7 +74,7 @@ _TOOL_ID_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
 
 class AnthropicTranslator(Translator):
     type = "anthropic"
-    handlers = frozenset({"chat", "completion"})
+    handlers = frozenset({Handler.CHAT, Handler.COMPLETION})
     provider_headers = frozenset({"x-api-key", "anthropic-version"})
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
@@ -430,7 +429,7 @@ class AnthropicResponseStage(ConvertingResponseStage):
                 break
             out += self._event(event.event, event.data)
         if end_of_stream and not self.stream_outcome:
-            self.stream_outcome = ENDED_EARLY
+            self.stream_outcome = StreamOutcome.ENDED_EARLY
             out += error_event("provider stream ended unexpectedly")
         return bytes(out)
 
@@ -446,7 +445,7 @@ class AnthropicResponseStage(ConvertingResponseStage):
     def _event(self, name: str, data: str) -> bytes:
         payload = json_or_none(data)
         if not isinstance(payload, dict):
-            self.stream_outcome = PROVIDER_ERROR
+            self.stream_outcome = StreamOutcome.PROVIDER_ERROR
             return error_event("provider sent an unreadable stream event")
         kind = payload.get("type") or name
         if kind == "message_start":
@@ -465,12 +464,12 @@ class AnthropicResponseStage(ConvertingResponseStage):
                 return b""
             return self._chunk({}, STOP_REASONS.get(reason, "stop"))
         if kind == "message_stop":
-            self.stream_outcome = COMPLETED
+            self.stream_outcome = StreamOutcome.COMPLETED
             self._start()
             self.usage = usage(self._usage)
             return stream_end(self._id, self._created, self._model, self.usage if self.include_usage else None)
         if kind == "error":
-            self.stream_outcome = PROVIDER_ERROR
+            self.stream_outcome = StreamOutcome.PROVIDER_ERROR
             err = payload.get("error") or {}
             converted = openai_error(err.get("type"), str(err.get("message") or ""), 500,
                                      self._provider)

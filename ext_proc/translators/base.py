@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from ext_proc.client_request import ClientRequest
+from ext_proc.outcomes import StreamOutcome
 from ext_proc.runtime import Provider
+from hapax.wire import Handler
 
 
 @dataclass(frozen=True)
@@ -24,21 +26,14 @@ class ProviderRequest:
     set_headers: dict[str, str] = field(default_factory=dict)
 
 
-# How a stream the client received ended. A stream that ends any other way
-# than COMPLETED is an error for metrics, never a success.
-COMPLETED = "completed"            # the provider's own end ([DONE], message_stop, done)
-PROVIDER_ERROR = "provider_error"  # the provider sent an error (or unreadable) event
-ENDED_EARLY = "ended_early"        # the body ended before the provider's end of stream
-
-
 class ResponseStage(ABC):
     """Rewrites one attempt's response; stateful across the body's pieces."""
 
     # Set when the body shows the provider's status was wrong for what it sent
     # (a 200 with an unreadable body); applied only to responses read whole.
     status_override: int | None = None
-    # Set by a streaming stage once its stream has ended (see COMPLETED...).
-    stream_outcome: str | None = None
+    # Set by a streaming stage once its stream has ended.
+    stream_outcome: StreamOutcome | None = None
     # The answer's token usage in OpenAI's shape (prompt_tokens, completion_tokens), once seen.
     usage: dict[str, Any] | None = None
 
@@ -129,7 +124,7 @@ class ConvertingResponseStage(ResponseStage):
 
 class Translator(ABC):
     type: ClassVar[str]
-    handlers: ClassVar[frozenset[str]]
+    handlers: ClassVar[frozenset[Handler]]
     # Headers this translator may set (credentials, versions); removed from an
     # attempt that goes to another provider.
     provider_headers: ClassVar[frozenset[str]] = frozenset({"authorization"})

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ext_proc.translators.base import ResponseStage
+from ext_proc.outcomes import StreamOutcome
 from ext_proc.sse import SseParser, encode
+from ext_proc.translators.base import ResponseStage
 
 
 def _text_choice(choice: dict[str, Any], text: str | None) -> dict[str, Any]:
@@ -108,7 +109,7 @@ class ChainedStage(ResponseStage):
         return self.first.status_override or self.second.status_override
 
     @property
-    def stream_outcome(self) -> str | None:  # type: ignore[override]
+    def stream_outcome(self) -> StreamOutcome | None:  # type: ignore[override]
         return self.first.stream_outcome
 
     @property

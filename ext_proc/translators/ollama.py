@@ -20,10 +20,9 @@ from typing import Any, Callable
 
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import error_json, invalid
+from ext_proc.outcomes import StreamOutcome
+from ext_proc.runtime import Provider
 from ext_proc.translators.base import (
-    COMPLETED,
-    ENDED_EARLY,
-    PROVIDER_ERROR,
     ConvertingResponseStage,
     ProviderRequest,
     ResponseStage,
@@ -39,9 +38,9 @@ from ext_proc.translators.openai_chunks import (
     error_event,
     stream_end,
 )
-from ext_proc.runtime import Provider
+from hapax.wire import Handler
 
-PATHS = {"chat": "/api/chat", "completion": "/api/chat", "embeddings": "/api/embed"}
+PATHS = {Handler.CHAT: "/api/chat", Handler.COMPLETION: "/api/chat", Handler.EMBEDDINGS: "/api/embed"}
 FINISH_REASONS = {"stop": "stop", "length": "length"}
 _DATA_URL = re.compile(r"^data:[^,]*;base64,(?P<data>.*)$", re.DOTALL)
 
@@ -63,7 +62,7 @@ class OllamaTranslator(Translator):
         if req.handler not in PATHS:
             raise invalid(f"Provider '{provider.name}' (ollama) does not serve {req.handler}",
                           code="unsupported_handler")
-        if req.handler == "embeddings":
+        if req.handler == Handler.EMBEDDINGS:
             body = embed_body(req.body, provider.model)
         else:
             body = chat_body(req.body, provider.model, req.stream)
@@ -75,7 +74,7 @@ class OllamaTranslator(Translator):
                                body=dumps(body).encode(), set_headers=headers)
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage:
-        embeddings = req.handler == "embeddings"
+        embeddings = req.handler == Handler.EMBEDDINGS
         return OllamaResponseStage(
             provider, stream=req.stream and not embeddings, include_usage=req.include_usage, embeddings=embeddings,
             base64_embeddings=embeddings and req.body.get("encoding_format") == "base64",
@@ -338,7 +337,7 @@ class OllamaResponseStage(ConvertingResponseStage):
             if line.strip():
                 out += self._line(line)
         if end_of_stream and not self.stream_outcome:
-            self.stream_outcome = ENDED_EARLY
+            self.stream_outcome = StreamOutcome.ENDED_EARLY
             out += error_event("provider stream ended unexpectedly")
         return bytes(out)
 
@@ -348,10 +347,10 @@ class OllamaResponseStage(ConvertingResponseStage):
     def _line(self, line: bytes) -> bytes:
         body = json_or_none(line)
         if not isinstance(body, dict):
-            self.stream_outcome = PROVIDER_ERROR
+            self.stream_outcome = StreamOutcome.PROVIDER_ERROR
             return error_event("provider sent an unreadable stream line")
         if body.get("error") is not None:
-            self.stream_outcome = PROVIDER_ERROR
+            self.stream_outcome = StreamOutcome.PROVIDER_ERROR
             err = body["error"]
             return error_event(str(err.get("message") if isinstance(err, dict) else err))
         out = bytearray()
@@ -365,7 +364,7 @@ class OllamaResponseStage(ConvertingResponseStage):
         if calls:
             out += self._chunk({"tool_calls": calls})
         if body.get("done"):
-            self.stream_outcome = COMPLETED
+            self.stream_outcome = StreamOutcome.COMPLETED
             self.usage = usage(body)
             out += self._chunk({}, self._finish_reason(body))
             out += stream_end(self._id, self._now(), self._model, self.usage if self.include_usage else None)

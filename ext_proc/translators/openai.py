@@ -12,19 +12,18 @@ from __future__ import annotations
 import json
 
 from ext_proc.client_request import ClientRequest
+from ext_proc.outcomes import StreamOutcome
+from ext_proc.runtime import Provider
+from ext_proc.sse import SseParser, encode
 from ext_proc.translators.base import (
-    COMPLETED,
-    ENDED_EARLY,
-    PROVIDER_ERROR,
     ProviderRequest,
     ResponseStage,
     Translator,
     json_or_none,
 )
 from ext_proc.translators.openai_chunks import DONE, error_event
-from ext_proc.runtime import Provider
-from ext_proc.sse import SseParser, encode
 from hapax import wire
+from hapax.wire import Handler
 
 PATHS = wire.OPENAI_PATHS
 
@@ -48,7 +47,7 @@ class OpenAITranslator(Translator):
     def request_as_sent(self, req: ClientRequest, provider: Provider) -> ProviderRequest | None:
         # The body already names the provider's model and, on a stream, asks for the usage
         # chunk; a legacy completion is converted to chat.
-        if req.handler == "completion" or req.model != provider.model or (req.stream and not req.include_usage):
+        if req.handler == Handler.COMPLETION or req.model != provider.model or (req.stream and not req.include_usage):
             return None
         return ProviderRequest(path=provider.base_path + PATHS[req.handler], body=None,
                                set_headers=_credentials(provider))
@@ -100,7 +99,7 @@ class OpenAIResponseStage(ResponseStage):
                 break  # nothing a provider sends after its end is part of the answer
             out += self._pass(event.data, event.event)
         if end_of_stream and not self.stream_outcome:
-            self.stream_outcome = ENDED_EARLY
+            self.stream_outcome = StreamOutcome.ENDED_EARLY
             out += error_event("provider stream ended unexpectedly")
         return bytes(out)
 
@@ -116,12 +115,12 @@ class OpenAIResponseStage(ResponseStage):
 
     def _pass(self, data: str, name: str) -> bytes:
         if data == "[DONE]":
-            self.stream_outcome = COMPLETED
+            self.stream_outcome = StreamOutcome.COMPLETED
             return DONE
         payload = json_or_none(data)
         if isinstance(payload, dict):
             if payload.get("error") is not None:
-                self.stream_outcome = PROVIDER_ERROR
+                self.stream_outcome = StreamOutcome.PROVIDER_ERROR
             elif isinstance(payload.get("usage"), dict):
                 self.usage = payload["usage"]
                 if not self.include_usage and not payload.get("choices"):

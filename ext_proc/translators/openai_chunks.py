@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from ext_proc.errors import error_json
-from ext_proc.translators.base import dumps
 from ext_proc.sse import encode
+from ext_proc.translators.base import dumps
 
 # The sentinel OpenAI ends a successful stream with.
 DONE = encode("[DONE]")
