@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ext_proc import client_request
 from ext_proc.errors import GatewayError
-from ext_proc.processor import UpstreamStep, provider_from_host_metadata
+from ext_proc.steps.upstream import UpstreamStep, provider_from_host_metadata
 from hapax.wire import EXT_PROC_ATTRIBUTES, USAGE_HEADER, VERSION_HEADER
 from hapax.wire import HOST_METADATA_ATTRIBUTE as HOST_METADATA
 from hapax.wire import ROUTE_METADATA_ATTRIBUTE as ROUTE_METADATA
