@@ -18,7 +18,7 @@ from ext_proc.health_app import health_app
 from ext_proc.metrics import ConfigStatusCollector, GatewayMetrics
 from ext_proc.provider_health import HoldOffBoard, ProviderProber
 from ext_proc.runtime import RuntimeView
-from ext_proc.steps.upstream import Processor
+from ext_proc.service import Processor
 from ext_proc.translators import TRANSLATORS, translator_for
 from ext_proc.xds_client import RuntimeSubscription
 from hapax import logs

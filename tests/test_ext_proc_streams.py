@@ -18,12 +18,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
 
-from ext_proc.steps.upstream import Processor
+from ext_proc.runtime import RuntimeView
+from ext_proc.service import Processor
+from hapax.v1 import runtime_pb2
 from hapax.wire import EXT_PROC_ATTRIBUTES
 from hapax.wire import HOST_METADATA_ATTRIBUTE as HOST_METADATA
 from hapax.wire import ROUTE_METADATA_ATTRIBUTE as ROUTE_METADATA
-from ext_proc.runtime import RuntimeView
-from hapax.v1 import runtime_pb2
 
 
 def headers(**fields: str) -> pb.HttpHeaders:

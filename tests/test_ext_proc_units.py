@@ -13,14 +13,15 @@ from hypothesis import strategies as st
 
 from ext_proc import client_request
 from ext_proc.errors import GatewayError
-from ext_proc.steps.upstream import UpstreamStep, provider_from_host_metadata
+from ext_proc.runtime import Chain, InvalidRuntime, RuntimeView
+from ext_proc.sse import SseParser, encode
+from ext_proc.steps.messages import provider_from_host_metadata
+from ext_proc.steps.upstream import UpstreamStep
+from ext_proc.translators.completions import TextCompletionStage
+from hapax.v1 import runtime_pb2
 from hapax.wire import EXT_PROC_ATTRIBUTES, USAGE_HEADER, VERSION_HEADER
 from hapax.wire import HOST_METADATA_ATTRIBUTE as HOST_METADATA
 from hapax.wire import ROUTE_METADATA_ATTRIBUTE as ROUTE_METADATA
-from ext_proc.runtime import Chain, InvalidRuntime, RuntimeView
-from ext_proc.translators.completions import TextCompletionStage
-from ext_proc.sse import SseParser, encode
-from hapax.v1 import runtime_pb2
 
 # ---------------------------------------------------------------- client requests
 
@@ -209,10 +210,10 @@ def test_every_attempt_uses_the_version_its_request_started_under():
     headers = ext_pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
         base_pb2.HeaderValue(key=VERSION_HEADER, raw_value=started_under.version.encode())]))
     step = UpstreamStep(current, view_for={started_under.version: started_under}.get)
-    step.on_headers(headers, attributes)
+    step.request_headers(headers, attributes)
     assert step.provider is not None and step.provider.name == "b"
     with pytest.raises(GatewayError, match="unknown provider"):  # without the pin, b is gone
-        UpstreamStep(current).on_headers(ext_pb.HttpHeaders(), attributes)
+        UpstreamStep(current).request_headers(ext_pb.HttpHeaders(), attributes)
 
 
 def _as_sent_stream_step() -> tuple[UpstreamStep, ext_pb.ProcessingResponse]:
@@ -227,7 +228,7 @@ def _as_sent_stream_step() -> tuple[UpstreamStep, ext_pb.ProcessingResponse]:
     headers = ext_pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
         base_pb2.HeaderValue(key=USAGE_HEADER, raw_value=b"true")]))
     step = UpstreamStep(RuntimeView.from_proto(_runtime(), frozenset({"openai"})))
-    return step, step.on_headers(headers, attributes)
+    return step, step.request_headers(headers, attributes)
 
 
 def _status(code: int) -> dict:
@@ -245,19 +246,19 @@ def test_a_stream_sent_as_it_is_skips_its_body_and_its_answers_headers():
 
 def test_a_stream_sent_as_it_is_is_read_as_a_stream_once_its_first_bytes_show_it_is_one():
     step, _ = _as_sent_stream_step()
-    step.on_response_body(ext_pb.HttpBody(body=b""), _status(200))  # the status, no bytes yet
+    step.response_body(ext_pb.HttpBody(body=b""), _status(200))  # the status, no bytes yet
     assert not step.streaming
     event = b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
-    response = step.on_response_body(ext_pb.HttpBody(body=event), None)
+    response = step.response_body(ext_pb.HttpBody(body=event), None)
     assert step.streaming
     assert not response.response_body.response.HasField("body_mutation")  # unchanged: Envoy keeps its copy
-    step.on_response_body(ext_pb.HttpBody(body=b"data: [DONE]\n\n", end_of_stream=True), None)
+    step.response_body(ext_pb.HttpBody(body=b"data: [DONE]\n\n", end_of_stream=True), None)
     assert step.stage is not None and step.stage.stream_outcome == "completed" and step.done
 
 
 def test_an_answer_to_a_stream_sent_as_it_is_that_is_not_a_stream_passes_as_it_is():
     step, _ = _as_sent_stream_step()
     error = b'{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}'
-    response = step.on_response_body(ext_pb.HttpBody(body=error, end_of_stream=True), _status(400))
+    response = step.response_body(ext_pb.HttpBody(body=error, end_of_stream=True), _status(400))
     assert not step.streaming and step.stage is None and step.done
     assert response.response_body.response == ext_pb.CommonResponse()

@@ -67,7 +67,7 @@ def upstream_ext_proc_filter() -> hcm_pb2.HttpFilter:
         response_trailer_mode=PM.SKIP,
     )
     # The status comes with the first answer message: a stream the step does not read the
-    # headers of learns it from its first piece (ext_proc/processor.py: STREAM_AS_SENT).
+    # headers of learns it from its first piece (ext_proc/steps/messages.py: STREAM_AS_SENT).
     flt = _ext_proc_filter(wire.Phase.UPSTREAM, mode, (wire.HOST_METADATA_ATTRIBUTE, wire.ROUTE_METADATA_ATTRIBUTE),
                            (wire.STATUS_ATTRIBUTE,))
     return hcm_pb2.HttpFilter(name=UPSTREAM_EXT_PROC_FILTER, typed_config=pack(flt))

@@ -1,0 +1,150 @@
+"""The router step, once per request: validates it, picks its chain, and counts its answer.
+
+It runs in the HTTP connection manager, before Envoy's router: it answers what
+needs no provider (``/v1/models``, client errors), picks the provider chain
+(an aggregate cluster) and names it in ``x-hapax-chain``. Every final answer
+passes back through it (after Envoy's retries, Envoy's own replies included),
+and it counts the request then, except that a successful stream is counted by
+the upstream step that watched it end.
+
+A request Envoy routes from its body skips this step (see ext_proc/steps/upstream.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from ext_proc import client_request
+from ext_proc.client_request import AUTO_MODELS, ClientRequest
+from ext_proc.errors import GatewayError, invalid
+from ext_proc.metrics import GatewayMetrics
+from ext_proc.outcomes import RequestOutcome, outcome_for
+from ext_proc.runtime import Chain, Provider, Route, RuntimeView
+from ext_proc.steps.base import Step
+from ext_proc.steps.messages import (
+    Attributes,
+    continue_request_body,
+    continue_request_headers,
+    continue_response_headers,
+    header_map,
+    immediate,
+    mutation,
+)
+from hapax import wire
+from hapax.wire import (
+    ANSWER_ATTEMPT_HEADER,
+    CHAIN_HEADER,
+    CLIENT_CREDENTIAL_HEADERS,
+    PROVIDER_HEADER,
+    REQUEST_ID_HEADER,
+    START_HEADER,
+    STEP_RESPONSE_HEADERS,
+    UPSTREAM_SECONDS_HEADER,
+    VERSION_HEADER,
+    Handler,
+)
+
+log = logging.getLogger("hapax.ext_proc")
+
+# Provider answers that mean the gateway's key was refused; the client gets a 502.
+CREDENTIAL_REJECTED = (401, 403)
+
+
+class RouterStep(Step):
+    """Once per request: validates it, picks its chain, and counts it when its answer starts."""
+
+    def __init__(self, view: RuntimeView, metrics: GatewayMetrics | None = None) -> None:
+        super().__init__()
+        self.view = view
+        self.metrics = metrics
+        self.handler = ""
+        self.route: Route | None = None
+        self.started = time.monotonic()
+        self.counted = False
+        self.request_id = ""
+        self.stream_goes_on = False  # a stream's end (and its in-flight count) is the upstream step's
+
+    def request_headers(self, msg: pb.HttpHeaders, attributes: Attributes) -> pb.ProcessingResponse:
+        headers = header_map(msg)
+        self.request_id = headers.get(REQUEST_ID_HEADER, "")
+        path = headers.get(":path", "").split("?", 1)[0]
+        route = self.view.routes.get(path)
+        if route is None:
+            raise GatewayError(404, f"Unknown request URL: {path}.", code="unknown_url")
+        self.route, self.handler = route, route.handler
+        if self.metrics is not None:
+            self.metrics.request_started(route)
+        if route.handler == Handler.MODELS:
+            self._count(200, None, RequestOutcome.SUCCESS)
+            self.done = True
+            return immediate(200, self.view.models_json, f"{wire.GATEWAY_DETAILS_PREFIX}models")
+        if msg.end_of_stream:
+            raise invalid("The request body is empty; expected a JSON object.", code="invalid_json")
+        return continue_request_headers()
+
+    def request_body(self, msg: pb.HttpBody, attributes: Attributes) -> pb.ProcessingResponse:
+        req = client_request.parse(self.handler, msg.body)
+        chain = self.chain_for(req)
+        # The route's retry policy is shared by all chains, so the request's own
+        # chain's attempts travel with it.
+        retries = chain.attempts - 1
+        set_headers = {CHAIN_HEADER: chain.cluster, wire.MAX_RETRIES_HEADER: str(retries), VERSION_HEADER: self.view.version,
+                       START_HEADER: f"{time.time() - (time.monotonic() - self.started):.6f}"}
+        # The body itself is left alone here: the upstream step rewrites it for
+        # the provider anyway. (A multi-MB body mutation at this step crashed
+        # Envoy 1.40 with SIGSEGV; see tests/test_gateway_e2e.py.)
+        common = pb.CommonResponse(clear_route_cache=True)
+        common.header_mutation.CopyFrom(mutation(set_headers, remove=CLIENT_CREDENTIAL_HEADERS))
+        return continue_request_body(common)
+
+    def chain_for(self, req: ClientRequest) -> Chain:
+        if req.model is None or req.model in AUTO_MODELS:
+            return self.view.default_chain
+        chain = self.view.chain_for_model.get(req.model)
+        if chain is None:
+            known = ", ".join(sorted(self.view.chain_for_model)) or "none"
+            raise GatewayError(404, f"The model '{req.model}' does not exist on this gateway. "
+                               f"Available models: {known} (or 'auto').",
+                               param="model", code="model_not_found")
+        return chain
+
+    def response_headers(self, msg: pb.HttpHeaders, attributes: Attributes) -> pb.ProcessingResponse:
+        headers = header_map(msg)
+        response = continue_response_headers(pb.CommonResponse(header_mutation=mutation(remove=STEP_RESPONSE_HEADERS)))
+        status = int(headers.get(":status", "0") or 0)
+        provider = self.view.providers.get(headers.get(PROVIDER_HEADER, ""))
+        self.done = True
+        if 200 <= status < 300 and headers.get("content-type", "").startswith("text/event-stream"):
+            self.stream_goes_on = True
+            return response  # the upstream step counts it when it ends
+        attempt = int(headers.get(ANSWER_ATTEMPT_HEADER, "1") or 1)
+        if status in CREDENTIAL_REJECTED and provider is not None:
+            status = 502  # what the client gets (custom_response)
+        overhead = None
+        upstream = headers.get(UPSTREAM_SECONDS_HEADER)
+        if attempt == 1 and upstream:
+            overhead = time.monotonic() - self.started - float(upstream)
+        self._count(status, provider, outcome_for(status, attempt), overhead)
+        return response
+
+    def on_error(self, err: GatewayError) -> None:
+        log.info("request answered by the gateway", extra={
+            "request_id": self.request_id, "status": err.status, "code": err.code or err.type})
+        if self.route is not None:
+            outcome = RequestOutcome.CLIENT_ERROR if err.status < 500 else RequestOutcome.PROVIDER_ERROR
+            self._count(err.status, None, outcome)
+
+    def finish(self) -> None:
+        if self.route is not None and self.metrics is not None and not self.stream_goes_on:
+            self.metrics.request_ended(self.route)
+
+    def _count(self, status: int, provider: Provider | None, outcome: RequestOutcome,
+               overhead: float | None = None) -> None:
+        if self.metrics is None or self.route is None or self.counted:
+            return
+        self.counted = True
+        self.metrics.request_answered(self.route, provider, status, outcome,
+                                      time.monotonic() - self.started, overhead)
