@@ -211,7 +211,7 @@ def test_every_attempt_uses_the_version_its_request_started_under():
         base_pb2.HeaderValue(key=VERSION_HEADER, raw_value=started_under.version.encode())]))
     step = UpstreamStep(current, view_for={started_under.version: started_under}.get)
     step.request_headers(headers, attributes)
-    assert step.provider is not None and step.provider.name == "b"
+    assert step.attempt is not None and step.attempt.provider.name == "b"
     with pytest.raises(GatewayError, match="unknown provider"):  # without the pin, b is gone
         UpstreamStep(current).request_headers(ext_pb.HttpHeaders(), attributes)
 
