@@ -1,13 +1,13 @@
 """Counts the passthrough lane's requests from Envoy's gRPC access log.
 
-A request on the lane (see control_plane/passthrough.py) is served by Envoy
+A request on the lane (see control_plane/resources/passthrough.py) is served by Envoy
 alone; ext_proc hears of it afterwards, when Envoy sends its access log entry
 (in batches, every quarter second or 64 KiB). Each lane entry is counted as
 the router and upstream steps count the other routes' requests: by outcome,
 with its duration and the gateway's own share of it, a failover, and the
 token usage and cost Envoy read from the answer (json_to_metadata).
 
-The model lane (control_plane/model_lane.py) has no router step either; its
+The model lane (control_plane/resources/model_lane.py) has no router step either; its
 upstream step counts a stream it delivered (with its tokens) and every
 attempt's retries; this log counts every other answer on that lane, a JSON
 answer with the tokens Envoy read from it (whichever provider's API it was
@@ -117,7 +117,7 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
                 alike.outputs.append(_tokens(completion))
 
     def _honour_retry_after(self, attempt: accesslog_pb2.HTTPAccessLogEntry) -> None:
-        """An attempt the router logged for its 429 or 503 (control_plane/passthrough.py: hold_off_logger)."""
+        """An attempt the router logged for its 429 or 503 (control_plane/resources/passthrough.py: hold_off_logger)."""
         retry_after = attempt.response.response_headers.get("retry-after", "")
         provider = attempt.common_properties.custom_tags.get(LogTag.PROVIDER, "")
         seconds = retry_after_seconds(retry_after) if retry_after else None

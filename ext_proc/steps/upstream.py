@@ -7,7 +7,7 @@ not speak OpenAI or the client asked for another shape (the translators,
 ext_proc/translators/).
 
 A request Envoy routes from its body skips the router step: one naming a
-known model (the model lane, control_plane/model_lane.py) comes straight to
+known model (the model lane, control_plane/resources/model_lane.py) comes straight to
 the upstream step; a passthrough-lane request reaches it only for an attempt
 that leaves that lane.
 
@@ -84,7 +84,7 @@ class Attempt:
     handler: str          # the client's API (a Handler, as the route's metadata names it)
     # The request's lane, if Envoy routed it from its body (no router step to
     # talk to): "passthrough" for one translated because it left that lane (the
-    # access log counts it), "model" for the model lane (control_plane/model_lane.py).
+    # access log counts it), "model" for the model lane (control_plane/resources/model_lane.py).
     lane: str
     number: int           # 1 for the first attempt
     request_id: str
