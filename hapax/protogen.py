@@ -1,6 +1,6 @@
 """Regenerates hapax/v1/*_pb2.py from protos/ (``./dev protos``).
 
-tests/test_protos.py runs the same generation into a temporary directory and
+tests/unit/test_protos.py runs the same generation into a temporary directory and
 fails if the committed files drift from the .proto sources.
 """
 

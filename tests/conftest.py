@@ -32,6 +32,8 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
+# The xDS harness's fixtures (``ads``, ``plane_at``), for the unit and the end-to-end tests.
+pytest_plugins = ["tests.xds_harness"]
 
 
 def save_config(path: Path, config: dict) -> None:

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 from hypothesis import strategies as st
 
 from ext_proc.client_request import ClientRequest
-from ext_proc.translators.base import ResponseStage
 from ext_proc.runtime import Provider
+from ext_proc.translators.base import ResponseStage
 
 # What the translators' injected clocks are built from: "created" must be it, truncated.
 NOW = 1_700_000_000

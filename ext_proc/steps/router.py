@@ -95,7 +95,7 @@ class RouterStep(Step):
                        START_HEADER: f"{time.time() - (time.monotonic() - self.started):.6f}"}
         # The body itself is left alone here: the upstream step rewrites it for
         # the provider anyway. (A multi-MB body mutation at this step crashed
-        # Envoy 1.40 with SIGSEGV; see tests/test_gateway_e2e.py.)
+        # Envoy 1.40 with SIGSEGV; see tests/e2e/test_gateway_e2e.py.)
         common = pb.CommonResponse(clear_route_cache=True)
         common.header_mutation.CopyFrom(mutation(set_headers, remove=CLIENT_CREDENTIAL_HEADERS))
         return continue_request_body(common)

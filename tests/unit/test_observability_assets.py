@@ -15,7 +15,7 @@ import yaml
 
 from control_plane.config import load_config, parse_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 EXAMPLE_CONFIG = REPO / "hapax.example.yaml"

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import json
-
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
 from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from control_plane import resources as res
-from control_plane.resources import passthrough
 from control_plane.config import parse_config
 from control_plane.plan import make_plan
-from control_plane.snapshot import CLUSTER, LISTENER, ROUTE, SECRET, _aggregate_members, build_snapshot
-from control_plane.static_bootstrap import envoy_validate, static_bootstrap
-from hapax.envoy_process import envoy_binary
-from tests.test_snapshot import EXT_PROC
+from control_plane.resources import passthrough
+from control_plane.snapshot import (
+    CLUSTER,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    _aggregate_members,
+    build_snapshot,
+)
+from tests.snapshots import EXT_PROC
 
 CONFIG = """\
 providers:
@@ -134,11 +137,3 @@ def test_provider_keys_reach_envoy_only_as_sds_secrets_of_the_lane_providers():
         for msg in snap.of_type(type_url).values():
             blob = msg.SerializeToString()
             assert not any(key.encode() in blob for key in KEYS), type_url
-
-
-def test_envoy_validates_the_lane_with_its_composite_filters_and_secrets(tmp_path):
-    bootstrap = static_bootstrap(build_snapshot(config(), "v1", EXT_PROC), stats_tags=res.envoy_stats_tags(("department",)))
-    path = tmp_path / "bootstrap.json"
-    path.write_text(json.dumps(bootstrap))
-    result = envoy_validate(envoy_binary(), path)
-    assert result.returncode == 0, result.stderr + result.stdout

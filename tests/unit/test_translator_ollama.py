@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import GatewayError
-from ext_proc.translators.ollama import OllamaTranslator
 from ext_proc.runtime import Provider
+from ext_proc.translators.ollama import OllamaTranslator
 from tests.translator_helpers import (
     NOW,
     assert_one_stream,

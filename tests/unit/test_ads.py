@@ -6,24 +6,11 @@ Envoy speak), then the real Envoy for the NACK case.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import subprocess
-import urllib.request
-
-import grpc
 import pytest
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import duration_pb2
-from google.rpc import status_pb2
 
-from control_plane import resources as res
-from control_plane.ads import AdsServer
 from control_plane import cache as cache_module
-from control_plane.cache import STATUS, SnapshotCache
-from control_plane.config import parse_config
+from control_plane import resources as res
+from control_plane.cache import STATUS
 from control_plane.snapshot import (
     CLUSTER,
     ENDPOINT,
@@ -33,64 +20,15 @@ from control_plane.snapshot import (
     RUNTIME,
     SECRET,
     Snapshot,
-    build_snapshot,
-    make_snapshot,
 )
-from hapax.envoy_process import envoy_binary, render_bootstrap
 from hapax.v1 import runtime_pb2
 from tests.seed import SEED_YAML
-from tests.test_snapshot import EXT_PROC, SECRETS
+from tests.snapshots import WITH_LOCAL, snapshot_of
+from tests.xds_harness import DeltaClient, wait_for
 
 
 def snapshot(version: str) -> Snapshot:
-    return build_snapshot(parse_config(SEED_YAML, env=SECRETS), version, EXT_PROC)
-
-
-class AdsClient:
-    def __init__(self, address: str, node_id: str = "test-node") -> None:
-        self.channel = grpc.aio.insecure_channel(address)
-        self.outbox: asyncio.Queue = asyncio.Queue()
-        self.node = base_pb2.Node(id=node_id)
-        self.call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel).StreamAggregatedResources(self._out())
-
-    async def _out(self):
-        while True:
-            yield await self.outbox.get()
-
-    async def send(self, type_url: str, *, names=(), nonce="", version="", error: str | None = None) -> None:
-        req = discovery_pb2.DiscoveryRequest(type_url=type_url, node=self.node, resource_names=list(names),
-                                             response_nonce=nonce, version_info=version)
-        if error is not None:
-            req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-        await self.outbox.put(req)
-
-    async def recv(self) -> discovery_pb2.DiscoveryResponse:
-        return await asyncio.wait_for(self.call.read(), 10)
-
-    async def close(self) -> None:
-        self.call.cancel()
-        await self.channel.close()
-
-
-@pytest.fixture()
-async def ads():
-    cache = SnapshotCache(snapshot("v1"))
-    server = AdsServer(cache)
-    grpc_server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(server, grpc_server)
-    port = grpc_server.add_insecure_port("127.0.0.1:0")
-    await grpc_server.start()
-    clients: list[AdsClient] = []
-
-    def connect(node_id: str = "test-node") -> AdsClient:
-        client = AdsClient(f"127.0.0.1:{port}", node_id)
-        clients.append(client)
-        return client
-
-    yield server, cache, connect, port
-    for client in clients:
-        await client.close()
-    await grpc_server.stop(0)
+    return snapshot_of(SEED_YAML, version)
 
 
 async def test_ack_and_nack_are_told_apart_by_error_detail(ads):
@@ -100,13 +38,13 @@ async def test_ack_and_nack_are_told_apart_by_error_detail(ads):
     first = await client.recv()
     assert first.version_info == "v1" and len(first.resources) == len(snapshot("v1").of_type(CLUSTER))
     await client.send(CLUSTER, nonce=first.nonce, version="v1")  # ACK
-    state = await _wait_for(lambda: server.clients["test-node"].types[CLUSTER], "client state")
-    await _wait_for(lambda: state.acked_version == "v1", "the ACK")
+    state = await wait_for(lambda: server.clients["test-node"].types[CLUSTER], "client state")
+    await wait_for(lambda: state.acked_version == "v1", "the ACK")
     cache.set(snapshot("v2"))
     second = await client.recv()
     assert second.version_info == "v2"
     await client.send(CLUSTER, nonce=second.nonce, version="v1", error="cluster rejected: bad timeout")  # NACK
-    await _wait_for(lambda: state.nacked_version, "the NACK")
+    await wait_for(lambda: state.nacked_version, "the NACK")
     assert state.acked_version == "v1"
     assert state.nacked_version == "v2"
     assert state.nack_message == "cluster rejected: bad timeout"
@@ -137,7 +75,7 @@ async def test_stale_nonce_is_ignored(ads):
     await client.send(CLUSTER, nonce=first.nonce, version="v1", error="late NACK of v1")
     await client.send(CLUSTER, nonce=second.nonce, version="v2")
     state = server.clients["test-node"].types[CLUSTER]
-    await _wait_for(lambda: state.acked_version == "v2", "the ACK of v2")  # requests are handled in order
+    await wait_for(lambda: state.acked_version == "v2", "the ACK of v2")  # requests are handled in order
     assert state.nacked_version == ""
 
 
@@ -164,65 +102,6 @@ async def test_named_subscriptions_get_only_the_resources_they_name(ads):
     assert len(got.resources) == 1
 
 
-# ---------------------------------------------------------------- with the real Envoy
-
-
-def _admin_json(admin: str, path: str) -> dict:
-    with urllib.request.urlopen(f"http://{admin}{path}", timeout=2) as resp:
-        return json.load(resp)
-
-
-async def _wait_for(predicate, what: str, timeout: float = 30.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _with_broken_cluster(good: Snapshot, version: str) -> Snapshot:
-    # Passes our consistency check, fails Envoy's validation (negative timeout).
-    broken = cluster_pb2.Cluster(name="broken", type=cluster_pb2.Cluster.STATIC,
-                                 connect_timeout=duration_pb2.Duration(seconds=-1))
-    by_type = {t: list(good.of_type(t).values()) for t in good.resources}
-    by_type[CLUSTER].append(broken)
-    return make_snapshot(version, by_type)
-
-
-async def test_envoy_nack_is_logged_and_not_resent_and_envoy_keeps_serving(ads, tmp_path, caplog):
-    server, cache, _, port = ads
-    admin_file = tmp_path / "admin"
-    bootstrap = tmp_path / "envoy.yaml"
-    bootstrap.write_text(render_bootstrap(node_id="nack-test", admin_port=0, xds_host="127.0.0.1", xds_port=port))
-    envoy = subprocess.Popen([str(envoy_binary()), "-c", str(bootstrap), "--admin-address-path", str(admin_file),
-                              "--disable-hot-restart", "--log-level", "error"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        client = await _wait_for(lambda: server.clients.get("nack-test"), "Envoy to connect")
-        await _wait_for(lambda: client.types.get(CLUSTER) and client.types[CLUSTER].acked_version == "v1",
-                        "Envoy to ACK v1")
-        cache.set(_with_broken_cluster(snapshot("v1"), "v2-broken"))
-        state = client.types[CLUSTER]
-        await _wait_for(lambda: state.nacked_version == "v2-broken", "Envoy to NACK")
-        assert "positive duration" in state.nack_message
-        assert any("NACK" in r.getMessage() for r in caplog.records)
-        sent = state.responses_sent
-        await asyncio.sleep(1.0)  # Envoy may re-request; the server must not answer with v2 again
-        assert state.responses_sent == sent
-        admin = await _wait_for(lambda: admin_file.exists() and admin_file.read_text().strip(), "admin address")
-        dump = await asyncio.to_thread(_admin_json, admin, "/config_dump?resource=dynamic_active_clusters")
-        names = {c["cluster"]["name"] for c in dump["configs"]}
-        assert "broken" not in names and "provider.openai" in names
-        cache.set(snapshot("v3"))
-        await _wait_for(lambda: state.acked_version == "v3", "Envoy to ACK the next good version")
-    finally:
-        envoy.terminate()
-        envoy.wait(timeout=10)
-
-
 async def test_the_config_status_has_versions_of_its_own_and_reports_nacks(ads):
     server, cache, connect, _ = ads
     watcher, envoy = connect("ext_proc-1"), connect("envoy-1")
@@ -241,38 +120,6 @@ async def test_the_config_status_has_versions_of_its_own_and_reports_nacks(ads):
     [rejection] = status.rejections
     assert (rejection.node, rejection.type_url, rejection.version, rejection.reason) == (
         "envoy-1", CLUSTER, "v1", "cluster rejected: bad timeout")
-
-
-class DeltaClient:
-    def __init__(self, address: str, node_id: str = "delta-node") -> None:
-        self.channel = grpc.aio.insecure_channel(address)
-        self.outbox: asyncio.Queue = asyncio.Queue()
-        self.node = base_pb2.Node(id=node_id)
-        self.call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel).DeltaAggregatedResources(self._out())
-
-    async def _out(self):
-        while True:
-            yield await self.outbox.get()
-
-    async def send(self, type_url: str, *, subscribe=(), nonce="", initial=None, error: str | None = None) -> None:
-        req = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, node=self.node, response_nonce=nonce,
-                                                  resource_names_subscribe=list(subscribe))
-        req.initial_resource_versions.update(initial or {})
-        if error is not None:
-            req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-        await self.outbox.put(req)
-
-    async def recv(self) -> discovery_pb2.DeltaDiscoveryResponse:
-        return await asyncio.wait_for(self.call.read(), 10)
-
-    async def close(self) -> None:
-        self.call.cancel()
-        await self.channel.close()
-
-
-WITH_LOCAL = SEED_YAML + "  - path: /v1/chat/completions\n    handler: chat\n"
-WITH_LOCAL = WITH_LOCAL.replace("provider_preference:", "  local: {type: ollama, model: llama3.2}\n"
-                                "provider_preference:")
 
 
 @pytest.fixture()
@@ -299,7 +146,7 @@ async def test_delta_sends_only_what_changed_and_names_what_is_gone(delta):
     assert "provider.openai" in held and not first.removed_resources
     await client.send(CLUSTER, nonce=first.nonce)
 
-    cache.set(build_snapshot(parse_config(WITH_LOCAL, env=SECRETS), "v2", EXT_PROC))
+    cache.set(snapshot_of(WITH_LOCAL, "v2"))
     added = await client.recv()
     changed = {r.name for r in added.resources}
     assert "provider.local" in changed and "provider.openai" not in changed  # unchanged: not re-sent
@@ -316,7 +163,7 @@ async def test_delta_reconnect_sends_only_what_the_client_lacks(delta):
     first_client = connect("first")
     await first_client.send(CLUSTER)
     held = {r.name: r.version for r in (await first_client.recv()).resources}
-    cache.set(build_snapshot(parse_config(WITH_LOCAL, env=SECRETS), "v2", EXT_PROC))
+    cache.set(snapshot_of(WITH_LOCAL, "v2"))
     again = connect("again")  # a reconnecting Envoy says what it holds
     await again.send(CLUSTER, initial=held)
     response = await again.recv()
@@ -338,9 +185,9 @@ async def test_a_delta_nack_is_recorded_and_not_resent(delta):
     await client.send(CLUSTER)
     first = await client.recv()
     await client.send(CLUSTER, nonce=first.nonce, error="no thanks")
-    state = await _wait_for(lambda: server.clients["delta-node"].types[CLUSTER].nacked_version, "the NACK")
+    state = await wait_for(lambda: server.clients["delta-node"].types[CLUSTER].nacked_version, "the NACK")
     assert state == "v1" and cache.status.rejections[0].reason == "no thanks"
-    cache.set(build_snapshot(parse_config(WITH_LOCAL, env=SECRETS), "v2", EXT_PROC))
+    cache.set(snapshot_of(WITH_LOCAL, "v2"))
     nxt = await client.recv()  # the next version, with only what changed since what was sent
     assert nxt.system_version_info == "v2" and "provider.openai" not in {r.name for r in nxt.resources}
 
@@ -357,7 +204,7 @@ async def test_a_resource_digest_is_computed_once_per_served_version_not_per_cli
         await client.send(CLUSTER, nonce=first.nonce)
     assert digested == []  # v1's digests were taken when the cache began serving it
 
-    v2 = build_snapshot(parse_config(WITH_LOCAL, env=SECRETS), "v2", EXT_PROC)
+    v2 = snapshot_of(WITH_LOCAL, "v2")
     cache.set(v2)
     for client in clients:
         pushed = {r.name: r.version for r in (await client.recv()).resources}

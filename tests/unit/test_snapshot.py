@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -26,24 +23,8 @@ from control_plane.snapshot import (
     build_snapshot,
     make_snapshot,
 )
-from control_plane.static_bootstrap import envoy_validate, static_bootstrap
-from hapax.envoy_process import envoy_binary
 from tests.seed import SEED_YAML
-
-SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-SECRET-aaaa", "OPENAI_API_KEY": "sk-oai-SECRET-bbbb"}
-EXT_PROC = res.ExtProcEndpoints(grpc=(res.Address("127.0.0.1", 7001),), http=(res.Address("127.0.0.1", 7002),))
-
-MIXED = """\
-providers:
-  openai: {type: openai, model: gpt-4o, api_key: "${OPENAI_API_KEY}"}
-  local:  {type: ollama, model: llama3.2, base_url: "http://127.0.0.1:11434", timeout: 2m}
-  claude: {type: anthropic, model: claude-3-haiku, api_key: "${ANTHROPIC_API_KEY}"}
-provider_preference: [openai, claude]
-"""
-
-
-def seed_snapshot(text: str = SEED_YAML):
-    return build_snapshot(parse_config(text, env=SECRETS), "v1", EXT_PROC)
+from tests.snapshots import MIXED, SECRETS, seed_snapshot
 
 
 def test_seed_example_becomes_one_cluster_per_provider_and_a_chain_per_first_provider():
@@ -114,7 +95,7 @@ def test_route_stats_carry_the_path_and_the_labels_envoy_has_tags_for():
 
 
 def test_api_keys_reach_ext_proc_and_envoy_sds_secrets_never_other_envoy_resources():
-    # (Which providers' keys Envoy gets as secrets: tests/test_passthrough.py.)
+    # (Which providers' keys Envoy gets as secrets: tests/unit/test_passthrough.py.)
     snap = seed_snapshot()
     for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
         for msg in snap.of_type(type_url).values():
@@ -171,29 +152,6 @@ def test_listener_naming_a_missing_route_configuration_is_refused():
         make_snapshot("v", {CLUSTER: list(snap.of_type(CLUSTER).values()),
                             ENDPOINT: list(snap.of_type(ENDPOINT).values()),
                             LISTENER: list(snap.of_type(LISTENER).values())})
-
-
-def _validate(tmp_path: Path, bootstrap: dict):
-    path = tmp_path / "bootstrap.json"
-    path.write_text(json.dumps(bootstrap))
-    return envoy_validate(envoy_binary(), path)
-
-
-@pytest.mark.parametrize("text", [SEED_YAML, MIXED], ids=["seed", "mixed"])
-def test_envoy_validate_accepts_the_generated_configuration(tmp_path, text):
-    tags = res.envoy_stats_tags(res.stats_label_keys(parse_config(text, env=SECRETS)))
-    result = _validate(tmp_path, static_bootstrap(seed_snapshot(text), stats_tags=tags))
-    assert result.returncode == 0, result.stderr + result.stdout
-
-
-def test_envoy_validate_rejects_a_broken_configuration(tmp_path):
-    # Proves the check above can fail: a route to a cluster Envoy doesn't have.
-    bootstrap = static_bootstrap(seed_snapshot())
-    bootstrap["static_resources"]["clusters"] = [
-        c for c in bootstrap["static_resources"]["clusters"] if c["name"] != res.EXT_PROC_HTTP_CLUSTER]
-    result = _validate(tmp_path, bootstrap)
-    assert result.returncode != 0
-    assert res.EXT_PROC_HTTP_CLUSTER in result.stderr + result.stdout
 
 
 def test_health_and_metrics_come_from_the_worker_whose_verdicts_envoy_polls():

@@ -20,7 +20,7 @@ import pytest
 from hapax.fakes import FakeAnthropic, FakeOpenAI
 from hapax.fakes.faults import Status
 from tests.conftest import gateway_config, save_config, wait_for
-from tests.test_failover_e2e import envoy_health_flags, provider_states
+from tests.e2e.test_failover_e2e import envoy_health_flags, provider_states
 
 PRIMARY_KEY = "sk-lane-primary"
 SECOND_KEY = "sk-lane-second"

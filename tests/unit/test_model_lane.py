@@ -5,12 +5,12 @@ from __future__ import annotations
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 
 from control_plane import resources as res
-from control_plane.resources import model_lane, passthrough
 from control_plane.config import parse_config
 from control_plane.plan import make_plan
+from control_plane.resources import model_lane, passthrough
 from control_plane.snapshot import ROUTE, build_snapshot
-from tests.test_passthrough import CONFIG
-from tests.test_snapshot import EXT_PROC
+from tests.snapshots import EXT_PROC
+from tests.unit.test_passthrough import CONFIG
 
 
 def _routes(text: str = CONFIG, version: str = "v7"):

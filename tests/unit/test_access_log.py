@@ -12,7 +12,7 @@ from ext_proc.access_log import AccessLogCounter
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.outcomes import outcome_for
 from ext_proc.provider_health import ProviderProber
-from tests.test_metrics import PROVIDER, ROUTE, VIEW
+from tests.unit.test_metrics import PROVIDER, ROUTE, VIEW
 
 SECOND = replace(PROVIDER, name="second", price=None)
 EMBEDDINGS = replace(ROUTE, path="/v1/embeddings", handler="embeddings")

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import GatewayError
-from ext_proc.translators.anthropic import AnthropicTranslator
 from ext_proc.runtime import Provider
+from ext_proc.translators.anthropic import AnthropicTranslator
 from tests.translator_helpers import (
     NOW,
     assert_one_stream,

@@ -704,7 +704,7 @@ async def test_chunk_delay_makes_chunks_arrive_over_time(session):
 
 
 def test_main_prints_base_urls_and_exits_cleanly_on_sigterm():
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     command = [sys.executable, "-m", "hapax.fakes"]
     env = {**os.environ, "PYTHONPATH": str(root)}
     with subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True, env=env) as process:

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hapax.fakes import FakeAnthropic, FakeOpenAI, Status
 from tests.conftest import gateway_config, wait_for
-from tests.test_observability_assets import EXPORTED_METRICS
+from tests.unit.test_observability_assets import EXPORTED_METRICS
 
 PRIMARY_KEY, SECONDARY_KEY = "sk-primary-SECRET-0123456789", "sk-ant-secondary-SECRET-9876543210"
 MARKETING, ENGINEERING = "/v1/marketing/completions", "/v1/engineering/chat/completions"

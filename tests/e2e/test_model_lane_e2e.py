@@ -23,8 +23,8 @@ from aiohttp import web
 from hapax.fakes import FakeOpenAI
 from hapax.fakes.faults import CutStream, Status
 from tests.conftest import gateway_config, wait_for
-from tests.test_failover_e2e import provider_states
-from tests.test_passthrough_e2e import (  # the same three providers
+from tests.e2e.test_failover_e2e import provider_states
+from tests.e2e.test_passthrough_e2e import (  # the same three providers
     CLAUDE_KEY,
     MODEL,
     PRIMARY_KEY,

@@ -1,0 +1,58 @@
+"""What the control plane generates, as Envoy itself judges it (``envoy --mode validate``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from control_plane import resources as res
+from control_plane.config import parse_config
+from control_plane.snapshot import build_snapshot
+from control_plane.static_bootstrap import (
+    envoy_rejection,
+    envoy_validate,
+    static_bootstrap,
+)
+from hapax.envoy_process import envoy_binary
+from tests.certificates import make_certificates, separate_http3, shared_tls_and_http3
+from tests.seed import SEED_YAML
+from tests.snapshots import EXT_PROC, MIXED, SECRETS, seed_snapshot
+from tests.unit.test_passthrough import config as passthrough_config
+
+
+def _validate(tmp_path: Path, bootstrap: dict):
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(bootstrap))
+    return envoy_validate(envoy_binary(), path)
+
+
+@pytest.mark.parametrize("text", [SEED_YAML, MIXED], ids=["seed", "mixed"])
+def test_envoy_validate_accepts_the_generated_configuration(tmp_path, text):
+    tags = res.envoy_stats_tags(res.stats_label_keys(parse_config(text, env=SECRETS)))
+    result = _validate(tmp_path, static_bootstrap(seed_snapshot(text), stats_tags=tags))
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_envoy_validate_rejects_a_broken_configuration(tmp_path):
+    # Proves the check above can fail: a route to a cluster Envoy doesn't have.
+    bootstrap = static_bootstrap(seed_snapshot())
+    bootstrap["static_resources"]["clusters"] = [
+        c for c in bootstrap["static_resources"]["clusters"] if c["name"] != res.EXT_PROC_HTTP_CLUSTER]
+    result = _validate(tmp_path, bootstrap)
+    assert result.returncode != 0
+    assert res.EXT_PROC_HTTP_CLUSTER in result.stderr + result.stdout
+
+
+def test_envoy_validates_the_lane_with_its_composite_filters_and_secrets(tmp_path):
+    snapshot = build_snapshot(passthrough_config(), "v1", EXT_PROC)
+    result = _validate(tmp_path, static_bootstrap(snapshot, stats_tags=res.envoy_stats_tags(("department",))))
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("config_text", [shared_tls_and_http3, separate_http3], ids=["shared", "separate"])
+def test_envoy_validates_the_tls_and_http3_listeners_with_their_secrets(tmp_path, config_text):
+    certs = make_certificates(tmp_path)
+    snapshot = build_snapshot(parse_config(config_text(certs), env={}), "v1", EXT_PROC)
+    assert envoy_rejection(envoy_binary(), snapshot) == ""

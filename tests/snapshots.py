@@ -1,0 +1,32 @@
+"""Configs and snapshots the control-plane tests share, unit and end-to-end alike."""
+
+from __future__ import annotations
+
+from control_plane.config import parse_config
+from control_plane.resources import Address, ExtProcEndpoints
+from control_plane.snapshot import Snapshot, build_snapshot
+from tests.seed import SEED_YAML
+
+SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-SECRET-aaaa", "OPENAI_API_KEY": "sk-oai-SECRET-bbbb"}
+EXT_PROC = ExtProcEndpoints(grpc=(Address("127.0.0.1", 7001),), http=(Address("127.0.0.1", 7002),))
+
+MIXED = """\
+providers:
+  openai: {type: openai, model: gpt-4o, api_key: "${OPENAI_API_KEY}"}
+  local:  {type: ollama, model: llama3.2, base_url: "http://127.0.0.1:11434", timeout: 2m}
+  claude: {type: anthropic, model: claude-3-haiku, api_key: "${ANTHROPIC_API_KEY}"}
+provider_preference: [openai, claude]
+"""
+
+# The seed with one more provider and the default chat route.
+WITH_LOCAL = SEED_YAML + "  - path: /v1/chat/completions\n    handler: chat\n"
+WITH_LOCAL = WITH_LOCAL.replace("provider_preference:", "  local: {type: ollama, model: llama3.2}\n"
+                                "provider_preference:")
+
+
+def snapshot_of(yaml_text: str = SEED_YAML, version: str = "v1", ext_proc: ExtProcEndpoints = EXT_PROC) -> Snapshot:
+    return build_snapshot(parse_config(yaml_text, env=SECRETS), version, ext_proc)
+
+
+def seed_snapshot(text: str = SEED_YAML) -> Snapshot:
+    return snapshot_of(text)
