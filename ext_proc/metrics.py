@@ -172,7 +172,8 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.collectors: list[Collector] = [ProviderHealthCollector(prober)]
         self.streams = Counter(
-            "hapax_streams", f"Streams a client received, by how they ended: only '{StreamOutcome.COMPLETED}' is a success",
+            "hapax_streams",
+            f"Streams a client received, by how they ended: only '{StreamOutcome.COMPLETED}' is a success",
             ["provider", "outcome"], registry=self.registry)
         self.config_version = Gauge("hapax_config_version_info",
                                     "1 for the configuration version ext_proc serves (0 for earlier ones)",
