@@ -73,7 +73,9 @@ JSON_TO_METADATA_FILTER = "hapax.json_to_metadata"
 LANE_FILTER = "hapax.passthrough"
 LANE_CLUSTER_PREFIX = "lane."
 # The OpenAI API path of each handler the lane serves, under the provider's base path.
-HANDLER_PATHS = {handler: wire.OPENAI_PATHS[handler] for handler in (wire.Handler.CHAT, wire.Handler.EMBEDDINGS)}
+# Keyed by the config's handler names (a wire.Handler is one).
+HANDLER_PATHS: dict[str, str] = {
+    handler: wire.OPENAI_PATHS[handler] for handler in (wire.Handler.CHAT, wire.Handler.EMBEDDINGS)}
 ALS_BUFFER_BYTES = 64 * 1024
 _JSON = regex_pb2.RegexMatcher(regex=r"^application/json(;.*)?$")
 
