@@ -6,6 +6,7 @@ go through the control plane, they are what the harness compares it against.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -18,7 +19,7 @@ def loopback(port: int = 0) -> dict[str, Any]:
 
 
 def http_connection_manager(stat_prefix: str, route_config: dict[str, Any],
-                            filters: list[dict[str, Any]] = (), **settings: Any) -> dict[str, Any]:
+                            filters: Sequence[dict[str, Any]] = (), **settings: Any) -> dict[str, Any]:
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -41,7 +42,7 @@ def listener(name: str, hcm: dict[str, Any], buffer_limit: int) -> dict[str, Any
     }
 
 
-def static_bootstrap(listeners: list[dict[str, Any]], clusters: list[dict[str, Any]] = ()) -> dict[str, Any]:
+def static_bootstrap(listeners: list[dict[str, Any]], clusters: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """A complete static Envoy config; admin and every listener on loopback."""
     return {
         "admin": {"address": loopback(0)},

@@ -26,6 +26,7 @@ import itertools
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 TIMEOUT = 10.0  # a request still unanswered after this counts as an error
 MAX_CONNECTIONS = 256
@@ -65,7 +66,15 @@ class _Exchange(asyncio.Protocol):
         self._keep_alive = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a TCP connection's
+
+    def is_closing(self) -> bool:
+        assert self.transport is not None  # connected: create_connection returned it
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        assert self.transport is not None  # connected: create_connection returned it
+        self.transport.close()
 
     def send(self, raw: bytes, due: float) -> None:
         assert self.transport is not None
@@ -129,10 +138,10 @@ class _OpenLoop:
         now = self.loop.time()
         while self.idle:
             conn = self.idle.pop()
-            if now - conn.idle_since < CLIENT_IDLE_SECONDS and not conn.transport.is_closing():
+            if now - conn.idle_since < CLIENT_IDLE_SECONDS and not conn.is_closing():
                 self._send(conn, raw, due)
                 return
-            conn.transport.close()
+            conn.close()
         if len(self.busy) + self.opening < MAX_CONNECTIONS:
             self.opening += 1
             self.loop.create_task(self._open(raw, due))
@@ -162,7 +171,7 @@ class _OpenLoop:
             self.result.status_errors += 1
         self.busy.discard(conn)
         if not keep_alive:
-            conn.transport.close()
+            conn.close()
         elif self.waiting:
             self._send(conn, *self.waiting.popleft())
         else:
@@ -182,14 +191,14 @@ class _OpenLoop:
         """Requests unanswered after TIMEOUT are errors; their connections are closed."""
         late = self.loop.time() - TIMEOUT
         for conn in [c for c in self.busy if c.due is not None and c.due < late]:
-            conn.transport.close()  # connection_lost counts it
+            conn.close()  # connection_lost counts it
         while self.waiting and self.waiting[0][1] < late:
             self.waiting.popleft()
             self.result.socket_errors += 1
 
     def close(self) -> None:
         for conn in (*self.idle, *self.busy):
-            conn.transport.close()
+            conn.close()
 
 
 async def open_loop(host: str, port: int, requests: Sequence[bytes], rate: float, seconds: float,

@@ -68,10 +68,8 @@ class Process:
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.popen.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                pass
         # Whatever is left of its group (a grandchild the parent could not stop).
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)

@@ -25,7 +25,8 @@ from bench.targets import Target
 SAMPLE_EVERY = 10.0
 # (kind, prompt) in the proportions sent: 50 % small JSON, 20 % 10 KB, 20 % streams, 10 % 200 KB.
 # Both lanes: JSON on the passthrough lane; streams and the aliased JSON through ext_proc's upstream step.
-MIX = [("json", "300B")] * 4 + [("json", "10KB")] * 2 + [("sse", "300B")] * 2 + [("alias", "300B")] + [("json", "200KB")]
+MIX = ([("json", "300B")] * 4 + [("json", "10KB")] * 2 + [("sse", "300B")] * 2
+       + [("alias", "300B")] + [("json", "200KB")])
 
 
 @dataclass

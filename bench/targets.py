@@ -7,6 +7,7 @@ it, so that the runner can charge CPU time to them.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -177,7 +178,7 @@ def _wait_answers(target: Target, proc: Process) -> None:
     """Until every kind of request gets a 200: the providers' first health verdicts take a moment."""
     for kind in (*KINDS, *ALIASED):
         url, body = target.endpoints[kind].url, chat_request(300, model=MODELS[kind], stream=kind in STREAMING)
-        wait_until(lambda u=url, b=body: _post_ok(u, b), f"no 200 for a {kind} request", proc, timeout=60)
+        wait_until(functools.partial(_post_ok, url, body), f"no 200 for a {kind} request", proc, timeout=60)
 
 
 def _post_ok(url: str, body: bytes) -> bool:

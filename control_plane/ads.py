@@ -298,7 +298,9 @@ class _DeltaStream(_Stream):
         self._handled_change()
         return out
 
-    def _delta(self, type_url: str, state: TypeState, always: bool = False) -> discovery_pb2.DeltaDiscoveryResponse | None:
+    def _delta(
+        self, type_url: str, state: TypeState, always: bool = False
+    ) -> discovery_pb2.DeltaDiscoveryResponse | None:
         version, available = self.server.cache.current(type_url)
         digests = self.server.cache.digests(type_url)
         wanted = dict(available) if state.wildcard else {n: available[n] for n in state.names if n in available}

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from cel.expr import syntax_pb2
 
-Expr = syntax_pb2.Expr
+Expr: TypeAlias = syntax_pb2.Expr
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 from control_plane.config.model import HapaxConfig, ProviderConfig
 from hapax import wire
 
-
 # The APIs whose body names a model: Envoy may route them from the body (the lanes).
 MODEL_LANE_HANDLERS = frozenset({wire.Handler.CHAT, wire.Handler.COMPLETION, wire.Handler.EMBEDDINGS})
 

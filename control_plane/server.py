@@ -65,8 +65,12 @@ class ControlPlane:
 
     def _load(self) -> HapaxConfig:
         config = load_config(self.config_path)
-        overrides = {k: v for k, v in (("port", self.port), ("metrics_port", self.metrics_port)) if v is not None}
-        return replace(config, server=replace(config.server, **overrides)) if overrides else config
+        if self.port is None and self.metrics_port is None:
+            return config
+        server = config.server
+        return replace(config, server=replace(
+            server, port=server.port if self.port is None else self.port,
+            metrics_port=server.metrics_port if self.metrics_port is None else self.metrics_port))
 
     def _snapshot_for(self, config: HapaxConfig) -> Snapshot | None:
         """The next version for ``config``; None when it is the content being served already.

@@ -13,6 +13,7 @@ import json
 import signal
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -47,7 +48,7 @@ def _inline_routes(listener, snapshot: Snapshot):
     return out
 
 
-def static_bootstrap(snapshot: Snapshot, admin_port: int = 0, stats_tags: list[dict[str, str]] = ()) -> dict:
+def static_bootstrap(snapshot: Snapshot, admin_port: int = 0, stats_tags: Sequence[dict[str, str]] = ()) -> dict:
     def as_dict(msg):
         return json_format.MessageToDict(msg, preserving_proto_field_name=True)
 
@@ -83,7 +84,7 @@ def envoy_validate(envoy: Path, bootstrap_file: Path) -> subprocess.CompletedPro
     )
 
 
-def envoy_rejection(envoy: Path, snapshot: Snapshot, stats_tags: list[dict[str, str]] = ()) -> str:
+def envoy_rejection(envoy: Path, snapshot: Snapshot, stats_tags: Sequence[dict[str, str]] = ()) -> str:
     """Why Envoy refuses ``snapshot`` (its own validation of a static copy), or "" if it accepts it."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bootstrap.json"

@@ -88,7 +88,7 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         common, tags = entry.common_properties, entry.common_properties.custom_tags
         status = entry.response.response_code.value
         route = view.routes.get(tags.get(LogTag.ROUTE, "")) if view is not None else None
-        if route is None or status == 0:
+        if view is None or route is None or status == 0:
             return  # a route gone with a newer version; a client gone before any answer (as the steps do)
         provider = None
         if not entry.response.response_code_details.startswith(wire.GATEWAY_DETAILS_PREFIX):

@@ -16,6 +16,8 @@ passed yet).
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -28,7 +30,7 @@ from hapax import wire
 def _provider_report(state: ProviderHealth | None) -> dict:
     if state is None or state.last_checked is None:
         return {"status": "unknown"}
-    report = {"status": "healthy" if state.healthy else "unhealthy", "checks": state.checks,
+    report: dict[str, Any] = {"status": "healthy" if state.healthy else "unhealthy", "checks": state.checks,
               "consecutive_failures": state.consecutive_failures}
     if state.last_error:
         report["last_error"] = state.last_error

@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import os
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,7 +33,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ext_proc.outcomes import RequestOutcome, StreamOutcome
@@ -172,7 +172,8 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.collectors: list[Collector] = [ProviderHealthCollector(prober)]
         self.streams = Counter(
-            "hapax_streams", f"Streams a client received, by how they ended: only '{StreamOutcome.COMPLETED}' is a success",
+            "hapax_streams",
+            f"Streams a client received, by how they ended: only '{StreamOutcome.COMPLETED}' is a success",
             ["provider", "outcome"], registry=self.registry)
         self.config_version = Gauge("hapax_config_version_info",
                                     "1 for the configuration version ext_proc serves (0 for earlier ones)",
@@ -305,14 +306,14 @@ class _Pending:
             observe_all(self.child, self.observed)
 
 
-def _observe(child: Any, amounts: list[float]) -> None:
+def _observe(child: Any, amounts: Sequence[float]) -> None:
     if isinstance(child, _Pending):
         child.observed.extend(amounts)
     else:
         observe_all(child, amounts)
 
 
-def observe_all(histogram: Any, amounts: list[float]) -> None:
+def observe_all(histogram: Any, amounts: Sequence[float]) -> None:
     """``histogram.observe(a) for a in amounts``, with one write per bucket touched.
 
     prometheus_client has no bulk observe; this adds to the same per-bucket
@@ -335,7 +336,7 @@ class _Registered(Collector):
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterable[Metric]:
         return self.registry.collect()
 
 

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from typing import cast
 
 import grpc
 from aiohttp import web
@@ -51,7 +52,10 @@ async def serve(args: argparse.Namespace) -> None:
     health_host, _, health_port = args.health_listen.rpartition(":")
     site = web.TCPSite(runner, health_host, int(health_port))
     await site.start()
-    actual_health_port = site._server.sockets[0].getsockname()[1]  # aiohttp exposes no public accessor
+    # aiohttp exposes no public accessor; its _server, typed AbstractServer | None, is the
+    # asyncio.Server that start() just opened.
+    listening = cast(asyncio.Server, site._server)
+    actual_health_port = listening.sockets[0].getsockname()[1]
 
     logs.announce("ready", component="ext_proc", grpc=f"{host}:{grpc_port}",
                   http=f"{health_host}:{actual_health_port}", node=subscription.node_id)

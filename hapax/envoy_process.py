@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 
@@ -42,7 +43,7 @@ def envoy_binary() -> Path:
 
 
 def render_bootstrap(*, node_id: str, admin_port: int, xds_host: str, xds_port: int,
-                     stats_tags: list[dict[str, str]] = ()) -> str:
+                     stats_tags: Sequence[dict[str, str]] = ()) -> str:
     # JSON is YAML: the tags' regexes go in without a second escaping scheme.
     return Template(TEMPLATE.read_text()).substitute(
         node_id=node_id, admin_port=admin_port, xds_host=xds_host, xds_port=xds_port,

@@ -202,6 +202,7 @@ class Supervisor:
     async def _start(self, child: Child, wait_ready: bool = True) -> None:
         self.children.append(child)
         await child.start(wait_ready)
+        assert child.process is not None  # start() created it
         ports = {k: v for k, v in child.ready.items() if k not in ("event", "component")}
         log.info("child started", extra={"child": child.name, "pid": child.process.pid, **ports})
 

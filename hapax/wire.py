@@ -180,7 +180,7 @@ OPENAI_CHAT_PATH = "/chat/completions"
 OPENAI_EMBEDDINGS_PATH = "/embeddings"
 OPENAI_MODELS_PATH = "/models"
 # Each handler an OpenAI server serves; a legacy completion is sent as a chat.
-OPENAI_PATHS: Mapping[str, str] = {
+OPENAI_PATHS: Mapping[Handler, str] = {
     Handler.CHAT: OPENAI_CHAT_PATH,
     Handler.COMPLETION: OPENAI_CHAT_PATH,
     Handler.EMBEDDINGS: OPENAI_EMBEDDINGS_PATH,

@@ -17,7 +17,6 @@ from control_plane.pricing import DEFAULT_PRICES, ModelPrice
 from control_plane.tls import Certificate
 from hapax import wire
 
-
 PROVIDER_TYPES = ("anthropic", "ollama", "openai")
 HANDLERS = tuple(handler.value for handler in wire.Handler)
 DEFAULT_BASE_URLS = {

@@ -43,7 +43,15 @@ _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP_TAG]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_Loader.add_constructor(_TIMESTAMP_TAG, yaml.SafeLoader.construct_yaml_str)
+
+
+def _construct_str(loader: _Loader, node: yaml.Node) -> str:
+    # PyYAML's own str constructor, called on the loader: typeshed's add_constructor
+    # takes a function of a Loader, not the SafeConstructor method itself.
+    return loader.construct_yaml_str(node)
+
+
+_Loader.add_constructor(_TIMESTAMP_TAG, _construct_str)
 
 
 def _reject_duplicate_keys(node: yaml.MappingNode) -> None:

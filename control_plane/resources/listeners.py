@@ -260,7 +260,8 @@ def http3_listener(plan: Plan) -> listener_pb2.Listener | None:
         udp_listener_config=udp_listener_config_pb2.UdpListenerConfig(
             quic_options=quic_config_pb2.QuicProtocolOptions()),
         filter_chains=[listener_components_pb2.FilterChain(
-            transport_socket=base_pb2.TransportSocket(name="envoy.transport_sockets.quic", typed_config=pack(transport)),
+            transport_socket=base_pb2.TransportSocket(
+                name="envoy.transport_sockets.quic", typed_config=pack(transport)),
             filters=[listener_components_pb2.Filter(
                 name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm))],
         )],

@@ -41,8 +41,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
 from google.protobuf import any_pb2
 
-from control_plane.resources.passthrough import METADATA_NAMESPACE, REQUEST_NAMESPACE, body_routed
 from control_plane.plan import MODEL_LANE_HANDLERS, Plan
+from control_plane.resources.passthrough import METADATA_NAMESPACE, REQUEST_NAMESPACE, body_routed
 from hapax import wire
 
 MODEL_LANE = wire.Lane.MODEL

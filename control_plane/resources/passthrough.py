@@ -73,7 +73,9 @@ JSON_TO_METADATA_FILTER = "hapax.json_to_metadata"
 LANE_FILTER = "hapax.passthrough"
 LANE_CLUSTER_PREFIX = "lane."
 # The OpenAI API path of each handler the lane serves, under the provider's base path.
-HANDLER_PATHS = {handler: wire.OPENAI_PATHS[handler] for handler in (wire.Handler.CHAT, wire.Handler.EMBEDDINGS)}
+# Keyed by the config's handler names (a wire.Handler is one).
+HANDLER_PATHS: dict[str, str] = {
+    handler: wire.OPENAI_PATHS[handler] for handler in (wire.Handler.CHAT, wire.Handler.EMBEDDINGS)}
 ALS_BUFFER_BYTES = 64 * 1024
 _JSON = regex_pb2.RegexMatcher(regex=r"^application/json(;.*)?$")
 
@@ -192,7 +194,8 @@ def hold_off_logger(grpc_cluster: str) -> accesslog_pb2.AccessLog:
 
     return accesslog_pb2.AccessLog(
         name="envoy.access_loggers.http_grpc",
-        filter=accesslog_pb2.AccessLogFilter(or_filter=accesslog_pb2.OrFilter(filters=[status_is(429), status_is(503)])),
+        filter=accesslog_pb2.AccessLogFilter(
+            or_filter=accesslog_pb2.OrFilter(filters=[status_is(429), status_is(503)])),
         typed_config=pack(als_pb2.HttpGrpcAccessLogConfig(
             common_config=_grpc_log(grpc_cluster), additional_response_headers_to_log=["retry-after"])))
 
@@ -230,7 +233,8 @@ def upstream_filter(config: HapaxConfig, lane: LaneModel, translate: hcm_pb2.Htt
     """The lane cluster's per-attempt filter: an attempt to a lane provider gets its key from Envoy,
     any other (a provider the body would have to be rewritten for) goes to ``translate``."""
     matchers = [matcher_pb2.Matcher.MatcherList.FieldMatcher(
-        predicate=_cel_predicate(MetadataEquals("upstream_host_metadata", METADATA_NAMESPACE, wire.HOST_PROVIDER_KEY, name)),
+        predicate=_cel_predicate(
+            MetadataEquals("upstream_host_metadata", METADATA_NAMESPACE, wire.HOST_PROVIDER_KEY, name)),
         on_match=_execute(f"{LANE}.{name}", _injector(config.providers[name])),
     ) for name in lane.providers]
     matcher = matcher_pb2.Matcher(
@@ -238,7 +242,8 @@ def upstream_filter(config: HapaxConfig, lane: LaneModel, translate: hcm_pb2.Htt
         on_no_match=_execute("translate", extension_pb2.TypedExtensionConfig(
             name=translate.name, typed_config=translate.typed_config)))
     composite = extension_matcher_pb2.ExtensionWithMatcher(
-        extension_config=core_extension_pb2.TypedExtensionConfig(name="composite", typed_config=pack(composite_pb2.Composite())),
+        extension_config=core_extension_pb2.TypedExtensionConfig(
+            name="composite", typed_config=pack(composite_pb2.Composite())),
         xds_matcher=matcher,
     )
     return hcm_pb2.HttpFilter(name=LANE_FILTER, typed_config=pack(composite))

@@ -33,8 +33,10 @@ from control_plane.resources.names import (
 from control_plane.resources.stats import route_stat_prefix, stats_label_keys
 from hapax import wire
 
-HANDLER_METHODS = {wire.Handler.CHAT: "POST", wire.Handler.COMPLETION: "POST", wire.Handler.EMBEDDINGS: "POST",
-                   wire.Handler.MODELS: "GET"}
+# Keyed by the config's handler names (a wire.Handler is one).
+HANDLER_METHODS: dict[str, str] = {
+    wire.Handler.CHAT: "POST", wire.Handler.COMPLETION: "POST", wire.Handler.EMBEDDINGS: "POST",
+    wire.Handler.MODELS: "GET"}
 
 
 def _route_metadata(route: RouteConfig) -> base_pb2.Metadata:

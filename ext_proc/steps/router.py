@@ -91,7 +91,8 @@ class RouterStep(Step):
         # The route's retry policy is shared by all chains, so the request's own
         # chain's attempts travel with it.
         retries = chain.attempts - 1
-        set_headers = {CHAIN_HEADER: chain.cluster, wire.MAX_RETRIES_HEADER: str(retries), VERSION_HEADER: self.view.version,
+        set_headers = {CHAIN_HEADER: chain.cluster, wire.MAX_RETRIES_HEADER: str(retries),
+                       VERSION_HEADER: self.view.version,
                        START_HEADER: f"{time.time() - (time.monotonic() - self.started):.6f}"}
         # The body itself is left alone here: the upstream step rewrites it for
         # the provider anyway. (A multi-MB body mutation at this step crashed

@@ -193,6 +193,7 @@ class UpstreamStep(Step):
         # through Envoy cheaper than the JSON itself.
         req = client_request.parse(attempt.handler, msg.body)
         out = translator_for(attempt.provider.type).request(req, attempt.provider)
+        assert out.body is not None  # a translated request always has a body
         self.stage = attempt.response_stage(req)
         set_headers = {**attempt.target_headers(out),
                        "content-type": "application/json", "content-length": str(len(out.body))}

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import error_json, invalid

@@ -21,7 +21,7 @@ def _text_choice(choice: dict[str, Any], text: str | None) -> dict[str, Any]:
 
 
 def chat_to_text_completion(body: dict[str, Any], *, chunk: bool) -> dict[str, Any]:
-    out = {k: body[k] for k in ("id", "created", "model", "usage", "system_fingerprint") if k in body}
+    out: dict[str, Any] = {k: body[k] for k in ("id", "created", "model", "usage", "system_fingerprint") if k in body}
     out["object"] = "text_completion"
     choices = []
     for choice in body.get("choices") or []:

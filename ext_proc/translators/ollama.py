@@ -16,7 +16,8 @@ import re
 import struct
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import error_json, invalid

@@ -56,7 +56,8 @@ class OpenAITranslator(Translator):
         return OpenAIResponseStage(include_usage=req.include_usage)
 
     def health_probe(self, provider: Provider) -> ProviderRequest:
-        return ProviderRequest(path=provider.base_path + wire.OPENAI_MODELS_PATH, body=b"", set_headers=_credentials(provider))
+        return ProviderRequest(path=provider.base_path + wire.OPENAI_MODELS_PATH, body=b"",
+                               set_headers=_credentials(provider))
 
 
 def _credentials(provider: Provider) -> dict[str, str]:

@@ -171,7 +171,8 @@ def _prompt_texts(body: dict[str, Any], messages: list[dict[str, Any]]) -> list[
 def _tool_to_call(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The tool the fake "decides" to use: only when the user just wrote text."""
     tools = [tool for tool in body.get("tools") or [] if isinstance(tool, dict)]
-    choice = body.get("tool_choice") if isinstance(body.get("tool_choice"), dict) else {}
+    tool_choice = body.get("tool_choice")
+    choice = tool_choice if isinstance(tool_choice, dict) else {}
     if not tools or choice.get("type") == "none":
         return None
     last = messages[-1]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class StreamError:
     error_type: str = "overloaded_error"
 
 
-Fault = Union[Status, Latency, Reset, Hang, CutStream, StreamError]
+Fault = Status | Latency | Reset | Hang | CutStream | StreamError
 
 
 @dataclass

@@ -286,7 +286,8 @@ class Load:
     def wait_for_fresh_calls(self) -> None:
         """Until every client has finished a call it started after now: none is left from before."""
         marks = list(self.done)
-        wait_for(lambda: all(d >= m + 2 for d, m in zip(self.done, marks)), "every client to finish a new call")
+        wait_for(lambda: all(d >= m + 2 for d, m in zip(self.done, marks, strict=True)),
+                 "every client to finish a new call")
 
     def finish(self) -> None:
         self.stop.set()

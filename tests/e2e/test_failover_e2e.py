@@ -120,7 +120,7 @@ def test_health_check_takes_a_failing_provider_out_and_brings_it_back(client, ga
     wait_for(lambda: "failed_active_hc" in envoy_health_flags(gateway, "primary"), "Envoy to take the verdict")
     # Out of rotation: requests go straight to the secondary, the primary sees only probes.
     before = len(chat_requests(primary))
-    for i in range(5):
+    for _ in range(5):
         client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}])
     wait_for(lambda: len(chat_requests(secondary)) >= 5, "secondary to serve")
     assert len(chat_requests(primary)) == before

@@ -6,6 +6,7 @@ that provider's own wire format; the answers come back in OpenAI's shape.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import openai
@@ -178,7 +179,7 @@ def test_stream_chunks_reach_the_client_as_the_provider_sends_them(client, fakes
     finally:
         fakes[name].chunk_delay = 0.0
     assert len(arrivals) >= 6
-    spacings = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    spacings = [b - a for a, b in itertools.pairwise(arrivals)]
     # Lower bounds only: the machine may be slow, but it cannot make chunks
     # that were 200 ms apart at the provider arrive together unless buffered.
     assert arrivals[-1] - arrivals[0] >= gap * (len(arrivals) - 1) * 0.5

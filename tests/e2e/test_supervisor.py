@@ -9,6 +9,7 @@ exited and merely awaits reaping by whoever adopted it); the start time in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -169,10 +170,9 @@ def gateway(provider, start_gateway, gateway_tmp) -> Gateway:
     yield gw
     if gw.proc.poll() is None:
         gw.stop()
-    try:  # whatever a failed test left behind in the gateway's process group
+    # Whatever a failed test left behind in the gateway's process group.
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(gw.proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def three_children(gw: Gateway) -> dict[str, Proc]:
@@ -290,7 +290,9 @@ class ServeProcess:
             try:
                 line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError("hapax serve was not ready in time:\n" + "".join(self.stdout + self.stderr))
+                raise AssertionError(
+                    "hapax serve was not ready in time:\n" + "".join(self.stdout + self.stderr)
+                ) from None
             if line is None:
                 raise AssertionError("hapax serve exited before ready:\n" + "".join(self.stdout + self.stderr))
             self.stdout.append(line)
@@ -305,10 +307,8 @@ class ServeProcess:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait(timeout=10)
 
 
@@ -381,7 +381,8 @@ def test_sigterm_during_start_up_stops_what_started_and_cleans_up(provider, tmp_
     config = tmp_path / "hapax.yaml"
     config.write_text(
         "server: {host: 127.0.0.1, port: 0, admin_port: 0, metrics_port: 0}\n"
-        f"providers:\n  openai: {{type: openai, model: gpt-4o-mini, api_key: test-key, base_url: '{provider.base_url}'}}\n")
+        "providers:\n"
+        f"  openai: {{type: openai, model: gpt-4o-mini, api_key: test-key, base_url: '{provider.base_url}'}}\n")
     workdirs = tmp_path / "tmp"
     workdirs.mkdir()
     serve = ServeProcess(["--config", str(config), "--log-level", "WARNING"], {**os.environ, "TMPDIR": str(workdirs)})

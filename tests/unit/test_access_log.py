@@ -43,7 +43,8 @@ def _entries() -> list[accesslog_pb2.HTTPAccessLogEntry]:
     return [
         *(_entry(i, **chat, provider="primary", status=200, usage={"prompt_tokens": i, "completion_tokens": 2 * i})
           for i in range(12)),
-        _entry(20, **chat, provider="second", status=200, attempts=2, usage={"prompt_tokens": 5, "completion_tokens": 1}),
+        _entry(20, **chat, provider="second", status=200, attempts=2,
+               usage={"prompt_tokens": 5, "completion_tokens": 1}),
         _entry(21, **chat, provider="second", status=200, attempts=3, usage={"prompt_tokens": 8}),
         _entry(22, **chat, provider="primary", status=503, attempts=2),
         _entry(23, **chat, provider="primary", status=429),

@@ -337,8 +337,8 @@ def test_unknown_key_suggests_close_match():
         (with_provider("{type: ollama, model: m}") + "server: {prot: 80}", "server.prot",
          "unknown key 'prot' (did you mean 'port'?)"),
         (with_provider("{type: ollama, model: m}") + "listeners: []", "listeners",
-         "unknown key 'listeners' (expected one of: server, providers, provider_preference, routes, health_check, retry, "
-         "pricing, logging, ext_proc)"),
+         "unknown key 'listeners' (expected one of: server, providers, provider_preference, routes, health_check, "
+         "retry, pricing, logging, ext_proc)"),
         (with_provider("{type: ollama, model: m}") + "1: x", "1", "expected a string key, got integer 1"),
     ],
 )
@@ -986,7 +986,8 @@ def test_a_model_takes_its_own_price_or_that_of_the_model_it_is_a_variant_of(mod
 
 
 def test_logging_defaults_to_json_at_info_with_access_logs():
-    assert parse_config("providers:\n  a: {type: ollama, model: m}\n", env={}).logging == LoggingConfig("info", "json", True)
+    default = parse_config("providers:\n  a: {type: ollama, model: m}\n", env={})
+    assert default.logging == LoggingConfig("info", "json", True)
     config = parse_config("logging: {level: DEBUG, format: text, access_log: false}\n"
                           "providers:\n  a: {type: ollama, model: m}\n", env={})
     assert config.logging == LoggingConfig("debug", "text", False)

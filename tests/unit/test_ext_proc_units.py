@@ -148,7 +148,8 @@ def test_provider_errors_pass_through_the_completion_shape_untouched():
 
 def _runtime() -> runtime_pb2.Runtime:
     rt = runtime_pb2.Runtime(config_version="7")
-    rt.providers.add(name="a", type="openai", model="shared", base_url="https://api.example.com/v1", cluster="provider.a")
+    rt.providers.add(name="a", type="openai", model="shared", base_url="https://api.example.com/v1",
+                     cluster="provider.a")
     rt.providers.add(name="b", type="openai", model="shared", aliases=["b-alias"],
                      base_url="http://10.0.0.1:8000", cluster="provider.b")
     rt.chains.add(cluster="chain.a", providers=["a", "b"], attempts=2)
@@ -240,7 +241,8 @@ def test_a_stream_sent_as_it_is_skips_its_body_and_its_answers_headers():
     mode = response.mode_override
     assert mode.request_body_mode == mode.NONE and mode.response_header_mode == mode.SKIP
     assert mode.response_body_mode == mode.STREAMED
-    set_headers = {h.header.key: h.header.raw_value for h in response.request_headers.response.header_mutation.set_headers}
+    mutation = response.request_headers.response.header_mutation
+    set_headers = {h.header.key: h.header.raw_value for h in mutation.set_headers}
     assert set_headers[":path"] == b"/v1/chat/completions" and set_headers[":authority"] == b"api.example.com"
 
 

@@ -437,7 +437,7 @@ async def test_anthropic_stream_follows_the_event_sequence(session, anthropic):
         "content_block_stop", "message_delta", "message_stop",
     ]
     payloads = [json.loads(data) for _, data in events]
-    assert all(payload["type"] == name for name, payload in zip(names, payloads))
+    assert all(payload["type"] == name for name, payload in zip(names, payloads, strict=True))
     assert payloads[0]["message"]["usage"]["input_tokens"] == 4
     text = "".join(p["delta"]["text"] for p in payloads if p["type"] == "content_block_delta")
     assert text == "Hello from fake-anthropic! You"

@@ -24,8 +24,8 @@ def _metrics() -> GatewayMetrics:
 
 def _answer_some(metrics: GatewayMetrics) -> None:
     for i in range(40):
-        metrics.request_answered(ROUTE, PROVIDER, 200, RequestOutcome.FAILED_OVER if i % 7 == 0 else RequestOutcome.SUCCESS,
-                                 duration=0.01 * i, overhead=0.0004 * i)
+        outcome = RequestOutcome.FAILED_OVER if i % 7 == 0 else RequestOutcome.SUCCESS
+        metrics.request_answered(ROUTE, PROVIDER, 200, outcome, duration=0.01 * i, overhead=0.0004 * i)
         metrics.tokens_used(ROUTE, PROVIDER, {"prompt_tokens": i, "completion_tokens": 3 * i})
         if i % 7 == 0:
             metrics.retried(ROUTE, PROVIDER)

@@ -84,7 +84,8 @@ def test_route_stats_carry_the_path_and_the_labels_envoy_has_tags_for():
 """
     config = parse_config(text, env=SECRETS)
     assert res.stats_label_keys(config) == ("department", "team")
-    routes = {r.match.path: r for r in res.route_configuration(make_plan(config)).virtual_hosts[0].routes if r.HasField("route")}
+    virtual_host = res.route_configuration(make_plan(config)).virtual_hosts[0]
+    routes = {r.match.path: r for r in virtual_host.routes if r.HasField("route")}
     assert routes["/v1/marketing/completions"].stat_prefix == "v1_marketing_completions.department.marketing"
     assert routes["/v1/eng.v2/chat/completions"].stat_prefix == \
         "v1_eng_v2_chat_completions.department.engineering.team.core_platform"

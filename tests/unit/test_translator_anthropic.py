@@ -6,6 +6,7 @@ streaming documentation (message JSON, SSE event sequence, error JSON).
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -591,7 +592,7 @@ def test_any_valid_chat_request_translates_and_keeps_its_text(body, stream_flag)
     sent = json.loads(out.body)
     roles = [m["role"] for m in sent["messages"]]
     assert roles[0] == "user"
-    assert all(a != b for a, b in zip(roles, roles[1:])), roles
+    assert all(a != b for a, b in itertools.pairwise(roles)), roles
     assert sent["max_tokens"] >= 1
     strings = [s for m in sent["messages"] for s in all_strings(m["content"])]
     for is_final_assistant, text in texts_of(body["messages"]):

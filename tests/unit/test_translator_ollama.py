@@ -411,7 +411,7 @@ def test_any_valid_chat_request_translates_and_keeps_its_text(body, stream_flag)
     sent = json.loads(translator().request(chat(body, stream=stream_flag), provider()).body)
     assert sent["stream"] is stream_flag
     assert len(sent["messages"]) == len(body["messages"])
-    for original, translated in zip(body["messages"], sent["messages"]):
+    for original, translated in zip(body["messages"], sent["messages"], strict=True):
         content = original.get("content")
         texts = [content] if isinstance(content, str) else [p["text"] for p in content or []]
         assert isinstance(translated["content"], str)

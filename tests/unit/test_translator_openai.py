@@ -21,7 +21,8 @@ from tests.translator_helpers import (
 
 def chunk(content: str | None, finish: str | None = None, usage: dict | None = None) -> bytes:
     choices = [] if content is None else [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]
-    return f"data: {json.dumps({'id': 'c1', 'object': 'chat.completion.chunk', 'choices': choices, 'usage': usage})}\n\n".encode()
+    event = {"id": "c1", "object": "chat.completion.chunk", "choices": choices, "usage": usage}
+    return f"data: {json.dumps(event)}\n\n".encode()
 
 
 USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}

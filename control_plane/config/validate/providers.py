@@ -89,7 +89,7 @@ def _health_check(value: Any, path: str, defaults: HealthCheckConfig, issues: _I
     if node is None:
         return defaults
     _reject_unknown_keys(node, path, _HEALTH_CHECK_KEYS, issues)
-    fields = {}
+    fields: dict[str, Any] = {}  # durations (float) and thresholds (int), by field name
     for key in ("interval", "timeout"):
         if node.get(key) is not None:
             fields[key] = _duration(node[key], _join(path, key), getattr(defaults, key), issues)

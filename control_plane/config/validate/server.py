@@ -41,11 +41,11 @@ def _base_dir(source: str) -> Path:
 
 
 def _certificate(cert: Any, key: Any, paths: tuple[str, str], base_dir: Path, issues: _Issues) -> Certificate | None:
-    texts = [_string(value, path, issues) for value, path in ((cert, paths[0]), (key, paths[1]))]
-    if None in texts:
+    cert_file, key_file = [_string(value, path, issues) for value, path in ((cert, paths[0]), (key, paths[1]))]
+    if cert_file is None or key_file is None:
         return None
     try:
-        return load_certificate(base_dir / texts[0], base_dir / texts[1])
+        return load_certificate(base_dir / cert_file, base_dir / key_file)
     except CertificateError as err:
         issues.error(paths[0] if err.which == "cert" else paths[1], err.reason)
         return None

@@ -78,9 +78,9 @@ def _pricing(value: Any, issues: _Issues) -> dict[str, ModelPrice]:
         if missing:
             issues.error(path, f"needs both input and output (USD per million tokens); missing: {', '.join(missing)}")
             continue
-        amounts = [_price(prices[k], _join(path, k), issues) for k in _PRICE_KEYS]
-        if None not in amounts:
-            table[model] = ModelPrice(*amounts)
+        input_price, output_price = [_price(prices[k], _join(path, k), issues) for k in _PRICE_KEYS]
+        if input_price is not None and output_price is not None:
+            table[model] = ModelPrice(input_price, output_price)
     return table
 
 
