@@ -1,6 +1,8 @@
-"""The plan of one config version: who serves each model, each chain's attempts, the lane models.
+"""The plan of one config: who serves each model, each chain's attempts, the lane models.
 
-Computed once per config version, before any resource is built: every builder
+Computed once per config (control_plane/server.py builds a draft snapshot to
+learn whether the content changed, then the versioned one, from the same plan),
+before any resource is built: every builder
 of Envoy resources and ext_proc's runtime reads the same plan instead of
 deriving it again from the config, and ext_proc receives what it needs of it
 in ``hapax.v1.Runtime`` (chains, model owners) rather than deriving it again
@@ -47,7 +49,6 @@ class LaneModel:
 @dataclass(frozen=True)
 class Plan:
     config: HapaxConfig
-    version: str
     chains: Mapping[str, Chain]  # by first provider: preference order first, then the others
     model_owners: Mapping[str, str]  # model name (a model or an alias) -> the provider serving it
     lane_models: tuple[LaneModel, ...]
@@ -71,10 +72,10 @@ class Plan:
         return bool(self.lane_models) or any(r.handler in MODEL_LANE_HANDLERS for r in self.config.routes)
 
 
-def make_plan(config: HapaxConfig, version: str = "") -> Plan:
+def make_plan(config: HapaxConfig) -> Plan:
     chains = {first: _chain(config, first) for first in _chain_firsts(config)}
     owners = _model_owners(config)
-    return Plan(config=config, version=version, chains=MappingProxyType(chains),
+    return Plan(config=config, chains=MappingProxyType(chains),
                 model_owners=MappingProxyType(owners), lane_models=_lane_models(config, chains, owners))
 
 

@@ -28,10 +28,11 @@ from control_plane.cache import SnapshotCache
 from control_plane.config.errors import ConfigError, ConfigIssue
 from control_plane.config.load import load_config, summarize
 from control_plane.config.model import HapaxConfig
+from control_plane.plan import make_plan
 from control_plane.resources.names import Address, ExtProcEndpoints
 from control_plane.resources.stats import envoy_stats_tags, stats_label_keys
 from control_plane.rollout import Rollout
-from control_plane.snapshot import InconsistentSnapshot, Snapshot, build_snapshot
+from control_plane.snapshot import InconsistentSnapshot, Snapshot, snapshot_of_plan
 from control_plane.static_bootstrap import envoy_rejection
 from hapax import logs
 from hapax.envoy_process import EnvoyNotFound, envoy_binary
@@ -79,7 +80,8 @@ class ControlPlane:
         monotonic (a generation number in front), so every consumer can tell
         which of two versions is newer and whether two are the same.
         """
-        draft = build_snapshot(config, "draft", self.ext_proc, self.stats_label_keys)
+        plan = make_plan(config)
+        draft = snapshot_of_plan(plan, "draft", self.ext_proc, self.stats_label_keys)
         digest = hashlib.sha256()
         for type_url in sorted(draft.resources):
             for name, msg in sorted(draft.resources[type_url].items()):
@@ -100,7 +102,7 @@ class ControlPlane:
         if untagged:
             log.warning("new metrics label keys reach Envoy's own stats only after a restart "
                         "(Hapax's /metrics has them now)", extra={"keys": untagged})
-        return build_snapshot(config, version, self.ext_proc, self.stats_label_keys)
+        return snapshot_of_plan(plan, version, self.ext_proc, self.stats_label_keys)
 
     def reload(self) -> bool:
         """Reads the file again: True when a new version is published."""

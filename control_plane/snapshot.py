@@ -88,11 +88,17 @@ def make_snapshot(version: str, by_type: dict[str, list[message.Message]]) -> Sn
 
 def build_snapshot(config: HapaxConfig, version: str, ext_proc: ExtProcEndpoints,
                    stats_label_keys: tuple[str, ...] | None = None) -> Snapshot:
-    """Every resource of ``config`` at ``version``, built from one Plan.
+    """Every resource of ``config`` at ``version``."""
+    return snapshot_of_plan(make_plan(config), version, ext_proc, stats_label_keys)
+
+
+def snapshot_of_plan(plan: Plan, version: str, ext_proc: ExtProcEndpoints,
+                     stats_label_keys: tuple[str, ...] | None = None) -> Snapshot:
+    """Every resource of ``plan``'s config at ``version``.
 
     ``stats_label_keys``: the metrics label keys Envoy has stat tags for (those of the config it started with).
     """
-    plan = make_plan(config, version)
+    config = plan.config
     return make_snapshot(
         version,
         {
@@ -101,8 +107,8 @@ def build_snapshot(config: HapaxConfig, version: str, ext_proc: ExtProcEndpoints
             SECRET: [*secrets.tls_secrets(config), *secrets.key_secrets(plan)],
             LISTENER: [lst for lst in (listeners.listener(plan), listeners.metrics_listener(config),
                                        listeners.http3_listener(plan)) if lst is not None],
-            ROUTE: [routes.route_configuration(plan, stats_label_keys)],
-            RUNTIME: [runtime(plan)],
+            ROUTE: [routes.route_configuration(plan, stats_label_keys, version)],
+            RUNTIME: [runtime(plan, version)],
         },
     )
 

@@ -48,12 +48,11 @@ from hapax import wire
 MODEL_LANE = wire.Lane.MODEL
 
 
-def model_routes(plan: Plan, handler: str, base: route_components_pb2.Route,
+def model_routes(plan: Plan, handler: str, base: route_components_pb2.Route, version: str,
                  disabled_ext_proc: dict[str, any_pb2.Any]) -> Iterator[route_components_pb2.Route]:
     """The model lane's variants of ``base``, one per model name and ``stream`` value; to go before it."""
     if handler not in MODEL_LANE_HANDLERS:
         return
-    version = plan.version  # the runtime version the lane's requests start under
     for model, owner in plan.model_owners.items():
         for stream in (True, False):
             route = body_routed(plan, base, MODEL_LANE, model, owner, stream=stream,

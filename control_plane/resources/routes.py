@@ -137,7 +137,9 @@ def not_found_route(config: HapaxConfig) -> route_components_pb2.Route:
     )
 
 
-def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None) -> route_pb2.RouteConfiguration:
+def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
+                        version: str = "") -> route_pb2.RouteConfiguration:
+    """``version``: the runtime version the model lane's requests start under (model_lane.py)."""
     config = plan.config
     keys = stats_label_keys(config) if label_keys is None else label_keys
     routes = [health_route(), method_not_allowed_route(HEALTH_PATH, "GET")]
@@ -145,7 +147,7 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None) -
     for route in config.routes:
         base = provider_route(plan, route, keys)
         lanes = [*passthrough.lane_routes(plan, route.handler, base, per_route_ext_proc(None)),
-                 *model_lane.model_routes(plan, route.handler, base, per_route_ext_proc(None))]
+                 *model_lane.model_routes(plan, route.handler, base, version, per_route_ext_proc(None))]
         if lanes:
             lane_paths.add(route.path)
         routes += [*lanes, base]

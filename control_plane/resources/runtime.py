@@ -11,10 +11,10 @@ from control_plane.pricing import price_for
 from hapax.v1 import runtime_pb2
 
 
-def runtime(plan: Plan) -> runtime_pb2.Runtime:
-    """What ext_proc needs of the plan: it derives none of it again."""
+def runtime(plan: Plan, version: str) -> runtime_pb2.Runtime:
+    """What ext_proc needs of the plan, at ``version``: it derives none of it again."""
     config = plan.config
-    out = runtime_pb2.Runtime(config_version=plan.version)
+    out = runtime_pb2.Runtime(config_version=version)
     for p in config.providers.values():
         provider = out.providers.add(
             name=p.name, type=p.type, model=p.model, aliases=list(p.aliases),
