@@ -4,7 +4,8 @@ A ``FakeProvider`` owns one aiohttp server on a real socket. Every request goes
 through one middleware that records it, takes the next injected fault, acts the
 fault out, checks credentials and only then calls the provider's handler.
 Subclasses describe their wire format (routes, error JSON, stream framing); this
-module decides *when* things happen on the socket.
+module decides *when* things happen on the socket, and compresses every answer the
+request's ``Accept-Encoding`` allows, as real providers do (``compression.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, ClassVar, Self
 
 from aiohttp import web
 
+from .compression import Encoder, compress, negotiate
 from .faults import CutStream, Fault, FaultQueue, Hang, Latency, Reset, Status, StreamError
 
 __all__ = [
@@ -273,32 +275,30 @@ class FakeProvider(ABC):
         """Write each event as soon as it is produced, honouring stream faults."""
         fault = request.get(_FAULT)
         stop_at = fault.after_chunks if isinstance(fault, (CutStream, StreamError)) else None
-        response = web.StreamResponse(
-            headers={"Content-Type": self.stream_content_type, "Cache-Control": "no-cache"}
-        )
+        coding = negotiate(request.headers.get("Accept-Encoding", ""))
+        headers = {"Content-Type": self.stream_content_type, "Cache-Control": "no-cache"}
+        response = web.StreamResponse(headers={**headers, **_encoding_headers(coding)})
         await response.prepare(request)
+        body = _StreamBody(response, coding)
         for index, event in enumerate(events):
             if index == stop_at:
-                return await self._break_stream(request, response, fault)
+                return await self._break_stream(request, body, fault)
             if index and self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
-            await response.write(event)
-        await response.write_eof()
-        return response
+            await body.write(event)
+        return await body.end()
 
     async def _break_stream(
-        self, request: web.Request, response: web.StreamResponse, fault: Fault | None
+        self, request: web.Request, body: _StreamBody, fault: Fault | None
     ) -> web.StreamResponse:
         if isinstance(fault, StreamError):
             # The HTTP body ends cleanly: the client must notice the error event itself.
-            await response.write(self.stream_error_event(fault.error_type, STREAM_ERROR_MESSAGE))
-            await response.write_eof()
-            return response
+            await body.write(self.stream_error_event(fault.error_type, STREAM_ERROR_MESSAGE))
+            return await body.end()
         if isinstance(fault, CutStream) and not fault.reset:
-            await response.write_eof()
-            return response
+            return await body.end()
         _abort(request)
-        return response
+        return body.response
 
     # -- the per-request pipeline ---------------------------------------------
 
@@ -308,9 +308,8 @@ class FakeProvider(ABC):
         fault = self._faults.take(request.method)
         request[_FAULT] = fault
         early = await self._act_before_handling(request, fault)
-        if early is not None:
-            return early
-        return await self._serve(request, handler)
+        response = early if early is not None else await self._serve(request, handler)
+        return _compressed(request, response)
 
     async def _record(self, request: web.Request) -> RecordedRequest:
         raw = await request.read()
@@ -370,6 +369,44 @@ class FakeProvider(ABC):
         if self._runner is None:
             raise RuntimeError(f"{self.label} has not been started")
         return self._runner
+
+
+class _StreamBody:
+    """A streamed body, compressed piece by piece when the request allows it."""
+
+    def __init__(self, response: web.StreamResponse, coding: str | None) -> None:
+        self.response = response
+        self._encoder = Encoder(coding) if coding else None
+
+    async def write(self, data: bytes) -> None:
+        await self.response.write(self._encoder.chunk(data) if self._encoder else data)
+
+    async def end(self) -> web.StreamResponse:
+        if self._encoder is not None:
+            await self.response.write(self._encoder.end())
+        await self.response.write_eof()
+        return self.response
+
+
+def _encoding_headers(coding: str | None) -> dict[str, str]:
+    return {"Content-Encoding": coding, "Vary": "Accept-Encoding"} if coding else {}
+
+
+def _compressed(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """A whole answer (success or error) in the coding the request allows.
+
+    A stream is already on the wire, compressed by ``_StreamBody``; an aborted
+    connection has nothing to compress.
+    """
+    coding = negotiate(request.headers.get("Accept-Encoding", ""))
+    if coding is None or not isinstance(response, web.Response) or response.prepared:
+        return response
+    if not isinstance(response.body, bytes) or not response.body:
+        return response
+    response.body = compress(response.body, coding)
+    response.headers.popall("Content-Length", None)  # recomputed from the new body
+    response.headers.update(_encoding_headers(coding))
+    return response
 
 
 def _abort(request: web.Request) -> web.Response:
