@@ -38,6 +38,15 @@ HANDLER_METHODS: dict[str, str] = {
     wire.Handler.CHAT: "POST", wire.Handler.COMPLETION: "POST", wire.Handler.EMBEDDINGS: "POST",
     wire.Handler.MODELS: "GET"}
 
+# Every attempt asks its provider for an uncompressed answer, whatever the client accepts:
+# ext_proc reads and translates answers and json_to_metadata reads their usage, and neither
+# can read a compressed body. Set on the provider route, so the lanes (copies of it) and
+# every retry (Envoy hands it the same headers) ask the same; the client's own
+# Accept-Encoding is for Envoy's compressor to honour (listeners.py).
+PROVIDER_ACCEPT_ENCODING = base_pb2.HeaderValueOption(
+    header=base_pb2.HeaderValue(key="accept-encoding", value="identity"),
+    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
+
 
 def _route_metadata(route: RouteConfig) -> base_pb2.Metadata:
     md = base_pb2.Metadata()
@@ -96,6 +105,7 @@ def provider_route(plan: Plan, route: RouteConfig,
         metadata=_route_metadata(route),
         stat_prefix=route_stat_prefix(route, label_keys),
         typed_per_filter_config=per_route_ext_proc(router_mode(route.handler)),
+        request_headers_to_add=[PROVIDER_ACCEPT_ENCODING],
     )
 
 

@@ -46,7 +46,8 @@ def test_a_model_lane_route_does_what_the_router_step_did():
     assert {"authorization", "x-api-key", "x-hapax-chain", "x-hapax-start", "x-hapax-version"} \
         <= set(route.request_headers_to_remove)
     stamped = {h.header.key: h.header.value for h in route.request_headers_to_add}
-    assert stamped == {"x-hapax-start": "%START_TIME(%s.%6f)%", "x-hapax-version": "v7"}
+    assert stamped == {"x-hapax-start": "%START_TIME(%s.%6f)%", "x-hapax-version": "v7",
+                       "accept-encoding": "identity"}
     ext_proc = ext_proc_pb2.ExtProcPerRoute()
     route.typed_per_filter_config[res.EXT_PROC_FILTER].Unpack(ext_proc)
     assert ext_proc.disabled

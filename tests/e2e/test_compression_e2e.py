@@ -1,0 +1,195 @@
+"""Compression, for real: providers that compress when asked, clients that ask.
+
+The official ``openai`` SDK sends ``Accept-Encoding: gzip, deflate``, and every
+fake compresses its answer when the request allows it, as the real APIs do. A
+gateway that forwarded the client's ``Accept-Encoding`` would get bodies it
+cannot read: translated answers become 502s, streams end with an error event,
+and Envoy reads no ``usage`` from a compressed JSON answer. So every attempt
+must ask its provider for ``identity``, on every lane and after a failover; and
+the client gets gzip from Envoy when it accepts it (JSON only, never a stream).
+
+One gateway: Anthropic first in the preference (so ``auto`` is translated),
+then OpenAI (whose own model takes the passthrough lane), then Ollama.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from typing import Any
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from hapax.fakes import FakeAnthropic, FakeOllama, FakeOpenAI, Status
+from tests.conftest import gateway_config, wait_for
+
+OPENAI_KEY, CLAUDE_KEY = "sk-compress-openai", "sk-ant-compress"
+GPT, CLAUDE, LLAMA = "gpt-4o-mini", "claude-3-haiku", "llama3.2"
+CHAT = "/v1/chat/completions"
+# USD per million tokens: round numbers, so each request's cost is exact.
+PRICES = {GPT: (1000.0, 2000.0), CLAUDE: (3000.0, 5000.0), LLAMA: (100.0, 200.0)}
+PROVIDER_OF = {GPT: "openai", CLAUDE: "claude", LLAMA: "ollama"}
+
+
+@pytest.fixture(scope="module")
+def fakes(fake_host):
+    providers = {"openai": fake_host.start(FakeOpenAI(api_key=OPENAI_KEY, model=GPT)),
+                 "claude": fake_host.start(FakeAnthropic(api_key=CLAUDE_KEY, model=CLAUDE)),
+                 "ollama": fake_host.start(FakeOllama(model=LLAMA))}
+    yield providers
+    for fake in providers.values():
+        fake_host.run(fake.stop())
+
+
+@pytest.fixture(scope="module")
+def gateway(fakes, start_gateway):
+    config = gateway_config(
+        {"claude": {"type": "anthropic", "model": CLAUDE, "api_key": CLAUDE_KEY, "base_url": fakes["claude"].origin,
+                    "aliases": ["haiku"]},
+         "openai": {"type": "openai", "model": GPT, "api_key": OPENAI_KEY, "base_url": fakes["openai"].base_url},
+         "ollama": {"type": "ollama", "model": LLAMA, "base_url": fakes["ollama"].origin}},
+        preference=["claude", "openai", "ollama"], routes=[{"path": CHAT, "handler": "chat"}])
+    config["pricing"] = {model: {"input": i, "output": o} for model, (i, o) in PRICES.items()}
+    return start_gateway(config)
+
+
+@pytest.fixture()
+def client(gateway, fakes) -> openai.OpenAI:
+    """The official SDK (Accept-Encoding: gzip, deflate), with fakes that forgot earlier requests."""
+    for fake in fakes.values():
+        fake.reset()
+    return openai.OpenAI(base_url=gateway.base_url, api_key="client-key", max_retries=0, timeout=30)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def total(gateway, name: str, **labels: str) -> float:
+    """The sum of every series of ``name`` with these labels (whatever its other labels)."""
+    with urllib.request.urlopen(gateway.metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+class Counted:
+    """Tokens and cost the gateway counted for one provider, from a moment ago to now."""
+
+    def __init__(self, gateway, provider: str) -> None:
+        self.gateway, self.labels = gateway, {"route": CHAT, "provider": provider}
+        self.before = self.read()
+
+    def read(self) -> tuple[float, float, float]:
+        def tokens(kind: str) -> float:
+            return total(self.gateway, "gen_ai_client_token_usage_sum", **self.labels, gen_ai_token_type=kind)
+        return tokens("input"), tokens("output"), total(self.gateway, "hapax_cost_usd_total", **self.labels)
+
+    def delta(self) -> tuple[float, float, float]:
+        return tuple(now - then for now, then in zip(self.read(), self.before, strict=True))  # type: ignore[return-value]
+
+    def expect(self, model: str, usage: Any) -> None:
+        """The access log and a stream's end are counted a moment after the answer: poll."""
+        per_input, per_output = PRICES[model]
+        cost = (usage.prompt_tokens * per_input + usage.completion_tokens * per_output) / 1e6
+        expected = (usage.prompt_tokens, usage.completion_tokens, pytest.approx(cost))
+        assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
+        try:
+            wait_for(lambda: self.delta() == expected, f"the tokens and cost of {model}", timeout=10)
+        finally:
+            assert self.delta() == expected
+
+
+def asked_identity(fakes) -> None:
+    """Every API call the gateway made asked for an uncompressed answer (health probes aside)."""
+    calls = [r for fake in fakes.values() for r in fake.requests if r.method == "POST"]
+    assert calls
+    assert [r.headers.get("accept-encoding") for r in calls] == ["identity"] * len(calls)
+
+
+def chat(client, model: str, text: str):
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}])
+
+
+def stream(client, model: str, text: str) -> tuple[str, Any]:
+    """The streamed text, and the usage of its last chunk."""
+    chunks = list(client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], stream=True,
+        stream_options={"include_usage": True}))
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[-1].usage
+
+
+# ---------------------------------------------------------------- providers are asked for identity
+
+
+def test_the_passthrough_lane_asks_for_identity_and_counts_the_usage(gateway, client, fakes):
+    counted = Counted(gateway, "openai")
+    reply = chat(client, GPT, "passthrough")
+    assert reply.choices[0].message.content.endswith("passthrough")
+    assert len(fakes["openai"].requests) == 1
+    asked_identity(fakes)
+    counted.expect(GPT, reply.usage)
+
+
+@pytest.mark.parametrize(("model", "served_by"), [(CLAUDE, CLAUDE), ("haiku", CLAUDE), (LLAMA, LLAMA)])
+def test_the_model_lane_reads_a_translated_answer_and_counts_it(gateway, client, fakes, model, served_by):
+    counted = Counted(gateway, PROVIDER_OF[served_by])
+    reply = chat(client, model, f"model lane {model}")
+    assert reply.choices[0].message.content.endswith(f"model lane {model}")
+    asked_identity(fakes)
+    counted.expect(served_by, reply.usage)
+
+
+@pytest.mark.parametrize("model", [CLAUDE, GPT, LLAMA])
+def test_a_model_lane_stream_reads_every_event_and_counts_it(gateway, client, fakes, model):
+    counted = Counted(gateway, PROVIDER_OF[model])
+    text, usage = stream(client, model, f"stream {model}")
+    assert text.endswith(f"stream {model}")
+    asked_identity(fakes)
+    counted.expect(model, usage)
+
+
+def test_the_router_step_reads_a_translated_answer_and_counts_it(gateway, client, fakes):
+    counted = Counted(gateway, "claude")
+    reply = chat(client, "auto", "routed")
+    assert reply.choices[0].message.content.endswith("routed")
+    assert reply.model == CLAUDE
+    asked_identity(fakes)
+    counted.expect(CLAUDE, reply.usage)
+
+
+def test_a_router_step_stream_reads_every_event_and_counts_it(gateway, client, fakes):
+    counted = Counted(gateway, "claude")
+    text, usage = stream(client, "auto", "routed stream")
+    assert text.endswith("routed stream")
+    asked_identity(fakes)
+    counted.expect(CLAUDE, usage)
+
+
+def test_a_passthrough_failover_asks_the_next_provider_for_identity_too(gateway, client, fakes):
+    fakes["openai"].inject(Status(500), method="POST")
+    counted = Counted(gateway, "claude")
+    reply = chat(client, GPT, "openai is down")
+    assert reply.choices[0].message.content.endswith("openai is down")
+    assert [len(fakes[name].requests) for name in ("openai", "claude")] == [1, 1]
+    asked_identity(fakes)
+    counted.expect(CLAUDE, reply.usage)
+
+
+def test_a_model_lane_failover_to_an_openai_answer_is_counted_by_envoy(gateway, client, fakes):
+    fakes["claude"].inject(Status(503), method="POST")
+    counted = Counted(gateway, "openai")
+    reply = chat(client, CLAUDE, "claude is down")
+    assert reply.choices[0].message.content.endswith("claude is down")
+    asked_identity(fakes)
+    counted.expect(GPT, reply.usage)
+
+
+def test_a_router_step_stream_fails_over_and_still_asks_for_identity(gateway, client, fakes):
+    fakes["claude"].inject(Status(500), method="POST")
+    counted = Counted(gateway, "openai")
+    text, usage = stream(client, "auto", "claude is down, streaming")
+    assert text.endswith("claude is down, streaming")
+    assert [len(fakes[name].requests) for name in ("claude", "openai")] == [1, 1]
+    asked_identity(fakes)
+    counted.expect(GPT, usage)
