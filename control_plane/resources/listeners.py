@@ -5,7 +5,8 @@
   advertises it.
 - ``hapax_metrics``: ``GET /metrics``, answered by ext_proc.
 
-The connection manager runs the lane's ``json_to_metadata`` (when some request
+The connection manager runs the compressor (a JSON answer is gzip'd for a
+client that accepts it), the lane's ``json_to_metadata`` (when some request
 can take a lane), the custom response for a provider that refuses the
 gateway's credentials, the router-level ext_proc step and the router. Envoy's
 own local replies become OpenAI error JSON; its access log is one JSON line
@@ -21,6 +22,7 @@ from envoy.config.core.v3 import (
     protocol_pb2,
     substitution_format_string_pb2,
 )
+from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
 from envoy.config.listener.v3 import (
     listener_components_pb2,
     listener_pb2,
@@ -29,6 +31,8 @@ from envoy.config.listener.v3 import (
 )
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.compression.gzip.compressor.v3 import gzip_pb2
+from envoy.extensions.filters.http.compressor.v3 import compressor_pb2
 from envoy.extensions.filters.http.custom_response.v3 import custom_response_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -149,6 +153,23 @@ def credential_rejected_filter() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name="envoy.filters.http.custom_response", typed_config=pack(config))
 
 
+# What the compressor compresses. Not text/event-stream: compressing buffers, and a
+# stream's chunks must reach the client as the provider writes them.
+COMPRESSED_CONTENT_TYPES = ["application/json"]
+
+
+def compressor_filter() -> hcm_pb2.HttpFilter:
+    """gzip for a client that accepts it, of JSON answers only (providers answer uncompressed:
+    routes.py). First in the chain, so last on the way back: json_to_metadata and ext_proc
+    read the plain body before it is compressed."""
+    direction = compressor_pb2.Compressor.CommonDirectionConfig(content_type=COMPRESSED_CONTENT_TYPES)
+    config = compressor_pb2.Compressor(
+        response_direction_config=compressor_pb2.Compressor.ResponseDirectionConfig(common_config=direction),
+        compressor_library=core_extension_pb2.TypedExtensionConfig(
+            name="envoy.compression.gzip.compressor", typed_config=pack(gzip_pb2.Gzip())))
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.compressor", typed_config=pack(config))
+
+
 # One JSON line per request on Envoy's stderr. No credentials, no bodies, no
 # query strings (some clients put keys there); request_id is the x-request-id
 # that ext_proc's log lines carry too.
@@ -200,7 +221,9 @@ def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
         stat_prefix="hapax",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(route_config_name=ROUTE_CONFIG_NAME, config_source=ads()),
+        # On the way back filters run in reverse: the compressor, first here, compresses last.
         http_filters=[
+            compressor_filter(),
             *([passthrough.json_to_metadata_filter()] if lane else []),
             credential_rejected_filter(),
             router_ext_proc_filter(),

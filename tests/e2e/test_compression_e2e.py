@@ -14,9 +14,13 @@ then OpenAI (whose own model takes the passthrough lane), then Ollama.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import urllib.request
+import zlib
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -108,7 +112,10 @@ def asked_identity(fakes) -> None:
 
 
 def chat(client, model: str, text: str):
-    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}])
+    """The parsed answer; the SDK accepts gzip, so Envoy gzip'd it (after reading its usage)."""
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": text}])
+    assert raw.headers.get("content-encoding") == "gzip"
+    return raw.parse()
 
 
 def stream(client, model: str, text: str) -> tuple[str, Any]:
@@ -193,3 +200,57 @@ def test_a_router_step_stream_fails_over_and_still_asks_for_identity(gateway, cl
     assert [len(fakes[name].requests) for name in ("claude", "openai")] == [1, 1]
     asked_identity(fakes)
     counted.expect(GPT, usage)
+
+
+# ---------------------------------------------------------------- the client gets what it accepts
+
+
+async def _post(url: str, body: dict, accept: str | None) -> tuple[int, dict[str, str], bytes]:
+    """The answer as it came over the wire: nothing decompressed, no Accept-Encoding of aiohttp's own."""
+    headers = {"Accept-Encoding": accept} if accept is not None else {}
+    async with aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=["Accept-Encoding"]) as session, \
+            session.post(url, json=body, headers=headers) as resp:
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.read()
+
+
+def post(gateway, body: dict, accept: str | None) -> tuple[int, dict[str, str], bytes]:
+    return asyncio.run(_post(gateway.base_url + "/chat/completions", body, accept))
+
+
+def ask(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "compress me"}], **extra}
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE, "auto"])  # passthrough lane, model lane, router step
+def test_a_client_that_accepts_gzip_gets_its_json_answer_gzipped_by_envoy(gateway, fakes, model):
+    status, headers, body = post(gateway, ask(model), "gzip, deflate")
+    assert status == 200
+    assert headers.get("content-encoding") == "gzip"
+    reply = json.loads(zlib.decompress(body, 16 + zlib.MAX_WBITS))
+    assert reply["choices"][0]["message"]["content"].endswith("compress me")
+    assert reply["usage"]["prompt_tokens"] > 0
+
+
+@pytest.mark.parametrize("accept", [None, "identity", "br", "gzip;q=0"])
+@pytest.mark.parametrize("model", [GPT, CLAUDE, "auto"])
+def test_a_client_that_does_not_accept_gzip_gets_a_plain_answer(gateway, fakes, model, accept):
+    status, headers, body = post(gateway, ask(model), accept)
+    assert status == 200
+    assert "content-encoding" not in headers
+    assert json.loads(body)["choices"][0]["message"]["content"].endswith("compress me")
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE, "auto"])
+def test_a_stream_is_never_compressed_even_for_a_client_that_accepts_gzip(gateway, fakes, model):
+    status, headers, body = post(gateway, ask(model, stream=True), "gzip, deflate")
+    assert status == 200
+    assert headers["content-type"].startswith("text/event-stream")
+    assert "content-encoding" not in headers
+    assert body.startswith(b"data: {") and body.endswith(b"data: [DONE]\n\n")
+
+
+def test_an_error_answer_is_gzipped_for_a_client_that_accepts_it(gateway, fakes):
+    status, headers, body = post(gateway, {"model": "no-such-model", "messages": []}, "gzip")
+    assert status in (400, 404)
+    assert headers.get("content-encoding") == "gzip"
+    assert "error" in json.loads(zlib.decompress(body, 16 + zlib.MAX_WBITS))
