@@ -51,6 +51,8 @@ def messages_body(chat: dict[str, Any], model: str, stream: bool) -> dict[str, A
             choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
         if choice is not None:
             body["tool_choice"] = choice
+    if "tools" not in body:
+        _declare_used_tools(body)
     user = chat.get("user")
     if isinstance(user, str) and user:
         body["metadata"] = {"user_id": user}
@@ -75,8 +77,30 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
     out: dict[str, Any] = {"name": fn["name"]}
     if fn.get("description"):
         out["description"] = fn["description"]
-    out["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
+    out["input_schema"] = fn.get("parameters") or _open_schema()
     return out
+
+
+def _open_schema() -> dict[str, Any]:
+    """The input schema of a tool whose parameters are unknown or unconstrained."""
+    return {"type": "object", "properties": {}}
+
+
+def _declare_used_tools(body: dict[str, Any]) -> None:
+    """Tools for a conversation that used some but offers none now.
+
+    Anthropic refuses tool_use / tool_result blocks in a request without tools.
+    Rewriting past rounds as text would lose which result answered which call and
+    invite the model to imitate calls in prose; declaring the tools it already
+    used (with an open object schema, the only thing known of them) keeps the
+    rounds as they are, and ``tool_choice: none`` keeps the model from calling a
+    tool this client no longer offers.
+    """
+    names = [block["name"] for turn in body["messages"] if turn["role"] == "assistant"
+             for block in turn["content"] if block["type"] == "tool_use"]
+    if names:
+        body["tools"] = [{"name": name, "input_schema": _open_schema()} for name in dict.fromkeys(names)]
+        body["tool_choice"] = {"type": "none"}
 
 
 def _tool_choice(choice: Any) -> dict[str, Any] | None:
