@@ -18,6 +18,7 @@ from ext_proc.errors import invalid
 from ext_proc.runtime import Provider
 from ext_proc.translators.anthropic_request import messages_body
 from ext_proc.translators.anthropic_response import AnthropicResponseStage
+from ext_proc.translators.anthropic_tools import AnswerShape
 from ext_proc.translators.base import ProviderRequest, ResponseStage, Translator, dumps
 from hapax.wire import Handler
 
@@ -45,7 +46,7 @@ class AnthropicTranslator(Translator):
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage:
         return AnthropicResponseStage(provider, stream=req.stream, include_usage=req.include_usage,
-                                      clock=self._clock)
+                                      clock=self._clock, shape=AnswerShape.of(req.body))
 
     def health_probe(self, provider: Provider) -> ProviderRequest:
         headers = {"anthropic-version": ANTHROPIC_VERSION}

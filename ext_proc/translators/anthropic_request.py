@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from ext_proc.errors import invalid
+from ext_proc.translators.anthropic_tools import tooling
 from ext_proc.translators.base import tool_arguments
 
 DEFAULT_MAX_TOKENS = 4096
@@ -43,16 +44,7 @@ def messages_body(chat: dict[str, Any], model: str, stream: bool) -> dict[str, A
     if stops:
         body["stop_sequences"] = stops
     body["stream"] = bool(stream)
-    tools = chat.get("tools")
-    if tools:
-        body["tools"] = [_tool(t, i) for i, t in enumerate(tools)]
-        choice = _tool_choice(chat.get("tool_choice"))
-        if chat.get("parallel_tool_calls") is False and (choice or {}).get("type") != "none":
-            choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
-        if choice is not None:
-            body["tool_choice"] = choice
-    if "tools" not in body:
-        _declare_used_tools(body)
+    body.update(tooling(chat, messages))
     user = chat.get("user")
     if isinstance(user, str) and user:
         body["metadata"] = {"user_id": user}
@@ -65,58 +57,6 @@ def _stop_sequences(stop: Any) -> list[str]:
     # sequence must contain non-whitespace"); they cannot be expressed, so they
     # are dropped rather than failing the whole request.
     return [s for s in stops if isinstance(s, str) and s.strip()]
-
-
-def _tool(tool: Any, i: int) -> dict[str, Any]:
-    where = f"tools[{i}]"
-    if not isinstance(tool, dict) or tool.get("type", "function") != "function" \
-            or not isinstance(tool.get("function"), dict) or not tool["function"].get("name"):
-        raise invalid(f"'{where}' must be {{type: function, function: {{name, ...}}}}; "
-                      "Anthropic serves only function tools.", param=where)
-    fn = tool["function"]
-    out: dict[str, Any] = {"name": fn["name"]}
-    if fn.get("description"):
-        out["description"] = fn["description"]
-    out["input_schema"] = fn.get("parameters") or _open_schema()
-    return out
-
-
-def _open_schema() -> dict[str, Any]:
-    """The input schema of a tool whose parameters are unknown or unconstrained."""
-    return {"type": "object", "properties": {}}
-
-
-def _declare_used_tools(body: dict[str, Any]) -> None:
-    """Tools for a conversation that used some but offers none now.
-
-    Anthropic refuses tool_use / tool_result blocks in a request without tools.
-    Rewriting past rounds as text would lose which result answered which call and
-    invite the model to imitate calls in prose; declaring the tools it already
-    used (with an open object schema, the only thing known of them) keeps the
-    rounds as they are, and ``tool_choice: none`` keeps the model from calling a
-    tool this client no longer offers.
-    """
-    names = [block["name"] for turn in body["messages"] if turn["role"] == "assistant"
-             for block in turn["content"] if block["type"] == "tool_use"]
-    if names:
-        body["tools"] = [{"name": name, "input_schema": _open_schema()} for name in dict.fromkeys(names)]
-        body["tool_choice"] = {"type": "none"}
-
-
-def _tool_choice(choice: Any) -> dict[str, Any] | None:
-    if choice is None:
-        return None
-    if choice == "auto":
-        return {"type": "auto"}
-    if choice == "required":
-        return {"type": "any"}
-    if choice == "none":
-        return {"type": "none"}
-    if isinstance(choice, dict) and choice.get("type") == "function" \
-            and isinstance(choice.get("function"), dict) and choice["function"].get("name"):
-        return {"type": "tool", "name": choice["function"]["name"]}
-    raise invalid("'tool_choice' must be 'auto', 'required', 'none' or "
-                  "{type: function, function: {name}}.", param="tool_choice")
 
 
 def _conversation(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:

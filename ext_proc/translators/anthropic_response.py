@@ -14,6 +14,7 @@ from ext_proc.errors import error_json
 from ext_proc.outcomes import StreamOutcome
 from ext_proc.runtime import Provider
 from ext_proc.sse import SseParser, encode
+from ext_proc.translators.anthropic_tools import AnswerShape
 from ext_proc.translators.base import ConvertingResponseStage, dumps, http_error_text, json_or_none
 from ext_proc.translators.openai_chunks import chunk, completion, error_event, stream_end
 
@@ -26,6 +27,9 @@ STOP_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+
+# The answer's shape when the request asked for nothing special.
+PLAIN = AnswerShape()
 
 # Anthropic error type -> (OpenAI error type, code)
 ERROR_TYPES = {
@@ -76,7 +80,8 @@ def usage(u: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def chat_completion(message: dict[str, Any], model: str, created: int) -> dict[str, Any]:
+def chat_completion(message: dict[str, Any], model: str, created: int,
+                    shape: AnswerShape = PLAIN) -> dict[str, Any]:
     """OpenAI chat.completion for an Anthropic message."""
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
@@ -88,11 +93,20 @@ def chat_completion(message: dict[str, Any], model: str, created: int) -> dict[s
                           "function": {"name": block.get("name"),
                                        "arguments": dumps(block.get("input") or {})}})
     out_msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
-    if calls:
+    finish = finish_reason(message.get("stop_reason"), shape)
+    if calls and shape.legacy_functions:
+        out_msg["function_call"] = calls[0]["function"]
+    elif calls:
         out_msg["tool_calls"] = calls
-    finish = STOP_REASONS.get(message.get("stop_reason") or "", "stop")
     return completion("chatcmpl-" + str(message.get("id") or ""), created, model, out_msg, finish,
                       usage(message.get("usage") or {}))
+
+
+def finish_reason(stop_reason: str | None, shape: AnswerShape) -> str:
+    finish = STOP_REASONS.get(stop_reason or "", "stop")
+    if finish == "tool_calls" and shape.legacy_functions:
+        return "function_call"
+    return finish
 
 
 class AnthropicResponseStage(ConvertingResponseStage):
@@ -101,8 +115,9 @@ class AnthropicResponseStage(ConvertingResponseStage):
     stream_media_type = "text/event-stream"
 
     def __init__(self, provider: Provider, *, stream: bool, include_usage: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, shape: AnswerShape = PLAIN) -> None:
         super().__init__(stream=stream, include_usage=include_usage)
+        self._shape = shape
         self._model = provider.model
         self._provider = provider.name
         self._clock = clock
@@ -124,7 +139,7 @@ class AnthropicResponseStage(ConvertingResponseStage):
                 return self.error_body(raw)
             return self.unreadable(dumps(openai_error(
                 "api_error", "Provider returned an unreadable response.", 502, self._provider)).encode())
-        answer = chat_completion(message, self._model, int(self._clock()))
+        answer = chat_completion(message, self._model, int(self._clock()), self._shape)
         self.usage = answer["usage"]
         return dumps(answer).encode()
 
@@ -173,7 +188,7 @@ class AnthropicResponseStage(ConvertingResponseStage):
             reason = (payload.get("delta") or {}).get("stop_reason")
             if reason is None:
                 return b""
-            return self._chunk({}, STOP_REASONS.get(reason, "stop"))
+            return self._chunk({}, finish_reason(reason, self._shape))
         if kind == "message_stop":
             self.stream_outcome = StreamOutcome.COMPLETED
             self._start()
@@ -190,6 +205,8 @@ class AnthropicResponseStage(ConvertingResponseStage):
     def _block_start(self, index: int, block: dict[str, Any]) -> bytes:
         if block.get("type") == "tool_use":
             position = self._tool_index.setdefault(index, len(self._tool_index))
+            if self._shape.legacy_functions:
+                return self._chunk({"function_call": {"name": block.get("name"), "arguments": ""}})
             return self._chunk({"tool_calls": [{
                 "index": position, "id": block.get("id"), "type": "function",
                 "function": {"name": block.get("name"), "arguments": ""}}]})
@@ -202,6 +219,9 @@ class AnthropicResponseStage(ConvertingResponseStage):
         if kind == "text_delta" and delta.get("text"):
             return self._chunk({"content": delta["text"]})
         if kind == "input_json_delta" and delta.get("partial_json") and index in self._tool_index:
+            arguments = delta["partial_json"]
+            if self._shape.legacy_functions:
+                return self._chunk({"function_call": {"arguments": arguments}})
             return self._chunk({"tool_calls": [{"index": self._tool_index[index],
-                                                "function": {"arguments": delta["partial_json"]}}]})
+                                                "function": {"arguments": arguments}}]})
         return b""  # thinking / signature deltas have no OpenAI chat equivalent

@@ -652,3 +652,61 @@ def test_tool_history_with_tools_offered_keeps_the_tools_as_sent():
     body = translate({"messages": TOOL_HISTORY[:3], "tools": [WEATHER_TOOL]})
     assert [t["name"] for t in body["tools"]] == ["get_weather"]
     assert "tool_choice" not in body
+
+
+# ------------------------------------------------------- legacy function calling
+
+
+LEGACY_FUNCTION = WEATHER_TOOL["function"]
+
+
+def test_legacy_functions_are_offered_as_tools_one_call_at_a_time():
+    body = translate({"messages": [user("Weather in Paris?")], "functions": [LEGACY_FUNCTION]})
+    assert body["tools"] == [{"name": "get_weather", "description": "Get the weather",
+                              "input_schema": LEGACY_FUNCTION["parameters"]}]
+    # The legacy API returns at most one function_call per answer.
+    assert body["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+
+
+@pytest.mark.parametrize("function_call, expected", [
+    ("auto", {"type": "auto", "disable_parallel_tool_use": True}),
+    ("none", {"type": "none"}),
+    ({"name": "get_weather"}, {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}),
+])
+def test_legacy_function_call_becomes_tool_choice(function_call, expected):
+    body = translate({"messages": [user("hi")], "functions": [LEGACY_FUNCTION], "function_call": function_call})
+    assert body["tool_choice"] == expected
+
+
+def test_tools_and_legacy_functions_together_are_a_400():
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [user("hi")], "tools": [WEATHER_TOOL], "functions": [LEGACY_FUNCTION]})
+    assert err.value.status == 400 and err.value.param == "functions"
+
+
+def legacy_respond(raw: bytes, *, stream: bool = False) -> bytes:
+    fields = {"messages": [user("hi")], "functions": [LEGACY_FUNCTION]}
+    content_type = "text/event-stream" if stream else "application/json"
+    stage = translator().response(chat(fields, stream=stream), provider())
+    return run_stage(stage, 200, content_type, [raw])[1]
+
+
+def test_a_legacy_request_gets_its_answer_as_a_function_call():
+    message = {**MESSAGE, "stop_reason": "tool_use", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]}
+    choice = json.loads(legacy_respond(json.dumps(message).encode()))["choices"][0]
+    assert choice["finish_reason"] == "function_call"
+    assert choice["message"] == {"role": "assistant", "content": None,
+                                 "function_call": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+
+
+def test_a_legacy_stream_gets_function_call_deltas():
+    got = sse_events(legacy_respond(TOOL_STREAM, stream=True))
+    deltas = [c["choices"][0]["delta"] for c in got if c != "[DONE]" and c["choices"]]
+    assert deltas[2:] == [
+        {"function_call": {"name": "get_weather", "arguments": ""}},
+        {"function_call": {"arguments": "{\"location\":"}},
+        {"function_call": {"arguments": " \"San Francisco, CA\"}"}},
+        {},
+    ]
+    assert got[-2]["choices"][0]["finish_reason"] == "function_call"
