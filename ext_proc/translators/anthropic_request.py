@@ -7,6 +7,7 @@ defaulted because Anthropic requires it. Pure translation, no I/O.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -45,10 +46,25 @@ def messages_body(chat: dict[str, Any], model: str, stream: bool) -> dict[str, A
         body["stop_sequences"] = stops
     body["stream"] = bool(stream)
     body.update(tooling(chat, messages))
-    user = chat.get("user")
-    if isinstance(user, str) and user:
-        body["metadata"] = {"user_id": user}
+    user_id = _user_id(chat)
+    if user_id:
+        body["metadata"] = {"user_id": user_id}
     return body
+
+
+def _user_id(chat: dict[str, Any]) -> str | None:
+    """The end user as an opaque, stable id: the SHA-256 hex of what the client sent.
+
+    Anthropic wants a uuid or hash there and refuses personal data such as an
+    e-mail address, which is what clients often put in OpenAI's ``user``. The
+    hash still tells one user from another (per-user abuse tracking keeps
+    working) without the user's identity leaving the gateway.
+    """
+    for field in ("safety_identifier", "user"):  # the first is OpenAI's successor to the second
+        value = chat.get(field)
+        if isinstance(value, str) and value:
+            return hashlib.sha256(value.encode()).hexdigest()
+    return None
 
 
 def _stop_sequences(stop: Any) -> list[str]:

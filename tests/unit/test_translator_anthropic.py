@@ -6,6 +6,7 @@ streaming documentation (message JSON, SSE event sequence, error JSON).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from typing import Any
@@ -152,12 +153,11 @@ def test_whitespace_only_stop_sends_no_stop_sequences():
 
 
 def test_sampling_parameters_and_stream_are_mapped():
-    body = translate({"messages": [user("hi")], "temperature": 0.3, "top_p": 0.9, "user": "u-1"},
-                     stream=True)
+    body = translate({"messages": [user("hi")], "temperature": 0.3, "top_p": 0.9}, stream=True)
     assert body["temperature"] == 0.3
     assert body["top_p"] == 0.9
     assert body["stream"] is True
-    assert body["metadata"] == {"user_id": "u-1"}
+    assert "metadata" not in body
 
 
 def test_temperature_above_anthropic_range_is_clamped_to_one():
@@ -710,3 +710,21 @@ def test_a_legacy_stream_gets_function_call_deltas():
         {},
     ]
     assert got[-2]["choices"][0]["finish_reason"] == "function_call"
+
+
+# --------------------------------------------------------------------- user id
+
+
+@pytest.mark.parametrize("field", ["user", "safety_identifier"])
+def test_the_end_user_goes_to_anthropic_as_an_opaque_stable_id(field):
+    # Anthropic refuses personal data (an e-mail) in metadata.user_id; its SHA-256
+    # still tells one user from another, which is what abuse tracking needs.
+    body = translate({"messages": [user("hi")], field: "ada@example.com"})
+    assert body["metadata"] == {"user_id": hashlib.sha256(b"ada@example.com").hexdigest()}
+    assert "ada@example.com" not in json.dumps(body)
+    check_body(body)
+
+
+def test_safety_identifier_wins_over_the_deprecated_user():
+    body = translate({"messages": [user("hi")], "user": "u-1", "safety_identifier": "s-1"})
+    assert body["metadata"]["user_id"] == hashlib.sha256(b"s-1").hexdigest()
