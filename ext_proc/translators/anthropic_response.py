@@ -85,15 +85,19 @@ def chat_completion(message: dict[str, Any], model: str, created: int,
     """OpenAI chat.completion for an Anthropic message."""
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
+    answered = False
     for block in message.get("content") or []:
         if block.get("type") == "text":
             texts.append(block.get("text") or "")
+        elif block.get("type") == "tool_use" and block.get("name") == shape.answer_tool:
+            texts.append(dumps(block.get("input") or {}))
+            answered = True
         elif block.get("type") == "tool_use":
             calls.append({"id": block.get("id"), "type": "function",
                           "function": {"name": block.get("name"),
                                        "arguments": dumps(block.get("input") or {})}})
     out_msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
-    finish = finish_reason(message.get("stop_reason"), shape)
+    finish = finish_reason(message.get("stop_reason"), shape, answered_only=answered and not calls)
     if calls and shape.legacy_functions:
         out_msg["function_call"] = calls[0]["function"]
     elif calls:
@@ -102,11 +106,14 @@ def chat_completion(message: dict[str, Any], model: str, created: int,
                       usage(message.get("usage") or {}))
 
 
-def finish_reason(stop_reason: str | None, shape: AnswerShape) -> str:
+def finish_reason(stop_reason: str | None, shape: AnswerShape, *, answered_only: bool) -> str:
+    """OpenAI's finish_reason; a stop to call the answer tool alone is a plain stop."""
     finish = STOP_REASONS.get(stop_reason or "", "stop")
-    if finish == "tool_calls" and shape.legacy_functions:
-        return "function_call"
-    return finish
+    if finish != "tool_calls":
+        return finish
+    if answered_only:
+        return "stop"
+    return "function_call" if shape.legacy_functions else finish
 
 
 class AnthropicResponseStage(ConvertingResponseStage):
@@ -126,6 +133,7 @@ class AnthropicResponseStage(ConvertingResponseStage):
         self._created = 0
         self._usage: dict[str, Any] = {}
         self._tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
+        self._answer_blocks: set[int] = set()  # blocks of the answer tool: their input is content
 
     def error_body(self, raw: bytes) -> bytes:
         if self.status == 529:  # Anthropic's "overloaded"; OpenAI clients know 503
@@ -188,7 +196,8 @@ class AnthropicResponseStage(ConvertingResponseStage):
             reason = (payload.get("delta") or {}).get("stop_reason")
             if reason is None:
                 return b""
-            return self._chunk({}, finish_reason(reason, self._shape))
+            return self._chunk({}, finish_reason(
+                reason, self._shape, answered_only=bool(self._answer_blocks) and not self._tool_index))
         if kind == "message_stop":
             self.stream_outcome = StreamOutcome.COMPLETED
             self._start()
@@ -203,25 +212,34 @@ class AnthropicResponseStage(ConvertingResponseStage):
         return b""  # ping, content_block_stop, and event types added later
 
     def _block_start(self, index: int, block: dict[str, Any]) -> bytes:
+        if block.get("type") == "tool_use" and block.get("name") == self._shape.answer_tool:
+            self._answer_blocks.add(index)
+            return b""
         if block.get("type") == "tool_use":
-            position = self._tool_index.setdefault(index, len(self._tool_index))
-            if self._shape.legacy_functions:
-                return self._chunk({"function_call": {"name": block.get("name"), "arguments": ""}})
-            return self._chunk({"tool_calls": [{
-                "index": position, "id": block.get("id"), "type": "function",
-                "function": {"name": block.get("name"), "arguments": ""}}]})
+            return self._call_start(index, block)
         if block.get("type") == "text" and block.get("text"):
             return self._chunk({"content": block["text"]})
         return b""
+
+    def _call_start(self, index: int, block: dict[str, Any]) -> bytes:
+        position = self._tool_index.setdefault(index, len(self._tool_index))
+        if self._shape.legacy_functions:
+            return self._chunk({"function_call": {"name": block.get("name"), "arguments": ""}})
+        return self._chunk({"tool_calls": [{
+            "index": position, "id": block.get("id"), "type": "function",
+            "function": {"name": block.get("name"), "arguments": ""}}]})
 
     def _block_delta(self, index: int, delta: dict[str, Any]) -> bytes:
         kind = delta.get("type")
         if kind == "text_delta" and delta.get("text"):
             return self._chunk({"content": delta["text"]})
-        if kind == "input_json_delta" and delta.get("partial_json") and index in self._tool_index:
-            arguments = delta["partial_json"]
-            if self._shape.legacy_functions:
-                return self._chunk({"function_call": {"arguments": arguments}})
-            return self._chunk({"tool_calls": [{"index": self._tool_index[index],
-                                                "function": {"arguments": arguments}}]})
-        return b""  # thinking / signature deltas have no OpenAI chat equivalent
+        if kind != "input_json_delta" or not delta.get("partial_json"):
+            return b""  # signature deltas have no OpenAI chat equivalent
+        arguments = delta["partial_json"]
+        if index in self._answer_blocks:
+            return self._chunk({"content": arguments})
+        if index not in self._tool_index:
+            return b""
+        if self._shape.legacy_functions:
+            return self._chunk({"function_call": {"arguments": arguments}})
+        return self._chunk({"tool_calls": [{"index": self._tool_index[index], "function": {"arguments": arguments}}]})

@@ -1,9 +1,18 @@
 """Anthropic tools: what the model is offered and how its choice is constrained.
 
 The client's ``tools`` (or legacy ``functions``) and ``tool_choice`` (or
-``function_call``) become Anthropic's ``tools`` and ``tool_choice``. The request
-also decides the answer's shape (``AnswerShape``): legacy clients read
-``function_call`` rather than ``tool_calls``. Pure translation, no I/O.
+``function_call``) become Anthropic's ``tools`` and ``tool_choice``.
+
+``response_format`` is honoured with the known technique: an extra tool,
+``json_response``, whose input schema is the client's schema (any object for
+``json_object``), and a ``tool_choice`` that makes the model call it. Its input
+is then the answer's content. With tools of the client's own, the model may call
+one of those or answer in the format (``tool_choice: any``), as OpenAI allows. A
+format this cannot express (a schema whose root is not an object) is a 400:
+never a 200 that ignored it.
+
+The request also decides the answer's shape (``AnswerShape``): legacy clients
+read ``function_call`` rather than ``tool_calls``. Pure translation, no I/O.
 """
 
 from __future__ import annotations
@@ -13,24 +22,69 @@ from typing import Any
 
 from ext_proc.errors import invalid
 
+# The tool whose input is the answer, for response_format.
+ANSWER_TOOL = "json_response"
+
 
 @dataclass(frozen=True)
 class AnswerShape:
     """Where the answer's tool_use blocks go in OpenAI's shape; set by the request."""
 
     legacy_functions: bool = False  # the one call is ``message.function_call``, finish "function_call"
+    answer_tool: str | None = None  # this tool's input is the content (response_format), finish "stop"
 
     @classmethod
     def of(cls, chat: dict[str, Any]) -> AnswerShape:
-        return cls(legacy_functions=bool(chat.get("functions")) and not chat.get("tools"))
+        fmt = chat.get("response_format")
+        formatted = isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+        return cls(legacy_functions=bool(chat.get("functions")) and not chat.get("tools"),
+                   answer_tool=ANSWER_TOOL if formatted else None)
 
 
 def tooling(chat: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
     """``tools`` and ``tool_choice`` for the body (none when nothing is offered or used)."""
     tools, choice = _offered(chat)
-    if not tools:
-        return _declared_tools(messages)
-    return {"tools": tools, **({"tool_choice": choice} if choice else {})}
+    answer = _answer_tool(chat.get("response_format"))
+    if answer is None:
+        return {"tools": tools, **({"tool_choice": choice} if choice else {})} if tools else _declared_tools(messages)
+    if any(tool["name"] == ANSWER_TOOL for tool in tools):
+        raise invalid(f"A tool may not be named '{ANSWER_TOOL}' together with 'response_format': "
+                      "on Anthropic that tool carries the formatted answer.", param="tools")
+    known = tools or _declared_tools(messages).get("tools", [])
+    return {"tools": [*known, answer], "tool_choice": _answer_choice(choice, offered=bool(tools))}
+
+
+def _answer_tool(fmt: Any) -> dict[str, Any] | None:
+    """The tool that carries a formatted answer, or None for plain text."""
+    kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+    if fmt is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return {"name": ANSWER_TOOL, "description": "Give your answer as this tool's input: a JSON object.",
+                "input_schema": {"type": "object"}}
+    spec = fmt.get("json_schema") if kind == "json_schema" else None
+    if not isinstance(spec, dict):
+        raise invalid("'response_format' must be {type: text}, {type: json_object} or "
+                      "{type: json_schema, json_schema: {name, schema}}.", param="response_format")
+    schema = spec.get("schema") if spec.get("schema") is not None else {"type": "object"}
+    if not isinstance(schema, dict) or schema.get("type", "object") != "object":
+        raise invalid("Anthropic can honour a 'response_format' schema only when its root is an object "
+                      "(type: object).", param="response_format")
+    about = f"Give your answer as this tool's input, following the '{spec.get('name') or 'response'}' schema."
+    if spec.get("description"):
+        about += f" {spec['description']}"
+    return {"name": ANSWER_TOOL, "description": about, "input_schema": {"type": "object", **schema}}
+
+
+def _answer_choice(choice: dict[str, Any] | None, *, offered: bool) -> dict[str, Any]:
+    """Make the model answer through the answer tool, or call one of the client's tools."""
+    kind = (choice or {}).get("type")
+    if kind == "tool":
+        return dict(choice or {})  # the client forced one of its own tools
+    if not offered or kind == "none":
+        return {"type": "tool", "name": ANSWER_TOOL}
+    single = {"disable_parallel_tool_use": True} if (choice or {}).get("disable_parallel_tool_use") else {}
+    return {"type": "any", **single}
 
 
 def _offered(chat: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:

@@ -728,3 +728,110 @@ def test_the_end_user_goes_to_anthropic_as_an_opaque_stable_id(field):
 def test_safety_identifier_wins_over_the_deprecated_user():
     body = translate({"messages": [user("hi")], "user": "u-1", "safety_identifier": "s-1"})
     assert body["metadata"]["user_id"] == hashlib.sha256(b"s-1").hexdigest()
+
+
+# -------------------------------------------------------------- response_format
+
+
+CITY_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+               "additionalProperties": False}
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "city", "description": "Where it is.",
+                                                      "schema": CITY_SCHEMA, "strict": True}}
+ANSWER_TOOL = "json_response"
+
+
+def test_json_schema_is_honoured_with_a_forced_tool_whose_input_schema_is_the_schema():
+    body = translate({"messages": [user("Where is the Louvre?")], "response_format": JSON_SCHEMA})
+    [tool] = body["tools"]
+    assert tool["name"] == ANSWER_TOOL and tool["input_schema"] == CITY_SCHEMA
+    assert "city" in tool["description"] and "Where it is." in tool["description"]
+    assert body["tool_choice"] == {"type": "tool", "name": ANSWER_TOOL}
+    check_body(body)
+
+
+def test_json_object_is_honoured_with_a_forced_tool_taking_any_object():
+    body = translate({"messages": [user("Answer in JSON")], "response_format": {"type": "json_object"}})
+    assert body["tools"][0]["name"] == ANSWER_TOOL
+    assert body["tools"][0]["input_schema"] == {"type": "object"}
+    assert body["tool_choice"] == {"type": "tool", "name": ANSWER_TOOL}
+
+
+def test_text_response_format_changes_nothing():
+    body = translate({"messages": [user("hi")], "response_format": {"type": "text"}})
+    assert "tools" not in body and "tool_choice" not in body
+
+
+@pytest.mark.parametrize("tool_choice, expected", [
+    (None, {"type": "any"}),  # a tool call or the formatted answer, as OpenAI allows
+    ("auto", {"type": "any"}),
+    ("required", {"type": "any"}),
+    ("none", {"type": "tool", "name": ANSWER_TOOL}),
+    ({"type": "function", "function": {"name": "get_weather"}}, {"type": "tool", "name": "get_weather"}),
+])
+def test_response_format_with_tools_lets_the_model_call_them_or_answer_in_the_format(tool_choice, expected):
+    fields: dict[str, Any] = {"messages": [user("hi")], "tools": [WEATHER_TOOL], "response_format": JSON_SCHEMA}
+    if tool_choice is not None:
+        fields["tool_choice"] = tool_choice
+    body = translate(fields)
+    assert [t["name"] for t in body["tools"]] == ["get_weather", ANSWER_TOOL]
+    assert body["tool_choice"] == expected
+
+
+def test_response_format_after_a_tool_history_keeps_the_declared_tools():
+    body = translate({"messages": TOOL_HISTORY, "response_format": JSON_SCHEMA})
+    assert [t["name"] for t in body["tools"]] == ["get_weather", "now", ANSWER_TOOL]
+    assert body["tool_choice"] == {"type": "tool", "name": ANSWER_TOOL}
+    check_body(body)
+
+
+@pytest.mark.parametrize("response_format", [
+    {"type": "json_schema", "json_schema": {"name": "list", "schema": {"type": "array"}}},
+    {"type": "xml"},
+    "json",
+])
+def test_a_response_format_anthropic_cannot_honour_is_a_400_never_ignored(response_format):
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [user("hi")], "response_format": response_format})
+    assert err.value.status == 400 and err.value.param == "response_format"
+
+
+def test_a_client_tool_named_like_the_answer_tool_is_a_400():
+    clash = {"type": "function", "function": {"name": ANSWER_TOOL}}
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [user("hi")], "tools": [clash], "response_format": JSON_SCHEMA})
+    assert err.value.status == 400
+
+
+def formatted_respond(raw: bytes, *, stream: bool = False) -> bytes:
+    fields = {"messages": [user("hi")], "response_format": JSON_SCHEMA, "stream_options": {"include_usage": True}}
+    content_type = "text/event-stream" if stream else "application/json"
+    stage = translator().response(chat(fields, stream=stream), provider())
+    return run_stage(stage, 200, content_type, [raw])[1]
+
+
+def test_the_answer_tools_input_is_the_message_content_with_finish_reason_stop():
+    message = {**MESSAGE, "stop_reason": "tool_use", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": ANSWER_TOOL, "input": {"city": "Paris"}}]}
+    choice = json.loads(formatted_respond(json.dumps(message).encode()))["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert choice["message"] == {"role": "assistant", "content": '{"city":"Paris"}'}
+
+
+ANSWER_STREAM = TOOL_STREAM.replace(b'"name": "get_weather"', f'"name": "{ANSWER_TOOL}"'.encode())
+
+
+def test_the_answer_tools_streamed_input_arrives_as_content_deltas():
+    got = sse_events(formatted_respond(ANSWER_STREAM, stream=True))
+    deltas = [c["choices"][0]["delta"] for c in got if c != "[DONE]" and c["choices"]]
+    assert deltas == [{"role": "assistant", "content": ""}, {"content": "Okay, let me check."},
+                      {"content": "{\"location\":"}, {"content": " \"San Francisco, CA\"}"}, {}]
+    assert got[-3]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("size", [1, 5, 64])
+def test_a_formatted_stream_is_the_same_however_it_is_split(size):
+    def run(pieces: list[bytes]) -> bytes:
+        stage = translator().response(chat({"messages": [user("hi")], "response_format": JSON_SCHEMA},
+                                           stream=True), provider())
+        return run_stage(stage, 200, "text/event-stream", pieces)[1]
+    assert run(pieces_of(ANSWER_STREAM, size)) == run([ANSWER_STREAM])
