@@ -88,7 +88,7 @@ def _conversation(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]
                 system.append(text)
             continue
         if role == "user":
-            blocks = _content_blocks(msg.get("content"), where, images=True)
+            blocks = _content_blocks(msg.get("content"), where, media=True)
         elif role == "assistant":
             blocks = _assistant_blocks(msg, where, i, legacy_calls)
         elif role == "tool":
@@ -157,7 +157,7 @@ def _text_block(text: Any) -> list[dict[str, Any]]:
     return [{"type": "text", "text": text}] if isinstance(text, str) and text.strip() else []
 
 
-def _content_blocks(content: Any, where: str, *, images: bool) -> list[dict[str, Any]]:
+def _content_blocks(content: Any, where: str, *, media: bool) -> list[dict[str, Any]]:
     if content is None:
         return []
     if isinstance(content, str):
@@ -170,8 +170,10 @@ def _content_blocks(content: Any, where: str, *, images: bool) -> list[dict[str,
             blocks += _text_block(part.get("text"))
         elif kind == "refusal":
             blocks += _text_block(part.get("refusal"))
-        elif kind == "image_url" and images:
+        elif kind == "image_url" and media:
             blocks.append(_image_block(part.get("image_url"), at))
+        elif kind == "file" and media:
+            blocks.append(_document_block(part.get("file"), at))
         else:
             raise invalid(f"'{at}' of type {kind!r} cannot be sent to Anthropic.", param=at)
     return blocks
@@ -190,6 +192,20 @@ def _image_block(image: Any, where: str) -> dict[str, Any]:
     raise invalid(f"'{where}.image_url.url' must be an http(s) URL or a base64 data URL.", param=where)
 
 
+def _document_block(file: Any, where: str) -> dict[str, Any]:
+    """A PDF sent inline (``file_data`` as a base64 data URL) as Anthropic's document block."""
+    data = file.get("file_data") if isinstance(file, dict) else None
+    match = _DATA_URL.match(data) if isinstance(data, str) else None
+    if not match or match["media"] != "application/pdf":
+        raise invalid(f"'{where}': Anthropic takes files as PDFs sent inline: file.file_data must be "
+                      "data:application/pdf;base64,... (a file_id cannot be read from Anthropic).", param=where)
+    source = {"type": "base64", "media_type": "application/pdf", "data": match["data"]}
+    block: dict[str, Any] = {"type": "document", "source": source}
+    if isinstance(file.get("filename"), str) and file["filename"]:
+        block["title"] = file["filename"]  # the model may cite the document by it
+    return block
+
+
 def _tool_id(call_id: str) -> str:
     # Anthropic tool ids match ^[a-zA-Z0-9_-]+$; ids minted elsewhere may not.
     return _TOOL_ID_UNSAFE.sub("_", call_id)
@@ -197,7 +213,7 @@ def _tool_id(call_id: str) -> str:
 
 def _assistant_blocks(msg: dict[str, Any], where: str, i: int,
                       legacy_calls: dict[str, str]) -> list[dict[str, Any]]:
-    blocks = _content_blocks(msg.get("content"), where, images=False)
+    blocks = _content_blocks(msg.get("content"), where, media=False)
     for j, call in enumerate(msg.get("tool_calls") or []):
         at = f"{where}.tool_calls[{j}]"
         fn = call.get("function") if isinstance(call, dict) else None
@@ -220,7 +236,7 @@ def _tool_result(call_id: str, content: Any, where: str) -> dict[str, Any]:
         if content:
             block["content"] = content
     elif content:
-        parts = _content_blocks(content, where, images=True)
+        parts = _content_blocks(content, where, media=True)
         if parts:
             block["content"] = parts
     return block

@@ -6,6 +6,7 @@ streaming documentation (message JSON, SSE event sequence, error JSON).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import json
@@ -835,3 +836,43 @@ def test_a_formatted_stream_is_the_same_however_it_is_split(size):
                                            stream=True), provider())
         return run_stage(stage, 200, "text/event-stream", pieces)[1]
     assert run(pieces_of(ANSWER_STREAM, size)) == run([ANSWER_STREAM])
+
+
+# ------------------------------------------------------------------------ PDFs
+
+
+PDF_DATA = base64.b64encode(b"%PDF-1.7 fake").decode()
+
+
+def test_pdf_file_parts_become_document_blocks():
+    body = translate({"messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"filename": "report.pdf", "file_data": f"data:application/pdf;base64,{PDF_DATA}"}},
+        {"type": "text", "text": "Summarise it."},
+    ]}]})
+    assert body["messages"][0]["content"] == [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF_DATA},
+         "title": "report.pdf"},
+        {"type": "text", "text": "Summarise it."},
+    ]
+    check_body(body)
+
+
+def test_a_pdf_in_a_tool_result_is_a_document_there_too():
+    body = translate({"tools": [WEATHER_TOOL], "messages": [*TOOL_HISTORY[:2], {
+        "role": "tool", "tool_call_id": "call_1", "content": [
+            {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{PDF_DATA}"}}]}]})
+    [result] = body["messages"][2]["content"]
+    assert result["content"][0]["type"] == "document"
+    check_body(body)
+
+
+@pytest.mark.parametrize("file", [
+    {"file_id": "file-abc123"},  # OpenAI's Files API: Anthropic cannot read it
+    {"file_data": "data:text/csv;base64,YSxi"},
+    {"file_data": "https://example.com/report.pdf"},
+    {},
+])
+def test_file_parts_anthropic_cannot_take_are_a_400(file):
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [{"role": "user", "content": [{"type": "file", "file": file}]}]})
+    assert err.value.status == 400 and err.value.param == "messages[0].content[0]"
