@@ -22,39 +22,19 @@ _DATA_URL = re.compile(r"^data:(?P<media>[^;,]+)(?:;[^,;]*)*;base64,(?P<data>.*)
 _TOOL_ID_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
 
 
-def conversation(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
-    system: list[str] = []
+def conversation(messages: list[Any]) -> tuple[str | list[dict[str, Any]] | None, list[dict[str, Any]]]:
+    """The top-level ``system`` (None when there is none) and the alternating ``messages``."""
+    system: list[list[dict[str, Any]]] = []
     turns: list[dict[str, Any]] = []
     legacy_calls: dict[str, str] = {}  # function name -> id given to its legacy function_call
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"
-        role = msg.get("role")
-        if role in ("system", "developer"):
-            text = _plain_text(msg.get("content"), where)
-            if text.strip():
-                system.append(text)
+        if msg.get("role") in ("system", "developer"):
+            # A breakpoint on a whole message (as clients mark string content) is one on its last block.
+            system.append(_cached(_system_blocks(msg.get("content"), where), msg, where))
             continue
-        if role == "user":
-            blocks = _content_blocks(msg.get("content"), where, media=True)
-        elif role == "assistant":
-            blocks = _assistant_blocks(msg, where, i, legacy_calls)
-        elif role == "tool":
-            role = "user"
-            call_id = msg.get("tool_call_id")
-            if not isinstance(call_id, str) or not call_id:
-                raise invalid(f"'{where}.tool_call_id' is required for a tool message.",
-                              param=f"{where}.tool_call_id")
-            blocks = [_tool_result(_tool_id(call_id), msg.get("content"), where)]
-        elif role == "function":  # legacy function calling
-            role = "user"
-            name = msg.get("name") or ""
-            call_id = legacy_calls.get(name)
-            if call_id is None:
-                raise invalid(f"'{where}' answers a function call that no assistant message made.",
-                              param=where)
-            blocks = [_tool_result(call_id, msg.get("content"), where)]
-        else:
-            raise invalid(f"'{where}.role' {role!r} cannot be sent to Anthropic.", param=f"{where}.role")
+        role, blocks = _turn(msg, where, i, legacy_calls)
+        blocks = _cached(blocks, msg, where)
         if not blocks:
             continue
         if turns and turns[-1]["role"] == role:
@@ -70,7 +50,62 @@ def conversation(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
         _trim_final_assistant(turns)
     if not turns or turns[0]["role"] != "user":
         turns.insert(0, {"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_USER_TEXT}]})
-    return system, turns
+    return _system(system), turns
+
+
+def _turn(msg: dict[str, Any], where: str, i: int,
+          legacy_calls: dict[str, str]) -> tuple[str, list[dict[str, Any]]]:
+    """The Anthropic role and blocks of one user, assistant, tool or function message."""
+    role = msg.get("role")
+    if role == "user":
+        return "user", _content_blocks(msg.get("content"), where, media=True)
+    if role == "assistant":
+        return "assistant", _assistant_blocks(msg, where, i, legacy_calls)
+    if role == "tool":
+        call_id = msg.get("tool_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise invalid(f"'{where}.tool_call_id' is required for a tool message.", param=f"{where}.tool_call_id")
+        return "user", [_tool_result(_tool_id(call_id), msg.get("content"), where)]
+    if role == "function":  # legacy function calling
+        legacy_id = legacy_calls.get(msg.get("name") or "")
+        if legacy_id is None:
+            raise invalid(f"'{where}' answers a function call that no assistant message made.", param=where)
+        return "user", [_tool_result(legacy_id, msg.get("content"), where)]
+    raise invalid(f"'{where}.role' {role!r} cannot be sent to Anthropic.", param=f"{where}.role")
+
+
+def _system(messages: list[list[dict[str, Any]]]) -> str | list[dict[str, Any]] | None:
+    """A string, as before prompt caching; text blocks when any of them marks a cache breakpoint."""
+    blocks = [block for message in messages for block in message]
+    if any("cache_control" in block for block in blocks):
+        return blocks
+    texts = ["\n".join(block["text"] for block in message) for message in messages]
+    return "\n\n".join(text for text in texts if text.strip()) or None
+
+
+def _system_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if content is None or isinstance(content, str):
+        return _text_block(content)
+    blocks = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text":
+            raise invalid(f"'{where}.content[{j}]' must be a text part here.", param=f"{where}.content")
+        blocks += _cached(_text_block(part.get("text")), part, f"{where}.content[{j}]")
+    return blocks
+
+
+def cache_control(value: Any, where: str) -> dict[str, Any]:
+    """A prompt-caching breakpoint, as Anthropic takes it: ephemeral, for 5 minutes or an hour."""
+    if not isinstance(value, dict) or value.get("type") != "ephemeral" or value.get("ttl", "5m") not in ("5m", "1h"):
+        raise invalid(f"'{where}' must be {{type: ephemeral}} or {{type: ephemeral, ttl: 5m | 1h}}.", param=where)
+    return {"type": "ephemeral", **({"ttl": value["ttl"]} if "ttl" in value else {})}
+
+
+def _cached(blocks: list[dict[str, Any]], part: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """``blocks`` (those of one part) with the part's cache_control on the last, where it has one."""
+    if part.get("cache_control") is not None and blocks:
+        blocks[-1] = {**blocks[-1], "cache_control": cache_control(part["cache_control"], f"{where}.cache_control")}
+    return blocks
 
 
 def _trim_final_assistant(turns: list[dict[str, Any]]) -> None:
@@ -79,24 +114,11 @@ def _trim_final_assistant(turns: list[dict[str, Any]]) -> None:
     if blocks and blocks[-1]["type"] == "text":
         text = blocks[-1]["text"].rstrip()
         if text:
-            blocks[-1] = {"type": "text", "text": text}
+            blocks[-1] = {**blocks[-1], "text": text}
         else:
             blocks.pop()
     if not blocks:
         turns.pop()
-
-
-def _plain_text(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    texts = []
-    for j, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") != "text":
-            raise invalid(f"'{where}.content[{j}]' must be a text part here.", param=f"{where}.content")
-        texts.append(str(part.get("text") or ""))
-    return "\n".join(texts)
 
 
 def _text_block(text: Any) -> list[dict[str, Any]]:
@@ -114,15 +136,16 @@ def _content_blocks(content: Any, where: str, *, media: bool) -> list[dict[str, 
         at = f"{where}.content[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
-            blocks += _text_block(part.get("text"))
+            found = _text_block(part.get("text"))
         elif kind == "refusal":
-            blocks += _text_block(part.get("refusal"))
+            found = _text_block(part.get("refusal"))
         elif kind == "image_url" and media:
-            blocks.append(_image_block(part.get("image_url"), at))
+            found = [_image_block(part.get("image_url"), at)]
         elif kind == "file" and media:
-            blocks.append(_document_block(part.get("file"), at))
+            found = [_document_block(part.get("file"), at)]
         else:
             raise invalid(f"'{at}' of type {kind!r} cannot be sent to Anthropic.", param=at)
+        blocks += _cached(found, part, at)
     return blocks
 
 

@@ -27,7 +27,7 @@ def messages_body(chat: dict[str, Any], model: str, stream: bool) -> dict[str, A
     system, messages = conversation(chat.get("messages") or [])
     body: dict[str, Any] = {"model": model, "messages": messages}
     if system:
-        body["system"] = "\n\n".join(system)
+        body["system"] = system
     max_tokens = chat.get("max_completion_tokens") or chat.get("max_tokens")
     body["max_tokens"] = max_tokens if max_tokens else DEFAULT_MAX_TOKENS
     if chat.get("temperature") is not None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ext_proc.errors import invalid
+from ext_proc.translators.anthropic_content import cache_control
 
 # The tool whose input is the answer, for response_format.
 ANSWER_TOOL = "json_response"
@@ -126,7 +127,12 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
             or not isinstance(tool.get("function"), dict) or not tool["function"].get("name"):
         raise invalid(f"'{where}' must be {{type: function, function: {{name, ...}}}}; "
                       "Anthropic serves only function tools.", param=where)
-    return _function(tool["function"])
+    out = _function(tool["function"])
+    # Clients put a tool's cache breakpoint beside "function" or inside it.
+    mark = tool.get("cache_control", tool["function"].get("cache_control"))
+    if mark is not None:
+        out["cache_control"] = cache_control(mark, f"{where}.cache_control")
+    return out
 
 
 def _function(fn: dict[str, Any]) -> dict[str, Any]:

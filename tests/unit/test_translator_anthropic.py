@@ -876,3 +876,70 @@ def test_file_parts_anthropic_cannot_take_are_a_400(file):
     with pytest.raises(GatewayError) as err:
         translate({"messages": [{"role": "user", "content": [{"type": "file", "file": file}]}]})
     assert err.value.status == 400 and err.value.param == "messages[0].content[0]"
+
+
+# ---------------------------------------------------------------- cache_control
+
+
+CACHED = {"type": "ephemeral"}
+CACHED_1H = {"type": "ephemeral", "ttl": "1h"}
+
+
+def test_cache_control_on_content_parts_is_passed_through():
+    body = translate({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "A long document ...", "cache_control": CACHED_1H},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}, "cache_control": CACHED},
+        {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{PDF_DATA}"}, "cache_control": CACHED},
+        {"type": "text", "text": "Question?"},
+    ]}]})
+    assert [b.get("cache_control") for b in body["messages"][0]["content"]] == [CACHED_1H, CACHED, CACHED, None]
+    check_body(body)
+
+
+def test_cache_control_on_system_parts_sends_system_as_blocks():
+    body = translate({"messages": [
+        {"role": "system", "content": [{"type": "text", "text": "Long rules.", "cache_control": CACHED},
+                                       {"type": "text", "text": "Today is Monday."}]},
+        {"role": "developer", "content": "Be brief."},
+        user("hi"),
+    ]})
+    assert body["system"] == [{"type": "text", "text": "Long rules.", "cache_control": CACHED},
+                              {"type": "text", "text": "Today is Monday."},
+                              {"type": "text", "text": "Be brief."}]
+    check_body(body)
+
+
+def test_cache_control_on_a_message_marks_its_last_block():
+    body = translate({"tools": [WEATHER_TOOL], "messages": [
+        {"role": "system", "content": "Long rules.", "cache_control": CACHED},
+        {**user("Weather?"), "cache_control": CACHED},
+        TOOL_HISTORY[1],
+        {**TOOL_HISTORY[2], "cache_control": CACHED},
+    ]})
+    assert body["system"] == [{"type": "text", "text": "Long rules.", "cache_control": CACHED}]
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "Weather?", "cache_control": CACHED}]
+    assert body["messages"][2]["content"][0]["cache_control"] == CACHED  # the tool_result
+    check_body(body)
+
+
+def test_cache_control_on_tools_is_passed_through():
+    body = translate({"messages": [user("hi")], "tools": [
+        {**WEATHER_TOOL, "cache_control": CACHED},
+        {"type": "function", "function": {"name": "now", "cache_control": CACHED_1H}},
+    ]})
+    assert [t.get("cache_control") for t in body["tools"]] == [CACHED, CACHED_1H]
+    check_body(body)
+
+
+def test_a_cached_final_prefill_keeps_its_mark_when_trimmed():
+    body = translate({"messages": [user("q"), {"role": "assistant", "content": [
+        {"type": "text", "text": "The answer is ", "cache_control": CACHED}]}]})
+    assert body["messages"][1]["content"] == [{"type": "text", "text": "The answer is", "cache_control": CACHED}]
+
+
+@pytest.mark.parametrize("cache_control", [{"type": "persistent"}, {"type": "ephemeral", "ttl": "1d"}, "yes"])
+def test_a_cache_control_anthropic_would_refuse_is_a_400(cache_control):
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "hi", "cache_control": cache_control}]}]})
+    assert err.value.status == 400 and err.value.param == "messages[0].content[0].cache_control"
