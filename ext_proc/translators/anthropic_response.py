@@ -84,11 +84,14 @@ def chat_completion(message: dict[str, Any], model: str, created: int,
                     shape: AnswerShape = PLAIN) -> dict[str, Any]:
     """OpenAI chat.completion for an Anthropic message."""
     texts: list[str] = []
+    thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
     answered = False
     for block in message.get("content") or []:
         if block.get("type") == "text":
             texts.append(block.get("text") or "")
+        elif block.get("type") == "thinking":  # redacted_thinking is encrypted: nothing to read
+            thoughts.append(block.get("thinking") or "")
         elif block.get("type") == "tool_use" and block.get("name") == shape.answer_tool:
             texts.append(dumps(block.get("input") or {}))
             answered = True
@@ -97,6 +100,9 @@ def chat_completion(message: dict[str, Any], model: str, created: int,
                           "function": {"name": block.get("name"),
                                        "arguments": dumps(block.get("input") or {})}})
     out_msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+    if thoughts:
+        # Where OpenAI-compatible clients (and reasoning models served that way) read reasoning.
+        out_msg["reasoning_content"] = "".join(thoughts)
     finish = finish_reason(message.get("stop_reason"), shape, answered_only=answered and not calls)
     if calls and shape.legacy_functions:
         out_msg["function_call"] = calls[0]["function"]
@@ -233,6 +239,8 @@ class AnthropicResponseStage(ConvertingResponseStage):
         kind = delta.get("type")
         if kind == "text_delta" and delta.get("text"):
             return self._chunk({"content": delta["text"]})
+        if kind == "thinking_delta" and delta.get("thinking"):
+            return self._chunk({"reasoning_content": delta["thinking"]})
         if kind != "input_json_delta" or not delta.get("partial_json"):
             return b""  # signature deltas have no OpenAI chat equivalent
         arguments = delta["partial_json"]

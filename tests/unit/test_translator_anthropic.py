@@ -943,3 +943,103 @@ def test_a_cache_control_anthropic_would_refuse_is_a_400(cache_control):
         translate({"messages": [{"role": "user", "content": [
             {"type": "text", "text": "hi", "cache_control": cache_control}]}]})
     assert err.value.status == 400 and err.value.param == "messages[0].content[0].cache_control"
+
+
+# ------------------------------------------------------------ extended thinking
+
+
+@pytest.mark.parametrize("effort, budget", [("minimal", 1024), ("low", 4096), ("medium", 10000),
+                                            ("high", 16000), ("xhigh", 24000)])
+def test_reasoning_effort_enables_thinking_with_room_left_for_the_answer(effort, budget):
+    body = translate({"messages": [user("Prove it.")], "reasoning_effort": effort})
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": budget}
+    assert body["max_tokens"] == budget + 4096  # thinking counts against max_tokens
+    check_body(body)
+
+
+def test_no_reasoning_effort_or_none_sends_no_thinking():
+    assert "thinking" not in translate({"messages": [user("hi")]})
+    assert "thinking" not in translate({"messages": [user("hi")], "reasoning_effort": "none"})
+
+
+@pytest.mark.parametrize("cap, budget", [(40000, 16000), (3000, 2999), (1025, 1024)])
+def test_a_client_token_cap_covers_thinking_and_answer_as_openai_counts_reasoning(cap, budget):
+    body = translate({"messages": [user("hi")], "reasoning_effort": "high", "max_completion_tokens": cap})
+    assert body["max_tokens"] == cap
+    assert body["thinking"]["budget_tokens"] == budget
+    check_body(body)
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"max_tokens": 1024}, "max_tokens"),  # no room for Anthropic's minimum budget of 1024
+    ({"temperature": 0.2}, "temperature"),
+    ({"top_p": 0.5}, "top_p"),
+    ({"response_format": JSON_SCHEMA}, "reasoning_effort"),
+    ({"tools": [WEATHER_TOOL], "tool_choice": "required"}, "reasoning_effort"),
+    ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+])
+def test_reasoning_effort_with_what_thinking_excludes_is_a_400(fields, param):
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [user("hi")], "reasoning_effort": "low", **fields})
+    assert err.value.status == 400 and err.value.param == param
+
+
+def test_thinking_keeps_a_default_temperature_and_a_high_top_p():
+    body = translate({"messages": [user("hi")], "reasoning_effort": "low", "temperature": 1, "top_p": 0.95,
+                      "tools": [WEATHER_TOOL], "tool_choice": "none"})
+    check_body(body)
+
+
+@pytest.mark.parametrize("messages", [
+    TOOL_HISTORY[:3],  # a tool loop under way: its signed thinking would have to be sent back
+    [user("q"), {"role": "assistant", "content": "The answer is"}],  # a prefill
+], ids=["tool-loop", "prefill"])
+def test_thinking_is_left_off_where_anthropic_cannot_take_it(messages):
+    body = translate({"messages": messages, "tools": [WEATHER_TOOL], "reasoning_effort": "medium"})
+    assert "thinking" not in body
+    check_body(body)
+
+
+THINKING_MESSAGE = {**MESSAGE, "content": [
+    {"type": "thinking", "thinking": "Let me add 2 and 2.", "signature": "EqQBCgIYAhIM"},
+    {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"},
+    {"type": "text", "text": "4"},
+]}
+
+
+def test_thinking_blocks_become_reasoning_content():
+    _, out = respond(200, "application/json", json.dumps(THINKING_MESSAGE).encode())
+    assert json.loads(out)["choices"][0]["message"] == {
+        "role": "assistant", "content": "4", "reasoning_content": "Let me add 2 and 2."}
+
+
+THINKING_STREAM = sse(
+    ("message_start", {"type": "message_start", "message": {
+        "id": "msg_01", "type": "message", "role": "assistant", "content": [], "model": "claude-3-7-sonnet",
+        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+    ("content_block_start", {"type": "content_block_start", "index": 0,
+                             "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "thinking_delta", "thinking": "Let me add "}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "thinking_delta", "thinking": "2 and 2."}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "signature_delta", "signature": "EqQBCgIYAhIM"}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    ("content_block_start", {"type": "content_block_start", "index": 1,
+                             "content_block": {"type": "text", "text": ""}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                             "delta": {"type": "text_delta", "text": "4"}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                       "usage": {"output_tokens": 20}}),
+    ("message_stop", {"type": "message_stop"}),
+)
+
+
+def test_thinking_deltas_become_reasoning_content_deltas():
+    got = sse_events(stream(THINKING_STREAM))
+    deltas = [c["choices"][0]["delta"] for c in got if c != "[DONE]" and c["choices"]]
+    assert deltas == [{"role": "assistant", "content": ""}, {"reasoning_content": "Let me add "},
+                      {"reasoning_content": "2 and 2."}, {"content": "4"}, {}]
+    assert stream(THINKING_STREAM, 3) == stream(THINKING_STREAM)
