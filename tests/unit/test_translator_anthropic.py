@@ -1043,3 +1043,40 @@ def test_thinking_deltas_become_reasoning_content_deltas():
     assert deltas == [{"role": "assistant", "content": ""}, {"reasoning_content": "Let me add "},
                       {"reasoning_content": "2 and 2."}, {"content": "4"}, {}]
     assert stream(THINKING_STREAM, 3) == stream(THINKING_STREAM)
+
+
+# ------------------------------------------------- property: what the real API accepts
+
+
+@st.composite
+def fidelity_requests(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid chat body with issue #17's options drawn on top: user ids, effort, formats, cache marks."""
+    body = draw(chat_requests(WEATHER_TOOL, tool_choices=("auto", "required", "none")))
+    if draw(st.booleans()):
+        body["user"] = draw(st.sampled_from(["ada@example.com", "u-1", "x" * 300]))
+    effort = draw(st.sampled_from([None, "none", "minimal", "high"]))
+    if effort:
+        body["reasoning_effort"] = effort
+    fmt = draw(st.sampled_from([None, {"type": "text"}, {"type": "json_object"}, JSON_SCHEMA]))
+    if fmt:
+        body["response_format"] = fmt
+    marked = draw(st.lists(st.integers(0, len(body["messages"]) - 1), max_size=3, unique=True))
+    for i in marked:
+        body["messages"][i] = {**body["messages"][i], "cache_control": CACHED}
+    return body
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fidelity_requests(), st.booleans())
+def test_any_request_with_the_new_options_is_refused_early_or_accepted_by_the_real_api(body, stream_flag):
+    try:
+        sent = translate(body, stream=stream_flag)
+    except GatewayError as err:
+        # Only what extended thinking cannot be combined with is refused here.
+        assert body.get("reasoning_effort") not in (None, "none"), err.message
+        assert err.param in ("temperature", "top_p", "reasoning_effort", "max_tokens"), err.message
+        return
+    try:
+        check_body(sent)
+    except RequestError as err:
+        raise AssertionError(err.message) from None
