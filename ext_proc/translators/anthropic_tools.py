@@ -46,8 +46,10 @@ def tooling(chat: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, A
     """``tools`` and ``tool_choice`` for the body (none when nothing is offered or used)."""
     tools, choice = _offered(chat)
     answer = _answer_tool(chat.get("response_format"))
+    if answer is None and not tools:
+        return _declared_tools(messages)
     if answer is None:
-        return {"tools": tools, **({"tool_choice": choice} if choice else {})} if tools else _declared_tools(messages)
+        return {"tools": tools, "tool_choice": choice} if choice else {"tools": tools}
     if any(tool["name"] == ANSWER_TOOL for tool in tools):
         raise invalid(f"A tool may not be named '{ANSWER_TOOL}' together with 'response_format': "
                       "on Anthropic that tool carries the formatted answer.", param="tools")
@@ -139,7 +141,11 @@ def _function(fn: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"name": fn["name"]}
     if fn.get("description"):
         out["description"] = fn["description"]
-    out["input_schema"] = fn.get("parameters") or _open_schema()
+    parameters = fn.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise invalid(f"The parameters of function '{fn['name']}' must be a JSON Schema object.", param="tools")
+    # Anthropic requires the schema's type, which OpenAI lets clients leave implicit.
+    out["input_schema"] = {"type": "object", **parameters} if parameters else _open_schema()
     return out
 
 

@@ -1080,3 +1080,10 @@ def test_any_request_with_the_new_options_is_refused_early_or_accepted_by_the_re
         check_body(sent)
     except RequestError as err:
         raise AssertionError(err.message) from None
+
+
+def test_a_tool_schema_without_its_type_gets_the_object_type_anthropic_requires():
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"properties": {"a": {"type": "string"}}}}}
+    body = translate({"messages": [user("hi")], "tools": [tool]})
+    assert body["tools"][0]["input_schema"] == {"type": "object", "properties": {"a": {"type": "string"}}}
+    check_body(body)
