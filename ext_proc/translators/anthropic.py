@@ -1,11 +1,21 @@
 """Anthropic Messages API (``type: anthropic``).
 
 Requests: the canonical OpenAI chat body becomes a ``POST /v1/messages`` body
-(system lifted to the top level, roles merged so they alternate, tools and
-tool calls rewritten as Anthropic blocks, ``max_tokens`` defaulted because
-Anthropic requires it). Responses: the message JSON, the SSE event stream and
-Anthropic's error JSON become OpenAI chat completions, chunks and errors.
+(``anthropic_request``, with ``anthropic_content`` and ``anthropic_tools``).
+Responses: the message JSON, the SSE event stream and Anthropic's error JSON
+become OpenAI chat completions, chunks and errors (``anthropic_response``).
 Pure translation, no I/O.
+
+Where the APIs differ, an option is honoured or refused with a 400, never
+dropped (docs/providers.md says why each way was chosen):
+
+- tool rounds with no ``tools`` declare the tools they used, ``tool_choice: none``;
+- legacy ``functions`` / ``function_call`` are tools, answered as ``function_call``;
+- ``user`` / ``safety_identifier`` go as their SHA-256 hex in ``metadata.user_id``;
+- ``response_format`` is a forced ``json_response`` tool whose input is the content;
+- PDF ``file`` parts are ``document`` blocks; ``cache_control`` is passed through;
+- ``reasoning_effort`` is extended thinking, and thinking comes back as
+  ``reasoning_content``.
 """
 
 from __future__ import annotations

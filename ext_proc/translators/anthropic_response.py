@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ext_proc.errors import error_json
@@ -80,34 +81,46 @@ def usage(u: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class _Read:
+    """What an answer's content blocks say, sorted by where OpenAI puts it."""
+
+    texts: list[str] = field(default_factory=list)
+    thoughts: list[str] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    answered: bool = False  # the answer tool (response_format) was called
+
+
+def _read(blocks: list[dict[str, Any]], shape: AnswerShape) -> _Read:
+    read = _Read()
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "text":
+            read.texts.append(block.get("text") or "")
+        elif kind == "thinking":  # redacted_thinking is encrypted: nothing to read
+            read.thoughts.append(block.get("thinking") or "")
+        elif kind == "tool_use" and block.get("name") == shape.answer_tool:
+            read.texts.append(dumps(block.get("input") or {}))
+            read.answered = True
+        elif kind == "tool_use":
+            read.calls.append({"id": block.get("id"), "type": "function", "function": {
+                "name": block.get("name"), "arguments": dumps(block.get("input") or {})}})
+    return read
+
+
 def chat_completion(message: dict[str, Any], model: str, created: int,
                     shape: AnswerShape = PLAIN) -> dict[str, Any]:
     """OpenAI chat.completion for an Anthropic message."""
-    texts: list[str] = []
-    thoughts: list[str] = []
-    calls: list[dict[str, Any]] = []
-    answered = False
-    for block in message.get("content") or []:
-        if block.get("type") == "text":
-            texts.append(block.get("text") or "")
-        elif block.get("type") == "thinking":  # redacted_thinking is encrypted: nothing to read
-            thoughts.append(block.get("thinking") or "")
-        elif block.get("type") == "tool_use" and block.get("name") == shape.answer_tool:
-            texts.append(dumps(block.get("input") or {}))
-            answered = True
-        elif block.get("type") == "tool_use":
-            calls.append({"id": block.get("id"), "type": "function",
-                          "function": {"name": block.get("name"),
-                                       "arguments": dumps(block.get("input") or {})}})
-    out_msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
-    if thoughts:
+    read = _read(message.get("content") or [], shape)
+    out_msg: dict[str, Any] = {"role": "assistant", "content": "".join(read.texts) if read.texts else None}
+    if read.thoughts:
         # Where OpenAI-compatible clients (and reasoning models served that way) read reasoning.
-        out_msg["reasoning_content"] = "".join(thoughts)
-    finish = finish_reason(message.get("stop_reason"), shape, answered_only=answered and not calls)
-    if calls and shape.legacy_functions:
-        out_msg["function_call"] = calls[0]["function"]
-    elif calls:
-        out_msg["tool_calls"] = calls
+        out_msg["reasoning_content"] = "".join(read.thoughts)
+    if read.calls and shape.legacy_functions:
+        out_msg["function_call"] = read.calls[0]["function"]  # the legacy API has one call at most
+    elif read.calls:
+        out_msg["tool_calls"] = read.calls
+    finish = finish_reason(message.get("stop_reason"), shape, answered_only=read.answered and not read.calls)
     return completion("chatcmpl-" + str(message.get("id") or ""), created, model, out_msg, finish,
                       usage(message.get("usage") or {}))
 
@@ -123,7 +136,12 @@ def finish_reason(stop_reason: str | None, shape: AnswerShape, *, answered_only:
 
 
 class AnthropicResponseStage(ConvertingResponseStage):
-    """Anthropic JSON / SSE / error -> OpenAI chat JSON / SSE / error."""
+    """Anthropic JSON / SSE / error -> OpenAI chat JSON / SSE / error.
+
+    Text becomes content and thinking ``reasoning_content``. Tool calls become
+    ``tool_calls``, or ``function_call`` for a legacy request. The answer tool's
+    input (response_format) becomes content, and its stop a plain "stop".
+    """
 
     stream_media_type = "text/event-stream"
 
@@ -228,6 +246,8 @@ class AnthropicResponseStage(ConvertingResponseStage):
         return b""
 
     def _call_start(self, index: int, block: dict[str, Any]) -> bytes:
+        if self._shape.legacy_functions and self._tool_index:
+            return b""  # the legacy API has one call at most; the rest could only garble it
         position = self._tool_index.setdefault(index, len(self._tool_index))
         if self._shape.legacy_functions:
             return self._chunk({"function_call": {"name": block.get("name"), "arguments": ""}})
