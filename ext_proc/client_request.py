@@ -17,6 +17,8 @@ from hapax.wire import Handler
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 AUTO_MODELS = frozenset({"", "auto"})
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,48 @@ def _check_sampling(body: dict[str, Any]) -> None:
 def _check_chat(body: dict[str, Any]) -> None:
     _check_messages(body.get("messages"))
     _check_sampling(body)
+    _check_options(body)
     _stream(body)
+
+
+def _check_options(body: dict[str, Any]) -> None:
+    """Options each translator maps its own way; their shape is checked once, here."""
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise invalid(f"'reasoning_effort' must be one of {', '.join(REASONING_EFFORTS)}; got {effort!r}.",
+                      param="reasoning_effort")
+    for key in ("user", "safety_identifier"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise invalid(f"'{key}' must be a string, got {_kind(body[key])}.", param=key)
+    _check_response_format(body.get("response_format"))
+    _check_functions(body.get("functions"), body.get("function_call"))
+
+
+def _check_response_format(fmt: Any) -> None:
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict) or fmt.get("type") not in RESPONSE_FORMATS:
+        raise invalid(f"'response_format' must be an object whose type is one of {', '.join(RESPONSE_FORMATS)}.",
+                      param="response_format")
+    if fmt["type"] != "json_schema":
+        return
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"] \
+            or not isinstance(spec.get("schema", {}), dict):
+        raise invalid("'response_format.json_schema' must be {name, schema?, description?, strict?}, "
+                      "with schema an object.", param="response_format.json_schema")
+
+
+def _check_functions(functions: Any, function_call: Any) -> None:
+    """The legacy function calling fields."""
+    if functions is not None and not isinstance(functions, list):
+        raise invalid(f"'functions' must be an array, got {_kind(functions)}.", param="functions")
+    for i, fn in enumerate(functions or []):
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise invalid(f"'functions[{i}]' must be an object with a name.", param=f"functions[{i}]")
+    if function_call is not None and function_call not in ("auto", "none") and not (
+            isinstance(function_call, dict) and isinstance(function_call.get("name"), str)):
+        raise invalid("'function_call' must be 'auto', 'none' or {name}.", param="function_call")
 
 
 def _completion(body: dict[str, Any], model: str | None) -> ClientRequest:

@@ -5,8 +5,9 @@ parameters under ``options``, images as base64, tool-call arguments as
 objects, ``stream`` always explicit because Ollama streams by default); an
 embeddings body becomes ``POST /api/embed``. Responses: Ollama's JSON, its
 NDJSON stream and its ``{"error": "..."}`` bodies become OpenAI chat
-completions, SSE chunks, embeddings lists and error JSON. Pure translation,
-no I/O.
+completions, SSE chunks, embeddings lists and error JSON. ``reasoning_effort``
+becomes ``think`` and the model's ``thinking`` comes back as
+``reasoning_content``. Pure translation, no I/O.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ from hapax.wire import Handler
 
 PATHS = {Handler.CHAT: "/api/chat", Handler.COMPLETION: "/api/chat", Handler.EMBEDDINGS: "/api/embed"}
 FINISH_REASONS = {"stop": "stop", "length": "length"}
+# reasoning_effort -> Ollama's ``think``: a level for models that have levels
+# (gpt-oss), which the others read as "think"; false turns thinking off.
+THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
 _DATA_URL = re.compile(r"^data:[^,]*;base64,(?P<data>.*)$", re.DOTALL)
 
 
@@ -120,6 +124,11 @@ def chat_body(chat: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
     # is left to the model.
     if chat.get("tools") and chat.get("tool_choice") != "none":
         body["tools"] = chat["tools"]
+    effort = chat.get("reasoning_effort")
+    if effort is not None:
+        if effort not in THINK:
+            raise invalid(f"'reasoning_effort' must be one of {', '.join(THINK)}.", param="reasoning_effort")
+        body["think"] = THINK[effort]
     fmt = chat.get("response_format")
     if isinstance(fmt, dict):
         if fmt.get("type") == "json_object":
@@ -306,6 +315,8 @@ class OllamaResponseStage(ConvertingResponseStage):
     def _chat_completion(self, body: dict[str, Any]) -> dict[str, Any]:
         msg = body["message"]
         message: dict[str, Any] = {"role": "assistant", "content": msg.get("content") or ""}
+        if msg.get("thinking"):
+            message["reasoning_content"] = msg["thinking"]  # where OpenAI-compatible clients read reasoning
         calls = self._tool_calls(msg.get("tool_calls") or [])
         if calls:
             for call in calls:
@@ -359,6 +370,8 @@ class OllamaResponseStage(ConvertingResponseStage):
             self._started = True
             out += self._chunk({"role": "assistant", "content": ""})
         msg = body.get("message") or {}
+        if msg.get("thinking"):
+            out += self._chunk({"reasoning_content": msg["thinking"]})
         if msg.get("content"):
             out += self._chunk({"content": msg["content"]})
         calls = self._tool_calls(msg.get("tool_calls") or [])

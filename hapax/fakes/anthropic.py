@@ -1,13 +1,22 @@
-"""Fake Anthropic Messages API: ``POST /v1/messages`` and ``GET /v1/models``."""
+"""Fake Anthropic Messages API: ``POST /v1/messages`` and ``GET /v1/models``.
+
+Requests are checked as strictly as the real API documents (``anthropic_rules``):
+what Anthropic answers with a 400, the fake does too. With extended thinking on,
+the answer opens with a ``thinking`` block (and its ``thinking_delta`` /
+``signature_delta`` events when streamed).
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from aiohttp import web
 
+from .anthropic_rules import check_body
 from .base import FakeProvider, RequestError, recorded, sse_event
 from .content import (
     Reply,
@@ -15,9 +24,13 @@ from .content import (
     compose_reply,
     last_user_text,
     prompt_tokens,
+    split_words,
     text_of,
     tool_arguments,
 )
+
+# What the fake "thinks" when extended thinking is on, before echoing the user's text.
+THINKING_PREFIX = "Thinking it over: "
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -32,14 +45,25 @@ _ERROR_TYPES = {
 
 
 @dataclass(frozen=True)
-class _Turn:
-    """The assistant's single content block and how it ends."""
+class _Block:
+    """One content block of the answer, whole and as its stream events carry it."""
 
     block: dict[str, Any]  # as it appears in a non-stream response
     opening: dict[str, Any]  # content_block_start's block: same, minus the payload
     deltas: list[dict[str, Any]]
-    stop_reason: str
     output_tokens: int
+
+
+@dataclass(frozen=True)
+class _Turn:
+    """The assistant's content blocks and how the turn ends."""
+
+    blocks: list[_Block]
+    stop_reason: str
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(block.output_tokens for block in self.blocks)
 
 
 class FakeAnthropic(FakeProvider):
@@ -82,6 +106,7 @@ class FakeAnthropic(FakeProvider):
         body = _body(request)
         model, max_tokens, messages = _require_fields(body)
         _check_roles(messages)
+        check_body(body)
         turn = self._turn(body, messages, max_tokens)
         input_tokens = prompt_tokens(_prompt_texts(body, messages))
         message_id = self.next_id("msg_fake")
@@ -89,7 +114,7 @@ class FakeAnthropic(FakeProvider):
             events = _stream_events(message_id, model, turn, input_tokens)
             return await self.send_stream(request, events)
         reply = _message(message_id, model, input_tokens)
-        reply["content"], reply["stop_reason"] = [turn.block], turn.stop_reason
+        reply["content"], reply["stop_reason"] = [b.block for b in turn.blocks], turn.stop_reason
         reply["usage"]["output_tokens"] = turn.output_tokens
         return await self.send_json(request, reply)
 
@@ -107,11 +132,14 @@ class FakeAnthropic(FakeProvider):
         self, body: dict[str, Any], messages: list[dict[str, Any]], max_tokens: int
     ) -> _Turn:
         user_text = last_user_text(messages)
+        thinking = [_thinking_block(user_text)] if _thinks(body) else []
         tool = _tool_to_call(body, messages)
         if tool is None:
-            return _text_turn(compose_reply(self.label, user_text, max_tokens))
+            reply = compose_reply(self.label, user_text, max_tokens)
+            return _Turn([*thinking, _text_block(reply)], "max_tokens" if reply.truncated else "end_turn")
         arguments = tool_arguments(tool.get("input_schema"), user_text)
-        return _tool_turn(ToolCall(self.next_id("toolu_fake"), str(tool.get("name")), arguments))
+        call = ToolCall(self.next_id("toolu_fake"), str(tool.get("name")), arguments)
+        return _Turn([*thinking, _tool_block(call)], "tool_use")
 
 
 # -- request validation, mirroring the real API's messages ---------------------------
@@ -175,12 +203,17 @@ def _tool_to_call(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[
     choice = tool_choice if isinstance(tool_choice, dict) else {}
     if not tools or choice.get("type") == "none":
         return None
+    if choice.get("type") == "tool":  # forced: answered whatever the conversation holds
+        return next(tool for tool in tools if tool.get("name") == choice.get("name"))
     last = messages[-1]
     if last["role"] != "user" or not _has_text(last["content"]):
         return None
-    if choice.get("type") == "tool":
-        return next((tool for tool in tools if tool.get("name") == choice.get("name")), tools[0])
     return tools[0]
+
+
+def _thinks(body: dict[str, Any]) -> bool:
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") == "enabled"
 
 
 def _has_text(content: Any) -> bool:
@@ -212,42 +245,40 @@ def _message(message_id: str, model: str, input_tokens: int) -> dict[str, Any]:
     }
 
 
-def _text_turn(reply: Reply) -> _Turn:
+def _text_block(reply: Reply) -> _Block:
     deltas = [{"type": "text_delta", "text": chunk} for chunk in reply.chunks]
-    stop_reason = "max_tokens" if reply.truncated else "end_turn"
-    return _Turn(
-        {"type": "text", "text": reply.text},
-        {"type": "text", "text": ""},
-        deltas,
-        stop_reason,
-        reply.completion_tokens,
-    )
+    return _Block({"type": "text", "text": reply.text}, {"type": "text", "text": ""}, deltas,
+                  reply.completion_tokens)
 
 
-def _tool_turn(call: ToolCall) -> _Turn:
+def _tool_block(call: ToolCall) -> _Block:
     block = {"type": "tool_use", "id": call.id, "name": call.name}
     deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in call.argument_pieces]
-    return _Turn(
+    return _Block(
         {**block, "input": call.arguments},
         {**block, "input": {}},  # the input arrives as input_json_delta pieces
         deltas,
-        "tool_use",
         call.completion_tokens,
     )
+
+
+def _thinking_block(user_text: str) -> _Block:
+    """Extended thinking: the reasoning, then the signature that lets it be sent back."""
+    pieces = split_words(f"{THINKING_PREFIX}{user_text}")
+    text = "".join(pieces)
+    signature = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+    deltas = [{"type": "thinking_delta", "thinking": piece} for piece in pieces]
+    deltas.append({"type": "signature_delta", "signature": signature})
+    return _Block({"type": "thinking", "thinking": text, "signature": signature},
+                  {"type": "thinking", "thinking": "", "signature": ""}, deltas, len(pieces))
 
 
 def _stream_events(message_id: str, model: str, turn: _Turn, input_tokens: int) -> Iterator[bytes]:
     message = _message(message_id, model, input_tokens)
     message["usage"]["output_tokens"] = 1  # the real API reports 1 before any output
     yield sse_event({"type": "message_start", "message": message}, event="message_start")
-    start = {"type": "content_block_start", "index": 0, "content_block": turn.opening}
-    yield sse_event(start, event="content_block_start")
-    yield sse_event({"type": "ping"}, event="ping")
-    for delta in turn.deltas:
-        yield sse_event(
-            {"type": "content_block_delta", "index": 0, "delta": delta}, event="content_block_delta"
-        )
-    yield sse_event({"type": "content_block_stop", "index": 0}, event="content_block_stop")
+    for index, block in enumerate(turn.blocks):
+        yield from _block_events(index, block)
     ending = {
         "type": "message_delta",
         "delta": {"stop_reason": turn.stop_reason, "stop_sequence": None},
@@ -255,3 +286,15 @@ def _stream_events(message_id: str, model: str, turn: _Turn, input_tokens: int) 
     }
     yield sse_event(ending, event="message_delta")
     yield sse_event({"type": "message_stop"}, event="message_stop")
+
+
+def _block_events(index: int, block: _Block) -> Iterator[bytes]:
+    start = {"type": "content_block_start", "index": index, "content_block": block.opening}
+    yield sse_event(start, event="content_block_start")
+    if index == 0:
+        yield sse_event({"type": "ping"}, event="ping")  # where the real API sends its first
+    for delta in block.deltas:
+        yield sse_event(
+            {"type": "content_block_delta", "index": index, "delta": delta}, event="content_block_delta"
+        )
+    yield sse_event({"type": "content_block_stop", "index": index}, event="content_block_stop")

@@ -6,6 +6,8 @@ streaming documentation (message JSON, SSE event sequence, error JSON).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import json
 from typing import Any
@@ -18,6 +20,8 @@ from ext_proc.client_request import ClientRequest
 from ext_proc.errors import GatewayError
 from ext_proc.runtime import Provider
 from ext_proc.translators.anthropic import AnthropicTranslator
+from hapax.fakes.anthropic_rules import check_body
+from hapax.fakes.base import RequestError
 from tests.translator_helpers import (
     NOW,
     assert_one_stream,
@@ -150,12 +154,11 @@ def test_whitespace_only_stop_sends_no_stop_sequences():
 
 
 def test_sampling_parameters_and_stream_are_mapped():
-    body = translate({"messages": [user("hi")], "temperature": 0.3, "top_p": 0.9, "user": "u-1"},
-                     stream=True)
+    body = translate({"messages": [user("hi")], "temperature": 0.3, "top_p": 0.9}, stream=True)
     assert body["temperature"] == 0.3
     assert body["top_p"] == 0.9
     assert body["stream"] is True
-    assert body["metadata"] == {"user_id": "u-1"}
+    assert "metadata" not in body
 
 
 def test_temperature_above_anthropic_range_is_clamped_to_one():
@@ -600,3 +603,487 @@ def test_any_valid_chat_request_translates_and_keeps_its_text(body, stream_flag)
             continue  # Anthropic rejects blank text blocks; they carry nothing
         want = text.rstrip() if is_final_assistant else text
         assert any(want in s for s in strings), text
+
+
+def test_any_valid_chat_request_translates_into_a_body_the_strict_fake_accepts():
+    # The fake refuses what the real API documents as invalid; see test_fake_anthropic_strictness.
+    # (Drawn with hypothesis below; this one is the case issue #17 found.)
+    check_body(translate({"messages": [
+        user("Weather?"),
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+    ]}))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chat_requests(WEATHER_TOOL, tool_choices=("auto", "required", "none")), st.booleans())
+def test_any_valid_chat_request_is_one_the_real_api_accepts(body, stream_flag):
+    try:
+        check_body(translate(body, stream=stream_flag))
+    except RequestError as err:
+        raise AssertionError(err.message) from None
+
+
+# ---------------------------------------------------- tool history without tools
+
+
+TOOL_HISTORY = [
+    user("Weather in Paris?"),
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+    {"role": "assistant", "content": None, "function_call": {"name": "now", "arguments": "{}"}},
+    {"role": "function", "name": "now", "content": "noon"},
+    user("Thanks! And in one word?"),
+]
+
+
+def test_tool_history_without_tools_declares_the_tools_it_used_and_allows_no_new_call():
+    body = translate({"messages": TOOL_HISTORY})
+    # The tool blocks stay as they are (the model keeps seeing which result answered
+    # which call); the request declares them, as Anthropic requires, and forbids new calls.
+    assert body["tools"] == [{"name": "get_weather", "input_schema": {"type": "object", "properties": {}}},
+                             {"name": "now", "input_schema": {"type": "object", "properties": {}}}]
+    assert body["tool_choice"] == {"type": "none"}
+    assert [b["type"] for b in body["messages"][1]["content"]] == ["tool_use"]
+
+
+def test_tool_history_with_tools_offered_keeps_the_tools_as_sent():
+    body = translate({"messages": TOOL_HISTORY[:3], "tools": [WEATHER_TOOL]})
+    assert [t["name"] for t in body["tools"]] == ["get_weather"]
+    assert "tool_choice" not in body
+
+
+# ------------------------------------------------------- legacy function calling
+
+
+LEGACY_FUNCTION = WEATHER_TOOL["function"]
+
+
+def test_legacy_functions_are_offered_as_tools_one_call_at_a_time():
+    body = translate({"messages": [user("Weather in Paris?")], "functions": [LEGACY_FUNCTION]})
+    assert body["tools"] == [{"name": "get_weather", "description": "Get the weather",
+                              "input_schema": LEGACY_FUNCTION["parameters"]}]
+    # The legacy API returns at most one function_call per answer.
+    assert body["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+
+
+@pytest.mark.parametrize("function_call, expected", [
+    ("auto", {"type": "auto", "disable_parallel_tool_use": True}),
+    ("none", {"type": "none"}),
+    ({"name": "get_weather"}, {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}),
+])
+def test_legacy_function_call_becomes_tool_choice(function_call, expected):
+    body = translate({"messages": [user("hi")], "functions": [LEGACY_FUNCTION], "function_call": function_call})
+    assert body["tool_choice"] == expected
+
+
+def test_tools_and_legacy_functions_together_are_a_400():
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [user("hi")], "tools": [WEATHER_TOOL], "functions": [LEGACY_FUNCTION]})
+    assert err.value.status == 400 and err.value.param == "functions"
+
+
+def legacy_respond(raw: bytes, *, stream: bool = False) -> bytes:
+    fields = {"messages": [user("hi")], "functions": [LEGACY_FUNCTION]}
+    content_type = "text/event-stream" if stream else "application/json"
+    stage = translator().response(chat(fields, stream=stream), provider())
+    return run_stage(stage, 200, content_type, [raw])[1]
+
+
+def test_a_legacy_request_gets_its_answer_as_a_function_call():
+    message = {**MESSAGE, "stop_reason": "tool_use", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]}
+    choice = json.loads(legacy_respond(json.dumps(message).encode()))["choices"][0]
+    assert choice["finish_reason"] == "function_call"
+    assert choice["message"] == {"role": "assistant", "content": None,
+                                 "function_call": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+
+
+def test_a_legacy_stream_gets_function_call_deltas():
+    got = sse_events(legacy_respond(TOOL_STREAM, stream=True))
+    deltas = [c["choices"][0]["delta"] for c in got if c != "[DONE]" and c["choices"]]
+    assert deltas[2:] == [
+        {"function_call": {"name": "get_weather", "arguments": ""}},
+        {"function_call": {"arguments": "{\"location\":"}},
+        {"function_call": {"arguments": " \"San Francisco, CA\"}"}},
+        {},
+    ]
+    assert got[-2]["choices"][0]["finish_reason"] == "function_call"
+
+
+# --------------------------------------------------------------------- user id
+
+
+@pytest.mark.parametrize("field", ["user", "safety_identifier"])
+def test_the_end_user_goes_to_anthropic_as_an_opaque_stable_id(field):
+    # Anthropic refuses personal data (an e-mail) in metadata.user_id; its SHA-256
+    # still tells one user from another, which is what abuse tracking needs.
+    body = translate({"messages": [user("hi")], field: "ada@example.com"})
+    assert body["metadata"] == {"user_id": hashlib.sha256(b"ada@example.com").hexdigest()}
+    assert "ada@example.com" not in json.dumps(body)
+    check_body(body)
+
+
+def test_safety_identifier_wins_over_the_deprecated_user():
+    body = translate({"messages": [user("hi")], "user": "u-1", "safety_identifier": "s-1"})
+    assert body["metadata"]["user_id"] == hashlib.sha256(b"s-1").hexdigest()
+
+
+# -------------------------------------------------------------- response_format
+
+
+CITY_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+               "additionalProperties": False}
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "city", "description": "Where it is.",
+                                                      "schema": CITY_SCHEMA, "strict": True}}
+ANSWER_TOOL = "json_response"
+
+
+def test_json_schema_is_honoured_with_a_forced_tool_whose_input_schema_is_the_schema():
+    body = translate({"messages": [user("Where is the Louvre?")], "response_format": JSON_SCHEMA})
+    [tool] = body["tools"]
+    assert tool["name"] == ANSWER_TOOL and tool["input_schema"] == CITY_SCHEMA
+    assert "city" in tool["description"] and "Where it is." in tool["description"]
+    assert body["tool_choice"] == {"type": "tool", "name": ANSWER_TOOL}
+    check_body(body)
+
+
+def test_json_object_is_honoured_with_a_forced_tool_taking_any_object():
+    body = translate({"messages": [user("Answer in JSON")], "response_format": {"type": "json_object"}})
+    assert body["tools"][0]["name"] == ANSWER_TOOL
+    assert body["tools"][0]["input_schema"] == {"type": "object"}
+    assert body["tool_choice"] == {"type": "tool", "name": ANSWER_TOOL}
+
+
+def test_text_response_format_changes_nothing():
+    body = translate({"messages": [user("hi")], "response_format": {"type": "text"}})
+    assert "tools" not in body and "tool_choice" not in body
+
+
+@pytest.mark.parametrize("tool_choice, expected", [
+    (None, {"type": "any"}),  # a tool call or the formatted answer, as OpenAI allows
+    ("auto", {"type": "any"}),
+    ("required", {"type": "any"}),
+    ("none", {"type": "tool", "name": ANSWER_TOOL}),
+    ({"type": "function", "function": {"name": "get_weather"}}, {"type": "tool", "name": "get_weather"}),
+])
+def test_response_format_with_tools_lets_the_model_call_them_or_answer_in_the_format(tool_choice, expected):
+    fields: dict[str, Any] = {"messages": [user("hi")], "tools": [WEATHER_TOOL], "response_format": JSON_SCHEMA}
+    if tool_choice is not None:
+        fields["tool_choice"] = tool_choice
+    body = translate(fields)
+    assert [t["name"] for t in body["tools"]] == ["get_weather", ANSWER_TOOL]
+    assert body["tool_choice"] == expected
+
+
+def test_response_format_after_a_tool_history_keeps_the_declared_tools():
+    body = translate({"messages": TOOL_HISTORY, "response_format": JSON_SCHEMA})
+    assert [t["name"] for t in body["tools"]] == ["get_weather", "now", ANSWER_TOOL]
+    assert body["tool_choice"] == {"type": "tool", "name": ANSWER_TOOL}
+    check_body(body)
+
+
+@pytest.mark.parametrize("response_format", [
+    {"type": "json_schema", "json_schema": {"name": "list", "schema": {"type": "array"}}},
+    {"type": "xml"},
+    "json",
+])
+def test_a_response_format_anthropic_cannot_honour_is_a_400_never_ignored(response_format):
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [user("hi")], "response_format": response_format})
+    assert err.value.status == 400 and err.value.param == "response_format"
+
+
+def test_a_client_tool_named_like_the_answer_tool_is_a_400():
+    clash = {"type": "function", "function": {"name": ANSWER_TOOL}}
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [user("hi")], "tools": [clash], "response_format": JSON_SCHEMA})
+    assert err.value.status == 400
+
+
+def formatted_respond(raw: bytes, *, stream: bool = False) -> bytes:
+    fields = {"messages": [user("hi")], "response_format": JSON_SCHEMA, "stream_options": {"include_usage": True}}
+    content_type = "text/event-stream" if stream else "application/json"
+    stage = translator().response(chat(fields, stream=stream), provider())
+    return run_stage(stage, 200, content_type, [raw])[1]
+
+
+def test_the_answer_tools_input_is_the_message_content_with_finish_reason_stop():
+    message = {**MESSAGE, "stop_reason": "tool_use", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": ANSWER_TOOL, "input": {"city": "Paris"}}]}
+    choice = json.loads(formatted_respond(json.dumps(message).encode()))["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert choice["message"] == {"role": "assistant", "content": '{"city":"Paris"}'}
+
+
+ANSWER_STREAM = TOOL_STREAM.replace(b'"name": "get_weather"', f'"name": "{ANSWER_TOOL}"'.encode())
+
+
+def test_the_answer_tools_streamed_input_arrives_as_content_deltas():
+    got = sse_events(formatted_respond(ANSWER_STREAM, stream=True))
+    deltas = [c["choices"][0]["delta"] for c in got if c != "[DONE]" and c["choices"]]
+    assert deltas == [{"role": "assistant", "content": ""}, {"content": "Okay, let me check."},
+                      {"content": "{\"location\":"}, {"content": " \"San Francisco, CA\"}"}, {}]
+    assert got[-3]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("size", [1, 5, 64])
+def test_a_formatted_stream_is_the_same_however_it_is_split(size):
+    def run(pieces: list[bytes]) -> bytes:
+        stage = translator().response(chat({"messages": [user("hi")], "response_format": JSON_SCHEMA},
+                                           stream=True), provider())
+        return run_stage(stage, 200, "text/event-stream", pieces)[1]
+    assert run(pieces_of(ANSWER_STREAM, size)) == run([ANSWER_STREAM])
+
+
+# ------------------------------------------------------------------------ PDFs
+
+
+PDF_DATA = base64.b64encode(b"%PDF-1.7 fake").decode()
+
+
+def test_pdf_file_parts_become_document_blocks():
+    body = translate({"messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"filename": "report.pdf", "file_data": f"data:application/pdf;base64,{PDF_DATA}"}},
+        {"type": "text", "text": "Summarise it."},
+    ]}]})
+    assert body["messages"][0]["content"] == [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF_DATA},
+         "title": "report.pdf"},
+        {"type": "text", "text": "Summarise it."},
+    ]
+    check_body(body)
+
+
+def test_a_pdf_in_a_tool_result_is_a_document_there_too():
+    body = translate({"tools": [WEATHER_TOOL], "messages": [*TOOL_HISTORY[:2], {
+        "role": "tool", "tool_call_id": "call_1", "content": [
+            {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{PDF_DATA}"}}]}]})
+    [result] = body["messages"][2]["content"]
+    assert result["content"][0]["type"] == "document"
+    check_body(body)
+
+
+@pytest.mark.parametrize("file", [
+    {"file_id": "file-abc123"},  # OpenAI's Files API: Anthropic cannot read it
+    {"file_data": "data:text/csv;base64,YSxi"},
+    {"file_data": "https://example.com/report.pdf"},
+    {},
+])
+def test_file_parts_anthropic_cannot_take_are_a_400(file):
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [{"role": "user", "content": [{"type": "file", "file": file}]}]})
+    assert err.value.status == 400 and err.value.param == "messages[0].content[0]"
+
+
+# ---------------------------------------------------------------- cache_control
+
+
+CACHED = {"type": "ephemeral"}
+CACHED_1H = {"type": "ephemeral", "ttl": "1h"}
+
+
+def test_cache_control_on_content_parts_is_passed_through():
+    body = translate({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "A long document ...", "cache_control": CACHED_1H},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}, "cache_control": CACHED},
+        {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{PDF_DATA}"}, "cache_control": CACHED},
+        {"type": "text", "text": "Question?"},
+    ]}]})
+    assert [b.get("cache_control") for b in body["messages"][0]["content"]] == [CACHED_1H, CACHED, CACHED, None]
+    check_body(body)
+
+
+def test_cache_control_on_system_parts_sends_system_as_blocks():
+    body = translate({"messages": [
+        {"role": "system", "content": [{"type": "text", "text": "Long rules.", "cache_control": CACHED},
+                                       {"type": "text", "text": "Today is Monday."}]},
+        {"role": "developer", "content": "Be brief."},
+        user("hi"),
+    ]})
+    assert body["system"] == [{"type": "text", "text": "Long rules.", "cache_control": CACHED},
+                              {"type": "text", "text": "Today is Monday."},
+                              {"type": "text", "text": "Be brief."}]
+    check_body(body)
+
+
+def test_cache_control_on_a_message_marks_its_last_block():
+    body = translate({"tools": [WEATHER_TOOL], "messages": [
+        {"role": "system", "content": "Long rules.", "cache_control": CACHED},
+        {**user("Weather?"), "cache_control": CACHED},
+        TOOL_HISTORY[1],
+        {**TOOL_HISTORY[2], "cache_control": CACHED},
+    ]})
+    assert body["system"] == [{"type": "text", "text": "Long rules.", "cache_control": CACHED}]
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "Weather?", "cache_control": CACHED}]
+    assert body["messages"][2]["content"][0]["cache_control"] == CACHED  # the tool_result
+    check_body(body)
+
+
+def test_cache_control_on_tools_is_passed_through():
+    body = translate({"messages": [user("hi")], "tools": [
+        {**WEATHER_TOOL, "cache_control": CACHED},
+        {"type": "function", "function": {"name": "now", "cache_control": CACHED_1H}},
+    ]})
+    assert [t.get("cache_control") for t in body["tools"]] == [CACHED, CACHED_1H]
+    check_body(body)
+
+
+def test_a_cached_final_prefill_keeps_its_mark_when_trimmed():
+    body = translate({"messages": [user("q"), {"role": "assistant", "content": [
+        {"type": "text", "text": "The answer is ", "cache_control": CACHED}]}]})
+    assert body["messages"][1]["content"] == [{"type": "text", "text": "The answer is", "cache_control": CACHED}]
+
+
+@pytest.mark.parametrize("cache_control", [{"type": "persistent"}, {"type": "ephemeral", "ttl": "1d"}, "yes"])
+def test_a_cache_control_anthropic_would_refuse_is_a_400(cache_control):
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "hi", "cache_control": cache_control}]}]})
+    assert err.value.status == 400 and err.value.param == "messages[0].content[0].cache_control"
+
+
+# ------------------------------------------------------------ extended thinking
+
+
+@pytest.mark.parametrize("effort, budget", [("minimal", 1024), ("low", 4096), ("medium", 10000),
+                                            ("high", 16000), ("xhigh", 24000)])
+def test_reasoning_effort_enables_thinking_with_room_left_for_the_answer(effort, budget):
+    body = translate({"messages": [user("Prove it.")], "reasoning_effort": effort})
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": budget}
+    assert body["max_tokens"] == budget + 4096  # thinking counts against max_tokens
+    check_body(body)
+
+
+def test_no_reasoning_effort_or_none_sends_no_thinking():
+    assert "thinking" not in translate({"messages": [user("hi")]})
+    assert "thinking" not in translate({"messages": [user("hi")], "reasoning_effort": "none"})
+
+
+@pytest.mark.parametrize("cap, budget", [(40000, 16000), (3000, 2999), (1025, 1024)])
+def test_a_client_token_cap_covers_thinking_and_answer_as_openai_counts_reasoning(cap, budget):
+    body = translate({"messages": [user("hi")], "reasoning_effort": "high", "max_completion_tokens": cap})
+    assert body["max_tokens"] == cap
+    assert body["thinking"]["budget_tokens"] == budget
+    check_body(body)
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"max_tokens": 1024}, "max_tokens"),  # no room for Anthropic's minimum budget of 1024
+    ({"temperature": 0.2}, "temperature"),
+    ({"top_p": 0.5}, "top_p"),
+    ({"response_format": JSON_SCHEMA}, "reasoning_effort"),
+    ({"tools": [WEATHER_TOOL], "tool_choice": "required"}, "reasoning_effort"),
+    ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+])
+def test_reasoning_effort_with_what_thinking_excludes_is_a_400(fields, param):
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [user("hi")], "reasoning_effort": "low", **fields})
+    assert err.value.status == 400 and err.value.param == param
+
+
+def test_thinking_keeps_a_default_temperature_and_a_high_top_p():
+    body = translate({"messages": [user("hi")], "reasoning_effort": "low", "temperature": 1, "top_p": 0.95,
+                      "tools": [WEATHER_TOOL], "tool_choice": "none"})
+    check_body(body)
+
+
+@pytest.mark.parametrize("messages", [
+    TOOL_HISTORY[:3],  # a tool loop under way: its signed thinking would have to be sent back
+    [user("q"), {"role": "assistant", "content": "The answer is"}],  # a prefill
+], ids=["tool-loop", "prefill"])
+def test_thinking_is_left_off_where_anthropic_cannot_take_it(messages):
+    body = translate({"messages": messages, "tools": [WEATHER_TOOL], "reasoning_effort": "medium"})
+    assert "thinking" not in body
+    check_body(body)
+
+
+THINKING_MESSAGE = {**MESSAGE, "content": [
+    {"type": "thinking", "thinking": "Let me add 2 and 2.", "signature": "EqQBCgIYAhIM"},
+    {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"},
+    {"type": "text", "text": "4"},
+]}
+
+
+def test_thinking_blocks_become_reasoning_content():
+    _, out = respond(200, "application/json", json.dumps(THINKING_MESSAGE).encode())
+    assert json.loads(out)["choices"][0]["message"] == {
+        "role": "assistant", "content": "4", "reasoning_content": "Let me add 2 and 2."}
+
+
+THINKING_STREAM = sse(
+    ("message_start", {"type": "message_start", "message": {
+        "id": "msg_01", "type": "message", "role": "assistant", "content": [], "model": "claude-3-7-sonnet",
+        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+    ("content_block_start", {"type": "content_block_start", "index": 0,
+                             "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "thinking_delta", "thinking": "Let me add "}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "thinking_delta", "thinking": "2 and 2."}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "signature_delta", "signature": "EqQBCgIYAhIM"}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    ("content_block_start", {"type": "content_block_start", "index": 1,
+                             "content_block": {"type": "text", "text": ""}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                             "delta": {"type": "text_delta", "text": "4"}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                       "usage": {"output_tokens": 20}}),
+    ("message_stop", {"type": "message_stop"}),
+)
+
+
+def test_thinking_deltas_become_reasoning_content_deltas():
+    got = sse_events(stream(THINKING_STREAM))
+    deltas = [c["choices"][0]["delta"] for c in got if c != "[DONE]" and c["choices"]]
+    assert deltas == [{"role": "assistant", "content": ""}, {"reasoning_content": "Let me add "},
+                      {"reasoning_content": "2 and 2."}, {"content": "4"}, {}]
+    assert stream(THINKING_STREAM, 3) == stream(THINKING_STREAM)
+
+
+# ------------------------------------------------- property: what the real API accepts
+
+
+@st.composite
+def fidelity_requests(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid chat body with issue #17's options drawn on top: user ids, effort, formats, cache marks."""
+    body = draw(chat_requests(WEATHER_TOOL, tool_choices=("auto", "required", "none")))
+    if draw(st.booleans()):
+        body["user"] = draw(st.sampled_from(["ada@example.com", "u-1", "x" * 300]))
+    effort = draw(st.sampled_from([None, "none", "minimal", "high"]))
+    if effort:
+        body["reasoning_effort"] = effort
+    fmt = draw(st.sampled_from([None, {"type": "text"}, {"type": "json_object"}, JSON_SCHEMA]))
+    if fmt:
+        body["response_format"] = fmt
+    marked = draw(st.lists(st.integers(0, len(body["messages"]) - 1), max_size=3, unique=True))
+    for i in marked:
+        body["messages"][i] = {**body["messages"][i], "cache_control": CACHED}
+    return body
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fidelity_requests(), st.booleans())
+def test_any_request_with_the_new_options_is_refused_early_or_accepted_by_the_real_api(body, stream_flag):
+    try:
+        sent = translate(body, stream=stream_flag)
+    except GatewayError as err:
+        # Only what extended thinking cannot be combined with is refused here.
+        assert body.get("reasoning_effort") not in (None, "none"), err.message
+        assert err.param in ("temperature", "top_p", "reasoning_effort", "max_tokens"), err.message
+        return
+    try:
+        check_body(sent)
+    except RequestError as err:
+        raise AssertionError(err.message) from None
+
+
+def test_a_tool_schema_without_its_type_gets_the_object_type_anthropic_requires():
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"properties": {"a": {"type": "string"}}}}}
+    body = translate({"messages": [user("hi")], "tools": [tool]})
+    assert body["tools"][0]["input_schema"] == {"type": "object", "properties": {"a": {"type": "string"}}}
+    check_body(body)

@@ -417,3 +417,36 @@ def test_any_valid_chat_request_translates_and_keeps_its_text(body, stream_flag)
         assert isinstance(translated["content"], str)
         for text in texts:
             assert text in translated["content"]
+
+
+# ------------------------------------------------------------------- thinking
+
+
+@pytest.mark.parametrize("effort, think", [("none", False), ("minimal", "low"), ("low", "low"),
+                                           ("medium", "medium"), ("high", "high"), ("xhigh", "high")])
+def test_reasoning_effort_becomes_think(effort, think):
+    # Ollama takes a level for models that have levels (gpt-oss) and reads any level
+    # as "think" on the others; false turns thinking off where the model allows it.
+    assert translate({"messages": [user("hi")], "reasoning_effort": effort})["think"] == think
+
+
+def test_no_reasoning_effort_leaves_think_to_the_model():
+    assert "think" not in translate({"messages": [user("hi")]})
+
+
+def test_message_thinking_becomes_reasoning_content():
+    answer = {**CHAT_RESPONSE, "message": {"role": "assistant", "content": "4", "thinking": "2 and 2 make 4."}}
+    _, out = respond(200, "application/json", json.dumps(answer).encode())
+    assert json.loads(out)["choices"][0]["message"] == {
+        "role": "assistant", "content": "4", "reasoning_content": "2 and 2 make 4."}
+
+
+def thinking_line(thinking: str) -> dict[str, Any]:
+    return {**line(""), "message": {"role": "assistant", "content": "", "thinking": thinking}}
+
+
+def test_streamed_thinking_becomes_reasoning_content_deltas():
+    got = sse_events(stream(ndjson(thinking_line("2 and 2"), thinking_line(" make 4."), line("4"), FINAL)))
+    deltas = [c["choices"][0]["delta"] for c in got if c != "[DONE]" and c["choices"]]
+    assert deltas == [{"role": "assistant", "content": ""}, {"reasoning_content": "2 and 2"},
+                      {"reasoning_content": " make 4."}, {"content": "4"}, {}]
