@@ -76,7 +76,6 @@ _TOOL_ID_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
 class AnthropicTranslator(Translator):
     type = "anthropic"
     handlers = frozenset({Handler.CHAT, Handler.COMPLETION})
-    provider_headers = frozenset({"x-api-key", "anthropic-version"})
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
