@@ -8,8 +8,13 @@ query string. The fakes record every header they receive and the request target
 with its query string; every lane is tried, streaming and not, with failover
 between providers (a retry must not carry what the first attempt was given).
 
+A passthrough-lane request with a query string takes the model lane (Envoy's
+rewrite would keep the query string; the upstream step sets the whole path).
+
 One gateway forwards nothing; a second one forwards what its config lists, to
-the provider that lists it only.
+the provider that lists it only. Envoy hands a retry the headers as the previous
+attempt left them, so a failover reaches a provider with only what every provider
+tried before it forwards too (fail closed).
 """
 
 from __future__ import annotations
@@ -81,13 +86,13 @@ def gateway(fakes, start_gateway):
     return start_gateway(three_providers(fakes))
 
 
-def sdk_client(gateway, fakes) -> openai.OpenAI:
-    """The official SDK, told to send the organisation, project, cookies and a query string."""
+def sdk_client(gateway, fakes, *, query: bool = True) -> openai.OpenAI:
+    """The official SDK, told to send the organisation, project, cookies and (``query``) a query string."""
     for fake in fakes.values():
         fake.reset()
     return openai.OpenAI(base_url=gateway.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30,
                          organization="org-of-the-client", project="proj-of-the-client",
-                         default_headers=CLIENT_HEADERS, default_query=CLIENT_QUERY)
+                         default_headers=CLIENT_HEADERS, default_query=CLIENT_QUERY if query else None)
 
 
 def sent_to_providers(fakes) -> list[tuple[str, RecordedRequest]]:
@@ -126,8 +131,9 @@ def ext_proc_streams(gateway) -> int:
 
 # (model, stream, SDK options, providers that fail first with a 429, the providers that get a call)
 CASES = {
-    # The passthrough lane: Envoy alone.
+    # The passthrough lane: Envoy alone (the SDK sends no query string: one takes the model lane).
     "passthrough": (GPT, False, {}, [], ["openai"]),
+    "passthrough, with a query string": (GPT, False, {}, [], ["openai"]),
     # ...and an attempt that leaves it, translated by the upstream step.
     "passthrough, failing over": (GPT, False, {}, ["openai"], ["openai", "anthropic"]),
     # The model lane: a body sent as it is, and translated ones.
@@ -151,7 +157,7 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_a_provider_gets_only_its_allow_list(gateway, fakes, case):
     model, stream, options, failing, reached = CASES[case]
-    client = sdk_client(gateway, fakes)
+    client = sdk_client(gateway, fakes, query=not case.startswith("passthrough"))
     for name in failing:
         fakes[name].inject(Status(429), method="POST")
     before = ext_proc_streams(gateway)
@@ -163,10 +169,10 @@ def test_a_provider_gets_only_its_allow_list(gateway, fakes, case):
         assert request.headers.get("x-request-id")  # correlation with the gateway's logs
 
 
-def raw_post(gateway, model: str, headers: dict[str, str]) -> dict:
+def raw_post(gateway, model: str, headers: dict[str, str], query: str = "") -> dict:
     """A plain HTTP/1.1 client: it sends header names as they are written, underscores included."""
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "who pays?"}]}).encode()
-    request = urllib.request.Request(gateway.base_url + "/chat/completions?key=in-the-query", data=body,
+    request = urllib.request.Request(gateway.base_url + "/chat/completions" + query, data=body,
                                      method="POST", headers={"Content-Type": "application/json", **headers})
     with urllib.request.urlopen(request, timeout=30) as resp:
         return json.loads(resp.read())
@@ -178,7 +184,7 @@ def test_an_underscore_header_reaches_no_provider(gateway, fakes, model, provide
     for fake in fakes.values():
         fake.reset()
     answer = raw_post(gateway, model, {"Authorization": f"Bearer {CLIENT_KEY}", "x_api_key": "sk-smuggled",
-                                       "Cookie": "session=1"})
+                                       "Cookie": "session=1"}, "" if model == GPT else "?key=in-the-query")
     assert "who pays?" in answer["choices"][0]["message"]["content"]
     assert_only_allowed(fakes, [provider])
     assert "sk-smuggled" not in json.dumps(sent_to_providers(fakes)[0][1].headers)
@@ -194,19 +200,30 @@ def forwarding_gateway(fakes, start_gateway):
     return start_gateway(three_providers(fakes, FORWARD))
 
 
+def reaching(providers: list[str]) -> dict[str, set[str]]:
+    """What each provider tried in turn is sent of FORWARD: its own, less what an earlier one removed."""
+    out, left = {}, set(CLIENT_HEADERS_LOWER)
+    for name in providers:
+        out[name] = left & set(FORWARD.get(name, ()))
+        left = out[name]  # the attempt removed the rest, for every attempt after it too
+    return out
+
+
+CLIENT_HEADERS_LOWER = {*(h.lower() for h in CLIENT_HEADERS), "openai-organization", "openai-project"}
+
+
 @pytest.mark.parametrize("case", ["passthrough", "passthrough, failing over", "model lane, anthropic stream",
                                   "model lane, ollama", "router step, failing over twice"])
 def test_a_configured_header_reaches_the_provider_that_forwards_it_only(forwarding_gateway, fakes, case):
     model, stream, options, failing, reached = CASES[case]
-    client = sdk_client(forwarding_gateway, fakes)
+    client = sdk_client(forwarding_gateway, fakes, query=not case.startswith("passthrough"))
     for name in failing:
         fakes[name].inject(Status(429), method="POST")
     assert "who pays?" in ask(client, model, stream, **options)
-    forwarded = {name: set(headers) for name, headers in FORWARD.items()}
+    forwarded = reaching(reached)
     assert_only_allowed(fakes, reached, forwarded)
     for name, request in sent_to_providers(fakes):
-        for header in forwarded.get(name, ()):
-            assert header in request.headers, f"{name} was not sent {header}"
+        assert forwarded[name] <= set(request.headers), f"{name} was not sent {forwarded[name]}"
     if "openai" in reached:
         sent = dict(sent_to_providers(fakes))["openai"]
         assert sent.headers["openai-organization"] == "org-of-the-client"
