@@ -64,14 +64,15 @@ REMOVED_REQUEST_HEADERS = (*CLIENT_CREDENTIAL_HEADERS, *STEP_REQUEST_HEADERS)
 
 # ---------------------------------------------------------------- what a provider is sent
 
-# Headers are an allow-list: an attempt keeps these of the request's headers (besides the
-# pseudo-headers and the host, which the attempt sets), and those its provider's config lists
-# (``forward_headers``); every other one is removed before the provider's own credentials and
-# version headers are set. Applied by: the upstream step (every attempt it sees) and the
-# passthrough lane's per-attempt filter (control plane). ``accept-encoding`` stays the routes'
-# to decide. Pseudo-headers and the host are never removed (Envoy forbids it).
+# Headers are an allow-list: an attempt keeps these of the request's headers, and those its
+# provider's config lists (``forward_headers``); every other one is removed before the
+# provider's own credentials and version headers are set. Applied by: the upstream step
+# (every attempt it sees) and the passthrough lane's per-attempt filter (control plane).
+# ``accept-encoding`` is kept as it is: what a provider may compress is the routes' business.
 PROVIDER_REQUEST_HEADERS = ("content-type", "content-length", "accept", "accept-encoding", REQUEST_ID_HEADER)
-NEVER_REMOVED_HEADERS = ("host",)  # with every name that starts with ":"
+# Never removed, with every pseudo-header (":path"...): Envoy sets them for the provider, and
+# forbids removing them.
+NEVER_REMOVED_HEADERS = ("host",)
 
 # ---------------------------------------------------------------- response headers between the steps
 

@@ -8,11 +8,13 @@ in test_passthrough.py, and all of it for real in tests/e2e/test_provider_header
 from __future__ import annotations
 
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_pb
 from google.protobuf import struct_pb2, text_format
 
 from control_plane.config import parse_config
 from control_plane.plan import make_plan
+from control_plane.resources.listeners import http_connection_manager
 from control_plane.resources.runtime import runtime
 from ext_proc.runtime import RuntimeView
 from ext_proc.steps.upstream import UpstreamStep, not_kept
@@ -127,3 +129,16 @@ def test_a_body_sent_as_it_is_gets_its_headers_set_and_the_rest_removed_at_once(
         "x-hapax-usage"}
     assert "openai-organization" not in mutation.remove_headers  # gpt forwards it
     assert "authorization" not in mutation.remove_headers and "cookie" in mutation.remove_headers
+
+
+# ---------------------------------------------------------------- the listeners
+
+
+def test_envoy_drops_underscore_names_and_adds_no_forwarding_headers_of_its_own():
+    hcm = http_connection_manager(make_plan(parse_config(CONFIG)))
+    options = hcm.common_http_protocol_options
+    assert options.headers_with_underscores_action == options.DROP_HEADER
+    assert hcm.skip_xff_append and hcm.use_remote_address.value
+    router = router_pb2.Router()
+    hcm.http_filters[-1].typed_config.Unpack(router)
+    assert router.suppress_envoy_headers
