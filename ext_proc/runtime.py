@@ -13,6 +13,7 @@ from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from hapax.v1 import runtime_pb2
+from hapax.wire import PROVIDER_REQUEST_HEADERS
 
 
 class InvalidRuntime(Exception):
@@ -55,6 +56,9 @@ class Provider:
     health_check: HealthCheckSettings = HealthCheckSettings()
     # US dollars per million input / output tokens; None when the model has no price.
     price: tuple[float, float] | None = None
+    # What an attempt to this provider keeps of the request's headers: what every provider
+    # gets and the provider's forward_headers (hapax/wire.py). The rest is removed.
+    kept_headers: frozenset[str] = frozenset(PROVIDER_REQUEST_HEADERS)
 
     def __repr__(self) -> str:  # never print the key
         return f"Provider(name={self.name!r}, type={self.type!r}, model={self.model!r})"
@@ -132,4 +136,5 @@ def _provider(p: runtime_pb2.Provider, known_types: frozenset[str]) -> Provider:
             healthy_threshold=hc.healthy_threshold, unhealthy_threshold=hc.unhealthy_threshold,
         ) if p.HasField("health_check") else HealthCheckSettings(),
         price=(p.price.input_per_million, p.price.output_per_million) if p.HasField("price") else None,
+        kept_headers=frozenset((*PROVIDER_REQUEST_HEADERS, *(h.lower() for h in p.forward_headers))),
     )

@@ -18,6 +18,13 @@ TEMPLATE = (_CHECKOUT_TEMPLATE if _CHECKOUT_TEMPLATE.is_file()
             else Path(sys.prefix) / "share" / "hapax" / "envoy" / "bootstrap.yaml")
 
 
+# Runtime settings every Envoy under Hapax gets (its bootstrap's static layer). RE2's default cap
+# on a regular expression's program size (100) is meant for hand-written ones: the passthrough
+# lane's header allow-list is one expression per provider, several hundred (and about 85 more
+# per forwarded header; control_plane/resources/provider_headers.py).
+ENVOY_RUNTIME = {"re2.max_program_size.error_level": 20_000}
+
+
 class EnvoyNotFound(Exception):
     pass
 
@@ -47,5 +54,5 @@ def render_bootstrap(*, node_id: str, admin_port: int, xds_host: str, xds_port: 
     # JSON is YAML: the tags' regexes go in without a second escaping scheme.
     return Template(TEMPLATE.read_text()).substitute(
         node_id=node_id, admin_port=admin_port, xds_host=xds_host, xds_port=xds_port,
-        stats_tags=json.dumps(list(stats_tags)),
+        stats_tags=json.dumps(list(stats_tags)), runtime=json.dumps(ENVOY_RUNTIME),
     )

@@ -62,6 +62,18 @@ CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-aut
 # What a route that skips the router step removes from the client's request itself.
 REMOVED_REQUEST_HEADERS = (*CLIENT_CREDENTIAL_HEADERS, *STEP_REQUEST_HEADERS)
 
+# ---------------------------------------------------------------- what a provider is sent
+
+# Headers are an allow-list: an attempt keeps these of the request's headers, and those its
+# provider's config lists (``forward_headers``); every other one is removed before the
+# provider's own credentials and version headers are set. Applied by: the upstream step
+# (every attempt it sees) and the passthrough lane's per-attempt filter (control plane).
+# ``accept-encoding`` is kept as it is: what a provider may compress is the routes' business.
+PROVIDER_REQUEST_HEADERS = ("content-type", "content-length", "accept", "accept-encoding", REQUEST_ID_HEADER)
+# Never removed, with every pseudo-header (":path"...): Envoy sets them for the provider, and
+# forbids removing them.
+NEVER_REMOVED_HEADERS = ("host",)
+
 # ---------------------------------------------------------------- response headers between the steps
 
 # Written: the upstream step on each attempt's answer. Read and removed: the router step

@@ -152,9 +152,13 @@ class ProviderConfig:
     aliases: tuple[str, ...] = ()  # extra model names clients may use for this provider
     health_check: HealthCheckConfig = HealthCheckConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    # Client request headers this provider is sent besides what every provider gets
+    # (hapax/wire.py: PROVIDER_REQUEST_HEADERS); lowercase. Every other one is removed.
+    forward_headers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _freeze(self, "aliases", tuple)
+        _freeze(self, "forward_headers", tuple)
 
 
 @dataclass(frozen=True)

@@ -229,13 +229,24 @@ def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
             router_ext_proc_filter(),
             hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router(
                 upstream_log=[passthrough.hold_off_logger(EXT_PROC_CLUSTER)] if lane else [],
+                # No x-envoy-original-path (the client's query string), -original-host,
+                # -expected-rq-timeout-ms to providers, nor -upstream-service-time to clients.
+                # (x-envoy-attempt-count, which the route asks for, is still set.)
+                suppress_envoy_headers=True,
             ))),
         ],
         local_reply_config=_local_reply_config(),
         stream_idle_timeout=duration(300),
         request_timeout=duration(0),
-        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(idle_timeout=duration(300)),
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
+            idle_timeout=duration(300),
+            # Some servers read "x_api_key" as "x-api-key" (CGI turns '-' into '_'): such a
+            # name is dropped here, before any filter or provider sees it.
+            headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.DROP_HEADER,
+        ),
         use_remote_address=wrappers_pb2.BoolValue(value=True),
+        # The client's address is the gateway's to know (access log), not a provider's.
+        skip_xff_append=True,
     )
 
 

@@ -9,11 +9,12 @@ request Envoy, alone:
 - reads ``model`` and ``stream`` from the body (``json_to_metadata``) and picks a
   lane route on them;
 - sends it to the lane's own cluster, ``lane.<first>``: the same providers in the
-  same order as the model's chain cluster, but its per-attempt filter injects
-  the key of the provider each attempt goes to (``credential_injector`` with the
-  provider's SDS secret, chosen by a composite filter matching the endpoint's
-  ``hapax.provider``). The chain cluster, which every other request uses, runs
-  only ext_proc's upstream step: those requests pay for no matching;
+  same order as the model's chain cluster, but its per-attempt filters remove
+  every request header the provider is not to be sent (provider_headers.py) and
+  inject the key of the provider each attempt goes to (``credential_injector``
+  with the provider's SDS secret), chosen by a composite filter matching the
+  endpoint's ``hapax.provider``. The chain cluster, which every other request
+  uses, runs only ext_proc's upstream step: those requests pay for no matching;
 - reads the token usage from the answer (``json_to_metadata`` again), which the
   gRPC access log brings to ext_proc's metrics in batches, after the answer.
 
@@ -22,8 +23,9 @@ model or another base path) is an ordinary upstream ext_proc attempt,
 translated as always: failover does not depend on the lane.
 
 What the lane checks: the body is a JSON object whose ``model`` is a string
-naming a lane model and whose ``stream`` is absent or ``false``. Anything else
-(malformed JSON, an unknown model, those two fields of the wrong type) takes
+naming a lane model and whose ``stream`` is absent or ``false``, and the path has
+no query string (Envoy's rewrite would keep it; the model lane drops it). Anything
+else (malformed JSON, an unknown model, those two fields of the wrong type) takes
 the ordinary route, where ext_proc answers with a precise error. The other
 fields are the provider's to check: it speaks the OpenAI API, and its error
 answer reaches the client unchanged.
@@ -41,7 +43,6 @@ from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
 from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.credential_injector.v3 import credential_injector_pb2
-from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -61,6 +62,7 @@ from control_plane.cel import MetadataEquals, all_of
 from control_plane.config.model import HapaxConfig, ProviderConfig
 from control_plane.plan import LaneModel, Plan
 from control_plane.protobuf import ads, pack
+from control_plane.resources import provider_headers
 from control_plane.resources.secrets import key_secret_name
 from hapax import wire
 
@@ -130,6 +132,9 @@ def lane_routes(plan: Plan, handler: str, base: route_components_pb2.Route,
         route = body_routed(plan, base, LANE, lane.model, lane.first, stream=False,
                             disabled_ext_proc=disabled_ext_proc)
         route.route.cluster = lane_cluster_name(lane.first)
+        # The path exactly, query string and all: a rewrite would pass a query string on.
+        route.match.headers.append(route_components_pb2.HeaderMatcher(
+            name=":path", string_match=string_pb2.StringMatcher(exact=base.match.path)))
         # Attempts that leave the lane get their path and host from ext_proc.
         route.route.prefix_rewrite = lane.base_path + HANDLER_PATHS[handler]
         route.route.auto_host_rewrite.value = True
@@ -230,12 +235,13 @@ def _grpc_log(grpc_cluster: str) -> als_pb2.CommonGrpcAccessLogConfig:
 
 
 def upstream_filter(config: HapaxConfig, lane: LaneModel, translate: hcm_pb2.HttpFilter) -> hcm_pb2.HttpFilter:
-    """The lane cluster's per-attempt filter: an attempt to a lane provider gets its key from Envoy,
-    any other (a provider the body would have to be rewritten for) goes to ``translate``."""
+    """The lane cluster's per-attempt filter: an attempt to a lane provider loses the headers it is
+    not to be sent and gets its key from Envoy, any other (a provider the body would have to be
+    rewritten for) goes to ``translate``."""
     matchers = [matcher_pb2.Matcher.MatcherList.FieldMatcher(
         predicate=_cel_predicate(
             MetadataEquals("upstream_host_metadata", METADATA_NAMESPACE, wire.HOST_PROVIDER_KEY, name)),
-        on_match=_execute(f"{LANE}.{name}", _injector(config.providers[name])),
+        on_match=_execute(f"{LANE}.{name}", *_lane_attempt(config.providers[name])),
     ) for name in lane.providers]
     matcher = matcher_pb2.Matcher(
         matcher_list=matcher_pb2.Matcher.MatcherList(matchers=matchers),
@@ -249,10 +255,15 @@ def upstream_filter(config: HapaxConfig, lane: LaneModel, translate: hcm_pb2.Htt
     return hcm_pb2.HttpFilter(name=LANE_FILTER, typed_config=pack(composite))
 
 
+def _lane_attempt(provider: ProviderConfig) -> list[extension_pb2.TypedExtensionConfig]:
+    """The filters of an attempt to a lane provider: the allow-list first (another lane provider's
+    key, set by an earlier attempt, goes too), then the provider's own key."""
+    allow_list = provider_headers.allow_list_filter(provider)
+    # A keyless server (local vLLM...): no key to add.
+    return [allow_list, _injector(provider)] if provider.api_key else [allow_list]
+
+
 def _injector(provider: ProviderConfig) -> extension_pb2.TypedExtensionConfig:
-    if not provider.api_key:  # a keyless server (local vLLM...): nothing to add
-        return extension_pb2.TypedExtensionConfig(
-            name="no_credential", typed_config=pack(header_mutation_pb2.HeaderMutation()))
     generic = generic_pb2.Generic(credential=secret_pb2.SdsSecretConfig(
         name=key_secret_name(provider.name),
         sds_config=ads()))
@@ -274,9 +285,13 @@ def _cel_predicate(*conditions: MetadataEquals) -> matcher_pb2.Matcher.MatcherLi
                 name="envoy.matching.matchers.cel_matcher", typed_config=pack(expression))))
 
 
-def _execute(name: str, filter_config: extension_pb2.TypedExtensionConfig) -> matcher_pb2.Matcher.OnMatch:
-    action = composite_pb2.ExecuteFilterAction(typed_config=core_extension_pb2.TypedExtensionConfig(
-        name=filter_config.name, typed_config=filter_config.typed_config))
+def _execute(name: str, *filters: extension_pb2.TypedExtensionConfig) -> matcher_pb2.Matcher.OnMatch:
+    configs = [core_extension_pb2.TypedExtensionConfig(name=f.name, typed_config=f.typed_config) for f in filters]
+    if len(configs) == 1:
+        action = composite_pb2.ExecuteFilterAction(typed_config=configs[0])
+    else:
+        action = composite_pb2.ExecuteFilterAction(
+            filter_chain=composite_pb2.FilterChainConfiguration(typed_config=configs))
     return matcher_pb2.Matcher.OnMatch(action=extension_pb2.TypedExtensionConfig(name=name, typed_config=pack(action)))
 
 

@@ -11,16 +11,18 @@ known model (the model lane, control_plane/resources/model_lane.py) comes straig
 the upstream step; a passthrough-lane request reaches it only for an attempt
 that leaves that lane.
 
-Envoy hands every retry the request headers as the previous attempt's upstream
-step left them, so each attempt starts by removing whatever another provider's
-attempt may have set (credentials above all) before setting its own.
+Headers are an allow-list: each attempt removes every request header but what
+every provider gets and what its provider's config forwards (``Provider.kept_headers``),
+then sets its provider's own. Envoy hands every retry the request headers as the
+previous attempt left them, so this also removes what another provider's attempt
+set (credentials above all).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -49,17 +51,17 @@ from ext_proc.steps.messages import (
     provider_from_host_metadata,
     status_attribute,
 )
-from ext_proc.translators import PROVIDER_HEADERS, ProviderRequest, ResponseStage, translator_for
+from ext_proc.translators import ProviderRequest, ResponseStage, translator_for
 from ext_proc.translators.completions import ChainedStage, TextCompletionStage
 from hapax.wire import (
     ANSWER_ATTEMPT_HEADER,
     ATTEMPT_HEADER,
     HOST_METADATA_ATTRIBUTE,
+    NEVER_REMOVED_HEADERS,
     PROVIDER_HEADER,
     REQUEST_ID_HEADER,
     ROUTE_METADATA_ATTRIBUTE,
     START_HEADER,
-    STEP_REQUEST_HEADERS,
     UPSTREAM_SECONDS_HEADER,
     USAGE_HEADER,
     VERSION_HEADER,
@@ -154,8 +156,10 @@ class UpstreamStep(Step):
         if attempt.handler not in translator_for(provider.type).handlers:
             raise GatewayError(400, f"Provider '{provider.name}' ({provider.type}) does not serve "
                                f"the '{attempt.handler}' API.", code="unsupported_handler")
-        as_sent = self._body_as_sent(attempt, route_md, headers.get(USAGE_HEADER) == "true")
-        return as_sent or continue_request_headers()
+        as_sent = self._body_as_sent(attempt, route_md, headers)
+        # A body to rewrite comes next: this attempt's own headers are set with it.
+        return as_sent or continue_request_headers(pb.CommonResponse(
+            header_mutation=mutation(remove=not_kept(headers, provider.kept_headers))))
 
     def _count_attempt(self, attempt: Attempt) -> None:
         if self.metrics is None or attempt.route is None or attempt.lane == Lane.PASSTHROUGH:
@@ -167,12 +171,13 @@ class UpstreamStep(Step):
             self.in_flight = True
 
     def _body_as_sent(self, attempt: Attempt, route_md: Mapping[str, str],
-                      include_usage: bool) -> pb.ProcessingResponse | None:
+                      headers: Mapping[str, str]) -> pb.ProcessingResponse | None:
         """On the model lane, what Envoy read of the body may show the provider takes it as it is:
         then only the path and headers change, and the body is not sent here."""
         model, stream = route_md.get(RouteKey.MODEL), route_md.get(RouteKey.STREAM)
         if attempt.lane != Lane.MODEL or not model or stream not in ("true", "false"):
             return None
+        include_usage = headers.get(USAGE_HEADER) == "true"
         req = ClientRequest.as_read(Handler(attempt.handler), model, stream == "true", include_usage)
         out = translator_for(attempt.provider.type).request_as_sent(req, attempt.provider)
         if out is None:
@@ -181,9 +186,10 @@ class UpstreamStep(Step):
         self.sent = time.monotonic()
         self.headers_unread = req.stream
         set_headers = attempt.target_headers(out)
+        remove = not_kept(headers, attempt.provider.kept_headers, set_headers)
         return pb.ProcessingResponse(
             request_headers=pb.HeadersResponse(response=pb.CommonResponse(
-                header_mutation=mutation(set_headers, remove=_stale_headers(set_headers)))),
+                header_mutation=mutation(set_headers, remove=remove))),
             mode_override=STREAM_AS_SENT if req.stream else BODY_AS_SENT)
 
     def request_body(self, msg: pb.HttpBody, attributes: Attributes) -> pb.ProcessingResponse:
@@ -197,7 +203,7 @@ class UpstreamStep(Step):
         self.stage = attempt.response_stage(req)
         set_headers = {**attempt.target_headers(out),
                        "content-type": "application/json", "content-length": str(len(out.body))}
-        common = pb.CommonResponse(header_mutation=mutation(set_headers, remove=_stale_headers(set_headers)))
+        common = pb.CommonResponse(header_mutation=mutation(set_headers))  # the rest went with the headers
         common.body_mutation.body = out.body
         self.sent = time.monotonic()
         return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
@@ -352,9 +358,17 @@ def _provider(view: RuntimeView, attributes: Attributes) -> Provider:
     return provider
 
 
-def _stale_headers(set_headers: dict[str, str]) -> tuple[str, ...]:
-    """What the steps told each other, and another provider's attempt set, that this attempt does not set."""
-    return tuple(h for h in (ATTEMPT_HEADER, *STEP_REQUEST_HEADERS, *PROVIDER_HEADERS) if h not in set_headers)
+def not_kept(names: Iterable[str], kept: frozenset[str], set_now: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The request headers (``names``, lowercase) an attempt removes: every one but ``kept``.
+
+    What the client sent, what the steps told each other (``x-hapax-*``), Envoy's own
+    (``x-envoy-*``, ``x-forwarded-*``) and what another provider's attempt set all go;
+    pseudo-headers and the host stay (Envoy sets them for the provider, and forbids
+    removing them), and so do the ones this attempt sets (``set_now``).
+    """
+    return tuple(name for name in names
+                 if name not in kept and not name.startswith(":") and name not in NEVER_REMOVED_HEADERS
+                 and not (set_now and name in set_now))
 
 
 def _seconds(text: str, default: float) -> float:

@@ -12,13 +12,8 @@ TRANSLATORS: dict[str, Translator] = {
 }
 
 
-# Every header any translator may set on a provider request. A retry that moves
-# to another provider must not carry the previous provider's credentials.
-PROVIDER_HEADERS: tuple[str, ...] = tuple(sorted({h for t in TRANSLATORS.values() for h in t.provider_headers}))
-
-
 def translator_for(provider_type: str) -> Translator:
     return TRANSLATORS[provider_type]
 
 
-__all__ = ["PROVIDER_HEADERS", "ProviderRequest", "ResponseStage", "Translator", "TRANSLATORS", "translator_for"]
+__all__ = ["ProviderRequest", "ResponseStage", "Translator", "TRANSLATORS", "translator_for"]

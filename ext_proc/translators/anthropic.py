@@ -38,7 +38,6 @@ ANTHROPIC_VERSION = "2023-06-01"
 class AnthropicTranslator(Translator):
     type = "anthropic"
     handlers = frozenset({Handler.CHAT, Handler.COMPLETION})
-    provider_headers = frozenset({"x-api-key", "anthropic-version"})
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock

@@ -125,9 +125,6 @@ class ConvertingResponseStage(ResponseStage):
 class Translator(ABC):
     type: ClassVar[str]
     handlers: ClassVar[frozenset[Handler]]
-    # Headers this translator may set (credentials, versions); removed from an
-    # attempt that goes to another provider.
-    provider_headers: ClassVar[frozenset[str]] = frozenset({"authorization"})
 
     @abstractmethod
     def request(self, req: ClientRequest, provider: Provider) -> ProviderRequest:

@@ -60,10 +60,11 @@ _SHUTDOWN_TIMEOUT = 2.0
 @dataclass
 class RecordedRequest:
     method: str
-    path: str
-    headers: dict[str, str]  # keys lower-cased
+    path: str  # without the query string
+    headers: dict[str, str]  # every header received, keys lower-cased (repeats joined with ", ")
     body: Any  # parsed JSON, or None when absent or malformed
     raw: bytes
+    target: str = ""  # the request target as sent: the path and its query string, undecoded
 
 
 class RequestError(Exception):
@@ -317,7 +318,8 @@ class FakeProvider(ABC):
         for name, value in request.headers.items():
             key = name.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        record = RecordedRequest(request.method, request.path, headers, _parse_json(raw), raw)
+        record = RecordedRequest(request.method, request.path, headers, _parse_json(raw), raw,
+                                 target=request.raw_path)
         self.requests.append(record)
         return record
 

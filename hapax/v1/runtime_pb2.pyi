@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Provider(_message.Message):
-    __slots__ = ("name", "type", "model", "aliases", "base_url", "cluster", "timeout_seconds", "api_key", "health_check", "price")
+    __slots__ = ("name", "type", "model", "aliases", "base_url", "cluster", "timeout_seconds", "api_key", "health_check", "price", "forward_headers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class Provider(_message.Message):
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_HEADERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     model: str
@@ -28,7 +29,8 @@ class Provider(_message.Message):
     api_key: str
     health_check: HealthCheck
     price: ModelPrice
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., base_url: _Optional[str] = ..., cluster: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., api_key: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., price: _Optional[_Union[ModelPrice, _Mapping]] = ...) -> None: ...
+    forward_headers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., base_url: _Optional[str] = ..., cluster: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., api_key: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., price: _Optional[_Union[ModelPrice, _Mapping]] = ..., forward_headers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelPrice(_message.Message):
     __slots__ = ("input_per_million", "output_per_million")

@@ -84,10 +84,12 @@ def test_envoy_folder_is_not_a_python_package():
 GATEWAY_CODE = ("control_plane", "ext_proc", "hapax")
 NOT_GATEWAY_CODE = ("hapax/fakes/", "hapax/v1/", "hapax/wire.py")
 # Contract values that are also ordinary words of other vocabularies: the provider APIs'
-# usage fields, the HTTP credential headers a translator sets for its provider, the name of
-# the product in logger names and Envoy's stat prefix, "provider" as a metric label.
+# usage fields, the HTTP credential headers a translator sets for its provider, the headers of
+# every HTTP request, the name of the product in logger names and Envoy's stat prefix,
+# "provider" as a metric label.
 SHARED_VOCABULARY = {"hapax", "provider", "prompt_tokens", "completion_tokens",
-                     "authorization", "x-api-key", "api-key", "proxy-authorization"}
+                     "authorization", "x-api-key", "api-key", "proxy-authorization",
+                     "host", "content-type", "content-length", "accept", "accept-encoding"}
 
 
 def _contract_literals() -> set[str]:

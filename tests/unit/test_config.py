@@ -459,6 +459,63 @@ def test_aliases_must_be_a_list_of_strings():
     }
 
 
+# --------------------------------------------------------------------------- forward_headers
+
+
+def test_forward_headers_default_to_none_and_are_lowercased():
+    config = parse("""
+        providers:
+          openai: {type: openai, model: gpt-4, api_key: a, forward_headers: [OpenAI-Organization, X-Trace-Id]}
+          claude: {type: anthropic, model: claude, api_key: b}
+    """)
+
+    assert config.providers["openai"].forward_headers == ("openai-organization", "x-trace-id")
+    assert config.providers["claude"].forward_headers == ()
+    assert config.warnings == ()
+
+
+def test_forward_headers_that_could_never_be_forwarded_are_errors_with_their_key_path():
+    found = errors("""
+        providers:
+          a: {type: ollama, model: m, forward_headers: x-trace-id}
+          b:
+            type: ollama
+            model: m
+            forward_headers: [Authorization, cookie, x_api_key, ":path", "bad header", Host, x-envoy-retry-on,
+                              x-hapax-chain, "", 3, x-trace-id, X-Trace-Id]
+    """)
+
+    credential = "is a client credential: a provider is sent the gateway's own key, never what the client " \
+                 "authenticates with"
+    assert found == {
+        "providers.a.forward_headers": "expected a list, got string 'x-trace-id'",
+        "providers.b.forward_headers[0]": f"cannot forward 'Authorization': {credential}",
+        "providers.b.forward_headers[1]": f"cannot forward 'cookie': {credential}",
+        "providers.b.forward_headers[2]": "cannot forward 'x_api_key': names with underscores are dropped "
+                                          "from every request",
+        "providers.b.forward_headers[3]": "cannot forward ':path': a pseudo-header is the gateway's to set",
+        "providers.b.forward_headers[4]": "cannot forward 'bad header': not an HTTP header name",
+        "providers.b.forward_headers[5]": "cannot forward 'Host': belongs to the connection: the gateway sets "
+                                          "it for each provider itself",
+        "providers.b.forward_headers[6]": "cannot forward 'x-envoy-retry-on': the gateway's own headers are "
+                                          "never taken from a client",
+        "providers.b.forward_headers[7]": "cannot forward 'x-hapax-chain': the gateway's own headers are never "
+                                          "taken from a client",
+        "providers.b.forward_headers[8]": "cannot forward '': not an HTTP header name",
+        "providers.b.forward_headers[9]": "expected a string, got integer 3",
+        "providers.b.forward_headers[11]": "'x-trace-id' is listed twice (first at providers.b.forward_headers[10])",
+    }
+
+
+def test_forwarding_a_header_every_provider_gets_is_a_warning():
+    config = parse(with_provider("{type: ollama, model: m, forward_headers: [content-type, x-trace-id]}"))
+
+    assert config.providers["openai"].forward_headers == ("content-type", "x-trace-id")
+    assert [str(w) for w in config.warnings] == [
+        "providers.openai.forward_headers[0]: 'content-type' is sent to every provider already; "
+        "listing it changes nothing"]
+
+
 # --------------------------------------------------------------------------- provider_preference
 
 TWO_PROVIDERS = """\
@@ -853,7 +910,7 @@ _API_KEYS = st.one_of(st.sampled_from([SECRET, "${SECRET_KEY}", "pre-${SECRET_KE
 _PROVIDER = st.fixed_dictionaries({}, optional={
     "api_key": _API_KEYS,
     **{key: st.one_of(_SCALARS, st.lists(_SCALARS, max_size=2))
-       for key in ("type", "model", "base_url", "timeout", "aliases", "modle")},
+       for key in ("type", "model", "base_url", "timeout", "aliases", "forward_headers", "modle")},
 })
 # Shaped like a real file, so that most examples get past the top level into each section.
 _NEAR_VALID = st.fixed_dictionaries({}, optional={

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
 from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from hypothesis import given
+from hypothesis import strategies as st
 
 from control_plane import resources as res
 from control_plane.config import parse_config
 from control_plane.plan import make_plan
-from control_plane.resources import passthrough
+from control_plane.resources import passthrough, provider_headers
 from control_plane.snapshot import (
     CLUSTER,
     LISTENER,
@@ -19,6 +24,7 @@ from control_plane.snapshot import (
     _aggregate_members,
     build_snapshot,
 )
+from hapax import wire
 from tests.snapshots import EXT_PROC
 
 CONFIG = """\
@@ -72,6 +78,9 @@ def test_lane_routes_go_before_their_ordinary_route_and_route_on_the_body_withou
     assert lane.route.auto_host_rewrite.value
     assert lane.route.retry_policy.num_retries.value == 3  # one attempt per provider of the chain
     assert {"authorization", "x-api-key", "x-hapax-chain"} <= set(lane.request_headers_to_remove)
+    # A query string would survive the rewrite: a request with one takes the model lane instead.
+    path = next(m for m in lane.match.headers if m.name == ":path")
+    assert path.string_match.exact == "/v1/eng/chat/completions"
     ext_proc = ext_proc_pb2.ExtProcPerRoute()
     lane.typed_per_filter_config[res.EXT_PROC_FILTER].Unpack(ext_proc)
     assert ext_proc.disabled
@@ -107,8 +116,10 @@ def test_each_lane_attempt_gets_its_providers_key_from_envoy_or_goes_to_ext_proc
     assert [m.on_match.action.name for m in matchers] == ["passthrough.openai", "passthrough.second"]
     action = composite_pb2.ExecuteFilterAction()
     matchers[0].on_match.action.typed_config.Unpack(action)
-    assert action.typed_config.name == "credential_injector"
-    assert b"hapax_key.openai" in action.typed_config.typed_config.value
+    # The headers openai is not to be sent go first (the client's, another provider's key), then its key.
+    allow_list, injector = action.filter_chain.typed_config
+    assert (allow_list.name, injector.name) == ("provider_headers", "credential_injector")
+    assert b"hapax_key.openai" in injector.typed_config.value
     fallback = composite_pb2.ExecuteFilterAction()
     composite.xds_matcher.on_no_match.action.typed_config.Unpack(fallback)
     assert fallback.typed_config.name == res.UPSTREAM_EXT_PROC_FILTER
@@ -137,3 +148,64 @@ def test_provider_keys_reach_envoy_only_as_sds_secrets_of_the_lane_providers():
         for msg in snap.of_type(type_url).values():
             blob = msg.SerializeToString()
             assert not any(key.encode() in blob for key in KEYS), type_url
+
+
+# ---------------------------------------------------------------- what a lane attempt keeps of the headers
+
+FORWARDING = CONFIG.replace("aliases: [fast]}", "aliases: [fast], forward_headers: [OpenAI-Organization]}")
+
+
+def _lane_attempt_filters(text: str, provider: str) -> list:
+    plan = make_plan(parse_config(text))
+    lane = next(lane for lane in plan.lane_models if provider in lane.providers)
+    first, _ = _upstream_filters(res.lane_cluster(plan, lane))
+    composite = extension_matcher_pb2.ExtensionWithMatcher()
+    first.typed_config.Unpack(composite)
+    matcher = next(m for m in composite.xds_matcher.matcher_list.matchers
+                   if m.on_match.action.name == f"passthrough.{provider}")
+    action = composite_pb2.ExecuteFilterAction()
+    matcher.on_match.action.typed_config.Unpack(action)
+    return list(action.filter_chain.typed_config) or [action.typed_config]
+
+
+def _removed_by(allow_list) -> re.Pattern:
+    config = header_mutation_pb2.HeaderMutation()
+    allow_list.typed_config.Unpack(config)
+    [rule] = config.mutations.request_mutations
+    return re.compile(rule.remove_on_match.key_matcher.safe_regex.regex)
+
+
+CLIENT_HEADERS = ["cookie", "openai-organization", "openai-project", "anthropic-beta", "user-agent",
+                  "x-stainless-os", "x-forwarded-for", "x-forwarded-proto", "forwarded", "x-real-ip",
+                  "x-envoy-external-address", "x-envoy-attempt-count", "authorization", "x-request", "a", "hosts"]
+
+
+def test_a_lane_attempt_removes_every_header_its_provider_is_not_sent():
+    removed = _removed_by(_lane_attempt_filters(FORWARDING, "second")[0])
+    assert [h for h in CLIENT_HEADERS if not removed.fullmatch(h)] == []
+    kept = [*wire.PROVIDER_REQUEST_HEADERS, "host", ":path", ":authority", ":method", ":scheme"]
+    assert [h for h in kept if removed.fullmatch(h)] == []
+
+
+def test_a_lane_attempt_keeps_its_providers_forward_headers_only():
+    openai, second = (_removed_by(_lane_attempt_filters(FORWARDING, name)[0]) for name in ("openai", "second"))
+    assert not openai.fullmatch("openai-organization") and second.fullmatch("openai-organization")
+    assert openai.fullmatch("openai-project") and openai.fullmatch("openai-organizations")
+
+
+def test_a_keyless_lane_provider_gets_the_allow_list_and_no_key():
+    [allow_list] = _lane_attempt_filters(CONFIG, "vllm")
+    assert allow_list.name == "provider_headers"
+    assert _removed_by(allow_list).fullmatch("authorization")  # another lane provider's key goes
+
+
+_NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-.!#$%&'*+^`|~", min_size=1, max_size=20)
+
+
+@given(kept=st.sets(_NAME, max_size=8), names=st.lists(st.one_of(_NAME, st.sampled_from(
+    [*wire.PROVIDER_REQUEST_HEADERS, "content-typ", "accept-encodings", "x-request-i"])), max_size=20))
+def test_the_expression_matches_exactly_the_names_not_kept(kept, names):
+    removed = re.compile(provider_headers.unlisted_names(kept))
+    for name in [*names, *kept]:
+        assert bool(removed.fullmatch(name)) == (name not in kept and name != "host"), name
+    assert not removed.fullmatch(":path")

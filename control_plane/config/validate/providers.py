@@ -31,8 +31,10 @@ from control_plane.config.validate.values import (
     _suggestion,
     _text,
 )
+from hapax import wire
 
-_PROVIDER_KEYS = ("type", "model", "api_key", "base_url", "timeout", "aliases", "health_check", "circuit_breaker")
+_PROVIDER_KEYS = ("type", "model", "api_key", "base_url", "timeout", "aliases", "health_check", "circuit_breaker",
+                  "forward_headers")
 _HEALTH_CHECK_KEYS = ("interval", "timeout", "healthy_threshold", "unhealthy_threshold")
 _CIRCUIT_BREAKER_KEYS = ("max_concurrent_requests", "max_pending_requests", "max_retries")
 _KEYED_PROVIDER_TYPES = ("anthropic", "openai")  # their APIs refuse requests without a key
@@ -78,9 +80,11 @@ def _provider(
     aliases = _aliases(node.get("aliases"), _join(path, "aliases"), issues)
     health = _health_check(node.get("health_check"), _join(path, "health_check"), health_defaults, issues)
     breaker = _circuit_breaker(node.get("circuit_breaker"), _join(path, "circuit_breaker"), issues)
+    forward = _forward_headers(node.get("forward_headers"), _join(path, "forward_headers"), issues)
     if not (name_ok and kind and model and base_url):
         return None
-    return ProviderConfig(name, kind, model, api_key, base_url, timeout, aliases, health, breaker)
+    return ProviderConfig(name, kind, model, api_key, base_url, timeout, aliases, health, breaker,
+                          forward_headers=forward)
 
 
 def _health_check(value: Any, path: str, defaults: HealthCheckConfig, issues: _Issues) -> HealthCheckConfig:
@@ -203,6 +207,61 @@ def _aliases(value: Any, path: str, issues: _Issues) -> tuple[str, ...]:
     items = _list(value, path, issues) or []
     aliases = (_text(item, _index(path, i), issues) for i, item in enumerate(items))
     return tuple(alias for alias in aliases if alias is not None)
+
+
+# --------------------------------------------------------------------------- forward_headers
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^`|~0-9a-z_-]+")  # an HTTP field name (a token), once lowercased
+# Names that can never be forwarded, and why.
+_CREDENTIAL = ("is a client credential: a provider is sent the gateway's own key, never what the client "
+               "authenticates with")
+_CONNECTION = "belongs to the connection: the gateway sets it for each provider itself"
+_NOT_FORWARDABLE = {
+    **dict.fromkeys((*wire.CLIENT_CREDENTIAL_HEADERS, "cookie"), _CREDENTIAL),
+    **dict.fromkeys((*wire.NEVER_REMOVED_HEADERS, "content-length", "transfer-encoding", "connection",
+                     "keep-alive", "proxy-connection", "te", "trailer", "upgrade"), _CONNECTION),
+}
+_GATEWAY_PREFIXES = ("x-envoy-", "x-hapax-")  # the gateway's own (Envoy's and Hapax's), never a client's
+
+
+def _forward_headers(value: Any, path: str, issues: _Issues) -> tuple[str, ...]:
+    """Header names, lowercased; each one a client may send and a provider may be given."""
+    items = [] if value is None else _list(value, path, issues) or []
+    names: dict[str, str] = {}  # name -> where it was listed
+    for i, item in enumerate(items):
+        name = _forward_header(item, _index(path, i), issues)
+        if name is not None and name in names:
+            issues.error(_index(path, i), f"{name!r} is listed twice (first at {names[name]})")
+        elif name is not None:
+            names[name] = _index(path, i)
+    return tuple(names)
+
+
+def _forward_header(item: Any, path: str, issues: _Issues) -> str | None:
+    text = _string(item, path, issues)
+    if text is None:
+        return None
+    name = text.strip().lower()
+    problem = _forward_header_problem(name)
+    if problem:
+        issues.error(path, f"cannot forward {text!r}: {problem}")
+        return None
+    if name in wire.PROVIDER_REQUEST_HEADERS:
+        issues.warn(path, f"{name!r} is sent to every provider already; listing it changes nothing")
+    return name
+
+
+def _forward_header_problem(name: str) -> str | None:
+    if name.startswith(":"):
+        return "a pseudo-header is the gateway's to set"
+    if not _HEADER_NAME.fullmatch(name):
+        return "not an HTTP header name"
+    if "_" in name:
+        # Envoy drops such names from every request (some servers read "x_api_key" as "x-api-key").
+        return "names with underscores are dropped from every request"
+    if name.startswith(_GATEWAY_PREFIXES):
+        return "the gateway's own headers are never taken from a client"
+    return _NOT_FORWARDABLE.get(name)
 
 
 # --------------------------------------------------------------------------- provider_preference
