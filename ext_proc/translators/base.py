@@ -24,6 +24,9 @@ class ProviderRequest:
     path: str
     body: bytes | None  # None: the client's body, as it is
     set_headers: dict[str, str] = field(default_factory=dict)
+    # The client's fields this body leaves out (ext_proc/translators/params.py), sorted: the
+    # client is told of them (x-hapax-dropped-params). A body sent as it is drops none.
+    dropped: tuple[str, ...] = ()
 
 
 class ResponseStage(ABC):
