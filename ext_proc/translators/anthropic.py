@@ -6,8 +6,9 @@ Responses: the message JSON, the SSE event stream and Anthropic's error JSON
 become OpenAI chat completions, chunks and errors (``anthropic_response``).
 Pure translation, no I/O.
 
-Where the APIs differ, an option is honoured or refused with a 400, never
-dropped (docs/providers.md says why each way was chosen):
+Where the APIs differ, an option is honoured, refused with a 400 that names it,
+or dropped and reported in ``x-hapax-dropped-params`` (``CHAT_RULES``;
+docs/providers.md says why each way was chosen):
 
 - tool rounds with no ``tools`` declare the tools they used, ``tool_choice: none``;
 - legacy ``functions`` / ``function_call`` are tools, answered as ``function_call``;
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import invalid
 from ext_proc.runtime import Provider
-from ext_proc.translators.anthropic_request import messages_body
+from ext_proc.translators.anthropic_request import dropped_fields, messages_body
 from ext_proc.translators.anthropic_response import AnthropicResponseStage
 from ext_proc.translators.anthropic_tools import AnswerShape
 from ext_proc.translators.base import ProviderRequest, ResponseStage, Translator, dumps
@@ -46,12 +47,13 @@ class AnthropicTranslator(Translator):
         if req.handler not in self.handlers:
             raise invalid(f"Provider '{provider.name}' (anthropic) does not serve {req.handler}",
                           code="unsupported_handler")
+        dropped = dropped_fields(req.body)  # first: a refused field is the answer
         body = messages_body(req.body, provider.model, req.stream)
         headers = {"anthropic-version": ANTHROPIC_VERSION, "content-type": "application/json"}
         if provider.api_key:
             headers["x-api-key"] = provider.api_key
         return ProviderRequest(path=provider.base_path + "/v1/messages",
-                               body=dumps(body).encode(), set_headers=headers)
+                               body=dumps(body).encode(), set_headers=headers, dropped=dropped)
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage:
         return AnthropicResponseStage(provider, stream=req.stream, include_usage=req.include_usage,

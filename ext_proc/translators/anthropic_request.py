@@ -26,6 +26,33 @@ from typing import Any
 from ext_proc.errors import invalid
 from ext_proc.translators.anthropic_content import conversation
 from ext_proc.translators.anthropic_tools import tooling
+from ext_proc.translators.params import FieldRules, message_fields_dropped, reported
+
+# What becomes of each OpenAI chat field (docs/providers.md has the table, and why). Refused:
+# what would be missing from the answer. Dropped and reported: what only tunes sampling or
+# serves OpenAI's own platform (storage, tiers, caching), the answer being an answer without it.
+CHAT_RULES = FieldRules(
+    mapped=frozenset({
+        "messages", "model", "max_tokens", "max_completion_tokens", "stop", "stream", "stream_options",
+        "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call",
+        "user", "safety_identifier", "response_format", "reasoning_effort"}),
+    refused={
+        "n": "Anthropic returns one choice per request; 'n' must be 1.",
+        "logprobs": "Anthropic does not return log probabilities; 'logprobs' cannot be served.",
+        "top_logprobs": "Anthropic does not return log probabilities; 'top_logprobs' cannot be served.",
+        "modalities": "Anthropic answers in text only; 'modalities' can only be [\"text\"].",
+        "audio": "Anthropic does not produce audio; 'audio' cannot be served.",
+        "web_search_options": "Web search is not translated for Anthropic; 'web_search_options' cannot be served.",
+    },
+    dropped=frozenset({
+        "frequency_penalty", "presence_penalty", "logit_bias", "seed", "service_tier", "store", "metadata",
+        "prediction", "verbosity", "prompt_cache_key", "prompt_cache_retention"}),
+)
+# The keys of a message that reach Anthropic, by role; any other is reported as dropped.
+_SENT = frozenset({"role", "content", "cache_control"})
+MESSAGE_KEYS = {"system": _SENT, "developer": _SENT, "user": _SENT,
+                "assistant": _SENT | {"tool_calls", "function_call"},
+                "tool": _SENT | {"tool_call_id"}, "function": _SENT | {"name"}}
 
 DEFAULT_MAX_TOKENS = 4096
 # Anthropic accepts temperature in [0, 1]; OpenAI in [0, 2].
@@ -40,11 +67,16 @@ THINKING_TEMPERATURE = 1
 MIN_THINKING_TOP_P = 0.95
 
 
+def dropped_fields(chat: dict[str, Any]) -> tuple[str, ...]:
+    """The client's fields Anthropic is not sent; raises the 400 of a refused one."""
+    dropped = CHAT_RULES.check(chat)
+    if _stop_list(chat.get("stop")) != _stop_sequences(chat.get("stop")):
+        dropped.append("stop")
+    return reported(dropped, message_fields_dropped(chat.get("messages") or [], MESSAGE_KEYS))
+
+
 def messages_body(chat: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
-    """The Anthropic Messages body for one canonical OpenAI chat body."""
-    n = chat.get("n")
-    if n is not None and n != 1:
-        raise invalid("Anthropic returns one choice per request; 'n' must be 1.", param="n")
+    """The Anthropic Messages body for one canonical OpenAI chat body (``dropped_fields`` checked)."""
     system, messages = conversation(chat.get("messages") or [])
     body: dict[str, Any] = {"model": model, "messages": messages}
     if system:
@@ -125,9 +157,13 @@ def _user_id(chat: dict[str, Any]) -> str | None:
     return None
 
 
+def _stop_list(stop: Any) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
+
+
 def _stop_sequences(stop: Any) -> list[str]:
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
     # Anthropic rejects empty and whitespace-only stop sequences ("each stop
-    # sequence must contain non-whitespace"); they cannot be expressed, so they
-    # are dropped rather than failing the whole request.
-    return [s for s in stops if isinstance(s, str) and s.strip()]
+    # sequence must contain non-whitespace"); they cannot be expressed. They are
+    # dropped (and "stop" reported) rather than failing the whole request: "\n" is
+    # a common stop, and the answer only runs on past it.
+    return [s for s in _stop_list(stop) if isinstance(s, str) and s.strip()]

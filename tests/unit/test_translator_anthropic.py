@@ -153,6 +153,47 @@ def test_whitespace_only_stop_sends_no_stop_sequences():
     assert "stop_sequences" not in translate({"messages": [user("hi")], "stop": "\n"})
 
 
+@pytest.mark.parametrize("stop, dropped", [
+    ("\n", ("stop",)), (["\n", "STOP", ""], ("stop",)), (["a", "b"], ()), ("END", ())])
+def test_a_stop_sequence_anthropic_refuses_is_reported_as_dropped(stop, dropped):
+    out = translator().request(chat({"messages": [user("hi")], "stop": stop}), provider())
+    assert out.dropped == dropped
+    check_body(json.loads(out.body))
+
+
+def test_sampling_fields_anthropic_lacks_are_reported_and_not_sent():
+    out = translator().request(chat({"messages": [user("hi")], "seed": 7, "frequency_penalty": 0.4,
+                                     "presence_penalty": 0.1, "logit_bias": {"50256": -100},
+                                     "store": True, "metadata": {"team": "a"}, "service_tier": "flex",
+                                     "top_k": 5}), provider())
+    assert out.dropped == ("frequency_penalty", "logit_bias", "metadata", "presence_penalty", "seed",
+                           "service_tier", "store", "top_k")
+    check_body(json.loads(out.body))  # the strict fake takes what is left: nothing unknown was sent
+
+
+def test_their_defaults_ask_for_nothing_and_are_not_reported():
+    out = translator().request(chat({"messages": [user("hi")], "n": 1, "logprobs": False, "frequency_penalty": 0,
+                                     "presence_penalty": 0.0, "store": False, "seed": None}), provider())
+    assert out.dropped == ()
+
+
+def test_a_message_key_anthropic_has_no_place_for_is_reported():
+    out = translator().request(chat({"messages": [
+        {"role": "user", "content": "hi", "name": "ada"},
+        {"role": "assistant", "content": "hello", "refusal": None, "reasoning_content": "thought"},
+        user("and?")]}), provider())
+    assert out.dropped == ("messages[].name", "messages[].reasoning_content")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("logprobs", True), ("top_logprobs", 3), ("modalities", ["text", "audio"]),
+    ("audio", {"voice": "alloy", "format": "wav"}), ("web_search_options", {})])
+def test_a_field_whose_answer_anthropic_cannot_give_is_a_400_naming_it(field, value):
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [user("hi")], field: value})
+    assert err.value.status == 400 and err.value.param == field
+
+
 def test_sampling_parameters_and_stream_are_mapped():
     body = translate({"messages": [user("hi")], "temperature": 0.3, "top_p": 0.9}, stream=True)
     assert body["temperature"] == 0.3
