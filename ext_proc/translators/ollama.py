@@ -40,6 +40,7 @@ from ext_proc.translators.openai_chunks import (
     error_event,
     stream_end,
 )
+from ext_proc.translators.params import FieldRules, message_fields_dropped, reported
 from hapax.wire import Handler
 
 PATHS = {Handler.CHAT: "/api/chat", Handler.COMPLETION: "/api/chat", Handler.EMBEDDINGS: "/api/embed"}
@@ -48,6 +49,39 @@ FINISH_REASONS = {"stop": "stop", "length": "length"}
 # (gpt-oss), which the others read as "think"; false turns thinking off.
 THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
 _DATA_URL = re.compile(r"^data:[^,]*;base64,(?P<data>.*)$", re.DOTALL)
+
+# What becomes of each OpenAI field (docs/providers.md has the table, and why). Refused: what
+# would be missing from the answer, and the legacy functions (Ollama serves tools). Dropped and
+# reported: what Ollama has no word for and the answer does without.
+CHAT_RULES = FieldRules(
+    mapped=frozenset({
+        "messages", "model", "frequency_penalty", "presence_penalty", "max_tokens", "max_completion_tokens",
+        "seed", "stop", "stream", "stream_options", "temperature", "top_p", "tools", "tool_choice",
+        "response_format", "reasoning_effort"}),
+    refused={
+        "n": "Ollama returns one choice per request; 'n' must be 1.",
+        "logprobs": "Log probabilities are not translated for Ollama; 'logprobs' cannot be served.",
+        "top_logprobs": "Log probabilities are not translated for Ollama; 'top_logprobs' cannot be served.",
+        "modalities": "Ollama answers in text only; 'modalities' can only be [\"text\"].",
+        "audio": "Ollama does not produce audio; 'audio' cannot be served.",
+        "web_search_options": "Ollama has no web search; 'web_search_options' cannot be served.",
+        "functions": "Ollama serves function calling as 'tools'; send 'tools' rather than the legacy 'functions'.",
+        "function_call": "Ollama serves function calling as 'tools'; send 'tool_choice' rather than the legacy "
+                         "'function_call'.",
+    },
+    dropped=frozenset({
+        "logit_bias", "parallel_tool_calls", "user", "safety_identifier", "service_tier", "store", "metadata",
+        "prediction", "verbosity", "prompt_cache_key", "prompt_cache_retention"}),
+)
+EMBEDDINGS_RULES = FieldRules(mapped=frozenset({"input", "model", "dimensions", "encoding_format"}),
+                              dropped=frozenset({"user"}))
+# The keys of a message that reach Ollama, by role; any other is reported as dropped. A cache
+# breakpoint needs no translation: Ollama reuses what it computed for a prompt's shared prefix
+# on its own.
+_SENT = frozenset({"role", "content", "cache_control"})
+MESSAGE_KEYS = {"system": _SENT, "developer": _SENT, "user": _SENT,
+                "assistant": _SENT | {"tool_calls", "function_call"},
+                "tool": _SENT | {"tool_call_id"}, "function": _SENT | {"name"}}
 
 
 def _new_id() -> str:
@@ -68,15 +102,17 @@ class OllamaTranslator(Translator):
             raise invalid(f"Provider '{provider.name}' (ollama) does not serve {req.handler}",
                           code="unsupported_handler")
         if req.handler == Handler.EMBEDDINGS:
+            dropped = reported(EMBEDDINGS_RULES.check(req.body))
             body = embed_body(req.body, provider.model)
         else:
+            dropped = chat_dropped(req.body)  # first: a refused field is the answer
             body = chat_body(req.body, provider.model, req.stream)
         # Ollama has no keys; a key is only meaningful for an authenticating proxy in front.
         headers = {"content-type": "application/json"}
         if provider.api_key:
             headers["authorization"] = f"Bearer {provider.api_key}"
         return ProviderRequest(path=provider.base_path + PATHS[req.handler],
-                               body=dumps(body).encode(), set_headers=headers)
+                               body=dumps(body).encode(), set_headers=headers, dropped=dropped)
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage:
         embeddings = req.handler == Handler.EMBEDDINGS
@@ -96,15 +132,28 @@ class OllamaTranslator(Translator):
 def embed_body(body: dict[str, Any], model: str) -> dict[str, Any]:
     value = body.get("input")
     if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-        return {"model": model, "input": value}
+        out = {"model": model, "input": value}
+        if body.get("dimensions") is not None:
+            out["dimensions"] = body["dimensions"]  # Ollama truncates the vectors to it, as OpenAI does
+        return out
     raise invalid("Ollama embeds text only: 'input' must be a string or an array of strings, "
                   "not token arrays.", param="input")
 
 
+def chat_dropped(chat: dict[str, Any]) -> tuple[str, ...]:
+    """The client's fields Ollama is not sent, or not as asked; raises the 400 of a refused one."""
+    dropped = CHAT_RULES.check(chat)
+    if _forces_a_call(chat.get("tool_choice")):
+        dropped.append("tool_choice")
+    return reported(dropped, message_fields_dropped(chat.get("messages") or [], MESSAGE_KEYS))
+
+
+def _forces_a_call(choice: Any) -> bool:
+    return choice == "required" or isinstance(choice, dict)
+
+
 def chat_body(chat: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
-    n = chat.get("n")
-    if n is not None and n != 1:
-        raise invalid("Ollama returns one choice per request; 'n' must be 1.", param="n")
+    """Ollama's /api/chat body for one canonical OpenAI chat body (``chat_dropped`` checked)."""
     body: dict[str, Any] = {"model": model, "messages": _messages(chat.get("messages") or []),
                             "stream": bool(stream)}
     options: dict[str, Any] = {}
@@ -119,11 +168,9 @@ def chat_body(chat: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
         options["stop"] = [stop] if isinstance(stop, str) else list(stop)
     if options:
         body["options"] = options
-    # Ollama takes OpenAI-shaped tools; it has no tool_choice, but "none" can be
-    # honoured by not offering the tools. Forcing a call cannot be expressed and
-    # is left to the model.
-    if chat.get("tools") and chat.get("tool_choice") != "none":
-        body["tools"] = chat["tools"]
+    tools = _offered_tools(chat.get("tools") or [], chat.get("tool_choice"))
+    if tools:
+        body["tools"] = tools
     effort = chat.get("reasoning_effort")
     if effort is not None:
         if effort not in THINK:
@@ -137,6 +184,20 @@ def chat_body(chat: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
             schema = (fmt.get("json_schema") or {}).get("schema")
             body["format"] = schema if isinstance(schema, dict) else "json"
     return body
+
+
+def _offered_tools(tools: list[Any], choice: Any) -> list[Any]:
+    """Ollama takes OpenAI-shaped tools but has no tool_choice.
+
+    "none" is honoured by offering no tools. A forced function is offered alone, so
+    no other can be called; that a call is made at all (it, or any tool for
+    "required") cannot be expressed, and ``tool_choice`` is reported as dropped.
+    """
+    if choice == "none":
+        return []
+    name = ((choice.get("function") or {}).get("name")) if isinstance(choice, dict) else None
+    forced = [t for t in tools if isinstance(t, dict) and (t.get("function") or {}).get("name") == name]
+    return forced if name and forced else tools
 
 
 def _messages(messages: list[Any]) -> list[dict[str, Any]]:

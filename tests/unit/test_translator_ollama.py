@@ -152,6 +152,59 @@ def test_tool_choice_none_withholds_the_tools():
     assert "tools" not in translate({"messages": [user("hi")], "tools": [WEATHER_TOOL], "tool_choice": "none"})
 
 
+OTHER_TOOL = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize("choice, offered", [
+    ("required", [WEATHER_TOOL, OTHER_TOOL]),
+    ({"type": "function", "function": {"name": "get_time"}}, [OTHER_TOOL]),  # alone: no other can be called
+    ({"type": "function", "function": {"name": "unknown"}}, [WEATHER_TOOL, OTHER_TOOL]),
+])
+def test_a_forced_tool_call_cannot_be_expressed_and_is_reported(choice, offered):
+    out = translator().request(chat({"messages": [user("hi")], "tools": [WEATHER_TOOL, OTHER_TOOL],
+                                     "tool_choice": choice}), provider())
+    assert json.loads(out.body)["tools"] == offered
+    assert out.dropped == ("tool_choice",)
+
+
+@pytest.mark.parametrize("choice", [None, "auto", "none"])
+def test_a_tool_choice_ollama_honours_is_not_reported(choice):
+    out = translator().request(chat({"messages": [user("hi")], "tools": [WEATHER_TOOL], "tool_choice": choice}),
+                               provider())
+    assert out.dropped == ()
+
+
+def test_fields_ollama_lacks_are_reported_and_not_sent():
+    out = translator().request(chat({"messages": [user("hi")], "tools": [WEATHER_TOOL],
+                                     "parallel_tool_calls": False, "user": "ada", "safety_identifier": "x",
+                                     "logit_bias": {"1": 5}, "prompt_cache_key": "k", "top_k": 5}), provider())
+    assert out.dropped == ("logit_bias", "parallel_tool_calls", "prompt_cache_key", "safety_identifier",
+                           "top_k", "user")
+    assert set(json.loads(out.body)) == {"model", "messages", "stream", "tools"}
+
+
+def test_a_message_key_ollama_has_no_place_for_is_reported():
+    out = translator().request(chat({"messages": [
+        {"role": "system", "content": "be brief", "name": "policy", "cache_control": {"type": "ephemeral"}},
+        user("hi")]}), provider())
+    assert out.dropped == ("messages[].name",)  # a cache breakpoint needs no translation
+
+
+@pytest.mark.parametrize("field, value", [
+    ("logprobs", True), ("top_logprobs", 3), ("modalities", ["audio"]), ("audio", {"voice": "alloy"}),
+    ("web_search_options", {}), ("functions", [WEATHER_TOOL["function"]]), ("function_call", "auto")])
+def test_a_field_whose_answer_ollama_cannot_give_is_a_400_naming_it(field, value):
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [user("hi")], field: value})
+    assert err.value.status == 400 and err.value.param == field
+
+
+def test_n_above_one_cannot_be_expressed():
+    with pytest.raises(GatewayError) as err:
+        translate({"messages": [user("hi")], "n": 3})
+    assert err.value.status == 400 and err.value.param == "n"
+
+
 @pytest.mark.parametrize("response_format, expected", [
     ({"type": "json_object"}, "json"),
     ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}, {"type": "object"}),
@@ -168,6 +221,13 @@ def test_embeddings_request_targets_api_embed():
     out = translator().request(embeddings({"input": ["a", "b"]}), provider())
     assert out.path == "/api/embed"
     assert json.loads(out.body) == {"model": "llama3.2", "input": ["a", "b"]}
+
+
+def test_embeddings_dimensions_are_sent_and_user_is_reported():
+    out = translator().request(embeddings({"input": "a", "dimensions": 256, "user": "ada",
+                                           "encoding_format": "base64"}), provider())
+    assert json.loads(out.body) == {"model": "llama3.2", "input": "a", "dimensions": 256}
+    assert out.dropped == ("user",)
 
 
 def test_token_array_embeddings_input_cannot_be_expressed():
