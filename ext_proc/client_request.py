@@ -9,6 +9,7 @@ because the chat API is the one every provider serves.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,15 @@ CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "fun
 AUTO_MODELS = frozenset({"", "auto"})
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+ENCODING_FORMATS = ("float", "base64")
+# The legacy completions fields a chat cannot express -> (whether a value asks for something,
+# what a chat cannot do).
+LEGACY_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "suffix": (lambda v: v not in (None, ""), "insert text before a suffix"),
+    "echo": (lambda v: v not in (None, False), "echo the prompt"),
+    "best_of": (lambda v: v not in (None, 1), "pick the best of several answers"),
+    "logprobs": (lambda v: v is not None and v is not False, "return log probabilities"),  # 0 asks too
+}
 
 
 @dataclass(frozen=True)
@@ -187,10 +197,22 @@ def _completion(body: dict[str, Any], model: str | None) -> ClientRequest:
         raise invalid("Missing required parameter: 'prompt' (or 'input' or 'messages').",
                       param="prompt", code="missing_required_parameter")
     _check_sampling(body)
-    chat = {k: v for k, v in body.items() if k not in ("prompt", "input", "messages", "echo",
-                                                          "logprobs", "best_of", "suffix")}
+    _refuse_legacy_only(body)
+    chat = {k: v for k, v in body.items() if k not in ("prompt", "input", "messages", *LEGACY_ONLY)}
     chat["messages"] = messages
     return ClientRequest(Handler.COMPLETION, model, _stream(body), chat)
+
+
+def _refuse_legacy_only(body: dict[str, Any]) -> None:
+    """The legacy fields a chat cannot express, at a value that asks for something: a 400 naming it.
+
+    Every provider, OpenAI included, is sent a legacy completion as a chat, so none of
+    them could honour these; their defaults (left out, null, false, 1) pass.
+    """
+    for key, (asks, what) in LEGACY_ONLY.items():
+        if asks(body.get(key)):
+            raise invalid(f"'{key}' is not supported: the gateway serves completions as chat completions, "
+                          f"which cannot {what}.", param=key)
 
 
 def _prompt_text(value: Any, key: str) -> str:
@@ -214,3 +236,11 @@ def _check_embeddings(body: dict[str, Any]) -> None:
     if not ok:
         raise invalid("'input' must be a string, an array of strings, or an array of token arrays.",
                       param="input")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
+                                   or dimensions < 1):
+        raise invalid("'dimensions' must be an integer of at least 1.", param="dimensions")
+    fmt = body.get("encoding_format")
+    if fmt is not None and fmt not in ENCODING_FORMATS:
+        raise invalid(f"'encoding_format' must be one of {', '.join(ENCODING_FORMATS)}; got {fmt!r}.",
+                      param="encoding_format")

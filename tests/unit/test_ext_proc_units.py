@@ -51,6 +51,29 @@ def test_bad_completion_bodies_are_400s(raw, param):
     assert err.value.status == 400 and err.value.param == param
 
 
+@pytest.mark.parametrize("field, value", [
+    ("suffix", "}\n"), ("echo", True), ("best_of", 3), ("logprobs", 0), ("logprobs", 5)])
+def test_legacy_fields_a_chat_cannot_express_are_400s_naming_them(field, value):
+    # Every provider is sent a legacy completion as a chat: none of them could honour these.
+    with pytest.raises(GatewayError) as err:
+        client_request.parse("completion", json.dumps({"prompt": "p", field: value}).encode())
+    assert err.value.status == 400 and err.value.param == field
+
+
+def test_legacy_fields_at_their_defaults_pass_and_leave_the_chat():
+    body = {"prompt": "p", "suffix": None, "echo": False, "best_of": 1, "logprobs": None, "seed": 3}
+    req = client_request.parse("completion", json.dumps(body).encode())
+    assert req.body == {"messages": [{"role": "user", "content": "p"}], "seed": 3}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("encoding_format", "int8"), ("dimensions", 0), ("dimensions", "256"), ("dimensions", True)])
+def test_embeddings_options_openai_rejects_are_400s(field, value):
+    with pytest.raises(GatewayError) as err:
+        client_request.parse("embeddings", json.dumps({"input": "x", field: value}).encode())
+    assert err.value.status == 400 and err.value.param == field
+
+
 @pytest.mark.parametrize("options", ['"yes"', "[true]", "1"])
 def test_stream_options_that_are_not_an_object_are_400s(options):
     raw = b'{"messages": [{"role": "user", "content": "hi"}], "stream": true, "stream_options": %s}' % options.encode()
