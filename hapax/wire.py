@@ -83,6 +83,13 @@ ANSWER_ATTEMPT_HEADER = "x-hapax-attempt"  # ...at which attempt...
 UPSTREAM_SECONDS_HEADER = "x-hapax-upstream-seconds"  # ...and how long it took to its headers
 STEP_RESPONSE_HEADERS = (PROVIDER_HEADER, ANSWER_ATTEMPT_HEADER, UPSTREAM_SECONDS_HEADER)
 
+# ---------------------------------------------------------------- response headers for the client
+
+# The client's request fields its provider was not sent (ext_proc/translators/params.py), as
+# "a, b". Written: the upstream step, on the answer of an attempt whose translator dropped
+# some. Read: the client. Not a step header: it stays on the answer.
+DROPPED_PARAMS_HEADER = "x-hapax-dropped-params"
+
 # ---------------------------------------------------------------- Envoy metadata
 
 # The filter-metadata namespace of the gateway's routes and provider endpoints.

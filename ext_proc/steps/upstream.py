@@ -56,6 +56,7 @@ from ext_proc.translators.completions import ChainedStage, TextCompletionStage
 from hapax.wire import (
     ANSWER_ATTEMPT_HEADER,
     ATTEMPT_HEADER,
+    DROPPED_PARAMS_HEADER,
     HOST_METADATA_ATTRIBUTE,
     NEVER_REMOVED_HEADERS,
     PROVIDER_HEADER,
@@ -134,6 +135,7 @@ class UpstreamStep(Step):
         self.attempt: Attempt | None = None  # once its request headers are read
         # What the step learns as the answer goes by.
         self.stage: ResponseStage | None = None
+        self.dropped: tuple[str, ...] = ()  # the client's fields this attempt's provider was not sent
         self.sent = 0.0  # monotonic: the rewritten request left for the provider
         self.streaming = False  # the client is receiving this attempt's stream
         self.first_chunk: float | None = None  # wall clock
@@ -201,6 +203,7 @@ class UpstreamStep(Step):
         out = translator_for(attempt.provider.type).request(req, attempt.provider)
         assert out.body is not None  # a translated request always has a body
         self.stage = attempt.response_stage(req)
+        self.dropped = out.dropped
         set_headers = {**attempt.target_headers(out),
                        "content-type": "application/json", "content-length": str(len(out.body))}
         common = pb.CommonResponse(header_mutation=mutation(set_headers))  # the rest went with the headers
@@ -223,6 +226,8 @@ class UpstreamStep(Step):
             UPSTREAM_SECONDS_HEADER: f"{time.monotonic() - self.sent:.6f}" if self.sent else "0"}
         if self.stage is not None:
             set_headers.update(self.stage.headers(status, headers.get("content-type", "")))
+        if self.dropped:  # on every lane, JSON or stream: the client is told what its provider was not sent
+            set_headers[DROPPED_PARAMS_HEADER] = ", ".join(self.dropped)
         # On a lane, Envoy reads a JSON answer's usage itself (json_to_metadata; the access log counts it).
         if (self.stage is None or not self.stage.reads_body
                 or (attempt.lane and self.stage.reads_json_only_for_usage)):

@@ -19,7 +19,7 @@ from ext_proc.steps.messages import provider_from_host_metadata
 from ext_proc.steps.upstream import UpstreamStep
 from ext_proc.translators.completions import TextCompletionStage
 from hapax.v1 import runtime_pb2
-from hapax.wire import EXT_PROC_ATTRIBUTES, USAGE_HEADER, VERSION_HEADER
+from hapax.wire import DROPPED_PARAMS_HEADER, EXT_PROC_ATTRIBUTES, USAGE_HEADER, VERSION_HEADER
 from hapax.wire import HOST_METADATA_ATTRIBUTE as HOST_METADATA
 from hapax.wire import ROUTE_METADATA_ATTRIBUTE as ROUTE_METADATA
 
@@ -287,3 +287,50 @@ def test_an_answer_to_a_stream_sent_as_it_is_that_is_not_a_stream_passes_as_it_i
     response = step.response_body(ext_pb.HttpBody(body=error, end_of_stream=True), _status(400))
     assert not step.streaming and step.stage is None and step.done
     assert response.response_body.response == ext_pb.CommonResponse()
+
+
+# ---------------------------------------------------------------- dropped fields reach the client
+
+
+def _anthropic_step(lane: str) -> UpstreamStep:
+    """An attempt to an Anthropic provider, on the ordinary route ("") or the model lane, its headers read."""
+    rt = _runtime()
+    rt.providers.add(name="claude", type="anthropic", model="claude-3-haiku", base_url="https://api.anthropic.com",
+                     cluster="provider.claude")
+    route_md = base_pb2.Metadata()
+    route_md.filter_metadata["hapax"].update({"handler": "chat", **({"lane": lane, "model": "claude-3-haiku",
+                                                                      "stream": "false"} if lane else {})})
+    host_md = base_pb2.Metadata()
+    host_md.filter_metadata["hapax"].update({"provider": "claude"})
+    attributes = {EXT_PROC_ATTRIBUTES: struct_pb2.Struct(fields={
+        HOST_METADATA: struct_pb2.Value(string_value=text_format.MessageToString(host_md)),
+        ROUTE_METADATA: struct_pb2.Value(string_value=text_format.MessageToString(route_md))})}
+    step = UpstreamStep(RuntimeView.from_proto(rt, frozenset({"openai", "anthropic"})))
+    step.request_headers(ext_pb.HttpHeaders(), attributes)
+    return step
+
+
+def _answer_headers(step: UpstreamStep, content_type: str) -> dict[str, bytes]:
+    headers = ext_pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
+        base_pb2.HeaderValue(key=":status", raw_value=b"200"),
+        base_pb2.HeaderValue(key="content-type", raw_value=content_type.encode())]))
+    mutation = step.response_headers(headers, None).response_headers.response.header_mutation
+    return {h.header.key: h.header.raw_value for h in mutation.set_headers}
+
+
+@pytest.mark.parametrize("lane", ["", "model"], ids=["router", "model-lane"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_the_fields_a_provider_was_not_sent_are_named_on_the_answer(lane, stream):
+    step = _anthropic_step(lane)
+    body = {"model": "claude-3-haiku", "messages": [{"role": "user", "content": "hi"}], "stream": stream,
+            "seed": 7, "frequency_penalty": 0.5}
+    step.request_body(ext_pb.HttpBody(body=json.dumps(body).encode(), end_of_stream=True), None)
+    sent = _answer_headers(step, "text/event-stream" if stream else "application/json")
+    assert sent[DROPPED_PARAMS_HEADER] == b"frequency_penalty, seed"
+
+
+def test_an_answer_whose_provider_was_sent_every_field_names_none():
+    step = _anthropic_step("")
+    body = {"model": "claude-3-haiku", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.2}
+    step.request_body(ext_pb.HttpBody(body=json.dumps(body).encode(), end_of_stream=True), None)
+    assert DROPPED_PARAMS_HEADER not in _answer_headers(step, "application/json")
