@@ -4,12 +4,15 @@ Each field is set alone (to a value that asks for something) on a plain request,
 translator's answer is classified: refused (a 400 naming the field), mapped (the provider's
 body changed) or dropped (listed in ``ProviderRequest.dropped``). A field whose value
 vanished without any of the three is a silent drop, and fails here. The expected outcome of
-each field x provider is the translator's ``FieldRules`` (``ext_proc/translators/params.py``).
+each field x provider is the translator's ``FieldRules`` (``ext_proc/translators/params.py``),
+which docs/providers.md tabulates (``test_the_docs_table_is_the_rules`` keeps them the same).
 """
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +24,7 @@ from ext_proc.translators import TRANSLATORS, anthropic_request, ollama
 from ext_proc.translators.params import CHAT_FIELDS, DEFAULTS, EMBEDDINGS_FIELDS, FieldRules, asks
 from tests.translator_helpers import client_request, make_provider, user
 
+REPO = Path(__file__).resolve().parents[2]
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
 OTHER_TOOL = {"type": "function", "function": {"name": "g", "parameters": {"type": "object", "properties": {}}}}
 # field -> (what the request holds besides it, a value that asks for something).
@@ -154,3 +158,30 @@ def test_any_mix_is_refused_for_a_refused_field_or_reports_exactly_the_dropped_o
     if type_ == "ollama" and body.get("tool_choice") not in (None, "none", "auto"):
         dropped.add("tool_choice")  # a forced call Ollama cannot express
     assert out.dropped == tuple(sorted(dropped))
+
+
+# ---------------------------------------------------------------- the docs say the same
+
+
+def _docs_table() -> dict[str, dict[str, str]]:
+    """docs/providers.md's request table: field -> provider type -> its cell's first word."""
+    text = (REPO / "docs" / "providers.md").read_text()
+    section = text.split("### Request fields", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    table = {}
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        field = re.match(r"`([^`]+)`", cells[0])
+        assert field, row
+        table[field[1]] = {t: cells[i + 2].split()[0].strip("*,:").lower()
+                           for i, t in enumerate(("anthropic", "ollama"))}
+        assert cells[1].split()[0].strip("*,:").lower() == "sent", row  # OpenAI: as the client sent it
+    return table
+
+
+def test_the_docs_table_is_the_rules():
+    table = _docs_table()
+    assert set(table) == set(CHAT_FIELDS)
+    for field, cells in table.items():
+        for type_, rules in CHAT_RULES.items():
+            assert cells[type_] == expected(rules, field), (field, type_)
