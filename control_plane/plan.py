@@ -11,7 +11,7 @@ on the data plane.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import urlsplit
@@ -30,10 +30,20 @@ class Chain:
     first: str
     providers: tuple[str, ...]
     attempts: int  # per request, the first included (one per provider, at least two, or the config's)
+    timeout: float  # the longest of its providers' timeouts
 
     @property
     def cluster(self) -> str:
         return chain_cluster_name(self.first)
+
+    def longest_wait(self, backoff_max: float) -> float:
+        """The longest a client of this chain may wait for a first byte: every attempt silent
+        for its whole timeout, and the longest back-off between two attempts.
+
+        Any attempt may go to the chain's slowest provider (the others down or ejected,
+        Envoy's retry priority starts over from the providers left), hence its timeout each.
+        """
+        return self.attempts * self.timeout + (self.attempts - 1) * backoff_max
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,13 @@ class Plan:
     @property
     def longest_chain(self) -> int:
         return max(len(chain.providers) for chain in self.chains.values())
+
+    def route_idle_limit(self, chains: Iterable[Chain]) -> float:
+        """A route's idle limit: its client may wait this long for a first byte on any of ``chains``.
+
+        The attempts' own limits always end a silence first; the second is to spare.
+        """
+        return max(chain.longest_wait(self.config.retry.backoff_max) for chain in chains) + 1
 
     @property
     def uses_lanes(self) -> bool:
@@ -99,7 +116,8 @@ def _chain_firsts(config: HapaxConfig) -> tuple[str, ...]:
 
 def _chain(config: HapaxConfig, first: str) -> Chain:
     order = (first, *(p for p in config.provider_preference if p != first))
-    return Chain(first, order, config.retry.max_attempts or max(len(order), 2))
+    attempts = config.retry.max_attempts or max(len(order), 2)
+    return Chain(first, order, attempts, max(config.providers[p].timeout for p in order))
 
 
 def _model_owners(config: HapaxConfig) -> dict[str, str]:

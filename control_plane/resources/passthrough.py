@@ -61,7 +61,7 @@ from xds.type.v3 import cel_pb2
 from control_plane.cel import MetadataEquals, all_of
 from control_plane.config.model import HapaxConfig, ProviderConfig
 from control_plane.plan import LaneModel, Plan
-from control_plane.protobuf import ads, pack
+from control_plane.protobuf import ads, duration, pack
 from control_plane.resources import provider_headers
 from control_plane.resources.secrets import key_secret_name
 from hapax import wire
@@ -157,6 +157,7 @@ def body_routed(plan: Plan, base: route_components_pb2.Route, lane: str, model: 
     chain = plan.chains[first]
     action.cluster = chain.cluster
     action.retry_policy.num_retries.value = chain.attempts - 1
+    action.idle_timeout.CopyFrom(duration(plan.route_idle_limit([chain])))
     route.request_headers_to_remove.extend(wire.REMOVED_REQUEST_HEADERS)
     route.metadata.filter_metadata[METADATA_NAMESPACE].update({wire.RouteKey.LANE: lane})
     route.typed_per_filter_config.clear()

@@ -88,8 +88,6 @@ def _retry_policy(plan: Plan) -> route_components_pb2.RetryPolicy:
 def provider_route(plan: Plan, route: RouteConfig,
                    label_keys: tuple[str, ...] = ()) -> route_components_pb2.Route:
     method = HANDLER_METHODS[route.handler]
-    retry_policy = _retry_policy(plan)
-    attempts = retry_policy.num_retries.value + 1
     return route_components_pb2.Route(
         name=f"{route.handler}:{route.path}",
         match=route_components_pb2.RouteMatch(path=route.path, headers=method_is(method)),
@@ -97,10 +95,11 @@ def provider_route(plan: Plan, route: RouteConfig,
             cluster_header=wire.CHAIN_HEADER,
             # Generations can stream for minutes: bound idleness, not total time.
             # Each attempt has its own idle limit; the client's stream may sit idle
-            # through every attempt of the chain before the first byte.
+            # through every attempt of the chain before the first byte (any chain here:
+            # the router step names it; a lane's route has its own chain's limit).
             timeout=duration(0),
-            idle_timeout=duration(retry_policy.per_try_idle_timeout.ToNanoseconds() / 1e9 * attempts + 1),
-            retry_policy=retry_policy,
+            idle_timeout=duration(plan.route_idle_limit(plan.chains.values())),
+            retry_policy=_retry_policy(plan),
         ),
         metadata=_route_metadata(route),
         stat_prefix=route_stat_prefix(route, label_keys),
