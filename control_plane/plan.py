@@ -76,6 +76,18 @@ class Plan:
     def longest_chain(self) -> int:
         return max(len(chain.providers) for chain in self.chains.values())
 
+    @property
+    def longest_timeout(self) -> float:
+        """The longest provider ``timeout``: the per-attempt silence limit of every route."""
+        return max(p.timeout for p in self.config.providers.values())
+
+    @property
+    def capped_providers(self) -> tuple[str, ...]:
+        """The providers whose ``timeout`` is shorter than the routes' limit: each attempt on
+        one is held to it on its way there (control_plane/resources/attempts.py)."""
+        longest = self.longest_timeout
+        return tuple(name for name, p in self.config.providers.items() if p.timeout < longest)
+
     def route_idle_limit(self, chains: Iterable[Chain]) -> float:
         """A route's idle limit: its client may wait this long for a first byte on any of ``chains``.
 

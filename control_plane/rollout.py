@@ -49,13 +49,28 @@ Resources = Mapping[str, Mapping[str, message.Message]]
 
 
 def stages(served: Resources, target: Snapshot) -> list[tuple[str, Resources]]:
-    """What is served after each stage, per type URL, moving from ``served`` to ``target``."""
+    """What is served after each stage, per type URL, moving from ``served`` to ``target``.
+
+    Attempt listeners (internal listeners a provider's cluster reaches it through,
+    control_plane/resources/attempts.py) go with the clusters: they arrive before
+    the clusters that name them are used, and go once those are gone.
+    """
+    old_listeners, new_listeners = served.get(LISTENER, {}), target.of_type(LISTENER)
+    connect: dict[str, Mapping[str, message.Message]] = {
+        t: {**served.get(t, {}), **target.of_type(t)} for t in CONNECTIONS}
+    arriving = {name: lst for name, lst in _attempt_listeners(new_listeners).items() if old_listeners.get(name) != lst}
+    if arriving:
+        connect[LISTENER] = {**old_listeners, **arriving}
     return [
-        ("connect", {t: {**served.get(t, {}), **target.of_type(t)} for t in CONNECTIONS}),
+        ("connect", connect),
         ("runtime", {RUNTIME: target.of_type(RUNTIME)}),
-        ("routes", {t: target.of_type(t) for t in (LISTENER, ROUTE)}),
-        ("prune", {t: target.of_type(t) for t in CONNECTIONS}),
+        ("routes", {LISTENER: {**_attempt_listeners(old_listeners), **new_listeners}, ROUTE: target.of_type(ROUTE)}),
+        ("prune", {**{t: target.of_type(t) for t in CONNECTIONS}, LISTENER: new_listeners}),
     ]
+
+
+def _attempt_listeners(listeners: Mapping[str, message.Message]) -> dict[str, message.Message]:
+    return {name: lst for name, lst in listeners.items() if lst.HasField("internal_listener")}
 
 
 class Rollout:

@@ -28,7 +28,7 @@ from google.protobuf import message
 
 from control_plane.config.model import HapaxConfig
 from control_plane.plan import Plan, make_plan
-from control_plane.resources import clusters, listeners, routes, secrets
+from control_plane.resources import attempts, clusters, listeners, routes, secrets
 from control_plane.resources.names import EXT_PROC_CLUSTER, EXT_PROC_HTTP_CLUSTER, ExtProcEndpoints
 from control_plane.resources.runtime import runtime
 from hapax import wire
@@ -105,8 +105,9 @@ def snapshot_of_plan(plan: Plan, version: str, ext_proc: ExtProcEndpoints,
             CLUSTER: _clusters(plan, ext_proc),
             ENDPOINT: _endpoints(ext_proc),
             SECRET: [*secrets.tls_secrets(config), *secrets.key_secrets(plan)],
-            LISTENER: [lst for lst in (listeners.listener(plan), listeners.metrics_listener(config),
-                                       listeners.http3_listener(plan)) if lst is not None],
+            LISTENER: [*(lst for lst in (listeners.listener(plan), listeners.metrics_listener(config),
+                                         listeners.http3_listener(plan)) if lst is not None),
+                       *attempts.attempt_listeners(plan)],
             ROUTE: [routes.route_configuration(plan, stats_label_keys, version)],
             RUNTIME: [runtime(plan, version)],
         },
@@ -116,7 +117,9 @@ def snapshot_of_plan(plan: Plan, version: str, ext_proc: ExtProcEndpoints,
 def _clusters(plan: Plan, ext_proc: ExtProcEndpoints) -> list[cluster_pb2.Cluster]:
     out = [clusters.ext_proc_grpc_cluster(), clusters.ext_proc_http_cluster()]
     # Envoy polls one ext_proc for each provider's verdict (they all probe alike).
-    out += [clusters.provider_cluster(p, ext_proc.http[0]) for p in plan.config.providers.values()]
+    capped = plan.capped_providers
+    out += [clusters.provider_cluster(p, ext_proc.http[0], p.name in capped) for p in plan.config.providers.values()]
+    out += [clusters.direct_cluster(plan.config.providers[name]) for name in capped]
     out += [clusters.chain_cluster(plan.config, chain) for chain in plan.chains.values()]
     out += [clusters.lane_cluster(plan, lane) for lane in plan.lane_models]
     return out
@@ -142,16 +145,32 @@ def _aggregate_members(cluster: cluster_pb2.Cluster) -> list[str]:
     return list(cfg.clusters)
 
 
-def _rds_names(lst: listener_pb2.Listener) -> list[str]:
-    names = []
+def _connection_managers(lst: listener_pb2.Listener) -> list[hcm_pb2.HttpConnectionManager]:
+    found = []
     for chain in lst.filter_chains:
         for flt in chain.filters:
             if flt.typed_config.Is(hcm_pb2.HttpConnectionManager.DESCRIPTOR):
                 hcm = hcm_pb2.HttpConnectionManager()
                 flt.typed_config.Unpack(hcm)
-                if hcm.HasField("rds"):
-                    names.append(hcm.rds.route_config_name)
-    return names
+                found.append(hcm)
+    return found
+
+
+def _rds_names(lst: listener_pb2.Listener) -> list[str]:
+    return [hcm.rds.route_config_name for hcm in _connection_managers(lst) if hcm.HasField("rds")]
+
+
+def _inline_route_clusters(lst: listener_pb2.Listener) -> list[str]:
+    """The clusters an attempt listener's own routes name."""
+    return [c for hcm in _connection_managers(lst) if hcm.HasField("route_config")
+            for c in _route_clusters(hcm.route_config)]
+
+
+def _internal_listeners(cluster: cluster_pb2.Cluster) -> list[str]:
+    """The internal listeners a cluster's endpoints are (an attempt listener)."""
+    return [lb.endpoint.address.envoy_internal_address.server_listener_name
+            for locality in cluster.load_assignment.endpoints for lb in locality.lb_endpoints
+            if lb.endpoint.address.HasField("envoy_internal_address")]
 
 
 def _secret_names(lst: listener_pb2.Listener) -> list[str]:
@@ -192,12 +211,17 @@ def check_consistency(snap: Snapshot) -> None:
     for name in endpoints:
         if name not in clusters:
             problems.append(f"ClusterLoadAssignment {name} has no cluster")
-    secrets = snap.of_type(SECRET)
-    for name, lst in snap.of_type(LISTENER).items():
+    secrets, listeners = snap.of_type(SECRET), snap.of_type(LISTENER)
+    for name, c in clusters.items():
+        problems += [f"cluster {name} names missing internal listener {lst}"
+                     for lst in _internal_listeners(c) if lst not in listeners]
+    for name, lst in listeners.items():
         problems += [f"listener {name} names missing route configuration {r}"
                      for r in _rds_names(lst) if r not in routes]
         problems += [f"listener {name} names missing secret {s}"
                      for s in _secret_names(lst) if s not in secrets]
+        problems += [f"listener {name} routes to missing cluster {c}"
+                     for c in _inline_route_clusters(lst) if c not in clusters]
     for name, rc in routes.items():
         problems += [f"route configuration {name} names missing cluster {c}"
                      for c in _route_clusters(rc) if c not in clusters]

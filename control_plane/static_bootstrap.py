@@ -23,7 +23,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import json_format
 
 from control_plane.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
-from hapax.envoy_process import ENVOY_RUNTIME
+from hapax.envoy_process import ENVOY_BOOTSTRAP_EXTENSIONS, ENVOY_RUNTIME
 
 
 def _static_cluster(cluster: cluster_pb2.Cluster, snapshot: Snapshot) -> cluster_pb2.Cluster:
@@ -58,6 +58,7 @@ def static_bootstrap(snapshot: Snapshot, admin_port: int = 0, stats_tags: Sequen
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "stats_config": {"stats_tags": list(stats_tags)},
         "layered_runtime": {"layers": [{"name": "hapax", "static_layer": ENVOY_RUNTIME}]},
+        "bootstrap_extensions": ENVOY_BOOTSTRAP_EXTENSIONS,
         "static_resources": {
             "clusters": [as_dict(_static_cluster(c, snapshot)) for c in snapshot.of_type(CLUSTER).values()],
             "listeners": [_static_secret_refs(as_dict(_inline_routes(lst, snapshot)))

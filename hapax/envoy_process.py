@@ -24,6 +24,11 @@ TEMPLATE = (_CHECKOUT_TEMPLATE if _CHECKOUT_TEMPLATE.is_file()
 # per forwarded header; control_plane/resources/provider_headers.py).
 ENVOY_RUNTIME = {"re2.max_program_size.error_level": 20_000}
 
+# Bootstrap extensions every Envoy under Hapax gets. Internal listeners: an attempt on a provider
+# whose timeout is shorter than the longest passes through one (control_plane/resources/attempts.py).
+ENVOY_BOOTSTRAP_EXTENSIONS = [{"name": "envoy.bootstrap.internal_listener", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"}}]
+
 
 class EnvoyNotFound(Exception):
     pass
@@ -55,4 +60,5 @@ def render_bootstrap(*, node_id: str, admin_port: int, xds_host: str, xds_port: 
     return Template(TEMPLATE.read_text()).substitute(
         node_id=node_id, admin_port=admin_port, xds_host=xds_host, xds_port=xds_port,
         stats_tags=json.dumps(list(stats_tags)), runtime=json.dumps(ENVOY_RUNTIME),
+        bootstrap_extensions=json.dumps(ENVOY_BOOTSTRAP_EXTENSIONS),
     )

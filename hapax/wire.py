@@ -82,6 +82,11 @@ PROVIDER_HEADER = "x-hapax-provider"  # which provider answered...
 ANSWER_ATTEMPT_HEADER = "x-hapax-attempt"  # ...at which attempt...
 UPSTREAM_SECONDS_HEADER = "x-hapax-upstream-seconds"  # ...and how long it took to its headers
 STEP_RESPONSE_HEADERS = (PROVIDER_HEADER, ANSWER_ATTEMPT_HEADER, UPSTREAM_SECONDS_HEADER)
+# Marks an attempt's answer Envoy made on the way to the provider (its timeout, say), already
+# OpenAI error JSON. Written: an attempt listener's local replies (the control plane's config,
+# control_plane/resources/attempts.py). Read: the upstream step, which leaves it as it is.
+# Removed: the routes' virtual host, before the client.
+GATEWAY_ANSWER_HEADER = "x-hapax-gateway-answer"
 
 # ---------------------------------------------------------------- response headers for the client
 

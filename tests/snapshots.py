@@ -18,6 +18,11 @@ providers:
 provider_preference: [openai, claude]
 """
 
+# The seed's shape in issue #17: the primary (Anthropic) with a 5 s timeout, the
+# secondary (OpenAI) with the default 60 s; and the chat route (openai's model takes the lane).
+CAPPED = SEED_YAML.replace('api_key: "${ANTHROPIC_API_KEY}"}', 'api_key: "${ANTHROPIC_API_KEY}", timeout: 5s}')
+CAPPED += "  - path: /v1/chat/completions\n    handler: chat\n"
+
 # The seed with one more provider and the default chat route.
 WITH_LOCAL = SEED_YAML + "  - path: /v1/chat/completions\n    handler: chat\n"
 WITH_LOCAL = WITH_LOCAL.replace("provider_preference:", "  local: {type: ollama, model: llama3.2}\n"

@@ -4,7 +4,9 @@
   health check polls ext_proc's verdict on it; outlier detection ejects it on
   passive signals; circuit breakers cap what it may hold. Its endpoint carries
   ``filter_metadata.hapax.provider``, so the upstream ext_proc step learns
-  which provider an attempt goes to (``xds.upstream_host_metadata``).
+  which provider an attempt goes to (``xds.upstream_host_metadata``). For a
+  provider whose timeout is shorter than the longest, its host is its attempt
+  listener and ``direct.<name>`` the provider itself (attempts.py).
 - ``chain.<name>`` and ``lane.<name>``: aggregate clusters over a chain's
   providers, whose upstream HTTP filters are the per-attempt step.
 - ``hapax_ext_proc`` (gRPC) and ``hapax_ext_proc_http`` (verdicts, /health,
@@ -21,7 +23,7 @@ from envoy.config.cluster.v3 import (
     cluster_pb2,
     outlier_detection_pb2,
 )
-from envoy.config.core.v3 import base_pb2, health_check_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
 from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
@@ -39,6 +41,7 @@ from control_plane.config.model import HapaxConfig, ProviderConfig
 from control_plane.plan import Chain, LaneModel, Plan, provider_cluster_name
 from control_plane.protobuf import ads, duration, pack
 from control_plane.resources import passthrough
+from control_plane.resources.attempts import attempt_listener_name, direct_cluster_name
 from control_plane.resources.ext_proc_filters import upstream_ext_proc_filter
 from control_plane.resources.names import (
     EXT_PROC_CLUSTER,
@@ -176,33 +179,20 @@ def _failover_lb_config() -> cluster_pb2.Cluster.CommonLbConfig:
     )
 
 
-def provider_cluster(provider: ProviderConfig, verdict: Address) -> cluster_pb2.Cluster:
-    host, port, tls = _provider_endpoint(provider)
+def provider_cluster(provider: ProviderConfig, verdict: Address, capped: bool = False) -> cluster_pb2.Cluster:
+    """What a chain tries for ``provider``: the provider itself, or (``capped``) its attempt
+    listener, which holds an attempt to the provider's own timeout (resources/attempts.py)."""
     name = provider_cluster_name(provider.name)
-    endpoint_metadata = base_pb2.Metadata()
-    endpoint_metadata.filter_metadata[METADATA_NAMESPACE].update({wire.HOST_PROVIDER_KEY: provider.name})
-    cluster = cluster_pb2.Cluster(
-        name=name,
-        alt_stat_name=_stat_name(name),
-        type=cluster_pb2.Cluster.LOGICAL_DNS,
-        dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED,
-        connect_timeout=duration(min(provider.timeout, 10.0)),
-        typed_extension_protocol_options=_http1_options(),
+    cluster = _attempt_listener_cluster(provider, name) if capped else _upstream_cluster(provider, name)
+    endpoint = cluster.load_assignment.endpoints[0].lb_endpoints[0]
+    endpoint.metadata.filter_metadata[METADATA_NAMESPACE].update({wire.HOST_PROVIDER_KEY: provider.name})
+    endpoint.endpoint.health_check_config.address.CopyFrom(socket_address(verdict.host, verdict.port))
+    cluster.MergeFrom(cluster_pb2.Cluster(
         health_checks=[_verdict_health_check(provider)],
         outlier_detection=_outlier_detection(),
-        circuit_breakers=_circuit_breakers(provider),
         common_lb_config=_failover_lb_config(),
-        load_assignment=_load_assignment(name, [endpoint_components_pb2.LbEndpoint(
-            endpoint=endpoint_components_pb2.Endpoint(
-                address=socket_address(host, port), hostname=_authority(host, port, tls),
-                health_check_config=endpoint_components_pb2.Endpoint.HealthCheckConfig(
-                    address=socket_address(verdict.host, verdict.port)),
-            ),
-            metadata=endpoint_metadata,
-        )]),
-    )
-    if tls:
-        cluster.transport_socket.CopyFrom(_upstream_tls(host))
+    ))
+    if cluster.HasField("transport_socket"):
         plaintext = cluster.transport_socket_matches.add(
             name=PLAINTEXT_MATCH,
             transport_socket=base_pb2.TransportSocket(
@@ -210,6 +200,48 @@ def provider_cluster(provider: ProviderConfig, verdict: Address) -> cluster_pb2.
         )
         plaintext.match.update({PLAINTEXT_MATCH: True})
     return cluster
+
+
+def direct_cluster(provider: ProviderConfig) -> cluster_pb2.Cluster:
+    """A capped provider itself, for its attempt listener: its member cluster judges its health."""
+    return _upstream_cluster(provider, direct_cluster_name(provider.name))
+
+
+def _upstream_cluster(provider: ProviderConfig, name: str) -> cluster_pb2.Cluster:
+    """One host, the provider's; TLS with SNI for https."""
+    host, port, tls = _provider_endpoint(provider)
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        alt_stat_name=_stat_name(name),
+        type=cluster_pb2.Cluster.LOGICAL_DNS,
+        dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED,
+        connect_timeout=duration(min(provider.timeout, 10.0)),
+        typed_extension_protocol_options=_http1_options(),
+        circuit_breakers=_circuit_breakers(provider),
+        load_assignment=_load_assignment(name, [endpoint_components_pb2.LbEndpoint(
+            endpoint=endpoint_components_pb2.Endpoint(
+                address=socket_address(host, port), hostname=_authority(host, port, tls)))]),
+    )
+    if tls:
+        cluster.transport_socket.CopyFrom(_upstream_tls(host))
+    return cluster
+
+
+def _attempt_listener_cluster(provider: ProviderConfig, name: str) -> cluster_pb2.Cluster:
+    host, port, tls = _provider_endpoint(provider)
+    listener = address_pb2.Address(envoy_internal_address=address_pb2.EnvoyInternalAddress(
+        server_listener_name=attempt_listener_name(provider.name)))
+    return cluster_pb2.Cluster(
+        name=name,
+        alt_stat_name=_stat_name(name),
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=duration(1),  # in-process
+        typed_extension_protocol_options=_http1_options(),
+        circuit_breakers=_circuit_breakers(provider),
+        # The provider's authority all the same: a lane route's auto_host_rewrite takes it from here.
+        load_assignment=_load_assignment(name, [endpoint_components_pb2.LbEndpoint(
+            endpoint=endpoint_components_pb2.Endpoint(address=listener, hostname=_authority(host, port, tls)))]),
+    )
 
 
 def chain_cluster(config: HapaxConfig, chain: Chain) -> cluster_pb2.Cluster:

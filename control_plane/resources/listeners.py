@@ -15,6 +15,8 @@ per request on stderr.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import (
     address_pb2,
@@ -84,23 +86,25 @@ _LOCAL_REPLY_ERRORS = (
 )
 
 
-def _json_mapper(flt: accesslog_pb2.AccessLogFilter, status: int, message_text: str,
-                 err_type: str, code: str) -> hcm_pb2.ResponseMapper:
+def _json_mapper(flt: accesslog_pb2.AccessLogFilter, status: int, message_text: str, err_type: str, code: str,
+                 headers: Sequence[base_pb2.HeaderValueOption] = ()) -> hcm_pb2.ResponseMapper:
     fmt = struct_pb2.Struct()
     fmt.update({"error": {"message": message_text, "type": err_type, "param": None, "code": code}})
     return hcm_pb2.ResponseMapper(
         filter=flt,
         status_code=wrappers_pb2.UInt32Value(value=status),
         body_format_override=substitution_format_string_pb2.SubstitutionFormatString(json_format=fmt),
+        headers_to_add=list(headers),
     )
 
 
-def _local_reply_config() -> hcm_pb2.LocalReplyConfig:
+def local_reply_config(headers: Sequence[base_pb2.HeaderValueOption] = ()) -> hcm_pb2.LocalReplyConfig:
+    """Envoy's own replies as OpenAI error JSON; ``headers`` go on each reply mapped so."""
     mappers = [
         _json_mapper(
             accesslog_pb2.AccessLogFilter(
                 response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags))),
-            status, f"{text} (%LOCAL_REPLY_BODY%)", "server_error", code)
+            status, f"{text} (%LOCAL_REPLY_BODY%)", "server_error", code, headers)
         for flags, status, text, code in _LOCAL_REPLY_ERRORS
     ]
     # Envoy answers 413 itself when a body outgrows the buffer; ext_proc never does.
@@ -110,7 +114,7 @@ def _local_reply_config() -> hcm_pb2.LocalReplyConfig:
             value=base_pb2.RuntimeUInt32(default_value=413, runtime_key="hapax.unused.413"))))
     mappers.append(_json_mapper(
         too_large, 413, f"The request body is larger than the gateway accepts ({MAX_REQUEST_BYTES} bytes).",
-        "invalid_request_error", "request_too_large"))
+        "invalid_request_error", "request_too_large", headers))
     return hcm_pb2.LocalReplyConfig(mappers=mappers)
 
 
@@ -235,7 +239,7 @@ def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
                 suppress_envoy_headers=True,
             ))),
         ],
-        local_reply_config=_local_reply_config(),
+        local_reply_config=local_reply_config(),
         stream_idle_timeout=duration(300),
         request_timeout=duration(0),
         common_http_protocol_options=protocol_pb2.HttpProtocolOptions(

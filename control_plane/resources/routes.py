@@ -62,14 +62,15 @@ def _retry_policy(plan: Plan) -> route_components_pb2.RetryPolicy:
     # request's own chain with x-envoy-max-retries.
     config, longest_chain = plan.config, plan.longest_chain
     retries = max(config.retry.max_attempts or longest_chain, longest_chain, 2) - 1
-    silence = max((p.timeout for p in config.providers.values()), default=60.0)
     return route_components_pb2.RetryPolicy(
         retry_on="connect-failure,refused-stream,reset,5xx,retriable-status-codes",
         retriable_status_codes=[429],
         num_retries=wrappers_pb2.UInt32Value(value=retries),
         # A provider silent for its whole timeout (before its first byte, or
         # between chunks) fails the attempt; before the first byte, that fails over.
-        per_try_idle_timeout=duration(silence),
+        # One limit for every attempt, the longest timeout: an attempt on a provider
+        # with a shorter one is held to it on the way (attempts.py).
+        per_try_idle_timeout=duration(plan.longest_timeout),
         retry_back_off=route_components_pb2.RetryPolicy.RetryBackOff(
             base_interval=duration(config.retry.backoff_base),
             max_interval=duration(config.retry.backoff_max),
@@ -170,7 +171,9 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
             name="hapax", domains=["*"], routes=routes,
             # Lets the upstream step tell a first attempt from a retry (metrics).
             include_request_attempt_count=True,
-            response_headers_to_add=alt_svc(config))],
+            response_headers_to_add=alt_svc(config),
+            # The mark on an attempt listener's answers is for the upstream step only (attempts.py).
+            response_headers_to_remove=[wire.GATEWAY_ANSWER_HEADER])],
     )
 
 

@@ -57,6 +57,7 @@ from hapax.wire import (
     ANSWER_ATTEMPT_HEADER,
     ATTEMPT_HEADER,
     DROPPED_PARAMS_HEADER,
+    GATEWAY_ANSWER_HEADER,
     HOST_METADATA_ATTRIBUTE,
     NEVER_REMOVED_HEADERS,
     PROVIDER_HEADER,
@@ -220,6 +221,10 @@ class UpstreamStep(Step):
         status = int(headers.get(":status", "0") or 0)
         self._log_provider_error(status)
         self._honour_retry_after(status, headers.get("retry-after", ""))
+        if GATEWAY_ANSWER_HEADER in headers:
+            # Envoy's own answer on the way to the provider (its timeout): already
+            # OpenAI error JSON, not the provider's to convert.
+            self.stage = None
         # For the router step, which counts the request once its answer is final (none on a lane).
         set_headers = {} if attempt.lane else {
             PROVIDER_HEADER: attempt.provider.name, ANSWER_ATTEMPT_HEADER: str(attempt.number),
