@@ -43,6 +43,7 @@ from hapax import wire
 
 ATTEMPT_LISTENER_PREFIX = "attempt."
 DIRECT_CLUSTER_PREFIX = "direct."
+FORWARDED_PROTO = "x-forwarded-proto"
 
 
 def attempt_listener_name(provider: str) -> str:
@@ -95,4 +96,8 @@ def _to_provider(provider: ProviderConfig) -> route_components_pb2.Route:
             # No retry here: failing over is the chain's (its route's retry policy).
             retry_policy=route_components_pb2.RetryPolicy(per_try_idle_timeout=duration(provider.timeout)),
         ),
+        # A connection manager sets x-forwarded-proto on a request without one: this one's
+        # would undo the chain's header allow-list (provider_headers.py), which let the
+        # client's through only if the provider is forwarded it.
+        request_headers_to_remove=[] if FORWARDED_PROTO in provider.forward_headers else [FORWARDED_PROTO],
     )

@@ -203,8 +203,11 @@ def test_a_timeout_edited_while_running_applies_to_the_next_requests(fake_host, 
         del config["providers"]["first"]["timeout"]
         gateway.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         wait_for(lambda: served_version(gateway) != before, "the edit back to be rolled out")
-        assert ask(client, "direct", stream=True) == "Hello from fake-openai! You said: direct"
+        assert ask(client, "direct", stream=False) == "Hello from fake-openai! You said: direct"
         assert [name for name, _ in log] == ["first", "second", "first"]
+        # Through its attempt listener or not, the provider is sent the same headers.
+        held, direct = [r for r in first.requests if r.method == "POST"]
+        assert sorted(held.headers) == sorted(direct.headers)
     finally:
         for fake in (first, second):
             fake_host.run(fake.stop())

@@ -57,6 +57,8 @@ def test_the_routes_limit_is_the_longest_timeout_and_a_shorter_one_gets_its_own_
     assert route.route.cluster == "direct.anthropic"
     assert route.route.retry_policy.per_try_idle_timeout.ToSeconds() == 5
     assert route.route.retry_policy.retry_on == "" and route.route.timeout.ToSeconds() == 0
+    # What reaches the provider is what the chain's allow-list let through, nothing the hop adds.
+    assert list(route.request_headers_to_remove) == ["x-forwarded-proto"]
     assert all(m.headers_to_add[0].header.key == wire.GATEWAY_ANSWER_HEADER for m in hcm.local_reply_config.mappers)
     # Then the provider itself, over TLS; its health is its member cluster's to judge.
     direct = clusters["direct.anthropic"]
@@ -157,3 +159,9 @@ def test_the_upstream_step_leaves_an_attempt_listeners_answer_as_it_is():
     step = _anthropic_step()
     response = step.response_headers(_answer_headers(**fields, **{wire.GATEWAY_ANSWER_HEADER: "true"}), {})
     assert not response.HasField("mode_override") and step.stage is None and step.done
+
+
+def test_a_provider_forwarded_x_forwarded_proto_keeps_it_through_its_attempt_listener():
+    text = CAPPED.replace("timeout: 5s}", "timeout: 5s, forward_headers: [x-forwarded-proto]}")
+    _, route = _attempt_route(seed_snapshot(text).of_type(LISTENER)["attempt.anthropic"])
+    assert list(route.request_headers_to_remove) == []
