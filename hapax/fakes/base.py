@@ -159,6 +159,10 @@ class FakeProvider(ABC):
     @abstractmethod
     def stream_error_event(self, error_type: str, message: str) -> bytes: ...
 
+    def unknown_path_response(self, request: web.Request, exc: web.HTTPException) -> web.Response:
+        """An unknown path or a wrong method, as the provider answers it: by default its error JSON."""
+        return self.error_response(RequestError(exc.status, exc.reason))
+
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -345,8 +349,7 @@ class FakeProvider(ABC):
         except RequestError as exc:
             return self.error_response(exc)
         except web.HTTPException as exc:
-            # Unknown paths and wrong methods should still look like the provider's errors.
-            return self.error_response(RequestError(exc.status, exc.reason))
+            return self.unknown_path_response(request, exc)
 
     def _status_response(self, fault: Status) -> web.Response:
         if fault.body is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +17,12 @@ _NS_PER_TOKEN = 1_000_000
 
 
 class FakeOllama(FakeProvider):
-    """Serves one model; any other model name gets Ollama's 404."""
+    """Serves one model; any other model name gets Ollama's 404.
+
+    ``omit_counts`` names token counts its answers leave out, as real Ollama
+    does: its JSON drops a zero count, so an answer whose prompt came whole
+    from its cache has no ``prompt_eval_count``.
+    """
 
     label = "fake-ollama"
     default_model = "llama3.2"
@@ -29,9 +34,11 @@ class FakeOllama(FakeProvider):
         api_key: str | None = None,
         model: str | None = None,
         chunk_delay: float = 0.0,
+        omit_counts: Iterable[str] = (),
     ) -> None:
         # Ollama itself takes no key; one can still be required, as behind a proxy.
         super().__init__(api_key=api_key, model=model, chunk_delay=chunk_delay)
+        self.omit_counts = frozenset(omit_counts)  # "prompt_eval_count", "eval_count"
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -55,6 +62,12 @@ class FakeOllama(FakeProvider):
     def stream_error_event(self, error_type: str, message: str) -> bytes:
         return ndjson_line({"error": f"{error_type}: {message}"})
 
+    def unknown_path_response(self, request: web.Request, exc: web.HTTPException) -> web.Response:
+        if exc.status != 404:
+            return super().unknown_path_response(request, exc)
+        # Ollama's HTTP router answers a path it does not serve in plain text (a base_url ending in /v1).
+        return web.Response(status=404, text="404 page not found", content_type="text/plain")
+
     # -- handlers ---------------------------------------------------------------
 
     async def _root(self, request: web.Request) -> web.StreamResponse:
@@ -66,7 +79,7 @@ class FakeOllama(FakeProvider):
         model = self._require_model(body)
         messages = _messages(body)
         reply = compose_reply(self.label, last_user_text(messages), _num_predict(body))
-        counts = _counts(prompt_tokens(text_of(m.get("content")) for m in messages), reply)
+        counts = self._without_omitted(_counts(prompt_tokens(text_of(m.get("content")) for m in messages), reply))
         if body.get("stream", True) is not False:  # Ollama streams unless told not to
             return await self.send_stream(request, _chat_lines(model, reply, counts))
         final = {**_line(model, reply.text), **counts}
@@ -76,13 +89,13 @@ class FakeOllama(FakeProvider):
         body = _body(request)
         model = self._require_model(body)
         inputs = _inputs(body.get("input"))
-        return await self.send_json(request, {
+        return await self.send_json(request, self._without_omitted({
             "model": model,
             "embeddings": [embed(text) for text in inputs],
             "total_duration": _NS_PER_TOKEN,
             "load_duration": 0,
             "prompt_eval_count": prompt_tokens(inputs),
-        })
+        }))
 
     async def _tags(self, request: web.Request) -> web.StreamResponse:
         name = _full_name(self.model)
@@ -95,6 +108,9 @@ class FakeOllama(FakeProvider):
             "details": {"format": "gguf", "family": "fake", "parameter_size": "0B"},
         }
         return await self.send_json(request, {"models": [entry]})
+
+    def _without_omitted(self, answer: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in answer.items() if key not in self.omit_counts}
 
     def _require_model(self, body: dict[str, Any]) -> str:
         model = body.get("model")

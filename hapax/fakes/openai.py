@@ -94,6 +94,14 @@ class FakeOpenAI(FakeProvider):
         error = {"message": message, "type": error_type, "param": None, "code": None}
         return sse_event({"error": error})
 
+    def unknown_path_response(self, request: web.Request, exc: web.HTTPException) -> web.Response:
+        if exc.status != 404:
+            return super().unknown_path_response(request, exc)
+        # What api.openai.com answers a path it does not serve (a base_url without /v1).
+        error = {"message": f"Invalid URL ({request.method} {request.path})", "type": "invalid_request_error",
+                 "param": None, "code": None}
+        return web.json_response({"error": error}, status=404)
+
     # -- /v1/chat/completions ---------------------------------------------------
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:

@@ -363,6 +363,21 @@ async def test_unknown_path_gets_404_in_provider_format(session, anthropic):
     assert (await response.json())["error"]["type"] == "not_found_error"
 
 
+async def test_openai_answers_a_path_it_does_not_serve_as_api_openai_com_does(session, openai):
+    response = await fetch(session, "POST", f"{openai.origin}/chat/completions", {"model": "gpt-4o-mini"},
+                           headers=OPENAI_AUTH)
+    assert response.status == 404
+    assert await response.json() == {"error": {"message": "Invalid URL (POST /chat/completions)",
+                                               "type": "invalid_request_error", "param": None, "code": None}}
+
+
+async def test_ollama_answers_a_path_it_does_not_serve_in_plain_text(session, ollama):
+    response = await fetch(session, "POST", f"{ollama.origin}/v1/api/chat", {"model": "llama3.2"})
+    assert response.status == 404
+    assert response.content_type == "text/plain"
+    assert await response.text() == "404 page not found"
+
+
 # -- Anthropic -------------------------------------------------------------------------------
 
 
@@ -501,6 +516,18 @@ async def test_ollama_non_stream_is_one_object_and_honours_num_predict(session, 
     assert body["done"] is True
     assert body["message"] == {"role": "assistant", "content": "Hello from"}
     assert (body["done_reason"], body["eval_count"]) == ("length", 2)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_ollama_leaves_out_the_counts_it_is_told_to_as_for_a_cached_prompt(session, stream):
+    payload = {"model": "llama3.2", "messages": HELLO, "stream": stream}
+    async with FakeOllama(omit_counts=["prompt_eval_count"]) as fake:
+        response = await fetch(session, "POST", f"{fake.base_url}/api/chat", payload)
+        final = ndjson(await response.read())[-1]
+        embedded = await (await fetch(session, "POST", f"{fake.base_url}/api/embed",
+                                      {"model": "llama3.2", "input": "x"})).json()
+    assert final["done"] is True and final["eval_count"] == 9
+    assert "prompt_eval_count" not in final and "prompt_eval_count" not in embedded
 
 
 async def test_ollama_unknown_model_gets_404(session, ollama):
