@@ -299,10 +299,27 @@ def _error_message(raw: bytes, status: int) -> str:
     return http_error_text(raw, status)
 
 
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def usage(body: dict[str, Any]) -> dict[str, int]:
-    prompt = body.get("prompt_eval_count") or 0
-    completion = body.get("eval_count") or 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    """OpenAI usage from Ollama's counts, with only the counts Ollama gave.
+
+    Ollama's JSON leaves a zero count out (a prompt served whole from its cache
+    has no ``prompt_eval_count``), so a missing count is unknown, not zero: it is
+    left out here, and so is ``total_tokens``, rather than claimed as 0. The
+    metrics count it as unknown (``hapax_usage_unknown_total``), not as 0 tokens.
+    """
+    prompt, completion = _count(body.get("prompt_eval_count")), _count(body.get("eval_count"))
+    out: dict[str, int] = {}
+    if prompt is not None:
+        out["prompt_tokens"] = prompt
+    if completion is not None:
+        out["completion_tokens"] = completion
+    if prompt is not None and completion is not None:
+        out["total_tokens"] = prompt + completion
+    return out
 
 
 def _embedding(vector: list[float], as_base64: bool) -> Any:
@@ -388,8 +405,8 @@ class OllamaResponseStage(ConvertingResponseStage):
         return completion(self._id, self._now(), self._model, message, self._finish_reason(body), self.usage)
 
     def _embeddings_list(self, body: dict[str, Any]) -> dict[str, Any]:
-        prompt = body.get("prompt_eval_count") or 0
-        self.usage = {"prompt_tokens": prompt, "total_tokens": prompt}
+        prompt = _count(body.get("prompt_eval_count"))  # unknown when missing, as in usage()
+        self.usage = {} if prompt is None else {"prompt_tokens": prompt, "total_tokens": prompt}
         return {"object": "list",
                 "data": [{"object": "embedding", "index": i, "embedding": _embedding(v, self._base64)}
                          for i, v in enumerate(body["embeddings"])],

@@ -312,10 +312,22 @@ def test_embeddings_response_becomes_openai_list_with_usage():
     }
 
 
-def test_embeddings_usage_is_zero_without_prompt_eval_count():
+def test_embeddings_usage_claims_no_count_without_prompt_eval_count():
     body = {"model": "all-minilm", "embeddings": [[0.1]]}
     _, out = respond(200, "application/json", json.dumps(body).encode(), req=embeddings({"input": "a"}))
-    assert json.loads(out)["usage"] == {"prompt_tokens": 0, "total_tokens": 0}
+    assert json.loads(out)["usage"] == {}
+
+
+@pytest.mark.parametrize("missing, usage", [
+    ("prompt_eval_count", {"completion_tokens": 298}),
+    ("eval_count", {"prompt_tokens": 26}),
+])
+def test_a_count_ollama_leaves_out_is_left_out_of_the_answer_not_claimed_as_zero(missing, usage):
+    body = {k: v for k, v in CHAT_RESPONSE.items() if k != missing}
+    stage = translator().response(chat({"messages": [user("hi")]}), provider())
+    _, out = run_stage(stage, 200, "application/json", [json.dumps(body).encode()])
+    assert json.loads(out)["usage"] == usage
+    assert stage.usage == usage  # what the metrics count: the missing count is unknown
 
 
 def test_base64_encoding_format_returns_packed_float32():
@@ -399,6 +411,12 @@ def test_ndjson_stream_becomes_openai_chunks_usage_and_done():
     assert got[5]["choices"] == []
     assert got[5]["usage"] == {"prompt_tokens": 26, "completion_tokens": 282, "total_tokens": 308}
     assert got[6] == "[DONE]" and len(got) == 7
+
+
+def test_a_stream_whose_end_leaves_out_prompt_eval_count_claims_no_prompt_tokens():
+    final = {k: v for k, v in FINAL.items() if k != "prompt_eval_count"}
+    got = sse_events(stream(ndjson(line("The"), final)))
+    assert got[-2]["usage"] == {"completion_tokens": 282}
 
 
 def test_length_done_reason_in_stream():
