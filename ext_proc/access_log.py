@@ -31,12 +31,12 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf import struct_pb2
 
-from ext_proc.metrics import GatewayMetrics
+from ext_proc.metrics import GatewayMetrics, token_count
 from ext_proc.outcomes import RequestOutcome, outcome_for
 from ext_proc.provider_health import retry_after_seconds
 from ext_proc.runtime import Provider, Route, RuntimeView
 from hapax import wire
-from hapax.wire import Lane, LogTag
+from hapax.wire import Handler, Lane, LogTag
 
 log = logging.getLogger("hapax.ext_proc")
 
@@ -109,12 +109,21 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         elif not retries_counted:
             # The log names only the provider that answered; in a chain of two, the one retry went there.
             alike.retries += attempts - 1
-        usage = common.metadata.filter_metadata.get(wire.USAGE_NAMESPACE)
-        if usage is not None and 200 <= status < 300:
-            alike.inputs.append(_tokens(usage.fields.get(wire.PROMPT_TOKENS)))
-            completion = usage.fields.get(wire.COMPLETION_TOKENS)
-            if completion is not None and completion.HasField("number_value"):  # embeddings have none
-                alike.outputs.append(_tokens(completion))
+        if 200 <= status < 300:
+            # A count Envoy did not find in the answer (or an answer without usage) is unknown, not 0.
+            usage = common.metadata.filter_metadata.get(wire.USAGE_NAMESPACE)
+            fields = usage.fields if usage is not None else {}
+            prompt = _tokens(fields.get(wire.PROMPT_TOKENS))
+            if prompt is None:
+                alike.unknown_inputs += 1
+            else:
+                alike.inputs.append(prompt)
+            if route.handler != Handler.EMBEDDINGS:  # embeddings have no output
+                completion = _tokens(fields.get(wire.COMPLETION_TOKENS))
+                if completion is None:
+                    alike.unknown_outputs += 1
+                else:
+                    alike.outputs.append(completion)
 
     def _honour_retry_after(self, attempt: accesslog_pb2.HTTPAccessLogEntry) -> None:
         """An attempt the router logged for its 429 or 503 (control_plane/resources/passthrough.py: hold_off_logger)."""
@@ -128,7 +137,8 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
 class _Answers:
     """The answers of one flush that share their labels (route, provider, status, outcome)."""
 
-    __slots__ = ("route", "provider", "status", "outcome", "durations", "overheads", "retries", "inputs", "outputs")
+    __slots__ = ("route", "provider", "status", "outcome", "durations", "overheads", "retries", "inputs", "outputs",
+                 "unknown_inputs", "unknown_outputs")
 
     def __init__(self, route: Route, provider: Provider | None, status: int, outcome: RequestOutcome) -> None:
         self.route, self.provider, self.status, self.outcome = route, provider, status, outcome
@@ -137,6 +147,7 @@ class _Answers:
         self.retries = 0
         self.inputs: list[int] = []  # token counts of those whose usage Envoy read
         self.outputs: list[int] = []
+        self.unknown_inputs = self.unknown_outputs = 0  # answers whose count Envoy did not find
 
     def report(self, metrics: GatewayMetrics) -> None:
         metrics.requests_answered(self.route, self.provider, self.status, self.outcome,
@@ -145,8 +156,9 @@ class _Answers:
             return
         if self.retries:
             metrics.retried(self.route, self.provider, self.retries)
-        if self.inputs:
-            metrics.tokens_counted(self.route, self.provider, self.inputs, self.outputs)
+        if self.inputs or self.outputs or self.unknown_inputs or self.unknown_outputs:
+            metrics.tokens_counted(self.route, self.provider, self.inputs, self.outputs,
+                                   unknown_inputs=self.unknown_inputs, unknown_outputs=self.unknown_outputs)
 
 
 def _delivered_stream(entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
@@ -168,5 +180,6 @@ def _overhead(common: accesslog_pb2.AccessLogCommon) -> float | None:
     return _seconds(common.time_to_first_downstream_tx_byte) - provider_time
 
 
-def _tokens(value: struct_pb2.Value | None) -> int:
-    return max(0, int(value.number_value)) if value is not None and value.HasField("number_value") else 0
+def _tokens(value: struct_pb2.Value | None) -> int | None:
+    """A count Envoy read, or None: unknown (absent, or not a count)."""
+    return token_count(value.number_value) if value is not None and value.HasField("number_value") else None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import os
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -119,6 +119,10 @@ class _RequestFamilies:
                                 [*answered, "gen_ai_token_type"], buckets=TOKEN_BUCKETS, registry=registry),
             cost := Counter("hapax_cost_usd", "What the answers cost, from the config's price table (US dollars)",
                             answered, registry=registry),
+            unknown := Counter("hapax_usage_unknown",
+                               "Answers whose provider gave no token count of this gen_ai_token_type (input | output): "
+                               "they are in neither gen_ai_client_token_usage nor hapax_cost_usd",
+                               [*answered, "gen_ai_token_type"], registry=registry),
             failovers := Counter("hapax_failovers", "Requests answered by a provider after earlier attempts failed",
                                  [*route, "provider"], registry=registry),
             retries := Counter("hapax_retries", "Attempts after the first, by the provider they went to",
@@ -133,6 +137,7 @@ class _RequestFamilies:
         self.requests, self.duration, self.ttft, self.tpot, self.tokens = requests, duration, ttft, tpot, tokens
         self.cost, self.failovers, self.retries, self.inflight, self.overhead = (
             cost, failovers, retries, inflight, overhead)
+        self.unknown = unknown
 
     def child(self, family: Any, *values: str) -> Any:
         """``family.labels(*values)``, remembered: label values come from the config, so few."""
@@ -256,18 +261,40 @@ class GatewayMetrics:
         f = self._families
         f.child(f.retries, *f.route_values(route), provider.name).inc(times)
 
-    def tokens_used(self, route: Route, provider: Provider, usage: dict[str, Any]) -> None:
-        outputs = [_count(usage.get("completion_tokens"))] if "completion_tokens" in usage else []  # embeddings: none
-        self.tokens_counted(route, provider, [_count(usage.get("prompt_tokens"))], outputs)
+    def tokens_used(self, route: Route, provider: Provider, usage: Mapping[str, Any] | None, *,
+                    has_output: bool = True) -> None:
+        """One answer's token usage, in OpenAI's shape (None: the answer had none).
 
-    def tokens_counted(self, route: Route, provider: Provider, inputs: list[int], outputs: list[int]) -> None:
-        """Answers' input token counts, and the output token counts of those that have one."""
+        ``has_output``: False for an answer that has no output tokens (embeddings).
+        A count the answer does not give is unknown, never 0 (see tokens_counted).
+        """
+        usage = usage or {}
+        prompt = token_count(usage.get("prompt_tokens"))
+        completion = token_count(usage.get("completion_tokens")) if has_output else None
+        self.tokens_counted(route, provider, [] if prompt is None else [prompt],
+                            [] if completion is None else [completion],
+                            unknown_inputs=int(prompt is None), unknown_outputs=int(has_output and completion is None))
+
+    def tokens_counted(self, route: Route, provider: Provider, inputs: list[int], outputs: list[int], *,
+                       unknown_inputs: int = 0, unknown_outputs: int = 0) -> None:
+        """Answers' token counts, and how many answers did not give theirs.
+
+        A missing count is not zero: counting it as 0 would make the token and cost series
+        look complete while they fall short. It is left out of both, and counted in
+        ``hapax_usage_unknown_total`` instead, so the gap shows (and can be estimated from
+        the answers that did give theirs). Every token counted is the provider's own count.
+        """
         f = self._families
         answered = [*f.route_values(route), provider.name, provider.model]
-        _observe(f.child(f.tokens, *answered, "input"), inputs)
+        if inputs:
+            _observe(f.child(f.tokens, *answered, "input"), inputs)
         if outputs:
             _observe(f.child(f.tokens, *answered, "output"), outputs)
-        if provider.price is not None:
+        if unknown_inputs:
+            f.child(f.unknown, *answered, "input").inc(unknown_inputs)
+        if unknown_outputs:
+            f.child(f.unknown, *answered, "output").inc(unknown_outputs)
+        if provider.price is not None and (inputs or outputs):
             per_input, per_output = provider.price
             f.child(f.cost, *answered).inc((sum(inputs) * per_input + sum(outputs) * per_output) / 1e6)
 
@@ -340,5 +367,10 @@ class _Registered(Collector):
         return self.registry.collect()
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+def token_count(value: Any) -> int | None:
+    """A token count as a provider gives it (an integer, 0 or more; JSON may say 12.0), else None: unknown."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value) if value >= 0 else None

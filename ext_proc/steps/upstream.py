@@ -218,7 +218,7 @@ class UpstreamStep(Step):
         attempt = self.attempt
         assert attempt is not None
         headers = header_map(msg)
-        status = int(headers.get(":status", "0") or 0)
+        status = self.answer_status = int(headers.get(":status", "0") or 0)
         self._log_provider_error(status)
         self._honour_retry_after(status, headers.get("retry-after", ""))
         if GATEWAY_ANSWER_HEADER in headers:
@@ -347,16 +347,25 @@ class UpstreamStep(Step):
             return
         if attempt.lane and not self.streaming:
             return  # the access log counts the tokens Envoy read from the answer
-        usage = self.stage.usage
-        if usage is None:
-            return
-        self.metrics.tokens_used(attempt.route, attempt.provider, usage)
+        if not self._answered():
+            return  # an error, or a stream cut short: no answer whose usage could be missing
+        usage = self.stage.usage or {}  # counts it lacks are unknown, not 0 (metrics.tokens_counted)
+        self.metrics.tokens_used(attempt.route, attempt.provider, usage,
+                                 has_output=attempt.handler != Handler.EMBEDDINGS)
         if self.streaming and self.first_chunk is not None:
             ended = time.time()
             output = usage.get("completion_tokens")
             per_token = (ended - self.first_chunk) / (output - 1) if isinstance(output, int) and output > 1 else None
             self.metrics.stream_timing(attempt.route, attempt.provider, self.first_chunk - attempt.request_start,
                                        per_token)
+
+    def _answered(self) -> bool:
+        """The provider gave a whole answer (a 2xx read whole, or a stream to its end): one with a usage."""
+        stage = self.stage
+        assert stage is not None
+        if not 200 <= self.answer_status < 300 or stage.status_override:
+            return False
+        return not self.streaming or stage.stream_outcome == StreamOutcome.COMPLETED
 
 
 def _provider(view: RuntimeView, attributes: Attributes) -> Provider:

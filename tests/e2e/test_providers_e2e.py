@@ -13,9 +13,11 @@ import openai
 import pytest
 
 from hapax.fakes import FakeAnthropic, FakeOllama, FakeOpenAI, Status
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, wait_for
 
 ANTHROPIC_KEY = "sk-ant-test-secret"
+# Longer than the access log's flush interval (250 ms): a count it would add has arrived.
+LOG_FLUSH = 1.0
 OPENAI_KEY = "sk-oai-test-secret"
 
 
@@ -208,3 +210,42 @@ def test_usage_and_finish_reason_survive_translation(client, fakes):
             model=model, stream=True, stream_options={"include_usage": True},
             messages=[{"role": "user", "content": "a long question here"}]))
         assert chunks[-1].usage.prompt_tokens == 4 and chunks[-1].usage.completion_tokens > 3
+
+
+@pytest.fixture()
+def cached_prompt(fakes):
+    """Ollama answers as for a prompt served whole from its cache: without prompt_eval_count."""
+    fakes["ollama"].omit_counts = frozenset({"prompt_eval_count"})
+    yield
+    fakes["ollama"].omit_counts = frozenset()
+
+
+def _ask_ollama(client, api: str):
+    if api == "embeddings":
+        return client.embeddings.create(model="llama3.2", input="cached").usage
+    messages = [{"role": "user", "content": "cached"}]
+    if api == "stream":
+        chunks = list(client.chat.completions.create(model="llama3.2", messages=messages, stream=True,
+                                                     stream_options={"include_usage": True}))
+        return chunks[-1].usage
+    return client.chat.completions.create(model="llama3.2", messages=messages).usage
+
+
+@pytest.mark.parametrize("api", ["json", "stream", "embeddings"])
+def test_an_ollama_answer_without_prompt_eval_count_has_unknown_input_tokens_never_zero(gateway, client, cached_prompt,
+                                                                                      api):
+    labels = {"route": "/v1/embeddings" if api == "embeddings" else "/v1/chat/completions",
+              "provider": "ollama", "model": "llama3.2"}
+    time.sleep(LOG_FLUSH)  # what the access log counts of earlier tests' answers has arrived
+    unknown = gateway.metric("hapax_usage_unknown_total", **labels, gen_ai_token_type="input")
+    inputs = gateway.metric("gen_ai_client_token_usage_count", **labels, gen_ai_token_type="input")
+    outputs = gateway.metric("gen_ai_client_token_usage_count", **labels, gen_ai_token_type="output")
+    usage = _ask_ollama(client, api)
+    # The client is told no count rather than a count of 0.
+    assert usage.prompt_tokens is None and usage.total_tokens is None
+    wait_for(lambda: gateway.metric("hapax_usage_unknown_total", **labels, gen_ai_token_type="input") == unknown + 1,
+             "the missing count counted as unknown")
+    assert gateway.metric("gen_ai_client_token_usage_count", **labels, gen_ai_token_type="input") == inputs
+    if api != "embeddings":  # the count Ollama did give is counted
+        assert usage.completion_tokens > 0
+        assert gateway.metric("gen_ai_client_token_usage_count", **labels, gen_ai_token_type="output") == outputs + 1

@@ -50,6 +50,8 @@ def _entries() -> list[accesslog_pb2.HTTPAccessLogEntry]:
         _entry(23, **chat, provider="primary", status=429),
         _entry(24, **chat, provider="", status=503, details="hapax_no_provider"),
         _entry(25, route=EMBEDDINGS.path, provider="primary", status=200, usage={"prompt_tokens": 40}),
+        _entry(29, route=EMBEDDINGS.path, provider="primary", status=200),
+        _entry(30, **chat, provider="primary", status=200, usage={"completion_tokens": 6}),
         _entry(26, **chat, provider="primary", status=200, lane="model", attempts=2, usage={"prompt_tokens": 3}),
         _entry(27, route="/gone", provider="primary", status=200),
         _entry(28, **chat, provider="primary", status=0),
@@ -77,8 +79,10 @@ def _count_each(metrics: GatewayMetrics, entry: accesslog_pb2.HTTPAccessLogEntry
         for _ in range(attempts - 1):
             metrics.retried(route, provider)
     usage = common.metadata.filter_metadata.get("hapax.usage")
-    if usage is not None and status == 200:
-        metrics.tokens_used(route, provider, {key: int(value.number_value) for key, value in usage.fields.items()})
+    if status == 200:
+        fields = usage.fields if usage is not None else {}
+        metrics.tokens_used(route, provider, {key: value.number_value for key, value in fields.items()},
+                            has_output=route.handler != "embeddings")
 
 
 def _s(duration) -> float:
@@ -108,6 +112,29 @@ def test_a_flush_added_up_by_labels_gives_the_series_of_counting_each_answer():
     assert b'outcome="failed_over",provider="second"' in text
     assert b'gen_ai_token_type="output",model="gpt-4o-mini",provider="primary",route="/v1/embeddings"' not in text
     assert b'model="none",outcome="provider_error",provider="none"' in text
+    assert b'gen_ai_token_type="input",model="gpt-4o-mini",provider="primary",route="/v1/embeddings"} 1.0' in text
+
+
+def test_a_token_count_envoy_did_not_find_in_an_answer_is_unknown_not_zero():
+    metrics = _metrics()
+    AccessLogCounter(lambda: VIEW_OF_TWO, metrics).count_batch([
+        _entry(0, route=ROUTE.path, provider="primary", status=200, usage={"completion_tokens": 6}),
+        _entry(1, route=ROUTE.path, provider="primary", status=200),
+        _entry(2, route=EMBEDDINGS.path, provider="primary", status=200, usage={"prompt_tokens": 4}),
+        _entry(3, route=ROUTE.path, provider="primary", status=503),
+    ])
+    samples = _samples(metrics)
+
+    def value(name: str, route: str, kind: str) -> float | None:
+        labels = {"department": "marketing", "gen_ai_token_type": kind, "model": "gpt-4o-mini",
+                  "provider": "primary", "route": route}
+        return samples.get((name, tuple(sorted(labels.items()))))
+
+    assert value("hapax_usage_unknown_total", ROUTE.path, "input") == 2  # never observed as 0 tokens
+    assert value("gen_ai_client_token_usage_count", ROUTE.path, "input") is None
+    assert value("hapax_usage_unknown_total", ROUTE.path, "output") == 1
+    assert value("gen_ai_client_token_usage_sum", ROUTE.path, "output") == 6
+    assert value("hapax_usage_unknown_total", EMBEDDINGS.path, "output") is None  # embeddings have no output
 
 
 class _RoutesThatFailOn(dict):

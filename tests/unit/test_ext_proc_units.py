@@ -10,9 +10,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_pb
 from google.protobuf import struct_pb2, text_format
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from ext_proc import client_request
 from ext_proc.errors import GatewayError
+from ext_proc.metrics import GatewayMetrics
+from ext_proc.provider_health import ProviderProber
 from ext_proc.runtime import Chain, InvalidRuntime, RuntimeView
 from ext_proc.sse import SseParser, encode
 from ext_proc.steps.messages import provider_from_host_metadata
@@ -334,3 +337,83 @@ def test_an_answer_whose_provider_was_sent_every_field_names_none():
     body = {"model": "claude-3-haiku", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.2}
     step.request_body(ext_pb.HttpBody(body=json.dumps(body).encode(), end_of_stream=True), None)
     assert DROPPED_PARAMS_HEADER not in _answer_headers(step, "application/json")
+
+
+# ---------------------------------------------------------------- token usage an attempt counts
+
+
+def _metered_step(provider_type: str, route_md: dict[str, str]) -> tuple[UpstreamStep, GatewayMetrics]:
+    """A step on the ordinary route for a provider of ``provider_type`` that counts into its own metrics."""
+    rt = runtime_pb2.Runtime(config_version="7")
+    rt.providers.add(name="p", type=provider_type, model="llama3.2", base_url="http://localhost:11434",
+                     cluster="provider.p")
+    rt.chains.add(cluster="chain.p", providers=["p"], attempts=2)
+    rt.models.add(name="llama3.2", provider="p", chain="chain.p")
+    rt.routes.add(path="/v1/chat/completions", handler="chat", version="v1")
+    view = RuntimeView.from_proto(rt, frozenset({provider_type}))
+    metrics = GatewayMetrics(ProviderProber(lambda _: None))
+    metrics.configure(view)
+    md, host = base_pb2.Metadata(), base_pb2.Metadata()
+    md.filter_metadata["hapax"].update({"route": "/v1/chat/completions", **route_md})
+    host.filter_metadata["hapax"].update({"provider": "p"})
+    attributes = {EXT_PROC_ATTRIBUTES: struct_pb2.Struct(fields={
+        HOST_METADATA: struct_pb2.Value(string_value=text_format.MessageToString(host)),
+        ROUTE_METADATA: struct_pb2.Value(string_value=text_format.MessageToString(md))})}
+    step = UpstreamStep(view, metrics)
+    step.request_headers(ext_pb.HttpHeaders(), attributes)
+    return step, metrics
+
+
+def _answer(step: UpstreamStep, request: dict, status: int, content_type: str, body: bytes) -> None:
+    step.request_body(ext_pb.HttpBody(body=json.dumps(request).encode(), end_of_stream=True), {})
+    step.response_headers(ext_pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
+        base_pb2.HeaderValue(key=":status", raw_value=str(status).encode()),
+        base_pb2.HeaderValue(key="content-type", raw_value=content_type.encode())])), {})
+    step.response_body(ext_pb.HttpBody(body=body, end_of_stream=True), {})
+    step.finish()
+
+
+def _series(metrics: GatewayMetrics, name: str, kind: str) -> float | None:
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("gen_ai_token_type") == kind:
+                return sample.value
+    return None
+
+
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+OLLAMA_ANSWER = {"model": "llama3.2", "message": {"role": "assistant", "content": "Hello"}, "done": True,
+                 "done_reason": "stop", "eval_count": 2}  # no prompt_eval_count: a cached prompt
+
+
+def test_an_attempt_counts_a_token_count_its_answer_lacks_as_unknown_not_zero():
+    step, metrics = _metered_step("ollama", {"handler": "chat"})
+    _answer(step, CHAT, 200, "application/json", json.dumps(OLLAMA_ANSWER).encode())
+    assert _series(metrics, "hapax_usage_unknown_total", "input") == 1.0
+    assert _series(metrics, "gen_ai_client_token_usage_count", "input") is None
+    assert _series(metrics, "gen_ai_client_token_usage_sum", "output") == 2.0
+
+
+def test_a_stream_whose_end_lacks_a_count_has_it_counted_as_unknown():
+    step, metrics = _metered_step("ollama", {"handler": "chat"})
+    ndjson = json.dumps({**OLLAMA_ANSWER, "message": {"role": "assistant", "content": ""}}).encode() + b"\n"
+    _answer(step, {**CHAT, "stream": True}, 200, "application/x-ndjson", ndjson)
+    assert _series(metrics, "hapax_usage_unknown_total", "input") == 1.0
+    assert _series(metrics, "gen_ai_client_token_usage_count", "input") is None
+
+
+@pytest.mark.parametrize("status, body", [(500, b'{"error":"llama runner process has terminated"}'),
+                                          (200, b"not json")])
+def test_an_answer_that_is_not_one_has_no_token_count_to_miss(status, body):
+    step, metrics = _metered_step("ollama", {"handler": "chat"})
+    _answer(step, CHAT, status, "application/json", body)
+    assert _series(metrics, "hapax_usage_unknown_total", "input") is None
+
+
+def test_an_answer_without_usage_has_its_token_counts_counted_as_unknown():
+    step, metrics = _metered_step("openai", {"handler": "chat"})
+    answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "llama3.2",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}]}
+    _answer(step, CHAT, 200, "application/json", json.dumps(answer).encode())
+    assert _series(metrics, "hapax_usage_unknown_total", "input") == 1.0
+    assert _series(metrics, "hapax_usage_unknown_total", "output") == 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ext_proc.metrics import GatewayMetrics, observe_all
 from ext_proc.outcomes import RequestOutcome
@@ -51,3 +52,40 @@ def test_observing_many_fills_the_same_buckets_as_observing_each():
         each.observe(amount)
     observe_all(many, amounts)
     assert generate_latest(registry_b) == generate_latest(registry_a)
+
+
+EMBEDDINGS = Route("/v1/embeddings", "embeddings", "v1", {"department": "marketing"})
+
+
+def _sample(metrics: GatewayMetrics, name: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+def test_a_token_count_the_answer_lacks_is_counted_as_unknown_never_as_zero():
+    metrics = _metrics()
+    metrics.tokens_used(ROUTE, PROVIDER, {"completion_tokens": 10})
+    assert _sample(metrics, "gen_ai_client_token_usage_count", gen_ai_token_type="input") in (None, 0.0)
+    assert _sample(metrics, "gen_ai_client_token_usage_count", gen_ai_token_type="output") == 1.0
+    assert _sample(metrics, "hapax_usage_unknown_total", gen_ai_token_type="input", provider="primary",
+                   model="gpt-4o-mini", route=ROUTE.path, department="marketing") == 1.0
+    assert _sample(metrics, "hapax_usage_unknown_total", gen_ai_token_type="output") in (None, 0.0)
+    assert _sample(metrics, "hapax_cost_usd_total") == 10 * 0.6 / 1e6  # the known part only
+
+
+def test_an_answer_without_usage_has_both_counts_unknown_and_embeddings_have_no_output_to_miss():
+    metrics = _metrics()
+    metrics.tokens_used(ROUTE, PROVIDER, None)
+    metrics.tokens_used(EMBEDDINGS, PROVIDER, {}, has_output=False)
+    metrics.tokens_used(EMBEDDINGS, PROVIDER, {"prompt_tokens": 4}, has_output=False)
+    assert _sample(metrics, "hapax_usage_unknown_total", route=ROUTE.path, gen_ai_token_type="input") == 1.0
+    assert _sample(metrics, "hapax_usage_unknown_total", route=ROUTE.path, gen_ai_token_type="output") == 1.0
+    assert _sample(metrics, "hapax_usage_unknown_total", route=EMBEDDINGS.path, gen_ai_token_type="input") == 1.0
+    assert _sample(metrics, "hapax_usage_unknown_total", route=EMBEDDINGS.path, gen_ai_token_type="output") is None
+    assert _sample(metrics, "gen_ai_client_token_usage_count", route=EMBEDDINGS.path,
+                   gen_ai_token_type="input") == 1.0
+    assert _sample(metrics, "gen_ai_client_token_usage_count", route=ROUTE.path, gen_ai_token_type="input") in (
+        None, 0.0)
