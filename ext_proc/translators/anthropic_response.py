@@ -16,7 +16,13 @@ from ext_proc.outcomes import StreamOutcome
 from ext_proc.runtime import Provider
 from ext_proc.sse import SseParser, encode
 from ext_proc.translators.anthropic_tools import AnswerShape
-from ext_proc.translators.base import ConvertingResponseStage, dumps, http_error_text, json_or_none
+from ext_proc.translators.base import (
+    ConvertingResponseStage,
+    dumps,
+    http_error_text,
+    json_or_none,
+    provider_not_found,
+)
 from ext_proc.translators.openai_chunks import chunk, completion, error_event, stream_end
 
 STOP_REASONS = {
@@ -31,6 +37,9 @@ STOP_REASONS = {
 
 # The answer's shape when the request asked for nothing special.
 PLAIN = AnswerShape()
+
+# What a 404 for the path says of the base_url (docs/configuration.md: base_url).
+BASE_URL_CONVENTION = "an anthropic-type base_url has no /v1: the gateway appends /v1/messages and /v1/models"
 
 # Anthropic error type -> (OpenAI error type, code)
 ERROR_TYPES = {
@@ -151,6 +160,7 @@ class AnthropicResponseStage(ConvertingResponseStage):
         self._shape = shape
         self._model = provider.model
         self._provider = provider.name
+        self._provider_config = provider
         self._clock = clock
         self._parser = SseParser()
         self._id = ""
@@ -162,6 +172,13 @@ class AnthropicResponseStage(ConvertingResponseStage):
     def error_body(self, raw: bytes) -> bytes:
         if self.status == 529:  # Anthropic's "overloaded"; OpenAI clients know 503
             self.status_override = 503
+        if self.status == 404:  # the gateway's base_url or model, not the client's request
+            self.status_override = 502
+            body = json_or_none(raw)
+            err = body.get("error") if isinstance(body, dict) else None
+            message = err.get("message") if isinstance(err, dict) else None
+            return dumps(provider_not_found(self._provider_config, BASE_URL_CONVENTION, raw,
+                                            message if isinstance(message, str) else None)).encode()
         return dumps(_error_from_body(raw, self.status, self._provider)).encode()
 
     def json_body(self, raw: bytes) -> bytes:

@@ -9,11 +9,13 @@ is adding one module that implements this; no other translator changes.
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from ext_proc.client_request import ClientRequest
+from ext_proc.errors import error_json
 from ext_proc.outcomes import StreamOutcome
 from ext_proc.runtime import Provider
 from hapax.wire import Handler
@@ -183,3 +185,31 @@ def http_error_text(raw: bytes, status: int) -> str:
     # Kept short: it may be a whole HTML page from a proxy in front of the provider.
     text = raw.decode("utf-8", errors="replace").strip()[:500]
     return f"Provider returned HTTP {status}" + (f": {text}" if text else "")
+
+
+_ABOUT_A_MODEL = re.compile(r"\bmodel\b", re.IGNORECASE)
+
+
+def provider_not_found(provider: Provider, convention: str, raw: bytes, message: str | None,
+                       *, about_model: bool = False) -> dict[str, Any]:
+    """OpenAI error JSON for a provider's 404: the gateway's configuration, never the client's request.
+
+    The gateway answers a model it does not know itself (404 ``model_not_found``),
+    and sends each provider only its configured path and its configured model;
+    so a 404 from the provider means one of them is wrong, and the client gets
+    a 502 naming the provider (the stage sets the status). It is a model if the
+    provider's own error JSON says so (``message``: its error message, None when
+    the body is not its error JSON: a plain or HTML page), else the path, which
+    comes from ``base_url``; ``convention``: what the gateway appends to this
+    type's ``base_url``.
+    """
+    if about_model or (message is not None and _ABOUT_A_MODEL.search(message)):
+        return error_json(f"The provider '{provider.name}' does not serve the model '{provider.model}' the "
+                          f"gateway's configuration names for it ({message}). This is a gateway configuration "
+                          "problem, not the client's: check that provider's model.",
+                          "server_error", "provider_model_not_found")
+    said = message if message is not None else http_error_text(raw, 404)
+    return error_json(f"The provider '{provider.name}' answered HTTP 404 for the path the gateway sent it "
+                      f"({said}): its base_url is likely wrong ({convention}). This is a gateway "
+                      "configuration problem, not the client's.",
+                      "server_error", "provider_path_not_found")

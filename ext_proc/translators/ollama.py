@@ -32,6 +32,7 @@ from ext_proc.translators.base import (
     dumps,
     http_error_text,
     json_or_none,
+    provider_not_found,
     tool_arguments,
 )
 from ext_proc.translators.openai_chunks import (
@@ -48,6 +49,9 @@ FINISH_REASONS = {"stop": "stop", "length": "length"}
 # reasoning_effort -> Ollama's ``think``: a level for models that have levels
 # (gpt-oss), which the others read as "think"; false turns thinking off.
 THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
+# What a 404 for the path says of the base_url (docs/configuration.md: base_url).
+BASE_URL_CONVENTION = ("an ollama-type base_url has no /v1 or /api: the gateway appends /api/chat, /api/embed "
+                       "and /api/tags (for Ollama's OpenAI-compatible /v1, use type: openai)")
 _DATA_URL = re.compile(r"^data:[^,]*;base64,(?P<data>.*)$", re.DOTALL)
 
 # What becomes of each OpenAI field (docs/providers.md has the table, and why). Refused: what
@@ -272,13 +276,9 @@ def _content(content: Any, where: str) -> tuple[str, list[str]]:
 
 
 def openai_error(message: str, status: int, provider: str) -> dict[str, Any]:
-    """OpenAI's error JSON for an Ollama error message and HTTP status."""
+    """OpenAI's error JSON for an Ollama error message and HTTP status (a 404 is provider_not_found's)."""
     code: str | None = None
-    if status == 404:
-        kind = "invalid_request_error"
-        code = "model_not_found" if "model" in message.lower() or "not found" in message.lower() \
-            else "not_found"
-    elif status in (401, 403):
+    if status in (401, 403):
         kind = "authentication_error" if status == 401 else "permission_error"
         message = (f"The gateway's credential for provider '{provider}' was rejected "
                    f"(this is not about your own API key): {message}")
@@ -291,12 +291,18 @@ def openai_error(message: str, status: int, provider: str) -> dict[str, Any]:
     return error_json(message, kind, code)
 
 
-def _error_message(raw: bytes, status: int) -> str:
+def _own_error_message(raw: bytes) -> str | None:
+    """The message of Ollama's own error JSON (``{"error": ...}``), or None for any other body."""
     body = json_or_none(raw)
     if isinstance(body, dict) and body.get("error") is not None:
         err = body["error"]
         return str(err.get("message") if isinstance(err, dict) else err)
-    return http_error_text(raw, status)
+    return None
+
+
+def _error_message(raw: bytes, status: int) -> str:
+    message = _own_error_message(raw)
+    return message if message is not None else http_error_text(raw, status)
 
 
 def _count(value: Any) -> int | None:
@@ -339,6 +345,7 @@ class OllamaResponseStage(ConvertingResponseStage):
         super().__init__(stream=stream, include_usage=include_usage)
         self._model = provider.model
         self._provider = provider.name
+        self._provider_config = provider
         self._embeddings = embeddings
         self._base64 = base64_embeddings
         self._clock = clock
@@ -351,6 +358,10 @@ class OllamaResponseStage(ConvertingResponseStage):
         self._started = False
 
     def error_body(self, raw: bytes) -> bytes:
+        if self.status == 404:  # the gateway's base_url or model, not the client's request
+            self.status_override = 502
+            return dumps(provider_not_found(self._provider_config, BASE_URL_CONVENTION, raw,
+                                            _own_error_message(raw))).encode()
         return dumps(openai_error(_error_message(raw, self.status), self.status, self._provider)).encode()
 
     def json_body(self, raw: bytes) -> bytes:

@@ -4,7 +4,8 @@ Answers need no conversion, but the gateway reads them on their way through:
 a JSON answer for its token usage; a stream event by event, so that one the
 provider cuts short ends with an error event the client can see, and so that
 the usage chunk the gateway asks for (to count tokens) reaches only the
-clients that asked for it too. Error answers pass untouched.
+clients that asked for it too. Error answers pass untouched, but a 404: that
+is the gateway's base_url or model, and becomes a 502 naming the provider.
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ from ext_proc.translators.base import (
     ProviderRequest,
     ResponseStage,
     Translator,
+    dumps,
     json_or_none,
+    provider_not_found,
 )
 from ext_proc.translators.openai_chunks import DONE, error_event
 from hapax import wire
 from hapax.wire import Handler
 
 PATHS = wire.OPENAI_PATHS
+# What a 404 for the path says of the base_url (docs/configuration.md: base_url).
+BASE_URL_CONVENTION = ("an openai-type base_url ends in the API's version, as https://api.openai.com/v1 does: "
+                       "the gateway appends /chat/completions, /embeddings and /models")
 
 
 class OpenAITranslator(Translator):
@@ -53,7 +59,7 @@ class OpenAITranslator(Translator):
                                set_headers=_credentials(provider))
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage | None:
-        return OpenAIResponseStage(include_usage=req.include_usage)
+        return OpenAIResponseStage(provider, include_usage=req.include_usage)
 
     def health_probe(self, provider: Provider) -> ProviderRequest:
         return ProviderRequest(path=provider.base_path + wire.OPENAI_MODELS_PATH, body=b"",
@@ -67,7 +73,8 @@ def _credentials(provider: Provider) -> dict[str, str]:
 class OpenAIResponseStage(ResponseStage):
     """Passes an OpenAI answer through unchanged but for the usage chunk, and reads it."""
 
-    def __init__(self, *, include_usage: bool) -> None:
+    def __init__(self, provider: Provider, *, include_usage: bool) -> None:
+        self.provider = provider
         self.include_usage = include_usage
         self._mode = "error"
         self._parser = SseParser()
@@ -75,7 +82,10 @@ class OpenAIResponseStage(ResponseStage):
 
     def headers(self, status: int, content_type: str) -> dict[str, str]:
         media = content_type.split(";", 1)[0].strip().lower()
-        self._mode = "error" if status >= 400 else "stream" if media == "text/event-stream" else "json"
+        if status == 404:
+            self._mode = "not_found"  # read whole, and answered as the 502 it is
+        else:
+            self._mode = "error" if status >= 400 else "stream" if media == "text/event-stream" else "json"
         return {}
 
     @property
@@ -91,7 +101,7 @@ class OpenAIResponseStage(ResponseStage):
         return self._mode == "json"
 
     def body(self, piece: bytes, end_of_stream: bool) -> bytes:
-        if self._mode == "json":
+        if self._mode in ("json", "not_found"):
             return self._json(piece, end_of_stream)
         events = self._parser.feed(piece) + (self._parser.finish() if end_of_stream else [])
         out = bytearray()
@@ -110,9 +120,24 @@ class OpenAIResponseStage(ResponseStage):
             return b""
         raw, self._buffer = bytes(self._buffer), bytearray()
         answer = json_or_none(raw)
+        if self._mode == "not_found":
+            self.status_override = 502
+            return dumps(self._not_found(raw, answer)).encode()
         if isinstance(answer, dict) and isinstance(answer.get("usage"), dict):
             self.usage = answer["usage"]
         return raw
+
+    def _not_found(self, raw: bytes, answer: object) -> dict[str, object]:
+        """A 404 for the path or the model (OpenAI's error JSON, or an OpenAI-compatible server's)."""
+        message, code = None, None
+        if isinstance(answer, dict):
+            err = answer.get("error")
+            if isinstance(err, dict):
+                message, code = err.get("message"), err.get("code")
+            elif isinstance(answer.get("message"), str):  # vLLM: {"object": "error", "message": ...}
+                message = answer["message"]
+        return provider_not_found(self.provider, BASE_URL_CONVENTION, raw,
+                                  message if isinstance(message, str) else None, about_model=code == "model_not_found")
 
     def _pass(self, data: str, name: str) -> bytes:
         if data == "[DONE]":

@@ -438,10 +438,27 @@ def test_authentication_error_says_the_gateway_credential_was_rejected():
     assert "gateway" in message and "claude" in message and "invalid x-api-key" in message
 
 
-def test_not_found_model_error_has_model_not_found_code():
+def test_a_404_for_the_model_is_a_502_that_names_the_model_the_gateway_sent():
     raw = b'{"type":"error","error":{"type":"not_found_error","message":"model: claude-9"}}'
-    _, out = respond(404, "application/json", raw)
-    assert json.loads(out)["error"]["code"] == "model_not_found"
+    stage = translator().response(chat({"messages": [user("hi")]}), provider())
+    _, out = run_stage(stage, 404, "application/json", [raw])
+    assert stage.status_override == 502
+    err = json.loads(out)["error"]
+    assert (err["type"], err["code"]) == ("server_error", "provider_model_not_found")
+    assert "'claude'" in err["message"] and "'claude-3-haiku'" in err["message"] and "claude-9" in err["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_404_for_the_path_is_a_502_that_says_the_gateway_appends_v1_itself(stream):
+    # What Anthropic answers /v1/v1/messages: a base_url ending in /v1.
+    raw = b'{"type":"error","error":{"type":"not_found_error","message":"Not Found"}}'
+    stage = translator().response(chat({"messages": [user("hi")]}, stream=stream), provider())
+    _, out = run_stage(stage, 404, "application/json", [raw])
+    assert stage.status_override == 502
+    err = json.loads(out)["error"]
+    assert err["code"] == "provider_path_not_found"
+    assert "'claude'" in err["message"] and "base_url" in err["message"] and "/v1/messages" in err["message"]
+    assert "not the client's" in err["message"]
 
 
 def test_non_json_error_body_still_becomes_openai_error():

@@ -338,7 +338,6 @@ def test_base64_encoding_format_returns_packed_float32():
 
 
 @pytest.mark.parametrize("status, message, openai_type, code", [
-    (404, 'model "llama9" not found, try pulling it first', "invalid_request_error", "model_not_found"),
     (400, "invalid options", "invalid_request_error", None),
     (500, "llama runner process has terminated", "server_error", None),
 ])
@@ -346,6 +345,29 @@ def test_error_json_becomes_openai_error_json(status, message, openai_type, code
     headers, out = respond(status, "application/json; charset=utf-8", json.dumps({"error": message}).encode())
     assert headers == {"content-type": "application/json"}
     assert json.loads(out) == {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
+
+
+def test_a_404_for_the_model_is_a_502_that_names_the_model_the_gateway_sent():
+    raw = b'{"error":"model \\"llama3.2\\" not found, try pulling it first"}'
+    stage = translator().response(chat({"messages": [user("hi")]}), provider())
+    _, out = run_stage(stage, 404, "application/json", [raw])
+    assert stage.status_override == 502
+    err = json.loads(out)["error"]
+    assert (err["type"], err["code"]) == ("server_error", "provider_model_not_found")
+    assert "'local'" in err["message"] and "'llama3.2'" in err["message"] and "try pulling it" in err["message"]
+
+
+@pytest.mark.parametrize("handler", ["chat", "embeddings"])
+def test_a_404_for_the_path_is_a_502_that_says_the_gateway_appends_api_itself(handler):
+    # What Ollama answers /v1/api/chat: a base_url ending in /v1.
+    req = embeddings({"input": "x"}) if handler == "embeddings" else chat({"messages": [user("hi")]})
+    stage = translator().response(req, provider())
+    _, out = run_stage(stage, 404, "text/plain; charset=utf-8", [b"404 page not found"])
+    assert stage.status_override == 502
+    err = json.loads(out)["error"]
+    assert (err["type"], err["code"]) == ("server_error", "provider_path_not_found")
+    assert "'local'" in err["message"] and "base_url" in err["message"] and "/api/chat" in err["message"]
+    assert "not the client's" in err["message"]
 
 
 def test_non_json_error_body_still_becomes_openai_error():
@@ -477,7 +499,7 @@ def test_stream_request_answered_with_error_status_is_json_error():
     headers, out = respond(404, "application/json", raw, req=chat({"messages": [user("hi")]}, stream=True),
                            pieces=[raw[:7], raw[7:]])
     assert headers == {"content-type": "application/json"}
-    assert json.loads(out)["error"]["code"] == "model_not_found"
+    assert json.loads(out)["error"]["code"] == "provider_model_not_found"
 
 
 # ------------------------------------------------------------------ property test
