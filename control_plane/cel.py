@@ -3,7 +3,7 @@
 Envoy 1.40's ``CelMatcher`` does not take expression strings (``cel_expr_string``
 is refused with "CEL expression not set"), so the few expressions Hapax needs
 are built as ``cel.expr.ParsedExpr`` trees here: metadata values compared with
-strings, joined with ``&&``.
+strings or known to be there, joined with ``&&``.
 """
 
 from __future__ import annotations
@@ -31,9 +31,19 @@ class MetadataEquals:
     value: str
 
 
-def all_of(*conditions: MetadataEquals) -> syntax_pb2.ParsedExpr:
+@dataclass(frozen=True)
+class MetadataPresent:
+    """``key in xds.<attribute>.filter_metadata[namespace]``: false when the namespace (or the attribute) is absent."""
+
+    attribute: str
+    namespace: str
+    key: str
+
+
+def all_of(*conditions: MetadataEquals | MetadataPresent) -> syntax_pb2.ParsedExpr:
     ids = itertools.count(1)  # every node of one expression has its own id
-    terms = [_metadata_equals(ids, c) for c in conditions]
+    terms = [_metadata_equals(ids, c) if isinstance(c, MetadataEquals) else _metadata_present(ids, c)
+             for c in conditions]
     expr = terms[0]
     for term in terms[1:]:
         expr = _call(ids, "_&&_", expr, term)
@@ -47,7 +57,12 @@ def _metadata_equals(ids: itertools.count, c: MetadataEquals) -> Expr:
     return _call(ids, "_&&_", present, _call(ids, "_==_", value, _string(ids, c.value)))
 
 
-def _namespace(ids: itertools.count, c: MetadataEquals) -> Expr:
+def _metadata_present(ids: itertools.count, c: MetadataPresent) -> Expr:
+    # Indexing a missing namespace is an evaluation error, which the matcher takes as no match.
+    return _call(ids, "@in", _string(ids, c.key), _namespace(ids, c))
+
+
+def _namespace(ids: itertools.count, c: MetadataEquals | MetadataPresent) -> Expr:
     xds = Expr(id=next(ids), ident_expr=Expr.Ident(name="xds"))
     root = Expr(id=next(ids), select_expr=Expr.Select(operand=xds, field=c.attribute))
     filter_metadata = Expr(id=next(ids), select_expr=Expr.Select(operand=root, field="filter_metadata"))

@@ -8,7 +8,8 @@
 The connection manager runs the compressor (a JSON answer is gzip'd for a
 client that accepts it), the lane's ``json_to_metadata`` (when some request
 can take a lane), the custom response for a provider that refuses the
-gateway's credentials, the router-level ext_proc step and the router. Envoy's
+gateway's credentials or answers 404, the router-level ext_proc step and the
+router. Envoy's
 own local replies become OpenAI error JSON; its access log is one JSON line
 per request on stderr.
 """
@@ -50,6 +51,7 @@ from xds.core.v3 import extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
 from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
+from control_plane.cel import MetadataPresent
 from control_plane.config.model import HapaxConfig
 from control_plane.plan import Plan
 from control_plane.protobuf import ads, duration, pack
@@ -98,20 +100,27 @@ def _json_mapper(flt: accesslog_pb2.AccessLogFilter, status: int, message_text: 
     )
 
 
+def _status_is_filter(status: int) -> accesslog_pb2.AccessLogFilter:
+    return accesslog_pb2.AccessLogFilter(status_code_filter=accesslog_pb2.StatusCodeFilter(
+        comparison=accesslog_pb2.ComparisonFilter(
+            op=accesslog_pb2.ComparisonFilter.EQ,
+            value=base_pb2.RuntimeUInt32(default_value=status, runtime_key=f"hapax.unused.{status}"))))
+
+
 def local_reply_config(headers: Sequence[base_pb2.HeaderValueOption] = ()) -> hcm_pb2.LocalReplyConfig:
     """Envoy's own replies as OpenAI error JSON; ``headers`` go on each reply mapped so."""
+    # Each flag's reply only with the status Envoy gives it: the custom response's 502 for a
+    # provider's last 404 is a local reply too, and carries URX once the retries are spent.
     mappers = [
         _json_mapper(
-            accesslog_pb2.AccessLogFilter(
-                response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags))),
+            accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
+                accesslog_pb2.AccessLogFilter(response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags))),
+                _status_is_filter(status)])),
             status, f"{text} (%LOCAL_REPLY_BODY%)", "server_error", code, headers)
         for flags, status, text, code in _LOCAL_REPLY_ERRORS
     ]
     # Envoy answers 413 itself when a body outgrows the buffer; ext_proc never does.
-    too_large = accesslog_pb2.AccessLogFilter(status_code_filter=accesslog_pb2.StatusCodeFilter(
-        comparison=accesslog_pb2.ComparisonFilter(
-            op=accesslog_pb2.ComparisonFilter.EQ,
-            value=base_pb2.RuntimeUInt32(default_value=413, runtime_key="hapax.unused.413"))))
+    too_large = _status_is_filter(413)
     mappers.append(_json_mapper(
         too_large, 413, f"The request body is larger than the gateway accepts ({MAX_REQUEST_BYTES} bytes).",
         "invalid_request_error", "request_too_large", headers))
@@ -121,6 +130,12 @@ def local_reply_config(headers: Sequence[base_pb2.HeaderValueOption] = ()) -> hc
 # A provider that refuses the gateway's credentials is the gateway's problem, not
 # the client's: a client that saw 401 would think its own key was wrong.
 _CREDENTIAL_REJECTED = (401, 403)
+# Nor is a provider's 404: the gateway answers an unknown model itself (404 model_not_found,
+# before any provider) and sends each provider only its configured path and model. ext_proc
+# turns the 404s it reads into precise 502s (the translators' provider_not_found); this
+# catches those it never reads (the passthrough lane's, a stream sent as it is), whose body
+# Envoy does not read either: it cannot tell the path from the model, so it names both.
+_NOT_FOUND = 404
 
 
 def _status_is(status: int) -> matcher_pb2.Matcher.MatcherList.Predicate:
@@ -133,26 +148,41 @@ def _status_is(status: int) -> matcher_pb2.Matcher.MatcherList.Predicate:
     )
 
 
-def credential_rejected_filter() -> hcm_pb2.HttpFilter:
+def _answer_502(name: str, message: str, code: str) -> matcher_pb2.Matcher.OnMatch:
     body = struct_pb2.Struct()
-    body.update({"error": {
-        "message": f"The provider '{UPSTREAM_PROVIDER}' rejected the gateway's credentials "
-                   "(HTTP %RESPONSE_CODE%). This is a gateway configuration problem, not the client's: "
-                   "check that provider's api_key.",
-        "type": "server_error", "param": None, "code": "provider_auth_failed"}})
+    body.update({"error": {"message": message, "type": "server_error", "param": None, "code": code}})
     policy = local_response_policy_pb2.LocalResponsePolicy(
         status_code=wrappers_pb2.UInt32Value(value=502),
         body_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=body),
     )
-    on_match = matcher_pb2.Matcher.OnMatch(
-        action=extension_pb2.TypedExtensionConfig(name="credential_rejected", typed_config=pack(policy)))
-    matcher = matcher_pb2.Matcher(matcher_list=matcher_pb2.Matcher.MatcherList(matchers=[
-        matcher_pb2.Matcher.MatcherList.FieldMatcher(
-            predicate=matcher_pb2.Matcher.MatcherList.Predicate(
-                or_matcher=matcher_pb2.Matcher.MatcherList.Predicate.PredicateList(
-                    predicate=[_status_is(s) for s in _CREDENTIAL_REJECTED])),
-            on_match=on_match)
-    ]))
+    return matcher_pb2.Matcher.OnMatch(action=extension_pb2.TypedExtensionConfig(name=name, typed_config=pack(policy)))
+
+
+def provider_errors_filter() -> hcm_pb2.HttpFilter:
+    """A provider's 401 or 403, and a provider's 404, become a 502 naming the provider."""
+    predicate = matcher_pb2.Matcher.MatcherList.Predicate
+    credential_rejected = matcher_pb2.Matcher.MatcherList.FieldMatcher(
+        predicate=predicate(or_matcher=predicate.PredicateList(
+            predicate=[_status_is(s) for s in _CREDENTIAL_REJECTED])),
+        on_match=_answer_502(
+            "credential_rejected",
+            f"The provider '{UPSTREAM_PROVIDER}' rejected the gateway's credentials "
+            "(HTTP %RESPONSE_CODE%). This is a gateway configuration problem, not the client's: "
+            "check that provider's api_key.",
+            "provider_auth_failed"))
+    # Only a provider's answer (from an endpoint with hapax.provider): the gateway's own 404s stay 404s.
+    from_a_provider = passthrough.cel_predicate(
+        MetadataPresent("upstream_host_metadata", METADATA_NAMESPACE, wire.HOST_PROVIDER_KEY))
+    not_found = matcher_pb2.Matcher.MatcherList.FieldMatcher(
+        predicate=predicate(and_matcher=predicate.PredicateList(predicate=[_status_is(_NOT_FOUND), from_a_provider])),
+        on_match=_answer_502(
+            "provider_not_found",
+            f"The provider '{UPSTREAM_PROVIDER}' answered HTTP 404 to the gateway's request: its base_url "
+            "(what the gateway appends its API paths to) or its model is likely wrong. This is a gateway "
+            "configuration problem, not the client's.",
+            "provider_not_found"))
+    matcher = matcher_pb2.Matcher(matcher_list=matcher_pb2.Matcher.MatcherList(
+        matchers=[credential_rejected, not_found]))
     config = custom_response_pb2.CustomResponse(custom_response_matcher=matcher)
     return hcm_pb2.HttpFilter(name="envoy.filters.http.custom_response", typed_config=pack(config))
 
@@ -229,7 +259,7 @@ def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
         http_filters=[
             compressor_filter(),
             *([passthrough.json_to_metadata_filter()] if lane else []),
-            credential_rejected_filter(),
+            provider_errors_filter(),
             router_ext_proc_filter(),
             hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router(
                 upstream_log=[passthrough.hold_off_logger(EXT_PROC_CLUSTER)] if lane else [],

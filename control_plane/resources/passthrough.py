@@ -58,7 +58,7 @@ from xds.type.matcher.v3 import cel_pb2 as cel_matcher_pb2
 from xds.type.matcher.v3 import http_inputs_pb2, matcher_pb2
 from xds.type.v3 import cel_pb2
 
-from control_plane.cel import MetadataEquals, all_of
+from control_plane.cel import MetadataEquals, MetadataPresent, all_of
 from control_plane.config.model import HapaxConfig, ProviderConfig
 from control_plane.plan import LaneModel, Plan
 from control_plane.protobuf import ads, duration, pack
@@ -240,7 +240,7 @@ def upstream_filter(config: HapaxConfig, lane: LaneModel, translate: hcm_pb2.Htt
     not to be sent and gets its key from Envoy, any other (a provider the body would have to be
     rewritten for) goes to ``translate``."""
     matchers = [matcher_pb2.Matcher.MatcherList.FieldMatcher(
-        predicate=_cel_predicate(
+        predicate=cel_predicate(
             MetadataEquals("upstream_host_metadata", METADATA_NAMESPACE, wire.HOST_PROVIDER_KEY, name)),
         on_match=_execute(f"{LANE}.{name}", *_lane_attempt(config.providers[name])),
     ) for name in lane.providers]
@@ -275,7 +275,7 @@ def _injector(provider: ProviderConfig) -> extension_pb2.TypedExtensionConfig:
     return extension_pb2.TypedExtensionConfig(name="credential_injector", typed_config=pack(injector))
 
 
-def _cel_predicate(*conditions: MetadataEquals) -> matcher_pb2.Matcher.MatcherList.Predicate:
+def cel_predicate(*conditions: MetadataEquals | MetadataPresent) -> matcher_pb2.Matcher.MatcherList.Predicate:
     expression = cel_matcher_pb2.CelMatcher(expr_match=cel_pb2.CelExpression(cel_expr_parsed=all_of(*conditions)))
     return matcher_pb2.Matcher.MatcherList.Predicate(
         single_predicate=matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(

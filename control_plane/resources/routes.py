@@ -64,7 +64,9 @@ def _retry_policy(plan: Plan) -> route_components_pb2.RetryPolicy:
     retries = max(config.retry.max_attempts or longest_chain, longest_chain, 2) - 1
     return route_components_pb2.RetryPolicy(
         retry_on="connect-failure,refused-stream,reset,5xx,retriable-status-codes",
-        retriable_status_codes=[429],
+        # A provider's 404 is its base_url or model (the gateway answers unknown models itself):
+        # a failed attempt, as ext_proc's 502 for it is. Here for the answers ext_proc never reads.
+        retriable_status_codes=[429, 404],
         num_retries=wrappers_pb2.UInt32Value(value=retries),
         # A provider silent for its whole timeout (before its first byte, or
         # between chunks) fails the attempt; before the first byte, that fails over.

@@ -49,8 +49,9 @@ from hapax.wire import (
 
 log = logging.getLogger("hapax.ext_proc")
 
-# Provider answers that mean the gateway's key was refused; the client gets a 502.
-CREDENTIAL_REJECTED = (401, 403)
+# Provider answers that mean the gateway's configuration is wrong (its key refused, its base_url
+# or model unknown); the client gets a 502 (control_plane/resources/listeners.py: provider_errors_filter).
+GATEWAY_CONFIG_REJECTED = (401, 403, 404)
 
 
 class RouterStep(Step):
@@ -122,7 +123,7 @@ class RouterStep(Step):
             self.stream_goes_on = True
             return response  # the upstream step counts it when it ends
         attempt = int(headers.get(ANSWER_ATTEMPT_HEADER, "1") or 1)
-        if status in CREDENTIAL_REJECTED and provider is not None:
+        if status in GATEWAY_CONFIG_REJECTED and provider is not None:
             status = 502  # what the client gets (custom_response)
         overhead = None
         upstream = headers.get(UPSTREAM_SECONDS_HEADER)

@@ -216,6 +216,12 @@ def test_a_provider_refusing_the_gateways_key_is_counted_as_the_502_the_client_g
     assert _answered(metrics) == {("primary", "gpt-4o-mini", "5xx", "provider_error"): 1.0}
 
 
+def test_a_providers_404_is_counted_as_the_502_the_client_gets(step, metrics):
+    _route_to(step, "gpt-4o-mini")
+    step.response_headers(_upstream_answer(404, "primary", 1), None)
+    assert _answered(metrics) == {("primary", "gpt-4o-mini", "5xx", "provider_error"): 1.0}
+
+
 def test_a_401_no_provider_gave_stays_a_client_error(step, metrics):
     _route_to(step, "gpt-4o-mini")
     step.response_headers(_upstream_answer(401, None), None)
