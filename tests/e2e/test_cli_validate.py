@@ -66,6 +66,28 @@ def test_seed_example_is_valid_with_a_one_line_summary_and_key_warnings(seed):
     assert "Traceback" not in result.stderr
 
 
+def test_a_base_url_against_its_types_convention_is_a_warning_and_the_file_still_valid(tmp_path):
+    config = write(tmp_path, """\
+providers:
+  openai: {type: openai, model: gpt-4o, api_key: k, base_url: "https://api.openai.com"}
+  claude: {type: anthropic, model: claude-3-haiku, api_key: k, base_url: "https://api.anthropic.com/v1"}
+  local: {type: ollama, model: llama3.2, base_url: "http://localhost:11434/v1"}
+  vllm: {type: openai, model: llama-3-8b, api_key: k, base_url: "http://10.0.0.5:8000/v1"}
+""")
+    result = validate(config)
+
+    assert result.returncode == 0, result.stderr
+    assert lines(result.stdout)[0].startswith(f"{config}: valid")
+    warnings = lines(result.stderr)
+    assert len(warnings) == 3, warnings
+    [openai] = [w for w in warnings if w.startswith(f"{config}: warning: providers.openai.base_url: has no path")]
+    assert "/v1" in openai
+    [claude] = [w for w in warnings if w.startswith(f"{config}: warning: providers.claude.base_url: ends in /v1")]
+    assert "/v1/messages" in claude
+    [local] = [w for w in warnings if w.startswith(f"{config}: warning: providers.local.base_url: ends in /v1")]
+    assert "/api/chat" in local and "type: openai" in local
+
+
 def test_validate_never_prints_an_api_key_value(seed):
     result = validate(seed, env={"OPENAI_API_KEY": SECRET})
 

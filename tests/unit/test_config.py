@@ -419,6 +419,39 @@ def test_base_url_with_credentials_is_rejected_without_echoing_them():
     assert found == {"providers.openai.base_url": "must not contain credentials (user:password@); use api_key"}
 
 
+@pytest.mark.parametrize("kind, url, message", [
+    ("openai", "https://api.openai.com/",
+     "has no path, and the gateway appends /chat/completions, /embeddings and /models to it: OpenAI's API, "
+     "like most compatible servers', is under /v1 (https://api.openai.com/v1)"),
+    ("anthropic", "https://api.anthropic.com/v1",
+     "ends in /v1, and the gateway appends /v1/messages and /v1/models to it itself: requests would go to "
+     ".../v1/v1/messages; leave the /v1 out"),
+    ("ollama", "http://localhost:11434/v1/",
+     "ends in /v1, and the gateway appends /api/chat, /api/embed and /api/tags to it itself: requests would go "
+     "to .../v1/api/chat; leave the /v1 out (for Ollama's OpenAI-compatible API under /v1, use type: openai)"),
+    ("ollama", "http://localhost:11434/api",
+     "ends in /api, and the gateway appends /api/chat, /api/embed and /api/tags to it itself: requests would go "
+     "to .../api/api/chat; leave the /api out"),
+])
+def test_a_base_url_against_its_types_convention_is_a_warning_saying_what_the_gateway_appends(kind, url, message):
+    config = parse(with_provider(f'{{type: {kind}, model: m, api_key: k, base_url: "{url}"}}'))
+
+    assert [(w.path, w.message) for w in config.warnings] == [("providers.openai.base_url", message)]
+
+
+@pytest.mark.parametrize("kind, url", [
+    ("openai", "https://api.openai.com/v1"),
+    ("openai", "http://10.0.0.5:8000/v1"),
+    ("openai", "https://gateway.example/openai/v2"),
+    ("anthropic", "https://api.anthropic.com"),
+    ("anthropic", "https://proxy.example/anthropic"),
+    ("ollama", "http://localhost:11434"),
+    ("ollama", "https://gpu.example/ollama"),
+])
+def test_a_base_url_that_follows_its_types_convention_draws_no_warning(kind, url):
+    assert parse(with_provider(f'{{type: {kind}, model: m, api_key: k, base_url: "{url}"}}')).warnings == ()
+
+
 @pytest.mark.parametrize(
     "value, seconds",
     [("30", 30.0), ("2.5", 2.5), ("30s", 30.0), ("500ms", 0.5), ("2m", 120.0), ("1m30s", 90.0), ("1h", 3600.0)],

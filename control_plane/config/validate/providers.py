@@ -41,6 +41,15 @@ _KEYED_PROVIDER_TYPES = ("anthropic", "openai")  # their APIs refuse requests wi
 
 _PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # provider names become Envoy cluster names
 
+# What the gateway appends to each type's base_url (ext_proc's translators; docs/configuration.md: base_url).
+_APPENDED_PATHS = {
+    "openai": (wire.OPENAI_CHAT_PATH, wire.OPENAI_EMBEDDINGS_PATH, wire.OPENAI_MODELS_PATH),
+    "anthropic": ("/v1/messages", "/v1/models"),
+    "ollama": ("/api/chat", "/api/embed", "/api/tags"),
+}
+# Path endings that repeat what the gateway appends: its requests would get the provider's 404.
+_REPEATED_ENDINGS = {"anthropic": ("/v1",), "ollama": ("/v1", "/api")}
+
 
 def _provider_names(value: Any) -> list[str]:
     return [name for name in value if isinstance(name, str)] if isinstance(value, dict) else []
@@ -169,7 +178,29 @@ def _base_url(value: Any, kind: str | None, path: str, issues: _Issues) -> str |
     if problem:
         issues.error(path, problem)
         return None
+    warning = _against_convention(urlsplit(url).path.rstrip("/"), kind)
+    if warning:
+        issues.warn(path, warning)
     return url.rstrip("/")
+
+
+def _against_convention(base_path: str, kind: str | None) -> str | None:
+    """Why a base_url's path likely makes every request a 404, or None."""
+    appended = _APPENDED_PATHS.get(kind or "")
+    if appended is None:
+        return None
+    listed = f"{', '.join(appended[:-1])} and {appended[-1]}"
+    if kind == "openai" and not base_path:
+        return (f"has no path, and the gateway appends {listed} to it: OpenAI's API, like most compatible "
+                f"servers', is under /v1 ({DEFAULT_BASE_URLS['openai']})")
+    ending = next((e for e in _REPEATED_ENDINGS.get(kind or "", ()) if base_path.endswith(e)), None)
+    if ending is None:
+        return None
+    hint = ""
+    if (kind, ending) == ("ollama", "/v1"):
+        hint = " (for Ollama's OpenAI-compatible API under /v1, use type: openai)"
+    return (f"ends in {ending}, and the gateway appends {listed} to it itself: requests would go to "
+            f"...{ending}{appended[0]}; leave the {ending} out{hint}")
 
 
 def _shown(text: str) -> str:
