@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import urllib.request
 import zlib
 from typing import Any
@@ -83,7 +84,19 @@ class Counted:
 
     def __init__(self, gateway, provider: str) -> None:
         self.gateway, self.labels = gateway, {"route": CHAT, "provider": provider}
-        self.before = self.read()
+        self.before = self._settled()
+
+    def _settled(self) -> tuple[float, float, float]:
+        """The counts once an earlier test's answers are in: the access log reaches ext_proc in
+        flushes every quarter second, so two reads more than a flush apart must agree."""
+        last = self.read()
+        for _ in range(20):
+            time.sleep(0.3)
+            now = self.read()
+            if now == last:
+                return now
+            last = now
+        return last
 
     def read(self) -> tuple[float, float, float]:
         def tokens(kind: str) -> float:
