@@ -69,16 +69,70 @@ def parse(handler: str, raw: bytes) -> ClientRequest:
     raise GatewayError(405, f"handler {handler!r} takes no request body", code="method_not_allowed")
 
 
+# No API field needs an integer longer than this; Python refuses over 4300 digits anyway.
+MAX_INT_DIGITS = 100
+# No API body nests deeper (a JSON schema in a tool is the deepest); Python's parser recurses,
+# and every later walk of the body (translators, json.dumps) would too.
+MAX_DEPTH = 100
+
+
+def _refuse_constant(name: str) -> float:
+    # Python's json reads NaN, Infinity and -Infinity, which JSON has not; a provider would get them back.
+    raise invalid(f"The request body is not valid JSON: {name} is not a JSON number.", code="invalid_json")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400: a provider would be sent Infinity
+        raise invalid(f"The number {text[:40]} is too large.", code="invalid_value")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise invalid(f"An integer of {len(text.lstrip('-'))} digits is too large "
+                      f"(at most {MAX_INT_DIGITS}).", code="invalid_value")
+    return int(text)
+
+
 def _json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise invalid("The request body is empty; expected a JSON object.", code="invalid_json")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise invalid(f"The request body is not valid JSON: {err}.", code="invalid_json") from None
+    except RecursionError:
+        raise invalid(f"The request body is nested too deeply (at most {MAX_DEPTH} levels).",
+                      code="invalid_json") from None
     if not isinstance(body, dict):
         raise invalid(f"The request body must be a JSON object, got {_kind(body)}.", code="invalid_json")
+    _check_depth(body)
+    _check_unicode(raw, body)
     return body
+
+
+def _check_depth(body: dict[str, Any]) -> None:
+    """Iterative, so that the check cannot itself overflow the stack."""
+    pending: list[tuple[Any, int]] = [(body, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise invalid(f"The request body is nested too deeply (at most {MAX_DEPTH} levels).", code="invalid_json")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+
+
+def _check_unicode(raw: bytes, body: dict[str, Any]) -> None:
+    """A lone surrogate ("\\ud800") decodes to a str no UTF-8 encoder takes: refused here, not
+    when a translator re-encodes the body for its provider. Only an escaped one can exist."""
+    if b"\\u" not in raw:
+        return
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise invalid("The request body holds a lone UTF-16 surrogate (\\ud800-\\udfff), "
+                      "which is not valid Unicode.", code="invalid_json") from None
 
 
 def _kind(value: Any) -> str:
