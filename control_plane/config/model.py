@@ -88,6 +88,9 @@ class ServerConfig:
     metrics_port: int = 9090  # Hapax /metrics
     tls: Certificate | None = None  # HTTPS on the TCP listener, HTTP/2 by ALPN
     http3: Http3Config = Http3Config()
+    # Seconds a client has to send its whole request (headers and body): a body sent slowly
+    # holds a connection and its buffer; Envoy answers 408 and closes it (docs/operations.md).
+    request_timeout: int = 60
 
     @property
     def http3_port(self) -> int:

@@ -78,6 +78,14 @@ from hapax import wire
 # The provider an attempt went to, in Envoy's substitution format.
 UPSTREAM_PROVIDER = f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{wire.HOST_PROVIDER_KEY})%"
 
+# Edge limits (docs/operations.md: Edge limits). Seconds to receive a request's headers,
+# as in Envoy's edge-proxy example.
+REQUEST_HEADERS_TIMEOUT = 10
+# Over either, Envoy's codec answers 431. Clients send a dozen or two headers; below Envoy's
+# default of 100, so that what Envoy and ext_proc add to a request still fits under it.
+MAX_HEADERS_COUNT = 64
+MAX_REQUEST_HEADERS_KB = 60
+
 # Envoy's own local replies (no healthy provider, connect failure, timeout...)
 # are plain text by default; clients of an OpenAI API expect error JSON.
 _LOCAL_REPLY_ERRORS = (
@@ -124,7 +132,31 @@ def local_reply_config(headers: Sequence[base_pb2.HeaderValueOption] = ()) -> hc
     mappers.append(_json_mapper(
         too_large, 413, f"The request body is larger than the gateway accepts ({MAX_REQUEST_BYTES} bytes).",
         "invalid_request_error", "request_too_large", headers))
+    mappers += _edge_mappers(headers)
     return hcm_pb2.LocalReplyConfig(mappers=mappers)
+
+
+def _request_has(header: str) -> accesslog_pb2.AccessLogFilter:
+    return accesslog_pb2.AccessLogFilter(header_filter=accesslog_pb2.HeaderFilter(
+        header=route_components_pb2.HeaderMatcher(name=header, present_match=True)))
+
+
+def _edge_mappers(headers: Sequence[base_pb2.HeaderValueOption]) -> list[hcm_pb2.ResponseMapper]:
+    """The edge limits' answers (http_connection_manager), as JSON a client can read."""
+    # Envoy refuses an upgrade no upgrade_configs allows with a 403; a client would take that
+    # for its key (and the provider-errors filter for the gateway's). Neither: the API has none.
+    upgrade = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(
+        filters=[_status_is_filter(403), _request_has("upgrade")]))
+    return [
+        _json_mapper(upgrade, 400, "The gateway does not upgrade connections (Upgrade: %REQ(UPGRADE)%); "
+                     "send plain HTTP requests.", "invalid_request_error", "upgrade_not_supported", headers),
+        _json_mapper(_status_is_filter(408), 408, "The request was not received in time: the gateway allows "
+                     f"{REQUEST_HEADERS_TIMEOUT}s for the headers and server.request_timeout seconds for the whole "
+                     "request.", "invalid_request_error", "request_timeout", headers),
+        _json_mapper(_status_is_filter(431), 431, f"The request headers are too many or too large (at most "
+                     f"{MAX_HEADERS_COUNT} headers, {MAX_REQUEST_HEADERS_KB} KiB in all).",
+                     "invalid_request_error", "request_header_fields_too_large", headers),
+    ]
 
 
 # A provider that refuses the gateway's credentials is the gateway's problem, not
@@ -161,18 +193,19 @@ def _answer_502(name: str, message: str, code: str) -> matcher_pb2.Matcher.OnMat
 def provider_errors_filter() -> hcm_pb2.HttpFilter:
     """A provider's 401 or 403, and a provider's 404, become a 502 naming the provider."""
     predicate = matcher_pb2.Matcher.MatcherList.Predicate
+    # Only a provider's answer (from an endpoint with hapax.provider): the gateway's own 4xx stay theirs.
+    from_a_provider = passthrough.cel_predicate(
+        MetadataPresent("upstream_host_metadata", METADATA_NAMESPACE, wire.HOST_PROVIDER_KEY))
     credential_rejected = matcher_pb2.Matcher.MatcherList.FieldMatcher(
-        predicate=predicate(or_matcher=predicate.PredicateList(
-            predicate=[_status_is(s) for s in _CREDENTIAL_REJECTED])),
+        predicate=predicate(and_matcher=predicate.PredicateList(predicate=[
+            predicate(or_matcher=predicate.PredicateList(predicate=[_status_is(s) for s in _CREDENTIAL_REJECTED])),
+            from_a_provider])),
         on_match=_answer_502(
             "credential_rejected",
             f"The provider '{UPSTREAM_PROVIDER}' rejected the gateway's credentials "
             "(HTTP %RESPONSE_CODE%). This is a gateway configuration problem, not the client's: "
             "check that provider's api_key.",
             "provider_auth_failed"))
-    # Only a provider's answer (from an endpoint with hapax.provider): the gateway's own 404s stay 404s.
-    from_a_provider = passthrough.cel_predicate(
-        MetadataPresent("upstream_host_metadata", METADATA_NAMESPACE, wire.HOST_PROVIDER_KEY))
     not_found = matcher_pb2.Matcher.MatcherList.FieldMatcher(
         predicate=predicate(and_matcher=predicate.PredicateList(predicate=[_status_is(_NOT_FOUND), from_a_provider])),
         on_match=_answer_502(
@@ -271,13 +304,20 @@ def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
         ],
         local_reply_config=local_reply_config(),
         stream_idle_timeout=duration(300),
-        request_timeout=duration(0),
+        # Edge limits, as Envoy's edge-proxy guidance sets them (docs/operations.md: Edge limits).
+        # The headers, then the whole request, within a bound: a client that sends slowly holds
+        # a connection and its buffer. Envoy disarms request_timeout once the request has gone
+        # upstream or the answer has begun, so it never cuts a long (streamed) answer.
+        request_headers_timeout=duration(REQUEST_HEADERS_TIMEOUT),
+        request_timeout=duration(config.server.request_timeout),
         common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
             idle_timeout=duration(300),
+            max_headers_count=wrappers_pb2.UInt32Value(value=MAX_HEADERS_COUNT),
             # Some servers read "x_api_key" as "x-api-key" (CGI turns '-' into '_'): such a
             # name is dropped here, before any filter or provider sees it.
             headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.DROP_HEADER,
         ),
+        max_request_headers_kb=wrappers_pb2.UInt32Value(value=MAX_REQUEST_HEADERS_KB),
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         # The client's address is the gateway's to know (access log), not a provider's.
         skip_xff_append=True,

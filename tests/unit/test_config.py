@@ -1104,3 +1104,17 @@ def test_ext_proc_workers_default_to_one_per_cpu_and_are_bounded():
         with pytest.raises(ConfigError) as err:
             parse_config(f"ext_proc: {{workers: {bad}}}\nproviders:\n  a: {{type: ollama, model: m}}\n", env={})
         assert [i.path for i in err.value.issues] == ["ext_proc.workers"]
+
+
+# --------------------------------------------------------------------------- edge limits
+
+
+def test_request_timeout_defaults_to_a_minute_and_may_be_set():
+    assert parse(with_provider("{type: ollama, model: m}")).server.request_timeout == 60
+    config = parse(with_provider("{type: ollama, model: m}") + "server: {request_timeout: 5}")
+    assert config.server.request_timeout == 5
+
+
+def test_request_timeout_must_be_a_positive_integer():
+    found = errors(with_provider("{type: ollama, model: m}") + "server: {request_timeout: 0}")
+    assert found["server.request_timeout"] == "must be at least 1, got 0"

@@ -10,10 +10,17 @@ from typing import Any
 
 from control_plane.config.errors import _Issues, _join
 from control_plane.config.model import Http3Config, ServerConfig
-from control_plane.config.validate.values import _expected, _integer, _mapping, _reject_unknown_keys, _string
+from control_plane.config.validate.values import (
+    _expected,
+    _integer,
+    _mapping,
+    _positive_integer,
+    _reject_unknown_keys,
+    _string,
+)
 from control_plane.tls import Certificate, CertificateError, load_certificate
 
-_SERVER_KEYS = ("host", "port", "admin_port", "metrics_port", "tls", "http3")
+_SERVER_KEYS = ("host", "port", "admin_port", "metrics_port", "tls", "http3", "request_timeout")
 _TLS_KEYS = ("cert_file", "key_file")
 _HTTP3_KEYS = ("enabled", "port", "tls_cert_file", "tls_key_file")
 _PORT_KEYS = ("port", "admin_port", "metrics_port")
@@ -31,7 +38,9 @@ def _server(value: Any, issues: _Issues, base_dir: Path) -> ServerConfig:
     _check_distinct_ports(valid, explicit=node.keys(), issues=issues)
     tls = _tls(node.get("tls"), base_dir, issues)
     http3 = _http3(node.get("http3"), tls, base_dir, issues)
-    return replace(defaults, host=host, tls=tls, http3=http3, **valid)
+    request_timeout = defaults.request_timeout if node.get("request_timeout") is None else _positive_integer(
+        node["request_timeout"], "server.request_timeout", defaults.request_timeout, issues)
+    return replace(defaults, host=host, tls=tls, http3=http3, request_timeout=request_timeout, **valid)
 
 
 def _base_dir(source: str) -> Path:

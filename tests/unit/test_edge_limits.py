@@ -1,0 +1,41 @@
+"""The edge limits the control plane gives Envoy's connection manager (issue #18).
+
+End to end, with the answers Envoy gives: tests/e2e/test_hostile_input_e2e.py.
+"""
+
+from __future__ import annotations
+
+from control_plane import resources as res
+from control_plane.config import parse_config
+from control_plane.plan import make_plan
+from control_plane.resources import listeners
+from tests.unit.test_passthrough import CONFIG
+
+
+def _hcm(extra: str = ""):
+    return res.http_connection_manager(make_plan(parse_config(CONFIG + extra)))
+
+
+def test_headers_then_the_whole_request_must_arrive_in_time():
+    hcm = _hcm()
+    assert hcm.request_headers_timeout.seconds == listeners.REQUEST_HEADERS_TIMEOUT
+    assert hcm.request_timeout.seconds == 60
+    assert hcm.stream_idle_timeout.seconds == 300
+
+
+def test_the_request_timeout_comes_from_the_config():
+    assert _hcm("server: {request_timeout: 7}\n").request_timeout.seconds == 7
+
+
+def test_header_count_and_size_are_bounded():
+    hcm = _hcm()
+    assert hcm.common_http_protocol_options.max_headers_count.value == listeners.MAX_HEADERS_COUNT
+    assert hcm.max_request_headers_kb.value == listeners.MAX_REQUEST_HEADERS_KB
+
+
+def test_the_edge_answers_are_json_with_their_own_codes():
+    codes = {m.body_format_override.json_format["error"]["code"]: m.status_code.value
+             for m in _hcm().local_reply_config.mappers}
+    assert codes["request_timeout"] == 408
+    assert codes["request_header_fields_too_large"] == 431
+    assert codes["upgrade_not_supported"] == 400
