@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from control_plane.resources.listeners import MAX_HEADERS_COUNT
+from control_plane.resources.listeners import MAX_HEADERS_COUNT, REQUEST_HEADERS_TIMEOUT
 from hapax.fakes import FakeAnthropic, FakeOpenAI, Latency
 from tests.conftest import gateway_config, wait_for
 
@@ -187,6 +187,21 @@ def test_a_slow_body_is_cut_at_the_request_timeout(gateway, fakes) -> None:
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b"request_timeout" in answer, answer
     assert not posted(fakes[0])
+    assert_access_logged(gateway, 408)
+
+
+def test_slow_headers_are_cut_at_the_headers_timeout(gateway, fakes) -> None:
+    started = time.monotonic()
+    with socket.create_connection(address(gateway), timeout=REQUEST_HEADERS_TIMEOUT + 10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    elapsed = time.monotonic() - started
+    # The request timeout, shorter here, covers the headers too: the first to expire cuts.
+    assert min(REQUEST_TIMEOUT, REQUEST_HEADERS_TIMEOUT) - 0.5 <= elapsed < REQUEST_HEADERS_TIMEOUT + 5, elapsed
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"request_timeout" in answer, answer
 
 
 def test_a_slow_provider_answer_outlasts_the_request_timeout(gateway, fakes) -> None:
