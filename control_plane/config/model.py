@@ -135,6 +135,10 @@ class ExtProcConfig:
     # ext_proc processes `hapax serve` runs; None: one per CPU. (Envoy spreads the
     # gRPC streams over them; a request's steps may land on different ones.)
     workers: int | None = None
+    # gRPC streams Envoy may hold open to each worker at once (each request holds one or
+    # two for its whole life). Envoy's ext_proc cluster allows this times the workers;
+    # beyond it a request is shed with a 503 and retry-after (docs/operations.md: Overload).
+    max_streams_per_worker: int = 1024
 
 
 @dataclass(frozen=True)

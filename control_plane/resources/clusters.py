@@ -283,8 +283,23 @@ def _aggregate_cluster(config: HapaxConfig, name: str, chain: Chain,
     )
 
 
-def ext_proc_grpc_cluster() -> cluster_pb2.Cluster:
+def ext_proc_grpc_cluster(workers: int = 1, streams_per_worker: int = 1024) -> cluster_pb2.Cluster:
+    """``workers`` ext_proc processes, each allowed ``streams_per_worker`` gRPC streams at once."""
     cluster = _ext_proc_cluster(EXT_PROC_CLUSTER)
+    # Envoy's default breaker (1,024 requests for the whole cluster, whatever the workers)
+    # overflowed at 1,000 concurrent clients (a request holds one or two streams) and failed
+    # them with an empty 500. The limit is the workers' capacity instead, so overflow comes
+    # at a deliberate point: a stream over it is refused at once, and the request gets a 503
+    # with retry-after (listeners.py: _overload_mappers). Refused in the upstream step, the
+    # attempt is not failed over: the filter's local reply ends the request.
+    limit = workers * streams_per_worker
+    cluster.circuit_breakers.CopyFrom(circuit_breaker_pb2.CircuitBreakers(thresholds=[
+        circuit_breaker_pb2.CircuitBreakers.Thresholds(
+            max_requests=wrappers_pb2.UInt32Value(value=limit),
+            max_pending_requests=wrappers_pb2.UInt32Value(value=limit),
+            # HTTP/2: one connection per Envoy worker thread and ext_proc worker is plenty.
+            max_connections=wrappers_pb2.UInt32Value(value=max(1024, workers * 64)),
+        )]))
     cluster.MergeFrom(cluster_pb2.Cluster(
         # Whole bodies travel to ext_proc in one message. When a response body
         # pushed this connection over its write high watermark (1 MiB by default),

@@ -33,6 +33,7 @@ from envoy.config.listener.v3 import (
     udp_listener_config_pb2,
 )
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.compression.gzip.compressor.v3 import gzip_pb2
 from envoy.extensions.filters.http.compressor.v3 import compressor_pb2
@@ -115,11 +116,47 @@ def _status_is_filter(status: int) -> accesslog_pb2.AccessLogFilter:
             value=base_pb2.RuntimeUInt32(default_value=status, runtime_key=f"hapax.unused.{status}"))))
 
 
+# How long a client shed for overload should wait before it tries again.
+OVERLOAD_RETRY_AFTER_SECONDS = 1
+
+
+def _details_filter(expression: str) -> accesslog_pb2.AccessLogFilter:
+    """A CEL condition on the reply (``response.code_details``: why Envoy answered so)."""
+    return accesslog_pb2.AccessLogFilter(extension_filter=accesslog_pb2.ExtensionFilter(
+        name="envoy.access_loggers.extension_filters.cel", typed_config=pack(cel_pb2.ExpressionFilter(
+            expression=expression))))
+
+
+def _overload_mappers(headers: Sequence[base_pb2.HeaderValueOption]) -> list[hcm_pb2.ResponseMapper]:
+    """The gateway's own limits: a 503 with retry-after, never a bare 500 (docs/operations.md: Overload).
+
+    ext_proc's cluster at its limit (clusters.ext_proc_grpc_cluster) fails the ext_proc filter
+    with gRPC UNAVAILABLE and an "overflow" reset, which Envoy answers with an empty 500;
+    the overload manager's stop_accepting_requests answers 503 with the OM flag.
+    """
+    shed = [*headers, base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key="retry-after", value=str(OVERLOAD_RETRY_AFTER_SECONDS)),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)]
+    ext_proc_full = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
+        _status_is_filter(500),
+        _details_filter("response.code_details.startsWith('ext_proc_error_gRPC_error_14')"
+                        " && response.code_details.contains('overflow')")]))
+    overload_manager = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
+        accesslog_pb2.AccessLogFilter(response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=["OM"])),
+        _status_is_filter(503)]))
+    return [
+        _json_mapper(ext_proc_full, 503, "The gateway is at capacity; try again shortly.", "server_error",
+                     "overloaded", shed),
+        _json_mapper(overload_manager, 503, "The gateway is out of memory headroom; try again shortly.",
+                     "server_error", "overloaded", shed),
+    ]
+
+
 def local_reply_config(headers: Sequence[base_pb2.HeaderValueOption] = ()) -> hcm_pb2.LocalReplyConfig:
     """Envoy's own replies as OpenAI error JSON; ``headers`` go on each reply mapped so."""
     # Each flag's reply only with the status Envoy gives it: the custom response's 502 for a
     # provider's last 404 is a local reply too, and carries URX once the retries are spent.
-    mappers = [
+    mappers = _overload_mappers(headers) + [
         _json_mapper(
             accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
                 accesslog_pb2.AccessLogFilter(response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags))),

@@ -1118,3 +1118,15 @@ def test_request_timeout_defaults_to_a_minute_and_may_be_set():
 def test_request_timeout_must_be_a_positive_integer():
     found = errors(with_provider("{type: ollama, model: m}") + "server: {request_timeout: 0}")
     assert found["server.request_timeout"] == "must be at least 1, got 0"
+
+
+def test_ext_proc_streams_per_worker_default_to_1024_and_must_be_positive():
+    ollama = "providers:\n  a: {type: ollama, model: m}\n"
+    assert parse_config(ollama, env={}).ext_proc.max_streams_per_worker == 1024
+    config = parse_config("ext_proc: {max_streams_per_worker: 8}\n" + ollama, env={})
+    assert (config.ext_proc.workers, config.ext_proc.max_streams_per_worker) == (None, 8)
+    config = parse_config("ext_proc: {workers: 2, max_streams_per_worker: 8}\n" + ollama, env={})
+    assert (config.ext_proc.workers, config.ext_proc.max_streams_per_worker) == (2, 8)
+    with pytest.raises(ConfigError) as err:
+        parse_config("ext_proc: {max_streams_per_worker: 0}\n" + ollama, env={})
+    assert [i.path for i in err.value.issues] == ["ext_proc.max_streams_per_worker"]

@@ -39,3 +39,17 @@ def test_the_edge_answers_are_json_with_their_own_codes():
     assert codes["request_timeout"] == 408
     assert codes["request_header_fields_too_large"] == 431
     assert codes["upgrade_not_supported"] == 400
+
+
+def test_the_gateways_own_limits_answer_503_overloaded_with_retry_after():
+    mappers = [m for m in _hcm().local_reply_config.mappers
+               if m.body_format_override.json_format["error"]["code"] == "overloaded"
+               and any(h.header.key == "retry-after" for h in m.headers_to_add)]
+    # ext_proc's cluster at its limit (an empty 500 otherwise), and the overload manager.
+    assert [m.status_code.value for m in mappers] == [503, 503]
+    ext_proc_full, overload_manager = (m.filter.and_filter.filters for m in mappers)
+    assert ext_proc_full[0].status_code_filter.comparison.value.default_value == 500
+    assert "overflow" in str(ext_proc_full[1].extension_filter)
+    assert list(overload_manager[0].response_flag_filter.flags) == ["OM"]
+    # They come first: the status-only mappers must not catch these.
+    assert mappers == list(_hcm().local_reply_config.mappers[:2])

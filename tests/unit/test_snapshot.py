@@ -169,3 +169,14 @@ def test_health_and_metrics_come_from_the_worker_whose_verdicts_envoy_polls():
     assert ports(res.EXT_PROC_HTTP_CLUSTER) == [7002]   # /health and /metrics: the first one's
     verdict = snap.of_type(CLUSTER)["provider.openai"].load_assignment.endpoints[0].lb_endpoints[0]
     assert verdict.endpoint.health_check_config.address.socket_address.port_value == 7002
+
+
+def test_the_ext_proc_cluster_allows_what_its_workers_can_hold():
+    # Envoy's default (1,024 streams for the whole cluster) overflowed into bare 500s.
+    workers = res.ExtProcEndpoints(grpc=(res.Address("127.0.0.1", 7001), res.Address("127.0.0.1", 7003)),
+                                   http=(res.Address("127.0.0.1", 7002), res.Address("127.0.0.1", 7004)))
+    config = parse_config(SEED_YAML + "\next_proc: {max_streams_per_worker: 300}\n", env=SECRETS)
+    [limits] = build_snapshot(config, "v1", workers).of_type(CLUSTER)[res.EXT_PROC_CLUSTER].circuit_breakers.thresholds
+    assert limits.max_requests.value == 600
+    assert limits.max_pending_requests.value == 600
+    assert limits.max_connections.value >= 2

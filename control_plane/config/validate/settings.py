@@ -18,7 +18,7 @@ from control_plane.config.validate.values import (
 )
 from control_plane.pricing import DEFAULT_PRICES, ModelPrice
 
-_EXT_PROC_KEYS = ("workers",)
+_EXT_PROC_KEYS = ("workers", "max_streams_per_worker")
 _LOGGING_KEYS = ("level", "format", "access_log")
 _PRICE_KEYS = ("input", "output")
 _RETRY_KEYS = ("max_attempts", "backoff")
@@ -30,12 +30,16 @@ def _ext_proc(value: Any, issues: _Issues) -> ExtProcConfig:
     if not node:
         return ExtProcConfig()
     _reject_unknown_keys(node, "ext_proc", _EXT_PROC_KEYS, issues)
+    streams = ExtProcConfig.max_streams_per_worker
+    if node.get("max_streams_per_worker") is not None:
+        streams = _positive_integer(node["max_streams_per_worker"], "ext_proc.max_streams_per_worker", streams,
+                                     issues)
     if node.get("workers") is None:
-        return ExtProcConfig()
+        return ExtProcConfig(max_streams_per_worker=streams)
     workers = _positive_integer(node["workers"], "ext_proc.workers", 1, issues)
     if workers > MAX_WORKERS:
         issues.error("ext_proc.workers", f"at most {MAX_WORKERS} workers, got {workers}")
-    return ExtProcConfig(min(workers, MAX_WORKERS))
+    return ExtProcConfig(min(workers, MAX_WORKERS), streams)
 
 
 def _logging(value: Any, issues: _Issues) -> LoggingConfig:

@@ -1,0 +1,84 @@
+"""Far above capacity, the gateway sheds load with a 503 a client can act on.
+
+ext_proc's cluster allows ``ext_proc.max_streams_per_worker`` gRPC streams per worker; a
+request beyond that must get a 503 in OpenAI's error shape with ``retry-after``, never a bare
+500, and never be failed over to the next provider as if the provider had failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+import pytest
+
+from hapax.fakes import FakeOpenAI, Latency
+from tests.conftest import gateway_config
+
+STREAMS = 4
+BURST = 60
+SECONDS = 3.0
+
+
+@pytest.fixture(scope="module")
+def fakes(fake_host):
+    primary = fake_host.start(FakeOpenAI(api_key="k-primary", model="gpt-4o-mini"))
+    secondary = fake_host.start(FakeOpenAI(api_key="k-secondary", model="gpt-4o"))
+    yield primary, secondary
+    for fake in (primary, secondary):
+        fake_host.run(fake.stop())
+
+
+@pytest.fixture(scope="module")
+def gateway(fakes, start_gateway):
+    primary, secondary = fakes
+    config = gateway_config(
+        {"primary": {"type": "openai", "model": "gpt-4o-mini", "api_key": "k-primary",
+                     "base_url": primary.base_url},
+         "secondary": {"type": "openai", "model": "gpt-4o", "api_key": "k-secondary",
+                       "base_url": secondary.base_url}},
+        preference=["primary", "secondary"])
+    config["ext_proc"] = {"workers": 1, "max_streams_per_worker": STREAMS}
+    return start_gateway(config)
+
+
+async def _burst(url: str, body: dict) -> list[tuple[int, dict[str, str], bytes]]:
+    deadline = time.monotonic() + SECONDS
+    answers: list[tuple[int, dict[str, str], bytes]] = []
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while time.monotonic() < deadline:
+            async with session.post(url, json=body) as resp:
+                answers.append((resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.read()))
+
+    # No compression: the 503's JSON is read as it is.
+    headers = {"accept-encoding": "identity"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=headers,
+                                     auto_decompress=False) as session:
+        await asyncio.gather(*(client(session) for _ in range(BURST)))
+    return answers
+
+
+@pytest.mark.parametrize("model", ["auto", "gpt-4o-mini"])
+def test_a_burst_far_above_capacity_gets_200s_and_503s_with_retry_after_and_no_failover(gateway, fakes, model):
+    primary, secondary = fakes
+    for fake in fakes:
+        fake.reset()
+    primary.inject(Latency(0.2), times=None)
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    answers = asyncio.run(_burst(gateway.base_url + "/chat/completions", body))
+    primary.clear_faults()
+
+    statuses = sorted({status for status, _, _ in answers})
+    assert set(statuses) <= {200, 503}, statuses
+    shed = [(headers, body) for status, headers, body in answers if status == 503]
+    assert shed, "the burst never went over the limit"
+    assert sum(status == 200 for status, _, _ in answers), "nothing got through"
+    for headers, raw in shed:
+        assert headers.get("retry-after") == "1", headers
+        error = json.loads(raw)["error"]
+        assert error["code"] == "overloaded", error
+    # The gateway's own limit is not the provider's failure: nothing was failed over.
+    assert len(secondary.requests) == 0
