@@ -127,6 +127,12 @@ def _details_filter(expression: str) -> accesslog_pb2.AccessLogFilter:
             expression=expression))))
 
 
+def _shed_headers(headers: Sequence[base_pb2.HeaderValueOption]) -> list[base_pb2.HeaderValueOption]:
+    return [*headers, base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key="retry-after", value=str(OVERLOAD_RETRY_AFTER_SECONDS)),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)]
+
+
 def _overload_mappers(headers: Sequence[base_pb2.HeaderValueOption]) -> list[hcm_pb2.ResponseMapper]:
     """The gateway's own limits: a 503 with retry-after, never a bare 500 (docs/operations.md: Overload).
 
@@ -134,9 +140,7 @@ def _overload_mappers(headers: Sequence[base_pb2.HeaderValueOption]) -> list[hcm
     with gRPC UNAVAILABLE and an "overflow" reset, which Envoy answers with an empty 500;
     the overload manager's stop_accepting_requests answers 503 with the OM flag.
     """
-    shed = [*headers, base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key="retry-after", value=str(OVERLOAD_RETRY_AFTER_SECONDS)),
-        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)]
+    shed = _shed_headers(headers)
     ext_proc_full = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
         _status_is_filter(500),
         _details_filter("response.code_details.startsWith('ext_proc_error_gRPC_error_14')"
@@ -161,7 +165,8 @@ def local_reply_config(headers: Sequence[base_pb2.HeaderValueOption] = ()) -> hc
             accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
                 accesslog_pb2.AccessLogFilter(response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags))),
                 _status_is_filter(status)])),
-            status, f"{text} (%LOCAL_REPLY_BODY%)", "server_error", code, headers)
+            status, f"{text} (%LOCAL_REPLY_BODY%)", "server_error", code,
+            _shed_headers(headers) if code == "overloaded" else headers)
         for flags, status, text, code in _LOCAL_REPLY_ERRORS
     ]
     # Envoy answers 413 itself when a body outgrows the buffer; ext_proc never does.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 
 import aiohttp
 import pytest
@@ -82,3 +83,14 @@ def test_a_burst_far_above_capacity_gets_200s_and_503s_with_retry_after_and_no_f
         assert error["code"] == "overloaded", error
     # The gateway's own limit is not the provider's failure: nothing was failed over.
     assert len(secondary.requests) == 0
+
+
+def test_envoys_heap_has_a_ceiling_and_stays_under_it(gateway):
+    with urllib.request.urlopen(gateway.admin_url + "/stats?filter=^(overload|server.memory)", timeout=5) as resp:
+        stats = dict(line.split(": ", 1) for line in resp.read().decode().splitlines() if ": " in line)
+    # The fixed_heap monitor runs (envoy/bootstrap.yaml) and reports pressure well below the
+    # 0.95 of shrink_heap and 0.98 of stop_accepting_requests, after the bursts above.
+    assert "overload.envoy.resource_monitors.fixed_heap.pressure" in stats, sorted(stats)
+    assert int(stats["overload.envoy.resource_monitors.fixed_heap.pressure"]) < 95
+    assert int(stats["server.memory_heap_size"]) < 1 << 30
+    assert stats["overload.envoy.overload_actions.stop_accepting_requests.active"] == "0"
