@@ -22,6 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         metrics_port=args.metrics_port,
         envoy_log_level=args.envoy_log_level,
+        envoy_max_heap_mb=args.envoy_max_heap_mb,
         log_level=args.log_level,
     )
     try:
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--metrics-port", type=int, help="Prometheus port (overrides server.metrics_port)")
     serve.add_argument("--log-level", help="debug | info | warning | error (overrides logging.level)")
     serve.add_argument("--envoy-log-level", default="warning")
+    serve.add_argument("--envoy-max-heap-mb", type=int, default=1024,
+                       help="Envoy's heap ceiling: past 98 %% of it, new requests get 503 overloaded")
     validate = sub.add_parser("validate", help="check a config file and print every error")
     validate.add_argument("--config", required=True)
     validate.add_argument("--envoy", action="store_true",

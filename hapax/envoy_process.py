@@ -55,10 +55,10 @@ def envoy_binary() -> Path:
 
 
 def render_bootstrap(*, node_id: str, admin_port: int, xds_host: str, xds_port: int,
-                     stats_tags: Sequence[dict[str, str]] = ()) -> str:
+                     stats_tags: Sequence[dict[str, str]] = (), max_heap_bytes: int = 1 << 30) -> str:
     # JSON is YAML: the tags' regexes go in without a second escaping scheme.
     return Template(TEMPLATE.read_text()).substitute(
         node_id=node_id, admin_port=admin_port, xds_host=xds_host, xds_port=xds_port,
         stats_tags=json.dumps(list(stats_tags)), runtime=json.dumps(ENVOY_RUNTIME),
-        bootstrap_extensions=json.dumps(ENVOY_BOOTSTRAP_EXTENSIONS),
+        bootstrap_extensions=json.dumps(ENVOY_BOOTSTRAP_EXTENSIONS), max_heap_bytes=max_heap_bytes,
     )

@@ -129,6 +129,7 @@ class ServeOptions:
     admin_port: int | None = None    # overrides server.admin_port
     metrics_port: int | None = None  # overrides server.metrics_port
     envoy_log_level: str = "warning"
+    envoy_max_heap_mb: int = 1024    # the overload manager's heap ceiling (envoy/bootstrap.yaml)
     log_level: str | None = None     # overrides logging.level
 
 
@@ -210,7 +211,8 @@ class Supervisor:
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(render_bootstrap(
             node_id=f"hapax-envoy-{os.getpid()}", admin_port=admin_port,
-            xds_host="127.0.0.1", xds_port=xds_port, stats_tags=stats_tags))
+            xds_host="127.0.0.1", xds_port=xds_port, stats_tags=stats_tags,
+            max_heap_bytes=self.options.envoy_max_heap_mb << 20))
         admin_file = self.workdir / "admin.address"
         envoy = Child("envoy", [
             str(envoy_binary()), "-c", str(bootstrap), "--admin-address-path", str(admin_file),

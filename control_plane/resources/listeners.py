@@ -138,7 +138,8 @@ def _overload_mappers(headers: Sequence[base_pb2.HeaderValueOption]) -> list[hcm
 
     ext_proc's cluster at its limit (clusters.ext_proc_grpc_cluster) fails the ext_proc filter
     with gRPC UNAVAILABLE and an "overflow" reset, which Envoy answers with an empty 500;
-    the overload manager's stop_accepting_requests answers 503 with the OM flag.
+    the overload manager's stop_accepting_requests answers 503 "envoy overloaded" (details
+    "overload", no response flag).
     """
     shed = _shed_headers(headers)
     ext_proc_full = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
@@ -146,8 +147,7 @@ def _overload_mappers(headers: Sequence[base_pb2.HeaderValueOption]) -> list[hcm
         _details_filter("response.code_details.startsWith('ext_proc_error_gRPC_error_14')"
                         " && response.code_details.contains('overflow')")]))
     overload_manager = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
-        accesslog_pb2.AccessLogFilter(response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=["OM"])),
-        _status_is_filter(503)]))
+        _status_is_filter(503), _details_filter("response.code_details == 'overload'")]))
     return [
         _json_mapper(ext_proc_full, 503, "The gateway is at capacity; try again shortly.", "server_error",
                      "overloaded", shed),

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+import urllib.error
 import urllib.request
 
 import aiohttp
 import pytest
 
 from hapax.fakes import FakeOpenAI, Latency
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, wait_for
 
 STREAMS = 4
 BURST = 60
@@ -85,12 +87,35 @@ def test_a_burst_far_above_capacity_gets_200s_and_503s_with_retry_after_and_no_f
     assert len(secondary.requests) == 0
 
 
-def test_envoys_heap_has_a_ceiling_and_stays_under_it(gateway):
+def _stats(gateway) -> dict[str, str]:
     with urllib.request.urlopen(gateway.admin_url + "/stats?filter=^(overload|server.memory)", timeout=5) as resp:
-        stats = dict(line.split(": ", 1) for line in resp.read().decode().splitlines() if ": " in line)
+        return dict(line.split(": ", 1) for line in resp.read().decode().splitlines() if ": " in line)
+
+
+def test_envoys_heap_has_a_ceiling_and_stays_under_it(gateway):
+    stats = _stats(gateway)
     # The fixed_heap monitor runs (envoy/bootstrap.yaml) and reports pressure well below the
     # 0.95 of shrink_heap and 0.98 of stop_accepting_requests, after the bursts above.
     assert "overload.envoy.resource_monitors.fixed_heap.pressure" in stats, sorted(stats)
     assert int(stats["overload.envoy.resource_monitors.fixed_heap.pressure"]) < 95
     assert int(stats["server.memory_heap_size"]) < 1 << 30
     assert stats["overload.envoy.overload_actions.stop_accepting_requests.active"] == "0"
+
+
+def test_past_its_heap_ceiling_envoy_answers_503_overloaded_with_retry_after(fakes, start_gateway, monkeypatch):
+    # A ceiling below what Envoy holds at rest: stop_accepting_requests is on from the start.
+    args = os.environ.get("HAPAX_TEST_SERVE_ARGS", "")
+    monkeypatch.setenv("HAPAX_TEST_SERVE_ARGS", f"{args} --envoy-max-heap-mb 1".strip())
+    primary, _ = fakes
+    gateway = start_gateway(gateway_config(
+        {"primary": {"type": "openai", "model": "gpt-4o-mini", "api_key": "k-primary", "base_url": primary.base_url}}))
+    request = urllib.request.Request(
+        gateway.base_url + "/chat/completions", method="POST", headers={"content-type": "application/json"},
+        data=json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}).encode())
+    wait_for(lambda: _stats(gateway).get("overload.envoy.overload_actions.stop_accepting_requests.active") == "1",
+             "the overload manager to stop accepting requests", timeout=10)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 503
+    assert refused.value.headers["retry-after"] == "1"
+    assert json.loads(refused.value.read())["error"]["code"] == "overloaded"

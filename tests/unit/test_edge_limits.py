@@ -5,6 +5,8 @@ End to end, with the answers Envoy gives: tests/e2e/test_hostile_input_e2e.py.
 
 from __future__ import annotations
 
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
+
 from control_plane import resources as res
 from control_plane.config import parse_config
 from control_plane.plan import make_plan
@@ -41,6 +43,12 @@ def test_the_edge_answers_are_json_with_their_own_codes():
     assert codes["upgrade_not_supported"] == 400
 
 
+def _expression(flt) -> str:
+    expression = cel_pb2.ExpressionFilter()
+    flt.extension_filter.typed_config.Unpack(expression)
+    return expression.expression
+
+
 def test_the_gateways_own_limits_answer_503_overloaded_with_retry_after():
     mappers = [m for m in _hcm().local_reply_config.mappers
                if m.body_format_override.json_format["error"]["code"] == "overloaded"
@@ -50,7 +58,8 @@ def test_the_gateways_own_limits_answer_503_overloaded_with_retry_after():
     assert [m.status_code.value for m in mappers] == [503, 503, 503]
     ext_proc_full, overload_manager, _ = (m.filter.and_filter.filters for m in mappers)
     assert ext_proc_full[0].status_code_filter.comparison.value.default_value == 500
-    assert "overflow" in str(ext_proc_full[1].extension_filter)
-    assert list(overload_manager[0].response_flag_filter.flags) == ["OM"]
+    assert "'overflow'" in _expression(ext_proc_full[1])
+    assert overload_manager[0].status_code_filter.comparison.value.default_value == 503
+    assert _expression(overload_manager[1]) == "response.code_details == 'overload'"
     # They come first: the status-only mappers must not catch these.
     assert mappers[:2] == list(_hcm().local_reply_config.mappers[:2])
