@@ -1137,3 +1137,31 @@ def test_ext_proc_workers_default_to_one_per_cpu_and_are_bounded():
         with pytest.raises(ConfigError) as err:
             parse_config(f"ext_proc: {{workers: {bad}}}\nproviders:\n  a: {{type: ollama, model: m}}\n", env={})
         assert [i.path for i in err.value.issues] == ["ext_proc.workers"]
+
+
+PASTED_KEY = "sk-proj-Zx81fQk29LmP0wX7vB3nT6yR4sH5"
+
+
+@pytest.mark.parametrize(("yaml_text", "path"), [
+    (f"providers:\n  openai: {{type: openai, model: m, timeout: {PASTED_KEY}}}\n", "providers.openai.timeout"),
+    (f"providers:\n  openai: {{type: openai, model: m, base_url: {PASTED_KEY}}}\n", "providers.openai.base_url"),
+    (f"providers:\n  openai: {{type: openai, model: m, base_url: 'http://h:{PASTED_KEY}'}}\n",
+     "providers.openai.base_url"),
+    (f"providers:\n  openai: {{type: {PASTED_KEY}, model: m}}\n", "providers.openai.type"),
+    (f"providers:\n  openai: {{type: openai, model: m, forward_headers: ['{PASTED_KEY}:']}}\n",
+     "providers.openai.forward_headers[0]"),
+    (f"providers:\n  openai: {{type: openai, model: m, {PASTED_KEY}: 1}}\n", "providers.openai.<hidden>"),
+    (f"providers:\n  openai: {{type: openai, model: m}}\nprovider_preference: [{PASTED_KEY}]\n",
+     "provider_preference[0]"),
+    (f"providers:\n  openai: {{type: openai, model: m}}\nserver: {{host: {PASTED_KEY}}}\n", "server.host"),
+    (f"providers:\n  openai: {{type: openai, model: m}}\nroutes: [{{path: {PASTED_KEY}}}]\n", "routes[0].path"),
+])
+def test_a_key_pasted_into_the_wrong_field_is_never_quoted(yaml_text, path):
+    found = errors(yaml_text)
+    assert path in found
+    shown = "\n".join(f"{where}: {message}" for where, message in found.items())
+    assert "Zx81fQk29" not in shown  # not even its beginning
+
+
+def test_ordinary_wrong_values_are_still_quoted():
+    assert "'opnai'" in errors("providers:\n  openai: {type: opnai, model: m}\n")["providers.openai.type"]

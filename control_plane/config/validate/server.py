@@ -10,7 +10,7 @@ from typing import Any
 
 from control_plane.config.errors import _Issues, _join
 from control_plane.config.model import Http3Config, ServerConfig
-from control_plane.config.validate.values import _expected, _integer, _mapping, _reject_unknown_keys, _string
+from control_plane.config.validate.values import _expected, _integer, _mapping, _quote, _reject_unknown_keys, _string
 from control_plane.tls import Certificate, CertificateError, load_certificate
 
 _SERVER_KEYS = ("host", "port", "admin_port", "metrics_port", "tls", "http3")
@@ -94,7 +94,7 @@ def _host(value: Any, issues: _Issues) -> str | None:
         ipaddress.ip_address(host)
     except ValueError:
         # Envoy binds listeners to addresses; it would reject a host name at run time.
-        issues.error("server.host", f"expected an IP address such as 0.0.0.0 or 127.0.0.1, got {host!r}")
+        issues.error("server.host", f"expected an IP address such as 0.0.0.0 or 127.0.0.1, got {_quote(host)}")
         return None
     return host
 
