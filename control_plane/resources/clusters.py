@@ -121,18 +121,25 @@ def _authority(host: str, port: int, tls: bool) -> str:
 
 
 # How often Envoy asks ext_proc for its verdict; the verdict itself follows the
-# provider's health_check settings, so Envoy takes it as it is (thresholds 1).
+# provider's health_check settings, so Envoy takes a 503 as it is: Envoy marks a
+# host unhealthy on its first non-2xx answer, whatever unhealthy_threshold says.
+# The threshold counts only polls that got no answer (timeout, refused), and
+# those say that the checker is in trouble, not the provider: a worker paused
+# for a garbage collection, a swap-in or a SIGSTOP must not take every provider
+# out. A poll times out at half the interval, so VERDICT_MISSES_ALLOWED
+# unanswered polls span more than 3 s of a silent worker.
 VERDICT_POLL_SECONDS = 1.0
+VERDICT_MISSES_ALLOWED = 3
 PLAINTEXT_MATCH = "hapax_plaintext"
 
 
 def _verdict_health_check(provider: ProviderConfig) -> health_check_pb2.HealthCheck:
     poll = min(VERDICT_POLL_SECONDS, provider.health_check.interval)
     check = health_check_pb2.HealthCheck(
-        timeout=duration(poll),
+        timeout=duration(poll / 2),
         interval=duration(poll),
         no_traffic_interval=duration(poll),
-        unhealthy_threshold=wrappers_pb2.UInt32Value(value=1),
+        unhealthy_threshold=wrappers_pb2.UInt32Value(value=VERDICT_MISSES_ALLOWED),
         healthy_threshold=wrappers_pb2.UInt32Value(value=1),
         http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(
             host="hapax-ext-proc", path=wire.provider_verdict_path(provider.name)),
