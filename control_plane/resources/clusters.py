@@ -152,13 +152,20 @@ def _verdict_health_check(provider: ProviderConfig) -> health_check_pb2.HealthCh
 def _outlier_detection() -> outlier_detection_pb2.OutlierDetection:
     # Passive signals eject a provider faster than the probe notices; with one
     # host per provider cluster, ejection must be allowed to take all of it.
+    # A timed-out attempt is one of them: an attempt listener's 504 is a gateway
+    # failure, and so is the route's per-try idle timeout as long as local-origin
+    # errors are not split out (split, each new connection to a hanging provider
+    # is a local-origin success that resets the count: it never reached 3).
+    # Connect failures count as gateway failures (503) the same way. Envoy's
+    # default lets the next successful health check un-eject the host, and our
+    # verdict poll succeeds every second while the provider's model list answers
+    # and its chat endpoint hangs: the ejection would last under a second.
     return outlier_detection_pb2.OutlierDetection(
+        successful_active_health_check_uneject_host=wrappers_pb2.BoolValue(value=False),
         consecutive_5xx=wrappers_pb2.UInt32Value(value=5),
         consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=3),
         enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=100),
-        split_external_local_origin_errors=True,
-        consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=3),
-        enforcing_consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=100),
+        split_external_local_origin_errors=False,
         interval=duration(2),
         base_ejection_time=duration(10),
         max_ejection_percent=wrappers_pb2.UInt32Value(value=100),
