@@ -9,6 +9,8 @@ straight back: after a few requests, new ones go straight to the secondary.
 
 from __future__ import annotations
 
+import time
+
 import openai
 import pytest
 
@@ -18,6 +20,12 @@ from tests.conftest import gateway_config
 MODEL = "gpt-4o-mini"
 EJECTED_AFTER = 3  # outlier detection's consecutive failures
 REQUESTS = 8
+
+
+def ask_times(client: openai.OpenAI, count: int) -> None:
+    for i in range(count):
+        answer = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": f"{i}"}])
+        assert answer.choices[0].message.content.endswith(f"{i}")
 
 
 def posts(fake) -> int:
@@ -37,12 +45,15 @@ def test_a_hanging_primary_stops_getting_requests(fake_host, start_gateway, seco
                            "timeout": secondary_timeout}},
             preference=["primary", "secondary"]))
         client = openai.OpenAI(base_url=gateway.base_url, api_key="c", max_retries=0, timeout=60)
-        for i in range(REQUESTS):
-            answer = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": f"{i}"}])
-            assert answer.choices[0].message.content.endswith(f"{i}")
+        ask_times(client, REQUESTS)
         # The first few waited out the primary's timeout; the rest went straight to the secondary.
-        assert posts(primary) <= EJECTED_AFTER + 1
+        tried = posts(primary)
+        assert tried <= EJECTED_AFTER + 1
         assert posts(secondary) == REQUESTS
+        # Several verdict polls later (each "healthy": the probes answer), it is still out.
+        time.sleep(3)
+        ask_times(client, 3)
+        assert posts(primary) == tried
     finally:
         for fake in (primary, secondary):
             fake_host.run(fake.stop())
