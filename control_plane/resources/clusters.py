@@ -168,6 +168,10 @@ def _outlier_detection() -> outlier_detection_pb2.OutlierDetection:
         split_external_local_origin_errors=False,
         interval=duration(2),
         base_ejection_time=duration(10),
+        # Without the health check to end it early, Envoy's default growth (10 s
+        # more per repeat, up to 300 s) would keep a recovered provider out for
+        # minutes; a hanging one costs three timeouts per 10 s instead.
+        max_ejection_time=duration(10),
         max_ejection_percent=wrappers_pb2.UInt32Value(value=100),
     )
 
