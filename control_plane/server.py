@@ -133,9 +133,13 @@ class ControlPlane:
                   extra={"file": getattr(err, "source", str(self.config_path)), "errors": problems,
                          "serving_version": self.cache.snapshot.version})
 
+        where = _refused_paths(err)
+
         def record(status: runtime_pb2.ConfigStatus) -> None:
             status.reloads_invalid += 1
             status.last_error = text
+            status.last_error_source = getattr(err, "source", str(self.config_path))
+            status.last_error_paths[:] = where
 
         self.cache.update_status(record)
 
@@ -278,14 +282,28 @@ def _certificate_files(config: HapaxConfig) -> list[Path]:
     return sorted({Path(f) for c in certificates if c is not None for f in (c.cert_file, c.key_file)})
 
 
+def _refused_paths(err: ConfigError | InconsistentSnapshot) -> list[str]:
+    """Where an edit is wrong, without what it says: the key paths are safe to show anyone."""
+    if not isinstance(err, ConfigError):
+        return ["(the generated configuration)"]
+    return list(dict.fromkeys(issue.path or "(the file)" for issue in err.issues))
+
+
+def _clear_refusal(status: runtime_pb2.ConfigStatus) -> None:
+    # What the files say now is what is served: nothing is refused any more.
+    status.last_error = ""
+    status.last_error_source = ""
+    del status.last_error_paths[:]
+
+
 def _unchanged(status: runtime_pb2.ConfigStatus) -> None:
     status.reloads_unchanged += 1
-    status.last_error = ""  # what the files say now is what is served: nothing is refused any more
+    _clear_refusal(status)
 
 
 def _applied(status: runtime_pb2.ConfigStatus) -> None:
     status.reloads_applied += 1
-    status.last_error = ""
+    _clear_refusal(status)
 
 
 def _envoy_for_validation() -> Path | None:

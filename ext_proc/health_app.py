@@ -11,7 +11,10 @@ holding off (the provider answered 429/503 with a retry-after that has not
 passed yet).
 
 ``/metrics`` is this process's Prometheus series (Envoy serves it on
-``server.metrics_port``).
+``server.metrics_port``), and so is ``/admin/health``, the same report with
+the reasons a config edit was refused. Public ``/health`` says only where
+(file and key paths): a reason describes a value, and a value typed into the
+wrong field may be an API key.
 """
 
 from __future__ import annotations
@@ -42,21 +45,24 @@ def _provider_report(state: ProviderHealth | None) -> dict:
     return report
 
 
-def _config_status(status) -> dict:
+def _config_status(status, *, detailed: bool) -> dict:
     """What the control plane did with the file: reload counts, the edit it refused, NACKs."""
     report: dict = {"reloads": {"applied": status.reloads_applied, "unchanged": status.reloads_unchanged,
                                 "invalid": status.reloads_invalid}}
     if status.last_error:
+        report["last_refused_edit"] = {"file": status.last_error_source, "at": list(status.last_error_paths)}
+    if status.last_error and detailed:
         report["last_error"] = status.last_error
     if status.rejections:
+        # A NACK's reason is Envoy's text about the resource: the admin side's too.
         report["rejected_versions"] = [{"node": r.node, "type_url": r.type_url, "version": r.version,
-                                        "reason": r.reason} for r in status.rejections]
+                                        **({"reason": r.reason} if detailed else {})} for r in status.rejections]
     return report
 
 
 def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
                metrics: GatewayMetrics) -> web.Application:
-    async def health(_: web.Request) -> web.Response:
+    def health_report(detailed: bool) -> web.Response:
         view = subscription.view
         cp_up = subscription.connected
         ok = cp_up and view is not None
@@ -70,12 +76,18 @@ def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
                     # Served means rolled out to Envoy too, which the runtime's own version does not say.
                     "config_version": subscription.status.serving_version or (view.version if view else None),
                     **({"error": subscription.last_error} if not cp_up and subscription.last_error else {}),
-                    **_config_status(subscription.status),
+                    **_config_status(subscription.status, detailed=detailed),
                 },
             },
             "providers": {name: _provider_report(prober.state(name)) for name in (view.providers if view else ())},
         }
         return web.json_response(body, status=200 if ok else 503)
+
+    async def health(_: web.Request) -> web.Response:
+        return health_report(detailed=False)
+
+    async def admin_health(_: web.Request) -> web.Response:
+        return health_report(detailed=True)
 
     async def provider_verdict(request: web.Request) -> web.Response:
         state = prober.state(request.match_info["name"])
@@ -89,6 +101,7 @@ def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
 
     app = web.Application()
     app.router.add_get(wire.HEALTH_PATH, health)
+    app.router.add_get(wire.ADMIN_HEALTH_PATH, admin_health)
     app.router.add_get(wire.METRICS_PATH, prometheus)
     app.router.add_get(wire.PROVIDER_VERDICT_PATH, provider_verdict)
     return app

@@ -170,6 +170,10 @@ RUNTIME_NAME = STATUS_NAME = "hapax"  # the one resource of each type
 # Written: the control plane's routes and health checks. Served: ext_proc's HTTP app.
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
+# /health with the reasons of a refused edit: served on server.metrics_port (the
+# admin side) as GET /health, never on the public listener, whose routes reach
+# ext_proc's HTTP side only at HEALTH_PATH.
+ADMIN_HEALTH_PATH = "/admin/health"
 PROVIDER_VERDICT_PATH = "/providers/{name}/health"  # Envoy's health check of provider ``name``
 
 

@@ -16,7 +16,12 @@ from control_plane.config.model import HapaxConfig
 from control_plane.config.validate import _build
 from control_plane.config.yaml_loader import _load_yaml, _YamlSyntaxError
 
-__all__ = ["load_config", "parse_config", "summarize"]
+__all__ = ["MAX_CONFIG_BYTES", "load_config", "parse_config", "summarize"]
+
+# A real hapax.yaml is a few KiB; a bigger one is a mistake or an attack, and the
+# YAML parser's time and memory grow with it before any check can run.
+MAX_CONFIG_BYTES = 1024 * 1024
+_TOO_BIG = f"the file is larger than {MAX_CONFIG_BYTES // 1024} KiB; a configuration is a few KiB"
 
 
 def parse_config(
@@ -25,6 +30,8 @@ def parse_config(
     """Parse and validate YAML text; raise ConfigError listing every problem."""
     env = os.environ if env is None else env
     issues = _Issues()
+    if len(text) > MAX_CONFIG_BYTES:  # characters, at least as many bytes
+        raise ConfigError(source, [ConfigIssue("", _TOO_BIG)])
     try:
         data = _expand(_load_yaml(text), "", env, issues)
         config = _build(data, source, issues)
@@ -41,7 +48,11 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     """Read and parse a file; an unreadable file is a ConfigError too."""
     source = os.fspath(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as file:  # never more than the cap, whatever the file's size
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(source, [ConfigIssue("", _TOO_BIG)])
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(source, [ConfigIssue("", f"cannot read the file: {reason}")]) from None

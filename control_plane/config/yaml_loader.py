@@ -1,6 +1,13 @@
 """Reading YAML text safely: a SafeLoader that rejects duplicate keys, and
 syntax errors described by line and column without quoting the line (it may
 hold an API key).
+
+Aliases are bounded too: a 530-byte "billion laughs" document (each list
+refers nine times to the one before) composes in microseconds, since PyYAML
+shares an aliased node, but everything that walks the loaded tree afterwards
+(``${ENV}`` expansion, validation) visits every reference: seconds of CPU and
+gigabytes. The loader counts each node's size with its aliases expanded while
+it composes the document, and refuses one above ``MAX_EXPANDED_NODES``.
 """
 
 from __future__ import annotations
@@ -14,6 +21,10 @@ class _YamlSyntaxError(Exception):
     """The text is not YAML; the message carries the line and column."""
 
 
+# Far above any real config (a hundred providers and routes is a few thousand
+# nodes), far below what takes the control plane a noticeable time to walk.
+MAX_EXPANDED_NODES = 100_000
+
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -25,6 +36,34 @@ class _Loader(yaml.SafeLoader):
     provider defined twice. Dates become strings because no Hapax value is a
     date, and ``version: 2024-06-01`` should stay the text the user wrote.
     """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}  # id(node) -> its size with aliases expanded
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        alias = self.check_event(yaml.AliasEvent)
+        node = super().compose_node(parent, index)
+        if not alias:
+            self._sizes[id(node)] = self._expanded_size(node)
+        elif id(node) not in self._sizes:  # &a [*a]: the anchor is not complete yet
+            raise yaml.composer.ComposerError(None, None, "an alias refers to the node that holds it", node.start_mark)
+        return node  # an alias is its anchor's node, already counted
+
+    def _expanded_size(self, node: yaml.Node) -> int:
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        size = 1 + sum(self._sizes[id(child)] for child in children)
+        if size > MAX_EXPANDED_NODES:
+            raise yaml.composer.ComposerError(
+                None, None,
+                f"aliases expand this node to more than {MAX_EXPANDED_NODES:,} values (an alias bomb?)",
+                node.start_mark,
+            )
+        return size
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         _reject_duplicate_keys(node)

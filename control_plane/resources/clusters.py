@@ -121,18 +121,25 @@ def _authority(host: str, port: int, tls: bool) -> str:
 
 
 # How often Envoy asks ext_proc for its verdict; the verdict itself follows the
-# provider's health_check settings, so Envoy takes it as it is (thresholds 1).
+# provider's health_check settings, so Envoy takes a 503 as it is: Envoy marks a
+# host unhealthy on its first non-2xx answer, whatever unhealthy_threshold says.
+# The threshold counts only polls that got no answer (timeout, refused), and
+# those say that the checker is in trouble, not the provider: a worker paused
+# for a garbage collection, a swap-in or a SIGSTOP must not take every provider
+# out. A poll times out at half the interval, so VERDICT_MISSES_ALLOWED
+# unanswered polls span more than 3 s of a silent worker.
 VERDICT_POLL_SECONDS = 1.0
+VERDICT_MISSES_ALLOWED = 3
 PLAINTEXT_MATCH = "hapax_plaintext"
 
 
 def _verdict_health_check(provider: ProviderConfig) -> health_check_pb2.HealthCheck:
     poll = min(VERDICT_POLL_SECONDS, provider.health_check.interval)
     check = health_check_pb2.HealthCheck(
-        timeout=duration(poll),
+        timeout=duration(poll / 2),
         interval=duration(poll),
         no_traffic_interval=duration(poll),
-        unhealthy_threshold=wrappers_pb2.UInt32Value(value=1),
+        unhealthy_threshold=wrappers_pb2.UInt32Value(value=VERDICT_MISSES_ALLOWED),
         healthy_threshold=wrappers_pb2.UInt32Value(value=1),
         http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(
             host="hapax-ext-proc", path=wire.provider_verdict_path(provider.name)),
@@ -145,15 +152,26 @@ def _verdict_health_check(provider: ProviderConfig) -> health_check_pb2.HealthCh
 def _outlier_detection() -> outlier_detection_pb2.OutlierDetection:
     # Passive signals eject a provider faster than the probe notices; with one
     # host per provider cluster, ejection must be allowed to take all of it.
+    # A timed-out attempt is one of them: an attempt listener's 504 is a gateway
+    # failure, and so is the route's per-try idle timeout as long as local-origin
+    # errors are not split out (split, each new connection to a hanging provider
+    # is a local-origin success that resets the count: it never reached 3).
+    # Connect failures count as gateway failures (503) the same way. Envoy's
+    # default lets the next successful health check un-eject the host, and our
+    # verdict poll succeeds every second while the provider's model list answers
+    # and its chat endpoint hangs: the ejection would last under a second.
     return outlier_detection_pb2.OutlierDetection(
+        successful_active_health_check_uneject_host=wrappers_pb2.BoolValue(value=False),
         consecutive_5xx=wrappers_pb2.UInt32Value(value=5),
         consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=3),
         enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=100),
-        split_external_local_origin_errors=True,
-        consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=3),
-        enforcing_consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=100),
+        split_external_local_origin_errors=False,
         interval=duration(2),
         base_ejection_time=duration(10),
+        # Without the health check to end it early, Envoy's default growth (10 s
+        # more per repeat, up to 300 s) would keep a recovered provider out for
+        # minutes; a hanging one costs three timeouts per 10 s instead.
+        max_ejection_time=duration(10),
         max_ejection_percent=wrappers_pb2.UInt32Value(value=100),
     )
 

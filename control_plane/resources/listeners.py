@@ -432,15 +432,19 @@ def alt_svc(config: HapaxConfig) -> list[base_pb2.HeaderValueOption]:
 
 
 def metrics_listener(config: HapaxConfig) -> listener_pb2.Listener:
-    """``server.metrics_port``: GET /metrics, answered by ext_proc."""
+    """``server.metrics_port``, the admin side: GET /metrics and the detailed GET /health, by ext_proc."""
     routes = route_pb2.RouteConfiguration(name=METRICS_LISTENER_NAME, virtual_hosts=[route_components_pb2.VirtualHost(
         name="metrics", domains=["*"], routes=[
             route_components_pb2.Route(
                 match=route_components_pb2.RouteMatch(path=wire.METRICS_PATH, headers=method_is("GET")),
                 route=route_components_pb2.RouteAction(cluster=EXT_PROC_HTTP_CLUSTER, timeout=duration(10))),
+            route_components_pb2.Route(  # the detailed health, with a refused edit's reasons
+                match=route_components_pb2.RouteMatch(path=wire.HEALTH_PATH, headers=method_is("GET")),
+                route=route_components_pb2.RouteAction(cluster=EXT_PROC_HTTP_CLUSTER, timeout=duration(10),
+                                                       prefix_rewrite=wire.ADMIN_HEALTH_PATH)),
             route_components_pb2.Route(
                 match=route_components_pb2.RouteMatch(prefix="/"),
-                direct_response=direct_json(404, "This port serves GET /metrics only.",
+                direct_response=direct_json(404, "This port serves GET /metrics and GET /health only.",
                                              "invalid_request_error", "unknown_url"),
                 response_headers_to_add=json_headers()),
         ])])

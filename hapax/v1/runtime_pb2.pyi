@@ -106,20 +106,24 @@ class Runtime(_message.Message):
     def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
 
 class ConfigStatus(_message.Message):
-    __slots__ = ("serving_version", "reloads_applied", "reloads_unchanged", "reloads_invalid", "last_error", "rejections")
+    __slots__ = ("serving_version", "reloads_applied", "reloads_unchanged", "reloads_invalid", "last_error", "rejections", "last_error_source", "last_error_paths")
     SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
     RELOADS_APPLIED_FIELD_NUMBER: _ClassVar[int]
     RELOADS_UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     RELOADS_INVALID_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_PATHS_FIELD_NUMBER: _ClassVar[int]
     serving_version: str
     reloads_applied: int
     reloads_unchanged: int
     reloads_invalid: int
     last_error: str
     rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
-    def __init__(self, serving_version: _Optional[str] = ..., reloads_applied: _Optional[int] = ..., reloads_unchanged: _Optional[int] = ..., reloads_invalid: _Optional[int] = ..., last_error: _Optional[str] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+    last_error_source: str
+    last_error_paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, serving_version: _Optional[str] = ..., reloads_applied: _Optional[int] = ..., reloads_unchanged: _Optional[int] = ..., reloads_invalid: _Optional[int] = ..., last_error: _Optional[str] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., last_error_source: _Optional[str] = ..., last_error_paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("node", "type_url", "version", "reason")

@@ -2,7 +2,8 @@
 
 A refused edit (our validation, or Envoy's own, which can only fail on a
 running Envoy: a port already taken) leaves every consumer on the last good
-version; the reason is on /health and the reload counter moves.
+version; where it is wrong is on the public /health, the reasons on the admin
+side (``server.metrics_port``), and the reload counter moves.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from tests.conftest import gateway_config, save_config, wait_for
 
 def health(gateway) -> dict:
     with urllib.request.urlopen(gateway.url + "/health", timeout=10) as resp:
+        return json.load(resp)["components"]["control_plane"]
+
+
+def admin_health(gateway) -> dict:
+    url = gateway.metrics_url.rsplit("/metrics", 1)[0] + "/health"
+    with urllib.request.urlopen(url, timeout=10) as resp:
         return json.load(resp)["components"]["control_plane"]
 
 
@@ -43,8 +50,11 @@ def test_refused_and_unchanged_edits_are_reported_and_never_pushed(setup):
     save_config(gateway.config_path, {**config, "providers": {"openai": {"type": "opnai", "model": "m"}}})
     wait_for(lambda: reloads(gateway, "invalid") == 1, "the refused edit to be counted")
     status = health(gateway)
-    assert "providers.openai.type: unknown provider type 'opnai'" in status["last_error"]
-    assert str(gateway.config_path) in status["last_error"]
+    assert status["last_refused_edit"] == {"file": str(gateway.config_path), "at": ["providers.openai.type"]}
+    assert "last_error" not in status  # the reasons are the admin side's
+    detailed = admin_health(gateway)
+    assert "providers.openai.type: unknown provider type 'opnai'" in detailed["last_error"]
+    assert str(gateway.config_path) in detailed["last_error"]
     assert status["config_version"] == version and status["reloads"]["invalid"] == 1
 
     save_config(gateway.config_path, config)  # back to what is served: nothing new to push
@@ -57,7 +67,7 @@ def test_refused_and_unchanged_edits_are_reported_and_never_pushed(setup):
     # Counted when accepted; its version is the one served once rolled out to Envoy and ext_proc.
     wait_for(lambda: health(gateway)["config_version"] != version, "the new version to be rolled out")
     status = health(gateway)
-    assert status["config_version"] != version and "last_error" not in status
+    assert status["config_version"] != version and "last_refused_edit" not in status
     assert int(status["config_version"].split("-")[0]) > int(version.split("-")[0])  # monotonic
 
 
@@ -72,6 +82,7 @@ def test_a_version_envoy_rejects_is_reported_and_not_sent_again(setup):
         wait_for(lambda: health(gateway).get("rejected_versions"), "Envoy's NACK to be reported")
         [rejection] = health(gateway)["rejected_versions"]
         assert rejection["type_url"].endswith("Listener") and rejection["node"].startswith("hapax-envoy")
+        assert "reason" not in rejection and admin_health(gateway)["rejected_versions"][0]["reason"]
         # The API keeps serving on the last good listeners.
         with urllib.request.urlopen(gateway.url + "/v1/models", timeout=10) as resp:
             assert resp.status == 200
@@ -92,3 +103,20 @@ def admin_stat(gateway, name: str) -> int:
     with urllib.request.urlopen(f"{gateway.admin_url}/stats?filter=^{name}$", timeout=5) as resp:
         line = resp.read().decode().strip()
     return int(line.rsplit(":", 1)[1])
+
+
+PASTED_KEY = "sk-proj-Zx81fQk29LmP0wX7vB3nT6yR4sH5"
+
+
+def test_a_key_pasted_into_the_wrong_field_is_never_shown(setup):
+    gateway, config = setup
+    provider = {**config["providers"]["openai"], "base_url": PASTED_KEY, "timeout": PASTED_KEY}
+    save_config(gateway.config_path, {**config, "providers": {"openai": provider}})
+    wait_for(lambda: reloads(gateway, "invalid") == 1, "the refused edit to be counted")
+    status = health(gateway)
+    assert status["last_refused_edit"]["at"] == ["providers.openai.base_url", "providers.openai.timeout"]
+    detailed = admin_health(gateway)
+    assert "providers.openai.timeout" in detailed["last_error"]
+    for where in (gateway.url + "/health", gateway.metrics_url.rsplit("/metrics", 1)[0] + "/health"):
+        with urllib.request.urlopen(where, timeout=10) as resp:
+            assert "Zx81fQk29" not in resp.read().decode()

@@ -307,7 +307,40 @@ def test_duplicate_keys_are_an_error_not_silently_overwritten():
 
 
 def test_self_referencing_alias_is_a_config_error():
-    assert errors("providers: &a [*a]\n")[""] == "the document nests too deeply or refers to itself"
+    assert errors("providers: &a [*a]\n")[""] == (
+        "invalid YAML at line 1, column 12: an alias refers to the node that holds it"
+    )
+
+
+BILLION_LAUGHS = "".join(
+    [f'a: &a [{", ".join(["lol"] * 9)}]\n']
+    + [f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]\n" for p, k in zip("abcdefgh", "bcdefghi", strict=True)]
+)
+
+
+def test_an_alias_bomb_is_refused_where_it_explodes():
+    # 9**9 "lol"s once expanded; the cap stops it at composition, before anything walks it.
+    assert len(BILLION_LAUGHS) < 600
+    assert errors(BILLION_LAUGHS) == {
+        "": "invalid YAML at line 6, column 4: aliases expand this node to more than 100,000 values (an alias bomb?)"
+    }
+
+
+def test_aliases_within_the_cap_still_work():
+    text = "x: &x [1, 2]\n" + "".join(f"y{i}: *x\n" for i in range(50))
+    assert set(errors(text)) >= {"x", "y0", "providers"}  # unknown keys, but read
+
+
+def test_a_config_file_over_the_size_cap_is_refused(tmp_path):
+    from control_plane.config.load import MAX_CONFIG_BYTES
+
+    big = tmp_path / "hapax.yaml"
+    big.write_text("#" * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(ConfigError) as caught:
+        load_config(big)
+    assert [i.message for i in caught.value.issues] == [
+        "the file is larger than 1024 KiB; a configuration is a few KiB"
+    ]
 
 
 def test_explicit_tag_with_bad_value_is_reported_with_its_line():
@@ -1130,3 +1163,34 @@ def test_ext_proc_streams_per_worker_default_to_1024_and_must_be_positive():
     with pytest.raises(ConfigError) as err:
         parse_config("ext_proc: {max_streams_per_worker: 0}\n" + ollama, env={})
     assert [i.path for i in err.value.issues] == ["ext_proc.max_streams_per_worker"]
+
+
+# --------------------------------------------------------------------------- secrets in errors
+
+
+PASTED_KEY = "sk-proj-Zx81fQk29LmP0wX7vB3nT6yR4sH5"
+
+
+@pytest.mark.parametrize(("yaml_text", "path"), [
+    (f"providers:\n  openai: {{type: openai, model: m, timeout: {PASTED_KEY}}}\n", "providers.openai.timeout"),
+    (f"providers:\n  openai: {{type: openai, model: m, base_url: {PASTED_KEY}}}\n", "providers.openai.base_url"),
+    (f"providers:\n  openai: {{type: openai, model: m, base_url: 'http://h:{PASTED_KEY}'}}\n",
+     "providers.openai.base_url"),
+    (f"providers:\n  openai: {{type: {PASTED_KEY}, model: m}}\n", "providers.openai.type"),
+    (f"providers:\n  openai: {{type: openai, model: m, forward_headers: ['{PASTED_KEY}:']}}\n",
+     "providers.openai.forward_headers[0]"),
+    (f"providers:\n  openai: {{type: openai, model: m, {PASTED_KEY}: 1}}\n", "providers.openai.<hidden>"),
+    (f"providers:\n  openai: {{type: openai, model: m}}\nprovider_preference: [{PASTED_KEY}]\n",
+     "provider_preference[0]"),
+    (f"providers:\n  openai: {{type: openai, model: m}}\nserver: {{host: {PASTED_KEY}}}\n", "server.host"),
+    (f"providers:\n  openai: {{type: openai, model: m}}\nroutes: [{{path: {PASTED_KEY}}}]\n", "routes[0].path"),
+])
+def test_a_key_pasted_into_the_wrong_field_is_never_quoted(yaml_text, path):
+    found = errors(yaml_text)
+    assert path in found
+    shown = "\n".join(f"{where}: {message}" for where, message in found.items())
+    assert "Zx81fQk29" not in shown  # not even its beginning
+
+
+def test_ordinary_wrong_values_are_still_quoted():
+    assert "'opnai'" in errors("providers:\n  openai: {type: opnai, model: m}\n")["providers.openai.type"]

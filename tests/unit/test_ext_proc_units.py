@@ -417,3 +417,16 @@ def test_an_answer_without_usage_has_its_token_counts_counted_as_unknown():
     _answer(step, CHAT, 200, "application/json", json.dumps(answer).encode())
     assert _series(metrics, "hapax_usage_unknown_total", "input") == 1.0
     assert _series(metrics, "hapax_usage_unknown_total", "output") == 1.0
+
+
+def test_public_health_says_where_an_edit_was_refused_and_the_admin_side_why():
+    from ext_proc.health_app import _config_status
+
+    status = runtime_pb2.ConfigStatus(reloads_invalid=1, last_error="hapax.yaml: providers.a.timeout: got 'x'",
+                                      last_error_source="hapax.yaml", last_error_paths=["providers.a.timeout"])
+    status.rejections.add(node="envoy", type_url="t", version="v", reason="Envoy's own words")
+    public = _config_status(status, detailed=False)
+    assert public["last_refused_edit"] == {"file": "hapax.yaml", "at": ["providers.a.timeout"]}
+    assert "last_error" not in public and "reason" not in public["rejected_versions"][0]
+    admin = _config_status(status, detailed=True)
+    assert admin["last_error"] == status.last_error and admin["rejected_versions"][0]["reason"]

@@ -22,9 +22,11 @@ from control_plane.config.validate.values import (
     _describe,
     _duration,
     _list,
+    _looks_like_a_secret,
     _mapping,
     _not_one_of,
     _positive_integer,
+    _quote,
     _reject_unknown_keys,
     _required,
     _string,
@@ -135,7 +137,7 @@ def _check_provider_name(name: Any, path: str, issues: _Issues) -> bool:
         issues.error(path, f"provider names must be strings, got {_describe(name)}")
         return False
     if not _PROVIDER_NAME.fullmatch(name):
-        issues.error(path, f"invalid provider name {name!r}: use lowercase letters, digits, '_' and '-', "
+        issues.error(path, f"invalid provider name {_quote(name)}: use lowercase letters, digits, '_' and '-', "
                            "starting with a letter or digit (it names an Envoy cluster)")
         return False
     return True
@@ -203,9 +205,7 @@ def _against_convention(base_path: str, kind: str | None) -> str | None:
             f"...{ending}{appended[0]}; leave the {ending} out{hint}")
 
 
-def _shown(text: str) -> str:
-    """A value as a message may show it: by its reference when it came from the environment."""
-    return repr(text.template) if isinstance(text, _Expanded) else repr(text)
+_shown = _quote
 
 
 def _url_problem(url: str) -> str | None:
@@ -215,8 +215,10 @@ def _url_problem(url: str) -> str | None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parses the port, raising on a bad one
     except ValueError as exc:
-        # urlsplit's message can quote the value, which may have come from a secret.
-        return f"invalid URL {_shown(url)}" if isinstance(url, _Expanded) else f"invalid URL: {exc}"
+        # urlsplit's message can quote the value, which may be a key pasted here.
+        if isinstance(url, _Expanded) or _looks_like_a_secret(str(exc)):
+            return f"invalid URL {_shown(url)}"
+        return f"invalid URL: {exc}"
     if parts.username is not None or parts.password is not None:
         return "must not contain credentials (user:password@); use api_key"  # and is not echoed
     if parts.scheme not in ("http", "https"):
@@ -275,7 +277,7 @@ def _forward_header(item: Any, path: str, issues: _Issues) -> str | None:
     name = text.strip().lower()
     problem = _forward_header_problem(name)
     if problem:
-        issues.error(path, f"cannot forward {text!r}: {problem}")
+        issues.error(path, f"cannot forward {_quote(text)}: {problem}")
         return None
     if name in wire.PROVIDER_REQUEST_HEADERS:
         issues.warn(path, f"{name!r} is sent to every provider already; listing it changes nothing")
@@ -327,7 +329,7 @@ def _preference_entry(
     if names and name not in names:  # no names: `providers` is broken and already reported
         close = _suggestion(name, names)
         hint = f"; did you mean {close!r}?" if close else ""
-        issues.error(path, f"unknown provider {name!r} (defined: {', '.join(names)}){hint}")
+        issues.error(path, f"unknown provider {_quote(name)} (defined: {', '.join(names)}){hint}")
         return None
     if name in chosen:
         issues.error(path, f"provider {name!r} is listed twice (first at {chosen[name]})")

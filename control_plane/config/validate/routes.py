@@ -21,6 +21,7 @@ from control_plane.config.validate.values import (
     _list,
     _mapping,
     _not_one_of,
+    _quote,
     _reject_unknown_keys,
     _required,
     _string,
@@ -73,11 +74,11 @@ def _route_path(value: Any, path: str, issues: _Issues) -> str | None:
 
 def _route_path_problem(route_path: str) -> str | None:
     if not route_path.startswith("/"):
-        return f"path {route_path!r} must start with '/'"
+        return f"path {_quote(route_path)} must start with '/'"
     if any(c.isspace() or not c.isprintable() for c in route_path):
-        return f"path {route_path!r} must not contain whitespace or control characters"
+        return f"path {_quote(route_path)} must not contain whitespace or control characters"
     if "?" in route_path or "#" in route_path:
-        return f"path {route_path!r} must not contain '?' or '#' (routes match the path only)"
+        return f"path {_quote(route_path)} must not contain '?' or '#' (routes match the path only)"
     if route_path == HEALTH_PATH:
         return f"path {HEALTH_PATH} is reserved for the gateway health endpoint"
     return None
@@ -129,9 +130,9 @@ def _check_label_name(name: Any, path: str, issues: _Issues) -> bool:
     if not isinstance(name, str):
         problem = f"label names must be strings, got {_describe(name)}"
     elif not _LABEL_NAME.fullmatch(name):
-        problem = f"invalid label name {name!r} (Prometheus label names match [a-zA-Z_][a-zA-Z0-9_]*)"
+        problem = f"invalid label name {_quote(name)} (Prometheus label names match [a-zA-Z_][a-zA-Z0-9_]*)"
     elif name.startswith("__"):
-        problem = f"invalid label name {name!r}: names starting with '__' are reserved by Prometheus"
+        problem = f"invalid label name {_quote(name)}: names starting with '__' are reserved by Prometheus"
     elif name in RESERVED_LABELS:
         problem = f"label {name!r} is reserved: Hapax sets it itself (reserved: {', '.join(RESERVED_LABELS)})"
     else:

@@ -15,6 +15,7 @@ from control_plane.config.validate.values import (
     _integer,
     _mapping,
     _positive_integer,
+    _quote,
     _reject_unknown_keys,
     _string,
 )
@@ -103,7 +104,7 @@ def _host(value: Any, issues: _Issues) -> str | None:
         ipaddress.ip_address(host)
     except ValueError:
         # Envoy binds listeners to addresses; it would reject a host name at run time.
-        issues.error("server.host", f"expected an IP address such as 0.0.0.0 or 127.0.0.1, got {host!r}")
+        issues.error("server.host", f"expected an IP address such as 0.0.0.0 or 127.0.0.1, got {_quote(host)}")
         return None
     return host
 

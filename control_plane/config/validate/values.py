@@ -13,6 +13,26 @@ from typing import Any
 from control_plane.config.env import _Expanded
 from control_plane.config.errors import _Issues, _join
 
+# A run of 20 letters and digits mixing both: what API keys, tokens and hex
+# secrets look like, and no model name, URL, path or header name does.
+_KEY_LIKE = re.compile(r"[A-Za-z0-9]{20,}")
+HIDDEN = "a value that looks like a credential (not shown)"
+
+
+def _looks_like_a_secret(text: str) -> bool:
+    return any(re.search(r"\d", run) and re.search(r"[A-Za-z]", run) for run in _KEY_LIKE.findall(text))
+
+
+def _quote(text: str) -> str:
+    """A string as a message may show it: an API key pasted into the wrong field is
+    still an API key, and these messages reach logs and ``/health``; a value from
+    the environment is shown by its reference."""
+    if isinstance(text, _Expanded):
+        return repr(text.template)
+    if _looks_like_a_secret(text):
+        return HIDDEN
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
 
 def _describe(value: object, *, secret: bool = False) -> str:
     """How a wrong value is shown in a message: its kind, and its text unless secret."""
@@ -27,7 +47,7 @@ def _describe(value: object, *, secret: bool = False) -> str:
     elif isinstance(value, _Expanded):
         kind, text = "string", f"from {value.template!r}"
     elif isinstance(value, str):
-        kind, text = "string", repr(value if len(value) <= 40 else value[:37] + "...")
+        kind, text = "string", _quote(value)
     elif isinstance(value, dict):
         return "a mapping"
     elif isinstance(value, list):
@@ -47,7 +67,7 @@ def _suggestion(word: str, choices: Sequence[str]) -> str | None:
 
 
 def _not_one_of(kind: str, value: str, choices: Sequence[str], *, suggest: bool = True) -> str:
-    message = f"unknown {kind} {value!r} (expected one of: {', '.join(choices)})"
+    message = f"unknown {kind} {_quote(value)} (expected one of: {', '.join(choices)})"
     close = _suggestion(value, choices) if suggest else None
     return f"{message}; did you mean {close!r}?" if close else message
 
@@ -59,7 +79,8 @@ def _reject_unknown_keys(node: Mapping[Any, Any], path: str, allowed: Sequence[s
         elif key not in allowed:
             close = _suggestion(key, allowed)
             hint = f"did you mean {close!r}?" if close else f"expected one of: {', '.join(allowed)}"
-            issues.error(_join(path, key), f"unknown key {key!r} ({hint})")
+            where = _join(path, "<hidden>" if _looks_like_a_secret(key) else key)  # a key path is shown too
+            issues.error(where, f"unknown key {_quote(key)} ({hint})")
 
 
 def _mapping(value: Any, path: str, issues: _Issues) -> dict[Any, Any] | None:
