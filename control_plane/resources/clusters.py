@@ -123,6 +123,10 @@ def _authority(host: str, port: int, tls: bool) -> str:
 # How often Envoy asks ext_proc for its verdict; the verdict itself follows the
 # provider's health_check settings, so Envoy takes it as it is (thresholds 1).
 VERDICT_POLL_SECONDS = 1.0
+# ...except when ext_proc does not answer at all (it is being restarted, a few
+# seconds): Envoy counts only such network failures against unhealthy_threshold,
+# while an answered 503 marks the provider unhealthy at once.
+VERDICT_UNANSWERED_POLLS = 5
 PLAINTEXT_MATCH = "hapax_plaintext"
 
 
@@ -132,7 +136,7 @@ def _verdict_health_check(provider: ProviderConfig) -> health_check_pb2.HealthCh
         timeout=duration(poll),
         interval=duration(poll),
         no_traffic_interval=duration(poll),
-        unhealthy_threshold=wrappers_pb2.UInt32Value(value=1),
+        unhealthy_threshold=wrappers_pb2.UInt32Value(value=VERDICT_UNANSWERED_POLLS),
         healthy_threshold=wrappers_pb2.UInt32Value(value=1),
         http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(
             host="hapax-ext-proc", path=wire.provider_verdict_path(provider.name)),
