@@ -1,0 +1,62 @@
+"""The supervisor's restart policy and how ext_proc reports restart counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ext_proc.metrics import RestartsCollector
+from ext_proc.restarts import RestartCounts
+from hapax import wire
+from hapax.supervisor import Child, RestartPolicy
+
+
+def test_backoff_doubles_from_half_a_second_to_the_cap():
+    policy = RestartPolicy(base=0.5, cap=3.0, limit=10, window=60.0)
+    assert [policy.next_delay(float(t)) for t in range(6)] == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+
+
+def test_more_than_limit_restarts_within_the_window_gives_up():
+    policy = RestartPolicy(limit=5, window=60.0)
+    assert all(policy.next_delay(t) is not None for t in (0.0, 1.0, 2.0, 3.0, 4.0))
+    assert policy.next_delay(5.0) is None
+    assert policy.next_delay(59.0) is None  # the first restart still counts
+
+
+def test_restarts_leave_the_window_and_the_backoff_starts_over():
+    policy = RestartPolicy(base=0.5, limit=5, window=60.0)
+    for t in (0.0, 1.0, 2.0, 3.0, 4.0):
+        policy.next_delay(t)
+    # A minute after the last of them the child has run long enough: a fresh start.
+    assert policy.next_delay(64.5) == 0.5
+
+
+def test_restart_labels_number_the_workers_from_one():
+    assert [Child(name, []).label for name in ("ext_proc", "ext_proc#2", "control_plane")] == [
+        "ext_proc-1", "ext_proc-2", "control_plane"]
+
+
+def _restarts_series(counts: RestartCounts) -> dict[str, float]:
+    registry = CollectorRegistry()
+    registry.register(RestartsCollector(counts.read))
+    text = generate_latest(registry).decode()
+    return {s.labels["process"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "hapax_process_restarts_total"}
+
+
+def test_ext_proc_reports_the_counts_the_supervisor_wrote(tmp_path: Path):
+    (tmp_path / wire.RESTARTS_FILE).write_text(json.dumps({"ext_proc-1": 2, "control_plane": 0}))
+    counts = RestartCounts(tmp_path)
+    assert counts.read() == {"ext_proc-1": 2, "control_plane": 0}
+    assert _restarts_series(counts) == {"ext_proc-1": 2.0, "control_plane": 0.0}
+
+
+def test_no_supervisor_or_an_unreadable_file_reports_nothing(tmp_path: Path):
+    assert RestartCounts(None).read() == {}
+    assert RestartCounts(tmp_path).read() == {}  # no file yet
+    (tmp_path / wire.RESTARTS_FILE).write_text("{half a")
+    assert RestartCounts(tmp_path).read() == {}
+    assert _restarts_series(RestartCounts(tmp_path)) == {}
