@@ -297,8 +297,32 @@ def ext_proc_grpc_cluster() -> cluster_pb2.Cluster:
         # the largest body plus its JSON rewrite.
         per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=4 * MAX_REQUEST_BYTES),
         typed_extension_protocol_options=_http2_options(),
+        outlier_detection=_worker_outlier_detection(),
     ))
     return cluster
+
+
+def _worker_outlier_detection() -> outlier_detection_pb2.OutlierDetection:
+    """A worker that refuses connections (dead, being restarted by `hapax serve`) is set aside at once.
+
+    Without it, round robin keeps sending a dead worker its share of the requests until it
+    is back, and each fails. Only connect failures count (local origin): an ext_proc answer
+    is never a reason. It stays out for a second at a time, until it answers again; at most
+    half of the workers are set aside, so a gateway with one worker keeps trying it.
+    """
+    return outlier_detection_pb2.OutlierDetection(
+        split_external_local_origin_errors=True,
+        consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=1),
+        enforcing_consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=100),
+        enforcing_consecutive_5xx=wrappers_pb2.UInt32Value(value=0),
+        enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=0),
+        enforcing_success_rate=wrappers_pb2.UInt32Value(value=0),
+        enforcing_local_origin_success_rate=wrappers_pb2.UInt32Value(value=0),
+        interval=duration(1),
+        base_ejection_time=duration(1),
+        max_ejection_time=duration(2),
+        max_ejection_percent=wrappers_pb2.UInt32Value(value=50),
+    )
 
 
 def ext_proc_http_cluster() -> cluster_pb2.Cluster:
