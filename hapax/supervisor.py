@@ -406,8 +406,9 @@ class Supervisor:
             log.info("stopping on signal")
             return 0
         for task in done:
-            if not task.cancelled() and isinstance(task.exception(), GiveUp):
-                reason = str(task.exception())
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                reason = str(error) if isinstance(error, GiveUp) else f"watching the children failed: {error!r}"
                 log.error("stopping the gateway", extra={"reason": reason})
                 print(f"hapax: {reason}; stopping.", file=sys.stderr, flush=True)
         return 1
