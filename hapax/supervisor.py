@@ -423,7 +423,8 @@ class Supervisor:
             if not child.restartable:
                 raise GiveUp(f"{child.name} died ({how})")
             log.warning("child died; restarting it", extra={"child": child.name, "how": how})
-            self._forget_metrics(child.process.pid)
+            if child.label.startswith("ext_proc"):
+                self._forget_metrics(child.process.pid)
             await self._restart(child, policy, how)
 
     async def _restart(self, child: Child, policy: RestartPolicy, how: str) -> None:

@@ -558,6 +558,9 @@ def test_a_killed_worker_is_restarted_on_its_ports_while_envoy_serves(two_worker
         return ext_proc_calls(gw, address) > before
 
     assert wait_until(envoy_calls_it, 15.0, interval=0.05)
+    # And it stops like the others, on time.
+    assert gw.stop() == 0, "".join(gw.stderr)
+    assert_all_gone(now, timeout=1.0)
 
 
 def ext_proc_calls(gw: Gateway, address: str) -> int:
@@ -594,6 +597,9 @@ def test_a_killed_control_plane_is_restarted_and_no_request_fails(gateway, provi
     save_config(gateway.config_path, config)
     assert wait_until(lambda: _answers(gateway, "after-restart"), 30.0)
     assert health(gateway)["components"]["control_plane"]["reloads"]["applied"] >= 1
+    restarted = children_by_role(gateway.child_pids())
+    assert gateway.stop() == 0, "".join(gateway.stderr)
+    assert_all_gone(restarted, timeout=1.0)
 
 
 def _answers(gw: Gateway, model: str) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -11,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ext_proc.metrics import RestartsCollector
 from ext_proc.restarts import RestartCounts
 from hapax import wire
-from hapax.supervisor import Child, RestartPolicy
+from hapax.supervisor import Child, RestartPolicy, ServeOptions, Supervisor
 
 
 def test_backoff_doubles_from_half_a_second_to_the_cap():
@@ -60,3 +62,42 @@ def test_no_supervisor_or_an_unreadable_file_reports_nothing(tmp_path: Path):
     (tmp_path / wire.RESTARTS_FILE).write_text("{half a")
     assert RestartCounts(tmp_path).read() == {}
     assert _restarts_series(RestartCounts(tmp_path)) == {}
+
+
+# A child that dies before it announces itself ready (as ext_proc and the control plane do).
+CRASHING_CHILD = "import sys; sys.exit(4)"
+
+
+def _supervisor(tmp_path: Path, child: Child, **policy: float) -> Supervisor:
+    supervisor = Supervisor(ServeOptions(config_path=None))
+    supervisor.shared_dir.mkdir()
+    supervisor.children.append(child)
+    supervisor.restart_policy = lambda: RestartPolicy(base=0.01, **policy)  # type: ignore[assignment]
+    return supervisor
+
+
+async def test_restarts_that_keep_failing_give_up_nonzero(tmp_path: Path, capsys):
+    child = Child("ext_proc#2", [sys.executable, "-c", CRASHING_CHILD], restartable=True)
+    supervisor = _supervisor(tmp_path, child, limit=3)
+    try:
+        await child.start(wait_ready=False)
+        assert await asyncio.wait_for(supervisor.wait(asyncio.Event()), 30) == 1
+        assert child.restarts == 3
+        assert RestartCounts(supervisor.shared_dir).read() == {"ext_proc-2": 3}
+        err = capsys.readouterr().err
+        assert ("hapax: ext_proc#2 died (exit code 4); it was restarted 3 times within 60s (the last time: "
+                "ext_proc#2 exited before it was ready (exit code 4)), giving up; stopping.") in err
+    finally:
+        await supervisor.stop()
+
+
+async def test_envoy_is_never_restarted(tmp_path: Path, capsys):
+    child = Child("envoy", [sys.executable, "-c", "import sys; sys.exit(2)"])
+    supervisor = _supervisor(tmp_path, child)
+    try:
+        await child.start(wait_ready=False)
+        assert await asyncio.wait_for(supervisor.wait(asyncio.Event()), 30) == 1
+        assert child.restarts == 0
+        assert "hapax: envoy died (exit code 2); stopping." in capsys.readouterr().err
+    finally:
+        await supervisor.stop()
