@@ -115,11 +115,19 @@ class Child:
         return f"{kind}-{n or 1}" if kind == "ext_proc" else kind
 
     async def start(self, wait_ready: bool) -> None:
-        self.process = await asyncio.create_subprocess_exec(
+        self.ready = {}  # a restart announces itself afresh
+        creating = asyncio.ensure_future(asyncio.create_subprocess_exec(
             *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             env={**os.environ, **self.env} if self.env else None,
-        )
+        ))
+        try:
+            self.process = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            # Stopped while a restart was starting it: the process exists all the same, and
+            # is kept here so that stop() stops it rather than leaving it running untracked.
+            self.process = await creating
+            raise
         if wait_ready:
             try:
                 self.ready = await asyncio.wait_for(self._ready_line(), READY_TIMEOUT)

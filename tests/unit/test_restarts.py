@@ -76,6 +76,66 @@ def _supervisor(tmp_path: Path, child: Child, **policy: float) -> Supervisor:
     return supervisor
 
 
+# A child that announces itself ready the way ext_proc and the control plane do and lives on;
+# with CRASH_FILE present it dies before that instead, and removes the file.
+READY_CHILD = """
+import json, os, sys, time
+crash = os.environ.get("CRASH_FILE")
+if crash and os.path.exists(crash):
+    os.remove(crash)
+    sys.exit(3)
+print(json.dumps({"event": "ready"}), flush=True)
+time.sleep(60)
+"""
+
+
+async def test_a_dead_child_is_restarted_until_it_is_ready_and_counted(tmp_path: Path):
+    crash = tmp_path / "crash"
+    child = Child("control_plane", [sys.executable, "-c", READY_CHILD], env={"CRASH_FILE": str(crash)},
+                  restartable=True)
+    supervisor = _supervisor(tmp_path, child)
+    stop = asyncio.Event()
+    try:
+        await child.start(wait_ready=True)
+        first = child.process
+        assert first is not None
+        waiting = asyncio.create_task(supervisor.wait(stop))
+        crash.touch()  # the first restart fails, the second one is ready
+        first.kill()
+        for _ in range(1000):
+            await asyncio.sleep(0.01)
+            if child.ready and child.process is not first:
+                break
+        assert child.restarts == 2 and child.process is not None and child.process.returncode is None
+        assert RestartCounts(supervisor.shared_dir).read() == {"control_plane": 2}
+        stop.set()
+        assert await waiting == 0
+    finally:
+        await supervisor.stop()
+    assert child.process.returncode is not None
+
+
+async def test_a_stop_during_a_restart_stops_the_restarted_process_too(tmp_path: Path):
+    child = Child("ext_proc", [sys.executable, "-c", READY_CHILD], restartable=True)
+    supervisor = _supervisor(tmp_path, child)
+    stop = asyncio.Event()
+    try:
+        await child.start(wait_ready=True)
+        first = child.process
+        assert first is not None
+        waiting = asyncio.create_task(supervisor.wait(stop))
+        first.kill()
+        for _ in range(1000):  # until the restart has begun
+            await asyncio.sleep(0.001)
+            if child.restarts:
+                break
+        stop.set()
+        assert await waiting == 0
+    finally:
+        await supervisor.stop()
+    assert child.process is not None and child.process.returncode is not None
+
+
 async def test_restarts_that_keep_failing_give_up_nonzero(tmp_path: Path, capsys):
     child = Child("ext_proc#2", [sys.executable, "-c", CRASHING_CHILD], restartable=True)
     supervisor = _supervisor(tmp_path, child, limit=3)
