@@ -10,6 +10,8 @@ active health check on that provider's endpoint: 200 healthy, 503 unhealthy or
 holding off (the provider answered 429/503 with a retry-after that has not
 passed yet).
 
+``restarts`` counts how often ``hapax serve`` restarted each process.
+
 ``/metrics`` is this process's Prometheus series (Envoy serves it on
 ``server.metrics_port``), and so is ``/admin/health``, the same report with
 the reasons a config edit was refused. Public ``/health`` says only where
@@ -26,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.provider_health import ProviderHealth, ProviderProber
+from ext_proc.restarts import RestartCounts
 from ext_proc.xds_client import RuntimeSubscription
 from hapax import wire
 
@@ -61,7 +64,7 @@ def _config_status(status, *, detailed: bool) -> dict:
 
 
 def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
-               metrics: GatewayMetrics) -> web.Application:
+               metrics: GatewayMetrics, restarts: RestartCounts | None = None) -> web.Application:
     def health_report(detailed: bool) -> web.Response:
         view = subscription.view
         cp_up = subscription.connected
@@ -80,6 +83,8 @@ def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
                 },
             },
             "providers": {name: _provider_report(prober.state(name)) for name in (view.providers if view else ())},
+            # How often `hapax serve` restarted each process (empty without it).
+            "restarts": restarts.read() if restarts else {},
         }
         return web.json_response(body, status=200 if ok else 503)
 

@@ -92,6 +92,20 @@ class ConfigStatusCollector(Collector):
         yield reloads
 
 
+class RestartsCollector(Collector):
+    """How often the supervisor restarted each process (``hapax_process_restarts_total{process}``)."""
+
+    def __init__(self, restarts: Callable[[], Mapping[str, int]]) -> None:
+        self.restarts = restarts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("hapax_process_restarts", "Restarts of a dead process by the supervisor "
+                                     "(ext_proc-1, ext_proc-2..., control_plane)", labels=["process"])
+        for process, count in sorted(self.restarts().items()):
+            family.add_metric([process], count)
+        yield family
+
+
 class _RequestFamilies:
     """The per-request families for one set of route label keys."""
 

@@ -16,8 +16,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ext_proc.access_log import AccessLogCounter
 from ext_proc.health_app import health_app
-from ext_proc.metrics import ConfigStatusCollector, GatewayMetrics
+from ext_proc.metrics import ConfigStatusCollector, GatewayMetrics, RestartsCollector
 from ext_proc.provider_health import HoldOffBoard, ProviderProber
+from ext_proc.restarts import RestartCounts
 from ext_proc.runtime import RuntimeView
 from ext_proc.service import Processor
 from ext_proc.translators import TRANSLATORS, translator_for
@@ -36,6 +37,8 @@ async def serve(args: argparse.Namespace) -> None:
         on_update=lambda view: _apply(view, None if args.no_probe else prober, metrics),
     )
     metrics.add_collector(ConfigStatusCollector(lambda: subscription.status))
+    restarts = RestartCounts(Path(args.shared_dir) if args.shared_dir else None)
+    metrics.add_collector(RestartsCollector(restarts.read))
     xds_task = asyncio.create_task(subscription.run())
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
@@ -47,7 +50,7 @@ async def serve(args: argparse.Namespace) -> None:
     grpc_port = server.add_insecure_port(args.listen)
     await server.start()
 
-    runner = web.AppRunner(health_app(subscription, prober, metrics), access_log=None)
+    runner = web.AppRunner(health_app(subscription, prober, metrics, restarts), access_log=None)
     await runner.setup()
     health_host, _, health_port = args.health_listen.rpartition(":")
     site = web.TCPSite(runner, health_host, int(health_port))

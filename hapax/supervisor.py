@@ -4,10 +4,14 @@ Start order follows the dependencies: ext_proc first (it binds its ports and
 reports them), then the control plane (which must know where ext_proc listens
 to tell Envoy), then Envoy (which asks the control plane for everything).
 
-Policy when a child dies: the supervisor says which one and how (exit code or
-signal), stops the other two and exits non-zero. Restarting belongs to the
-service manager above us (systemd, Kubernetes), which also sees the failure;
-a supervisor that silently restarted a crash-looping child would hide it.
+Policy when a child dies (like an nginx master): a dead ext_proc worker or
+control plane is restarted with backoff on the same addresses while Envoy keeps
+serving (its last xDS configuration; the other workers). Each restart is
+counted where ext_proc reports it (``hapax_process_restarts_total``, /health).
+When Envoy itself dies, or restarts keep failing (RestartPolicy), the
+supervisor says which child and how, stops the others and exits non-zero, so
+the service manager above us (systemd, Kubernetes) sees the failure rather
+than a crash loop hidden here.
 
 SIGHUP is passed on to the control plane, which reads its file again.
 """
@@ -43,6 +47,35 @@ LISTENERS = (wire.LISTENER, wire.METRICS_LISTENER)
 STOP_GRACE = 5.0
 
 
+@dataclass
+class RestartPolicy:
+    """Backoff between restarts of one child, and when to give up on it.
+
+    The delay doubles from ``base`` to ``cap`` while the child keeps dying;
+    more than ``limit`` restarts within ``window`` seconds is a crash loop,
+    which is the service manager's to see.
+    """
+
+    base: float = 0.5
+    cap: float = 10.0
+    limit: int = 5
+    window: float = 60.0
+    _times: list[float] = field(default_factory=list)
+
+    def next_delay(self, now: float) -> float | None:
+        """The wait before the next restart, or None to give up. Records the restart."""
+        self._times = [t for t in self._times if now - t < self.window]
+        if len(self._times) >= self.limit:
+            return None
+        delay = min(self.cap, self.base * 2 ** len(self._times))
+        self._times.append(now)
+        return delay
+
+
+class GiveUp(Exception):
+    """A child the gateway cannot go on without: the message says which and why."""
+
+
 class StartupError(Exception):
     pass
 
@@ -71,16 +104,36 @@ class Child:
     env: dict[str, str] | None = None  # added to the supervisor's environment
     process: asyncio.subprocess.Process | None = None
     ready: dict = field(default_factory=dict)
+    restartable: bool = False  # Envoy is not: it is what serves, and the gateway ends with it
+    restarts: int = 0
     _drain: asyncio.Task | None = None  # held so the task is not garbage-collected
 
+    @property
+    def label(self) -> str:
+        """The ``process`` label of its restart count: ext_proc-1, ext_proc-2..., control_plane."""
+        kind, _, n = self.name.partition("#")
+        return f"{kind}-{n or 1}" if kind == "ext_proc" else kind
+
     async def start(self, wait_ready: bool) -> None:
-        self.process = await asyncio.create_subprocess_exec(
+        self.ready = {}  # a restart announces itself afresh
+        creating = asyncio.ensure_future(asyncio.create_subprocess_exec(
             *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             env={**os.environ, **self.env} if self.env else None,
-        )
+        ))
+        try:
+            self.process = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            # Stopped while a restart was starting it: the process exists all the same, and
+            # is kept here so that stop() stops it rather than leaving it running untracked.
+            self.process = await creating
+            raise
         if wait_ready:
-            self.ready = await asyncio.wait_for(self._ready_line(), READY_TIMEOUT)
+            try:
+                self.ready = await asyncio.wait_for(self._ready_line(), READY_TIMEOUT)
+            except (StartupError, TimeoutError):
+                await self.stop()  # a restart that failed leaves nothing behind
+                raise
         self._drain = asyncio.create_task(self._drain_stdout())
 
     async def _ready_line(self) -> dict:
@@ -88,6 +141,7 @@ class Child:
         while True:
             line = await self.process.stdout.readline()
             if not line:
+                await self.process.wait()  # so that describe_exit() says how it ended
                 raise StartupError(f"{self.name} exited before it was ready ({self.describe_exit()})")
             try:
                 event = json.loads(line)
@@ -144,6 +198,9 @@ class Supervisor:
         self.admin_url = ""
         self.log_args: list[str] = []
         self.log_format = "json"
+        self.metrics_dir = self.workdir / "metrics"
+        self.shared_dir = self.workdir / "shared"
+        self.restart_policy = RestartPolicy  # a factory: one policy per child
 
     # -- start
 
@@ -170,11 +227,14 @@ class Supervisor:
                                                       "--ext-proc-http", w.ready["http"])]
         control_plane = Child("control_plane", [
             py, "-m", "control_plane", "--config", str(config_path),
-            "--listen", f"127.0.0.1:{xds_port}", *endpoints, *port_args, *self.log_args])
+            "--listen", f"127.0.0.1:{xds_port}", *endpoints, *port_args, *self.log_args],
+            # Restarted on the same ADS address: Envoy and ext_proc reconnect by themselves.
+            restartable=True)
         try:
             await self._start(control_plane)
         finally:
             reservation.close()
+        self._write_restarts()  # every count at 0 from the start: a series that exists before it rises
         await self._start_envoy(admin_port, xds_port, envoy_stats_tags(stats_label_keys(config)))
         ports = await self._listener_ports(port)
         for worker in workers:
@@ -187,7 +247,7 @@ class Supervisor:
 
     async def _start_ext_procs(self, count: int, xds_port: int) -> list[Child]:
         """``count`` ext_proc workers, started together; they share metrics and retry-after state."""
-        metrics_dir, shared_dir = self.workdir / "metrics", self.workdir / "shared"
+        metrics_dir, shared_dir = self.metrics_dir, self.shared_dir
         metrics_dir.mkdir()
         shared_dir.mkdir()
         workers = [Child("ext_proc" if i == 0 else f"ext_proc#{i + 1}",
@@ -198,6 +258,10 @@ class Supervisor:
                          env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
                    for i in range(count)]
         await asyncio.gather(*(self._start(worker) for worker in workers))
+        for worker in workers:
+            # A restarted worker binds the ports it reported: they are Envoy's endpoints (EDS).
+            worker.argv += ["--listen", worker.ready["grpc"], "--health-listen", worker.ready["http"]]
+            worker.restartable = True
         return workers
 
     async def _start(self, child: Child, wait_ready: bool = True) -> None:
@@ -340,20 +404,78 @@ class Supervisor:
         child.process.send_signal(signal.SIGHUP)
 
     async def wait(self, stop: asyncio.Event) -> int:
-        """Returns when ``stop`` is set by a signal (0) or a child dies (1)."""
-        waiters = {asyncio.create_task(c.process.wait()): c for c in self.children if c.process}
+        """Returns when ``stop`` is set by a signal (0), or when Envoy dies or a child cannot be kept up (1)."""
+        keepers = [asyncio.create_task(self._keep(c)) for c in self.children]
         stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({stopper, *waiters}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (stopper, *waiters):
+        done, _ = await asyncio.wait({stopper, *keepers}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (stopper, *keepers):
             task.cancel()
+        # A restart under way ends here, so that stop() sees every process there is.
+        await asyncio.gather(*keepers, return_exceptions=True)
         if stopper in done:
             log.info("stopping on signal")
             return 0
         for task in done:
-            child = waiters[task]
-            log.error("child died; stopping the gateway", extra={"child": child.name, "how": child.describe_exit()})
-            print(f"hapax: {child.name} died ({child.describe_exit()}); stopping.", file=sys.stderr, flush=True)
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                reason = str(error) if isinstance(error, GiveUp) else f"watching the children failed: {error!r}"
+                log.error("stopping the gateway", extra={"reason": reason})
+                print(f"hapax: {reason}; stopping.", file=sys.stderr, flush=True)
         return 1
+
+    async def _keep(self, child: Child) -> None:
+        """Watches ``child`` and restarts it when it dies; raises GiveUp when it may not or cannot."""
+        policy = self.restart_policy()
+        while True:
+            assert child.process is not None
+            await child.process.wait()
+            how = child.describe_exit()
+            if not child.restartable:
+                raise GiveUp(f"{child.name} died ({how})")
+            log.warning("child died; restarting it", extra={"child": child.name, "how": how})
+            if child.label.startswith("ext_proc"):
+                self._forget_metrics(child.process.pid)
+            await self._restart(child, policy, how)
+
+    async def _restart(self, child: Child, policy: RestartPolicy, how: str) -> None:
+        """Starts ``child`` again after the policy's backoff, until it is ready or the policy gives up."""
+        failure = ""
+        while (delay := policy.next_delay(time.monotonic())) is not None:
+            await asyncio.sleep(delay)
+            child.restarts += 1
+            self._write_restarts()
+            try:
+                await child.start(wait_ready=True)
+            except (StartupError, TimeoutError, OSError) as err:
+                failure = str(err) or "not ready in time"
+                log.warning("restart failed", extra={"child": child.name, "error": failure})
+                continue
+            assert child.process is not None
+            log.warning("child restarted", extra={"child": child.name, "pid": child.process.pid,
+                                                   "restarts": child.restarts})
+            return
+        last = f" (the last time: {failure})" if failure else ""
+        raise GiveUp(f"{child.name} died ({how}); it was restarted {policy.limit} times "
+                     f"within {policy.window:.0f}s{last}, giving up")
+
+    def _write_restarts(self) -> None:
+        """Each process's restart count, where ext_proc reads it (hapax_process_restarts_total, /health).
+
+        Written whole and renamed into place: a reader sees the old file or the new one.
+        """
+        counts = {c.label: c.restarts for c in self.children if c.restartable}
+        if not self.shared_dir.is_dir():
+            return
+        tmp = self.shared_dir / f".{wire.RESTARTS_FILE}.tmp"
+        tmp.write_text(json.dumps(counts, sort_keys=True))
+        tmp.replace(self.shared_dir / wire.RESTARTS_FILE)
+
+    def _forget_metrics(self, pid: int) -> None:
+        """A dead worker's live gauges (requests in flight) leave the shared metrics with it."""
+        if self.metrics_dir.is_dir():
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, str(self.metrics_dir))
 
     async def stop(self) -> None:
         # Envoy first (no new requests), then ext_proc, then the control plane,

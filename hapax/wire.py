@@ -213,3 +213,10 @@ OPENAI_PATHS: Mapping[Handler, str] = {
     Handler.COMPLETION: OPENAI_CHAT_PATH,
     Handler.EMBEDDINGS: OPENAI_EMBEDDINGS_PATH,
 }
+
+# ---------------------------------------------------------------- the supervisor
+
+# Each restarted process's restart count, a JSON object {"ext_proc-1": 0, "control_plane": 1, ...}
+# in the directory the ext_proc workers share (--shared-dir). Written: `hapax serve`
+# (hapax/supervisor.py). Read: ext_proc, for hapax_process_restarts_total and /health.
+RESTARTS_FILE = "restarts.json"

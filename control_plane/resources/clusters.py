@@ -126,10 +126,12 @@ def _authority(host: str, port: int, tls: bool) -> str:
 # The threshold counts only polls that got no answer (timeout, refused), and
 # those say that the checker is in trouble, not the provider: a worker paused
 # for a garbage collection, a swap-in or a SIGSTOP must not take every provider
-# out. A poll times out at half the interval, so VERDICT_MISSES_ALLOWED
-# unanswered polls span more than 3 s of a silent worker.
+# out. A poll times out at half the interval, so VERDICT_UNANSWERED_POLLS
+# unanswered polls span about 5 s of a silent worker.
 VERDICT_POLL_SECONDS = 1.0
-VERDICT_MISSES_ALLOWED = 3
+# Five: a worker being restarted by the supervisor refuses polls for a few seconds
+# (backoff, then start-up), and a stalled one misses them; neither is the provider's fault.
+VERDICT_UNANSWERED_POLLS = 5
 PLAINTEXT_MATCH = "hapax_plaintext"
 
 
@@ -139,7 +141,7 @@ def _verdict_health_check(provider: ProviderConfig) -> health_check_pb2.HealthCh
         timeout=duration(poll / 2),
         interval=duration(poll),
         no_traffic_interval=duration(poll),
-        unhealthy_threshold=wrappers_pb2.UInt32Value(value=VERDICT_MISSES_ALLOWED),
+        unhealthy_threshold=wrappers_pb2.UInt32Value(value=VERDICT_UNANSWERED_POLLS),
         healthy_threshold=wrappers_pb2.UInt32Value(value=1),
         http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(
             host="hapax-ext-proc", path=wire.provider_verdict_path(provider.name)),
@@ -326,8 +328,32 @@ def ext_proc_grpc_cluster(workers: int = 1, streams_per_worker: int = 1024) -> c
         # the largest body plus its JSON rewrite.
         per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=4 * MAX_REQUEST_BYTES),
         typed_extension_protocol_options=_http2_options(),
+        outlier_detection=_worker_outlier_detection(),
     ))
     return cluster
+
+
+def _worker_outlier_detection() -> outlier_detection_pb2.OutlierDetection:
+    """A worker that refuses connections (dead, being restarted by `hapax serve`) is set aside at once.
+
+    Without it, round robin keeps sending a dead worker its share of the requests until it
+    is back, and each fails. Only connect failures count (local origin): an ext_proc answer
+    is never a reason. It stays out for a second at a time, until it answers again; at most
+    half of the workers are set aside, so a gateway with one worker keeps trying it.
+    """
+    return outlier_detection_pb2.OutlierDetection(
+        split_external_local_origin_errors=True,
+        consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=1),
+        enforcing_consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=100),
+        enforcing_consecutive_5xx=wrappers_pb2.UInt32Value(value=0),
+        enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=0),
+        enforcing_success_rate=wrappers_pb2.UInt32Value(value=0),
+        enforcing_local_origin_success_rate=wrappers_pb2.UInt32Value(value=0),
+        interval=duration(1),
+        base_ejection_time=duration(1),
+        max_ejection_time=duration(2),
+        max_ejection_percent=wrappers_pb2.UInt32Value(value=50),
+    )
 
 
 def ext_proc_http_cluster() -> cluster_pb2.Cluster:

@@ -10,6 +10,7 @@ exited and merely awaits reaping by whoever adopted it); the start time in
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -27,9 +29,10 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
+import yaml
 
 from hapax.fakes import FakeOpenAI
-from tests.conftest import REPO, Gateway, gateway_config, wait_for
+from tests.conftest import REPO, Gateway, gateway_config, save_config, wait_for
 
 CHILD_NAMES = ("ext_proc", "control_plane", "envoy")
 EXIT_TIMEOUT = 60.0  # generous: the supervisor gives each child 5 s to stop
@@ -163,7 +166,7 @@ def gateway_tmp(tmp_path) -> Path:
 
 @pytest.fixture()
 def gateway(provider, start_gateway, gateway_tmp) -> Gateway:
-    config = gateway_config({"openai": {"type": "openai", "model": "gpt-4o-mini",
+    config = gateway_config({"openai": {"type": "openai", "model": "gpt-4o-mini", "aliases": ["mini"],
                                         "api_key": "sk-supervisor-test", "base_url": provider.base_url}})
     config["ext_proc"] = {"workers": 1}  # one of each child; several workers: see below
     gw = start_gateway(config, env={"TMPDIR": str(gateway_tmp)})
@@ -220,12 +223,11 @@ def test_sigterm_stops_all_three_children_and_frees_the_port(gateway, gateway_tm
 
 
 @pytest.mark.parametrize("victim,sig,how", [
-    ("ext_proc", signal.SIGKILL, "killed by SIGKILL"),
     ("envoy", signal.SIGKILL, "killed by SIGKILL"),
-    # A child that stops cleanly on its own is still a child that is gone.
-    ("control_plane", signal.SIGTERM, "exit code 0"),
+    ("envoy", signal.SIGTERM, "exit code 0"),
 ])
-def test_supervisor_names_the_dead_child_and_exits_nonzero(gateway, gateway_tmp, victim, sig, how):
+def test_supervisor_stops_when_envoy_dies_and_exits_nonzero(gateway, gateway_tmp, victim, sig, how):
+    # Envoy is what serves: the gateway ends with it (ext_proc and the control plane are restarted).
     children = three_children(gateway)
 
     os.kill(children[victim].pid, sig)
@@ -422,6 +424,206 @@ def test_ext_proc_workers_share_the_load_and_one_scrape_counts_them_all(provider
     per_worker = [int(line.rsplit("::", 1)[1]) for line in lines
                   if line.startswith("hapax_ext_proc::") and "::rq_total::" in line]
     assert len(per_worker) == 2 and all(n > 0 for n in per_worker), per_worker
-    os.kill(int(children["ext_proc#2"].pid), signal.SIGKILL)
-    assert gw.proc.wait(timeout=EXIT_TIMEOUT) == 1  # a dead worker stops the gateway, like any child
+    gw.stop()
     assert_all_gone(children)
+
+
+# ---------------------------------------------------------------- restarts
+
+
+class Load:
+    """Chat requests sent one after another on a thread, for as long as it runs; counts failures.
+
+    The model is asked for by an alias, so every request crosses ext_proc (its name is
+    rewritten); the provider's own model name would take the passthrough lane, which does not.
+    """
+
+    def __init__(self, base_url: str, model: str = "mini") -> None:
+        self.url = base_url + "/chat/completions"
+        self.model = model
+        self.sent = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": "load"}]}).encode()
+        while not self._stop.is_set():
+            request = urllib.request.Request(self.url, body, {"content-type": "application/json"})
+            self.sent += 1
+            try:
+                with urllib.request.urlopen(request, timeout=30) as resp:
+                    resp.read()
+            except urllib.error.HTTPError as err:
+                self.failures.append(f"{err.code}: {err.read()[:200]!r}")
+            except (OSError, ValueError) as err:
+                self.failures.append(f"{type(err).__name__}: {err}")
+
+    def wait_sent(self, count: int, timeout: float = 60.0) -> None:
+        assert wait_until(lambda: self.sent >= count, timeout), f"only {self.sent} requests sent"
+
+
+def worker_ok(address: str) -> bool:
+    """The worker's own /health (not through Envoy): 200 once it has its configuration."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def health(gw: Gateway) -> dict:
+    """The /health body, also when it is a 503 (the control plane is down)."""
+    try:
+        with urllib.request.urlopen(gw.url + "/health", timeout=5) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as err:
+        return json.load(err)
+
+
+@pytest.fixture()
+def two_workers(provider, start_gateway, gateway_tmp) -> Gateway:
+    config = gateway_config({"openai": {"type": "openai", "model": "gpt-4o-mini", "aliases": ["mini"],
+                                        "api_key": "sk-supervisor-test", "base_url": provider.base_url}})
+    config["ext_proc"] = {"workers": 2}
+    gw = start_gateway(config, env={"TMPDIR": str(gateway_tmp)})
+    yield gw
+    gw.stop()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(gw.proc.pid, signal.SIGKILL)
+
+
+def children_by_role(pids: list[int]) -> dict[str, Proc]:
+    """Children by what they are, workers by their node id (ext_proc-1, ext_proc-2), which a
+    restarted worker keeps (its pid, and so its place in pid order, changes)."""
+    found = {}
+    for pid in pids:
+        argv = _cmdline(pid)
+        if not argv:
+            continue  # a zombie, just killed
+        kind = _child_kind(argv)
+        if kind == "ext_proc":
+            kind = "ext_proc-" + argv[argv.index("--node-id") + 1].rsplit("-", 1)[1]
+        with contextlib.suppress(AssertionError):  # gone meanwhile
+            found[kind] = Proc.of(pid)
+    return found
+
+
+@pytest.mark.parametrize("victim", ["ext_proc-2", "ext_proc-1"])  # -1 also answers Envoy's health checks
+def test_a_killed_worker_is_restarted_on_its_ports_while_envoy_serves(two_workers, victim):
+    gw = two_workers
+    children = children_by_role(gw.child_pids())
+    assert sorted(children) == ["control_plane", "envoy", "ext_proc-1", "ext_proc-2"]
+    assert health(gw)["restarts"] == {"control_plane": 0, "ext_proc-1": 0, "ext_proc-2": 0}
+
+    def restarted() -> bool:
+        """A new process in the victim's place, answering on the victim's HTTP port with its configuration."""
+        now = children_by_role(gw.child_pids()).get(victim)
+        if now is None or now == children[victim]:
+            return False
+        argv = _cmdline(now.pid)
+        return "--health-listen" in argv and worker_ok(argv[argv.index("--health-listen") + 1])
+
+    with Load(gw.base_url) as load:
+        load.wait_sent(100)
+        os.kill(children[victim].pid, signal.SIGKILL)
+        assert wait_until(restarted, 30.0)
+        load.wait_sent(load.sent + 300)
+
+    assert gw.proc.poll() is None, "".join(gw.stderr)
+    now = children_by_role(gw.child_pids())
+    assert all(now[name] == proc for name, proc in children.items() if name != victim)
+    label = victim
+    print(f"worker {victim} killed: {len(load.failures)} of {load.sent} requests failed")
+    assert len(load.failures) < load.sent / 100, load.failures[:5]
+    assert gw.metric("hapax_process_restarts_total", process=label) == 1.0
+    assert gw.metric("hapax_process_restarts_total", process="control_plane") == 0.0
+    assert health(gw)["restarts"][label] == 1
+    # Envoy's ext_proc calls reach the restarted worker on its old address again
+    # (set aside for a second or two after its connect failures, it is taken back).
+    argv = _cmdline(now[victim].pid)
+    address = argv[argv.index("--listen") + 1]
+    before = ext_proc_calls(gw, address)
+
+    def envoy_calls_it() -> bool:
+        assert say_hello(gw.base_url, model="mini").startswith("Hello from fake-openai!")
+        return ext_proc_calls(gw, address) > before
+
+    assert wait_until(envoy_calls_it, 15.0, interval=0.05)
+    # And it stops like the others, on time.
+    assert gw.stop() == 0, "".join(gw.stderr)
+    assert_all_gone(now, timeout=1.0)
+
+
+def ext_proc_calls(gw: Gateway, address: str) -> int:
+    """Envoy's count of ext_proc calls to the worker at ``address`` (its per-host rq_total)."""
+    with urllib.request.urlopen(gw.admin_url + "/clusters", timeout=5) as resp:
+        lines = resp.read().decode().splitlines()
+    [count] = [int(line.rsplit("::", 1)[1]) for line in lines
+               if line.startswith(f"hapax_ext_proc::{address}::rq_total::")]
+    return count
+
+
+def test_a_killed_control_plane_is_restarted_and_no_request_fails(gateway, provider):
+    children = three_children(gateway)
+
+    with Load(gateway.base_url) as load:
+        load.wait_sent(50)
+        os.kill(children["control_plane"].pid, signal.SIGKILL)
+        assert wait_until(lambda: children_by_role(gateway.child_pids()).get("control_plane")
+                          not in (None, children["control_plane"]), 30.0)
+        # Serving again means connected again: ext_proc's /health says so.
+        assert wait_until(lambda: health(gateway)["components"]["control_plane"]["status"] == "up", 30.0)
+        load.wait_sent(load.sent + 100)
+
+    assert gateway.proc.poll() is None, "".join(gateway.stderr)
+    print(f"control plane killed: {len(load.failures)} of {load.sent} requests failed")
+    assert load.failures == []
+    assert gateway.metric("hapax_process_restarts_total", process="control_plane") == 1.0
+    assert health(gateway)["restarts"]["control_plane"] == 1
+    # Its first version (same content, a later generation) was taken by everyone: nothing refused.
+    assert "rejected_versions" not in health(gateway)["components"]["control_plane"]
+    # The restarted control plane watches the file: an edit still reaches Envoy and ext_proc.
+    config = yaml.safe_load(gateway.config_path.read_text())
+    config["providers"]["openai"]["aliases"] = ["mini", "after-restart"]
+    save_config(gateway.config_path, config)
+    assert wait_until(lambda: _answers(gateway, "after-restart"), 30.0)
+    assert health(gateway)["components"]["control_plane"]["reloads"]["applied"] >= 1
+    restarted = children_by_role(gateway.child_pids())
+    assert gateway.stop() == 0, "".join(gateway.stderr)
+    assert_all_gone(restarted, timeout=1.0)
+
+
+def _answers(gw: Gateway, model: str) -> bool:
+    try:
+        return say_hello(gw.base_url, model=model).startswith("Hello from fake-openai!")
+    except openai.APIError:
+        return False
+
+
+def test_a_control_plane_whose_restarts_keep_failing_stops_the_gateway(gateway, gateway_tmp):
+    # An edit that breaks the file is refused while the control plane runs (the last good
+    # version keeps serving); a control plane that dies then cannot start again with it.
+    children = three_children(gateway)
+    gateway.config_path.write_text("providers: [this is not a provider map\n")
+    os.kill(children["control_plane"].pid, signal.SIGKILL)
+
+    code = gateway.proc.wait(timeout=120)  # the backoff: 0.5 + 1 + 2 + 4 + 8 s
+
+    assert code == 1, "".join(gateway.stderr)
+    wait_until(lambda: "giving up" in "".join(gateway.stderr), 5.0)
+    stderr = "".join(gateway.stderr)
+    assert "hapax: control_plane died (killed by SIGKILL); it was restarted 5 times within 60s " \
+           "(the last time: control_plane exited before it was ready (exit code 1)), giving up; " \
+           "stopping." in stderr, stderr[-3000:]
+    assert_all_gone(children, timeout=1.0)
+    assert_refuses_connections(gateway.url)
+    assert list(gateway_tmp.glob("hapax-*")) == []
