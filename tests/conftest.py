@@ -174,15 +174,30 @@ def gateway_config(providers: dict[str, dict], *, preference: list[str] | None =
     return config
 
 
+# Every gateway a test module started; stopped when the module ends, since each one
+# (Envoy, ext_proc workers, control plane, their health checks) keeps using CPU, and on
+# two cores a suite that kept them all running got slower with every module.
+_STARTED: list[Gateway] = []
+
+
 @pytest.fixture(scope="session")
 def start_gateway(tmp_path_factory) -> Callable[..., Gateway]:
-    started: list[Gateway] = []
-
     def start(config: dict, env: dict[str, str] | None = None) -> Gateway:
         gw = Gateway(config, tmp_path_factory.mktemp("gw"), env)
-        started.append(gw)
+        _STARTED.append(gw)
         return gw
 
     yield start
-    for gw in started:
-        gw.stop()
+    _stop_all()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_the_modules_gateways():
+    """Set up before the module's own fixtures, so torn down after them: its gateways go last."""
+    yield
+    _stop_all()
+
+
+def _stop_all() -> None:
+    while _STARTED:
+        _STARTED.pop().stop()
