@@ -18,7 +18,9 @@ Names follow OpenTelemetry's GenAI conventions where they exist
 from __future__ import annotations
 
 import bisect
+import logging
 import os
+import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -41,11 +43,14 @@ from ext_proc.provider_health import ProviderProber
 from ext_proc.runtime import Provider, Route, RuntimeView
 from hapax.v1 import runtime_pb2
 
+log = logging.getLogger("hapax.ext_proc.metrics")
+
 # A "_created" series per counter doubles the output for nothing a dashboard uses.
 disable_created_metrics()
 
 NONE = "none"  # provider / model of a request that no provider answered
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+EXPOSITION_TRIES = 3
 
 # Buckets: OpenTelemetry's advice for the GenAI histograms; the overhead's spans
 # what a Python hop can add, from half a millisecond up.
@@ -205,6 +210,20 @@ class GatewayMetrics:
         self.collectors.append(collector)
 
     def exposition(self) -> bytes:
+        # Seen once in CI: /metrics answered 500 just after a gateway started. The suspected
+        # cause is the multiprocess directory read while another worker creates its files;
+        # such a read is retried, and logged so that the cause can be confirmed.
+        for attempt in range(1, EXPOSITION_TRIES + 1):
+            try:
+                return self._exposition()
+            except Exception:
+                if attempt == EXPOSITION_TRIES:
+                    raise
+                log.warning("could not read the metrics; reading again", exc_info=True)
+                time.sleep(0.01)
+        raise AssertionError("unreachable")
+
+    def _exposition(self) -> bytes:
         registry = CollectorRegistry()
         if os.environ.get(MULTIPROCESS_DIR):
             multiprocess.MultiProcessCollector(registry)

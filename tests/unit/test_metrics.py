@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -89,3 +90,29 @@ def test_an_answer_without_usage_has_both_counts_unknown_and_embeddings_have_no_
                    gen_ai_token_type="input") == 1.0
     assert _sample(metrics, "gen_ai_client_token_usage_count", route=ROUTE.path, gen_ai_token_type="input") in (
         None, 0.0)
+
+
+class _FailsFirst:
+    """A collector whose first reads fail, as a read of a file another worker is writing may."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+
+    def collect(self):
+        if self.failures:
+            self.failures -= 1
+            raise ValueError("Read beyond file size detected")
+        return iter(())
+
+
+def test_a_read_of_the_metrics_that_fails_once_is_read_again_not_answered_500():
+    metrics = _metrics()
+    metrics.add_collector(_FailsFirst(failures=1))
+    assert b"hapax_provider_healthy" in metrics.exposition()
+
+
+def test_a_read_that_keeps_failing_still_fails():
+    metrics = _metrics()
+    metrics.add_collector(_FailsFirst(failures=10))
+    with pytest.raises(ValueError):
+        metrics.exposition()
