@@ -9,6 +9,7 @@ blocking clients (the official ``openai`` SDK) as well as asyncio ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -74,6 +75,15 @@ class FakeHost:
     def start(self, fake):
         self.run(fake.start())
         return fake
+
+    @contextlib.contextmanager
+    def serving(self, *fakes):
+        """``fakes``, started, for the ``with`` block; stopped after it."""
+        try:
+            yield tuple(self.start(fake) for fake in fakes)
+        finally:
+            for fake in fakes:
+                self.run(fake.stop())
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -35,11 +35,9 @@ UNHEALTHY, HEALTHY = 2, 2
 
 @pytest.fixture(scope="module")
 def fakes(fake_host):
-    primary = fake_host.start(FakeOpenAI(api_key="k-primary", model="gpt-4o-mini"))
-    secondary = fake_host.start(FakeAnthropic(api_key="k-secondary", model="claude-3-haiku"))
-    yield primary, secondary
-    for fake in (primary, secondary):
-        fake_host.run(fake.stop())
+    with fake_host.serving(FakeOpenAI(api_key="k-primary", model="gpt-4o-mini"),
+                           FakeAnthropic(api_key="k-secondary", model="claude-3-haiku")) as fakes:
+        yield fakes
 
 
 @pytest.fixture(scope="module")

@@ -27,11 +27,9 @@ SECONDS = 3.0
 
 @pytest.fixture(scope="module")
 def fakes(fake_host):
-    primary = fake_host.start(FakeOpenAI(api_key="k-primary", model="gpt-4o-mini"))
-    secondary = fake_host.start(FakeOpenAI(api_key="k-secondary", model="gpt-4o"))
-    yield primary, secondary
-    for fake in (primary, secondary):
-        fake_host.run(fake.stop())
+    with fake_host.serving(FakeOpenAI(api_key="k-primary", model="gpt-4o-mini"),
+                           FakeOpenAI(api_key="k-secondary", model="gpt-4o")) as fakes:
+        yield fakes
 
 
 @pytest.fixture(scope="module")

@@ -40,11 +40,9 @@ class Arrivals(list):
 
 @pytest.fixture(scope="module")
 def fakes(fake_host):
-    primary = fake_host.start(FakeAnthropic(api_key="k-primary", model="claude-3-haiku"))
-    secondary = fake_host.start(FakeOpenAI(api_key="k-secondary", model="gpt-4o-mini"))
-    yield primary, secondary
-    for fake in (primary, secondary):
-        fake_host.run(fake.stop())
+    with fake_host.serving(FakeAnthropic(api_key="k-primary", model="claude-3-haiku"),
+                           FakeOpenAI(api_key="k-secondary", model="gpt-4o-mini")) as fakes:
+        yield fakes
 
 
 @pytest.fixture(scope="module")
