@@ -139,7 +139,7 @@ def hapax_config(fakes: Fakes) -> dict:
     base_urls = {"json": f"{fake}/json/v1", "sse": f"{fake}/sse/v1",
                  "paced": f"http://127.0.0.1:{fakes.paced_port}/v1"}
     return {
-        "server": {"host": "127.0.0.1", "port": 0, "admin_port": 0, "metrics_port": 0},
+        "server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0},
         "logging": {"level": "warning", "access_log": False},
         "providers": {kind: {"type": "openai", "model": MODELS[kind], "api_key": "bench-key",
                              "base_url": base_urls[kind],

@@ -36,6 +36,7 @@ from control_plane.snapshot import InconsistentSnapshot, Snapshot, snapshot_of_p
 from control_plane.static_bootstrap import envoy_rejection
 from hapax import logs
 from hapax.envoy_process import EnvoyNotFound, envoy_binary
+from hapax.local_socket import private_socket
 from hapax.v1 import runtime_pb2
 
 log = logging.getLogger("hapax.control_plane")
@@ -319,6 +320,7 @@ async def serve(args: argparse.Namespace) -> None:
     endpoints = ExtProcEndpoints(
         grpc=tuple(_address(a) for a in args.ext_proc_grpc),
         http=tuple(_address(a) for a in args.ext_proc_http),
+        verdicts=tuple(_address(a) for a in args.ext_proc_verdicts),
     )
     loaded = _read(Path(args.config))  # read before the first load: any edit from here on is seen
     plane = ControlPlane(Path(args.config), endpoints, args.port, args.metrics_port)
@@ -326,6 +328,7 @@ async def serve(args: argparse.Namespace) -> None:
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(plane.ads, server)
     port = server.add_insecure_port(args.listen)
     await server.start()
+    xds = private_socket(args.listen) or f"{args.listen.rsplit(':', 1)[0]}:{port}"
     stop = asyncio.Event()
     triggers = ReloadTriggers()
     loop = asyncio.get_running_loop()
@@ -334,8 +337,7 @@ async def serve(args: argparse.Namespace) -> None:
     # SIGHUP (`kill -HUP`, or forwarded by `hapax serve`) reads the file again, changed or not.
     loop.add_signal_handler(signal.SIGHUP, triggers.add, RELOAD_SIGNAL)
     watcher = asyncio.create_task(plane.watch(triggers, loaded))
-    host = args.listen.rsplit(":", 1)[0]
-    logs.announce("ready", component="control_plane", xds=f"{host}:{port}",
+    logs.announce("ready", component="control_plane", xds=xds,
                   version=plane.cache.snapshot.version)
     await stop.wait()
     watcher.cancel()
@@ -346,16 +348,18 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def _address(text: str) -> Address:
-    host, _, port = text.rpartition(":")
-    return Address(host, int(port))
+    return Address.parse(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hapax-control-plane")
     parser.add_argument("--config", required=True)
-    parser.add_argument("--listen", default="127.0.0.1:18000")
+    parser.add_argument("--listen", default="127.0.0.1:18000",
+                        help="ADS address: unix:/path (what hapax serve uses) or host:port")
     parser.add_argument("--ext-proc-grpc", action="append", required=True)
     parser.add_argument("--ext-proc-http", action="append", required=True)
+    parser.add_argument("--ext-proc-verdicts", action="append", required=True,
+                        help="host:port of each worker's provider verdicts (Envoy health-checks IPs only)")
     parser.add_argument("--port", type=int, default=None, help="override server.port of the file")
     parser.add_argument("--metrics-port", type=int, default=None, help="override server.metrics_port")
     parser.add_argument("--log-level", default="INFO")

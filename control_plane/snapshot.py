@@ -120,7 +120,7 @@ def _clusters(plan: Plan, ext_proc: ExtProcEndpoints) -> list[cluster_pb2.Cluste
            clusters.ext_proc_http_cluster()]
     # Envoy polls one ext_proc for each provider's verdict (they all probe alike).
     capped = plan.capped_providers
-    out += [clusters.provider_cluster(p, ext_proc.http[0], p.name in capped) for p in plan.config.providers.values()]
+    out += [clusters.provider_cluster(p, ext_proc.verdict, p.name in capped) for p in plan.config.providers.values()]
     out += [clusters.direct_cluster(plan.config.providers[name]) for name in capped]
     out += [clusters.chain_cluster(plan.config, chain) for chain in plan.chains.values()]
     out += [clusters.lane_cluster(plan, lane) for lane in plan.lane_models]
@@ -199,8 +199,13 @@ def _route_clusters(rc: route_pb2.RouteConfiguration) -> list[str]:
     ]
 
 
+# What every Hapax Envoy has from its bootstrap (hapax/envoy_process.py), not from a snapshot.
+BOOTSTRAP_CLUSTERS = frozenset({wire.ENVOY_ADMIN_CLUSTER})
+
+
 def check_consistency(snap: Snapshot) -> None:
     clusters = snap.of_type(CLUSTER)
+    routable = clusters.keys() | BOOTSTRAP_CLUSTERS
     endpoints = snap.of_type(ENDPOINT)
     routes = snap.of_type(ROUTE)
     problems: list[str] = []
@@ -223,10 +228,10 @@ def check_consistency(snap: Snapshot) -> None:
         problems += [f"listener {name} names missing secret {s}"
                      for s in _secret_names(lst) if s not in secrets]
         problems += [f"listener {name} routes to missing cluster {c}"
-                     for c in _inline_route_clusters(lst) if c not in clusters]
+                     for c in _inline_route_clusters(lst) if c not in routable]
     for name, rc in routes.items():
         problems += [f"route configuration {name} names missing cluster {c}"
-                     for c in _route_clusters(rc) if c not in clusters]
+                     for c in _route_clusters(rc) if c not in routable]
     for rt in snap.of_type(RUNTIME).values():
         problems += _runtime_problems(rt, clusters)
     if problems:

@@ -23,7 +23,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import json_format
 
 from control_plane.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
-from hapax.envoy_process import ENVOY_BOOTSTRAP_EXTENSIONS, ENVOY_RUNTIME
+from hapax.envoy_process import ENVOY_BOOTSTRAP_EXTENSIONS, ENVOY_RUNTIME, admin_cluster, envoy_address
 
 
 def _static_cluster(cluster: cluster_pb2.Cluster, snapshot: Snapshot) -> cluster_pb2.Cluster:
@@ -50,17 +50,19 @@ def _inline_routes(listener, snapshot: Snapshot):
 
 
 def static_bootstrap(snapshot: Snapshot, admin_port: int = 0, stats_tags: Sequence[dict[str, str]] = ()) -> dict:
+    admin = f"127.0.0.1:{admin_port}"
     def as_dict(msg):
         return json_format.MessageToDict(msg, preserving_proto_field_name=True)
 
     return {
         "node": {"id": "hapax-validate", "cluster": "hapax"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "admin": {"address": envoy_address(admin)},
         "stats_config": {"stats_tags": list(stats_tags)},
         "layered_runtime": {"layers": [{"name": "hapax", "static_layer": ENVOY_RUNTIME}]},
         "bootstrap_extensions": ENVOY_BOOTSTRAP_EXTENSIONS,
         "static_resources": {
-            "clusters": [as_dict(_static_cluster(c, snapshot)) for c in snapshot.of_type(CLUSTER).values()],
+            "clusters": [*(as_dict(_static_cluster(c, snapshot)) for c in snapshot.of_type(CLUSTER).values()),
+                         admin_cluster(admin)],  # every Hapax Envoy's bootstrap has it
             "listeners": [_static_secret_refs(as_dict(_inline_routes(lst, snapshot)))
                           for lst in snapshot.of_type(LISTENER).values()],
             "secrets": [as_dict(secret) for secret in snapshot.of_type(SECRET).values()],

@@ -94,12 +94,6 @@ def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
     async def admin_health(_: web.Request) -> web.Response:
         return health_report(detailed=True)
 
-    async def provider_verdict(request: web.Request) -> web.Response:
-        state = prober.state(request.match_info["name"])
-        # Unknown until the first probe completes: optimistic, like the prober.
-        healthy = state is None or state.in_rotation()
-        return web.json_response(_provider_report(state), status=200 if healthy else 503)
-
     async def prometheus(_: web.Request) -> web.Response:
         return web.Response(body=metrics.exposition(),
                             headers={"content-type": CONTENT_TYPE_LATEST})
@@ -108,5 +102,20 @@ def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
     app.router.add_get(wire.HEALTH_PATH, health)
     app.router.add_get(wire.ADMIN_HEALTH_PATH, admin_health)
     app.router.add_get(wire.METRICS_PATH, prometheus)
+    return app
+
+
+def verdict_app(prober: ProviderProber) -> web.Application:
+    """Only the provider verdicts Envoy's health checks poll: what it serves is public /health's
+    providers anyway, so it may listen where the rest may not (a loopback TCP port;
+    control_plane/resources/names.py: ExtProcEndpoints)."""
+
+    async def provider_verdict(request: web.Request) -> web.Response:
+        state = prober.state(request.match_info["name"])
+        # Unknown until the first probe completes: optimistic, like the prober.
+        healthy = state is None or state.in_rotation()
+        return web.json_response(_provider_report(state), status=200 if healthy else 503)
+
+    app = web.Application()
     app.router.add_get(wire.PROVIDER_VERDICT_PATH, provider_verdict)
     return app

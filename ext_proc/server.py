@@ -15,7 +15,7 @@ from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ext_proc.access_log import AccessLogCounter
-from ext_proc.health_app import health_app
+from ext_proc.health_app import health_app, verdict_app
 from ext_proc.metrics import ConfigStatusCollector, GatewayMetrics, RestartsCollector
 from ext_proc.provider_health import HoldOffBoard, ProviderProber
 from ext_proc.restarts import RestartCounts
@@ -23,7 +23,8 @@ from ext_proc.runtime import RuntimeView
 from ext_proc.service import Processor
 from ext_proc.translators import TRANSLATORS, translator_for
 from ext_proc.xds_client import RuntimeSubscription
-from hapax import logs
+from hapax import logs, wire
+from hapax.local_socket import private_socket
 
 log = logging.getLogger("hapax.ext_proc")
 
@@ -46,22 +47,19 @@ async def serve(args: argparse.Namespace) -> None:
                                                          subscription.view_for), server)
     access_log = AccessLogCounter(lambda: subscription.view, metrics, prober.hold_off)
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(access_log, server)
-    host = args.listen.rsplit(":", 1)[0]
     grpc_port = server.add_insecure_port(args.listen)
     await server.start()
+    grpc_address = private_socket(args.listen) or f"{args.listen.rsplit(':', 1)[0]}:{grpc_port}"
 
-    runner = web.AppRunner(health_app(subscription, prober, metrics, restarts), access_log=None)
-    await runner.setup()
-    health_host, _, health_port = args.health_listen.rpartition(":")
-    site = web.TCPSite(runner, health_host, int(health_port))
-    await site.start()
-    # aiohttp exposes no public accessor; its _server, typed AbstractServer | None, is the
-    # asyncio.Server that start() just opened.
-    listening = cast(asyncio.Server, site._server)
-    actual_health_port = listening.sockets[0].getsockname()[1]
+    runners = [web.AppRunner(app, access_log=None) for app in (
+        health_app(subscription, prober, metrics, restarts), verdict_app(prober))]
+    for runner in runners:
+        await runner.setup()
+    http_address = await _start_site(runners[0], args.health_listen)
+    verdict_address = await _start_site(runners[1], args.verdict_listen)
 
-    logs.announce("ready", component="ext_proc", grpc=f"{host}:{grpc_port}",
-                  http=f"{health_host}:{actual_health_port}", node=subscription.node_id)
+    logs.announce("ready", component="ext_proc", grpc=grpc_address, http=http_address, verdicts=verdict_address,
+                  node=subscription.node_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -70,7 +68,22 @@ async def serve(args: argparse.Namespace) -> None:
     xds_task.cancel()
     await prober.close()
     await server.stop(grace=2)
-    await runner.cleanup()
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def _start_site(runner: web.AppRunner, address: str) -> str:
+    """Serves the HTTP side on ``unix:/path`` or ``host:port``; returns where it listens."""
+    if address.startswith(wire.UNIX_SOCKET_PREFIX):
+        await web.UnixSite(runner, address.removeprefix(wire.UNIX_SOCKET_PREFIX)).start()
+        return cast(str, private_socket(address))
+    host, _, port = address.rpartition(":")
+    site = web.TCPSite(runner, host, int(port))
+    await site.start()
+    # aiohttp exposes no public accessor; its _server, typed AbstractServer | None, is the
+    # asyncio.Server that start() just opened.
+    listening = cast(asyncio.Server, site._server)
+    return f"{host}:{listening.sockets[0].getsockname()[1]}"
 
 
 def _apply(view: RuntimeView, prober: ProviderProber | None, metrics: GatewayMetrics) -> None:
@@ -82,9 +95,12 @@ def _apply(view: RuntimeView, prober: ProviderProber | None, metrics: GatewayMet
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hapax-ext-proc")
-    parser.add_argument("--xds", required=True, help="control plane ADS address, host:port")
-    parser.add_argument("--listen", default="127.0.0.1:0")
-    parser.add_argument("--health-listen", default="127.0.0.1:0")
+    parser.add_argument("--xds", required=True, help="control plane ADS address: unix:/path or host:port")
+    parser.add_argument("--listen", default="127.0.0.1:0", help="gRPC for Envoy: unix:/path or host:port")
+    parser.add_argument("--health-listen", default="127.0.0.1:0",
+                        help="HTTP for Envoy (/health, /metrics): unix:/path or host:port")
+    parser.add_argument("--verdict-listen", default="127.0.0.1:0",
+                        help="the provider verdicts Envoy's health checks poll: host:port (Envoy checks IPs only)")
     parser.add_argument("--node-id", default=None)
     parser.add_argument("--no-probe", action="store_true",
                         help="leave health checks to another worker of the same gateway (the first one)")

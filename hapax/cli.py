@@ -69,7 +69,8 @@ def _envoy_validate(config) -> str:
     from control_plane.static_bootstrap import envoy_rejection
     from hapax.envoy_process import envoy_binary
 
-    endpoints = ExtProcEndpoints(grpc=(Address("127.0.0.1", 1),), http=(Address("127.0.0.1", 2),))
+    endpoints = ExtProcEndpoints(grpc=(Address("127.0.0.1", 1),), http=(Address("127.0.0.1", 2),),
+                                 verdicts=(Address("127.0.0.1", 3),))
     snapshot = build_snapshot(config, "validate", endpoints)
     return envoy_rejection(envoy_binary(), snapshot, envoy_stats_tags(stats_label_keys(config)))
 

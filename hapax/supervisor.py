@@ -26,15 +26,13 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hapax import logs, wire
+from hapax import local_http, logs, wire
 from hapax.envoy_process import envoy_binary, render_bootstrap
 
 log = logging.getLogger("hapax.supervisor")
@@ -45,6 +43,8 @@ ENVOY_JSON_LOG_FORMAT = '{"ts":"%Y-%m-%dT%T.%eZ","level":"%l","component":"envoy
 STOP_ORDER = ("envoy", "ext_proc", "control_plane")
 LISTENERS = (wire.LISTENER, wire.METRICS_LISTENER)
 STOP_GRACE = 5.0
+# The longest path a Unix socket can have (sun_path, Linux), less its terminating NUL.
+MAX_SOCKET_PATH = 107
 
 
 @dataclass
@@ -80,21 +80,57 @@ class StartupError(Exception):
     pass
 
 
-def reserve_port(host: str = "127.0.0.1") -> socket.socket:
-    """A port held until the control plane binds it: bound with SO_REUSEPORT (as gRPC
-    binds) and never listening, so no other process gets it in between (the ext_proc
-    workers bind their own ports meanwhile)."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, 0))
-    return sock
+class LocalChannels:
+    """Where Hapax's processes reach each other: Unix sockets in a directory only Hapax's user
+    can open (the supervisor's working directory, or one of their own; mkdtemp makes it 0700,
+    and each socket is 0600).
+
+    A process running as another local user can reach none of them: not the control plane's
+    xDS (the runtime carries the providers' keys), not ext_proc's gRPC (it injects them), not
+    Envoy's admin (POST /quitquitquit). The one exception is each worker's provider verdicts,
+    on a loopback TCP port because Envoy health-checks IP addresses only; they are read-only,
+    and what public /health shows anyway. docs/operations.md: Local channels.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        # A Unix socket's path has at most 107 bytes: under a long TMPDIR the sockets get a
+        # private directory of their own in /tmp (removed with the working directory).
+        self.directory = workdir if self._fits(workdir) else Path(tempfile.mkdtemp(prefix="hapax-", dir="/tmp"))
+        if not self._fits(self.directory):
+            raise StartupError(f"no directory short enough for Unix sockets ({self.directory})")
+
+    @staticmethod
+    def _fits(directory: Path) -> bool:
+        return len(str(directory / "ext_proc-999.grpc.sock")) <= MAX_SOCKET_PATH
+
+    def _path(self, name: str) -> Path:
+        return self.directory / f"{name}.sock"
+
+    def _address(self, name: str) -> str:
+        return f"{wire.UNIX_SOCKET_PREFIX}{self._path(name)}"
+
+    @property
+    def xds(self) -> str:
+        return self._address("xds")
+
+    @property
+    def envoy_admin(self) -> str:
+        return self._address("envoy-admin")
+
+    def ext_proc_grpc(self, worker: int) -> str:
+        return self._address(f"ext_proc-{worker}.grpc")
+
+    def ext_proc_http(self, worker: int) -> str:
+        return self._address(f"ext_proc-{worker}.http")
 
 
-def _die_with_parent() -> None:
+def _child_setup() -> None:
     # If the supervisor is killed outright, the kernel sends SIGTERM to the
     # children: no orphaned Envoy keeps a port bound.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    # What the children create (sockets, files) is Hapax's user's alone.
+    os.umask(0o077)
 
 
 @dataclass
@@ -118,7 +154,7 @@ class Child:
         self.ready = {}  # a restart announces itself afresh
         creating = asyncio.ensure_future(asyncio.create_subprocess_exec(
             *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=_child_setup if sys.platform == "linux" else None,
             env={**os.environ, **self.env} if self.env else None,
         ))
         try:
@@ -180,7 +216,7 @@ class Child:
 class ServeOptions:
     config_path: Path | None
     port: int | None = None          # overrides server.port
-    admin_port: int | None = None    # overrides server.admin_port
+    admin_port: int | None = None    # overrides server.admin_port (an opt-in to a loopback TCP admin)
     metrics_port: int | None = None  # overrides server.metrics_port
     envoy_log_level: str = "warning"
     envoy_max_heap_mb: int = 1024    # the overload manager's heap ceiling (envoy/bootstrap.yaml)
@@ -192,10 +228,11 @@ class Supervisor:
         self.options = options
         self.children: list[Child] = []
         self.fakes: list = []
-        self.workdir = Path(tempfile.mkdtemp(prefix="hapax-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix="hapax-"))  # mode 0700
+        self.channels = LocalChannels(self.workdir)
         self.listen_url = ""
         self.metrics_url = ""
-        self.admin_url = ""
+        self.admin_url = ""  # unix:/path, or http://127.0.0.1:port with server.admin_port
         self.log_args: list[str] = []
         self.log_format = "json"
         self.metrics_dir = self.workdir / "metrics"
@@ -219,23 +256,19 @@ class Supervisor:
         port_args = [] if self.options.port is None else ["--port", str(self.options.port)]
         if self.options.metrics_port is not None:
             port_args += ["--metrics-port", str(self.options.metrics_port)]
-        reservation = reserve_port()
-        xds_port = reservation.getsockname()[1]
         py = sys.executable
-        workers = await self._start_ext_procs(config.ext_proc.workers or os.cpu_count() or 1, xds_port)
+        workers = await self._start_ext_procs(config.ext_proc.workers or os.cpu_count() or 1)
         endpoints = [arg for w in workers for arg in ("--ext-proc-grpc", w.ready["grpc"],
-                                                      "--ext-proc-http", w.ready["http"])]
+                                                      "--ext-proc-http", w.ready["http"],
+                                                      "--ext-proc-verdicts", w.ready["verdicts"])]
         control_plane = Child("control_plane", [
             py, "-m", "control_plane", "--config", str(config_path),
-            "--listen", f"127.0.0.1:{xds_port}", *endpoints, *port_args, *self.log_args],
+            "--listen", self.channels.xds, *endpoints, *port_args, *self.log_args],
             # Restarted on the same ADS address: Envoy and ext_proc reconnect by themselves.
             restartable=True)
-        try:
-            await self._start(control_plane)
-        finally:
-            reservation.close()
+        await self._start(control_plane)
         self._write_restarts()  # every count at 0 from the start: a series that exists before it rises
-        await self._start_envoy(admin_port, xds_port, envoy_stats_tags(stats_label_keys(config)))
+        await self._start_envoy(admin_port, envoy_stats_tags(stats_label_keys(config)))
         ports = await self._listener_ports(port)
         for worker in workers:
             await self._wait_ext_proc_configured(worker)
@@ -245,13 +278,16 @@ class Supervisor:
         self.metrics_url = f"http://{host}:{ports[wire.METRICS_LISTENER]}{wire.METRICS_PATH}"
         self._print_ready(config, control_plane.ready.get("version", ""))
 
-    async def _start_ext_procs(self, count: int, xds_port: int) -> list[Child]:
-        """``count`` ext_proc workers, started together; they share metrics and retry-after state."""
+    async def _start_ext_procs(self, count: int) -> list[Child]:
+        """``count`` ext_proc workers, started together; they share metrics and retry-after state.
+        A restarted worker binds the same sockets: they are Envoy's endpoints (EDS)."""
         metrics_dir, shared_dir = self.metrics_dir, self.shared_dir
         metrics_dir.mkdir()
         shared_dir.mkdir()
         workers = [Child("ext_proc" if i == 0 else f"ext_proc#{i + 1}",
-                         [sys.executable, "-m", "ext_proc", "--xds", f"127.0.0.1:{xds_port}",
+                         [sys.executable, "-m", "ext_proc", "--xds", self.channels.xds,
+                          "--listen", self.channels.ext_proc_grpc(i + 1),
+                          "--health-listen", self.channels.ext_proc_http(i + 1),
                           "--node-id", f"ext_proc-{os.getpid()}-{i + 1}", "--shared-dir", str(shared_dir),
                           # The first worker probes: Envoy polls its verdicts and /health is its.
                           *(["--no-probe"] if i else []), *self.log_args],
@@ -259,8 +295,8 @@ class Supervisor:
                    for i in range(count)]
         await asyncio.gather(*(self._start(worker) for worker in workers))
         for worker in workers:
-            # A restarted worker binds the ports it reported: they are Envoy's endpoints (EDS).
-            worker.argv += ["--listen", worker.ready["grpc"], "--health-listen", worker.ready["http"]]
+            # The verdicts' port was picked at start; a restarted worker binds it again.
+            worker.argv += ["--verdict-listen", worker.ready["verdicts"]]
             worker.restartable = True
         return workers
 
@@ -271,11 +307,17 @@ class Supervisor:
         ports = {k: v for k, v in child.ready.items() if k not in ("event", "component")}
         log.info("child started", extra={"child": child.name, "pid": child.process.pid, **ports})
 
-    async def _start_envoy(self, admin_port: int, xds_port: int, stats_tags: list[dict[str, str]]) -> None:
+    async def _start_envoy(self, admin_port: int | None, stats_tags: list[dict[str, str]]) -> None:
+        if admin_port is None:
+            admin = self.channels.envoy_admin
+        else:
+            admin = f"127.0.0.1:{admin_port}"
+            log.warning("Envoy's admin is on a loopback TCP port (server.admin_port): any local user can "
+                        "reach it, and POST /quitquitquit stops the gateway; leave server.admin_port out "
+                        "to keep it on a Unix socket only Hapax can open", extra={"admin_port": admin_port})
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(render_bootstrap(
-            node_id=f"hapax-envoy-{os.getpid()}", admin_port=admin_port,
-            xds_host="127.0.0.1", xds_port=xds_port, stats_tags=stats_tags,
+            node_id=f"hapax-envoy-{os.getpid()}", admin=admin, xds=self.channels.xds, stats_tags=stats_tags,
             max_heap_bytes=self.options.envoy_max_heap_mb << 20))
         admin_file = self.workdir / "admin.address"
         envoy = Child("envoy", [
@@ -287,7 +329,8 @@ class Supervisor:
             *(["--log-format", ENVOY_JSON_LOG_FORMAT] if self.log_format == "json" else []),
         ])
         await self._start(envoy, wait_ready=False)
-        self.admin_url = "http://" + await self._wait_file(admin_file, envoy)
+        written = await self._wait_file(admin_file, envoy)  # the admin's path, or host:port
+        self.admin_url = admin if admin_port is None else f"http://{written}"
 
     async def _wait_file(self, path: Path, child: Child) -> str:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -320,34 +363,30 @@ class Supervisor:
         backs off while the control plane starts), and answers every request with
         503 until its first configuration arrives.
         """
-        url = f"http://{ext_proc.ready['http']}{wire.HEALTH_PATH}"
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             for child in self.children:
                 if child.process and child.process.returncode is not None:
                     raise StartupError(f"{child.name} exited during start-up ({child.describe_exit()})")
-            if await asyncio.to_thread(self._http_ok, url):
+            if await asyncio.to_thread(self._http_ok, ext_proc.ready["http"], wire.HEALTH_PATH):
                 return
             await asyncio.sleep(0.1)
         raise StartupError(f"ext_proc did not get its configuration from the control plane "
                            f"within {READY_TIMEOUT:.0f}s; see the logs above")
 
     @staticmethod
-    def _http_ok(url: str) -> bool:
+    def _http_ok(address: str, path: str) -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                return r.status == 200
+            return local_http.request(address, path, timeout=1)[0] == 200
         except OSError:
             return False
 
     def _admin_listener_ports(self) -> dict[str, int]:
         try:
-            with urllib.request.urlopen(self.admin_url + "/ready", timeout=1) as r:
-                if r.status != 200:
-                    return {}
-            with urllib.request.urlopen(self.admin_url + "/listeners?format=json", timeout=1) as r:
-                listeners = json.load(r).get("listener_statuses", [])
-        except OSError:
+            local_http.get(self.admin_url, "/ready", timeout=1)
+            listeners = json.loads(local_http.get(self.admin_url, "/listeners?format=json", timeout=1)
+                                   ).get("listener_statuses", [])
+        except (OSError, ValueError):
             return {}
         return {lst["name"]: int(lst["local_address"]["socket_address"]["port_value"])
                 for lst in listeners if lst.get("name") in LISTENERS}
@@ -383,13 +422,19 @@ class Supervisor:
             f"  Health:       {self.listen_url}{wire.HEALTH_PATH}",
             f"  Metrics:      {self.metrics_url}",
             *([f"  HTTP/3:       udp port {config.server.http3_port} (QUIC)"] if config.server.http3.enabled else []),
-            f"  Envoy admin:  {self.admin_url} (loopback only)",
+            f"  Envoy stats:  {self.metrics_url.removesuffix(wire.METRICS_PATH)}{wire.ENVOY_STATS_PATH}",
+            f"  Envoy admin:  {self.admin_url} ({self._admin_reach()})",
             f"  Providers:    {providers}",
             f"  Preference:   {' > '.join(config.provider_preference)}",
             f"  Config:       {self.options.config_path or 'built-in default'} (version {version})",
             "Press Ctrl-C to stop.",
         ]
         print("\n".join(lines), flush=True)
+
+    def _admin_reach(self) -> str:
+        if self.admin_url.startswith(wire.UNIX_SOCKET_PREFIX):
+            return "this user only"
+        return "loopback TCP: any local user can reach it; see server.admin_port"
 
     # -- run and stop
 
@@ -485,6 +530,7 @@ class Supervisor:
         for fake in self.fakes:
             await fake.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        shutil.rmtree(self.channels.directory, ignore_errors=True)
 
 
 async def serve(options: ServeOptions) -> int:

@@ -181,6 +181,12 @@ def provider_verdict_path(provider: str) -> str:
     return PROVIDER_VERDICT_PATH.format(name=provider)
 
 
+# Envoy's own stats, in Prometheus's format. Served: Envoy's admin, which listens on a Unix
+# socket only Hapax can open; reached from server.metrics_port through a read-only route
+# (control plane) to the admin cluster every Hapax Envoy's bootstrap defines (hapax/envoy_process.py).
+ENVOY_STATS_PATH = "/stats/prometheus"
+ENVOY_ADMIN_CLUSTER = "hapax_envoy_admin"
+
 # ---------------------------------------------------------------- Envoy listeners
 
 # Written: the control plane. Read: the supervisor (Envoy's admin reports their ports).
@@ -215,6 +221,13 @@ OPENAI_PATHS: Mapping[Handler, str] = {
 }
 
 # ---------------------------------------------------------------- the supervisor
+
+# A local address on a Unix socket, as gRPC spells it ("unix:/run/hapax/xds.sock"); any other
+# address is host:port. Written: `hapax serve`, for the channels between its own processes
+# (xDS, ext_proc's gRPC and HTTP sides, Envoy's admin), in a directory only its user can
+# open. Read: the control plane (ext_proc's endpoints, as Envoy pipe addresses), ext_proc
+# and Envoy's bootstrap.
+UNIX_SOCKET_PREFIX = "unix:"
 
 # Each restarted process's restart count, a JSON object {"ext_proc-1": 0, "control_plane": 1, ...}
 # in the directory the ext_proc workers share (--shared-dir). Written: `hapax serve`

@@ -27,6 +27,8 @@ import yaml
 from hypothesis import settings
 from prometheus_client.parser import text_string_to_metric_families
 
+from hapax import local_http
+
 # Property tests explore new examples on a developer's machine; in CI they run
 # a fixed, derandomized set so that a green main stays green.
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -114,7 +116,12 @@ class Gateway:
         self.stderr: list[str] = []
         threading.Thread(target=self._collect_stderr, daemon=True).start()
         self.url = self._wait_ready()
-        self.admin_url = self._line_value("Envoy admin:").split()[0]
+        self.admin_url = self._line_value("Envoy admin:").split()[0]  # unix:/path unless admin_port is set
+        self.envoy_stats_url = self._line_value("Envoy stats:")
+
+    def admin(self, path: str, timeout: float = 10.0) -> str:
+        """GET ``path`` from Envoy's admin (on its Unix socket); the body of a 200."""
+        return local_http.get(self.admin_url, path, timeout).decode()
 
     def _collect_stderr(self) -> None:
         assert self.proc.stderr
@@ -174,7 +181,7 @@ class Gateway:
 def gateway_config(providers: dict[str, dict], *, preference: list[str] | None = None,
                    routes: list[dict] | None = None) -> dict:
     config: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": 0, "admin_port": 0, "metrics_port": 0},
+        "server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0},
         "providers": providers,
     }
     if preference is not None:

@@ -8,7 +8,8 @@ from control_plane.snapshot import Snapshot, build_snapshot
 from tests.seed import SEED_YAML
 
 SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-SECRET-aaaa", "OPENAI_API_KEY": "sk-oai-SECRET-bbbb"}
-EXT_PROC = ExtProcEndpoints(grpc=(Address("127.0.0.1", 7001),), http=(Address("127.0.0.1", 7002),))
+EXT_PROC = ExtProcEndpoints(grpc=(Address("127.0.0.1", 7001),), http=(Address("127.0.0.1", 7002),),
+                            verdicts=(Address("127.0.0.1", 7003),))
 
 MIXED = """\
 providers:

@@ -103,7 +103,7 @@ def admin_json(admin: str, path: str) -> dict:
 async def envoy_of(tmp_path: Path, node_id: str, xds_port: int) -> AsyncIterator[Path]:
     """The real Envoy, its ADS stream to ``xds_port``; yields the file its admin address is written to."""
     admin_file, bootstrap = tmp_path / "admin", tmp_path / "envoy.yaml"
-    bootstrap.write_text(render_bootstrap(node_id=node_id, admin_port=0, xds_host="127.0.0.1", xds_port=xds_port))
+    bootstrap.write_text(render_bootstrap(node_id=node_id, admin="127.0.0.1:0", xds=f"127.0.0.1:{xds_port}"))
     envoy = await asyncio.create_subprocess_exec(
         str(envoy_binary()), "-c", str(bootstrap), "--admin-address-path", str(admin_file),
         "--disable-hot-restart", "--log-level", "error", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -84,7 +84,10 @@ class Http3Config:
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 8080  # HTTP/1.1 + HTTP/2 listener (HTTPS with tls)
-    admin_port: int = 9901  # Envoy admin, always bound to 127.0.0.1 (host does not apply)
+    # Envoy's admin on a loopback TCP port, an explicit opt-in: any local user can reach that port
+    # (POST /quitquitquit stops the gateway). None: the admin is on a Unix socket only Hapax's
+    # user can open, and Envoy's stats are served read-only on metrics_port.
+    admin_port: int | None = None
     metrics_port: int = 9090  # Hapax /metrics
     tls: Certificate | None = None  # HTTPS on the TCP listener, HTTP/2 by ALPN
     http3: Http3Config = Http3Config()

@@ -201,12 +201,13 @@ def _failover_lb_config() -> cluster_pb2.Cluster.CommonLbConfig:
 
 def provider_cluster(provider: ProviderConfig, verdict: Address, capped: bool = False) -> cluster_pb2.Cluster:
     """What a chain tries for ``provider``: the provider itself, or (``capped``) its attempt
-    listener, which holds an attempt to the provider's own timeout (resources/attempts.py)."""
+    listener, which holds an attempt to the provider's own timeout (resources/attempts.py).
+    Its health is ext_proc's verdict, polled at ``verdict`` (host:port: see ExtProcEndpoints)."""
     name = provider_cluster_name(provider.name)
     cluster = _attempt_listener_cluster(provider, name) if capped else _upstream_cluster(provider, name)
     endpoint = cluster.load_assignment.endpoints[0].lb_endpoints[0]
     endpoint.metadata.filter_metadata[METADATA_NAMESPACE].update({wire.HOST_PROVIDER_KEY: provider.name})
-    endpoint.endpoint.health_check_config.address.CopyFrom(socket_address(verdict.host, verdict.port))
+    endpoint.endpoint.health_check_config.address.CopyFrom(verdict.envoy())
     cluster.MergeFrom(cluster_pb2.Cluster(
         health_checks=[_verdict_health_check(provider)],
         outlier_detection=_outlier_detection(),
@@ -379,5 +380,5 @@ def _load_assignment(cluster: str, endpoints: list[endpoint_components_pb2.LbEnd
 def load_assignment(cluster: str, addresses: tuple[Address, ...]) -> endpoint_pb2.ClusterLoadAssignment:
     return _load_assignment(cluster, [
         endpoint_components_pb2.LbEndpoint(
-            endpoint=endpoint_components_pb2.Endpoint(address=socket_address(a.host, a.port)))
+            endpoint=endpoint_components_pb2.Endpoint(address=a.envoy()))
         for a in addresses])

@@ -432,8 +432,14 @@ def alt_svc(config: HapaxConfig) -> list[base_pb2.HeaderValueOption]:
 
 
 def metrics_listener(config: HapaxConfig) -> listener_pb2.Listener:
-    """``server.metrics_port``, the admin side: GET /metrics and the detailed GET /health, by ext_proc."""
-    routes = route_pb2.RouteConfiguration(name=METRICS_LISTENER_NAME, virtual_hosts=[route_components_pb2.VirtualHost(
+    """``server.metrics_port``, the admin side: GET /metrics and the detailed GET /health, by ext_proc;
+    GET /stats/prometheus, Envoy's own stats, from Envoy's admin (which is on a Unix socket only
+    Hapax can open: this read-only route is the one way to it from the network)."""
+    routes = route_pb2.RouteConfiguration(
+        name=METRICS_LISTENER_NAME,
+        # The admin cluster is in each Envoy's bootstrap, not in this snapshot.
+        validate_clusters=wrappers_pb2.BoolValue(value=False),
+        virtual_hosts=[route_components_pb2.VirtualHost(
         name="metrics", domains=["*"], routes=[
             route_components_pb2.Route(
                 match=route_components_pb2.RouteMatch(path=wire.METRICS_PATH, headers=method_is("GET")),
@@ -442,9 +448,13 @@ def metrics_listener(config: HapaxConfig) -> listener_pb2.Listener:
                 match=route_components_pb2.RouteMatch(path=wire.HEALTH_PATH, headers=method_is("GET")),
                 route=route_components_pb2.RouteAction(cluster=EXT_PROC_HTTP_CLUSTER, timeout=duration(10),
                                                        prefix_rewrite=wire.ADMIN_HEALTH_PATH)),
+            route_components_pb2.Route(  # exact path, GET only: nothing else of the admin is reachable
+                match=route_components_pb2.RouteMatch(path=wire.ENVOY_STATS_PATH, headers=method_is("GET")),
+                route=route_components_pb2.RouteAction(cluster=wire.ENVOY_ADMIN_CLUSTER, timeout=duration(10))),
             route_components_pb2.Route(
                 match=route_components_pb2.RouteMatch(prefix="/"),
-                direct_response=direct_json(404, "This port serves GET /metrics and GET /health only.",
+                direct_response=direct_json(404, f"This port serves GET {wire.METRICS_PATH}, GET "
+                                                 f"{wire.ENVOY_STATS_PATH} (Envoy's) and GET {wire.HEALTH_PATH} only.",
                                              "invalid_request_error", "unknown_url"),
                 response_headers_to_add=json_headers()),
         ])])

@@ -40,19 +40,52 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Address:
-    host: str
-    port: int
+    """Where one of Hapax's own processes listens: host and port, or a Unix socket's path
+    (what `hapax serve` uses: a directory only its user can open)."""
+
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        """``unix:/path`` or ``host:port``."""
+        if text.startswith(wire.UNIX_SOCKET_PREFIX):
+            return cls(path=text.removeprefix(wire.UNIX_SOCKET_PREFIX))
+        host, _, port = text.rpartition(":")
+        return cls(host, int(port))
+
+    def envoy(self) -> address_pb2.Address:
+        if self.path:
+            return address_pb2.Address(pipe=address_pb2.Pipe(path=self.path))
+        return socket_address(self.host, self.port)
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{wire.UNIX_SOCKET_PREFIX}{self.path}" if self.path else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
 class ExtProcEndpoints:
-    """Where the ext_proc processes listen: gRPC for Envoy, HTTP for /health."""
+    """Where the ext_proc processes listen: gRPC for Envoy, HTTP for /health and /metrics, and
+    the provider verdicts Envoy's health checks poll.
+
+    `hapax serve` puts gRPC and HTTP on Unix sockets, and the verdicts alone on a loopback TCP
+    port: Envoy 1.40 health-checks an IP address only (a pipe, or an internal listener, as a
+    health check address crashes its ``/config_dump?include_eds``, and the latter fails every
+    check). The verdicts are what public /health shows anyway.
+    """
 
     grpc: tuple[Address, ...]
     http: tuple[Address, ...]
+    verdicts: tuple[Address, ...]
+
+    @property
+    def verdict(self) -> Address:
+        """The first worker's: it is the one that probes."""
+        verdict = self.verdicts[0]
+        if verdict.path:
+            raise ValueError(f"provider verdicts at {verdict}: Envoy health-checks an IP address only")
+        return verdict
 
 
 def socket_address(host: str, port: int) -> address_pb2.Address:

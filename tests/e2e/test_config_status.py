@@ -100,8 +100,7 @@ def test_a_version_envoy_rejects_is_reported_and_not_sent_again(setup):
 
 
 def admin_stat(gateway, name: str) -> int:
-    with urllib.request.urlopen(f"{gateway.admin_url}/stats?filter=^{name}$", timeout=5) as resp:
-        line = resp.read().decode().strip()
+    line = gateway.admin(f"/stats?filter=^{name}$").strip()
     return int(line.rsplit(":", 1)[1])
 
 

@@ -87,7 +87,7 @@ class HeldVerdicts:
 async def test_envoy_acks_a_new_cluster_only_once_warm_so_ext_proc_waits_for_its_first_health_check(
         plane_at, tmp_path):
     verdicts = HeldVerdicts("local")
-    ext_proc_at = ExtProcEndpoints(grpc=EXT_PROC.grpc, http=(await verdicts.start(),))
+    ext_proc_at = ExtProcEndpoints(grpc=EXT_PROC.grpc, http=EXT_PROC.http, verdicts=(await verdicts.start(),))
     plane = await plane_at(snapshot_of(SEED_YAML, "v1", ext_proc_at))
     try:
         async with envoy_of(tmp_path, "envoy", plane.port) as admin_file:

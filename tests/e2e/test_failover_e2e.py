@@ -72,8 +72,7 @@ def provider_states(gateway) -> dict[str, str]:
 
 
 def envoy_health_flags(gateway, provider: str) -> str:
-    with urllib.request.urlopen(gateway.admin_url + "/clusters", timeout=5) as resp:
-        lines = resp.read().decode().splitlines()
+    lines = gateway.admin("/clusters").splitlines()
     return next(line.rsplit("::", 1)[1] for line in lines
                 if line.startswith(f"provider.{provider}::") and "::health_flags::" in line)
 

@@ -55,7 +55,7 @@ class Process:
 class Envoy:
     def __init__(self, tmp: Path, name: str, xds_port: int, started: list) -> None:
         bootstrap = tmp / f"{name}.yaml"
-        bootstrap.write_text(render_bootstrap(node_id=name, admin_port=0, xds_host="127.0.0.1", xds_port=xds_port))
+        bootstrap.write_text(render_bootstrap(node_id=name, admin="127.0.0.1:0", xds=f"127.0.0.1:{xds_port}"))
         admin = tmp / f"{name}.admin"
         self.proc = subprocess.Popen(
             [str(envoy_binary()), "-c", str(bootstrap), "--admin-address-path", str(admin),
@@ -107,6 +107,7 @@ def fleet(fake_host, tmp_path):
     def control_plane() -> Process:
         return Process([py, "-m", "control_plane", "--config", str(config_path), "--listen", f"127.0.0.1:{xds_port}",
                         "--ext-proc-grpc", ext_proc.ready["grpc"], "--ext-proc-http", ext_proc.ready["http"],
+                        "--ext-proc-verdicts", ext_proc.ready["verdicts"],
                         "--log-level", "WARNING"])
 
     started: list = [ext_proc]

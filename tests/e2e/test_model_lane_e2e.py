@@ -57,8 +57,8 @@ def client(gateway, fakes):
 
 
 def _stat(gateway, name: str) -> int:
-    with urllib.request.urlopen(f"{gateway.admin_url}/stats?filter=^{name}$", timeout=5) as resp:
-        return sum(int(line.rsplit(":", 1)[1]) for line in resp.read().decode().splitlines() if line.strip())
+    lines = gateway.admin(f"/stats?filter=^{name}$").splitlines()
+    return sum(int(line.rsplit(":", 1)[1]) for line in lines if line.strip())
 
 
 def router_steps(gateway) -> int:

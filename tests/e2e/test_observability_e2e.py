@@ -77,7 +77,7 @@ def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
 
 
 def envoy_stat(gateway, name: str, **labels: str) -> float:
-    return sum(value for sample, have, value in samples(scrape(gateway.admin_url + "/stats/prometheus"))
+    return sum(value for sample, have, value in samples(scrape(gateway.envoy_stats_url))
                if sample == name and all(have.get(k) == v for k, v in labels.items()))
 
 
@@ -209,7 +209,7 @@ def test_the_dashboards_metric_names_are_all_exported(gateway, fakes):
     fakes[0].inject(Status(503), method="POST")
     client_for(gateway, "engineering").chat.completions.create(
         model="auto", messages=[{"role": "user", "content": "fail over for the dashboard"}])
-    names = {name for text in (scrape(gateway.metrics_url), scrape(gateway.admin_url + "/stats/prometheus"))
+    names = {name for text in (scrape(gateway.metrics_url), scrape(gateway.envoy_stats_url))
              for name, _, _ in samples(text)}
     assert EXPORTED_METRICS - names == set()
 
@@ -259,7 +259,7 @@ def test_api_keys_never_appear_in_logs_or_metrics(gateway):
     client_for(gateway, "engineering").chat.completions.create(
         model="auto", messages=[{"role": "user", "content": "keep my secrets"}])
     everything = "".join(gateway.stderr) + scrape(gateway.metrics_url) + \
-        scrape(gateway.admin_url + "/stats/prometheus") + scrape(gateway.admin_url + "/config_dump")
+        scrape(gateway.envoy_stats_url) + gateway.admin("/config_dump")
     for secret in (PRIMARY_KEY, SECONDARY_KEY, "client-key"):
         assert secret not in everything
 

@@ -86,8 +86,8 @@ def test_a_burst_far_above_capacity_gets_200s_and_503s_with_retry_after_and_no_f
 
 
 def _stats(gateway) -> dict[str, str]:
-    with urllib.request.urlopen(gateway.admin_url + "/stats?filter=^(overload|server.memory)", timeout=5) as resp:
-        return dict(line.split(": ", 1) for line in resp.read().decode().splitlines() if ": " in line)
+    lines = gateway.admin("/stats?filter=^(overload|server.memory)").splitlines()
+    return dict(line.split(": ", 1) for line in lines if ": " in line)
 
 
 def test_envoys_heap_has_a_ceiling_and_stays_under_it(gateway):

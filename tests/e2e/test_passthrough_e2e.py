@@ -12,7 +12,6 @@ a moment after the answer, hence wait_for).
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import openai
 import pytest
@@ -80,8 +79,8 @@ def client(gateway, fakes):
 
 def ext_proc_calls(gateway) -> int:
     """gRPC streams Envoy opened to ext_proc, router and upstream steps together."""
-    with urllib.request.urlopen(gateway.admin_url + "/stats?filter=ext_proc.streams_started", timeout=5) as resp:
-        return sum(int(line.rsplit(":", 1)[1]) for line in resp.read().decode().splitlines() if line.strip())
+    lines = gateway.admin("/stats?filter=ext_proc.streams_started").splitlines()
+    return sum(int(line.rsplit(":", 1)[1]) for line in lines if line.strip())
 
 
 def ask(client, text: str, model: str = MODEL):

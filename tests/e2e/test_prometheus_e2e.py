@@ -46,13 +46,13 @@ def gateway(fake_host, start_gateway):
 def prometheus(gateway, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prometheus")
     metrics = urlsplit(gateway.metrics_url)
-    admin = urlsplit(gateway.admin_url)
     (tmp / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
         "scrape_configs": [
             {"job_name": "hapax", "metrics_path": metrics.path, "static_configs": [{"targets": [metrics.netloc]}]},
+            # Envoy's own stats, through the metrics port's read-only route to its admin.
             {"job_name": "envoy", "metrics_path": "/stats/prometheus",
-             "static_configs": [{"targets": [admin.netloc]}]},
+             "static_configs": [{"targets": [metrics.netloc]}]},
         ],
     }))
     port = free_port()

@@ -125,8 +125,8 @@ def ask(client: openai.OpenAI, model: str, stream: bool, **options) -> str:
 
 
 def ext_proc_streams(gateway) -> int:
-    with urllib.request.urlopen(gateway.admin_url + "/stats?filter=ext_proc.streams_started", timeout=5) as resp:
-        return sum(int(line.rsplit(":", 1)[1]) for line in resp.read().decode().splitlines() if line.strip())
+    lines = gateway.admin("/stats?filter=ext_proc.streams_started").splitlines()
+    return sum(int(line.rsplit(":", 1)[1]) for line in lines if line.strip())
 
 
 # (model, stream, SDK options, providers that fail first with a 429, the providers that get a call)

@@ -31,6 +31,7 @@ import openai
 import pytest
 import yaml
 
+from hapax import local_http
 from hapax.fakes import FakeOpenAI
 from tests.conftest import REPO, Gateway, gateway_config, save_config, wait_for
 
@@ -115,6 +116,11 @@ def assert_all_gone(children: dict[str, Proc], timeout: float = 10.0) -> None:
 
 
 def assert_refuses_connections(url: str) -> None:
+    """``url``: http://host:port, or unix:/path (whose socket may be gone with its directory)."""
+    if url.startswith("unix:"):
+        with pytest.raises((ConnectionRefusedError, FileNotFoundError)), socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(url.removeprefix("unix:"))
+        return
     parts = urlsplit(url)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((parts.hostname, parts.port), timeout=5).close()
@@ -419,8 +425,7 @@ def test_ext_proc_workers_share_the_load_and_one_scrape_counts_them_all(provider
     wait_for(lambda: gw.metric("hapax_requests_total", **route) == 40.0, "the 40 requests counted")
     assert [gw.metric("hapax_requests_total", **route) for _ in range(4)] == [40.0] * 4
     # Envoy spread the ext_proc calls over both workers (its per-host counts).
-    with urllib.request.urlopen(gw.admin_url + "/clusters", timeout=5) as resp:
-        lines = resp.read().decode().splitlines()
+    lines = gw.admin("/clusters").splitlines()
     per_worker = [int(line.rsplit("::", 1)[1]) for line in lines
                   if line.startswith("hapax_ext_proc::") and "::rq_total::" in line]
     assert len(per_worker) == 2 and all(n > 0 for n in per_worker), per_worker
@@ -472,10 +477,9 @@ class Load:
 
 
 def worker_ok(address: str) -> bool:
-    """The worker's own /health (not through Envoy): 200 once it has its configuration."""
+    """The worker's own /health (not through Envoy, on its Unix socket): 200 once it has its configuration."""
     try:
-        with urllib.request.urlopen(f"http://{address}/health", timeout=2) as resp:
-            return resp.status == 200
+        return local_http.request(address, "/health", timeout=2)[0] == 200
     except OSError:
         return False
 
@@ -565,10 +569,9 @@ def test_a_killed_worker_is_restarted_on_its_ports_while_envoy_serves(two_worker
 
 def ext_proc_calls(gw: Gateway, address: str) -> int:
     """Envoy's count of ext_proc calls to the worker at ``address`` (its per-host rq_total)."""
-    with urllib.request.urlopen(gw.admin_url + "/clusters", timeout=5) as resp:
-        lines = resp.read().decode().splitlines()
+    lines = gw.admin("/clusters").splitlines()
     [count] = [int(line.rsplit("::", 1)[1]) for line in lines
-               if line.startswith(f"hapax_ext_proc::{address}::rq_total::")]
+               if line.startswith(f"hapax_ext_proc::{address.removeprefix('unix:')}::rq_total::")]
     return count
 
 

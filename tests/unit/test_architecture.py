@@ -30,7 +30,7 @@ def test_ext_proc_never_imports_the_control_plane():
 
 # What both processes may build on: the protos, logging, the wire contract, the Envoy binary
 # locator. Never the CLI, the supervisor, the fakes, the tests or the benchmark.
-SHARED_BOTTOM_LAYER = ("hapax.v1", "hapax.logs", "hapax.wire", "hapax.envoy_process")
+SHARED_BOTTOM_LAYER = ("hapax.v1", "hapax.logs", "hapax.wire", "hapax.envoy_process", "hapax.local_socket")
 PROJECT_PACKAGES = ("control_plane", "ext_proc", "hapax", "tests", "bench")
 
 

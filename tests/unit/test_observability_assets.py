@@ -260,7 +260,7 @@ def test_promtool_parses_every_dashboard_query(promtool, tmp_path):
 # --------------------------------------------------------------------------- Prometheus
 
 
-def test_prometheus_scrapes_hapax_metrics_and_envoy_admin_every_5s():
+def test_prometheus_scrapes_hapax_metrics_and_envoy_stats_from_the_metrics_port_every_5s():
     config = example_config()
     jobs = scrape_jobs()
 
@@ -268,7 +268,8 @@ def test_prometheus_scrapes_hapax_metrics_and_envoy_admin_every_5s():
     assert jobs["hapax"]["metrics_path"] == "/metrics"
     assert jobs["hapax"]["static_configs"][0]["targets"] == [f"127.0.0.1:{config.server.metrics_port}"]
     assert jobs["envoy"]["metrics_path"] == "/stats/prometheus"
-    assert jobs["envoy"]["static_configs"][0]["targets"] == [f"127.0.0.1:{config.server.admin_port}"]
+    # Envoy's admin is on a Unix socket; its stats reach Prometheus through the metrics port.
+    assert jobs["envoy"]["static_configs"][0]["targets"] == [f"127.0.0.1:{config.server.metrics_port}"]
 
 
 def test_promtool_accepts_the_prometheus_config(promtool):
@@ -326,7 +327,7 @@ def test_hapax_publishes_the_ports_its_config_listens_on():
 
     assert server.host == "0.0.0.0"
     assert {server.port, server.metrics_port} <= published
-    assert server.admin_port not in published
+    assert server.admin_port is None  # no TCP admin at all
 
 
 def test_grafana_datasource_reaches_prometheus_where_it_listens():

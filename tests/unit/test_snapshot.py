@@ -158,7 +158,8 @@ def test_listener_naming_a_missing_route_configuration_is_refused():
 
 def test_health_and_metrics_come_from_the_worker_whose_verdicts_envoy_polls():
     workers = res.ExtProcEndpoints(grpc=(res.Address("127.0.0.1", 7001), res.Address("127.0.0.1", 7003)),
-                                   http=(res.Address("127.0.0.1", 7002), res.Address("127.0.0.1", 7004)))
+                                   http=(res.Address("127.0.0.1", 7002), res.Address("127.0.0.1", 7004)),
+                                   verdicts=(res.Address("127.0.0.1", 7005), res.Address("127.0.0.1", 7006)))
     snap = build_snapshot(parse_config(SEED_YAML, env=SECRETS), "v1", workers)
     endpoints = snap.of_type(ENDPOINT)
 
@@ -168,15 +169,40 @@ def test_health_and_metrics_come_from_the_worker_whose_verdicts_envoy_polls():
     assert ports(res.EXT_PROC_CLUSTER) == [7001, 7003]  # the calls are spread over every worker
     assert ports(res.EXT_PROC_HTTP_CLUSTER) == [7002]   # /health and /metrics: the first one's
     verdict = snap.of_type(CLUSTER)["provider.openai"].load_assignment.endpoints[0].lb_endpoints[0]
-    assert verdict.endpoint.health_check_config.address.socket_address.port_value == 7002
+    assert verdict.endpoint.health_check_config.address.socket_address.port_value == 7005
+
+
+def test_ext_proc_listens_on_unix_sockets_envoy_reaches_as_pipes_and_verdicts_on_loopback():
+    workers = res.ExtProcEndpoints(grpc=(res.Address.parse("unix:/run/hapax/ext_proc-1.grpc.sock"),),
+                                   http=(res.Address.parse("unix:/run/hapax/ext_proc-1.http.sock"),),
+                                   verdicts=(res.Address.parse("127.0.0.1:7005"),))
+    snap = build_snapshot(parse_config(SEED_YAML, env=SECRETS), "v1", workers)
+    endpoints = snap.of_type(ENDPOINT)
+    [grpc] = endpoints[res.EXT_PROC_CLUSTER].endpoints[0].lb_endpoints
+    [http] = endpoints[res.EXT_PROC_HTTP_CLUSTER].endpoints[0].lb_endpoints
+    assert grpc.endpoint.address.pipe.path == "/run/hapax/ext_proc-1.grpc.sock"
+    assert http.endpoint.address.pipe.path == "/run/hapax/ext_proc-1.http.sock"
+    verdict = snap.of_type(CLUSTER)["provider.openai"].load_assignment.endpoints[0].lb_endpoints[0]
+    assert verdict.endpoint.health_check_config.address.socket_address.port_value == 7005
+    assert str(res.Address.parse("unix:/run/x.sock")) == "unix:/run/x.sock"
+    assert str(res.Address.parse("127.0.0.1:7001")) == "127.0.0.1:7001"
 
 
 def test_the_ext_proc_cluster_allows_what_its_workers_can_hold():
     # Envoy's default (1,024 streams for the whole cluster) overflowed into bare 500s.
     workers = res.ExtProcEndpoints(grpc=(res.Address("127.0.0.1", 7001), res.Address("127.0.0.1", 7003)),
-                                   http=(res.Address("127.0.0.1", 7002), res.Address("127.0.0.1", 7004)))
+                                   http=(res.Address("127.0.0.1", 7002), res.Address("127.0.0.1", 7004)),
+                                   verdicts=(res.Address("127.0.0.1", 7005), res.Address("127.0.0.1", 7006)))
     config = parse_config(SEED_YAML + "\next_proc: {max_streams_per_worker: 300}\n", env=SECRETS)
     [limits] = build_snapshot(config, "v1", workers).of_type(CLUSTER)[res.EXT_PROC_CLUSTER].circuit_breakers.thresholds
     assert limits.max_requests.value == 600
     assert limits.max_pending_requests.value == 600
     assert limits.max_connections.value >= 2
+
+
+def test_provider_verdicts_on_a_unix_socket_are_refused_because_envoy_health_checks_ip_addresses_only():
+    workers = res.ExtProcEndpoints(grpc=(res.Address.parse("unix:/run/a.sock"),),
+                                   http=(res.Address.parse("unix:/run/b.sock"),),
+                                   verdicts=(res.Address.parse("unix:/run/c.sock"),))
+    with pytest.raises(ValueError, match="IP address only"):
+        build_snapshot(parse_config(SEED_YAML, env=SECRETS), "v1", workers)

@@ -109,7 +109,7 @@ def _host(value: Any, issues: _Issues) -> str | None:
     return host
 
 
-def _port(value: Any, default: int, path: str, issues: _Issues) -> int | None:
+def _port(value: Any, default: int | None, path: str, issues: _Issues) -> int | None:
     if value is None:
         return default
     port = _integer(value, path, issues)
