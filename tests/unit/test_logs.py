@@ -1,0 +1,178 @@
+"""Logs under load stay readable (issue #18): whole lines, and repeated warnings rate-limited."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+
+from hapax import logs
+
+# ---------------------------------------------------------------- rate limit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _limited(budget: int = 3, interval: float = 60.0) -> tuple[logging.Logger, list[logging.LogRecord], Clock]:
+    """A logger whose handler keeps what passes the limit (summaries included)."""
+    clock = Clock()
+    kept: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = kept.append  # type: ignore[method-assign]
+    limit = logs.RateLimit(budget=budget, interval=interval, clock=clock)
+    limit.sink = handler.handle
+    handler.addFilter(limit)
+    logger = logging.getLogger(f"test.ratelimit.{id(kept)}")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    return logger, kept, clock
+
+
+def _messages(kept: list[logging.LogRecord]) -> list[str]:
+    return [record.getMessage() for record in kept]
+
+
+def test_identical_warnings_beyond_the_budget_are_suppressed_then_summarised_with_the_count():
+    logger, kept, clock = _limited(budget=3, interval=60.0)
+    for i in range(1000):
+        logger.warning("provider answered with an error", extra={"request_id": str(i)})
+    assert len(kept) == 3  # the budget, then nothing while the interval lasts
+    clock.now += 60.0
+    logger.warning("provider answered with an error", extra={"request_id": "next"})
+    summary = kept[3]
+    assert summary.getMessage() == "suppressed 997 similar messages"
+    assert summary.suppressed == 997 and summary.similar_to == "provider answered with an error"  # type: ignore[attr-defined]
+    assert summary.name == logger.name and summary.levelno == logging.WARNING
+    assert kept[4].request_id == "next"  # type: ignore[attr-defined]
+
+
+def test_the_kind_is_the_template_so_arguments_do_not_make_a_message_new():
+    logger, kept, _ = _limited(budget=2)
+    for i in range(10):
+        logger.warning("attempt %d failed", i)
+    assert _messages(kept) == ["attempt 0 failed", "attempt 1 failed"]
+
+
+def test_different_messages_are_not_suppressed_by_each_other():
+    logger, kept, _ = _limited(budget=2)
+    for _ in range(5):
+        logger.warning("one thing")
+        logger.warning("another thing")
+        logger.error("one thing")  # another level is another kind
+    assert _messages(kept).count("one thing") == 4
+    assert _messages(kept).count("another thing") == 2
+
+
+def test_after_the_interval_messages_flow_again():
+    logger, kept, clock = _limited(budget=2, interval=10.0)
+    for _ in range(5):
+        logger.warning("overloaded")
+    clock.now += 9.9
+    logger.warning("overloaded")
+    assert _messages(kept) == ["overloaded"] * 2
+    clock.now += 0.1
+    for _ in range(2):
+        logger.warning("overloaded")
+    assert _messages(kept) == ["overloaded"] * 2 + ["suppressed 4 similar messages"] + ["overloaded"] * 2
+
+
+def test_an_interval_that_held_nothing_back_says_nothing():
+    logger, kept, clock = _limited(budget=2, interval=10.0)
+    logger.warning("once")
+    clock.now += 20
+    logger.warning("once")
+    assert _messages(kept) == ["once", "once"]
+
+
+def test_another_record_closes_an_interval_that_is_over():
+    logger, kept, clock = _limited(budget=1, interval=10.0)
+    for _ in range(3):
+        logger.warning("storm")
+    clock.now += 10
+    logger.info("something else")
+    assert _messages(kept) == ["storm", "suppressed 2 similar messages", "something else"]
+
+
+def test_records_under_warning_are_never_held_back():
+    logger, kept, _ = _limited(budget=1)
+    for _ in range(5):
+        logger.info("request done")
+        logger.debug("detail")
+    assert len(kept) == 10
+
+
+def test_flush_says_what_an_open_interval_held_back():
+    logger, kept, _ = _limited(budget=1)
+    for _ in range(4):
+        logger.warning("storm")
+    limit = logger.handlers[0].filters[0]
+    assert isinstance(limit, logs.RateLimit)
+    limit.flush()
+    limit.flush()  # said once
+    assert _messages(kept) == ["storm", "suppressed 3 similar messages"]
+
+
+# ---------------------------------------------------------------- whole lines
+
+
+def _read_all(fd: int, into: list[bytes]) -> None:
+    while chunk := os.read(fd, 65536):
+        into.append(chunk)
+
+
+def test_a_line_writer_keeps_lines_longer_than_a_pipe_whole_across_threads():
+    read_fd, write_fd = os.pipe()
+    got: list[bytes] = []
+    reader = threading.Thread(target=_read_all, args=(read_fd, got))
+    reader.start()
+    writer = logs.LineWriter(write_fd)
+    # 200 KiB lines: far over PIPE_BUF, and over the pipe's whole buffer, so each takes several writes.
+    lines = {name: json.dumps({"writer": name, "pad": name * 200_000}).encode() + b"\n" for name in "abcd"}
+
+    def write(line: bytes) -> None:
+        for _ in range(5):
+            writer.write(line)
+
+    threads = [threading.Thread(target=write, args=(line,)) for line in lines.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    os.close(write_fd)
+    reader.join()
+    os.close(read_fd)
+    out = b"".join(got).split(b"\n")
+    assert out[-1] == b""
+    assert sorted(json.loads(line)["writer"] for line in out[:-1]) == sorted("abcd" * 5)
+
+
+def test_setup_writes_each_record_and_each_summary_as_one_json_line():
+    read_fd, write_fd = os.pipe()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logs.setup("ext_proc", "INFO", "json", writer=logs.LineWriter(write_fd))
+        log = logging.getLogger("ext_proc.test")
+        for i in range(50):
+            log.warning("provider answered with an error", extra={"status": 500, "request_id": str(i)})
+        limit = root.handlers[0].filters[0]
+        assert isinstance(limit, logs.RateLimit)
+        limit.flush()
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    os.close(write_fd)
+    got: list[bytes] = []
+    _read_all(read_fd, got)
+    os.close(read_fd)
+    entries = [json.loads(line) for line in b"".join(got).decode().splitlines()]
+    assert [e["msg"] for e in entries] == ["provider answered with an error"] * 10 + ["suppressed 40 similar messages"]
+    assert entries[-1]["suppressed"] == 40 and entries[-1]["component"] == "ext_proc"
