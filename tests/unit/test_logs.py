@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import threading
 
-from hapax import logs
+import pytest
+
+from control_plane.config.load import parse_config
+from control_plane.resources.listeners import access_log
+from hapax import log_relay, logs
+from hapax.log_relay import Lines, as_json_line
 
 # ---------------------------------------------------------------- rate limit
 
@@ -176,3 +182,72 @@ def test_setup_writes_each_record_and_each_summary_as_one_json_line():
     entries = [json.loads(line) for line in b"".join(got).decode().splitlines()]
     assert [e["msg"] for e in entries] == ["provider answered with an error"] * 10 + ["suppressed 40 similar messages"]
     assert entries[-1]["suppressed"] == 40 and entries[-1]["component"] == "ext_proc"
+
+
+ACCESS = b'{"component":"envoy","logger":"access","status":503,"request_id":"%d"}'
+
+
+@pytest.mark.parametrize("size", [1, 7, 100, 4096])
+def test_lines_are_whole_however_the_chunks_fall(size: int):
+    stream = b"".join(ACCESS % i + b"\n" for i in range(200))
+    lines = Lines()
+    out = [line for start in range(0, len(stream), size) for line in lines.feed(stream[start:start + size])]
+    assert out == [ACCESS % i for i in range(200)]
+    assert lines.end() == []
+
+
+def test_a_stream_that_ends_mid_line_gives_its_last_line_at_the_end():
+    lines = Lines()
+    assert lines.feed(b"one\ntw") == [b"one"]
+    assert lines.end() == [b"tw"]
+
+
+def test_an_overlong_line_is_cut_and_the_rest_of_it_dropped():
+    lines = Lines(max_line=10)
+    assert lines.feed(b"x" * 25) == [b"x" * 10]
+    assert lines.feed(b"y" * 25) == []
+    assert lines.feed(b"yy\nnext\n") == [b"next"]
+    assert lines.feed(b"z" * 12 + b"\n") == [b"z" * 10]
+
+
+def test_a_json_object_is_relayed_as_it_is():
+    assert as_json_line(ACCESS % 1, "envoy") == ACCESS % 1 + b"\n"
+
+
+@pytest.mark.parametrize("line", [
+    b"Traceback (most recent call last):",
+    # What the splice looked like: Envoy's own line inside an access-log line.
+    b'{"component":"envoy","logger":"access","sta{"ts":"2026-12-04T20:27:16.129Z","level":"warning"}',
+    b"[1, 2]",
+    b"\xff\xfe not utf-8",
+])
+def test_anything_else_is_relayed_as_the_msg_of_one_json_object(line: bytes):
+    out = as_json_line(line, "ext_proc")
+    assert out.endswith(b"\n") and out.count(b"\n") == 1
+    entry = json.loads(out)
+    assert entry["component"] == "ext_proc" and entry["logger"] == "output"
+    assert entry["msg"] == line.decode(errors="replace")
+
+
+async def test_relay_writes_every_line_whole_and_as_json():
+    read_fd, write_fd = os.pipe()
+    stream = asyncio.StreamReader()
+    # Envoy's access log arrives in slices that end mid-line; a crash's traceback is plain text.
+    data = b"".join(ACCESS % i + b"\n" for i in range(100)) + b"Traceback (most recent call last):\n  boom"
+    for start in range(0, len(data), 333):
+        stream.feed_data(data[start:start + 333])
+    stream.feed_eof()
+    await log_relay.relay(stream, logs.LineWriter(write_fd), "envoy", json_lines=True)
+    os.close(write_fd)
+    got: list[bytes] = []
+    _read_all(read_fd, got)
+    os.close(read_fd)
+    entries = [json.loads(line) for line in b"".join(got).splitlines()]
+    assert [e.get("request_id") for e in entries[:100]] == [str(i) for i in range(100)]
+    assert [e["msg"] for e in entries[100:]] == ["Traceback (most recent call last):", "  boom"]
+
+
+def test_envoys_access_log_goes_to_its_stdout_not_the_stderr_its_own_log_uses():
+    config = parse_config("providers: {p: {type: openai, api_key: k, model: m}}\n")
+    [logger] = access_log(config)
+    assert logger.name == "envoy.access_loggers.stdout"
