@@ -15,6 +15,7 @@ one, so that every line on the gateway's stderr parses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -85,6 +86,10 @@ async def relay(stream: asyncio.StreamReader, writer: LineWriter, component: str
 
 def _write(writer: LineWriter, lines: list[bytes], component: str, json_lines: bool) -> None:
     out = [as_json_line(line, component) if json_lines else line + b"\n" for line in lines if line.strip()]
-    if out:
+    if not out:
+        return
+    # The gateway's stderr may be gone (a closed terminal): the lines are dropped, and the
+    # pipe is still read, or the child would block on its next line.
+    with contextlib.suppress(OSError):
         # Whole lines only, so several in one write keep every line whole too.
         writer.write(b"".join(out))

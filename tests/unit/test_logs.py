@@ -247,6 +247,17 @@ async def test_relay_writes_every_line_whole_and_as_json():
     assert [e["msg"] for e in entries[100:]] == ["Traceback (most recent call last):", "  boom"]
 
 
+async def test_relay_keeps_reading_when_its_output_is_gone():
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # writing now fails (EPIPE)
+    stream = asyncio.StreamReader()
+    stream.feed_data(b"".join(ACCESS % i + b"\n" for i in range(10)))
+    stream.feed_eof()
+    await log_relay.relay(stream, logs.LineWriter(write_fd), "envoy", json_lines=True)
+    os.close(write_fd)
+    assert stream.at_eof()
+
+
 def test_envoys_access_log_goes_to_its_stdout_not_the_stderr_its_own_log_uses():
     config = parse_config("providers: {p: {type: openai, api_key: k, model: m}}\n")
     [logger] = access_log(config)
