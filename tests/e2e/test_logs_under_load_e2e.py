@@ -67,6 +67,8 @@ def _access_lines(gateway) -> list[str]:
 
 def test_a_burst_of_failures_leaves_whole_json_lines_and_a_bounded_number_of_warnings(gateway, fakes):
     primary, _ = fakes
+    # 429, not 5xx: outlier detection ejects a provider after 5 consecutive 5xx, and then
+    # the requests would stop failing; a 429 is warned about on every attempt all the same.
     primary.inject(Status(429), method="POST", times=None)
     try:
         statuses = asyncio.run(_burst(gateway.base_url + "/chat/completions"))
