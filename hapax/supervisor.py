@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hapax import local_http, logs, wire
+from hapax import local_http, log_relay, logs, wire
 from hapax.envoy_process import envoy_binary, render_bootstrap
 
 log = logging.getLogger("hapax.supervisor")
@@ -142,7 +142,10 @@ class Child:
     ready: dict = field(default_factory=dict)
     restartable: bool = False  # Envoy is not: it is what serves, and the gateway ends with it
     restarts: int = 0
+    relay_stdout: bool = False  # Envoy's stdout is its access log; a Python child's, its ready line
+    json_lines: bool = True  # logging.format: json, so what it relays is JSON lines too
     _drain: asyncio.Task | None = None  # held so the task is not garbage-collected
+    _relays: list[asyncio.Task] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -154,6 +157,8 @@ class Child:
         self.ready = {}  # a restart announces itself afresh
         creating = asyncio.ensure_future(asyncio.create_subprocess_exec(
             *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            # A pipe of its own, which only the supervisor relays: hapax/log_relay.py says why.
+            stderr=asyncio.subprocess.PIPE,
             preexec_fn=_child_setup if sys.platform == "linux" else None,
             env={**os.environ, **self.env} if self.env else None,
         ))
@@ -163,14 +168,30 @@ class Child:
             # Stopped while a restart was starting it: the process exists all the same, and
             # is kept here so that stop() stops it rather than leaving it running untracked.
             self.process = await creating
+            self._relay()
             raise
+        self._relay()
         if wait_ready:
             try:
                 self.ready = await asyncio.wait_for(self._ready_line(), READY_TIMEOUT)
             except (StartupError, TimeoutError):
                 await self.stop()  # a restart that failed leaves nothing behind
                 raise
-        self._drain = asyncio.create_task(self._drain_stdout())
+        if not self.relay_stdout:
+            self._drain = asyncio.create_task(self._drain_stdout())
+
+    def _relay(self) -> None:
+        assert self.process and self.process.stderr and self.process.stdout
+        kind = self.name.split("#")[0]
+        streams = [self.process.stderr, *([self.process.stdout] if self.relay_stdout else [])]
+        self._relays = [asyncio.create_task(log_relay.relay(stream, logs.STDERR, kind, self.json_lines))
+                        for stream in streams]
+
+    async def relayed(self) -> None:
+        """Waits (briefly) until its last lines are relayed, once it has exited."""
+        relays, self._relays = self._relays, []
+        if relays:
+            await asyncio.wait(relays, timeout=STOP_GRACE)
 
     async def _ready_line(self) -> dict:
         assert self.process and self.process.stdout
@@ -201,15 +222,17 @@ class Child:
 
     async def stop(self) -> None:
         proc = self.process
-        if proc is None or proc.returncode is not None:
+        if proc is None:
             return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_GRACE)
-        except TimeoutError:
-            log.warning("child did not stop in time; killing it", extra={"child": self.name})
-            proc.kill()
-            await proc.wait()
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE)
+            except TimeoutError:
+                log.warning("child did not stop in time; killing it", extra={"child": self.name})
+                proc.kill()
+                await proc.wait()
+        await self.relayed()
 
 
 @dataclass(frozen=True)
@@ -301,6 +324,7 @@ class Supervisor:
         return workers
 
     async def _start(self, child: Child, wait_ready: bool = True) -> None:
+        child.json_lines = self.log_format == "json"
         self.children.append(child)
         await child.start(wait_ready)
         assert child.process is not None  # start() created it
@@ -327,7 +351,7 @@ class Supervisor:
             # work-in-progress upstream and Envoy says so on every config push.
             "--component-log-level", "misc:error",
             *(["--log-format", ENVOY_JSON_LOG_FORMAT] if self.log_format == "json" else []),
-        ])
+        ], relay_stdout=True)  # its access log (control_plane/resources/listeners.py)
         await self._start(envoy, wait_ready=False)
         written = await self._wait_file(admin_file, envoy)  # the admin's path, or host:port
         self.admin_url = admin if admin_port is None else f"http://{written}"
@@ -464,9 +488,17 @@ class Supervisor:
             error = None if task.cancelled() else task.exception()
             if error is not None:
                 reason = str(error) if isinstance(error, GiveUp) else f"watching the children failed: {error!r}"
-                log.error("stopping the gateway", extra={"reason": reason})
-                print(f"hapax: {reason}; stopping.", file=sys.stderr, flush=True)
+                self._say_stopping(reason)
         return 1
+
+    def _say_stopping(self, reason: str) -> None:
+        """The gateway's last word, said once: a JSON line with ``logging.format: json``."""
+        last = f"hapax: {reason}; stopping."
+        if self.log_format == "json":
+            log.error(last, extra={"reason": reason})
+        else:
+            log.error("stopping the gateway", extra={"reason": reason})
+            print(last, file=sys.stderr, flush=True)
 
     async def _keep(self, child: Child) -> None:
         """Watches ``child`` and restarts it when it dies; raises GiveUp when it may not or cannot."""
@@ -474,6 +506,7 @@ class Supervisor:
         while True:
             assert child.process is not None
             await child.process.wait()
+            await child.relayed()  # its last words (a traceback, say) before "child died"
             how = child.describe_exit()
             if not child.restartable:
                 raise GiveUp(f"{child.name} died ({how})")

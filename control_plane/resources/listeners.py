@@ -11,7 +11,7 @@ can take a lane), the custom response for a provider that refuses the
 gateway's credentials or answers 404, the router-level ext_proc step and the
 router. Envoy's
 own local replies become OpenAI error JSON; its access log is one JSON line
-per request on stderr.
+per request on its stdout, apart from its own log on stderr (hapax/log_relay.py).
 """
 
 from __future__ import annotations
@@ -279,7 +279,7 @@ def compressor_filter() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name="envoy.filters.http.compressor", typed_config=pack(config))
 
 
-# One JSON line per request on Envoy's stderr. No credentials, no bodies, no
+# One JSON line per request on Envoy's stdout. No credentials, no bodies, no
 # query strings (some clients put keys there); request_id is the x-request-id
 # that ext_proc's log lines carry too.
 _ACCESS_LOG_FIELDS = {
@@ -317,9 +317,11 @@ def access_log(config: HapaxConfig) -> list[accesslog_pb2.AccessLog]:
     fmt = struct_pb2.Struct()
     fmt.update(fields)
     log_format = substitution_format_string_pb2.SubstitutionFormatString(json_format=fmt)
+    # Not stderr: Envoy writes this log in buffered slices that end mid-line, and its own
+    # log lines on the same stream landed between them. The supervisor relays both streams.
     return [accesslog_pb2.AccessLog(
-        name="envoy.access_loggers.stderr",
-        typed_config=pack(stream_pb2.StderrAccessLog(log_format=log_format)),
+        name="envoy.access_loggers.stdout",
+        typed_config=pack(stream_pb2.StdoutAccessLog(log_format=log_format)),
     )]
 
 

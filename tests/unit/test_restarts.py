@@ -136,7 +136,7 @@ async def test_a_stop_during_a_restart_stops_the_restarted_process_too(tmp_path:
     assert child.process is not None and child.process.returncode is not None
 
 
-async def test_restarts_that_keep_failing_give_up_nonzero(tmp_path: Path, capsys):
+async def test_restarts_that_keep_failing_give_up_nonzero(tmp_path: Path, caplog):
     child = Child("ext_proc#2", [sys.executable, "-c", CRASHING_CHILD], restartable=True)
     supervisor = _supervisor(tmp_path, child, limit=3)
     try:
@@ -144,20 +144,20 @@ async def test_restarts_that_keep_failing_give_up_nonzero(tmp_path: Path, capsys
         assert await asyncio.wait_for(supervisor.wait(asyncio.Event()), 30) == 1
         assert child.restarts == 3
         assert RestartCounts(supervisor.shared_dir).read() == {"ext_proc-2": 3}
-        err = capsys.readouterr().err
+        err = caplog.text
         assert ("hapax: ext_proc#2 died (exit code 4); it was restarted 3 times within 60s (the last time: "
                 "ext_proc#2 exited before it was ready (exit code 4)), giving up; stopping.") in err
     finally:
         await supervisor.stop()
 
 
-async def test_envoy_is_never_restarted(tmp_path: Path, capsys):
+async def test_envoy_is_never_restarted(tmp_path: Path, caplog):
     child = Child("envoy", [sys.executable, "-c", "import sys; sys.exit(2)"])
     supervisor = _supervisor(tmp_path, child)
     try:
         await child.start(wait_ready=False)
         assert await asyncio.wait_for(supervisor.wait(asyncio.Event()), 30) == 1
         assert child.restarts == 0
-        assert "hapax: envoy died (exit code 2); stopping." in capsys.readouterr().err
+        assert "hapax: envoy died (exit code 2); stopping." in caplog.text
     finally:
         await supervisor.stop()
