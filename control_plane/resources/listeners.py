@@ -148,11 +148,17 @@ def _overload_mappers(headers: Sequence[base_pb2.HeaderValueOption]) -> list[hcm
                         " && response.code_details.contains('overflow')")]))
     overload_manager = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
         _status_is_filter(503), _details_filter("response.code_details == 'overload'")]))
+    # Any other ext_proc failure (a worker that died or stalled under the request): the gateway's
+    # own trouble, passing (the supervisor restarts a worker within a second or so).
+    ext_proc_failed = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
+        _status_is_filter(500), _details_filter("response.code_details.startsWith('ext_proc_error')")]))
     return [
         _json_mapper(ext_proc_full, 503, "The gateway is at capacity; try again shortly.", "server_error",
                      "overloaded", shed),
         _json_mapper(overload_manager, 503, "The gateway is out of memory headroom; try again shortly.",
                      "server_error", "overloaded", shed),
+        _json_mapper(ext_proc_failed, 503, "The gateway could not process the request (%RESPONSE_CODE_DETAILS%); "
+                     "try again shortly.", "server_error", "gateway_error", shed),
     ]
 
 
@@ -175,6 +181,13 @@ def local_reply_config(headers: Sequence[base_pb2.HeaderValueOption] = ()) -> hc
         too_large, 413, f"The request body is larger than the gateway accepts ({MAX_REQUEST_BYTES} bytes).",
         "invalid_request_error", "request_too_large", headers))
     mappers += _edge_mappers(headers)
+    # Last: any other 500 of Envoy's own still says what it is, as JSON (ext_proc's own answers,
+    # marked by their details, are JSON already and keep their words).
+    envoys_500 = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
+        _status_is_filter(500),
+        _details_filter(f"!response.code_details.startsWith('{wire.GATEWAY_DETAILS_PREFIX}')")]))
+    mappers.append(_json_mapper(envoys_500, 500, "The gateway failed to handle the request "
+                                "(%RESPONSE_CODE_DETAILS%).", "server_error", "internal_error", headers))
     return hcm_pb2.LocalReplyConfig(mappers=mappers)
 
 
