@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import signal
 import time
@@ -27,14 +28,14 @@ from control_plane.ads import AdsServer
 from control_plane.cache import SnapshotCache
 from control_plane.config.errors import ConfigError, ConfigIssue
 from control_plane.config.load import load_config, summarize
-from control_plane.config.model import HapaxConfig
+from control_plane.config.model import FleetTls, HapaxConfig
 from control_plane.plan import make_plan
 from control_plane.resources.names import Address, ExtProcEndpoints
 from control_plane.resources.stats import envoy_stats_tags, stats_label_keys
 from control_plane.rollout import Rollout
 from control_plane.snapshot import InconsistentSnapshot, Snapshot, snapshot_of_plan
 from control_plane.static_bootstrap import envoy_rejection
-from hapax import logs
+from hapax import logs, wire
 from hapax.envoy_process import EnvoyNotFound, envoy_binary
 from hapax.local_socket import private_socket
 from hapax.v1 import runtime_pb2
@@ -64,6 +65,8 @@ class ControlPlane:
         self.ads = AdsServer(self.cache)
         self.rollout = Rollout(self.cache, self.ads)
         self.certificate_files = _certificate_files(first)
+        # Where a fleet reaches it, and with what TLS: read once, at start (a change needs a restart).
+        self.fleet = first.control_plane
 
     def _load(self) -> HapaxConfig:
         config = load_config(self.config_path)
@@ -326,9 +329,10 @@ async def serve(args: argparse.Namespace) -> None:
     plane = ControlPlane(Path(args.config), endpoints, args.port, args.metrics_port)
     server = grpc.aio.server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(plane.ads, server)
-    port = server.add_insecure_port(args.listen)
+    listen = args.listen or plane.fleet.listen
+    port = _add_port(server, listen, plane.fleet.tls)
     await server.start()
-    xds = private_socket(args.listen) or f"{args.listen.rsplit(':', 1)[0]}:{port}"
+    xds = private_socket(listen) or f"{listen.rsplit(':', 1)[0]}:{port}"
     stop = asyncio.Event()
     triggers = ReloadTriggers()
     loop = asyncio.get_running_loop()
@@ -347,6 +351,26 @@ async def serve(args: argparse.Namespace) -> None:
     await server.stop(grace=1)
 
 
+class OpenListen(Exception):
+    """A TCP address beyond loopback without mutual TLS: the runtime carries the providers' keys."""
+
+
+def _add_port(server: grpc.aio.Server, listen: str, tls: FleetTls | None) -> int:
+    """ADS on ``listen``: a Unix socket (private by its directory, `hapax serve`), loopback TCP,
+    or TCP with mutual TLS, where only a client with a certificate of ``tls``'s CA connects."""
+    if listen.startswith(wire.UNIX_SOCKET_PREFIX):
+        return server.add_insecure_port(listen)
+    if tls is None:
+        if not ipaddress.ip_address(listen.rpartition(":")[0].strip("[]")).is_loopback:
+            raise OpenListen(f"the control plane would serve the providers' keys on {listen} to anyone: "
+                             "set control_plane.tls (mutual TLS) or listen on loopback")
+        return server.add_insecure_port(listen)
+    credentials = grpc.ssl_server_credentials(
+        [(tls.certificate.key_pem, tls.certificate.cert_pem)],
+        root_certificates=tls.client_ca_pem, require_client_auth=True)
+    return server.add_secure_port(listen, credentials)
+
+
 def _address(text: str) -> Address:
     return Address.parse(text)
 
@@ -354,8 +378,9 @@ def _address(text: str) -> Address:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hapax-control-plane")
     parser.add_argument("--config", required=True)
-    parser.add_argument("--listen", default="127.0.0.1:18000",
-                        help="ADS address: unix:/path (what hapax serve uses) or host:port")
+    parser.add_argument("--listen", default=None,
+                        help="ADS address: unix:/path (what hapax serve uses) or host:port "
+                             "(default: control_plane.listen, with control_plane.tls)")
     parser.add_argument("--ext-proc-grpc", action="append", required=True)
     parser.add_argument("--ext-proc-http", action="append", required=True)
     parser.add_argument("--ext-proc-verdicts", action="append", required=True,
@@ -372,5 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(args))
     except ConfigError as err:
         log.error("invalid config", extra={"file": err.source, "errors": [str(i) for i in err.issues]})
+        return 1
+    except OpenListen as err:
+        log.error("refusing to start", extra={"reason": str(err)})
         return 1
     return 0

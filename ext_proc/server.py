@@ -36,6 +36,7 @@ async def serve(args: argparse.Namespace) -> None:
     subscription = RuntimeSubscription(
         args.xds, frozenset(TRANSLATORS), args.node_id,
         on_update=lambda view: _apply(view, None if args.no_probe else prober, metrics),
+        credentials=_xds_credentials(args),
     )
     metrics.add_collector(ConfigStatusCollector(lambda: subscription.status))
     restarts = RestartCounts(Path(args.shared_dir) if args.shared_dir else None)
@@ -72,6 +73,17 @@ async def serve(args: argparse.Namespace) -> None:
         await runner.cleanup()
 
 
+def _xds_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """This worker's certificate for a control plane that asks for one (control_plane.tls)."""
+    files = (args.xds_tls_cert, args.xds_tls_key, args.xds_tls_ca)
+    if not any(files):
+        return None
+    if not all(files):
+        raise SystemExit("ext_proc: --xds-tls-cert, --xds-tls-key and --xds-tls-ca go together")
+    cert, key, ca = (Path(f).read_bytes() for f in files)
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
 async def _start_site(runner: web.AppRunner, address: str) -> str:
     """Serves the HTTP side on ``unix:/path`` or ``host:port``; returns where it listens."""
     if address.startswith(wire.UNIX_SOCKET_PREFIX):
@@ -101,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="HTTP for Envoy (/health, /metrics): unix:/path or host:port")
     parser.add_argument("--verdict-listen", default="127.0.0.1:0",
                         help="the provider verdicts Envoy's health checks poll: host:port (Envoy checks IPs only)")
+    parser.add_argument("--xds-tls-cert", help="this worker's certificate, for a control plane with mutual TLS")
+    parser.add_argument("--xds-tls-key", help="its private key")
+    parser.add_argument("--xds-tls-ca", help="the CA that signed the control plane's certificate")
     parser.add_argument("--node-id", default=None)
     parser.add_argument("--no-probe", action="store_true",
                         help="leave health checks to another worker of the same gateway (the first one)")

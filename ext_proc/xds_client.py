@@ -35,8 +35,11 @@ log = logging.getLogger("hapax.ext_proc.xds")
 
 class RuntimeSubscription:
     def __init__(self, address: str, known_types: frozenset[str], node_id: str | None = None,
-                 on_update: Callable[[RuntimeView], None] | None = None) -> None:
+                 on_update: Callable[[RuntimeView], None] | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.address = address
+        # Mutual TLS to a control plane on another machine; None: a Unix socket or loopback.
+        self.credentials = credentials
         self.on_update = on_update
         self.known_types = known_types
         self.node_id = node_id or f"ext_proc-{os.getpid()}"
@@ -69,7 +72,9 @@ class RuntimeSubscription:
             backoff = min(backoff * 2, 2.0)
 
     async def _stream(self) -> None:
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        channel_of = (grpc.aio.insecure_channel(self.address) if self.credentials is None
+                      else grpc.aio.secure_channel(self.address, self.credentials))
+        async with channel_of as channel:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             outbox: asyncio.Queue = asyncio.Queue()
             await outbox.put(self._request())

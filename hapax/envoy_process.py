@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
 import os
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
@@ -75,14 +77,62 @@ def admin_cluster(admin: str) -> dict:
                 {"lb_endpoints": [{"endpoint": {"address": envoy_address(admin)}}]}]}}
 
 
-def render_bootstrap(*, node_id: str, admin: str, xds: str,
+@dataclass(frozen=True)
+class XdsClientTls:
+    """Envoy's certificate for a control plane with mutual TLS (control_plane.tls), and the CA
+    that signed the control plane's; files Envoy reads itself."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+
+    def transport_socket(self, host: str) -> dict:
+        """The xDS cluster's TLS: Envoy's certificate, and the control plane's checked against the CA
+        and the address Envoy dials (an IP SAN for an IP, a DNS SAN for a name)."""
+        san_type = "IP_ADDRESS" if _is_ip(host) else "DNS"
+        return {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            **({} if _is_ip(host) else {"sni": host}),
+            "common_tls_context": {
+                "tls_certificates": [{"certificate_chain": {"filename": self.cert_file},
+                                      "private_key": {"filename": self.key_file}}],
+                "validation_context": {
+                    "trusted_ca": {"filename": self.ca_file},
+                    "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": host}}]},
+            }}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def xds_cluster(xds: str, tls: XdsClientTls | None = None) -> dict:
+    """The control plane, over HTTP/2: a Unix socket, loopback, or TCP with mutual TLS."""
+    cluster: dict = {
+        "name": "hapax_xds", "type": "STATIC", "connect_timeout": "1s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": "hapax_xds", "endpoints": [
+            {"lb_endpoints": [{"endpoint": {"address": envoy_address(xds)}}]}]},
+    }
+    if tls is not None:
+        cluster["transport_socket"] = tls.transport_socket(xds.rpartition(":")[0])
+    return cluster
+
+
+def render_bootstrap(*, node_id: str, admin: str, xds: str, xds_tls: XdsClientTls | None = None,
                      stats_tags: Sequence[dict[str, str]] = (), max_heap_bytes: int = 1 << 30) -> str:
     """Envoy's bootstrap. ``admin`` and ``xds`` are local addresses (``unix:/path`` or ``host:port``);
     an admin socket is made readable and writable by Hapax's user only."""
     # JSON is YAML: the tags' regexes go in without a second escaping scheme.
     return Template(TEMPLATE.read_text()).substitute(
         node_id=node_id, admin_address=json.dumps(envoy_address(admin, mode=0o600)),
-        xds_address=json.dumps(envoy_address(xds)), admin_cluster=json.dumps(admin_cluster(admin)),
+        xds_cluster=json.dumps(xds_cluster(xds, xds_tls)), admin_cluster=json.dumps(admin_cluster(admin)),
         stats_tags=json.dumps(list(stats_tags)), runtime=json.dumps(ENVOY_RUNTIME),
         bootstrap_extensions=json.dumps(ENVOY_BOOTSTRAP_EXTENSIONS), max_heap_bytes=max_heap_bytes,
     )

@@ -145,6 +145,25 @@ class ExtProcConfig:
 
 
 @dataclass(frozen=True)
+class FleetTls:
+    """Mutual TLS on the control plane's xDS port: its own certificate, and the CA whose
+    certificates a fleet's Envoys and ext_procs must present (no other client connects)."""
+
+    certificate: Certificate
+    client_ca_file: str
+    client_ca_pem: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig:
+    """Where a fleet's Envoys and ext_procs reach the control plane when it runs on its own
+    (``python -m control_plane`` without --listen); `hapax serve` uses a Unix socket instead."""
+
+    listen: str = "127.0.0.1:18000"  # host:port
+    tls: FleetTls | None = None
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"    # Hapax's own processes (Envoy's has --envoy-log-level)
     format: str = "json"   # json | text, for Hapax's own lines; access logs are always JSON
@@ -195,6 +214,7 @@ class HapaxConfig:
     pricing: Mapping[str, ModelPrice] = field(default_factory=lambda: FrozenMap(DEFAULT_PRICES))
     logging: LoggingConfig = LoggingConfig()
     ext_proc: ExtProcConfig = ExtProcConfig()
+    control_plane: ControlPlaneConfig = ControlPlaneConfig()
 
     def __post_init__(self) -> None:
         _freeze(self, "pricing", FrozenMap)

@@ -18,10 +18,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
+import trustme
 import yaml
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from hapax.envoy_process import envoy_binary, render_bootstrap
+from hapax import wire
+from hapax.envoy_process import XdsClientTls, envoy_binary, render_bootstrap
 from hapax.fakes import FakeOpenAI
 from tests.conftest import free_port, gateway_config, save_config, wait_for
 
@@ -53,9 +58,10 @@ class Process:
 
 
 class Envoy:
-    def __init__(self, tmp: Path, name: str, xds_port: int, started: list) -> None:
+    def __init__(self, tmp: Path, name: str, xds_port: int, started: list, xds_tls: XdsClientTls | None = None) -> None:
         bootstrap = tmp / f"{name}.yaml"
-        bootstrap.write_text(render_bootstrap(node_id=name, admin="127.0.0.1:0", xds=f"127.0.0.1:{xds_port}"))
+        bootstrap.write_text(render_bootstrap(node_id=name, admin="127.0.0.1:0", xds=f"127.0.0.1:{xds_port}",
+                                              xds_tls=xds_tls))
         admin = tmp / f"{name}.admin"
         self.proc = subprocess.Popen(
             [str(envoy_binary()), "-c", str(bootstrap), "--admin-address-path", str(admin),
@@ -144,3 +150,82 @@ def test_envoys_converge_and_survive_a_control_plane_restart(fleet):
     for node in (first, second):
         wait_for(lambda node=node: node.post(TEAM) == 404, f"{node.admin} to resync")
         assert node.post("/v1/chat/completions") == 200
+
+
+# ---------------------------------------------------------------- mutual TLS between machines
+
+
+@pytest.fixture()
+def tls_fleet(fake_host, tmp_path):
+    """A control plane on TCP with mutual TLS (control_plane.tls), and the files of a fleet CA
+    (for the Envoys and ext_procs) and of another CA (for an intruder)."""
+    fleet_ca, other_ca = trustme.CA(), trustme.CA()
+    files = {"fleet-ca.pem": fleet_ca.cert_pem, "other-ca.pem": other_ca.cert_pem}
+    for name, ca in (("control-plane", fleet_ca), ("member", fleet_ca), ("intruder", other_ca)):
+        issued = ca.issue_cert("127.0.0.1", "localhost")
+        files[f"{name}.pem"], files[f"{name}.key"] = issued.cert_chain_pems[0], issued.private_key_pem
+    for name, blob in files.items():
+        blob.write_to_path(tmp_path / name)
+    xds_port = free_port()
+    fake = fake_host.start(FakeOpenAI(api_key="k", model="gpt-4o-mini"))
+    config = gateway_config({"openai": {"type": "openai", "model": "gpt-4o-mini", "api_key": "k",
+                                        "base_url": fake.base_url}})
+    config["control_plane"] = {"listen": f"127.0.0.1:{xds_port}", "tls": {
+        "cert_file": "control-plane.pem", "key_file": "control-plane.key", "client_ca_file": "fleet-ca.pem"}}
+    save_config(tmp_path / "hapax.yaml", config)
+    py = sys.executable
+    member = ["--xds-tls-cert", str(tmp_path / "member.pem"), "--xds-tls-key", str(tmp_path / "member.key"),
+              "--xds-tls-ca", str(tmp_path / "fleet-ca.pem")]
+    started: list = []
+    try:
+        ext_proc = Process([py, "-m", "ext_proc", "--xds", f"127.0.0.1:{xds_port}", *member, "--log-level", "WARNING"])
+        started.append(ext_proc)
+        # No --listen: the control plane listens where the config says, with its TLS.
+        started.append(Process([py, "-m", "control_plane", "--config", str(tmp_path / "hapax.yaml"),
+                                "--ext-proc-grpc", ext_proc.ready["grpc"], "--ext-proc-http", ext_proc.ready["http"],
+                                "--ext-proc-verdicts", ext_proc.ready["verdicts"], "--log-level", "WARNING"]))
+        yield tmp_path, xds_port, started
+    finally:
+        for process in reversed(started):
+            process.stop()
+        fake_host.run(fake.stop())
+
+
+def test_a_fleet_with_the_ca_s_certificates_is_served_over_mutual_tls(tls_fleet):
+    tmp, xds_port, started = tls_fleet
+    envoy = Envoy(tmp, "envoy-tls", xds_port, started, XdsClientTls(
+        str(tmp / "member.pem"), str(tmp / "member.key"), str(tmp / "fleet-ca.pem")))
+    # Envoy got its listeners over TLS, and ext_proc its runtime (the request is translated by it).
+    wait_for(lambda: envoy.post("/v1/chat/completions") == 200, "the Envoy to serve over mutual TLS")
+
+
+@pytest.mark.parametrize("client", ["plaintext", "no_certificate", "another_ca_certificate"])
+def test_a_client_without_the_fleet_s_certificate_gets_nothing_from_the_control_plane(tls_fleet, client):
+    tmp, xds_port, _ = tls_fleet
+    fleet_ca = (tmp / "fleet-ca.pem").read_bytes()
+    credentials = {
+        "plaintext": None,
+        "no_certificate": grpc.ssl_channel_credentials(root_certificates=fleet_ca),
+        "another_ca_certificate": grpc.ssl_channel_credentials(
+            root_certificates=fleet_ca, private_key=(tmp / "intruder.key").read_bytes(),
+            certificate_chain=(tmp / "intruder.pem").read_bytes()),
+    }[client]
+    target = f"127.0.0.1:{xds_port}"
+    channel = grpc.insecure_channel(target) if credentials is None else grpc.secure_channel(target, credentials)
+    request = discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="intruder", cluster="hapax-ext-proc"),
+                                             type_url=wire.RUNTIME_TYPE_URL)
+    with channel, pytest.raises(grpc.RpcError) as refused:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        next(iter(stub.StreamAggregatedResources(iter([request]), timeout=5)))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_control_plane_beyond_loopback_without_tls_is_refused(tmp_path):
+    config = gateway_config({"openai": {"type": "openai", "model": "gpt-4o-mini", "api_key": "k"}})
+    config["control_plane"] = {"listen": "0.0.0.0:18000"}
+    save_config(tmp_path / "hapax.yaml", config)
+    result = subprocess.run([sys.executable, "-m", "hapax.cli", "validate", "--config", str(tmp_path / "hapax.yaml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "control_plane.tls" in result.stdout + result.stderr
+    assert "mutual TLS" in result.stdout + result.stderr

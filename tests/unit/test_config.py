@@ -371,7 +371,7 @@ def test_unknown_key_suggests_close_match():
          "unknown key 'prot' (did you mean 'port'?)"),
         (with_provider("{type: ollama, model: m}") + "listeners: []", "listeners",
          "unknown key 'listeners' (expected one of: server, providers, provider_preference, routes, health_check, "
-         "retry, pricing, logging, ext_proc)"),
+         "retry, pricing, logging, ext_proc, control_plane)"),
         (with_provider("{type: ollama, model: m}") + "1: x", "1", "expected a string key, got integer 1"),
     ],
 )

@@ -84,3 +84,38 @@ def test_a_separate_http3_certificate_is_its_own_secret(certs):
                                              f"tls_key_file: {certs}/other.key}}"), env={})
     snapshot = build_snapshot(config, "v1", EXT_PROC)
     assert set(snapshot.of_type(SECRET)) == {res.TLS_SECRET, res.HTTP3_TLS_SECRET}
+
+
+# ---------------------------------------------------------------- control_plane: a fleet's mutual TLS
+
+
+def fleet(certs: Path, body: str) -> str:
+    return PROVIDERS + "control_plane:\n" + body
+
+
+def test_a_fleet_control_plane_gets_its_certificate_and_the_clients_ca(certs):
+    config = parse_config(fleet(certs, f"  listen: 0.0.0.0:18000\n  tls: {{cert_file: {certs}/gateway.pem, "
+                                       f"key_file: {certs}/gateway.key, client_ca_file: {certs}/other.pem}}\n"),
+                          env={})
+    tls = config.control_plane.tls
+    assert config.control_plane.listen == "0.0.0.0:18000"
+    assert tls is not None and tls.client_ca_pem.startswith(b"-----BEGIN CERTIFICATE")
+    assert tls.certificate.key_pem.decode() not in repr(config)
+
+
+def test_a_control_plane_beyond_loopback_needs_mutual_tls(certs):
+    assert errors(fleet(certs, "  listen: 0.0.0.0:18000\n")) == {
+        "control_plane.tls": "a control plane that listens beyond loopback (0.0.0.0:18000) needs mutual TLS: "
+                             "set cert_file, key_file and client_ca_file"}
+    assert parse_config(fleet(certs, "  listen: 127.0.0.1:18000\n"), env={}).control_plane.tls is None
+
+
+def test_control_plane_tls_is_checked_file_by_file(certs):
+    found = errors(fleet(certs, f"  tls: {{cert_file: {certs}/gateway.pem, key_file: {certs}/gateway.key, "
+                                f"client_ca_file: {certs}/garbage.pem}}\n"))
+    assert found == {"control_plane.tls.client_ca_file": "is not a PEM certificate (no BEGIN CERTIFICATE block)"}
+    found = errors(fleet(certs, f"  tls: {{cert_file: {certs}/gateway.pem}}\n"))
+    assert found == {"control_plane.tls": "needs cert_file, key_file and client_ca_file; missing: key_file, "
+                                          "client_ca_file"}
+    assert errors(fleet(certs, "  listen: somewhere:18000\n")) == {
+        "control_plane.listen": "expected an IP address and a port such as 0.0.0.0:18000, got 'somewhere:18000'"}

@@ -8,7 +8,8 @@ section to its module:
 - ``providers``: providers, their health checks and circuit breakers, and
   ``provider_preference``;
 - ``routes``: routes and their metrics labels;
-- ``settings``: the small sections: retry, pricing, logging, ext_proc.
+- ``settings``: the small sections: retry, pricing, logging, ext_proc;
+- ``control_plane``: where a fleet reaches the control plane, and its mutual TLS.
 
 ``values`` holds what they share: reading one value of a given kind, and the
 messages that describe a wrong one.
@@ -20,6 +21,7 @@ from typing import Any
 
 from control_plane.config.errors import _Issues
 from control_plane.config.model import HapaxConfig, HealthCheckConfig
+from control_plane.config.validate.control_plane import _control_plane
 from control_plane.config.validate.providers import _health_check, _preference, _provider_names, _providers
 from control_plane.config.validate.routes import _routes
 from control_plane.config.validate.server import _base_dir, _server
@@ -27,7 +29,7 @@ from control_plane.config.validate.settings import _ext_proc, _logging, _pricing
 from control_plane.config.validate.values import _expected, _reject_unknown_keys
 
 _TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "health_check", "retry", "pricing",
-                   "logging", "ext_proc")
+                   "logging", "ext_proc", "control_plane")
 
 
 def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
@@ -48,7 +50,8 @@ def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
     pricing = _pricing(root.get("pricing"), issues)
     logging_config = _logging(root.get("logging"), issues)
     ext_proc = _ext_proc(root.get("ext_proc"), issues)
+    control_plane = _control_plane(root.get("control_plane"), issues, _base_dir(source))
     if issues.errors:
         return None
     return HapaxConfig(server, providers, preference, routes, tuple(issues.warnings), source, retry, pricing,
-                       logging_config, ext_proc)
+                       logging_config, ext_proc, control_plane)
