@@ -55,7 +55,7 @@ def test_seed_example_is_valid_with_a_one_line_summary_and_key_warnings(seed):
     assert summary.startswith(f"{seed}: valid")
     assert "2 providers (anthropic, openai)" in summary
     assert "preference anthropic > openai" in summary
-    assert "1 route" in summary
+    assert "5 routes" in summary  # the department route and the four standard ones
     warnings = lines(result.stderr)
     assert len(warnings) == 2, warnings
     assert all(w.startswith(f"{seed}: warning: ") for w in warnings)
