@@ -22,6 +22,7 @@ from tests.conftest import REPO
 from tests.seed import SEED_YAML
 
 CLIENT_KEY = "sk-client"
+STANDARD_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models")
 FAKES = {"openai": FakeOpenAI, "anthropic": FakeAnthropic, "ollama": FakeOllama}
 # The path each handler's SDK call ends with: a route's SDK base URL is its path without it.
 SDK_SUFFIX = {"chat": "/chat/completions", "completion": "/completions", "models": "/models",
@@ -81,6 +82,9 @@ def test_an_example_config_serves_the_standard_endpoints_and_its_department_rout
     config = faked(EXAMPLES[name])
     gateway = start_gateway(config)
     try:
+        banner = "".join(gateway.output)
+        for path in {*STANDARD_PATHS, *(route["path"] for route in config["routes"])}:
+            assert f" {path} " in banner, banner  # the banner lists what is served
         client = openai.OpenAI(base_url=gateway.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
         _serves(client, "chat")
         _serves(client, "models")

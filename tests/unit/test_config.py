@@ -28,6 +28,7 @@ from control_plane.config import (
     parse_config,
     summarize,
 )
+from control_plane.config.served import route_lines
 from control_plane.defaults import default_config_text, needs_fake_providers
 from control_plane.pricing import DEFAULT_PRICES, ModelPrice, price_for
 from tests.seed import SEED_YAML
@@ -699,6 +700,31 @@ def test_default_routes_true_is_what_leaving_it_out_means():
 )
 def test_default_routes_errors(text, message):
     assert errors(with_provider("{type: ollama, model: m}") + text) == {"default_routes": message}
+
+
+def test_route_lines_name_each_path_its_handler_and_where_it_comes_from():
+    config = parse(with_route("{path: /v1/sales/completions, handler: completion, "
+                              "metrics_labels: {department: sales, team: emea}}\n"
+                              "  - {path: /v1/models, handler: models}\n"
+                              "  - {path: /v1/chat/completions, handler: chat, metrics_labels: {department: all}}"))
+
+    assert route_lines(config) == [
+        "/v1/sales/completions  completion (department=sales, team=emea)",
+        "/v1/models             models (standard)",  # configured exactly as the standard one
+        "/v1/chat/completions   chat (department=all)",  # replaces the standard one
+        "/v1/completions        completion (standard)",
+        "/v1/embeddings         embeddings (standard)",
+    ]
+
+
+def test_route_lines_list_the_first_routes_and_count_the_rest():
+    many = "\n".join(f"  - {{path: /v1/team{i}/chat/completions, handler: chat}}" for i in range(20))
+    config = parse(with_provider("{type: ollama, model: m}") + "default_routes: false\nroutes:\n" + many + "\n")
+
+    lines = route_lines(config, limit=3)
+    assert lines[:3] == [f"/v1/team{i}/chat/completions  chat" for i in range(3)]
+    assert lines[3:] == ["... and 17 more (20 routes in all)"]
+    assert len(route_lines(config)) == 12 + 1
 
 
 @pytest.mark.parametrize(
