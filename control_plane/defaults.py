@@ -12,8 +12,6 @@ from typing import Any
 
 import yaml
 
-from control_plane.config.model import DEFAULT_ROUTES, RouteConfig
-
 # Provider -> the environment variable holding its key, in preference order.
 REAL_PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 REAL_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
@@ -25,7 +23,8 @@ FAKE_PROVIDERS = {
     "ollama": {"type": "ollama", "model": "llama3.2"},
 }
 
-# The seed's department route, so the default shows labelled metrics out of the box.
+# The seed's department route, so the default shows labelled metrics out of the box;
+# the standard OpenAI routes are served beside it without being listed.
 MARKETING_ROUTE = {
     "path": "/v1/marketing/completions",
     "handler": "completion",
@@ -59,7 +58,7 @@ def default_config_text(env: Mapping[str, str], fake_base_urls: Mapping[str, str
         "server": {"port": 8080},
         "providers": providers,
         "provider_preference": list(providers),
-        "routes": [*map(_route, DEFAULT_ROUTES), MARKETING_ROUTE],
+        "routes": [MARKETING_ROUTE],
     }
     body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
     return _HEADER.format(origin=origin) + body
@@ -85,10 +84,6 @@ def _fake_providers(base_urls: Mapping[str, str] | None) -> dict[str, dict[str, 
             f"(fake_base_urls with any of: {', '.join(FAKE_PROVIDERS)})"
         )
     return providers
-
-
-def _route(route: RouteConfig) -> dict[str, Any]:
-    return {"path": route.path, "handler": route.handler, "version": route.version}
 
 
 def _literals(settings: Mapping[str, str]) -> dict[str, str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from control_plane.config.errors import ConfigError
 from control_plane.config.load import load_config, summarize
+from control_plane.config.served import route_lines
 from hapax import logs
 
 
@@ -59,6 +60,7 @@ def _validate(args: argparse.Namespace) -> int:
             print(f"{config.source}: Envoy rejects the generated configuration:\n{failure}", file=sys.stderr)
             return 1
     print(summarize(config))
+    print("\n".join(f"  {line}" for line in route_lines(config)))
     return 0
 
 

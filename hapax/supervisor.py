@@ -439,10 +439,15 @@ class Supervisor:
         return {name: fake.base_url for name, fake in fakes.items()}
 
     def _print_ready(self, config, version: str) -> None:
+        from control_plane.config.served import route_lines
+
         providers = ", ".join(f"{p.name} ({p.type}, {p.base_url})" for p in config.providers.values())
+        first, *more = route_lines(config)  # a config serves at least one route
         lines = [
             "Hapax is ready.",
             f"  OpenAI API:   {self.listen_url}/v1",
+            f"  Routes:       {first}",
+            *(f"                {line}" for line in more),
             f"  Health:       {self.listen_url}{wire.HEALTH_PATH}",
             f"  Metrics:      {self.metrics_url}",
             *([f"  HTTP/3:       udp port {config.server.http3_port} (QUIC)"] if config.server.http3.enabled else []),

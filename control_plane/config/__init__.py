@@ -12,6 +12,7 @@ Which module to import for what:
   Most code needs only this.
 - ``errors``: ``ConfigIssue`` and ``ConfigError``.
 - ``load``: ``parse_config``, ``load_config`` and ``summarize``.
+- ``served``: ``route_lines``, the routes a config serves, listed for people.
 
 The steps of reading a file, internal to this package (their ``_`` names are
 shared between its modules, not meant for use outside it):

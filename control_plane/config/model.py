@@ -206,6 +206,8 @@ class HapaxConfig:
     server: ServerConfig
     providers: Mapping[str, ProviderConfig]  # in file order
     provider_preference: tuple[str, ...]
+    # Every route served: the standard ones (DEFAULT_ROUTES, unless ``default_routes: false``)
+    # with the configured ones over them; unique paths.
     routes: tuple[RouteConfig, ...]
     warnings: tuple[ConfigIssue, ...] = ()  # non-fatal findings
     source: str = "<string>"
@@ -224,6 +226,7 @@ class HapaxConfig:
         _freeze(self, "warnings", tuple)
 
 
+# The standard OpenAI endpoints: served without ``routes``, and beside them unless ``default_routes: false``.
 DEFAULT_ROUTES: tuple[RouteConfig, ...] = (
     RouteConfig("/v1/chat/completions", "chat"),
     RouteConfig("/v1/completions", "completion"),

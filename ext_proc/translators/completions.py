@@ -20,8 +20,18 @@ def _text_choice(choice: dict[str, Any], text: str | None) -> dict[str, Any]:
             "finish_reason": choice.get("finish_reason")}
 
 
+def _text_completion_id(chat_id: str) -> str:
+    """``chatcmpl-X`` -> ``cmpl-X``: OpenAI's prefix for the legacy API, which clients and
+    logs use to tell the two apart. A chunk keeps its stream's id, as each maps alike."""
+    if chat_id.startswith("cmpl-"):
+        return chat_id
+    return "cmpl-" + chat_id.removeprefix("chatcmpl-")
+
+
 def chat_to_text_completion(body: dict[str, Any], *, chunk: bool) -> dict[str, Any]:
     out: dict[str, Any] = {k: body[k] for k in ("id", "created", "model", "usage", "system_fingerprint") if k in body}
+    if isinstance(out.get("id"), str):
+        out["id"] = _text_completion_id(out["id"])
     out["object"] = "text_completion"
     choices = []
     for choice in body.get("choices") or []:

@@ -51,11 +51,18 @@ def test_seed_example_is_valid_with_a_one_line_summary_and_key_warnings(seed):
     result = validate(seed)
 
     assert result.returncode == 0, result.stderr
-    [summary] = lines(result.stdout)
+    summary, *listed = lines(result.stdout)
     assert summary.startswith(f"{seed}: valid")
     assert "2 providers (anthropic, openai)" in summary
     assert "preference anthropic > openai" in summary
-    assert "1 route" in summary
+    assert "5 routes" in summary  # the department route and the four standard ones
+    assert [line.split() for line in listed] == [
+        ["/v1/marketing/completions", "completion", "(department=marketing)"],
+        ["/v1/chat/completions", "chat", "(standard)"],
+        ["/v1/completions", "completion", "(standard)"],
+        ["/v1/embeddings", "embeddings", "(standard)"],
+        ["/v1/models", "models", "(standard)"],
+    ]
     warnings = lines(result.stderr)
     assert len(warnings) == 2, warnings
     assert all(w.startswith(f"{seed}: warning: ") for w in warnings)
@@ -172,7 +179,7 @@ def test_envoy_accepts_what_the_control_plane_generates_for_the_seed_example(see
     result = validate(seed, "--envoy")
 
     assert result.returncode == 0, result.stderr
-    [summary] = lines(result.stdout)
+    summary = lines(result.stdout)[0]
     assert "2 providers" in summary
     assert "Envoy rejects" not in result.stderr
 

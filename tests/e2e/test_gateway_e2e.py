@@ -147,6 +147,7 @@ def test_legacy_completion_answers_in_text_completion_shape(client, fakes):
     primary, _ = fakes
     reply = client.completions.create(model="gpt-4o-mini", prompt="complete this", max_tokens=50)
     assert reply.object == "text_completion"
+    assert reply.id.startswith("cmpl-"), reply.id  # the fake provider's chat id is chatcmpl-
     assert reply.choices[0].text == "Hello from fake-openai! You said: complete this"
     sent = only_request(primary)
     assert sent.path == "/v1/chat/completions"
@@ -157,6 +158,7 @@ def test_legacy_completion_streams_text_chunks(client):
     stream = client.completions.create(model="gpt-4o-mini", prompt="stream legacy", stream=True)
     chunks = [c for c in stream if c.choices]
     assert all(c.object == "text_completion" for c in chunks)
+    assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].id.startswith("cmpl-"), chunks[0].id
     assert "".join(c.choices[0].text for c in chunks) == "Hello from fake-openai! You said: stream legacy"
 
 

@@ -328,6 +328,8 @@ def test_default_config_serves_with_built_in_fake_providers():
         base_url = banner["OpenAI API"]
         assert banner["Config"].startswith("built-in default")
         assert banner["Preference"] == "openai > anthropic > ollama"
+        assert banner["Routes"].split() == ["/v1/marketing/completions", "completion", "(department=marketing)"]
+        assert any(line.split()[:3] == ["/v1/chat/completions", "chat", "(standard)"] for line in serve.stdout)
         children = children_by_kind(subprocess.run(
             ["pgrep", "-P", str(serve.proc.pid)], capture_output=True, text=True).stdout.split())
         workers = os.cpu_count() or 1  # the default: one ext_proc per CPU

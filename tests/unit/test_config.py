@@ -28,6 +28,7 @@ from control_plane.config import (
     parse_config,
     summarize,
 )
+from control_plane.config.served import route_lines
 from control_plane.defaults import default_config_text, needs_fake_providers
 from control_plane.pricing import DEFAULT_PRICES, ModelPrice, price_for
 from tests.seed import SEED_YAML
@@ -69,6 +70,7 @@ def test_seed_example_loads_verbatim():
     assert config.provider_preference == ("anthropic", "openai")
     assert config.routes == (
         RouteConfig("/v1/marketing/completions", "completion", "v1", {"department": "marketing"}),
+        *DEFAULT_ROUTES,  # a department route adds to the standard ones
     )
     assert dict(config.routes[0].metrics_labels) == {"department": "marketing"}
     assert config.server == ServerConfig()
@@ -370,8 +372,8 @@ def test_unknown_key_suggests_close_match():
         (with_provider("{type: ollama, model: m}") + "server: {prot: 80}", "server.prot",
          "unknown key 'prot' (did you mean 'port'?)"),
         (with_provider("{type: ollama, model: m}") + "listeners: []", "listeners",
-         "unknown key 'listeners' (expected one of: server, providers, provider_preference, routes, health_check, "
-         "retry, pricing, logging, ext_proc, control_plane)"),
+         "unknown key 'listeners' (expected one of: server, providers, provider_preference, routes, default_routes, "
+         "health_check, retry, pricing, logging, ext_proc, control_plane)"),
         (with_provider("{type: ollama, model: m}") + "1: x", "1", "expected a string key, got integer 1"),
     ],
 )
@@ -660,6 +662,71 @@ def test_unknown_handler_lists_handlers_and_suggests_one():
     assert HANDLERS == ("chat", "completion", "embeddings", "models")
 
 
+def test_department_routes_add_to_the_standard_openai_routes():
+    config = parse(with_route("{path: /v1/sales/chat/completions, handler: chat, metrics_labels: {department: sales}}"))
+
+    assert [r.path for r in config.routes] == ["/v1/sales/chat/completions", *(r.path for r in DEFAULT_ROUTES)]
+    assert config.routes[1:] == DEFAULT_ROUTES
+
+
+def test_a_route_on_a_standard_path_replaces_the_standard_one_without_a_warning():
+    config = parse(with_provider("{type: ollama, model: m}") + "routes:\n  - {path: /v1/chat/completions, "
+                   "handler: chat, version: v2, metrics_labels: {department: eng}}\n")
+
+    [chat] = [r for r in config.routes if r.path == "/v1/chat/completions"]
+    assert chat == RouteConfig("/v1/chat/completions", "chat", "v2", {"department": "eng"})
+    assert len(config.routes) == len(DEFAULT_ROUTES)
+    assert config.warnings == ()
+
+
+def test_default_routes_false_serves_only_the_configured_routes():
+    config = parse("default_routes: false\n" + with_route("{path: /v1/sales/completions, handler: completion}"))
+
+    assert config.routes == (RouteConfig("/v1/sales/completions", "completion"),)
+
+
+def test_default_routes_true_is_what_leaving_it_out_means():
+    text = with_route("{path: /v1/sales/completions, handler: completion}")
+
+    assert parse("default_routes: true\n" + text).routes == parse(text).routes
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("default_routes: false\n", "false leaves nothing to serve: list the routes to serve under 'routes'"),
+        ("default_routes: no-thanks\n", "expected true or false, got string 'no-thanks'"),
+    ],
+)
+def test_default_routes_errors(text, message):
+    assert errors(with_provider("{type: ollama, model: m}") + text) == {"default_routes": message}
+
+
+def test_route_lines_name_each_path_its_handler_and_where_it_comes_from():
+    config = parse(with_route("{path: /v1/sales/completions, handler: completion, "
+                              "metrics_labels: {department: sales, team: emea}}\n"
+                              "  - {path: /v1/models, handler: models}\n"
+                              "  - {path: /v1/chat/completions, handler: chat, metrics_labels: {department: all}}"))
+
+    assert route_lines(config) == [
+        "/v1/sales/completions  completion (department=sales, team=emea)",
+        "/v1/models             models (standard)",  # configured exactly as the standard one
+        "/v1/chat/completions   chat (department=all)",  # replaces the standard one
+        "/v1/completions        completion (standard)",
+        "/v1/embeddings         embeddings (standard)",
+    ]
+
+
+def test_route_lines_list_the_first_routes_and_count_the_rest():
+    many = "\n".join(f"  - {{path: /v1/team{i}/chat/completions, handler: chat}}" for i in range(20))
+    config = parse(with_provider("{type: ollama, model: m}") + "default_routes: false\nroutes:\n" + many + "\n")
+
+    lines = route_lines(config, limit=3)
+    assert lines[:3] == [f"/v1/team{i}/chat/completions  chat" for i in range(3)]
+    assert lines[3:] == ["... and 17 more (20 routes in all)"]
+    assert len(route_lines(config)) == 12 + 1
+
+
 @pytest.mark.parametrize(
     "routes, path, message",
     [
@@ -873,7 +940,7 @@ def test_load_config_reads_the_file_and_names_it_as_source(tmp_path):
     assert config.source == str(path)
     assert summarize(config) == (
         f"{path}: valid — 2 providers (anthropic, openai), preference anthropic > openai, "
-        "1 route, listening on 0.0.0.0:8080"
+        "5 routes, listening on 0.0.0.0:8080"
     )
 
 
@@ -917,8 +984,8 @@ def test_default_config_uses_fake_providers_without_keys():
 def test_default_config_has_default_routes_plus_the_marketing_route():
     config = parse_config(default_config_text({}, FAKE_URLS), env={})
 
-    assert config.routes[:4] == DEFAULT_ROUTES
-    assert config.routes[4] == RouteConfig("/v1/marketing/completions", "completion", "v1", {"department": "marketing"})
+    assert config.routes == (RouteConfig("/v1/marketing/completions", "completion", "v1", {"department": "marketing"}),
+                             *DEFAULT_ROUTES)
     assert config.server.port == 8080
 
 

@@ -131,8 +131,8 @@ def test_sse_tail_without_blank_line_is_delivered_on_finish():
 # ---------------------------------------------------------------- text_completion shape
 
 
-def _chat_chunk(text: str | None, finish: str | None = None) -> bytes:
-    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+def _chat_chunk(text: str | None, finish: str | None = None, chat_id: str = "c1") -> bytes:
+    chunk = {"id": chat_id, "object": "chat.completion.chunk", "created": 1, "model": "m",
              "choices": [{"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}]}
     return encode(json.dumps(chunk))
 
@@ -160,6 +160,30 @@ def test_chat_stream_becomes_text_completion_chunks_as_they_arrive():
     events = [line.removeprefix("data: ") for line in rest.split("\n") if line]
     assert json.loads(events[0])["choices"][0] == {"text": "lo", "index": 0, "logprobs": None, "finish_reason": "stop"}
     assert events[1] == "[DONE]"
+
+
+def test_a_text_completion_has_a_cmpl_id_not_the_chats_chatcmpl_id():
+    stage = TextCompletionStage()
+    stage.headers(200, "application/json")
+    body = {"id": "chatcmpl-abc123", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
+    assert json.loads(stage.body(json.dumps(body).encode(), True))["id"] == "cmpl-abc123"
+
+
+def test_every_text_completion_chunk_has_the_same_cmpl_id():
+    stage = TextCompletionStage()
+    stage.headers(200, "text/event-stream")
+    chunks = b"".join(_chat_chunk(text, None, "chatcmpl-xyz") for text in ("a", "b"))
+    events = [line.removeprefix("data: ") for line in stage.body(chunks, True).decode().split("\n") if line]
+    assert [json.loads(e)["id"] for e in events] == ["cmpl-xyz", "cmpl-xyz"]
+
+
+@pytest.mark.parametrize("chat_id, text_id", [("c1", "cmpl-c1"), ("cmpl-c1", "cmpl-c1"), ("", "cmpl-")])
+def test_a_chat_id_without_the_chatcmpl_prefix_still_gets_cmpl(chat_id, text_id):
+    stage = TextCompletionStage()
+    stage.headers(200, "application/json")
+    body = {"id": chat_id, "choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}]}
+    assert json.loads(stage.body(json.dumps(body).encode(), True))["id"] == text_id
 
 
 def test_provider_errors_pass_through_the_completion_shape_untouched():

@@ -69,7 +69,7 @@ def test_a_stream_route_tells_the_upstream_step_whether_its_client_asked_for_the
 
 def test_a_gateway_serving_only_its_model_list_has_no_lane():
     text = ("providers:\n  claude: {type: anthropic, model: claude-3-haiku, api_key: k}\n"
-            "routes:\n  - {path: /v1/models, handler: models}\n")
+            "default_routes: false\nroutes:\n  - {path: /v1/models, handler: models}\n")
     assert not [r for r in _routes(text) if r.name.startswith("model:")]
     hcm_filters = [f.name for f in res.http_connection_manager(make_plan(parse_config(text))).http_filters]
     assert passthrough.JSON_TO_METADATA_FILTER not in hcm_filters  # no lane: bodies are not read in Envoy

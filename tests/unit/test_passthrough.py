@@ -91,9 +91,10 @@ def test_lane_routes_go_before_their_ordinary_route_and_route_on_the_body_withou
 def test_routes_no_lane_request_can_take_do_not_parse_the_body_in_envoy():
     for route in _routes():
         parsed = passthrough.JSON_TO_METADATA_FILTER not in route.typed_per_filter_config
-        # Both lanes (the model lane serves /v1/completions too) and the routes they are variants of.
+        # Both lanes (the model lane serves /v1/completions too, and the standard
+        # /v1/embeddings beside the configured routes has both) and the routes they are variants of.
         assert parsed == (route.HasField("route") and route.match.path in (
-            "/v1/chat/completions", "/v1/completions", "/v1/eng/chat/completions")), route.name
+            "/v1/chat/completions", "/v1/completions", "/v1/eng/chat/completions", "/v1/embeddings")), route.name
 
 
 def _upstream_filters(cluster):

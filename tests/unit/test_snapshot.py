@@ -67,6 +67,28 @@ def test_routes_carry_the_department_route_and_gateway_routes():
     assert marketing.metadata.filter_metadata["hapax"]["department"] == "marketing"
 
 
+def _provider_paths(snapshot) -> set[str]:
+    """The paths whose requests go to a provider (not to a 405, the 404 or /health)."""
+    routes = snapshot.of_type(ROUTE)[res.ROUTE_CONFIG_NAME].virtual_hosts[0].routes
+    return {r.match.path for r in routes if r.HasField("route") and r.match.path != "/health"}
+
+
+def test_the_seeds_department_route_leaves_the_standard_openai_routes_to_envoy_and_ext_proc():
+    snapshot = seed_snapshot()
+    standard = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
+    assert _provider_paths(snapshot) == standard | {"/v1/marketing/completions"}
+    # ext_proc's router step serves by the same list: a path it lacks would be a 404 there.
+    assert {r.path for r in snapshot.of_type(RUNTIME)["hapax"].routes} == standard | {"/v1/marketing/completions"}
+
+
+def test_default_routes_false_leaves_only_the_department_routes_and_the_404_names_them():
+    snapshot = seed_snapshot("default_routes: false\n" + SEED_YAML)
+    assert _provider_paths(snapshot) == {"/v1/marketing/completions"}
+    [not_found] = [r for r in snapshot.of_type(ROUTE)[res.ROUTE_CONFIG_NAME].virtual_hosts[0].routes
+                   if r.name == "404"]
+    assert "This gateway serves: /health, /v1/marketing/completions." in not_found.direct_response.body.inline_string
+
+
 def test_retry_policy_carries_the_configured_backoff():
     text = SEED_YAML + "retry: {max_attempts: 3, backoff: {base_interval: 50ms, max_interval: 1s}}\n"
     rc = seed_snapshot(text).of_type(ROUTE)[res.ROUTE_CONFIG_NAME]

@@ -7,7 +7,8 @@ section to its module:
 - ``server``: host, ports, TLS and HTTP/3;
 - ``providers``: providers, their health checks and circuit breakers, and
   ``provider_preference``;
-- ``routes``: routes and their metrics labels;
+- ``routes``: routes and their metrics labels, over the standard ones unless
+  ``default_routes: false``;
 - ``settings``: the small sections: retry, pricing, logging, ext_proc;
 - ``control_plane``: where a fleet reaches the control plane, and its mutual TLS.
 
@@ -23,13 +24,13 @@ from control_plane.config.errors import _Issues
 from control_plane.config.model import HapaxConfig, HealthCheckConfig
 from control_plane.config.validate.control_plane import _control_plane
 from control_plane.config.validate.providers import _health_check, _preference, _provider_names, _providers
-from control_plane.config.validate.routes import _routes
+from control_plane.config.validate.routes import _served_routes
 from control_plane.config.validate.server import _base_dir, _server
 from control_plane.config.validate.settings import _ext_proc, _logging, _pricing, _retry
 from control_plane.config.validate.values import _expected, _reject_unknown_keys
 
-_TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "health_check", "retry", "pricing",
-                   "logging", "ext_proc", "control_plane")
+_TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "default_routes", "health_check",
+                   "retry", "pricing", "logging", "ext_proc", "control_plane")
 
 
 def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
@@ -45,7 +46,7 @@ def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
     health_defaults = _health_check(root.get("health_check"), "health_check", HealthCheckConfig(), issues)
     providers = _providers(root.get("providers"), health_defaults, issues)
     preference = _preference(root.get("provider_preference"), _provider_names(root.get("providers")), issues)
-    routes = _routes(root.get("routes"), issues)
+    routes = _served_routes(root.get("routes"), root.get("default_routes"), issues)
     retry = _retry(root.get("retry"), issues)
     pricing = _pricing(root.get("pricing"), issues)
     logging_config = _logging(root.get("logging"), issues)

@@ -1,4 +1,8 @@
-"""The ``routes`` section: paths, handlers and metrics labels (within Prometheus' and Hapax's rules)."""
+"""The ``routes`` section: paths, handlers and metrics labels (within Prometheus' and Hapax's rules).
+
+Configured routes add to the standard OpenAI ones (``DEFAULT_ROUTES``) and
+replace one on the same path; ``default_routes: false`` keeps only them.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from control_plane.config.model import (
 )
 from control_plane.config.validate.values import (
     _describe,
+    _expected,
     _list,
     _mapping,
     _not_one_of,
@@ -32,9 +37,36 @@ _ROUTE_KEYS = ("path", "handler", "version", "metrics_labels")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Prometheus' own rule
 
 
-def _routes(value: Any, issues: _Issues) -> tuple[RouteConfig, ...]:
+def _served_routes(routes_value: Any, default_routes_value: Any, issues: _Issues) -> tuple[RouteConfig, ...]:
+    """What the gateway serves: the standard routes unless ``default_routes: false``, and the configured ones."""
+    keep_defaults = _default_routes(default_routes_value, issues)
+    if routes_value is None:
+        if not keep_defaults:
+            issues.error("default_routes", "false leaves nothing to serve: list the routes to serve under 'routes'")
+        return DEFAULT_ROUTES if keep_defaults else ()
+    configured = _routes(routes_value, issues)
+    return _over_defaults(configured) if keep_defaults else configured
+
+
+def _default_routes(value: Any, issues: _Issues) -> bool:
     if value is None:
-        return DEFAULT_ROUTES
+        return True
+    if not isinstance(value, bool):
+        issues.error("default_routes", _expected("true or false", value))
+        return True
+    return value
+
+
+def _over_defaults(configured: tuple[RouteConfig, ...]) -> tuple[RouteConfig, ...]:
+    """The configured routes in file order, then each standard one whose path none of them takes.
+
+    Envoy matches a route's exact path, so the order only decides how they are listed.
+    """
+    taken = {route.path for route in configured}
+    return configured + tuple(route for route in DEFAULT_ROUTES if route.path not in taken)
+
+
+def _routes(value: Any, issues: _Issues) -> tuple[RouteConfig, ...]:
     items = _list(value, "routes", issues)
     if items is None:
         return ()

@@ -1,0 +1,31 @@
+"""What a configuration serves, for people: the route lines ``hapax validate`` and ``hapax serve`` print.
+
+Each line is a path, its handler, and where it comes from: ``standard`` for the
+OpenAI endpoints served beside the configured routes, or the route's metrics
+labels (its department). The list is bounded: a config may hold hundreds of
+department routes, and a terminal shows a screenful; the rest are counted.
+"""
+
+from __future__ import annotations
+
+from control_plane.config.model import DEFAULT_ROUTES, HapaxConfig, RouteConfig
+
+MAX_LISTED_ROUTES = 12
+
+
+def route_lines(config: HapaxConfig, limit: int = MAX_LISTED_ROUTES) -> list[str]:
+    """One line per served route, the first ``limit`` of them, then how many more there are."""
+    shown = config.routes[:limit]
+    width = max((len(route.path) for route in shown), default=0)
+    lines = [f"{route.path:<{width}}  {_what(route)}" for route in shown]
+    hidden = len(config.routes) - len(shown)
+    if hidden > 0:
+        lines.append(f"... and {hidden} more ({len(config.routes)} routes in all)")
+    return lines
+
+
+def _what(route: RouteConfig) -> str:
+    # A configured route identical to a standard one serves exactly as the standard one would.
+    origin = "standard" if route in DEFAULT_ROUTES else ", ".join(
+        f"{key}={value}" for key, value in route.metrics_labels.items())
+    return f"{route.handler} ({origin})" if origin else route.handler
