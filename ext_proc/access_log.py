@@ -44,7 +44,7 @@ log = logging.getLogger("hapax.ext_proc")
 
 class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
     def __init__(self, current_view: Callable[[], RuntimeView | None], metrics: GatewayMetrics,
-                 hold_off: Callable[[str, float], None] | None = None) -> None:
+                 hold_off: Callable[[str, float, int], None] | None = None) -> None:
         self.current_view = current_view
         self.metrics = metrics
         self.hold_off = hold_off
@@ -131,7 +131,7 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         provider = attempt.common_properties.custom_tags.get(LogTag.PROVIDER, "")
         seconds = retry_after_seconds(retry_after) if retry_after else None
         if seconds and provider and self.hold_off is not None:
-            self.hold_off(provider, seconds)
+            self.hold_off(provider, seconds, attempt.response.response_code.value)
 
 
 class _Answers:

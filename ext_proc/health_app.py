@@ -5,6 +5,9 @@ has crossed Envoy, so Envoy is up; ext_proc answers, so ext_proc is up; the
 control plane is up when the xDS stream is connected. It also reports every
 provider's health as ext_proc's prober sees it.
 
+A provider is ``healthy`` only while it may serve (in rotation, last probe
+passed); ``/health`` is ``degraded`` (503) when none may (docs/operations.md).
+
 ``/providers/{name}/health`` is each provider's verdict, polled by Envoy's
 active health check on that provider's endpoint: 200 healthy, 503 unhealthy or
 holding off (the provider answered 429/503 with a retry-after that has not
@@ -34,18 +37,32 @@ from hapax import wire
 
 
 def _provider_report(state: ProviderHealth | None) -> dict:
+    """One provider's state (docs/operations.md: /health): healthy only when it may serve."""
     if state is None or state.last_checked is None:
         return {"status": "unknown"}
-    report: dict[str, Any] = {"status": "healthy" if state.healthy else "unhealthy", "checks": state.checks,
-              "consecutive_failures": state.consecutive_failures}
+    report: dict[str, Any] = {"status": _provider_status(state), "checks": state.checks,
+                              "consecutive_failures": state.consecutive_failures}
     if state.last_error:
         report["last_error"] = state.last_error
     held = state.hold_off_remaining()
-    if held and state.healthy:
-        report["status"] = "holding_off"
     if held:
         report["retry_after_seconds"] = round(held, 1)
     return report
+
+
+def _provider_status(state: ProviderHealth) -> str:
+    if not state.healthy:
+        return "unhealthy"
+    if state.hold_off_remaining():
+        return "holding_off"
+    # Still in ext_proc's verdict until unhealthy_threshold failures in a row, but Envoy's
+    # outlier detection may route around it already: never "healthy" then.
+    return "failing" if state.last_error else "healthy"
+
+
+def _may_serve(state: ProviderHealth | None) -> bool:
+    """Unknown (not probed yet) may: the prober and Envoy are optimistic until proven wrong."""
+    return state is None or state.last_checked is None or state.serving()
 
 
 def _config_status(status, *, detailed: bool) -> dict:
@@ -68,12 +85,17 @@ def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
     def health_report(detailed: bool) -> web.Response:
         view = subscription.view
         cp_up = subscription.connected
-        ok = cp_up and view is not None
+        states = {name: prober.state(name) for name in (view.providers if view else ())}
+        # No provider that may serve: every request would be a 503 provider_unavailable.
+        providers_up = not states or any(_may_serve(state) for state in states.values())
+        ok = cp_up and view is not None and providers_up
         body = {
             "status": "ok" if ok else "degraded",
             "components": {
                 "envoy": {"status": "up"},
                 "ext_proc": {"status": "up", "node": subscription.node_id},
+                # "down" when none of them may serve (see "providers" for each one's state and reason).
+                "providers": {"status": "up" if providers_up else "down"},
                 "control_plane": {
                     "status": "up" if cp_up else "down",
                     # Served means rolled out to Envoy too, which the runtime's own version does not say.
@@ -82,7 +104,7 @@ def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
                     **_config_status(subscription.status, detailed=detailed),
                 },
             },
-            "providers": {name: _provider_report(prober.state(name)) for name in (view.providers if view else ())},
+            "providers": {name: _provider_report(state) for name, state in states.items()},
             # How often `hapax serve` restarted each process (empty without it).
             "restarts": restarts.read() if restarts else {},
         }

@@ -22,10 +22,12 @@ import asyncio
 import datetime
 import email.utils
 import errno
+import json
 import logging
+import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,11 +40,15 @@ from ext_proc.runtime import HealthCheckSettings, Provider
 if TYPE_CHECKING:
     from ext_proc.translators.base import Translator
 
-__all__ = ["HoldOffBoard", "ProviderHealth", "ProviderProber", "retry_after_seconds"]
+__all__ = ["HoldOff", "HoldOffBoard", "ProviderHealth", "ProviderProber", "VerdictBoard", "retry_after_seconds"]
 
 # The longest retry-after honoured: a provider asking for more is held off this
 # long, then probed and tried again (Envoy's cap for rate-limited back-off).
 MAX_HOLD_OFF_SECONDS = 300.0
+
+# The statuses with which a provider refuses the gateway's credentials: the probe's reason says
+# so in words, since a bare "HTTP 401" in a client's 503 would read as the client's own key.
+KEY_REFUSED = (401, 403)
 
 log = logging.getLogger("hapax.ext_proc.health")
 
@@ -60,6 +66,7 @@ class ProviderHealth:
     checks: int = 0                 # probes completed
     failures: int = 0               # probes failed, all time (checks - failures succeeded)
     held_until: float = 0.0         # time.monotonic() before which the provider asked not to be called
+    held_after: int = 0             # the status (429, 503) whose retry-after set held_until; 0 if unknown
 
     def in_rotation(self, now: float | None = None) -> bool:
         """Healthy and not holding off after a retry-after: the verdict Envoy gets."""
@@ -67,6 +74,25 @@ class ProviderHealth:
 
     def hold_off_remaining(self, now: float | None = None) -> float:
         return max(0.0, self.held_until - (time.monotonic() if now is None else now))
+
+    def serving(self, now: float | None = None) -> bool:
+        """In rotation and its last probe passed: the one state /health calls "healthy".
+
+        A provider whose last probe failed is still in ext_proc's verdict until
+        ``unhealthy_threshold`` failures in a row, but Envoy's outlier detection may already
+        route around it: it is not reported healthy then.
+        """
+        return self.in_rotation(now) and not self.last_error
+
+    def reason(self, now: float | None = None) -> str | None:
+        """Why the provider may not be serving, in words fit for a client (no key, no body); None if serving."""
+        held = self.hold_off_remaining(now)
+        if held:
+            after = f"a {self.held_after}" if self.held_after else "its retry-after"
+            return f"holding off for {math.ceil(held)} s after {after}"
+        if self.last_error:
+            return self.last_error
+        return None if self.healthy else "recovering: its last probe passed, not yet enough of them in a row"
 
     def record(self, error: str, settings: HealthCheckSettings) -> bool:
         """Counts one completed probe ("" for success); returns True when the verdict flipped."""
@@ -87,6 +113,14 @@ class ProviderHealth:
         return flip
 
 
+@dataclass(frozen=True)
+class HoldOff:
+    """A retry-after deadline (time.monotonic()) and the status that carried it (0: unknown)."""
+
+    until: float = 0.0
+    status: int = 0
+
+
 class HoldOffBoard:
     """Retry-after deadlines shared by every ext_proc worker: one small file per provider.
 
@@ -101,20 +135,57 @@ class HoldOffBoard:
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
 
-    def set(self, name: str, until: float) -> None:
+    def set(self, name: str, hold_off: HoldOff) -> None:
         if self.folder is None:
             return
-        tmp = self.folder / f".{name}.{os.getpid()}"
-        tmp.write_text(repr(until))
-        os.replace(tmp, self.folder / name)  # readers see the old deadline or the new one, never half
+        _replace(self.folder, name, f"{hold_off.until!r} {hold_off.status}")
 
-    def get(self, name: str) -> float:
+    def get(self, name: str) -> HoldOff:
         if self.folder is None:
-            return 0.0
+            return HoldOff()
         try:
-            return float((self.folder / name).read_text())
+            until, _, status = (self.folder / name).read_text().partition(" ")
+            return HoldOff(float(until), int(status or 0))
         except (OSError, ValueError):
-            return 0.0
+            return HoldOff()
+
+
+class VerdictBoard:
+    """The probing worker's verdicts, for the workers that do not probe (``--no-probe``).
+
+    Any worker may answer ``/health`` or a request no provider could serve, and each
+    must say what the prober saw. One small JSON file per provider, rewritten after
+    each probe. Without a folder (one worker), the board keeps nothing.
+    """
+
+    _FIELDS = ("healthy", "consecutive_successes", "consecutive_failures", "last_error", "last_checked",
+               "checks", "failures")
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def publish(self, state: ProviderHealth) -> None:
+        if self.folder is None:
+            return
+        _replace(self.folder, state.name, json.dumps({key: getattr(state, key) for key in self._FIELDS}))
+
+    def read(self, name: str) -> ProviderHealth | None:
+        if self.folder is None:
+            return None
+        try:
+            fields = json.loads((self.folder / name).read_text())
+            return ProviderHealth(name, **{key: fields[key] for key in self._FIELDS})
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def _replace(folder: Path, name: str, text: str) -> None:
+    """Writes ``folder/name`` so that readers see the old text or the new one, never half."""
+    tmp = folder / f".{name}.{os.getpid()}"
+    tmp.write_text(text)
+    os.replace(tmp, folder / name)
 
 
 class ProviderProber:
@@ -127,9 +198,10 @@ class ProviderProber:
 
     def __init__(self, translator_for: Callable[[str], Translator], *,
                  session_factory: Callable[..., aiohttp.ClientSession] = aiohttp.ClientSession,
-                 hold_off_board: HoldOffBoard | None = None) -> None:
+                 hold_off_board: HoldOffBoard | None = None, verdict_board: VerdictBoard | None = None) -> None:
         self.translator_for = translator_for
         self.board = hold_off_board or HoldOffBoard(None)
+        self.verdicts = verdict_board or VerdictBoard(None)
         self._session_factory = session_factory
         self._states: dict[str, ProviderHealth] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -141,31 +213,45 @@ class ProviderProber:
     # -- what the HTTP side reads ----------------------------------------------
 
     def state(self, name: str) -> ProviderHealth | None:
-        state = self._states.get(name)
+        """The provider's verdict: this worker's own if it probes, else the probing worker's."""
+        state = self._states.get(name) or self.verdicts.read(name)
         if state is not None:
-            state.held_until = max(state.held_until, self.board.get(name))
+            held = self.board.get(name)
+            if held.until > state.held_until:
+                state.held_until, state.held_after = held.until, held.status
         return state
 
     def states(self) -> dict[str, ProviderHealth]:
         return {name: self.state(name) for name in list(self._states)}  # type: ignore[misc]
 
-    def hold_off(self, name: str, seconds: float) -> None:
-        """The provider answered with a retry-after: out of rotation until it passes."""
+    def unavailable_reasons(self, names: Iterable[str]) -> dict[str, str]:
+        """Why each of ``names`` may not be serving, for those that may not (see ProviderHealth.reason)."""
+        now = time.monotonic()
+        reasons = {}
+        for name in names:
+            state = self.state(name)
+            reason = state.reason(now) if state is not None else None
+            if reason:
+                reasons[name] = reason
+        return reasons
+
+    def hold_off(self, name: str, seconds: float, status: int = 0) -> None:
+        """The provider answered ``status`` with a retry-after: out of rotation until it passes."""
         if seconds <= 0:
             return
         seconds = min(seconds, MAX_HOLD_OFF_SECONDS)
         until = time.monotonic() + seconds
-        if until <= self.board.get(name):
+        if until <= self.board.get(name).until:
             return
         # On the shared board even where this process does not probe: the worker
         # that does (and answers Envoy's polls) reads it.
-        self.board.set(name, until)
+        self.board.set(name, HoldOff(until, status))
         state = self._states.get(name)
         if state is not None and until > state.held_until:
             if not state.hold_off_remaining():
                 log.warning("provider asked to be left alone; out of rotation until its retry-after passes",
-                            extra={"provider": name, "seconds": round(seconds, 3)})
-            state.held_until = until
+                            extra={"provider": name, "seconds": round(seconds, 3), "status": status})
+            state.held_until, state.held_after = until, status
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -190,6 +276,7 @@ class ProviderProber:
                 continue
             if old is None or (old[0].base_url, old[0].api_key) != (provider.base_url, provider.api_key):
                 self._states[name] = ProviderHealth(name)  # another endpoint: start afresh
+                self.verdicts.publish(self._states[name])  # not the old endpoint's verdict
             if name in self._tasks:
                 self._retire(self._tasks.pop(name))
             self._probed[name] = wanted
@@ -226,6 +313,7 @@ class ProviderProber:
             error = await self.probe(provider, settings.timeout)
             if state.record(error, settings):
                 self._log_flip(state)
+            self.verdicts.publish(state)
             await asyncio.sleep(max(0.0, started + settings.interval - loop.time()))
 
     async def probe(self, provider: Provider, timeout: float) -> str:
@@ -239,7 +327,11 @@ class ProviderProber:
             ) as resp:
                 # A model list is small; reading it proves the provider finished answering.
                 await resp.read()
-                return "" if 200 <= resp.status < 300 else f"HTTP {resp.status}"
+                if 200 <= resp.status < 300:
+                    return ""
+                if resp.status in KEY_REFUSED:
+                    return f"refused the gateway's key (HTTP {resp.status})"
+                return f"HTTP {resp.status}"
         except Exception as err:  # a failed probe, never a dead task (CancelledError is no Exception)
             reason = describe_failure(err, timeout)
             if reason is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
@@ -78,6 +78,9 @@ class Chain:
 
     cluster: str
     attempts: int
+    # Its providers in the order tried: whose reasons a 503 of this chain gives. Not part of
+    # what makes two chains equal (the cluster does that).
+    providers: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ class RuntimeView:
         providers = {p.name: _provider(p, known_types) for p in rt.providers}
         if not rt.chains:
             raise InvalidRuntime("runtime has no provider chain")
-        chains = {ch.cluster: Chain(ch.cluster, ch.attempts) for ch in rt.chains}
+        chains = {ch.cluster: Chain(ch.cluster, ch.attempts, tuple(ch.providers)) for ch in rt.chains}
         for model in rt.models:
             if model.chain not in chains:
                 raise InvalidRuntime(f"model {model.name}: no chain {model.chain}")

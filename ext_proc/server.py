@@ -17,7 +17,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from ext_proc.access_log import AccessLogCounter
 from ext_proc.health_app import health_app, verdict_app
 from ext_proc.metrics import ConfigStatusCollector, GatewayMetrics, RestartsCollector
-from ext_proc.provider_health import HoldOffBoard, ProviderProber
+from ext_proc.provider_health import HoldOffBoard, ProviderProber, VerdictBoard
 from ext_proc.restarts import RestartCounts
 from ext_proc.runtime import RuntimeView
 from ext_proc.service import Processor
@@ -30,8 +30,10 @@ log = logging.getLogger("hapax.ext_proc")
 
 
 async def serve(args: argparse.Namespace) -> None:
-    board = HoldOffBoard(Path(args.shared_dir) / "hold-off" if args.shared_dir else None)
-    prober = ProviderProber(translator_for, hold_off_board=board)
+    shared = Path(args.shared_dir) if args.shared_dir else None
+    prober = ProviderProber(translator_for,
+                            hold_off_board=HoldOffBoard(shared / wire.HOLD_OFF_DIR if shared else None),
+                            verdict_board=VerdictBoard(shared / wire.VERDICTS_DIR if shared else None))
     metrics = GatewayMetrics(prober)
     subscription = RuntimeSubscription(
         args.xds, frozenset(TRANSLATORS), args.node_id,
@@ -45,7 +47,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
     pb_grpc.add_ExternalProcessorServicer_to_server(Processor(lambda: subscription.view, metrics, prober.hold_off,
-                                                         subscription.view_for), server)
+                                                         subscription.view_for, prober.unavailable_reasons), server)
     access_log = AccessLogCounter(lambda: subscription.view, metrics, prober.hold_off)
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(access_log, server)
     grpc_port = server.add_insecure_port(args.listen)
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-probe", action="store_true",
                         help="leave health checks to another worker of the same gateway (the first one)")
     parser.add_argument("--shared-dir", default=None,
-                        help="state the ext_proc workers of one gateway share (retry-after deadlines)")
+                        help="state the ext_proc workers of one gateway share (retry-after deadlines, verdicts)")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", default="json", choices=("json", "text"))
     args = parser.parse_args(argv)

@@ -15,7 +15,7 @@ different ext_proc processes.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -37,12 +37,14 @@ log = logging.getLogger("hapax.ext_proc")
 class Processor(pb_grpc.ExternalProcessorServicer):
     def __init__(self, current_view: Callable[[], RuntimeView | None],
                  metrics: GatewayMetrics | None = None,
-                 hold_off: Callable[[str, float], None] | None = None,
-                 view_for: Callable[[str], RuntimeView | None] = lambda _: None) -> None:
+                 hold_off: Callable[[str, float, int], None] | None = None,
+                 view_for: Callable[[str], RuntimeView | None] = lambda _: None,
+                 reasons: Callable[[Iterable[str]], Mapping[str, str]] | None = None) -> None:
         self.current_view = current_view
         self.metrics = metrics
         self.hold_off = hold_off
         self.view_for = view_for
+        self.reasons = reasons
 
     def step_for(self, phase: str) -> Step | None:
         """A new step for a stream of ``phase``; None before the first runtime arrives."""
@@ -50,7 +52,7 @@ class Processor(pb_grpc.ExternalProcessorServicer):
         if view is None:
             return None
         if phase == Phase.ROUTER:
-            return RouterStep(view, self.metrics)
+            return RouterStep(view, self.metrics, self.reasons)
         return UpstreamStep(view, self.metrics, self.hold_off, self.view_for)
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],

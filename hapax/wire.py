@@ -88,6 +88,12 @@ STEP_RESPONSE_HEADERS = (PROVIDER_HEADER, ANSWER_ATTEMPT_HEADER, UPSTREAM_SECOND
 # Removed: the routes' virtual host, before the client.
 GATEWAY_ANSWER_HEADER = "x-hapax-gateway-answer"
 
+# Marks Envoy's 503 provider_unavailable reply to a request the router step routed (one that
+# carries CHAIN_HEADER). Written: that local reply's mapper (control_plane/resources/listeners.py).
+# Read and removed: the router step, which puts the providers' reasons in the reply's message.
+# Only ever on that reply, so the success path pays nothing for it.
+UNAVAILABLE_HEADER = "x-hapax-unavailable"
+
 # ---------------------------------------------------------------- response headers for the client
 
 # The client's request fields its provider was not sent (ext_proc/translators/params.py), as
@@ -233,3 +239,8 @@ UNIX_SOCKET_PREFIX = "unix:"
 # in the directory the ext_proc workers share (--shared-dir). Written: `hapax serve`
 # (hapax/supervisor.py). Read: ext_proc, for hapax_process_restarts_total and /health.
 RESTARTS_FILE = "restarts.json"
+
+# Folders in that directory. Written: the ext_proc worker that sees a retry-after (HOLD_OFF_DIR),
+# the one that probes (VERDICTS_DIR). Read: every ext_proc worker (verdicts, /health, reasons).
+HOLD_OFF_DIR = "hold-off"
+VERDICTS_DIR = "provider-verdicts"

@@ -162,15 +162,20 @@ def _overload_mappers(headers: Sequence[base_pb2.HeaderValueOption]) -> list[hcm
     ]
 
 
-def local_reply_config(headers: Sequence[base_pb2.HeaderValueOption] = ()) -> hcm_pb2.LocalReplyConfig:
-    """Envoy's own replies as OpenAI error JSON; ``headers`` go on each reply mapped so."""
+def local_reply_config(headers: Sequence[base_pb2.HeaderValueOption] = (), *,
+                       router_step: bool = False) -> hcm_pb2.LocalReplyConfig:
+    """Envoy's own replies as OpenAI error JSON; ``headers`` go on each reply mapped so.
+
+    ``router_step``: the connection manager has the router step, which completes a 503
+    provider_unavailable with the providers' reasons (_unavailable_to_router_step).
+    """
     # Each flag's reply only with the status Envoy gives it: the custom response's 502 for a
     # provider's last 404 is a local reply too, and carries URX once the retries are spent.
-    mappers = _overload_mappers(headers) + [
+    marked = [_unavailable_to_router_step(headers)] if router_step else []
+    mappers = _overload_mappers(headers) + marked + [
         _json_mapper(
             accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
-                accesslog_pb2.AccessLogFilter(response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags))),
-                _status_is_filter(status)])),
+                _flags_filter(flags), _status_is_filter(status)])),
             status, f"{text} (%LOCAL_REPLY_BODY%)", "server_error", code,
             _shed_headers(headers) if code == "overloaded" else headers)
         for flags, status, text, code in _LOCAL_REPLY_ERRORS
@@ -189,6 +194,27 @@ def local_reply_config(headers: Sequence[base_pb2.HeaderValueOption] = ()) -> hc
     mappers.append(_json_mapper(envoys_500, 500, "The gateway failed to handle the request "
                                 "(%RESPONSE_CODE_DETAILS%).", "server_error", "internal_error", headers))
     return hcm_pb2.LocalReplyConfig(mappers=mappers)
+
+
+def _flags_filter(flags: Sequence[str]) -> accesslog_pb2.AccessLogFilter:
+    return accesslog_pb2.AccessLogFilter(response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags)))
+
+
+def _unavailable_to_router_step(headers: Sequence[base_pb2.HeaderValueOption]) -> hcm_pb2.ResponseMapper:
+    """The 503 provider_unavailable of a request the router step routed, marked for it.
+
+    Why no provider could serve is known in ext_proc (its prober's verdicts and the
+    retry-afters it saw), not in Envoy. The router step sees this reply on its way out
+    (it is above the router) and, finding the mark, puts each provider's reason in the
+    message. Marked only here, so the success path costs nothing. A lane's request
+    (no router step, no chain header) keeps the plain reply below.
+    """
+    flags, status, text, code = _LOCAL_REPLY_ERRORS[-1]
+    routed = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
+        _flags_filter(flags), _status_is_filter(status), _request_has(wire.CHAIN_HEADER)]))
+    mark = base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=wire.UNAVAILABLE_HEADER, value="1"),
+                                      append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
+    return _json_mapper(routed, status, f"{text} (%LOCAL_REPLY_BODY%)", "server_error", code, [*headers, mark])
 
 
 def _request_has(header: str) -> accesslog_pb2.AccessLogFilter:
@@ -359,7 +385,7 @@ def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
                 suppress_envoy_headers=True,
             ))),
         ],
-        local_reply_config=local_reply_config(),
+        local_reply_config=local_reply_config(router_step=True),
         stream_idle_timeout=duration(300),
         # Edge limits, as Envoy's edge-proxy guidance sets them (docs/operations.md: Edge limits).
         # The headers, then the whole request, within a bound: a client that sends slowly holds

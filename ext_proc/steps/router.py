@@ -12,14 +12,16 @@ A request Envoy routes from its body skips this step (see ext_proc/steps/upstrea
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from ext_proc import client_request
 from ext_proc.client_request import AUTO_MODELS, ClientRequest
-from ext_proc.errors import GatewayError, invalid
+from ext_proc.errors import GatewayError, error_json, invalid
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.outcomes import RequestOutcome, outcome_for
 from ext_proc.runtime import Chain, Provider, Route, RuntimeView
@@ -42,6 +44,7 @@ from hapax.wire import (
     REQUEST_ID_HEADER,
     START_HEADER,
     STEP_RESPONSE_HEADERS,
+    UNAVAILABLE_HEADER,
     UPSTREAM_SECONDS_HEADER,
     VERSION_HEADER,
     Handler,
@@ -53,16 +56,22 @@ log = logging.getLogger("hapax.ext_proc")
 # or model unknown); the client gets a 502 (control_plane/resources/listeners.py: provider_errors_filter).
 GATEWAY_CONFIG_REJECTED = (401, 403, 404)
 
+# Why each provider may not be serving, for the providers named (ProviderProber.unavailable_reasons).
+Reasons = Callable[[Iterable[str]], Mapping[str, str]]
+
 
 class RouterStep(Step):
     """Once per request: validates it, picks its chain, and counts it when its answer starts."""
 
-    def __init__(self, view: RuntimeView, metrics: GatewayMetrics | None = None) -> None:
+    def __init__(self, view: RuntimeView, metrics: GatewayMetrics | None = None,
+                 reasons: Reasons | None = None) -> None:
         super().__init__()
         self.view = view
         self.metrics = metrics
+        self.reasons = reasons
         self.handler = ""
         self.route: Route | None = None
+        self.chain: Chain | None = None
         self.started = time.monotonic()
         self.counted = False
         self.request_id = ""
@@ -88,7 +97,7 @@ class RouterStep(Step):
 
     def request_body(self, msg: pb.HttpBody, attributes: Attributes) -> pb.ProcessingResponse:
         req = client_request.parse(self.handler, msg.body)
-        chain = self.chain_for(req)
+        chain = self.chain = self.chain_for(req)
         # The route's retry policy is shared by all chains, so the request's own
         # chain's attempts travel with it.
         retries = chain.attempts - 1
@@ -116,6 +125,8 @@ class RouterStep(Step):
     def response_headers(self, msg: pb.HttpHeaders, attributes: Attributes) -> pb.ProcessingResponse:
         headers = header_map(msg)
         response = continue_response_headers(pb.CommonResponse(header_mutation=mutation(remove=STEP_RESPONSE_HEADERS)))
+        if UNAVAILABLE_HEADER in headers:
+            response = self.unavailable()
         status = int(headers.get(":status", "0") or 0)
         provider = self.view.providers.get(headers.get(PROVIDER_HEADER, ""))
         self.done = True
@@ -131,6 +142,25 @@ class RouterStep(Step):
             overhead = time.monotonic() - self.started - float(upstream)
         self._count(status, provider, outcome_for(status, attempt), overhead)
         return response
+
+    def unavailable(self) -> pb.ProcessingResponse:
+        """Envoy's 503 provider_unavailable (listeners.py: _unavailable_to_router_step), with the reasons.
+
+        Envoy knows only that no provider was in rotation or answered; ext_proc knows why
+        (its probes, the retry-afters it saw). The reasons are short fixed words and numbers
+        (provider_health.describe_failure): never a key, never a provider's body.
+        """
+        remove = (*STEP_RESPONSE_HEADERS, UNAVAILABLE_HEADER)
+        providers = self.chain.providers if self.chain is not None else self.view.providers
+        reasons = self.reasons(providers) if self.reasons is not None else {}
+        if not reasons:  # every provider passes its probes: Envoy's own words are all there is
+            return continue_response_headers(pb.CommonResponse(header_mutation=mutation(remove=remove)))
+        said = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
+        body = json.dumps(error_json(f"No provider could serve the request: {said}.", "server_error",
+                                     "provider_unavailable")).encode()
+        return continue_response_headers(pb.CommonResponse(
+            status=pb.CommonResponse.CONTINUE_AND_REPLACE, header_mutation=mutation(remove=remove),
+            body_mutation=pb.BodyMutation(body=body)))
 
     def on_error(self, err: GatewayError) -> None:
         log.info("request answered by the gateway", extra={

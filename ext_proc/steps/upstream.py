@@ -125,7 +125,7 @@ class UpstreamStep(Step):
     """
 
     def __init__(self, view: RuntimeView, metrics: GatewayMetrics | None = None,
-                 hold_off: Callable[[str, float], None] | None = None,
+                 hold_off: Callable[[str, float, int], None] | None = None,
                  view_for: Callable[[str], RuntimeView | None] = lambda _: None) -> None:
         super().__init__()
         self.view = view  # the current version: for a request whose own version is gone
@@ -302,7 +302,7 @@ class UpstreamStep(Step):
             return
         seconds = retry_after_seconds(retry_after)
         if seconds:
-            self.hold_off(self.attempt.provider.name, seconds)
+            self.hold_off(self.attempt.provider.name, seconds, status)
 
     # ---------------------------------------------------------------- the end
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -67,8 +68,12 @@ def client(gateway, fakes, fake_host):
 
 
 def provider_states(gateway) -> dict[str, str]:
-    with urllib.request.urlopen(gateway.url + "/health", timeout=5) as resp:
-        return {name: p["status"] for name, p in json.load(resp)["providers"].items()}
+    try:
+        with urllib.request.urlopen(gateway.url + "/health", timeout=5) as resp:
+            report = json.load(resp)
+    except urllib.error.HTTPError as err:  # 503 degraded: no provider may serve
+        report = json.load(err)
+    return {name: p["status"] for name, p in report["providers"].items()}
 
 
 def envoy_health_flags(gateway, provider: str) -> str:

@@ -196,7 +196,7 @@ def test_health_reports_envoy_control_plane_and_ext_proc_up(gateway):
     assert status == 200
     assert body["status"] == "ok"
     assert {k: v["status"] for k, v in body["components"].items()} == {
-        "envoy": "up", "ext_proc": "up", "control_plane": "up"}
+        "envoy": "up", "ext_proc": "up", "control_plane": "up", "providers": "up"}
     assert body["components"]["control_plane"]["config_version"]
 
 

@@ -11,6 +11,7 @@ from control_plane import resources as res
 from control_plane.config import parse_config
 from control_plane.plan import make_plan
 from control_plane.resources import listeners
+from hapax import wire
 from tests.unit.test_passthrough import CONFIG
 
 
@@ -63,3 +64,17 @@ def test_the_gateways_own_limits_answer_503_overloaded_with_retry_after():
     assert _expression(overload_manager[1]) == "response.code_details == 'overload'"
     # They come first: the status-only mappers must not catch these.
     assert mappers[:2] == list(_hcm().local_reply_config.mappers[:2])
+
+
+def _marks_for_the_router_step(mapper) -> bool:
+    return any(h.header.key == wire.UNAVAILABLE_HEADER for h in mapper.headers_to_add)
+
+
+def test_only_a_routed_requests_503_unavailable_is_marked_for_the_router_steps_reasons():
+    marked = [m for m in _hcm().local_reply_config.mappers if _marks_for_the_router_step(m)]
+    assert len(marked) == 1
+    conditions = marked[0].filter.and_filter.filters
+    assert [c.header_filter.header.name for c in conditions if c.HasField("header_filter")] == [wire.CHAIN_HEADER]
+    assert "UH" in conditions[0].response_flag_filter.flags
+    # An attempt listener's replies never reach the router step as Envoy's own: never marked.
+    assert not any(_marks_for_the_router_step(m) for m in listeners.local_reply_config().mappers)

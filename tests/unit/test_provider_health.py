@@ -16,9 +16,11 @@ import pytest
 
 from ext_proc.provider_health import (
     MAX_HOLD_OFF_SECONDS,
+    HoldOff,
     HoldOffBoard,
     ProviderHealth,
     ProviderProber,
+    VerdictBoard,
     retry_after_seconds,
 )
 from ext_proc.runtime import HealthCheckSettings, Provider
@@ -219,7 +221,7 @@ async def test_the_api_key_never_appears_in_what_is_reported(prober, transition_
                      for name, fake in (("wrong", wrong), ("hanging", hanging), ("gone", gone))}
         prober.update(providers, {name: settings for name in providers})
         await until(lambda: all(not s.healthy for s in prober.states().values()))
-        assert prober.state("wrong").last_error == "HTTP 401"
+        assert prober.state("wrong").last_error == "refused the gateway's key (HTTP 401)"
         assert secret not in repr(prober.states())
         assert secret not in repr(providers)
         assert all(secret not in r.getMessage() and secret not in repr(vars(r)) for r in transition_log.records)
@@ -372,3 +374,55 @@ async def test_a_hold_off_seen_by_one_worker_holds_for_every_worker(tmp_path):
     finally:
         await first.close()
         await second.close()
+
+
+# ---------------------------------------------------------------- why a provider may not serve
+
+
+@pytest.mark.parametrize(("state", "reason"), [
+    (ProviderHealth("p", last_checked=1.0), None),  # serving: nothing to say
+    (ProviderHealth("p", last_error="connection refused"), "connection refused"),  # failing, still in
+    (ProviderHealth("p", healthy=False, last_error="refused the gateway's key (HTTP 401)"),
+     "refused the gateway's key (HTTP 401)"),
+    (ProviderHealth("p", held_until=138.2, held_after=429), "holding off for 39 s after a 429"),
+    (ProviderHealth("p", held_until=110.0), "holding off for 10 s after its retry-after"),
+    (ProviderHealth("p", healthy=False), "recovering: its last probe passed, not yet enough of them in a row"),
+])
+def test_a_provider_that_may_not_serve_says_why_in_words_a_client_may_read(state, reason):
+    assert state.reason(now=100.0) == reason
+    assert state.serving(now=100.0) is (reason is None)
+
+
+async def test_a_refused_key_is_reported_as_such_not_as_a_bare_status(prober):
+    async with FakeOpenAI(api_key="the-right-key") as fake:
+        prober.update({"p": provider_for(fake, "openai", key="wrong")}, {"p": HealthCheckSettings(interval=3600)})
+        await until(lambda: prober.state("p").last_checked is not None)
+    assert prober.unavailable_reasons(["p"]) == {"p": "refused the gateway's key (HTTP 401)"}
+
+
+async def test_a_worker_that_does_not_probe_reports_the_probing_workers_verdicts(tmp_path):
+    probing = ProviderProber(translator_for, verdict_board=VerdictBoard(tmp_path / "verdicts"))
+    other = ProviderProber(translator_for, verdict_board=VerdictBoard(tmp_path / "verdicts"))  # --no-probe
+    try:
+        async with FakeOpenAI() as fake:
+            await fake.refuse_connections()
+            probing.update({"p": provider_for(fake, "openai")},
+                           {"p": HealthCheckSettings(interval=0.05, unhealthy_threshold=1)})
+            await until(lambda: not probing.state("p").healthy)
+        seen = other.state("p")
+        assert seen is not None and not seen.healthy and seen.last_error == "connection refused"
+        assert other.unavailable_reasons(["p", "unprobed"]) == {"p": "connection refused"}
+    finally:
+        await probing.close()
+
+
+async def test_a_hold_off_tells_every_worker_which_status_asked_for_it(tmp_path):
+    board = HoldOffBoard(tmp_path / "hold-off")
+    ProviderProber(translator_for, hold_off_board=board).hold_off("p", 30, 429)
+    assert board.get("p").status == 429
+    other = ProviderProber(translator_for, hold_off_board=HoldOffBoard(tmp_path / "hold-off"),
+                           verdict_board=VerdictBoard(tmp_path / "verdicts"))
+    VerdictBoard(tmp_path / "verdicts").publish(ProviderHealth("p", last_checked=1.0))
+    reason = other.unavailable_reasons(["p"])["p"]
+    assert reason in ("holding off for 30 s after a 429", "holding off for 29 s after a 429"), reason
+    assert HoldOffBoard(None).get("p") == HoldOff()

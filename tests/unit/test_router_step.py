@@ -277,3 +277,48 @@ def test_an_invalid_body_is_a_client_error(step, metrics):
     step.on_error(raised.value)
     assert raised.value.status == 400
     assert _answered(metrics) == {("none", "none", "4xx", "client_error"): 1.0}
+
+
+# ---------------------------------------------------------------- a 503 that says why
+
+
+def _unavailable_reply() -> pb.HttpHeaders:
+    """Envoy's 503 provider_unavailable, as its mapper marks it for the router step."""
+    return _headers({":status": "503", "content-type": "application/json", "x-hapax-unavailable": "1"})
+
+
+def test_envoys_503_gets_the_reasons_of_the_requests_chain_only(view, metrics):
+    asked: list[tuple[str, ...]] = []
+
+    def reasons(names):
+        asked.append(tuple(names))
+        return {"second": "connection refused", "primary": "holding off for 38 s after a 429"}
+
+    step = RouterStep(view, metrics, reasons)
+    _route_to(step, "claude")
+    common = step.response_headers(_unavailable_reply(), None).response_headers.response
+    assert asked == [("second", "primary")]  # chain.second's providers, in the order tried
+    assert common.status == pb.CommonResponse.CONTINUE_AND_REPLACE
+    error = json.loads(common.body_mutation.body)["error"]
+    assert error["code"] == "provider_unavailable"
+    assert error["message"] == ("No provider could serve the request: second: connection refused; "
+                                "primary: holding off for 38 s after a 429.")
+    assert "x-hapax-unavailable" in common.header_mutation.remove_headers
+
+
+def test_envoys_503_keeps_its_own_words_when_no_provider_has_a_known_problem(view, metrics):
+    step = RouterStep(view, metrics, lambda names: {})
+    _route_to(step, "auto")
+    common = step.response_headers(_unavailable_reply(), None).response_headers.response
+    assert common.status == pb.CommonResponse.CONTINUE and not common.HasField("body_mutation")
+    assert "x-hapax-unavailable" in common.header_mutation.remove_headers
+
+
+def test_an_ordinary_answer_is_never_rewritten_nor_are_reasons_looked_up(view, metrics):
+    def reasons(names):
+        raise AssertionError("looked up on the success path")
+
+    step = RouterStep(view, metrics, reasons)
+    _route_to(step, "auto")
+    common = step.response_headers(_upstream_answer(200, "primary", 1), None).response_headers.response
+    assert common.status == pb.CommonResponse.CONTINUE and not common.HasField("body_mutation")
