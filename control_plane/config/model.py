@@ -88,7 +88,7 @@ class ServerConfig:
     # (POST /quitquitquit stops the gateway). None: the admin is on a Unix socket only Hapax's
     # user can open, and Envoy's stats are served read-only on metrics_port.
     admin_port: int | None = None
-    metrics_port: int = 9090  # Hapax /metrics
+    metrics_port: int = 9464  # Hapax /metrics; not 9090, Prometheus's own (docs/configuration.md)
     tls: Certificate | None = None  # HTTPS on the TCP listener, HTTP/2 by ALPN
     http3: Http3Config = Http3Config()
     # Seconds a client has to send its whole request (headers and body): a body sent slowly

@@ -121,7 +121,7 @@ def test_missing_api_key_on_keyed_provider_is_a_warning_not_an_error():
 def test_defaults_when_optional_keys_are_absent():
     config = parse(with_provider("{type: openai, model: gpt-4}"))
 
-    assert config.server == ServerConfig(host="0.0.0.0", port=8080, admin_port=None, metrics_port=9090)
+    assert config.server == ServerConfig(host="0.0.0.0", port=8080, admin_port=None, metrics_port=9464)
     assert config.routes == DEFAULT_ROUTES
     assert [(r.path, r.handler, r.version) for r in DEFAULT_ROUTES] == [
         ("/v1/chat/completions", "chat", "v1"),
@@ -742,9 +742,9 @@ def test_ports_must_be_distinct_unless_zero():
 
 
 def test_port_clash_with_a_default_is_reported_at_the_key_that_was_written():
-    found = errors(with_provider("{type: ollama, model: m}") + "server: {port: 9090}")
+    found = errors(with_provider("{type: ollama, model: m}") + "server: {port: 9464}")
 
-    assert found == {"server.port": "port 9090 is already used by server.metrics_port (its default)"}
+    assert found == {"server.port": "port 9464 is already used by server.metrics_port (its default)"}
 
 
 def test_envoy_admin_has_no_tcp_port_unless_the_config_opts_in():
