@@ -75,6 +75,23 @@ class RestartPolicy:
         return delay
 
 
+def url_host(host: str) -> str:
+    """An IP address as a URL spells it: an IPv6 one in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+# An address that means every interface, and the loopback address a local client can use for it.
+ALL_INTERFACES = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def reach_note(host: str, url: str) -> str:
+    """After a URL whose host means every interface (which no client can connect to), one it can."""
+    loopback = ALL_INTERFACES.get(host)
+    if loopback is None:
+        return ""
+    return f" (all interfaces; e.g. {url.replace(url_host(host), url_host(loopback), 1)})"
+
+
 class GiveUp(Exception):
     """A child the gateway cannot go on without: the message says which and why."""
 
@@ -256,6 +273,7 @@ class Supervisor:
         self.fakes: list = []
         self.workdir = Path(tempfile.mkdtemp(prefix="hapax-"))  # mode 0700
         self.channels = LocalChannels(self.workdir)
+        self.host = ""  # what the listeners bind: the banner prints it as it is
         self.listen_url = ""
         self.metrics_url = ""
         self.admin_url = ""  # unix:/path, or http://127.0.0.1:port with server.admin_port
@@ -303,10 +321,10 @@ class Supervisor:
         bound = await self._listener_ports(port, [p for p in opened if p.listener])
         for worker in workers:
             await self._wait_ext_proc_configured(worker)
-        host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        self.host = config.server.host
         scheme = "https" if config.server.tls is not None else "http"
-        self.listen_url = f"{scheme}://{host}:{bound[wire.LISTENER]}"
-        self.metrics_url = f"http://{host}:{bound[wire.METRICS_LISTENER]}{wire.METRICS_PATH}"
+        self.listen_url = f"{scheme}://{url_host(self.host)}:{bound[wire.LISTENER]}"
+        self.metrics_url = f"http://{url_host(self.host)}:{bound[wire.METRICS_LISTENER]}{wire.METRICS_PATH}"
         self._print_ready(config, control_plane.ready.get("version", ""))
 
     async def _start_ext_procs(self, count: int) -> list[Child]:
@@ -468,9 +486,9 @@ class Supervisor:
         providers = ", ".join(f"{p.name} ({p.type}, {p.base_url})" for p in config.providers.values())
         lines = [
             "Hapax is ready.",
-            f"  OpenAI API:   {self.listen_url}/v1",
+            f"  OpenAI API:   {self.listen_url}/v1{reach_note(self.host, f'{self.listen_url}/v1')}",
             f"  Health:       {self.listen_url}{wire.HEALTH_PATH}",
-            f"  Metrics:      {self.metrics_url}",
+            f"  Metrics:      {self.metrics_url}{reach_note(self.host, self.metrics_url)}",
             *([f"  HTTP/3:       udp port {config.server.http3_port} (QUIC)"] if config.server.http3.enabled else []),
             f"  Envoy stats:  {self.metrics_url.removesuffix(wire.METRICS_PATH)}{wire.ENVOY_STATS_PATH}",
             f"  Envoy admin:  {self.admin_url} ({self._admin_reach()})",

@@ -325,7 +325,15 @@ def test_default_config_serves_with_built_in_fake_providers():
     serve = ServeProcess(["--port", "0", "--admin-port", "0", "--metrics-port", "0", "--log-level", "WARNING"], env)
     try:
         banner = serve.wait_ready()
-        base_url = banner["OpenAI API"]
+        # The built-in config binds every interface: the banner says so, and where to connect.
+        bound, note = banner["OpenAI API"].split(" ", 1)
+        port = urlsplit(bound).port
+        assert bound == f"http://0.0.0.0:{port}/v1"
+        base_url = f"http://127.0.0.1:{port}/v1"
+        assert note == f"(all interfaces; e.g. {base_url})"
+        metrics_port = urlsplit(banner["Metrics"].split()[0]).port
+        assert banner["Metrics"] == (f"http://0.0.0.0:{metrics_port}/metrics "
+                                     f"(all interfaces; e.g. http://127.0.0.1:{metrics_port}/metrics)")
         assert banner["Config"].startswith("built-in default")
         assert banner["Preference"] == "openai > anthropic > ollama"
         children = children_by_kind(subprocess.run(

@@ -48,3 +48,11 @@ def test_a_free_port_is_not_taken():
         probe.bind(("127.0.0.1", 0))
         number = probe.getsockname()[1]
     assert taken(gateway_ports(ServerConfig(host="127.0.0.1", port=number, metrics_port=0))) == []
+
+
+def test_a_url_on_every_interface_says_so_and_where_a_client_connects():
+    from hapax.supervisor import reach_note, url_host
+
+    assert reach_note("0.0.0.0", "http://0.0.0.0:8080/v1") == " (all interfaces; e.g. http://127.0.0.1:8080/v1)"
+    assert reach_note("::", f"http://{url_host('::')}:8080/v1") == " (all interfaces; e.g. http://[::1]:8080/v1)"
+    assert reach_note("10.0.0.5", "http://10.0.0.5:8080/v1") == ""
