@@ -495,6 +495,8 @@ class Supervisor:
             f"  Providers:    {providers}",
             f"  Preference:   {' > '.join(config.provider_preference)}",
             f"  Config:       {self.options.config_path or 'built-in default'} (version {version})",
+            # What the control plane has logged, where the operator looks first: an empty key above all.
+            *(f"  Warning:      {warning}" for warning in config.warnings),
             "Press Ctrl-C to stop.",
         ]
         print("\n".join(lines), flush=True)

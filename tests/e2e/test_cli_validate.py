@@ -61,8 +61,8 @@ def test_seed_example_is_valid_with_a_one_line_summary_and_key_warnings(seed):
     assert all(w.startswith(f"{seed}: warning: ") for w in warnings)
     [anthropic] = [w for w in warnings if "providers.anthropic.api_key" in w]
     [openai] = [w for w in warnings if "providers.openai.api_key" in w]
-    assert "ANTHROPIC_API_KEY" in anthropic and "empty" in anthropic
-    assert "OPENAI_API_KEY" in openai and "empty" in openai
+    assert "empty (${ANTHROPIC_API_KEY} is not set)" in anthropic
+    assert "empty (${OPENAI_API_KEY} is not set)" in openai
     assert "Traceback" not in result.stderr
 
 

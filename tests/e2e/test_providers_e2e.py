@@ -153,7 +153,7 @@ def test_a_retry_never_carries_the_previous_providers_credential(client, fakes):
 
 @pytest.mark.parametrize("name,model,status", [("openai", "gpt-4", 401), ("anthropic", "claude-3-haiku", 401),
                                                ("openai", "gpt-4", 403)])
-def test_a_provider_rejecting_the_gateways_key_is_a_502_naming_the_provider_and_its_variable(client, fakes, name, model, status):
+def test_a_provider_rejecting_the_gateways_key_is_a_502_naming_its_variable(client, fakes, name, model, status):
     fakes[name].inject(Status(status), times=None)
     with pytest.raises(openai.APIStatusError) as err:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])

@@ -445,6 +445,27 @@ def test_a_port_taken_after_the_check_fails_start_up_as_soon_as_envoy_refuses_it
     assert "Hapax is ready" not in stdout
 
 
+# ---------------------------------------------------------------- empty keys
+
+
+def test_a_provider_whose_key_variable_is_unset_is_a_warning_in_the_banner_and_the_log(provider, tmp_path):
+    config = tmp_path / "hapax.yaml"
+    save_config(config, {"server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0}, "providers": {
+        "claude": {"type": "anthropic", "model": "claude-3-haiku", "api_key": "${HAPAX_TEST_UNSET_KEY}",
+                   "base_url": provider.base_url.removesuffix("/v1")},
+        "openai": {"type": "openai", "model": "gpt-4o-mini", "api_key": "k", "base_url": provider.base_url}}})
+    env = {k: v for k, v in os.environ.items() if k != "HAPAX_TEST_UNSET_KEY"}
+    serve = ServeProcess(["--config", str(config)], env)
+    try:
+        serve.wait_ready()
+        warning = ("providers.claude.api_key: empty (${HAPAX_TEST_UNSET_KEY} is not set); "
+                   "requests to this provider will be rejected")
+        assert f"  Warning:      {warning}\n" in serve.stdout
+        assert wait_until(lambda: any(warning in line for line in serve.stderr), 10), "".join(serve.stderr)
+    finally:
+        serve.close()
+
+
 # ---------------------------------------------------------------- signals during start-up
 
 
