@@ -4,6 +4,6 @@ WORKDIR /opt/hapax
 COPY . .
 RUN pip install --no-cache-dir .
 
-EXPOSE 8080 9090
+EXPOSE 8080 9464
 ENTRYPOINT ["hapax"]
 CMD ["serve", "--config", "/etc/hapax/hapax.yaml"]

@@ -59,6 +59,8 @@ class Provider:
     # What an attempt to this provider keeps of the request's headers: what every provider
     # gets and the provider's forward_headers (hapax/wire.py). The rest is removed.
     kept_headers: frozenset[str] = frozenset(PROVIDER_REQUEST_HEADERS)
+    # Where api_key comes from ("providers.NAME.api_key, from ${VAR}"), for a refused key's message.
+    api_key_source: str = ""
 
     def __repr__(self) -> str:  # never print the key
         return f"Provider(name={self.name!r}, type={self.type!r}, model={self.model!r})"
@@ -140,4 +142,5 @@ def _provider(p: runtime_pb2.Provider, known_types: frozenset[str]) -> Provider:
         ) if p.HasField("health_check") else HealthCheckSettings(),
         price=(p.price.input_per_million, p.price.output_per_million) if p.HasField("price") else None,
         kept_headers=frozenset((*PROVIDER_REQUEST_HEADERS, *(h.lower() for h in p.forward_headers))),
+        api_key_source=p.api_key_source,
     )

@@ -14,6 +14,7 @@ from hapax import logs
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from hapax.ports import PortInUse
     from hapax.supervisor import ServeOptions, StartupError, serve
 
     logs.setup("supervisor", args.log_level or "INFO")
@@ -31,7 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 1
-    except StartupError as err:
+    except (StartupError, PortInUse) as err:
         print(f"hapax: could not start: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

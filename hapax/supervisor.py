@@ -32,8 +32,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hapax import local_http, log_relay, logs, wire
+from hapax import local_http, log_relay, logs, ports, wire
 from hapax.envoy_process import envoy_binary, render_bootstrap
+from hapax.ports import GatewayPort, PortInUse
 
 log = logging.getLogger("hapax.supervisor")
 
@@ -43,6 +44,8 @@ ENVOY_JSON_LOG_FORMAT = '{"ts":"%Y-%m-%dT%T.%eZ","level":"%l","component":"envoy
 STOP_ORDER = ("envoy", "ext_proc", "control_plane")
 LISTENERS = (wire.LISTENER, wire.METRICS_LISTENER)
 STOP_GRACE = 5.0
+# Envoy's count of listener updates (LDS) it refused; a port it could not bind is one.
+ENVOY_LDS_REJECTED = "listener_manager.lds.update_rejected"
 # The longest path a Unix socket can have (sun_path, Linux), less its terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -70,6 +73,23 @@ class RestartPolicy:
         delay = min(self.cap, self.base * 2 ** len(self._times))
         self._times.append(now)
         return delay
+
+
+def url_host(host: str) -> str:
+    """An IP address as a URL spells it: an IPv6 one in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+# An address that means every interface, and the loopback address a local client can use for it.
+ALL_INTERFACES = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def reach_note(host: str, url: str) -> str:
+    """After a URL whose host means every interface (which no client can connect to), one it can."""
+    loopback = ALL_INTERFACES.get(host)
+    if loopback is None:
+        return ""
+    return f" (all interfaces; e.g. {url.replace(url_host(host), url_host(loopback), 1)})"
 
 
 class GiveUp(Exception):
@@ -253,6 +273,7 @@ class Supervisor:
         self.fakes: list = []
         self.workdir = Path(tempfile.mkdtemp(prefix="hapax-"))  # mode 0700
         self.channels = LocalChannels(self.workdir)
+        self.host = ""  # what the listeners bind: the banner prints it as it is
         self.listen_url = ""
         self.metrics_url = ""
         self.admin_url = ""  # unix:/path, or http://127.0.0.1:port with server.admin_port
@@ -276,6 +297,11 @@ class Supervisor:
         self.log_format = config.logging.format
         admin_port = config.server.admin_port if self.options.admin_port is None else self.options.admin_port
         port = config.server.port if self.options.port is None else self.options.port
+        opened = ports.gateway_ports(config.server, port=self.options.port, metrics_port=self.options.metrics_port,
+                                     admin_port=self.options.admin_port)
+        held = ports.taken(opened)
+        if held:  # before anything starts: Envoy would only log it, and never be ready
+            raise PortInUse(held)
         port_args = [] if self.options.port is None else ["--port", str(self.options.port)]
         if self.options.metrics_port is not None:
             port_args += ["--metrics-port", str(self.options.metrics_port)]
@@ -292,13 +318,13 @@ class Supervisor:
         await self._start(control_plane)
         self._write_restarts()  # every count at 0 from the start: a series that exists before it rises
         await self._start_envoy(admin_port, envoy_stats_tags(stats_label_keys(config)))
-        ports = await self._listener_ports(port)
+        bound = await self._listener_ports(port, [p for p in opened if p.listener])
         for worker in workers:
             await self._wait_ext_proc_configured(worker)
-        host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        self.host = config.server.host
         scheme = "https" if config.server.tls is not None else "http"
-        self.listen_url = f"{scheme}://{host}:{ports[wire.LISTENER]}"
-        self.metrics_url = f"http://{host}:{ports[wire.METRICS_LISTENER]}{wire.METRICS_PATH}"
+        self.listen_url = f"{scheme}://{url_host(self.host)}:{bound[wire.LISTENER]}"
+        self.metrics_url = f"http://{url_host(self.host)}:{bound[wire.METRICS_LISTENER]}{wire.METRICS_PATH}"
         self._print_ready(config, control_plane.ready.get("version", ""))
 
     async def _start_ext_procs(self, count: int) -> list[Child]:
@@ -366,16 +392,24 @@ class Supervisor:
             await asyncio.sleep(0.05)
         raise StartupError(f"{child.name} did not start within {READY_TIMEOUT:.0f}s")
 
-    async def _listener_ports(self, configured: int) -> dict[str, int]:
-        """Waits until Envoy has its listeners from the control plane and is LIVE."""
+    async def _listener_ports(self, configured: int, listeners: list[GatewayPort]) -> dict[str, int]:
+        """Waits until Envoy has its listeners from the control plane and is LIVE.
+
+        A listener Envoy cannot bind (a port taken since the check before start-up) is a
+        rejected listener update, never a listener: that ends the wait at once, naming its port.
+        """
         envoy = self.children[-1]
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if envoy.process and envoy.process.returncode is not None:
                 raise StartupError(f"envoy exited during start-up ({envoy.describe_exit()})")
-            ports = await asyncio.to_thread(self._admin_listener_ports)
-            if set(ports) >= set(LISTENERS):
-                return ports
+            bound = await asyncio.to_thread(self._admin_listener_ports)
+            if set(bound) >= set(LISTENERS):
+                return bound
+            if await asyncio.to_thread(self._listeners_rejected):
+                missing = [p for p in listeners if p.listener not in bound]
+                raise PortInUse([(p, "one Envoy could not open (its log above says why: most likely another "
+                                     "process holds it)") for p in missing])
             await asyncio.sleep(0.1)
         raise StartupError(f"Envoy did not get its listeners (port {configured}) from the control plane "
                            f"within {READY_TIMEOUT:.0f}s; see the logs above")
@@ -415,6 +449,16 @@ class Supervisor:
         return {lst["name"]: int(lst["local_address"]["socket_address"]["port_value"])
                 for lst in listeners if lst.get("name") in LISTENERS}
 
+    def _listeners_rejected(self) -> bool:
+        """Whether Envoy refused a listener update from the control plane (a NACK): the listener
+        it could not add, a port it could not bind above all, is not among its listeners."""
+        try:
+            text = local_http.get(self.admin_url, f"/stats?filter={ENVOY_LDS_REJECTED}", timeout=1).decode()
+        except (OSError, UnicodeDecodeError):
+            return False
+        counts = (line.partition(": ") for line in text.splitlines())
+        return any(name == ENVOY_LDS_REJECTED and value.strip() not in ("", "0") for name, _, value in counts)
+
     async def _default_config(self) -> Path:
         from control_plane.defaults import default_config_text, needs_fake_providers
 
@@ -445,17 +489,19 @@ class Supervisor:
         first, *more = route_lines(config)  # a config serves at least one route
         lines = [
             "Hapax is ready.",
-            f"  OpenAI API:   {self.listen_url}/v1",
+            f"  OpenAI API:   {self.listen_url}/v1{reach_note(self.host, f'{self.listen_url}/v1')}",
             f"  Routes:       {first}",
             *(f"                {line}" for line in more),
             f"  Health:       {self.listen_url}{wire.HEALTH_PATH}",
-            f"  Metrics:      {self.metrics_url}",
+            f"  Metrics:      {self.metrics_url}{reach_note(self.host, self.metrics_url)}",
             *([f"  HTTP/3:       udp port {config.server.http3_port} (QUIC)"] if config.server.http3.enabled else []),
             f"  Envoy stats:  {self.metrics_url.removesuffix(wire.METRICS_PATH)}{wire.ENVOY_STATS_PATH}",
             f"  Envoy admin:  {self.admin_url} ({self._admin_reach()})",
             f"  Providers:    {providers}",
             f"  Preference:   {' > '.join(config.provider_preference)}",
             f"  Config:       {self.options.config_path or 'built-in default'} (version {version})",
+            # What the control plane has logged, where the operator looks first: an empty key above all.
+            *(f"  Warning:      {warning}" for warning in config.warnings),
             "Press Ctrl-C to stop.",
         ]
         print("\n".join(lines), flush=True)

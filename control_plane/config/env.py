@@ -26,12 +26,15 @@ class _Expanded(str):
     """
 
     template: str
-    empty_variables: tuple[str, ...]  # e.g. ("OPENAI_API_KEY is not set",)
+    empty_variables: tuple[str, ...]  # e.g. ("${OPENAI_API_KEY} is not set",)
+    variables: tuple[str, ...]  # every variable referenced, e.g. ("OPENAI_API_KEY",)
 
-    def __new__(cls, value: str, template: str, empty_variables: tuple[str, ...]) -> _Expanded:
+    def __new__(cls, value: str, template: str, empty_variables: tuple[str, ...],
+                variables: tuple[str, ...] = ()) -> _Expanded:
         self = super().__new__(cls, value)
         self.template = template
         self.empty_variables = empty_variables
+        self.variables = variables
         return self
 
 
@@ -48,10 +51,9 @@ def _expand(value: Any, path: str, env: Mapping[str, str], issues: _Issues) -> A
 
 def _expand_string(template: str, path: str, env: Mapping[str, str], issues: _Issues) -> str:
     empty: list[str] = []
-    referenced = False
+    names: list[str] = []
 
     def substitute(match: re.Match[str]) -> str:
-        nonlocal referenced
         if match["dollar"]:
             return "$"
         body = None if match["open"] else _REFERENCE_BODY.fullmatch(match["body"])
@@ -60,11 +62,11 @@ def _expand_string(template: str, path: str, env: Mapping[str, str], issues: _Is
             issues.error(path, "invalid variable reference: expected ${NAME} or ${NAME:-default} "
                                "(write $$ for a literal $)")
             return match[0]
-        referenced = True
+        names.append(body["name"])
         return _lookup(body["name"], body["default"], env, empty)
 
     value = _REFERENCE.sub(substitute, template)
-    return _Expanded(value, template, tuple(empty)) if referenced else value
+    return _Expanded(value, template, tuple(empty), tuple(dict.fromkeys(names))) if names else value
 
 
 def _lookup(name: str, default: str | None, env: Mapping[str, str], empty: list[str]) -> str:
@@ -73,5 +75,6 @@ def _lookup(name: str, default: str | None, env: Mapping[str, str], empty: list[
         return value
     if default is not None:  # like the shell's ${VAR:-default}: unset or empty
         return default
-    empty.append(f"{name} is not set" if value is None else f"{name} is empty")
+    # Written as a reference, so that it reads as the variable, never as a value.
+    empty.append(f"${{{name}}} is not set" if value is None else f"${{{name}}} is empty")
     return ""

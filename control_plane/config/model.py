@@ -88,7 +88,7 @@ class ServerConfig:
     # (POST /quitquitquit stops the gateway). None: the admin is on a Unix socket only Hapax's
     # user can open, and Envoy's stats are served read-only on metrics_port.
     admin_port: int | None = None
-    metrics_port: int = 9090  # Hapax /metrics
+    metrics_port: int = 9464  # Hapax /metrics; not 9090, Prometheus's own (docs/configuration.md)
     tls: Certificate | None = None  # HTTPS on the TCP listener, HTTP/2 by ALPN
     http3: Http3Config = Http3Config()
     # Seconds a client has to send its whole request (headers and body): a body sent slowly
@@ -184,10 +184,20 @@ class ProviderConfig:
     # Client request headers this provider is sent besides what every provider gets
     # (hapax/wire.py: PROVIDER_REQUEST_HEADERS); lowercase. Every other one is removed.
     forward_headers: tuple[str, ...] = ()
+    # The environment variables api_key was written with (``${ANTHROPIC_API_KEY}``): names, never
+    # values, so that a refused key's message can say where to fix it.
+    api_key_variables: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _freeze(self, "aliases", tuple)
         _freeze(self, "forward_headers", tuple)
+        _freeze(self, "api_key_variables", tuple)
+
+    @property
+    def api_key_source(self) -> str:
+        """Where its key comes from, for messages: providers.NAME.api_key, from ${VAR}."""
+        variables = ", ".join(f"${{{name}}}" for name in self.api_key_variables)
+        return f"providers.{self.name}.api_key" + (f", from {variables}" if variables else "")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from control_plane.resources.ext_proc_filters import upstream_ext_proc_filter
 from control_plane.resources.names import (
     EXT_PROC_CLUSTER,
     EXT_PROC_HTTP_CLUSTER,
+    HOST_KEY_SOURCE_KEY,
     MAX_REQUEST_BYTES,
     METADATA_NAMESPACE,
     Address,
@@ -206,7 +207,8 @@ def provider_cluster(provider: ProviderConfig, verdict: Address, capped: bool = 
     name = provider_cluster_name(provider.name)
     cluster = _attempt_listener_cluster(provider, name) if capped else _upstream_cluster(provider, name)
     endpoint = cluster.load_assignment.endpoints[0].lb_endpoints[0]
-    endpoint.metadata.filter_metadata[METADATA_NAMESPACE].update({wire.HOST_PROVIDER_KEY: provider.name})
+    endpoint.metadata.filter_metadata[METADATA_NAMESPACE].update(
+        {wire.HOST_PROVIDER_KEY: provider.name, HOST_KEY_SOURCE_KEY: provider.api_key_source})
     endpoint.endpoint.health_check_config.address.CopyFrom(verdict.envoy())
     cluster.MergeFrom(cluster_pb2.Cluster(
         health_checks=[_verdict_health_check(provider)],

@@ -61,6 +61,7 @@ from control_plane.resources.ext_proc_filters import router_ext_proc_filter
 from control_plane.resources.names import (
     EXT_PROC_CLUSTER,
     EXT_PROC_HTTP_CLUSTER,
+    HOST_KEY_SOURCE_KEY,
     HTTP3_LISTENER_NAME,
     LISTENER_NAME,
     MAX_REQUEST_BYTES,
@@ -78,6 +79,8 @@ from hapax import wire
 
 # The provider an attempt went to, in Envoy's substitution format.
 UPSTREAM_PROVIDER = f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{wire.HOST_PROVIDER_KEY})%"
+# Where that provider's key comes from: "providers.NAME.api_key, from ${VAR}" (clusters.py).
+UPSTREAM_KEY_SOURCE = f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{HOST_KEY_SOURCE_KEY})%"
 
 # Edge limits (docs/operations.md: Edge limits). Seconds to receive a request's headers,
 # as in Envoy's edge-proxy example.
@@ -283,9 +286,9 @@ def provider_errors_filter() -> hcm_pb2.HttpFilter:
             from_a_provider])),
         on_match=_answer_502(
             "credential_rejected",
-            f"The provider '{UPSTREAM_PROVIDER}' rejected the gateway's credentials "
-            "(HTTP %RESPONSE_CODE%). This is a gateway configuration problem, not the client's: "
-            "check that provider's api_key.",
+            f"The provider '{UPSTREAM_PROVIDER}' refused the gateway's key ({UPSTREAM_KEY_SOURCE}) "
+            "with HTTP %RESPONSE_CODE%. This is a gateway configuration problem, not the client's: "
+            "check that variable or key.",
             "provider_auth_failed"))
     not_found = matcher_pb2.Matcher.MatcherList.FieldMatcher(
         predicate=predicate(and_matcher=predicate.PredicateList(predicate=[_status_is(_NOT_FOUND), from_a_provider])),

@@ -30,6 +30,10 @@ EXT_PROC_FILTER = "hapax.ext_proc"
 UPSTREAM_EXT_PROC_FILTER = "hapax.ext_proc.upstream"
 
 METADATA_NAMESPACE = wire.METADATA_NAMESPACE
+# Key of a provider endpoint's ``hapax`` metadata saying where its key comes from
+# ("providers.openai.api_key, from ${OPENAI_API_KEY}": names, never the key), for the 502 of a
+# provider that refuses it. Written: clusters.py. Read: Envoy (listeners.py: provider_errors_filter).
+HOST_KEY_SOURCE_KEY = "api_key_source"
 HEALTH_PATH = wire.HEALTH_PATH
 
 # Bodies above this get Envoy's 413, rewritten to OpenAI error JSON by the

@@ -20,6 +20,7 @@ def runtime(plan: Plan, version: str) -> runtime_pb2.Runtime:
             name=p.name, type=p.type, model=p.model, aliases=list(p.aliases),
             base_url=p.base_url, cluster=provider_cluster_name(p.name),
             timeout_seconds=p.timeout, api_key=p.api_key, forward_headers=list(p.forward_headers),
+            api_key_source=p.api_key_source,
             health_check=runtime_pb2.HealthCheck(
                 interval_seconds=p.health_check.interval, timeout_seconds=p.health_check.timeout,
                 healthy_threshold=p.health_check.healthy_threshold,

@@ -55,27 +55,30 @@ ERROR_TYPES = {
 }
 
 
-def openai_error(err_type: str | None, message: str, status: int, provider: str) -> dict[str, Any]:
-    """OpenAI's error JSON for an Anthropic error type (or, lacking one, an HTTP status)."""
+def openai_error(err_type: str | None, message: str, status: int, provider: str,
+                 key_source: str = "") -> dict[str, Any]:
+    """OpenAI's error JSON for an Anthropic error type (or, lacking one, an HTTP status).
+    ``key_source`` says where the provider's key comes from (runtime Provider.api_key_source)."""
     if err_type not in ERROR_TYPES:
         err_type = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                     413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error"}.get(
             status, "api_error" if status >= 500 or status < 400 else "invalid_request_error")
     kind, code = ERROR_TYPES[err_type]
     if err_type in ("authentication_error", "permission_error"):
-        message = (f"The gateway's credential for provider '{provider}' was rejected by Anthropic "
+        source = f" ({key_source})" if key_source else ""
+        message = (f"The gateway's credential for provider '{provider}'{source} was rejected by Anthropic "
                    f"(this is not about your own API key): {message}")
     if err_type == "not_found_error" and "model" in message.lower():
         code = "model_not_found"
     return error_json(message, kind, code)
 
 
-def _error_from_body(raw: bytes, status: int, provider: str) -> dict[str, Any]:
+def _error_from_body(raw: bytes, status: int, provider: str, key_source: str) -> dict[str, Any]:
     body = json_or_none(raw)
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict):
-        return openai_error(err.get("type"), str(err.get("message") or ""), status, provider)
-    return openai_error(None, http_error_text(raw, status), status, provider)
+        return openai_error(err.get("type"), str(err.get("message") or ""), status, provider, key_source)
+    return openai_error(None, http_error_text(raw, status), status, provider, key_source)
 
 
 def usage(u: dict[str, Any]) -> dict[str, Any]:
@@ -179,7 +182,8 @@ class AnthropicResponseStage(ConvertingResponseStage):
             message = err.get("message") if isinstance(err, dict) else None
             return dumps(provider_not_found(self._provider_config, BASE_URL_CONVENTION, raw,
                                             message if isinstance(message, str) else None)).encode()
-        return dumps(_error_from_body(raw, self.status, self._provider)).encode()
+        return dumps(_error_from_body(raw, self.status, self._provider,
+                                      self._provider_config.api_key_source)).encode()
 
     def json_body(self, raw: bytes) -> bytes:
         message = json_or_none(raw)

@@ -275,12 +275,14 @@ def _content(content: Any, where: str) -> tuple[str, list[str]]:
 # -------------------------------------------------------------------------- response
 
 
-def openai_error(message: str, status: int, provider: str) -> dict[str, Any]:
-    """OpenAI's error JSON for an Ollama error message and HTTP status (a 404 is provider_not_found's)."""
+def openai_error(message: str, status: int, provider: str, key_source: str = "") -> dict[str, Any]:
+    """OpenAI's error JSON for an Ollama error message and HTTP status (a 404 is provider_not_found's).
+    ``key_source`` says where the provider's key comes from (runtime Provider.api_key_source)."""
     code: str | None = None
     if status in (401, 403):
         kind = "authentication_error" if status == 401 else "permission_error"
-        message = (f"The gateway's credential for provider '{provider}' was rejected "
+        source = f" ({key_source})" if key_source else ""
+        message = (f"The gateway's credential for provider '{provider}'{source} was rejected "
                    f"(this is not about your own API key): {message}")
     elif status == 429:
         kind, code = "rate_limit_exceeded", "rate_limit_exceeded"
@@ -362,13 +364,15 @@ class OllamaResponseStage(ConvertingResponseStage):
             self.status_override = 502
             return dumps(provider_not_found(self._provider_config, BASE_URL_CONVENTION, raw,
                                             _own_error_message(raw))).encode()
-        return dumps(openai_error(_error_message(raw, self.status), self.status, self._provider)).encode()
+        return dumps(openai_error(_error_message(raw, self.status), self.status, self._provider,
+                                  self._provider_config.api_key_source)).encode()
 
     def json_body(self, raw: bytes) -> bytes:
         body = json_or_none(raw)
         if isinstance(body, dict) and body.get("error") is not None:
             status = self.status if self.status >= 400 else 500
-            return dumps(openai_error(_error_message(raw, status), status, self._provider)).encode()
+            return dumps(openai_error(_error_message(raw, status), status, self._provider,
+                                      self._provider_config.api_key_source)).encode()
         if self._embeddings and isinstance(body, dict) and isinstance(body.get("embeddings"), list):
             return dumps(self._embeddings_list(body)).encode()
         if not self._embeddings and isinstance(body, dict) and isinstance(body.get("message"), dict):

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Provider(_message.Message):
-    __slots__ = ("name", "type", "model", "aliases", "base_url", "cluster", "timeout_seconds", "api_key", "health_check", "price", "forward_headers")
+    __slots__ = ("name", "type", "model", "aliases", "base_url", "cluster", "timeout_seconds", "api_key", "health_check", "price", "forward_headers", "api_key_source")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class Provider(_message.Message):
     HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
     FORWARD_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     model: str
@@ -30,7 +31,8 @@ class Provider(_message.Message):
     health_check: HealthCheck
     price: ModelPrice
     forward_headers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., base_url: _Optional[str] = ..., cluster: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., api_key: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., price: _Optional[_Union[ModelPrice, _Mapping]] = ..., forward_headers: _Optional[_Iterable[str]] = ...) -> None: ...
+    api_key_source: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., base_url: _Optional[str] = ..., cluster: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., api_key: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., price: _Optional[_Union[ModelPrice, _Mapping]] = ..., forward_headers: _Optional[_Iterable[str]] = ..., api_key_source: _Optional[str] = ...) -> None: ...
 
 class ModelPrice(_message.Message):
     __slots__ = ("input_per_million", "output_per_million")

@@ -153,7 +153,7 @@ def test_a_retry_never_carries_the_previous_providers_credential(client, fakes):
 
 @pytest.mark.parametrize("name,model,status", [("openai", "gpt-4", 401), ("anthropic", "claude-3-haiku", 401),
                                                ("openai", "gpt-4", 403)])
-def test_a_provider_rejecting_the_gateways_key_is_a_502_naming_the_provider(client, fakes, name, model, status):
+def test_a_provider_rejecting_the_gateways_key_is_a_502_naming_its_variable(client, fakes, name, model, status):
     fakes[name].inject(Status(status), times=None)
     with pytest.raises(openai.APIStatusError) as err:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
@@ -163,6 +163,10 @@ def test_a_provider_rejecting_the_gateways_key_is_a_502_naming_the_provider(clie
     assert body["code"] == "provider_auth_failed"
     assert f"'{name}'" in body["message"] and f"HTTP {status}" in body["message"]
     assert "not the client's" in body["message"]
+    # Where to fix it: the key's place in the config and its variable, never the key itself.
+    variable = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}[name]
+    assert f"(providers.{name}.api_key, from ${{{variable}}})" in body["message"]
+    assert OPENAI_KEY not in str(body) and ANTHROPIC_KEY not in str(body)
 
 
 @pytest.mark.parametrize("name,model", [("openai", "gpt-4"), ("anthropic", "claude-3-haiku"), ("ollama", "llama3.2")])

@@ -325,7 +325,15 @@ def test_default_config_serves_with_built_in_fake_providers():
     serve = ServeProcess(["--port", "0", "--admin-port", "0", "--metrics-port", "0", "--log-level", "WARNING"], env)
     try:
         banner = serve.wait_ready()
-        base_url = banner["OpenAI API"]
+        # The built-in config binds every interface: the banner says so, and where to connect.
+        bound, note = banner["OpenAI API"].split(" ", 1)
+        port = urlsplit(bound).port
+        assert bound == f"http://0.0.0.0:{port}/v1"
+        base_url = f"http://127.0.0.1:{port}/v1"
+        assert note == f"(all interfaces; e.g. {base_url})"
+        metrics_port = urlsplit(banner["Metrics"].split()[0]).port
+        assert banner["Metrics"] == (f"http://0.0.0.0:{metrics_port}/metrics "
+                                     f"(all interfaces; e.g. http://127.0.0.1:{metrics_port}/metrics)")
         assert banner["Config"].startswith("built-in default")
         assert banner["Preference"] == "openai > anthropic > ollama"
         assert banner["Routes"].split() == ["/v1/marketing/completions", "completion", "(department=marketing)"]
@@ -382,6 +390,82 @@ def test_invalid_config_fails_fast_with_key_paths(tmp_path):
     assert processes_with_environ(marker) == []
     assert [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
             if str(config) in " ".join(_cmdline(pid))] == []
+
+
+# ---------------------------------------------------------------- ports already in use
+
+
+def serve_on(provider, tmp_path: Path, server: dict) -> subprocess.Popen:
+    config = tmp_path / "hapax.yaml"
+    save_config(config, {"server": server, "providers": {"openai": {
+        "type": "openai", "model": "gpt-4o-mini", "api_key": "test-key", "base_url": provider.base_url}}})
+    return subprocess.Popen([sys.executable, "-m", "hapax.cli", "serve", "--config", str(config)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def ended(serve: subprocess.Popen) -> tuple[int, str, str]:
+    """Its exit code, stdout and stderr, once it has exited; sooner than its 60 s ready timeout."""
+    try:
+        stdout, stderr = serve.communicate(timeout=45)
+    except subprocess.TimeoutExpired:
+        os.killpg(serve.pid, signal.SIGKILL)
+        stdout, stderr = serve.communicate()
+        raise AssertionError(f"hapax serve still waiting on a port in use:\n{stderr}") from None
+    return serve.returncode, stdout, stderr
+
+
+@pytest.mark.parametrize("key", ["port", "metrics_port"])
+def test_a_port_in_use_fails_start_up_at_once_naming_the_port_and_its_key(provider, tmp_path, key):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        serve = serve_on(provider, tmp_path, {"host": "127.0.0.1", "port": 0, "metrics_port": 0, key: taken})
+        code, stdout, stderr = ended(serve)
+
+    assert code == 1, stderr
+    assert f"TCP port {taken} (server.{key}) on 127.0.0.1 is already in use" in stderr
+    assert "Hapax is ready" not in stdout
+    assert "Traceback" not in stderr
+
+
+def test_a_port_taken_after_the_check_fails_start_up_as_soon_as_envoy_refuses_it(provider, tmp_path):
+    with socket.socket() as holder:
+        # Bound but not listening, with SO_REUSEADDR: the check before start-up can bind it too...
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", 0))
+        taken = holder.getsockname()[1]
+        serve = serve_on(provider, tmp_path, {"host": "127.0.0.1", "port": taken, "metrics_port": 0})
+        # ...and once the first child runs, the check is over: listening, it holds the port against Envoy.
+        assert wait_until(lambda: subprocess.run(["pgrep", "-P", str(serve.pid)],
+                                                 capture_output=True, text=True).stdout.strip(), 30)
+        holder.listen()
+        code, stdout, stderr = ended(serve)
+
+    assert code == 1, stderr
+    assert f"TCP port {taken} (server.port) on 127.0.0.1 is one Envoy could not open" in stderr
+    assert "Hapax is ready" not in stdout
+
+
+# ---------------------------------------------------------------- empty keys
+
+
+def test_a_provider_whose_key_variable_is_unset_is_a_warning_in_the_banner_and_the_log(provider, tmp_path):
+    config = tmp_path / "hapax.yaml"
+    save_config(config, {"server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0}, "providers": {
+        "claude": {"type": "anthropic", "model": "claude-3-haiku", "api_key": "${HAPAX_TEST_UNSET_KEY}",
+                   "base_url": provider.base_url.removesuffix("/v1")},
+        "openai": {"type": "openai", "model": "gpt-4o-mini", "api_key": "k", "base_url": provider.base_url}}})
+    env = {k: v for k, v in os.environ.items() if k != "HAPAX_TEST_UNSET_KEY"}
+    serve = ServeProcess(["--config", str(config)], env)
+    try:
+        serve.wait_ready()
+        warning = ("providers.claude.api_key: empty (${HAPAX_TEST_UNSET_KEY} is not set); "
+                   "requests to this provider will be rejected")
+        assert f"  Warning:      {warning}\n" in serve.stdout
+        assert wait_until(lambda: any(warning in line for line in serve.stderr), 10), "".join(serve.stderr)
+    finally:
+        serve.close()
 
 
 # ---------------------------------------------------------------- signals during start-up

@@ -63,7 +63,8 @@ def test_seed_example_loads_verbatim():
 
     assert list(config.providers) == ["anthropic", "openai"]
     assert config.providers["anthropic"] == ProviderConfig(
-        "anthropic", "anthropic", "claude-3-haiku", "", DEFAULT_BASE_URLS["anthropic"], 60.0
+        "anthropic", "anthropic", "claude-3-haiku", "", DEFAULT_BASE_URLS["anthropic"], 60.0,
+        api_key_variables=("ANTHROPIC_API_KEY",)
     )
     assert config.providers["openai"].model == "gpt-4"
     assert config.providers["openai"].base_url == "https://api.openai.com/v1"
@@ -81,9 +82,9 @@ def test_seed_example_warns_about_each_missing_api_key_naming_the_variable():
     config = parse_config(SEED_YAML, env={})
 
     assert [str(w) for w in config.warnings] == [
-        "providers.anthropic.api_key: empty (ANTHROPIC_API_KEY is not set); "
+        "providers.anthropic.api_key: empty (${ANTHROPIC_API_KEY} is not set); "
         "requests to this provider will be rejected",
-        "providers.openai.api_key: empty (OPENAI_API_KEY is not set); "
+        "providers.openai.api_key: empty (${OPENAI_API_KEY} is not set); "
         "requests to this provider will be rejected",
     ]
 
@@ -96,11 +97,19 @@ def test_api_key_comes_from_the_environment_and_silences_the_warning():
     assert config.warnings == ()
 
 
+def test_a_providers_key_source_names_its_variables_and_never_the_value():
+    config = parse_config(SEED_YAML, env={"OPENAI_API_KEY": SECRET, "ANTHROPIC_API_KEY": "sk-ant"})
+
+    assert config.providers["openai"].api_key_source == "providers.openai.api_key, from ${OPENAI_API_KEY}"
+    literal = parse_config(f"providers:\n  openai: {{type: openai, model: m, api_key: {SECRET}}}\n", env={})
+    assert literal.providers["openai"].api_key_source == "providers.openai.api_key"
+
+
 def test_api_key_set_but_empty_is_named_as_empty():
     config = parse_config(SEED_YAML, env={"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": "x"})
 
     assert [w.message for w in config.warnings] == [
-        "empty (OPENAI_API_KEY is empty); requests to this provider will be rejected"
+        "empty (${OPENAI_API_KEY} is empty); requests to this provider will be rejected"
     ]
 
 
@@ -123,7 +132,7 @@ def test_missing_api_key_on_keyed_provider_is_a_warning_not_an_error():
 def test_defaults_when_optional_keys_are_absent():
     config = parse(with_provider("{type: openai, model: gpt-4}"))
 
-    assert config.server == ServerConfig(host="0.0.0.0", port=8080, admin_port=None, metrics_port=9090)
+    assert config.server == ServerConfig(host="0.0.0.0", port=8080, admin_port=None, metrics_port=9464)
     assert config.routes == DEFAULT_ROUTES
     assert [(r.path, r.handler, r.version) for r in DEFAULT_ROUTES] == [
         ("/v1/chat/completions", "chat", "v1"),
@@ -809,9 +818,9 @@ def test_ports_must_be_distinct_unless_zero():
 
 
 def test_port_clash_with_a_default_is_reported_at_the_key_that_was_written():
-    found = errors(with_provider("{type: ollama, model: m}") + "server: {port: 9090}")
+    found = errors(with_provider("{type: ollama, model: m}") + "server: {port: 9464}")
 
-    assert found == {"server.port": "port 9090 is already used by server.metrics_port (its default)"}
+    assert found == {"server.port": "port 9464 is already used by server.metrics_port (its default)"}
 
 
 def test_envoy_admin_has_no_tcp_port_unless_the_config_opts_in():

@@ -380,3 +380,19 @@ def test_dashboard_variables_are_labels_the_example_routes_set():
     for variable in dashboard()["templating"]["list"]:
         label = re.fullmatch(r"label_values\(\w+,\s*(\w+)\)", variable_query(variable)).group(1)
         assert label in label_keys | per_route_labels
+
+
+# What a monitoring stack beside Hapax listens on: Prometheus, Pushgateway, Alertmanager (and its
+# cluster port), node_exporter, Grafana, Envoy's admin.
+MONITORING_STACK_PORTS = {9090, 9091, 9093, 9094, 9100, 3000, 9901}
+
+
+def test_the_default_metrics_port_is_none_of_the_monitoring_stacks_own():
+    from control_plane.config import ServerConfig
+
+    assert ServerConfig().metrics_port not in MONITORING_STACK_PORTS
+    assert example_config().server.metrics_port not in MONITORING_STACK_PORTS
+
+
+def test_prometheus_in_compose_listens_on_its_own_port():
+    assert prometheus_listen_port() == 9090

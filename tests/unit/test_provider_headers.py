@@ -82,6 +82,15 @@ def test_each_provider_keeps_what_every_provider_gets_and_its_own_forward_header
     assert view.providers["llama"].kept_headers == KEPT
 
 
+def test_the_runtime_says_where_each_providers_key_comes_from_without_a_variable_its_key_path():
+    view = RuntimeView.from_proto(runtime(make_plan(parse_config(
+        "providers:\n  gpt: {type: openai, model: gpt-4o, api_key: '${HAPAX_GPT_KEY}'}\n"
+        "  claude: {type: anthropic, model: claude-3-haiku, api_key: sk-claude}\n",
+        env={"HAPAX_GPT_KEY": "sk-gpt"})), "v1"), frozenset({"openai", "anthropic"}))
+    assert view.providers["gpt"].api_key_source == "providers.gpt.api_key, from ${HAPAX_GPT_KEY}"
+    assert view.providers["claude"].api_key_source == "providers.claude.api_key"
+
+
 def test_a_runtime_from_an_older_control_plane_forwards_nothing():
     rt = runtime_pb2.Runtime(config_version="1")
     rt.providers.add(name="a", type="openai", model="m", base_url="https://api.example.com/v1")

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import itertools
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -436,6 +437,16 @@ def test_authentication_error_says_the_gateway_credential_was_rejected():
     _, out = respond(401, "application/json", raw)
     message = json.loads(out)["error"]["message"]
     assert "gateway" in message and "claude" in message and "invalid x-api-key" in message
+
+
+def test_a_refused_key_names_the_variable_it_comes_from_never_the_key():
+    raw = b'{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}'
+    claude = replace(provider(api_key="sk-ant-SECRET"),
+                     api_key_source="providers.claude.api_key, from ${ANTHROPIC_API_KEY}")
+    _, out = run_stage(translator().response(chat({"messages": [user("hi")]}), claude), 401, "application/json", [raw])
+    message = json.loads(out)["error"]["message"]
+    assert "'claude' (providers.claude.api_key, from ${ANTHROPIC_API_KEY})" in message
+    assert "sk-ant-SECRET" not in message
 
 
 def test_a_404_for_the_model_is_a_502_that_names_the_model_the_gateway_sent():

@@ -94,8 +94,9 @@ def _provider(
     forward = _forward_headers(node.get("forward_headers"), _join(path, "forward_headers"), issues)
     if not (name_ok and kind and model and base_url):
         return None
+    variables = node["api_key"].variables if isinstance(node.get("api_key"), _Expanded) else ()
     return ProviderConfig(name, kind, model, api_key, base_url, timeout, aliases, health, breaker,
-                          forward_headers=forward)
+                          forward_headers=forward, api_key_variables=variables)
 
 
 def _health_check(value: Any, path: str, defaults: HealthCheckConfig, issues: _Issues) -> HealthCheckConfig:
