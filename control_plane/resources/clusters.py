@@ -271,7 +271,7 @@ def chain_cluster(config: HapaxConfig, chain: Chain) -> cluster_pb2.Cluster:
 
 def lane_cluster(plan: Plan, lane: LaneModel) -> cluster_pb2.Cluster:
     """The passthrough lane's copy of its model's chain, whose attempts Envoy gives the key itself."""
-    return _aggregate_cluster(plan.config, passthrough.lane_cluster_name(lane.first), plan.chains[lane.first],
+    return _aggregate_cluster(plan.config, lane.cluster, lane.chain,
                               passthrough.upstream_filter(plan.config, lane, upstream_ext_proc_filter()))
 
 
