@@ -7,6 +7,11 @@ of Envoy resources and ext_proc's runtime reads the same plan instead of
 deriving it again from the config, and ext_proc receives what it needs of it
 in ``hapax.v1.Runtime`` (chains, model owners) rather than deriving it again
 on the data plane.
+
+Chains are per model family (wire.ModelFamily: chat, embeddings): a provider
+lists the models it serves and what each serves (config ``models``), and a
+family's chains hold only the providers serving it, so a request never fails
+over to a provider that has no model for it.
 """
 
 from __future__ import annotations

@@ -3,12 +3,12 @@
 ext_proc is needed where something must be understood or rewritten: a provider
 with another API, a model alias, a stream (watched event by event), the legacy
 completion shapes. A non-streaming chat or embeddings request whose ``model``
-is an OpenAI-type provider's own model name needs none of that. For such a
+is one of an OpenAI-type provider's own models (of the route's family) needs none of that. For such a
 request Envoy, alone:
 
 - reads ``model`` and ``stream`` from the body (``json_to_metadata``) and picks a
   lane route on them;
-- sends it to the lane's own cluster, ``lane.<first>``: the same providers in the
+- sends it to the lane's own cluster, ``lane.<chain>``: the same providers in the
   same order as the model's chain cluster, but its per-attempt filters remove
   every request header the provider is not to be sent (provider_headers.py) and
   inject the key of the provider each attempt goes to (``credential_injector``
