@@ -96,3 +96,13 @@ def test_models_lists_every_model_name_once(view):
     listed = [(m["id"], m["owned_by"]) for m in json.loads(view.models_json)["data"]]
     assert sorted(listed) == [("claude-3-haiku", "claude"), ("fast", "openai"), ("gpt-4o", "openai"),
                               ("gpt-4o-mini", "openai"), ("text-embedding-3-small", "openai")]
+
+
+def test_a_gateway_serving_only_embeddings_answers_chat_with_a_404_naming_the_family():
+    plan = make_plan(parse_config("providers:\n  e: {type: openai, model: emb, models: {emb: {handler: embeddings}}}\n",
+                                  env={}))
+    view = RuntimeView.from_proto(runtime(plan, "v1"), frozenset({"openai"}))
+    assert chain(view, "embeddings", None) == "chain.e.embeddings"
+    with pytest.raises(GatewayError) as raised:
+        chain(view, "chat", "auto")
+    assert (raised.value.status, raised.value.message) == (404, "No provider of this gateway serves chat requests.")

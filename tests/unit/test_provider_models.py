@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from control_plane.config import ConfigError, HapaxConfig, parse_config
+from control_plane.config.validate.providers import _MODEL_KEYS, _PROVIDER_KEYS
 from control_plane.plan import make_plan
 
 ONE_ACCOUNT = """\
@@ -163,3 +165,9 @@ def test_a_lane_provider_must_serve_the_model_itself_for_its_family():
     lanes = {lane.model: (lane.cluster, lane.providers) for lane in make_plan(config).lane_models}
     # b does not serve gpt-4o: an attempt there leaves the lane and is translated (sent gpt-4o-mini).
     assert lanes == {"gpt-4o-mini": ("lane.a", ("a", "b")), "gpt-4o": ("lane.a.2", ("a",))}
+
+
+def test_every_provider_and_model_key_is_documented():
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    assert [key for key in (*_PROVIDER_KEYS, *_MODEL_KEYS) if f"`{key}`" not in doc] == []
+    assert "### models" in doc
