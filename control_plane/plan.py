@@ -93,14 +93,6 @@ class Plan:
         return next(iter(self.chains.values()))
 
     @property
-    def model_owners(self) -> Mapping[str, str]:
-        """Model name -> the provider serving it first, whatever the family."""
-        owners: dict[str, str] = {}
-        for model in self.models:
-            owners.setdefault(model.name, model.owner)
-        return owners
-
-    @property
     def lane_providers(self) -> frozenset[str]:
         return frozenset(name for lane in self.lane_models for name in lane.providers)
 
