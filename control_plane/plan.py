@@ -7,20 +7,27 @@ of Envoy resources and ext_proc's runtime reads the same plan instead of
 deriving it again from the config, and ext_proc receives what it needs of it
 in ``hapax.v1.Runtime`` (chains, model owners) rather than deriving it again
 on the data plane.
+
+Chains are per model family (wire.ModelFamily: chat, embeddings): a provider
+lists the models it serves and what each serves (config ``models``), and a
+family's chains hold only the providers serving it, so a request never fails
+over to a provider that has no model for it.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-from control_plane.config.model import HapaxConfig, ProviderConfig
+from control_plane.config.model import FAMILIES, HapaxConfig, ProviderConfig
 from hapax import wire
 
 # The APIs whose body names a model: Envoy may route them from the body (the lanes).
 MODEL_LANE_HANDLERS = frozenset({wire.Handler.CHAT, wire.Handler.COMPLETION, wire.Handler.EMBEDDINGS})
+LANE_CLUSTER_PREFIX = "lane."
 
 
 @dataclass(frozen=True)
@@ -31,10 +38,7 @@ class Chain:
     providers: tuple[str, ...]
     attempts: int  # per request, the first included (one per provider, at least two, or the config's)
     timeout: float  # the longest of its providers' timeouts
-
-    @property
-    def cluster(self) -> str:
-        return chain_cluster_name(self.first)
+    cluster: str  # its Envoy aggregate cluster (chain_cluster_name)
 
     def longest_wait(self, backoff_max: float) -> float:
         """The longest a client of this chain may wait for a first byte: every attempt silent
@@ -47,25 +51,45 @@ class Chain:
 
 
 @dataclass(frozen=True)
+class OwnedModel:
+    """A model name clients may send for one family, and where such a request goes."""
+
+    name: str  # a provider's model, or an alias of its default model
+    family: str  # wire.ModelFamily
+    owner: str  # the provider serving the name first (preference order wins a shared name)
+    chain: Chain  # the owner's chain for the family
+
+
+@dataclass(frozen=True)
 class LaneModel:
     """A model name the passthrough lane serves, and how (control_plane/resources/passthrough.py)."""
 
     model: str
+    family: str  # the requests it serves (wire.FAMILY_OF_HANDLER)
     first: str  # the provider that owns the name: its chain is the request's chain
     providers: tuple[str, ...]  # the chain's providers an attempt reaches without ext_proc
     base_path: str  # the lane providers' API path prefix, e.g. "/v1"
+    chain: Chain  # the model's chain, which the lane cluster copies
+    cluster: str  # the lane's cluster: lane models of one chain and the same providers share it
 
 
 @dataclass(frozen=True)
 class Plan:
     config: HapaxConfig
-    chains: Mapping[str, Chain]  # by first provider: preference order first, then the others
-    model_owners: Mapping[str, str]  # model name (a model or an alias) -> the provider serving it
+    chains: Mapping[str, Chain]  # by cluster: every distinct chain, the chat family's auto chain first
+    # family -> (first provider -> its chain): a family's chains hold only providers serving it.
+    family_chains: Mapping[str, Mapping[str, Chain]]
+    models: tuple[OwnedModel, ...]  # every (model name, family) clients may send
     lane_models: tuple[LaneModel, ...]
 
     @property
+    def auto_chains(self) -> Mapping[str, Chain]:
+        """Family -> the chain of ``auto`` and requests without a model: its preference order."""
+        return {family: next(iter(chains.values())) for family, chains in self.family_chains.items() if chains}
+
+    @property
     def default_chain(self) -> Chain:
-        """``auto`` and requests without a model: the preference order."""
+        """The first chain: the chat family's auto chain (or, without one, the embeddings family's)."""
         return next(iter(self.chains.values()))
 
     @property
@@ -102,59 +126,97 @@ class Plan:
 
 
 def make_plan(config: HapaxConfig) -> Plan:
-    chains = {first: _chain(config, first) for first in _chain_firsts(config)}
-    owners = _model_owners(config)
+    family_chains = {family: _family_chains(config, family) for family in FAMILIES}
+    chains: dict[str, Chain] = {}
+    for by_first in family_chains.values():
+        for chain in by_first.values():
+            chains.setdefault(chain.cluster, chain)
+    models = _owned_models(config, family_chains)
     return Plan(config=config, chains=MappingProxyType(chains),
-                model_owners=MappingProxyType(owners), lane_models=_lane_models(config, chains, owners))
+                family_chains=MappingProxyType({f: MappingProxyType(c) for f, c in family_chains.items()}),
+                models=models, lane_models=_lane_models(config, models))
 
 
 def provider_cluster_name(provider: str) -> str:
     return f"provider.{provider}"
 
 
-def chain_cluster_name(first: str) -> str:
-    return f"chain.{first}"
+def chain_cluster_name(first: str, family: str = wire.ModelFamily.CHAT) -> str:
+    # A provider name has no ".": the suffix cannot collide with another provider's chain.
+    return f"chain.{first}" if family == wire.ModelFamily.CHAT else f"chain.{first}.{family}"
 
 
 def base_path(provider: ProviderConfig) -> str:
     return urlsplit(provider.base_url).path.rstrip("/")
 
 
-def _chain_firsts(config: HapaxConfig) -> tuple[str, ...]:
-    """Every provider gets a chain: preference order first, then the others."""
-    rest = tuple(p for p in config.providers if p not in config.provider_preference)
-    return (*config.provider_preference, *rest)
+def _family_chains(config: HapaxConfig, family: str) -> dict[str, Chain]:
+    """A chain per provider serving ``family``: preference order first, then the others.
+
+    One whose providers are the same as its first's chat chain is that chain (the same
+    cluster): a config whose providers each serve every family has the chains it always had.
+    """
+    firsts = (*config.provider_preference, *(p for p in config.providers if p not in config.provider_preference))
+    serving = [name for name in firsts if config.providers[name].serves(family)]
+    chains = {}
+    for first in serving:
+        order = (first, *(p for p in config.provider_preference if p != first and p in serving))
+        chat = config.providers[first].serves(wire.ModelFamily.CHAT) and order == _chat_order(config, first)
+        cluster = chain_cluster_name(first, wire.ModelFamily.CHAT if chat else family)
+        attempts = config.retry.max_attempts or max(len(order), 2)
+        chains[first] = Chain(first, order, attempts, max(config.providers[p].timeout for p in order), cluster)
+    return chains
 
 
-def _chain(config: HapaxConfig, first: str) -> Chain:
-    order = (first, *(p for p in config.provider_preference if p != first))
-    attempts = config.retry.max_attempts or max(len(order), 2)
-    return Chain(first, order, attempts, max(config.providers[p].timeout for p in order))
+def _chat_order(config: HapaxConfig, first: str) -> tuple[str, ...]:
+    chat = [p for p in config.provider_preference if config.providers[p].serves(wire.ModelFamily.CHAT)]
+    return (first, *(p for p in chat if p != first))
 
 
-def _model_owners(config: HapaxConfig) -> dict[str, str]:
-    """The first provider in preference order wins a model name both serve."""
-    owners: dict[str, str] = {}
+def _owned_models(config: HapaxConfig, family_chains: Mapping[str, Mapping[str, Chain]]) -> tuple[OwnedModel, ...]:
+    """Per family, the first provider in preference order wins a model name both serve."""
+    owned: dict[tuple[str, str], OwnedModel] = {}
     for name in [*config.provider_preference, *config.providers]:
         p = config.providers[name]
-        for model in (p.model, *p.aliases):
-            owners.setdefault(model, name)
-    return owners
+        for model, families in p.models.items():
+            names = (model, *p.aliases) if model == p.model else (model,)
+            for family in families:
+                for alias in names:
+                    owned.setdefault((alias, family), OwnedModel(alias, family, name, family_chains[family][name]))
+    return tuple(owned.values())
 
 
-def _lane_models(config: HapaxConfig, chains: Mapping[str, Chain],
-                 owners: Mapping[str, str]) -> tuple[LaneModel, ...]:
+def _lane_models(config: HapaxConfig, models: Iterable[OwnedModel]) -> tuple[LaneModel, ...]:
+    families = _lane_families(config)
     lanes = []
-    for model, owner in owners.items():
-        first = config.providers[owner]
-        if first.type != "openai" or first.model != model:
-            continue  # another API, or an alias the body must be rewritten for
+    clusters: dict[tuple[str, tuple[str, ...]], str] = {}  # (chain, lane providers) -> lane cluster
+    for owned in models:
+        first = config.providers[owned.owner]
+        if first.type != "openai" or owned.name not in first.models or owned.family not in families:
+            continue  # another API, an alias the body must be rewritten for, or no route to take it
         path = base_path(first)
-        providers = tuple(name for name in chains[owner].providers
-                          if _serves_unchanged(config.providers[name], model, path))
-        lanes.append(LaneModel(model, owner, providers, path))
+        providers = tuple(name for name in owned.chain.providers
+                          if _serves_unchanged(config.providers[name], owned.name, owned.family, path))
+        key = (owned.chain.cluster, providers)
+        if key not in clusters:
+            clusters[key] = _lane_cluster_name(owned.chain.cluster, clusters.values())
+        lanes.append(LaneModel(owned.name, owned.family, owned.owner, providers, path, owned.chain, clusters[key]))
     return tuple(lanes)
 
 
-def _serves_unchanged(provider: ProviderConfig, model: str, path: str) -> bool:
-    return provider.type == "openai" and provider.model == model and base_path(provider) == path
+def _lane_families(config: HapaxConfig) -> frozenset[str]:
+    """The families some route's passthrough lane serves (a legacy completion is always translated)."""
+    return frozenset(wire.FAMILY_OF_HANDLER[wire.Handler(r.handler)] for r in config.routes
+                     if r.handler in (wire.Handler.CHAT, wire.Handler.EMBEDDINGS))
+
+
+def _lane_cluster_name(chain_cluster: str, taken: Iterable[str]) -> str:
+    """``lane.<chain>``; a second set of lane providers on the same chain gets ``lane.<chain>.2``..."""
+    base = LANE_CLUSTER_PREFIX + chain_cluster.removeprefix("chain.")
+    taken = set(taken)
+    return next(name for n in itertools.count(1) if (name := base if n == 1 else f"{base}.{n}") not in taken)
+
+
+def _serves_unchanged(provider: ProviderConfig, model: str, family: str, path: str) -> bool:
+    return (provider.type == "openai" and family in provider.models.get(model, ())
+            and base_path(provider) == path)

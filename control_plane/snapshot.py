@@ -27,7 +27,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import message
 
 from control_plane.config.model import HapaxConfig
-from control_plane.plan import Plan, make_plan
+from control_plane.plan import LaneModel, Plan, make_plan
 from control_plane.resources import attempts, clusters, listeners, routes, secrets
 from control_plane.resources.names import EXT_PROC_CLUSTER, EXT_PROC_HTTP_CLUSTER, ExtProcEndpoints
 from control_plane.resources.runtime import runtime
@@ -123,7 +123,10 @@ def _clusters(plan: Plan, ext_proc: ExtProcEndpoints) -> list[cluster_pb2.Cluste
     out += [clusters.provider_cluster(p, ext_proc.verdict, p.name in capped) for p in plan.config.providers.values()]
     out += [clusters.direct_cluster(plan.config.providers[name]) for name in capped]
     out += [clusters.chain_cluster(plan.config, chain) for chain in plan.chains.values()]
-    out += [clusters.lane_cluster(plan, lane) for lane in plan.lane_models]
+    lanes: dict[str, LaneModel] = {}  # lane models of one chain and the same providers share a cluster
+    for lane in plan.lane_models:
+        lanes.setdefault(lane.cluster, lane)
+    out += [clusters.lane_cluster(plan, lane) for lane in lanes.values()]
     return out
 
 

@@ -40,6 +40,8 @@ from hapax.wire import Handler, Lane, LogTag
 
 log = logging.getLogger("hapax.ext_proc")
 
+# Route path, provider, model, status, outcome: the labels answers counted together share.
+_AnswerKey = tuple[str, str, str, int, RequestOutcome]
 
 
 class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
@@ -58,7 +60,7 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
     def count_batch(self, entries: Iterable[accesslog_pb2.HTTPAccessLogEntry]) -> None:
         """A flush's entries, added up by labels first: a flush brings hundreds, mostly alike."""
         view = self.current_view()
-        answers: dict[tuple[str, str, int, RequestOutcome], _Answers] = {}
+        answers: dict[_AnswerKey, _Answers] = {}
         for entry in entries:
             try:
                 self.count(entry, view, answers)
@@ -69,7 +71,7 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
                 alike.report(self.metrics)
 
     def count(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView | None,
-              answers: dict[tuple[str, str, int, RequestOutcome], _Answers]) -> None:
+              answers: dict[_AnswerKey, _Answers]) -> None:
         common = entry.common_properties
         lane = common.custom_tags.get(LogTag.LANE)
         if common.access_log_type == accesslog_pb2.UpstreamEnd:
@@ -83,7 +85,7 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             self._count_answer(entry, view, answers, retries_counted=True)
 
     def _count_answer(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView | None,
-                      answers: dict[tuple[str, str, int, RequestOutcome], _Answers], *, retries_counted: bool) -> None:
+                      answers: dict[_AnswerKey, _Answers], *, retries_counted: bool) -> None:
         """``retries_counted``: an upstream step saw every attempt and counted their retries."""
         common, tags = entry.common_properties, entry.common_properties.custom_tags
         status = entry.response.response_code.value
@@ -93,9 +95,13 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         provider = None
         if not entry.response.response_code_details.startswith(wire.GATEWAY_DETAILS_PREFIX):
             provider = view.providers.get(tags.get(LogTag.PROVIDER, ""))  # else the gateway answered, not it
+        if provider is not None and route.handler in wire.FAMILY_OF_HANDLER:
+            # The model it was sent: the one named, if it serves it, else its first of the family.
+            provider = provider.serving(wire.FAMILY_OF_HANDLER[Handler(route.handler)], tags.get(LogTag.MODEL))
         attempts = common.upstream_request_attempt_count or 1
         outcome = outcome_for(status, attempts)
-        key = (route.path, provider.name if provider is not None else "", status, outcome)
+        key = (route.path, provider.name if provider is not None else "", provider.model if provider else "",
+               status, outcome)
         alike = answers.get(key)
         if alike is None:
             alike = answers[key] = _Answers(route, provider, status, outcome)

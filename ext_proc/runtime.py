@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from hapax.v1 import runtime_pb2
-from hapax.wire import PROVIDER_REQUEST_HEADERS
+from hapax.wire import PROVIDER_REQUEST_HEADERS, ModelFamily
 
 
 class InvalidRuntime(Exception):
@@ -46,7 +46,7 @@ class HealthCheckSettings:
 class Provider:
     name: str
     type: str
-    model: str
+    model: str  # the default model; an attempt's own is ``serving``'s
     aliases: tuple[str, ...]
     base_url: str
     host: str          # value for :authority
@@ -61,9 +61,28 @@ class Provider:
     kept_headers: frozenset[str] = frozenset(PROVIDER_REQUEST_HEADERS)
     # Where api_key comes from ("providers.NAME.api_key, from ${VAR}"), for a refused key's message.
     api_key_source: str = ""
+    # Every model it serves -> its families, the default model first. Empty: the default alone, for all.
+    models: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    # By model, those with a price.
+    prices: Mapping[str, tuple[float, float]] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     def __repr__(self) -> str:  # never print the key
         return f"Provider(name={self.name!r}, type={self.type!r}, model={self.model!r})"
+
+    def serving(self, family: str, requested: str | None) -> Provider:
+        """This provider as an attempt of ``family`` asking for ``requested`` sees it: with the model
+        it is sent. A model it serves for the family is sent as named; anything else (``auto``, an
+        alias, another provider's model on failover) gets its first model of the family."""
+        if not self.models:
+            return self
+        model = requested if requested and family in self.models.get(requested, ()) else self._first(family)
+        if model == self.model:
+            return self
+        return replace(self, model=model, price=self.prices.get(model))
+
+    def _first(self, family: str) -> str:
+        # A chain holds only providers serving its family; the default is a last resort.
+        return next((name for name, families in self.models.items() if family in families), self.model)
 
 
 @dataclass(frozen=True)
@@ -90,9 +109,18 @@ class RuntimeView:
     version: str
     providers: Mapping[str, Provider]
     routes: Mapping[str, Route]
-    chain_for_model: Mapping[str, Chain]  # every model name clients may send
-    default_chain: Chain  # ``auto`` and requests without a model
+    chain_for_model: Mapping[str, Chain]  # every chat model name clients may send
+    default_chain: Chain  # chat's ``auto`` and requests without a model
     models_json: bytes  # the /v1/models answer, built once per version
+    # Family -> model name -> its chain: chain_for_model is chat's.
+    family_models: Mapping[str, Mapping[str, Chain]] = field(default_factory=lambda: MappingProxyType({}))
+    auto_chains: Mapping[str, Chain] = field(default_factory=lambda: MappingProxyType({}))  # family -> ``auto``
+
+    def chain_for(self, family: str, model: str | None) -> Chain | None:
+        """Where a request of ``family`` naming ``model`` (None: ``auto``) goes; None: nowhere."""
+        if model is None:
+            return self.auto_chains.get(family, self.default_chain if not self.auto_chains else None)
+        return self.family_models.get(family, {}).get(model)
 
     @classmethod
     def from_proto(cls, rt: runtime_pb2.Runtime, known_types: frozenset[str]) -> RuntimeView:
@@ -104,21 +132,33 @@ class RuntimeView:
         for model in rt.models:
             if model.chain not in chains:
                 raise InvalidRuntime(f"model {model.name}: no chain {model.chain}")
+        for family, cluster in rt.auto_chains.items():
+            if cluster not in chains:
+                raise InvalidRuntime(f"auto chain of {family}: no chain {cluster}")
         routes = {r.path: Route(r.path, r.handler, r.version, MappingProxyType(dict(r.metrics_labels)))
                   for r in rt.routes}
+        family_models: dict[str, dict[str, Chain]] = {}
+        for m in rt.models:  # one without a family (a runtime from before families) serves all
+            for family in [m.family] if m.family else list(ModelFamily):
+                family_models.setdefault(family, {})[m.name] = chains[m.chain]
         return cls(
             version=rt.config_version,
             providers=MappingProxyType(providers),
             routes=MappingProxyType(routes),
-            chain_for_model=MappingProxyType({m.name: chains[m.chain] for m in rt.models}),
+            chain_for_model=MappingProxyType(family_models.get(ModelFamily.CHAT, {})),
             default_chain=chains[rt.chains[0].cluster],
-            models_json=_models_json(providers.values()),
+            models_json=_models_json(rt.models),
+            family_models=MappingProxyType({f: MappingProxyType(m) for f, m in family_models.items()}),
+            auto_chains=MappingProxyType({f: chains[c] for f, c in rt.auto_chains.items()}),
         )
 
 
-def _models_json(providers) -> bytes:
-    data = [{"id": model, "object": "model", "created": 0, "owned_by": p.name}
-            for p in providers for model in (p.model, *p.aliases)]
+def _models_json(models) -> bytes:
+    """Every model name clients may send, once, by the provider that serves it first."""
+    owners: dict[str, str] = {}
+    for model in models:
+        owners.setdefault(model.name, model.provider)
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": owner} for name, owner in owners.items()]
     return json.dumps({"object": "list", "data": data}).encode()
 
 
@@ -143,4 +183,7 @@ def _provider(p: runtime_pb2.Provider, known_types: frozenset[str]) -> Provider:
         price=(p.price.input_per_million, p.price.output_per_million) if p.HasField("price") else None,
         kept_headers=frozenset((*PROVIDER_REQUEST_HEADERS, *(h.lower() for h in p.forward_headers))),
         api_key_source=p.api_key_source,
+        models=MappingProxyType({m.name: frozenset(m.families) for m in p.models}),
+        prices=MappingProxyType({m.name: (m.price.input_per_million, m.price.output_per_million)
+                                 for m in p.models if m.HasField("price")}),
     )

@@ -158,6 +158,7 @@ class LogTag(StrEnum):
     LANE = "lane"          # the route's lane
     ROUTE = "route"        # the route's path
     PROVIDER = "provider"  # the endpoint's provider
+    MODEL = "model"        # the request's model, as Envoy read it from the body (its lane routed on it)
 
 
 # Envoy's response details of an answer ext_proc gave itself start with this.
@@ -211,6 +212,24 @@ class Handler(StrEnum):
     COMPLETION = "completion"
     EMBEDDINGS = "embeddings"
     MODELS = "models"
+
+
+class ModelFamily(StrEnum):
+    """What a model does, and so which requests it may serve: a chat model the chat and completion
+    APIs (a legacy completion is sent as a chat), an embeddings model the embeddings API. Each
+    family has its own chains: an embeddings request never fails over to a chat-only provider.
+    Written: the config (``providers.*.models.*.handler``), into the runtime's models and auto
+    chains. Read: ext_proc's router and upstream steps."""
+
+    CHAT = "chat"
+    EMBEDDINGS = "embeddings"
+
+
+FAMILY_OF_HANDLER: Mapping[Handler, ModelFamily] = {
+    Handler.CHAT: ModelFamily.CHAT,
+    Handler.COMPLETION: ModelFamily.CHAT,
+    Handler.EMBEDDINGS: ModelFamily.EMBEDDINGS,
+}
 
 
 # The OpenAI API's paths, under a provider's base path. Used by the passthrough lane's routes

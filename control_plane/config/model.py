@@ -25,6 +25,14 @@ DEFAULT_BASE_URLS = {
     "ollama": "http://localhost:11434",
 }
 DEFAULT_TIMEOUT = 60.0
+FAMILIES = tuple(family.value for family in wire.ModelFamily)
+# What each type's API serves: a provider's ``model`` alone (no ``models``) serves all of it, as
+# it always has. Anthropic's API has no embeddings.
+TYPE_FAMILIES: Mapping[str, tuple[str, ...]] = {
+    "openai": FAMILIES,
+    "ollama": FAMILIES,
+    "anthropic": (wire.ModelFamily.CHAT,),
+}
 HEALTH_PATH = wire.HEALTH_PATH
 
 # Hapax sets these labels itself on every series; a route may not override them.
@@ -174,11 +182,11 @@ class LoggingConfig:
 class ProviderConfig:
     name: str
     type: str  # one of PROVIDER_TYPES
-    model: str
+    model: str  # the default model: what ``auto``, an alias or another provider's model gets
     api_key: str = field(repr=False)  # after ${ENV} expansion; "" when unset
     base_url: str  # no trailing slash
     timeout: float = DEFAULT_TIMEOUT  # seconds
-    aliases: tuple[str, ...] = ()  # extra model names clients may use for this provider
+    aliases: tuple[str, ...] = ()  # extra model names clients may use for ``model``
     health_check: HealthCheckConfig = HealthCheckConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     # Client request headers this provider is sent besides what every provider gets
@@ -187,17 +195,29 @@ class ProviderConfig:
     # The environment variables api_key was written with (``${ANTHROPIC_API_KEY}``): names, never
     # values, so that a refused key's message can say where to fix it.
     api_key_variables: tuple[str, ...] = ()
+    # Every model it serves -> the families each serves (FAMILIES), ``model`` first. Empty:
+    # ``model`` alone, serving every family its type does (TYPE_FAMILIES).
+    models: Mapping[str, tuple[str, ...]] = field(default_factory=FrozenMap)
 
     def __post_init__(self) -> None:
         _freeze(self, "aliases", tuple)
         _freeze(self, "forward_headers", tuple)
         _freeze(self, "api_key_variables", tuple)
+        models = self.models or {self.model: TYPE_FAMILIES.get(self.type, FAMILIES)}
+        _freeze(self, "models", lambda _: FrozenMap((name, tuple(f)) for name, f in models.items()))
 
     @property
     def api_key_source(self) -> str:
         """Where its key comes from, for messages: providers.NAME.api_key, from ${VAR}."""
         variables = ", ".join(f"${{{name}}}" for name in self.api_key_variables)
         return f"providers.{self.name}.api_key" + (f", from {variables}" if variables else "")
+
+    def serves(self, family: str) -> bool:
+        return self.default_model(family) is not None
+
+    def default_model(self, family: str) -> str | None:
+        """What a request of ``family`` naming none of this provider's models is sent: its first such model."""
+        return next((name for name, families in self.models.items() if family in families), None)
 
 
 @dataclass(frozen=True)

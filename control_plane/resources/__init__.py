@@ -11,10 +11,11 @@ Shape of the data plane (see docs/architecture.md):
   endpoint carries ``filter_metadata.hapax.provider`` so the upstream ext_proc
   step learns which provider an attempt goes to (``xds.upstream_host_metadata``).
 - ``chain.<name>``: an aggregate cluster trying ``<name>`` first, then the rest of
-  ``provider_preference``. Upstream HTTP filters of an aggregate cluster are the
+  ``provider_preference`` serving the same model family (``chain.<name>.embeddings``
+  when the embeddings chain differs from the chat chain). Upstream HTTP filters of an aggregate cluster are the
   ones Envoy runs (those of the member clusters are ignored), so the per-attempt
   ext_proc filter lives here.
-- ``lane.<name>``: the same chain for the passthrough lane's requests, whose
+- ``lane.<chain>``: the same chain for the passthrough lane's requests, whose
   per-attempt filter adds the key itself where the provider takes the body as it
   is (``passthrough``).
 - The router-level ext_proc step reads the client request once, picks the chain

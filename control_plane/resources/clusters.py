@@ -7,7 +7,7 @@
   which provider an attempt goes to (``xds.upstream_host_metadata``). For a
   provider whose timeout is shorter than the longest, its host is its attempt
   listener and ``direct.<name>`` the provider itself (attempts.py).
-- ``chain.<name>`` and ``lane.<name>``: aggregate clusters over a chain's
+- ``chain.<name>[.<family>]`` and ``lane.<chain>``: aggregate clusters over a chain's
   providers, whose upstream HTTP filters are the per-attempt step.
 - ``hapax_ext_proc`` (gRPC) and ``hapax_ext_proc_http`` (verdicts, /health,
   /metrics): the ext_proc workers, as load assignments over EDS.
@@ -273,7 +273,7 @@ def chain_cluster(config: HapaxConfig, chain: Chain) -> cluster_pb2.Cluster:
 
 def lane_cluster(plan: Plan, lane: LaneModel) -> cluster_pb2.Cluster:
     """The passthrough lane's copy of its model's chain, whose attempts Envoy gives the key itself."""
-    return _aggregate_cluster(plan.config, passthrough.lane_cluster_name(lane.first), plan.chains[lane.first],
+    return _aggregate_cluster(plan.config, lane.cluster, lane.chain,
                               passthrough.upstream_filter(plan.config, lane, upstream_ext_proc_filter()))
 
 

@@ -53,14 +53,17 @@ def model_routes(plan: Plan, handler: str, base: route_components_pb2.Route, ver
     """The model lane's variants of ``base``, one per model name and ``stream`` value; to go before it."""
     if handler not in MODEL_LANE_HANDLERS:
         return
-    for model, owner in plan.model_owners.items():
+    family = wire.FAMILY_OF_HANDLER[wire.Handler(handler)]
+    for owned in plan.models:
+        if owned.family != family:
+            continue  # the router step tells the client why the model serves no such request
         for stream in (True, False):
-            route = body_routed(plan, base, MODEL_LANE, model, owner, stream=stream,
+            route = body_routed(plan, base, MODEL_LANE, owned.name, owned.chain, stream=stream,
                                 disabled_ext_proc=disabled_ext_proc)
             route.name += ":stream" if stream else ""
             # What Envoy read of the body, for the upstream step to tell whether it must rewrite it.
             route.metadata.filter_metadata[METADATA_NAMESPACE].update(
-                {wire.RouteKey.MODEL: model, wire.RouteKey.STREAM: "true" if stream else "false"})
+                {wire.RouteKey.MODEL: owned.name, wire.RouteKey.STREAM: "true" if stream else "false"})
             route.request_headers_to_add.extend([
                 _set(wire.START_HEADER, "%START_TIME(%s.%6f)%"),  # unix time, as the router step writes it
                 *([_set(wire.VERSION_HEADER, version)] if version else []),

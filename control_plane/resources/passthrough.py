@@ -3,12 +3,12 @@
 ext_proc is needed where something must be understood or rewritten: a provider
 with another API, a model alias, a stream (watched event by event), the legacy
 completion shapes. A non-streaming chat or embeddings request whose ``model``
-is an OpenAI-type provider's own model name needs none of that. For such a
+is one of an OpenAI-type provider's own models (of the route's family) needs none of that. For such a
 request Envoy, alone:
 
 - reads ``model`` and ``stream`` from the body (``json_to_metadata``) and picks a
   lane route on them;
-- sends it to the lane's own cluster, ``lane.<first>``: the same providers in the
+- sends it to the lane's own cluster, ``lane.<chain>``: the same providers in the
   same order as the model's chain cluster, but its per-attempt filters remove
   every request header the provider is not to be sent (provider_headers.py) and
   inject the key of the provider each attempt goes to (``credential_injector``
@@ -60,7 +60,7 @@ from xds.type.v3 import cel_pb2
 
 from control_plane.cel import MetadataEquals, MetadataPresent, all_of
 from control_plane.config.model import HapaxConfig, ProviderConfig
-from control_plane.plan import LaneModel, Plan
+from control_plane.plan import Chain, LaneModel, Plan
 from control_plane.protobuf import ads, duration, pack
 from control_plane.resources import provider_headers
 from control_plane.resources.secrets import key_secret_name
@@ -73,7 +73,6 @@ METADATA_NAMESPACE = wire.METADATA_NAMESPACE
 REQUEST_NAMESPACE = "hapax.request"
 JSON_TO_METADATA_FILTER = "hapax.json_to_metadata"
 LANE_FILTER = "hapax.passthrough"
-LANE_CLUSTER_PREFIX = "lane."
 # The OpenAI API path of each handler the lane serves, under the provider's base path.
 # Keyed by the config's handler names (a wire.Handler is one).
 HANDLER_PATHS: dict[str, str] = {
@@ -129,9 +128,11 @@ def lane_routes(plan: Plan, handler: str, base: route_components_pb2.Route,
     if handler not in HANDLER_PATHS:
         return
     for lane in plan.lane_models:
-        route = body_routed(plan, base, LANE, lane.model, lane.first, stream=False,
+        if lane.family != wire.FAMILY_OF_HANDLER[wire.Handler(handler)]:
+            continue  # a chat model is no embeddings request's lane, nor the other way round
+        route = body_routed(plan, base, LANE, lane.model, lane.chain, stream=False,
                             disabled_ext_proc=disabled_ext_proc)
-        route.route.cluster = lane_cluster_name(lane.first)
+        route.route.cluster = lane.cluster
         # The path exactly, query string and all: a rewrite would pass a query string on.
         route.match.headers.append(route_components_pb2.HeaderMatcher(
             name=":path", string_match=string_pb2.StringMatcher(exact=base.match.path)))
@@ -141,10 +142,10 @@ def lane_routes(plan: Plan, handler: str, base: route_components_pb2.Route,
         yield route
 
 
-def body_routed(plan: Plan, base: route_components_pb2.Route, lane: str, model: str, first: str, *,
+def body_routed(plan: Plan, base: route_components_pb2.Route, lane: str, model: str, chain: Chain, *,
                 stream: bool, disabled_ext_proc: dict[str, any_pb2.Any]) -> route_components_pb2.Route:
     """A copy of ``base`` that Envoy picks from the body's ``model`` and ``stream`` and sends to
-    ``first``'s chain, without the router step (what that step does, the route does)."""
+    ``chain``, without the router step (what that step does, the route does)."""
     route = route_components_pb2.Route()
     route.CopyFrom(base)
     route.name = f"{lane}:{base.name}:{model}"
@@ -154,7 +155,6 @@ def body_routed(plan: Plan, base: route_components_pb2.Route, lane: str, model: 
     ])
     action = route.route
     action.ClearField("cluster_header")
-    chain = plan.chains[first]
     action.cluster = chain.cluster
     action.retry_policy.num_retries.value = chain.attempts - 1
     action.idle_timeout.CopyFrom(duration(plan.route_idle_limit([chain])))
@@ -164,10 +164,6 @@ def body_routed(plan: Plan, base: route_components_pb2.Route, lane: str, model: 
     for name, config_any in disabled_ext_proc.items():
         route.typed_per_filter_config[name].CopyFrom(config_any)
     return route
-
-
-def lane_cluster_name(first: str) -> str:
-    return f"{LANE_CLUSTER_PREFIX}{first}"
 
 
 def _metadata_matcher(key: str, **value) -> metadata_pb2.MetadataMatcher:
@@ -207,13 +203,15 @@ def hold_off_logger(grpc_cluster: str) -> accesslog_pb2.AccessLog:
 
 
 def _grpc_log(grpc_cluster: str) -> als_pb2.CommonGrpcAccessLogConfig:
-    def tag(name: str, kind: metadata_kind_pb2.MetadataKind, key: str) -> custom_tag_pb2.CustomTag:
+    def tag(name: str, kind: metadata_kind_pb2.MetadataKind, key: str,
+            namespace: str = METADATA_NAMESPACE) -> custom_tag_pb2.CustomTag:
         return custom_tag_pb2.CustomTag(tag=name, metadata=custom_tag_pb2.CustomTag.Metadata(
             kind=kind, metadata_key=metadata_kind_pb2.MetadataKey(
-                key=METADATA_NAMESPACE, path=[metadata_kind_pb2.MetadataKey.PathSegment(key=key)])))
+                key=namespace, path=[metadata_kind_pb2.MetadataKey.PathSegment(key=key)])))
 
     route_kind = metadata_kind_pb2.MetadataKind(route=metadata_kind_pb2.MetadataKind.Route())
     host_kind = metadata_kind_pb2.MetadataKind(host=metadata_kind_pb2.MetadataKind.Host())
+    request_kind = metadata_kind_pb2.MetadataKind(request=metadata_kind_pb2.MetadataKind.Request())
     return als_pb2.CommonGrpcAccessLogConfig(
         log_name=wire.ACCESS_LOG_NAME,
         grpc_service=grpc_service_pb2.GrpcService(
@@ -228,7 +226,9 @@ def _grpc_log(grpc_cluster: str) -> als_pb2.CommonGrpcAccessLogConfig:
         buffer_size_bytes=wrappers_pb2.UInt32Value(value=ALS_BUFFER_BYTES),
         custom_tags=[tag(wire.LogTag.LANE, route_kind, wire.RouteKey.LANE),
                      tag(wire.LogTag.ROUTE, route_kind, wire.RouteKey.ROUTE),
-                     tag(wire.LogTag.PROVIDER, host_kind, wire.HOST_PROVIDER_KEY)],
+                     tag(wire.LogTag.PROVIDER, host_kind, wire.HOST_PROVIDER_KEY),
+                     # Which of its provider's models a lane request was sent: its labels and price.
+                     tag(wire.LogTag.MODEL, request_kind, "model", REQUEST_NAMESPACE)],
     )
 
 

@@ -6,6 +6,7 @@ route or cluster ever carries one.
 
 from __future__ import annotations
 
+from control_plane.config.model import HapaxConfig
 from control_plane.plan import Plan, provider_cluster_name
 from control_plane.pricing import price_for
 from hapax.v1 import runtime_pb2
@@ -26,15 +27,27 @@ def runtime(plan: Plan, version: str) -> runtime_pb2.Runtime:
                 healthy_threshold=p.health_check.healthy_threshold,
                 unhealthy_threshold=p.health_check.unhealthy_threshold),
         )
-        price = price_for(p.model, config.pricing)
+        price = _price(p.model, config)
         if price is not None:
-            provider.price.CopyFrom(runtime_pb2.ModelPrice(input_per_million=price.input,
-                                                           output_per_million=price.output))
+            provider.price.CopyFrom(price)
+        for name, families in p.models.items():
+            served = provider.models.add(name=name, families=list(families))
+            price = _price(name, config)
+            if price is not None:
+                served.price.CopyFrom(price)
     for r in config.routes:
         route = out.routes.add(path=r.path, handler=r.handler, version=r.version)
         route.metrics_labels.update(dict(r.metrics_labels))
     for chain in plan.chains.values():  # the default chain first
         out.chains.add(cluster=chain.cluster, providers=list(chain.providers), attempts=chain.attempts)
-    for model, owner in plan.model_owners.items():
-        out.models.add(name=model, provider=owner, chain=plan.chains[owner].cluster)
+    for owned in plan.models:
+        out.models.add(name=owned.name, provider=owned.owner, chain=owned.chain.cluster, family=owned.family)
+    out.auto_chains.update({family: chain.cluster for family, chain in plan.auto_chains.items()})
     return out
+
+
+def _price(model: str, config: HapaxConfig) -> runtime_pb2.ModelPrice | None:
+    price = price_for(model, config.pricing)
+    if price is None:
+        return None
+    return runtime_pb2.ModelPrice(input_per_million=price.input, output_per_million=price.output)

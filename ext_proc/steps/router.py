@@ -76,6 +76,7 @@ class RouterStep(Step):
         self.counted = False
         self.request_id = ""
         self.stream_goes_on = False  # a stream's end (and its in-flight count) is the upstream step's
+        self.request: ClientRequest | None = None  # once its body is read
 
     def request_headers(self, msg: pb.HttpHeaders, attributes: Attributes) -> pb.ProcessingResponse:
         headers = header_map(msg)
@@ -96,7 +97,7 @@ class RouterStep(Step):
         return continue_request_headers()
 
     def request_body(self, msg: pb.HttpBody, attributes: Attributes) -> pb.ProcessingResponse:
-        req = client_request.parse(self.handler, msg.body)
+        req = self.request = client_request.parse(self.handler, msg.body)
         chain = self.chain = self.chain_for(req)
         # The route's retry policy is shared by all chains, so the request's own
         # chain's attempts travel with it.
@@ -112,15 +113,22 @@ class RouterStep(Step):
         return continue_request_body(common)
 
     def chain_for(self, req: ClientRequest) -> Chain:
-        if req.model is None or req.model in AUTO_MODELS:
-            return self.view.default_chain
-        chain = self.view.chain_for_model.get(req.model)
-        if chain is None:
-            known = ", ".join(sorted(self.view.chain_for_model)) or "none"
-            raise GatewayError(404, f"The model '{req.model}' does not exist on this gateway. "
-                               f"Available models: {known} (or 'auto').",
+        """The chain of the request's model among its family's (``auto``: the family's preference order)."""
+        family = wire.FAMILY_OF_HANDLER[req.handler]
+        model = None if req.model is None or req.model in AUTO_MODELS else req.model
+        chain = self.view.chain_for(family, model)
+        if chain is not None:
+            return chain
+        if model is None:
+            raise GatewayError(404, f"No provider of this gateway serves {family} requests.",
                                param="model", code="model_not_found")
-        return chain
+        other = next((f for f, models in self.view.family_models.items() if model in models), None)
+        if other is not None:
+            raise invalid(f"The model '{model}' is a{'n' if other[0] in 'aeiou' else ''} {other} model: "
+                          f"it does not serve {family} requests.", param="model", code="model_not_supported")
+        known = ", ".join(sorted(self.view.family_models.get(family, self.view.chain_for_model))) or "none"
+        raise GatewayError(404, f"The model '{model}' does not exist on this gateway. "
+                           f"Available models: {known} (or 'auto').", param="model", code="model_not_found")
 
     def response_headers(self, msg: pb.HttpHeaders, attributes: Attributes) -> pb.ProcessingResponse:
         headers = header_map(msg)
@@ -129,6 +137,8 @@ class RouterStep(Step):
             response = self.unavailable()
         status = int(headers.get(":status", "0") or 0)
         provider = self.view.providers.get(headers.get(PROVIDER_HEADER, ""))
+        if provider is not None and self.request is not None:  # as the upstream step sent it: with its model
+            provider = provider.serving(wire.FAMILY_OF_HANDLER[self.request.handler], self.request.model)
         self.done = True
         if 200 <= status < 300 and headers.get("content-type", "").startswith("text/event-stream"):
             self.stream_goes_on = True

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -57,6 +57,7 @@ from hapax.wire import (
     ANSWER_ATTEMPT_HEADER,
     ATTEMPT_HEADER,
     DROPPED_PARAMS_HEADER,
+    FAMILY_OF_HANDLER,
     GATEWAY_ANSWER_HEADER,
     HOST_METADATA_ATTRIBUTE,
     NEVER_REMOVED_HEADERS,
@@ -104,6 +105,11 @@ class Attempt:
                    number=int(number) if number.isdigit() else 1,
                    request_id=headers.get(REQUEST_ID_HEADER, ""),
                    request_start=_seconds(headers.get(START_HEADER, ""), started))
+
+    def serving(self, req: ClientRequest) -> Attempt:
+        """This attempt with its provider as it serves ``req``: with the model it is sent (``Provider.serving``)."""
+        provider = self.provider.serving(FAMILY_OF_HANDLER[req.handler], req.model)
+        return self if provider is self.provider else replace(self, provider=provider)
 
     def target_headers(self, out: ProviderRequest) -> dict[str, str]:
         """Where this attempt goes, and its credentials."""
@@ -182,6 +188,7 @@ class UpstreamStep(Step):
             return None
         include_usage = headers.get(USAGE_HEADER) == "true"
         req = ClientRequest.as_read(Handler(attempt.handler), model, stream == "true", include_usage)
+        attempt = self.attempt = attempt.serving(req)
         out = translator_for(attempt.provider.type).request_as_sent(req, attempt.provider)
         if out is None:
             return None
@@ -201,6 +208,7 @@ class UpstreamStep(Step):
         # Parsed again per attempt: the router step's result cannot travel
         # through Envoy cheaper than the JSON itself.
         req = client_request.parse(attempt.handler, msg.body)
+        attempt = self.attempt = attempt.serving(req)
         out = translator_for(attempt.provider.type).request(req, attempt.provider)
         assert out.body is not None  # a translated request always has a body
         self.stage = attempt.response_stage(req)

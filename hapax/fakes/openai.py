@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,26 @@ class FakeOpenAI(FakeProvider):
     label = "fake-openai"
     default_model = "gpt-4o-mini"
     api_path = "/v1"
+
+    def __init__(self, *, serves: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        """``serves``: model name -> ``chat`` or ``embeddings``: the models this account has, each
+        refused by the other endpoint, and every other name refused, as OpenAI does. None: any
+        model on any endpoint (most tests name models freely)."""
+        super().__init__(**kwargs)
+        self.serves = dict(serves) if serves is not None else None
+
+    def _check_model(self, model: str, endpoint: str) -> None:
+        if self.serves is None:
+            return
+        kind = self.serves.get(model)
+        if kind is None:
+            raise RequestError(404, f"The model `{model}` does not exist or you do not have access to it.",
+                               code="model_not_found")
+        if kind != endpoint and endpoint == "chat":
+            raise RequestError(404, "This is not a chat model and thus not supported in the "
+                               "v1/chat/completions endpoint. Did you mean to use v1/completions?", param="model")
+        if kind != endpoint:
+            raise RequestError(400, f"The model `{model}` does not support embeddings.", param="model")
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -106,6 +126,7 @@ class FakeOpenAI(FakeProvider):
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         chat = _parse_chat(_body(request))
+        self._check_model(chat.model, "chat")
         turn = self._turn(chat)
         texts = (text_of(message.get("content")) for message in chat.messages)
         usage = _usage(prompt_tokens(texts), turn.completion_tokens)
@@ -162,6 +183,7 @@ class FakeOpenAI(FakeProvider):
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         body = _body(request)
         model = _require_model(body)
+        self._check_model(model, "embeddings")
         inputs = _embedding_inputs(body.get("input"))
         dims = _positive_int(body, "dimensions")
         base64 = body.get("encoding_format") == "base64"
@@ -177,8 +199,9 @@ class FakeOpenAI(FakeProvider):
         )
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
-        entry = {"id": self.model, "object": "model", "created": 0, "owned_by": "hapax-fakes"}
-        return await self.send_json(request, {"object": "list", "data": [entry]})
+        names = list(self.serves) if self.serves is not None else [self.model]
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "hapax-fakes"} for name in names]
+        return await self.send_json(request, {"object": "list", "data": data})
 
 
 # -- request parsing, as strict as OpenAI's on the fields the fake uses -----------

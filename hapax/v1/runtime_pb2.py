@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hapax/v1/runtime.proto\x12\x08hapax.v1\"\x96\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x10\n\x08\x62\x61se_url\x18\x05 \x01(\t\x12\x0f\n\x07\x63luster\x18\x06 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12\x0f\n\x07\x61pi_key\x18\x08 \x01(\t\x12+\n\x0chealth_check\x18\t \x01(\x0b\x32\x15.hapax.v1.HealthCheck\x12#\n\x05price\x18\n \x01(\x0b\x32\x14.hapax.v1.ModelPrice\x12\x17\n\x0f\x66orward_headers\x18\x0b \x03(\t\x12\x16\n\x0e\x61pi_key_source\x18\x0c \x01(\t\"C\n\nModelPrice\x12\x19\n\x11input_per_million\x18\x01 \x01(\x01\x12\x1a\n\x12output_per_million\x18\x02 \x01(\x01\"x\n\x0bHealthCheck\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\x12\x19\n\x11healthy_threshold\x18\x03 \x01(\r\x12\x1b\n\x13unhealthy_threshold\x18\x04 \x01(\r\"\xa9\x01\n\x05Route\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07handler\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12:\n\x0emetrics_labels\x18\x04 \x03(\x0b\x32\".hapax.v1.Route.MetricsLabelsEntry\x1a\x34\n\x12MetricsLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"=\n\x05\x43hain\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tproviders\x18\x02 \x03(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\"6\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05\x63hain\x18\x03 \x01(\t\"\xda\x01\n\x07Runtime\x12\x16\n\x0e\x63onfig_version\x18\x01 \x01(\t\x12%\n\tproviders\x18\x02 \x03(\x0b\x32\x12.hapax.v1.Provider\x12\x1f\n\x06routes\x18\x04 \x03(\x0b\x32\x0f.hapax.v1.Route\x12\x1f\n\x06\x63hains\x18\x05 \x03(\x0b\x32\x0f.hapax.v1.Chain\x12\x1f\n\x06models\x18\x07 \x03(\x0b\x32\x0f.hapax.v1.ModelJ\x04\x08\x03\x10\x04J\x04\x08\x06\x10\x07R\x13provider_preferenceR\x0cmax_attempts\"\xe6\x01\n\x0c\x43onfigStatus\x12\x17\n\x0fserving_version\x18\x01 \x01(\t\x12\x17\n\x0freloads_applied\x18\x02 \x01(\x04\x12\x19\n\x11reloads_unchanged\x18\x03 \x01(\x04\x12\x17\n\x0freloads_invalid\x18\x04 \x01(\x04\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\'\n\nrejections\x18\x06 \x03(\x0b\x32\x13.hapax.v1.Rejection\x12\x19\n\x11last_error_source\x18\x07 \x01(\t\x12\x18\n\x10last_error_paths\x18\x08 \x03(\t\"L\n\tRejection\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hapax/v1/runtime.proto\x12\x08hapax.v1\"\xbd\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x10\n\x08\x62\x61se_url\x18\x05 \x01(\t\x12\x0f\n\x07\x63luster\x18\x06 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12\x0f\n\x07\x61pi_key\x18\x08 \x01(\t\x12+\n\x0chealth_check\x18\t \x01(\x0b\x32\x15.hapax.v1.HealthCheck\x12#\n\x05price\x18\n \x01(\x0b\x32\x14.hapax.v1.ModelPrice\x12\x17\n\x0f\x66orward_headers\x18\x0b \x03(\t\x12%\n\x06models\x18\x0c \x03(\x0b\x32\x15.hapax.v1.ServedModel\x12\x16\n\x0e\x61pi_key_source\x18\r \x01(\t\"R\n\x0bServedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66\x61milies\x18\x02 \x03(\t\x12#\n\x05price\x18\x03 \x01(\x0b\x32\x14.hapax.v1.ModelPrice\"C\n\nModelPrice\x12\x19\n\x11input_per_million\x18\x01 \x01(\x01\x12\x1a\n\x12output_per_million\x18\x02 \x01(\x01\"x\n\x0bHealthCheck\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\x12\x19\n\x11healthy_threshold\x18\x03 \x01(\r\x12\x1b\n\x13unhealthy_threshold\x18\x04 \x01(\r\"\xa9\x01\n\x05Route\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07handler\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12:\n\x0emetrics_labels\x18\x04 \x03(\x0b\x32\".hapax.v1.Route.MetricsLabelsEntry\x1a\x34\n\x12MetricsLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"=\n\x05\x43hain\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tproviders\x18\x02 \x03(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\"F\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05\x63hain\x18\x03 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x04 \x01(\t\"\xc5\x02\n\x07Runtime\x12\x16\n\x0e\x63onfig_version\x18\x01 \x01(\t\x12%\n\tproviders\x18\x02 \x03(\x0b\x32\x12.hapax.v1.Provider\x12\x1f\n\x06routes\x18\x04 \x03(\x0b\x32\x0f.hapax.v1.Route\x12\x1f\n\x06\x63hains\x18\x05 \x03(\x0b\x32\x0f.hapax.v1.Chain\x12\x1f\n\x06models\x18\x07 \x03(\x0b\x32\x0f.hapax.v1.Model\x12\x36\n\x0b\x61uto_chains\x18\x08 \x03(\x0b\x32!.hapax.v1.Runtime.AutoChainsEntry\x1a\x31\n\x0f\x41utoChainsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x03\x10\x04J\x04\x08\x06\x10\x07R\x13provider_preferenceR\x0cmax_attempts\"\xe6\x01\n\x0c\x43onfigStatus\x12\x17\n\x0fserving_version\x18\x01 \x01(\t\x12\x17\n\x0freloads_applied\x18\x02 \x01(\x04\x12\x19\n\x11reloads_unchanged\x18\x03 \x01(\x04\x12\x17\n\x0freloads_invalid\x18\x04 \x01(\x04\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\'\n\nrejections\x18\x06 \x03(\x0b\x32\x13.hapax.v1.Rejection\x12\x19\n\x11last_error_source\x18\x07 \x01(\t\x12\x18\n\x10last_error_paths\x18\x08 \x03(\t\"L\n\tRejection\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,24 +33,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROUTE_METRICSLABELSENTRY']._loaded_options = None
   _globals['_ROUTE_METRICSLABELSENTRY']._serialized_options = b'8\001'
+  _globals['_RUNTIME_AUTOCHAINSENTRY']._loaded_options = None
+  _globals['_RUNTIME_AUTOCHAINSENTRY']._serialized_options = b'8\001'
   _globals['_PROVIDER']._serialized_start=37
-  _globals['_PROVIDER']._serialized_end=315
-  _globals['_MODELPRICE']._serialized_start=317
-  _globals['_MODELPRICE']._serialized_end=384
-  _globals['_HEALTHCHECK']._serialized_start=386
-  _globals['_HEALTHCHECK']._serialized_end=506
-  _globals['_ROUTE']._serialized_start=509
-  _globals['_ROUTE']._serialized_end=678
-  _globals['_ROUTE_METRICSLABELSENTRY']._serialized_start=626
-  _globals['_ROUTE_METRICSLABELSENTRY']._serialized_end=678
-  _globals['_CHAIN']._serialized_start=680
-  _globals['_CHAIN']._serialized_end=741
-  _globals['_MODEL']._serialized_start=743
-  _globals['_MODEL']._serialized_end=797
-  _globals['_RUNTIME']._serialized_start=800
-  _globals['_RUNTIME']._serialized_end=1018
-  _globals['_CONFIGSTATUS']._serialized_start=1021
-  _globals['_CONFIGSTATUS']._serialized_end=1251
-  _globals['_REJECTION']._serialized_start=1253
-  _globals['_REJECTION']._serialized_end=1329
+  _globals['_PROVIDER']._serialized_end=354
+  _globals['_SERVEDMODEL']._serialized_start=356
+  _globals['_SERVEDMODEL']._serialized_end=438
+  _globals['_MODELPRICE']._serialized_start=440
+  _globals['_MODELPRICE']._serialized_end=507
+  _globals['_HEALTHCHECK']._serialized_start=509
+  _globals['_HEALTHCHECK']._serialized_end=629
+  _globals['_ROUTE']._serialized_start=632
+  _globals['_ROUTE']._serialized_end=801
+  _globals['_ROUTE_METRICSLABELSENTRY']._serialized_start=749
+  _globals['_ROUTE_METRICSLABELSENTRY']._serialized_end=801
+  _globals['_CHAIN']._serialized_start=803
+  _globals['_CHAIN']._serialized_end=864
+  _globals['_MODEL']._serialized_start=866
+  _globals['_MODEL']._serialized_end=936
+  _globals['_RUNTIME']._serialized_start=939
+  _globals['_RUNTIME']._serialized_end=1264
+  _globals['_RUNTIME_AUTOCHAINSENTRY']._serialized_start=1168
+  _globals['_RUNTIME_AUTOCHAINSENTRY']._serialized_end=1217
+  _globals['_CONFIGSTATUS']._serialized_start=1267
+  _globals['_CONFIGSTATUS']._serialized_end=1497
+  _globals['_REJECTION']._serialized_start=1499
+  _globals['_REJECTION']._serialized_end=1575
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Provider(_message.Message):
-    __slots__ = ("name", "type", "model", "aliases", "base_url", "cluster", "timeout_seconds", "api_key", "health_check", "price", "forward_headers", "api_key_source")
+    __slots__ = ("name", "type", "model", "aliases", "base_url", "cluster", "timeout_seconds", "api_key", "health_check", "price", "forward_headers", "models", "api_key_source")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class Provider(_message.Message):
     HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
     FORWARD_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     API_KEY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
@@ -31,8 +32,19 @@ class Provider(_message.Message):
     health_check: HealthCheck
     price: ModelPrice
     forward_headers: _containers.RepeatedScalarFieldContainer[str]
+    models: _containers.RepeatedCompositeFieldContainer[ServedModel]
     api_key_source: str
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., base_url: _Optional[str] = ..., cluster: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., api_key: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., price: _Optional[_Union[ModelPrice, _Mapping]] = ..., forward_headers: _Optional[_Iterable[str]] = ..., api_key_source: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., base_url: _Optional[str] = ..., cluster: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., api_key: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., price: _Optional[_Union[ModelPrice, _Mapping]] = ..., forward_headers: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., api_key_source: _Optional[str] = ...) -> None: ...
+
+class ServedModel(_message.Message):
+    __slots__ = ("name", "families", "price")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FAMILIES_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    families: _containers.RepeatedScalarFieldContainer[str]
+    price: ModelPrice
+    def __init__(self, name: _Optional[str] = ..., families: _Optional[_Iterable[str]] = ..., price: _Optional[_Union[ModelPrice, _Mapping]] = ...) -> None: ...
 
 class ModelPrice(_message.Message):
     __slots__ = ("input_per_million", "output_per_million")
@@ -84,28 +96,39 @@ class Chain(_message.Message):
     def __init__(self, cluster: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "provider", "chain")
+    __slots__ = ("name", "provider", "chain", "family")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
     name: str
     provider: str
     chain: str
-    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., chain: _Optional[str] = ...) -> None: ...
+    family: str
+    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., chain: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
 
 class Runtime(_message.Message):
-    __slots__ = ("config_version", "providers", "routes", "chains", "models")
+    __slots__ = ("config_version", "providers", "routes", "chains", "models", "auto_chains")
+    class AutoChainsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     CHAINS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_CHAINS_FIELD_NUMBER: _ClassVar[int]
     config_version: str
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     chains: _containers.RepeatedCompositeFieldContainer[Chain]
     models: _containers.RepeatedCompositeFieldContainer[Model]
-    def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
+    auto_chains: _containers.ScalarMap[str, str]
+    def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., auto_chains: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ConfigStatus(_message.Message):
     __slots__ = ("serving_version", "reloads_applied", "reloads_unchanged", "reloads_invalid", "last_error", "rejections", "last_error_source", "last_error_paths")

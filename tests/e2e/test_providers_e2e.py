@@ -118,7 +118,10 @@ def test_ollama_ndjson_stream_becomes_openai_sse(client, fakes):
 def test_embeddings_on_an_anthropic_first_chain_get_a_clear_400(client, fakes):
     with pytest.raises(openai.BadRequestError) as err:
         client.embeddings.create(model="claude-3-haiku", input="x")
-    assert err.value.body["code"] == "unsupported_handler"
+    # Anthropic serves no embeddings: its model is a chat model, which the gateway tells before any attempt.
+    assert err.value.body["code"] == "model_not_supported"
+    assert err.value.body["message"] == ("The model 'claude-3-haiku' is a chat model: it does not serve "
+                                         "embeddings requests.")
     assert fakes["anthropic"].requests == []
 
 

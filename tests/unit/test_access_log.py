@@ -152,3 +152,22 @@ def test_an_entry_that_cannot_be_counted_does_not_lose_the_rest_of_its_flush():
     AccessLogCounter(lambda: view, without).count_batch(_entries())
     assert _samples(with_boom) == _samples(without)
     assert b"hapax_requests_total" in without.exposition()
+
+
+def test_a_lane_answer_counts_under_the_model_its_body_named_with_that_models_price():
+    models = {"gpt-4o-mini": frozenset({"chat"}), "gpt-4o": frozenset({"chat"}),
+              "text-embedding-3-small": frozenset({"embeddings"})}
+    several = replace(PROVIDER, models=models, prices={"gpt-4o-mini": (0.15, 0.6), "gpt-4o": (2.5, 10.0)})
+    view = replace(VIEW_OF_TWO, providers={"primary": several, "second": SECOND})
+    metrics = GatewayMetrics(ProviderProber(lambda _: None))
+    metrics.configure(view)
+    named = _entry(0, route=ROUTE.path, provider="primary", status=200,
+                   usage={"prompt_tokens": 1_000_000, "completion_tokens": 0})
+    named.common_properties.custom_tags["model"] = "gpt-4o"
+    AccessLogCounter(lambda: view, metrics).count_batch([named])
+    text = metrics.exposition()
+    assert b'model="gpt-4o",outcome="success",provider="primary"' in text
+    assert b'model="gpt-4o-mini"' not in text
+    # A million input tokens of gpt-4o, not of the default model.
+    assert (b'hapax_cost_usd_total{department="marketing",model="gpt-4o",provider="primary",'
+            b'route="/v1/chat/completions"} 2.5') in text

@@ -301,6 +301,26 @@ async def test_openai_models_list_the_configured_model(session):
     assert [model["id"] for model in body["data"]] == ["gpt-fake"]
 
 
+async def test_openai_with_models_refuses_others_and_the_wrong_endpoint_as_openai_does(session):
+    serves = {"gpt-4o": "chat", "text-embedding-3-small": "embeddings"}
+    async with FakeOpenAI(serves=serves) as fake:
+        async def post(path: str, body: dict) -> tuple[int, dict]:
+            response = await fetch(session, "POST", f"{fake.base_url}{path}", body, OPENAI_AUTH)
+            return response.status, (await response.json()).get("error") or {}
+
+        ok_chat = await post("/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+        ok_embed = await post("/embeddings", {"model": "text-embedding-3-small", "input": "x"})
+        unknown = await post("/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO})
+        embed_on_chat = await post("/chat/completions", {"model": "text-embedding-3-small", "messages": HELLO})
+        chat_on_embed = await post("/embeddings", {"model": "gpt-4o", "input": "x"})
+        listed = await (await fetch(session, "GET", f"{fake.base_url}/models", headers=OPENAI_AUTH)).json()
+    assert (ok_chat, ok_embed) == ((200, {}), (200, {}))
+    assert unknown[0] == 404 and unknown[1]["code"] == "model_not_found" and "`gpt-4o-mini`" in unknown[1]["message"]
+    assert embed_on_chat[0] == 404 and "not a chat model" in embed_on_chat[1]["message"]
+    assert chat_on_embed[0] == 400 and chat_on_embed[1]["param"] == "model"
+    assert [model["id"] for model in listed["data"]] == ["gpt-4o", "text-embedding-3-small"]
+
+
 async def test_official_openai_client_reads_fake_replies(openai):
     sdk = pytest.importorskip("openai")
     client = sdk.AsyncOpenAI(base_url=openai.base_url, api_key=KEY, max_retries=0)

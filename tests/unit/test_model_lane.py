@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 
 from control_plane import resources as res
@@ -73,3 +74,38 @@ def test_a_gateway_serving_only_its_model_list_has_no_lane():
     assert not [r for r in _routes(text) if r.name.startswith("model:")]
     hcm_filters = [f.name for f in res.http_connection_manager(make_plan(parse_config(text))).http_filters]
     assert passthrough.JSON_TO_METADATA_FILTER not in hcm_filters  # no lane: bodies are not read in Envoy
+
+
+def test_each_route_takes_on_its_lanes_only_the_models_of_its_family_to_that_familys_chain():
+    text = """\
+providers:
+  openai:
+    type: openai
+    model: gpt-4o-mini
+    api_key: sk-a
+    models: {text-embedding-3-small: {handler: embeddings}}
+  claude: {type: anthropic, model: claude-3-haiku, api_key: sk-b}
+provider_preference: [openai, claude]
+"""
+    routes = _routes(text)
+
+    def lane(kind: str, path: str) -> dict[str, str]:
+        return {r.name.split(":")[-1]: r.route.cluster for r in routes
+                if r.name.startswith(f"{kind}:") and r.match.path == path and not r.name.endswith(":stream")}
+
+    # The chat route: the chat models (claude's too), on their chat chains.
+    assert lane("model", "/v1/chat/completions") == {"gpt-4o-mini": "chain.openai", "claude-3-haiku": "chain.claude"}
+    assert lane("passthrough", "/v1/chat/completions") == {"gpt-4o-mini": "lane.openai"}
+    # The embeddings route: the embeddings model alone, on openai's embeddings chain (no claude in it).
+    assert lane("model", "/v1/embeddings") == {"text-embedding-3-small": "chain.openai.embeddings"}
+    assert lane("passthrough", "/v1/embeddings") == {"text-embedding-3-small": "lane.openai.embeddings"}
+
+
+def test_the_access_log_names_the_model_a_lane_request_was_sent():
+    config = als_pb2.HttpGrpcAccessLogConfig()
+    passthrough.access_logger("ext_proc").typed_config.Unpack(config)
+    tags = {tag.tag: tag.metadata for tag in config.common_config.custom_tags}
+    # The body's model as json_to_metadata read it: which of its provider's models a lane answer counts under.
+    assert tags["model"].kind.HasField("request")
+    assert tags["model"].metadata_key.key == passthrough.REQUEST_NAMESPACE
+    assert [segment.key for segment in tags["model"].metadata_key.path] == ["model"]

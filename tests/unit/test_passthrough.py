@@ -129,7 +129,8 @@ def test_each_lane_attempt_gets_its_providers_key_from_envoy_or_goes_to_ext_proc
 def test_a_lane_has_its_own_copy_of_the_chain_and_chains_run_only_the_upstream_step():
     clusters = build_snapshot(config(), "v1", EXT_PROC).of_type(CLUSTER)
     lanes = sorted(name for name in clusters if name.startswith("lane."))
-    assert lanes == ["lane.openai", "lane.vllm"]  # one per lane model, named after its provider
+    # One per lane model and family (the standard embeddings route has its own), named after its provider.
+    assert lanes == ["lane.openai", "lane.openai.embeddings", "lane.vllm", "lane.vllm.embeddings"]
     for lane in lanes:
         chain = clusters["chain." + lane.removeprefix("lane.")]
         assert _aggregate_members(clusters[lane]) == _aggregate_members(chain)

@@ -28,16 +28,30 @@ from tests.snapshots import MIXED, SECRETS, seed_snapshot
 
 
 def test_seed_example_becomes_one_cluster_per_provider_and_a_chain_per_first_provider():
-    snap = seed_snapshot()
-    clusters = snap.of_type(CLUSTER)
-    # openai's model takes the passthrough lane, which has its own copy of openai's chain.
-    assert {"provider.anthropic", "provider.openai", "chain.anthropic", "chain.openai", "lane.openai",
+    clusters = seed_snapshot().of_type(CLUSTER)
+    # Anthropic serves no embeddings: openai's embeddings chain is openai alone. The standard
+    # chat and embeddings routes give openai's own model a lane of each.
+    assert {"provider.anthropic", "provider.openai", "chain.anthropic", "chain.openai",
+            "chain.openai.embeddings", "lane.openai", "lane.openai.embeddings",
             res.EXT_PROC_CLUSTER, res.EXT_PROC_HTTP_CLUSTER} == set(clusters)
     assert _aggregate_members(clusters["chain.anthropic"]) == ["provider.anthropic", "provider.openai"]
     assert _aggregate_members(clusters["chain.openai"]) == ["provider.openai", "provider.anthropic"]
+    assert _aggregate_members(clusters["chain.openai.embeddings"]) == ["provider.openai"]
     # Dots would split Envoy's cluster tag: stats name the cluster without them.
-    assert [clusters[name].alt_stat_name for name in ("provider.openai", "chain.openai", "lane.openai")] == [
-        "provider_openai", "chain_openai", "lane_openai"]
+    assert [clusters[name].alt_stat_name for name in ("provider.openai", "chain.openai.embeddings")] == [
+        "provider_openai", "chain_openai_embeddings"]
+
+
+def test_a_passthrough_lane_is_built_only_for_a_route_that_can_take_it():
+    # The seed's own route is a legacy completion, always translated: alone, no lane cluster.
+    only_its_routes = SEED_YAML + "default_routes: false\n"
+    assert not [name for name in seed_snapshot(only_its_routes).of_type(CLUSTER) if name.startswith("lane.")]
+    chat = seed_snapshot(SEED_YAML + "  - {path: /v1/chat/completions, handler: chat}\ndefault_routes: false\n"
+                         ).of_type(CLUSTER)
+    # openai's model takes the chat route's lane, which has its own copy of openai's chat chain.
+    assert [name for name in chat if name.startswith("lane.")] == ["lane.openai"]
+    assert _aggregate_members(chat["lane.openai"]) == ["provider.openai", "provider.anthropic"]
+    assert chat["lane.openai"].alt_stat_name == "lane_openai"
 
 
 def test_https_providers_get_tls_with_sni_and_local_ones_plain_http():
@@ -133,21 +147,31 @@ def test_api_keys_reach_ext_proc_and_envoy_sds_secrets_never_other_envoy_resourc
 
 def test_runtime_names_chains_in_preference_order():
     runtime = seed_snapshot(MIXED).of_type(RUNTIME)["hapax"]
-    assert [c.cluster for c in runtime.chains] == ["chain.openai", "chain.claude", "chain.local"]
+    # The chat chains, then the embeddings chains that differ from them (claude serves none).
+    assert [c.cluster for c in runtime.chains] == ["chain.openai", "chain.claude", "chain.local",
+                                                   "chain.openai.embeddings", "chain.local.embeddings"]
     assert list(runtime.chains[2].providers) == ["local", "openai", "claude"]
+    assert list(runtime.chains[4].providers) == ["local", "openai"]
     # One attempt per provider of the chain, and never fewer than two.
-    assert [c.attempts for c in runtime.chains] == [2, 2, 3]
+    assert [c.attempts for c in runtime.chains] == [2, 2, 3, 2, 2]
+    assert dict(runtime.auto_chains) == {"chat": "chain.openai", "embeddings": "chain.openai.embeddings"}
 
 
 def test_runtime_carries_the_plans_model_owners_and_attempts_so_ext_proc_derives_none():
     text = MIXED.replace("model: gpt-4o,", "model: gpt-4o, aliases: [shared],").replace(
         "model: claude-3-haiku,", "model: claude-3-haiku, aliases: [shared, fast],")
     runtime = seed_snapshot(text + "retry: {max_attempts: 5}\n").of_type(RUNTIME)["hapax"]
-    owners = {m.name: (m.provider, m.chain) for m in runtime.models}
-    # The provider first in preference order wins a name two providers serve.
-    assert owners == {"gpt-4o": ("openai", "chain.openai"), "shared": ("openai", "chain.openai"),
-                      "claude-3-haiku": ("claude", "chain.claude"), "fast": ("claude", "chain.claude"),
-                      "llama3.2": ("local", "chain.local")}
+    owners = {(m.name, m.family): (m.provider, m.chain) for m in runtime.models}
+    # The provider first in preference order wins a name two providers serve; a provider with
+    # no `models` serves its model for every family its type serves (claude: chat alone).
+    assert owners == {("gpt-4o", "chat"): ("openai", "chain.openai"),
+                      ("shared", "chat"): ("openai", "chain.openai"),
+                      ("claude-3-haiku", "chat"): ("claude", "chain.claude"),
+                      ("fast", "chat"): ("claude", "chain.claude"),
+                      ("llama3.2", "chat"): ("local", "chain.local"),
+                      ("gpt-4o", "embeddings"): ("openai", "chain.openai.embeddings"),
+                      ("shared", "embeddings"): ("openai", "chain.openai.embeddings"),
+                      ("llama3.2", "embeddings"): ("local", "chain.local.embeddings")}
     assert {c.attempts for c in runtime.chains} == {5}  # the config's max_attempts, on every chain
 
 

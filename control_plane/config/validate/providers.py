@@ -13,7 +13,9 @@ from control_plane.config.errors import _index, _Issues, _join
 from control_plane.config.model import (
     DEFAULT_BASE_URLS,
     DEFAULT_TIMEOUT,
+    FAMILIES,
     PROVIDER_TYPES,
+    TYPE_FAMILIES,
     CircuitBreakerConfig,
     HealthCheckConfig,
     ProviderConfig,
@@ -35,8 +37,9 @@ from control_plane.config.validate.values import (
 )
 from hapax import wire
 
-_PROVIDER_KEYS = ("type", "model", "api_key", "base_url", "timeout", "aliases", "health_check", "circuit_breaker",
-                  "forward_headers")
+_PROVIDER_KEYS = ("type", "model", "models", "api_key", "base_url", "timeout", "aliases", "health_check",
+                  "circuit_breaker", "forward_headers")
+_MODEL_KEYS = ("handler",)
 _HEALTH_CHECK_KEYS = ("interval", "timeout", "healthy_threshold", "unhealthy_threshold")
 _CIRCUIT_BREAKER_KEYS = ("max_concurrent_requests", "max_pending_requests", "max_retries")
 _KEYED_PROVIDER_TYPES = ("anthropic", "openai")  # their APIs refuse requests without a key
@@ -89,6 +92,7 @@ def _provider(
     base_url = _base_url(node.get("base_url"), kind, _join(path, "base_url"), issues)
     timeout = _timeout(node.get("timeout"), _join(path, "timeout"), issues)
     aliases = _aliases(node.get("aliases"), _join(path, "aliases"), issues)
+    models = _models(node.get("models"), model, kind, aliases, _join(path, "models"), issues)
     health = _health_check(node.get("health_check"), _join(path, "health_check"), health_defaults, issues)
     breaker = _circuit_breaker(node.get("circuit_breaker"), _join(path, "circuit_breaker"), issues)
     forward = _forward_headers(node.get("forward_headers"), _join(path, "forward_headers"), issues)
@@ -96,7 +100,7 @@ def _provider(
         return None
     variables = node["api_key"].variables if isinstance(node.get("api_key"), _Expanded) else ()
     return ProviderConfig(name, kind, model, api_key, base_url, timeout, aliases, health, breaker,
-                          forward_headers=forward, api_key_variables=variables)
+                          forward_headers=forward, api_key_variables=variables, models=models)
 
 
 def _health_check(value: Any, path: str, defaults: HealthCheckConfig, issues: _Issues) -> HealthCheckConfig:
@@ -241,6 +245,66 @@ def _aliases(value: Any, path: str, issues: _Issues) -> tuple[str, ...]:
     items = _list(value, path, issues) or []
     aliases = (_text(item, _index(path, i), issues) for i, item in enumerate(items))
     return tuple(alias for alias in aliases if alias is not None)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _models(value: Any, model: str | None, kind: str | None, aliases: Sequence[str], path: str,
+            issues: _Issues) -> dict[str, tuple[str, ...]]:
+    """``model`` first (a chat model unless listed as another), then the listed models, each with
+    its families; empty when the key is absent (``model`` alone serves all its type does)."""
+    if value is None:
+        return {}
+    node = _mapping(value, path, issues)
+    if node is None:
+        return {}
+    if not node:
+        issues.error(path, "must list at least one model (omit the key to serve 'model' alone)")
+    listed: dict[str, tuple[str, ...]] = {}
+    for name, body in node.items():
+        family = _model_entry(name, body, _join(path, name), kind, aliases, issues)
+        if family is not None:
+            listed[name] = (family,)
+    if model is None:
+        return {}
+    return {model: listed.pop(model, (wire.ModelFamily.CHAT,)), **listed}
+
+
+def _model_entry(name: Any, body: Any, path: str, kind: str | None, aliases: Sequence[str],
+                 issues: _Issues) -> str | None:
+    """The family one ``models`` entry serves (``{}`` or nothing: chat), or None if it is wrong."""
+    if not isinstance(name, str) or not name.strip():
+        issues.error(path, f"model names must be non-empty strings, got {_describe(name)}")
+        return None
+    if name in aliases:
+        # An alias is rewritten to `model`; a listed model is sent as it is: one name cannot be both.
+        issues.error(path, f"{_quote(name)} is also one of this provider's aliases (another name for its "
+                           "'model'); list it in one place")
+        return None
+    node = {} if body is None else _mapping(body, path, issues)
+    if node is None:
+        return None
+    _reject_unknown_keys(node, path, _MODEL_KEYS, issues)
+    handler = node.get("handler")
+    return wire.ModelFamily.CHAT if handler is None else _model_family(handler, _join(path, "handler"), kind, issues)
+
+
+def _model_family(value: Any, path: str, kind: str | None, issues: _Issues) -> str | None:
+    family = _string(value, path, issues)
+    if family is None:
+        return None
+    if family == wire.Handler.COMPLETION:
+        issues.error(path, "the gateway sends a legacy completion to providers as a chat, so a chat model "
+                           "serves both: use handler: chat")
+        return None
+    if family not in FAMILIES:
+        issues.error(path, _not_one_of("handler", family, FAMILIES))
+        return None
+    if kind is not None and family not in TYPE_FAMILIES[kind]:
+        issues.error(path, f"a provider of type {kind} serves no {family}: its API has none")
+        return None
+    return family
 
 
 # --------------------------------------------------------------------------- forward_headers
