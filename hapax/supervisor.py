@@ -419,25 +419,30 @@ class Supervisor:
 
         Envoy being LIVE is not enough: ext_proc subscribes on its own stream (and
         backs off while the control plane starts), and answers every request with
-        503 until its first configuration arrives.
+        503 until its first configuration arrives. Its /health says so; its status
+        alone does not, since it is also 503 while no provider can serve (which a
+        gateway may well start with: its providers' reasons are then what it serves).
         """
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             for child in self.children:
                 if child.process and child.process.returncode is not None:
                     raise StartupError(f"{child.name} exited during start-up ({child.describe_exit()})")
-            if await asyncio.to_thread(self._http_ok, ext_proc.ready["http"], wire.HEALTH_PATH):
+            if await asyncio.to_thread(self._configured, ext_proc.ready["http"]):
                 return
             await asyncio.sleep(0.1)
         raise StartupError(f"ext_proc did not get its configuration from the control plane "
                            f"within {READY_TIMEOUT:.0f}s; see the logs above")
 
     @staticmethod
-    def _http_ok(address: str, path: str) -> bool:
+    def _configured(address: str) -> bool:
+        """ext_proc's /health names the configuration version it serves once it has one."""
         try:
-            return local_http.request(address, path, timeout=1)[0] == 200
-        except OSError:
+            _, body = local_http.request(address, wire.HEALTH_PATH, timeout=1)
+            control_plane = json.loads(body)["components"]["control_plane"]
+        except (OSError, ValueError, KeyError, TypeError):
             return False
+        return bool(control_plane.get("config_version"))
 
     def _admin_listener_ports(self) -> dict[str, int]:
         try:
