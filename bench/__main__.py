@@ -1,7 +1,7 @@
 """``python -m bench`` (or ``./dev bench``): Hapax against bare Envoy against the fake provider.
 
-    ./dev bench            full run, about 6 minutes -> bench/results.md
-    ./dev bench --quick    about 1.5 minutes          -> bench/results-quick.md
+    ./dev bench            full run, about 10 minutes -> bench/results.md
+    ./dev bench --quick    about 3 minutes            -> bench/results-quick.md
     ./dev bench --soak     10 minutes of Hapax alone  -> bench/results-soak.md
 
 Everything listens on 127.0.0.1 and everything started is stopped at the
@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="fewer scenarios, shorter runs (about 1.5 min)")
+    mode.add_argument("--quick", action="store_true", help="fewer scenarios, shorter runs (about 3 min)")
     mode.add_argument("--soak", action="store_true", help="Hapax alone at a fixed rate, RSS every 10 s")
     parser.add_argument("--output", type=Path, help="where to write the markdown results")
     parser.add_argument("--only", metavar="TEXT",
@@ -115,8 +115,10 @@ def method_lines(args: argparse.Namespace, plan: CorePlan | None = None) -> list
          "event's arrival."),
         ("CPU per process from /proc/<pid>/stat (utime+stime) around each run; Hapax's processes found from "
          "the supervisor with pgrep -P and named by command line; peak RSS is VmHWM from /proc/<pid>/status."),
-        ("Everything (generator, fake, target) shares the machine's CPUs: A and B are bounded by that, not "
-         "by Envoy alone. Numbers are for comparing A, B and C within one run."),
+        ("Pinned, the generator and the fakes share the load core(s): when they are full (the 'Cores busy' "
+         "table) they, not Envoy, bound A and B. " if plan else
+         "Everything (generator, fake, target) shares the machine's CPUs: A and B are bounded by that, not "
+         "by Envoy alone. ") + "Numbers are for comparing A, B and C within one run.",
     ]
 
 
