@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.measurement import Measurement
+from bench.measurement import Measurement, role_of
 from bench.report import MB, Table, find, size_points
 from bench.scenarios import CLOSED, FAST, OPEN, SDK, TIMING
 
@@ -78,7 +78,7 @@ def goals(measurements: Sequence[Measurement]) -> list[Goal]:
         out.append(Goal("200 KB prompts: added latency at most linear", "linear", "–", None))
 
     peaks = [mem.hwm_kb for m in measurements if m.target == "C"
-             for name, mem in m.memory.items() if name.split("#")[0] == "ext_proc"]
+             for name, mem in m.memory.items() if role_of(name) == "ext_proc"]
     out.append(rss_goal(max(peaks) if peaks else None))
     out.append(soak_goal(None))
     return out

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.machine import MachineInfo
-from bench.measurement import Measurement
+from bench.measurement import Measurement, role_of
 from bench.payloads import PROMPT_SIZES
 from bench.pinning import CorePlan, cores_of
 from bench.scenarios import CLOSED, FAST, OPEN, TIMING, Scenario
@@ -144,7 +144,7 @@ def cpu_table(measurements: Sequence[Measurement]) -> Table:
         if c is None:
             continue
         other = sum(c.cpu_per_1k(r) for r in ("supervisor", "control_plane"))
-        ext_proc_cores = sum(v for k, v in c.cpu_seconds.items() if k.split("#")[0] == "ext_proc") / c.seconds
+        ext_proc_cores = sum(v for k, v in c.cpu_seconds.items() if role_of(k) == "ext_proc") / c.seconds
         rows.append([
             scenario.name,
             num(b.cpu_per_1k("envoy"), 3) if b else "–",
@@ -238,7 +238,7 @@ def process_table(measurements: Sequence[Measurement]) -> Table | None:
         if m.target != "C":
             continue
         for name, mem in m.memory.items():
-            if name.split("#")[0] not in HAPAX_ROLES:
+            if role_of(name) not in HAPAX_ROLES:
                 continue
             peak, _, cpu = final.get(name, (0, 0, 0.0))
             final[name] = (max(peak, mem.hwm_kb), mem.rss_kb, cpu + m.cpu_seconds.get(name, 0.0))
@@ -252,7 +252,7 @@ def process_table(measurements: Sequence[Measurement]) -> Table | None:
 def memory_table(measurements: Sequence[Measurement]) -> Table | None:
     """Each Hapax process's memory after each C run: which scenario raised the peak, and what stayed."""
     runs = [m for m in measurements if m.target == "C"]
-    names = list(dict.fromkeys(n for m in runs for n in m.memory if n.split("#")[0] in HAPAX_ROLES))
+    names = list(dict.fromkeys(n for m in runs for n in m.memory if role_of(n) in HAPAX_ROLES))
     if not names:
         return None
     rows = []

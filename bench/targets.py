@@ -64,15 +64,16 @@ class Target:
     def processes(self, kind: str = "") -> dict[str, int]:
         """Name -> pid of every process serving this target's ``kind`` now (ext_proc workers included)."""
         found = dict(self.fixed_pids)
-        root = self.kind_roots.get(kind, self.root)
-        if root is not None:
-            found.update(name_processes(root.pid))
+        if kind in self.kind_roots:  # named apart: its memory is not C's main gateway's
+            found.update({f"{name} ({kind})": pid for name, pid in name_processes(self.kind_roots[kind].pid).items()})
+        elif self.root is not None:
+            found.update(name_processes(self.root.pid))
         return found
 
     def all_processes(self) -> dict[str, int]:
         found = self.processes()
-        for kind, root in self.kind_roots.items():
-            found.update({f"{name} ({kind})": pid for name, pid in name_processes(root.pid).items()})
+        for kind in self.kind_roots:
+            found.update(self.processes(kind))
         return found
 
 
