@@ -1,7 +1,7 @@
 """``python -m bench`` (or ``./dev bench``): Hapax against bare Envoy against the fake provider.
 
-    ./dev bench            full run, about 6 minutes -> bench/results.md
-    ./dev bench --quick    about 1.5 minutes          -> bench/results-quick.md
+    ./dev bench            full run, about 10 minutes -> bench/results.md
+    ./dev bench --quick    about 3 minutes            -> bench/results-quick.md
     ./dev bench --soak     10 minutes of Hapax alone  -> bench/results-soak.md
 
 Everything listens on 127.0.0.1 and everything started is stopped at the
@@ -11,6 +11,7 @@ end, on Ctrl-C and on errors too.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import signal
@@ -22,14 +23,18 @@ from pathlib import Path
 from types import FrameType
 
 from bench import procstat
-from bench.goals import goals, goals_table, rss_goal, soak_goal
+from bench.goals import goals, goals_table, rss_goal, sdk_goals, sdk_goals_table, soak_goal
 from bench.machine import MachineInfo, machine_info
+from bench.pinning import CorePlan, allowed_cpus, core_plan, pin_harness
+from bench.portkey import start_portkey
 from bench.processes import ProcessSet, StartError
 from bench.report import (
     Table,
+    cores_table,
     cpu_table,
     main_table,
     memory_table,
+    pinning_table,
     process_table,
     results_markdown,
     size_table,
@@ -48,11 +53,16 @@ HERE = Path(__file__).resolve().parent
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="fewer scenarios, shorter runs (about 1.5 min)")
+    mode.add_argument("--quick", action="store_true", help="fewer scenarios, shorter runs (about 3 min)")
     mode.add_argument("--soak", action="store_true", help="Hapax alone at a fixed rate, RSS every 10 s")
     parser.add_argument("--output", type=Path, help="where to write the markdown results")
     parser.add_argument("--only", metavar="TEXT",
                         help="run only the scenarios whose name contains TEXT (e.g. 'paced stream')")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin: every process on every core (the runs before issue #20)")
+    parser.add_argument("--portkey", metavar="DIR", type=Path, default=os.environ.get("HAPAX_BENCH_PORTKEY"),
+                        help="a directory with @portkey-ai/gateway installed (npm): Portkey joins the "
+                             "Anthropic scenarios (env HAPAX_BENCH_PORTKEY)")
     parser.add_argument("--gap-ms", type=float, default=10.0, help="paced fake: time between SSE events")
     parser.add_argument("--soak-minutes", type=float, default=10.0)
     parser.add_argument("--soak-rate", type=float, default=100.0, help="soak requests per second")
@@ -68,15 +78,31 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def method_lines(args: argparse.Namespace) -> list[str]:
+def method_lines(args: argparse.Namespace, plan: CorePlan | None = None) -> list[str]:
+    pinning = (f"Pinned (issue #20): {plan.describe()}. B is Envoy with --concurrency 1; C is all of "
+               "`hapax serve` (supervisor, control plane, one ext_proc worker, Envoy with --envoy-concurrency 1) "
+               "under one `taskset -c`; so C/B is per core, whatever the machine's core count. B and C take "
+               "turns on the same core, so neither inherits a faster or quieter core than the other."
+               if plan else "Not pinned (--no-pin): every process may run on every core.")
     return [
+        pinning,
         ("A: the fake provider called directly, an Envoy listener with pre-encoded `direct_response` answers "
          "(bench/fake_provider.py): chat.completion JSON with usage under /json/, an SSE stream of 20 chunks + "
          "usage + [DONE] under /sse/ (sent as one body), 200 on GET .../models."),
         ("B: bare Envoy with Hapax's listener settings (HCM, codec AUTO, buffer limits, timeouts) and a route "
          "with prefix_rewrite to the fake, no ext_proc (bench/bare_proxy.py)."),
-        ("C: `hapax serve` (supervisor, control plane, ext_proc, Envoy) with one openai-type provider per kind "
-         "of answer, selected by the request's model; log level WARNING, access log off."),
+        ("C: `hapax serve` (supervisor, control plane, ext_proc, Envoy) with one provider per kind of answer "
+         "(openai-type, and one anthropic-type at the fake's Anthropic answer), selected by the request's "
+         "model, or by the preference order for model=auto; log level WARNING, access log off. The seed "
+         "scenario runs a second `hapax serve` on the configuration `hapax serve` writes when given none "
+         "(control_plane/defaults.py), Anthropic first in its preference, same logging."),
+        ("P (with --portkey): Portkey's gateway (Node), pinned like C, told `x-portkey-provider: anthropic` and "
+         "`x-portkey-custom-host` = the fake's Anthropic answer; in the Anthropic scenarios only."),
+        ("Clients: 'fast' is the fast lanes of issue #8 (the provider's model named, streams asking for the "
+         "usage chunk with stream_options, no SDK headers): Hapax passes those bodies through untouched. 'sdk' "
+         "is what the OpenAI Python SDK 3.63.0 sends (captured from a real call: its accept-encoding, "
+         "authorization, user-agent and x-stainless-* headers; body {model, stream, messages}, stream=false "
+         "too, no stream_options), the lanes real clients take."),
         ("Each scenario runs against A, B, C back to back before the next scenario (A B C A B C ...), so "
          "drift on the shared machine hits all three alike."),
         ("Closed loop: wrk, 1 thread, keep-alive, fixed connections (1, 16, 64) and duration, a Lua script for "
@@ -89,8 +115,10 @@ def method_lines(args: argparse.Namespace) -> list[str]:
          "event's arrival."),
         ("CPU per process from /proc/<pid>/stat (utime+stime) around each run; Hapax's processes found from "
          "the supervisor with pgrep -P and named by command line; peak RSS is VmHWM from /proc/<pid>/status."),
-        ("Everything (generator, fake, target) shares the machine's CPUs: A and B are bounded by that, not "
-         "by Envoy alone. Numbers are for comparing A, B and C within one run."),
+        ("Pinned, the generator and the fakes share the load core(s): when they are full (the 'Cores busy' "
+         "table) they, not Envoy, bound A and B. " if plan else
+         "Everything (generator, fake, target) shares the machine's CPUs: A and B are bounded by that, not "
+         "by Envoy alone. ") + "Numbers are for comparing A, B and C within one run.",
     ]
 
 
@@ -102,16 +130,25 @@ def print_tables(tables: list[Table]) -> None:
 
 def benchmark(args: argparse.Namespace, procs: ProcessSet, envoy: Path, workdir: Path,
               log) -> tuple[list[Table], list[str]]:
-    fakes = start_fakes(procs, envoy, workdir, args.gap_ms)
-    targets = [target_a(fakes), start_bare_envoy(procs, envoy, workdir, fakes), start_hapax(procs, workdir, fakes)]
-    log("targets up: " + ", ".join(f"{t.key} {t.endpoints['json'].url}" for t in targets))
-    runner = Runner(targets, workdir, args.gap_ms / 1000, log)
+    plan = args.core_plan
+    if plan:
+        pin_harness(plan)  # before anything starts: wrk, the fakes and the generators inherit it
+        log(f"pinned: {plan.describe()}")
+    fakes = start_fakes(procs, envoy, workdir, args.gap_ms, plan)
+    targets = [target_a(fakes), start_bare_envoy(procs, envoy, workdir, fakes, plan),
+               start_hapax(procs, workdir, fakes, plan)]
+    if args.portkey:
+        targets.append(start_portkey(procs, workdir, args.portkey, fakes, plan))
+    log("targets up: " + ", ".join(f"{t.key} {next(iter(t.endpoints.values())).url}" for t in targets))
+    runner = Runner(targets, workdir, args.gap_ms / 1000, log, plan)
     runner.warm_up(1 if args.quick else 2)
-    plan = quick_plan() if args.quick else full_plan()
+    scenarios = quick_plan() if args.quick else full_plan()
     if args.only:
-        plan = [s for s in plan if args.only in s.name]
-    measurements = runner.run(plan)
-    tables = [goals_table(goals(measurements)), main_table(measurements), cpu_table(measurements)]
+        scenarios = [s for s in scenarios if args.only in s.name]
+    measurements = runner.run(scenarios)
+    tables = [sdk_goals_table(sdk_goals(measurements, portkey=bool(args.portkey))), goals_table(goals(measurements)),
+              main_table(measurements), cpu_table(measurements), pinning_table(targets, os.getpid())]
+    tables += [t for t in (cores_table(measurements, plan),) if t]
     tables += [t for t in (stream_table(measurements), size_table(measurements), process_table(measurements),
                            memory_table(measurements)) if t]
     return tables, procs.commands() + [m.command for m in measurements]
@@ -119,8 +156,8 @@ def benchmark(args: argparse.Namespace, procs: ProcessSet, envoy: Path, workdir:
 
 def soak(args: argparse.Namespace, procs: ProcessSet, envoy: Path, workdir: Path,
          log) -> tuple[list[Table], list[str]]:
-    fakes = start_fakes(procs, envoy, workdir, args.gap_ms)
-    hapax = start_hapax(procs, workdir, fakes)
+    fakes = start_fakes(procs, envoy, workdir, args.gap_ms, None)
+    hapax = start_hapax(procs, workdir, fakes, seed=False)
     seconds = args.soak_minutes * 60
     log(f"soak: {args.soak_rate:g} req/s for {seconds:.0f} s against {hapax.endpoints['json'].url}")
     result = run_soak(hapax, args.soak_rate, seconds, min(args.soak_warmup, seconds / 2), log)
@@ -134,6 +171,8 @@ def soak(args: argparse.Namespace, procs: ProcessSet, envoy: Path, workdir: Path
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Decided once, before the harness pins itself to the load cores.
+    args.core_plan = None if args.no_pin or args.soak else core_plan(allowed_cpus())
     _stop_on_sigterm()
     try:
         envoy, _ = envoy_binary(), wrk_binary()
@@ -170,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     title = {"full": "Hapax benchmark", "quick": "Hapax benchmark (quick)", "soak": "Hapax soak"}[mode]
     output.write_text(results_markdown(
         title=title, started=started, elapsed=elapsed, info=info, invocation=invocation, tables=tables,
-        method=method_lines(args), commands=commands))
+        method=method_lines(args, args.core_plan),
+        commands=commands))
     print(f"\nwrote {output} ({elapsed / 60:.1f} min)")
     return 0
 

@@ -13,6 +13,7 @@ Bare Envoy cannot read the body, so the kind of answer is chosen by path:
 - ``/v1/...``        -> fake ``/json/v1/...``
 - ``/stream/v1/...`` -> fake ``/sse/v1/...``
 - ``/paced/v1/...``  -> paced SSE fake ``/v1/...``
+- ``/anthropic/v1/...`` -> fake ``/anthropic/v1/...`` (an Anthropic message, passed through untranslated)
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Any
 from bench.envoy_static import http_connection_manager, listener, loopback, static_bootstrap
 
 HAPAX_MAX_REQUEST_BYTES = 8 * 1024 * 1024  # control_plane/resources/names.py MAX_REQUEST_BYTES
-ENTRY_PREFIXES = {"json": "/v1/", "sse": "/stream/v1/", "paced": "/paced/v1/"}
-FAKE_PREFIXES = {"json": "/json/v1/", "sse": "/sse/v1/", "paced": "/v1/"}
+ENTRY_PREFIXES = {"json": "/v1/", "sse": "/stream/v1/", "paced": "/paced/v1/", "anthropic": "/anthropic/v1/"}
+FAKE_PREFIXES = {"json": "/json/v1/", "sse": "/sse/v1/", "paced": "/v1/", "anthropic": "/anthropic/v1/"}
 
 
 def _cluster(name: str, port: int) -> dict[str, Any]:
@@ -44,14 +45,14 @@ def _cluster(name: str, port: int) -> dict[str, Any]:
 
 
 def bare_proxy_config(fake_port: int, paced_port: int) -> dict[str, Any]:
-    cluster_for = {"json": "fake", "sse": "fake", "paced": "paced"}
+    cluster_for = {"json": "fake", "sse": "fake", "paced": "paced", "anthropic": "fake"}
     # Longest entry prefix first: "/v1/" must not swallow the others (it cannot
     # here, but the order states the intent).
     routes = [{
         "match": {"prefix": ENTRY_PREFIXES[kind]},
         "route": {"cluster": cluster_for[kind], "prefix_rewrite": FAKE_PREFIXES[kind],
                   "timeout": "0s", "idle_timeout": "300s"},
-    } for kind in ("paced", "sse", "json")]
+    } for kind in ("paced", "sse", "anthropic", "json")]
     route_config = {"name": "bare", "virtual_hosts": [{"name": "bare", "domains": ["*"], "routes": routes}]}
     hcm = http_connection_manager(
         "bare", route_config,

@@ -9,6 +9,8 @@ limits a measurement. It answers, on loopback only:
   chunk and ``data: [DONE]``, sent as ONE body (direct_response cannot pace
   it): streams through this fake measure throughput, not chunk timing (that is
   bench/paced_fake.py's job);
+- ``POST /anthropic/...``: an Anthropic ``message`` (what ``/v1/messages`` answers
+  a non-streaming request), for Hapax's and Portkey's Anthropic translation;
 - ``GET .../models``: 200, which is what Hapax's provider health probe asks.
 """
 
@@ -17,10 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 from bench.envoy_static import http_connection_manager, listener, static_bootstrap
-from bench.payloads import chat_completion, models_list, sse_events
+from bench.payloads import anthropic_message, chat_completion, models_list, sse_events
 
 JSON_PREFIX = "/json/"
 SSE_PREFIX = "/sse/"
+ANTHROPIC_PREFIX = "/anthropic/"
 # The request-body limit of the buffer filter; above the largest prompt.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
@@ -44,6 +47,7 @@ def routes() -> list[dict[str, Any]]:
         {"match": _get(r".*/models"), **_direct(200, models_list(), "application/json")},
         {"match": {"prefix": JSON_PREFIX}, **_direct(200, chat_completion(), "application/json")},
         {"match": {"prefix": SSE_PREFIX}, **_direct(200, sse, "text/event-stream")},
+        {"match": {"prefix": ANTHROPIC_PREFIX}, **_direct(200, anthropic_message(), "application/json")},
         {"match": {"prefix": "/"}, **_direct(404, b'{"error":{"message":"not a bench path"}}',
                                              "application/json")},
     ]

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.measurement import Measurement
+from bench.measurement import Measurement, role_of
 from bench.report import MB, Table, find, size_points
-from bench.scenarios import CLOSED, OPEN, TIMING
+from bench.scenarios import CLOSED, FAST, OPEN, SDK, TIMING
 
 
 @dataclass(frozen=True)
@@ -28,14 +28,14 @@ class Goal:
 
 def goals(measurements: Sequence[Measurement]) -> list[Goal]:
     out: list[Goal] = []
-    g = find(measurements, kind="json", prompt="300B", load=CLOSED, connections=64)
+    g = find(measurements, kind="json", prompt="300B", load=CLOSED, connections=64, client=FAST)
     if g and "B" in g and "C" in g:
         ratio = g["C"].throughput / g["B"].throughput
         out.append(Goal("Throughput C/B, non-streaming, c=64", ">= 0.40", f"{ratio:.3f}", ratio >= 0.40))
     else:
         out.append(Goal("Throughput C/B, non-streaming, c=64", ">= 0.40", "–", None))
 
-    g = find(measurements, kind="json", load=OPEN, peak_fraction=0.5)
+    g = find(measurements, kind="json", load=OPEN, peak_fraction=0.5, client=FAST)
     if g and "B" in g and "C" in g:
         rate = g["C"].extra["rate"]
         p50, p99 = g["C"].p50_ms - g["B"].p50_ms, g["C"].p99_ms - g["B"].p99_ms
@@ -50,7 +50,7 @@ def goals(measurements: Sequence[Measurement]) -> list[Goal]:
     else:
         out.append(Goal("Added latency at half C's peak", "p50 <= 1.5 ms, p99 <= 5 ms", "–", None))
 
-    g = find(measurements, kind="paced", load=TIMING, connections=1)
+    g = find(measurements, kind="paced", load=TIMING, connections=1, client=FAST)
     if g and "B" in g and "C" in g:
         c, b = g["C"], g["B"]
         added = c.p50_ms - b.p50_ms
@@ -78,10 +78,63 @@ def goals(measurements: Sequence[Measurement]) -> list[Goal]:
         out.append(Goal("200 KB prompts: added latency at most linear", "linear", "–", None))
 
     peaks = [mem.hwm_kb for m in measurements if m.target == "C"
-             for name, mem in m.memory.items() if name.split("#")[0] == "ext_proc"]
+             for name, mem in m.memory.items() if role_of(name) == "ext_proc"]
     out.append(rss_goal(max(peaks) if peaks else None))
     out.append(soak_goal(None))
     return out
+
+
+# Portkey's figures are compared with only when this run measured them (--portkey DIR).
+NO_PORTKEY = "Portkey not measured in this run (python -m bench --portkey DIR, docs/benchmarks.md)"
+
+
+def sdk_goals(measurements: Sequence[Measurement], portkey: bool = False) -> list[Goal]:
+    """Issue #20's targets, on the requests the OpenAI SDK sends, per core when pinned."""
+    out = [_ratio_goal(measurements, "json", "JSON, OpenAI provider, model named (c=64): C/B", 0.40),
+           _ratio_goal(measurements, "auto", "JSON, OpenAI provider, model=auto (c=64): C/B", 0.40),
+           _ratio_goal(measurements, "anthropic", "JSON, Anthropic provider (c=64): C/B", 0.15),
+           _ratio_goal(measurements, "seed", "JSON, seed config, Anthropic first (c=64): C/B", 0.15),
+           _portkey_goal(measurements, portkey)]
+    for streams, limit in ((1, 2.0), (8, 3.0)):
+        g = find(measurements, kind="paced", load=TIMING, connections=streams, client=SDK)
+        what = f"SDK stream: added time to first byte (p50, {streams} stream{'s' if streams > 1 else ''})"
+        if g and "B" in g and "C" in g:
+            added = g["C"].p50_ms - g["B"].p50_ms
+            out.append(Goal(what, f"<= {limit:g} ms", f"{added:.2f} ms", added <= limit))
+        else:
+            out.append(Goal(what, f"<= {limit:g} ms", "–", None))
+    g = find(measurements, kind="json", load=OPEN, peak_fraction=0.5, client=SDK)
+    if g and "B" in g and "C" in g:
+        added = g["C"].p99_ms - g["B"].p99_ms
+        out.append(Goal(f"SDK JSON: added p99 at half C's peak ({g['C'].extra['rate']:.0f} req/s)", "<= 5 ms",
+                        f"{added:.2f} ms", added <= 5.0))
+    else:
+        out.append(Goal("SDK JSON: added p99 at half C's peak", "<= 5 ms", "–", None))
+    return out
+
+
+def _ratio_goal(measurements: Sequence[Measurement], kind: str, what: str, floor: float) -> Goal:
+    g = find(measurements, kind=kind, prompt="300B", load=CLOSED, connections=64, client=SDK)
+    if not (g and "B" in g and "C" in g and g["B"].throughput):
+        return Goal(what, f">= {floor:.2f}", "–", None)
+    ratio = g["C"].throughput / g["B"].throughput
+    return Goal(what, f">= {floor:.2f}", f"{ratio:.3f} ({g['C'].throughput:,.0f} / {g['B'].throughput:,.0f} req/s)",
+                ratio >= floor)
+
+
+def _portkey_goal(measurements: Sequence[Measurement], portkey: bool) -> Goal:
+    what, goal = "JSON, Anthropic provider (c=64): Hapax ahead of Portkey", "C req/s > P req/s and C p50 < P p50"
+    g = find(measurements, kind="anthropic", prompt="300B", load=CLOSED, connections=64, client=SDK)
+    if not portkey or not g or "P" not in g or "C" not in g:
+        return Goal(what, goal, NO_PORTKEY if not portkey else "–", None)
+    c, p = g["C"], g["P"]
+    return Goal(what, goal, f"C {c.throughput:,.0f} req/s, p50 {c.p50_ms:.2f} ms; P {p.throughput:,.0f} req/s, "
+                f"p50 {p.p50_ms:.2f} ms", c.throughput > p.throughput and c.p50_ms < p.p50_ms)
+
+
+def sdk_goals_table(items: Sequence[Goal]) -> Table:
+    return Table("Targets from issue #20: what clients send, per core (reported, not asserted)",
+                 ["target", "goal", "measured", "verdict"], [[g.what, g.goal, g.measured, g.verdict] for g in items])
 
 
 def rss_goal(ext_proc_peak_kb: int | None) -> Goal:

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 
 
 def encode_request(method: str, host: str, port: int, path: str, body: bytes = b"",
-                   content_type: str = "application/json") -> bytes:
+                   content_type: str = "application/json", headers: dict[str, str] | None = None) -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nhost: {host}:{port}\r\n"
+    extra = {k: v for k, v in (headers or {}).items() if k.lower() != "content-type"}
+    head += "".join(f"{k}: {v}\r\n" for k, v in extra.items())
     if body:
         head += f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
     return head.encode() + b"\r\n" + body

@@ -19,6 +19,11 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[rank - 1]
 
 
+def role_of(name: str) -> str:
+    """A process's role from its name: ``ext_proc#2`` and ``ext_proc (seed)`` are ext_proc."""
+    return name.split(" (", 1)[0].split("#", 1)[0]
+
+
 @dataclass
 class Measurement:
     scenario: Scenario
@@ -45,5 +50,5 @@ class Measurement:
 
     def cpu_per_1k(self, role: str) -> float:
         """CPU seconds per 1,000 requests of every process of one role (ext_proc, ext_proc#2, ...)."""
-        used = sum(v for k, v in self.cpu_seconds.items() if k == role or k.startswith(role + "#"))
+        used = sum(v for k, v in self.cpu_seconds.items() if role_of(k) == role)
         return used / self.requests * 1000 if self.requests else math.nan

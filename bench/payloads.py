@@ -16,7 +16,10 @@ STREAM_CHUNKS = 20  # content chunks in a fake SSE answer (plus the usage chunk 
 MODELS = {"json": "bench-json", "sse": "bench-sse", "paced": "bench-paced",
           # The JSON answer again, asked for by an alias of its model: Hapax rewrites
           # the body, so the request takes ext_proc's upstream step (the model lane).
-          "alias": "bench-alias"}
+          "alias": "bench-alias",
+          # The router step: no model named, the first provider of the preference that can serve.
+          "auto": "auto", "seed": "auto",
+          "anthropic": "bench-anthropic"}
 STREAMING = frozenset({"sse", "paced"})  # the kinds whose requests ask for a stream
 CREATED = 1_700_000_000  # a fixed timestamp: answers are byte-identical from run to run
 # Where the paced fake writes each chunk's send time (time.monotonic(), the
@@ -46,6 +49,35 @@ def chat_request(size: int, *, model: str, stream: bool) -> bytes:
     return _compact(body)
 
 
+# What the official OpenAI Python SDK (openai 3.63.0, the one in this repository's
+# virtualenv) sends, captured from a real call against a local socket
+# (docs/benchmarks.md says how): these headers, and a compact body with the keys
+# in this order, "stream" always present (false too) and no stream_options.
+# Host, Connection and Content-Length are the client's own (wrk, bench/http1.py).
+SDK_VERSION = "3.63.0"
+SDK_HEADERS = {
+    "accept-encoding": "gzip, deflate",
+    "authorization": "Bearer sk-bench",
+    "accept": "application/json",
+    "content-type": "application/json",
+    "user-agent": f"OpenAI/Python {SDK_VERSION}",
+    "x-stainless-lang": "python",
+    "x-stainless-package-version": SDK_VERSION,
+    "x-stainless-os": "Linux",
+    "x-stainless-arch": "x64",
+    "x-stainless-runtime": "CPython",
+    "x-stainless-runtime-version": "3.11.7",
+    "x-stainless-async": "false",
+    "x-stainless-retry-count": "0",
+    "x-stainless-read-timeout": "600",
+}
+
+
+def sdk_chat_request(size: int, *, model: str, stream: bool) -> bytes:
+    """``client.chat.completions.create(model=..., messages=[...], stream=...)`` as the SDK encodes it."""
+    return _compact({"model": model, "stream": stream, "messages": [{"role": "user", "content": prompt(size)}]})
+
+
 USAGE = {"prompt_tokens": 75, "completion_tokens": STREAM_CHUNKS, "total_tokens": 75 + STREAM_CHUNKS}
 
 
@@ -56,6 +88,16 @@ def chat_completion() -> bytes:
         "choices": [{"index": 0, "finish_reason": "stop",
                      "message": {"role": "assistant", "content": "word " * STREAM_CHUNKS}}],
         "usage": USAGE,
+    })
+
+
+def anthropic_message() -> bytes:
+    """What Anthropic's POST /v1/messages answers for a non-streaming request: the same text and usage."""
+    return _compact({
+        "id": "msg_bench", "type": "message", "role": "assistant", "model": "bench",
+        "content": [{"type": "text", "text": "word " * STREAM_CHUNKS}],
+        "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": USAGE["prompt_tokens"], "output_tokens": USAGE["completion_tokens"]},
     })
 
 

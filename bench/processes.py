@@ -134,15 +134,19 @@ def _signals_ignored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def start_envoy(procs: ProcessSet, name: str, config: dict[str, Any], envoy: Path,
-                workdir: Path) -> tuple[Process, int]:
-    """Runs Envoy on a static config; returns it and the port of its (only) listener."""
+def start_envoy(procs: ProcessSet, name: str, config: dict[str, Any], envoy: Path, workdir: Path,
+                prefix: list[str] | None = None, concurrency: int | None = None) -> tuple[Process, int]:
+    """Runs Envoy on a static config; returns it and the port of its (only) listener.
+
+    ``prefix``: what starts it (taskset); ``concurrency``: its worker threads (default: one per CPU).
+    """
     config_path = workdir / f"{name}.json"
     config_path.write_text(json.dumps(config))  # JSON is YAML to Envoy
     admin_file = workdir / f"{name}.admin"
+    threads = [] if concurrency is None else ["--concurrency", str(concurrency)]
     proc = procs.start(name, [
-        str(envoy), "-c", str(config_path), "--admin-address-path", str(admin_file),
-        "--disable-hot-restart", "--log-level", "warning",
+        *(prefix or []), str(envoy), "-c", str(config_path), "--admin-address-path", str(admin_file),
+        "--disable-hot-restart", "--log-level", "warning", *threads,
     ], workdir)
 
     def admin() -> str:

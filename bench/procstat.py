@@ -79,8 +79,21 @@ def machine_busy_seconds() -> float:
 
     On a shared machine this tells how much of it the processes we watch did not use.
     """
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return _busy(Path("/proc/stat").read_text().split("\n", 1)[0])
+
+
+def core_busy_seconds(cores: tuple[int, ...]) -> float:
+    """CPU time some CPUs have spent not idle (their "cpuN" lines of /proc/stat), added up.
+
+    With pinning this says whether the measured core was full and whether the
+    load generator's cores were (then the generator, not the target, set the pace).
+    """
+    wanted = {f"cpu{n}" for n in cores}
+    return sum(_busy(line) for line in Path("/proc/stat").read_text().splitlines() if line.split(" ", 1)[0] in wanted)
+
+
+def _busy(line: str) -> float:
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in line.split()[1:9])
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
 

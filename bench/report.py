@@ -8,11 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.machine import MachineInfo
-from bench.measurement import Measurement
+from bench.measurement import Measurement, role_of
 from bench.payloads import PROMPT_SIZES
-from bench.scenarios import CLOSED, OPEN, TIMING, Scenario
+from bench.pinning import CorePlan, cores_of
+from bench.scenarios import CLOSED, FAST, OPEN, TIMING, Scenario
+from bench.targets import Target
 
-TARGET_LABELS = {"A": "A fake", "B": "B Envoy", "C": "C Hapax"}
+TARGET_LABELS = {"A": "A fake", "B": "B Envoy", "C": "C Hapax", "P": "P Portkey"}
+COMPARED = ("C", "P")  # the gateways compared with bare Envoy (B)
 HAPAX_ROLES = ("supervisor", "control_plane", "ext_proc", "envoy")
 MB = 1024  # procstat reports kB
 NUMBER = re.compile(r"^([+-]?[\d,]+(\.\d+)?( / [\d,]+)?|–|)$")  # what num(), _signed() and memory print
@@ -103,16 +106,17 @@ def _label(scenario: Scenario, group: dict[str, Measurement]) -> str:
 def main_table(measurements: Sequence[Measurement]) -> Table:
     rows = []
     for scenario, group in by_scenario(measurements):
-        b, c = group.get("B"), group.get("C")
-        for key in ("A", "B", "C"):
+        b = group.get("B")
+        for key in TARGET_LABELS:
             m = group.get(key)
             if m is None:
                 continue
             ratio = added50 = added99 = ext_proc = None
-            if key == "C" and b is not None and c is not None:
-                ratio = c.throughput / b.throughput if b.throughput else None
-                added50, added99 = c.p50_ms - b.p50_ms, c.p99_ms - b.p99_ms
-                ext_proc = c.cpu_per_1k("ext_proc")
+            if key in COMPARED and b is not None:
+                ratio = m.throughput / b.throughput if b.throughput else None
+                added50, added99 = m.p50_ms - b.p50_ms, m.p99_ms - b.p99_ms
+            if key == "C":
+                ext_proc = m.cpu_per_1k("ext_proc")
             label = TARGET_LABELS[key]
             if scenario.load == OPEN and "send_lag_p99_ms" in m.extra:
                 label += f" (sender late p99 {num(m.extra['send_lag_p99_ms'])} ms)"
@@ -124,11 +128,12 @@ def main_table(measurements: Sequence[Measurement]) -> Table:
     return Table(
         "Throughput and latency (A B C interleaved per scenario)",
         ["scenario", "target", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors",
-         "ext_proc CPU s/1k req", "C/B req/s", "C−B p50 ms", "C−B p99 ms"],
+         "ext_proc CPU s/1k req", "÷B req/s", "−B p50 ms", "−B p99 ms"],
         rows,
         "errors: responses >= 400 plus socket errors (connect, read, write, timeout); for stream timing also "
-        "streams that did not end with [DONE]. C−B: difference of the percentiles. Latency of a paced "
-        "stream is its time to first byte.",
+        "streams that did not end with [DONE]. −B: difference of the percentiles from B's. Latency of a paced "
+        "stream is its time to first byte. 'fast:' scenarios are the fast lanes (model named, usage "
+        "requested); 'sdk:' ones are the OpenAI SDK's own requests.",
     )
 
 
@@ -139,7 +144,7 @@ def cpu_table(measurements: Sequence[Measurement]) -> Table:
         if c is None:
             continue
         other = sum(c.cpu_per_1k(r) for r in ("supervisor", "control_plane"))
-        ext_proc_cores = sum(v for k, v in c.cpu_seconds.items() if k.split("#")[0] == "ext_proc") / c.seconds
+        ext_proc_cores = sum(v for k, v in c.cpu_seconds.items() if role_of(k) == "ext_proc") / c.seconds
         rows.append([
             scenario.name,
             num(b.cpu_per_1k("envoy"), 3) if b else "–",
@@ -167,7 +172,7 @@ def stream_table(measurements: Sequence[Measurement]) -> Table | None:
         if scenario.load != TIMING:
             continue
         b = group.get("B")
-        for key in ("A", "B", "C"):
+        for key in TARGET_LABELS:
             m = group.get(key)
             if m is None:
                 continue
@@ -197,7 +202,8 @@ def size_points(measurements: Sequence[Measurement]) -> list[tuple[str, int, flo
     """(prompt, bytes, C−B p50 ms, ext_proc CPU s/1k) for non-streaming JSON at one connection."""
     points = []
     for scenario, group in by_scenario(measurements):
-        if scenario.kind == "json" and scenario.load == CLOSED and scenario.connections == 1 \
+        if scenario.kind == "json" and scenario.client == FAST and scenario.load == CLOSED \
+                and scenario.connections == 1 \
                 and "B" in group and "C" in group:
             b, c = group["B"], group["C"]
             points.append((scenario.prompt, PROMPT_SIZES[scenario.prompt], c.p50_ms - b.p50_ms,
@@ -232,7 +238,7 @@ def process_table(measurements: Sequence[Measurement]) -> Table | None:
         if m.target != "C":
             continue
         for name, mem in m.memory.items():
-            if name.split("#")[0] not in HAPAX_ROLES:
+            if role_of(name) not in HAPAX_ROLES:
                 continue
             peak, _, cpu = final.get(name, (0, 0, 0.0))
             final[name] = (max(peak, mem.hwm_kb), mem.rss_kb, cpu + m.cpu_seconds.get(name, 0.0))
@@ -246,7 +252,7 @@ def process_table(measurements: Sequence[Measurement]) -> Table | None:
 def memory_table(measurements: Sequence[Measurement]) -> Table | None:
     """Each Hapax process's memory after each C run: which scenario raised the peak, and what stayed."""
     runs = [m for m in measurements if m.target == "C"]
-    names = list(dict.fromkeys(n for m in runs for n in m.memory if n.split("#")[0] in HAPAX_ROLES))
+    names = list(dict.fromkeys(n for m in runs for n in m.memory if role_of(n) in HAPAX_ROLES))
     if not names:
         return None
     rows = []
@@ -258,6 +264,34 @@ def memory_table(measurements: Sequence[Measurement]) -> Table | None:
         rows.append([m.scenario.name, *cells])
     return Table("Hapax memory after each C run (RSS / peak RSS, MB)", ["scenario", *names], rows,
                  "RSS is VmRSS, peak is VmHWM (the most since the process started), from /proc/<pid>/status.")
+
+
+def pinning_table(targets: Sequence[Target], harness: int) -> Table:
+    """The cores each process may run on, read back from the kernel (not what was asked for)."""
+    rows = [["harness (wrk, open-loop and stream clients)", str(harness), cores_of(harness)]]
+    seen = {harness}
+    for target in targets:
+        for name, pid in target.all_processes().items():
+            if pid in seen:
+                continue
+            seen.add(pid)
+            owner = "" if name in ("fake envoy", "paced fake") else f"{target.key}: "
+            rows.append([owner + name, str(pid), cores_of(pid)])
+    return Table("Pinning (each process's CPU affinity, from sched_getaffinity)", ["process", "pid", "cores"], rows)
+
+
+def cores_table(measurements: Sequence[Measurement], plan: CorePlan | None) -> Table | None:
+    if plan is None:
+        return None
+    rows = [[m.scenario.name, TARGET_LABELS[m.target], num(m.extra.get("measured_core_busy"), 2),
+             num(m.extra.get("load_cores_busy"), 2)] for m in measurements]
+    return Table(
+        f"Cores busy during each run (measured core {plan.measured}; load cores {','.join(map(str, plan.load))})",
+        ["scenario", "target", "measured core busy", "load cores busy"], rows,
+        "CPU seconds per second from /proc/stat's cpuN lines, all processes included (the machine is shared). "
+        "A measured core near 1.0 means the target used its core; load cores near their count mean the "
+        "generator and the fake were the limit, and B's (or C's) figure is a floor.",
+    )
 
 
 # ---------------------------------------------------------------- the file

@@ -12,8 +12,9 @@ from bench import procstat
 from bench.http1 import encode_request
 from bench.measurement import Measurement, percentile
 from bench.openloop import open_loop
-from bench.payloads import MODELS, PROMPT_SIZES, STREAMING, chat_request
-from bench.scenarios import CLOSED, OPEN, TIMING, Scenario
+from bench.payloads import MODELS, PROMPT_SIZES, SDK_HEADERS, chat_request, sdk_chat_request
+from bench.pinning import CorePlan
+from bench.scenarios import CLOSED, FAST, OPEN, SDK, TIMING, Scenario
 from bench.streams import stream_timing
 from bench.targets import Target
 from bench.wrk import run_wrk, write_script
@@ -33,33 +34,38 @@ def _ms(seconds: float) -> float:
 
 class Runner:
     def __init__(self, targets: list[Target], workdir: Path, gap: float,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, plan: CorePlan | None = None) -> None:
         self.targets = targets
+        self.plan = plan
         self.workdir = workdir
         self.gap = gap  # the paced fake's time between events
         self.log = log
         self.measurements: list[Measurement] = []
-        self._scripts: dict[tuple[str, str], Path] = {}
+        self._scripts: dict[tuple[str, str, str, str], Path] = {}
 
     # -- the plan
 
     def warm_up(self, seconds: int) -> None:
         """Connections, pools and caches of every target, before anything is recorded."""
         for target in self.targets:
-            run_wrk(target.endpoints["json"].url, self._script("json", "300B"), 16, seconds)
+            kind = "json" if "json" in target.endpoints else next(iter(target.endpoints))
+            run_wrk(target.endpoints[kind].url, self._script(Scenario(kind, "300B", CLOSED, seconds, client=SDK),
+                                                             target), 16, seconds)
 
     def run(self, plan: list[Scenario]) -> list[Measurement]:
         for i, scenario in enumerate(plan, 1):
             for target in self.targets:  # A B C, then the next scenario: A B C ...
+                if scenario.kind not in target.endpoints:
+                    continue  # Portkey: the Anthropic scenarios only
                 m = self.measure(scenario, target)
                 self.measurements.append(m)
                 self.log(f"[{i}/{len(plan)}] {scenario.name:<32} {target.key}  {m.throughput:9.1f} req/s  "
                          f"p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms  errors {m.errors}")
         return self.measurements
 
-    def c_peak(self, kind: str, prompt: str) -> float:
+    def c_peak(self, kind: str, prompt: str, client: str = FAST) -> float:
         rates = [m.throughput for m in self.measurements if m.target == "C" and m.scenario.load == CLOSED
-                 and m.scenario.kind == kind and m.scenario.prompt == prompt]
+                 and m.scenario.kind == kind and m.scenario.prompt == prompt and m.scenario.client == client]
         if not rates:
             raise RuntimeError(f"an open-loop {kind} {prompt} scenario needs a closed-loop one before it")
         return max(rates)
@@ -67,10 +73,11 @@ class Runner:
     # -- one measurement
 
     def measure(self, scenario: Scenario, target: Target) -> Measurement:
-        pids = target.processes()
+        pids = target.processes(scenario.kind)
         cpu_before = procstat.cpu_snapshot(pids)
         client_before = _client_cpu()
         machine_before = procstat.machine_busy_seconds()
+        cores_before = self._cores_busy()
         if scenario.load == CLOSED:
             m = self._closed(scenario, target)
         elif scenario.load == OPEN:
@@ -81,6 +88,9 @@ class Runner:
             raise ValueError(scenario.load)
         cpu_after = procstat.cpu_snapshot(pids)
         m.extra["machine_busy_s"] = procstat.machine_busy_seconds() - machine_before
+        if self.plan and m.seconds:
+            measured, load = (after - before for after, before in zip(self._cores_busy(), cores_before, strict=True))
+            m.extra["measured_core_busy"], m.extra["load_cores_busy"] = measured / m.seconds, load / m.seconds
         m.cpu_seconds = {name: cpu_after[name] - cpu_before[name] for name in cpu_after if name in cpu_before}
         m.cpu_seconds[CLIENT] = _client_cpu() - client_before
         m.memory = {}
@@ -91,26 +101,36 @@ class Runner:
                 continue
         return m
 
-    def _body(self, scenario: Scenario) -> bytes:
-        return chat_request(PROMPT_SIZES[scenario.prompt], model=MODELS[scenario.kind], stream=scenario.stream)
+    def _cores_busy(self) -> tuple[float, float]:
+        if not self.plan:
+            return 0.0, 0.0
+        return procstat.core_busy_seconds((self.plan.measured,)), procstat.core_busy_seconds(self.plan.load)
 
-    def _script(self, kind: str, prompt: str) -> Path:
-        key = (kind, prompt)
+    def _body(self, scenario: Scenario) -> bytes:
+        shape = sdk_chat_request if scenario.client == SDK else chat_request
+        return shape(PROMPT_SIZES[scenario.prompt], model=MODELS[scenario.kind], stream=scenario.stream)
+
+    def _headers(self, scenario: Scenario, target: Target) -> dict[str, str]:
+        return {**(SDK_HEADERS if scenario.client == SDK else {}), **target.headers}
+
+    def _script(self, scenario: Scenario, target: Target) -> Path:
+        key = (scenario.kind, scenario.prompt, scenario.client, target.key)
         if key not in self._scripts:
-            body = chat_request(PROMPT_SIZES[prompt], model=MODELS[kind], stream=kind in STREAMING)
-            self._scripts[key] = write_script(body, f"{kind}-{prompt}", self.workdir)
+            name = "-".join(key)
+            self._scripts[key] = write_script(self._body(scenario), name, self.workdir, self._headers(scenario, target))
         return self._scripts[key]
 
     def _closed(self, scenario: Scenario, target: Target) -> Measurement:
-        r = run_wrk(target.endpoints[scenario.kind].url, self._script(scenario.kind, scenario.prompt),
+        r = run_wrk(target.endpoints[scenario.kind].url, self._script(scenario, target),
                     scenario.connections, scenario.seconds)
         return Measurement(scenario, target.key, r.requests, r.seconds, r.p50_ms, r.p90_ms, r.p99_ms,
                            r.status_errors, r.socket_errors, command=r.command)
 
     def _open(self, scenario: Scenario, target: Target) -> Measurement:
-        rate = scenario.peak_fraction * self.c_peak(scenario.kind, scenario.prompt)
+        rate = scenario.peak_fraction * self.c_peak(scenario.kind, scenario.prompt, scenario.client)
         ep = target.endpoints[scenario.kind]
-        raw = encode_request("POST", ep.host, ep.port, ep.path, self._body(scenario))
+        raw = encode_request("POST", ep.host, ep.port, ep.path, self._body(scenario),
+                             headers=self._headers(scenario, target))
         r = asyncio.run(open_loop(ep.host, ep.port, [raw], rate, scenario.seconds))
         lat = r.latencies
         return Measurement(
@@ -126,7 +146,8 @@ class Runner:
 
     def _timing(self, scenario: Scenario, target: Target) -> Measurement:
         ep = target.endpoints[scenario.kind]
-        raw = encode_request("POST", ep.host, ep.port, ep.path, self._body(scenario))
+        raw = encode_request("POST", ep.host, ep.port, ep.path, self._body(scenario),
+                             headers=self._headers(scenario, target))
         r = asyncio.run(stream_timing(ep.host, ep.port, raw, scenario.connections, scenario.seconds))
         return Measurement(
             scenario, target.key, r.streams, r.seconds,

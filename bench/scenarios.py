@@ -15,19 +15,28 @@ CLOSED = "closed"  # wrk, fixed connections, as fast as the target answers
 OPEN = "open"      # the open-loop generator at a fixed rate (a fraction of C's peak)
 TIMING = "timing"  # stream timing against the paced fake
 
+# How the request is shaped (bench/payloads.py):
+FAST = "fast"  # the fast lanes: the provider's model named, streams ask for usage, no SDK headers
+SDK = "sdk"    # what the official OpenAI Python SDK sends: its headers, "stream" always, no stream_options
+
+KIND_NAMES = {"json": "json", "sse": "stream", "paced": "paced stream", "alias": "json via alias",
+              "auto": "json model=auto", "anthropic": "json to Anthropic",
+              "seed": "json seed config (Anthropic first, model=auto)"}
+
 
 @dataclass(frozen=True)
 class Scenario:
-    kind: str    # json | sse | paced: which answer (bench/targets.py KINDS); alias: json, by an alias
+    kind: str    # a key of KIND_NAMES: which answer (bench/targets.py KINDS), or which way to it (ALIASED)
     prompt: str  # a key of payloads.PROMPT_SIZES
     load: str    # CLOSED | OPEN | TIMING
     seconds: int
     connections: int = 0
-    peak_fraction: float = 0.0  # OPEN: the rate is this fraction of C's peak (json, same prompt)
+    peak_fraction: float = 0.0  # OPEN: the rate is this fraction of C's peak (same kind, prompt, client)
+    client: str = FAST  # FAST | SDK
 
     @property
     def name(self) -> str:
-        what = {"json": "json", "sse": "stream", "paced": "paced stream", "alias": "json via alias"}[self.kind]
+        what = f"{self.client}: {KIND_NAMES[self.kind]}"
         if self.load == OPEN:
             return f"{what} {self.prompt} open {self.peak_fraction:g}x C peak"
         return f"{what} {self.prompt} c={self.connections}"
@@ -37,12 +46,24 @@ class Scenario:
         return self.kind in STREAMING
 
 
-def _closed(kind: str, prompt: str, seconds: int, *levels: int) -> list[Scenario]:
-    return [Scenario(kind, prompt, CLOSED, seconds, c) for c in levels]
+def _closed(kind: str, prompt: str, seconds: int, *levels: int, client: str = FAST) -> list[Scenario]:
+    return [Scenario(kind, prompt, CLOSED, seconds, c, client=client) for c in levels]
+
+
+def _sdk(seconds: int, levels: tuple[int, ...], streams: tuple[int, ...]) -> list[Scenario]:
+    """Issue #20: requests as the OpenAI SDK sends them, through the lanes clients really take."""
+    plan = []
+    for kind in ("json", "auto", "anthropic", "seed"):
+        plan += _closed(kind, "300B", seconds, *levels, client=SDK)
+        if kind == "json":  # its open-loop rate is half the C peak just measured
+            plan.append(Scenario("json", "300B", OPEN, seconds + 2, peak_fraction=0.5, client=SDK))
+    plan += _closed("sse", "300B", seconds, 16, client=SDK)
+    plan += [Scenario("paced", "300B", TIMING, seconds, n, client=SDK) for n in streams]
+    return plan
 
 
 def full_plan() -> list[Scenario]:
-    """About 6 minutes of load (12 closed-loop scenarios x 3 targets x 8 s, plus the rest)."""
+    """About 10 minutes of load: the fast lanes of issue #8, then the SDK's requests of issue #20."""
     return [
         *_closed("json", "300B", 8, 1, 16, 64),
         # Right after the 300B runs: its rate is half the C peak just measured.
@@ -57,11 +78,12 @@ def full_plan() -> list[Scenario]:
         *_closed("sse", "300B", 8, 1, 16, 64),
         Scenario("paced", "300B", TIMING, 6, 1),
         Scenario("paced", "300B", TIMING, 6, 16),
+        *_sdk(8, (1, 16, 64), (1, 8)),
     ]
 
 
 def quick_plan() -> list[Scenario]:
-    """About a minute of load: one of each kind."""
+    """About two minutes of load: one of each kind."""
     return [
         *_closed("json", "300B", 4, 1, 64),
         Scenario("json", "300B", OPEN, 5, peak_fraction=0.5),
@@ -69,4 +91,5 @@ def quick_plan() -> list[Scenario]:
         *_closed("alias", "300B", 4, 16),
         *_closed("sse", "300B", 4, 16),
         Scenario("paced", "300B", TIMING, 4, 1),
+        *_sdk(4, (64,), (1, 8)),
     ]

@@ -1,8 +1,13 @@
-"""The three things measured, A (the fake), B (bare Envoy) and C (Hapax), and how to start them.
+"""The things measured, A (the fake), B (bare Envoy), C (Hapax) and P (Portkey), and how to start them.
 
 All on 127.0.0.1 with ports the kernel picks. Each target knows, per kind of
-answer (json, sse, paced), where a request goes, and which processes serve
-it, so that the runner can charge CPU time to them.
+request (json, sse, paced, anthropic, and the ways to them: alias, auto,
+seed), where a request goes, and which processes serve it, so that the runner
+can charge CPU time to them. A target without an endpoint for a kind (Portkey
+for everything but Anthropic) sits that scenario out.
+
+With a CorePlan (bench/pinning.py) B, C and P start under ``taskset`` on the
+measured core, Envoy with one worker thread and Hapax with one ext_proc worker.
 """
 
 from __future__ import annotations
@@ -20,14 +25,19 @@ import yaml
 
 from bench import procstat
 from bench.bare_proxy import ENTRY_PREFIXES, bare_proxy_config
-from bench.fake_provider import JSON_PREFIX, SSE_PREFIX, fake_provider_config
+from bench.fake_provider import ANTHROPIC_PREFIX, JSON_PREFIX, SSE_PREFIX, fake_provider_config
 from bench.payloads import MODELS, STREAMING, chat_request
+from bench.pinning import CorePlan
 from bench.processes import Process, ProcessSet, StartError, start_envoy, wait_until
+from control_plane.defaults import default_config_text
 
 REPO = Path(__file__).resolve().parent.parent
 CHAT_PATH = "/v1/chat/completions"
-KINDS = ("json", "sse", "paced")  # the kinds of answer, one provider each in C
-ALIASED = {"alias": "json"}  # request kinds that get another kind's answer, by an alias of its model
+KINDS = ("json", "sse", "paced", "anthropic")  # the kinds of answer, one provider each in C
+# Request kinds that get another kind's answer: by an alias of its model, by
+# model=auto (the router step: json is first in C's preference), and by
+# model=auto through the seed's config with Anthropic first (a second Hapax).
+ALIASED = {"alias": "json", "auto": "json", "seed": "anthropic"}
 
 
 @dataclass(frozen=True)
@@ -48,12 +58,22 @@ class Target:
     endpoints: dict[str, Endpoint]  # kind of answer -> where to send the request
     root: Process | None = None  # the process whose tree serves this target (None: shared fakes)
     fixed_pids: dict[str, int] = field(default_factory=dict)
+    kind_roots: dict[str, Process] = field(default_factory=dict)  # kinds another tree serves (C's seed)
+    headers: dict[str, str] = field(default_factory=dict)  # added to every request (Portkey's provider)
 
-    def processes(self) -> dict[str, int]:
-        """Name -> pid of every process serving this target now (ext_proc workers included)."""
+    def processes(self, kind: str = "") -> dict[str, int]:
+        """Name -> pid of every process serving this target's ``kind`` now (ext_proc workers included)."""
         found = dict(self.fixed_pids)
-        if self.root is not None:
+        if kind in self.kind_roots:  # named apart: its memory is not C's main gateway's
+            found.update({f"{name} ({kind})": pid for name, pid in name_processes(self.kind_roots[kind].pid).items()})
+        elif self.root is not None:
             found.update(name_processes(self.root.pid))
+        return found
+
+    def all_processes(self) -> dict[str, int]:
+        found = self.processes()
+        for kind in self.kind_roots:
+            found.update(self.processes(kind))
         return found
 
 
@@ -83,6 +103,8 @@ def _role(argv: list[str]) -> str:
         return "unknown"
     if Path(argv[0]).name == "envoy":
         return "envoy"
+    if Path(argv[0]).name == "node":
+        return "node"
     for i, arg in enumerate(argv):
         if arg == "-m" and i + 1 < len(argv):
             module = argv[i + 1].split(".")[0]
@@ -102,8 +124,10 @@ class Fakes:
         return {"fake envoy": self.envoy.pid, "paced fake": self.paced.pid}
 
 
-def start_fakes(procs: ProcessSet, envoy: Path, workdir: Path, gap_ms: float) -> Fakes:
-    fake, fake_port = start_envoy(procs, "fake-envoy", fake_provider_config(), envoy, workdir)
+def start_fakes(procs: ProcessSet, envoy: Path, workdir: Path, gap_ms: float, plan: CorePlan | None) -> Fakes:
+    # On the load cores (inherited from the harness): as many workers as those cores.
+    threads = len(plan.load) if plan else None
+    fake, fake_port = start_envoy(procs, "fake-envoy", fake_provider_config(), envoy, workdir, concurrency=threads)
     paced = procs.start("paced-fake", [sys.executable, "-m", "bench.paced_fake", "--gap-ms", str(gap_ms)],
                         workdir, cwd=REPO)
     line = wait_until(lambda: paced.stdout().strip(), "did not print its port", paced, timeout=30)
@@ -115,19 +139,38 @@ def target_a(fakes: Fakes) -> Target:
         "json": Endpoint(fakes.envoy_port, JSON_PREFIX.rstrip("/") + CHAT_PATH),
         "sse": Endpoint(fakes.envoy_port, SSE_PREFIX.rstrip("/") + CHAT_PATH),
         "paced": Endpoint(fakes.paced_port, CHAT_PATH),
+        "anthropic": Endpoint(fakes.envoy_port, ANTHROPIC_PREFIX + "v1/messages"),
         "alias": Endpoint(fakes.envoy_port, JSON_PREFIX.rstrip("/") + CHAT_PATH),
+        "auto": Endpoint(fakes.envoy_port, JSON_PREFIX.rstrip("/") + CHAT_PATH),
+        "seed": Endpoint(fakes.envoy_port, ANTHROPIC_PREFIX + "v1/messages"),
     }, fixed_pids=fakes.pids)
 
 
-def start_bare_envoy(procs: ProcessSet, envoy: Path, workdir: Path, fakes: Fakes) -> Target:
+def start_bare_envoy(procs: ProcessSet, envoy: Path, workdir: Path, fakes: Fakes, plan: CorePlan | None) -> Target:
     proc, port = start_envoy(procs, "bare-envoy", bare_proxy_config(fakes.envoy_port, fakes.paced_port),
-                             envoy, workdir)
+                             envoy, workdir, prefix=plan.taskset() if plan else [], concurrency=1 if plan else None)
     endpoints = {kind: Endpoint(port, ENTRY_PREFIXES[ALIASED.get(kind, kind)] + "chat/completions")
                  for kind in (*KINDS, *ALIASED)}
     return Target("B", "bare Envoy -> fake", endpoints, root=proc, fixed_pids=fakes.pids)
 
 
-def hapax_config(fakes: Fakes) -> dict:
+def _fake_urls(fakes: Fakes) -> dict[str, str]:
+    fake = f"http://127.0.0.1:{fakes.envoy_port}"
+    # An anthropic-type base_url has no /v1: Hapax appends /v1/messages.
+    return {"json": f"{fake}/json/v1", "sse": f"{fake}/sse/v1", "anthropic": f"{fake}/anthropic",
+            "paced": f"http://127.0.0.1:{fakes.paced_port}/v1"}
+
+
+def _bench_settings(config: dict, plan: CorePlan | None) -> dict:
+    """Ports the kernel picks, quiet logs (no access log), one ext_proc worker when pinned to one core."""
+    config["server"] = {"host": "127.0.0.1", "port": 0, "metrics_port": 0}
+    config["logging"] = {"level": "warning", "access_log": False}
+    if plan:
+        config["ext_proc"] = {"workers": 1}
+    return config
+
+
+def hapax_config(fakes: Fakes, plan: CorePlan | None = None) -> dict:
     """One openai-type provider per kind of answer, told apart by the request's model.
 
     Hapax picks a provider from the body (model), bare Envoy cannot; the
@@ -135,35 +178,59 @@ def hapax_config(fakes: Fakes) -> dict:
     (Envoy alone), a stream or an aliased request the model lane (ext_proc's
     upstream step).
     """
+    base_urls = _fake_urls(fakes)
+    providers = {kind: {"type": "anthropic" if kind == "anthropic" else "openai", "model": MODELS[kind],
+                        "api_key": "bench-key", "base_url": base_urls[kind],
+                        "aliases": [MODELS[alias] for alias, of in ALIASED.items() if of == kind and alias == "alias"]}
+                 for kind in KINDS}
+    return _bench_settings({"providers": providers, "provider_preference": list(KINDS)}, plan)
+
+
+def seed_config(fakes: Fakes, plan: CorePlan | None = None) -> dict:
+    """The configuration ``hapax serve`` writes when given none (its fakes' shape), Anthropic first.
+
+    The seed's providers, models and department route as they are; the fakes at the
+    bench's fake provider (Ollama's answers 404: it is last and never chosen).
+    """
     fake = f"http://127.0.0.1:{fakes.envoy_port}"
-    base_urls = {"json": f"{fake}/json/v1", "sse": f"{fake}/sse/v1",
-                 "paced": f"http://127.0.0.1:{fakes.paced_port}/v1"}
-    return {
-        "server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0},
-        "logging": {"level": "warning", "access_log": False},
-        "providers": {kind: {"type": "openai", "model": MODELS[kind], "api_key": "bench-key",
-                             "base_url": base_urls[kind],
-                             "aliases": [MODELS[alias] for alias, of in ALIASED.items() if of == kind]}
-                      for kind in KINDS},
-        "provider_preference": list(KINDS),
-    }
+    urls = {"openai": _fake_urls(fakes)["json"], "anthropic": _fake_urls(fakes)["anthropic"],
+            "ollama": f"{fake}/ollama"}
+    config = yaml.safe_load(default_config_text({}, urls))
+    preference = config["provider_preference"]
+    config["provider_preference"] = ["anthropic", *(p for p in preference if p != "anthropic")]
+    return _bench_settings(config, plan)
 
 
-def hapax_command(config_path: Path) -> list[str]:
-    return [sys.executable, "-m", "hapax.cli", "serve", "--config", str(config_path), "--log-level", "WARNING"]
+def hapax_command(config_path: Path, plan: CorePlan | None = None) -> list[str]:
+    pinned = [*plan.taskset()] if plan else []
+    envoy = ["--envoy-concurrency", "1"] if plan else []
+    return [*pinned, sys.executable, "-m", "hapax.cli", "serve", "--config", str(config_path),
+            "--log-level", "WARNING", *envoy]
 
 
-def start_hapax(procs: ProcessSet, workdir: Path, fakes: Fakes) -> Target:
-    config_path = workdir / "hapax.yaml"
-    config_path.write_text(yaml.safe_dump(hapax_config(fakes), sort_keys=False))
-    proc = procs.start("hapax", hapax_command(config_path), workdir, cwd=REPO)
+def _start_gateway(procs: ProcessSet, workdir: Path, name: str, config: dict,
+                   plan: CorePlan | None) -> tuple[Process, int]:
+    config_path = workdir / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    proc = procs.start(name, hapax_command(config_path, plan), workdir, cwd=REPO)
     # The banner tests/conftest.py's Gateway reads too; its last line says it is ready.
     banner = wait_until(lambda: "Press Ctrl-C" in proc.stdout() and proc.stdout(), "printed no banner", proc)
     url = _banner_value(banner, "OpenAI API:").removesuffix("/v1")
-    port = int(url.rsplit(":", 1)[1])
-    target = Target("C", "Hapax (hapax serve)", {kind: Endpoint(port, CHAT_PATH) for kind in (*KINDS, *ALIASED)},
-                    root=proc, fixed_pids=fakes.pids)
-    _wait_answers(target, proc)
+    return proc, int(url.rsplit(":", 1)[1])
+
+
+def start_hapax(procs: ProcessSet, workdir: Path, fakes: Fakes, plan: CorePlan | None = None,
+                seed: bool = True) -> Target:
+    """C: Hapax on the bench's config; with ``seed``, a second Hapax on the seed's serves the seed kind."""
+    proc, port = _start_gateway(procs, workdir, "hapax", hapax_config(fakes, plan), plan)
+    endpoints = {kind: Endpoint(port, CHAT_PATH) for kind in (*KINDS, *ALIASED) if kind != "seed"}
+    target = Target("C", "Hapax (hapax serve)", endpoints, root=proc, fixed_pids=fakes.pids)
+    _wait_answers(target, proc, list(endpoints))
+    if seed:
+        seed_proc, seed_port = _start_gateway(procs, workdir, "hapax-seed", seed_config(fakes, plan), plan)
+        target.endpoints["seed"] = Endpoint(seed_port, CHAT_PATH)
+        target.kind_roots["seed"] = seed_proc
+        _wait_answers(target, seed_proc, ["seed"])
     return target
 
 
@@ -174,15 +241,16 @@ def _banner_value(banner: str, label: str) -> str:
     raise StartError(f"hapax serve printed no '{label}' line:\n{banner}")
 
 
-def _wait_answers(target: Target, proc: Process) -> None:
+def _wait_answers(target: Target, proc: Process, kinds: list[str]) -> None:
     """Until every kind of request gets a 200: the providers' first health verdicts take a moment."""
-    for kind in (*KINDS, *ALIASED):
+    for kind in kinds:
         url, body = target.endpoints[kind].url, chat_request(300, model=MODELS[kind], stream=kind in STREAMING)
-        wait_until(functools.partial(_post_ok, url, body), f"no 200 for a {kind} request", proc, timeout=60)
+        wait_until(functools.partial(post_ok, url, body, target.headers), f"no 200 for a {kind} request", proc,
+                   timeout=60)
 
 
-def _post_ok(url: str, body: bytes) -> bool:
-    request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+def post_ok(url: str, body: bytes, headers: dict[str, str] | None = None) -> bool:
+    request = urllib.request.Request(url, data=body, headers={"content-type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=5) as resp:
             resp.read()

@@ -22,7 +22,7 @@ TIMEOUT = "10s"  # a 200 KB request through Hapax at c=64 takes well under this
 _SCRIPT = """-- Written by bench/wrk.py.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-local f = assert(io.open(%(body_path)s, "rb"))
+%(headers)slocal f = assert(io.open(%(body_path)s, "rb"))
 wrk.body = f:read("*a")
 f:close()
 
@@ -69,11 +69,15 @@ def wrk_version() -> str:
     return (out.stdout or out.stderr).splitlines()[0].split(" Copyright")[0].strip()
 
 
-def write_script(body: bytes, name: str, workdir: Path) -> Path:
+def write_script(body: bytes, name: str, workdir: Path, headers: dict[str, str] | None = None) -> Path:
     body_path = workdir / f"{name}.body"
     body_path.write_bytes(body)
     script = workdir / f"{name}.lua"
-    script.write_text(_SCRIPT % {"body_path": json.dumps(str(body_path)), "marker": MARKER})
+    # JSON strings are valid Lua strings for these (ASCII) names and values.
+    # Content-Type is the script's already (a second one, in another case, would be a second header).
+    lines = "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in (headers or {}).items()
+                    if k.lower() != "content-type")
+    script.write_text(_SCRIPT % {"body_path": json.dumps(str(body_path)), "marker": MARKER, "headers": lines})
     return script
 
 

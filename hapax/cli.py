@@ -25,6 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         envoy_log_level=args.envoy_log_level,
         envoy_max_heap_mb=args.envoy_max_heap_mb,
+        envoy_concurrency=args.envoy_concurrency,
         log_level=args.log_level,
     )
     try:
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--envoy-log-level", default="warning")
     serve.add_argument("--envoy-max-heap-mb", type=int, default=1024,
                        help="Envoy's heap ceiling: past 98 %% of it, new requests get 503 overloaded")
+    serve.add_argument("--envoy-concurrency", type=int,
+                       help="Envoy worker threads (default: one per CPU; 1 when pinned to one core)")
     validate = sub.add_parser("validate", help="check a config file and print every error")
     validate.add_argument("--config", required=True)
     validate.add_argument("--envoy", action="store_true",

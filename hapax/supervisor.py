@@ -263,6 +263,7 @@ class ServeOptions:
     metrics_port: int | None = None  # overrides server.metrics_port
     envoy_log_level: str = "warning"
     envoy_max_heap_mb: int = 1024    # the overload manager's heap ceiling (envoy/bootstrap.yaml)
+    envoy_concurrency: int | None = None  # Envoy's worker threads; None: one per CPU (Envoy's default)
     log_level: str | None = None     # overrides logging.level
 
 
@@ -373,6 +374,9 @@ class Supervisor:
         envoy = Child("envoy", [
             str(envoy_binary()), "-c", str(bootstrap), "--admin-address-path", str(admin_file),
             "--disable-hot-restart", "--log-level", self.options.envoy_log_level,
+            # Envoy counts the machine's CPUs, not the ones it may run on: pinned to one
+            # core (taskset), one worker thread is what that core can use.
+            *([] if self.options.envoy_concurrency is None else ["--concurrency", str(self.options.envoy_concurrency)]),
             # The custom_response filter (provider auth failures -> 502) is marked
             # work-in-progress upstream and Envoy says so on every config push.
             "--component-log-level", "misc:error",
