@@ -146,6 +146,7 @@ class UpstreamStep(Step):
         self.sent = 0.0  # monotonic: the rewritten request left for the provider
         self.streaming = False  # the client is receiving this attempt's stream
         self.first_chunk: float | None = None  # wall clock
+        self.usage_counted = False
         self.in_flight = False  # this attempt holds its request's in-flight count
         # A stream sent as it is: its answer's headers reach the client without the step.
         self.headers_unread = False
@@ -323,7 +324,14 @@ class UpstreamStep(Step):
             "status": err.status, "code": err.code or err.type})
 
     def finish(self) -> None:
-        """The attempt's ext_proc call is over: a stream is counted by how it ended."""
+        """The attempt's ext_proc call is over: a stream is counted by how it ended.
+
+        A stream's usage too, if its end-of-stream message never came: a client that has read
+        the last event may close before Envoy sends ext_proc the (empty) end of the stream, and
+        Envoy then resets the call. Under load that lost a completed stream's tokens and cost.
+        """
+        if self.streaming:
+            self._count_usage()
         self._count_stream_end()
         route = self.attempt.route if self.attempt is not None else None
         if self.in_flight and self.metrics is not None and route is not None:
@@ -350,9 +358,12 @@ class UpstreamStep(Step):
                                       time.time() - attempt.request_start)
 
     def _count_usage(self) -> None:
+        """Once per attempt: at the answer's end, or when the call ends first (finish)."""
         attempt = self.attempt
-        if self.metrics is None or attempt is None or attempt.route is None or self.stage is None:
+        if (self.usage_counted or self.metrics is None or attempt is None or attempt.route is None
+                or self.stage is None):
             return
+        self.usage_counted = True
         if attempt.lane and not self.streaming:
             return  # the access log counts the tokens Envoy read from the answer
         if not self._answered():

@@ -426,6 +426,34 @@ def test_a_stream_whose_end_lacks_a_count_has_it_counted_as_unknown():
     assert _series(metrics, "gen_ai_client_token_usage_count", "input") is None
 
 
+def _stream_without_its_end(step: UpstreamStep, ndjson: bytes) -> None:
+    """Every event of a stream reaches the step, but not Envoy's (empty) end-of-stream message."""
+    step.request_body(ext_pb.HttpBody(body=json.dumps({**CHAT, "stream": True}).encode(), end_of_stream=True), {})
+    step.response_headers(ext_pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
+        base_pb2.HeaderValue(key=":status", raw_value=b"200"),
+        base_pb2.HeaderValue(key="content-type", raw_value=b"application/x-ndjson")])), {})
+    step.response_body(ext_pb.HttpBody(body=ndjson, end_of_stream=False), {})
+
+
+def test_a_stream_whose_call_ends_before_its_end_of_stream_message_still_counts_its_tokens():
+    # The client read the last event and left; Envoy reset the call before the empty end.
+    step, metrics = _metered_step("ollama", {"handler": "chat"})
+    _stream_without_its_end(step, json.dumps({**OLLAMA_ANSWER, "prompt_eval_count": 3}).encode() + b"\n")
+    step.finish()
+    assert _series(metrics, "gen_ai_client_token_usage_sum", "input") == 3.0
+    assert _series(metrics, "gen_ai_client_token_usage_sum", "output") == 2.0
+    step.finish()  # counted once, however often the end is seen
+    assert _series(metrics, "gen_ai_client_token_usage_sum", "output") == 2.0
+
+
+def test_a_stream_cut_before_its_last_event_counts_no_tokens():
+    step, metrics = _metered_step("ollama", {"handler": "chat"})
+    unfinished = {"model": "llama3.2", "message": {"role": "assistant", "content": "Hel"}, "done": False}
+    _stream_without_its_end(step, json.dumps(unfinished).encode() + b"\n")
+    step.finish()
+    assert _series(metrics, "gen_ai_client_token_usage_sum", "output") is None
+
+
 @pytest.mark.parametrize("status, body", [(500, b'{"error":"llama runner process has terminated"}'),
                                           (200, b"not json")])
 def test_an_answer_that_is_not_one_has_no_token_count_to_miss(status, body):
