@@ -117,7 +117,7 @@ def snapshot_of_plan(plan: Plan, version: str, ext_proc: ExtProcEndpoints,
 def _clusters(plan: Plan, ext_proc: ExtProcEndpoints) -> list[cluster_pb2.Cluster]:
     # The ext_proc cluster's limits follow the workers that are there (their gRPC endpoints).
     out = [clusters.ext_proc_grpc_cluster(len(ext_proc.grpc), plan.config.ext_proc.max_streams_per_worker),
-           clusters.ext_proc_http_cluster()]
+           clusters.ext_proc_http_cluster(), clusters.unavailable_cluster(ext_proc.verdict)]
     # Envoy polls one ext_proc for each provider's verdict (they all probe alike).
     capped = plan.capped_providers
     out += [clusters.provider_cluster(p, ext_proc.verdict, p.name in capped) for p in plan.config.providers.values()]

@@ -53,7 +53,7 @@ class Processor(pb_grpc.ExternalProcessorServicer):
             return None
         if phase == Phase.ROUTER:
             return RouterStep(view, self.metrics, self.reasons)
-        return UpstreamStep(view, self.metrics, self.hold_off, self.view_for)
+        return UpstreamStep(view, self.metrics, self.hold_off, self.view_for, self.reasons)
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
                       context: Any) -> AsyncIterator[pb.ProcessingResponse]:

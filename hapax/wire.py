@@ -122,6 +122,10 @@ class RouteKey(StrEnum):
 # Key of a provider endpoint's ``hapax`` metadata naming its provider. Written: the control
 # plane. Read: the upstream step, the access logs, the lane's per-attempt matcher.
 HOST_PROVIDER_KEY = "provider"
+# Marks the last member of every chain: the host Envoy sends a request to when none of the
+# chain's providers is in rotation. Written: the control plane (that host's metadata). Read:
+# the upstream step, which answers 503 with each provider's reason instead of sending it on.
+HOST_UNAVAILABLE_KEY = "unavailable"
 
 
 class Lane(StrEnum):

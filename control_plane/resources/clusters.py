@@ -49,6 +49,7 @@ from control_plane.resources.names import (
     HOST_KEY_SOURCE_KEY,
     MAX_REQUEST_BYTES,
     METADATA_NAMESPACE,
+    UNAVAILABLE_CLUSTER,
     Address,
     socket_address,
 )
@@ -225,6 +226,26 @@ def provider_cluster(provider: ProviderConfig, verdict: Address, capped: bool = 
     return cluster
 
 
+def unavailable_cluster(verdict: Address) -> cluster_pb2.Cluster:
+    """Every chain's last member, which Envoy's aggregate load balancer reaches only when none of
+    the chain's providers is in rotation (each is a priority of its own; healthy_panic_threshold 0).
+
+    Its one host is never health-checked, so it is always there; its metadata tells the chain's
+    upstream step to answer the attempt itself, with each provider's reason, rather than send it
+    (ext_proc/steps/upstream.py: _unavailable). Without it, such a request got Envoy's 503 "no
+    healthy upstream", and a request Envoy routes from its body (the lanes) had no Python to say
+    why. Its address is ext_proc's verdicts, which answer anything else with a 404.
+    """
+    endpoint = endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(address=verdict.envoy()))
+    endpoint.metadata.filter_metadata[METADATA_NAMESPACE].update({wire.HOST_UNAVAILABLE_KEY: "true"})
+    return cluster_pb2.Cluster(
+        name=UNAVAILABLE_CLUSTER,
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=duration(1),
+        load_assignment=_load_assignment(UNAVAILABLE_CLUSTER, [endpoint]),
+    )
+
+
 def direct_cluster(provider: ProviderConfig) -> cluster_pb2.Cluster:
     """A capped provider itself, for its attempt listener: its member cluster judges its health."""
     return _upstream_cluster(provider, direct_cluster_name(provider.name))
@@ -284,7 +305,8 @@ def _aggregate_cluster(config: HapaxConfig, name: str, chain: Chain,
         typed_config=pack(upstream_codec_pb2.UpstreamCodec()),
     )
     order = chain.providers
-    members = [provider_cluster_name(p) for p in order]
+    # Last, after every provider: the reasons none can serve (unavailable_cluster).
+    members = [*(provider_cluster_name(p) for p in order), UNAVAILABLE_CLUSTER]
     # Envoy counts retries in flight against the route's cluster, this one, not
     # against the provider it retries to; its default (3) would stop failover
     # under load. The chain allows what its providers allow together.

@@ -23,6 +23,8 @@ HTTP3_LISTENER_NAME = wire.HTTP3_LISTENER
 ROUTE_CONFIG_NAME = "hapax_routes"
 EXT_PROC_CLUSTER = "hapax_ext_proc"
 EXT_PROC_HTTP_CLUSTER = "hapax_ext_proc_http"
+# Every chain's last member: where Envoy sends a request none of the chain's providers can take.
+UNAVAILABLE_CLUSTER = "hapax_unavailable"
 EXT_PROC_FILTER = "hapax.ext_proc"
 # A different name on purpose: per-route overrides are keyed by filter name and
 # Envoy applies them to upstream filters too; the routes' overrides are meant

@@ -5,6 +5,7 @@ Protobuf helpers only, shared by the steps and the service; no step's logic.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from functools import lru_cache
 
@@ -14,7 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2, text_format
 
-from ext_proc.errors import GatewayError
+from ext_proc.errors import GatewayError, error_json
 from hapax import wire
 from hapax.wire import EXT_PROC_ATTRIBUTES
 
@@ -105,6 +106,19 @@ def immediate(status: int, body: bytes, details: str, content_type: str = "appli
             details=details,
         )
     )
+
+
+def unavailable_json(reasons: Mapping[str, str]) -> bytes | None:
+    """503 provider_unavailable naming each provider's reason; None when no provider has one.
+
+    The reasons are short fixed words and numbers (provider_health: ProviderHealth.reason):
+    never a key, never a provider's body.
+    """
+    if not reasons:
+        return None
+    said = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
+    return json.dumps(error_json(f"No provider could serve the request: {said}.", "server_error",
+                                 "provider_unavailable")).encode()
 
 
 def error_response(err: GatewayError) -> pb.ProcessingResponse:

@@ -12,7 +12,6 @@ A request Envoy routes from its body skips this step (see ext_proc/steps/upstrea
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -21,7 +20,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from ext_proc import client_request
 from ext_proc.client_request import AUTO_MODELS, ClientRequest
-from ext_proc.errors import GatewayError, error_json, invalid
+from ext_proc.errors import GatewayError, invalid
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.outcomes import RequestOutcome, outcome_for
 from ext_proc.runtime import Chain, Provider, Route, RuntimeView
@@ -34,6 +33,7 @@ from ext_proc.steps.messages import (
     header_map,
     immediate,
     mutation,
+    unavailable_json,
 )
 from hapax import wire
 from hapax.wire import (
@@ -162,12 +162,9 @@ class RouterStep(Step):
         """
         remove = (*STEP_RESPONSE_HEADERS, UNAVAILABLE_HEADER)
         providers = self.chain.providers if self.chain is not None else self.view.providers
-        reasons = self.reasons(providers) if self.reasons is not None else {}
-        if not reasons:  # every provider passes its probes: Envoy's own words are all there is
+        body = unavailable_json(self.reasons(providers) if self.reasons is not None else {})
+        if body is None:  # every provider passes its probes: Envoy's own words are all there is
             return continue_response_headers(pb.CommonResponse(header_mutation=mutation(remove=remove)))
-        said = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
-        body = json.dumps(error_json(f"No provider could serve the request: {said}.", "server_error",
-                                     "provider_unavailable")).encode()
         return continue_response_headers(pb.CommonResponse(
             status=pb.CommonResponse.CONTINUE_AND_REPLACE, header_mutation=mutation(remove=remove),
             body_mutation=pb.BodyMutation(body=body)))

@@ -20,20 +20,22 @@ set (credentials above all).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
 
 from ext_proc import client_request
 from ext_proc.client_request import ClientRequest
-from ext_proc.errors import GatewayError
+from ext_proc.errors import GatewayError, error_json
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.outcomes import RequestOutcome, StreamOutcome
 from ext_proc.provider_health import retry_after_seconds
-from ext_proc.runtime import Provider, Route, RuntimeView
+from ext_proc.runtime import Chain, Provider, Route, RuntimeView
 from ext_proc.steps.base import Step
 from ext_proc.steps.messages import (
     BODY_AS_SENT,
@@ -50,12 +52,15 @@ from ext_proc.steps.messages import (
     mutation,
     provider_from_host_metadata,
     status_attribute,
+    unavailable_json,
 )
 from ext_proc.translators import ProviderRequest, ResponseStage, translator_for
 from ext_proc.translators.completions import ChainedStage, TextCompletionStage
+from hapax import wire
 from hapax.wire import (
     ANSWER_ATTEMPT_HEADER,
     ATTEMPT_HEADER,
+    CHAIN_HEADER,
     DROPPED_PARAMS_HEADER,
     FAMILY_OF_HANDLER,
     GATEWAY_ANSWER_HEADER,
@@ -132,10 +137,12 @@ class UpstreamStep(Step):
 
     def __init__(self, view: RuntimeView, metrics: GatewayMetrics | None = None,
                  hold_off: Callable[[str, float, int], None] | None = None,
-                 view_for: Callable[[str], RuntimeView | None] = lambda _: None) -> None:
+                 view_for: Callable[[str], RuntimeView | None] = lambda _: None,
+                 reasons: Callable[[Iterable[str]], Mapping[str, str]] | None = None) -> None:
         super().__init__()
         self.view = view  # the current version: for a request whose own version is gone
         self.view_for = view_for
+        self.reasons = reasons  # why providers are out of rotation (ProviderProber.unavailable_reasons)
         self.metrics = metrics
         self.hold_off = hold_off
         self.created = time.time()  # the request's start, for a request whose headers do not say it
@@ -159,6 +166,9 @@ class UpstreamStep(Step):
         # even if a newer one (without this attempt's provider) has arrived since.
         headers = header_map(msg)  # one pass over the headers, not one per header read
         view = self.view_for(headers.get(VERSION_HEADER, "")) or self.view
+        host = hapax_metadata(attribute(attributes, HOST_METADATA_ATTRIBUTE))
+        if host.get(wire.HOST_UNAVAILABLE_KEY):
+            return self._unavailable(view, headers, hapax_metadata(attribute(attributes, ROUTE_METADATA_ATTRIBUTE)))
         provider = _provider(view, attributes)
         route_md = hapax_metadata(attribute(attributes, ROUTE_METADATA_ATTRIBUTE))
         self.attempt = attempt = Attempt.read(view, provider, route_md, headers, self.created)
@@ -170,6 +180,25 @@ class UpstreamStep(Step):
         # A body to rewrite comes next: this attempt's own headers are set with it.
         return as_sent or continue_request_headers(pb.CommonResponse(
             header_mutation=mutation(remove=not_kept(headers, provider.kept_headers))))
+
+    def _unavailable(self, view: RuntimeView, headers: Mapping[str, str],
+                     route_md: Mapping[str, str]) -> pb.ProcessingResponse:
+        """No provider of the request's chain is in rotation, and Envoy sent the attempt to the
+        chain's last member (clusters.py: unavailable_cluster): 503 naming each provider's reason.
+
+        This is how a request Envoy routes from its body (the lanes, no router step) learns why.
+        The answer is the gateway's, and Envoy's to retry (to the same member) or give the client.
+        """
+        self.done = True
+        chain = _request_chain(view, headers.get(CHAIN_HEADER, ""), route_md)
+        names = chain.providers if chain is not None else tuple(view.providers)
+        body = unavailable_json(self.reasons(names) if self.reasons is not None else {}) or json.dumps(
+            error_json("No provider could serve the request (none is in rotation).", "server_error",
+                       "provider_unavailable")).encode()
+        return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=503),
+            headers=mutation({"content-type": "application/json"}),
+            body=body, details=f"{wire.GATEWAY_DETAILS_PREFIX}provider_unavailable"))
 
     def _count_attempt(self, attempt: Attempt) -> None:
         if self.metrics is None or attempt.route is None or attempt.lane == Lane.PASSTHROUGH:
@@ -385,6 +414,17 @@ class UpstreamStep(Step):
         if not 200 <= self.answer_status < 300 or stage.status_override:
             return False
         return not self.streaming or stage.stream_outcome == StreamOutcome.COMPLETED
+
+
+def _request_chain(view: RuntimeView, cluster: str, route_md: Mapping[str, str]) -> Chain | None:
+    """The chain the router step named (its cluster), or a lane's: its route's model and handler."""
+    chains = [*view.auto_chains.values(), *(c for models in view.family_models.values() for c in models.values())]
+    if cluster:
+        return next((c for c in chains if c.cluster == cluster), None)
+    handler, model = route_md.get(RouteKey.HANDLER, ""), route_md.get(RouteKey.MODEL)
+    if handler not in FAMILY_OF_HANDLER or not model:
+        return None
+    return view.chain_for(FAMILY_OF_HANDLER[Handler(handler)], model)
 
 
 def _provider(view: RuntimeView, attributes: Attributes) -> Provider:

@@ -82,10 +82,11 @@ def client(gateway, fakes):
     return client
 
 
-def _unavailable(client) -> dict | None:
+def _unavailable(client, model: str = "auto", stream: bool = False) -> dict | None:
     """The error of a request no provider could serve; None while some provider still answers."""
     try:
-        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "anyone?"}])
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "anyone?"}],
+                                       stream=stream)
     except openai.APIStatusError as err:
         if err.status_code == 503 and err.body.get("code") == "provider_unavailable":
             return err.body
@@ -126,3 +127,13 @@ def test_health_is_degraded_when_no_provider_can_serve(client, gateway):
     assert (status, report["status"]) == (503, "degraded"), report
     states = {name: p["status"] for name, p in report["providers"].items()}
     assert states == {"unreachable": "unhealthy", "refusing": "unhealthy", "limited": "holding_off"}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_request_envoy_routes_from_its_body_gets_the_reasons_too(client, stream):
+    # gpt-4o-mini is the providers' own model: Envoy routes it from the body (the passthrough
+    # lane), with no router step, to the chain's last member once no provider is in rotation.
+    body = _unavailable(client, model="gpt-4o-mini", stream=stream)
+    assert body is not None
+    assert "unreachable: connection refused" in body["message"], body["message"]
+    assert re.search(r"limited: holding off for \d+ s after a 429", body["message"]), body["message"]

@@ -26,6 +26,8 @@ from control_plane.snapshot import (
 from tests.seed import SEED_YAML
 from tests.snapshots import MIXED, SECRETS, seed_snapshot
 
+UNAVAILABLE = "hapax_unavailable"
+
 
 def test_seed_example_becomes_one_cluster_per_provider_and_a_chain_per_first_provider():
     clusters = seed_snapshot().of_type(CLUSTER)
@@ -33,10 +35,11 @@ def test_seed_example_becomes_one_cluster_per_provider_and_a_chain_per_first_pro
     # chat and embeddings routes give openai's own model a lane of each.
     assert {"provider.anthropic", "provider.openai", "chain.anthropic", "chain.openai",
             "chain.openai.embeddings", "lane.openai", "lane.openai.embeddings",
-            res.EXT_PROC_CLUSTER, res.EXT_PROC_HTTP_CLUSTER} == set(clusters)
-    assert _aggregate_members(clusters["chain.anthropic"]) == ["provider.anthropic", "provider.openai"]
-    assert _aggregate_members(clusters["chain.openai"]) == ["provider.openai", "provider.anthropic"]
-    assert _aggregate_members(clusters["chain.openai.embeddings"]) == ["provider.openai"]
+            res.EXT_PROC_CLUSTER, res.EXT_PROC_HTTP_CLUSTER, UNAVAILABLE} == set(clusters)
+    # Every chain ends in the member that says why none of its providers can serve.
+    assert _aggregate_members(clusters["chain.anthropic"]) == ["provider.anthropic", "provider.openai", UNAVAILABLE]
+    assert _aggregate_members(clusters["chain.openai"]) == ["provider.openai", "provider.anthropic", UNAVAILABLE]
+    assert _aggregate_members(clusters["chain.openai.embeddings"]) == ["provider.openai", UNAVAILABLE]
     # Dots would split Envoy's cluster tag: stats name the cluster without them.
     assert [clusters[name].alt_stat_name for name in ("provider.openai", "chain.openai.embeddings")] == [
         "provider_openai", "chain_openai_embeddings"]
@@ -50,7 +53,7 @@ def test_a_passthrough_lane_is_built_only_for_a_route_that_can_take_it():
                          ).of_type(CLUSTER)
     # openai's model takes the chat route's lane, which has its own copy of openai's chat chain.
     assert [name for name in chat if name.startswith("lane.")] == ["lane.openai"]
-    assert _aggregate_members(chat["lane.openai"]) == ["provider.openai", "provider.anthropic"]
+    assert _aggregate_members(chat["lane.openai"]) == ["provider.openai", "provider.anthropic", UNAVAILABLE]
     assert chat["lane.openai"].alt_stat_name == "lane_openai"
 
 
@@ -252,3 +255,11 @@ def test_provider_verdicts_on_a_unix_socket_are_refused_because_envoy_health_che
                                    verdicts=(res.Address.parse("unix:/run/c.sock"),))
     with pytest.raises(ValueError, match="IP address only"):
         build_snapshot(parse_config(SEED_YAML, env=SECRETS), "v1", workers)
+
+
+def test_the_chains_last_member_is_never_health_checked_and_tells_the_upstream_step_to_answer():
+    unavailable = seed_snapshot().of_type(CLUSTER)[UNAVAILABLE]
+    assert not unavailable.health_checks and not unavailable.HasField("outlier_detection")
+    [host] = unavailable.load_assignment.endpoints[0].lb_endpoints
+    assert host.metadata.filter_metadata["hapax"]["unavailable"] == "true"
+    assert "provider" not in host.metadata.filter_metadata["hapax"]  # never counted as a provider
