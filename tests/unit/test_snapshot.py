@@ -39,7 +39,8 @@ def test_seed_example_becomes_one_cluster_per_provider_and_a_chain_per_first_pro
     # Every chain ends in the member that says why none of its providers can serve.
     assert _aggregate_members(clusters["chain.anthropic"]) == ["provider.anthropic", "provider.openai", UNAVAILABLE]
     assert _aggregate_members(clusters["chain.openai"]) == ["provider.openai", "provider.anthropic", UNAVAILABLE]
-    assert _aggregate_members(clusters["chain.openai.embeddings"]) == ["provider.openai", UNAVAILABLE]
+    # ...but one whose attempts outnumber its providers: its retry would go to that member.
+    assert _aggregate_members(clusters["chain.openai.embeddings"]) == ["provider.openai"]
     # Dots would split Envoy's cluster tag: stats name the cluster without them.
     assert [clusters[name].alt_stat_name for name in ("provider.openai", "chain.openai.embeddings")] == [
         "provider_openai", "chain_openai_embeddings"]
