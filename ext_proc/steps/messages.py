@@ -139,10 +139,6 @@ def hapax_metadata(text: str) -> dict[str, str]:
     return {} if ns is None else {k: v.string_value for k, v in ns.fields.items()}
 
 
-def provider_from_host_metadata(text: str) -> str:
-    return hapax_metadata(text).get(wire.HOST_PROVIDER_KEY, "")
-
-
 def _attribute_value(attributes: Attributes, name: str) -> struct_pb2.Value | None:
     if not attributes or EXT_PROC_ATTRIBUTES not in attributes:
         return None

@@ -50,7 +50,6 @@ from ext_proc.steps.messages import (
     hapax_metadata,
     header_map,
     mutation,
-    provider_from_host_metadata,
     status_attribute,
     unavailable_json,
 )
@@ -166,11 +165,11 @@ class UpstreamStep(Step):
         # even if a newer one (without this attempt's provider) has arrived since.
         headers = header_map(msg)  # one pass over the headers, not one per header read
         view = self.view_for(headers.get(VERSION_HEADER, "")) or self.view
-        host = hapax_metadata(attribute(attributes, HOST_METADATA_ATTRIBUTE))
-        if host.get(wire.HOST_UNAVAILABLE_KEY):
-            return self._unavailable(view, headers, hapax_metadata(attribute(attributes, ROUTE_METADATA_ATTRIBUTE)))
-        provider = _provider(view, attributes)
+        host = hapax_metadata(attribute(attributes, HOST_METADATA_ATTRIBUTE))  # parsed once: it is text
         route_md = hapax_metadata(attribute(attributes, ROUTE_METADATA_ATTRIBUTE))
+        if host.get(wire.HOST_UNAVAILABLE_KEY):
+            return self._unavailable(view, headers, route_md)
+        provider = _provider(view, host.get(wire.HOST_PROVIDER_KEY, ""))
         self.attempt = attempt = Attempt.read(view, provider, route_md, headers, self.created)
         self._count_attempt(attempt)
         if attempt.handler not in translator_for(provider.type).handlers:
@@ -427,8 +426,7 @@ def _request_chain(view: RuntimeView, cluster: str, route_md: Mapping[str, str])
     return view.chain_for(FAMILY_OF_HANDLER[Handler(handler)], model)
 
 
-def _provider(view: RuntimeView, attributes: Attributes) -> Provider:
-    name = provider_from_host_metadata(attribute(attributes, HOST_METADATA_ATTRIBUTE))
+def _provider(view: RuntimeView, name: str) -> Provider:
     provider = view.providers.get(name)
     if provider is None:
         raise GatewayError(502, f"The gateway routed to an unknown provider endpoint ({name or 'no metadata'}); "

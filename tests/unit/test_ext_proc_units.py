@@ -18,7 +18,7 @@ from ext_proc.metrics import GatewayMetrics
 from ext_proc.provider_health import ProviderProber
 from ext_proc.runtime import Chain, InvalidRuntime, RuntimeView
 from ext_proc.sse import SseParser, encode
-from ext_proc.steps.messages import provider_from_host_metadata
+from ext_proc.steps.messages import hapax_metadata
 from ext_proc.steps.upstream import UpstreamStep
 from ext_proc.translators.completions import TextCompletionStage
 from hapax.v1 import runtime_pb2
@@ -240,8 +240,8 @@ def test_runtime_with_a_provider_type_without_translator_is_rejected():
 
 def test_provider_name_is_read_from_envoy_host_metadata_text():
     text = 'filter_metadata { key: "hapax" value { fields { key: "provider" value { string_value: "b" } } } }'
-    assert provider_from_host_metadata(text) == "b"
-    assert provider_from_host_metadata("") == ""
+    assert hapax_metadata(text).get("provider", "") == "b"
+    assert hapax_metadata("").get("provider", "") == ""
 
 
 def test_every_attempt_uses_the_version_its_request_started_under():
