@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import ipaddress
 import logging
 import signal
 import time
@@ -35,9 +34,9 @@ from control_plane.resources.stats import envoy_stats_tags, stats_label_keys
 from control_plane.rollout import Rollout
 from control_plane.snapshot import InconsistentSnapshot, Snapshot, snapshot_of_plan
 from control_plane.static_bootstrap import envoy_rejection
-from hapax import logs, wire
+from hapax import logs
 from hapax.envoy_process import EnvoyNotFound, envoy_binary
-from hapax.local_socket import private_socket
+from hapax.local_socket import LocalAddress, private_socket
 from hapax.v1 import runtime_pb2
 
 log = logging.getLogger("hapax.control_plane")
@@ -321,9 +320,9 @@ def _envoy_for_validation() -> Path | None:
 
 async def serve(args: argparse.Namespace) -> None:
     endpoints = ExtProcEndpoints(
-        grpc=tuple(_address(a) for a in args.ext_proc_grpc),
-        http=tuple(_address(a) for a in args.ext_proc_http),
-        verdicts=tuple(_address(a) for a in args.ext_proc_verdicts),
+        grpc=tuple(Address.parse(a) for a in args.ext_proc_grpc),
+        http=tuple(Address.parse(a) for a in args.ext_proc_http),
+        verdicts=tuple(Address.parse(a) for a in args.ext_proc_verdicts),
     )
     loaded = _read(Path(args.config))  # read before the first load: any edit from here on is seen
     plane = ControlPlane(Path(args.config), endpoints, args.port, args.metrics_port)
@@ -358,10 +357,9 @@ class OpenListen(Exception):
 def _add_port(server: grpc.aio.Server, listen: str, tls: FleetTls | None) -> int:
     """ADS on ``listen``: a Unix socket (private by its directory, `hapax serve`), loopback TCP,
     or TCP with mutual TLS, where only a client with a certificate of ``tls``'s CA connects."""
-    if listen.startswith(wire.UNIX_SOCKET_PREFIX):
-        return server.add_insecure_port(listen)
-    if tls is None:
-        if not ipaddress.ip_address(listen.rpartition(":")[0].strip("[]")).is_loopback:
+    address = LocalAddress.parse(listen)
+    if tls is None or address.path:
+        if not address.only_this_host:
             raise OpenListen(f"the control plane would serve the providers' keys on {listen} to anyone: "
                              "set control_plane.tls (mutual TLS) or listen on loopback")
         return server.add_insecure_port(listen)
@@ -369,10 +367,6 @@ def _add_port(server: grpc.aio.Server, listen: str, tls: FleetTls | None) -> int
         [(tls.certificate.key_pem, tls.certificate.cert_pem)],
         root_certificates=tls.client_ca_pem, require_client_auth=True)
     return server.add_secure_port(listen, credentials)
-
-
-def _address(text: str) -> Address:
-    return Address.parse(text)
 
 
 def main(argv: list[str] | None = None) -> int:

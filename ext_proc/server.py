@@ -24,7 +24,7 @@ from ext_proc.service import Processor
 from ext_proc.translators import TRANSLATORS, translator_for
 from ext_proc.xds_client import RuntimeSubscription
 from hapax import logs, wire
-from hapax.local_socket import private_socket
+from hapax.local_socket import LocalAddress, private_socket
 
 log = logging.getLogger("hapax.ext_proc")
 
@@ -88,11 +88,12 @@ def _xds_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None
 
 async def _start_site(runner: web.AppRunner, address: str) -> str:
     """Serves the HTTP side on ``unix:/path`` or ``host:port``; returns where it listens."""
-    if address.startswith(wire.UNIX_SOCKET_PREFIX):
-        await web.UnixSite(runner, address.removeprefix(wire.UNIX_SOCKET_PREFIX)).start()
+    parsed = LocalAddress.parse(address)
+    if parsed.path:
+        await web.UnixSite(runner, parsed.path).start()
         return cast(str, private_socket(address))
-    host, _, port = address.rpartition(":")
-    site = web.TCPSite(runner, host, int(port))
+    host = parsed.host
+    site = web.TCPSite(runner, host, parsed.port)
     await site.start()
     # aiohttp exposes no public accessor; its _server, typed AbstractServer | None, is the
     # asyncio.Server that start() just opened.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 from string import Template
 
 from hapax import wire
+from hapax.local_socket import LocalAddress
 
 # In a checkout (or an editable install) the template is the repository's; an
 # installed wheel carries it as a data file under the environment's prefix.
@@ -60,13 +60,13 @@ def envoy_binary() -> Path:
 
 def envoy_address(address: str, mode: int | None = None) -> dict:
     """Envoy's Address for ``unix:/path`` (a pipe, with ``mode`` if given) or ``host:port``."""
-    if address.startswith(wire.UNIX_SOCKET_PREFIX):
-        pipe: dict = {"path": address.removeprefix(wire.UNIX_SOCKET_PREFIX)}
+    parsed = LocalAddress.parse(address)
+    if parsed.path:
+        pipe: dict = {"path": parsed.path}
         if mode is not None:
             pipe["mode"] = mode
         return {"pipe": pipe}
-    host, _, port = address.rpartition(":")
-    return {"socket_address": {"address": host, "port_value": int(port)}}
+    return {"socket_address": {"address": parsed.host, "port_value": parsed.port}}
 
 
 def admin_cluster(admin: str) -> dict:
@@ -86,28 +86,21 @@ class XdsClientTls:
     key_file: str
     ca_file: str
 
-    def transport_socket(self, host: str) -> dict:
+    def transport_socket(self, control_plane: LocalAddress) -> dict:
         """The xDS cluster's TLS: Envoy's certificate, and the control plane's checked against the CA
         and the address Envoy dials (an IP SAN for an IP, a DNS SAN for a name)."""
-        san_type = "IP_ADDRESS" if _is_ip(host) else "DNS"
+        host, ip = control_plane.host, control_plane.host_is_ip
         return {"name": "envoy.transport_sockets.tls", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            **({} if _is_ip(host) else {"sni": host}),
+            **({} if ip else {"sni": host}),
             "common_tls_context": {
                 "tls_certificates": [{"certificate_chain": {"filename": self.cert_file},
                                       "private_key": {"filename": self.key_file}}],
                 "validation_context": {
                     "trusted_ca": {"filename": self.ca_file},
-                    "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": host}}]},
+                    "match_typed_subject_alt_names": [{"san_type": "IP_ADDRESS" if ip else "DNS",
+                                                       "matcher": {"exact": host}}]},
             }}}
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 def xds_cluster(xds: str, tls: XdsClientTls | None = None) -> dict:
@@ -121,7 +114,7 @@ def xds_cluster(xds: str, tls: XdsClientTls | None = None) -> dict:
             {"lb_endpoints": [{"endpoint": {"address": envoy_address(xds)}}]}]},
     }
     if tls is not None:
-        cluster["transport_socket"] = tls.transport_socket(xds.rpartition(":")[0])
+        cluster["transport_socket"] = tls.transport_socket(LocalAddress.parse(xds))
     return cluster
 
 

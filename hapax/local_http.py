@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.client
 import socket
 
-from hapax import wire
+from hapax.local_socket import LocalAddress
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -31,10 +31,10 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 def connection(address: str, timeout: float) -> http.client.HTTPConnection:
     """``unix:/path``, ``http://host:port`` or ``host:port``."""
-    if address.startswith(wire.UNIX_SOCKET_PREFIX):
-        return UnixHTTPConnection(address.removeprefix(wire.UNIX_SOCKET_PREFIX), timeout)
-    host, _, port = address.removeprefix("http://").rstrip("/").rpartition(":")
-    return http.client.HTTPConnection(host, int(port), timeout=timeout)
+    parsed = LocalAddress.parse(address.removeprefix("http://").rstrip("/"))
+    if parsed.path:
+        return UnixHTTPConnection(parsed.path, timeout)
+    return http.client.HTTPConnection(parsed.host, parsed.port, timeout=timeout)
 
 
 def request(address: str, path: str, method: str = "GET", timeout: float = 5.0) -> tuple[int, bytes]:

@@ -16,6 +16,7 @@ from envoy.config.route.v3 import route_components_pb2
 from envoy.type.matcher.v3 import string_pb2
 
 from hapax import wire
+from hapax.local_socket import LocalAddress
 
 LISTENER_NAME = wire.LISTENER
 METRICS_LISTENER_NAME = wire.METRICS_LISTENER
@@ -45,29 +46,13 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-class Address:
-    """Where one of Hapax's own processes listens: host and port, or a Unix socket's path
-    (what `hapax serve` uses: a directory only its user can open)."""
-
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> Address:
-        """``unix:/path`` or ``host:port``."""
-        if text.startswith(wire.UNIX_SOCKET_PREFIX):
-            return cls(path=text.removeprefix(wire.UNIX_SOCKET_PREFIX))
-        host, _, port = text.rpartition(":")
-        return cls(host, int(port))
+class Address(LocalAddress):
+    """Where one of Hapax's own processes listens, as Envoy is told it."""
 
     def envoy(self) -> address_pb2.Address:
         if self.path:
             return address_pb2.Address(pipe=address_pb2.Pipe(path=self.path))
         return socket_address(self.host, self.port)
-
-    def __str__(self) -> str:
-        return f"{wire.UNIX_SOCKET_PREFIX}{self.path}" if self.path else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)

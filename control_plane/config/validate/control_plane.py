@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from control_plane.config.model import ControlPlaneConfig, FleetTls
 from control_plane.config.validate.server import _certificate
 from control_plane.config.validate.values import _mapping, _quote, _reject_unknown_keys, _string
 from control_plane.tls import PEM_CERTIFICATE
+from hapax.local_socket import LocalAddress
 
 _KEYS = ("listen", "tls")
 _TLS_KEYS = ("cert_file", "key_file", "client_ca_file")
@@ -23,7 +23,7 @@ def _control_plane(value: Any, issues: _Issues, base_dir: Path) -> ControlPlaneC
     _reject_unknown_keys(node, "control_plane", _KEYS, issues)
     listen = ControlPlaneConfig.listen if node.get("listen") is None else _listen(node["listen"], issues)
     tls = None if node.get("tls") is None else _tls(node["tls"], base_dir, issues)
-    if listen is not None and tls is None and not _loopback(listen):
+    if listen is not None and tls is None and not LocalAddress.parse(listen).only_this_host:
         # The runtime it serves carries every provider's key.
         issues.error("control_plane.tls", f"a control plane that listens beyond loopback ({listen}) needs "
                                           "mutual TLS: set cert_file, key_file and client_ca_file")
@@ -34,10 +34,9 @@ def _listen(value: Any, issues: _Issues) -> str | None:
     text = _string(value, "control_plane.listen", issues)
     if text is None:
         return None
-    host, _, port = text.rpartition(":")
     try:
-        ipaddress.ip_address(host.strip("[]"))
-        valid = port.isdigit() and 0 < int(port) <= 65535
+        address = LocalAddress.parse(text)
+        valid = address.host_is_ip and 0 < address.port <= 65535
     except ValueError:
         valid = False
     if not valid:
@@ -45,10 +44,6 @@ def _listen(value: Any, issues: _Issues) -> str | None:
                                              f"got {_quote(text)}")
         return None
     return text
-
-
-def _loopback(listen: str) -> bool:
-    return ipaddress.ip_address(listen.rpartition(":")[0].strip("[]")).is_loopback
 
 
 def _tls(value: Any, base_dir: Path, issues: _Issues) -> FleetTls | None:
