@@ -40,6 +40,16 @@ class Chain:
     timeout: float  # the longest of its providers' timeouts
     cluster: str  # its Envoy aggregate cluster (chain_cluster_name)
 
+    @property
+    def says_why_unavailable(self) -> bool:
+        """Whether its last member is the reasons no provider can serve (clusters.py: unavailable_cluster).
+
+        Not on a chain with more attempts than providers (one provider, retried once):
+        previous_priorities sends a retry to the next priority, which would answer in
+        place of the provider.
+        """
+        return self.attempts <= len(self.providers)
+
     def longest_wait(self, backoff_max: float) -> float:
         """The longest a client of this chain may wait for a first byte: every attempt silent
         for its whole timeout, and the longest back-off between two attempts.

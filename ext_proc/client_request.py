@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ext_proc.errors import GatewayError, invalid
+from hapax import wire
 from hapax.wire import Handler
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-AUTO_MODELS = frozenset({"", "auto"})
+AUTO_MODELS = frozenset({"", wire.AUTO_MODEL})
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 ENCODING_FORMATS = ("float", "base64")

@@ -229,6 +229,10 @@ class ModelFamily(StrEnum):
     EMBEDDINGS = "embeddings"
 
 
+# The model name that asks for the family's preference chain. Read from the body by the router
+# step, and by Envoy on the model lane (control_plane/resources/model_lane.py).
+AUTO_MODEL = "auto"
+
 FAMILY_OF_HANDLER: Mapping[Handler, ModelFamily] = {
     Handler.CHAT: ModelFamily.CHAT,
     Handler.COMPLETION: ModelFamily.CHAT,

@@ -305,11 +305,9 @@ def _aggregate_cluster(config: HapaxConfig, name: str, chain: Chain,
         typed_config=pack(upstream_codec_pb2.UpstreamCodec()),
     )
     order = chain.providers
-    # Last, after every provider: the reasons none can serve (unavailable_cluster). Not on a chain
-    # with more attempts than providers (one provider is retried once): previous_priorities
-    # sends a retry to the next priority, which would answer in place of the provider.
+    # Last, after every provider: the reasons none can serve (unavailable_cluster), where it may.
     members = [*(provider_cluster_name(p) for p in order),
-               *([UNAVAILABLE_CLUSTER] if chain.attempts <= len(order) else [])]
+               *([UNAVAILABLE_CLUSTER] if chain.says_why_unavailable else [])]
     # Envoy counts retries in flight against the route's cluster, this one, not
     # against the provider it retries to; its default (3) would stop failover
     # under load. The chain allows what its providers allow together.

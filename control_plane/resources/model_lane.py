@@ -29,8 +29,16 @@ provider's own model name and, on a stream, the usage chunk asked for:
 ``Translator.request_as_sent``) then never reaches ext_proc: the upstream step
 sets only the path and headers, and a stream costs one message less.
 
-Anything else (``auto`` or no model, an unknown one, malformed JSON, a
-non-boolean ``stream``) takes the ordinary route and the router step.
+``auto`` takes the lane too, to its family's preference chain, as the name
+of the chain's first provider's model would: the upstream step sends each
+provider its first model of the family (``Provider.serving``), and the access
+log prices the answer by that model. Only on a chain that ends in the reasons
+no provider can serve (``Chain.says_why_unavailable``): on one that does not
+(one provider, retried), only the router step can tell an ``auto`` client why
+its 503, so those requests keep it.
+
+Anything else (no model, an unknown one, malformed JSON, a non-boolean
+``stream``) takes the ordinary route and the router step.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
 from google.protobuf import any_pb2
 
-from control_plane.plan import MODEL_LANE_HANDLERS, Plan
+from control_plane.plan import MODEL_LANE_HANDLERS, Chain, Plan
 from control_plane.resources.passthrough import METADATA_NAMESPACE, REQUEST_NAMESPACE, body_routed
 from hapax import wire
 
@@ -54,16 +62,14 @@ def model_routes(plan: Plan, handler: str, base: route_components_pb2.Route, ver
     if handler not in MODEL_LANE_HANDLERS:
         return
     family = wire.FAMILY_OF_HANDLER[wire.Handler(handler)]
-    for owned in plan.models:
-        if owned.family != family:
-            continue  # the router step tells the client why the model serves no such request
+    for model, chain in lane_models(plan, family):
         for stream in (True, False):
-            route = body_routed(plan, base, MODEL_LANE, owned.name, owned.chain, stream=stream,
+            route = body_routed(plan, base, MODEL_LANE, model, chain, stream=stream,
                                 disabled_ext_proc=disabled_ext_proc)
             route.name += ":stream" if stream else ""
             # What Envoy read of the body, for the upstream step to tell whether it must rewrite it.
             route.metadata.filter_metadata[METADATA_NAMESPACE].update(
-                {wire.RouteKey.MODEL: owned.name, wire.RouteKey.STREAM: "true" if stream else "false"})
+                {wire.RouteKey.MODEL: model, wire.RouteKey.STREAM: "true" if stream else "false"})
             route.request_headers_to_add.extend([
                 _set(wire.START_HEADER, "%START_TIME(%s.%6f)%"),  # unix time, as the router step writes it
                 *([_set(wire.VERSION_HEADER, version)] if version else []),
@@ -71,6 +77,20 @@ def model_routes(plan: Plan, handler: str, base: route_components_pb2.Route, ver
                   if stream else []),
             ])
             yield route
+
+
+def lane_models(plan: Plan, family: str) -> Iterator[tuple[str, Chain]]:
+    """The model names of ``family`` the lane takes, each with its chain.
+
+    A model the family does not serve is left to the router step, which tells the
+    client why; so is ``auto`` on a chain that cannot say why it is unavailable.
+    """
+    for owned in plan.models:
+        if owned.family == family and owned.name != wire.AUTO_MODEL:
+            yield owned.name, owned.chain
+    auto = plan.auto_chains.get(family)
+    if auto is not None and auto.says_why_unavailable:
+        yield wire.AUTO_MODEL, auto
 
 
 def _set(key: str, value: str) -> base_pb2.HeaderValueOption:

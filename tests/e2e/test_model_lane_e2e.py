@@ -232,6 +232,25 @@ def test_an_alias_or_another_apis_model_skips_the_router_step_and_is_counted_onc
     assert gateway.metric("hapax_inflight_requests", route=CHAT) == 0
 
 
+@pytest.mark.parametrize("streams", [False, True], ids=["json", "stream"])
+def test_auto_takes_the_lane_to_the_preferred_provider_and_is_priced_as_its_model(gateway, client, fakes, streams):
+    primary = fakes[0]
+    answered = {"route": CHAT, "provider": "primary", "model": MODEL, "status_class": "2xx", "outcome": "success"}
+    tokens = {"route": CHAT, "provider": "primary", "model": MODEL, "gen_ai_token_type": "output"}
+    requests, counted = gateway.metric("hapax_requests_total", **answered), \
+        gateway.metric("gen_ai_client_token_usage_count", **tokens)
+    routers, upstreams = router_steps(gateway), upstream_steps(gateway)
+    if streams:
+        assert text_of(stream(client, "auto stream", model="auto")).endswith("auto stream")
+    else:
+        assert ask(client, "auto json", "auto").choices[0].message.content.endswith("auto json")
+    assert router_steps(gateway) == routers
+    assert upstream_steps(gateway) == upstreams + 1
+    assert primary.requests[-1].body["model"] == MODEL  # the preferred provider's own model, not "auto"
+    settled(lambda: gateway.metric("hapax_requests_total", **answered), requests + 1, "auto counted once")
+    assert gateway.metric("gen_ai_client_token_usage_count", **tokens) == counted + 1
+
+
 @pytest.mark.parametrize("kind", ["json", "stream", "stream_as_sent"])
 def test_a_model_lane_failover_counts_its_retry_and_its_failover_once(gateway, client, fakes, kind):
     primary, second, _ = fakes
@@ -258,7 +277,11 @@ def test_a_model_lane_failover_counts_its_retry_and_its_failover_once(gateway, c
 def test_an_invalid_request_on_the_model_lane_gets_the_same_error_as_from_the_router_step(gateway, client, fakes):
     body = {"model": "mini", "messages": [{"role": "user", "content": 42}]}
     on_lane = asyncio.run(_post(gateway.base_url + "/chat/completions", body))
-    via_router = asyncio.run(_post(gateway.base_url + "/chat/completions", {**body, "model": "auto"}))
+    # No model: the preference chain, chosen by the router step (the lane needs a model to route on).
+    routers = router_steps(gateway)
+    via_router = asyncio.run(_post(gateway.base_url + "/chat/completions",
+                                   {k: v for k, v in body.items() if k != "model"}))
+    assert router_steps(gateway) == routers + 1
     assert on_lane[0] == via_router[0] == 400
     assert on_lane[1] == via_router[1]
     assert all(not fake.requests for fake in fakes)

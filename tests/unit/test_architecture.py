@@ -89,7 +89,8 @@ NOT_GATEWAY_CODE = ("hapax/fakes/", "hapax/v1/", "hapax/wire.py")
 # "provider" as a metric label.
 SHARED_VOCABULARY = {"hapax", "provider", "prompt_tokens", "completion_tokens",
                      "authorization", "x-api-key", "api-key", "proxy-authorization",
-                     "host", "content-type", "content-length", "accept", "accept-encoding"}
+                     "host", "content-type", "content-length", "accept", "accept-encoding",
+                     "auto"}  # also an OpenAI value (tool_choice, detail...), not only the model name
 
 
 def _contract_literals() -> set[str]:

@@ -23,16 +23,35 @@ def test_every_model_name_takes_the_lane_to_the_chain_of_the_provider_that_owns_
     prefix = "model:chat:/v1/chat/completions:"
     lane = {r.name.removeprefix(prefix): r for r in _routes() if r.name.startswith(prefix)}
     # Own models and aliases, every API, streams or not: the upstream step translates each attempt.
-    assert sorted(lane) == sorted(f"{m}{s}" for m in ("claude-3-haiku", "fast", "gpt-4o", "llama-3-8b")
+    # And auto: the family's preference chain.
+    assert sorted(lane) == sorted(f"{m}{s}" for m in ("auto", "claude-3-haiku", "fast", "gpt-4o", "llama-3-8b")
                                   for s in ("", ":stream"))
     lane = {name: r for name, r in lane.items() if name.endswith(":stream")}
     lane = {name.removesuffix(":stream"): r for name, r in lane.items()}
     assert lane["fast"].route.cluster == lane["gpt-4o"].route.cluster == "chain.openai"
     assert lane["claude-3-haiku"].route.cluster == "chain.claude"
     assert lane["llama-3-8b"].route.cluster == "chain.vllm"
+    assert lane["auto"].route.cluster == lane["gpt-4o"].route.cluster  # openai is preferred
     matchers = {m.path[0].key: m.value for m in lane["claude-3-haiku"].match.dynamic_metadata}
     assert matchers["model"].string_match.exact == "claude-3-haiku"
     assert matchers["stream"].bool_match is True
+
+
+def test_auto_takes_the_lane_to_the_preference_chain_only_where_that_chain_says_why_it_is_unavailable():
+    # One provider, retried once: its chain has no reasons member, so only the router step can
+    # tell an auto client why its 503; its own model name takes the lane all the same.
+    text = ("providers:\n  openai: {type: openai, model: gpt-4o, api_key: k}\n"
+            "routes:\n  - {path: /v1/chat/completions, handler: chat}\n")
+    prefix = "model:chat:/v1/chat/completions:"
+    names = {r.name.removeprefix(prefix) for r in _routes(text) if r.name.startswith(prefix)}
+    assert names == {"gpt-4o", "gpt-4o:stream"}
+    plan = make_plan(parse_config(text))
+    assert not plan.auto_chains["chat"].says_why_unavailable
+    # Two providers, one attempt each: auto is on the lane, to the preference order's chain.
+    two = make_plan(parse_config(CONFIG))
+    auto = two.auto_chains["chat"]
+    assert auto.says_why_unavailable
+    assert dict(model_lane.lane_models(two, "chat"))["auto"] == auto
 
 
 def test_a_model_lane_route_does_what_the_router_step_did():
@@ -93,10 +112,12 @@ provider_preference: [openai, claude]
         return {r.name.split(":")[-1]: r.route.cluster for r in routes
                 if r.name.startswith(f"{kind}:") and r.match.path == path and not r.name.endswith(":stream")}
 
-    # The chat route: the chat models (claude's too), on their chat chains.
-    assert lane("model", "/v1/chat/completions") == {"gpt-4o-mini": "chain.openai", "claude-3-haiku": "chain.claude"}
+    # The chat route: the chat models (claude's too), on their chat chains, and auto on the preferred one's.
+    assert lane("model", "/v1/chat/completions") == {"gpt-4o-mini": "chain.openai", "claude-3-haiku": "chain.claude",
+                                                     "auto": "chain.openai"}
     assert lane("passthrough", "/v1/chat/completions") == {"gpt-4o-mini": "lane.openai"}
-    # The embeddings route: the embeddings model alone, on openai's embeddings chain (no claude in it).
+    # The embeddings route: the embeddings model alone, on openai's embeddings chain (no claude in it;
+    # one provider, retried: no auto on the lane).
     assert lane("model", "/v1/embeddings") == {"text-embedding-3-small": "chain.openai.embeddings"}
     assert lane("passthrough", "/v1/embeddings") == {"text-embedding-3-small": "lane.openai.embeddings"}
 
