@@ -311,6 +311,28 @@ def test_an_openai_json_answer_on_the_lane_is_read_by_envoy_not_ext_proc(gateway
             counted + reply.usage.completion_tokens, "the answer's tokens counted once, from Envoy's read")
 
 
+def test_a_converted_json_answer_costs_four_ext_proc_messages(gateway, client, fakes):
+    claude = fakes[2]
+    sent_before = _stat(gateway, r"cluster\.chain_.*\.ext_proc\.stream_msgs_sent")
+    reply = ask(client, "one message for the answer", "claude-3-haiku")
+    assert reply.object == "chat.completion"
+    assert reply.choices[0].message.content.endswith("one message for the answer")
+    assert claude.requests[-1].path == "/v1/messages"
+    # Request headers, request body, response headers, response body. Not three: Envoy 1.40 applies
+    # the header mutations of a body message only to headers it sent to ext_proc (processor_state.cc),
+    # and the answer's status (a 200 with an unusable body is a 502) and headers are the step's to set.
+    assert _stat(gateway, r"cluster\.chain_.*\.ext_proc\.stream_msgs_sent") - sent_before == 4
+
+
+def test_a_converted_error_keeps_its_status_and_becomes_openai_error_json(gateway, client, fakes):
+    claude = fakes[2]
+    claude.inject(Status(400), times=1, method="POST")
+    status, body = asyncio.run(_post(gateway.base_url + "/chat/completions",
+                                     {"model": "claude-3-haiku", "messages": [{"role": "user", "content": "x"}]}))
+    assert status == 400
+    assert set(body) == {"error"} and body["error"]["type"] == "invalid_request_error"
+
+
 def test_no_key_reaches_the_lanes_logs_errors_or_metrics(gateway, client, fakes):
     fakes[0].inject(Status(500), times=1, method="POST")
     assert ask(client, "logged failover", "mini").choices[0].message.content.endswith("logged failover")
