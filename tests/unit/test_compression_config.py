@@ -47,3 +47,9 @@ def test_the_compressor_gzips_json_answers_and_never_a_stream():
     assert config.compressor_library.name == "envoy.compression.gzip.compressor"
     assert list(config.response_direction_config.common_config.content_type) == ["application/json"]
     assert not config.HasField("request_direction_config")  # requests go to providers as the client sent them
+
+
+def test_the_compressor_leaves_an_answer_of_a_few_hundred_bytes_plain():
+    config = compressor_pb2.Compressor()
+    _filters()[0].typed_config.Unpack(config)
+    assert config.response_direction_config.common_config.min_content_length.value == 1024
