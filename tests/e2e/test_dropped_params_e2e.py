@@ -1,8 +1,8 @@
 """Issue #17, "a silent drop is a bug", through a real gateway with the official openai SDK.
 
 A field the provider is not sent is named in ``x-hapax-dropped-params`` on the answer, JSON
-or stream, whether the router step saw the request (``model: auto``) or the model lane took
-it (the provider's own model); a field whose answer the provider could not give is a 400
+or stream, whether the router step saw the request (``model: ""``) or the model lane took
+it (the provider's own model, or ``auto``); a field whose answer the provider could not give is a 400
 naming it. The strict Anthropic fake refuses unknown fields, so an answer from it also
 proves the dropped fields were not sent.
 """
@@ -36,7 +36,8 @@ def fakes(fake_host):
 @pytest.fixture(scope="module")
 def gateway(fakes, start_gateway):
     claude, llama = fakes
-    # Ollama first: "auto" reaches it through the router step; a model name takes the model lane.
+    # Ollama first: a request with an empty model (auto, but no lane routes on it) reaches it through
+    # the router step; a model name, or "auto", takes the model lane.
     return start_gateway(gateway_config(
         {"llama": {"type": "ollama", "model": LLAMA, "base_url": llama.base_url},
          "claude": {"type": "anthropic", "model": CLAUDE, "api_key": CLAUDE_KEY, "base_url": claude.origin}},
@@ -61,7 +62,7 @@ def chat(client: openai.OpenAI, stream: bool, **params: Any) -> tuple[str, str |
 
 
 @STREAMS
-@pytest.mark.parametrize("model", ["auto", LLAMA], ids=["router-step", "model-lane"])
+@pytest.mark.parametrize("model", ["", "auto", LLAMA], ids=["router-step", "auto-model-lane", "model-lane"])
 def test_ollama_names_what_it_was_not_sent(client, fakes, stream, model):
     text, dropped = chat(client, stream, model=model, messages=HI, seed=7, user="ada", logit_bias={"50256": -100},
                          extra_body={"top_k": 5})
