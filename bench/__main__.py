@@ -41,7 +41,7 @@ from bench.report import (
     stream_table,
 )
 from bench.runner import Runner
-from bench.scenarios import full_plan, quick_plan
+from bench.scenarios import full_plan, in_rounds, quick_plan
 from bench.soak import run_soak, soak_tables
 from bench.targets import REPO, start_bare_envoy, start_fakes, start_hapax, target_a
 from bench.wrk import WrkError, wrk_binary
@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="where to write the markdown results")
     parser.add_argument("--only", metavar="TEXT",
                         help="run only the scenarios whose name contains TEXT (e.g. 'paced stream')")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the plan this many times in a row; issue #20's targets report the median")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin: every process on every core (the runs before issue #20)")
     parser.add_argument("--portkey", metavar="DIR", type=Path, default=os.environ.get("HAPAX_BENCH_PORTKEY"),
@@ -145,6 +147,7 @@ def benchmark(args: argparse.Namespace, procs: ProcessSet, envoy: Path, workdir:
     scenarios = quick_plan() if args.quick else full_plan()
     if args.only:
         scenarios = [s for s in scenarios if args.only in s.name]
+    scenarios = in_rounds(scenarios, args.rounds)
     measurements = runner.run(scenarios)
     tables = [sdk_goals_table(sdk_goals(measurements, portkey=bool(args.portkey))), goals_table(goals(measurements)),
               main_table(measurements), cpu_table(measurements), pinning_table(targets, os.getpid())]

@@ -85,10 +85,15 @@ def by_scenario(measurements: Sequence[Measurement]) -> list[tuple[Scenario, dic
 
 
 def find(measurements: Sequence[Measurement], **want: object) -> dict[str, Measurement] | None:
-    for scenario, group in by_scenario(measurements):
-        if all(getattr(scenario, k) == v for k, v in want.items()):
-            return group
-    return None
+    """The first round's measurements of the scenario matching ``want`` (A, B, C... by target)."""
+    found = find_rounds(measurements, **want)
+    return found[0] if found else None
+
+
+def find_rounds(measurements: Sequence[Measurement], **want: object) -> list[dict[str, Measurement]]:
+    """Every round's measurements of the scenario matching ``want``, in round order."""
+    return [group for scenario, group in by_scenario(measurements)
+            if all(getattr(scenario, k) == v for k, v in want.items())]
 
 
 def _label(scenario: Scenario, group: dict[str, Measurement]) -> str:

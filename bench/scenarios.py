@@ -7,7 +7,7 @@ about equally and cancels out of C/B and C - B.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench.payloads import STREAMING
 
@@ -33,17 +33,25 @@ class Scenario:
     connections: int = 0
     peak_fraction: float = 0.0  # OPEN: the rate is this fraction of C's peak (same kind, prompt, client)
     client: str = FAST  # FAST | SDK
+    round: int = 1  # with --rounds N, the whole plan runs N times in a row (1, 2, ... N)
 
     @property
     def name(self) -> str:
         what = f"{self.client}: {KIND_NAMES[self.kind]}"
         if self.load == OPEN:
-            return f"{what} {self.prompt} open {self.peak_fraction:g}x C peak"
-        return f"{what} {self.prompt} c={self.connections}"
+            name = f"{what} {self.prompt} open {self.peak_fraction:g}x C peak"
+        else:
+            name = f"{what} {self.prompt} c={self.connections}"
+        return name if self.round == 1 else f"{name} (round {self.round})"
 
     @property
     def stream(self) -> bool:
         return self.kind in STREAMING
+
+
+def in_rounds(plan: list[Scenario], rounds: int) -> list[Scenario]:
+    """The plan ``rounds`` times over: round 1 of every scenario, then round 2... (A B C within each)."""
+    return [replace(s, round=r) for r in range(1, rounds + 1) for s in plan]
 
 
 def _closed(kind: str, prompt: str, seconds: int, *levels: int, client: str = FAST) -> list[Scenario]:
