@@ -44,6 +44,11 @@ HEALTH_PATH = wire.HEALTH_PATH
 # release the headers to the router before the body step names the chain.)
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
+# Envoy refuses a whole route configuration for one ``direct_response`` body over this
+# (its default max_direct_response_body_size_bytes): a body that grows with the config
+# must be bounded (routes.py: the 404's list of paths).
+MAX_DIRECT_RESPONSE_BYTES = 4096
+
 
 @dataclass(frozen=True)
 class Address(LocalAddress):
@@ -89,15 +94,17 @@ def method_is(method: str) -> list[route_components_pb2.HeaderMatcher]:
     return [route_components_pb2.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(exact=method))]
 
 
-def _error_body(status: int, message: str, err_type: str, code: str) -> str:
+def error_body(message: str, err_type: str, code: str) -> str:
     return json.dumps({"error": {"message": message, "type": err_type, "param": None, "code": code}})
 
 
 def direct_json(status: int, message: str, err_type: str, code: str) -> route_components_pb2.DirectResponseAction:
-    return route_components_pb2.DirectResponseAction(
-        status=status,
-        body=base_pb2.DataSource(inline_string=_error_body(status, message, err_type, code)),
-    )
+    body = error_body(message, err_type, code)
+    if len(body.encode()) > MAX_DIRECT_RESPONSE_BYTES:
+        # A bug here, not in the config: said at build time rather than by Envoy's rejection.
+        raise ValueError(f"a {status} answer of {len(body.encode())} bytes; Envoy refuses over "
+                         f"{MAX_DIRECT_RESPONSE_BYTES}: {body[:200]}")
+    return route_components_pb2.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=body))
 
 
 def json_headers(extra: dict[str, str] | None = None) -> list[base_pb2.HeaderValueOption]:

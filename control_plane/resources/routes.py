@@ -3,10 +3,13 @@
 In order: ``GET /health`` to ext_proc's HTTP side (405 for any other method);
 for each configured route, the passthrough lane's routes, the model lane's,
 then the ordinary provider route (whose cluster the router step names in the
-``x-hapax-chain`` header) and a 405; last, a 404 in OpenAI's error shape.
+``x-hapax-chain`` header) and a 405; last, a 404 in OpenAI's error shape that names
+the paths served, as many as fit in a body Envoy accepts.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -24,9 +27,11 @@ from control_plane.resources.listeners import alt_svc
 from control_plane.resources.names import (
     EXT_PROC_HTTP_CLUSTER,
     HEALTH_PATH,
+    MAX_DIRECT_RESPONSE_BYTES,
     METADATA_NAMESPACE,
     ROUTE_CONFIG_NAME,
     direct_json,
+    error_body,
     json_headers,
     method_is,
 )
@@ -37,6 +42,12 @@ from hapax import wire
 HANDLER_METHODS: dict[str, str] = {
     wire.Handler.CHAT: "POST", wire.Handler.COMPLETION: "POST", wire.Handler.EMBEDDINGS: "POST",
     wire.Handler.MODELS: "GET"}
+
+# The 404 names what is served while it fits, then counts the rest: hundreds of department
+# routes do not fit in a body Envoy accepts (names.py). Half its cap leaves the JSON room to
+# spare and still names a dozen long paths or some fifty short ones, more than anyone reads.
+NOT_FOUND_BODY_BYTES = MAX_DIRECT_RESPONSE_BYTES // 2
+_NOT_FOUND = ("invalid_request_error", "unknown_url")
 
 # Every attempt asks its provider for an uncompressed answer, whatever the client accepts:
 # ext_proc reads and translates answers and json_to_metadata reads their usage, and neither
@@ -117,7 +128,9 @@ def method_not_allowed_route(path: str, method: str) -> route_components_pb2.Rou
         match=route_components_pb2.RouteMatch(path=path),
         direct_response=direct_json(
             405,
-            f"Method not allowed: {path} accepts {method} only.",
+            # Not the path: the client has it, and a path is as long as the config makes it,
+            # while Envoy caps this body (names.py).
+            f"Method not allowed: this path accepts {method} only.",
             "invalid_request_error",
             "method_not_allowed",
         ),
@@ -136,17 +149,35 @@ def health_route() -> route_components_pb2.Route:
 
 
 def not_found_route(config: HapaxConfig) -> route_components_pb2.Route:
-    known = ", ".join(sorted({r.path for r in config.routes} | {HEALTH_PATH}))
+    served = sorted({r.path for r in config.routes} | {HEALTH_PATH})
     return route_components_pb2.Route(
         name="404",
         match=route_components_pb2.RouteMatch(prefix="/"),
-        direct_response=direct_json(
-            404, f"Unknown request URL. This gateway serves: {known}.",
-            "invalid_request_error", "unknown_url",
-        ),
+        direct_response=direct_json(404, _not_found_message(served), *_NOT_FOUND),
         response_headers_to_add=json_headers(),
         typed_per_filter_config=per_route_ext_proc(None),
     )
+
+
+def _not_found_message(paths: Sequence[str], max_bytes: int = NOT_FOUND_BODY_BYTES) -> str:
+    """Every path, when the 404's JSON holds them in ``max_bytes``; else the first that fit and a count."""
+    def fits(message: str) -> bool:
+        return len(error_body(message, *_NOT_FOUND).encode()) <= max_bytes
+
+    every = f"Unknown request URL. This gateway serves: {', '.join(paths)}."
+    if fits(every):
+        return every
+    # Each path named adds more bytes than the shorter count saves: the first misfit ends it.
+    shown = 0
+    while shown < len(paths) and fits(_first_paths(paths, shown + 1)):
+        shown += 1
+    return _first_paths(paths, shown)
+
+
+def _first_paths(paths: Sequence[str], shown: int) -> str:
+    listed = f": {', '.join(paths[:shown])} and {len(paths) - shown} more" if shown else ""
+    return (f"Unknown request URL. This gateway serves {len(paths)} paths{listed} "
+            "(the gateway's configuration names them all).")
 
 
 def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import yaml
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
@@ -10,6 +13,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from control_plane import resources as res
 from control_plane.config import parse_config
 from control_plane.plan import make_plan
+from control_plane.resources.routes import route_configuration
 from control_plane.snapshot import (
     CLUSTER,
     ENDPOINT,
@@ -105,6 +109,43 @@ def test_default_routes_false_leaves_only_the_department_routes_and_the_404_name
     [not_found] = [r for r in snapshot.of_type(ROUTE)[res.ROUTE_CONFIG_NAME].virtual_hosts[0].routes
                    if r.name == "404"]
     assert "This gateway serves: /health, /v1/marketing/completions." in not_found.direct_response.body.inline_string
+
+
+ENVOY_DIRECT_RESPONSE_MAX_BYTES = 4096  # Envoy refuses a route configuration with a larger body
+
+
+def test_the_404_body_stays_under_envoys_cap_with_2000_long_routes_naming_the_first_and_counting_the_rest():
+    paths = [f"/v1/{'a-rather-long-department-name-' * 4}{i:04d}/chat/completions" for i in range(2000)]
+    config = parse_config(yaml.safe_dump({
+        "providers": {"openai": {"type": "openai", "model": "gpt-4o", "api_key": "k"}},
+        "routes": [{"path": path, "handler": "chat"} for path in paths]}), env={})
+    served = sorted({route.path for route in config.routes} | {"/health"})
+    [not_found] = [r for r in route_configuration(make_plan(config)).virtual_hosts[0].routes if r.name == "404"]
+    body = not_found.direct_response.body.inline_string
+
+    assert len(body.encode()) <= ENVOY_DIRECT_RESPONSE_MAX_BYTES // 2  # well under the cap
+    error = json.loads(body)["error"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", None, "unknown_url")
+    listed = error["message"].split(": ", 1)[1].split(" and ", 1)[0].split(", ")
+    assert len(listed) >= 10 and listed == served[:len(listed)]  # the first paths, in order
+    assert f" and {len(served) - len(listed)} more " in error["message"]
+    assert f"{len(served)} paths" in error["message"]
+
+
+def test_a_path_longer_than_envoys_cap_still_builds_answers_envoy_accepts():
+    # One path alone too long to name: the 405 does not name it, the 404 counts it.
+    long_path = "/v1/" + "x" * ENVOY_DIRECT_RESPONSE_MAX_BYTES
+    config = parse_config(yaml.safe_dump({
+        "providers": {"openai": {"type": "openai", "model": "gpt-4o", "api_key": "k"}},
+        "default_routes": False, "routes": [{"path": long_path, "handler": "chat"}]}), env={})
+    answers = {r.name: r.direct_response.body.inline_string
+               for r in route_configuration(make_plan(config)).virtual_hosts[0].routes if r.HasField("direct_response")}
+
+    assert all(len(body.encode()) < ENVOY_DIRECT_RESPONSE_MAX_BYTES for body in answers.values())
+    message = {name: json.loads(body)["error"]["message"] for name, body in answers.items()}
+    assert message[f"405:{long_path}"] == "Method not allowed: this path accepts POST only."
+    assert message["404"] == ("Unknown request URL. This gateway serves 2 paths: /health and 1 more "
+                              "(the gateway's configuration names them all).")
 
 
 def test_retry_policy_carries_the_configured_backoff():

@@ -1,0 +1,93 @@
+"""Hundreds of department routes through the real Envoy (issue #21).
+
+Ten providers and 500 department routes: Envoy accepts the generated configuration
+(it validates every version before serving it), every route answers a chat through it,
+and a path that is not served gets a 404 whose list of paths is bounded: Envoy refuses a
+``direct_response`` body over 4 KB, and listing every path made one of 27 KB at 200 routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from hapax.fakes import FakeOpenAI
+from tests.conftest import gateway_config
+
+PROVIDERS = 10
+DEPARTMENTS = 500
+CONCURRENCY = 25
+ENVOY_DIRECT_RESPONSE_MAX_BYTES = 4096
+
+
+def _path(department: int) -> str:
+    return f"/v1/department-{department:03d}/chat/completions"
+
+
+def _model(provider: int) -> str:
+    return f"model-{provider}"
+
+
+@pytest.fixture(scope="module")
+def fakes(fake_host):
+    with fake_host.serving(*(FakeOpenAI(api_key=f"k-{i}", model=_model(i)) for i in range(PROVIDERS))) as fakes:
+        yield fakes
+
+
+@pytest.fixture(scope="module")
+def gateway(fakes, start_gateway):
+    providers = {f"provider-{i}": {"type": "openai", "model": _model(i), "api_key": f"k-{i}",
+                                   "base_url": fake.base_url} for i, fake in enumerate(fakes)}
+    routes = [{"path": _path(d), "handler": "chat", "metrics_labels": {"department": f"department-{d:03d}"}}
+              for d in range(DEPARTMENTS)]
+    return start_gateway(gateway_config(providers, routes=routes))
+
+
+async def _chat_on_every_route(url: str) -> dict[str, tuple[int, dict]]:
+    """Each department's path, asked for one provider's model in turn: path -> (status, answer)."""
+    queue = iter(range(DEPARTMENTS))
+    answers: dict[str, tuple[int, dict]] = {}
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        for department in queue:
+            body = {"model": _model(department % PROVIDERS), "messages": [{"role": "user", "content": "hi"}]}
+            async with session.post(url + _path(department), json=body) as resp:
+                answers[_path(department)] = (resp.status, await resp.json(content_type=None))
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        await asyncio.gather(*(client(session) for _ in range(CONCURRENCY)))
+    return answers
+
+
+def test_every_one_of_500_department_routes_answers_a_chat_through_envoy(gateway, fakes):
+    answers = asyncio.run(_chat_on_every_route(gateway.url))
+
+    failed = {path: answer for path, answer in answers.items() if answer[0] != 200}
+    assert len(answers) == DEPARTMENTS and not failed, list(failed.items())[:3]
+    assert all(answer["object"] == "chat.completion" for _, answer in answers.values())
+    # Each provider answered its model's share: every one is reachable from the routes.
+    for i, fake in enumerate(fakes):
+        chats = [r.body["model"] for r in fake.requests if r.path == "/v1/chat/completions"]
+        assert chats == [_model(i)] * (DEPARTMENTS // PROVIDERS), fake.base_url
+
+
+def test_an_unknown_path_among_500_routes_gets_a_bounded_404_naming_the_first_paths_and_counting_the_rest(gateway):
+    async def ask() -> tuple[int, str, bytes]:
+        async with aiohttp.ClientSession() as session, session.post(
+                gateway.url + "/v1/department-999/chat/completions", json={}) as resp:
+            return resp.status, resp.headers["content-type"], await resp.read()
+
+    status, content_type, raw = asyncio.run(ask())
+
+    assert (status, content_type) == (404, "application/json")
+    assert len(raw) < ENVOY_DIRECT_RESPONSE_MAX_BYTES
+    error = json.loads(raw)["error"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", None, "unknown_url")
+    served = sorted([_path(d) for d in range(DEPARTMENTS)]
+                    + ["/health", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"])
+    listed = error["message"].split(": ", 1)[1].split(" and ", 1)[0].split(", ")
+    assert listed == served[:len(listed)] and len(listed) > 1
+    assert f" and {len(served) - len(listed)} more " in error["message"]
