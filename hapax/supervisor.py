@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -158,9 +159,10 @@ class LocalChannels:
 
 
 def _seconds(value: object) -> float:
-    """A step's announced budget; anything but a non-negative number counts as none."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    return float(value) if number and value >= 0 else 0.0  # type: ignore[operator, arg-type]
+    """A step's announced budget; anything but a finite, non-negative number counts as none."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return 0.0
+    return max(0.0, float(value))
 
 
 def _child_setup() -> None:

@@ -60,4 +60,5 @@ async def test_a_child_that_exits_before_it_is_ready_says_how():
 
 
 def test_a_budget_that_is_not_a_number_of_seconds_counts_as_none():
-    assert [_seconds(v) for v in ("forever", None, -1, True, 2, 2.5)] == [0.0, 0.0, 0.0, 0.0, 2.0, 2.5]
+    budgets = ("forever", None, -1, True, float("inf"), float("nan"), 2, 2.5)
+    assert [_seconds(v) for v in budgets] == [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 2.5]
