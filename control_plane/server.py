@@ -27,14 +27,14 @@ from control_plane.ads import AdsServer
 from control_plane.cache import SnapshotCache
 from control_plane.config.errors import ConfigError, ConfigIssue
 from control_plane.config.load import load_config, summarize
-from control_plane.config.model import FleetTls, HapaxConfig
+from control_plane.config.model import ControlPlaneConfig, FleetTls, HapaxConfig
 from control_plane.plan import make_plan
 from control_plane.resources.names import Address, ExtProcEndpoints
 from control_plane.resources.stats import envoy_stats_tags, stats_label_keys
 from control_plane.rollout import Rollout
 from control_plane.snapshot import InconsistentSnapshot, Snapshot, snapshot_of_plan
-from control_plane.static_bootstrap import envoy_rejection
-from hapax import logs
+from control_plane.validation import VALIDATION_TIMEOUT, NotChecked, envoy_rejection
+from hapax import logs, wire
 from hapax.envoy_process import EnvoyNotFound, envoy_binary
 from hapax.local_socket import LocalAddress, private_socket
 from hapax.v1 import runtime_pb2
@@ -43,23 +43,38 @@ log = logging.getLogger("hapax.control_plane")
 
 
 class ControlPlane:
+    cache: SnapshotCache
+    ads: AdsServer
+    rollout: Rollout
+    fleet: ControlPlaneConfig
+    stats_label_keys: tuple[str, ...]
+    certificate_files: list[Path]
+
     def __init__(self, config_path: Path, ext_proc: ExtProcEndpoints, port: int | None = None,
-                 metrics_port: int | None = None) -> None:
+                 metrics_port: int | None = None, validation_timeout: float = VALIDATION_TIMEOUT) -> None:
+        """Call ``start()`` next: the first version is built (and checked by Envoy) there, on the loop."""
         self.config_path = config_path
         self.ext_proc = ext_proc
         self.port = port
         self.metrics_port = metrics_port
+        self.validation_timeout = validation_timeout
+        # Until the first version is served, `hapax serve` is waiting: each step that may take
+        # long is announced, with its bound, so that the wait scales with it.
+        self.announce_progress = True
         # Versions count up from the start time in milliseconds, so that they keep
         # rising across a control plane restart too.
         self._generation = int(time.time() * 1000)
         self._digest = ""
         self.envoy = _envoy_for_validation()
+
+    async def start(self) -> None:
+        """Builds the first version from the file; ConfigError when it cannot be served."""
         first = self._load()
         # Envoy's stat tags are fixed when it starts, from this same first config.
         self.stats_label_keys = stats_label_keys(first)
-        snapshot = self._snapshot_for(first)
+        snapshot = await self._snapshot_for(first)
         if snapshot is None:
-            raise ConfigError(str(config_path), [ConfigIssue("", "no configuration could be built")])
+            raise ConfigError(str(self.config_path), [ConfigIssue("", "no configuration could be built")])
         self.cache = SnapshotCache(snapshot)
         self.ads = AdsServer(self.cache)
         self.rollout = Rollout(self.cache, self.ads)
@@ -76,7 +91,7 @@ class ControlPlane:
             server, port=server.port if self.port is None else self.port,
             metrics_port=server.metrics_port if self.metrics_port is None else self.metrics_port))
 
-    def _snapshot_for(self, config: HapaxConfig) -> Snapshot | None:
+    async def _snapshot_for(self, config: HapaxConfig) -> Snapshot | None:
         """The next version for ``config``; None when it is the content being served already.
 
         Versions are content-addressed (a digest of every resource) and
@@ -92,7 +107,7 @@ class ControlPlane:
                 digest.update(msg.SerializeToString(deterministic=True))
         if digest.hexdigest() == self._digest:
             return None
-        rejection = envoy_rejection(self.envoy, draft, envoy_stats_tags(self.stats_label_keys)) if self.envoy else ""
+        rejection = await self._envoy_rejection(config, draft)
         if rejection:
             raise ConfigError(config.source, [ConfigIssue("", f"Envoy rejects the generated configuration: "
                                                               f"{rejection}")])
@@ -107,11 +122,29 @@ class ControlPlane:
                         "(Hapax's /metrics has them now)", extra={"keys": untagged})
         return snapshot_of_plan(plan, version, self.ext_proc, self.stats_label_keys)
 
-    def reload(self) -> bool:
+    async def _envoy_rejection(self, config: HapaxConfig, draft: Snapshot) -> str:
+        """Envoy's verdict on ``draft``: "" also when it has none to give (no binary, too slow: logged)."""
+        if self.envoy is None:
+            return ""
+        if self.announce_progress:
+            logs.announce(wire.PROGRESS_EVENT, component="control_plane", step="Envoy's validation",
+                          **{wire.PROGRESS_BUDGET: self.validation_timeout})
+        began = time.monotonic()
+        try:
+            rejection = await envoy_rejection(self.envoy, draft, config.source, self.validation_timeout,
+                                              envoy_stats_tags(self.stats_label_keys))
+        except NotChecked as err:
+            log.warning(str(err), extra={"file": config.source, "timeout_seconds": self.validation_timeout})
+            return ""
+        log.info("Envoy validated the configuration", extra={"file": config.source, "accepted": not rejection,
+                                                              "seconds": round(time.monotonic() - began, 3)})
+        return rejection
+
+    async def reload(self) -> bool:
         """Reads the file again: True when a new version is published."""
         try:
             config = self._load()
-            snapshot = self._snapshot_for(config)
+            snapshot = await self._snapshot_for(config)
         except (ConfigError, InconsistentSnapshot) as err:
             self._refuse(err)
             return False
@@ -198,7 +231,7 @@ class ControlPlane:
                 last = (content, self._certificates())
                 log.info("config reload", extra={"trigger": ", ".join(sorted(reasons)), "file": str(self.config_path)})
                 try:
-                    self.reload()
+                    await self.reload()
                 except Exception:  # a bug must not end the watch: the next edit gets its chance
                     log.exception("config reload failed; the last good version keeps serving")
         finally:
@@ -325,7 +358,8 @@ async def serve(args: argparse.Namespace) -> None:
         verdicts=tuple(Address.parse(a) for a in args.ext_proc_verdicts),
     )
     loaded = _read(Path(args.config))  # read before the first load: any edit from here on is seen
-    plane = ControlPlane(Path(args.config), endpoints, args.port, args.metrics_port)
+    plane = ControlPlane(Path(args.config), endpoints, args.port, args.metrics_port, args.validation_timeout)
+    await plane.start()
     server = grpc.aio.server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(plane.ads, server)
     listen = args.listen or plane.fleet.listen
@@ -340,8 +374,9 @@ async def serve(args: argparse.Namespace) -> None:
     # SIGHUP (`kill -HUP`, or forwarded by `hapax serve`) reads the file again, changed or not.
     loop.add_signal_handler(signal.SIGHUP, triggers.add, RELOAD_SIGNAL)
     watcher = asyncio.create_task(plane.watch(triggers, loaded))
-    logs.announce("ready", component="control_plane", xds=xds,
+    logs.announce(wire.READY_EVENT, component="control_plane", xds=xds,
                   version=plane.cache.snapshot.version)
+    plane.announce_progress = False  # stdout is drained, not read, from here on
     await stop.wait()
     watcher.cancel()
     plane.rollout.stop()
@@ -381,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="host:port of each worker's provider verdicts (Envoy health-checks IPs only)")
     parser.add_argument("--port", type=int, default=None, help="override server.port of the file")
     parser.add_argument("--metrics-port", type=int, default=None, help="override server.metrics_port")
+    parser.add_argument("--validation-timeout", type=float, default=VALIDATION_TIMEOUT,
+                        help="seconds Envoy's validation of a version may take; past them the version is "
+                             "served without it (the rollout's make-before-break and NACK handling guard it)")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", default="json", choices=("json", "text"))
     args = parser.parse_args(argv)

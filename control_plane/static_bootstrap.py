@@ -81,27 +81,43 @@ def _static_secret_refs(node):
     return node
 
 
+def validate_command(envoy: Path, bootstrap_file: Path) -> list[str]:
+    return [str(envoy), "--mode", "validate", "-c", str(bootstrap_file), "--log-level", "error",
+            "--disable-hot-restart"]
+
+
+def write_bootstrap(snapshot: Snapshot, folder: Path, stats_tags: Sequence[dict[str, str]] = ()) -> Path:
+    path = folder / "bootstrap.json"
+    path.write_text(json.dumps(static_bootstrap(snapshot, stats_tags=stats_tags)))
+    return path
+
+
 def envoy_validate(envoy: Path, bootstrap_file: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(envoy), "--mode", "validate", "-c", str(bootstrap_file), "--log-level", "error",
-         "--disable-hot-restart"],
-        capture_output=True, text=True, timeout=120,
-    )
+    """Envoy's validation of a bootstrap file, waited for (``hapax validate``, the tests)."""
+    return subprocess.run(validate_command(envoy, bootstrap_file), capture_output=True, text=True)
+
+
+def rejection_of(returncode: int, stdout: str, stderr: str) -> str:
+    """What a finished ``envoy --mode validate`` says: "" when it accepts, else why it refuses."""
+    if returncode == 0:
+        return ""
+    # Envoy may fail without a word (a crash): that is still a rejection, never a pass.
+    how = f"exit code {returncode}"
+    if returncode < 0:
+        try:
+            how = f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            how = f"killed by signal {-returncode}"
+    return (stderr or stdout).strip() or f"envoy --mode validate failed ({how}) and printed nothing"
 
 
 def envoy_rejection(envoy: Path, snapshot: Snapshot, stats_tags: Sequence[dict[str, str]] = ()) -> str:
-    """Why Envoy refuses ``snapshot`` (its own validation of a static copy), or "" if it accepts it."""
+    """Why Envoy refuses ``snapshot`` (its own validation of a static copy), or "" if it accepts it.
+
+    Blocks until Envoy is done: for ``hapax validate``. The control plane, whose event loop
+    serves every client, uses control_plane/validation.py instead.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bootstrap.json"
-        path.write_text(json.dumps(static_bootstrap(snapshot, stats_tags=stats_tags)))
+        path = write_bootstrap(snapshot, Path(tmp), stats_tags)
         result = envoy_validate(envoy, path)
-    if result.returncode == 0:
-        return ""
-    # Envoy may fail without a word (a crash): that is still a rejection, never a pass.
-    how = f"exit code {result.returncode}"
-    if result.returncode < 0:
-        try:
-            how = f"killed by {signal.Signals(-result.returncode).name}"
-        except ValueError:
-            how = f"killed by signal {-result.returncode}"
-    return (result.stderr or result.stdout).strip() or f"envoy --mode validate failed ({how}) and printed nothing"
+    return rejection_of(result.returncode, result.stdout, result.stderr)

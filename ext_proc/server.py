@@ -61,8 +61,8 @@ async def serve(args: argparse.Namespace) -> None:
     http_address = await _start_site(runners[0], args.health_listen)
     verdict_address = await _start_site(runners[1], args.verdict_listen)
 
-    logs.announce("ready", component="ext_proc", grpc=grpc_address, http=http_address, verdicts=verdict_address,
-                  node=subscription.node_id)
+    logs.announce(wire.READY_EVENT, component="ext_proc", grpc=grpc_address, http=http_address,
+                  verdicts=verdict_address, node=subscription.node_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from control_plane.config.errors import ConfigError
@@ -27,7 +28,10 @@ def _serve(args: argparse.Namespace) -> int:
         envoy_max_heap_mb=args.envoy_max_heap_mb,
         envoy_concurrency=args.envoy_concurrency,
         log_level=args.log_level,
+        validation_timeout=args.validation_timeout,
     )
+    if args.ready_timeout is not None:
+        options = replace(options, ready_timeout=args.ready_timeout)
     try:
         return asyncio.run(serve(options))
     except ConfigError as err:
@@ -94,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
                        help="Envoy's heap ceiling: past 98 %% of it, new requests get 503 overloaded")
     serve.add_argument("--envoy-concurrency", type=int,
                        help="Envoy worker threads (default: one per CPU; 1 when pinned to one core)")
+    serve.add_argument("--ready-timeout", type=float,
+                       help="seconds each process has to start, beyond the steps it announces with their "
+                            "bounds (default 60)")
+    serve.add_argument("--validation-timeout", type=float,
+                       help="seconds Envoy's validation of each config version may take; past them the "
+                            "version is served without it (default 30)")
     validate = sub.add_parser("validate", help="check a config file and print every error")
     validate.add_argument("--config", required=True)
     validate.add_argument("--envoy", action="store_true",

@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -38,6 +39,8 @@ from hapax.ports import GatewayPort, PortInUse
 
 log = logging.getLogger("hapax.supervisor")
 
+# Seconds a child has to report ready, on top of the budgets of the steps it announces
+# (wire.PROGRESS_EVENT); each other start-up wait gets as long (hapax serve --ready-timeout).
 READY_TIMEOUT = 60.0
 # Envoy's own log lines in the shape of Hapax's JSON lines (hapax/logs.py).
 ENVOY_JSON_LOG_FORMAT = '{"ts":"%Y-%m-%dT%T.%eZ","level":"%l","component":"envoy","logger":"%n","msg":"%j"}'
@@ -100,6 +103,17 @@ class StartupError(Exception):
     pass
 
 
+class NotReady(StartupError):
+    """A child still running that did not report ready within its wait: stuck, or slower than allowed."""
+
+    def __init__(self, child: str, waited: float, step: str, ready_timeout: float) -> None:
+        super().__init__(
+            f"{child} did not report ready within {waited:g} s ({step}); it is still running, so it "
+            f"is stuck or slower than allowed. Check its log lines above for the step it is on; a "
+            f"configuration that takes longer to build needs a longer wait (hapax serve "
+            f"--ready-timeout SECONDS; now {ready_timeout:g})")
+
+
 class LocalChannels:
     """Where Hapax's processes reach each other: Unix sockets in a directory only Hapax's user
     can open (the supervisor's working directory, or one of their own; mkdtemp makes it 0700,
@@ -144,6 +158,13 @@ class LocalChannels:
         return self._address(f"ext_proc-{worker}.http")
 
 
+def _seconds(value: object) -> float:
+    """A step's announced budget; anything but a finite, non-negative number counts as none."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return 0.0
+    return max(0.0, float(value))
+
+
 def _child_setup() -> None:
     # If the supervisor is killed outright, the kernel sends SIGTERM to the
     # children: no orphaned Envoy keeps a port bound.
@@ -160,6 +181,7 @@ class Child:
     env: dict[str, str] | None = None  # added to the supervisor's environment
     process: asyncio.subprocess.Process | None = None
     ready: dict = field(default_factory=dict)
+    ready_timeout: float = READY_TIMEOUT  # its wait for the ready line, beyond its steps' budgets
     restartable: bool = False  # Envoy is not: it is what serves, and the gateway ends with it
     restarts: int = 0
     relay_stdout: bool = False  # Envoy's stdout is its access log; a Python child's, its ready line
@@ -193,8 +215,8 @@ class Child:
         self._relay()
         if wait_ready:
             try:
-                self.ready = await asyncio.wait_for(self._ready_line(), READY_TIMEOUT)
-            except (StartupError, TimeoutError):
+                self.ready = await self._ready_line()
+            except StartupError:
                 await self.stop()  # a restart that failed leaves nothing behind
                 raise
         if not self.relay_stdout:
@@ -214,9 +236,20 @@ class Child:
             await asyncio.wait(relays, timeout=STOP_GRACE)
 
     async def _ready_line(self) -> dict:
+        """Its ready line; NotReady past ``ready_timeout`` plus the budget of each step it announced.
+
+        The wait scales with the work the child says it has (the control plane's validation of
+        a large configuration, say) and stays bounded: a child announces a step with its bound.
+        """
         assert self.process and self.process.stdout
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        deadline, step = began + self.ready_timeout, "it announced no step"
         while True:
-            line = await self.process.stdout.readline()
+            try:
+                line = await asyncio.wait_for(self.process.stdout.readline(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise NotReady(self.name, deadline - began, step, self.ready_timeout) from None
             if not line:
                 await self.process.wait()  # so that describe_exit() says how it ended
                 raise StartupError(f"{self.name} exited before it was ready ({self.describe_exit()})")
@@ -224,8 +257,12 @@ class Child:
                 event = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if event.get("event") == "ready":
+            if event.get("event") == wire.READY_EVENT:
                 return event
+            if event.get("event") == wire.PROGRESS_EVENT:
+                budget = _seconds(event.get(wire.PROGRESS_BUDGET))
+                deadline += budget
+                step = f"its last step: {event.get('step', 'unnamed')}, announced to take up to {budget:g} s"
 
     async def _drain_stdout(self) -> None:
         assert self.process and self.process.stdout
@@ -265,6 +302,8 @@ class ServeOptions:
     envoy_max_heap_mb: int = 1024    # the overload manager's heap ceiling (envoy/bootstrap.yaml)
     envoy_concurrency: int | None = None  # Envoy's worker threads; None: one per CPU (Envoy's default)
     log_level: str | None = None     # overrides logging.level
+    ready_timeout: float = READY_TIMEOUT  # each start-up wait, beyond what a child announces it needs
+    validation_timeout: float | None = None  # the control plane's bound on Envoy's validation (its default)
 
 
 class Supervisor:
@@ -303,9 +342,11 @@ class Supervisor:
         held = ports.taken(opened)
         if held:  # before anything starts: Envoy would only log it, and never be ready
             raise PortInUse(held)
-        port_args = [] if self.options.port is None else ["--port", str(self.options.port)]
+        plane_args = [] if self.options.port is None else ["--port", str(self.options.port)]
         if self.options.metrics_port is not None:
-            port_args += ["--metrics-port", str(self.options.metrics_port)]
+            plane_args += ["--metrics-port", str(self.options.metrics_port)]
+        if self.options.validation_timeout is not None:
+            plane_args += ["--validation-timeout", str(self.options.validation_timeout)]
         py = sys.executable
         workers = await self._start_ext_procs(config.ext_proc.workers or os.cpu_count() or 1)
         endpoints = [arg for w in workers for arg in ("--ext-proc-grpc", w.ready["grpc"],
@@ -313,7 +354,7 @@ class Supervisor:
                                                       "--ext-proc-verdicts", w.ready["verdicts"])]
         control_plane = Child("control_plane", [
             py, "-m", "control_plane", "--config", str(config_path),
-            "--listen", self.channels.xds, *endpoints, *port_args, *self.log_args],
+            "--listen", self.channels.xds, *endpoints, *plane_args, *self.log_args],
             # Restarted on the same ADS address: Envoy and ext_proc reconnect by themselves.
             restartable=True)
         await self._start(control_plane)
@@ -352,6 +393,7 @@ class Supervisor:
 
     async def _start(self, child: Child, wait_ready: bool = True) -> None:
         child.json_lines = self.log_format == "json"
+        child.ready_timeout = self.options.ready_timeout
         self.children.append(child)
         await child.start(wait_ready)
         assert child.process is not None  # start() created it
@@ -387,14 +429,15 @@ class Supervisor:
         self.admin_url = admin if admin_port is None else f"http://{written}"
 
     async def _wait_file(self, path: Path, child: Child) -> str:
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + self.options.ready_timeout
         while time.monotonic() < deadline:
             if child.process and child.process.returncode is not None:
                 raise StartupError(f"{child.name} exited during start-up ({child.describe_exit()})")
             if path.exists() and path.read_text().strip():
                 return path.read_text().strip()
             await asyncio.sleep(0.05)
-        raise StartupError(f"{child.name} did not start within {READY_TIMEOUT:.0f}s")
+        raise StartupError(f"{child.name} did not start within {self.options.ready_timeout:g} s "
+                           "(hapax serve --ready-timeout); see the logs above")
 
     async def _listener_ports(self, configured: int, listeners: list[GatewayPort]) -> dict[str, int]:
         """Waits until Envoy has its listeners from the control plane and is LIVE.
@@ -403,7 +446,7 @@ class Supervisor:
         rejected listener update, never a listener: that ends the wait at once, naming its port.
         """
         envoy = self.children[-1]
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + self.options.ready_timeout
         while time.monotonic() < deadline:
             if envoy.process and envoy.process.returncode is not None:
                 raise StartupError(f"envoy exited during start-up ({envoy.describe_exit()})")
@@ -416,7 +459,8 @@ class Supervisor:
                                      "process holds it)") for p in missing])
             await asyncio.sleep(0.1)
         raise StartupError(f"Envoy did not get its listeners (port {configured}) from the control plane "
-                           f"within {READY_TIMEOUT:.0f}s; see the logs above")
+                           f"within {self.options.ready_timeout:g} s (hapax serve --ready-timeout); "
+                           "see the logs above")
 
     async def _wait_ext_proc_configured(self, ext_proc: Child) -> None:
         """Waits until ext_proc has its runtime configuration from the control plane.
@@ -427,7 +471,7 @@ class Supervisor:
         alone does not, since it is also 503 while no provider can serve (which a
         gateway may well start with: its providers' reasons are then what it serves).
         """
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + self.options.ready_timeout
         while time.monotonic() < deadline:
             for child in self.children:
                 if child.process and child.process.returncode is not None:
@@ -436,7 +480,8 @@ class Supervisor:
                 return
             await asyncio.sleep(0.1)
         raise StartupError(f"ext_proc did not get its configuration from the control plane "
-                           f"within {READY_TIMEOUT:.0f}s; see the logs above")
+                           f"within {self.options.ready_timeout:g} s (hapax serve --ready-timeout); "
+                           "see the logs above")
 
     @staticmethod
     def _configured(address: str) -> bool:
@@ -584,7 +629,7 @@ class Supervisor:
             self._write_restarts()
             try:
                 await child.start(wait_ready=True)
-            except (StartupError, TimeoutError, OSError) as err:
+            except (StartupError, OSError) as err:
                 failure = str(err) or "not ready in time"
                 log.warning("restart failed", extra={"child": child.name, "error": failure})
                 continue

@@ -271,3 +271,12 @@ RESTARTS_FILE = "restarts.json"
 # the one that probes (VERDICTS_DIR). Read: every ext_proc worker (verdicts, /health, reasons).
 HOLD_OFF_DIR = "hold-off"
 VERDICTS_DIR = "provider-verdicts"
+
+# The JSON lines a child prints on its stdout while it starts (hapax/logs.py: announce), each
+# {"event": ..., "component": ...}. Written: the control plane and ext_proc. Read: `hapax serve`,
+# which waits for READY_EVENT, and for a PROGRESS_EVENT the longer by its PROGRESS_BUDGET
+# (seconds the announced step may take: the control plane's bounded validation, say), so that
+# its wait scales with the work a child says it has to do.
+READY_EVENT = "ready"
+PROGRESS_EVENT = "progress"
+PROGRESS_BUDGET = "budget_seconds"

@@ -42,10 +42,12 @@ class Process:
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                      start_new_session=True)
         assert self.proc.stdout
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{argv[2]} exited before it was ready")
-        self.ready = json.loads(line)
+        # Steps it announces on the way (wire.PROGRESS_EVENT) come first: its ready line ends them.
+        for line in self.proc.stdout:
+            self.ready = json.loads(line)
+            if self.ready["event"] == wire.READY_EVENT:
+                return
+        raise RuntimeError(f"{argv[2]} exited before it was ready")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

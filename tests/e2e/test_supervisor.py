@@ -447,6 +447,33 @@ def test_a_port_taken_after_the_check_fails_start_up_as_soon_as_envoy_refuses_it
     assert "Hapax is ready" not in stdout
 
 
+# ---------------------------------------------------------------- a child that never gets ready
+
+
+def test_a_control_plane_stuck_at_start_up_ends_serve_with_a_message_not_a_traceback(provider, tmp_path):
+    # The control plane's Envoy freezes it (SIGSTOP) when asked to validate: alive, and stuck for good,
+    # right after it announced its validation, with its bound, to the supervisor.
+    freezer = tmp_path / "envoy"
+    freezer.write_text("#!/bin/sh\nkill -STOP $PPID\n")
+    freezer.chmod(0o755)
+    config = tmp_path / "hapax.yaml"
+    save_config(config, {"server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0}, "ext_proc": {"workers": 1},
+                         "providers": {"openai": {"type": "openai", "model": "gpt-4o-mini", "api_key": "k",
+                                                  "base_url": provider.base_url}}})
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "hapax.cli", "serve", "--config", str(config), "--ready-timeout", "10",
+         "--validation-timeout", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, env={**os.environ, "HAPAX_ENVOY": str(freezer)})
+    code, stdout, stderr = ended(serve)
+
+    assert code == 1, stderr
+    assert ("hapax: could not start: control_plane did not report ready within 11 s (its last step: Envoy's "
+            "validation, announced to take up to 1 s); it is still running, so it is stuck or slower than "
+            "allowed.") in stderr
+    assert "Traceback" not in stderr
+    assert "Hapax is ready" not in stdout
+
+
 # ---------------------------------------------------------------- empty keys
 
 
