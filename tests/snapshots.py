@@ -36,3 +36,16 @@ def snapshot_of(yaml_text: str = SEED_YAML, version: str = "v1", ext_proc: ExtPr
 
 def seed_snapshot(text: str = SEED_YAML) -> Snapshot:
     return snapshot_of(text)
+
+
+def effective_routes(vhost) -> list:
+    """``vhost``'s routes with the retry policy Envoy applies to each: its own, else the virtual host's
+    (routes.py: share_retry_policy moves the most common one there)."""
+    out = []
+    for route in vhost.routes:
+        copy = type(route)()
+        copy.CopyFrom(route)
+        if copy.HasField("route") and not copy.route.HasField("retry_policy") and vhost.HasField("retry_policy"):
+            copy.route.retry_policy.CopyFrom(vhost.retry_policy)
+        out.append(copy)
+    return out

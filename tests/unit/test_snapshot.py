@@ -24,7 +24,7 @@ from control_plane.snapshot import (
     make_snapshot,
 )
 from tests.seed import SEED_YAML
-from tests.snapshots import MIXED, SECRETS, seed_snapshot
+from tests.snapshots import MIXED, SECRETS, effective_routes, seed_snapshot
 
 UNAVAILABLE = "hapax_unavailable"
 
@@ -110,7 +110,7 @@ def test_default_routes_false_leaves_only_the_department_routes_and_the_404_name
 def test_retry_policy_carries_the_configured_backoff():
     text = SEED_YAML + "retry: {max_attempts: 3, backoff: {base_interval: 50ms, max_interval: 1s}}\n"
     rc = seed_snapshot(text).of_type(ROUTE)[res.ROUTE_CONFIG_NAME]
-    marketing = next(r for r in rc.virtual_hosts[0].routes if r.match.path == "/v1/marketing/completions")
+    marketing = next(r for r in effective_routes(rc.virtual_hosts[0]) if r.match.path == "/v1/marketing/completions")
     policy = marketing.route.retry_policy
     assert policy.num_retries.value == 2
     assert (policy.retry_back_off.base_interval.ToMilliseconds(),
