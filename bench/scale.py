@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import re
 import subprocess
 import tempfile
 import time
@@ -140,8 +141,16 @@ def envoy_validate(envoy: Path, snapshot: Snapshot, config: HapaxConfig, limit: 
         took = time.perf_counter() - start
     if result.returncode == 0:
         return "ok", took
-    reason = (result.stderr or result.stdout).strip().splitlines()
-    return "rejected: " + (reason[-1][:80] if reason else f"exit {result.returncode}"), took
+    return "rejected: " + _reason(result.stderr or result.stdout, result.returncode), took
+
+
+def _reason(output: str, code: int) -> str:
+    """Envoy's last line without its log prefix, nor the bootstrap file's name."""
+    lines = output.strip().splitlines()
+    if not lines:
+        return f"exit {code}"
+    text = re.sub(r"^(\[[^\]]*\]\s*)+", "", lines[-1])
+    return text.split("': ", 1)[-1][:90]
 
 
 def measure(providers: int, routes: int, envoy: Path | None, validate: bool) -> Row:

@@ -6,8 +6,12 @@ department routes over the chat, completion and embeddings handlers.
 
 from __future__ import annotations
 
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+
 from bench.scale import ENDPOINTS, aggregate_members, config_text, make_config, resource_bytes
 from control_plane.config import parse_config
+from control_plane.resources import passthrough
+from control_plane.resources.ext_proc_filters import EXT_PROC_FILTER
 from control_plane.snapshot import ROUTE, Snapshot, build_snapshot
 from tests.snapshots import effective_routes
 
@@ -58,3 +62,17 @@ def test_aggregate_members_are_quadratic_in_preferred_providers():
     # ("its provider first, then the others in preference order"), each over every provider.
     (_, small), (_, large) = aggregate_members(_snapshot(20, 3)), aggregate_members(_snapshot(40, 3))
     assert 3.5 * small <= large <= 4.5 * small
+
+
+def test_ext_proc_off_is_said_once_on_the_virtual_host_and_the_routes_that_run_it_say_so():
+    vhost = _vhost(_snapshot(6, 3))
+    off = ext_proc_pb2.ExtProcPerRoute()
+    vhost.typed_per_filter_config[EXT_PROC_FILTER].Unpack(off)
+    assert off.disabled and not off.HasField("overrides")
+    # Only the ordinary provider routes (the router step's) carry a config of their own.
+    own = {r.name for r in vhost.routes if EXT_PROC_FILTER in r.typed_per_filter_config}
+    assert own == {r.name for r in vhost.routes if r.HasField("route") and r.route.cluster_header}
+    # json_to_metadata runs on the lanes' paths only: not every route configures it, so it stays per route.
+    assert passthrough.JSON_TO_METADATA_FILTER not in vhost.typed_per_filter_config
+    applied = {r.name: r.typed_per_filter_config for r in effective_routes(vhost)}
+    assert applied["health"][EXT_PROC_FILTER] == vhost.typed_per_filter_config[EXT_PROC_FILTER]
