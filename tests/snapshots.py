@@ -36,3 +36,20 @@ def snapshot_of(yaml_text: str = SEED_YAML, version: str = "v1", ext_proc: ExtPr
 
 def seed_snapshot(text: str = SEED_YAML) -> Snapshot:
     return snapshot_of(text)
+
+
+def effective_routes(vhost) -> list:
+    """``vhost``'s routes with the retry policy and per-filter configs Envoy applies to each: its
+    own, else the virtual host's (routes.py: share_retry_policy and share_filter_configs move
+    the most common ones there)."""
+    out = []
+    for route in vhost.routes:
+        copy = type(route)()
+        copy.CopyFrom(route)
+        if copy.HasField("route") and not copy.route.HasField("retry_policy") and vhost.HasField("retry_policy"):
+            copy.route.retry_policy.CopyFrom(vhost.retry_policy)
+        for name, config in vhost.typed_per_filter_config.items():
+            if name not in copy.typed_per_filter_config:
+                copy.typed_per_filter_config[name].CopyFrom(config)
+        out.append(copy)
+    return out

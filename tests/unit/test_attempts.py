@@ -22,11 +22,11 @@ from ext_proc.steps.upstream import UpstreamStep
 from hapax import wire
 from hapax.v1 import runtime_pb2
 from tests.seed import SEED_YAML
-from tests.snapshots import CAPPED, seed_snapshot, snapshot_of
+from tests.snapshots import CAPPED, effective_routes, seed_snapshot, snapshot_of
 
 
 def _routes(text: str) -> list:
-    return list(seed_snapshot(text).of_type(ROUTE)[res.ROUTE_CONFIG_NAME].virtual_hosts[0].routes)
+    return effective_routes(seed_snapshot(text).of_type(ROUTE)[res.ROUTE_CONFIG_NAME].virtual_hosts[0])
 
 
 def _ordinary(text: str, path: str = "/v1/chat/completions"):

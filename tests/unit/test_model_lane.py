@@ -10,13 +10,13 @@ from control_plane.config import parse_config
 from control_plane.plan import make_plan
 from control_plane.resources import model_lane, passthrough
 from control_plane.snapshot import ROUTE, build_snapshot
-from tests.snapshots import EXT_PROC
+from tests.snapshots import EXT_PROC, effective_routes
 from tests.unit.test_passthrough import CONFIG
 
 
 def _routes(text: str = CONFIG, version: str = "v7"):
     snap = build_snapshot(parse_config(text), version, EXT_PROC)
-    return list(snap.of_type(ROUTE)[res.ROUTE_CONFIG_NAME].virtual_hosts[0].routes)
+    return effective_routes(snap.of_type(ROUTE)[res.ROUTE_CONFIG_NAME].virtual_hosts[0])
 
 
 def test_every_model_name_takes_the_lane_to_the_chain_of_the_provider_that_owns_it():

@@ -25,7 +25,7 @@ from control_plane.snapshot import (
     build_snapshot,
 )
 from hapax import wire
-from tests.snapshots import EXT_PROC
+from tests.snapshots import EXT_PROC, effective_routes
 
 CONFIG = """\
 providers:
@@ -59,7 +59,7 @@ def test_only_an_openai_providers_own_model_name_takes_the_lane():
 
 
 def _routes():
-    return [r for r in res.route_configuration(make_plan(config())).virtual_hosts[0].routes]
+    return effective_routes(res.route_configuration(make_plan(config())).virtual_hosts[0])
 
 
 def test_lane_routes_go_before_their_ordinary_route_and_route_on_the_body_without_ext_proc():

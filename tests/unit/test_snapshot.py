@@ -28,7 +28,7 @@ from control_plane.snapshot import (
     make_snapshot,
 )
 from tests.seed import SEED_YAML
-from tests.snapshots import MIXED, SECRETS, seed_snapshot
+from tests.snapshots import MIXED, SECRETS, effective_routes, seed_snapshot
 
 UNAVAILABLE = "hapax_unavailable"
 
@@ -151,7 +151,7 @@ def test_a_path_longer_than_envoys_cap_still_builds_answers_envoy_accepts():
 def test_retry_policy_carries_the_configured_backoff():
     text = SEED_YAML + "retry: {max_attempts: 3, backoff: {base_interval: 50ms, max_interval: 1s}}\n"
     rc = seed_snapshot(text).of_type(ROUTE)[res.ROUTE_CONFIG_NAME]
-    marketing = next(r for r in rc.virtual_hosts[0].routes if r.match.path == "/v1/marketing/completions")
+    marketing = next(r for r in effective_routes(rc.virtual_hosts[0]) if r.match.path == "/v1/marketing/completions")
     policy = marketing.route.retry_policy
     assert policy.num_retries.value == 2
     assert (policy.retry_back_off.base_interval.ToMilliseconds(),

@@ -1,0 +1,220 @@
+"""``python -m bench.scale``: how the generated configuration grows with the config file (issue 21).
+
+For each size (N providers, M department routes) it generates a config (openai,
+anthropic and ollama providers in turn, each on a loopback address nothing listens
+on, all of them in ``provider_preference``; M routes spread over the chat,
+completion and embeddings handlers), builds its snapshot as the control plane does,
+and prints per size: the build time, the serialised bytes per xDS type, the
+clusters, aggregate members and routes, the control plane's resident memory growth
+while holding the snapshot, and how long Envoy takes to validate it
+(``envoy --mode validate`` on the static bootstrap ``hapax validate --envoy`` writes).
+
+    python -m bench.scale                 the default sizes
+    python -m bench.scale --quick         two small sizes
+    python -m bench.scale --providers 50 --routes 500
+
+Not measured yet: fan-out to K xDS clients and start-up to ready (``--clients`` is
+accepted and reported as not measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from control_plane.config import parse_config
+from control_plane.config.model import HapaxConfig
+from control_plane.resources.names import Address, ExtProcEndpoints
+from control_plane.resources.stats import envoy_stats_tags, stats_label_keys
+from control_plane.snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    RUNTIME,
+    SECRET,
+    Snapshot,
+    _aggregate_members,
+    build_snapshot,
+)
+from control_plane.static_bootstrap import static_bootstrap
+
+SIZES = ((10, 100), (25, 100), (50, 100), (100, 100), (100, 1000), (10, 2000))
+QUICK_SIZES = ((10, 100), (25, 100))
+# One validation over this is not worth waiting for at the next, larger size either.
+VALIDATION_LIMIT_S = 60.0
+TYPES = {"listeners": LISTENER, "routes": ROUTE, "clusters": CLUSTER, "endpoints": ENDPOINT,
+         "secrets": SECRET, "runtime": RUNTIME}
+HANDLERS = ("chat", "completion", "embeddings")
+ENDPOINTS = ExtProcEndpoints(grpc=(Address("127.0.0.1", 1),), http=(Address("127.0.0.1", 2),),
+                             verdicts=(Address("127.0.0.1", 3),))
+
+
+def config_text(providers: int, routes: int) -> str:
+    """N providers of the three types in turn, M department routes; every provider preferred."""
+    lines = ["providers:"]
+    names = []
+    for i in range(providers):
+        kind = ("openai", "anthropic", "ollama")[i % 3]
+        name = f"p{i:03d}"
+        names.append(name)
+        base = f"http://127.0.0.1:{20000 + i}" + ("/v1" if kind == "openai" else "")
+        key = ", api_key: k" if kind != "ollama" else ""
+        lines.append(f"  {name}: {{type: {kind}, model: m{i:03d}, base_url: \"{base}\"{key}}}")
+    lines.append(f"provider_preference: [{', '.join(names)}]")
+    lines.append("routes:")
+    for j in range(routes):
+        handler = HANDLERS[j % len(HANDLERS)]
+        path = {"chat": "chat/completions", "completion": "completions", "embeddings": "embeddings"}[handler]
+        lines.append(f"  - {{path: /v1/dept{j:04d}/{path}, handler: {handler}, "
+                     f"metrics_labels: {{department: dept{j:04d}}}}}")
+    return "\n".join(lines) + "\n"
+
+
+def make_config(providers: int, routes: int) -> HapaxConfig:
+    return parse_config(config_text(providers, routes), env={})
+
+
+@dataclass
+class Row:
+    providers: int
+    routes: int
+    build_s: float
+    bytes_by_type: dict[str, int]
+    clusters: int
+    aggregates: int
+    members: int
+    envoy_routes: int
+    rss_mb: float
+    validate: str
+
+
+def resource_bytes(snapshot: Snapshot) -> dict[str, int]:
+    return {label: sum(m.ByteSize() for m in snapshot.of_type(url).values()) for label, url in TYPES.items()}
+
+
+def aggregate_members(snapshot: Snapshot) -> tuple[int, int]:
+    """(aggregate clusters, their members in all)."""
+    lists = [m for c in snapshot.of_type(CLUSTER).values() if (m := _aggregate_members(c))]
+    return len(lists), sum(len(m) for m in lists)
+
+
+def envoy_route_count(snapshot: Snapshot) -> int:
+    return sum(len(vh.routes) for rc in snapshot.of_type(ROUTE).values() for vh in rc.virtual_hosts)
+
+
+def _rss_mb() -> float:
+    # Resident pages of this process (/proc/self/statm's second field), in MB.
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 1e6
+
+
+def timed_build(config: HapaxConfig) -> tuple[Snapshot, float, float]:
+    """The snapshot, its build time, and how much resident memory holding it added."""
+    gc.collect()
+    before = _rss_mb()
+    start = time.perf_counter()
+    snapshot = build_snapshot(config, "bench", ENDPOINTS)
+    return snapshot, time.perf_counter() - start, _rss_mb() - before
+
+
+def envoy_validate(envoy: Path, snapshot: Snapshot, config: HapaxConfig, limit: float) -> tuple[str, float]:
+    """("ok"/"rejected: ..."/"skipped ...", seconds): Envoy's validation of the static bootstrap."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bootstrap.json"
+        tags = envoy_stats_tags(stats_label_keys(config))
+        path.write_text(json.dumps(static_bootstrap(snapshot, stats_tags=tags)))
+        start = time.perf_counter()
+        try:
+            result = subprocess.run([str(envoy), "--mode", "validate", "-c", str(path), "--log-level", "error",
+                                     "--disable-hot-restart", "--concurrency", "1"],
+                                    capture_output=True, text=True, timeout=limit)
+        except subprocess.TimeoutExpired:
+            return f"skipped (over {limit:.0f} s)", limit
+        took = time.perf_counter() - start
+    if result.returncode == 0:
+        return "ok", took
+    return "rejected: " + _reason(result.stderr or result.stdout, result.returncode), took
+
+
+def _reason(output: str, code: int) -> str:
+    """Envoy's last line without its log prefix, nor the bootstrap file's name."""
+    lines = output.strip().splitlines()
+    if not lines:
+        return f"exit {code}"
+    text = re.sub(r"^(\[[^\]]*\]\s*)+", "", lines[-1])
+    return text.split("': ", 1)[-1][:90]
+
+
+def measure(providers: int, routes: int, envoy: Path | None, validate: bool) -> Row:
+    config = make_config(providers, routes)
+    snapshot, build_s, rss = timed_build(config)
+    aggregates, members = aggregate_members(snapshot)
+    if envoy is None:
+        verdict = "no envoy"
+    elif not validate:
+        verdict = "skipped"
+    else:
+        outcome, took = envoy_validate(envoy, snapshot, config, VALIDATION_LIMIT_S)
+        verdict = outcome if outcome.startswith("skipped") else f"{took:.1f} s {outcome}"
+    return Row(providers, routes, build_s, resource_bytes(snapshot), len(snapshot.of_type(CLUSTER)),
+               aggregates, members, envoy_route_count(snapshot), rss, verdict)
+
+
+def table(rows: Iterable[Row]) -> str:
+    head = ["providers", "routes", "build s", *(f"{t} KB" for t in TYPES), "total KB", "clusters",
+            "aggregates", "agg. members", "envoy routes", "RSS +MB", "envoy validate"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        kb = [f"{r.bytes_by_type[t] / 1000:.1f}" for t in TYPES]
+        cells = [r.providers, r.routes, f"{r.build_s:.2f}", *kb, f"{sum(r.bytes_by_type.values()) / 1000:.1f}",
+                 r.clusters, r.aggregates, r.members, r.envoy_routes, f"{r.rss_mb:.0f}", r.validate]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _envoy() -> Path | None:
+    from hapax.envoy_process import EnvoyNotFound, envoy_binary
+
+    try:
+        return envoy_binary()
+    except EnvoyNotFound:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
+    parser.add_argument("--providers", type=int, help="one size: this many providers (with --routes)")
+    parser.add_argument("--routes", type=int, help="one size: this many department routes")
+    parser.add_argument("--clients", type=int, default=0, help="xDS clients (fan-out: not measured yet)")
+    parser.add_argument("--quick", action="store_true", help="two small sizes")
+    parser.add_argument("--no-envoy", action="store_true", help="skip Envoy's validation")
+    args = parser.parse_args(argv)
+    if args.providers or args.routes:
+        sizes: tuple[tuple[int, int], ...] = ((args.providers or 10, args.routes or 100),)
+    else:
+        sizes = QUICK_SIZES if args.quick else SIZES
+    envoy = None if args.no_envoy else _envoy()
+    rows, validate = [], True
+    for providers, routes in sizes:
+        row = measure(providers, routes, envoy, validate)
+        # Past the limit once, larger sizes are skipped (sizes grow in providers, then routes).
+        validate = validate and not row.validate.startswith("skipped")
+        rows.append(row)
+        print(f"measured {providers} providers, {routes} routes", flush=True)
+    print()
+    print(table(rows))
+    if args.clients:
+        print(f"\nFan-out to {args.clients} xDS clients and start-up to ready: not measured yet.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
