@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import any_pb2
 
 from control_plane.cache import STATUS, SnapshotCache
 from control_plane.snapshot import PUSH_ORDER
@@ -235,17 +234,14 @@ class _Stream:
 
     def _respond(self, type_url: str, state: TypeState) -> discovery_pb2.DiscoveryResponse:
         version, available = self.server.cache.current(type_url)
+        packed = self.server.cache.packed(type_url)
         wanted = sorted(state.names) if state.names else sorted(available)
         response = discovery_pb2.DiscoveryResponse(
             version_info=version,
             type_url=type_url,
             nonce=self.server.next_nonce(),
         )
-        for name in wanted:
-            if name in available:
-                packed = any_pb2.Any()
-                packed.Pack(available[name])
-                response.resources.append(packed)
+        response.resources.extend(packed[name] for name in wanted if name in packed)
         state.sent_version = version
         state.sent_nonce = response.nonce
         state.responses_sent += 1
@@ -302,15 +298,13 @@ class _DeltaStream(_Stream):
         self, type_url: str, state: TypeState, always: bool = False
     ) -> discovery_pb2.DeltaDiscoveryResponse | None:
         version, available = self.server.cache.current(type_url)
-        digests = self.server.cache.digests(type_url)
-        wanted = dict(available) if state.wildcard else {n: available[n] for n in state.names if n in available}
+        digests, packed = self.server.cache.digests(type_url), self.server.cache.packed(type_url)
+        wanted = set(available) if state.wildcard else {n for n in state.names if n in available}
         response = discovery_pb2.DeltaDiscoveryResponse(system_version_info=version, type_url=type_url)
         for name in sorted(wanted):
             digest = digests[name]
             if state.known.get(name) != digest:
-                packed = any_pb2.Any()
-                packed.Pack(wanted[name])
-                response.resources.add(name=name, version=digest, resource=packed)
+                response.resources.add(name=name, version=digest, resource=packed[name])
                 state.known[name] = digest
         for name in sorted(set(state.known) - set(wanted)):
             response.removed_resources.append(name)

@@ -3,9 +3,11 @@
 It holds the newest accepted snapshot, the (version, resources) served of each
 type, which may lag behind that snapshot during a rollout, and the config
 status; every change bumps a generation and wakes the waiting streams. Each
-served resource's digest (its version in incremental xDS) is taken once, when
-the cache starts serving it, not per client. The ADS protocol
-(``control_plane.ads``) only reads it.
+served resource is serialised once, when the cache starts serving it, not per
+client: its packed form (what every response carries) and its digest (its
+version in incremental xDS, a digest of those bytes). At 200 clients and a
+snapshot of megabytes, serialising per client was the fan-out's cost. The ADS
+protocol (``control_plane.ads``) only reads it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from google.protobuf import message
+from google.protobuf import any_pb2, message
 
 from control_plane.snapshot import PUSH_ORDER, Snapshot
 from hapax import wire
@@ -26,23 +28,32 @@ STATUS = wire.STATUS_TYPE_URL
 STATUS_NAME = wire.STATUS_NAME
 
 
-def resource_version(msg: message.Message) -> str:
+def packed_resource(msg: message.Message) -> any_pb2.Any:
+    """A resource as a response carries it, serialised deterministically (so its digest is stable)."""
+    packed = any_pb2.Any()
+    packed.Pack(msg, deterministic=True)
+    return packed
+
+
+def resource_version(packed: any_pb2.Any) -> str:
     """A resource's version in incremental xDS: a digest of its content."""
-    return hashlib.sha256(msg.SerializeToString(deterministic=True)).hexdigest()[:16]
+    return hashlib.sha256(packed.value).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class Served:
-    """One type's served content: its version, its resources, and each resource's digest."""
+    """One type's served content: its version, its resources, each packed once, and each one's digest."""
 
     version: str
     resources: Mapping[str, message.Message]
+    packed: Mapping[str, any_pb2.Any]  # resource name -> what every client's response carries
     digests: Mapping[str, str]  # resource name -> resource_version
 
     @classmethod
     def of(cls, version: str, resources: Mapping[str, message.Message]) -> Served:
-        digests = {name: resource_version(resource) for name, resource in resources.items()}
-        return cls(version, resources, MappingProxyType(digests))
+        packed = {name: packed_resource(resource) for name, resource in resources.items()}
+        digests = {name: resource_version(p) for name, p in packed.items()}
+        return cls(version, resources, MappingProxyType(packed), MappingProxyType(digests))
 
 
 class SnapshotCache:
@@ -122,6 +133,10 @@ class SnapshotCache:
         entry = self._entry(type_url)
         return entry.version, entry.resources
 
+    def packed(self, type_url: str) -> Mapping[str, any_pb2.Any]:
+        """Each resource ``current`` returns, serialised: taken once per served version, for every client."""
+        return self._entry(type_url).packed
+
     def digests(self, type_url: str) -> Mapping[str, str]:
         """The digest of each resource ``current`` returns, by name: taken once per served version."""
         return self._entry(type_url).digests
@@ -131,7 +146,7 @@ class SnapshotCache:
             return self._status_served
         entry = self._served.get(type_url)
         if entry is None:
-            return Served(self._snapshot.version, MappingProxyType({}), MappingProxyType({}))
+            return Served(self._snapshot.version, MappingProxyType({}), MappingProxyType({}), MappingProxyType({}))
         return entry
 
     async def wait_change(self, seen: int) -> int:

@@ -192,11 +192,11 @@ async def test_a_delta_nack_is_recorded_and_not_resent(delta):
     assert nxt.system_version_info == "v2" and "provider.openai" not in {r.name for r in nxt.resources}
 
 
-async def test_a_resource_digest_is_computed_once_per_served_version_not_per_client(delta, monkeypatch):
+async def test_a_resource_is_serialised_and_digested_once_per_served_version_not_per_client(delta, monkeypatch):
     _, cache, connect = delta
     digested: list = []
-    real = cache_module.resource_version
-    monkeypatch.setattr(cache_module, "resource_version", lambda msg: digested.append(msg) or real(msg))
+    real = cache_module.packed_resource
+    monkeypatch.setattr(cache_module, "packed_resource", lambda msg: digested.append(msg) or real(msg))
     clients = [connect(f"envoy-{i}") for i in range(3)]
     for client in clients:
         await client.send(CLUSTER)
@@ -212,3 +212,23 @@ async def test_a_resource_digest_is_computed_once_per_served_version_not_per_cli
         assert pushed == {name: cache.digests(CLUSTER)[name] for name in pushed}
     # Once per served resource of v2, and once for the status that now says v2: not once per client.
     assert len(digested) == sum(len(v2.of_type(t)) for t in PUSH_ORDER) + 1
+
+
+async def test_every_sotw_client_gets_the_same_bytes_serialised_once_per_served_version(ads, monkeypatch):
+    _, cache, connect, _ = ads
+    packed: list = []
+    real = cache_module.packed_resource
+    monkeypatch.setattr(cache_module, "packed_resource", lambda msg: packed.append(msg) or real(msg))
+    clients = [connect(f"envoy-{i}") for i in range(3)]
+    for client in clients:
+        await client.send(CLUSTER)
+        got = await client.recv()
+        await client.send(CLUSTER, nonce=got.nonce, version=got.version_info)
+    v2 = snapshot("v2")
+    cache.set(v2)
+    answers = [await client.recv() for client in clients]
+    assert {a.version_info for a in answers} == {"v2"}
+    assert len({tuple(r.SerializeToString() for r in a.resources) for a in answers}) == 1
+    assert len(answers[0].resources) == len(v2.of_type(CLUSTER))
+    # Once per served resource of v2, and once for the status that now says v2: not once per client.
+    assert len(packed) == sum(len(v2.of_type(t)) for t in PUSH_ORDER) + 1
