@@ -6,20 +6,22 @@ on, all of them in ``provider_preference``; M routes spread over the chat,
 completion and embeddings handlers), builds its snapshot as the control plane does,
 and prints per size: the build time, the serialised bytes per xDS type, the
 clusters, aggregate members and routes, the control plane's resident memory growth
-while holding the snapshot, and how long Envoy takes to validate it
-(``envoy --mode validate`` on the static bootstrap ``hapax validate --envoy`` writes).
+while holding the snapshot, how long Envoy takes to validate it
+(``envoy --mode validate`` on the static bootstrap ``hapax validate --envoy`` writes),
+and with ``--clients K`` how long the first version and then an edit (one route more)
+take to reach the last of K xDS clients (bench/xds_fanout.py).
 
     python -m bench.scale                 the default sizes
     python -m bench.scale --quick         two small sizes
-    python -m bench.scale --providers 50 --routes 500
+    python -m bench.scale --providers 50 --routes 500 --clients 200
 
-Not measured yet: fan-out to K xDS clients and start-up to ready (``--clients`` is
-accepted and reported as not measured).
+Not measured here: start-up to ready of a whole ``hapax serve``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import re
@@ -30,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.xds_fanout import measure_fanout
 from control_plane.config import parse_config
 from control_plane.config.model import HapaxConfig
 from control_plane.resources.names import Address, ExtProcEndpoints
@@ -95,6 +98,7 @@ class Row:
     envoy_routes: int
     rss_mb: float
     validate: str
+    fanout: str = "–"  # seconds to the last of K clients: the first version / an edit
 
 
 def resource_bytes(snapshot: Snapshot) -> dict[str, int]:
@@ -153,7 +157,14 @@ def _reason(output: str, code: int) -> str:
     return text.split("': ", 1)[-1][:90]
 
 
-def measure(providers: int, routes: int, envoy: Path | None, validate: bool) -> Row:
+def fanout(config: HapaxConfig, providers: int, routes: int, clients: int) -> str:
+    first = build_snapshot(config, "v1", ENDPOINTS)
+    edited = build_snapshot(make_config(providers, routes + 1), "v2", ENDPOINTS)
+    result = asyncio.run(measure_fanout(first, edited, clients))
+    return f"{result.first_s:.2f} s / {result.edit_s:.2f} s"
+
+
+def measure(providers: int, routes: int, envoy: Path | None, validate: bool, clients: int = 0) -> Row:
     config = make_config(providers, routes)
     snapshot, build_s, rss = timed_build(config)
     aggregates, members = aggregate_members(snapshot)
@@ -164,18 +175,19 @@ def measure(providers: int, routes: int, envoy: Path | None, validate: bool) -> 
     else:
         outcome, took = envoy_validate(envoy, snapshot, config, VALIDATION_LIMIT_S)
         verdict = outcome if outcome.startswith("skipped") else f"{took:.1f} s {outcome}"
+    spread = fanout(config, providers, routes, clients) if clients else "–"
     return Row(providers, routes, build_s, resource_bytes(snapshot), len(snapshot.of_type(CLUSTER)),
-               aggregates, members, envoy_route_count(snapshot), rss, verdict)
+               aggregates, members, envoy_route_count(snapshot), rss, verdict, spread)
 
 
 def table(rows: Iterable[Row]) -> str:
     head = ["providers", "routes", "build s", *(f"{t} KB" for t in TYPES), "total KB", "clusters",
-            "aggregates", "agg. members", "envoy routes", "RSS +MB", "envoy validate"]
+            "aggregates", "agg. members", "envoy routes", "RSS +MB", "envoy validate", "to K clients: first / edit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         kb = [f"{r.bytes_by_type[t] / 1000:.1f}" for t in TYPES]
         cells = [r.providers, r.routes, f"{r.build_s:.2f}", *kb, f"{sum(r.bytes_by_type.values()) / 1000:.1f}",
-                 r.clusters, r.aggregates, r.members, r.envoy_routes, f"{r.rss_mb:.0f}", r.validate]
+                 r.clusters, r.aggregates, r.members, r.envoy_routes, f"{r.rss_mb:.0f}", r.validate, r.fanout]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -193,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     parser.add_argument("--providers", type=int, help="one size: this many providers (with --routes)")
     parser.add_argument("--routes", type=int, help="one size: this many department routes")
-    parser.add_argument("--clients", type=int, default=0, help="xDS clients (fan-out: not measured yet)")
+    parser.add_argument("--clients", type=int, default=0,
+                        help="xDS clients: time for the first version and an edit to reach the last of them")
     parser.add_argument("--quick", action="store_true", help="two small sizes")
     parser.add_argument("--no-envoy", action="store_true", help="skip Envoy's validation")
     args = parser.parse_args(argv)
@@ -204,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     envoy = None if args.no_envoy else _envoy()
     rows, validate = [], True
     for providers, routes in sizes:
-        row = measure(providers, routes, envoy, validate)
+        row = measure(providers, routes, envoy, validate, args.clients)
         # Past the limit once, larger sizes are skipped (sizes grow in providers, then routes).
         validate = validate and not row.validate.startswith("skipped")
         rows.append(row)
@@ -212,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     if args.clients:
-        print(f"\nFan-out to {args.clients} xDS clients and start-up to ready: not measured yet.")
+        print(f"\nK = {args.clients} state-of-the-world ADS streams (clusters, listeners, routes) in one "
+              "process of their own, ACKing what they get.")
     return 0
 
 

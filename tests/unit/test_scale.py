@@ -9,6 +9,7 @@ from __future__ import annotations
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 
 from bench.scale import ENDPOINTS, aggregate_members, config_text, make_config, resource_bytes
+from bench.xds_fanout import measure_fanout
 from control_plane.config import parse_config
 from control_plane.resources import passthrough
 from control_plane.resources.ext_proc_filters import EXT_PROC_FILTER
@@ -76,3 +77,13 @@ def test_ext_proc_off_is_said_once_on_the_virtual_host_and_the_routes_that_run_i
     assert passthrough.JSON_TO_METADATA_FILTER not in vhost.typed_per_filter_config
     applied = {r.name: r.typed_per_filter_config for r in effective_routes(vhost)}
     assert applied["health"][EXT_PROC_FILTER] == vhost.typed_per_filter_config[EXT_PROC_FILTER]
+
+
+async def test_the_fanout_measure_waits_for_every_client_to_hold_the_edit():
+    # K real ADS streams in a process of their own against the real server: the measure
+    # returns only once all of them hold the first version, then the edited one.
+    first = build_snapshot(make_config(3, 5), "v1", ENDPOINTS)
+    edited = build_snapshot(make_config(3, 6), "v2", ENDPOINTS)
+    result = await measure_fanout(first, edited, 4)
+    assert result.clients == 4
+    assert result.first_s > 0 and result.edit_s > 0
