@@ -94,6 +94,10 @@ class Envoy:
                 return resp.status
         except urllib.error.HTTPError as err:
             return err.code
+        except OSError:
+            # Listed by the admin API a moment before it accepts (a listener still warming):
+            # not serving yet, which the caller waits out.
+            return 0
 
     def stop(self) -> None:
         self.proc.terminate()
