@@ -29,6 +29,10 @@ RUNTIME_TYPE = wire.RUNTIME_TYPE_URL
 STATUS_TYPE = wire.STATUS_TYPE_URL
 INVALID_ARGUMENT = 3
 RECENT_VERSIONS = 16
+# A runtime names every route and provider: thousands of department routes make megabytes, over
+# gRPC's default 4 MB for a message received (the control plane sends any size).
+MAX_RUNTIME_BYTES = 256 * 1024 * 1024
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_RUNTIME_BYTES)]
 
 log = logging.getLogger("hapax.ext_proc.xds")
 
@@ -72,8 +76,8 @@ class RuntimeSubscription:
             backoff = min(backoff * 2, 2.0)
 
     async def _stream(self) -> None:
-        channel_of = (grpc.aio.insecure_channel(self.address) if self.credentials is None
-                      else grpc.aio.secure_channel(self.address, self.credentials))
+        channel_of = (grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) if self.credentials is None
+                      else grpc.aio.secure_channel(self.address, self.credentials, options=CHANNEL_OPTIONS))
         async with channel_of as channel:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             outbox: asyncio.Queue = asyncio.Queue()
