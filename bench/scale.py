@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import re
 import subprocess
 import tempfile
@@ -48,7 +47,7 @@ from control_plane.snapshot import (
     _aggregate_members,
     build_snapshot,
 )
-from control_plane.static_bootstrap import static_bootstrap
+from control_plane.static_bootstrap import rejection_of, validate_command, write_bootstrap
 
 SIZES = ((10, 100), (25, 100), (50, 100), (100, 100), (100, 1000), (10, 2000))
 QUICK_SIZES = ((10, 100), (25, 100))
@@ -130,30 +129,24 @@ def timed_build(config: HapaxConfig) -> tuple[Snapshot, float, float]:
 
 
 def envoy_validate(envoy: Path, snapshot: Snapshot, config: HapaxConfig, limit: float) -> tuple[str, float]:
-    """("ok"/"rejected: ..."/"skipped ...", seconds): Envoy's validation of the static bootstrap."""
+    """("ok"/"rejected: ..."/"skipped ...", seconds): Envoy's validation of the static bootstrap
+    ``hapax validate --envoy`` writes (control_plane/static_bootstrap.py), on one worker thread."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bootstrap.json"
-        tags = envoy_stats_tags(stats_label_keys(config))
-        path.write_text(json.dumps(static_bootstrap(snapshot, stats_tags=tags)))
+        path = write_bootstrap(snapshot, Path(tmp), envoy_stats_tags(stats_label_keys(config)))
         start = time.perf_counter()
         try:
-            result = subprocess.run([str(envoy), "--mode", "validate", "-c", str(path), "--log-level", "error",
-                                     "--disable-hot-restart", "--concurrency", "1"],
+            result = subprocess.run([*validate_command(envoy, path), "--concurrency", "1"],
                                     capture_output=True, text=True, timeout=limit)
         except subprocess.TimeoutExpired:
             return f"skipped (over {limit:.0f} s)", limit
         took = time.perf_counter() - start
-    if result.returncode == 0:
-        return "ok", took
-    return "rejected: " + _reason(result.stderr or result.stdout, result.returncode), took
+    rejection = rejection_of(result.returncode, result.stdout, result.stderr)
+    return ("rejected: " + _reason(rejection) if rejection else "ok"), took
 
 
-def _reason(output: str, code: int) -> str:
+def _reason(rejection: str) -> str:
     """Envoy's last line without its log prefix, nor the bootstrap file's name."""
-    lines = output.strip().splitlines()
-    if not lines:
-        return f"exit {code}"
-    text = re.sub(r"^(\[[^\]]*\]\s*)+", "", lines[-1])
+    text = re.sub(r"^(\[[^\]]*\]\s*)+", "", rejection.splitlines()[-1])
     return text.split("': ", 1)[-1][:90]
 
 
