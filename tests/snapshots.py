@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from envoy.extensions.router.cluster_specifiers.matcher.v3.matcher_pb2 import ClusterAction, MatcherClusterSpecifier
+
 from control_plane.config import parse_config
 from control_plane.resources import Address, ExtProcEndpoints
 from control_plane.snapshot import Snapshot, build_snapshot
@@ -52,4 +56,39 @@ def effective_routes(vhost) -> list:
             if name not in copy.typed_per_filter_config:
                 copy.typed_per_filter_config[name].CopyFrom(config)
         out.append(copy)
+    return out
+
+
+def lane_route(route_config, path: str, model: str, *, stream: bool = False,
+               lane: str | None = None) -> tuple[Any, str] | None:
+    """The first body-routed route Envoy picks for a request to ``path`` whose body names ``model``
+    (and ``stream``), of ``lane`` if given, with the cluster its cluster specifier looks up for the
+    model; None when no lane route takes it (the ordinary route does)."""
+    lookups = {plugin.extension.name: _cluster_lookup(plugin) for plugin in route_config.cluster_specifier_plugins}
+    for route in effective_routes(route_config.virtual_hosts[0]):
+        if route.match.path != path or not route.match.dynamic_metadata:
+            continue
+        if lane is not None and route.metadata.filter_metadata["hapax"]["lane"] != lane:
+            continue
+        matchers = {m.path[0].key: m.value for m in route.match.dynamic_metadata}
+        if model in lane_model_names(matchers["model"]) and matchers["stream"].bool_match == stream:
+            return route, lookups[route.route.cluster_specifier_plugin].get(model, "")
+    return None
+
+
+def lane_model_names(matcher) -> set[str]:
+    """The model names a lane route's ``model`` metadata matcher takes."""
+    if matcher.HasField("or_match"):
+        return {m.string_match.exact for m in matcher.or_match.value_matchers}
+    return {matcher.string_match.exact}
+
+
+def _cluster_lookup(plugin) -> dict[str, str]:
+    specifier = MatcherClusterSpecifier()
+    plugin.extension.typed_config.Unpack(specifier)
+    out = {}
+    for model, on_match in specifier.cluster_matcher.matcher_tree.exact_match_map.map.items():
+        action = ClusterAction()
+        on_match.action.typed_config.Unpack(action)
+        out[model] = action.cluster
     return out

@@ -22,9 +22,9 @@ a JSON one with the tokens Envoy read from it, and the upstream step's client
 errors among them. So an OpenAI-shaped JSON answer (an alias, an
 OpenAI-compatible server) needs no ext_proc message after its headers.
 
-What Envoy read of the body travels too: the route's metadata names the
-model and whether it streams, and a stream's route stamps whether its client
-asked for the usage chunk. A body the provider takes as it is (an OpenAI
+What Envoy read of the body travels too: the route stamps the model
+(``x-hapax-model``), its metadata says whether it streams, and a stream's
+route stamps whether its client asked for the usage chunk. A body the provider takes as it is (an OpenAI
 provider's own model name and, on a stream, the usage chunk asked for:
 ``Translator.request_as_sent``) then never reaches ext_proc: the upstream step
 sets only the path and headers, and a stream costs one message less.
@@ -39,6 +39,12 @@ its 503, so those requests keep it.
 
 Anything else (no model, an unknown one, malformed JSON, a non-boolean
 ``stream``) takes the ordinary route and the router step.
+
+A department route has two lane routes here (a stream and not), each matching
+every model name of its family, whatever their number (more where chains differ
+in length or idle limit): the chain cluster is looked up by the body's model
+(passthrough.py: ``cluster_plugin``). So the route configuration grows with
+departments plus models, not with their product.
 """
 
 from __future__ import annotations
@@ -50,7 +56,15 @@ from envoy.config.route.v3 import route_components_pb2
 from google.protobuf import any_pb2
 
 from control_plane.plan import MODEL_LANE_HANDLERS, Chain, Plan
-from control_plane.resources.passthrough import METADATA_NAMESPACE, REQUEST_NAMESPACE, body_routed
+from control_plane.resources.passthrough import (
+    METADATA_NAMESPACE,
+    REQUEST_NAMESPACE,
+    body_routed,
+    cluster_plugin,
+    cluster_plugin_name,
+    grouped,
+    route_limits,
+)
 from hapax import wire
 
 MODEL_LANE = wire.Lane.MODEL
@@ -58,25 +72,39 @@ MODEL_LANE = wire.Lane.MODEL
 
 def model_routes(plan: Plan, handler: str, base: route_components_pb2.Route, version: str,
                  disabled_ext_proc: dict[str, any_pb2.Any]) -> Iterator[route_components_pb2.Route]:
-    """The model lane's variants of ``base``, one per model name and ``stream`` value; to go before it."""
+    """The model lane's variants of ``base``, per ``stream`` value and set of models whose chains share
+    ``route_limits``; to go before it."""
     if handler not in MODEL_LANE_HANDLERS:
         return
     family = wire.FAMILY_OF_HANDLER[wire.Handler(handler)]
-    for model, chain in lane_models(plan, family):
+    groups = grouped(lane_models(plan, family), lambda owned: route_limits(plan, owned[1]))
+    for n, members in enumerate(groups.values(), 1):
         for stream in (True, False):
-            route = body_routed(plan, base, MODEL_LANE, model, chain, stream=stream,
+            route = body_routed(plan, base, MODEL_LANE, [model for model, _ in members], members[0][1],
+                                stream=stream, plugin=cluster_plugin_name(MODEL_LANE, family),
                                 disabled_ext_proc=disabled_ext_proc)
-            route.name += ":stream" if stream else ""
+            route.name += (f":{n}" if n > 1 else "") + (":stream" if stream else "")
             # What Envoy read of the body, for the upstream step to tell whether it must rewrite it.
             route.metadata.filter_metadata[METADATA_NAMESPACE].update(
-                {wire.RouteKey.MODEL: model, wire.RouteKey.STREAM: "true" if stream else "false"})
+                {wire.RouteKey.STREAM: "true" if stream else "false"})
             route.request_headers_to_add.extend([
                 _set(wire.START_HEADER, "%START_TIME(%s.%6f)%"),  # unix time, as the router step writes it
                 *([_set(wire.VERSION_HEADER, version)] if version else []),
+                _set(wire.MODEL_HEADER, f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:model)%"),
                 *([_set(wire.USAGE_HEADER, f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:include_usage)%")]
                   if stream else []),
             ])
             yield route
+
+
+def model_clusters(plan: Plan) -> Iterator[route_components_pb2.ClusterSpecifierPlugin]:
+    """Per family some route serves, the model lane's model -> chain cluster lookup its routes share."""
+    families = dict.fromkeys(wire.FAMILY_OF_HANDLER[wire.Handler(r.handler)] for r in plan.config.routes
+                             if r.handler in MODEL_LANE_HANDLERS)
+    for family in families:
+        clusters = {model: chain.cluster for model, chain in lane_models(plan, family)}
+        if clusters:
+            yield cluster_plugin(cluster_plugin_name(MODEL_LANE, family), clusters)
 
 
 def lane_models(plan: Plan, family: str) -> Iterator[tuple[str, Chain]]:

@@ -7,8 +7,10 @@ is one of an OpenAI-type provider's own models (of the route's family) needs non
 request Envoy, alone:
 
 - reads ``model`` and ``stream`` from the body (``json_to_metadata``) and picks a
-  lane route on them;
-- sends it to the lane's own cluster, ``lane.<chain>``: the same providers in the
+  lane route on them: one per department route (and per chain length, idle limit
+  and API base path the lane models have), matching the set of lane models;
+- sends it to the model's lane cluster, which the route's cluster specifier looks
+  up by the body's model (``lane_clusters``), ``lane.<chain>``: the same providers in the
   same order as the model's chain cluster, but its per-attempt filters remove
   every request header the provider is not to be sent (provider_headers.py) and
   inject the key of the provider each attempt goes to (``credential_injector``
@@ -33,21 +35,26 @@ answer reaches the client unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2, substitution_format_string_pb2
 from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+from envoy.extensions.filters.common.set_filter_state.v3 import value_pb2 as filter_state_value_pb2
 from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.credential_injector.v3 import credential_injector_pb2
 from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
+from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.http.injected_credentials.generic.v3 import generic_pb2
+from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
+from envoy.extensions.router.cluster_specifiers.matcher.v3 import matcher_pb2 as cluster_matcher_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.type.matcher.v3 import metadata_pb2, regex_pb2, string_pb2, value_pb2
 from envoy.type.metadata.v3 import metadata_pb2 as metadata_kind_pb2
@@ -72,12 +79,17 @@ METADATA_NAMESPACE = wire.METADATA_NAMESPACE
 # writes of the answer, the usage, is ext_proc's to read: wire.USAGE_NAMESPACE).
 REQUEST_NAMESPACE = "hapax.request"
 JSON_TO_METADATA_FILTER = "hapax.json_to_metadata"
+# The body's model again, as filter state: what the lane routes' cluster specifiers look up.
+# (Their matcher reads filter state as a string; its dynamic-metadata input crashed Envoy 1.40.)
+LANE_MODEL_FILTER = "hapax.lane_model"
+MODEL_FILTER_STATE = "hapax.model"
 LANE_FILTER = "hapax.passthrough"
 # The OpenAI API path of each handler the lane serves, under the provider's base path.
 # Keyed by the config's handler names (a wire.Handler is one).
 HANDLER_PATHS: dict[str, str] = {
     handler: wire.OPENAI_PATHS[handler] for handler in (wire.Handler.CHAT, wire.Handler.EMBEDDINGS)}
 ALS_BUFFER_BYTES = 64 * 1024
+T = TypeVar("T")
 _JSON = regex_pb2.RegexMatcher(regex=r"^application/json(;.*)?$")
 
 
@@ -117,45 +129,107 @@ def json_to_metadata_filter() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=JSON_TO_METADATA_FILTER, typed_config=pack(config))
 
 
-def json_to_metadata_disabled() -> dict[str, any_pb2.Any]:
+def lane_model_filter() -> hcm_pb2.HttpFilter:
+    """Copies the model json_to_metadata read (a string; nothing else) into filter state, for the
+    lane routes' cluster specifiers. After json_to_metadata, before any filter that looks up the route."""
+    model = substitution_format_string_pb2.SubstitutionFormatString(
+        text_format_source=base_pb2.DataSource(inline_string=f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:model)%"),
+        omit_empty_values=True)
+    config = set_filter_state_pb2.Config(on_request_headers=[filter_state_value_pb2.FilterStateValue(
+        object_key=MODEL_FILTER_STATE, factory_key="envoy.string", format_string=model, skip_if_empty=True)])
+    return hcm_pb2.HttpFilter(name=LANE_MODEL_FILTER, typed_config=pack(config))
+
+
+def body_filters_disabled() -> dict[str, any_pb2.Any]:
     """typed_per_filter_config for routes no lane request can take: their bodies are not parsed."""
-    return {JSON_TO_METADATA_FILTER: pack(route_components_pb2.FilterConfig(disabled=True))}
+    off = pack(route_components_pb2.FilterConfig(disabled=True))
+    return {JSON_TO_METADATA_FILTER: off, LANE_MODEL_FILTER: off}
 
 
 def lane_routes(plan: Plan, handler: str, base: route_components_pb2.Route,
                 disabled_ext_proc: dict[str, any_pb2.Any]) -> Iterator[route_components_pb2.Route]:
-    """The lane's variants of ``base`` (an ordinary provider route), one per lane model; to go before it."""
+    """The lane's variants of ``base`` (an ordinary provider route); to go before it.
+
+    One per set of lane models that share what a route fixes (their API base path, their
+    chain's attempts and idle limit): usually one, however many models and providers.
+    """
     if handler not in HANDLER_PATHS:
         return
-    for lane in plan.lane_models:
-        if lane.family != wire.FAMILY_OF_HANDLER[wire.Handler(handler)]:
-            continue  # a chat model is no embeddings request's lane, nor the other way round
-        route = body_routed(plan, base, LANE, lane.model, lane.chain, stream=False,
-                            disabled_ext_proc=disabled_ext_proc)
-        route.route.cluster = lane.cluster
+    family = wire.FAMILY_OF_HANDLER[wire.Handler(handler)]
+    # A chat model is no embeddings request's lane, nor the other way round.
+    lanes = [lane for lane in plan.lane_models if lane.family == family]
+    groups = grouped(lanes, lambda lane: (lane.base_path, *route_limits(plan, lane.chain)))
+    for n, members in enumerate(groups.values(), 1):
+        route = body_routed(plan, base, LANE, [lane.model for lane in members], members[0].chain, stream=False,
+                            plugin=cluster_plugin_name(LANE, family), disabled_ext_proc=disabled_ext_proc)
+        route.name += f":{n}" if n > 1 else ""
         # The path exactly, query string and all: a rewrite would pass a query string on.
         route.match.headers.append(route_components_pb2.HeaderMatcher(
             name=":path", string_match=string_pb2.StringMatcher(exact=base.match.path)))
         # Attempts that leave the lane get their path and host from ext_proc.
-        route.route.prefix_rewrite = lane.base_path + HANDLER_PATHS[handler]
+        route.route.prefix_rewrite = members[0].base_path + HANDLER_PATHS[handler]
         route.route.auto_host_rewrite.value = True
         yield route
 
 
-def body_routed(plan: Plan, base: route_components_pb2.Route, lane: str, model: str, chain: Chain, *,
-                stream: bool, disabled_ext_proc: dict[str, any_pb2.Any]) -> route_components_pb2.Route:
-    """A copy of ``base`` that Envoy picks from the body's ``model`` and ``stream`` and sends to
-    ``chain``, without the router step (what that step does, the route does)."""
+def lane_clusters(plan: Plan) -> Iterator[route_components_pb2.ClusterSpecifierPlugin]:
+    """Per family, the passthrough lane's model -> lane cluster lookup its routes share."""
+    for family in dict.fromkeys(lane.family for lane in plan.lane_models):
+        yield cluster_plugin(cluster_plugin_name(LANE, family),
+                             {lane.model: lane.cluster for lane in plan.lane_models if lane.family == family})
+
+
+def route_limits(plan: Plan, chain: Chain) -> tuple[int, float]:
+    """What a body-routed route fixes of its chain: the attempts and the idle limit."""
+    return chain.attempts, plan.route_idle_limit([chain])
+
+
+def grouped(items: Iterable[T], key: Callable[[T], Hashable]) -> dict[Hashable, list[T]]:
+    """``items`` by ``key``, in the order each key first appears."""
+    groups: dict[Hashable, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
+
+
+def cluster_plugin_name(lane: str, family: str) -> str:
+    return f"hapax.{lane}.{family}"
+
+
+def cluster_plugin(name: str, clusters: Mapping[str, str]) -> route_components_pb2.ClusterSpecifierPlugin:
+    """A lookup of the cluster by the body's model (filter state ``MODEL_FILTER_STATE``): one hash
+    lookup per request, and one entry per model in the whole configuration."""
+    def action(cluster: str) -> matcher_pb2.Matcher.OnMatch:
+        return matcher_pb2.Matcher.OnMatch(action=extension_pb2.TypedExtensionConfig(
+            name=cluster, typed_config=pack(cluster_matcher_pb2.ClusterAction(cluster=cluster))))
+
+    model = extension_pb2.TypedExtensionConfig(
+        name="model", typed_config=pack(network_inputs_pb2.FilterStateInput(key=MODEL_FILTER_STATE)))
+    matcher = matcher_pb2.Matcher(matcher_tree=matcher_pb2.Matcher.MatcherTree(
+        input=model, exact_match_map=matcher_pb2.Matcher.MatcherTree.MatchMap(
+            map={name: action(cluster) for name, cluster in clusters.items()})))
+    return route_components_pb2.ClusterSpecifierPlugin(extension=core_extension_pb2.TypedExtensionConfig(
+        name=name, typed_config=pack(cluster_matcher_pb2.MatcherClusterSpecifier(cluster_matcher=matcher))))
+
+
+def body_routed(plan: Plan, base: route_components_pb2.Route, lane: str, models: Sequence[str], chain: Chain, *,
+                stream: bool, plugin: str, disabled_ext_proc: dict[str, any_pb2.Any]) -> route_components_pb2.Route:
+    """A copy of ``base`` that Envoy picks when the body's ``model`` is one of ``models`` and its
+    ``stream`` is ``stream``, and sends to the cluster ``plugin`` looks up for the model, without the
+    router step (what that step does, the route does). ``chain``: any of the models' chains (they
+    share ``route_limits``)."""
     route = route_components_pb2.Route()
     route.CopyFrom(base)
-    route.name = f"{lane}:{base.name}:{model}"
+    route.name = f"{lane}:{base.name}"
+    names = [value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=m)) for m in models]
     route.match.dynamic_metadata.extend([
-        _metadata_matcher("model", string_match=string_pb2.StringMatcher(exact=model)),
+        _metadata_matcher("model", **({"or_match": value_pb2.OrMatcher(value_matchers=names)} if len(names) > 1
+                                      else {"string_match": names[0].string_match})),
         _metadata_matcher("stream", bool_match=stream),
     ])
     action = route.route
     action.ClearField("cluster_header")
-    action.cluster = chain.cluster
+    action.cluster_specifier_plugin = plugin
     action.retry_policy.num_retries.value = chain.attempts - 1
     action.idle_timeout.CopyFrom(duration(plan.route_idle_limit([chain])))
     route.request_headers_to_remove.extend(wire.REMOVED_REQUEST_HEADERS)

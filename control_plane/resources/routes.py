@@ -202,6 +202,8 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
     shared = share_retry_policy(routes)
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
+        # The lanes' model -> cluster lookups, once for every department route.
+        cluster_specifier_plugins=[*passthrough.lane_clusters(plan), *model_lane.model_clusters(plan)],
         virtual_hosts=[route_components_pb2.VirtualHost(
             name="hapax", domains=["*"], routes=routes, retry_policy=shared,
             typed_per_filter_config=share_filter_configs(routes),
@@ -217,7 +219,7 @@ def _read_bodies_only_on(lane_paths: set[str], routes: list[route_components_pb2
     # Only a lane route and the ordinary route it is a variant of need the body's fields.
     for r in routes:
         if not (r.HasField("route") and r.match.path in lane_paths):
-            for name, config_any in passthrough.json_to_metadata_disabled().items():
+            for name, config_any in passthrough.body_filters_disabled().items():
                 r.typed_per_filter_config[name].CopyFrom(config_any)
 
 

@@ -64,6 +64,7 @@ from hapax.wire import (
     FAMILY_OF_HANDLER,
     GATEWAY_ANSWER_HEADER,
     HOST_METADATA_ATTRIBUTE,
+    MODEL_HEADER,
     NEVER_REMOVED_HEADERS,
     PROVIDER_HEADER,
     REQUEST_ID_HEADER,
@@ -189,7 +190,7 @@ class UpstreamStep(Step):
         The answer is the gateway's, and Envoy's to retry (to the same member) or give the client.
         """
         self.done = True
-        chain = _request_chain(view, headers.get(CHAIN_HEADER, ""), route_md)
+        chain = _request_chain(view, headers, route_md)
         names = chain.providers if chain is not None else tuple(view.providers)
         body = unavailable_json(self.reasons(names) if self.reasons is not None else {}) or json.dumps(
             error_json("No provider could serve the request (none is in rotation).", "server_error",
@@ -212,7 +213,7 @@ class UpstreamStep(Step):
                       headers: Mapping[str, str]) -> pb.ProcessingResponse | None:
         """On the model lane, what Envoy read of the body may show the provider takes it as it is:
         then only the path and headers change, and the body is not sent here."""
-        model, stream = route_md.get(RouteKey.MODEL), route_md.get(RouteKey.STREAM)
+        model, stream = headers.get(MODEL_HEADER), route_md.get(RouteKey.STREAM)
         if attempt.lane != Lane.MODEL or not model or stream not in ("true", "false"):
             return None
         include_usage = headers.get(USAGE_HEADER) == "true"
@@ -415,12 +416,12 @@ class UpstreamStep(Step):
         return not self.streaming or stage.stream_outcome == StreamOutcome.COMPLETED
 
 
-def _request_chain(view: RuntimeView, cluster: str, route_md: Mapping[str, str]) -> Chain | None:
-    """The chain the router step named (its cluster), or a lane's: its route's model and handler."""
+def _request_chain(view: RuntimeView, headers: Mapping[str, str], route_md: Mapping[str, str]) -> Chain | None:
+    """The chain the router step named (its cluster), or a model-lane request's: its model and route's handler."""
     chains = [*view.auto_chains.values(), *(c for models in view.family_models.values() for c in models.values())]
-    if cluster:
+    if cluster := headers.get(CHAIN_HEADER, ""):
         return next((c for c in chains if c.cluster == cluster), None)
-    handler, model = route_md.get(RouteKey.HANDLER, ""), route_md.get(RouteKey.MODEL)
+    handler, model = route_md.get(RouteKey.HANDLER, ""), headers.get(MODEL_HEADER)
     if handler not in FAMILY_OF_HANDLER or not model:
         return None
     return view.chain_for(FAMILY_OF_HANDLER[Handler(handler)], model)

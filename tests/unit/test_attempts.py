@@ -22,7 +22,7 @@ from ext_proc.steps.upstream import UpstreamStep
 from hapax import wire
 from hapax.v1 import runtime_pb2
 from tests.seed import SEED_YAML
-from tests.snapshots import CAPPED, effective_routes, seed_snapshot, snapshot_of
+from tests.snapshots import CAPPED, effective_routes, lane_route, seed_snapshot, snapshot_of
 
 
 def _routes(text: str) -> list:
@@ -94,10 +94,15 @@ routes:
 def test_a_routes_idle_limit_follows_its_chain():
     # Every attempt may be silent for its chain's longest timeout; plus the back-offs (250 ms)
     # and a second to spare.
-    idle = {r.name: r.route.idle_timeout.ToMilliseconds() for r in _routes(SHORT_CHAINS) if r.HasField("route")}
-    lane = "chat:/v1/chat/completions"
-    assert idle[f"passthrough:{lane}:a-model"] == idle[f"model:{lane}:a-model:stream"] == 2 * 3000 + 250 + 1000
-    assert idle[f"model:{lane}:llama3.2"] == 3 * 120_000 + 2 * 250 + 1000  # slow, then a and b
+    routes = seed_snapshot(SHORT_CHAINS).of_type(ROUTE)[res.ROUTE_CONFIG_NAME]
+
+    def idle(model: str, lane: str, stream: bool = False) -> int:
+        found = lane_route(routes, "/v1/chat/completions", model, stream=stream, lane=lane)
+        assert found is not None
+        return found[0].route.idle_timeout.ToMilliseconds()
+
+    assert idle("a-model", "passthrough") == idle("a-model", "model", stream=True) == 2 * 3000 + 250 + 1000
+    assert idle("llama3.2", "model") == 3 * 120_000 + 2 * 250 + 1000  # slow, then a and b
     # The ordinary route serves any chain (the router step names it): the longest wait of all.
     assert _ordinary(SHORT_CHAINS).route.idle_timeout.ToMilliseconds() == 3 * 120_000 + 2 * 250 + 1000
 

@@ -10,31 +10,46 @@ from control_plane.config import parse_config
 from control_plane.plan import make_plan
 from control_plane.resources import model_lane, passthrough
 from control_plane.snapshot import ROUTE, build_snapshot
-from tests.snapshots import EXT_PROC, effective_routes
+from tests.snapshots import EXT_PROC, effective_routes, lane_model_names, lane_route
 from tests.unit.test_passthrough import CONFIG
 
 
+def _route_config(text: str = CONFIG, version: str = "v7"):
+    return build_snapshot(parse_config(text), version, EXT_PROC).of_type(ROUTE)[res.ROUTE_CONFIG_NAME]
+
+
 def _routes(text: str = CONFIG, version: str = "v7"):
-    snap = build_snapshot(parse_config(text), version, EXT_PROC)
-    return effective_routes(snap.of_type(ROUTE)[res.ROUTE_CONFIG_NAME].virtual_hosts[0])
+    return effective_routes(_route_config(text, version).virtual_hosts[0])
+
+
+def _model_lane(path: str, model: str, *, stream: bool = True, text: str = CONFIG):
+    """The model-lane route Envoy picks for ``model`` at ``path``, and the chain cluster it sends the request to."""
+    return lane_route(_route_config(text), path, model, stream=stream, lane=model_lane.MODEL_LANE)
 
 
 def test_every_model_name_takes_the_lane_to_the_chain_of_the_provider_that_owns_it():
-    prefix = "model:chat:/v1/chat/completions:"
-    lane = {r.name.removeprefix(prefix): r for r in _routes() if r.name.startswith(prefix)}
+    routes = _route_config()
+    path = "/v1/chat/completions"
+    lane = [r for r in effective_routes(routes.virtual_hosts[0]) if r.name.startswith(f"model:chat:{path}")]
+    # Two routes (a stream and not) per chain length and idle limit, whatever the number of models:
+    # vllm's chain (vllm, then the preference order) is one longer than the others.
+    assert [r.name.removeprefix(f"model:chat:{path}") for r in lane] == [":stream", "", ":2:stream", ":2"]
     # Own models and aliases, every API, streams or not: the upstream step translates each attempt.
     # And auto: the family's preference chain.
-    assert sorted(lane) == sorted(f"{m}{s}" for m in ("auto", "claude-3-haiku", "fast", "gpt-4o", "llama-3-8b")
-                                  for s in ("", ":stream"))
-    lane = {name: r for name, r in lane.items() if name.endswith(":stream")}
-    lane = {name.removesuffix(":stream"): r for name, r in lane.items()}
-    assert lane["fast"].route.cluster == lane["gpt-4o"].route.cluster == "chain.openai"
-    assert lane["claude-3-haiku"].route.cluster == "chain.claude"
-    assert lane["llama-3-8b"].route.cluster == "chain.vllm"
-    assert lane["auto"].route.cluster == lane["gpt-4o"].route.cluster  # openai is preferred
-    matchers = {m.path[0].key: m.value for m in lane["claude-3-haiku"].match.dynamic_metadata}
-    assert matchers["model"].string_match.exact == "claude-3-haiku"
-    assert matchers["stream"].bool_match is True
+    names = [lane_model_names(next(m.value for m in r.match.dynamic_metadata if m.path[0].key == "model"))
+             for r in lane]
+    assert names[0] == names[1] and names[2] == names[3]
+    assert names[0] | names[2] == {"auto", "claude-3-haiku", "fast", "gpt-4o", "llama-3-8b"}
+    chain = {m: lane_route(routes, "/v1/chat/completions", m, stream=True, lane="model")[1]
+             for m in ("auto", "claude-3-haiku", "fast", "gpt-4o", "llama-3-8b")}
+    assert chain["fast"] == chain["gpt-4o"] == "chain.openai"
+    assert chain["claude-3-haiku"] == "chain.claude"
+    assert chain["llama-3-8b"] == "chain.vllm"
+    assert chain["auto"] == chain["gpt-4o"]  # openai is preferred
+    stream = next(m.value for m in lane[0].match.dynamic_metadata if m.path[0].key == "stream")
+    assert stream.bool_match is True
+    # An unknown model takes no lane route: the ordinary route's router step answers it.
+    assert lane_route(routes, "/v1/chat/completions", "gpt-9", stream=True) is None
 
 
 def test_auto_takes_the_lane_to_the_preference_chain_only_where_that_chain_says_why_it_is_unavailable():
@@ -42,9 +57,8 @@ def test_auto_takes_the_lane_to_the_preference_chain_only_where_that_chain_says_
     # tell an auto client why its 503; its own model name takes the lane all the same.
     text = ("providers:\n  openai: {type: openai, model: gpt-4o, api_key: k}\n"
             "routes:\n  - {path: /v1/chat/completions, handler: chat}\n")
-    prefix = "model:chat:/v1/chat/completions:"
-    names = {r.name.removeprefix(prefix) for r in _routes(text) if r.name.startswith(prefix)}
-    assert names == {"gpt-4o", "gpt-4o:stream"}
+    assert _model_lane("/v1/chat/completions", "gpt-4o", text=text) is not None
+    assert _model_lane("/v1/chat/completions", "auto", text=text) is None
     plan = make_plan(parse_config(text))
     assert not plan.auto_chains["chat"].says_why_unavailable
     # Two providers, one attempt each: auto is on the lane, to the preference order's chain.
@@ -56,31 +70,34 @@ def test_auto_takes_the_lane_to_the_preference_chain_only_where_that_chain_says_
 
 def test_a_model_lane_route_does_what_the_router_step_did():
     names = [r.name for r in _routes()]
-    route = _routes()[names.index("model:chat:/v1/eng/chat/completions:gpt-4o")]
-    # After the passthrough lane's route for the same model (which needs no ext_proc), before the ordinary one.
-    assert names.index("passthrough:chat:/v1/eng/chat/completions:gpt-4o") < names.index(route.name) \
+    found = _model_lane("/v1/eng/chat/completions", "gpt-4o", stream=False)
+    assert found is not None
+    route, cluster = found
+    assert cluster == "chain.openai"
+    # After the passthrough lane's route for the same path (which needs no ext_proc), before the ordinary one.
+    assert names.index("passthrough:chat:/v1/eng/chat/completions") < names.index(route.name) \
         < names.index("chat:/v1/eng/chat/completions")
     assert route.match.dynamic_metadata[1].value.bool_match is False
     assert route.route.retry_policy.num_retries.value == 3
     assert not route.route.prefix_rewrite  # the upstream step sets each attempt's path
-    assert {"authorization", "x-api-key", "x-hapax-chain", "x-hapax-start", "x-hapax-version"} \
-        <= set(route.request_headers_to_remove)
+    assert {"authorization", "x-api-key", "x-hapax-chain", "x-hapax-start", "x-hapax-version", "x-hapax-model"} \
+        <= set(route.request_headers_to_remove)  # a client cannot send them
     stamped = {h.header.key: h.header.value for h in route.request_headers_to_add}
+    # What Envoy read of the body: the model, for the upstream step.
     assert stamped == {"x-hapax-start": "%START_TIME(%s.%6f)%", "x-hapax-version": "v7",
-                       "accept-encoding": "identity"}
+                       "x-hapax-model": "%DYNAMIC_METADATA(hapax.request:model)%", "accept-encoding": "identity"}
     ext_proc = ext_proc_pb2.ExtProcPerRoute()
     route.typed_per_filter_config[res.EXT_PROC_FILTER].Unpack(ext_proc)
     assert ext_proc.disabled
     labels = route.metadata.filter_metadata["hapax"]
     assert labels["lane"] == model_lane.MODEL_LANE and labels["department"] == "engineering"
-    assert (labels["model"], labels["stream"]) == ("gpt-4o", "false")  # what Envoy read of the body
+    assert labels["stream"] == "false"  # what Envoy read of the body
     # No passthrough.<provider> flag: every attempt goes to the upstream ext_proc step.
     assert not [k for k in labels.fields if k.startswith(passthrough.LANE + ".")]
 
 
 def test_a_stream_route_tells_the_upstream_step_whether_its_client_asked_for_the_usage_chunk():
-    names = [r.name for r in _routes()]
-    route = _routes()[names.index("model:chat:/v1/eng/chat/completions:gpt-4o:stream")]
+    route, _ = _model_lane("/v1/eng/chat/completions", "gpt-4o", stream=True)
     stamped = {h.header.key: h.header.value for h in route.request_headers_to_add}
     assert stamped["x-hapax-usage"] == "%DYNAMIC_METADATA(hapax.request:include_usage)%"
     assert route.metadata.filter_metadata["hapax"]["stream"] == "true"
@@ -91,8 +108,10 @@ def test_a_gateway_serving_only_its_model_list_has_no_lane():
     text = ("providers:\n  claude: {type: anthropic, model: claude-3-haiku, api_key: k}\n"
             "default_routes: false\nroutes:\n  - {path: /v1/models, handler: models}\n")
     assert not [r for r in _routes(text) if r.name.startswith("model:")]
+    assert not _route_config(text).cluster_specifier_plugins
     hcm_filters = [f.name for f in res.http_connection_manager(make_plan(parse_config(text))).http_filters]
     assert passthrough.JSON_TO_METADATA_FILTER not in hcm_filters  # no lane: bodies are not read in Envoy
+    assert passthrough.LANE_MODEL_FILTER not in hcm_filters
 
 
 def test_each_route_takes_on_its_lanes_only_the_models_of_its_family_to_that_familys_chain():
@@ -106,11 +125,12 @@ providers:
   claude: {type: anthropic, model: claude-3-haiku, api_key: sk-b}
 provider_preference: [openai, claude]
 """
-    routes = _routes(text)
+    routes = _route_config(text)
+    models = ("gpt-4o-mini", "claude-3-haiku", "auto", "text-embedding-3-small")
 
     def lane(kind: str, path: str) -> dict[str, str]:
-        return {r.name.split(":")[-1]: r.route.cluster for r in routes
-                if r.name.startswith(f"{kind}:") and r.match.path == path and not r.name.endswith(":stream")}
+        found = {m: lane_route(routes, path, m, lane=kind) for m in models}
+        return {m: f[1] for m, f in found.items() if f is not None}
 
     # The chat route: the chat models (claude's too), on their chat chains, and auto on the preferred one's.
     assert lane("model", "/v1/chat/completions") == {"gpt-4o-mini": "chain.openai", "claude-3-haiku": "chain.claude",

@@ -8,6 +8,7 @@ from envoy.extensions.common.matching.v3 import extension_matcher_pb2
 from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from hypothesis import given
 from hypothesis import strategies as st
@@ -25,7 +26,7 @@ from control_plane.snapshot import (
     build_snapshot,
 )
 from hapax import wire
-from tests.snapshots import EXT_PROC, effective_routes
+from tests.snapshots import EXT_PROC, effective_routes, lane_model_names, lane_route
 
 CONFIG = """\
 providers:
@@ -63,17 +64,22 @@ def _routes():
 
 
 def test_lane_routes_go_before_their_ordinary_route_and_route_on_the_body_without_ext_proc():
+    routes = res.route_configuration(make_plan(config()))
     names = [r.name for r in _routes()]
     chat = names.index("chat:/v1/chat/completions")
-    lanes = [n for n in names if n.startswith("passthrough:chat:/v1/chat/completions:")]
-    assert lanes == ["passthrough:chat:/v1/chat/completions:gpt-4o",
-                     "passthrough:chat:/v1/chat/completions:llama-3-8b"]
+    # One route per API base path and chain shape, whatever the number of models: vllm's chain is longer.
+    lanes = [n for n in names if n.startswith("passthrough:chat:/v1/chat/completions")]
+    assert lanes == ["passthrough:chat:/v1/chat/completions", "passthrough:chat:/v1/chat/completions:2"]
     assert all(names.index(n) < chat for n in lanes)
-    lane = next(r for r in _routes() if r.name == "passthrough:chat:/v1/eng/chat/completions:gpt-4o")
+    found = lane_route(routes, "/v1/eng/chat/completions", "gpt-4o", lane="passthrough")
+    assert found is not None
+    lane, cluster = found
+    assert cluster == "lane.openai"  # the chain of the model's provider, with Envoy's keys
+    assert lane_route(routes, "/v1/eng/chat/completions", "llama-3-8b", lane="passthrough")[1] == "lane.vllm"
+    assert lane_route(routes, "/v1/eng/chat/completions", "fast", lane="passthrough") is None  # an alias
     matchers = {m.path[0].key: m.value for m in lane.match.dynamic_metadata}
-    assert matchers["model"].string_match.exact == "gpt-4o"
+    assert lane_model_names(matchers["model"]) == {"gpt-4o"}
     assert matchers["stream"].bool_match is False and matchers["stream"].HasField("bool_match")
-    assert lane.route.cluster == "lane.openai"  # the chain of the model's provider, with Envoy's keys
     assert lane.route.prefix_rewrite == "/v1/chat/completions"  # the department path is the gateway's, not the API's
     assert lane.route.auto_host_rewrite.value
     assert lane.route.retry_policy.num_retries.value == 3  # one attempt per provider of the chain
@@ -88,9 +94,27 @@ def test_lane_routes_go_before_their_ordinary_route_and_route_on_the_body_withou
     assert labels["department"] == "engineering" and labels["lane"] == "passthrough"
 
 
+def test_the_lanes_cluster_lookup_reads_the_model_json_to_metadata_read():
+    # Envoy's matchers read filter state as a string; the lane model filter copies the model there.
+    hcm = res.http_connection_manager(make_plan(config()))
+    names = [f.name for f in hcm.http_filters]
+    # Before the first filter that looks up the route (custom_response), after the body is read.
+    assert names.index(passthrough.JSON_TO_METADATA_FILTER) + 1 == names.index(passthrough.LANE_MODEL_FILTER)
+    copy = set_filter_state_pb2.Config()
+    hcm.http_filters[names.index(passthrough.LANE_MODEL_FILTER)].typed_config.Unpack(copy)
+    (value,) = copy.on_request_headers
+    assert value.object_key == passthrough.MODEL_FILTER_STATE and value.skip_if_empty
+    assert value.format_string.text_format_source.inline_string == "%DYNAMIC_METADATA(hapax.request:model)%"
+    plugins = {p.extension.name for p in res.route_configuration(make_plan(config())).cluster_specifier_plugins}
+    assert plugins == {"hapax.passthrough.chat", "hapax.passthrough.embeddings", "hapax.model.chat",
+                       "hapax.model.embeddings"}
+
+
 def test_routes_no_lane_request_can_take_do_not_parse_the_body_in_envoy():
     for route in _routes():
         parsed = passthrough.JSON_TO_METADATA_FILTER not in route.typed_per_filter_config
+        # The model is copied for the lanes' cluster lookup exactly where the body is read.
+        assert parsed == (passthrough.LANE_MODEL_FILTER not in route.typed_per_filter_config), route.name
         # Both lanes (the model lane serves /v1/completions too, and the standard
         # /v1/embeddings beside the configured routes has both) and the routes they are variants of.
         assert parsed == (route.HasField("route") and route.match.path in (

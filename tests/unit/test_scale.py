@@ -34,7 +34,7 @@ def test_the_routes_common_retry_policy_is_sent_once_on_the_virtual_host():
     # What Envoy applies is what each route carried: the health route retries nothing.
     applied = {r.name: r.route.retry_policy for r in effective_routes(vhost) if r.HasField("route")}
     assert applied["health"].retry_on == "" and not applied["health"].HasField("num_retries")
-    assert applied["model:chat:/v1/dept0000/chat/completions:m000"] == vhost.retry_policy
+    assert applied["model:chat:/v1/dept0000/chat/completions"] == vhost.retry_policy
 
 
 def test_a_route_with_another_policy_keeps_its_own():
@@ -43,7 +43,7 @@ def test_a_route_with_another_policy_keeps_its_own():
     config = parse_config(config_text(3, 1) + "retry: {max_attempts: 2}\n", env={})
     vhost = _vhost(build_snapshot(config, "v1", ENDPOINTS))
     applied = {r.name: r.route.retry_policy for r in effective_routes(vhost) if r.HasField("route")}
-    assert applied["model:chat:/v1/dept0000/chat/completions:m000"].num_retries.value == 1
+    assert applied["model:chat:/v1/dept0000/chat/completions"].num_retries.value == 1
     assert applied["chat:/v1/dept0000/chat/completions"].num_retries.value == 2
 
 
@@ -53,9 +53,19 @@ def test_configuration_bytes_grow_at_most_linearly_in_routes():
 
 
 def test_configuration_bytes_grow_at_most_linearly_in_providers_at_a_fixed_number_of_routes():
-    # Routes are departments times models (a lane route per model and route): linear in each.
+    # Each lane route names its models once, and each model's cluster is named once per configuration.
     small, large = resource_bytes(_snapshot(20, 6)), resource_bytes(_snapshot(40, 6))
     assert large["routes"] <= 2.1 * small["routes"]
+
+
+def test_the_number_of_routes_does_not_depend_on_the_number_of_models():
+    # A department route has its lane routes (per lane, stream and chain shape), not one per model:
+    # the cluster is looked up by the body's model, in one table per lane and family.
+    small, large = _snapshot(20, 6), _snapshot(40, 6)
+    assert len(_vhost(large).routes) == len(_vhost(small).routes)
+    plugins = next(iter(large.of_type(ROUTE).values())).cluster_specifier_plugins
+    assert {p.extension.name for p in plugins} == {"hapax.passthrough.chat", "hapax.passthrough.embeddings",
+                                                   "hapax.model.chat", "hapax.model.embeddings"}
 
 
 def test_aggregate_members_are_quadratic_in_preferred_providers():
