@@ -64,7 +64,7 @@ def lane_route(route_config, path: str, model: str, *, stream: bool = False,
     """The first body-routed route Envoy picks for a request to ``path`` whose body names ``model``
     (and ``stream``), of ``lane`` if given, with the cluster its cluster specifier looks up for the
     model; None when no lane route takes it (the ordinary route does)."""
-    lookups = {plugin.extension.name: _cluster_lookup(plugin) for plugin in route_config.cluster_specifier_plugins}
+    lookups = {plugin.extension.name: cluster_lookup(plugin) for plugin in route_config.cluster_specifier_plugins}
     for route in effective_routes(route_config.virtual_hosts[0]):
         if route.match.path != path or not route.match.dynamic_metadata:
             continue
@@ -83,7 +83,8 @@ def lane_model_names(matcher) -> set[str]:
     return {matcher.string_match.exact}
 
 
-def _cluster_lookup(plugin) -> dict[str, str]:
+def cluster_lookup(plugin) -> dict[str, str]:
+    """A lane's cluster specifier plugin as a table: model -> cluster."""
     specifier = MatcherClusterSpecifier()
     plugin.extension.typed_config.Unpack(specifier)
     out = {}

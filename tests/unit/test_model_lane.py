@@ -5,12 +5,13 @@ from __future__ import annotations
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 
+from bench.scale import config_text
 from control_plane import resources as res
 from control_plane.config import parse_config
 from control_plane.plan import make_plan
 from control_plane.resources import model_lane, passthrough
 from control_plane.snapshot import ROUTE, build_snapshot
-from tests.snapshots import EXT_PROC, effective_routes, lane_model_names, lane_route
+from tests.snapshots import EXT_PROC, cluster_lookup, effective_routes, lane_model_names, lane_route
 from tests.unit.test_passthrough import CONFIG
 
 
@@ -150,3 +151,20 @@ def test_the_access_log_names_the_model_a_lane_request_was_sent():
     assert tags["model"].kind.HasField("request")
     assert tags["model"].metadata_key.key == passthrough.REQUEST_NAMESPACE
     assert [segment.key for segment in tags["model"].metadata_key.path] == ["model"]
+
+
+def test_every_model_a_lane_route_takes_has_a_cluster_in_its_routes_lookup():
+    # The route decides whether a request is on a lane, the lookup where it goes: one without
+    # the other would send a lane request to no cluster (Envoy's 503) or leave a model off its lane.
+    for text in (CONFIG, config_text(12, 9)):
+        routes = _route_config(text)
+        lookups = {p.extension.name: cluster_lookup(p) for p in routes.cluster_specifier_plugins}
+        used = set()
+        for route in effective_routes(routes.virtual_hosts[0]):
+            if route.match.dynamic_metadata:
+                names = lane_model_names(next(m.value for m in route.match.dynamic_metadata
+                                              if m.path[0].key == "model"))
+                lookup = lookups[route.route.cluster_specifier_plugin]
+                assert names <= set(lookup) and all(lookup[m] for m in names), route.name
+                used.add(route.route.cluster_specifier_plugin)
+        assert used == set(lookups)  # and no lookup that no route uses
