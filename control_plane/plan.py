@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
@@ -106,11 +107,11 @@ class Plan:
     def lane_providers(self) -> frozenset[str]:
         return frozenset(name for lane in self.lane_models for name in lane.providers)
 
-    @property
+    @cached_property  # read per route: thousands of them
     def longest_chain(self) -> int:
         return max(len(chain.providers) for chain in self.chains.values())
 
-    @property
+    @cached_property
     def longest_timeout(self) -> float:
         """The longest provider ``timeout``: the per-attempt silence limit of every route."""
         return max(p.timeout for p in self.config.providers.values())
@@ -121,6 +122,11 @@ class Plan:
         one is held to it on its way there (control_plane/resources/attempts.py)."""
         longest = self.longest_timeout
         return tuple(name for name, p in self.config.providers.items() if p.timeout < longest)
+
+    @cached_property
+    def any_chain_idle_limit(self) -> float:
+        """The idle limit of a route that may send a request to any chain (the router step's)."""
+        return self.route_idle_limit(self.chains.values())
 
     def route_idle_limit(self, chains: Iterable[Chain]) -> float:
         """A route's idle limit: its client may wait this long for a first byte on any of ``chains``.

@@ -49,7 +49,7 @@ departments plus models, not with their product.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
@@ -59,6 +59,7 @@ from control_plane.plan import MODEL_LANE_HANDLERS, Chain, Plan
 from control_plane.resources.passthrough import (
     METADATA_NAMESPACE,
     REQUEST_NAMESPACE,
+    LaneGroup,
     body_routed,
     cluster_plugin,
     cluster_plugin_name,
@@ -70,19 +71,26 @@ from hapax import wire
 MODEL_LANE = wire.Lane.MODEL
 
 
-def model_routes(plan: Plan, handler: str, base: route_components_pb2.Route, version: str,
-                 disabled_ext_proc: dict[str, any_pb2.Any]) -> Iterator[route_components_pb2.Route]:
-    """The model lane's variants of ``base``, per ``stream`` value and set of models whose chains share
-    ``route_limits``; to go before it."""
+def model_groups(plan: Plan) -> list[LaneGroup]:
+    """The model lane's routes per department route and ``stream`` value: one per family and chain shape."""
+    groups = []
+    for family in _families(plan):
+        by_limits = grouped(lane_models(plan, family), lambda owned: route_limits(plan, owned[1]))
+        groups += [LaneGroup(family, tuple(model for model, _ in members), members[0][1])
+                   for members in by_limits.values()]
+    return groups
+
+
+def model_routes(plan: Plan, groups: Sequence[LaneGroup], handler: str, base: route_components_pb2.Route,
+                 version: str, disabled_ext_proc: dict[str, any_pb2.Any]) -> Iterator[route_components_pb2.Route]:
+    """The model lane's variants of ``base``, per ``stream`` value and group of its family
+    (``model_groups``); to go before it."""
     if handler not in MODEL_LANE_HANDLERS:
         return
     family = wire.FAMILY_OF_HANDLER[wire.Handler(handler)]
-    groups = grouped(lane_models(plan, family), lambda owned: route_limits(plan, owned[1]))
-    for n, members in enumerate(groups.values(), 1):
+    for n, group in enumerate((g for g in groups if g.family == family), 1):
         for stream in (True, False):
-            route = body_routed(plan, base, MODEL_LANE, [model for model, _ in members], members[0][1],
-                                stream=stream, plugin=cluster_plugin_name(MODEL_LANE, family),
-                                disabled_ext_proc=disabled_ext_proc)
+            route = body_routed(plan, base, MODEL_LANE, group, stream=stream, disabled_ext_proc=disabled_ext_proc)
             route.name += (f":{n}" if n > 1 else "") + (":stream" if stream else "")
             # What Envoy read of the body, for the upstream step to tell whether it must rewrite it.
             route.metadata.filter_metadata[METADATA_NAMESPACE].update(
@@ -99,9 +107,7 @@ def model_routes(plan: Plan, handler: str, base: route_components_pb2.Route, ver
 
 def model_clusters(plan: Plan) -> Iterator[route_components_pb2.ClusterSpecifierPlugin]:
     """Per family some route serves, the model lane's model -> chain cluster lookup its routes share."""
-    families = dict.fromkeys(wire.FAMILY_OF_HANDLER[wire.Handler(r.handler)] for r in plan.config.routes
-                             if r.handler in MODEL_LANE_HANDLERS)
-    for family in families:
+    for family in _families(plan):
         clusters = {model: chain.cluster for model, chain in lane_models(plan, family)}
         if clusters:
             yield cluster_plugin(cluster_plugin_name(MODEL_LANE, family), clusters)
@@ -119,6 +125,12 @@ def lane_models(plan: Plan, family: str) -> Iterator[tuple[str, Chain]]:
     auto = plan.auto_chains.get(family)
     if auto is not None and auto.says_why_unavailable:
         yield wire.AUTO_MODEL, auto
+
+
+def _families(plan: Plan) -> list[str]:
+    """The families some route of the model lane serves."""
+    return list(dict.fromkeys(wire.FAMILY_OF_HANDLER[wire.Handler(r.handler)] for r in plan.config.routes
+                              if r.handler in MODEL_LANE_HANDLERS))
 
 
 def _set(key: str, value: str) -> base_pb2.HeaderValueOption:

@@ -36,6 +36,8 @@ answer reaches the client unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import TypeVar
 
 from envoy.config.accesslog.v3 import accesslog_pb2
@@ -146,28 +148,48 @@ def body_filters_disabled() -> dict[str, any_pb2.Any]:
     return {JSON_TO_METADATA_FILTER: off, LANE_MODEL_FILTER: off}
 
 
-def lane_routes(plan: Plan, handler: str, base: route_components_pb2.Route,
-                disabled_ext_proc: dict[str, any_pb2.Any]) -> Iterator[route_components_pb2.Route]:
-    """The lane's variants of ``base`` (an ordinary provider route); to go before it.
+@dataclass(frozen=True)
+class LaneGroup:
+    """The models one body-routed route takes: of one family, whose chains share what a route
+    fixes (``route_limits``) and, on the passthrough lane, their API base path."""
 
-    One per set of lane models that share what a route fixes (their API base path, their
-    chain's attempts and idle limit): usually one, however many models and providers.
-    """
+    family: str
+    models: tuple[str, ...]
+    chain: Chain  # any of the models' chains: the route's attempts and idle limit are each one's
+    base_path: str = ""
+
+    @cached_property  # one per group, copied into every department's route
+    def model_matcher(self) -> metadata_pb2.MetadataMatcher:
+        names = [value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=m)) for m in self.models]
+        if len(names) == 1:
+            return _metadata_matcher("model", string_match=names[0].string_match)
+        return _metadata_matcher("model", or_match=value_pb2.OrMatcher(value_matchers=names))
+
+
+def lane_groups(plan: Plan) -> list[LaneGroup]:
+    """The passthrough lane's routes, per department route: usually one per family, however many models."""
+    groups = grouped(plan.lane_models,
+                     lambda lane: (lane.family, lane.base_path, *route_limits(plan, lane.chain)))
+    return [LaneGroup(first.family, tuple(lane.model for lane in members), first.chain, first.base_path)
+            for first, members in ((members[0], members) for members in groups.values())]
+
+
+def lane_routes(plan: Plan, groups: Sequence[LaneGroup], handler: str, base: route_components_pb2.Route,
+                disabled_ext_proc: dict[str, any_pb2.Any]) -> Iterator[route_components_pb2.Route]:
+    """The lane's variants of ``base`` (an ordinary provider route), one per group of its family
+    (``lane_groups``); to go before it."""
     if handler not in HANDLER_PATHS:
         return
     family = wire.FAMILY_OF_HANDLER[wire.Handler(handler)]
     # A chat model is no embeddings request's lane, nor the other way round.
-    lanes = [lane for lane in plan.lane_models if lane.family == family]
-    groups = grouped(lanes, lambda lane: (lane.base_path, *route_limits(plan, lane.chain)))
-    for n, members in enumerate(groups.values(), 1):
-        route = body_routed(plan, base, LANE, [lane.model for lane in members], members[0].chain, stream=False,
-                            plugin=cluster_plugin_name(LANE, family), disabled_ext_proc=disabled_ext_proc)
+    for n, group in enumerate((g for g in groups if g.family == family), 1):
+        route = body_routed(plan, base, LANE, group, stream=False, disabled_ext_proc=disabled_ext_proc)
         route.name += f":{n}" if n > 1 else ""
         # The path exactly, query string and all: a rewrite would pass a query string on.
         route.match.headers.append(route_components_pb2.HeaderMatcher(
             name=":path", string_match=string_pb2.StringMatcher(exact=base.match.path)))
         # Attempts that leave the lane get their path and host from ext_proc.
-        route.route.prefix_rewrite = members[0].base_path + HANDLER_PATHS[handler]
+        route.route.prefix_rewrite = group.base_path + HANDLER_PATHS[handler]
         route.route.auto_host_rewrite.value = True
         yield route
 
@@ -212,24 +234,20 @@ def cluster_plugin(name: str, clusters: Mapping[str, str]) -> route_components_p
         name=name, typed_config=pack(cluster_matcher_pb2.MatcherClusterSpecifier(cluster_matcher=matcher))))
 
 
-def body_routed(plan: Plan, base: route_components_pb2.Route, lane: str, models: Sequence[str], chain: Chain, *,
-                stream: bool, plugin: str, disabled_ext_proc: dict[str, any_pb2.Any]) -> route_components_pb2.Route:
-    """A copy of ``base`` that Envoy picks when the body's ``model`` is one of ``models`` and its
-    ``stream`` is ``stream``, and sends to the cluster ``plugin`` looks up for the model, without the
-    router step (what that step does, the route does). ``chain``: any of the models' chains (they
-    share ``route_limits``)."""
+def body_routed(plan: Plan, base: route_components_pb2.Route, lane: str, group: LaneGroup, *,
+                stream: bool, disabled_ext_proc: dict[str, any_pb2.Any]) -> route_components_pb2.Route:
+    """A copy of ``base`` that Envoy picks when the body's ``model`` is one of the group's and its
+    ``stream`` is ``stream``, and sends to the cluster the lane's lookup gives for the model,
+    without the router step (what that step does, the route does)."""
     route = route_components_pb2.Route()
     route.CopyFrom(base)
     route.name = f"{lane}:{base.name}"
-    names = [value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=m)) for m in models]
-    route.match.dynamic_metadata.extend([
-        _metadata_matcher("model", **({"or_match": value_pb2.OrMatcher(value_matchers=names)} if len(names) > 1
-                                      else {"string_match": names[0].string_match})),
-        _metadata_matcher("stream", bool_match=stream),
-    ])
+    route.match.dynamic_metadata.add().CopyFrom(group.model_matcher)
+    route.match.dynamic_metadata.append(_metadata_matcher("stream", bool_match=stream))
     action = route.route
     action.ClearField("cluster_header")
-    action.cluster_specifier_plugin = plugin
+    action.cluster_specifier_plugin = cluster_plugin_name(lane, group.family)
+    chain = group.chain
     action.retry_policy.num_retries.value = chain.attempts - 1
     action.idle_timeout.CopyFrom(duration(plan.route_idle_limit([chain])))
     route.request_headers_to_remove.extend(wire.REMOVED_REQUEST_HEADERS)

@@ -100,8 +100,9 @@ def _retry_policy(plan: Plan) -> route_components_pb2.RetryPolicy:
     )
 
 
-def provider_route(plan: Plan, route: RouteConfig,
-                   label_keys: tuple[str, ...] = ()) -> route_components_pb2.Route:
+def provider_route(plan: Plan, route: RouteConfig, label_keys: tuple[str, ...] = (),
+                   retry_policy: route_components_pb2.RetryPolicy | None = None) -> route_components_pb2.Route:
+    """``retry_policy``: ``_retry_policy(plan)``, when the caller has built it once for many routes."""
     method = HANDLER_METHODS[route.handler]
     return route_components_pb2.Route(
         name=f"{route.handler}:{route.path}",
@@ -113,8 +114,8 @@ def provider_route(plan: Plan, route: RouteConfig,
             # through every attempt of the chain before the first byte (any chain here:
             # the router step names it; a lane's route has its own chain's limit).
             timeout=duration(0),
-            idle_timeout=duration(plan.route_idle_limit(plan.chains.values())),
-            retry_policy=_retry_policy(plan),
+            idle_timeout=duration(plan.any_chain_idle_limit),
+            retry_policy=retry_policy or _retry_policy(plan),
         ),
         metadata=_route_metadata(route),
         stat_prefix=route_stat_prefix(route, label_keys),
@@ -188,10 +189,13 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
     keys = stats_label_keys(config) if label_keys is None else label_keys
     routes = [health_route(), method_not_allowed_route(HEALTH_PATH, "GET")]
     lane_paths = set()
+    # What every department route shares, built once: hundreds of routes copy it.
+    retry_policy, ext_proc_off = _retry_policy(plan), per_route_ext_proc(None)
+    passthrough_groups, model_groups = passthrough.lane_groups(plan), model_lane.model_groups(plan)
     for route in config.routes:
-        base = provider_route(plan, route, keys)
-        lanes = [*passthrough.lane_routes(plan, route.handler, base, per_route_ext_proc(None)),
-                 *model_lane.model_routes(plan, route.handler, base, version, per_route_ext_proc(None))]
+        base = provider_route(plan, route, keys, retry_policy)
+        lanes = [*passthrough.lane_routes(plan, passthrough_groups, route.handler, base, ext_proc_off),
+                 *model_lane.model_routes(plan, model_groups, route.handler, base, version, ext_proc_off)]
         if lanes:
             lane_paths.add(route.path)
         routes += [*lanes, base]

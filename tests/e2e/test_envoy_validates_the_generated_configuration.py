@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from envoy.config.bootstrap.v3 import bootstrap_pb2
 
 from control_plane import resources as res
 from control_plane.config import parse_config
@@ -22,9 +22,9 @@ from tests.snapshots import CAPPED, EXT_PROC, MIXED, SECRETS, seed_snapshot
 from tests.unit.test_passthrough import config as passthrough_config
 
 
-def _validate(tmp_path: Path, bootstrap: dict):
-    path = tmp_path / "bootstrap.json"
-    path.write_text(json.dumps(bootstrap))
+def _validate(tmp_path: Path, bootstrap: bootstrap_pb2.Bootstrap):
+    path = tmp_path / "bootstrap.pb"  # the form the control plane writes (static_bootstrap.write_bootstrap)
+    path.write_bytes(bootstrap.SerializeToString())
     return envoy_validate(envoy_binary(), path)
 
 
@@ -39,8 +39,9 @@ def test_envoy_validate_accepts_the_generated_configuration(tmp_path, text):
 def test_envoy_validate_rejects_a_broken_configuration(tmp_path):
     # Proves the check above can fail: a route to a cluster Envoy doesn't have.
     bootstrap = static_bootstrap(seed_snapshot())
-    bootstrap["static_resources"]["clusters"] = [
-        c for c in bootstrap["static_resources"]["clusters"] if c["name"] != res.EXT_PROC_HTTP_CLUSTER]
+    kept = [c for c in bootstrap.static_resources.clusters if c.name != res.EXT_PROC_HTTP_CLUSTER]
+    del bootstrap.static_resources.clusters[:]
+    bootstrap.static_resources.clusters.extend(kept)
     result = _validate(tmp_path, bootstrap)
     assert result.returncode != 0
     assert res.EXT_PROC_HTTP_CLUSTER in result.stderr + result.stdout
