@@ -8,14 +8,14 @@ and prints per size: the build time, the serialised bytes per xDS type, the
 clusters, aggregate members and routes, the control plane's resident memory growth
 while holding the snapshot, how long Envoy takes to validate it
 (``envoy --mode validate`` on the static bootstrap ``hapax validate --envoy`` writes),
-and with ``--clients K`` how long the first version and then an edit (one route more)
-take to reach the last of K xDS clients (bench/xds_fanout.py).
+with ``--clients K`` how long the first version and then an edit (one route more)
+take to reach the last of K xDS clients (bench/xds_fanout.py), and with ``--serve`` how
+long a whole ``hapax serve`` with the config takes to print its ready banner, and its
+control plane's resident memory then.
 
     python -m bench.scale                 the default sizes
     python -m bench.scale --quick         two small sizes
-    python -m bench.scale --providers 50 --routes 500 --clients 200
-
-Not measured here: start-up to ready of a whole ``hapax serve``.
+    python -m bench.scale --providers 100 --routes 2000 --clients 200 --serve
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import re
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable
@@ -49,10 +52,12 @@ from control_plane.snapshot import (
 )
 from control_plane.static_bootstrap import rejection_of, validate_command, write_bootstrap
 
-SIZES = ((10, 100), (25, 100), (50, 100), (100, 100), (100, 1000), (10, 2000))
+SIZES = ((10, 100), (25, 100), (50, 100), (100, 100), (100, 1000), (10, 2000), (100, 2000))
 QUICK_SIZES = ((10, 100), (25, 100))
 # One validation over this is not worth waiting for at the next, larger size either.
 VALIDATION_LIMIT_S = 60.0
+SERVE_LIMIT_S = 120.0
+REPO = Path(__file__).resolve().parent.parent
 TYPES = {"listeners": LISTENER, "routes": ROUTE, "clusters": CLUSTER, "endpoints": ENDPOINT,
          "secrets": SECRET, "runtime": RUNTIME}
 HANDLERS = ("chat", "completion", "embeddings")
@@ -98,6 +103,7 @@ class Row:
     rss_mb: float
     validate: str
     fanout: str = "–"  # seconds to the last of K clients: the first version / an edit
+    serve: str = "–"  # `hapax serve` with the config: seconds to its ready banner, its control plane's RSS
 
 
 def resource_bytes(snapshot: Snapshot) -> dict[str, int]:
@@ -157,7 +163,46 @@ def fanout(config: HapaxConfig, providers: int, routes: int, clients: int) -> st
     return f"{result.first_s:.2f} s / {result.edit_s:.2f} s"
 
 
-def measure(providers: int, routes: int, envoy: Path | None, validate: bool, clients: int = 0) -> Row:
+def serve_ready(config_text_: str, limit: float = SERVE_LIMIT_S) -> str:
+    """Starts ``hapax serve`` with the config (ports 0: any free one; its providers are not running),
+    times it to its ready banner, reads its control plane's resident memory, and stops it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "hapax.yaml"
+        config_path.write_text(config_text_)
+        out = Path(tmp) / "serve.out"
+        start = time.monotonic()
+        with out.open("wb") as sink:
+            proc = subprocess.Popen([sys.executable, "-m", "hapax.cli", "serve", "--config", str(config_path),
+                                     "--port", "0", "--metrics-port", "0", "--admin-port", "0",
+                                     "--log-level", "WARNING"], stdout=sink, stderr=subprocess.STDOUT,
+                                    cwd=REPO, start_new_session=True)
+        try:
+            while b"Press Ctrl-C" not in out.read_bytes():
+                if proc.poll() is not None or time.monotonic() - start > limit:
+                    return f"not ready ({'exit ' + str(proc.returncode) if proc.returncode is not None else 'timeout'})"
+                time.sleep(0.05)
+            ready = time.monotonic() - start
+            return f"{ready:.1f} s, control plane {_control_plane_rss_mb(proc.pid):.0f} MB"
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+def _control_plane_rss_mb(serve_pid: int) -> float:
+    """The resident memory of ``hapax serve``'s control plane child (from /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) == serve_pid and b"control_plane" in cmdline:
+            return int((stat.parent / "statm").read_text().split()[1]) * 4096 / 1e6
+    return float("nan")
+
+
+def measure(providers: int, routes: int, envoy: Path | None, validate: bool, clients: int = 0,
+            serve: bool = False) -> Row:
     config = make_config(providers, routes)
     snapshot, build_s, rss = timed_build(config)
     aggregates, members = aggregate_members(snapshot)
@@ -169,18 +214,20 @@ def measure(providers: int, routes: int, envoy: Path | None, validate: bool, cli
         outcome, took = envoy_validate(envoy, snapshot, config, VALIDATION_LIMIT_S)
         verdict = outcome if outcome.startswith("skipped") else f"{took:.1f} s {outcome}"
     spread = fanout(config, providers, routes, clients) if clients else "–"
+    ready = serve_ready(config_text(providers, routes)) if serve else "–"
     return Row(providers, routes, build_s, resource_bytes(snapshot), len(snapshot.of_type(CLUSTER)),
-               aggregates, members, envoy_route_count(snapshot), rss, verdict, spread)
+               aggregates, members, envoy_route_count(snapshot), rss, verdict, spread, ready)
 
 
 def table(rows: Iterable[Row]) -> str:
     head = ["providers", "routes", "build s", *(f"{t} KB" for t in TYPES), "total KB", "clusters",
-            "aggregates", "agg. members", "envoy routes", "RSS +MB", "envoy validate", "to K clients: first / edit"]
+            "aggregates", "agg. members", "envoy routes", "RSS +MB", "envoy validate", "to K clients: first / edit",
+            "hapax serve: ready"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         kb = [f"{r.bytes_by_type[t] / 1000:.1f}" for t in TYPES]
         cells = [r.providers, r.routes, f"{r.build_s:.2f}", *kb, f"{sum(r.bytes_by_type.values()) / 1000:.1f}",
-                 r.clusters, r.aggregates, r.members, r.envoy_routes, f"{r.rss_mb:.0f}", r.validate, r.fanout]
+                 r.clusters, r.aggregates, r.members, r.envoy_routes, f"{r.rss_mb:.0f}", r.validate, r.fanout, r.serve]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -202,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="xDS clients: time for the first version and an edit to reach the last of them")
     parser.add_argument("--quick", action="store_true", help="two small sizes")
     parser.add_argument("--no-envoy", action="store_true", help="skip Envoy's validation")
+    parser.add_argument("--serve", action="store_true",
+                        help="also start `hapax serve` with each config: seconds to ready, control-plane memory")
     args = parser.parse_args(argv)
     if args.providers or args.routes:
         sizes: tuple[tuple[int, int], ...] = ((args.providers or 10, args.routes or 100),)
@@ -210,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     envoy = None if args.no_envoy else _envoy()
     rows, validate = [], True
     for providers, routes in sizes:
-        row = measure(providers, routes, envoy, validate, args.clients)
+        row = measure(providers, routes, envoy, validate, args.clients, args.serve)
         # Past the limit once, larger sizes are skipped (sizes grow in providers, then routes).
         validate = validate and not row.validate.startswith("skipped")
         rows.append(row)

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import aiohttp
 import pytest
+import yaml
 
+from bench.scale import config_text, serve_ready
 from hapax.fakes import FakeOpenAI
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, wait_for
+from tests.e2e.test_config_reload import save_by_rename
 
 PROVIDERS = 10
 DEPARTMENTS = 500
@@ -91,3 +95,33 @@ def test_an_unknown_path_among_500_routes_gets_a_bounded_404_naming_the_first_pa
     listed = error["message"].split(": ", 1)[1].split(" and ", 1)[0].split(", ")
     assert listed == served[:len(listed)] and len(listed) > 1
     assert f" and {len(served) - len(listed)} more " in error["message"]
+
+
+def test_an_edit_to_500_routes_is_served_on_the_new_route_and_every_lane_of_an_old_one(gateway, fakes):
+    # Last in this module: it changes the module's gateway. One department more; the lanes'
+    # cluster lookups are shared by every route, so the new route reaches every provider too.
+    config = yaml.safe_load(gateway.config_path.read_text())
+    config["routes"].append({"path": "/v1/department-new/chat/completions", "handler": "chat",
+                             "metrics_labels": {"department": "department-new"}})
+    save_by_rename(gateway.config_path, yaml.safe_dump(config, sort_keys=False))
+
+    async def chat(path: str, model: str, stream: bool) -> int:
+        async with aiohttp.ClientSession() as session, session.post(gateway.url + path, json={
+                "model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}) as resp:
+            await resp.read()
+            return resp.status
+
+    wait_for(lambda: asyncio.run(chat("/v1/department-new/chat/completions", _model(0), False)) == 200,
+             "the new route served", timeout=60)
+    # JSON takes the passthrough lane, a stream the model lane: both look the provider up by model.
+    for i in range(PROVIDERS):
+        for stream in (False, True):
+            assert asyncio.run(chat("/v1/department-new/chat/completions", _model(i), stream)) == 200
+            assert asyncio.run(chat(_path(DEPARTMENTS - 1), _model(i), stream)) == 200
+    for fake in fakes:
+        assert {r.body.get("stream", False) for r in fake.requests[-4:]} == {False, True}, fake.base_url
+
+
+def test_the_scale_benchmark_times_a_real_serve_to_ready():
+    # bench/scale.py --serve: the start-up to ready it prints for the issue's sizes, here at a small one.
+    assert re.fullmatch(r"\d+\.\d s, control plane \d+ MB", serve_ready(config_text(3, 5), limit=60))
