@@ -29,6 +29,7 @@ from control_plane.cache import STATUS, SnapshotCache
 from control_plane.snapshot import PUSH_ORDER
 
 log = logging.getLogger("hapax.control_plane.ads")
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 # Types whose subscribers get every resource regardless of the names they ask
 # for (an empty name list is a wildcard in SotW for every type).
@@ -74,7 +75,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+    ) -> AsyncIterator[EncodedResponse]:
         stream = _Stream(self)
         try:
             async for response in stream.run(request_iterator):
@@ -120,6 +121,31 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 while self.unsettled(generation):
                     await self._progress.wait()
         return self.unsettled(generation)
+
+
+@dataclass(frozen=True)
+class EncodedResponse:
+    """A serialised ``DiscoveryResponse``: ``add_to_server``'s serializer sends it as it is."""
+
+    raw: bytes
+
+
+def _serialize(response: discovery_pb2.DeltaDiscoveryResponse | EncodedResponse) -> bytes:
+    return response.raw if isinstance(response, EncodedResponse) else response.SerializeToString()
+
+
+def add_to_server(ads: AdsServer, server: grpc.aio.Server) -> None:
+    """Serves ``ads`` as Envoy's AggregatedDiscoveryService: as the generated registration does,
+    but a response may be one already serialised (``EncodedResponse``)."""
+    handlers = {
+        "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            ads.StreamAggregatedResources, request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            response_serializer=_serialize),
+        "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            ads.DeltaAggregatedResources, request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+            response_serializer=_serialize),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
 
 
 class _Stream:
@@ -173,7 +199,7 @@ class _Stream:
             log.info("xDS client connected", extra={"node": node_id, "cluster": request.node.cluster})
         return self.client
 
-    def _on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
+    def _on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[EncodedResponse]:
         client = self._client_for(request)
         state = client.types.setdefault(request.type_url, TypeState())
         if request.response_nonce and request.response_nonce != state.sent_nonce:
@@ -215,7 +241,7 @@ class _Stream:
             },
         )
 
-    def _on_change(self) -> list[discovery_pb2.DiscoveryResponse]:
+    def _on_change(self) -> list[EncodedResponse]:
         if self.client is None:
             return []
         out = []
@@ -232,20 +258,17 @@ class _Stream:
         self.client.generation_seen = self.server.cache.generation
         self.server.progressed()
 
-    def _respond(self, type_url: str, state: TypeState) -> discovery_pb2.DiscoveryResponse:
+    def _respond(self, type_url: str, state: TypeState) -> EncodedResponse:
         version, available = self.server.cache.current(type_url)
-        packed = self.server.cache.packed(type_url)
-        wanted = sorted(state.names) if state.names else sorted(available)
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=version,
-            type_url=type_url,
-            nonce=self.server.next_nonce(),
-        )
-        response.resources.extend(packed[name] for name in wanted if name in packed)
+        wanted = tuple(sorted(state.names) if state.names else sorted(available))
+        head = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url,
+                                               nonce=self.server.next_nonce())
         state.sent_version = version
-        state.sent_nonce = response.nonce
+        state.sent_nonce = head.nonce
         state.responses_sent += 1
-        return response
+        # The resources as encoded once for every client: a route configuration of megabytes
+        # was copied and serialised again for each of hundreds of clients (bench/xds_fanout.py).
+        return EncodedResponse(head.SerializeToString() + self.server.cache.encoded_resources(type_url, wanted))
 
 
 class _DeltaStream(_Stream):

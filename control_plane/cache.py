@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, message
 
 from control_plane.snapshot import PUSH_ORDER, Snapshot
@@ -48,12 +49,25 @@ class Served:
     resources: Mapping[str, message.Message]
     packed: Mapping[str, any_pb2.Any]  # resource name -> what every client's response carries
     digests: Mapping[str, str]  # resource name -> resource_version
+    # Names a client asked for -> those resources as a DiscoveryResponse's serialised
+    # ``resources`` field: encoded once per served version, however many clients ask.
+    encoded: dict[tuple[str, ...], bytes] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, version: str, resources: Mapping[str, message.Message]) -> Served:
         packed = {name: packed_resource(resource) for name, resource in resources.items()}
         digests = {name: resource_version(p) for name, p in packed.items()}
         return cls(version, resources, MappingProxyType(packed), MappingProxyType(digests))
+
+    def encoded_resources(self, names: tuple[str, ...]) -> bytes:
+        """``names``' resources (those served) as the serialised ``resources`` field of a
+        state-of-the-world response. A response is this after its own version, type and nonce:
+        protobuf reads concatenated messages as one."""
+        body = self.encoded.get(names)
+        if body is None:
+            body = self.encoded[names] = discovery_pb2.DiscoveryResponse(
+                resources=[self.packed[n] for n in names if n in self.packed]).SerializeToString()
+        return body
 
 
 class SnapshotCache:
@@ -132,6 +146,10 @@ class SnapshotCache:
         """The version and resources a client of ``type_url`` should have now."""
         entry = self._entry(type_url)
         return entry.version, entry.resources
+
+    def encoded_resources(self, type_url: str, names: tuple[str, ...]) -> bytes:
+        """``Served.encoded_resources`` of what ``current`` returns for ``type_url``."""
+        return self._entry(type_url).encoded_resources(names)
 
     def packed(self, type_url: str) -> Mapping[str, any_pb2.Any]:
         """Each resource ``current`` returns, serialised: taken once per served version, for every client."""

@@ -20,10 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
 from watchfiles import awatch
 
-from control_plane.ads import AdsServer
+from control_plane.ads import AdsServer, add_to_server
 from control_plane.cache import SnapshotCache
 from control_plane.config.errors import ConfigError, ConfigIssue
 from control_plane.config.load import load_config, summarize
@@ -361,7 +360,7 @@ async def serve(args: argparse.Namespace) -> None:
     plane = ControlPlane(Path(args.config), endpoints, args.port, args.metrics_port, args.validation_timeout)
     await plane.start()
     server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(plane.ads, server)
+    add_to_server(plane.ads, server)
     listen = args.listen or plane.fleet.listen
     port = _add_port(server, listen, plane.fleet.tls)
     await server.start()

@@ -46,6 +46,9 @@ VERSION_HEADER = "x-hapax-version"
 # The body's model, as Envoy read it. Written: a model-lane route. Read: the upstream step
 # (which chain the request is on; can the body go as sent?).
 MODEL_HEADER = "x-hapax-model"
+# "true" or "false": whether the body asks for a stream, as Envoy read it. Written: a model-lane
+# route. Read: the upstream step.
+STREAM_HEADER = "x-hapax-stream"
 # "true" when a stream's client asked for the usage chunk. Written: a model-lane stream route,
 # from what Envoy read of the body. Read: the upstream step (can the body go as sent?).
 USAGE_HEADER = "x-hapax-usage"
@@ -58,7 +61,7 @@ ATTEMPT_HEADER = "x-envoy-attempt-count"
 REQUEST_ID_HEADER = "x-request-id"
 
 # What the gateway tells itself between steps: never from a client, never to a provider.
-STEP_REQUEST_HEADERS = (CHAIN_HEADER, VERSION_HEADER, START_HEADER, MODEL_HEADER, USAGE_HEADER)
+STEP_REQUEST_HEADERS = (CHAIN_HEADER, VERSION_HEADER, START_HEADER, MODEL_HEADER, STREAM_HEADER, USAGE_HEADER)
 # Credentials a client may send to the gateway; none of them may reach a provider.
 # Removed by: the router step, and every body-routed lane route.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
@@ -118,7 +121,6 @@ class RouteKey(StrEnum):
     VERSION = "version"  # the route's ``version`` from the config
     ROUTE = "route"      # the client's path, as the config names the route
     LANE = "lane"        # a ``Lane``, on a route Envoy picks from the body
-    STREAM = "stream"    # model lane: "true" or "false"
 
 
 # Key of a provider endpoint's ``hapax`` metadata naming its provider. Written: the control

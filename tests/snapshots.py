@@ -71,7 +71,7 @@ def lane_route(route_config, path: str, model: str, *, stream: bool = False,
         if lane is not None and route.metadata.filter_metadata["hapax"]["lane"] != lane:
             continue
         matchers = {m.path[0].key: m.value for m in route.match.dynamic_metadata}
-        if model in lane_model_names(matchers["model"]) and matchers["stream"].bool_match == stream:
+        if model in lane_model_names(matchers["model"]) and stream in _stream_values(matchers["stream"]):
             return route, lookups[route.route.cluster_specifier_plugin].get(model, "")
     return None
 
@@ -81,6 +81,13 @@ def lane_model_names(matcher) -> set[str]:
     if matcher.HasField("or_match"):
         return {m.string_match.exact for m in matcher.or_match.value_matchers}
     return {matcher.string_match.exact}
+
+
+def _stream_values(matcher) -> set[bool]:
+    """The ``stream`` values a lane route's matcher takes."""
+    if matcher.HasField("or_match"):
+        return {m.bool_match for m in matcher.or_match.value_matchers}
+    return {matcher.bool_match}
 
 
 def cluster_lookup(plugin) -> dict[str, str]:

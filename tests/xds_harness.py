@@ -20,7 +20,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
-from control_plane.ads import AdsServer
+from control_plane.ads import AdsServer, add_to_server
 from control_plane.cache import SnapshotCache
 from control_plane.resources import ROUTE_CONFIG_NAME
 from control_plane.rollout import Rollout
@@ -119,7 +119,7 @@ async def ads():
     cache = SnapshotCache(snapshot_of(version="v1"))
     server = AdsServer(cache)
     grpc_server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(server, grpc_server)
+    add_to_server(server, grpc_server)
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     await grpc_server.start()
     clients: list[AdsClient] = []
@@ -147,7 +147,7 @@ class Plane:
         self.server = AdsServer(self.cache)
         self.rollout = Rollout(self.cache, self.server, stage_timeout=stage_timeout)
         self.grpc = grpc.aio.server()
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.server, self.grpc)
+        add_to_server(self.server, self.grpc)
         self.port = self.grpc.add_insecure_port("127.0.0.1:0")
         self.clients: list[AdsClient | DeltaClient] = []
 

@@ -57,7 +57,6 @@ from google.protobuf import any_pb2
 
 from control_plane.plan import MODEL_LANE_HANDLERS, Chain, Plan
 from control_plane.resources.passthrough import (
-    METADATA_NAMESPACE,
     REQUEST_NAMESPACE,
     LaneGroup,
     body_routed,
@@ -69,10 +68,12 @@ from control_plane.resources.passthrough import (
 from hapax import wire
 
 MODEL_LANE = wire.Lane.MODEL
+# What json_to_metadata read of the body (its keys), stamped for the upstream step.
+BODY_HEADERS = ((wire.MODEL_HEADER, "model"), (wire.STREAM_HEADER, "stream"), (wire.USAGE_HEADER, "include_usage"))
 
 
 def model_groups(plan: Plan) -> list[LaneGroup]:
-    """The model lane's routes per department route and ``stream`` value: one per family and chain shape."""
+    """The model lane's routes per department route: one per family and chain shape."""
     groups = []
     for family in _families(plan):
         by_limits = grouped(lane_models(plan, family), lambda owned: route_limits(plan, owned[1]))
@@ -83,26 +84,21 @@ def model_groups(plan: Plan) -> list[LaneGroup]:
 
 def model_routes(plan: Plan, groups: Sequence[LaneGroup], handler: str, base: route_components_pb2.Route,
                  version: str, disabled_ext_proc: dict[str, any_pb2.Any]) -> Iterator[route_components_pb2.Route]:
-    """The model lane's variants of ``base``, per ``stream`` value and group of its family
-    (``model_groups``); to go before it."""
+    """The model lane's variants of ``base``, one per group of its family (``model_groups``); to go before it."""
     if handler not in MODEL_LANE_HANDLERS:
         return
     family = wire.FAMILY_OF_HANDLER[wire.Handler(handler)]
     for n, group in enumerate((g for g in groups if g.family == family), 1):
-        for stream in (True, False):
-            route = body_routed(plan, base, MODEL_LANE, group, stream=stream, disabled_ext_proc=disabled_ext_proc)
-            route.name += (f":{n}" if n > 1 else "") + (":stream" if stream else "")
-            # What Envoy read of the body, for the upstream step to tell whether it must rewrite it.
-            route.metadata.filter_metadata[METADATA_NAMESPACE].update(
-                {wire.RouteKey.STREAM: "true" if stream else "false"})
-            route.request_headers_to_add.extend([
-                _set(wire.START_HEADER, "%START_TIME(%s.%6f)%"),  # unix time, as the router step writes it
-                *([_set(wire.VERSION_HEADER, version)] if version else []),
-                _set(wire.MODEL_HEADER, f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:model)%"),
-                *([_set(wire.USAGE_HEADER, f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:include_usage)%")]
-                  if stream else []),
-            ])
-            yield route
+        # Streams or not: what Envoy read of the body, for the upstream step to tell whether it
+        # must rewrite it, is stamped on the request (a route per stream value named every model twice).
+        route = body_routed(plan, base, MODEL_LANE, group, stream=None, disabled_ext_proc=disabled_ext_proc)
+        route.name += f":{n}" if n > 1 else ""
+        route.request_headers_to_add.extend([
+            _set(wire.START_HEADER, "%START_TIME(%s.%6f)%"),  # unix time, as the router step writes it
+            *([_set(wire.VERSION_HEADER, version)] if version else []),
+            *(_set(header, f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:{key})%") for header, key in BODY_HEADERS),
+        ])
+        yield route
 
 
 def model_clusters(plan: Plan) -> Iterator[route_components_pb2.ClusterSpecifierPlugin]:

@@ -235,15 +235,17 @@ def cluster_plugin(name: str, clusters: Mapping[str, str]) -> route_components_p
 
 
 def body_routed(plan: Plan, base: route_components_pb2.Route, lane: str, group: LaneGroup, *,
-                stream: bool, disabled_ext_proc: dict[str, any_pb2.Any]) -> route_components_pb2.Route:
+                stream: bool | None, disabled_ext_proc: dict[str, any_pb2.Any]) -> route_components_pb2.Route:
     """A copy of ``base`` that Envoy picks when the body's ``model`` is one of the group's and its
-    ``stream`` is ``stream``, and sends to the cluster the lane's lookup gives for the model,
-    without the router step (what that step does, the route does)."""
+    ``stream`` is ``stream`` (None: either boolean), and sends to the cluster the lane's lookup
+    gives for the model, without the router step (what that step does, the route does)."""
     route = route_components_pb2.Route()
     route.CopyFrom(base)
     route.name = f"{lane}:{base.name}"
     route.match.dynamic_metadata.add().CopyFrom(group.model_matcher)
-    route.match.dynamic_metadata.append(_metadata_matcher("stream", bool_match=stream))
+    route.match.dynamic_metadata.append(_metadata_matcher("stream", bool_match=stream) if stream is not None else
+                                        _metadata_matcher("stream", or_match=value_pb2.OrMatcher(value_matchers=[
+                                            value_pb2.ValueMatcher(bool_match=b) for b in (True, False)])))
     action = route.route
     action.ClearField("cluster_header")
     action.cluster_specifier_plugin = cluster_plugin_name(lane, group.family)

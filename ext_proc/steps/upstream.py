@@ -70,6 +70,7 @@ from hapax.wire import (
     REQUEST_ID_HEADER,
     ROUTE_METADATA_ATTRIBUTE,
     START_HEADER,
+    STREAM_HEADER,
     UPSTREAM_SECONDS_HEADER,
     USAGE_HEADER,
     VERSION_HEADER,
@@ -213,7 +214,7 @@ class UpstreamStep(Step):
                       headers: Mapping[str, str]) -> pb.ProcessingResponse | None:
         """On the model lane, what Envoy read of the body may show the provider takes it as it is:
         then only the path and headers change, and the body is not sent here."""
-        model, stream = headers.get(MODEL_HEADER), route_md.get(RouteKey.STREAM)
+        model, stream = headers.get(MODEL_HEADER), headers.get(STREAM_HEADER)
         if attempt.lane != Lane.MODEL or not model or stream not in ("true", "false"):
             return None
         include_usage = headers.get(USAGE_HEADER) == "true"

@@ -22,7 +22,14 @@ from ext_proc.steps.messages import hapax_metadata
 from ext_proc.steps.upstream import UpstreamStep
 from ext_proc.translators.completions import TextCompletionStage
 from hapax.v1 import runtime_pb2
-from hapax.wire import DROPPED_PARAMS_HEADER, EXT_PROC_ATTRIBUTES, MODEL_HEADER, USAGE_HEADER, VERSION_HEADER
+from hapax.wire import (
+    DROPPED_PARAMS_HEADER,
+    EXT_PROC_ATTRIBUTES,
+    MODEL_HEADER,
+    STREAM_HEADER,
+    USAGE_HEADER,
+    VERSION_HEADER,
+)
 from hapax.wire import HOST_METADATA_ATTRIBUTE as HOST_METADATA
 from hapax.wire import ROUTE_METADATA_ATTRIBUTE as ROUTE_METADATA
 
@@ -270,7 +277,7 @@ def test_every_attempt_uses_the_version_its_request_started_under():
 def _as_sent_stream_step() -> tuple[UpstreamStep, ext_pb.ProcessingResponse]:
     """Provider a's own model, streamed, the usage chunk asked for: the body goes as the client sent it."""
     route_md = base_pb2.Metadata()
-    route_md.filter_metadata["hapax"].update({"handler": "chat", "lane": "model", "stream": "true"})
+    route_md.filter_metadata["hapax"].update({"handler": "chat", "lane": "model"})
     host_md = base_pb2.Metadata()
     host_md.filter_metadata["hapax"].update({"provider": "a"})
     attributes = {EXT_PROC_ATTRIBUTES: struct_pb2.Struct(fields={
@@ -278,6 +285,7 @@ def _as_sent_stream_step() -> tuple[UpstreamStep, ext_pb.ProcessingResponse]:
         ROUTE_METADATA: struct_pb2.Value(string_value=text_format.MessageToString(route_md))})}
     headers = ext_pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
         base_pb2.HeaderValue(key=MODEL_HEADER, raw_value=b"shared"),
+        base_pb2.HeaderValue(key=STREAM_HEADER, raw_value=b"true"),
         base_pb2.HeaderValue(key=USAGE_HEADER, raw_value=b"true")]))
     step = UpstreamStep(RuntimeView.from_proto(_runtime(), frozenset({"openai"})))
     return step, step.request_headers(headers, attributes)
@@ -326,14 +334,15 @@ def _anthropic_step(lane: str) -> UpstreamStep:
     rt.providers.add(name="claude", type="anthropic", model="claude-3-haiku", base_url="https://api.anthropic.com",
                      cluster="provider.claude")
     route_md = base_pb2.Metadata()
-    route_md.filter_metadata["hapax"].update({"handler": "chat", **({"lane": lane, "stream": "false"} if lane else {})})
+    route_md.filter_metadata["hapax"].update({"handler": "chat", **({"lane": lane} if lane else {})})
     host_md = base_pb2.Metadata()
     host_md.filter_metadata["hapax"].update({"provider": "claude"})
     attributes = {EXT_PROC_ATTRIBUTES: struct_pb2.Struct(fields={
         HOST_METADATA: struct_pb2.Value(string_value=text_format.MessageToString(host_md)),
         ROUTE_METADATA: struct_pb2.Value(string_value=text_format.MessageToString(route_md))})}
     step = UpstreamStep(RuntimeView.from_proto(rt, frozenset({"openai", "anthropic"})))
-    model = [base_pb2.HeaderValue(key=MODEL_HEADER, raw_value=b"claude-3-haiku")] if lane else []
+    model = [base_pb2.HeaderValue(key=MODEL_HEADER, raw_value=b"claude-3-haiku"),
+             base_pb2.HeaderValue(key=STREAM_HEADER, raw_value=b"false")] if lane else []
     step.request_headers(ext_pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=model)), attributes)
     return step
 

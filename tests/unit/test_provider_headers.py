@@ -129,13 +129,14 @@ def test_a_translated_attempt_removes_the_rest_with_the_headers_and_sets_its_own
 
 def test_a_body_sent_as_it_is_gets_its_headers_set_and_the_rest_removed_at_once():
     step = UpstreamStep(_view())
-    response = step.request_headers(_headers({"x-hapax-usage": "true", "x-hapax-model": "gpt-4o"}),
-                                     _attributes("gpt", lane="model", stream="true"))
+    response = step.request_headers(
+        _headers({"x-hapax-usage": "true", "x-hapax-model": "gpt-4o", "x-hapax-stream": "true"}),
+        _attributes("gpt", lane="model"))
     mutation = response.request_headers.response.header_mutation
     set_headers = {h.header.key: h.header.raw_value for h in mutation.set_headers}
     assert set_headers["authorization"] == b"Bearer sk-gpt"
     assert set(mutation.remove_headers) == set(not_kept(REQUEST, KEPT | {"openai-organization"}, set_headers)) | {
-        "x-hapax-usage", "x-hapax-model"}
+        "x-hapax-usage", "x-hapax-model", "x-hapax-stream"}
     assert "openai-organization" not in mutation.remove_headers  # gpt forwards it
     assert "authorization" not in mutation.remove_headers and "cookie" in mutation.remove_headers
 
