@@ -43,15 +43,6 @@ START_HEADER = "x-hapax-start"
 # The runtime version the request started under. Written: the router step, or a model-lane
 # route. Read: the upstream step, so every attempt uses one version.
 VERSION_HEADER = "x-hapax-version"
-# The body's model, as Envoy read it. Written: a model-lane route. Read: the upstream step
-# (which chain the request is on; can the body go as sent?).
-MODEL_HEADER = "x-hapax-model"
-# "true" or "false": whether the body asks for a stream, as Envoy read it. Written: a model-lane
-# route. Read: the upstream step.
-STREAM_HEADER = "x-hapax-stream"
-# "true" when a stream's client asked for the usage chunk. Written: a model-lane stream route,
-# from what Envoy read of the body. Read: the upstream step (can the body go as sent?).
-USAGE_HEADER = "x-hapax-usage"
 # Envoy's own. Written: the router step (the request's chain length). Read: Envoy's router.
 MAX_RETRIES_HEADER = "x-envoy-max-retries"
 # Envoy's own. Written: Envoy on each attempt (the route's ``include_request_attempt_count``,
@@ -61,7 +52,7 @@ ATTEMPT_HEADER = "x-envoy-attempt-count"
 REQUEST_ID_HEADER = "x-request-id"
 
 # What the gateway tells itself between steps: never from a client, never to a provider.
-STEP_REQUEST_HEADERS = (CHAIN_HEADER, VERSION_HEADER, START_HEADER, MODEL_HEADER, STREAM_HEADER, USAGE_HEADER)
+STEP_REQUEST_HEADERS = (CHAIN_HEADER, VERSION_HEADER, START_HEADER)
 # Credentials a client may send to the gateway; none of them may reach a provider.
 # Removed by: the router step, and every body-routed lane route.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
@@ -143,6 +134,12 @@ class Lane(StrEnum):
     MODEL = "model"              # straight to the model's chain (control_plane/resources/model_lane.py)
 
 
+# What json_to_metadata writes of a request's body (dynamic metadata), under these keys.
+# Written: Envoy (the control plane's filter config). Read: the lanes' routes, the access
+# log, and the upstream step (``REQUEST_METADATA_ATTRIBUTE``: which chain a model-lane
+# request is on, and whether its body can go as sent).
+REQUEST_NAMESPACE = "hapax.request"
+BODY_MODEL, BODY_STREAM, BODY_INCLUDE_USAGE = "model", "stream", "include_usage"
 # What json_to_metadata writes of an answer's body. Written: Envoy (the control plane's
 # filter config). Read: ext_proc's access log counter.
 USAGE_NAMESPACE = "hapax.usage"
@@ -152,6 +149,7 @@ PROMPT_TOKENS, COMPLETION_TOKENS = "prompt_tokens", "completion_tokens"
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"  # Envoy's key for them
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
 ROUTE_METADATA_ATTRIBUTE = "xds.route_metadata"
+REQUEST_METADATA_ATTRIBUTE = "metadata"  # the request's dynamic metadata (REQUEST_NAMESPACE)
 STATUS_ATTRIBUTE = "response.code"  # a response attribute: sent with the answer's first message
 
 # ---------------------------------------------------------------- access log to ext_proc

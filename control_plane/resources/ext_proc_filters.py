@@ -68,8 +68,9 @@ def upstream_ext_proc_filter() -> hcm_pb2.HttpFilter:
     )
     # The status comes with the first answer message: a stream the step does not read the
     # headers of learns it from its first piece (ext_proc/steps/messages.py: STREAM_AS_SENT).
-    flt = _ext_proc_filter(wire.Phase.UPSTREAM, mode, (wire.HOST_METADATA_ATTRIBUTE, wire.ROUTE_METADATA_ATTRIBUTE),
-                           (wire.STATUS_ATTRIBUTE,))
+    # The request's dynamic metadata: what json_to_metadata read of the body (a model-lane request's model).
+    attributes = (wire.HOST_METADATA_ATTRIBUTE, wire.ROUTE_METADATA_ATTRIBUTE, wire.REQUEST_METADATA_ATTRIBUTE)
+    flt = _ext_proc_filter(wire.Phase.UPSTREAM, mode, attributes, (wire.STATUS_ATTRIBUTE,))
     return hcm_pb2.HttpFilter(name=UPSTREAM_EXT_PROC_FILTER, typed_config=pack(flt))
 
 

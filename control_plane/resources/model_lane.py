@@ -22,9 +22,10 @@ a JSON one with the tokens Envoy read from it, and the upstream step's client
 errors among them. So an OpenAI-shaped JSON answer (an alias, an
 OpenAI-compatible server) needs no ext_proc message after its headers.
 
-What Envoy read of the body travels too: the route stamps the model
-(``x-hapax-model``), its metadata says whether it streams, and a stream's
-route stamps whether its client asked for the usage chunk. A body the provider takes as it is (an OpenAI
+What Envoy read of the body travels too: the upstream step reads the model,
+whether it streams and whether a stream asked for the usage chunk from the
+request's dynamic metadata (``wire.REQUEST_NAMESPACE``), where json_to_metadata
+wrote them. A body the provider takes as it is (an OpenAI
 provider's own model name and, on a stream, the usage chunk asked for:
 ``Translator.request_as_sent``) then never reaches ext_proc: the upstream step
 sets only the path and headers, and a stream costs one message less.
@@ -57,7 +58,6 @@ from google.protobuf import any_pb2
 
 from control_plane.plan import MODEL_LANE_HANDLERS, Chain, Plan
 from control_plane.resources.passthrough import (
-    REQUEST_NAMESPACE,
     LaneGroup,
     body_routed,
     cluster_plugin,
@@ -68,8 +68,6 @@ from control_plane.resources.passthrough import (
 from hapax import wire
 
 MODEL_LANE = wire.Lane.MODEL
-# What json_to_metadata read of the body (its keys), stamped for the upstream step.
-BODY_HEADERS = ((wire.MODEL_HEADER, "model"), (wire.STREAM_HEADER, "stream"), (wire.USAGE_HEADER, "include_usage"))
 
 
 def model_groups(plan: Plan) -> list[LaneGroup]:
@@ -89,14 +87,13 @@ def model_routes(plan: Plan, groups: Sequence[LaneGroup], handler: str, base: ro
         return
     family = wire.FAMILY_OF_HANDLER[wire.Handler(handler)]
     for n, group in enumerate((g for g in groups if g.family == family), 1):
-        # Streams or not: what Envoy read of the body, for the upstream step to tell whether it
-        # must rewrite it, is stamped on the request (a route per stream value named every model twice).
+        # Streams or not: what Envoy read of the body (the model, whether it streams, whether a
+        # stream asked for the usage chunk) the upstream step reads from the request's metadata.
         route = body_routed(plan, base, MODEL_LANE, group, stream=None, disabled_ext_proc=disabled_ext_proc)
         route.name += f":{n}" if n > 1 else ""
         route.request_headers_to_add.extend([
             _set(wire.START_HEADER, "%START_TIME(%s.%6f)%"),  # unix time, as the router step writes it
             *([_set(wire.VERSION_HEADER, version)] if version else []),
-            *(_set(header, f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:{key})%") for header, key in BODY_HEADERS),
         ])
         yield route
 

@@ -77,9 +77,10 @@ from hapax import wire
 
 LANE = wire.Lane.PASSTHROUGH
 METADATA_NAMESPACE = wire.METADATA_NAMESPACE
-# Dynamic metadata json_to_metadata writes of the request: what the lane routes on (what it
-# writes of the answer, the usage, is ext_proc's to read: wire.USAGE_NAMESPACE).
-REQUEST_NAMESPACE = "hapax.request"
+# Dynamic metadata json_to_metadata writes of the request: what the lane routes on, and the
+# upstream step reads (what it writes of the answer, the usage, is ext_proc's to read:
+# wire.USAGE_NAMESPACE).
+REQUEST_NAMESPACE = wire.REQUEST_NAMESPACE
 JSON_TO_METADATA_FILTER = "hapax.json_to_metadata"
 # The body's model again, as filter state: what the lane routes' cluster specifiers look up.
 # (Their matcher reads filter state as a string; its dynamic-metadata input crashed Envoy 1.40.)
@@ -116,12 +117,12 @@ def json_to_metadata_filter() -> hcm_pb2.HttpFilter:
             # The default accepts "application/json" exactly, not with a charset.
             allow_content_types_regex=_JSON,
             rules=[
-                rule(["model"], REQUEST_NAMESPACE, "model", typ=JTM.PROTOBUF_VALUE),
+                rule(["model"], REQUEST_NAMESPACE, wire.BODY_MODEL, typ=JTM.PROTOBUF_VALUE),
                 # Absent means false; any value but a boolean false keeps the request off the lane.
-                rule(["stream"], REQUEST_NAMESPACE, "stream", missing=struct_pb2.Value(bool_value=False)),
+                rule(["stream"], REQUEST_NAMESPACE, wire.BODY_STREAM, missing=struct_pb2.Value(bool_value=False)),
                 # Whether a stream's client asked for the usage chunk: if so, and it names the
                 # provider's own model, an OpenAI provider can take its body as it is.
-                rule(["stream_options", "include_usage"], REQUEST_NAMESPACE, "include_usage"),
+                rule(["stream_options", "include_usage"], REQUEST_NAMESPACE, wire.BODY_INCLUDE_USAGE),
             ]),
         response_rules=JTM.MatchRules(
             allow_content_types_regex=_JSON,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 
 from envoy.config.core.v3 import base_pb2
@@ -137,6 +138,34 @@ def hapax_metadata(text: str) -> dict[str, str]:
     text_format.Parse(text, md)
     ns = md.filter_metadata.get(wire.METADATA_NAMESPACE)
     return {} if ns is None else {k: v.string_value for k, v in ns.fields.items()}
+
+
+@dataclass(frozen=True)
+class BodyRead:
+    """What Envoy's json_to_metadata read of a request's body (wire.REQUEST_NAMESPACE)."""
+
+    model: str | None = None  # a string, or nothing usable
+    stream: bool | None = None  # a boolean (absent: false), or nothing usable
+    include_usage: bool = False
+
+
+def body_read(text: str) -> BodyRead:
+    """The request's dynamic metadata attribute (text-format proto), as far as the body goes."""
+    if not text:
+        return BodyRead()
+    md = base_pb2.Metadata()
+    text_format.Parse(text, md)
+    ns = md.filter_metadata.get(wire.REQUEST_NAMESPACE)
+    if ns is None:
+        return BodyRead()
+    fields = ns.fields
+
+    def typed(key: str, kind: str):
+        value = fields.get(key)
+        return getattr(value, kind) if value is not None and value.WhichOneof("kind") == kind else None
+
+    return BodyRead(typed(wire.BODY_MODEL, "string_value"), typed(wire.BODY_STREAM, "bool_value"),
+                    typed(wire.BODY_INCLUDE_USAGE, "bool_value") is True)
 
 
 def _attribute_value(attributes: Attributes, name: str) -> struct_pb2.Value | None:

@@ -43,7 +43,9 @@ from ext_proc.steps.messages import (
     STREAM_AS_SENT,
     STREAM_RESPONSE,
     Attributes,
+    BodyRead,
     attribute,
+    body_read,
     continue_request_headers,
     continue_response_body,
     continue_response_headers,
@@ -64,15 +66,13 @@ from hapax.wire import (
     FAMILY_OF_HANDLER,
     GATEWAY_ANSWER_HEADER,
     HOST_METADATA_ATTRIBUTE,
-    MODEL_HEADER,
     NEVER_REMOVED_HEADERS,
     PROVIDER_HEADER,
     REQUEST_ID_HEADER,
+    REQUEST_METADATA_ATTRIBUTE,
     ROUTE_METADATA_ATTRIBUTE,
     START_HEADER,
-    STREAM_HEADER,
     UPSTREAM_SECONDS_HEADER,
-    USAGE_HEADER,
     VERSION_HEADER,
     Handler,
     Lane,
@@ -169,21 +169,24 @@ class UpstreamStep(Step):
         view = self.view_for(headers.get(VERSION_HEADER, "")) or self.view
         host = hapax_metadata(attribute(attributes, HOST_METADATA_ATTRIBUTE))  # parsed once: it is text
         route_md = hapax_metadata(attribute(attributes, ROUTE_METADATA_ATTRIBUTE))
+        # What Envoy read of the body: only a model-lane request needs it (parsed: it is text too).
+        body = body_read(attribute(attributes, REQUEST_METADATA_ATTRIBUTE)) \
+            if route_md.get(RouteKey.LANE) == Lane.MODEL else BodyRead()
         if host.get(wire.HOST_UNAVAILABLE_KEY):
-            return self._unavailable(view, headers, route_md)
+            return self._unavailable(view, headers, route_md, body)
         provider = _provider(view, host.get(wire.HOST_PROVIDER_KEY, ""))
         self.attempt = attempt = Attempt.read(view, provider, route_md, headers, self.created)
         self._count_attempt(attempt)
         if attempt.handler not in translator_for(provider.type).handlers:
             raise GatewayError(400, f"Provider '{provider.name}' ({provider.type}) does not serve "
                                f"the '{attempt.handler}' API.", code="unsupported_handler")
-        as_sent = self._body_as_sent(attempt, route_md, headers)
+        as_sent = self._body_as_sent(attempt, body, headers)
         # A body to rewrite comes next: this attempt's own headers are set with it.
         return as_sent or continue_request_headers(pb.CommonResponse(
             header_mutation=mutation(remove=not_kept(headers, provider.kept_headers))))
 
     def _unavailable(self, view: RuntimeView, headers: Mapping[str, str],
-                     route_md: Mapping[str, str]) -> pb.ProcessingResponse:
+                     route_md: Mapping[str, str], read: BodyRead) -> pb.ProcessingResponse:
         """No provider of the request's chain is in rotation, and Envoy sent the attempt to the
         chain's last member (clusters.py: unavailable_cluster): 503 naming each provider's reason.
 
@@ -191,7 +194,7 @@ class UpstreamStep(Step):
         The answer is the gateway's, and Envoy's to retry (to the same member) or give the client.
         """
         self.done = True
-        chain = _request_chain(view, headers, route_md)
+        chain = _request_chain(view, headers.get(CHAIN_HEADER, ""), route_md, read)
         names = chain.providers if chain is not None else tuple(view.providers)
         body = unavailable_json(self.reasons(names) if self.reasons is not None else {}) or json.dumps(
             error_json("No provider could serve the request (none is in rotation).", "server_error",
@@ -210,15 +213,13 @@ class UpstreamStep(Step):
             self.metrics.request_started(attempt.route)
             self.in_flight = True
 
-    def _body_as_sent(self, attempt: Attempt, route_md: Mapping[str, str],
+    def _body_as_sent(self, attempt: Attempt, body: BodyRead,
                       headers: Mapping[str, str]) -> pb.ProcessingResponse | None:
         """On the model lane, what Envoy read of the body may show the provider takes it as it is:
         then only the path and headers change, and the body is not sent here."""
-        model, stream = headers.get(MODEL_HEADER), headers.get(STREAM_HEADER)
-        if attempt.lane != Lane.MODEL or not model or stream not in ("true", "false"):
+        if attempt.lane != Lane.MODEL or not body.model or body.stream is None:
             return None
-        include_usage = headers.get(USAGE_HEADER) == "true"
-        req = ClientRequest.as_read(Handler(attempt.handler), model, stream == "true", include_usage)
+        req = ClientRequest.as_read(Handler(attempt.handler), body.model, body.stream, body.include_usage)
         attempt = self.attempt = attempt.serving(req)
         out = translator_for(attempt.provider.type).request_as_sent(req, attempt.provider)
         if out is None:
@@ -417,12 +418,12 @@ class UpstreamStep(Step):
         return not self.streaming or stage.stream_outcome == StreamOutcome.COMPLETED
 
 
-def _request_chain(view: RuntimeView, headers: Mapping[str, str], route_md: Mapping[str, str]) -> Chain | None:
+def _request_chain(view: RuntimeView, cluster: str, route_md: Mapping[str, str], body: BodyRead) -> Chain | None:
     """The chain the router step named (its cluster), or a model-lane request's: its model and route's handler."""
     chains = [*view.auto_chains.values(), *(c for models in view.family_models.values() for c in models.values())]
-    if cluster := headers.get(CHAIN_HEADER, ""):
+    if cluster:
         return next((c for c in chains if c.cluster == cluster), None)
-    handler, model = route_md.get(RouteKey.HANDLER, ""), headers.get(MODEL_HEADER)
+    handler, model = route_md.get(RouteKey.HANDLER, ""), body.model
     if handler not in FAMILY_OF_HANDLER or not model:
         return None
     return view.chain_for(FAMILY_OF_HANDLER[Handler(handler)], model)

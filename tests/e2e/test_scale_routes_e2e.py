@@ -1,9 +1,11 @@
 """Hundreds of department routes through the real Envoy (issue #21).
 
-Ten providers and 500 department routes: Envoy accepts the generated configuration
+Fifty providers and 500 department routes: Envoy accepts the generated configuration
 (it validates every version before serving it), every route answers a chat through it,
-and a path that is not served gets a 404 whose list of paths is bounded: Envoy refuses a
-``direct_response`` body over 4 KB, and listing every path made one of 27 KB at 200 routes.
+each provider's model reaches its provider from every route, an edit is served on the new
+route's lanes and the old ones', and a path that is not served gets a 404 whose list of
+paths is bounded: Envoy refuses a ``direct_response`` body over 4 KB, and listing every
+path made one of 27 KB at 200 routes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from hapax.fakes import FakeOpenAI
 from tests.conftest import gateway_config, wait_for
 from tests.e2e.test_config_reload import save_by_rename
 
-PROVIDERS = 10
+PROVIDERS = 50
 DEPARTMENTS = 500
 CONCURRENCY = 25
 ENVOY_DIRECT_RESPONSE_MAX_BYTES = 4096

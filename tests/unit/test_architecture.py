@@ -84,10 +84,12 @@ def test_envoy_folder_is_not_a_python_package():
 GATEWAY_CODE = ("control_plane", "ext_proc", "hapax")
 NOT_GATEWAY_CODE = ("hapax/fakes/", "hapax/v1/", "hapax/wire.py")
 # Contract values that are also ordinary words of other vocabularies: the provider APIs'
-# usage fields, the HTTP credential headers a translator sets for its provider, the headers of
-# every HTTP request, the name of the product in logger names and Envoy's stat prefix,
-# "provider" as a metric label.
+# request and usage fields (what json_to_metadata reads of a body; Anthropic's "metadata",
+# also Envoy's attribute name for a request's dynamic metadata), the HTTP credential headers
+# a translator sets for its provider, the headers of every HTTP request, the name of the
+# product in logger names and Envoy's stat prefix, "provider" as a metric label.
 SHARED_VOCABULARY = {"hapax", "provider", "prompt_tokens", "completion_tokens",
+                     "model", "stream", "include_usage", "metadata",
                      "authorization", "x-api-key", "api-key", "proxy-authorization",
                      "host", "content-type", "content-length", "accept", "accept-encoding",
                      "auto"}  # also an OpenAI value (tool_choice, detail...), not only the model name

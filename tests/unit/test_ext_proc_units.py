@@ -25,9 +25,7 @@ from hapax.v1 import runtime_pb2
 from hapax.wire import (
     DROPPED_PARAMS_HEADER,
     EXT_PROC_ATTRIBUTES,
-    MODEL_HEADER,
-    STREAM_HEADER,
-    USAGE_HEADER,
+    REQUEST_METADATA_ATTRIBUTE,
     VERSION_HEADER,
 )
 from hapax.wire import HOST_METADATA_ATTRIBUTE as HOST_METADATA
@@ -274,6 +272,13 @@ def test_every_attempt_uses_the_version_its_request_started_under():
         UpstreamStep(current).request_headers(ext_pb.HttpHeaders(), attributes)
 
 
+def body_metadata(**read: str | bool) -> str:
+    """The request's dynamic metadata attribute as Envoy sends it (text format): what json_to_metadata read."""
+    md = base_pb2.Metadata()
+    md.filter_metadata["hapax.request"].update(read)
+    return text_format.MessageToString(md)
+
+
 def _as_sent_stream_step() -> tuple[UpstreamStep, ext_pb.ProcessingResponse]:
     """Provider a's own model, streamed, the usage chunk asked for: the body goes as the client sent it."""
     route_md = base_pb2.Metadata()
@@ -283,10 +288,9 @@ def _as_sent_stream_step() -> tuple[UpstreamStep, ext_pb.ProcessingResponse]:
     attributes = {EXT_PROC_ATTRIBUTES: struct_pb2.Struct(fields={
         HOST_METADATA: struct_pb2.Value(string_value=text_format.MessageToString(host_md)),
         ROUTE_METADATA: struct_pb2.Value(string_value=text_format.MessageToString(route_md))})}
-    headers = ext_pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
-        base_pb2.HeaderValue(key=MODEL_HEADER, raw_value=b"shared"),
-        base_pb2.HeaderValue(key=STREAM_HEADER, raw_value=b"true"),
-        base_pb2.HeaderValue(key=USAGE_HEADER, raw_value=b"true")]))
+    attributes[EXT_PROC_ATTRIBUTES].fields[REQUEST_METADATA_ATTRIBUTE].string_value = body_metadata(
+        model="shared", stream=True, include_usage=True)
+    headers = ext_pb.HttpHeaders()
     step = UpstreamStep(RuntimeView.from_proto(_runtime(), frozenset({"openai"})))
     return step, step.request_headers(headers, attributes)
 
@@ -341,9 +345,10 @@ def _anthropic_step(lane: str) -> UpstreamStep:
         HOST_METADATA: struct_pb2.Value(string_value=text_format.MessageToString(host_md)),
         ROUTE_METADATA: struct_pb2.Value(string_value=text_format.MessageToString(route_md))})}
     step = UpstreamStep(RuntimeView.from_proto(rt, frozenset({"openai", "anthropic"})))
-    model = [base_pb2.HeaderValue(key=MODEL_HEADER, raw_value=b"claude-3-haiku"),
-             base_pb2.HeaderValue(key=STREAM_HEADER, raw_value=b"false")] if lane else []
-    step.request_headers(ext_pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=model)), attributes)
+    if lane:
+        attributes[EXT_PROC_ATTRIBUTES].fields[REQUEST_METADATA_ATTRIBUTE].string_value = body_metadata(
+            model="claude-3-haiku", stream=False)
+    step.request_headers(ext_pb.HttpHeaders(), attributes)
     return step
 
 

@@ -19,9 +19,10 @@ from control_plane.resources.runtime import runtime
 from ext_proc.runtime import RuntimeView
 from ext_proc.steps.upstream import UpstreamStep, not_kept
 from hapax.v1 import runtime_pb2
-from hapax.wire import EXT_PROC_ATTRIBUTES, PROVIDER_REQUEST_HEADERS
+from hapax.wire import EXT_PROC_ATTRIBUTES, PROVIDER_REQUEST_HEADERS, REQUEST_METADATA_ATTRIBUTE
 from hapax.wire import HOST_METADATA_ATTRIBUTE as HOST_METADATA
 from hapax.wire import ROUTE_METADATA_ATTRIBUTE as ROUTE_METADATA
+from tests.unit.test_ext_proc_units import body_metadata
 
 # What reaches the upstream step of a retry: the client's headers, Envoy's, the steps', and
 # what the previous attempt (to OpenAI) set.
@@ -129,14 +130,14 @@ def test_a_translated_attempt_removes_the_rest_with_the_headers_and_sets_its_own
 
 def test_a_body_sent_as_it_is_gets_its_headers_set_and_the_rest_removed_at_once():
     step = UpstreamStep(_view())
-    response = step.request_headers(
-        _headers({"x-hapax-usage": "true", "x-hapax-model": "gpt-4o", "x-hapax-stream": "true"}),
-        _attributes("gpt", lane="model"))
+    attributes = _attributes("gpt", lane="model")
+    attributes[EXT_PROC_ATTRIBUTES].fields[REQUEST_METADATA_ATTRIBUTE].string_value = body_metadata(
+        model="gpt-4o", stream=True, include_usage=True)
+    response = step.request_headers(_headers(), attributes)
     mutation = response.request_headers.response.header_mutation
     set_headers = {h.header.key: h.header.raw_value for h in mutation.set_headers}
     assert set_headers["authorization"] == b"Bearer sk-gpt"
-    assert set(mutation.remove_headers) == set(not_kept(REQUEST, KEPT | {"openai-organization"}, set_headers)) | {
-        "x-hapax-usage", "x-hapax-model", "x-hapax-stream"}
+    assert set(mutation.remove_headers) == set(not_kept(REQUEST, KEPT | {"openai-organization"}, set_headers))
     assert "openai-organization" not in mutation.remove_headers  # gpt forwards it
     assert "authorization" not in mutation.remove_headers and "cookie" in mutation.remove_headers
 
