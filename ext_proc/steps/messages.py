@@ -149,6 +149,7 @@ class BodyRead:
     include_usage: bool = False
 
 
+@lru_cache(maxsize=1024)  # one text per model, stream and usage flag: parsed once (text format is slow)
 def body_read(text: str) -> BodyRead:
     """The request's dynamic metadata attribute (text-format proto), as far as the body goes."""
     if not text:
