@@ -537,9 +537,8 @@ class Supervisor:
         return {name: fake.base_url for name, fake in fakes.items()}
 
     def _print_ready(self, config, version: str) -> None:
-        from control_plane.config.served import route_lines
+        from control_plane.config.served import preference_line, provider_line, route_lines
 
-        providers = ", ".join(f"{p.name} ({p.type}, {p.base_url})" for p in config.providers.values())
         first, *more = route_lines(config)  # a config serves at least one route
         lines = [
             "Hapax is ready.",
@@ -551,8 +550,8 @@ class Supervisor:
             *([f"  HTTP/3:       udp port {config.server.http3_port} (QUIC)"] if config.server.http3.enabled else []),
             f"  Envoy stats:  {self.metrics_url.removesuffix(wire.METRICS_PATH)}{wire.ENVOY_STATS_PATH}",
             f"  Envoy admin:  {self.admin_url} ({self._admin_reach()})",
-            f"  Providers:    {providers}",
-            f"  Preference:   {' > '.join(config.provider_preference)}",
+            f"  Providers:    {provider_line(config)}",
+            f"  Preference:   {preference_line(config)}",
             f"  Config:       {self.options.config_path or 'built-in default'} (version {version})",
             # What the control plane has logged, where the operator looks first: an empty key above all.
             *(f"  Warning:      {warning}" for warning in config.warnings),

@@ -1,9 +1,11 @@
-"""What a configuration serves, for people: the route lines ``hapax validate`` and ``hapax serve`` print.
+"""What a configuration serves, for people: the route lines ``hapax validate`` and ``hapax serve`` print,
+and its providers and their preference order as ``hapax serve``'s banner names them.
 
-Each line is a path, its handler, and where it comes from: ``standard`` for the
+Each route line is a path, its handler, and where it comes from: ``standard`` for the
 OpenAI endpoints served beside the configured routes, or the route's metrics
-labels (its department). The list is bounded: a config may hold hundreds of
-department routes, and a terminal shows a screenful; the rest are counted.
+labels (its department). The lists are bounded: a config may hold hundreds of
+department routes and a hundred providers, and a terminal shows a screenful; the
+rest are counted.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from control_plane.config.model import DEFAULT_ROUTES, HapaxConfig, RouteConfig
 
 MAX_LISTED_ROUTES = 12
+MAX_LISTED_PROVIDERS = 8
 
 
 def route_lines(config: HapaxConfig, limit: int = MAX_LISTED_ROUTES) -> list[str]:
@@ -29,3 +32,18 @@ def _what(route: RouteConfig) -> str:
     origin = "standard" if route in DEFAULT_ROUTES else ", ".join(
         f"{key}={value}" for key, value in route.metrics_labels.items())
     return f"{route.handler} ({origin})" if origin else route.handler
+
+
+def provider_line(config: HapaxConfig, limit: int = MAX_LISTED_PROVIDERS) -> str:
+    """Each provider with its type and base URL, the first ``limit`` of them, then how many more."""
+    return _bounded([f"{p.name} ({p.type}, {p.base_url})" for p in config.providers.values()], ", ", limit)
+
+
+def preference_line(config: HapaxConfig, limit: int = MAX_LISTED_PROVIDERS) -> str:
+    return _bounded(list(config.provider_preference), " > ", limit)
+
+
+def _bounded(items: list[str], separator: str, limit: int) -> str:
+    hidden = len(items) - limit
+    listed = separator.join(items[:limit])
+    return f"{listed}{separator}... and {hidden} more ({len(items)} in all)" if hidden > 0 else listed

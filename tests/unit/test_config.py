@@ -11,6 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.scale import config_text
 from control_plane.config import (
     DEFAULT_BASE_URLS,
     DEFAULT_ROUTES,
@@ -28,7 +29,7 @@ from control_plane.config import (
     parse_config,
     summarize,
 )
-from control_plane.config.served import route_lines
+from control_plane.config.served import MAX_LISTED_PROVIDERS, preference_line, provider_line, route_lines
 from control_plane.defaults import default_config_text, needs_fake_providers
 from control_plane.pricing import DEFAULT_PRICES, ModelPrice, price_for
 from tests.seed import SEED_YAML
@@ -709,6 +710,18 @@ def test_default_routes_true_is_what_leaving_it_out_means():
 )
 def test_default_routes_errors(text, message):
     assert errors(with_provider("{type: ollama, model: m}") + text) == {"default_routes": message}
+
+
+def test_the_banner_names_a_screenful_of_providers_and_counts_the_rest():
+    # A hundred providers made a banner line of 3 KB: the first eight are named, the rest counted.
+    config = parse_config(config_text(100, 1), env={})
+    line, order = provider_line(config), preference_line(config)
+    assert line.startswith("p000 (openai, http://127.0.0.1:20000/v1), p001 (anthropic, http://127.0.0.1:20001), ")
+    assert line.count("(") == MAX_LISTED_PROVIDERS + 1 and line.endswith(", ... and 92 more (100 in all)")
+    assert order == " > ".join(f"p{i:03d}" for i in range(MAX_LISTED_PROVIDERS)) + " > ... and 92 more (100 in all)"
+    # A config that fits is listed whole, as before.
+    few = parse_config(config_text(3, 1), env={})
+    assert preference_line(few) == "p000 > p001 > p002" and "more" not in provider_line(few)
 
 
 def test_route_lines_name_each_path_its_handler_and_where_it_comes_from():
