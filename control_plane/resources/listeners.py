@@ -56,7 +56,7 @@ from control_plane.cel import MetadataPresent
 from control_plane.config.model import HapaxConfig
 from control_plane.plan import Plan
 from control_plane.protobuf import ads, duration, pack
-from control_plane.resources import passthrough
+from control_plane.resources import body_routing, passthrough
 from control_plane.resources.ext_proc_filters import router_ext_proc_filter
 from control_plane.resources.names import (
     EXT_PROC_CLUSTER,
@@ -382,7 +382,7 @@ def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
         # On the way back filters run in reverse: the compressor, first here, compresses last.
         http_filters=[
             compressor_filter(),
-            *([passthrough.json_to_metadata_filter(), passthrough.lane_model_filter()] if lane else []),
+            *([passthrough.json_to_metadata_filter(), body_routing.lane_model_filter()] if lane else []),
             provider_errors_filter(),
             router_ext_proc_filter(),
             hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router(

@@ -41,11 +41,11 @@ its 503, so those requests keep it.
 Anything else (no model, an unknown one, malformed JSON, a non-boolean
 ``stream``) takes the ordinary route and the router step.
 
-A department route has two lane routes here (a stream and not), each matching
-every model name of its family, whatever their number (more where chains differ
-in length or idle limit): the chain cluster is looked up by the body's model
-(passthrough.py: ``cluster_plugin``). So the route configuration grows with
-departments plus models, not with their product.
+A department route has one lane route here, streams or not, matching every
+model name of its family, whatever their number (more where chains differ in
+length or idle limit): the chain cluster is looked up by the body's model
+(body_routing.py). So the route configuration grows with departments plus
+models, not with their product.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from envoy.config.route.v3 import route_components_pb2
 from google.protobuf import any_pb2
 
 from control_plane.plan import MODEL_LANE_HANDLERS, Chain, Plan
-from control_plane.resources.passthrough import (
+from control_plane.resources.body_routing import (
     LaneGroup,
     body_routed,
     cluster_plugin,

@@ -35,30 +35,23 @@ answer reaches the client unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from functools import cached_property
-from typing import TypeVar
+from collections.abc import Iterator, Sequence
 
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
 from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
-from envoy.extensions.filters.common.set_filter_state.v3 import value_pb2 as filter_state_value_pb2
 from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.credential_injector.v3 import credential_injector_pb2
 from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
-from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.http.injected_credentials.generic.v3 import generic_pb2
-from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
-from envoy.extensions.router.cluster_specifiers.matcher.v3 import matcher_pb2 as cluster_matcher_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
-from envoy.type.matcher.v3 import metadata_pb2, regex_pb2, string_pb2, value_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.metadata.v3 import metadata_pb2 as metadata_kind_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
@@ -69,9 +62,18 @@ from xds.type.v3 import cel_pb2
 
 from control_plane.cel import MetadataEquals, MetadataPresent, all_of
 from control_plane.config.model import HapaxConfig, ProviderConfig
-from control_plane.plan import Chain, LaneModel, Plan
-from control_plane.protobuf import ads, duration, pack
+from control_plane.plan import LaneModel, Plan
+from control_plane.protobuf import ads, pack
 from control_plane.resources import provider_headers
+from control_plane.resources.body_routing import (
+    LANE_MODEL_FILTER,
+    LaneGroup,
+    body_routed,
+    cluster_plugin,
+    cluster_plugin_name,
+    grouped,
+    route_limits,
+)
 from control_plane.resources.secrets import key_secret_name
 from hapax import wire
 
@@ -82,17 +84,12 @@ METADATA_NAMESPACE = wire.METADATA_NAMESPACE
 # wire.USAGE_NAMESPACE).
 REQUEST_NAMESPACE = wire.REQUEST_NAMESPACE
 JSON_TO_METADATA_FILTER = "hapax.json_to_metadata"
-# The body's model again, as filter state: what the lane routes' cluster specifiers look up.
-# (Their matcher reads filter state as a string; its dynamic-metadata input crashed Envoy 1.40.)
-LANE_MODEL_FILTER = "hapax.lane_model"
-MODEL_FILTER_STATE = "hapax.model"
 LANE_FILTER = "hapax.passthrough"
 # The OpenAI API path of each handler the lane serves, under the provider's base path.
 # Keyed by the config's handler names (a wire.Handler is one).
 HANDLER_PATHS: dict[str, str] = {
     handler: wire.OPENAI_PATHS[handler] for handler in (wire.Handler.CHAT, wire.Handler.EMBEDDINGS)}
 ALS_BUFFER_BYTES = 64 * 1024
-T = TypeVar("T")
 _JSON = regex_pb2.RegexMatcher(regex=r"^application/json(;.*)?$")
 
 
@@ -132,47 +129,18 @@ def json_to_metadata_filter() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=JSON_TO_METADATA_FILTER, typed_config=pack(config))
 
 
-def lane_model_filter() -> hcm_pb2.HttpFilter:
-    """Copies the model json_to_metadata read (a string; nothing else) into filter state, for the
-    lane routes' cluster specifiers. After json_to_metadata, before any filter that looks up the route."""
-    model = substitution_format_string_pb2.SubstitutionFormatString(
-        text_format_source=base_pb2.DataSource(inline_string=f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:model)%"),
-        omit_empty_values=True)
-    config = set_filter_state_pb2.Config(on_request_headers=[filter_state_value_pb2.FilterStateValue(
-        object_key=MODEL_FILTER_STATE, factory_key="envoy.string", format_string=model, skip_if_empty=True)])
-    return hcm_pb2.HttpFilter(name=LANE_MODEL_FILTER, typed_config=pack(config))
-
-
 def body_filters_disabled() -> dict[str, any_pb2.Any]:
     """typed_per_filter_config for routes no lane request can take: their bodies are not parsed."""
     off = pack(route_components_pb2.FilterConfig(disabled=True))
     return {JSON_TO_METADATA_FILTER: off, LANE_MODEL_FILTER: off}
 
 
-@dataclass(frozen=True)
-class LaneGroup:
-    """The models one body-routed route takes: of one family, whose chains share what a route
-    fixes (``route_limits``) and, on the passthrough lane, their API base path."""
-
-    family: str
-    models: tuple[str, ...]
-    chain: Chain  # any of the models' chains: the route's attempts and idle limit are each one's
-    base_path: str = ""
-
-    @cached_property  # one per group, copied into every department's route
-    def model_matcher(self) -> metadata_pb2.MetadataMatcher:
-        names = [value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=m)) for m in self.models]
-        if len(names) == 1:
-            return _metadata_matcher("model", string_match=names[0].string_match)
-        return _metadata_matcher("model", or_match=value_pb2.OrMatcher(value_matchers=names))
-
-
 def lane_groups(plan: Plan) -> list[LaneGroup]:
     """The passthrough lane's routes, per department route: usually one per family, however many models."""
     groups = grouped(plan.lane_models,
                      lambda lane: (lane.family, lane.base_path, *route_limits(plan, lane.chain)))
-    return [LaneGroup(first.family, tuple(lane.model for lane in members), first.chain, first.base_path)
-            for first, members in ((members[0], members) for members in groups.values())]
+    return [LaneGroup(members[0].family, tuple(lane.model for lane in members), members[0].chain,
+                      members[0].base_path) for members in groups.values()]
 
 
 def lane_routes(plan: Plan, groups: Sequence[LaneGroup], handler: str, base: route_components_pb2.Route,
@@ -200,71 +168,6 @@ def lane_clusters(plan: Plan) -> Iterator[route_components_pb2.ClusterSpecifierP
     for family in dict.fromkeys(lane.family for lane in plan.lane_models):
         yield cluster_plugin(cluster_plugin_name(LANE, family),
                              {lane.model: lane.cluster for lane in plan.lane_models if lane.family == family})
-
-
-def route_limits(plan: Plan, chain: Chain) -> tuple[int, float]:
-    """What a body-routed route fixes of its chain: the attempts and the idle limit."""
-    return chain.attempts, plan.route_idle_limit([chain])
-
-
-def grouped(items: Iterable[T], key: Callable[[T], Hashable]) -> dict[Hashable, list[T]]:
-    """``items`` by ``key``, in the order each key first appears."""
-    groups: dict[Hashable, list[T]] = {}
-    for item in items:
-        groups.setdefault(key(item), []).append(item)
-    return groups
-
-
-def cluster_plugin_name(lane: str, family: str) -> str:
-    return f"hapax.{lane}.{family}"
-
-
-def cluster_plugin(name: str, clusters: Mapping[str, str]) -> route_components_pb2.ClusterSpecifierPlugin:
-    """A lookup of the cluster by the body's model (filter state ``MODEL_FILTER_STATE``): one hash
-    lookup per request, and one entry per model in the whole configuration."""
-    def action(cluster: str) -> matcher_pb2.Matcher.OnMatch:
-        return matcher_pb2.Matcher.OnMatch(action=extension_pb2.TypedExtensionConfig(
-            name=cluster, typed_config=pack(cluster_matcher_pb2.ClusterAction(cluster=cluster))))
-
-    model = extension_pb2.TypedExtensionConfig(
-        name="model", typed_config=pack(network_inputs_pb2.FilterStateInput(key=MODEL_FILTER_STATE)))
-    matcher = matcher_pb2.Matcher(matcher_tree=matcher_pb2.Matcher.MatcherTree(
-        input=model, exact_match_map=matcher_pb2.Matcher.MatcherTree.MatchMap(
-            map={name: action(cluster) for name, cluster in clusters.items()})))
-    return route_components_pb2.ClusterSpecifierPlugin(extension=core_extension_pb2.TypedExtensionConfig(
-        name=name, typed_config=pack(cluster_matcher_pb2.MatcherClusterSpecifier(cluster_matcher=matcher))))
-
-
-def body_routed(plan: Plan, base: route_components_pb2.Route, lane: str, group: LaneGroup, *,
-                stream: bool | None, disabled_ext_proc: dict[str, any_pb2.Any]) -> route_components_pb2.Route:
-    """A copy of ``base`` that Envoy picks when the body's ``model`` is one of the group's and its
-    ``stream`` is ``stream`` (None: either boolean), and sends to the cluster the lane's lookup
-    gives for the model, without the router step (what that step does, the route does)."""
-    route = route_components_pb2.Route()
-    route.CopyFrom(base)
-    route.name = f"{lane}:{base.name}"
-    route.match.dynamic_metadata.add().CopyFrom(group.model_matcher)
-    route.match.dynamic_metadata.append(_metadata_matcher("stream", bool_match=stream) if stream is not None else
-                                        _metadata_matcher("stream", or_match=value_pb2.OrMatcher(value_matchers=[
-                                            value_pb2.ValueMatcher(bool_match=b) for b in (True, False)])))
-    action = route.route
-    action.ClearField("cluster_header")
-    action.cluster_specifier_plugin = cluster_plugin_name(lane, group.family)
-    chain = group.chain
-    action.retry_policy.num_retries.value = chain.attempts - 1
-    action.idle_timeout.CopyFrom(duration(plan.route_idle_limit([chain])))
-    route.request_headers_to_remove.extend(wire.REMOVED_REQUEST_HEADERS)
-    route.metadata.filter_metadata[METADATA_NAMESPACE].update({wire.RouteKey.LANE: lane})
-    route.typed_per_filter_config.clear()
-    for name, config_any in disabled_ext_proc.items():
-        route.typed_per_filter_config[name].CopyFrom(config_any)
-    return route
-
-
-def _metadata_matcher(key: str, **value) -> metadata_pb2.MetadataMatcher:
-    return metadata_pb2.MetadataMatcher(
-        filter=REQUEST_NAMESPACE, path=[metadata_pb2.MetadataMatcher.PathSegment(key=key)],
-        value=value_pb2.ValueMatcher(**value))
 
 
 def access_logger(grpc_cluster: str) -> accesslog_pb2.AccessLog:

@@ -9,7 +9,7 @@ from bench.scale import config_text
 from control_plane import resources as res
 from control_plane.config import parse_config
 from control_plane.plan import make_plan
-from control_plane.resources import model_lane, passthrough
+from control_plane.resources import body_routing, model_lane, passthrough
 from control_plane.snapshot import ROUTE, build_snapshot
 from tests.snapshots import EXT_PROC, cluster_lookup, effective_routes, lane_model_names, lane_route
 from tests.unit.test_passthrough import CONFIG
@@ -103,7 +103,7 @@ def test_a_gateway_serving_only_its_model_list_has_no_lane():
     assert not _route_config(text).cluster_specifier_plugins
     hcm_filters = [f.name for f in res.http_connection_manager(make_plan(parse_config(text))).http_filters]
     assert passthrough.JSON_TO_METADATA_FILTER not in hcm_filters  # no lane: bodies are not read in Envoy
-    assert passthrough.LANE_MODEL_FILTER not in hcm_filters
+    assert body_routing.LANE_MODEL_FILTER not in hcm_filters
 
 
 def test_each_route_takes_on_its_lanes_only_the_models_of_its_family_to_that_familys_chain():

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from control_plane import resources as res
 from control_plane.config import parse_config
 from control_plane.plan import make_plan
-from control_plane.resources import passthrough, provider_headers
+from control_plane.resources import body_routing, passthrough, provider_headers
 from control_plane.snapshot import (
     CLUSTER,
     LISTENER,
@@ -99,11 +99,11 @@ def test_the_lanes_cluster_lookup_reads_the_model_json_to_metadata_read():
     hcm = res.http_connection_manager(make_plan(config()))
     names = [f.name for f in hcm.http_filters]
     # Before the first filter that looks up the route (custom_response), after the body is read.
-    assert names.index(passthrough.JSON_TO_METADATA_FILTER) + 1 == names.index(passthrough.LANE_MODEL_FILTER)
+    assert names.index(passthrough.JSON_TO_METADATA_FILTER) + 1 == names.index(body_routing.LANE_MODEL_FILTER)
     copy = set_filter_state_pb2.Config()
-    hcm.http_filters[names.index(passthrough.LANE_MODEL_FILTER)].typed_config.Unpack(copy)
+    hcm.http_filters[names.index(body_routing.LANE_MODEL_FILTER)].typed_config.Unpack(copy)
     (value,) = copy.on_request_headers
-    assert value.object_key == passthrough.MODEL_FILTER_STATE and value.skip_if_empty
+    assert value.object_key == body_routing.MODEL_FILTER_STATE and value.skip_if_empty
     assert value.format_string.text_format_source.inline_string == "%DYNAMIC_METADATA(hapax.request:model)%"
     plugins = {p.extension.name for p in res.route_configuration(make_plan(config())).cluster_specifier_plugins}
     assert plugins == {"hapax.passthrough.chat", "hapax.passthrough.embeddings", "hapax.model.chat",
@@ -114,7 +114,7 @@ def test_routes_no_lane_request_can_take_do_not_parse_the_body_in_envoy():
     for route in _routes():
         parsed = passthrough.JSON_TO_METADATA_FILTER not in route.typed_per_filter_config
         # The model is copied for the lanes' cluster lookup exactly where the body is read.
-        assert parsed == (passthrough.LANE_MODEL_FILTER not in route.typed_per_filter_config), route.name
+        assert parsed == (body_routing.LANE_MODEL_FILTER not in route.typed_per_filter_config), route.name
         # Both lanes (the model lane serves /v1/completions too, and the standard
         # /v1/embeddings beside the configured routes has both) and the routes they are variants of.
         assert parsed == (route.HasField("route") and route.match.path in (
