@@ -65,6 +65,7 @@ class ControlPlane:
         self._generation = int(time.time() * 1000)
         self._digest = ""
         self.envoy = _envoy_for_validation()
+        self._unchecked = False  # whether the last version built went without Envoy's validation
 
     async def start(self) -> None:
         """Builds the first version from the file; ConfigError when it cannot be served."""
@@ -75,6 +76,7 @@ class ControlPlane:
         if snapshot is None:
             raise ConfigError(str(self.config_path), [ConfigIssue("", "no configuration could be built")])
         self.cache = SnapshotCache(snapshot)
+        self.cache.update_status(self._record_check(snapshot.version))
         self.ads = AdsServer(self.cache)
         self.rollout = Rollout(self.cache, self.ads)
         self.certificate_files = _certificate_files(first)
@@ -121,8 +123,19 @@ class ControlPlane:
                         "(Hapax's /metrics has them now)", extra={"keys": untagged})
         return snapshot_of_plan(plan, version, self.ext_proc, self.stats_label_keys)
 
+    def _record_check(self, version: str) -> Callable[[runtime_pb2.ConfigStatus], None]:
+        """The status update saying whether Envoy validated ``version`` (the one just built)."""
+        unchecked = version if self._unchecked else ""
+
+        def record(status: runtime_pb2.ConfigStatus) -> None:
+            status.unchecked_version = unchecked
+
+        return record
+
     async def _envoy_rejection(self, config: HapaxConfig, draft: Snapshot) -> str:
-        """Envoy's verdict on ``draft``: "" also when it has none to give (no binary, too slow: logged)."""
+        """Envoy's verdict on ``draft``: "" also when it has none to give (no binary, too slow: logged,
+        and the version it becomes said to be unchecked in the status)."""
+        self._unchecked = self.envoy is None
         if self.envoy is None:
             return ""
         if self.announce_progress:
@@ -134,6 +147,7 @@ class ControlPlane:
                                               envoy_stats_tags(self.stats_label_keys))
         except NotChecked as err:
             log.warning(str(err), extra={"file": config.source, "timeout_seconds": self.validation_timeout})
+            self._unchecked = True
             return ""
         log.info("Envoy validated the configuration", extra={"file": config.source, "accepted": not rejection,
                                                               "seconds": round(time.monotonic() - began, 3)})
@@ -153,6 +167,7 @@ class ControlPlane:
             return False
         self.rollout.start(snapshot)
         self.cache.update_status(_applied)
+        self.cache.update_status(self._record_check(snapshot.version))
         self.certificate_files = _certificate_files(config)
         log.info("config version published", extra={"version": snapshot.version, "summary": summarize(config)})
         return True

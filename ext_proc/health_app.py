@@ -71,6 +71,9 @@ def _config_status(status, *, detailed: bool) -> dict:
                                 "invalid": status.reloads_invalid}}
     if status.last_error:
         report["last_refused_edit"] = {"file": status.last_error_source, "at": list(status.last_error_paths)}
+    if status.unchecked_version:
+        # Served all the same, guarded by the rollout and NACKs: docs/operations.md, what is validated when.
+        report["unchecked_version"] = status.unchecked_version
     if status.last_error and detailed:
         report["last_error"] = status.last_error
     if status.rejections:

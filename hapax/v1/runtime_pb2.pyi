@@ -131,7 +131,7 @@ class Runtime(_message.Message):
     def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., auto_chains: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ConfigStatus(_message.Message):
-    __slots__ = ("serving_version", "reloads_applied", "reloads_unchanged", "reloads_invalid", "last_error", "rejections", "last_error_source", "last_error_paths")
+    __slots__ = ("serving_version", "reloads_applied", "reloads_unchanged", "reloads_invalid", "last_error", "rejections", "last_error_source", "last_error_paths", "unchecked_version")
     SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
     RELOADS_APPLIED_FIELD_NUMBER: _ClassVar[int]
     RELOADS_UNCHANGED_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,7 @@ class ConfigStatus(_message.Message):
     REJECTIONS_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_SOURCE_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_PATHS_FIELD_NUMBER: _ClassVar[int]
+    UNCHECKED_VERSION_FIELD_NUMBER: _ClassVar[int]
     serving_version: str
     reloads_applied: int
     reloads_unchanged: int
@@ -148,7 +149,8 @@ class ConfigStatus(_message.Message):
     rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
     last_error_source: str
     last_error_paths: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, serving_version: _Optional[str] = ..., reloads_applied: _Optional[int] = ..., reloads_unchanged: _Optional[int] = ..., reloads_invalid: _Optional[int] = ..., last_error: _Optional[str] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., last_error_source: _Optional[str] = ..., last_error_paths: _Optional[_Iterable[str]] = ...) -> None: ...
+    unchecked_version: str
+    def __init__(self, serving_version: _Optional[str] = ..., reloads_applied: _Optional[int] = ..., reloads_unchanged: _Optional[int] = ..., reloads_invalid: _Optional[int] = ..., last_error: _Optional[str] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., last_error_source: _Optional[str] = ..., last_error_paths: _Optional[_Iterable[str]] = ..., unchecked_version: _Optional[str] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("node", "type_url", "version", "reason")

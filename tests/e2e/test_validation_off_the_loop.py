@@ -20,6 +20,8 @@ import pytest
 import yaml
 
 from control_plane.snapshot import RUNTIME
+from hapax.v1 import runtime_pb2
+from hapax.wire import STATUS_TYPE_URL
 from tests.conftest import free_port, gateway_config
 from tests.xds_harness import AdsClient
 
@@ -113,6 +115,11 @@ async def test_clients_are_answered_while_envoy_validates_an_edit(tmp_path, vali
     client = AdsClient(f"127.0.0.1:{plane.port}", node_id="before")
     try:
         assert await _runtime_version(client) == plane.version
+        # The first version was validated in time: nothing is said to be unchecked.
+        await client.send(STATUS_TYPE_URL)
+        status = runtime_pb2.ConfigStatus()
+        (await client.recv()).resources[0].Unpack(status)
+        assert status.serving_version == plane.version and not status.unchecked_version
         validator.slow()
         plane.edit()
         await _until(lambda: len(validator.runs()) == 2, "Envoy's validation of the edit to begin")
@@ -143,6 +150,11 @@ async def test_a_validation_past_its_bound_is_stopped_and_the_edit_served_with_a
             await client.send(RUNTIME, nonce=answer.nonce, version=answer.version_info)
             answer = await asyncio.wait_for(client.call.read(), 30)
         assert _generation(answer.version_info) > _generation(plane.version)
+        # And the status says so, for /health: this version went out without Envoy's validation.
+        await client.send(STATUS_TYPE_URL)
+        status = runtime_pb2.ConfigStatus()
+        (await asyncio.wait_for(client.call.read(), 30)).resources[0].Unpack(status)
+        assert status.unchecked_version == answer.version_info
     finally:
         await client.close()
         plane.stop()

@@ -497,3 +497,12 @@ def test_public_health_says_where_an_edit_was_refused_and_the_admin_side_why():
     assert "last_error" not in public and "reason" not in public["rejected_versions"][0]
     admin = _config_status(status, detailed=True)
     assert admin["last_error"] == status.last_error and admin["rejected_versions"][0]["reason"]
+
+
+def test_health_says_which_version_went_out_without_envoys_validation():
+    from ext_proc.health_app import _config_status
+
+    assert "unchecked_version" not in _config_status(runtime_pb2.ConfigStatus(serving_version="7-ab"), detailed=False)
+    status = runtime_pb2.ConfigStatus(serving_version="7-ab", unchecked_version="7-ab")
+    assert _config_status(status, detailed=False)["unchecked_version"] == "7-ab"
+    assert _config_status(status, detailed=True)["unchecked_version"] == "7-ab"
