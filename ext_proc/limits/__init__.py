@@ -60,6 +60,26 @@ from ext_proc.limits.model import (
     Period,
     window_bounds,
 )
+from ext_proc.limits.redis_store import RedisLimitStore
+from ext_proc.limits.sqlite_store import SqliteLimitStore
 
 __all__ = ["Decision", "Limit", "LimitState", "LimitStore", "LimitStoreUnavailable", "Metric", "Period",
-           "window_bounds"]
+           "RedisLimitStore", "SqliteLimitStore", "store_from_url", "window_bounds"]
+
+SQLITE_SCHEME = "sqlite://"
+REDIS_SCHEMES = ("redis://", "rediss://")
+
+
+def store_from_url(url: str) -> LimitStore:
+    """``sqlite:///abs/path`` or a plain path: SQLite; ``redis://...`` or ``rediss://...``: Redis."""
+    if url.startswith(REDIS_SCHEMES):
+        return RedisLimitStore(url)
+    if url.startswith(SQLITE_SCHEME):
+        path = url.removeprefix(SQLITE_SCHEME)
+        # sqlite://host/path has no meaning here; only the absolute form is unambiguous.
+        if not path.startswith("/"):
+            raise ValueError(f"limit store {url!r}: a sqlite URL names an absolute path, sqlite:///abs/path")
+        return SqliteLimitStore(path)
+    if "://" in url:
+        raise ValueError(f"limit store {url!r}: expected sqlite:///path, a path, redis:// or rediss://")
+    return SqliteLimitStore(url)
