@@ -31,6 +31,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf import struct_pb2
 
+from ext_proc.admission import Admission, reserved
 from ext_proc.metrics import GatewayMetrics, token_count
 from ext_proc.outcomes import RequestOutcome, outcome_for
 from ext_proc.provider_health import retry_after_seconds
@@ -40,16 +41,19 @@ from hapax.wire import Handler, Lane, LogTag
 
 log = logging.getLogger("hapax.ext_proc")
 
-# Route path, provider, model, status, outcome: the labels answers counted together share.
-_AnswerKey = tuple[str, str, str, int, RequestOutcome]
+# Route path and its client's labels, provider, model, status, outcome: the labels answers
+# counted together share.
+_AnswerKey = tuple[str, tuple[tuple[str, str], ...], str, str, int, RequestOutcome]
 
 
 class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
     def __init__(self, current_view: Callable[[], RuntimeView | None], metrics: GatewayMetrics,
-                 hold_off: Callable[[str, float, int], None] | None = None) -> None:
+                 hold_off: Callable[[str, float, int], None] | None = None,
+                 admission: Admission | None = None) -> None:
         self.current_view = current_view
         self.metrics = metrics
         self.hold_off = hold_off
+        self.admission = admission
 
     async def StreamAccessLogs(self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
                                context: Any) -> als_pb2.StreamAccessLogsResponse:
@@ -79,10 +83,33 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             # too, except on a stream it sent as it is (whose answer's headers it does not read).
             if lane in (Lane.PASSTHROUGH, Lane.MODEL):
                 self._honour_retry_after(entry)
-        elif lane == Lane.PASSTHROUGH:
+            return
+        if lane == Lane.PASSTHROUGH:
             self._count_answer(entry, view, answers, retries_counted=False)
         elif lane == Lane.MODEL and not _delivered_stream(entry):
             self._count_answer(entry, view, answers, retries_counted=True)
+        if self.admission is not None and view is not None and not _delivered_stream(entry):
+            self._settle(entry, view)  # a delivered stream's upstream step settles it, with its usage
+
+    def _settle(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView) -> None:
+        """A request that held a reservation: it becomes the usage Envoy read from the answer."""
+        common = entry.common_properties
+        if not reserved(common.metadata.filter_metadata):
+            return
+        assert self.admission is not None
+        status, tags = entry.response.response_code.value, common.custom_tags
+        if not 200 <= status < 300:
+            self.admission.settle_later(view, entry.request.request_id, None, 0, 0)  # nothing was answered
+            return
+        usage = common.metadata.filter_metadata.get(wire.USAGE_NAMESPACE)
+        fields = usage.fields if usage is not None else {}
+        provider = view.providers.get(tags.get(LogTag.PROVIDER, ""))
+        route = view.routes.get(tags.get(LogTag.ROUTE, ""))
+        if provider is not None and route is not None and route.handler in wire.FAMILY_OF_HANDLER:
+            provider = provider.serving(wire.FAMILY_OF_HANDLER[Handler(route.handler)], tags.get(LogTag.MODEL))
+        self.admission.settle_later(view, entry.request.request_id, provider,
+                                    _tokens(fields.get(wire.PROMPT_TOKENS)),
+                                    _tokens(fields.get(wire.COMPLETION_TOKENS)) or 0)
 
     def _count_answer(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView | None,
                       answers: dict[_AnswerKey, _Answers], *, retries_counted: bool) -> None:
@@ -92,6 +119,7 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         route = view.routes.get(tags.get(LogTag.ROUTE, "")) if view is not None else None
         if view is None or route is None or status == 0:
             return  # a route gone with a newer version; a client gone before any answer (as the steps do)
+        route = view.labelled(route, tags.get(LogTag.KEY_ID))  # its client's labels
         provider = None
         if not entry.response.response_code_details.startswith(wire.GATEWAY_DETAILS_PREFIX):
             provider = view.providers.get(tags.get(LogTag.PROVIDER, ""))  # else the gateway answered, not it
@@ -100,8 +128,8 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             provider = provider.serving(wire.FAMILY_OF_HANDLER[Handler(route.handler)], tags.get(LogTag.MODEL))
         attempts = common.upstream_request_attempt_count or 1
         outcome = outcome_for(status, attempts)
-        key = (route.path, provider.name if provider is not None else "", provider.model if provider else "",
-               status, outcome)
+        key = (route.path, tuple(route.labels.items()), provider.name if provider is not None else "",
+               provider.model if provider else "", status, outcome)
         alike = answers.get(key)
         if alike is None:
             alike = answers[key] = _Answers(route, provider, status, outcome)

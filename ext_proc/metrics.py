@@ -202,8 +202,20 @@ class GatewayMetrics:
         self.config_version = Gauge("hapax_config_version_info",
                                     "1 for the configuration version ext_proc serves (0 for earlier ones)",
                                     ["version"], registry=self.registry, multiprocess_mode="livemax")
+        self.admissions = Counter(
+            "hapax_admissions", "Admission checks of requests under limits, by result (admitted | refused | "
+            "unchecked: the counters' store could not answer) and the kind of limit that refused "
+            "(requests | tokens | spend)", ["scope", "result", "limit"], registry=self.registry)
+        # The most recent worker's reading: each reservation and settlement reads the shared store.
+        self.budget_remaining = Gauge(
+            "hapax_budget_remaining_usd", "What is left of a budget in its current period (US dollars), as of "
+            "the last request under it", ["scope", "period"], registry=self.registry,
+            multiprocess_mode="mostrecent")
         self._families = _RequestFamilies(self.registry, ())
         self._version = ""
+
+    def admitted(self, scope: str, result: str, limit: str = "") -> None:
+        self.admissions.labels(scope, result, limit).inc()
 
     def add_collector(self, collector: Collector) -> None:
         """A collector of state this process reads at scrape time (not added up across workers)."""
@@ -240,7 +252,8 @@ class GatewayMetrics:
             self.config_version.labels(self._version).set(0)
         self._version = view.version
         self.config_version.labels(view.version).set(1)
-        keys = tuple(sorted({key for route in view.routes.values() for key in route.labels}))
+        keys = tuple(sorted({key for route in view.routes.values() for key in route.labels}
+                            | {key for client in view.clients.values() for key in client.labels}))
         if keys != self._families.keys:
             self._families.unregister()
             self._families = _RequestFamilies(self.registry, keys)

@@ -105,6 +105,41 @@ class Chain:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    """A client's or a department's limits (0: none of that kind); budget in US dollars per period."""
+
+    requests_per_minute: int = 0
+    requests_per_day: int = 0
+    tokens_per_minute: int = 0
+    tokens_per_day: int = 0
+    budget_usd: float = 0.0
+    budget_period: str = ""
+
+    @classmethod
+    def from_proto(cls, limits: runtime_pb2.Limits) -> LimitSettings:
+        return cls(limits.requests_per_minute, limits.requests_per_day, limits.tokens_per_minute,
+                   limits.tokens_per_day, limits.budget_usd, limits.budget_period)
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who a request's key belongs to (clients.NAME)."""
+
+    name: str
+    department: str  # "" : none
+    labels: Mapping[str, str]
+    limits: LimitSettings
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    store: str = field(default="", repr=False)  # may hold a Redis password
+    fail_closed: bool = False
+    default_max_tokens: int = 4096
+    departments: Mapping[str, LimitSettings] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
 class RuntimeView:
     version: str
     providers: Mapping[str, Provider]
@@ -115,6 +150,27 @@ class RuntimeView:
     # Family -> model name -> its chain: chain_for_model is chat's.
     family_models: Mapping[str, Mapping[str, Chain]] = field(default_factory=lambda: MappingProxyType({}))
     auto_chains: Mapping[str, Chain] = field(default_factory=lambda: MappingProxyType({}))  # family -> ``auto``
+    # Key id -> its client; empty when the gateway is open (keys_required false).
+    clients: Mapping[str, Client] = field(default_factory=lambda: MappingProxyType({}))
+    keys_required: bool = False
+    admission: AdmissionSettings | None = None  # None: no limits
+    # (route path, key id) -> the route as that client's requests are labelled (labelled()).
+    _labelled: dict[tuple[str, str], Route] = field(default_factory=dict, compare=False, repr=False)
+
+    def client(self, key_id: str | None) -> Client | None:
+        return self.clients.get(key_id) if key_id else None
+
+    def labelled(self, route: Route, key_id: str | None) -> Route:
+        """``route`` with its client's metrics labels over its own: a client's requests are its
+        department's wherever they go. Built once per route and client."""
+        client = self.client(key_id)
+        if client is None or not client.labels:
+            return route
+        cached = self._labelled.get((route.path, client.name))
+        if cached is None:
+            cached = self._labelled[(route.path, client.name)] = replace(
+                route, labels=MappingProxyType({**route.labels, **client.labels}))
+        return cached
 
     def chain_for(self, family: str, model: str | None) -> Chain | None:
         """Where a request of ``family`` naming ``model`` (None: ``auto``) goes; None: nowhere."""
@@ -150,7 +206,26 @@ class RuntimeView:
             models_json=_models_json(rt.models),
             family_models=MappingProxyType({f: MappingProxyType(m) for f, m in family_models.items()}),
             auto_chains=MappingProxyType({f: chains[c] for f, c in rt.auto_chains.items()}),
+            clients=MappingProxyType(_clients(rt)),
+            keys_required=rt.keys_required,
+            admission=_admission(rt) if rt.HasField("admission") else None,
         )
+
+
+def _clients(rt: runtime_pb2.Runtime) -> dict[str, Client]:
+    by_key: dict[str, Client] = {}
+    for c in rt.clients:
+        client = Client(c.name, c.department, MappingProxyType(dict(c.metrics_labels)),
+                        LimitSettings.from_proto(c.limits))
+        by_key.update((key_id, client) for key_id in c.key_ids)
+    return by_key
+
+
+def _admission(rt: runtime_pb2.Runtime) -> AdmissionSettings:
+    a = rt.admission
+    return AdmissionSettings(a.store, a.fail_closed, a.default_max_tokens or AdmissionSettings.default_max_tokens,
+                             MappingProxyType({name: LimitSettings.from_proto(limits)
+                                               for name, limits in a.departments.items()}))
 
 
 def _models_json(models) -> bytes:

@@ -13,8 +13,10 @@ import grpc
 from aiohttp import web
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.service.ratelimit.v3 import rls_pb2_grpc
 
 from ext_proc.access_log import AccessLogCounter
+from ext_proc.admission import Admission, AdmissionService
 from ext_proc.health_app import health_app, verdict_app
 from ext_proc.metrics import ConfigStatusCollector, GatewayMetrics, RestartsCollector
 from ext_proc.provider_health import HoldOffBoard, ProviderProber, VerdictBoard
@@ -46,10 +48,13 @@ async def serve(args: argparse.Namespace) -> None:
     xds_task = asyncio.create_task(subscription.run())
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    admission = Admission(metrics, shared)
     pb_grpc.add_ExternalProcessorServicer_to_server(Processor(lambda: subscription.view, metrics, prober.hold_off,
-                                                         subscription.view_for, prober.unavailable_reasons), server)
-    access_log = AccessLogCounter(lambda: subscription.view, metrics, prober.hold_off)
+                                                         subscription.view_for, prober.unavailable_reasons,
+                                                         admission), server)
+    access_log = AccessLogCounter(lambda: subscription.view, metrics, prober.hold_off, admission)
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(access_log, server)
+    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(AdmissionService(lambda: subscription.view, admission), server)
     grpc_port = server.add_insecure_port(args.listen)
     await server.start()
     grpc_address = private_socket(args.listen) or f"{args.listen.rsplit(':', 1)[0]}:{grpc_port}"
@@ -71,6 +76,7 @@ async def serve(args: argparse.Namespace) -> None:
     xds_task.cancel()
     await prober.close()
     await server.stop(grace=2)
+    await admission.close()
     for runner in runners:
         await runner.cleanup()
 

@@ -21,6 +21,7 @@ from typing import Any
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from ext_proc.admission import Admission
 from ext_proc.errors import GatewayError
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.runtime import RuntimeView
@@ -39,8 +40,10 @@ class Processor(pb_grpc.ExternalProcessorServicer):
                  metrics: GatewayMetrics | None = None,
                  hold_off: Callable[[str, float, int], None] | None = None,
                  view_for: Callable[[str], RuntimeView | None] = lambda _: None,
-                 reasons: Callable[[Iterable[str]], Mapping[str, str]] | None = None) -> None:
+                 reasons: Callable[[Iterable[str]], Mapping[str, str]] | None = None,
+                 admission: Admission | None = None) -> None:
         self.current_view = current_view
+        self.admission = admission
         self.metrics = metrics
         self.hold_off = hold_off
         self.view_for = view_for
@@ -53,7 +56,7 @@ class Processor(pb_grpc.ExternalProcessorServicer):
             return None
         if phase == Phase.ROUTER:
             return RouterStep(view, self.metrics, self.reasons)
-        return UpstreamStep(view, self.metrics, self.hold_off, self.view_for, self.reasons)
+        return UpstreamStep(view, self.metrics, self.hold_off, self.view_for, self.reasons, self.admission)
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
                       context: Any) -> AsyncIterator[pb.ProcessingResponse]:

@@ -1,4 +1,4 @@
-"""The ``hapax`` command: ``serve`` and ``validate``."""
+"""The ``hapax`` command: ``serve``, ``validate`` and ``keys create``."""
 
 from __future__ import annotations
 
@@ -70,6 +70,19 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_create(args: argparse.Namespace) -> int:
+    from hapax.client_keys import new_key
+
+    key, line = new_key()
+    # The key on stdout alone (a script can capture it); what to do with it on stderr.
+    print(f"A new key for client '{args.client}'. It is shown once: give it to the client now.",
+          file=sys.stderr)
+    print(key)
+    print(f"Add its line to clients.{args.client}.keys in hapax.yaml (the gateway stores only this):\n"
+          f"  clients:\n    {args.client}:\n      keys:\n        - \"{line.htpasswd}\"", file=sys.stderr)
+    return 0
+
+
 def _envoy_validate(config) -> str:
     from control_plane.resources.names import Address, ExtProcEndpoints
     from control_plane.resources.stats import envoy_stats_tags, stats_label_keys
@@ -108,8 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("--config", required=True)
     validate.add_argument("--envoy", action="store_true",
                           help="also check the generated Envoy configuration with envoy --mode validate")
+    keys = sub.add_parser("keys", help="client API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="print a new client key once, and the line the config stores")
+    create.add_argument("client", help="the client (clients.NAME in hapax.yaml) the key is for")
     args = parser.parse_args(argv)
-    return _serve(args) if args.command == "serve" else _validate(args)
+    commands = {"serve": _serve, "validate": _validate, "keys": _keys_create}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

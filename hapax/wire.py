@@ -51,6 +51,11 @@ ATTEMPT_HEADER = "x-envoy-attempt-count"
 # Envoy's own. Written: Envoy. Read: ext_proc's log lines and Envoy's access log.
 REQUEST_ID_HEADER = "x-request-id"
 
+# The id of the client key the request carried, once Envoy has checked it (hapax/client_keys.py).
+# Written: Envoy's key check, replacing any the client sent. Read: ext_proc (the runtime's
+# client of that key: its labels and limits), Envoy's access log. Never sent to a provider.
+KEY_ID_HEADER = "x-hapax-key-id"
+
 # What the gateway tells itself between steps: never from a client, never to a provider.
 STEP_REQUEST_HEADERS = (CHAIN_HEADER, VERSION_HEADER, START_HEADER)
 # Credentials a client may send to the gateway; none of them may reach a provider.
@@ -140,6 +145,8 @@ class Lane(StrEnum):
 # request is on, and whether its body can go as sent).
 REQUEST_NAMESPACE = "hapax.request"
 BODY_MODEL, BODY_STREAM, BODY_INCLUDE_USAGE = "model", "stream", "include_usage"
+# The checked client key's id (KEY_ID_HEADER), kept in the same namespace by Envoy for its access log.
+REQUEST_KEY_ID = "key_id"
 # What json_to_metadata writes of an answer's body. Written: Envoy (the control plane's
 # filter config). Read: ext_proc's access log counter.
 USAGE_NAMESPACE = "hapax.usage"
@@ -165,6 +172,7 @@ class LogTag(StrEnum):
     ROUTE = "route"        # the route's path
     PROVIDER = "provider"  # the endpoint's provider
     MODEL = "model"        # the request's model, as Envoy read it from the body (its lane routed on it)
+    KEY_ID = "key_id"      # the client key's id (KEY_ID_HEADER), when the gateway checks keys
 
 
 # Envoy's response details of an answer ext_proc gave itself start with this.
@@ -282,3 +290,30 @@ VERDICTS_DIR = "provider-verdicts"
 READY_EVENT = "ready"
 PROGRESS_EVENT = "progress"
 PROGRESS_BUDGET = "budget_seconds"
+
+# ---------------------------------------------------------------- admission (limits and budgets)
+
+# Envoy's rate limit filter asks ext_proc's admission service (envoy.service.ratelimit.v3)
+# before a request under limits goes on. Written: the control plane (the filter's domain and
+# descriptor actions). Read: ext_proc's admission service.
+ADMISSION_DOMAIN = "hapax"
+
+
+class AdmissionEntry(StrEnum):
+    """The keys of the one descriptor Envoy sends per request: what it knows of the request."""
+
+    REQUEST_ID = "request_id"        # x-request-id: the reservation's name
+    KEY_ID = "key_id"                # KEY_ID_HEADER, when the gateway checks keys
+    ROUTE = "route"                  # the route's path (its metadata)
+    MODEL = "model"                  # the body's model (json_to_metadata)
+    BYTES = "bytes"                  # content-length: the input's size, for its token estimate
+    MAX_TOKENS = "max_tokens"        # the body's limits on the answer (json_to_metadata)
+    MAX_COMPLETION_TOKENS = "max_completion_tokens"
+
+
+# Where Envoy keeps the dynamic metadata the admission service answers with (the rate limit
+# filter's own namespace), and the key that says a request holds a reservation to settle.
+# Written: ext_proc's admission service. Read: ext_proc's access log counter.
+ADMISSION_NAMESPACE = "envoy.filters.http.ratelimit"
+RESERVED_KEY = "hapax_reserved"
+

@@ -34,6 +34,22 @@ WITH_LOCAL = WITH_LOCAL.replace("provider_preference:", "  local: {type: ollama,
                                 "provider_preference:")
 
 
+# MIXED with client keys, their limits and a department's budget in Redis (the key line is a
+# fixed example: no test here needs its key).
+KEYED = MIXED + """\
+clients:
+  search:
+    keys: ["0123456789ab:{SHA}QM1iQk32+VTlOatOudb57ErLcpE="]
+    metrics_labels: {department: search}
+    limits: {requests_per_minute: 60, tokens_per_day: 100000}
+limits:
+  store: redis://127.0.0.1:6379/0
+  on_store_error: closed
+  departments:
+    search: {budget: {usd: 5, period: month}}
+"""
+
+
 def snapshot_of(yaml_text: str = SEED_YAML, version: str = "v1", ext_proc: ExtProcEndpoints = EXT_PROC) -> Snapshot:
     return build_snapshot(parse_config(yaml_text, env=SECRETS), version, ext_proc)
 

@@ -16,6 +16,7 @@ from control_plane.config.errors import ConfigIssue
 from control_plane.pricing import DEFAULT_PRICES, ModelPrice
 from control_plane.tls import Certificate
 from hapax import wire
+from hapax.client_keys import KeyLine
 
 PROVIDER_TYPES = ("anthropic", "ollama", "openai")
 HANDLERS = tuple(handler.value for handler in wire.Handler)
@@ -231,6 +232,70 @@ class RouteConfig:
         _freeze(self, "metrics_labels", FrozenMap)
 
 
+LIMIT_PERIODS = ("day", "month")  # a budget's
+STORE_ERROR_CHOICES = ("open", "closed")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A spend limit in US dollars per calendar day or month (UTC), priced by the ``pricing`` table."""
+
+    usd: float
+    period: str  # one of LIMIT_PERIODS
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """A client's or a department's limits; None: no limit of that kind."""
+
+    requests_per_minute: int | None = None
+    requests_per_day: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    budget: Budget | None = None
+
+    def __bool__(self) -> bool:
+        return any(value is not None for value in (self.requests_per_minute, self.requests_per_day,
+                                                   self.tokens_per_minute, self.tokens_per_day, self.budget))
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Who may call: a team or an application, with its keys (as hashed lines, hapax/client_keys.py)."""
+
+    name: str
+    keys: tuple[KeyLine, ...]
+    # Whose department limits it shares; None: its metrics_labels' ``department``, if any.
+    department: str | None = None
+    # Its requests' series carry these, over the route's.
+    metrics_labels: Mapping[str, str] = field(default_factory=FrozenMap)
+    limits: LimitsConfig = LimitsConfig()
+
+    def __post_init__(self) -> None:
+        _freeze(self, "keys", tuple)
+        _freeze(self, "metrics_labels", FrozenMap)
+
+    @property
+    def department_name(self) -> str | None:
+        return self.department or self.metrics_labels.get("department")
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    """``limits:``: where the counters live and what the gateway does when they cannot be read."""
+
+    # "" : the embedded store (a SQLite file the gateway's workers share); redis://...: a fleet's.
+    # A Redis URL may hold its password: never printed, never in Envoy's configuration.
+    store: str = field(default="", repr=False)
+    on_store_error: str = "open"  # one of STORE_ERROR_CHOICES
+    # Tokens reserved for an answer whose request sets no max_tokens.
+    default_max_tokens: int = 4096
+    departments: Mapping[str, LimitsConfig] = field(default_factory=FrozenMap)
+
+    def __post_init__(self) -> None:
+        _freeze(self, "departments", FrozenMap)
+
+
 @dataclass(frozen=True)
 class HapaxConfig:
     server: ServerConfig
@@ -247,13 +312,24 @@ class HapaxConfig:
     logging: LoggingConfig = LoggingConfig()
     ext_proc: ExtProcConfig = ExtProcConfig()
     control_plane: ControlPlaneConfig = ControlPlaneConfig()
+    # None: no ``clients:`` section, the gateway is open to whoever reaches it (the demo).
+    clients: Mapping[str, ClientConfig] | None = None
+    limits: AdmissionConfig = AdmissionConfig()
 
     def __post_init__(self) -> None:
+        if self.clients is not None:
+            _freeze(self, "clients", FrozenMap)
         _freeze(self, "pricing", FrozenMap)
         _freeze(self, "providers", FrozenMap)
         _freeze(self, "provider_preference", tuple)
         _freeze(self, "routes", tuple)
         _freeze(self, "warnings", tuple)
+
+    @property
+    def limited(self) -> bool:
+        """Whether any request may be refused for a limit or a budget (the admission check runs)."""
+        clients = self.clients.values() if self.clients else ()
+        return any(client.limits for client in clients) or any(self.limits.departments.values())
 
 
 # The standard OpenAI endpoints: served without ``routes``, and beside them unless ``default_routes: false``.

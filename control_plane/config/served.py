@@ -1,5 +1,5 @@
 """What a configuration serves, for people: the route lines ``hapax validate`` and ``hapax serve`` print,
-and its providers and their preference order as ``hapax serve``'s banner names them.
+its providers and their preference order, and who may call, as ``hapax serve``'s banner names them.
 
 Each route line is a path, its handler, and where it comes from: ``standard`` for the
 OpenAI endpoints served beside the configured routes, or the route's metrics
@@ -41,6 +41,16 @@ def provider_line(config: HapaxConfig, limit: int = MAX_LISTED_PROVIDERS) -> str
 
 def preference_line(config: HapaxConfig, limit: int = MAX_LISTED_PROVIDERS) -> str:
     return _bounded(list(config.provider_preference), " > ", limit)
+
+
+def access_line(config: HapaxConfig) -> str:
+    """Who may call: the banner says so plainly when anyone who reaches the port may."""
+    if config.clients is None:
+        return "OPEN: no clients: section, so anyone who reaches the port spends the providers' keys"
+    keys = sum(len(client.keys) for client in config.clients.values())
+    limited = ", limits on" if config.limited else ""
+    store = (" (counters in Redis)" if config.limits.store else " (counters in this gateway)") if limited else ""
+    return f"client keys required ({len(config.clients)} clients, {keys} keys{limited}{store})"
 
 
 def _bounded(items: list[str], separator: str, limit: int) -> str:

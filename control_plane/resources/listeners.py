@@ -56,7 +56,7 @@ from control_plane.cel import MetadataPresent
 from control_plane.config.model import HapaxConfig
 from control_plane.plan import Plan
 from control_plane.protobuf import ads, duration, pack
-from control_plane.resources import body_routing, passthrough
+from control_plane.resources import admission, body_routing, client_keys, passthrough
 from control_plane.resources.ext_proc_filters import router_ext_proc_filter
 from control_plane.resources.names import (
     EXT_PROC_CLUSTER,
@@ -188,7 +188,7 @@ def local_reply_config(headers: Sequence[base_pb2.HeaderValueOption] = (), *,
     mappers.append(_json_mapper(
         too_large, 413, f"The request body is larger than the gateway accepts ({MAX_REQUEST_BYTES} bytes).",
         "invalid_request_error", "request_too_large", headers))
-    mappers += _edge_mappers(headers)
+    mappers += _edge_mappers(headers) + _key_mappers(headers) + [_limits_unavailable_mapper(headers)]
     # Last: any other 500 of Envoy's own still says what it is, as JSON (ext_proc's own answers,
     # marked by their details, are JSON already and keep their words).
     envoys_500 = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
@@ -241,6 +241,32 @@ def _edge_mappers(headers: Sequence[base_pb2.HeaderValueOption]) -> list[hcm_pb2
                      f"{MAX_HEADERS_COUNT} headers, {MAX_REQUEST_HEADERS_KB} KiB in all).",
                      "invalid_request_error", "request_header_fields_too_large", headers),
     ]
+
+
+def _key_mappers(headers: Sequence[base_pb2.HeaderValueOption]) -> list[hcm_pb2.ResponseMapper]:
+    """The key check's 401s (client_keys.py), in OpenAI's words for them."""
+    missing = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
+        _status_is_filter(401), _details_filter(f"response.code_details == '{client_keys.MISSING_KEY_DETAILS}'")]))
+    refused = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
+        _status_is_filter(401),
+        _details_filter(f"response.code_details.endsWith('{client_keys.REFUSED_KEY_DETAILS_SUFFIX}')")]))
+    challenge = client_keys.bearer_challenge(headers)
+    return [
+        _json_mapper(missing, 401, "You didn't provide an API key. Send your Hapax key in an Authorization "
+                     "header using Bearer auth (Authorization: Bearer YOUR_KEY), or in x-api-key.",
+                     "invalid_request_error", "missing_api_key", challenge),
+        _json_mapper(refused, 401, "Incorrect API key provided. Ask the gateway's operators for a key "
+                     "(hapax keys create).", "invalid_request_error", "invalid_api_key", challenge),
+    ]
+
+
+def _limits_unavailable_mapper(headers: Sequence[base_pb2.HeaderValueOption]) -> hcm_pb2.ResponseMapper:
+    """The admission check failed (ext_proc or its store did not answer) under ``on_store_error: closed``."""
+    failed = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
+        _status_is_filter(503), _details_filter(f"response.code_details == '{admission.CHECK_FAILED_DETAILS}'")]))
+    return _json_mapper(failed, 503, "The gateway cannot check this request's limits right now, and its "
+                        "configuration (limits.on_store_error: closed) refuses what it cannot check; try again "
+                        "shortly.", "server_error", "limits_unavailable", _shed_headers(headers))
 
 
 # A provider that refuses the gateway's credentials is the gateway's problem, not
@@ -352,6 +378,8 @@ _ACCESS_LOG_FIELDS = {
     "bytes_received": "%BYTES_RECEIVED%",
     "bytes_sent": "%BYTES_SENT%",
     "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    # The id of the client key Envoy checked (clients:), never the key.
+    wire.REQUEST_KEY_ID: f"%DYNAMIC_METADATA({wire.REQUEST_NAMESPACE}:{wire.REQUEST_KEY_ID})%",
 }
 
 
@@ -374,15 +402,21 @@ def access_log(config: HapaxConfig) -> list[accesslog_pb2.AccessLog]:
 
 def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
     config, lane = plan.config, plan.uses_lanes
+    # The access log to ext_proc counts the lanes' requests and settles reservations.
+    logged = lane or config.limited
     return hcm_pb2.HttpConnectionManager(
-        access_log=access_log(config) + ([passthrough.access_logger(EXT_PROC_CLUSTER)] if lane else []),
+        access_log=access_log(config) + ([passthrough.access_logger(EXT_PROC_CLUSTER)] if logged else []),
         stat_prefix="hapax",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(route_config_name=ROUTE_CONFIG_NAME, config_source=ads()),
         # On the way back filters run in reverse: the compressor, first here, compresses last.
         http_filters=[
             compressor_filter(),
-            *([passthrough.json_to_metadata_filter(), body_routing.lane_model_filter()] if lane else []),
+            *client_keys.key_filters(config),
+            *([passthrough.json_to_metadata_filter(reservations=config.limited),
+               body_routing.lane_model_filter()] if lane or config.limited else []),
+            # After json_to_metadata: the reservation needs the body's model and max tokens.
+            *admission.admission_filter(config),
             provider_errors_filter(),
             router_ext_proc_filter(),
             hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router(

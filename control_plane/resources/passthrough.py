@@ -96,7 +96,8 @@ _JSON = regex_pb2.RegexMatcher(regex=r"^application/json(;.*)?$")
 # ---------------------------------------------------------------- listener side
 
 
-def json_to_metadata_filter() -> hcm_pb2.HttpFilter:
+def json_to_metadata_filter(*, reservations: bool = False) -> hcm_pb2.HttpFilter:
+    """``reservations``: also the answer's limits a request sets, which admission reserves (admission.py)."""
     def rule(path: list[str], namespace: str, key: str, *,
              typ: int = json_to_metadata_pb2.JsonToMetadata.PROTOBUF_VALUE,
              missing: struct_pb2.Value | None = None) -> json_to_metadata_pb2.JsonToMetadata.Rule:
@@ -120,6 +121,10 @@ def json_to_metadata_filter() -> hcm_pb2.HttpFilter:
                 # Whether a stream's client asked for the usage chunk: if so, and it names the
                 # provider's own model, an OpenAI provider can take its body as it is.
                 rule(["stream_options", "include_usage"], REQUEST_NAMESPACE, wire.BODY_INCLUDE_USAGE),
+                # As strings: a rate limit descriptor takes only a string from metadata.
+                *(rule([field], REQUEST_NAMESPACE, field, typ=JTM.STRING)
+                  for field in (wire.AdmissionEntry.MAX_TOKENS, wire.AdmissionEntry.MAX_COMPLETION_TOKENS)
+                  if reservations),
             ]),
         response_rules=JTM.MatchRules(
             allow_content_types_regex=_JSON,
@@ -226,7 +231,8 @@ def _grpc_log(grpc_cluster: str) -> als_pb2.CommonGrpcAccessLogConfig:
                      tag(wire.LogTag.ROUTE, route_kind, wire.RouteKey.ROUTE),
                      tag(wire.LogTag.PROVIDER, host_kind, wire.HOST_PROVIDER_KEY),
                      # Which of its provider's models a lane request was sent: its labels and price.
-                     tag(wire.LogTag.MODEL, request_kind, "model", REQUEST_NAMESPACE)],
+                     tag(wire.LogTag.MODEL, request_kind, "model", REQUEST_NAMESPACE),
+                     tag(wire.LogTag.KEY_ID, request_kind, wire.REQUEST_KEY_ID, REQUEST_NAMESPACE)],
     )
 
 

@@ -22,7 +22,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 from control_plane.config.model import HapaxConfig, RouteConfig
 from control_plane.plan import Plan
 from control_plane.protobuf import duration, pack
-from control_plane.resources import model_lane, passthrough
+from control_plane.resources import admission, client_keys, model_lane, passthrough
 from control_plane.resources.ext_proc_filters import per_route_ext_proc, router_mode
 from control_plane.resources.listeners import alt_svc
 from control_plane.resources.names import (
@@ -141,12 +141,14 @@ def method_not_allowed_route(path: str, method: str) -> route_components_pb2.Rou
     )
 
 
-def health_route() -> route_components_pb2.Route:
+def health_route(config: HapaxConfig) -> route_components_pb2.Route:
+    """Anyone may ask whether the gateway is up: no key needed."""
     return route_components_pb2.Route(
         name="health",
         match=route_components_pb2.RouteMatch(path=HEALTH_PATH, headers=method_is("GET")),
         route=route_components_pb2.RouteAction(cluster=EXT_PROC_HTTP_CLUSTER, timeout=duration(5)),
-        typed_per_filter_config=per_route_ext_proc(None),
+        typed_per_filter_config={**per_route_ext_proc(None), **client_keys.no_key_needed(config),
+                                 **admission.not_admitted_here(config)},
     )
 
 
@@ -187,7 +189,7 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
     """``version``: the runtime version the model lane's requests start under (model_lane.py)."""
     config = plan.config
     keys = stats_label_keys(config) if label_keys is None else label_keys
-    routes = [health_route(), method_not_allowed_route(HEALTH_PATH, "GET")]
+    routes = [health_route(config), method_not_allowed_route(HEALTH_PATH, "GET")]
     lane_paths = set()
     # What every department route shares, built once: hundreds of routes copy it.
     retry_policy, ext_proc_off = _retry_policy(plan), per_route_ext_proc(None)
@@ -196,8 +198,8 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
         base = provider_route(plan, route, keys, retry_policy)
         lanes = [*passthrough.lane_routes(plan, passthrough_groups, route.handler, base, ext_proc_off),
                  *model_lane.model_routes(plan, model_groups, route.handler, base, version, ext_proc_off)]
-        if lanes:
-            lane_paths.add(route.path)
+        if lanes or (config.limited and route.handler != wire.Handler.MODELS):
+            lane_paths.add(route.path)  # its body is read: to pick a lane, or for its reservation
         routes += [*lanes, base]
         routes.append(method_not_allowed_route(route.path, HANDLER_METHODS[route.handler]))
     routes.append(not_found_route(config))
@@ -210,7 +212,7 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
         cluster_specifier_plugins=[*passthrough.lane_clusters(plan), *model_lane.model_clusters(plan)],
         virtual_hosts=[route_components_pb2.VirtualHost(
             name="hapax", domains=["*"], routes=routes, retry_policy=shared,
-            typed_per_filter_config=share_filter_configs(routes),
+            typed_per_filter_config={**share_filter_configs(routes), **client_keys.virtual_host_keys(config)},
             # Lets the upstream step tell a first attempt from a retry (metrics).
             include_request_attempt_count=True,
             response_headers_to_add=alt_svc(config),

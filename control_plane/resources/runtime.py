@@ -6,7 +6,7 @@ route or cluster ever carries one.
 
 from __future__ import annotations
 
-from control_plane.config.model import HapaxConfig
+from control_plane.config.model import HapaxConfig, LimitsConfig
 from control_plane.plan import Plan, provider_cluster_name
 from control_plane.pricing import price_for
 from hapax.v1 import runtime_pb2
@@ -43,7 +43,32 @@ def runtime(plan: Plan, version: str) -> runtime_pb2.Runtime:
     for owned in plan.models:
         out.models.add(name=owned.name, provider=owned.owner, chain=owned.chain.cluster, family=owned.family)
     out.auto_chains.update({family: chain.cluster for family, chain in plan.auto_chains.items()})
+    _admission(config, out)
     return out
+
+
+def _admission(config: HapaxConfig, out: runtime_pb2.Runtime) -> None:
+    """Who may call, and how much: the clients (by key id, never a key) and the limits."""
+    out.keys_required = config.clients is not None
+    for c in (config.clients or {}).values():
+        client = out.clients.add(name=c.name, key_ids=[line.key_id for line in c.keys],
+                                 department=c.department_name or "", limits=_limits(c.limits))
+        client.metrics_labels.update(dict(c.metrics_labels))
+    if config.limited:
+        admission = config.limits
+        out.admission.CopyFrom(runtime_pb2.Admission(
+            store=admission.store, fail_closed=admission.on_store_error == "closed",
+            default_max_tokens=admission.default_max_tokens))
+        for name, limits in admission.departments.items():
+            out.admission.departments[name].CopyFrom(_limits(limits))
+
+
+def _limits(limits: LimitsConfig) -> runtime_pb2.Limits:
+    budget = limits.budget
+    return runtime_pb2.Limits(
+        requests_per_minute=limits.requests_per_minute or 0, requests_per_day=limits.requests_per_day or 0,
+        tokens_per_minute=limits.tokens_per_minute or 0, tokens_per_day=limits.tokens_per_day or 0,
+        budget_usd=budget.usd if budget else 0.0, budget_period=budget.period if budget else "")
 
 
 def _price(model: str, config: HapaxConfig) -> runtime_pb2.ModelPrice | None:

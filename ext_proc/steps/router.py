@@ -85,6 +85,7 @@ class RouterStep(Step):
         route = self.view.routes.get(path)
         if route is None:
             raise GatewayError(404, f"Unknown request URL: {path}.", code="unknown_url")
+        route = self.view.labelled(route, headers.get(wire.KEY_ID_HEADER))  # its client's labels
         self.route, self.handler = route, route.handler
         if self.metrics is not None:
             self.metrics.request_started(route)

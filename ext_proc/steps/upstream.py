@@ -30,9 +30,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 
 from ext_proc import client_request
+from ext_proc.admission import Admission
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import GatewayError, error_json
-from ext_proc.metrics import GatewayMetrics
+from ext_proc.metrics import GatewayMetrics, token_count
 from ext_proc.outcomes import RequestOutcome, StreamOutcome
 from ext_proc.provider_health import retry_after_seconds
 from ext_proc.runtime import Chain, Provider, Route, RuntimeView
@@ -106,7 +107,10 @@ class Attempt:
              headers: Mapping[str, str], started: float) -> Attempt:
         """``started``: the request's start if its headers do not say it."""
         number = headers.get(ATTEMPT_HEADER, "")
-        return cls(view=view, provider=provider, route=view.routes.get(route_md.get(RouteKey.ROUTE, "")),
+        route = view.routes.get(route_md.get(RouteKey.ROUTE, ""))
+        if route is not None:  # counted as its client's department's
+            route = view.labelled(route, headers.get(wire.KEY_ID_HEADER))
+        return cls(view=view, provider=provider, route=route,
                    handler=route_md.get(RouteKey.HANDLER, ""), lane=route_md.get(RouteKey.LANE, ""),
                    number=int(number) if number.isdigit() else 1,
                    request_id=headers.get(REQUEST_ID_HEADER, ""),
@@ -139,8 +143,10 @@ class UpstreamStep(Step):
     def __init__(self, view: RuntimeView, metrics: GatewayMetrics | None = None,
                  hold_off: Callable[[str, float, int], None] | None = None,
                  view_for: Callable[[str], RuntimeView | None] = lambda _: None,
-                 reasons: Callable[[Iterable[str]], Mapping[str, str]] | None = None) -> None:
+                 reasons: Callable[[Iterable[str]], Mapping[str, str]] | None = None,
+                 admission: Admission | None = None) -> None:
         super().__init__()
+        self.admission = admission  # settles a delivered stream's reservation
         self.view = view  # the current version: for a request whose own version is gone
         self.view_for = view_for
         self.reasons = reasons  # why providers are out of rotation (ProviderProber.unavailable_reasons)
@@ -402,6 +408,10 @@ class UpstreamStep(Step):
         usage = self.stage.usage or {}  # counts it lacks are unknown, not 0 (metrics.tokens_counted)
         self.metrics.tokens_used(attempt.route, attempt.provider, usage,
                                  has_output=attempt.handler != Handler.EMBEDDINGS)
+        if self.streaming and self.admission is not None:  # the access log settles every other answer
+            self.admission.settle_later(attempt.view, attempt.request_id, attempt.provider,
+                                        token_count(usage.get("prompt_tokens")),
+                                        token_count(usage.get("completion_tokens")))
         if self.streaming and self.first_chunk is not None:
             ended = time.time()
             output = usage.get("completion_tokens")

@@ -18,7 +18,7 @@ from control_plane.static_bootstrap import (
 from hapax.envoy_process import envoy_binary
 from tests.certificates import make_certificates, separate_http3, shared_tls_and_http3
 from tests.seed import SEED_YAML
-from tests.snapshots import CAPPED, EXT_PROC, MIXED, SECRETS, seed_snapshot
+from tests.snapshots import CAPPED, EXT_PROC, KEYED, MIXED, SECRETS, seed_snapshot
 from tests.unit.test_passthrough import config as passthrough_config
 
 
@@ -29,7 +29,8 @@ def _validate(tmp_path: Path, bootstrap: bootstrap_pb2.Bootstrap):
 
 
 # MIXED and CAPPED: providers whose timeout is shorter than the longest get attempt listeners.
-@pytest.mark.parametrize("text", [SEED_YAML, MIXED, CAPPED], ids=["seed", "mixed", "capped"])
+# KEYED: the key check, and the admission check of limits.
+@pytest.mark.parametrize("text", [SEED_YAML, MIXED, CAPPED, KEYED], ids=["seed", "mixed", "capped", "keyed"])
 def test_envoy_validate_accepts_the_generated_configuration(tmp_path, text):
     tags = res.envoy_stats_tags(res.stats_label_keys(parse_config(text, env=SECRETS)))
     result = _validate(tmp_path, static_bootstrap(seed_snapshot(text), stats_tags=tags))

@@ -29,8 +29,10 @@ def test_ext_proc_never_imports_the_control_plane():
 
 
 # What both processes may build on: the protos, logging, the wire contract, the Envoy binary
-# locator. Never the CLI, the supervisor, the fakes, the tests or the benchmark.
-SHARED_BOTTOM_LAYER = ("hapax.v1", "hapax.logs", "hapax.wire", "hapax.envoy_process", "hapax.local_socket")
+# locator, the client key format (which the CLI makes and the control plane's Envoy config
+# checks). Never the CLI, the supervisor, the fakes, the tests or the benchmark.
+SHARED_BOTTOM_LAYER = ("hapax.v1", "hapax.logs", "hapax.wire", "hapax.envoy_process", "hapax.local_socket",
+                       "hapax.client_keys")
 PROJECT_PACKAGES = ("control_plane", "ext_proc", "hapax", "tests", "bench")
 
 

@@ -381,9 +381,9 @@ def test_unknown_key_suggests_close_match():
          "unknown key 'metric_labels' (did you mean 'metrics_labels'?)"),
         (with_provider("{type: ollama, model: m}") + "server: {prot: 80}", "server.prot",
          "unknown key 'prot' (did you mean 'port'?)"),
-        (with_provider("{type: ollama, model: m}") + "listeners: []", "listeners",
-         "unknown key 'listeners' (expected one of: server, providers, provider_preference, routes, default_routes, "
-         "health_check, retry, pricing, logging, ext_proc, control_plane)"),
+        (with_provider("{type: ollama, model: m}") + "xyzzy: []", "xyzzy",
+         "unknown key 'xyzzy' (expected one of: server, providers, provider_preference, routes, default_routes, "
+         "health_check, retry, pricing, logging, ext_proc, control_plane, clients, limits)"),
         (with_provider("{type: ollama, model: m}") + "1: x", "1", "expected a string key, got integer 1"),
     ],
 )

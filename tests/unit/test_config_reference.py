@@ -38,19 +38,23 @@ FULL = {
     "logging": {"level": "info"},
     "ext_proc": {"workers": 1},
     "control_plane": {"listen": "127.0.0.1:18000", "tls": {"cert_file": "x.pem"}},
+    "clients": {"c": {"keys": [], "limits": {"budget": {"usd": 1}}}},
+    "limits": {"departments": {"d": {"tokens_per_day": 1}}},
 }
 
 # Sections whose keys are names the user chooses, as the reference writes them.
-NAMED = {"providers": "<name>", "pricing": "<model>"}
+NAMED = {"providers": "<name>", "pricing": "<model>", "clients": "<name>", "limits.departments": "<name>"}
 
 # Sections the reference documents once for two places: a provider's health_check
 # overrides the top-level one key by key, with the same keys.
-SAME_AS = {"providers.<name>.health_check": "health_check"}
+SAME_AS = {"providers.<name>.health_check": "health_check",
+           "limits.departments.<name>": "clients.<name>.limits"}
 
 # Headings that document a section but are not its key path.
 HEADING_PATHS = {"Top-level keys": ""}
 # The key path of each item of a section that is a mapping of names or a list.
-ITEM_PATHS = {"providers": "providers.<name>", "pricing": "pricing.<model>", "routes": "routes[]"}
+ITEM_PATHS = {"providers": "providers.<name>", "pricing": "pricing.<model>", "routes": "routes[]",
+              "clients": "clients.<name>"}
 
 
 def _validate_modules() -> Iterator[ModuleType]:
@@ -63,8 +67,10 @@ def _key_path(path: str) -> str:
     """``providers.p.health_check`` -> ``providers.<name>.health_check``; ``routes[0]`` -> ``routes[]``."""
     path = re.sub(r"\[\d+\]", "[]", path)
     parts = path.split(".") if path else []
-    if len(parts) > 1 and parts[0] in NAMED:
-        parts[1] = NAMED[parts[0]]
+    for section, placeholder in NAMED.items():
+        prefix = section.split(".")
+        if len(parts) > len(prefix) and parts[:len(prefix)] == prefix:
+            parts[len(prefix)] = placeholder
     return ".".join(parts)
 
 

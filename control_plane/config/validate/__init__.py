@@ -10,7 +10,9 @@ section to its module:
 - ``routes``: routes and their metrics labels, over the standard ones unless
   ``default_routes: false``;
 - ``settings``: the small sections: retry, pricing, logging, ext_proc;
-- ``control_plane``: where a fleet reaches the control plane, and its mutual TLS.
+- ``control_plane``: where a fleet reaches the control plane, and its mutual TLS;
+- ``clients``: who may call (their keys' lines), their labels and limits; ``limits``: where
+  the counters live and the departments' limits.
 
 ``values`` holds what they share: reading one value of a given kind, and the
 messages that describe a wrong one.
@@ -22,6 +24,7 @@ from typing import Any
 
 from control_plane.config.errors import _Issues
 from control_plane.config.model import HapaxConfig, HealthCheckConfig
+from control_plane.config.validate.clients import _admission, _clients
 from control_plane.config.validate.control_plane import _control_plane
 from control_plane.config.validate.providers import _health_check, _preference, _provider_names, _providers
 from control_plane.config.validate.routes import _served_routes
@@ -30,7 +33,7 @@ from control_plane.config.validate.settings import _ext_proc, _logging, _pricing
 from control_plane.config.validate.values import _expected, _reject_unknown_keys
 
 _TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "default_routes", "health_check",
-                   "retry", "pricing", "logging", "ext_proc", "control_plane")
+                   "retry", "pricing", "logging", "ext_proc", "control_plane", "clients", "limits")
 
 
 def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
@@ -52,7 +55,9 @@ def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
     logging_config = _logging(root.get("logging"), issues)
     ext_proc = _ext_proc(root.get("ext_proc"), issues)
     control_plane = _control_plane(root.get("control_plane"), issues, _base_dir(source))
+    clients = _clients(root.get("clients"), issues)
+    admission = _admission(root.get("limits"), issues)
     if issues.errors:
         return None
     return HapaxConfig(server, providers, preference, routes, tuple(issues.warnings), source, retry, pricing,
-                       logging_config, ext_proc, control_plane)
+                       logging_config, ext_proc, control_plane, clients, admission)

@@ -1,0 +1,163 @@
+"""The ``clients`` and ``limits`` sections: who may call, and how much.
+
+``clients`` names each team or application with its keys (the lines ``hapax keys create``
+prints, never a key), the metrics labels its requests carry, its department and its limits.
+``limits`` says where the counters live (``store``), what happens when they cannot be read
+(``on_store_error``) and each department's limits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+from urllib.parse import urlsplit
+
+from control_plane.config.errors import _index, _Issues, _join
+from control_plane.config.model import (
+    LIMIT_PERIODS,
+    STORE_ERROR_CHOICES,
+    AdmissionConfig,
+    Budget,
+    ClientConfig,
+    LimitsConfig,
+)
+from control_plane.config.validate.routes import _metrics_labels
+from control_plane.config.validate.values import (
+    _expected,
+    _list,
+    _mapping,
+    _not_one_of,
+    _positive_integer,
+    _reject_unknown_keys,
+    _string,
+    _text,
+)
+from hapax.client_keys import KeyLine, KeyLineError
+
+_CLIENT_KEYS = ("keys", "department", "metrics_labels", "limits")
+_LIMIT_KEYS = ("requests_per_minute", "requests_per_day", "tokens_per_minute", "tokens_per_day", "budget")
+_BUDGET_KEYS = ("usd", "period")
+_ADMISSION_KEYS = ("store", "on_store_error", "default_max_tokens", "departments")
+_STORE_SCHEMES = ("redis", "rediss")
+
+
+def _clients(value: Any, issues: _Issues) -> dict[str, ClientConfig] | None:
+    if value is None:
+        return None
+    node = _mapping(value, "clients", issues)
+    if node is None:
+        return {}
+    clients: dict[str, ClientConfig] = {}
+    owner: dict[str, str] = {}  # key id -> the client path that has it
+    for name, entry in node.items():
+        path = _join("clients", name)
+        if not isinstance(name, str) or not name.strip():
+            issues.error(path, _expected("a client name", name))
+            continue
+        client = _client(name, entry, path, issues)
+        if client is None:
+            continue
+        for i, line in enumerate(client.keys):
+            where = _index(_join(path, "keys"), i)
+            if line.key_id in owner:
+                issues.error(where, f"key id {line.key_id} is already {owner[line.key_id]}'s: ids must be unique")
+            owner.setdefault(line.key_id, where)
+        clients[name] = client
+    return clients
+
+
+def _client(name: str, value: Any, path: str, issues: _Issues) -> ClientConfig | None:
+    node = _mapping(value, path, issues)
+    if node is None:
+        return None
+    _reject_unknown_keys(node, path, _CLIENT_KEYS, issues)
+    keys = _key_lines(node.get("keys"), _join(path, "keys"), issues)
+    department = None if node.get("department") is None else _text(node["department"], _join(path, "department"),
+                                                                     issues)
+    labels = _metrics_labels(node.get("metrics_labels"), _join(path, "metrics_labels"), issues)
+    limits = _limits(node.get("limits"), _join(path, "limits"), issues)
+    return ClientConfig(name, keys, department, labels, limits)
+
+
+def _key_lines(value: Any, path: str, issues: _Issues) -> tuple[KeyLine, ...]:
+    if value is None:
+        issues.error(path, "is required: the lines `hapax keys create` prints (a client with no key cannot call)")
+        return ()
+    items = _list(value, path, issues) or []
+    lines = []
+    for i, item in enumerate(items):
+        where = _index(path, i)
+        text = _string(item, where, issues, secret=True)
+        if text is None:
+            continue
+        try:
+            lines.append(KeyLine.parse(text))
+        except KeyLineError as err:
+            issues.error(where, str(err))
+    return tuple(lines)
+
+
+def _limits(value: Any, path: str, issues: _Issues) -> LimitsConfig:
+    if value is None:
+        return LimitsConfig()
+    node = _mapping(value, path, issues)
+    if node is None:
+        return LimitsConfig()
+    _reject_unknown_keys(node, path, _LIMIT_KEYS, issues)
+    counts = {key: _positive_integer(node[key], _join(path, key), 1, issues)
+              for key in _LIMIT_KEYS[:-1] if node.get(key) is not None}
+    budget = None if node.get("budget") is None else _budget(node["budget"], _join(path, "budget"), issues)
+    return LimitsConfig(**counts, budget=budget)
+
+
+def _budget(value: Any, path: str, issues: _Issues) -> Budget | None:
+    node = _mapping(value, path, issues)
+    if node is None:
+        return None
+    _reject_unknown_keys(node, path, _BUDGET_KEYS, issues)
+    usd = node.get("usd")
+    if isinstance(usd, bool) or not isinstance(usd, (int, float)) or not (0 < usd < math.inf):
+        issues.error(_join(path, "usd"), _expected("a positive number of US dollars", usd))
+        return None
+    period = node.get("period", "month")
+    if period not in LIMIT_PERIODS:
+        issues.error(_join(path, "period"), _not_one_of("budget period", str(period), LIMIT_PERIODS))
+        return None
+    return Budget(float(usd), period)
+
+
+def _admission(value: Any, issues: _Issues) -> AdmissionConfig:
+    node = {} if value is None else _mapping(value, "limits", issues)
+    if not node:
+        return AdmissionConfig()
+    _reject_unknown_keys(node, "limits", _ADMISSION_KEYS, issues)
+    default = AdmissionConfig()
+    store = "" if node.get("store") is None else _store(node["store"], issues)
+    on_error = node.get("on_store_error", default.on_store_error)
+    if on_error not in STORE_ERROR_CHOICES:
+        issues.error("limits.on_store_error", _not_one_of("choice", str(on_error), STORE_ERROR_CHOICES))
+        on_error = default.on_store_error
+    max_tokens = default.default_max_tokens
+    if node.get("default_max_tokens") is not None:
+        max_tokens = _positive_integer(node["default_max_tokens"], "limits.default_max_tokens", max_tokens, issues)
+    departments = {}
+    for name, entry in (_mapping(node.get("departments") or {}, "limits.departments", issues) or {}).items():
+        path = _join("limits.departments", name)
+        if not isinstance(name, str) or not name.strip():
+            issues.error(path, _expected("a department name", name))
+            continue
+        departments[name] = _limits(entry, path, issues)
+    return AdmissionConfig(store, on_error, max_tokens, departments)
+
+
+def _store(value: Any, issues: _Issues) -> str:
+    text = _string(value, "limits.store", issues, secret=True)
+    if text is None:
+        return ""
+    scheme = urlsplit(text).scheme
+    if scheme not in _STORE_SCHEMES:
+        # Not the URL itself: it may hold a password.
+        issues.error("limits.store", f"expected a redis:// or rediss:// URL (omit it for the embedded store), "
+                                     f"got a {scheme or 'scheme-less'} value")
+        return ""
+    return text

@@ -1,0 +1,93 @@
+"""Envoy's rate limit filter, asking ext_proc's admission service before a request under limits goes on.
+
+Present only when some client or department has limits (``HapaxConfig.limited``). The filter
+sends one descriptor per request (``wire.AdmissionEntry``): the request id (the reservation's
+name), the client key's id, the route, and what ``json_to_metadata`` read of the body (model,
+``max_tokens``, ``max_completion_tokens``) with its size; ext_proc reserves the worst case and
+answers OK, or OVER_LIMIT with a 429 body of its own (ext_proc/admission.py).
+
+When ext_proc cannot be asked (or its store cannot answer and ``on_store_error: closed`` says
+refuse), ``on_store_error`` decides: ``open`` lets the request through, ``closed`` answers 503.
+"""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2
+from envoy.config.ratelimit.v3 import rls_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.type.metadata.v3 import metadata_pb2
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import any_pb2
+
+from control_plane.config.model import HapaxConfig
+from control_plane.protobuf import duration, pack
+from control_plane.resources.names import EXT_PROC_CLUSTER, METADATA_NAMESPACE
+from hapax import wire
+from hapax.wire import AdmissionEntry
+
+ADMISSION_FILTER = "hapax.admission"
+# Envoy's default is 20 ms: a busy worker would let requests through unchecked (or, closed,
+# refuse them). The check is one store round trip; a second bounds a stalled store.
+CHECK_TIMEOUT_SECONDS = 1.0
+# What json_to_metadata reads of a request body for the reservation (passthrough.py).
+RESERVATION_BODY_FIELDS = (AdmissionEntry.MAX_TOKENS, AdmissionEntry.MAX_COMPLETION_TOKENS)
+
+# Envoy's reason for the 503 of a check that failed (failure_mode_deny), which listeners.py words.
+CHECK_FAILED_DETAILS = "rate_limiter_error"
+
+Action = route_components_pb2.RateLimit.Action
+
+
+def _header(name: str, key: AdmissionEntry) -> route_components_pb2.RateLimit.Action:
+    return Action(request_headers=Action.RequestHeaders(header_name=name, descriptor_key=key, skip_if_absent=True))
+
+
+def _metadata(namespace: str, path: str, key: AdmissionEntry, source: int) -> route_components_pb2.RateLimit.Action:
+    return Action(metadata=Action.MetaData(
+        descriptor_key=key, source=source, skip_if_absent=True,
+        metadata_key=metadata_pb2.MetadataKey(key=namespace, path=[metadata_pb2.MetadataKey.PathSegment(key=path)])))
+
+
+def descriptor_actions() -> list[route_components_pb2.RateLimit.Action]:
+    """One descriptor; every entry may be absent but the first (else no descriptor, and no check)."""
+    dynamic, route = Action.MetaData.DYNAMIC, Action.MetaData.ROUTE_ENTRY
+    return [
+        Action(generic_key=Action.GenericKey(descriptor_key="hapax", descriptor_value="admission")),
+        _header(wire.REQUEST_ID_HEADER, AdmissionEntry.REQUEST_ID),
+        _header(wire.KEY_ID_HEADER, AdmissionEntry.KEY_ID),
+        _metadata(METADATA_NAMESPACE, wire.RouteKey.ROUTE, AdmissionEntry.ROUTE, route),
+        _metadata(wire.REQUEST_NAMESPACE, wire.BODY_MODEL, AdmissionEntry.MODEL, dynamic),
+        _header("content-length", AdmissionEntry.BYTES),
+        *(_metadata(wire.REQUEST_NAMESPACE, field, field, dynamic) for field in RESERVATION_BODY_FIELDS),
+    ]
+
+
+def admission_filter(config: HapaxConfig) -> list[hcm_pb2.HttpFilter]:
+    if not config.limited:
+        return []
+    fail_closed = config.limits.on_store_error == "closed"
+    filter_config = rate_limit_pb2.RateLimit(
+        domain=wire.ADMISSION_DOMAIN,
+        request_type="external",
+        timeout=duration(CHECK_TIMEOUT_SECONDS),
+        failure_mode_deny=fail_closed,
+        status_on_error=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable),
+        disable_x_envoy_ratelimited_header=True,
+        rate_limit_service=rls_pb2.RateLimitServiceConfig(
+            grpc_service=grpc_service_pb2.GrpcService(
+                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=EXT_PROC_CLUSTER)),
+            transport_api_version=config_source_pb2.V3),
+        rate_limits=[route_components_pb2.RateLimit(actions=descriptor_actions())],
+    )
+    return [hcm_pb2.HttpFilter(name=ADMISSION_FILTER, typed_config=pack(filter_config))]
+
+
+def not_admitted_here(config: HapaxConfig) -> dict[str, any_pb2.Any]:
+    """For a route no limit covers (``/health``): no check."""
+    if not config.limited:
+        return {}
+    return {ADMISSION_FILTER: pack(route_components_pb2.FilterConfig(disabled=True))}

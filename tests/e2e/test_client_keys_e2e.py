@@ -1,0 +1,171 @@
+"""Client keys through the real Envoy: who may call, checked before any provider is touched.
+
+One gateway with two clients in front of a fake OpenAI and a fake Anthropic. Every lane
+(passthrough, model lane, the router step's route) refuses a missing or unknown key with
+OpenAI's 401 JSON and serves a good one, from ``Authorization: Bearer`` or ``x-api-key``;
+the providers never see the client's key; a key removed from the file is refused on the
+next request of a connection that was open; the client's labels are on its series.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import openai
+import pytest
+import yaml
+
+from hapax.client_keys import new_key
+from hapax.fakes import FakeAnthropic, FakeOpenAI
+from tests.conftest import gateway_config, wait_for
+
+SEARCH_KEY, SEARCH_LINE = new_key()
+ADS_KEY, ADS_LINE = new_key()
+# (model, what serves it): the passthrough lane, the model lane (translated), the router step.
+LANES = [("gpt-4o-mini", "passthrough"), ("claude-3-5-haiku-latest", "model lane"), ("no-such-model", "router")]
+
+
+@pytest.fixture(scope="module")
+def fakes(fake_host):
+    openai_fake = fake_host.start(FakeOpenAI(api_key="provider-openai-key", model="gpt-4o-mini"))
+    anthropic_fake = fake_host.start(FakeAnthropic(api_key="provider-anthropic-key", model="claude-3-5-haiku-latest"))
+    yield openai_fake, anthropic_fake
+    fake_host.run(openai_fake.stop())
+    fake_host.run(anthropic_fake.stop())
+
+
+def keyed_config(fakes, lines: dict[str, str]) -> dict:
+    openai_fake, anthropic_fake = fakes
+    config = gateway_config({
+        "openai": {"type": "openai", "model": "gpt-4o-mini", "api_key": "provider-openai-key",
+                   "base_url": openai_fake.base_url},
+        "anthropic": {"type": "anthropic", "model": "claude-3-5-haiku-latest", "api_key": "provider-anthropic-key",
+                      "base_url": anthropic_fake.base_url}})
+    labels = {"search": {"department": "search"}, "ads": {"department": "ads"}}
+    config["clients"] = {name: {"keys": [line], "metrics_labels": labels[name]} for name, line in lines.items()}
+    return config
+
+
+@pytest.fixture(scope="module")
+def gateway(fakes, start_gateway):
+    return start_gateway(keyed_config(fakes, {"search": SEARCH_LINE.htpasswd, "ads": ADS_LINE.htpasswd}))
+
+
+@dataclass
+class Answer:
+    status_code: int
+    headers: dict[str, str]
+    text: str
+
+    def json(self) -> dict:
+        return json.loads(self.text)
+
+
+def connect(gateway) -> http.client.HTTPConnection:
+    url = urlsplit(gateway.url)
+    return http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=15)
+
+
+def request(connection: http.client.HTTPConnection, method: str, path: str, headers: dict[str, str],
+            body: dict | None = None) -> Answer:
+    data = json.dumps(body).encode() if body is not None else None
+    connection.request(method, path, body=data, headers={"content-type": "application/json", **headers})
+    response = connection.getresponse()
+    return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode())
+
+
+def chat(gateway, model: str, headers: dict[str, str],
+         connection: http.client.HTTPConnection | None = None) -> Answer:
+    """A chat request, on ``connection`` (kept open) or on a connection of its own."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    own = connection or connect(gateway)
+    try:
+        return request(own, "POST", "/v1/chat/completions", headers, body)
+    finally:
+        if connection is None:
+            own.close()
+
+
+@pytest.mark.parametrize(("model", "lane"), LANES)
+@pytest.mark.parametrize(("headers", "code"), [
+    ({}, "missing_api_key"),
+    ({"authorization": "Bearer sk-not-a-hapax-key"}, "missing_api_key"),
+    ({"authorization": f"Bearer {SEARCH_KEY[:-4]}0000"}, "invalid_api_key"),
+    ({"x-api-key": f"hpx-{'0' * 12}-{'1' * 48}"}, "invalid_api_key"),
+])
+def test_a_missing_or_unknown_key_gets_openais_401_before_any_provider(gateway, fakes, model, lane, headers, code):
+    for fake in fakes:
+        fake.requests.clear()
+    answer = chat(gateway, model, headers)
+    assert answer.status_code == 401, (lane, answer.text)
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json()["error"]["code"] == code and answer.json()["error"]["type"] == "invalid_request_error"
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+    assert not any(fake.requests for fake in fakes)
+
+
+@pytest.mark.parametrize(("model", "lane"), LANES[:2])
+def test_a_good_key_is_served_on_every_lane_and_no_provider_sees_it(gateway, fakes, model, lane):
+    for fake in fakes:
+        fake.requests.clear()
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=SEARCH_KEY, max_retries=0)
+    answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content
+    seen = [r for fake in fakes for r in fake.requests]
+    assert len(seen) == 1, lane
+    secret = SEARCH_KEY.rsplit("-", 1)[1]
+    dumped = json.dumps(seen[0].headers)
+    assert secret not in dumped and SEARCH_KEY not in dumped and "Basic " not in dumped
+    assert "x-hapax-key-id" not in seen[0].headers
+
+
+def test_the_anthropic_sdks_header_carries_a_key_too(gateway):
+    answer = chat(gateway, "gpt-4o-mini", {"x-api-key": ADS_KEY})
+    assert answer.status_code == 200, answer.text
+
+
+def test_health_needs_no_key(gateway):
+    connection = connect(gateway)
+    assert request(connection, "GET", "/health", {}).status_code == 200
+    connection.close()
+
+
+def test_a_clients_requests_are_counted_under_its_department(gateway):
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=ADS_KEY, max_retries=0)
+
+    def counted(model: str) -> float:
+        return gateway.metric("hapax_requests_total", department="ads", model=model)
+
+    models = ("gpt-4o-mini", "claude-3-5-haiku-latest")  # the passthrough lane, the model lane
+    time.sleep(0.5)  # the earlier tests' requests are counted (the access log comes in batches)
+    before = {model: counted(model) for model in models}
+    # Another client's request beside each: counted in the same batch, under its own labels.
+    other = openai.OpenAI(base_url=gateway.base_url, api_key=SEARCH_KEY, max_retries=0)
+    for model in models:
+        other.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    wait_for(lambda: all(counted(model) >= before[model] + 1 for model in models), "ads' two requests counted")
+    time.sleep(0.5)
+    assert all(counted(model) == before[model] + 1 for model in models)
+
+
+def test_a_key_removed_from_the_file_is_refused_on_a_connection_already_open(gateway, fakes):
+    connection = connect(gateway)
+    try:
+        assert chat(gateway, "gpt-4o-mini", {"authorization": f"Bearer {ADS_KEY}"}, connection).status_code == 200
+        gateway.config_path.write_text(yaml.safe_dump(keyed_config(fakes, {"search": SEARCH_LINE.htpasswd})))
+        deadline = time.monotonic() + 30
+        status = 200
+        while status == 200 and time.monotonic() < deadline:
+            status = chat(gateway, "gpt-4o-mini", {"authorization": f"Bearer {ADS_KEY}"}, connection).status_code
+            time.sleep(0.1)
+        assert status == 401
+        # The same connection, the key still in the file: served.
+        assert chat(gateway, "gpt-4o-mini", {"authorization": f"Bearer {SEARCH_KEY}"}, connection).status_code == 200
+    finally:
+        connection.close()
+
