@@ -34,13 +34,15 @@ WITH_LOCAL = WITH_LOCAL.replace("provider_preference:", "  local: {type: ollama,
                                 "provider_preference:")
 
 
-# MIXED with client keys, their limits and a department's budget in Redis (the key line is a
-# fixed example: no test here needs its key).
+# MIXED with client keys, one client's models and routes, its limits and a department's budget
+# in Redis (the key line is a fixed example: no test here needs its key).
 KEYED = MIXED + """\
 clients:
   search:
     keys: ["0123456789ab:{SHA}QM1iQk32+VTlOatOudb57ErLcpE="]
     metrics_labels: {department: search}
+    models: [gpt-4o, auto]
+    routes: [/v1/chat/completions]
     limits: {requests_per_minute: 60, tokens_per_day: 100000}
 limits:
   store: redis://127.0.0.1:6379/0

@@ -270,10 +270,15 @@ class ClientConfig:
     # Its requests' series carry these, over the route's.
     metrics_labels: Mapping[str, str] = field(default_factory=FrozenMap)
     limits: LimitsConfig = LimitsConfig()
+    # What it may call; empty: every model, every route.
+    models: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _freeze(self, "keys", tuple)
         _freeze(self, "metrics_labels", FrozenMap)
+        _freeze(self, "models", tuple)
+        _freeze(self, "routes", tuple)
 
     @property
     def department_name(self) -> str | None:
@@ -324,6 +329,12 @@ class HapaxConfig:
         _freeze(self, "provider_preference", tuple)
         _freeze(self, "routes", tuple)
         _freeze(self, "warnings", tuple)
+
+    @property
+    def reads_request_bodies(self) -> bool:
+        """Whether Envoy reads every provider request's body fields, lanes aside: the admission
+        check reserves by them, and a client confined to some models is checked against them."""
+        return self.limited or any(client.models for client in (self.clients or {}).values())
 
     @property
     def limited(self) -> bool:

@@ -251,7 +251,14 @@ def _key_mappers(headers: Sequence[base_pb2.HeaderValueOption]) -> list[hcm_pb2.
         _status_is_filter(401),
         _details_filter(f"response.code_details.endsWith('{client_keys.REFUSED_KEY_DETAILS_SUFFIX}')")]))
     challenge = client_keys.bearer_challenge(headers)
+    out_of_scope = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
+        _status_is_filter(403),
+        _details_filter(f"response.code_details.startsWith('{client_keys.OUT_OF_SCOPE_DETAILS_PREFIX}')")]))
+    model = f"%DYNAMIC_METADATA({wire.REQUEST_NAMESPACE}:{wire.BODY_MODEL})%"
     return [
+        _json_mapper(out_of_scope, 403, f"This key may not call {model} on this path: its client's models or "
+                     "routes (clients.NAME in the gateway's configuration) do not include it.",
+                     "invalid_request_error", "not_allowed", headers),
         _json_mapper(missing, 401, "You didn't provide an API key. Send your Hapax key in an Authorization "
                      "header using Bearer auth (Authorization: Bearer YOUR_KEY), or in x-api-key.",
                      "invalid_request_error", "missing_api_key", challenge),
@@ -414,8 +421,9 @@ def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
             compressor_filter(),
             *client_keys.key_filters(config),
             *([passthrough.json_to_metadata_filter(reservations=config.limited),
-               body_routing.lane_model_filter()] if lane or config.limited else []),
-            # After json_to_metadata: the reservation needs the body's model and max tokens.
+               body_routing.lane_model_filter()] if lane or config.reads_request_bodies else []),
+            # After json_to_metadata: both read the body's model (and the reservation its max tokens).
+            *client_keys.scope_filter(config),
             *admission.admission_filter(config),
             provider_errors_filter(),
             router_ext_proc_filter(),

@@ -198,8 +198,8 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
         base = provider_route(plan, route, keys, retry_policy)
         lanes = [*passthrough.lane_routes(plan, passthrough_groups, route.handler, base, ext_proc_off),
                  *model_lane.model_routes(plan, model_groups, route.handler, base, version, ext_proc_off)]
-        if lanes or (config.limited and route.handler != wire.Handler.MODELS):
-            lane_paths.add(route.path)  # its body is read: to pick a lane, or for its reservation
+        if lanes or (config.reads_request_bodies and route.handler != wire.Handler.MODELS):
+            lane_paths.add(route.path)  # its body is read: to pick a lane, to check or reserve by its fields
         routes += [*lanes, base]
         routes.append(method_not_allowed_route(route.path, HANDLER_METHODS[route.handler]))
     routes.append(not_found_route(config))

@@ -25,6 +25,7 @@ from tests.conftest import gateway_config, wait_for
 
 SEARCH_KEY, SEARCH_LINE = new_key()
 ADS_KEY, ADS_LINE = new_key()
+INTERN_KEY, INTERN_LINE = new_key()  # confined to one model and one route
 # (model, what serves it): the passthrough lane, the model lane (translated), the router step.
 LANES = [("gpt-4o-mini", "passthrough"), ("claude-3-5-haiku-latest", "model lane"), ("no-such-model", "router")]
 
@@ -45,14 +46,17 @@ def keyed_config(fakes, lines: dict[str, str]) -> dict:
                    "base_url": openai_fake.base_url},
         "anthropic": {"type": "anthropic", "model": "claude-3-5-haiku-latest", "api_key": "provider-anthropic-key",
                       "base_url": anthropic_fake.base_url}})
-    labels = {"search": {"department": "search"}, "ads": {"department": "ads"}}
+    labels = {"search": {"department": "search"}, "ads": {"department": "ads"}, "intern": {"department": "ads"}}
     config["clients"] = {name: {"keys": [line], "metrics_labels": labels[name]} for name, line in lines.items()}
+    if "intern" in config["clients"]:
+        config["clients"]["intern"].update(models=["gpt-4o-mini"], routes=["/v1/chat/completions"])
     return config
 
 
 @pytest.fixture(scope="module")
 def gateway(fakes, start_gateway):
-    return start_gateway(keyed_config(fakes, {"search": SEARCH_LINE.htpasswd, "ads": ADS_LINE.htpasswd}))
+    return start_gateway(keyed_config(fakes, {"search": SEARCH_LINE.htpasswd, "ads": ADS_LINE.htpasswd,
+                                              "intern": INTERN_LINE.htpasswd}))
 
 
 @dataclass
@@ -121,6 +125,24 @@ def test_a_good_key_is_served_on_every_lane_and_no_provider_sees_it(gateway, fak
     dumped = json.dumps(seen[0].headers)
     assert secret not in dumped and SEARCH_KEY not in dumped and "Basic " not in dumped
     assert "x-hapax-key-id" not in seen[0].headers
+
+
+def test_a_confined_client_gets_403_for_another_model_or_route_before_any_provider(gateway, fakes):
+    for fake in fakes:
+        fake.requests.clear()
+    bearer = {"authorization": f"Bearer {INTERN_KEY}"}
+    assert chat(gateway, "gpt-4o-mini", bearer).status_code == 200
+    other_model = chat(gateway, "claude-3-5-haiku-latest", bearer)
+    assert other_model.status_code == 403
+    assert other_model.json()["error"]["code"] == "not_allowed"
+    assert "claude-3-5-haiku-latest" in other_model.json()["error"]["message"]
+    connection = connect(gateway)
+    embeddings = request(connection, "POST", "/v1/embeddings", bearer, {"model": "gpt-4o-mini", "input": "hi"})
+    connection.close()
+    assert embeddings.status_code == 403 and embeddings.json()["error"]["code"] == "not_allowed"
+    assert len([r for fake in fakes for r in fake.requests if r.method == "POST"]) == 1
+    # Another client's key is not confined by this one's scope.
+    assert chat(gateway, "claude-3-5-haiku-latest", {"authorization": f"Bearer {ADS_KEY}"}).status_code == 200
 
 
 def test_the_anthropic_sdks_header_carries_a_key_too(gateway):

@@ -170,3 +170,30 @@ def test_the_limit_stores_password_reaches_ext_proc_only():
         for message in snapshot.of_type(type_url).values():
             assert b"hunter2" not in message.SerializeToString(), type_url
     assert "hunter2" in snapshot.of_type(RUNTIME)["hapax"].admission.store
+
+
+def test_a_clients_models_and_routes_must_be_served_ones():
+    _, line = new_key()
+    found = errors(with_clients({"search": [line.htpasswd]},
+                                "    models: [gpt-4o, gpt-5x]\n    routes: [/v1/chat/completions, /v2/chat]\n"))
+    assert set(found) == {"clients.search.models[1]", "clients.search.routes[1]"}
+    assert "did you mean" in found["clients.search.models[1]"]
+    config = parse(with_clients({"search": [line.htpasswd]}, "    models: [gpt-4o, auto]\n"))
+    assert config.clients is not None and config.clients["search"].models == ("gpt-4o", "auto")
+    assert config.reads_request_bodies and not config.limited
+
+
+def test_a_confined_client_gets_a_deny_policy_on_its_key_ids_and_the_others_none():
+    _, confined = new_key()
+    _, free = new_key()
+    text = PROVIDERS + textwrap.dedent(f"""\
+        clients:
+          intern: {{keys: ["{confined.htpasswd}"], models: [gpt-4o]}}
+          search: {{keys: ["{free.htpasswd}"]}}
+        """)
+    snapshot = snapshot_of(text)
+    assert envoy_keys.SCOPE_FILTER in filter_names(snapshot.of_type(LISTENER)[wire.LISTENER])
+    vhost = snapshot.of_type(ROUTE)["hapax_routes"].virtual_hosts[0]
+    rules = vhost.typed_per_filter_config[envoy_keys.SCOPE_FILTER].SerializeToString()
+    assert b"client:intern" in rules and confined.key_id.encode() in rules
+    assert b"client:search" not in rules and free.key_id.encode() not in rules

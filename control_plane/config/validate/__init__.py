@@ -20,20 +20,27 @@ messages that describe a wrong one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from control_plane.config.errors import _Issues
-from control_plane.config.model import HapaxConfig, HealthCheckConfig
-from control_plane.config.validate.clients import _admission, _clients
+from control_plane.config.model import HapaxConfig, HealthCheckConfig, ProviderConfig, RouteConfig
+from control_plane.config.validate.clients import Scope, _admission, _clients
 from control_plane.config.validate.control_plane import _control_plane
 from control_plane.config.validate.providers import _health_check, _preference, _provider_names, _providers
 from control_plane.config.validate.routes import _served_routes
 from control_plane.config.validate.server import _base_dir, _server
 from control_plane.config.validate.settings import _ext_proc, _logging, _pricing, _retry
 from control_plane.config.validate.values import _expected, _reject_unknown_keys
+from hapax import wire
 
 _TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "default_routes", "health_check",
                    "retry", "pricing", "logging", "ext_proc", "control_plane", "clients", "limits")
+
+
+def _served_scope(providers: Mapping[str, ProviderConfig], routes: Sequence[RouteConfig]) -> Scope:
+    models = {wire.AUTO_MODEL} | {name for p in providers.values() for name in (*p.models, *p.aliases)}
+    return Scope(tuple(sorted(models)), tuple(route.path for route in routes))
 
 
 def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
@@ -55,7 +62,7 @@ def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
     logging_config = _logging(root.get("logging"), issues)
     ext_proc = _ext_proc(root.get("ext_proc"), issues)
     control_plane = _control_plane(root.get("control_plane"), issues, _base_dir(source))
-    clients = _clients(root.get("clients"), issues)
+    clients = _clients(root.get("clients"), _served_scope(providers, routes), issues)
     admission = _admission(root.get("limits"), issues)
     if issues.errors:
         return None

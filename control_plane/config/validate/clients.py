@@ -9,6 +9,8 @@ prints, never a key), the metrics labels its requests carry, its department and 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,14 +36,15 @@ from control_plane.config.validate.values import (
 )
 from hapax.client_keys import KeyLine, KeyLineError
 
-_CLIENT_KEYS = ("keys", "department", "metrics_labels", "limits")
+_CLIENT_KEYS = ("keys", "department", "metrics_labels", "limits", "models", "routes")
 _LIMIT_KEYS = ("requests_per_minute", "requests_per_day", "tokens_per_minute", "tokens_per_day", "budget")
 _BUDGET_KEYS = ("usd", "period")
 _ADMISSION_KEYS = ("store", "on_store_error", "default_max_tokens", "departments")
 _STORE_SCHEMES = ("redis", "rediss")
 
 
-def _clients(value: Any, issues: _Issues) -> dict[str, ClientConfig] | None:
+def _clients(value: Any, served: Scope, issues: _Issues) -> dict[str, ClientConfig] | None:
+    """``served``: the model names and route paths a client's ``models`` and ``routes`` may name."""
     if value is None:
         return None
     node = _mapping(value, "clients", issues)
@@ -54,7 +57,7 @@ def _clients(value: Any, issues: _Issues) -> dict[str, ClientConfig] | None:
         if not isinstance(name, str) or not name.strip():
             issues.error(path, _expected("a client name", name))
             continue
-        client = _client(name, entry, path, issues)
+        client = _client(name, entry, path, served, issues)
         if client is None:
             continue
         for i, line in enumerate(client.keys):
@@ -66,7 +69,7 @@ def _clients(value: Any, issues: _Issues) -> dict[str, ClientConfig] | None:
     return clients
 
 
-def _client(name: str, value: Any, path: str, issues: _Issues) -> ClientConfig | None:
+def _client(name: str, value: Any, path: str, served: Scope, issues: _Issues) -> ClientConfig | None:
     node = _mapping(value, path, issues)
     if node is None:
         return None
@@ -76,7 +79,35 @@ def _client(name: str, value: Any, path: str, issues: _Issues) -> ClientConfig |
                                                                      issues)
     labels = _metrics_labels(node.get("metrics_labels"), _join(path, "metrics_labels"), issues)
     limits = _limits(node.get("limits"), _join(path, "limits"), issues)
-    return ClientConfig(name, keys, department, labels, limits)
+    models = _scope(node.get("models"), _join(path, "models"), "model", served.models, issues)
+    routes = _scope(node.get("routes"), _join(path, "routes"), "route path", served.routes, issues)
+    return ClientConfig(name, keys, department, labels, limits, models, routes)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What the config serves: the names a client's ``models`` and ``routes`` may hold."""
+
+    models: tuple[str, ...]
+    routes: tuple[str, ...]
+
+
+def _scope(value: Any, path: str, kind: str, known: Sequence[str], issues: _Issues) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = _list(value, path, issues) or []
+    if not items:
+        issues.error(path, f"lists no {kind}: omit it to allow every {kind}")
+    names = []
+    for i, item in enumerate(items):
+        text = _string(item, _index(path, i), issues)
+        if text is None:
+            continue
+        if text not in known:
+            issues.error(_index(path, i), _not_one_of(kind, text, known))
+            continue
+        names.append(text)
+    return tuple(names)
 
 
 def _key_lines(value: Any, path: str, issues: _Issues) -> tuple[KeyLine, ...]:
