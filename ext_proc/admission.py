@@ -50,6 +50,7 @@ from ext_proc.limits import (
     store_from_url,
 )
 from ext_proc.metrics import GatewayMetrics
+from ext_proc.queue import Admitted, FairQueue
 from ext_proc.runtime import AdmissionSettings, Client, LimitSettings, Provider, Route, RuntimeView
 from hapax import wire
 from hapax.wire import AdmissionEntry, Handler
@@ -234,23 +235,77 @@ class Admission:
 
 
 class AdmissionService(rls_pb2_grpc.RateLimitServiceServicer):
-    """Envoy's rate limit service, answered by ``Admission``."""
+    """Envoy's rate limit service: limits (``Admission``) and, under its own domain, the queue."""
 
-    def __init__(self, current_view: Callable[[], RuntimeView | None], admission: Admission) -> None:
+    def __init__(self, current_view: Callable[[], RuntimeView | None], admission: Admission,
+                 queue: FairQueue | None = None) -> None:
         self.current_view = current_view
         self.admission = admission
+        self.queue = queue
 
     async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest, context: Any) -> rls_pb2.RateLimitResponse:
         view = self.current_view()
-        if view is None or request.domain != wire.ADMISSION_DOMAIN or not request.descriptors:
+        if view is None or not request.descriptors:
             return _ok()
         entries = {entry.key: entry.value for entry in request.descriptors[0].entries}
+        if request.domain == wire.QUEUE_DOMAIN:
+            return await self._queue(view, entries)
+        if request.domain != wire.ADMISSION_DOMAIN:
+            return _ok()
         try:
             return await self.admission.reserve(view, entries)
         except LimitStoreUnavailable:
             # limits.on_store_error: closed. Envoy answers a failed check with its status_on_error.
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the limits' store did not answer")
             raise  # unreachable: abort raises
+
+
+    async def _queue(self, view: RuntimeView, entries: Mapping[str, str]) -> rls_pb2.RateLimitResponse:
+        request_id = entries.get(AdmissionEntry.REQUEST_ID, "")
+        if self.queue is None or not request_id:
+            return _ok()
+        if entries.get(AdmissionEntry.CHECK) == wire.QUEUE_RELEASE:
+            self.queue.release(request_id)
+            return _ok()
+        route = view.routes.get(entries.get(AdmissionEntry.ROUTE, ""))
+        provider = _first_provider(view, route, entries.get(AdmissionEntry.MODEL)) if route is not None else None
+        if view.queue is None or route is None or provider is None:
+            return _ok()
+        client = view.client(entries.get(AdmissionEntry.KEY_ID))
+        result = await self.queue.acquire(
+            request_id, provider, department_of(client, route), client.priority if client is not None else 0,
+            max_waiting=view.queue.max_waiting, timeout=view.queue.timeout)
+        if result is Admitted.GO:
+            return _ok()
+        return _queue_refused(result, provider, view.queue.timeout)
+
+
+def _first_provider(view: RuntimeView, route: Route, model: str | None) -> str | None:
+    """Where the request goes first: the provider whose slots it waits for."""
+    family = wire.FAMILY_OF_HANDLER.get(Handler(route.handler)) if route.handler in _HANDLERS else None
+    if family is None:
+        return None
+    chain = view.chain_for(family, None if model in (None, "", "auto") else model)
+    return chain.providers[0] if chain is not None and chain.providers else None
+
+
+# How long a client refused by the queue should wait before it tries again.
+QUEUE_RETRY_AFTER_SECONDS = 1
+
+
+def _queue_refused(result: Admitted, provider: str, timeout: float) -> rls_pb2.RateLimitResponse:
+    if result is Admitted.FULL:
+        message = (f"The gateway's queue is full: provider '{provider}' is at its concurrency limit and "
+                   "queue.max_waiting requests are waiting already. Try again shortly.")
+        code = "queue_full"
+    else:
+        message = (f"The request waited {timeout:g}s (queue.timeout) for provider '{provider}', which stayed at "
+                   "its concurrency limit. Try again shortly.")
+        code = "queue_timeout"
+    error = {"message": message, "type": "server_error", "param": None, "code": code}
+    headers = [_header("retry-after", str(QUEUE_RETRY_AFTER_SECONDS)), _header("content-type", "application/json")]
+    return rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OVER_LIMIT,
+                                     response_headers_to_add=headers, raw_body=json.dumps({"error": error}).encode())
 
 
 def _ok(states: Sequence[LimitState] = ()) -> rls_pb2.RateLimitResponse:

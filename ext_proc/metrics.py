@@ -58,6 +58,7 @@ DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25)
 
 class ProviderHealthCollector(Collector):
@@ -79,6 +80,21 @@ class ProviderHealthCollector(Collector):
             checks.add_metric([name, "success"], state.checks - state.failures)
         yield healthy
         yield checks
+
+
+class QueueCollector:
+    """``hapax_queue_waiting{department}``: requests waiting now, read from the queue at scrape time
+    (it lives in the first worker, the one Envoy sends scrapes to)."""
+
+    def __init__(self, waiting: Callable[[], Mapping[str, int]]) -> None:
+        self.waiting = waiting
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("hapax_queue_waiting", "Requests waiting in the queue now, by department",
+                                   labels=["department"])
+        for department, count in sorted(self.waiting().items()):
+            family.add_metric([department], count)
+        yield family
 
 
 class ConfigStatusCollector(Collector):
@@ -211,8 +227,15 @@ class GatewayMetrics:
             "hapax_budget_remaining_usd", "What is left of a budget in its current period (US dollars), as of "
             "the last request under it", ["scope", "period"], registry=self.registry,
             multiprocess_mode="mostrecent")
+        self.queue_waits = Histogram(
+            "hapax_queue_wait_seconds", "Time requests waited in the queue for a provider's slot, by how the wait "
+            "ended (go | full | timed_out)", ["department", "result"], buckets=QUEUE_WAIT_BUCKETS,
+            registry=self.registry)
         self._families = _RequestFamilies(self.registry, ())
         self._version = ""
+
+    def queue_waited(self, department: str, seconds: float, result: str) -> None:
+        self.queue_waits.labels(department, result).observe(seconds)
 
     def admitted(self, scope: str, result: str, limit: str = "") -> None:
         self.admissions.labels(scope, result, limit).inc()

@@ -65,6 +65,7 @@ class Provider:
     models: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     # By model, those with a price.
     prices: Mapping[str, tuple[float, float]] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    max_concurrent_requests: int = 1024  # the queue's slots for it (its circuit breaker's limit)
 
     def __repr__(self) -> str:  # never print the key
         return f"Provider(name={self.name!r}, type={self.type!r}, model={self.model!r})"
@@ -129,6 +130,7 @@ class Client:
     department: str  # "" : none
     labels: Mapping[str, str]
     limits: LimitSettings
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,12 @@ class AdmissionSettings:
     fail_closed: bool = False
     default_max_tokens: int = 4096
     departments: Mapping[str, LimitSettings] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    max_waiting: int
+    timeout: float  # seconds
 
 
 @dataclass(frozen=True)
@@ -154,6 +162,7 @@ class RuntimeView:
     clients: Mapping[str, Client] = field(default_factory=lambda: MappingProxyType({}))
     keys_required: bool = False
     admission: AdmissionSettings | None = None  # None: no limits
+    queue: QueueSettings | None = None  # None: no queue
     # (route path, key id) -> the route as that client's requests are labelled (labelled()).
     _labelled: dict[tuple[str, str], Route] = field(default_factory=dict, compare=False, repr=False)
 
@@ -209,6 +218,7 @@ class RuntimeView:
             clients=MappingProxyType(_clients(rt)),
             keys_required=rt.keys_required,
             admission=_admission(rt) if rt.HasField("admission") else None,
+            queue=QueueSettings(rt.queue.max_waiting, rt.queue.timeout_seconds) if rt.HasField("queue") else None,
         )
 
 
@@ -216,7 +226,7 @@ def _clients(rt: runtime_pb2.Runtime) -> dict[str, Client]:
     by_key: dict[str, Client] = {}
     for c in rt.clients:
         client = Client(c.name, c.department, MappingProxyType(dict(c.metrics_labels)),
-                        LimitSettings.from_proto(c.limits))
+                        LimitSettings.from_proto(c.limits), c.priority)
         by_key.update((key_id, client) for key_id in c.key_ids)
     return by_key
 
@@ -261,4 +271,5 @@ def _provider(p: runtime_pb2.Provider, known_types: frozenset[str]) -> Provider:
         models=MappingProxyType({m.name: frozenset(m.families) for m in p.models}),
         prices=MappingProxyType({m.name: (m.price.input_per_million, m.price.output_per_million)
                                  for m in p.models if m.HasField("price")}),
+        max_concurrent_requests=p.max_concurrent_requests or Provider.max_concurrent_requests,
     )

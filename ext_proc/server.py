@@ -18,10 +18,11 @@ from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from ext_proc.access_log import AccessLogCounter
 from ext_proc.admission import Admission, AdmissionService
 from ext_proc.health_app import health_app, verdict_app
-from ext_proc.metrics import ConfigStatusCollector, GatewayMetrics, RestartsCollector
+from ext_proc.metrics import ConfigStatusCollector, GatewayMetrics, QueueCollector, RestartsCollector
 from ext_proc.provider_health import HoldOffBoard, ProviderProber, VerdictBoard
+from ext_proc.queue import FairQueue
 from ext_proc.restarts import RestartCounts
-from ext_proc.runtime import RuntimeView
+from ext_proc.runtime import Provider, RuntimeView
 from ext_proc.service import Processor
 from ext_proc.translators import TRANSLATORS, translator_for
 from ext_proc.xds_client import RuntimeSubscription
@@ -54,7 +55,11 @@ async def serve(args: argparse.Namespace) -> None:
                                                          admission), server)
     access_log = AccessLogCounter(lambda: subscription.view, metrics, prober.hold_off, admission)
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(access_log, server)
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(AdmissionService(lambda: subscription.view, admission), server)
+    queue = FairQueue(lambda provider: _slots(subscription.view, provider),
+                      lambda department, seconds, result: metrics.queue_waited(department, seconds, result.value))
+    metrics.add_collector(QueueCollector(queue.waiting_by_department))
+    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
+        AdmissionService(lambda: subscription.view, admission, queue), server)
     grpc_port = server.add_insecure_port(args.listen)
     await server.start()
     grpc_address = private_socket(args.listen) or f"{args.listen.rsplit(':', 1)[0]}:{grpc_port}"
@@ -79,6 +84,12 @@ async def serve(args: argparse.Namespace) -> None:
     await admission.close()
     for runner in runners:
         await runner.cleanup()
+
+
+def _slots(view: RuntimeView | None, provider: str) -> int:
+    """A provider's concurrency limit, as the current runtime says (the queue's slots for it)."""
+    known = view.providers.get(provider) if view is not None else None
+    return known.max_concurrent_requests if known is not None else Provider.max_concurrent_requests
 
 
 def _xds_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:

@@ -302,6 +302,7 @@ ADMISSION_DOMAIN = "hapax"
 class AdmissionEntry(StrEnum):
     """The keys of the one descriptor Envoy sends per request: what it knows of the request."""
 
+    CHECK = "hapax"                  # which check: ADMISSION_CHECK, QUEUE_TAKE or QUEUE_RELEASE
     REQUEST_ID = "request_id"        # x-request-id: the reservation's name
     KEY_ID = "key_id"                # KEY_ID_HEADER, when the gateway checks keys
     ROUTE = "route"                  # the route's path (its metadata)
@@ -310,6 +311,11 @@ class AdmissionEntry(StrEnum):
     MAX_TOKENS = "max_tokens"        # the body's limits on the answer (json_to_metadata)
     MAX_COMPLETION_TOKENS = "max_completion_tokens"
 
+
+# The queue's checks go to the same service under their own domain (a slot taken as the request
+# starts, given back when its stream is done): the descriptor's first entry says which.
+QUEUE_DOMAIN = "hapax.queue"
+ADMISSION_CHECK, QUEUE_TAKE, QUEUE_RELEASE = "limit_check", "take", "release"
 
 # Where Envoy keeps the dynamic metadata the admission service answers with (the rate limit
 # filter's own namespace), and the key that says a request holds a reservation to settle.

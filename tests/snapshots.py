@@ -34,8 +34,8 @@ WITH_LOCAL = WITH_LOCAL.replace("provider_preference:", "  local: {type: ollama,
                                 "provider_preference:")
 
 
-# MIXED with client keys, one client's models and routes, its limits and a department's budget
-# in Redis (the key line is a fixed example: no test here needs its key).
+# MIXED with client keys, one client's models and routes, its limits, a department's budget
+# in Redis and the queue (the key line is a fixed example: no test here needs its key).
 KEYED = MIXED + """\
 clients:
   search:
@@ -49,6 +49,7 @@ limits:
   on_store_error: closed
   departments:
     search: {budget: {usd: 5, period: month}}
+queue: {max_waiting: 10, timeout: 5s}
 """
 
 

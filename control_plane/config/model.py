@@ -273,6 +273,8 @@ class ClientConfig:
     # What it may call; empty: every model, every route.
     models: tuple[str, ...] = ()
     routes: tuple[str, ...] = ()
+    # Waiting in the queue, a higher priority goes first.
+    priority: int = 0
 
     def __post_init__(self) -> None:
         _freeze(self, "keys", tuple)
@@ -302,6 +304,14 @@ class AdmissionConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """``queue:``: a request whose provider is at its concurrency limit waits for a slot instead of a 503."""
+
+    max_waiting: int = 1000  # requests waiting at once, every provider and department together
+    timeout: float = 30.0  # seconds a request may wait; then 503 with retry-after
+
+
+@dataclass(frozen=True)
 class HapaxConfig:
     server: ServerConfig
     providers: Mapping[str, ProviderConfig]  # in file order
@@ -320,6 +330,7 @@ class HapaxConfig:
     # None: no ``clients:`` section, the gateway is open to whoever reaches it (the demo).
     clients: Mapping[str, ClientConfig] | None = None
     limits: AdmissionConfig = AdmissionConfig()
+    queue: QueueConfig | None = None  # None: no queue, a saturated provider's requests get 503
 
     def __post_init__(self) -> None:
         if self.clients is not None:
@@ -333,8 +344,10 @@ class HapaxConfig:
     @property
     def reads_request_bodies(self) -> bool:
         """Whether Envoy reads every provider request's body fields, lanes aside: the admission
-        check reserves by them, and a client confined to some models is checked against them."""
-        return self.limited or any(client.models for client in (self.clients or {}).values())
+        check reserves by them, the queue finds the provider by the model, and a client confined
+        to some models is checked against them."""
+        return (self.limited or self.queue is not None
+                or any(client.models for client in (self.clients or {}).values()))
 
     @property
     def limited(self) -> bool:

@@ -8,6 +8,9 @@ answers OK, or OVER_LIMIT with a 429 body of its own (ext_proc/admission.py).
 
 When ext_proc cannot be asked (or its store cannot answer and ``on_store_error: closed`` says
 refuse), ``on_store_error`` decides: ``open`` lets the request through, ``closed`` answers 503.
+
+With ``queue:``, a second rate limit filter (its own domain) holds a request while its first
+provider has no free slot (ext_proc/queue.py) and gives the slot back when the stream is done.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from google.protobuf import any_pb2
 
 from control_plane.config.model import HapaxConfig
 from control_plane.protobuf import duration, pack
-from control_plane.resources.names import EXT_PROC_CLUSTER, METADATA_NAMESPACE
+from control_plane.resources.names import EXT_PROC_CLUSTER, METADATA_NAMESPACE, QUEUE_CLUSTER
 from hapax import wire
 from hapax.wire import AdmissionEntry
 
-ADMISSION_FILTER = "hapax.admission"
+ADMISSION_FILTER = "hapax.limit_check"
+QUEUE_FILTER = "hapax.slot_check"
+QUEUE_TIMEOUT_MARGIN_SECONDS = 5.0
 # Envoy's default is 20 ms: a busy worker would let requests through unchecked (or, closed,
 # refuse them). The check is one store round trip; a second bounds a stalled store.
 CHECK_TIMEOUT_SECONDS = 1.0
@@ -52,11 +57,15 @@ def _metadata(namespace: str, path: str, key: AdmissionEntry, source: int) -> ro
         metadata_key=metadata_pb2.MetadataKey(key=namespace, path=[metadata_pb2.MetadataKey.PathSegment(key=path)])))
 
 
+def _check(name: str) -> route_components_pb2.RateLimit.Action:
+    return Action(generic_key=Action.GenericKey(descriptor_key=AdmissionEntry.CHECK, descriptor_value=name))
+
+
 def descriptor_actions() -> list[route_components_pb2.RateLimit.Action]:
     """One descriptor; every entry may be absent but the first (else no descriptor, and no check)."""
     dynamic, route = Action.MetaData.DYNAMIC, Action.MetaData.ROUTE_ENTRY
     return [
-        Action(generic_key=Action.GenericKey(descriptor_key="hapax", descriptor_value="admission")),
+        _check(wire.ADMISSION_CHECK),
         _header(wire.REQUEST_ID_HEADER, AdmissionEntry.REQUEST_ID),
         _header(wire.KEY_ID_HEADER, AdmissionEntry.KEY_ID),
         _metadata(METADATA_NAMESPACE, wire.RouteKey.ROUTE, AdmissionEntry.ROUTE, route),
@@ -86,8 +95,38 @@ def admission_filter(config: HapaxConfig) -> list[hcm_pb2.HttpFilter]:
     return [hcm_pb2.HttpFilter(name=ADMISSION_FILTER, typed_config=pack(filter_config))]
 
 
+def queue_filter(config: HapaxConfig) -> list[hcm_pb2.HttpFilter]:
+    """With ``queue:``, a request takes a slot of its first provider as it starts (waiting for one
+    while they are all taken) and gives it back when its stream is done (``apply_on_stream_done``).
+    Both go to the first ext_proc worker (QUEUE_CLUSTER): the queue is in one process."""
+    if config.queue is None:
+        return []
+    take = [_check(wire.QUEUE_TAKE), _header(wire.REQUEST_ID_HEADER, AdmissionEntry.REQUEST_ID),
+            _header(wire.KEY_ID_HEADER, AdmissionEntry.KEY_ID),
+            _metadata(METADATA_NAMESPACE, wire.RouteKey.ROUTE, AdmissionEntry.ROUTE, Action.MetaData.ROUTE_ENTRY),
+            _metadata(wire.REQUEST_NAMESPACE, wire.BODY_MODEL, AdmissionEntry.MODEL, Action.MetaData.DYNAMIC)]
+    release = [_check(wire.QUEUE_RELEASE), _header(wire.REQUEST_ID_HEADER, AdmissionEntry.REQUEST_ID)]
+    filter_config = rate_limit_pb2.RateLimit(
+        domain=wire.QUEUE_DOMAIN,
+        request_type="external",
+        # The wait is ext_proc's to bound (queue.timeout); this only bounds a stalled worker.
+        timeout=duration(config.queue.timeout + QUEUE_TIMEOUT_MARGIN_SECONDS),
+        # A queue that cannot be asked lets the request through, to Envoy's own circuit breaker.
+        failure_mode_deny=False,
+        rate_limited_status=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable),
+        disable_x_envoy_ratelimited_header=True,
+        rate_limit_service=rls_pb2.RateLimitServiceConfig(
+            grpc_service=grpc_service_pb2.GrpcService(
+                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=QUEUE_CLUSTER)),
+            transport_api_version=config_source_pb2.V3),
+        rate_limits=[route_components_pb2.RateLimit(actions=take),
+                     route_components_pb2.RateLimit(actions=release, apply_on_stream_done=True)],
+    )
+    return [hcm_pb2.HttpFilter(name=QUEUE_FILTER, typed_config=pack(filter_config))]
+
+
 def not_admitted_here(config: HapaxConfig) -> dict[str, any_pb2.Any]:
-    """For a route no limit covers (``/health``): no check."""
-    if not config.limited:
-        return {}
-    return {ADMISSION_FILTER: pack(route_components_pb2.FilterConfig(disabled=True))}
+    """For a route no limit covers and that waits for no provider (``/health``): no check."""
+    off = pack(route_components_pb2.FilterConfig(disabled=True))
+    return {**({ADMISSION_FILTER: off} if config.limited else {}),
+            **({QUEUE_FILTER: off} if config.queue is not None else {})}

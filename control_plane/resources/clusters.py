@@ -49,6 +49,7 @@ from control_plane.resources.names import (
     HOST_KEY_SOURCE_KEY,
     MAX_REQUEST_BYTES,
     METADATA_NAMESPACE,
+    QUEUE_CLUSTER,
     UNAVAILABLE_CLUSTER,
     Address,
     socket_address,
@@ -356,6 +357,18 @@ def ext_proc_grpc_cluster(workers: int = 1, streams_per_worker: int = 1024) -> c
         typed_extension_protocol_options=_http2_options(),
         outlier_detection=_worker_outlier_detection(),
     ))
+    return cluster
+
+
+def queue_cluster(streams_per_worker: int, max_waiting: int) -> cluster_pb2.Cluster:
+    """The first ext_proc worker, for the queue's checks: every waiting request holds one call."""
+    cluster = _ext_proc_cluster(QUEUE_CLUSTER)
+    limit = streams_per_worker + max_waiting
+    cluster.circuit_breakers.CopyFrom(circuit_breaker_pb2.CircuitBreakers(thresholds=[
+        circuit_breaker_pb2.CircuitBreakers.Thresholds(
+            max_requests=wrappers_pb2.UInt32Value(value=limit),
+            max_pending_requests=wrappers_pb2.UInt32Value(value=limit))]))
+    cluster.MergeFrom(cluster_pb2.Cluster(typed_extension_protocol_options=_http2_options()))
     return cluster
 
 

@@ -425,6 +425,8 @@ def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
             # After json_to_metadata: both read the body's model (and the reservation its max tokens).
             *client_keys.scope_filter(config),
             *admission.admission_filter(config),
+            # After the limits: a refused request waits for no slot.
+            *admission.queue_filter(config),
             provider_errors_filter(),
             router_ext_proc_filter(),
             hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router(

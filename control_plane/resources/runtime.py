@@ -21,7 +21,7 @@ def runtime(plan: Plan, version: str) -> runtime_pb2.Runtime:
             name=p.name, type=p.type, model=p.model, aliases=list(p.aliases),
             base_url=p.base_url, cluster=provider_cluster_name(p.name),
             timeout_seconds=p.timeout, api_key=p.api_key, forward_headers=list(p.forward_headers),
-            api_key_source=p.api_key_source,
+            api_key_source=p.api_key_source, max_concurrent_requests=p.circuit_breaker.max_concurrent_requests,
             health_check=runtime_pb2.HealthCheck(
                 interval_seconds=p.health_check.interval, timeout_seconds=p.health_check.timeout,
                 healthy_threshold=p.health_check.healthy_threshold,
@@ -52,8 +52,11 @@ def _admission(config: HapaxConfig, out: runtime_pb2.Runtime) -> None:
     out.keys_required = config.clients is not None
     for c in (config.clients or {}).values():
         client = out.clients.add(name=c.name, key_ids=[line.key_id for line in c.keys],
-                                 department=c.department_name or "", limits=_limits(c.limits))
+                                 department=c.department_name or "", limits=_limits(c.limits), priority=c.priority)
         client.metrics_labels.update(dict(c.metrics_labels))
+    if config.queue is not None:
+        out.queue.CopyFrom(runtime_pb2.Queue(max_waiting=config.queue.max_waiting,
+                                             timeout_seconds=config.queue.timeout))
     if config.limited:
         admission = config.limits
         out.admission.CopyFrom(runtime_pb2.Admission(

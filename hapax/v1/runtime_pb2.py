@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hapax/v1/runtime.proto\x12\x08hapax.v1\"\xbd\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x10\n\x08\x62\x61se_url\x18\x05 \x01(\t\x12\x0f\n\x07\x63luster\x18\x06 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12\x0f\n\x07\x61pi_key\x18\x08 \x01(\t\x12+\n\x0chealth_check\x18\t \x01(\x0b\x32\x15.hapax.v1.HealthCheck\x12#\n\x05price\x18\n \x01(\x0b\x32\x14.hapax.v1.ModelPrice\x12\x17\n\x0f\x66orward_headers\x18\x0b \x03(\t\x12%\n\x06models\x18\x0c \x03(\x0b\x32\x15.hapax.v1.ServedModel\x12\x16\n\x0e\x61pi_key_source\x18\r \x01(\t\"R\n\x0bServedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66\x61milies\x18\x02 \x03(\t\x12#\n\x05price\x18\x03 \x01(\x0b\x32\x14.hapax.v1.ModelPrice\"C\n\nModelPrice\x12\x19\n\x11input_per_million\x18\x01 \x01(\x01\x12\x1a\n\x12output_per_million\x18\x02 \x01(\x01\"x\n\x0bHealthCheck\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\x12\x19\n\x11healthy_threshold\x18\x03 \x01(\r\x12\x1b\n\x13unhealthy_threshold\x18\x04 \x01(\r\"\xa9\x01\n\x05Route\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07handler\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12:\n\x0emetrics_labels\x18\x04 \x03(\x0b\x32\".hapax.v1.Route.MetricsLabelsEntry\x1a\x34\n\x12MetricsLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"=\n\x05\x43hain\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tproviders\x18\x02 \x03(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\"F\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05\x63hain\x18\x03 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x04 \x01(\t\"\xa7\x03\n\x07Runtime\x12\x16\n\x0e\x63onfig_version\x18\x01 \x01(\t\x12%\n\tproviders\x18\x02 \x03(\x0b\x32\x12.hapax.v1.Provider\x12\x1f\n\x06routes\x18\x04 \x03(\x0b\x32\x0f.hapax.v1.Route\x12\x1f\n\x06\x63hains\x18\x05 \x03(\x0b\x32\x0f.hapax.v1.Chain\x12\x1f\n\x06models\x18\x07 \x03(\x0b\x32\x0f.hapax.v1.Model\x12\x36\n\x0b\x61uto_chains\x18\x08 \x03(\x0b\x32!.hapax.v1.Runtime.AutoChainsEntry\x12!\n\x07\x63lients\x18\t \x03(\x0b\x32\x10.hapax.v1.Client\x12\x15\n\rkeys_required\x18\n \x01(\x08\x12&\n\tadmission\x18\x0b \x01(\x0b\x32\x13.hapax.v1.Admission\x1a\x31\n\x0f\x41utoChainsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x03\x10\x04J\x04\x08\x06\x10\x07R\x13provider_preferenceR\x0cmax_attempts\"\xd0\x01\n\x06\x43lient\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07key_ids\x18\x02 \x03(\t\x12\x12\n\ndepartment\x18\x03 \x01(\t\x12;\n\x0emetrics_labels\x18\x04 \x03(\x0b\x32#.hapax.v1.Client.MetricsLabelsEntry\x12 \n\x06limits\x18\x05 \x01(\x0b\x32\x10.hapax.v1.Limits\x1a\x34\n\x12MetricsLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9d\x01\n\x06Limits\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\x04\x12\x18\n\x10requests_per_day\x18\x02 \x01(\x04\x12\x19\n\x11tokens_per_minute\x18\x03 \x01(\x04\x12\x16\n\x0etokens_per_day\x18\x04 \x01(\x04\x12\x12\n\nbudget_usd\x18\x05 \x01(\x01\x12\x15\n\rbudget_period\x18\x06 \x01(\t\"\xcc\x01\n\tAdmission\x12\r\n\x05store\x18\x01 \x01(\t\x12\x13\n\x0b\x66\x61il_closed\x18\x02 \x01(\x08\x12\x1a\n\x12\x64\x65\x66\x61ult_max_tokens\x18\x03 \x01(\r\x12\x39\n\x0b\x64\x65partments\x18\x04 \x03(\x0b\x32$.hapax.v1.Admission.DepartmentsEntry\x1a\x44\n\x10\x44\x65partmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.hapax.v1.Limits:\x02\x38\x01\"\x81\x02\n\x0c\x43onfigStatus\x12\x17\n\x0fserving_version\x18\x01 \x01(\t\x12\x17\n\x0freloads_applied\x18\x02 \x01(\x04\x12\x19\n\x11reloads_unchanged\x18\x03 \x01(\x04\x12\x17\n\x0freloads_invalid\x18\x04 \x01(\x04\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\'\n\nrejections\x18\x06 \x03(\x0b\x32\x13.hapax.v1.Rejection\x12\x19\n\x11last_error_source\x18\x07 \x01(\t\x12\x18\n\x10last_error_paths\x18\x08 \x03(\t\x12\x19\n\x11unchecked_version\x18\t \x01(\t\"L\n\tRejection\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hapax/v1/runtime.proto\x12\x08hapax.v1\"\xde\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x10\n\x08\x62\x61se_url\x18\x05 \x01(\t\x12\x0f\n\x07\x63luster\x18\x06 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12\x0f\n\x07\x61pi_key\x18\x08 \x01(\t\x12+\n\x0chealth_check\x18\t \x01(\x0b\x32\x15.hapax.v1.HealthCheck\x12#\n\x05price\x18\n \x01(\x0b\x32\x14.hapax.v1.ModelPrice\x12\x17\n\x0f\x66orward_headers\x18\x0b \x03(\t\x12%\n\x06models\x18\x0c \x03(\x0b\x32\x15.hapax.v1.ServedModel\x12\x16\n\x0e\x61pi_key_source\x18\r \x01(\t\x12\x1f\n\x17max_concurrent_requests\x18\x0e \x01(\r\"R\n\x0bServedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66\x61milies\x18\x02 \x03(\t\x12#\n\x05price\x18\x03 \x01(\x0b\x32\x14.hapax.v1.ModelPrice\"C\n\nModelPrice\x12\x19\n\x11input_per_million\x18\x01 \x01(\x01\x12\x1a\n\x12output_per_million\x18\x02 \x01(\x01\"x\n\x0bHealthCheck\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\x12\x19\n\x11healthy_threshold\x18\x03 \x01(\r\x12\x1b\n\x13unhealthy_threshold\x18\x04 \x01(\r\"\xa9\x01\n\x05Route\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07handler\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12:\n\x0emetrics_labels\x18\x04 \x03(\x0b\x32\".hapax.v1.Route.MetricsLabelsEntry\x1a\x34\n\x12MetricsLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"=\n\x05\x43hain\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tproviders\x18\x02 \x03(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\"F\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05\x63hain\x18\x03 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x04 \x01(\t\"\xc7\x03\n\x07Runtime\x12\x16\n\x0e\x63onfig_version\x18\x01 \x01(\t\x12%\n\tproviders\x18\x02 \x03(\x0b\x32\x12.hapax.v1.Provider\x12\x1f\n\x06routes\x18\x04 \x03(\x0b\x32\x0f.hapax.v1.Route\x12\x1f\n\x06\x63hains\x18\x05 \x03(\x0b\x32\x0f.hapax.v1.Chain\x12\x1f\n\x06models\x18\x07 \x03(\x0b\x32\x0f.hapax.v1.Model\x12\x36\n\x0b\x61uto_chains\x18\x08 \x03(\x0b\x32!.hapax.v1.Runtime.AutoChainsEntry\x12!\n\x07\x63lients\x18\t \x03(\x0b\x32\x10.hapax.v1.Client\x12\x15\n\rkeys_required\x18\n \x01(\x08\x12&\n\tadmission\x18\x0b \x01(\x0b\x32\x13.hapax.v1.Admission\x12\x1e\n\x05queue\x18\x0c \x01(\x0b\x32\x0f.hapax.v1.Queue\x1a\x31\n\x0f\x41utoChainsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x03\x10\x04J\x04\x08\x06\x10\x07R\x13provider_preferenceR\x0cmax_attempts\"5\n\x05Queue\x12\x13\n\x0bmax_waiting\x18\x01 \x01(\r\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"\xe2\x01\n\x06\x43lient\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07key_ids\x18\x02 \x03(\t\x12\x12\n\ndepartment\x18\x03 \x01(\t\x12;\n\x0emetrics_labels\x18\x04 \x03(\x0b\x32#.hapax.v1.Client.MetricsLabelsEntry\x12 \n\x06limits\x18\x05 \x01(\x0b\x32\x10.hapax.v1.Limits\x12\x10\n\x08priority\x18\x06 \x01(\x05\x1a\x34\n\x12MetricsLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9d\x01\n\x06Limits\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\x04\x12\x18\n\x10requests_per_day\x18\x02 \x01(\x04\x12\x19\n\x11tokens_per_minute\x18\x03 \x01(\x04\x12\x16\n\x0etokens_per_day\x18\x04 \x01(\x04\x12\x12\n\nbudget_usd\x18\x05 \x01(\x01\x12\x15\n\rbudget_period\x18\x06 \x01(\t\"\xcc\x01\n\tAdmission\x12\r\n\x05store\x18\x01 \x01(\t\x12\x13\n\x0b\x66\x61il_closed\x18\x02 \x01(\x08\x12\x1a\n\x12\x64\x65\x66\x61ult_max_tokens\x18\x03 \x01(\r\x12\x39\n\x0b\x64\x65partments\x18\x04 \x03(\x0b\x32$.hapax.v1.Admission.DepartmentsEntry\x1a\x44\n\x10\x44\x65partmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.hapax.v1.Limits:\x02\x38\x01\"\x81\x02\n\x0c\x43onfigStatus\x12\x17\n\x0fserving_version\x18\x01 \x01(\t\x12\x17\n\x0freloads_applied\x18\x02 \x01(\x04\x12\x19\n\x11reloads_unchanged\x18\x03 \x01(\x04\x12\x17\n\x0freloads_invalid\x18\x04 \x01(\x04\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\'\n\nrejections\x18\x06 \x03(\x0b\x32\x13.hapax.v1.Rejection\x12\x19\n\x11last_error_source\x18\x07 \x01(\t\x12\x18\n\x10last_error_paths\x18\x08 \x03(\t\x12\x19\n\x11unchecked_version\x18\t \x01(\t\"L\n\tRejection\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,37 +40,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADMISSION_DEPARTMENTSENTRY']._loaded_options = None
   _globals['_ADMISSION_DEPARTMENTSENTRY']._serialized_options = b'8\001'
   _globals['_PROVIDER']._serialized_start=37
-  _globals['_PROVIDER']._serialized_end=354
-  _globals['_SERVEDMODEL']._serialized_start=356
-  _globals['_SERVEDMODEL']._serialized_end=438
-  _globals['_MODELPRICE']._serialized_start=440
-  _globals['_MODELPRICE']._serialized_end=507
-  _globals['_HEALTHCHECK']._serialized_start=509
-  _globals['_HEALTHCHECK']._serialized_end=629
-  _globals['_ROUTE']._serialized_start=632
-  _globals['_ROUTE']._serialized_end=801
-  _globals['_ROUTE_METRICSLABELSENTRY']._serialized_start=749
-  _globals['_ROUTE_METRICSLABELSENTRY']._serialized_end=801
-  _globals['_CHAIN']._serialized_start=803
-  _globals['_CHAIN']._serialized_end=864
-  _globals['_MODEL']._serialized_start=866
-  _globals['_MODEL']._serialized_end=936
-  _globals['_RUNTIME']._serialized_start=939
-  _globals['_RUNTIME']._serialized_end=1362
-  _globals['_RUNTIME_AUTOCHAINSENTRY']._serialized_start=1266
-  _globals['_RUNTIME_AUTOCHAINSENTRY']._serialized_end=1315
-  _globals['_CLIENT']._serialized_start=1365
-  _globals['_CLIENT']._serialized_end=1573
-  _globals['_CLIENT_METRICSLABELSENTRY']._serialized_start=749
-  _globals['_CLIENT_METRICSLABELSENTRY']._serialized_end=801
-  _globals['_LIMITS']._serialized_start=1576
-  _globals['_LIMITS']._serialized_end=1733
-  _globals['_ADMISSION']._serialized_start=1736
-  _globals['_ADMISSION']._serialized_end=1940
-  _globals['_ADMISSION_DEPARTMENTSENTRY']._serialized_start=1872
-  _globals['_ADMISSION_DEPARTMENTSENTRY']._serialized_end=1940
-  _globals['_CONFIGSTATUS']._serialized_start=1943
-  _globals['_CONFIGSTATUS']._serialized_end=2200
-  _globals['_REJECTION']._serialized_start=2202
-  _globals['_REJECTION']._serialized_end=2278
+  _globals['_PROVIDER']._serialized_end=387
+  _globals['_SERVEDMODEL']._serialized_start=389
+  _globals['_SERVEDMODEL']._serialized_end=471
+  _globals['_MODELPRICE']._serialized_start=473
+  _globals['_MODELPRICE']._serialized_end=540
+  _globals['_HEALTHCHECK']._serialized_start=542
+  _globals['_HEALTHCHECK']._serialized_end=662
+  _globals['_ROUTE']._serialized_start=665
+  _globals['_ROUTE']._serialized_end=834
+  _globals['_ROUTE_METRICSLABELSENTRY']._serialized_start=782
+  _globals['_ROUTE_METRICSLABELSENTRY']._serialized_end=834
+  _globals['_CHAIN']._serialized_start=836
+  _globals['_CHAIN']._serialized_end=897
+  _globals['_MODEL']._serialized_start=899
+  _globals['_MODEL']._serialized_end=969
+  _globals['_RUNTIME']._serialized_start=972
+  _globals['_RUNTIME']._serialized_end=1427
+  _globals['_RUNTIME_AUTOCHAINSENTRY']._serialized_start=1331
+  _globals['_RUNTIME_AUTOCHAINSENTRY']._serialized_end=1380
+  _globals['_QUEUE']._serialized_start=1429
+  _globals['_QUEUE']._serialized_end=1482
+  _globals['_CLIENT']._serialized_start=1485
+  _globals['_CLIENT']._serialized_end=1711
+  _globals['_CLIENT_METRICSLABELSENTRY']._serialized_start=782
+  _globals['_CLIENT_METRICSLABELSENTRY']._serialized_end=834
+  _globals['_LIMITS']._serialized_start=1714
+  _globals['_LIMITS']._serialized_end=1871
+  _globals['_ADMISSION']._serialized_start=1874
+  _globals['_ADMISSION']._serialized_end=2078
+  _globals['_ADMISSION_DEPARTMENTSENTRY']._serialized_start=2010
+  _globals['_ADMISSION_DEPARTMENTSENTRY']._serialized_end=2078
+  _globals['_CONFIGSTATUS']._serialized_start=2081
+  _globals['_CONFIGSTATUS']._serialized_end=2338
+  _globals['_REJECTION']._serialized_start=2340
+  _globals['_REJECTION']._serialized_end=2416
 # @@protoc_insertion_point(module_scope)

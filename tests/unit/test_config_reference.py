@@ -40,6 +40,7 @@ FULL = {
     "control_plane": {"listen": "127.0.0.1:18000", "tls": {"cert_file": "x.pem"}},
     "clients": {"c": {"keys": [], "limits": {"budget": {"usd": 1}}}},
     "limits": {"departments": {"d": {"tokens_per_day": 1}}},
+    "queue": {"timeout": 1},
 }
 
 # Sections whose keys are names the user chooses, as the reference writes them.

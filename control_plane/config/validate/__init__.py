@@ -12,7 +12,7 @@ section to its module:
 - ``settings``: the small sections: retry, pricing, logging, ext_proc;
 - ``control_plane``: where a fleet reaches the control plane, and its mutual TLS;
 - ``clients``: who may call (their keys' lines), their labels and limits; ``limits``: where
-  the counters live and the departments' limits.
+  the counters live and the departments' limits; ``queue``: waiting for a saturated provider.
 
 ``values`` holds what they share: reading one value of a given kind, and the
 messages that describe a wrong one.
@@ -25,7 +25,7 @@ from typing import Any
 
 from control_plane.config.errors import _Issues
 from control_plane.config.model import HapaxConfig, HealthCheckConfig, ProviderConfig, RouteConfig
-from control_plane.config.validate.clients import Scope, _admission, _clients
+from control_plane.config.validate.clients import Scope, _admission, _clients, _queue
 from control_plane.config.validate.control_plane import _control_plane
 from control_plane.config.validate.providers import _health_check, _preference, _provider_names, _providers
 from control_plane.config.validate.routes import _served_routes
@@ -35,7 +35,7 @@ from control_plane.config.validate.values import _expected, _reject_unknown_keys
 from hapax import wire
 
 _TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "default_routes", "health_check",
-                   "retry", "pricing", "logging", "ext_proc", "control_plane", "clients", "limits")
+                   "retry", "pricing", "logging", "ext_proc", "control_plane", "clients", "limits", "queue")
 
 
 def _served_scope(providers: Mapping[str, ProviderConfig], routes: Sequence[RouteConfig]) -> Scope:
@@ -64,7 +64,8 @@ def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
     control_plane = _control_plane(root.get("control_plane"), issues, _base_dir(source))
     clients = _clients(root.get("clients"), _served_scope(providers, routes), issues)
     admission = _admission(root.get("limits"), issues)
+    queue = _queue(root.get("queue"), issues)
     if issues.errors:
         return None
     return HapaxConfig(server, providers, preference, routes, tuple(issues.warnings), source, retry, pricing,
-                       logging_config, ext_proc, control_plane, clients, admission)
+                       logging_config, ext_proc, control_plane, clients, admission, queue)

@@ -22,10 +22,13 @@ from control_plane.config.model import (
     Budget,
     ClientConfig,
     LimitsConfig,
+    QueueConfig,
 )
 from control_plane.config.validate.routes import _metrics_labels
 from control_plane.config.validate.values import (
+    _duration,
     _expected,
+    _integer,
     _list,
     _mapping,
     _not_one_of,
@@ -36,7 +39,9 @@ from control_plane.config.validate.values import (
 )
 from hapax.client_keys import KeyLine, KeyLineError
 
-_CLIENT_KEYS = ("keys", "department", "metrics_labels", "limits", "models", "routes")
+_CLIENT_KEYS = ("keys", "department", "metrics_labels", "limits", "models", "routes", "priority")
+_QUEUE_KEYS = ("max_waiting", "timeout")
+MAX_PRIORITY = 1000
 _LIMIT_KEYS = ("requests_per_minute", "requests_per_day", "tokens_per_minute", "tokens_per_day", "budget")
 _BUDGET_KEYS = ("usd", "period")
 _ADMISSION_KEYS = ("store", "on_store_error", "default_max_tokens", "departments")
@@ -81,7 +86,32 @@ def _client(name: str, value: Any, path: str, served: Scope, issues: _Issues) ->
     limits = _limits(node.get("limits"), _join(path, "limits"), issues)
     models = _scope(node.get("models"), _join(path, "models"), "model", served.models, issues)
     routes = _scope(node.get("routes"), _join(path, "routes"), "route path", served.routes, issues)
-    return ClientConfig(name, keys, department, labels, limits, models, routes)
+    priority = 0 if node.get("priority") is None else _priority(node["priority"], _join(path, "priority"), issues)
+    return ClientConfig(name, keys, department, labels, limits, models, routes, priority)
+
+
+def _priority(value: Any, path: str, issues: _Issues) -> int:
+    number = _integer(value, path, issues)
+    if number is None or not -MAX_PRIORITY <= number <= MAX_PRIORITY:
+        if number is not None:
+            issues.error(path, f"must be between {-MAX_PRIORITY} and {MAX_PRIORITY}, got {number}")
+        return 0
+    return number
+
+
+def _queue(value: Any, issues: _Issues) -> QueueConfig | None:
+    if value is None:
+        return None
+    node = _mapping(value, "queue", issues)
+    if node is None:
+        return None
+    _reject_unknown_keys(node, "queue", _QUEUE_KEYS, issues)
+    default = QueueConfig()
+    waiting = default.max_waiting if node.get("max_waiting") is None else _positive_integer(
+        node["max_waiting"], "queue.max_waiting", default.max_waiting, issues)
+    timeout = default.timeout if node.get("timeout") is None else _duration(
+        node["timeout"], "queue.timeout", default.timeout, issues)
+    return QueueConfig(waiting, timeout)
 
 
 @dataclass(frozen=True)
