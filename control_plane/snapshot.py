@@ -29,7 +29,12 @@ from google.protobuf import message
 from control_plane.config.model import HapaxConfig
 from control_plane.plan import LaneModel, Plan, make_plan
 from control_plane.resources import attempts, clusters, listeners, routes, secrets
-from control_plane.resources.names import EXT_PROC_CLUSTER, EXT_PROC_HTTP_CLUSTER, QUEUE_CLUSTER, ExtProcEndpoints
+from control_plane.resources.names import (
+    EXT_PROC_CLUSTER,
+    EXT_PROC_HTTP_CLUSTER,
+    FIRST_WORKER_CLUSTER,
+    ExtProcEndpoints,
+)
 from control_plane.resources.runtime import runtime
 from hapax import wire
 from hapax.v1 import runtime_pb2
@@ -118,8 +123,9 @@ def _clusters(plan: Plan, ext_proc: ExtProcEndpoints) -> list[cluster_pb2.Cluste
     # The ext_proc cluster's limits follow the workers that are there (their gRPC endpoints).
     out = [clusters.ext_proc_grpc_cluster(len(ext_proc.grpc), plan.config.ext_proc.max_streams_per_worker),
            clusters.ext_proc_http_cluster(), clusters.unavailable_cluster(ext_proc.verdict)]
-    if plan.config.queue is not None:
-        out.append(clusters.queue_cluster(plan.config.ext_proc.max_streams_per_worker, plan.config.queue.max_waiting))
+    if plan.config.uses_first_worker:
+        waiting = plan.config.queue.max_waiting if plan.config.queue is not None else 0
+        out.append(clusters.first_worker_cluster(plan.config.ext_proc.max_streams_per_worker, waiting))
     # Envoy polls one ext_proc for each provider's verdict (they all probe alike).
     capped = plan.capped_providers
     out += [clusters.provider_cluster(p, ext_proc.verdict, p.name in capped) for p in plan.config.providers.values()]
@@ -138,7 +144,7 @@ def _endpoints(plan: Plan, ext_proc: ExtProcEndpoints) -> list[endpoint_pb2.Clus
         # /health and /metrics from the first ext_proc only: the one whose provider
         # verdicts Envoy polls, so that what /health says is what Envoy does.
         clusters.load_assignment(EXT_PROC_HTTP_CLUSTER, ext_proc.http[:1]),
-        *([clusters.load_assignment(QUEUE_CLUSTER, ext_proc.grpc[:1])] if plan.config.queue is not None else []),
+        *([clusters.load_assignment(FIRST_WORKER_CLUSTER, ext_proc.grpc[:1])] if plan.config.uses_first_worker else []),
     ]
 
 

@@ -88,8 +88,12 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             self._count_answer(entry, view, answers, retries_counted=False)
         elif lane == Lane.MODEL and not _delivered_stream(entry):
             self._count_answer(entry, view, answers, retries_counted=True)
-        if self.admission is not None and view is not None and not _delivered_stream(entry):
-            self._settle(entry, view)  # a delivered stream's upstream step settles it, with its usage
+        if self.admission is not None and view is not None:
+            if wire.COALESCED_HEADER in entry.response.response_headers:
+                # The answer and its cost are its leader's: this request used none of its reservation.
+                self.admission.settle_later(view, entry.request.request_id, None, 0, 0)
+            elif not _delivered_stream(entry):
+                self._settle(entry, view)  # a delivered stream's upstream step settles it, with its usage
 
     def _settle(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView) -> None:
         """A request that held a reservation: it becomes the usage Envoy read from the answer."""

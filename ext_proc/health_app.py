@@ -15,6 +15,9 @@ passed yet).
 
 ``restarts`` counts how often ``hapax serve`` restarted each process.
 
+Any ``POST`` is a coalesced request (a route's ``dedup``), which Envoy sends here with the id
+of the identical request whose answer it shares (ext_proc/coalescing.py).
+
 ``/metrics`` is this process's Prometheus series (Envoy serves it on
 ``server.metrics_port``), and so is ``/admin/health``, the same report with
 the reasons a config edit was refused. Public ``/health`` says only where
@@ -29,6 +32,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ext_proc.coalescing import Coalescer, follower_handler
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.provider_health import ProviderHealth, ProviderProber
 from ext_proc.restarts import RestartCounts
@@ -84,7 +88,8 @@ def _config_status(status, *, detailed: bool) -> dict:
 
 
 def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
-               metrics: GatewayMetrics, restarts: RestartCounts | None = None) -> web.Application:
+               metrics: GatewayMetrics, restarts: RestartCounts | None = None,
+               coalescer: Coalescer | None = None) -> web.Application:
     def health_report(detailed: bool) -> web.Response:
         view = subscription.view
         cp_up = subscription.connected
@@ -127,6 +132,8 @@ def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
     app.router.add_get(wire.HEALTH_PATH, health)
     app.router.add_get(wire.ADMIN_HEALTH_PATH, admin_health)
     app.router.add_get(wire.METRICS_PATH, prometheus)
+    if coalescer is not None:  # a coalesced request, whatever its path (ext_proc/coalescing.py)
+        app.router.add_post("/{path:.*}", follower_handler(coalescer))
     return app
 
 

@@ -19,6 +19,7 @@ class RequestOutcome(StrEnum):
     PROVIDER_ERROR = "provider_error"
     FAILED_OVER = "failed_over"        # a success, from a provider after earlier attempts failed
     STREAM_ABORTED = "stream_aborted"  # a stream that began well and did not reach its end
+    COALESCED = "coalesced"            # a success: an identical request's answer, shared (dedup)
 
     @classmethod
     def answered(cls, attempt: int) -> RequestOutcome:

@@ -92,6 +92,7 @@ class Route:
     handler: str
     version: str
     labels: Mapping[str, str]
+    dedup: str = "off"  # off | on | always (ext_proc/coalescing.py)
 
 
 @dataclass(frozen=True)
@@ -200,8 +201,8 @@ class RuntimeView:
         for family, cluster in rt.auto_chains.items():
             if cluster not in chains:
                 raise InvalidRuntime(f"auto chain of {family}: no chain {cluster}")
-        routes = {r.path: Route(r.path, r.handler, r.version, MappingProxyType(dict(r.metrics_labels)))
-                  for r in rt.routes}
+        routes = {r.path: Route(r.path, r.handler, r.version, MappingProxyType(dict(r.metrics_labels)),
+                                r.dedup or "off") for r in rt.routes}
         family_models: dict[str, dict[str, Chain]] = {}
         for m in rt.models:  # one without a family (a runtime from before families) serves all
             for family in [m.family] if m.family else list(ModelFamily):

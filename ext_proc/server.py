@@ -17,6 +17,7 @@ from envoy.service.ratelimit.v3 import rls_pb2_grpc
 
 from ext_proc.access_log import AccessLogCounter
 from ext_proc.admission import Admission, AdmissionService
+from ext_proc.coalescing import Coalescer
 from ext_proc.health_app import health_app, verdict_app
 from ext_proc.metrics import ConfigStatusCollector, GatewayMetrics, QueueCollector, RestartsCollector
 from ext_proc.provider_health import HoldOffBoard, ProviderProber, VerdictBoard
@@ -50,9 +51,10 @@ async def serve(args: argparse.Namespace) -> None:
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
     admission = Admission(metrics, shared)
+    coalescer = Coalescer()
     pb_grpc.add_ExternalProcessorServicer_to_server(Processor(lambda: subscription.view, metrics, prober.hold_off,
                                                          subscription.view_for, prober.unavailable_reasons,
-                                                         admission), server)
+                                                         admission, coalescer), server)
     access_log = AccessLogCounter(lambda: subscription.view, metrics, prober.hold_off, admission)
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(access_log, server)
     queue = FairQueue(lambda provider: _slots(subscription.view, provider),
@@ -65,7 +67,7 @@ async def serve(args: argparse.Namespace) -> None:
     grpc_address = private_socket(args.listen) or f"{args.listen.rsplit(':', 1)[0]}:{grpc_port}"
 
     runners = [web.AppRunner(app, access_log=None) for app in (
-        health_app(subscription, prober, metrics, restarts), verdict_app(prober))]
+        health_app(subscription, prober, metrics, restarts, coalescer), verdict_app(prober))]
     for runner in runners:
         await runner.setup()
     http_address = await _start_site(runners[0], args.health_listen)

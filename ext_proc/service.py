@@ -22,6 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ext_proc.admission import Admission
+from ext_proc.coalescing import Coalescer
 from ext_proc.errors import GatewayError
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.runtime import RuntimeView
@@ -41,9 +42,10 @@ class Processor(pb_grpc.ExternalProcessorServicer):
                  hold_off: Callable[[str, float, int], None] | None = None,
                  view_for: Callable[[str], RuntimeView | None] = lambda _: None,
                  reasons: Callable[[Iterable[str]], Mapping[str, str]] | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, coalescer: Coalescer | None = None) -> None:
         self.current_view = current_view
         self.admission = admission
+        self.coalescer = coalescer
         self.metrics = metrics
         self.hold_off = hold_off
         self.view_for = view_for
@@ -55,7 +57,7 @@ class Processor(pb_grpc.ExternalProcessorServicer):
         if view is None:
             return None
         if phase == Phase.ROUTER:
-            return RouterStep(view, self.metrics, self.reasons)
+            return RouterStep(view, self.metrics, self.reasons, self.coalescer)
         return UpstreamStep(view, self.metrics, self.hold_off, self.view_for, self.reasons, self.admission)
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],

@@ -51,13 +51,23 @@ ATTEMPT_HEADER = "x-envoy-attempt-count"
 # Envoy's own. Written: Envoy. Read: ext_proc's log lines and Envoy's access log.
 REQUEST_ID_HEADER = "x-request-id"
 
+# A coalesced request (a route's ``dedup``): the key of the identical request in flight whose
+# answer it shares. Written: the router step (in the first ext_proc worker), which sends the
+# request to FIRST_WORKER_HTTP_CLUSTER. Read: that worker's HTTP side, which streams the answer.
+COALESCE_HEADER = "x-hapax-coalesce"
+# On a coalesced request's answer, for the client and the access log: "true".
+COALESCED_HEADER = "x-hapax-coalesced"
+# The first ext_proc worker's HTTP side (/health, /metrics, coalesced answers). Written: the
+# control plane (the cluster). Read: the router step (a coalesced request's chain).
+FIRST_WORKER_HTTP_CLUSTER = "hapax_ext_proc_http"
+
 # The id of the client key the request carried, once Envoy has checked it (hapax/client_keys.py).
 # Written: Envoy's key check, replacing any the client sent. Read: ext_proc (the runtime's
 # client of that key: its labels and limits), Envoy's access log. Never sent to a provider.
 KEY_ID_HEADER = "x-hapax-key-id"
 
 # What the gateway tells itself between steps: never from a client, never to a provider.
-STEP_REQUEST_HEADERS = (CHAIN_HEADER, VERSION_HEADER, START_HEADER)
+STEP_REQUEST_HEADERS = (CHAIN_HEADER, VERSION_HEADER, START_HEADER, COALESCE_HEADER)
 # Credentials a client may send to the gateway; none of them may reach a provider.
 # Removed by: the router step, and every body-routed lane route.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")

@@ -50,6 +50,8 @@ limits:
   departments:
     search: {budget: {usd: 5, period: month}}
 queue: {max_waiting: 10, timeout: 5s}
+routes:
+  - {path: /v1/chat/completions, handler: chat, dedup: true}
 """
 
 

@@ -221,12 +221,18 @@ class ProviderConfig:
         return next((name for name, families in self.models.items() if family in families), None)
 
 
+DEDUP_CHOICES = ("off", "on", "always")
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     path: str
     handler: str  # one of HANDLERS
     version: str = "v1"
     metrics_labels: Mapping[str, str] = field(default_factory=FrozenMap)
+    # Identical requests in flight at once go to the provider once (ext_proc/coalescing.py):
+    # "on" those whose answer is determined (temperature 0, or a seed), "always" any.
+    dedup: str = "off"
 
     def __post_init__(self) -> None:
         _freeze(self, "metrics_labels", FrozenMap)
@@ -340,6 +346,11 @@ class HapaxConfig:
         _freeze(self, "provider_preference", tuple)
         _freeze(self, "routes", tuple)
         _freeze(self, "warnings", tuple)
+
+    @property
+    def uses_first_worker(self) -> bool:
+        """Whether some check lives in the first ext_proc worker alone (the queue, coalescing)."""
+        return self.queue is not None or any(route.dedup != "off" for route in self.routes)
 
     @property
     def reads_request_bodies(self) -> bool:

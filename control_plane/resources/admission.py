@@ -28,7 +28,7 @@ from google.protobuf import any_pb2
 
 from control_plane.config.model import HapaxConfig
 from control_plane.protobuf import duration, pack
-from control_plane.resources.names import EXT_PROC_CLUSTER, METADATA_NAMESPACE, QUEUE_CLUSTER
+from control_plane.resources.names import EXT_PROC_CLUSTER, FIRST_WORKER_CLUSTER, METADATA_NAMESPACE
 from hapax import wire
 from hapax.wire import AdmissionEntry
 
@@ -98,7 +98,7 @@ def admission_filter(config: HapaxConfig) -> list[hcm_pb2.HttpFilter]:
 def queue_filter(config: HapaxConfig) -> list[hcm_pb2.HttpFilter]:
     """With ``queue:``, a request takes a slot of its first provider as it starts (waiting for one
     while they are all taken) and gives it back when its stream is done (``apply_on_stream_done``).
-    Both go to the first ext_proc worker (QUEUE_CLUSTER): the queue is in one process."""
+    Both go to the first ext_proc worker (FIRST_WORKER_CLUSTER): the queue is in one process."""
     if config.queue is None:
         return []
     take = [_check(wire.QUEUE_TAKE), _header(wire.REQUEST_ID_HEADER, AdmissionEntry.REQUEST_ID),
@@ -117,7 +117,7 @@ def queue_filter(config: HapaxConfig) -> list[hcm_pb2.HttpFilter]:
         disable_x_envoy_ratelimited_header=True,
         rate_limit_service=rls_pb2.RateLimitServiceConfig(
             grpc_service=grpc_service_pb2.GrpcService(
-                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=QUEUE_CLUSTER)),
+                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=FIRST_WORKER_CLUSTER)),
             transport_api_version=config_source_pb2.V3),
         rate_limits=[route_components_pb2.RateLimit(actions=take),
                      route_components_pb2.RateLimit(actions=release, apply_on_stream_done=True)],

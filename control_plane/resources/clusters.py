@@ -46,10 +46,10 @@ from control_plane.resources.ext_proc_filters import upstream_ext_proc_filter
 from control_plane.resources.names import (
     EXT_PROC_CLUSTER,
     EXT_PROC_HTTP_CLUSTER,
+    FIRST_WORKER_CLUSTER,
     HOST_KEY_SOURCE_KEY,
     MAX_REQUEST_BYTES,
     METADATA_NAMESPACE,
-    QUEUE_CLUSTER,
     UNAVAILABLE_CLUSTER,
     Address,
     socket_address,
@@ -360,9 +360,10 @@ def ext_proc_grpc_cluster(workers: int = 1, streams_per_worker: int = 1024) -> c
     return cluster
 
 
-def queue_cluster(streams_per_worker: int, max_waiting: int) -> cluster_pb2.Cluster:
-    """The first ext_proc worker, for the queue's checks: every waiting request holds one call."""
-    cluster = _ext_proc_cluster(QUEUE_CLUSTER)
+def first_worker_cluster(streams_per_worker: int, max_waiting: int) -> cluster_pb2.Cluster:
+    """The first ext_proc worker alone: the queue's checks (every waiting request holds one call)
+    and the router step of the routes that coalesce requests."""
+    cluster = _ext_proc_cluster(FIRST_WORKER_CLUSTER)
     limit = streams_per_worker + max_waiting
     cluster.circuit_breakers.CopyFrom(circuit_breaker_pb2.CircuitBreakers(thresholds=[
         circuit_breaker_pb2.CircuitBreakers.Thresholds(

@@ -15,10 +15,23 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import any_pb2, wrappers_pb2
 
 from control_plane.protobuf import duration, pack
-from control_plane.resources.names import EXT_PROC_CLUSTER, EXT_PROC_FILTER, UPSTREAM_EXT_PROC_FILTER
+from control_plane.resources.names import (
+    EXT_PROC_CLUSTER,
+    EXT_PROC_FILTER,
+    FIRST_WORKER_CLUSTER,
+    UPSTREAM_EXT_PROC_FILTER,
+)
 from hapax import wire
 
 PM = processing_mode_pb2.ProcessingMode
+
+
+def _grpc_service(phase: wire.Phase, cluster: str = EXT_PROC_CLUSTER) -> grpc_service_pb2.GrpcService:
+    return grpc_service_pb2.GrpcService(
+        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=cluster),
+        timeout=duration(5),
+        initial_metadata=[base_pb2.HeaderValue(key=wire.PHASE_METADATA, value=phase)],
+    )
 
 
 def _ext_proc_filter(
@@ -26,11 +39,7 @@ def _ext_proc_filter(
     response_attributes: tuple[str, ...] = (),
 ) -> ext_proc_pb2.ExternalProcessor:
     return ext_proc_pb2.ExternalProcessor(
-        grpc_service=grpc_service_pb2.GrpcService(
-            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=EXT_PROC_CLUSTER),
-            timeout=duration(5),
-            initial_metadata=[base_pb2.HeaderValue(key=wire.PHASE_METADATA, value=phase)],
-        ),
+        grpc_service=_grpc_service(phase),
         processing_mode=mode,
         request_attributes=list(attributes),
         response_attributes=list(response_attributes),
@@ -85,11 +94,15 @@ def router_mode(handler: str) -> processing_mode_pb2.ProcessingMode:
               response_header_mode=PM.SEND, response_body_mode=PM.NONE)
 
 
-def per_route_ext_proc(mode: processing_mode_pb2.ProcessingMode | None) -> dict[str, any_pb2.Any]:
+def per_route_ext_proc(mode: processing_mode_pb2.ProcessingMode | None, *,
+                       first_worker: bool = False) -> dict[str, any_pb2.Any]:
+    """``first_worker``: the router step runs in the first ext_proc worker (a route that coalesces
+    requests: identical requests must meet in one process, ext_proc/coalescing.py)."""
     if mode is None:
         per_route = ext_proc_pb2.ExtProcPerRoute(disabled=True)
     else:
-        per_route = ext_proc_pb2.ExtProcPerRoute(
-            overrides=ext_proc_pb2.ExtProcOverrides(processing_mode=mode)
-        )
+        overrides = ext_proc_pb2.ExtProcOverrides(processing_mode=mode)
+        if first_worker:
+            overrides.grpc_service.CopyFrom(_grpc_service(wire.Phase.ROUTER, FIRST_WORKER_CLUSTER))
+        per_route = ext_proc_pb2.ExtProcPerRoute(overrides=overrides)
     return {EXT_PROC_FILTER: pack(per_route)}

@@ -23,10 +23,10 @@ METRICS_LISTENER_NAME = wire.METRICS_LISTENER
 HTTP3_LISTENER_NAME = wire.HTTP3_LISTENER
 ROUTE_CONFIG_NAME = "hapax_routes"
 EXT_PROC_CLUSTER = "hapax_ext_proc"
-EXT_PROC_HTTP_CLUSTER = "hapax_ext_proc_http"
-# The first ext_proc worker's gRPC alone: the queue (ext_proc/queue.py) is in one process, and
-# a slot must be given back where it was taken.
-QUEUE_CLUSTER = "hapax_queue"
+EXT_PROC_HTTP_CLUSTER = wire.FIRST_WORKER_HTTP_CLUSTER
+# The first ext_proc worker's gRPC alone, for what lives in one process: the queue (a slot must
+# be given back where it was taken) and the router step of a route that coalesces requests.
+FIRST_WORKER_CLUSTER = "hapax_ext_proc_first"
 # Every chain's last member: where Envoy sends a request none of the chain's providers can take.
 UNAVAILABLE_CLUSTER = "hapax_unavailable"
 EXT_PROC_FILTER = "hapax.ext_proc"

@@ -180,8 +180,9 @@ def access_logger(grpc_cluster: str) -> accesslog_pb2.AccessLog:
     return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(
         als_pb2.HttpGrpcAccessLogConfig(
             common_config=_grpc_log(grpc_cluster),
-            # A stream the upstream step delivered is its to count (model_lane.py).
-            additional_response_headers_to_log=["content-type"])))
+            # A stream the upstream step delivered is its to count (model_lane.py); a coalesced
+            # answer's tokens are its leader's (ext_proc/coalescing.py).
+            additional_response_headers_to_log=["content-type", wire.COALESCED_HEADER])))
 
 
 def hold_off_logger(grpc_cluster: str) -> accesslog_pb2.AccessLog:

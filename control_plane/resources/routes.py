@@ -119,7 +119,7 @@ def provider_route(plan: Plan, route: RouteConfig, label_keys: tuple[str, ...] =
         ),
         metadata=_route_metadata(route),
         stat_prefix=route_stat_prefix(route, label_keys),
-        typed_per_filter_config=per_route_ext_proc(router_mode(route.handler)),
+        typed_per_filter_config=per_route_ext_proc(router_mode(route.handler), first_worker=route.dedup != "off"),
         request_headers_to_add=[PROVIDER_ACCEPT_ENCODING],
     )
 
@@ -196,8 +196,10 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
     passthrough_groups, model_groups = passthrough.lane_groups(plan), model_lane.model_groups(plan)
     for route in config.routes:
         base = provider_route(plan, route, keys, retry_policy)
-        lanes = [*passthrough.lane_routes(plan, passthrough_groups, route.handler, base, ext_proc_off),
-                 *model_lane.model_routes(plan, model_groups, route.handler, base, version, ext_proc_off)]
+        # A route that coalesces requests takes no lane: identical requests meet in the router step.
+        lanes = [] if route.dedup != "off" else [
+            *passthrough.lane_routes(plan, passthrough_groups, route.handler, base, ext_proc_off),
+            *model_lane.model_routes(plan, model_groups, route.handler, base, version, ext_proc_off)]
         if lanes or (config.reads_request_bodies and route.handler != wire.Handler.MODELS):
             lane_paths.add(route.path)  # its body is read: to pick a lane, to check or reserve by its fields
         routes += [*lanes, base]

@@ -36,7 +36,7 @@ def runtime(plan: Plan, version: str) -> runtime_pb2.Runtime:
             if price is not None:
                 served.price.CopyFrom(price)
     for r in config.routes:
-        route = out.routes.add(path=r.path, handler=r.handler, version=r.version)
+        route = out.routes.add(path=r.path, handler=r.handler, version=r.version, dedup=r.dedup)
         route.metrics_labels.update(dict(r.metrics_labels))
     for chain in plan.chains.values():  # the default chain first
         out.chains.add(cluster=chain.cluster, providers=list(chain.providers), attempts=chain.attempts)

@@ -16,10 +16,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from ext_proc import client_request
 from ext_proc.client_request import AUTO_MODELS, ClientRequest
+from ext_proc.coalescing import LOST_LEADER, Coalescer, Flight, coalescing_key, determined
 from ext_proc.errors import GatewayError, invalid
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.outcomes import RequestOutcome, outcome_for
@@ -29,6 +31,7 @@ from ext_proc.steps.messages import (
     Attributes,
     continue_request_body,
     continue_request_headers,
+    continue_response_body,
     continue_response_headers,
     header_map,
     immediate,
@@ -52,6 +55,13 @@ from hapax.wire import (
 
 log = logging.getLogger("hapax.ext_proc")
 
+# A leader's answer after its headers: every piece through the router step, as it passes.
+FOLLOWED_RESPONSE = processing_mode_pb2.ProcessingMode(
+    request_header_mode=processing_mode_pb2.ProcessingMode.SEND,
+    request_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED,
+    response_header_mode=processing_mode_pb2.ProcessingMode.SEND,
+    response_body_mode=processing_mode_pb2.ProcessingMode.STREAMED)
+
 # Provider answers that mean the gateway's configuration is wrong (its key refused, its base_url
 # or model unknown); the client gets a 502 (control_plane/resources/listeners.py: provider_errors_filter).
 GATEWAY_CONFIG_REJECTED = (401, 403, 404)
@@ -64,8 +74,13 @@ class RouterStep(Step):
     """Once per request: validates it, picks its chain, and counts it when its answer starts."""
 
     def __init__(self, view: RuntimeView, metrics: GatewayMetrics | None = None,
-                 reasons: Reasons | None = None) -> None:
+                 reasons: Reasons | None = None, coalescer: Coalescer | None = None) -> None:
         super().__init__()
+        self.coalescer = coalescer
+        self.flight: Flight | None = None  # the answer this request leads, on a route with dedup
+        self.flight_key = ""
+        self.following = False  # it shares an identical request's answer
+        self.key_id = ""
         self.view = view
         self.metrics = metrics
         self.reasons = reasons
@@ -85,7 +100,8 @@ class RouterStep(Step):
         route = self.view.routes.get(path)
         if route is None:
             raise GatewayError(404, f"Unknown request URL: {path}.", code="unknown_url")
-        route = self.view.labelled(route, headers.get(wire.KEY_ID_HEADER))  # its client's labels
+        self.key_id = headers.get(wire.KEY_ID_HEADER, "")
+        route = self.view.labelled(route, self.key_id)  # its client's labels
         self.route, self.handler = route, route.handler
         if self.metrics is not None:
             self.metrics.request_started(route)
@@ -106,12 +122,31 @@ class RouterStep(Step):
         set_headers = {CHAIN_HEADER: chain.cluster, wire.MAX_RETRIES_HEADER: str(retries),
                        VERSION_HEADER: self.view.version,
                        START_HEADER: f"{time.time() - (time.monotonic() - self.started):.6f}"}
+        set_headers.update(self._coalesce(req))
         # The body itself is left alone here: the upstream step rewrites it for
         # the provider anyway. (A multi-MB body mutation at this step crashed
         # Envoy 1.40 with SIGSEGV; see tests/e2e/test_gateway_e2e.py.)
         common = pb.CommonResponse(clear_route_cache=True)
         common.header_mutation.CopyFrom(mutation(set_headers, remove=CLIENT_CREDENTIAL_HEADERS))
         return continue_request_body(common)
+
+    def _coalesce(self, req: ClientRequest) -> dict[str, str]:
+        """On a route with ``dedup``: lead an identical request's flight, or follow the one in flight
+        (then the request goes to this worker's HTTP side, which writes the leader's answer)."""
+        route = self.route
+        if self.coalescer is None or route is None or route.dedup == "off":
+            return {}
+        if route.dedup != "always" and not determined(req.body):
+            return {}
+        client = self.view.client(self.key_id)
+        self.flight_key = coalescing_key(client.name if client is not None else "", route.path, req.body)
+        flight, leading = self.coalescer.join(self.flight_key)
+        if leading:
+            self.flight = flight
+            return {}
+        self.following = True
+        return {CHAIN_HEADER: wire.FIRST_WORKER_HTTP_CLUSTER, wire.MAX_RETRIES_HEADER: "0",
+                wire.COALESCE_HEADER: flight.id}
 
     def chain_for(self, req: ClientRequest) -> Chain:
         """The chain of the request's model among its family's (``auto``: the family's preference order)."""
@@ -141,6 +176,13 @@ class RouterStep(Step):
         if provider is not None and self.request is not None:  # as the upstream step sent it: with its model
             provider = provider.serving(wire.FAMILY_OF_HANDLER[self.request.handler], self.request.model)
         self.done = True
+        if self.following:  # its answer is the leader's: counted here, streams too, as coalesced
+            self._count(status, provider, RequestOutcome.COALESCED if status < 400 else outcome_for(status, 1))
+            return response
+        if self.flight is not None:
+            self.flight.answer_started(status, headers)
+            self.done = False  # its answer's pieces come here too, for its followers
+            response.mode_override.CopyFrom(FOLLOWED_RESPONSE)
         if 200 <= status < 300 and headers.get("content-type", "").startswith("text/event-stream"):
             self.stream_goes_on = True
             return response  # the upstream step counts it when it ends
@@ -153,6 +195,20 @@ class RouterStep(Step):
             overhead = time.monotonic() - self.started - float(upstream)
         self._count(status, provider, outcome_for(status, attempt), overhead)
         return response
+
+    def response_body(self, msg: pb.HttpBody, attributes: Attributes) -> pb.ProcessingResponse:
+        """A leader's answer, piece by piece, on its way to the client and to its followers."""
+        if self.flight is not None:
+            self.flight.add(msg.body)
+            if msg.end_of_stream:
+                self._land()
+        return continue_response_body()
+
+    def _land(self) -> None:
+        if self.flight is not None and self.coalescer is not None:
+            self.flight.end()
+            self.coalescer.landed(self.flight_key, self.flight)
+            self.done = True
 
     def unavailable(self) -> pb.ProcessingResponse:
         """Envoy's 503 provider_unavailable (listeners.py: _unavailable_to_router_step), with the reasons.
@@ -171,6 +227,9 @@ class RouterStep(Step):
             body_mutation=pb.BodyMutation(body=body)))
 
     def on_error(self, err: GatewayError) -> None:
+        if self.flight is not None:
+            self.flight.fail(err.status, err.body())
+            self._land()
         log.info("request answered by the gateway", extra={
             "request_id": self.request_id, "status": err.status, "code": err.code or err.type})
         if self.route is not None:
@@ -178,6 +237,9 @@ class RouterStep(Step):
             self._count(err.status, None, outcome)
 
     def finish(self) -> None:
+        if self.flight is not None and not self.flight.ended:  # gone before its answer's end
+            self.flight.fail(502, LOST_LEADER)
+            self._land()
         if self.route is not None and self.metrics is not None and not self.stream_goes_on:
             self.metrics.request_ended(self.route)
 

@@ -69,7 +69,7 @@ class HealthCheck(_message.Message):
     def __init__(self, interval_seconds: _Optional[float] = ..., timeout_seconds: _Optional[float] = ..., healthy_threshold: _Optional[int] = ..., unhealthy_threshold: _Optional[int] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("path", "handler", "version", "metrics_labels")
+    __slots__ = ("path", "handler", "version", "metrics_labels", "dedup")
     class MetricsLabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,11 +81,13 @@ class Route(_message.Message):
     HANDLER_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     METRICS_LABELS_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_FIELD_NUMBER: _ClassVar[int]
     path: str
     handler: str
     version: str
     metrics_labels: _containers.ScalarMap[str, str]
-    def __init__(self, path: _Optional[str] = ..., handler: _Optional[str] = ..., version: _Optional[str] = ..., metrics_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    dedup: str
+    def __init__(self, path: _Optional[str] = ..., handler: _Optional[str] = ..., version: _Optional[str] = ..., metrics_labels: _Optional[_Mapping[str, str]] = ..., dedup: _Optional[str] = ...) -> None: ...
 
 class Chain(_message.Message):
     __slots__ = ("cluster", "providers", "attempts")

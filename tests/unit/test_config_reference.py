@@ -32,7 +32,7 @@ FULL = {
     "providers": {"p": {"type": "openai", "model": "m", "health_check": {"interval": 5},
                         "circuit_breaker": {"max_retries": 3}}},
     "health_check": {"interval": 10},
-    "routes": [{"path": "/v1/x", "handler": "chat"}],
+    "routes": [{"path": "/v1/x", "handler": "chat", "dedup": True}],
     "retry": {"backoff": {"base_interval": 1}},
     "pricing": {"m": {"input": 1, "output": 1}},
     "logging": {"level": "info"},

@@ -12,6 +12,7 @@ from typing import Any
 
 from control_plane.config.errors import _index, _Issues, _join
 from control_plane.config.model import (
+    DEDUP_CHOICES,
     DEFAULT_ROUTES,
     HANDLERS,
     HEALTH_PATH,
@@ -33,7 +34,7 @@ from control_plane.config.validate.values import (
     _text,
 )
 
-_ROUTE_KEYS = ("path", "handler", "version", "metrics_labels")
+_ROUTE_KEYS = ("path", "handler", "version", "metrics_labels", "dedup")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Prometheus' own rule
 
 
@@ -88,9 +89,24 @@ def _route(value: Any, path: str, issues: _Issues) -> RouteConfig | None:
     version_value = node.get("version")
     version = "v1" if version_value is None else _text(version_value, _join(path, "version"), issues)
     labels = _metrics_labels(node.get("metrics_labels"), _join(path, "metrics_labels"), issues)
+    dedup = _dedup(node.get("dedup"), _join(path, "dedup"), handler, issues)
     if not (route_path and handler and version):
         return None
-    return RouteConfig(route_path, handler, version, labels)
+    return RouteConfig(route_path, handler, version, labels, dedup)
+
+
+def _dedup(value: Any, path: str, handler: str | None, issues: _Issues) -> str:
+    """``true``: coalesce requests whose answer is determined; ``always``: any; ``false``: none."""
+    if value is None or value is False:
+        return "off"
+    choice = "on" if value is True else value
+    if choice not in DEDUP_CHOICES[1:]:
+        issues.error(path, _expected("true, false or 'always'", value))
+        return "off"
+    if handler == "models":
+        issues.error(path, "a models route has nothing to coalesce (it is answered by the gateway)")
+        return "off"
+    return str(choice)
 
 
 def _route_path(value: Any, path: str, issues: _Issues) -> str | None:
