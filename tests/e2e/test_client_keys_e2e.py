@@ -145,9 +145,14 @@ def test_a_confined_client_gets_403_for_another_model_or_route_before_any_provid
     assert chat(gateway, "claude-3-5-haiku-latest", {"authorization": f"Bearer {ADS_KEY}"}).status_code == 200
 
 
-def test_the_anthropic_sdks_header_carries_a_key_too(gateway):
-    answer = chat(gateway, "gpt-4o-mini", {"x-api-key": ADS_KEY})
+@pytest.mark.parametrize(("model", "lane"), LANES[:2])
+def test_the_anthropic_sdks_header_carries_a_key_too_and_no_provider_sees_it(gateway, fakes, model, lane):
+    for fake in fakes:
+        fake.requests.clear()
+    answer = chat(gateway, model, {"x-api-key": ADS_KEY})
     assert answer.status_code == 200, answer.text
+    [seen] = [r for fake in fakes for r in fake.requests]
+    assert ADS_KEY.rsplit("-", 1)[1] not in json.dumps(seen.headers), lane
 
 
 def test_health_needs_no_key(gateway):
