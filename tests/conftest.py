@@ -164,6 +164,13 @@ class Gateway:
                     return sample.value
         return 0.0
 
+    def metric_total(self, name: str, **labels: str) -> float:
+        """The sum of every series of ``name`` with ``labels`` (whatever their other labels)."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+            text = resp.read().decode()
+        return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                   if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
     def child_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]

@@ -75,24 +75,28 @@ def descriptor_actions() -> list[route_components_pb2.RateLimit.Action]:
     ]
 
 
-def admission_filter(config: HapaxConfig) -> list[hcm_pb2.HttpFilter]:
-    if not config.limited:
-        return []
-    fail_closed = config.limits.on_store_error == "closed"
+def _ask_ext_proc(name: str, domain: str, cluster: str, timeout: float,
+                  rate_limits: list[route_components_pb2.RateLimit], **settings: object) -> hcm_pb2.HttpFilter:
+    """A rate limit filter whose service is ext_proc's (ext_proc/admission.py: AdmissionService)."""
     filter_config = rate_limit_pb2.RateLimit(
-        domain=wire.ADMISSION_DOMAIN,
-        request_type="external",
-        timeout=duration(CHECK_TIMEOUT_SECONDS),
-        failure_mode_deny=fail_closed,
-        status_on_error=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable),
+        domain=domain, request_type="external", timeout=duration(timeout),
         disable_x_envoy_ratelimited_header=True,
         rate_limit_service=rls_pb2.RateLimitServiceConfig(
             grpc_service=grpc_service_pb2.GrpcService(
-                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=EXT_PROC_CLUSTER)),
+                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=cluster)),
             transport_api_version=config_source_pb2.V3),
-        rate_limits=[route_components_pb2.RateLimit(actions=descriptor_actions())],
-    )
-    return [hcm_pb2.HttpFilter(name=ADMISSION_FILTER, typed_config=pack(filter_config))]
+        rate_limits=rate_limits, **settings)
+    return hcm_pb2.HttpFilter(name=name, typed_config=pack(filter_config))
+
+
+def admission_filter(config: HapaxConfig) -> list[hcm_pb2.HttpFilter]:
+    if not config.limited:
+        return []
+    return [_ask_ext_proc(
+        ADMISSION_FILTER, wire.ADMISSION_DOMAIN, EXT_PROC_CLUSTER, CHECK_TIMEOUT_SECONDS,
+        [route_components_pb2.RateLimit(actions=descriptor_actions())],
+        failure_mode_deny=config.limits.on_store_error == "closed",
+        status_on_error=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable))]
 
 
 def queue_filter(config: HapaxConfig) -> list[hcm_pb2.HttpFilter]:
@@ -106,23 +110,14 @@ def queue_filter(config: HapaxConfig) -> list[hcm_pb2.HttpFilter]:
             _metadata(METADATA_NAMESPACE, wire.RouteKey.ROUTE, AdmissionEntry.ROUTE, Action.MetaData.ROUTE_ENTRY),
             _metadata(wire.REQUEST_NAMESPACE, wire.BODY_MODEL, AdmissionEntry.MODEL, Action.MetaData.DYNAMIC)]
     release = [_check(wire.QUEUE_RELEASE), _header(wire.REQUEST_ID_HEADER, AdmissionEntry.REQUEST_ID)]
-    filter_config = rate_limit_pb2.RateLimit(
-        domain=wire.QUEUE_DOMAIN,
-        request_type="external",
-        # The wait is ext_proc's to bound (queue.timeout); this only bounds a stalled worker.
-        timeout=duration(config.queue.timeout + QUEUE_TIMEOUT_MARGIN_SECONDS),
-        # A queue that cannot be asked lets the request through, to Envoy's own circuit breaker.
+    # The wait is ext_proc's to bound (queue.timeout); the filter's time-out only bounds a stalled
+    # worker. A queue that cannot be asked lets the request through, to Envoy's own circuit breaker.
+    return [_ask_ext_proc(
+        QUEUE_FILTER, wire.QUEUE_DOMAIN, FIRST_WORKER_CLUSTER, config.queue.timeout + QUEUE_TIMEOUT_MARGIN_SECONDS,
+        [route_components_pb2.RateLimit(actions=take),
+         route_components_pb2.RateLimit(actions=release, apply_on_stream_done=True)],
         failure_mode_deny=False,
-        rate_limited_status=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable),
-        disable_x_envoy_ratelimited_header=True,
-        rate_limit_service=rls_pb2.RateLimitServiceConfig(
-            grpc_service=grpc_service_pb2.GrpcService(
-                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=FIRST_WORKER_CLUSTER)),
-            transport_api_version=config_source_pb2.V3),
-        rate_limits=[route_components_pb2.RateLimit(actions=take),
-                     route_components_pb2.RateLimit(actions=release, apply_on_stream_done=True)],
-    )
-    return [hcm_pb2.HttpFilter(name=QUEUE_FILTER, typed_config=pack(filter_config))]
+        rate_limited_status=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable))]
 
 
 def not_admitted_here(config: HapaxConfig) -> dict[str, any_pb2.Any]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import openai
 import pytest
@@ -22,6 +20,7 @@ import yaml
 from hapax.client_keys import new_key
 from hapax.fakes import FakeAnthropic, FakeOpenAI
 from tests.conftest import gateway_config, wait_for
+from tests.raw_http import Answer, connect, send
 
 SEARCH_KEY, SEARCH_LINE = new_key()
 ADS_KEY, ADS_LINE = new_key()
@@ -59,39 +58,11 @@ def gateway(fakes, start_gateway):
                                               "intern": INTERN_LINE.htpasswd}))
 
 
-@dataclass
-class Answer:
-    status_code: int
-    headers: dict[str, str]
-    text: str
-
-    def json(self) -> dict:
-        return json.loads(self.text)
-
-
-def connect(gateway) -> http.client.HTTPConnection:
-    url = urlsplit(gateway.url)
-    return http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=15)
-
-
-def request(connection: http.client.HTTPConnection, method: str, path: str, headers: dict[str, str],
-            body: dict | None = None) -> Answer:
-    data = json.dumps(body).encode() if body is not None else None
-    connection.request(method, path, body=data, headers={"content-type": "application/json", **headers})
-    response = connection.getresponse()
-    return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode())
-
-
 def chat(gateway, model: str, headers: dict[str, str],
          connection: http.client.HTTPConnection | None = None) -> Answer:
     """A chat request, on ``connection`` (kept open) or on a connection of its own."""
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
-    own = connection or connect(gateway)
-    try:
-        return request(own, "POST", "/v1/chat/completions", headers, body)
-    finally:
-        if connection is None:
-            own.close()
+    return send(gateway, "POST", "/v1/chat/completions", body, headers, connection)
 
 
 @pytest.mark.parametrize(("model", "lane"), LANES)
@@ -105,9 +76,9 @@ def test_a_missing_or_unknown_key_gets_openais_401_before_any_provider(gateway, 
     for fake in fakes:
         fake.requests.clear()
     answer = chat(gateway, model, headers)
-    assert answer.status_code == 401, (lane, answer.text)
+    assert answer.status == 401, (lane, answer.body)
     assert answer.headers["content-type"] == "application/json"
-    assert answer.json()["error"]["code"] == code and answer.json()["error"]["type"] == "invalid_request_error"
+    assert answer.error()["code"] == code and answer.error()["type"] == "invalid_request_error"
     assert answer.headers["www-authenticate"].startswith("Bearer")
     assert not any(fake.requests for fake in fakes)
 
@@ -131,18 +102,16 @@ def test_a_confined_client_gets_403_for_another_model_or_route_before_any_provid
     for fake in fakes:
         fake.requests.clear()
     bearer = {"authorization": f"Bearer {INTERN_KEY}"}
-    assert chat(gateway, "gpt-4o-mini", bearer).status_code == 200
+    assert chat(gateway, "gpt-4o-mini", bearer).status == 200
     other_model = chat(gateway, "claude-3-5-haiku-latest", bearer)
-    assert other_model.status_code == 403
-    assert other_model.json()["error"]["code"] == "not_allowed"
-    assert "claude-3-5-haiku-latest" in other_model.json()["error"]["message"]
-    connection = connect(gateway)
-    embeddings = request(connection, "POST", "/v1/embeddings", bearer, {"model": "gpt-4o-mini", "input": "hi"})
-    connection.close()
-    assert embeddings.status_code == 403 and embeddings.json()["error"]["code"] == "not_allowed"
+    assert other_model.status == 403
+    assert other_model.error()["code"] == "not_allowed"
+    assert "claude-3-5-haiku-latest" in other_model.error()["message"]
+    embeddings = send(gateway, "POST", "/v1/embeddings", {"model": "gpt-4o-mini", "input": "hi"}, bearer)
+    assert embeddings.status == 403 and embeddings.error()["code"] == "not_allowed"
     assert len([r for fake in fakes for r in fake.requests if r.method == "POST"]) == 1
     # Another client's key is not confined by this one's scope.
-    assert chat(gateway, "claude-3-5-haiku-latest", {"authorization": f"Bearer {ADS_KEY}"}).status_code == 200
+    assert chat(gateway, "claude-3-5-haiku-latest", {"authorization": f"Bearer {ADS_KEY}"}).status == 200
 
 
 @pytest.mark.parametrize(("model", "lane"), LANES[:2])
@@ -150,15 +119,13 @@ def test_the_anthropic_sdks_header_carries_a_key_too_and_no_provider_sees_it(gat
     for fake in fakes:
         fake.requests.clear()
     answer = chat(gateway, model, {"x-api-key": ADS_KEY})
-    assert answer.status_code == 200, answer.text
+    assert answer.status == 200, answer.body
     [seen] = [r for fake in fakes for r in fake.requests]
     assert ADS_KEY.rsplit("-", 1)[1] not in json.dumps(seen.headers), lane
 
 
 def test_health_needs_no_key(gateway):
-    connection = connect(gateway)
-    assert request(connection, "GET", "/health", {}).status_code == 200
-    connection.close()
+    assert send(gateway, "GET", "/health").status == 200
 
 
 def test_a_clients_requests_are_counted_under_its_department(gateway):
@@ -183,16 +150,16 @@ def test_a_clients_requests_are_counted_under_its_department(gateway):
 def test_a_key_removed_from_the_file_is_refused_on_a_connection_already_open(gateway, fakes):
     connection = connect(gateway)
     try:
-        assert chat(gateway, "gpt-4o-mini", {"authorization": f"Bearer {ADS_KEY}"}, connection).status_code == 200
+        assert chat(gateway, "gpt-4o-mini", {"authorization": f"Bearer {ADS_KEY}"}, connection).status == 200
         gateway.config_path.write_text(yaml.safe_dump(keyed_config(fakes, {"search": SEARCH_LINE.htpasswd})))
         deadline = time.monotonic() + 30
         status = 200
         while status == 200 and time.monotonic() < deadline:
-            status = chat(gateway, "gpt-4o-mini", {"authorization": f"Bearer {ADS_KEY}"}, connection).status_code
+            status = chat(gateway, "gpt-4o-mini", {"authorization": f"Bearer {ADS_KEY}"}, connection).status
             time.sleep(0.1)
         assert status == 401
         # The same connection, the key still in the file: served.
-        assert chat(gateway, "gpt-4o-mini", {"authorization": f"Bearer {SEARCH_KEY}"}, connection).status_code == 200
+        assert chat(gateway, "gpt-4o-mini", {"authorization": f"Bearer {SEARCH_KEY}"}, connection).status == 200
     finally:
         connection.close()
 

@@ -9,10 +9,8 @@ coalesced.
 
 from __future__ import annotations
 
-import http.client
 import json
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -20,6 +18,7 @@ from hapax.client_keys import new_key
 from hapax.fakes import FakeOpenAI
 from hapax.fakes.faults import Hang, Latency
 from tests.conftest import gateway_config
+from tests.raw_http import Answer, post_chat
 
 CALLS = 8
 KEY_A, LINE_A = new_key()
@@ -33,21 +32,9 @@ def chat_body(content: str = "tell me a fact", stream: bool = False, **fields) -
     return json.dumps(body).encode()
 
 
-def post(gateway, data: bytes, key: str = KEY_A) -> tuple[int, dict[str, str], bytes]:
-    url = urlsplit(gateway.url)
-    connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60)
-    try:
-        connection.request("POST", "/v1/chat/completions", body=data,
-                           headers={"content-type": "application/json", "authorization": f"Bearer {key}"})
-        response = connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        connection.close()
-
-
-def together(gateway, requests: list[tuple[bytes, str]]) -> list[tuple[int, dict[str, str], bytes]]:
+def together(gateway, requests: list[tuple[bytes, str]]) -> list[Answer]:
     with ThreadPoolExecutor(len(requests)) as pool:
-        return list(pool.map(lambda r: post(gateway, *r), requests))
+        return list(pool.map(lambda r: post_chat(gateway, *r), requests))
 
 
 def provider_calls(fake) -> int:
@@ -84,12 +71,12 @@ def slow(fake):
 
 def test_identical_json_requests_reach_the_provider_once_and_each_gets_its_own_id(gateway, slow):
     answers = together(gateway, [(chat_body(), KEY_A)] * CALLS)
-    assert [status for status, _, _ in answers] == [200] * CALLS
+    assert [a.status for a in answers] == [200] * CALLS
     assert provider_calls(slow) == 1
-    bodies = [json.loads(body) for _, _, body in answers]
+    bodies = [a.json() for a in answers]
     assert len({b["id"] for b in bodies}) == CALLS
     assert len({json.dumps(b["choices"]) for b in bodies}) == 1 and all(b["usage"] for b in bodies)
-    assert sorted(h.get("x-hapax-coalesced", "") for _, h, _ in answers) == [""] + ["true"] * (CALLS - 1)
+    assert sorted(a.headers.get("x-hapax-coalesced", "") for a in answers) == [""] + ["true"] * (CALLS - 1)
     assert gateway.metric("hapax_requests_total", outcome="coalesced") >= CALLS - 1
 
 
@@ -101,9 +88,9 @@ def _events(body: bytes) -> list[dict]:
 
 def test_identical_streams_share_one_provider_stream_chunk_for_chunk(gateway, slow):
     answers = together(gateway, [(chat_body(stream=True), KEY_A)] * CALLS)
-    assert [status for status, _, _ in answers] == [200] * CALLS
+    assert [a.status for a in answers] == [200] * CALLS
     assert provider_calls(slow) == 1
-    streams = [_events(body) for _, _, body in answers]
+    streams = [_events(a.body) for a in answers]
     ids = [{event["id"] for event in events} for events in streams]
     assert all(len(one) == 1 for one in ids) and len(set().union(*ids)) == CALLS  # one id per client
     texts = ["".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
@@ -117,7 +104,7 @@ def test_different_bodies_clients_and_sampled_requests_are_never_coalesced(gatew
     requests = [(chat_body(), KEY_A), (chat_body(), KEY_A),  # these two share
                 (chat_body("another question"), KEY_A), (chat_body(), KEY_B), (sampled, KEY_A), (sampled, KEY_A)]
     answers = together(gateway, requests)
-    assert [status for status, _, _ in answers] == [200] * len(requests)
+    assert [a.status for a in answers] == [200] * len(requests)
     assert provider_calls(slow) == len(requests) - 1
 
 
@@ -129,7 +116,7 @@ def test_a_leader_that_gets_no_answer_ends_every_follower_with_its_error(fake, s
         answers = together(gateway, [(chat_body("hang"), KEY_A)] * 4)
     finally:
         fake.clear_faults()
-    statuses = {status for status, _, _ in answers}
+    statuses = {a.status for a in answers}
     assert len(statuses) == 1 and statuses.pop() >= 500
-    codes = {json.loads(body)["error"]["code"] for _, _, body in answers}
+    codes = {a.error()["code"] for a in answers}
     assert len(codes) == 1, codes

@@ -9,14 +9,11 @@ counted, closed: 503).
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -24,6 +21,7 @@ from hapax.client_keys import new_key
 from hapax.fakes import FakeOpenAI
 from hapax.fakes.faults import Latency
 from tests.conftest import gateway_config, wait_for
+from tests.raw_http import Answer, post_chat
 from tests.redis_server import running_redis
 
 MAX_TOKENS = 400
@@ -43,39 +41,12 @@ def reservation(data: bytes, max_tokens: int = MAX_TOKENS) -> int:
     return math.ceil(len(data) / BYTES_PER_TOKEN) + max_tokens
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def error(self) -> dict:
-        return json.loads(self.body)["error"]
-
-
 def post(gateway, key: str, data: bytes) -> Answer:
-    url = urlsplit(gateway.url)
-    connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
-    try:
-        connection.request("POST", "/v1/chat/completions", body=data,
-                           headers={"content-type": "application/json", "authorization": f"Bearer {key}"})
-        response = connection.getresponse()
-        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
-    finally:
-        connection.close()
+    return post_chat(gateway, data, key)
 
 
 def total(gateways, name: str, **labels: str) -> float:
-    return sum(gateway_metric_sum(gateway, name, **labels) for gateway in gateways)
-
-
-def gateway_metric_sum(gateway, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(gateway.metrics_url, timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+    return sum(gateway.metric_total(name, **labels) for gateway in gateways)
 
 
 @pytest.fixture(scope="module")
@@ -168,13 +139,13 @@ def test_a_budget_refuses_the_request_that_would_cross_it_and_spend_is_the_answe
         answer = post(gateway, key, data)
         statuses.append(answer.status)
         if answer.status == 200:
-            wait_for(lambda n=n: gateway_metric_sum(gateway, "hapax_cost_usd_total", department="search") >= n * cost,
+            wait_for(lambda n=n: gateway.metric_total("hapax_cost_usd_total", department="search") >= n * cost,
                      "the answer's cost counted")
             time.sleep(0.3)  # its settlement follows the count
     assert statuses == [200, 200, 429]
     assert answer.error()["code"] == "budget_exceeded" and "department search" in answer.error()["message"]
-    assert gateway_metric_sum(gateway, "hapax_cost_usd_total", department="search") == 2 * cost
-    remaining = gateway_metric_sum(gateway, "hapax_budget_remaining_usd", scope="department:search")
+    assert gateway.metric_total("hapax_cost_usd_total", department="search") == 2 * cost
+    remaining = gateway.metric_total("hapax_budget_remaining_usd", scope="department:search")
     assert remaining == pytest.approx(budget - 2 * cost)
 
 
@@ -189,7 +160,7 @@ def test_a_redis_that_is_down_is_the_configured_choice(fake, tmp_path_factory, s
     answer = post(gateway, key, body())  # the server has stopped
     if choice == "open":
         assert answer.status == 200
-        assert gateway_metric_sum(gateway, "hapax_admissions_total", result="unchecked") >= 1
+        assert gateway.metric_total("hapax_admissions_total", result="unchecked") >= 1
     else:
         assert answer.status == 503, answer.body
         assert answer.headers["content-type"] == "application/json"

@@ -8,45 +8,24 @@ A provider allowed two requests at once (its circuit breaker) and eight clients 
 
 from __future__ import annotations
 
-import http.client
 import json
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from hapax.fakes import FakeOpenAI
 from hapax.fakes.faults import Latency
 from tests.conftest import gateway_config
+from tests.raw_http import Answer, post_chat
 
 CALLS = 8
 SLOTS = 2
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 
-def post(gateway) -> tuple[int, dict[str, str], bytes]:
-    url = urlsplit(gateway.url)
-    connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60)
-    try:
-        connection.request("POST", "/v1/chat/completions", body=BODY, headers={"content-type": "application/json"})
-        response = connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        connection.close()
-
-
-def all_at_once(gateway) -> list[tuple[int, dict[str, str], bytes]]:
+def all_at_once(gateway) -> list[Answer]:
     with ThreadPoolExecutor(CALLS) as pool:
-        return list(pool.map(lambda _: post(gateway), range(CALLS)))
-
-
-def metric_sum(gateway, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(gateway.metrics_url, timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+        return list(pool.map(lambda _: post_chat(gateway, BODY), range(CALLS)))
 
 
 @pytest.fixture(scope="module")
@@ -75,18 +54,18 @@ def slow(fake):
 
 def test_without_a_queue_a_saturated_provider_refuses_the_rest(slow, start_gateway):
     gateway = start_gateway(saturated_config(slow, None))
-    statuses = sorted(status for status, _, _ in all_at_once(gateway))
+    statuses = sorted(answer.status for answer in all_at_once(gateway))
     assert statuses.count(200) >= SLOTS and 503 in statuses
 
 
 def test_with_a_queue_every_request_is_answered_after_waiting_its_turn(slow, start_gateway):
     gateway = start_gateway(saturated_config(slow, {"timeout": "20s"}))
     answers = all_at_once(gateway)
-    assert [status for status, _, _ in answers] == [200] * CALLS, [body[:200] for _, _, body in answers]
+    assert [a.status for a in answers] == [200] * CALLS, [a.body[:200] for a in answers]
     assert len([r for r in slow.requests if r.method == "POST"]) == CALLS
     # Two went at once; the six others waited for a slot, and each wait was counted.
-    assert metric_sum(gateway, "hapax_queue_wait_seconds_count", result="go") == CALLS - SLOTS
-    assert metric_sum(gateway, "hapax_queue_waiting") == 0
+    assert gateway.metric_total("hapax_queue_wait_seconds_count", result="go") == CALLS - SLOTS
+    assert gateway.metric_total("hapax_queue_waiting") == 0
 
 
 def test_a_wait_past_the_queues_timeout_is_a_503_with_retry_after(fake, start_gateway):
@@ -97,9 +76,9 @@ def test_a_wait_past_the_queues_timeout_is_a_503_with_retry_after(fake, start_ga
         answers = all_at_once(gateway)
     finally:
         fake.clear_faults()
-    refused = [(headers, body) for status, headers, body in answers if status == 503]
-    assert len([a for a in answers if a[0] == 200]) == SLOTS and len(refused) == CALLS - SLOTS
-    for headers, body in refused:
-        assert json.loads(body)["error"]["code"] == "queue_timeout"
-        assert headers["retry-after"] == "1" and headers["content-type"] == "application/json"
-    assert metric_sum(gateway, "hapax_queue_wait_seconds_count", result="timed_out") == CALLS - SLOTS
+    refused = [a for a in answers if a.status == 503]
+    assert len([a for a in answers if a.status == 200]) == SLOTS and len(refused) == CALLS - SLOTS
+    for answer in refused:
+        assert answer.error()["code"] == "queue_timeout"
+        assert answer.headers["retry-after"] == "1" and answer.headers["content-type"] == "application/json"
+    assert gateway.metric_total("hapax_queue_wait_seconds_count", result="timed_out") == CALLS - SLOTS
