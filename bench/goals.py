@@ -101,6 +101,8 @@ def sdk_goals(measurements: Sequence[Measurement], portkey: bool = False) -> lis
            _ratio_goal(measurements, "auto", "JSON, OpenAI provider, model=auto (c=64): C/B", 0.40),
            _ratio_goal(measurements, "anthropic", "JSON, Anthropic provider (c=64): C/B", 0.15),
            _ratio_goal(measurements, "seed", "JSON, seed config, Anthropic first (c=64): C/B", 0.15),
+           _kept_goal(measurements, "keys", "JSON with client keys (c=64): C/B, of the plain lane's"),
+           _kept_goal(measurements, "limits", "JSON with keys + limits (c=64): C/B, of the plain lane's"),
            _portkey_goal(measurements, portkey)]
     for streams, limit in ((1, 2.0), (8, 3.0)):
         rounds = _with_b_and_c(find_rounds(measurements, kind="paced", load=TIMING, connections=streams, client=SDK))
@@ -140,6 +142,27 @@ def _ratio_goal(measurements: Sequence[Measurement], kind: str, what: str, floor
     first = rounds[0]
     detail = "" if len(rounds) > 1 else f" ({first['C'].throughput:,.0f} / {first['B'].throughput:,.0f} req/s)"
     return _median_goal(what, f">= {floor:.2f}", ratios, "{:.3f}", lambda v: v >= floor, detail)
+
+
+# The passthrough lane keeps its ratio to bare Envoy with keys (and limits) on: within this
+# fraction of the plain lane's C/B measured in the same round.
+KEPT_FRACTION = 0.90
+
+
+def _c64_ratios(measurements: Sequence[Measurement], kind: str) -> dict[int, float]:
+    """Round -> C/B of the SDK's 300B request of ``kind`` at c=64."""
+    return {g["C"].scenario.round: g["C"].throughput / g["B"].throughput
+            for g in _with_b_and_c(find_rounds(measurements, kind=kind, prompt="300B", load=CLOSED,
+                                               connections=64, client=SDK))}
+
+
+def _kept_goal(measurements: Sequence[Measurement], kind: str, what: str) -> Goal:
+    """C/B of ``kind`` over the plain JSON lane's C/B, round by round (the same lane, the same machine)."""
+    plain, keyed = _c64_ratios(measurements, "json"), _c64_ratios(measurements, kind)
+    rounds = sorted(set(plain) & set(keyed))
+    kept = [keyed[r] / plain[r] for r in rounds]
+    detail = f" ({keyed[rounds[0]]:.3f} vs {plain[rounds[0]]:.3f})" if len(rounds) == 1 else ""
+    return _median_goal(what, f">= {KEPT_FRACTION:.2f}x", kept, "{:.2f}x", lambda v: v >= KEPT_FRACTION, detail)
 
 
 def _portkey_goal(measurements: Sequence[Measurement], portkey: bool) -> Goal:
