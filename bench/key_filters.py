@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
+import shutil
 import statistics
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from google.protobuf import json_format
 from bench import procstat
 from bench.bare_proxy import bare_proxy_config
 from bench.payloads import SDK_HEADERS, sdk_chat_request
-from bench.pinning import allowed_cpus, core_plan, pin_harness
+from bench.pinning import CorePlan, allowed_cpus, core_plan, pin_harness
 from bench.processes import ProcessSet, start_envoy
 from bench.report import Table, num
 from bench.targets import KEYED, Fakes, client_key, keyed_config, start_fakes
@@ -101,6 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="hapax-key-filters-"))
     # name -> per round: req/s, Envoy CPU ms/req, errors, measured core busy, load cores busy
     runs: dict[str, list[tuple[float, float, int, float, float]]] = {}
+    try:
+        _run(args, plan, envoy, body, workdir, runs)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    _print(args, runs)
+    return 0
+
+
+def _run(args: argparse.Namespace, plan: CorePlan | None, envoy: Path, body: bytes, workdir: Path,
+         runs: dict[str, list[tuple[float, float, int, float, float]]]) -> None:
     measured, load = ((plan.measured,), plan.load) if plan else ((), ())
     with ProcessSet() as procs:
         fakes = start_fakes(procs, envoy, workdir, 10.0, plan)
@@ -123,23 +134,29 @@ def main(argv: list[str] | None = None) -> int:
                 runs.setdefault(name, []).append((result.throughput, cpu_ms, errors, busy, load_busy))
                 print(f"round {r} {name:<40} {result.throughput:9.1f} req/s  Envoy {cpu_ms:.4f} ms/req  "
                       f"cores busy {busy:.2f} (measured) {load_busy:.2f} (load)  errors {errors}", flush=True)
-    bare_rate = statistics.median(v[0] for v in runs["bare"])
-    bare_cpu = statistics.median(v[1] for v in runs["bare"])
+
+
+def _print(args: argparse.Namespace, runs: dict[str, list[tuple[float, float, int, float, float]]]) -> None:
+    bare = runs["bare"]
     rows = []
     for name, values in runs.items():
         rate, cpu = statistics.median(v[0] for v in values), statistics.median(v[1] for v in values)
-        rows.append([name, num(rate, 0), num(rate / bare_rate, 3), num(cpu, 4), f"{cpu - bare_cpu:+.4f}",
+        # Paired with bare in the same round: the machine's drift from round to round cancels out.
+        ratio = statistics.median(v[0] / b[0] for v, b in zip(values, bare, strict=True))
+        added = statistics.median(v[1] - b[1] for v, b in zip(values, bare, strict=True))
+        rows.append([name, num(rate, 0), num(ratio, 3), num(cpu, 4), f"{added:+.4f}",
                      " ".join(f"{v[1]:.4f}" for v in values), num(statistics.median(v[3] for v in values)),
                      num(statistics.median(v[4] for v in values)), str(sum(v[2] for v in values))])
     table = Table(f"Client-key filters on bare Envoy (c={args.connections}, {args.seconds} s x {args.rounds} "
                   f"rounds, medians; kinds {', '.join(KEYED)} of python -m bench)",
-                  ["variant", "req/s", "÷bare", "Envoy CPU ms/req", "+ms/req over bare", "each round",
+                  ["variant", "req/s", "÷bare", "Envoy CPU ms/req", "+ms/req over bare", "Envoy ms/req each round",
                    "measured core busy", "load cores busy", "errors"], rows,
-                  "Envoy CPU: its process's utime+stime (/proc/<pid>/stat), without the kernel's softirq work for "
-                  "its sockets; cores busy from /proc/stat (a load core near 1.0: wrk and the fake set the pace).")
+                  "÷bare and +ms/req: the median over rounds of each round's figure against bare's in that "
+                  "round. Envoy CPU: its process's utime+stime (/proc/<pid>/stat), without the kernel's softirq "
+                  "work for its sockets; cores busy from /proc/stat (a load core near 1.0: wrk and the fake set "
+                  "the pace).")
     print()
     print(table.text())
-    return 0
 
 
 if __name__ == "__main__":
