@@ -43,7 +43,7 @@ from bench.report import (
 from bench.runner import Runner
 from bench.scenarios import full_plan, in_rounds, quick_plan
 from bench.soak import run_soak, soak_tables
-from bench.targets import REPO, start_bare_envoy, start_fakes, start_hapax, target_a
+from bench.targets import APART, REPO, start_bare_envoy, start_fakes, start_hapax, target_a
 from bench.wrk import WrkError, wrk_binary
 from hapax.envoy_process import envoy_binary
 
@@ -56,8 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--quick", action="store_true", help="fewer scenarios, shorter runs (about 3 min)")
     mode.add_argument("--soak", action="store_true", help="Hapax alone at a fixed rate, RSS every 10 s")
     parser.add_argument("--output", type=Path, help="where to write the markdown results")
-    parser.add_argument("--only", metavar="TEXT",
-                        help="run only the scenarios whose name contains TEXT (e.g. 'paced stream')")
+    parser.add_argument("--only", metavar="TEXT", action="append",
+                        help="run only the scenarios whose name contains TEXT (e.g. 'paced stream'); "
+                             "repeated, those whose name contains any of them")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the plan this many times in a row; issue #20's targets report the median")
     parser.add_argument("--no-pin", action="store_true",
@@ -97,7 +98,14 @@ def method_lines(args: argparse.Namespace, plan: CorePlan | None = None) -> list
          "(openai-type, and one anthropic-type at the fake's Anthropic answer), selected by the request's "
          "model, or by the preference order for model=auto; log level WARNING, access log off. The seed "
          "scenario runs a second `hapax serve` on the configuration `hapax serve` writes when given none "
-         "(control_plane/defaults.py), Anthropic first in its preference, same logging."),
+         "(control_plane/defaults.py), Anthropic first in its preference, same logging. The keyed scenarios "
+         "run a `hapax serve` each on C's configuration plus `clients:` with one client key ('json with client "
+         "keys': Envoy's Lua + basic_auth check on every request), and plus limits on that client at 10^12 "
+         "requests and tokens per minute and per day ('json with keys + limits': Envoy's rate limit filter asks "
+         "ext_proc's admission service, embedded SQLite store, settled from the access log); their requests "
+         "(to A and B too) carry `Authorization: Bearer <that key>` instead of the SDK's placeholder. Each "
+         "gateway apart is started only when the plan has its scenarios; its processes alone are measured in "
+         "them."),
         ("P (with --portkey): Portkey's gateway (Node), pinned like C, told `x-portkey-provider: anthropic` and "
          "`x-portkey-custom-host` = the fake's Anthropic answer; in the Anthropic scenarios only."),
         ("Clients: 'fast' is the fast lanes of issue #8 (the provider's model named, streams asking for the "
@@ -136,18 +144,20 @@ def benchmark(args: argparse.Namespace, procs: ProcessSet, envoy: Path, workdir:
     if plan:
         pin_harness(plan)  # before anything starts: wrk, the fakes and the generators inherit it
         log(f"pinned: {plan.describe()}")
+    scenarios = quick_plan() if args.quick else full_plan()
+    if args.only:
+        scenarios = [s for s in scenarios if any(text in s.name for text in args.only)]
+    scenarios = in_rounds(scenarios, args.rounds)
+    # A gateway of C's own per kind of APART (the seed's config, keys, keys + limits), if the plan has it.
+    apart = {s.kind for s in scenarios} & set(APART)
     fakes = start_fakes(procs, envoy, workdir, args.gap_ms, plan)
     targets = [target_a(fakes), start_bare_envoy(procs, envoy, workdir, fakes, plan),
-               start_hapax(procs, workdir, fakes, plan)]
+               start_hapax(procs, workdir, fakes, plan, apart)]
     if args.portkey:
         targets.append(start_portkey(procs, workdir, args.portkey, fakes, plan))
     log("targets up: " + ", ".join(f"{t.key} {next(iter(t.endpoints.values())).url}" for t in targets))
     runner = Runner(targets, workdir, args.gap_ms / 1000, log, plan)
     runner.warm_up(1 if args.quick else 2)
-    scenarios = quick_plan() if args.quick else full_plan()
-    if args.only:
-        scenarios = [s for s in scenarios if args.only in s.name]
-    scenarios = in_rounds(scenarios, args.rounds)
     measurements = runner.run(scenarios)
     tables = [sdk_goals_table(sdk_goals(measurements, portkey=bool(args.portkey))), goals_table(goals(measurements)),
               main_table(measurements), cpu_table(measurements), pinning_table(targets, os.getpid())]
@@ -160,7 +170,7 @@ def benchmark(args: argparse.Namespace, procs: ProcessSet, envoy: Path, workdir:
 def soak(args: argparse.Namespace, procs: ProcessSet, envoy: Path, workdir: Path,
          log) -> tuple[list[Table], list[str]]:
     fakes = start_fakes(procs, envoy, workdir, args.gap_ms, None)
-    hapax = start_hapax(procs, workdir, fakes, seed=False)
+    hapax = start_hapax(procs, workdir, fakes, apart=())
     seconds = args.soak_minutes * 60
     log(f"soak: {args.soak_rate:g} req/s for {seconds:.0f} s against {hapax.endpoints['json'].url}")
     result = run_soak(hapax, args.soak_rate, seconds, min(args.soak_warmup, seconds / 2), log)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import operator
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from bench.measurement import Measurement, role_of
@@ -101,6 +101,8 @@ def sdk_goals(measurements: Sequence[Measurement], portkey: bool = False) -> lis
            _ratio_goal(measurements, "auto", "JSON, OpenAI provider, model=auto (c=64): C/B", 0.40),
            _ratio_goal(measurements, "anthropic", "JSON, Anthropic provider (c=64): C/B", 0.15),
            _ratio_goal(measurements, "seed", "JSON, seed config, Anthropic first (c=64): C/B", 0.15),
+           _kept_goal(measurements, "keys", "JSON with client keys (c=64): C/B, of the plain lane's"),
+           _kept_goal(measurements, "limits", "JSON with keys + limits (c=64): C/B, of the plain lane's"),
            _portkey_goal(measurements, portkey)]
     for streams, limit in ((1, 2.0), (8, 3.0)):
         rounds = _with_b_and_c(find_rounds(measurements, kind="paced", load=TIMING, connections=streams, client=SDK))
@@ -140,6 +142,38 @@ def _ratio_goal(measurements: Sequence[Measurement], kind: str, what: str, floor
     first = rounds[0]
     detail = "" if len(rounds) > 1 else f" ({first['C'].throughput:,.0f} / {first['B'].throughput:,.0f} req/s)"
     return _median_goal(what, f">= {floor:.2f}", ratios, "{:.3f}", lambda v: v >= floor, detail)
+
+
+# The passthrough lane keeps its ratio to bare Envoy with keys (and limits) on: within this
+# fraction of the plain lane's C/B measured in the same round.
+KEPT_FRACTION = 0.90
+
+
+def _c64_rounds(measurements: Sequence[Measurement], kind: str) -> dict[int, dict[str, Measurement]]:
+    """Round -> B and C's measurements of the SDK's 300B request of ``kind`` at c=64."""
+    return {g["C"].scenario.round: g for g in _with_b_and_c(find_rounds(
+        measurements, kind=kind, prompt="300B", load=CLOSED, connections=64, client=SDK))}
+
+
+def _kept_goal(measurements: Sequence[Measurement], kind: str, what: str) -> Goal:
+    """C/B of ``kind`` over the plain JSON lane's C/B, round by round (the same lane, the same machine).
+
+    C's own req/s over the plain lane's is given too: B's figure moves more than C's from
+    one run to the next on a shared machine, and it divides both.
+    """
+    plain, keyed = _c64_rounds(measurements, "json"), _c64_rounds(measurements, kind)
+    rounds = sorted(set(plain) & set(keyed))
+
+    def ratio(g: dict[str, Measurement]) -> float:
+        return g["C"].throughput / g["B"].throughput
+
+    goal = _median_goal(what, f">= {KEPT_FRACTION:.2f}x", [ratio(keyed[r]) / ratio(plain[r]) for r in rounds],
+                        "{:.2f}x", lambda v: v >= KEPT_FRACTION)
+    if not rounds:
+        return goal
+    first, alone = rounds[0], [keyed[r]["C"].throughput / plain[r]["C"].throughput for r in rounds]
+    single = f" ({ratio(keyed[first]):.3f} vs {ratio(plain[first]):.3f})" if len(rounds) == 1 else ""
+    return replace(goal, measured=f"{goal.measured}{single}; C's req/s alone {statistics.median(alone):.2f}x")
 
 
 def _portkey_goal(measurements: Sequence[Measurement], portkey: bool) -> Goal:

@@ -19,7 +19,10 @@ MODELS = {"json": "bench-json", "sse": "bench-sse", "paced": "bench-paced",
           "alias": "bench-alias",
           # The router step: no model named, the first provider of the preference that can serve.
           "auto": "auto", "seed": "auto",
-          "anthropic": "bench-anthropic"}
+          "anthropic": "bench-anthropic",
+          # The JSON answer again, through a Hapax whose config has client keys (and limits):
+          # the passthrough lane, with Envoy's key check (and the admission check) on the way.
+          "keys": "bench-json", "limits": "bench-json"}
 STREAMING = frozenset({"sse", "paced"})  # the kinds whose requests ask for a stream
 CREATED = 1_700_000_000  # a fixed timestamp: answers are byte-identical from run to run
 # Where the paced fake writes each chunk's send time (time.monotonic(), the

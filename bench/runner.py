@@ -16,7 +16,7 @@ from bench.payloads import MODELS, PROMPT_SIZES, SDK_HEADERS, chat_request, sdk_
 from bench.pinning import CorePlan
 from bench.scenarios import CLOSED, FAST, OPEN, SDK, TIMING, Scenario
 from bench.streams import stream_timing
-from bench.targets import Target
+from bench.targets import Target, kind_headers
 from bench.wrk import run_wrk, write_script
 
 CLIENT = "client"  # the load generator: wrk (a child) or this process's asyncio generators
@@ -111,7 +111,8 @@ class Runner:
         return shape(PROMPT_SIZES[scenario.prompt], model=MODELS[scenario.kind], stream=scenario.stream)
 
     def _headers(self, scenario: Scenario, target: Target) -> dict[str, str]:
-        return {**(SDK_HEADERS if scenario.client == SDK else {}), **target.headers}
+        # The keyed kinds' key replaces the SDK's placeholder (Bearer sk-bench), for A, B and C alike.
+        return {**(SDK_HEADERS if scenario.client == SDK else {}), **kind_headers(scenario.kind), **target.headers}
 
     def _script(self, scenario: Scenario, target: Target) -> Path:
         key = (scenario.kind, scenario.prompt, scenario.client, target.key)

@@ -21,7 +21,8 @@ SDK = "sdk"    # what the official OpenAI Python SDK sends: its headers, "stream
 
 KIND_NAMES = {"json": "json", "sse": "stream", "paced": "paced stream", "alias": "json via alias",
               "auto": "json model=auto", "anthropic": "json to Anthropic",
-              "seed": "json seed config (Anthropic first, model=auto)"}
+              "seed": "json seed config (Anthropic first, model=auto)",
+              "keys": "json with client keys", "limits": "json with keys + limits"}
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,18 @@ def _closed(kind: str, prompt: str, seconds: int, *levels: int, client: str = FA
     return [Scenario(kind, prompt, CLOSED, seconds, c, client=client) for c in levels]
 
 
-def _sdk(seconds: int, levels: tuple[int, ...], streams: tuple[int, ...]) -> list[Scenario]:
-    """Issue #20: requests as the OpenAI SDK sends them, through the lanes clients really take."""
+def _sdk(seconds: int, levels: tuple[int, ...], streams: tuple[int, ...], keyed: bool = False) -> list[Scenario]:
+    """Issue #20: requests as the OpenAI SDK sends them, through the lanes clients really take.
+
+    ``keyed``: the passthrough lane again at c=64, right after the plain one, through a Hapax
+    with client keys and one with keys + limits (each a gateway of its own, bench/targets.py).
+    """
     plan = []
     for kind in ("json", "auto", "anthropic", "seed"):
         plan += _closed(kind, "300B", seconds, *levels, client=SDK)
+        if kind == "json" and keyed:  # next to the plain lane's c=64, which they are compared with
+            for keyed_kind in ("keys", "limits"):
+                plan += _closed(keyed_kind, "300B", seconds, 64, client=SDK)
         if kind == "json":  # its open-loop rate is half the C peak just measured
             plan.append(Scenario("json", "300B", OPEN, seconds + 2, peak_fraction=0.5, client=SDK))
     plan += _closed("sse", "300B", seconds, 16, client=SDK)
@@ -86,12 +94,12 @@ def full_plan() -> list[Scenario]:
         *_closed("sse", "300B", 8, 1, 16, 64),
         Scenario("paced", "300B", TIMING, 6, 1),
         Scenario("paced", "300B", TIMING, 6, 16),
-        *_sdk(8, (1, 16, 64), (1, 8)),
+        *_sdk(8, (1, 16, 64), (1, 8), keyed=True),
     ]
 
 
 def quick_plan() -> list[Scenario]:
-    """About two minutes of load: one of each kind."""
+    """About two minutes of load: one of each kind (but the keyed ones: two more gateways to start)."""
     return [
         *_closed("json", "300B", 4, 1, 64),
         Scenario("json", "300B", OPEN, 5, peak_fraction=0.5),

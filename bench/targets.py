@@ -2,8 +2,8 @@
 
 All on 127.0.0.1 with ports the kernel picks. Each target knows, per kind of
 request (json, sse, paced, anthropic, and the ways to them: alias, auto,
-seed), where a request goes, and which processes serve it, so that the runner
-can charge CPU time to them. A target without an endpoint for a kind (Portkey
+seed, keys, limits), where a request goes, and which processes serve it, so
+that the runner can charge CPU time to them. A target without an endpoint for a kind (Portkey
 for everything but Anthropic) sits that scenario out.
 
 With a CorePlan (bench/pinning.py) B, C and P start under ``taskset`` on the
@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,14 +31,25 @@ from bench.payloads import MODELS, STREAMING, chat_request
 from bench.pinning import CorePlan
 from bench.processes import Process, ProcessSet, StartError, start_envoy, wait_until
 from control_plane.defaults import default_config_text
+from hapax.client_keys import new_key
 
 REPO = Path(__file__).resolve().parent.parent
 CHAT_PATH = "/v1/chat/completions"
 KINDS = ("json", "sse", "paced", "anthropic")  # the kinds of answer, one provider each in C
 # Request kinds that get another kind's answer: by an alias of its model, by
-# model=auto (the router step: json is first in C's preference), and by
-# model=auto through the seed's config with Anthropic first (a second Hapax).
-ALIASED = {"alias": "json", "auto": "json", "seed": "anthropic"}
+# model=auto (the router step: json is first in C's preference), by model=auto
+# through the seed's config with Anthropic first (a second Hapax), and the JSON
+# answer through a Hapax with client keys, and one with keys + limits.
+ALIASED = {"alias": "json", "auto": "json", "seed": "anthropic", "keys": "json", "limits": "json"}
+# The kinds C serves from a `hapax serve` of their own (another config), started only when
+# a plan has them: C's main gateway's config has no seed routes, no keys and no limits.
+APART = ("seed", "keys", "limits")
+# The kinds whose requests carry the bench client's key (Authorization: Bearer), to A and B too.
+KEYED = ("keys", "limits")
+# Limits no run comes near (a 10 s run at c=64 reserves some 10^8 tokens, 4096 a request
+# for the answer, until each settles), so that every request is checked and none refused.
+NEVER_REACHED = 10**12
+CLIENT = "bench"  # the client's name in the keyed configs
 
 
 @dataclass(frozen=True)
@@ -134,16 +146,30 @@ def start_fakes(procs: ProcessSet, envoy: Path, workdir: Path, gap_ms: float, pl
     return Fakes(fake, fake_port, paced, int(json.loads(line.splitlines()[0])["port"]))
 
 
+@functools.cache
+def client_key() -> tuple[str, str]:
+    """The bench client's key and its config line (``clients.bench.keys``), one per run."""
+    key, line = new_key()
+    return key, line.htpasswd
+
+
+def kind_headers(kind: str) -> dict[str, str]:
+    """Headers a kind's requests carry, whatever the client shape: the key, for the keyed kinds.
+
+    Sent to A and B as well, so that the three get the same request (bare Envoy passes it on).
+    """
+    return {"authorization": f"Bearer {client_key()[0]}"} if kind in KEYED else {}
+
+
 def target_a(fakes: Fakes) -> Target:
-    return Target("A", "fake provider (direct)", {
+    answers = {
         "json": Endpoint(fakes.envoy_port, JSON_PREFIX.rstrip("/") + CHAT_PATH),
         "sse": Endpoint(fakes.envoy_port, SSE_PREFIX.rstrip("/") + CHAT_PATH),
         "paced": Endpoint(fakes.paced_port, CHAT_PATH),
         "anthropic": Endpoint(fakes.envoy_port, ANTHROPIC_PREFIX + "v1/messages"),
-        "alias": Endpoint(fakes.envoy_port, JSON_PREFIX.rstrip("/") + CHAT_PATH),
-        "auto": Endpoint(fakes.envoy_port, JSON_PREFIX.rstrip("/") + CHAT_PATH),
-        "seed": Endpoint(fakes.envoy_port, ANTHROPIC_PREFIX + "v1/messages"),
-    }, fixed_pids=fakes.pids)
+    }
+    return Target("A", "fake provider (direct)", {**answers, **{kind: answers[of] for kind, of in ALIASED.items()}},
+                  fixed_pids=fakes.pids)
 
 
 def start_bare_envoy(procs: ProcessSet, envoy: Path, workdir: Path, fakes: Fakes, plan: CorePlan | None) -> Target:
@@ -201,6 +227,30 @@ def seed_config(fakes: Fakes, plan: CorePlan | None = None) -> dict:
     return _bench_settings(config, plan)
 
 
+def keyed_config(fakes: Fakes, plan: CorePlan | None = None, limits: bool = False) -> dict:
+    """C's config with one client and its key (``clients:``); with ``limits``, limits on it too.
+
+    The limits are every count a client may have, per minute and per day, at ``NEVER_REACHED``:
+    each request takes the admission check (one gRPC call from Envoy to ext_proc, a reservation
+    in the embedded SQLite store, settled from the access log) and none is refused. No budget:
+    the bench's models have no price, so a budget would count nothing.
+    """
+    config = hapax_config(fakes, plan)
+    client: dict = {"keys": [client_key()[1]]}
+    if limits:
+        client["limits"] = {name: NEVER_REACHED for name in ("requests_per_minute", "requests_per_day",
+                                                              "tokens_per_minute", "tokens_per_day")}
+    config["clients"] = {CLIENT: client}
+    return config
+
+
+def apart_config(kind: str, fakes: Fakes, plan: CorePlan | None = None) -> dict:
+    """The config of the gateway that serves ``kind`` (one of ``APART``)."""
+    if kind == "seed":
+        return seed_config(fakes, plan)
+    return keyed_config(fakes, plan, limits=kind == "limits")
+
+
 def hapax_command(config_path: Path, plan: CorePlan | None = None) -> list[str]:
     pinned = [*plan.taskset()] if plan else []
     envoy = ["--envoy-concurrency", "1"] if plan else []
@@ -220,17 +270,22 @@ def _start_gateway(procs: ProcessSet, workdir: Path, name: str, config: dict,
 
 
 def start_hapax(procs: ProcessSet, workdir: Path, fakes: Fakes, plan: CorePlan | None = None,
-                seed: bool = True) -> Target:
-    """C: Hapax on the bench's config; with ``seed``, a second Hapax on the seed's serves the seed kind."""
+                apart: Collection[str] = ("seed",)) -> Target:
+    """C: Hapax on the bench's config, and a Hapax of its own for each kind of ``apart`` (of ``APART``).
+
+    Each of those (the seed's config; client keys; keys + limits) is another ``hapax serve``,
+    its processes charged to its kind's runs alone (``Target.kind_roots``); a kind not in
+    ``apart`` has no endpoint in C, and its scenarios cannot run.
+    """
     proc, port = _start_gateway(procs, workdir, "hapax", hapax_config(fakes, plan), plan)
-    endpoints = {kind: Endpoint(port, CHAT_PATH) for kind in (*KINDS, *ALIASED) if kind != "seed"}
+    endpoints = {kind: Endpoint(port, CHAT_PATH) for kind in (*KINDS, *ALIASED) if kind not in APART}
     target = Target("C", "Hapax (hapax serve)", endpoints, root=proc, fixed_pids=fakes.pids)
     _wait_answers(target, proc, list(endpoints))
-    if seed:
-        seed_proc, seed_port = _start_gateway(procs, workdir, "hapax-seed", seed_config(fakes, plan), plan)
-        target.endpoints["seed"] = Endpoint(seed_port, CHAT_PATH)
-        target.kind_roots["seed"] = seed_proc
-        _wait_answers(target, seed_proc, ["seed"])
+    for kind in (k for k in APART if k in apart):
+        kind_proc, kind_port = _start_gateway(procs, workdir, f"hapax-{kind}", apart_config(kind, fakes, plan), plan)
+        target.endpoints[kind] = Endpoint(kind_port, CHAT_PATH)
+        target.kind_roots[kind] = kind_proc
+        _wait_answers(target, kind_proc, [kind])
     return target
 
 
@@ -245,7 +300,8 @@ def _wait_answers(target: Target, proc: Process, kinds: list[str]) -> None:
     """Until every kind of request gets a 200: the providers' first health verdicts take a moment."""
     for kind in kinds:
         url, body = target.endpoints[kind].url, chat_request(300, model=MODELS[kind], stream=kind in STREAMING)
-        wait_until(functools.partial(post_ok, url, body, target.headers), f"no 200 for a {kind} request", proc,
+        headers = {**kind_headers(kind), **target.headers}
+        wait_until(functools.partial(post_ok, url, body, headers), f"no 200 for a {kind} request", proc,
                    timeout=60)
 
 

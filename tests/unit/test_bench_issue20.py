@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 from bench.bare_proxy import ENTRY_PREFIXES, FAKE_PREFIXES
 from bench.goals import sdk_goals
 from bench.http1 import encode_request
 from bench.measurement import Measurement
 from bench.payloads import SDK_HEADERS, anthropic_message, chat_request, sdk_chat_request
 from bench.pinning import CorePlan, core_plan
+from bench.runner import Runner
 from bench.scenarios import CLOSED, FAST, SDK, TIMING, Scenario, full_plan, in_rounds, quick_plan
-from bench.targets import KINDS, Fakes, hapax_config, seed_config
+from bench.targets import (
+    ALIASED,
+    APART,
+    KEYED,
+    KINDS,
+    NEVER_REACHED,
+    Fakes,
+    Target,
+    apart_config,
+    client_key,
+    hapax_config,
+    seed_config,
+    target_a,
+)
 from bench.wrk import write_script
+from control_plane.config import parse_config
+from hapax.client_keys import KeyLine, matches
 
 
 class _Proc:
@@ -83,6 +101,39 @@ def test_plans_keep_the_fast_lanes_and_add_the_sdk_ones() -> None:
         streams = {s.connections for s in plan if s.client == SDK and s.load == TIMING}
         assert streams == {1, 8}
         assert len({s.name for s in plan}) == len(plan)  # names tell scenarios apart (--only)
+    # The keyed lanes: in the full plan only, at c=64, right after the plain lane's c=64.
+    full = full_plan()
+    assert not {s.kind for s in quick_plan()} & set(KEYED)
+    names = [s.name for s in full]
+    at = names.index("sdk: json 300B c=64")
+    assert names[at + 1: at + 3] == ["sdk: json with client keys 300B c=64", "sdk: json with keys + limits 300B c=64"]
+
+
+def test_each_gateway_apart_gets_a_config_hapax_accepts() -> None:
+    for kind in APART:
+        config = parse_config(yaml.safe_dump(apart_config(kind, FAKES)), env={})
+        assert config.server.port == 0
+    key, line = client_key()
+    keys = parse_config(yaml.safe_dump(apart_config("keys", FAKES)), env={})
+    assert keys.clients is not None and not keys.limited
+    assert matches(key, KeyLine.parse(line)) and keys.clients["bench"].keys == (KeyLine.parse(line),)
+    limited = parse_config(yaml.safe_dump(apart_config("limits", FAKES)), env={})
+    assert limited.limited and limited.limits.store == ""  # embedded
+    limits = limited.clients["bench"].limits  # type: ignore[index]
+    assert limits.requests_per_minute == limits.tokens_per_day == NEVER_REACHED
+    assert hapax_config(FAKES).get("clients") is None  # C's main gateway stays open
+
+
+def test_keyed_requests_carry_the_key_to_every_target(tmp_path) -> None:
+    key, _ = client_key()
+    runner = Runner([], tmp_path, 0.01)
+    for kind in KEYED:
+        assert ALIASED[kind] == "json" and kind in target_a(FAKES).endpoints
+        for client in (SDK, FAST):
+            headers = runner._headers(Scenario(kind, "300B", CLOSED, 1, 64, client=client), Target("B", "", {}))
+            assert headers["authorization"] == f"Bearer {key}"
+    assert runner._headers(Scenario("json", "300B", CLOSED, 1, 64, client=SDK),
+                           Target("B", "", {}))["authorization"] == "Bearer sk-bench"
 
 
 def test_sdk_shape_matches_the_installed_sdk() -> None:
@@ -108,6 +159,14 @@ def test_rounds_run_the_whole_plan_again_and_are_told_apart() -> None:
     assert len(plan) == 3 * len(full_plan())
     assert [s.round for s in plan[:: len(full_plan())]] == [1, 2, 3]
     assert len({s.name for s in plan}) == len(plan)  # each round's rows are its own
+
+
+def test_keyed_lanes_are_judged_against_the_plain_lane_of_the_same_round() -> None:
+    plain = _closed_rounds("json", [(10_000, 4_500), (10_000, 4_000)])
+    keyed = _closed_rounds("keys", [(10_000, 4_400), (10_000, 3_000)])
+    goal = next(g for g in sdk_goals(plain + keyed) if g.what.startswith("JSON with client keys"))
+    assert goal.measured == "0.86x (median of 0.98x, 0.75x); C's req/s alone 0.86x" and goal.met is False
+    assert next(g for g in sdk_goals(plain) if g.what.startswith("JSON with keys + limits")).met is None
 
 
 def test_a_target_over_rounds_is_judged_on_the_median_round_and_lists_each() -> None:
