@@ -64,7 +64,7 @@ def gateway(fake, start_gateway):
 @pytest.fixture
 def slow(fake):
     fake.reset()
-    fake.inject(Latency(1.0), times=None, method="POST")  # the leader is in flight while the others arrive
+    fake.inject(Latency(2.0), times=None, method="POST")  # the leader is in flight while the others arrive
     yield fake
     fake.clear_faults()
 

@@ -85,7 +85,7 @@ def test_concurrent_requests_against_a_token_limit_admit_exactly_k_across_two_ga
                             {"store": redis.url})
     gateways = [start_gateway(config), start_gateway(config)]
     fake.reset()
-    fake.inject(Latency(1.5), times=None, method="POST")  # every reservation is made before any settles
+    fake.inject(Latency(3.0), times=None, method="POST")  # every reservation is made before any settles
     try:
         calls = 12
         with ThreadPoolExecutor(calls) as pool:

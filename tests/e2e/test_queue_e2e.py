@@ -47,7 +47,7 @@ def saturated_config(fake, queue: dict | None) -> dict:
 @pytest.fixture
 def slow(fake):
     fake.reset()
-    fake.inject(Latency(0.6), times=None, method="POST")  # each request holds its slot a while
+    fake.inject(Latency(1.5), times=None, method="POST")  # each request holds its slot a while
     yield fake
     fake.clear_faults()
 
