@@ -52,6 +52,7 @@ limits:
 queue: {max_waiting: 10, timeout: 5s}
 routes:
   - {path: /v1/chat/completions, handler: chat, dedup: true}
+  - {path: /search/v1/chat/completions, handler: chat, metrics_labels: {department: search}}
 """
 
 

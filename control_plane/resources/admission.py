@@ -22,11 +22,12 @@ from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.metadata.v3 import metadata_pb2
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import any_pb2
 
-from control_plane.config.model import HapaxConfig
+from control_plane.config.model import HapaxConfig, RouteConfig
 from control_plane.protobuf import duration, pack
 from control_plane.resources.names import EXT_PROC_CLUSTER, FIRST_WORKER_CLUSTER, METADATA_NAMESPACE
 from hapax import wire
@@ -61,11 +62,12 @@ def _check(name: str) -> route_components_pb2.RateLimit.Action:
     return Action(generic_key=Action.GenericKey(descriptor_key=AdmissionEntry.CHECK, descriptor_value=name))
 
 
-def descriptor_actions() -> list[route_components_pb2.RateLimit.Action]:
-    """One descriptor; every entry may be absent but the first (else no descriptor, and no check)."""
+def descriptor_actions(first: route_components_pb2.RateLimit.Action) -> list[route_components_pb2.RateLimit.Action]:
+    """One descriptor; every entry may be absent but ``first``, which decides whether there is one
+    (and so a check at all)."""
     dynamic, route = Action.MetaData.DYNAMIC, Action.MetaData.ROUTE_ENTRY
     return [
-        _check(wire.ADMISSION_CHECK),
+        first,
         _header(wire.REQUEST_ID_HEADER, AdmissionEntry.REQUEST_ID),
         _header(wire.KEY_ID_HEADER, AdmissionEntry.KEY_ID),
         _metadata(METADATA_NAMESPACE, wire.RouteKey.ROUTE, AdmissionEntry.ROUTE, route),
@@ -89,12 +91,31 @@ def _ask_ext_proc(name: str, domain: str, cluster: str, timeout: float,
     return hcm_pb2.HttpFilter(name=name, typed_config=pack(filter_config))
 
 
+def limited_key_ids(config: HapaxConfig) -> list[str]:
+    """The keys whose requests a limit may hold: their client's own, or their department's."""
+    departments = {name for name, limits in config.limits.departments.items() if limits}
+    return [line.key_id for client in (config.clients or {}).values()
+            if client.limits or client.department_name in departments for line in client.keys]
+
+
+def _key_is_one_of(key_ids: list[str]) -> route_components_pb2.RateLimit.Action:
+    # Ids are hex digits: nothing in them needs escaping.
+    return Action(header_value_match=Action.HeaderValueMatch(
+        descriptor_key=AdmissionEntry.CHECK, descriptor_value=wire.ADMISSION_CHECK,
+        headers=[route_components_pb2.HeaderMatcher(name=wire.KEY_ID_HEADER, string_match=string_pb2.StringMatcher(
+            safe_regex=regex_pb2.RegexMatcher(regex=f"^(?:{'|'.join(key_ids)})$")))]))
+
+
 def admission_filter(config: HapaxConfig) -> list[hcm_pb2.HttpFilter]:
+    """Asks about a request only when a limit may hold it: its key is a limited client's (or of a
+    limited department's client), or its route is a limited department's (route_admission).
+    Every other request makes no call at all."""
     if not config.limited:
         return []
+    key_ids = limited_key_ids(config)
     return [_ask_ext_proc(
         ADMISSION_FILTER, wire.ADMISSION_DOMAIN, EXT_PROC_CLUSTER, CHECK_TIMEOUT_SECONDS,
-        [route_components_pb2.RateLimit(actions=descriptor_actions())],
+        [route_components_pb2.RateLimit(actions=descriptor_actions(_key_is_one_of(key_ids)))] if key_ids else [],
         failure_mode_deny=config.limits.on_store_error == "closed",
         status_on_error=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable))]
 
@@ -118,6 +139,17 @@ def queue_filter(config: HapaxConfig) -> list[hcm_pb2.HttpFilter]:
          route_components_pb2.RateLimit(actions=release, apply_on_stream_done=True)],
         failure_mode_deny=False,
         rate_limited_status=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable))]
+
+
+def route_admission(config: HapaxConfig, route: RouteConfig) -> dict[str, any_pb2.Any]:
+    """A route labelled with a limited department: every request on it is asked about, whatever
+    its key (its client may have no department of its own: then the route's is its)."""
+    department = route.metrics_labels.get("department")
+    if not config.limited or not department or not config.limits.departments.get(department):
+        return {}
+    always = rate_limit_pb2.RateLimitPerRoute(rate_limits=[
+        route_components_pb2.RateLimit(actions=descriptor_actions(_check(wire.ADMISSION_CHECK)))])
+    return {ADMISSION_FILTER: pack(always)}
 
 
 def not_admitted_here(config: HapaxConfig) -> dict[str, any_pb2.Any]:

@@ -200,6 +200,9 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
         lanes = [] if route.dedup != "off" else [
             *passthrough.lane_routes(plan, passthrough_groups, route.handler, base, ext_proc_off),
             *model_lane.model_routes(plan, model_groups, route.handler, base, version, ext_proc_off)]
+        for name, checked in admission.route_admission(config, route).items():
+            for variant in (*lanes, base):  # a limited department's route: every request is checked
+                variant.typed_per_filter_config[name].CopyFrom(checked)
         if lanes or (config.reads_request_bodies and route.handler != wire.Handler.MODELS):
             lane_paths.add(route.path)  # its body is read: to pick a lane, to check or reserve by its fields
         routes += [*lanes, base]

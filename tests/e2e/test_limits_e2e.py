@@ -21,7 +21,7 @@ from hapax.client_keys import new_key
 from hapax.fakes import FakeOpenAI
 from hapax.fakes.faults import Latency
 from tests.conftest import gateway_config, wait_for
-from tests.raw_http import Answer, post_chat
+from tests.raw_http import Answer, post_chat, send
 from tests.redis_server import running_redis
 
 MAX_TOKENS = 400
@@ -165,3 +165,25 @@ def test_a_redis_that_is_down_is_the_configured_choice(fake, tmp_path_factory, s
         assert answer.status == 503, answer.body
         assert answer.headers["content-type"] == "application/json"
         assert answer.error()["code"] == "limits_unavailable"
+
+
+def test_only_requests_a_limit_may_hold_are_checked(fake, start_gateway):
+    limited_key, limited = new_key()
+    free_key, free = new_key()
+    config = limited_config(fake, {"limited": {"keys": [limited.htpasswd], "limits": {"tokens_per_day": 10**9}},
+                                   "free": {"keys": [free.htpasswd]}},
+                            {"departments": {"marketing": {"requests_per_day": 2}}})
+    config["routes"] = [{"path": "/v1/chat/completions", "handler": "chat"},
+                        {"path": "/marketing/v1/chat/completions", "handler": "chat",
+                         "metrics_labels": {"department": "marketing"}}]
+    gateway = start_gateway(config)
+    fake.reset()
+    # A client no limit holds, on a route no limit holds: Envoy asks nothing.
+    answer = post(gateway, free_key, body())
+    assert answer.status == 200 and not any(h.startswith("x-ratelimit") for h in answer.headers)
+    assert "x-ratelimit-limit-tokens" in post(gateway, limited_key, body()).headers
+    wait_for(lambda: total([gateway], "hapax_admissions_total", result="admitted") == 1, "the one check counted")
+    # The same free client on a limited department's route: its third request is refused.
+    statuses = [send(gateway, "POST", "/marketing/v1/chat/completions", body(),
+                     {"authorization": f"Bearer {free_key}"}).status for _ in range(3)]
+    assert statuses == [200, 200, 429]

@@ -13,7 +13,9 @@ import textwrap
 
 from envoy.service.ratelimit.v3 import rls_pb2
 
-from control_plane.snapshot import RUNTIME
+from control_plane.config import parse_config
+from control_plane.resources.admission import ADMISSION_FILTER, limited_key_ids
+from control_plane.snapshot import LISTENER, ROUTE, RUNTIME
 from ext_proc.admission import Admission, AdmissionService, request_limits, worst_case
 from ext_proc.limits import Metric, Period
 from ext_proc.runtime import RuntimeView
@@ -21,7 +23,7 @@ from ext_proc.translators import TRANSLATORS
 from hapax import wire
 from hapax.client_keys import new_key
 from hapax.wire import AdmissionEntry
-from tests.snapshots import snapshot_of
+from tests.snapshots import SECRETS, snapshot_of
 
 SEARCH_KEY, SEARCH = new_key()
 ADS_KEY, ADS = new_key()
@@ -163,3 +165,15 @@ def test_a_request_without_limits_is_admitted_without_a_reservation(tmp_path):
     assert response.overall_code == rls_pb2.RateLimitResponse.OK
     assert not response.response_headers_to_add and wire.RESERVED_KEY not in response.dynamic_metadata.fields
     assert math.isclose(0, len(list(tmp_path.iterdir())))  # no store was even opened
+
+
+def test_envoy_asks_only_about_keys_and_routes_a_limit_may_hold():
+    snapshot = snapshot_of(CONFIG)
+    listener = snapshot.of_type(LISTENER)[wire.LISTENER].SerializeToString()
+    # search has limits of its own; ads has none and no department: its key is never asked about.
+    assert SEARCH.key_id.encode() in listener and ADS.key_id.encode() not in listener
+    assert limited_key_ids(parse_config(CONFIG, env=SECRETS)) == [SEARCH.key_id]
+    vhost = snapshot.of_type(ROUTE)["hapax_routes"].virtual_hosts[0]
+    always = {r.match.path for r in vhost.routes
+              if r.typed_per_filter_config[ADMISSION_FILTER].type_url.endswith("RateLimitPerRoute")}
+    assert always == {"/marketing/v1/chat/completions"}  # a limited department's label: every request
