@@ -13,9 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from hapax.client_keys import new_key
 from hapax.fakes import FakeOpenAI
 from hapax.fakes.faults import Latency
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, wait_for
 from tests.raw_http import Answer, post_chat
 
 CALLS = 8
@@ -82,3 +83,33 @@ def test_a_wait_past_the_queues_timeout_is_a_503_with_retry_after(fake, start_ga
         assert answer.error()["code"] == "queue_timeout"
         assert answer.headers["retry-after"] == "1" and answer.headers["content-type"] == "application/json"
     assert gateway.metric_total("hapax_queue_wait_seconds_count", result="timed_out") == CALLS - SLOTS
+
+
+def test_a_departments_burst_does_not_starve_another_department(fake, start_gateway):
+    burst_key, burst_line = new_key()
+    late_key, late_line = new_key()
+    config = saturated_config(fake, {"timeout": "60s"})
+    config["providers"]["openai"]["circuit_breaker"]["max_concurrent_requests"] = 1
+    config["clients"] = {"ads": {"keys": [burst_line.htpasswd], "metrics_labels": {"department": "ads"}},
+                         "search": {"keys": [late_line.htpasswd], "metrics_labels": {"department": "search"}}}
+    gateway = start_gateway(config)
+    fake.reset()
+    fake.inject(Latency(0.5), times=None, method="POST")
+    finished: list[str] = []
+
+    def call(department: str, key: str) -> None:
+        assert post_chat(gateway, BODY, key).status == 200
+        finished.append(department)
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            burst = [pool.submit(call, "ads", burst_key) for _ in range(6)]
+            wait_for(lambda: gateway.metric_total("hapax_queue_waiting") == 5, "the burst waiting")
+            late = [pool.submit(call, "search", late_key) for _ in range(2)]
+            for future in (*burst, *late):
+                future.result()
+    finally:
+        fake.clear_faults()
+    # One slot: the burst's first goes at once and five wait; search's two, arriving after them,
+    # are served in turn with the burst (third and fifth), not after the whole burst (seventh, eighth).
+    assert [i for i, department in enumerate(finished) if department == "search"] == [2, 4], finished
