@@ -41,6 +41,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf import struct_pb2
 
 from ext_proc.limits import (
+    LARGEST_AMOUNT,
     Limit,
     LimitState,
     LimitStore,
@@ -51,7 +52,7 @@ from ext_proc.limits import (
 )
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.queue import Admitted, FairQueue
-from ext_proc.runtime import AdmissionSettings, Client, LimitSettings, Provider, Route, RuntimeView
+from ext_proc.runtime import AdmissionSettings, Chain, Client, LimitSettings, Provider, Route, RuntimeView
 from hapax import wire
 from hapax.wire import AdmissionEntry, Handler
 
@@ -92,10 +93,19 @@ def request_limits(settings: AdmissionSettings, client: Client | None, route: Ro
 
 
 def _int(text: str | None) -> int | None:
+    """A number the body gave, as a count the store can hold: a huge one is the largest (which no
+    limit admits), never an error (which would let the request through unchecked)."""
     try:
-        return int(float(text)) if text else None
+        number = float(text) if text else None
     except ValueError:
         return None
+    if number is None or math.isnan(number):
+        return None
+    return _amount(number)
+
+
+def _amount(number: float) -> int:
+    return int(max(0.0, min(number, LARGEST_AMOUNT - 1)))
 
 
 def worst_case(view: RuntimeView, route: Route, entries: Mapping[str, str]) -> dict[Metric, int]:
@@ -109,15 +119,22 @@ def worst_case(view: RuntimeView, route: Route, entries: Mapping[str, str]) -> d
         outputs = asked if asked and asked > 0 else settings.default_max_tokens
     price = _highest_price(view, route, entries.get(AdmissionEntry.MODEL))
     spend = math.ceil(inputs * price[0] + outputs * price[1]) if price else 0  # per million tokens = micro-USD
-    return {Metric.REQUESTS: 1, Metric.TOKENS: inputs + outputs, Metric.SPEND: spend}
+    return {Metric.REQUESTS: 1, Metric.TOKENS: _amount(inputs + outputs), Metric.SPEND: _amount(spend)}
+
+
+def _chain(view: RuntimeView, route: Route, model: str | None) -> tuple[str, Chain | None]:
+    """The request's family and the chain its model takes (None: the route serves no provider family)."""
+    family = wire.FAMILY_OF_HANDLER.get(Handler(route.handler)) if route.handler in _HANDLERS else None
+    if family is None:
+        return "", None
+    return family, view.chain_for(family, None if model in (None, "", wire.AUTO_MODEL) else model)
 
 
 def _highest_price(view: RuntimeView, route: Route, model: str | None) -> tuple[float, float] | None:
     """The dearest provider of the request's chain, at the model each would be sent: failover may go there."""
-    family = wire.FAMILY_OF_HANDLER.get(Handler(route.handler)) if route.handler in _HANDLERS else None
-    if family is None:
+    family, chain = _chain(view, route, model)
+    if not family:
         return None
-    chain = view.chain_for(family, None if model in (None, "", "auto") else model)
     names = chain.providers if chain is not None else tuple(view.providers)
     prices = [p.serving(family, model).price for name in names if (p := view.providers.get(name)) is not None]
     known = [price for price in prices if price is not None]
@@ -127,7 +144,7 @@ def _highest_price(view: RuntimeView, route: Route, model: str | None) -> tuple[
 def actual_spend(provider: Provider | None, prompt: int, completion: int) -> int:
     if provider is None or provider.price is None:
         return 0
-    return math.ceil(prompt * provider.price[0] + completion * provider.price[1])
+    return _amount(math.ceil(prompt * provider.price[0] + completion * provider.price[1]))
 
 
 class Admission:
@@ -195,7 +212,7 @@ class Admission:
         Unknown usage (None) keeps the reservation: the answer may have cost that much."""
         if view.admission is None or not request_id or prompt is None:
             return
-        actual = {Metric.REQUESTS: 1, Metric.TOKENS: prompt + (completion or 0),
+        actual = {Metric.REQUESTS: 1, Metric.TOKENS: _amount(prompt + (completion or 0)),
                   Metric.SPEND: actual_spend(provider, prompt, completion or 0)}
         self._later(self._settle(view.admission, request_id, actual))
 
@@ -282,10 +299,7 @@ class AdmissionService(rls_pb2_grpc.RateLimitServiceServicer):
 
 def _first_provider(view: RuntimeView, route: Route, model: str | None) -> str | None:
     """Where the request goes first: the provider whose slots it waits for."""
-    family = wire.FAMILY_OF_HANDLER.get(Handler(route.handler)) if route.handler in _HANDLERS else None
-    if family is None:
-        return None
-    chain = view.chain_for(family, None if model in (None, "", "auto") else model)
+    _, chain = _chain(view, route, model)
     return chain.providers[0] if chain is not None and chain.providers else None
 
 

@@ -51,6 +51,7 @@ the request is admitted (fail open) or refused (fail closed).
 from __future__ import annotations
 
 from ext_proc.limits.model import (
+    LARGEST_AMOUNT,
     Decision,
     Limit,
     LimitState,
@@ -63,8 +64,8 @@ from ext_proc.limits.model import (
 from ext_proc.limits.redis_store import RedisLimitStore
 from ext_proc.limits.sqlite_store import SqliteLimitStore
 
-__all__ = ["Decision", "Limit", "LimitState", "LimitStore", "LimitStoreUnavailable", "Metric", "Period",
-           "RedisLimitStore", "SqliteLimitStore", "store_from_url", "window_bounds"]
+__all__ = ["LARGEST_AMOUNT", "Decision", "Limit", "LimitState", "LimitStore", "LimitStoreUnavailable", "Metric",
+           "Period", "RedisLimitStore", "SqliteLimitStore", "store_from_url", "window_bounds"]
 
 SQLITE_SCHEME = "sqlite://"
 REDIS_SCHEMES = ("redis://", "rediss://")

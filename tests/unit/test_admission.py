@@ -177,3 +177,14 @@ def test_envoy_asks_only_about_keys_and_routes_a_limit_may_hold():
     always = {r.match.path for r in vhost.routes
               if r.typed_per_filter_config[ADMISSION_FILTER].type_url.endswith("RateLimitPerRoute")}
     assert always == {"/marketing/v1/chat/completions"}  # a limited department's label: every request
+
+
+def test_an_absurd_max_tokens_is_refused_not_an_error_that_would_let_it_through(tmp_path):
+    v = view()
+    for n, absurd in enumerate(("100000000000000000000", "1e400", "-5", "NaN", "seven")):
+        (tmp_path / str(n)).mkdir()
+        service = AdmissionService(lambda: v, Admission(None, tmp_path / str(n)))  # a store of its own
+        response = check(service, request_id=f"r-{absurd}", bytes="40", max_tokens=absurd)
+        # Huge: the largest count, which no limit admits; nonsense: the configured default (500 fits).
+        expected = rls_pb2.RateLimitResponse.OVER_LIMIT if absurd[0].isdigit() else rls_pb2.RateLimitResponse.OK
+        assert response.overall_code == expected, absurd
