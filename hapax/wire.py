@@ -333,3 +333,28 @@ ADMISSION_CHECK, QUEUE_TAKE, QUEUE_RELEASE = "limit_check", "take", "release"
 ADMISSION_NAMESPACE = "envoy.filters.http.ratelimit"
 RESERVED_KEY = "hapax_reserved"
 
+# ---------------------------------------------------------------- the cost ledger
+
+# One record per request, written by ext_proc (ext_proc/ledger.py) and read by `hapax report`:
+# SQLite files named LEDGER_FILE_PATTERN (by the month of the request's start, UTC) in the
+# ledger's directory, each with one table LEDGER_TABLE of these columns, in this order.
+LEDGER_TABLE = "requests"
+LEDGER_FILE_PATTERN = "ledger-{year:04d}-{month:02d}.sqlite"
+LEDGER_COLUMNS = (
+    ("time", "REAL NOT NULL"),            # the request's start, Unix seconds
+    ("request_id", "TEXT PRIMARY KEY"),   # x-request-id: one record per request, whoever writes it
+    ("route", "TEXT NOT NULL"),           # the route's path
+    ("labels", "TEXT NOT NULL"),          # JSON object: the route's and its client's metrics labels
+    ("key_id", "TEXT NOT NULL"),          # the client key's id ("" on an open gateway)
+    ("client", "TEXT NOT NULL"),          # its client's name ("")
+    ("provider", "TEXT NOT NULL"),        # the provider that answered ("": none did)
+    ("model", "TEXT NOT NULL"),           # the model it was sent ("": none)
+    ("input_tokens", "INTEGER"),          # as the provider reported them; NULL: not reported
+    ("output_tokens", "INTEGER"),
+    ("cached_tokens", "INTEGER"),
+    ("cost_usd", "REAL NOT NULL"),        # from the price table (0 when a count or the price is unknown)
+    ("price_version", "TEXT NOT NULL"),   # the configuration version whose price table priced it
+    ("status", "INTEGER NOT NULL"),       # the HTTP status the client got
+    ("outcome", "TEXT NOT NULL"),         # hapax_requests_total's outcome
+)
+
