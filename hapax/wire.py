@@ -338,7 +338,7 @@ RESERVED_KEY = "hapax_reserved"
 # One record per request, written by ext_proc (ext_proc/ledger.py) and read by `hapax report`:
 # SQLite files named LEDGER_FILE_PATTERN (by the month of the request's start, UTC) in the
 # ledger's directory, each with one table LEDGER_TABLE of these columns, in this order.
-LEDGER_TABLE = "requests"
+LEDGER_TABLE = "request_records"
 LEDGER_FILE_PATTERN = "ledger-{year:04d}-{month:02d}.sqlite"
 LEDGER_COLUMNS = (
     ("time", "REAL NOT NULL"),            # the request's start, Unix seconds
