@@ -32,6 +32,7 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf import struct_pb2
 
 from ext_proc.admission import Admission, reserved
+from ext_proc.ledger import Ledger, LedgerRecord, cost_usd, labels_json
 from ext_proc.metrics import GatewayMetrics, token_count
 from ext_proc.outcomes import RequestOutcome, outcome_for
 from ext_proc.provider_health import retry_after_seconds
@@ -49,11 +50,12 @@ _AnswerKey = tuple[str, tuple[tuple[str, str], ...], str, str, int, RequestOutco
 class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
     def __init__(self, current_view: Callable[[], RuntimeView | None], metrics: GatewayMetrics,
                  hold_off: Callable[[str, float, int], None] | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, ledger: Ledger | None = None) -> None:
         self.current_view = current_view
         self.metrics = metrics
         self.hold_off = hold_off
         self.admission = admission
+        self.ledger = ledger
 
     async def StreamAccessLogs(self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
                                context: Any) -> als_pb2.StreamAccessLogsResponse:
@@ -88,12 +90,53 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             self._count_answer(entry, view, answers, retries_counted=False)
         elif lane == Lane.MODEL and not _delivered_stream(entry):
             self._count_answer(entry, view, answers, retries_counted=True)
+        coalesced = wire.COALESCED_HEADER in entry.response.response_headers
+        if self.ledger is not None and view is not None and (coalesced or not _delivered_stream(entry)):
+            self._write_ledger(entry, view, coalesced)  # a delivered stream's upstream step writes it
         if self.admission is not None and view is not None:
-            if wire.COALESCED_HEADER in entry.response.response_headers:
+            if coalesced:
                 # The answer and its cost are its leader's: this request used none of its reservation.
                 self.admission.settle_later(view, entry.request.request_id, None, 0, 0)
             elif not _delivered_stream(entry):
                 self._settle(entry, view)  # a delivered stream's upstream step settles it, with its usage
+
+    def _write_ledger(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView, coalesced: bool) -> None:
+        """The request's one ledger record (ext_proc/ledger.py); requests of no route (404, /health) have none."""
+        assert self.ledger is not None
+        common, tags = entry.common_properties, entry.common_properties.custom_tags
+        route = view.routes.get(tags.get(LogTag.ROUTE, ""))
+        status = entry.response.response_code.value
+        if route is None or status == 0:
+            return
+        key_id = tags.get(LogTag.KEY_ID, "")
+        client = view.client(key_id)
+        provider = self._answering(entry, view, route)
+        inputs = outputs = None
+        if 200 <= status < 300 and not coalesced:
+            usage = common.metadata.filter_metadata.get(wire.USAGE_NAMESPACE)
+            fields = usage.fields if usage is not None else {}
+            inputs, outputs = _tokens(fields.get(wire.PROMPT_TOKENS)), _tokens(fields.get(wire.COMPLETION_TOKENS))
+        outcome = RequestOutcome.COALESCED if coalesced else outcome_for(
+            status, common.upstream_request_attempt_count or 1)
+        self.ledger.record(LedgerRecord(
+            time=_seconds(common.start_time), request_id=entry.request.request_id, route=route.path,
+            labels=labels_json(view.labelled(route, key_id).labels), key_id=key_id,
+            client=client.name if client is not None else "", provider=provider.name if provider else "",
+            model=provider.model if provider else "", input_tokens=0 if coalesced else inputs,
+            output_tokens=0 if coalesced else outputs, cached_tokens=None,
+            cost_usd=0.0 if coalesced else cost_usd(provider.price if provider else None, inputs, outputs),
+            price_version=view.version, status=status, outcome=outcome.value))
+
+    @staticmethod
+    def _answering(entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView, route: Route) -> Provider | None:
+        """The provider that answered, with the model it was sent; None when the gateway answered."""
+        if entry.response.response_code_details.startswith(wire.GATEWAY_DETAILS_PREFIX):
+            return None
+        tags = entry.common_properties.custom_tags
+        provider = view.providers.get(tags.get(LogTag.PROVIDER, ""))
+        if provider is not None and route.handler in wire.FAMILY_OF_HANDLER:
+            provider = provider.serving(wire.FAMILY_OF_HANDLER[Handler(route.handler)], tags.get(LogTag.MODEL))
+        return provider
 
     def _settle(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView) -> None:
         """A request that held a reservation: it becomes the usage Envoy read from the answer."""

@@ -231,6 +231,9 @@ class GatewayMetrics:
             "hapax_queue_wait_seconds", "Time requests waited in the queue for a provider's slot, by how the wait "
             "ended (go | full | timed_out)", ["department", "result"], buckets=QUEUE_WAIT_BUCKETS,
             registry=self.registry)
+        self.ledger_records = Counter(
+            "hapax_ledger_records", "Cost ledger records, by what became of them (written | dropped: the batch "
+            "was full | failed: the write failed)", ["result"], registry=self.registry)
         self._families = _RequestFamilies(self.registry, ())
         self._version = ""
 

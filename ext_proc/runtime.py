@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
@@ -143,6 +144,12 @@ class AdmissionSettings:
 
 
 @dataclass(frozen=True)
+class LedgerSettings:
+    directory: Path  # on this host
+    retention_days: int
+
+
+@dataclass(frozen=True)
 class QueueSettings:
     max_waiting: int
     timeout: float  # seconds
@@ -164,6 +171,7 @@ class RuntimeView:
     keys_required: bool = False
     admission: AdmissionSettings | None = None  # None: no limits
     queue: QueueSettings | None = None  # None: no queue
+    ledger: LedgerSettings | None = None  # None: no cost ledger
     # (route path, key id) -> the route as that client's requests are labelled (labelled()).
     _labelled: dict[tuple[str, str], Route] = field(default_factory=dict, compare=False, repr=False)
 
@@ -220,6 +228,8 @@ class RuntimeView:
             keys_required=rt.keys_required,
             admission=_admission(rt) if rt.HasField("admission") else None,
             queue=QueueSettings(rt.queue.max_waiting, rt.queue.timeout_seconds) if rt.HasField("queue") else None,
+            ledger=LedgerSettings(Path(rt.ledger.directory), rt.ledger.retention_days or 400)
+            if rt.HasField("ledger") else None,
         )
 
 

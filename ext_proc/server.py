@@ -19,6 +19,7 @@ from ext_proc.access_log import AccessLogCounter
 from ext_proc.admission import Admission, AdmissionService
 from ext_proc.coalescing import Coalescer
 from ext_proc.health_app import health_app, verdict_app
+from ext_proc.ledger import Ledger
 from ext_proc.metrics import ConfigStatusCollector, GatewayMetrics, QueueCollector, RestartsCollector
 from ext_proc.provider_health import HoldOffBoard, ProviderProber, VerdictBoard
 from ext_proc.queue import FairQueue
@@ -39,9 +40,10 @@ async def serve(args: argparse.Namespace) -> None:
                             hold_off_board=HoldOffBoard(shared / wire.HOLD_OFF_DIR if shared else None),
                             verdict_board=VerdictBoard(shared / wire.VERDICTS_DIR if shared else None))
     metrics = GatewayMetrics(prober)
+    ledger = Ledger(metrics)
     subscription = RuntimeSubscription(
         args.xds, frozenset(TRANSLATORS), args.node_id,
-        on_update=lambda view: _apply(view, None if args.no_probe else prober, metrics),
+        on_update=lambda view: _apply(view, None if args.no_probe else prober, metrics, ledger),
         credentials=_xds_credentials(args),
     )
     metrics.add_collector(ConfigStatusCollector(lambda: subscription.status))
@@ -54,8 +56,8 @@ async def serve(args: argparse.Namespace) -> None:
     coalescer = Coalescer()
     pb_grpc.add_ExternalProcessorServicer_to_server(Processor(lambda: subscription.view, metrics, prober.hold_off,
                                                          subscription.view_for, prober.unavailable_reasons,
-                                                         admission, coalescer), server)
-    access_log = AccessLogCounter(lambda: subscription.view, metrics, prober.hold_off, admission)
+                                                         admission, coalescer, ledger), server)
+    access_log = AccessLogCounter(lambda: subscription.view, metrics, prober.hold_off, admission, ledger)
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(access_log, server)
     queue = FairQueue(lambda provider: _slots(subscription.view, provider),
                       lambda department, seconds, result: metrics.queue_waited(department, seconds, result.value))
@@ -84,6 +86,7 @@ async def serve(args: argparse.Namespace) -> None:
     await prober.close()
     await server.stop(grace=2)
     await admission.close()
+    await ledger.close()  # what it holds is written before the worker goes
     for runner in runners:
         await runner.cleanup()
 
@@ -120,11 +123,12 @@ async def _start_site(runner: web.AppRunner, address: str) -> str:
     return f"{host}:{listening.sockets[0].getsockname()[1]}"
 
 
-def _apply(view: RuntimeView, prober: ProviderProber | None, metrics: GatewayMetrics) -> None:
-    """A new runtime version: probe its providers, label series after its routes."""
+def _apply(view: RuntimeView, prober: ProviderProber | None, metrics: GatewayMetrics, ledger: Ledger) -> None:
+    """A new runtime version: probe its providers, label series after its routes, keep its ledger."""
     if prober is not None:
         prober.update(view.providers, {name: p.health_check for name, p in view.providers.items()})
     metrics.configure(view)
+    ledger.configure(view.ledger)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from ext_proc.admission import Admission
 from ext_proc.coalescing import Coalescer
 from ext_proc.errors import GatewayError
+from ext_proc.ledger import Ledger
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.runtime import RuntimeView
 from ext_proc.steps.base import Step
@@ -42,7 +43,9 @@ class Processor(pb_grpc.ExternalProcessorServicer):
                  hold_off: Callable[[str, float, int], None] | None = None,
                  view_for: Callable[[str], RuntimeView | None] = lambda _: None,
                  reasons: Callable[[Iterable[str]], Mapping[str, str]] | None = None,
-                 admission: Admission | None = None, coalescer: Coalescer | None = None) -> None:
+                 admission: Admission | None = None, coalescer: Coalescer | None = None,
+                 ledger: Ledger | None = None) -> None:
+        self.ledger = ledger
         self.current_view = current_view
         self.admission = admission
         self.coalescer = coalescer
@@ -58,7 +61,8 @@ class Processor(pb_grpc.ExternalProcessorServicer):
             return None
         if phase == Phase.ROUTER:
             return RouterStep(view, self.metrics, self.reasons, self.coalescer)
-        return UpstreamStep(view, self.metrics, self.hold_off, self.view_for, self.reasons, self.admission)
+        return UpstreamStep(view, self.metrics, self.hold_off, self.view_for, self.reasons, self.admission,
+                            self.ledger)
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
                       context: Any) -> AsyncIterator[pb.ProcessingResponse]:

@@ -50,6 +50,7 @@ limits:
   departments:
     search: {budget: {usd: 5, period: month}}
 queue: {max_waiting: 10, timeout: 5s}
+ledger: {directory: /tmp/hapax-ledger-never-written}
 routes:
   - {path: /v1/chat/completions, handler: chat, dedup: true}
   - {path: /search/v1/chat/completions, handler: chat, metrics_labels: {department: search}}

@@ -318,6 +318,14 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class LedgerConfig:
+    """``ledger:``: one record per request in SQLite files, one a month, in ``directory``."""
+
+    directory: str  # absolute (relative to the config file's directory in the file)
+    retention_days: int = 400
+
+
+@dataclass(frozen=True)
 class HapaxConfig:
     server: ServerConfig
     providers: Mapping[str, ProviderConfig]  # in file order
@@ -337,6 +345,7 @@ class HapaxConfig:
     clients: Mapping[str, ClientConfig] | None = None
     limits: AdmissionConfig = AdmissionConfig()
     queue: QueueConfig | None = None  # None: no queue, a saturated provider's requests get 503
+    ledger: LedgerConfig | None = None  # None: no cost ledger
 
     def __post_init__(self) -> None:
         if self.clients is not None:
@@ -357,7 +366,7 @@ class HapaxConfig:
         """Whether Envoy reads every provider request's body fields, lanes aside: the admission
         check reserves by them, the queue finds the provider by the model, and a client confined
         to some models is checked against them."""
-        return (self.limited or self.queue is not None
+        return (self.limited or self.queue is not None or self.ledger is not None
                 or any(client.models for client in (self.clients or {}).values()))
 
     @property

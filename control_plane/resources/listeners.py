@@ -410,7 +410,7 @@ def access_log(config: HapaxConfig) -> list[accesslog_pb2.AccessLog]:
 def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
     config, lane = plan.config, plan.uses_lanes
     # The access log to ext_proc counts the lanes' requests and settles reservations.
-    logged = lane or config.limited
+    logged = lane or config.limited or config.ledger is not None
     return hcm_pb2.HttpConnectionManager(
         access_log=access_log(config) + ([passthrough.access_logger(EXT_PROC_CLUSTER)] if logged else []),
         stat_prefix="hapax",

@@ -33,6 +33,7 @@ from ext_proc import client_request
 from ext_proc.admission import Admission
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import GatewayError, error_json
+from ext_proc.ledger import Ledger, LedgerRecord, cost_usd, labels_json
 from ext_proc.metrics import GatewayMetrics, token_count
 from ext_proc.outcomes import RequestOutcome, StreamOutcome
 from ext_proc.provider_health import retry_after_seconds
@@ -101,6 +102,7 @@ class Attempt:
     number: int           # 1 for the first attempt
     request_id: str
     request_start: float  # wall clock: when the router step first saw the request
+    key_id: str = ""  # the client key's id, when the gateway checks keys
 
     @classmethod
     def read(cls, view: RuntimeView, provider: Provider, route_md: Mapping[str, str],
@@ -108,13 +110,14 @@ class Attempt:
         """``started``: the request's start if its headers do not say it."""
         number = headers.get(ATTEMPT_HEADER, "")
         route = view.routes.get(route_md.get(RouteKey.ROUTE, ""))
+        key_id = headers.get(wire.KEY_ID_HEADER, "")
         if route is not None:  # counted as its client's department's
-            route = view.labelled(route, headers.get(wire.KEY_ID_HEADER))
+            route = view.labelled(route, key_id)
         return cls(view=view, provider=provider, route=route,
                    handler=route_md.get(RouteKey.HANDLER, ""), lane=route_md.get(RouteKey.LANE, ""),
                    number=int(number) if number.isdigit() else 1,
                    request_id=headers.get(REQUEST_ID_HEADER, ""),
-                   request_start=_seconds(headers.get(START_HEADER, ""), started))
+                   request_start=_seconds(headers.get(START_HEADER, ""), started), key_id=key_id)
 
     def serving(self, req: ClientRequest) -> Attempt:
         """This attempt with its provider as it serves ``req``: with the model it is sent (``Provider.serving``)."""
@@ -144,9 +147,10 @@ class UpstreamStep(Step):
                  hold_off: Callable[[str, float, int], None] | None = None,
                  view_for: Callable[[str], RuntimeView | None] = lambda _: None,
                  reasons: Callable[[Iterable[str]], Mapping[str, str]] | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, ledger: Ledger | None = None) -> None:
         super().__init__()
         self.admission = admission  # settles a delivered stream's reservation
+        self.ledger = ledger  # and writes its ledger record
         self.view = view  # the current version: for a request whose own version is gone
         self.view_for = view_for
         self.reasons = reasons  # why providers are out of rotation (ProviderProber.unavailable_reasons)
@@ -393,6 +397,22 @@ class UpstreamStep(Step):
             outcome = RequestOutcome.STREAM_ABORTED
         self.metrics.request_answered(attempt.route, attempt.provider, 200, outcome,
                                       time.time() - attempt.request_start)
+        self._write_ledger(attempt, outcome, stream_outcome == StreamOutcome.COMPLETED)
+
+    def _write_ledger(self, attempt: Attempt, outcome: RequestOutcome, completed: bool) -> None:
+        """A delivered stream's one ledger record (the access log writes every other request's)."""
+        if self.ledger is None or attempt.route is None:
+            return
+        usage = (self.stage.usage if self.stage is not None and completed else None) or {}
+        inputs, outputs = token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens"))
+        client = attempt.view.client(attempt.key_id)
+        self.ledger.record(LedgerRecord(
+            time=attempt.request_start, request_id=attempt.request_id, route=attempt.route.path,
+            labels=labels_json(attempt.route.labels), key_id=attempt.key_id,
+            client=client.name if client is not None else "", provider=attempt.provider.name,
+            model=attempt.provider.model, input_tokens=inputs, output_tokens=outputs, cached_tokens=None,
+            cost_usd=cost_usd(attempt.provider.price, inputs, outputs), price_version=attempt.view.version,
+            status=200, outcome=outcome.value))
 
     def _count_usage(self) -> None:
         """Once per attempt: at the answer's end, or when the call ends first (finish)."""

@@ -112,7 +112,7 @@ class Model(_message.Message):
     def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., chain: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
 
 class Runtime(_message.Message):
-    __slots__ = ("config_version", "providers", "routes", "chains", "models", "auto_chains", "clients", "keys_required", "admission", "queue")
+    __slots__ = ("config_version", "providers", "routes", "chains", "models", "auto_chains", "clients", "keys_required", "admission", "queue", "ledger")
     class AutoChainsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class Runtime(_message.Message):
     KEYS_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     ADMISSION_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_FIELD_NUMBER: _ClassVar[int]
     config_version: str
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     routes: _containers.RepeatedCompositeFieldContainer[Route]
@@ -140,7 +141,16 @@ class Runtime(_message.Message):
     keys_required: bool
     admission: Admission
     queue: Queue
-    def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., auto_chains: _Optional[_Mapping[str, str]] = ..., clients: _Optional[_Iterable[_Union[Client, _Mapping]]] = ..., keys_required: _Optional[bool] = ..., admission: _Optional[_Union[Admission, _Mapping]] = ..., queue: _Optional[_Union[Queue, _Mapping]] = ...) -> None: ...
+    ledger: Ledger
+    def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., auto_chains: _Optional[_Mapping[str, str]] = ..., clients: _Optional[_Iterable[_Union[Client, _Mapping]]] = ..., keys_required: _Optional[bool] = ..., admission: _Optional[_Union[Admission, _Mapping]] = ..., queue: _Optional[_Union[Queue, _Mapping]] = ..., ledger: _Optional[_Union[Ledger, _Mapping]] = ...) -> None: ...
+
+class Ledger(_message.Message):
+    __slots__ = ("directory", "retention_days")
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    directory: str
+    retention_days: int
+    def __init__(self, directory: _Optional[str] = ..., retention_days: _Optional[int] = ...) -> None: ...
 
 class Queue(_message.Message):
     __slots__ = ("max_waiting", "timeout_seconds")

@@ -41,6 +41,7 @@ FULL = {
     "clients": {"c": {"keys": [], "limits": {"budget": {"usd": 1}}}},
     "limits": {"departments": {"d": {"tokens_per_day": 1}}},
     "queue": {"timeout": 1},
+    "ledger": {"retention_days": 1},
 }
 
 # Sections whose keys are names the user chooses, as the reference writes them.

@@ -1,13 +1,22 @@
-"""The small top-level sections: ``retry``, ``pricing``, ``logging`` and ``ext_proc``."""
+"""The small top-level sections: ``retry``, ``pricing``, ``logging``, ``ext_proc`` and ``ledger``."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from control_plane.config.errors import _Issues, _join
-from control_plane.config.model import LOG_FORMATS, LOG_LEVELS, MAX_WORKERS, ExtProcConfig, LoggingConfig, RetryConfig
+from control_plane.config.model import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    MAX_WORKERS,
+    ExtProcConfig,
+    LedgerConfig,
+    LoggingConfig,
+    RetryConfig,
+)
 from control_plane.config.validate.values import (
     _duration,
     _expected,
@@ -15,10 +24,13 @@ from control_plane.config.validate.values import (
     _not_one_of,
     _positive_integer,
     _reject_unknown_keys,
+    _text,
 )
 from control_plane.pricing import DEFAULT_PRICES, ModelPrice
 
 _EXT_PROC_KEYS = ("workers", "max_streams_per_worker")
+_LEDGER_KEYS = ("directory", "retention_days")
+DEFAULT_LEDGER_DIRECTORY = "hapax-ledger"
 _LOGGING_KEYS = ("level", "format", "access_log")
 _PRICE_KEYS = ("input", "output")
 _RETRY_KEYS = ("max_attempts", "backoff")
@@ -40,6 +52,23 @@ def _ext_proc(value: Any, issues: _Issues) -> ExtProcConfig:
     if workers > MAX_WORKERS:
         issues.error("ext_proc.workers", f"at most {MAX_WORKERS} workers, got {workers}")
     return ExtProcConfig(min(workers, MAX_WORKERS), streams)
+
+
+def _ledger(value: Any, issues: _Issues, base_dir: Path) -> LedgerConfig | None:
+    """``ledger: {}`` keeps it beside the config file; a relative directory is the config file's."""
+    if value is None:
+        return None
+    node = _mapping(value, "ledger", issues)
+    if node is None:
+        return None
+    _reject_unknown_keys(node, "ledger", _LEDGER_KEYS, issues)
+    directory = DEFAULT_LEDGER_DIRECTORY
+    if node.get("directory") is not None:
+        directory = _text(node["directory"], "ledger.directory", issues) or DEFAULT_LEDGER_DIRECTORY
+    retention = LedgerConfig.retention_days
+    if node.get("retention_days") is not None:
+        retention = _positive_integer(node["retention_days"], "ledger.retention_days", retention, issues)
+    return LedgerConfig(str((base_dir / directory).resolve()), retention)
 
 
 def _logging(value: Any, issues: _Issues) -> LoggingConfig:
