@@ -111,11 +111,12 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         key_id = tags.get(LogTag.KEY_ID, "")
         client = view.client(key_id)
         provider = self._answering(entry, view, route)
-        inputs = outputs = None
+        inputs = outputs = cached = None
         if 200 <= status < 300 and not coalesced:
             usage = common.metadata.filter_metadata.get(wire.USAGE_NAMESPACE)
             fields = usage.fields if usage is not None else {}
             inputs, outputs = _tokens(fields.get(wire.PROMPT_TOKENS)), _tokens(fields.get(wire.COMPLETION_TOKENS))
+            cached = _tokens(fields.get(wire.CACHED_TOKENS))
         outcome = RequestOutcome.COALESCED if coalesced else outcome_for(
             status, common.upstream_request_attempt_count or 1)
         self.ledger.record(LedgerRecord(
@@ -123,7 +124,7 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             labels=labels_json(view.labelled(route, key_id).labels), key_id=key_id,
             client=client.name if client is not None else "", provider=provider.name if provider else "",
             model=provider.model if provider else "", input_tokens=0 if coalesced else inputs,
-            output_tokens=0 if coalesced else outputs, cached_tokens=None,
+            output_tokens=0 if coalesced else outputs, cached_tokens=cached,
             cost_usd=0.0 if coalesced else cost_usd(provider.price if provider else None, inputs, outputs),
             price_version=view.version, status=status, outcome=outcome.value))
 

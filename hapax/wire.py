@@ -161,6 +161,8 @@ REQUEST_KEY_ID = "key_id"
 # filter config). Read: ext_proc's access log counter.
 USAGE_NAMESPACE = "hapax.usage"
 PROMPT_TOKENS, COMPLETION_TOKENS = "prompt_tokens", "completion_tokens"
+# The prompt's tokens the provider served from its cache (usage.prompt_tokens_details), for the ledger.
+PROMPT_DETAILS, CACHED_TOKENS = "prompt_tokens_details", "cached_tokens"
 
 # ext_proc request attributes the control plane asks Envoy for, and ext_proc reads.
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"  # Envoy's key for them

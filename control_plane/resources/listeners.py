@@ -420,7 +420,7 @@ def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
         http_filters=[
             compressor_filter(),
             *client_keys.key_filters(config),
-            *([passthrough.json_to_metadata_filter(reservations=config.limited),
+            *([passthrough.json_to_metadata_filter(reservations=config.limited, ledger=config.ledger is not None),
                body_routing.lane_model_filter()] if lane or config.reads_request_bodies else []),
             # After json_to_metadata: both read the body's model (and the reservation its max tokens).
             *client_keys.scope_filter(config),

@@ -96,8 +96,9 @@ _JSON = regex_pb2.RegexMatcher(regex=r"^application/json(;.*)?$")
 # ---------------------------------------------------------------- listener side
 
 
-def json_to_metadata_filter(*, reservations: bool = False) -> hcm_pb2.HttpFilter:
-    """``reservations``: also the answer's limits a request sets, which admission reserves (admission.py)."""
+def json_to_metadata_filter(*, reservations: bool = False, ledger: bool = False) -> hcm_pb2.HttpFilter:
+    """``reservations``: also the answer's limits a request sets, which admission reserves (admission.py);
+    ``ledger``: also the cached prompt tokens of an answer, which the ledger records (ext_proc/ledger.py)."""
     def rule(path: list[str], namespace: str, key: str, *,
              typ: int = json_to_metadata_pb2.JsonToMetadata.PROTOBUF_VALUE,
              missing: struct_pb2.Value | None = None) -> json_to_metadata_pb2.JsonToMetadata.Rule:
@@ -128,8 +129,10 @@ def json_to_metadata_filter(*, reservations: bool = False) -> hcm_pb2.HttpFilter
             ]),
         response_rules=JTM.MatchRules(
             allow_content_types_regex=_JSON,
-            rules=[rule(["usage", key], wire.USAGE_NAMESPACE, key)
-                   for key in (wire.PROMPT_TOKENS, wire.COMPLETION_TOKENS)]),
+            rules=[*(rule(["usage", key], wire.USAGE_NAMESPACE, key)
+                     for key in (wire.PROMPT_TOKENS, wire.COMPLETION_TOKENS)),
+                   *([rule(["usage", wire.PROMPT_DETAILS, wire.CACHED_TOKENS], wire.USAGE_NAMESPACE,
+                           wire.CACHED_TOKENS)] if ledger else [])]),
     )
     return hcm_pb2.HttpFilter(name=JSON_TO_METADATA_FILTER, typed_config=pack(config))
 

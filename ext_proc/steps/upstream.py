@@ -405,12 +405,14 @@ class UpstreamStep(Step):
             return
         usage = (self.stage.usage if self.stage is not None and completed else None) or {}
         inputs, outputs = token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens"))
+        details = usage.get(wire.PROMPT_DETAILS)
+        cached = token_count(details.get(wire.CACHED_TOKENS)) if isinstance(details, dict) else None
         client = attempt.view.client(attempt.key_id)
         self.ledger.record(LedgerRecord(
             time=attempt.request_start, request_id=attempt.request_id, route=attempt.route.path,
             labels=labels_json(attempt.route.labels), key_id=attempt.key_id,
             client=client.name if client is not None else "", provider=attempt.provider.name,
-            model=attempt.provider.model, input_tokens=inputs, output_tokens=outputs, cached_tokens=None,
+            model=attempt.provider.model, input_tokens=inputs, output_tokens=outputs, cached_tokens=cached,
             cost_usd=cost_usd(attempt.provider.price, inputs, outputs), price_version=attempt.view.version,
             status=200, outcome=outcome.value))
 

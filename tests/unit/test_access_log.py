@@ -171,3 +171,33 @@ def test_a_lane_answer_counts_under_the_model_its_body_named_with_that_models_pr
     # A million input tokens of gpt-4o, not of the default model.
     assert (b'hapax_cost_usd_total{department="marketing",model="gpt-4o",provider="primary",'
             b'route="/v1/chat/completions"} 2.5') in text
+
+
+def test_each_routed_answer_is_one_ledger_record_with_its_cached_tokens_and_cost(tmp_path):
+    from ext_proc.ledger import Ledger
+    from ext_proc.runtime import LedgerSettings
+
+    ledger = Ledger()
+    ledger.configure(LedgerSettings(tmp_path, 400))
+    view = replace(VIEW_OF_TWO, ledger=LedgerSettings(tmp_path, 400))
+    entries = _entries()
+    for n, entry in enumerate(entries):
+        entry.request.request_id = f"r{n}"
+    entries[0].common_properties.metadata.filter_metadata["hapax.usage"].update({"cached_tokens": 7})
+    pending: list = []
+
+    async def scenario() -> None:
+        AccessLogCounter(lambda: view, _metrics(), ledger=ledger).count_batch(entries)
+        pending.extend(ledger.pending)
+        await ledger.close()
+
+    import asyncio
+    asyncio.run(scenario())
+    # Every entry but the one of a route gone with a newer version and the one no answer reached.
+    assert [r.request_id for r in pending] == [f"r{n}" for n in range(len(entries) - 2)]
+    first = pending[0]
+    assert (first.input_tokens, first.output_tokens, first.cached_tokens) == (0, 0, 7)
+    failover = pending[12]
+    assert failover.provider == "second" and failover.outcome == "failed_over" and failover.cost_usd == 0.0
+    priced = pending[1]
+    assert priced.cost_usd == pytest.approx((1 * PROVIDER.price[0] + 2 * PROVIDER.price[1]) / 1e6)
