@@ -8,12 +8,12 @@ stream) and the upstream step (a delivered stream, at its end), so each request 
 the request id is the table's key, so a record written twice stays one.
 
 Writing never slows a request: a record joins an in-memory batch, and a task writes the batch
-in one transaction (in a thread, every ``FLUSH_SECONDS``) to SQLite in WAL mode, one file per
-month (``wire.LEDGER_FILE_PATTERN``), which several workers share. The batch is bounded: past
-``MAX_PENDING`` records waiting, new ones are dropped and counted
-(``hapax_ledger_records_total{result="dropped"}``), so a stalled disk costs records, never
-memory. Months older than the retention are deleted whole. A worker that stops writes what it
-holds first.
+in one transaction (in a thread, every ``FLUSH_SECONDS``) to the store (ext_proc/ledger_stores.py:
+SQLite files, one a month, that a gateway's workers share; or PostgreSQL, for a fleet). The
+batch is bounded: past ``MAX_PENDING`` records waiting, new ones are dropped and counted
+(``hapax_ledger_records_total{result="dropped"}``), so a stalled store costs records, never
+memory. Records older than the retention are deleted. A worker that stops writes what it holds
+first.
 
 `hapax report` (hapax/ledger_report.py) reads the files.
 """
@@ -21,28 +21,21 @@ holds first.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import json
 import logging
-import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import astuple, dataclass
-from pathlib import Path
 
+from ext_proc.ledger_stores import LedgerStore, LedgerStoreError, ledger_store
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.runtime import LedgerSettings
-from hapax import wire
 
 log = logging.getLogger("hapax.ext_proc")
 
 FLUSH_SECONDS = 0.5
 MAX_PENDING = 100_000
 PRUNE_EVERY_SECONDS = 3600.0
-BUSY_TIMEOUT_SECONDS = 5.0
-_COLUMNS = ", ".join(name for name, _ in wire.LEDGER_COLUMNS)
-_INSERT = (f"INSERT OR IGNORE INTO {wire.LEDGER_TABLE} ({_COLUMNS}) "
-           f"VALUES ({', '.join('?' for _ in wire.LEDGER_COLUMNS)})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,20 +70,18 @@ def cost_usd(price: tuple[float, float] | None, inputs: int | None, outputs: int
     return ((inputs or 0) * price[0] + (outputs or 0) * price[1]) / 1e6
 
 
-def month_file(directory: Path, when: float) -> Path:
-    moment = time.gmtime(when)
-    return directory / wire.LEDGER_FILE_PATTERN.format(year=moment.tm_year, month=moment.tm_mon)
-
-
 class Ledger:
-    """This worker's batch of records and the task that writes it."""
+    """This worker's batch of records and the task that writes it to the configured store."""
 
-    def __init__(self, metrics: GatewayMetrics | None = None) -> None:
+    def __init__(self, metrics: GatewayMetrics | None = None,
+                 open_store: Callable[[LedgerSettings], LedgerStore] = ledger_store) -> None:
         self.metrics = metrics
+        self.open_store = open_store
         self.settings: LedgerSettings | None = None
         self.pending: list[LedgerRecord] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._connections: dict[Path, sqlite3.Connection] = {}
+        self._store: LedgerStore | None = None
+        self._store_settings: LedgerSettings | None = None
         self._pruned = 0.0
 
     def configure(self, settings: LedgerSettings | None) -> None:
@@ -117,7 +108,7 @@ class Ledger:
             return
         try:
             await asyncio.to_thread(self._write, settings, batch)
-        except (sqlite3.Error, OSError):
+        except LedgerStoreError:
             log.exception("could not write ledger records; they are lost", extra={"records": len(batch)})
             self._count("failed", len(batch))
             return
@@ -127,65 +118,24 @@ class Ledger:
         if self._flusher is not None:
             self._flusher.cancel()
         await self.flush()
-        for connection in self._connections.values():
-            connection.close()
-        self._connections.clear()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def _write(self, settings: LedgerSettings, batch: list[LedgerRecord]) -> None:
-        by_file: dict[Path, list[tuple]] = {}
-        for record in batch:
-            by_file.setdefault(month_file(settings.directory, record.time), []).append(astuple(record))
-        for path, rows in by_file.items():
-            connection = self._connection(path)
-            with connection:  # one transaction
-                connection.executemany(_INSERT, rows)
+        store = self._store_for(settings)
+        store.write([astuple(record) for record in batch])
         if time.time() - self._pruned > PRUNE_EVERY_SECONDS:
             self._pruned = time.time()
-            prune(settings)
+            store.prune(time.time() - settings.retention_days * 86400)
 
-    def _connection(self, path: Path) -> sqlite3.Connection:
-        connection = self._connections.get(path)
-        if connection is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            connection = open_ledger_file(path)
-            self._connections[path] = connection
-        return connection
+    def _store_for(self, settings: LedgerSettings) -> LedgerStore:
+        if self._store is None or settings != self._store_settings:
+            if self._store is not None:
+                self._store.close()
+            self._store, self._store_settings = self.open_store(settings), settings
+        return self._store
 
     def _count(self, result: str, records: int = 1) -> None:
         if self.metrics is not None:
             self.metrics.ledger_records.labels(result).inc(records)
-
-
-def open_ledger_file(path: Path) -> sqlite3.Connection:
-    """A month's file, created with its table (WAL: readers never wait on the writers)."""
-    path.touch(mode=0o600, exist_ok=True)  # it says who spent what: no other local user reads it
-    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    columns = ", ".join(f"{name} {kind}" for name, kind in wire.LEDGER_COLUMNS)
-    connection.execute(f"CREATE TABLE IF NOT EXISTS {wire.LEDGER_TABLE} ({columns})")
-    connection.commit()
-    return connection
-
-
-def prune(settings: LedgerSettings, now: float | None = None) -> list[Path]:
-    """Deletes the months that ended more than the retention ago; returns them."""
-    cutoff = (now if now is not None else time.time()) - settings.retention_days * 86400
-    gone = []
-    for path in settings.directory.glob("ledger-*.sqlite"):
-        year, month = _month_of(path)
-        if year is None or month is None:
-            continue
-        end = calendar.timegm((year + month // 12, month % 12 + 1, 1, 0, 0, 0))
-        if end < cutoff:
-            for companion in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-                companion.unlink(missing_ok=True)
-            gone.append(path)
-    return gone
-
-
-def _month_of(path: Path) -> tuple[int | None, int | None]:
-    try:
-        _, year, month = path.stem.split("-")
-        return int(year), int(month)
-    except ValueError:
-        return None, None

@@ -145,8 +145,9 @@ class AdmissionSettings:
 
 @dataclass(frozen=True)
 class LedgerSettings:
-    directory: Path  # on this host
-    retention_days: int
+    directory: Path | None  # on this host (SQLite); None with a store
+    retention_days: int = 400
+    store: str = field(default="", repr=False)  # postgresql://...: may hold a password
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,8 @@ class RuntimeView:
             keys_required=rt.keys_required,
             admission=_admission(rt) if rt.HasField("admission") else None,
             queue=QueueSettings(rt.queue.max_waiting, rt.queue.timeout_seconds) if rt.HasField("queue") else None,
-            ledger=LedgerSettings(Path(rt.ledger.directory), rt.ledger.retention_days or 400)
+            ledger=LedgerSettings(Path(rt.ledger.directory) if rt.ledger.directory else None,
+                                  rt.ledger.retention_days or LedgerSettings.retention_days, rt.ledger.store)
             if rt.HasField("ledger") else None,
         )
 

@@ -319,10 +319,12 @@ class QueueConfig:
 
 @dataclass(frozen=True)
 class LedgerConfig:
-    """``ledger:``: one record per request in SQLite files, one a month, in ``directory``."""
+    """``ledger:``: one record per request, in SQLite files (one a month) in ``directory``, or in
+    PostgreSQL (``store``) for a fleet."""
 
-    directory: str  # absolute (relative to the config file's directory in the file)
+    directory: str  # absolute (relative to the config file's directory in the file); "" with a store
     retention_days: int = 400
+    store: str = field(default="", repr=False)  # postgresql://...: may hold a password
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ def _admission(config: HapaxConfig, out: runtime_pb2.Runtime) -> None:
                                  department=c.department_name or "", limits=_limits(c.limits), priority=c.priority)
         client.metrics_labels.update(dict(c.metrics_labels))
     if config.ledger is not None:
-        out.ledger.CopyFrom(runtime_pb2.Ledger(directory=config.ledger.directory,
+        out.ledger.CopyFrom(runtime_pb2.Ledger(directory=config.ledger.directory, store=config.ledger.store,
                                                retention_days=config.ledger.retention_days))
     if config.queue is not None:
         out.queue.CopyFrom(runtime_pb2.Queue(max_waiting=config.queue.max_waiting,

@@ -145,12 +145,14 @@ class Runtime(_message.Message):
     def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., auto_chains: _Optional[_Mapping[str, str]] = ..., clients: _Optional[_Iterable[_Union[Client, _Mapping]]] = ..., keys_required: _Optional[bool] = ..., admission: _Optional[_Union[Admission, _Mapping]] = ..., queue: _Optional[_Union[Queue, _Mapping]] = ..., ledger: _Optional[_Union[Ledger, _Mapping]] = ...) -> None: ...
 
 class Ledger(_message.Message):
-    __slots__ = ("directory", "retention_days")
+    __slots__ = ("directory", "retention_days", "store")
     DIRECTORY_FIELD_NUMBER: _ClassVar[int]
     RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
     directory: str
     retention_days: int
-    def __init__(self, directory: _Optional[str] = ..., retention_days: _Optional[int] = ...) -> None: ...
+    store: str
+    def __init__(self, directory: _Optional[str] = ..., retention_days: _Optional[int] = ..., store: _Optional[str] = ...) -> None: ...
 
 class Queue(_message.Message):
     __slots__ = ("max_waiting", "timeout_seconds")

@@ -1,4 +1,7 @@
-"""The cost ledger's writer: batched, once per request, one file a month, bounded, pruned by age."""
+"""The cost ledger's writer and its two stores (SQLite files, a real PostgreSQL): the same tests.
+
+Batched, once per request, bounded, pruned by age; SQLite's files one a month and private.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,19 @@ import asyncio
 import calendar
 import sqlite3
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from ext_proc import ledger as ledger_module
-from ext_proc.ledger import Ledger, LedgerRecord, cost_usd, labels_json, month_file, prune
+from ext_proc.ledger import Ledger, LedgerRecord, cost_usd, labels_json
+from ext_proc.ledger_stores import LedgerStoreError, PostgresLedgerStore, ledger_store, month_file
 from ext_proc.runtime import LedgerSettings
 from hapax import wire
+from tests.postgres_server import PostgresServer, running_postgres
 
+NOVEMBER = calendar.timegm((2026, 11, 15, 0, 0, 0))
 DECEMBER = calendar.timegm((2026, 12, 31, 23, 59, 59))
 JANUARY = calendar.timegm((2027, 1, 1, 0, 0, 1))
 
@@ -26,29 +35,98 @@ def record(request_id: str, when: float = DECEMBER, **fields) -> LedgerRecord:
     return LedgerRecord(**values)
 
 
-def rows(path: Path) -> list[tuple]:
-    with sqlite3.connect(path) as db:
-        return db.execute(f"SELECT request_id, time FROM {wire.LEDGER_TABLE} ORDER BY request_id").fetchall()
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
 
 
-def written(directory: Path, *records: LedgerRecord) -> Ledger:
-    async def scenario() -> Ledger:
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request, tmp_path) -> LedgerSettings:
+    if request.param == "sqlite":
+        return LedgerSettings(tmp_path / "ledger", 400)
+    server = request.getfixturevalue("postgres")
+    _drop_table(server.url)
+    return LedgerSettings(None, 400, server.url)
+
+
+def _drop_table(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(f"DROP TABLE IF EXISTS {wire.LEDGER_TABLE}")
+
+
+def stored(settings: LedgerSettings) -> list[tuple[str, float]]:
+    """(request id, time) of every record, whichever store holds them."""
+    if settings.store:
+        import psycopg
+
+        with psycopg.connect(settings.store) as db:
+            return [(r[0], r[1]) for r in db.execute(
+                f"SELECT request_id, time FROM {wire.LEDGER_TABLE} ORDER BY request_id")]
+    out: list[tuple[str, float]] = []
+    assert settings.directory is not None
+    for path in sorted(settings.directory.glob("ledger-*.sqlite")):
+        with sqlite3.connect(path) as db:
+            out += db.execute(f"SELECT request_id, time FROM {wire.LEDGER_TABLE}").fetchall()
+    return sorted(out)
+
+
+def written(settings: LedgerSettings, *records: LedgerRecord) -> None:
+    async def scenario() -> None:
         ledger = Ledger()
-        ledger.configure(LedgerSettings(directory, 400))
+        ledger.configure(settings)
         for r in records:
             ledger.record(r)
         await ledger.close()
-        return ledger
 
-    return asyncio.run(scenario())
+    asyncio.run(scenario())
 
 
-def test_records_land_in_their_months_file_once_each(tmp_path):
-    written(tmp_path, record("a"), record("b", JANUARY), record("a"))  # "a" twice: still one record
-    assert rows(month_file(tmp_path, DECEMBER)) == [("a", DECEMBER)]
-    assert rows(month_file(tmp_path, JANUARY)) == [("b", JANUARY)]
+def test_each_request_is_one_record_however_often_it_is_written(settings):
+    written(settings, record("a"), record("b", JANUARY), record("a"))
+    written(settings, record("a"))  # another worker, another batch
+    assert stored(settings) == [("a", DECEMBER), ("b", JANUARY)]
+
+
+def test_records_older_than_the_retention_are_deleted(settings):
+    written(settings, record("old", NOVEMBER), record("new"))
+    store = ledger_store(settings)
+    # Before 2026-12-16: November (its file, or its rows) goes; December's record stays.
+    store.prune(calendar.timegm((2026, 12, 16, 0, 0, 0)))
+    store.close()
+    assert stored(settings) == [("new", DECEMBER)]
+
+
+def test_a_full_batch_drops_and_counts_rather_than_growing(settings, monkeypatch):
+    monkeypatch.setattr(ledger_module, "MAX_PENDING", 2)
+
+    async def scenario() -> int:
+        ledger = Ledger()
+        ledger.configure(settings)
+        for n in range(5):
+            ledger.record(record(f"r{n}"))
+        held = len(ledger.pending)
+        await ledger.close()
+        return held
+
+    assert asyncio.run(scenario()) == 2 and len(stored(settings)) == 2
+
+
+def test_sqlite_keeps_a_private_file_a_month(tmp_path):
+    settings = LedgerSettings(tmp_path, 400)
+    written(settings, record("a"), record("b", JANUARY))
     assert month_file(tmp_path, DECEMBER).name == "ledger-2026-12.sqlite"
+    assert {p.name for p in tmp_path.glob("*.sqlite")} == {"ledger-2026-12.sqlite", "ledger-2027-01.sqlite"}
     assert stat.S_IMODE(month_file(tmp_path, DECEMBER).stat().st_mode) == 0o600
+
+
+def test_a_postgres_that_cannot_be_reached_is_a_store_error_that_names_no_password():
+    store = PostgresLedgerStore("postgresql://hapax:hunter2@127.0.0.1:9/postgres")
+    with pytest.raises(LedgerStoreError) as caught:
+        store.write([])
+    assert "hunter2" not in str(caught.value)
 
 
 def test_cost_is_from_the_price_table_and_unknown_counts_cost_nothing():
@@ -56,34 +134,10 @@ def test_cost_is_from_the_price_table_and_unknown_counts_cost_nothing():
     assert cost_usd(None, 10, 10) == 0.0 and cost_usd((1.0, 2.0), None, None) == 0.0
 
 
-def test_a_full_batch_drops_and_counts_rather_than_growing(tmp_path, monkeypatch):
-    monkeypatch.setattr(ledger_module, "MAX_PENDING", 2)
-
-    async def scenario() -> tuple[int, Ledger]:
-        ledger = Ledger()
-        ledger.configure(LedgerSettings(tmp_path, 400))
-        for n in range(5):
-            ledger.record(record(f"r{n}"))
-        held = len(ledger.pending)
-        await ledger.close()
-        return held, ledger
-
-    held, _ = asyncio.run(scenario())
-    assert held == 2 and len(rows(month_file(tmp_path, DECEMBER))) == 2
-
-
-def test_without_a_ledger_section_nothing_is_kept(tmp_path):
+def test_without_a_ledger_section_nothing_is_kept(tmp_path: Path):
     async def scenario() -> list[LedgerRecord]:
         ledger = Ledger()
         ledger.record(record("a"))
         return ledger.pending
 
     assert asyncio.run(scenario()) == [] and not list(tmp_path.iterdir())
-
-
-def test_months_past_the_retention_are_deleted_whole(tmp_path):
-    written(tmp_path, record("old", calendar.timegm((2026, 11, 15, 0, 0, 0))), record("new"))
-    # On 2027-01-15, 30 days' retention reaches back to 2026-12-16: November ended before, December after.
-    gone = prune(LedgerSettings(tmp_path, 30), now=calendar.timegm((2027, 1, 15, 0, 0, 0)))
-    assert [p.name for p in gone] == ["ledger-2026-11.sqlite"]
-    assert sorted(p.name for p in tmp_path.glob("ledger-*.sqlite")) == ["ledger-2026-12.sqlite"]

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from control_plane.config.errors import _Issues, _join
 from control_plane.config.model import (
@@ -24,12 +25,14 @@ from control_plane.config.validate.values import (
     _not_one_of,
     _positive_integer,
     _reject_unknown_keys,
+    _string,
     _text,
 )
 from control_plane.pricing import DEFAULT_PRICES, ModelPrice
 
 _EXT_PROC_KEYS = ("workers", "max_streams_per_worker")
-_LEDGER_KEYS = ("directory", "retention_days")
+_LEDGER_KEYS = ("directory", "retention_days", "store")
+_LEDGER_STORE_SCHEMES = ("postgresql", "postgres")
 DEFAULT_LEDGER_DIRECTORY = "hapax-ledger"
 _LOGGING_KEYS = ("level", "format", "access_log")
 _PRICE_KEYS = ("input", "output")
@@ -68,7 +71,23 @@ def _ledger(value: Any, issues: _Issues, base_dir: Path) -> LedgerConfig | None:
     retention = LedgerConfig.retention_days
     if node.get("retention_days") is not None:
         retention = _positive_integer(node["retention_days"], "ledger.retention_days", retention, issues)
-    return LedgerConfig(str((base_dir / directory).resolve()), retention)
+    store = "" if node.get("store") is None else _ledger_store(node["store"], issues)
+    if store and node.get("directory") is not None:
+        issues.error("ledger", "set directory (SQLite files) or store (PostgreSQL), not both")
+    return LedgerConfig("" if store else str((base_dir / directory).resolve()), retention, store)
+
+
+def _ledger_store(value: Any, issues: _Issues) -> str:
+    text = _string(value, "ledger.store", issues, secret=True)
+    if text is None:
+        return ""
+    scheme = urlsplit(text).scheme
+    if scheme not in _LEDGER_STORE_SCHEMES:
+        # Not the URL itself: it may hold a password.
+        issues.error("ledger.store", f"expected a postgresql:// URL (omit it for SQLite files in directory), "
+                                     f"got a {scheme or 'scheme-less'} value")
+        return ""
+    return text
 
 
 def _logging(value: Any, issues: _Issues) -> LoggingConfig:
