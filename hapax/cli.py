@@ -86,16 +86,32 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from hapax import focus_csv
+
     by = tuple(dict.fromkeys(args.by or ledger_report.DEFAULT_BY))  # in order, once each
     try:
+        if args.csv:
+            focus_csv.columns(by)  # a clash fails before the ledger is read
         period = ledger_report.Period.of(args.since, args.until, datetime.now(UTC))
-    except ledger_report.PeriodError as err:
+    except (focus_csv.ColumnClash, ledger_report.PeriodError) as err:
         return _report_failed(err, 2)
     try:
         report = ledger_report.read_report(Path(args.ledger), period, by)
     except ledger_report.LedgerError as err:
         return _report_failed(err, 1)
     print(ledger_report.describe(report, Path(args.ledger)))
+    return _write_csv(report, args.csv) if args.csv else 0
+
+
+def _write_csv(report: ledger_report.Report, path: str) -> int:
+    from hapax import focus_csv
+
+    try:
+        with open(path, "w", newline="", encoding="utf-8") as out:
+            rows = focus_csv.write(report, out)
+    except OSError as err:
+        return _report_failed(f"cannot write {path}: {err.strerror or err}", 1)
+    print(f"Wrote {rows} rows (a group's day each) to {path}", file=sys.stderr)
     return 0
 
 
@@ -161,6 +177,8 @@ def _add_report_arguments(report: argparse.ArgumentParser) -> None:
     report.add_argument("--by", action="append", type=_argument(ledger_report.group_key), metavar="KEY",
                         help="group by a metrics label (default: department) or a column: "
                              f"{', '.join(ledger_report.GROUP_COLUMNS)}; repeat for several")
+    report.add_argument("--csv", metavar="OUT.csv",
+                        help="also write one row per group and UTC day, in FinOps FOCUS column names")
 
 
 def _argument(parse: Callable[[str], object]) -> Callable[[str], object]:

@@ -5,7 +5,9 @@ one SQLite file per month, which ext_proc writes in WAL mode while this reads it
 opened read-only, and a WAL reader sees what was committed when its query began without
 waiting for a writer. Only the files of the months the period touches are opened.
 
-The report is a table on stdout, one row per group.
+The report is a table on stdout, one row per group, and optionally a CSV file with one row per
+group and UTC day in FinOps FOCUS column names: CSV is what Power BI, Tableau and the cloud
+cost tools import (``focus_csv``).
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ def _has_table(connection: sqlite3.Connection) -> bool:
 
 
 def _query(by: tuple[str, ...]) -> tuple[str, list[str]]:
-    """Totals per group, UTC day and provider."""
+    """Totals per group, UTC day and provider (a group's CSV rows name its providers)."""
     keys = [key if key in GROUP_COLUMNS else "json_extract(labels, ?)" for key in by]
     parameters = [f'$."{key}"' for key in by if key not in GROUP_COLUMNS]
     positions = ", ".join(str(i) for i in range(1, len(by) + 3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import sqlite3
@@ -13,6 +14,7 @@ import pytest
 
 from hapax import wire
 from hapax.cli import main
+from hapax.focus_csv import FOCUS_COLUMNS
 from hapax.ledger_report import GROUP_COLUMNS
 
 
@@ -150,6 +152,61 @@ def test_two_keys_group_by_both_and_any_label_can_be_one(ledger, capsys):
                         ["total", "7", "3,410", "825", "2", "0.0481"]]
 
 
+def test_the_csv_has_focus_columns_and_a_row_per_group_and_utc_day(ledger, capsys, tmp_path):
+    out = tmp_path / "costs.csv"
+    assert main(["report", "--ledger", str(ledger), *PERIOD, "--csv", str(out)]) == 0
+    assert capsys.readouterr().err == f"Wrote 5 rows (a group's day each) to {out}\n"
+    with out.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames, list(reader)
+    assert header == ["BilledCost", "BillingCurrency", "ChargeCategory", "ChargePeriodEnd", "ChargePeriodStart",
+                      "ConsumedQuantity", "ConsumedUnit", "EffectiveCost", "ProviderName", "ServiceName",
+                      "ServiceProviderName", "x_department", "x_input_tokens", "x_output_tokens", "x_requests"]
+    constant = {"BillingCurrency": "USD", "ChargeCategory": "Usage", "ConsumedUnit": "Tokens",
+                "ServiceName": "Hapax LLM gateway"}
+    assert all({k: row[k] for k in constant} == constant for row in rows)
+    by_day = [{k: v for k, v in row.items() if k not in constant and k != "ServiceProviderName"} for row in rows]
+    nov30 = {"ChargePeriodStart": "2026-11-30T00:00:00Z", "ChargePeriodEnd": "2026-12-01T00:00:00Z"}
+    dec1 = {"ChargePeriodStart": "2026-12-01T00:00:00Z", "ChargePeriodEnd": "2026-12-02T00:00:00Z"}
+    assert by_day == [
+        {**nov30, "x_department": "ads", "BilledCost": "0.004", "EffectiveCost": "0.004", "ConsumedQuantity": "400",
+         "ProviderName": "anthropic", "x_requests": "1", "x_input_tokens": "300", "x_output_tokens": "100"},
+        {**nov30, "x_department": "search", "BilledCost": "0.0125", "EffectiveCost": "0.0125",
+         "ConsumedQuantity": "1200", "ProviderName": "openai", "x_requests": "1", "x_input_tokens": "1000",
+         "x_output_tokens": "200"},
+        {**dec1, "x_department": "(none)", "BilledCost": "0.0001", "EffectiveCost": "0.0001",
+         "ConsumedQuantity": "15", "ProviderName": "openai", "x_requests": "1", "x_input_tokens": "10",
+         "x_output_tokens": "5"},
+        {**dec1, "x_department": "ads", "BilledCost": "0", "EffectiveCost": "0", "ConsumedQuantity": "0",
+         "ProviderName": "openai", "x_requests": "1", "x_input_tokens": "0", "x_output_tokens": "0"},
+        # anthropic, openai and a request no provider answered: the providers are mixed.
+        {**dec1, "x_department": "search", "BilledCost": "0.0315", "EffectiveCost": "0.0315",
+         "ConsumedQuantity": "2620", "ProviderName": "(mixed)", "x_requests": "3", "x_input_tokens": "2100",
+         "x_output_tokens": "520"},
+    ]
+    assert all(row["ServiceProviderName"] == row["ProviderName"] for row in rows)
+
+
+def test_a_provider_that_did_not_answer_does_not_mix_the_providers(tmp_path, capsys):
+    connection = _create(_ledger_file(tmp_path, 2026, 12))
+    _insert(connection, _record("2026-12-01T10:00:00", SEARCH, "", "", (None, None), 0.0))
+    _insert(connection, _record("2026-12-01T11:00:00", SEARCH, "anthropic", "claude-sonnet", (10, 10), 0.001))
+    connection.close()
+    out = tmp_path / "costs.csv"
+    assert main(["report", "--ledger", str(tmp_path), *PERIOD, "--csv", str(out)]) == 0
+    with out.open(newline="") as f:
+        assert [row["ProviderName"] for row in csv.DictReader(f)] == ["anthropic"]
+
+
+def test_the_csv_has_a_custom_column_per_group_key(ledger, capsys, tmp_path):
+    out = tmp_path / "costs.csv"
+    assert main(["report", "--ledger", str(ledger), *PERIOD, "--by", "model", "--by", "team",
+                 "--csv", str(out)]) == 0
+    header = out.read_text().splitlines()[0].split(",")
+    assert header[:len(FOCUS_COLUMNS)] == list(FOCUS_COLUMNS)
+    assert header[len(FOCUS_COLUMNS):] == ["x_input_tokens", "x_model", "x_output_tokens", "x_requests", "x_team"]
+
+
 def test_a_reader_sees_the_committed_rows_while_a_writer_holds_an_uncommitted_one(ledger, capsys):
     path = _ledger_file(ledger, 2026, 12)
     before = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -182,11 +239,15 @@ def test_the_default_period_is_this_month_to_now(tmp_path, capsys):
     assert rows[1:] == [["search", "1", "1", "1", "0", "0.2500"], ["total", "1", "1", "1", "0", "0.2500"]]
 
 
-def test_no_ledger_file_in_the_period_is_said_and_not_an_error(ledger, capsys):
-    code = main(["report", "--ledger", str(ledger), "--since", "2026-06-01", "--until", "2026-07-31"])
+def test_no_ledger_file_in_the_period_is_said_and_not_an_error(ledger, capsys, tmp_path):
+    out = tmp_path / "costs.csv"
+    code = main(["report", "--ledger", str(ledger), "--since", "2026-06-01", "--until", "2026-07-31",
+                 "--csv", str(out)])
     assert code == 0
     assert capsys.readouterr().out == (f"No ledger files for 2026-06-01 00:00 to 2026-08-01 00:00 UTC in {ledger} "
                                        "(looked for ledger-2026-06.sqlite, ledger-2026-07.sqlite).\n")
+    assert out.read_text().splitlines() == [",".join([*FOCUS_COLUMNS, "x_department", "x_input_tokens",
+                                                      "x_output_tokens", "x_requests"])]
 
 
 def test_a_file_without_requests_in_the_period_is_said(ledger, capsys):
@@ -230,6 +291,21 @@ def test_a_group_key_that_is_neither_a_column_nor_a_label_name_is_an_argument_er
         main(["report", "--ledger", str(ledger), "--by", "cost-center"])
     assert exit_.value.code == 2
     assert "not a column" in capsys.readouterr().err
+
+
+def test_a_group_key_whose_csv_column_would_be_a_measures_is_an_argument_error(ledger, capsys, tmp_path):
+    out = tmp_path / "costs.csv"
+    assert main(["report", "--ledger", str(ledger), *PERIOD, "--by", "requests", "--csv", str(out)]) == 2
+    assert "x_requests" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_csv_that_cannot_be_written_is_an_error_after_the_table(ledger, capsys, tmp_path):
+    out = tmp_path / "no such directory" / "costs.csv"
+    assert main(["report", "--ledger", str(ledger), *PERIOD, "--csv", str(out)]) == 1
+    printed, err = capsys.readouterr()
+    assert "total" in printed
+    assert err.startswith(f"hapax report: cannot write {out}: ")
 
 
 def test_the_ledgers_dimensions_are_the_group_columns():
