@@ -1,17 +1,19 @@
-"""The ``hapax`` command: ``serve``, ``validate`` and ``keys create``."""
+"""The ``hapax`` command: ``serve``, ``validate``, ``keys create`` and ``report``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from control_plane.config.errors import ConfigError
 from control_plane.config.load import load_config, summarize
 from control_plane.config.served import route_lines
-from hapax import logs
+from hapax import ledger_report, logs
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -83,6 +85,41 @@ def _keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from hapax import focus_csv
+
+    by = tuple(dict.fromkeys(args.by or ledger_report.DEFAULT_BY))  # in order, once each
+    try:
+        if args.csv:
+            focus_csv.columns(by)  # a clash fails before the ledger is read
+        period = ledger_report.Period.of(args.since, args.until, datetime.now(UTC))
+    except (focus_csv.ColumnClash, ledger_report.PeriodError) as err:
+        return _report_failed(err, 2)
+    try:
+        report = ledger_report.read_report(Path(args.ledger), period, by)
+    except ledger_report.LedgerError as err:
+        return _report_failed(err, 1)
+    print(ledger_report.describe(report, Path(args.ledger)))
+    return _write_csv(report, args.csv) if args.csv else 0
+
+
+def _write_csv(report: ledger_report.Report, path: str) -> int:
+    from hapax import focus_csv
+
+    try:
+        with open(path, "w", newline="", encoding="utf-8") as out:
+            rows = focus_csv.write(report, out)
+    except OSError as err:
+        return _report_failed(f"cannot write {path}: {err.strerror or err}", 1)
+    print(f"Wrote {rows} rows (a group's day each) to {path}", file=sys.stderr)
+    return 0
+
+
+def _report_failed(problem: object, code: int) -> int:
+    print(f"hapax report: {problem}", file=sys.stderr)
+    return code
+
+
 def _envoy_validate(config) -> str:
     from control_plane.resources.names import Address, ExtProcEndpoints
     from control_plane.resources.stats import envoy_stats_tags, stats_label_keys
@@ -125,9 +162,33 @@ def main(argv: list[str] | None = None) -> int:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="print a new client key once, and the line the config stores")
     create.add_argument("client", help="the client (clients.NAME in hapax.yaml) the key is for")
+    _add_report_arguments(sub.add_parser("report", help="what requests cost, from the cost ledger, by label or column"))
     args = parser.parse_args(argv)
-    commands = {"serve": _serve, "validate": _validate, "keys": _keys_create}
+    commands = {"serve": _serve, "validate": _validate, "keys": _keys_create, "report": _report}
     return commands[args.command](args)
+
+
+def _add_report_arguments(report: argparse.ArgumentParser) -> None:
+    report.add_argument("--ledger", required=True, metavar="DIR", help="the ledger's directory (its monthly files)")
+    report.add_argument("--since", type=_argument(ledger_report.utc_day), metavar="YYYY-MM-DD",
+                        help="first UTC day (default: the first of the month the period ends in)")
+    report.add_argument("--until", type=_argument(ledger_report.utc_day), metavar="YYYY-MM-DD",
+                        help="last UTC day, included (default: up to now)")
+    report.add_argument("--by", action="append", type=_argument(ledger_report.group_key), metavar="KEY",
+                        help="group by a metrics label (default: department) or a column: "
+                             f"{', '.join(ledger_report.GROUP_COLUMNS)}; repeat for several")
+    report.add_argument("--csv", metavar="OUT.csv",
+                        help="also write one row per group and UTC day, in FinOps FOCUS column names")
+
+
+def _argument(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse ``type`` whose ValueError message argparse shows as it is."""
+    def checked(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+    return checked
 
 
 if __name__ == "__main__":
