@@ -1,9 +1,11 @@
 """The queue through the real Envoy: a saturated provider's requests wait instead of failing.
 
-A provider allowed two requests at once (its circuit breaker) and eight clients at once: without
-``queue:`` Envoy refuses six with 503; with it, all eight are answered, six of them after a wait
-(counted in ``hapax_queue_wait_seconds``); a wait past ``queue.timeout`` is a 503 with
-``retry-after`` in OpenAI's error JSON.
+A provider allowed two requests at once (its circuit breaker) and eight clients at once: all
+eight are answered, six of them after a wait (counted in ``hapax_queue_wait_seconds``); a wait past
+``queue.timeout`` is a 503 with ``retry-after`` in OpenAI's error JSON; one department's burst
+waits behind itself, not in front of another department's requests. (Without ``queue:``, Envoy's
+circuit breaker decides: its pending requests wait first come, first served, or overflow with a
+503, depending on when connections free up: no test can pin which.)
 """
 
 from __future__ import annotations
@@ -51,12 +53,6 @@ def slow(fake):
     fake.inject(Latency(1.5), times=None, method="POST")  # each request holds its slot a while
     yield fake
     fake.clear_faults()
-
-
-def test_without_a_queue_a_saturated_provider_refuses_the_rest(slow, start_gateway):
-    gateway = start_gateway(saturated_config(slow, None))
-    statuses = sorted(answer.status for answer in all_at_once(gateway))
-    assert statuses.count(200) >= SLOTS and 503 in statuses
 
 
 def test_with_a_queue_every_request_is_answered_after_waiting_its_turn(slow, start_gateway):
