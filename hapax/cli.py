@@ -96,7 +96,10 @@ def _report(args: argparse.Namespace) -> int:
     except (focus_csv.ColumnClash, ledger_report.PeriodError) as err:
         return _report_failed(err, 2)
     try:
-        report = ledger_report.read_report(Path(args.ledger), period, by)
+        if args.ledger.startswith(ledger_report.POSTGRES_SCHEMES):
+            report = ledger_report.read_postgres_report(args.ledger, period, by)
+        else:
+            report = ledger_report.read_report(Path(args.ledger), period, by)
     except ledger_report.LedgerError as err:
         return _report_failed(err, 1)
     print(ledger_report.describe(report, Path(args.ledger)))
@@ -169,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_report_arguments(report: argparse.ArgumentParser) -> None:
-    report.add_argument("--ledger", required=True, metavar="DIR", help="the ledger's directory (its monthly files)")
+    report.add_argument("--ledger", required=True, metavar="DIR|URL",
+                        help="the ledger's directory (its monthly SQLite files), or its postgresql:// URL")
     report.add_argument("--since", type=_argument(ledger_report.utc_day), metavar="YYYY-MM-DD",
                         help="first UTC day (default: the first of the month the period ends in)")
     report.add_argument("--until", type=_argument(ledger_report.utc_day), metavar="YYYY-MM-DD",

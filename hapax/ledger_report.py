@@ -5,6 +5,9 @@ one SQLite file per month, which ext_proc writes in WAL mode while this reads it
 opened read-only, and a WAL reader sees what was committed when its query began without
 waiting for a writer. Only the files of the months the period touches are opened.
 
+A fleet's ledger in PostgreSQL (``--ledger postgresql://...``) is read with the same query in
+its dialect.
+
 The report is a table on stdout, one row per group, and optionally a CSV file with one row per
 group and UTC day in FinOps FOCUS column names: CSV is what Power BI, Tableau and the cloud
 cost tools import (``focus_csv``).
@@ -21,6 +24,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from hapax import wire
 
@@ -117,8 +121,9 @@ class Report:
 
     period: Period
     by: tuple[str, ...]
-    files: list[Path]
+    files: list[Path]  # SQLite's monthly files read (none for PostgreSQL)
     days: dict[tuple[Group, date], Totals] = field(default_factory=dict)
+    database: str = ""  # the PostgreSQL ledger read, as it may be shown (no password)
 
     def add(self, group: Group, day: date, totals: Totals) -> None:
         self.days.setdefault((group, day), Totals()).add(totals)
@@ -152,6 +157,40 @@ def read_report(directory: Path, period: Period, by: tuple[str, ...]) -> Report:
     for path in report.files:
         for group, day, totals in _file_totals(path, period, by):
             report.add(group, day, totals)
+    return report
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def read_postgres_report(url: str, period: Period, by: tuple[str, ...]) -> Report:
+    """The same report from a fleet's PostgreSQL ledger (ledger: {store: postgresql://...})."""
+    import psycopg  # only this source needs it
+
+    parts = urlsplit(url)
+    shown = f"PostgreSQL {parts.hostname or 'localhost'}{f':{parts.port}' if parts.port else ''}{parts.path}"
+    report = Report(period, by, [], database=shown)
+    keys = [key if key in GROUP_COLUMNS else "(labels::jsonb ->> %s)" for key in by]
+    parameters = [key for key in by if key not in GROUP_COLUMNS]
+    positions = ", ".join(str(i) for i in range(1, len(by) + 3))
+    select = (f"SELECT {', '.join(keys)}, FLOOR(time / {_DAY_S})::bigint, provider, COUNT(*), "
+              "SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)), "
+              "SUM(CASE WHEN input_tokens IS NULL OR output_tokens IS NULL THEN 1 ELSE 0 END), SUM(cost_usd) "
+              f"FROM {wire.LEDGER_TABLE} WHERE time >= %s AND time < %s GROUP BY {positions}")
+    try:
+        with psycopg.connect(url, connect_timeout=int(_OPEN_TIMEOUT_S)) as connection:
+            found = connection.execute("SELECT to_regclass(%s)", (wire.LEDGER_TABLE,)).fetchone()
+            if found is None or found[0] is None:
+                return report  # no gateway has written to it yet
+            rows = connection.execute(select, (*parameters, period.start.timestamp(), period.end.timestamp()))
+            for row in rows.fetchall():
+                day, provider, *counts, cost = row[len(by):]
+                # PostgreSQL's sums of integers are decimals; the report's are ints.
+                report.add(*_row_totals((*row[:len(by)], day, provider, *(int(c) for c in counts), float(cost)),
+                                        len(by)))
+    except psycopg.Error as err:
+        text = str(err).replace(parts.password, "***") if parts.password else str(err)
+        raise LedgerError(f"cannot read the ledger in {shown}: {text.strip()}") from None
     return report
 
 
@@ -232,6 +271,10 @@ def _line(row: list[str], widths: list[int], keys: int) -> str:
 def describe(report: Report, directory: Path) -> str:
     """What stdout shows: the table under a line saying what it covers, or why there is none."""
     period = report.period.describe()
+    if report.database:
+        if not report.days:
+            return f"No requests recorded from {period} ({report.database})."
+        return f"Requests from {period} ({report.database}), by {', '.join(report.by)}:\n{format_table(report)}"
     if not report.files:
         wanted = ", ".join(wire.LEDGER_FILE_PATTERN.format(year=y, month=m) for y, m in report.period.months())
         return f"No ledger files for {period} in {directory} (looked for {wanted})."

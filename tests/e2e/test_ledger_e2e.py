@@ -8,6 +8,7 @@ ledger finds them all. SQLite files and a real PostgreSQL pass the same test.
 
 from __future__ import annotations
 
+import csv
 import json
 import sqlite3
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from hapax import wire
+from hapax.cli import main
 from hapax.fakes import FakeAnthropic, FakeOpenAI
 from hapax.fakes.faults import Status
 from tests.conftest import gateway_config, wait_for
@@ -90,7 +92,24 @@ def usage_of(answer) -> dict:
     return answer.json()["usage"]
 
 
-def test_every_request_makes_one_exact_record_and_a_restart_keeps_them(fakes, ledger, start_gateway):
+def assert_report_reconciles(ledger: dict, rows: list[dict], metric_cost: float, tmp_path: Path, capsys) -> None:
+    """`hapax report` on the same ledger: its total is the records' and the metrics' cost, its CSV FOCUS's."""
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    out_csv = tmp_path / "report.csv"
+    assert main(["report", "--ledger", ledger.get("store") or ledger["directory"], "--since", today, "--until", today,
+                 "--csv", str(out_csv)]) == 0
+    table = capsys.readouterr().out
+    total = next(line for line in table.splitlines() if line.startswith("total")).split()
+    assert total[1] == str(len(rows)) and float(total[-1]) == pytest.approx(metric_cost, abs=1e-4)
+    with out_csv.open() as f:
+        csv_rows = list(csv.DictReader(f))
+    assert {"BilledCost", "EffectiveCost", "ChargePeriodStart", "ConsumedQuantity", "x_department"} <= set(csv_rows[0])
+    assert sum(float(r["BilledCost"]) for r in csv_rows) == pytest.approx(metric_cost)
+    assert {r["x_department"] for r in csv_rows} == {"search"}
+
+
+def test_every_request_makes_one_exact_record_and_a_restart_keeps_them(fakes, ledger, start_gateway, tmp_path,
+                                                                         capsys):
     openai_fake, anthropic_fake = fakes
     gateway = start_gateway(ledger_config(fakes, ledger))
     openai_fake.reset()
@@ -127,6 +146,7 @@ def test_every_request_makes_one_exact_record_and_a_restart_keeps_them(fakes, le
             assert row["cost_usd"] == pytest.approx(expected)
     assert {r["provider"] for r in rows if r["outcome"] == "failed_over"} == {"anthropic"}
     assert sum(r["cost_usd"] for r in rows) == pytest.approx(gateway.metric_total("hapax_cost_usd_total"))
+    assert_report_reconciles(ledger, rows, gateway.metric_total("hapax_cost_usd_total"), tmp_path, capsys)
 
     gateway.stop()
     again = start_gateway(ledger_config(fakes, ledger))
