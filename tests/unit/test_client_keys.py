@@ -120,9 +120,11 @@ def test_a_wrong_client_setting_is_named_by_its_key_path(body, path):
     assert path in errors(with_clients({"search": [line.htpasswd]}, f"    {body}\n"))
 
 
-def test_a_store_that_is_not_redis_is_refused_without_echoing_it():
-    found = errors(PROVIDERS + "limits: {store: 'postgres://user:hunter2@db/x'}\n")
-    assert "hunter2" not in found["limits.store"]
+@pytest.mark.parametrize(("section", "path"), [("limits: {store: 'postgres://user:hunter2@db/x'}", "limits.store"),
+                                              ("ledger: {store: 'redis://:hunter2@db/0'}", "ledger.store")])
+def test_a_store_of_the_wrong_kind_is_refused_without_echoing_its_url(section, path):
+    found = errors(PROVIDERS + section + "\n")
+    assert set(found) == {path} and "hunter2" not in found[path]
 
 
 def test_one_key_id_in_two_clients_is_refused():

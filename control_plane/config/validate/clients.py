@@ -12,7 +12,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from control_plane.config.errors import _index, _Issues, _join
 from control_plane.config.model import (
@@ -34,6 +33,7 @@ from control_plane.config.validate.values import (
     _not_one_of,
     _positive_integer,
     _reject_unknown_keys,
+    _server_url,
     _string,
     _text,
 )
@@ -193,7 +193,8 @@ def _admission(value: Any, issues: _Issues) -> AdmissionConfig:
         return AdmissionConfig()
     _reject_unknown_keys(node, "limits", _ADMISSION_KEYS, issues)
     default = AdmissionConfig()
-    store = "" if node.get("store") is None else _store(node["store"], issues)
+    store = "" if node.get("store") is None else _server_url(
+        node["store"], "limits.store", _STORE_SCHEMES, "omit it for the embedded store", issues)
     on_error = node.get("on_store_error", default.on_store_error)
     if on_error not in STORE_ERROR_CHOICES:
         issues.error("limits.on_store_error", _not_one_of("choice", str(on_error), STORE_ERROR_CHOICES))
@@ -209,16 +210,3 @@ def _admission(value: Any, issues: _Issues) -> AdmissionConfig:
             continue
         departments[name] = _limits(entry, path, issues)
     return AdmissionConfig(store, on_error, max_tokens, departments)
-
-
-def _store(value: Any, issues: _Issues) -> str:
-    text = _string(value, "limits.store", issues, secret=True)
-    if text is None:
-        return ""
-    scheme = urlsplit(text).scheme
-    if scheme not in _STORE_SCHEMES:
-        # Not the URL itself: it may hold a password.
-        issues.error("limits.store", f"expected a redis:// or rediss:// URL (omit it for the embedded store), "
-                                     f"got a {scheme or 'scheme-less'} value")
-        return ""
-    return text

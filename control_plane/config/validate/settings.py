@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from control_plane.config.errors import _Issues, _join
 from control_plane.config.model import (
@@ -25,7 +24,7 @@ from control_plane.config.validate.values import (
     _not_one_of,
     _positive_integer,
     _reject_unknown_keys,
-    _string,
+    _server_url,
     _text,
 )
 from control_plane.pricing import DEFAULT_PRICES, ModelPrice
@@ -71,23 +70,11 @@ def _ledger(value: Any, issues: _Issues, base_dir: Path) -> LedgerConfig | None:
     retention = LedgerConfig.retention_days
     if node.get("retention_days") is not None:
         retention = _positive_integer(node["retention_days"], "ledger.retention_days", retention, issues)
-    store = "" if node.get("store") is None else _ledger_store(node["store"], issues)
+    store = "" if node.get("store") is None else _server_url(
+        node["store"], "ledger.store", _LEDGER_STORE_SCHEMES, "omit it for SQLite files in directory", issues)
     if store and node.get("directory") is not None:
         issues.error("ledger", "set directory (SQLite files) or store (PostgreSQL), not both")
     return LedgerConfig("" if store else str((base_dir / directory).resolve()), retention, store)
-
-
-def _ledger_store(value: Any, issues: _Issues) -> str:
-    text = _string(value, "ledger.store", issues, secret=True)
-    if text is None:
-        return ""
-    scheme = urlsplit(text).scheme
-    if scheme not in _LEDGER_STORE_SCHEMES:
-        # Not the URL itself: it may hold a password.
-        issues.error("ledger.store", f"expected a postgresql:// URL (omit it for SQLite files in directory), "
-                                     f"got a {scheme or 'scheme-less'} value")
-        return ""
-    return text
 
 
 def _logging(value: Any, issues: _Issues) -> LoggingConfig:

@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from control_plane.config.env import _Expanded
 from control_plane.config.errors import _Issues, _join
@@ -169,3 +170,19 @@ def _seconds(value: Any) -> float | None:
     if isinstance(value, str) and _DURATION.fullmatch(value.strip()):
         return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(value))
     return None
+
+
+def _server_url(value: Any, path: str, schemes: Sequence[str], otherwise: str, issues: _Issues) -> str:
+    """A server's URL of one of ``schemes`` (a store: Redis, PostgreSQL); "" when wrong or absent.
+
+    Its message never shows the URL: it may hold a password."""
+    text = _string(value, path, issues, secret=True)
+    if text is None:
+        return ""
+    scheme = urlsplit(text).scheme
+    if scheme not in schemes:
+        expected = " or ".join(f"{s}://" for s in schemes)
+        issues.error(path, f"expected a {expected} URL ({otherwise}), got a {scheme or 'scheme-less'} value")
+        return ""
+    return text
+
