@@ -47,6 +47,11 @@ EXPORTED_METRICS = frozenset({
     "hapax_streams_total",
     "hapax_config_version_info",
     "hapax_config_reloads_total",
+    "hapax_admissions_total",
+    "hapax_budget_remaining_usd",
+    "hapax_queue_waiting",
+    "hapax_queue_wait_seconds_bucket",
+    "hapax_ledger_records_total",
     # Envoy, on the admin port /stats/prometheus
     "envoy_vhost_route_upstream_rq_xx",
     "envoy_vhost_route_upstream_rq_total",
