@@ -83,6 +83,8 @@ class Ledger:
         self._store: LedgerStore | None = None
         self._store_settings: LedgerSettings | None = None
         self._pruned = 0.0
+        # One write at a time: a store's connections are used by one thread at once.
+        self._writing = asyncio.Lock()
 
     def configure(self, settings: LedgerSettings | None) -> None:
         self.settings = settings
@@ -103,21 +105,22 @@ class Ledger:
 
     async def flush(self) -> None:
         """Writes what is pending, off the event loop."""
-        settings, batch, self.pending = self.settings, self.pending, []
-        if not batch or settings is None:
-            return
-        try:
-            await asyncio.to_thread(self._write, settings, batch)
-        except LedgerStoreError:
-            log.exception("could not write ledger records; they are lost", extra={"records": len(batch)})
-            self._count("failed", len(batch))
-            return
-        self._count("written", len(batch))
+        async with self._writing:
+            settings, batch, self.pending = self.settings, self.pending, []
+            if not batch or settings is None:
+                return
+            try:
+                await asyncio.to_thread(self._write, settings, batch)
+            except LedgerStoreError:
+                log.exception("could not write ledger records; they are lost", extra={"records": len(batch)})
+                self._count("failed", len(batch))
+                return
+            self._count("written", len(batch))
 
     async def close(self) -> None:
+        await self.flush()  # under the lock: after a flush already under way, not beside it
         if self._flusher is not None:
             self._flusher.cancel()
-        await self.flush()
         if self._store is not None:
             self._store.close()
             self._store = None
