@@ -181,8 +181,11 @@ class RouterStep(Step):
             return response
         if self.flight is not None:
             self.flight.answer_started(status, headers)
-            self.done = False  # its answer's pieces come here too, for its followers
-            response.mode_override.CopyFrom(FOLLOWED_RESPONSE)
+            if msg.end_of_stream:  # an answer without a body: nothing more to pass on
+                self._land()
+            else:
+                self.done = False  # its answer's pieces come here too, for its followers
+                response.mode_override.CopyFrom(FOLLOWED_RESPONSE)
         if 200 <= status < 300 and headers.get("content-type", "").startswith("text/event-stream"):
             self.stream_goes_on = True
             return response  # the upstream step counts it when it ends
