@@ -146,6 +146,7 @@ def test_every_request_makes_one_exact_record_and_a_restart_keeps_them(fakes, le
             assert row["cost_usd"] == pytest.approx(expected)
     assert {r["provider"] for r in rows if r["outcome"] == "failed_over"} == {"anthropic"}
     assert sum(r["cost_usd"] for r in rows) == pytest.approx(gateway.metric_total("hapax_cost_usd_total"))
+    assert gateway.metric_total("hapax_ledger_records_total", result="written") == len(answers)
     assert_report_reconciles(ledger, rows, gateway.metric_total("hapax_cost_usd_total"), tmp_path, capsys)
 
     gateway.stop()
