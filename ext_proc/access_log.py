@@ -32,11 +32,11 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf import struct_pb2
 
 from ext_proc.admission import Admission, reserved
-from ext_proc.ledger import Ledger, LedgerRecord, cost_usd, labels_json
+from ext_proc.ledger import Ledger, LedgerRecord, labels_json
 from ext_proc.metrics import GatewayMetrics, token_count
 from ext_proc.outcomes import RequestOutcome, outcome_for
 from ext_proc.provider_health import retry_after_seconds
-from ext_proc.runtime import Provider, Route, RuntimeView
+from ext_proc.runtime import Provider, Route, RuntimeView, cost_usd
 from hapax import wire
 from hapax.wire import Handler, Lane, LogTag
 
@@ -86,19 +86,20 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             if lane in (Lane.PASSTHROUGH, Lane.MODEL):
                 self._honour_retry_after(entry)
             return
+        delivered_stream = _delivered_stream(entry)  # its upstream step counts, records and settles it
         if lane == Lane.PASSTHROUGH:
             self._count_answer(entry, view, answers, retries_counted=False)
-        elif lane == Lane.MODEL and not _delivered_stream(entry):
+        elif lane == Lane.MODEL and not delivered_stream:
             self._count_answer(entry, view, answers, retries_counted=True)
         coalesced = wire.COALESCED_HEADER in entry.response.response_headers
-        if self.ledger is not None and view is not None and (coalesced or not _delivered_stream(entry)):
-            self._write_ledger(entry, view, coalesced)  # a delivered stream's upstream step writes it
+        if self.ledger is not None and view is not None and (coalesced or not delivered_stream):
+            self._write_ledger(entry, view, coalesced)
         if self.admission is not None and view is not None:
             if coalesced:
                 # The answer and its cost are its leader's: this request used none of its reservation.
                 self.admission.settle_later(view, entry.request.request_id, None, 0, 0)
-            elif not _delivered_stream(entry):
-                self._settle(entry, view)  # a delivered stream's upstream step settles it, with its usage
+            elif not delivered_stream:
+                self._settle(entry, view)
 
     def _write_ledger(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView, coalesced: bool) -> None:
         """The request's one ledger record (ext_proc/ledger.py); requests of no route (404, /health) have none."""
@@ -110,13 +111,10 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             return
         key_id = tags.get(LogTag.KEY_ID, "")
         client = view.client(key_id)
-        provider = self._answering(entry, view, route)
+        provider = _answering(entry, view, route)
         inputs = outputs = cached = None
         if 200 <= status < 300 and not coalesced:
-            usage = common.metadata.filter_metadata.get(wire.USAGE_NAMESPACE)
-            fields = usage.fields if usage is not None else {}
-            inputs, outputs = _tokens(fields.get(wire.PROMPT_TOKENS)), _tokens(fields.get(wire.COMPLETION_TOKENS))
-            cached = _tokens(fields.get(wire.CACHED_TOKENS))
+            inputs, outputs, cached = _usage(entry)
         outcome = RequestOutcome.COALESCED if coalesced else outcome_for(
             status, common.upstream_request_attempt_count or 1)
         self.ledger.record(LedgerRecord(
@@ -128,36 +126,19 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             cost_usd=0.0 if coalesced else cost_usd(provider.price if provider else None, inputs, outputs),
             price_version=view.version, status=status, outcome=outcome.value))
 
-    @staticmethod
-    def _answering(entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView, route: Route) -> Provider | None:
-        """The provider that answered, with the model it was sent; None when the gateway answered."""
-        if entry.response.response_code_details.startswith(wire.GATEWAY_DETAILS_PREFIX):
-            return None
-        tags = entry.common_properties.custom_tags
-        provider = view.providers.get(tags.get(LogTag.PROVIDER, ""))
-        if provider is not None and route.handler in wire.FAMILY_OF_HANDLER:
-            provider = provider.serving(wire.FAMILY_OF_HANDLER[Handler(route.handler)], tags.get(LogTag.MODEL))
-        return provider
-
     def _settle(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView) -> None:
         """A request that held a reservation: it becomes the usage Envoy read from the answer."""
         common = entry.common_properties
         if not reserved(common.metadata.filter_metadata):
             return
         assert self.admission is not None
-        status, tags = entry.response.response_code.value, common.custom_tags
-        if not 200 <= status < 300:
+        if not 200 <= entry.response.response_code.value < 300:
             self.admission.settle_later(view, entry.request.request_id, None, 0, 0)  # nothing was answered
             return
-        usage = common.metadata.filter_metadata.get(wire.USAGE_NAMESPACE)
-        fields = usage.fields if usage is not None else {}
-        provider = view.providers.get(tags.get(LogTag.PROVIDER, ""))
-        route = view.routes.get(tags.get(LogTag.ROUTE, ""))
-        if provider is not None and route is not None and route.handler in wire.FAMILY_OF_HANDLER:
-            provider = provider.serving(wire.FAMILY_OF_HANDLER[Handler(route.handler)], tags.get(LogTag.MODEL))
-        self.admission.settle_later(view, entry.request.request_id, provider,
-                                    _tokens(fields.get(wire.PROMPT_TOKENS)),
-                                    _tokens(fields.get(wire.COMPLETION_TOKENS)) or 0)
+        prompt, completion, _ = _usage(entry)
+        route = view.routes.get(common.custom_tags.get(LogTag.ROUTE, ""))
+        self.admission.settle_later(view, entry.request.request_id, _answering(entry, view, route), prompt,
+                                    completion or 0)
 
     def _count_answer(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView | None,
                       answers: dict[_AnswerKey, _Answers], *, retries_counted: bool) -> None:
@@ -168,12 +149,7 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         if view is None or route is None or status == 0:
             return  # a route gone with a newer version; a client gone before any answer (as the steps do)
         route = view.labelled(route, tags.get(LogTag.KEY_ID))  # its client's labels
-        provider = None
-        if not entry.response.response_code_details.startswith(wire.GATEWAY_DETAILS_PREFIX):
-            provider = view.providers.get(tags.get(LogTag.PROVIDER, ""))  # else the gateway answered, not it
-        if provider is not None and route.handler in wire.FAMILY_OF_HANDLER:
-            # The model it was sent: the one named, if it serves it, else its first of the family.
-            provider = provider.serving(wire.FAMILY_OF_HANDLER[Handler(route.handler)], tags.get(LogTag.MODEL))
+        provider = _answering(entry, view, route)
         attempts = common.upstream_request_attempt_count or 1
         outcome = outcome_for(status, attempts)
         key = (route.path, tuple(route.labels.items()), provider.name if provider is not None else "",
@@ -193,15 +169,12 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             alike.retries += attempts - 1
         if 200 <= status < 300:
             # A count Envoy did not find in the answer (or an answer without usage) is unknown, not 0.
-            usage = common.metadata.filter_metadata.get(wire.USAGE_NAMESPACE)
-            fields = usage.fields if usage is not None else {}
-            prompt = _tokens(fields.get(wire.PROMPT_TOKENS))
+            prompt, completion, _ = _usage(entry)
             if prompt is None:
                 alike.unknown_inputs += 1
             else:
                 alike.inputs.append(prompt)
             if route.handler != Handler.EMBEDDINGS:  # embeddings have no output
-                completion = _tokens(fields.get(wire.COMPLETION_TOKENS))
                 if completion is None:
                     alike.unknown_outputs += 1
                 else:
@@ -241,6 +214,26 @@ class _Answers:
         if self.inputs or self.outputs or self.unknown_inputs or self.unknown_outputs:
             metrics.tokens_counted(self.route, self.provider, self.inputs, self.outputs,
                                    unknown_inputs=self.unknown_inputs, unknown_outputs=self.unknown_outputs)
+
+
+def _answering(entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView, route: Route | None) -> Provider | None:
+    """The provider that answered, with the model it was sent (the one named, if it serves it, else
+    its first of the family); None when the gateway answered, not a provider."""
+    if entry.response.response_code_details.startswith(wire.GATEWAY_DETAILS_PREFIX):
+        return None
+    tags = entry.common_properties.custom_tags
+    provider = view.providers.get(tags.get(LogTag.PROVIDER, ""))
+    if provider is not None and route is not None and route.handler in wire.FAMILY_OF_HANDLER:
+        provider = provider.serving(wire.FAMILY_OF_HANDLER[Handler(route.handler)], tags.get(LogTag.MODEL))
+    return provider
+
+
+def _usage(entry: accesslog_pb2.HTTPAccessLogEntry) -> tuple[int | None, int | None, int | None]:
+    """The prompt, completion and cached tokens Envoy read from the answer (None: not found)."""
+    usage = entry.common_properties.metadata.filter_metadata.get(wire.USAGE_NAMESPACE)
+    fields = usage.fields if usage is not None else {}
+    return (_tokens(fields.get(wire.PROMPT_TOKENS)), _tokens(fields.get(wire.COMPLETION_TOKENS)),
+            _tokens(fields.get(wire.CACHED_TOKENS)))
 
 
 def _delivered_stream(entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:

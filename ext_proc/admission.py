@@ -63,7 +63,6 @@ MICRO = 1_000_000  # spend is counted in micro-dollars (integers)
 EMBEDDED_STORE = "limits.sqlite"
 
 _HANDLERS = frozenset(Handler)
-_METRIC_NAMES = {Metric.REQUESTS: "requests", Metric.TOKENS: "tokens", Metric.SPEND: "spend"}
 
 
 def limits_of(scope: str, settings: LimitSettings) -> list[Limit]:
@@ -198,7 +197,7 @@ class Admission:
         if not decision.admitted:
             refused = decision.refused_by
             assert refused is not None
-            self._count(refused.limit.scope, "refused", _METRIC_NAMES[refused.limit.metric])
+            self._count(refused.limit.scope, "refused", refused.limit.metric.value)
             return _refused(refused, decision.states)
         self._count(scope, "admitted")
         response = _ok(decision.states)
@@ -337,7 +336,7 @@ def _refused(refused: LimitState, states: Sequence[LimitState]) -> rls_pb2.RateL
                    f"(at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(refused.reset_at))}).")
         error = {"message": message, "type": "insufficient_quota", "param": None, "code": "budget_exceeded"}
     else:
-        kind = _METRIC_NAMES[limit.metric]
+        kind = limit.metric.value
         message = (f"Rate limit reached for {kind} per {limit.period.value} ({who}): limit {limit.limit}, "
                    f"used or reserved {refused.used}. Please try again in {_duration(wait)}.")
         error = {"message": message, "type": kind, "param": None, "code": "rate_limit_exceeded"}
@@ -350,14 +349,14 @@ def _rate_headers(states: Sequence[LimitState]) -> list[base_pb2.HeaderValue]:
     """OpenAI's x-ratelimit-{limit,remaining,reset}-{requests,tokens}: the tightest limit of each kind."""
     headers = []
     now = time.time()
-    for metric, name in ((Metric.REQUESTS, "requests"), (Metric.TOKENS, "tokens")):
+    for metric in (Metric.REQUESTS, Metric.TOKENS):  # OpenAI's suffixes are these metrics' names
         of_kind = [s for s in states if s.limit.metric == metric]
         if not of_kind:
             continue
         tightest = min(of_kind, key=lambda s: (s.remaining, s.reset_at))
-        headers += [_header(f"x-ratelimit-limit-{name}", str(tightest.limit.limit)),
-                    _header(f"x-ratelimit-remaining-{name}", str(tightest.remaining)),
-                    _header(f"x-ratelimit-reset-{name}", _duration(max(0.0, tightest.reset_at - now)))]
+        headers += [_header(f"x-ratelimit-limit-{metric.value}", str(tightest.limit.limit)),
+                    _header(f"x-ratelimit-remaining-{metric.value}", str(tightest.remaining)),
+                    _header(f"x-ratelimit-reset-{metric.value}", _duration(max(0.0, tightest.reset_at - now)))]
     return headers
 
 

@@ -60,7 +60,6 @@ class Flight:
     headers: dict[str, str] = field(default_factory=dict)
     pieces: list[bytes] = field(default_factory=list)
     ended: bool = False
-    followers: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def answer_started(self, status: int, headers: Mapping[str, str]) -> None:
@@ -112,14 +111,11 @@ class Coalescer:
     def __init__(self) -> None:
         self.in_flight: dict[str, Flight] = {}
         self.by_id: dict[str, Flight] = {}
-        self.coalesced = 0
 
     def join(self, key: str) -> tuple[Flight, bool]:
         """The flight of ``key`` and whether the caller leads it (none was in flight)."""
         flight = self.in_flight.get(key)
         if flight is not None and not flight.ended:
-            flight.followers += 1
-            self.coalesced += 1
             return flight, False
         flight = Flight(uuid.uuid4().hex)
         self.in_flight[key] = self.by_id[flight.id] = flight

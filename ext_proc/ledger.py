@@ -63,13 +63,6 @@ def labels_json(labels: Mapping[str, str]) -> str:
     return json.dumps(dict(labels), sort_keys=True, separators=(",", ":"))
 
 
-def cost_usd(price: tuple[float, float] | None, inputs: int | None, outputs: int | None) -> float:
-    """What the answer cost, from the price table: 0 when its price or a count is unknown (as the metrics do)."""
-    if price is None or (inputs is None and outputs is None):
-        return 0.0
-    return ((inputs or 0) * price[0] + (outputs or 0) * price[1]) / 1e6
-
-
 class Ledger:
     """This worker's batch of records and the task that writes it to the configured store."""
 

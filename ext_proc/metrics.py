@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector
 
 from ext_proc.outcomes import RequestOutcome, StreamOutcome
 from ext_proc.provider_health import ProviderProber
-from ext_proc.runtime import Provider, Route, RuntimeView
+from ext_proc.runtime import Provider, Route, RuntimeView, cost_usd
 from hapax.v1 import runtime_pb2
 
 log = logging.getLogger("hapax.ext_proc.metrics")
@@ -367,8 +367,7 @@ class GatewayMetrics:
         if unknown_outputs:
             f.child(f.unknown, *answered, "output").inc(unknown_outputs)
         if provider.price is not None and (inputs or outputs):
-            per_input, per_output = provider.price
-            f.child(f.cost, *answered).inc((sum(inputs) * per_input + sum(outputs) * per_output) / 1e6)
+            f.child(f.cost, *answered).inc(cost_usd(provider.price, sum(inputs), sum(outputs)))
 
     def stream_timing(self, route: Route, provider: Provider, first_chunk: float,
                       per_output_token: float | None) -> None:

@@ -87,6 +87,13 @@ class Provider:
         return next((name for name, families in self.models.items() if family in families), self.model)
 
 
+def cost_usd(price: tuple[float, float] | None, inputs: int | None, outputs: int | None) -> float:
+    """What the answer cost, from the price table: 0 when its price or a count is unknown (as the metrics do)."""
+    if price is None or (inputs is None and outputs is None):
+        return 0.0
+    return ((inputs or 0) * price[0] + (outputs or 0) * price[1]) / 1e6
+
+
 @dataclass(frozen=True)
 class Route:
     path: str
@@ -167,9 +174,8 @@ class RuntimeView:
     # Family -> model name -> its chain: chain_for_model is chat's.
     family_models: Mapping[str, Mapping[str, Chain]] = field(default_factory=lambda: MappingProxyType({}))
     auto_chains: Mapping[str, Chain] = field(default_factory=lambda: MappingProxyType({}))  # family -> ``auto``
-    # Key id -> its client; empty when the gateway is open (keys_required false).
+    # Key id -> its client; empty when the gateway is open.
     clients: Mapping[str, Client] = field(default_factory=lambda: MappingProxyType({}))
-    keys_required: bool = False
     admission: AdmissionSettings | None = None  # None: no limits
     queue: QueueSettings | None = None  # None: no queue
     ledger: LedgerSettings | None = None  # None: no cost ledger
@@ -226,7 +232,6 @@ class RuntimeView:
             family_models=MappingProxyType({f: MappingProxyType(m) for f, m in family_models.items()}),
             auto_chains=MappingProxyType({f: chains[c] for f, c in rt.auto_chains.items()}),
             clients=MappingProxyType(_clients(rt)),
-            keys_required=rt.keys_required,
             admission=_admission(rt) if rt.HasField("admission") else None,
             queue=QueueSettings(rt.queue.max_waiting, rt.queue.timeout_seconds) if rt.HasField("queue") else None,
             ledger=LedgerSettings(Path(rt.ledger.directory) if rt.ledger.directory else None,

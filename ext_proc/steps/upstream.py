@@ -33,11 +33,11 @@ from ext_proc import client_request
 from ext_proc.admission import Admission
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import GatewayError, error_json
-from ext_proc.ledger import Ledger, LedgerRecord, cost_usd, labels_json
+from ext_proc.ledger import Ledger, LedgerRecord, labels_json
 from ext_proc.metrics import GatewayMetrics, token_count
 from ext_proc.outcomes import RequestOutcome, StreamOutcome
 from ext_proc.provider_health import retry_after_seconds
-from ext_proc.runtime import Chain, Provider, Route, RuntimeView
+from ext_proc.runtime import Chain, Provider, Route, RuntimeView, cost_usd
 from ext_proc.steps.base import Step
 from ext_proc.steps.messages import (
     BODY_AS_SENT,

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from ext_proc import ledger as ledger_module
-from ext_proc.ledger import Ledger, LedgerRecord, cost_usd, labels_json
+from ext_proc.ledger import Ledger, LedgerRecord, labels_json
 from ext_proc.ledger_stores import LedgerStoreError, PostgresLedgerStore, ledger_store, month_file
-from ext_proc.runtime import LedgerSettings
+from ext_proc.runtime import LedgerSettings, cost_usd
 from hapax import wire
 from tests.postgres_server import PostgresServer, running_postgres
 
