@@ -23,7 +23,7 @@ from functools import cached_property
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-from control_plane.config.model import FAMILIES, HapaxConfig, ProviderConfig
+from control_plane.config.model import FAMILIES, ExperimentConfig, HapaxConfig, ProviderConfig, VariantConfig
 from hapax import wire
 
 # The APIs whose body names a model: Envoy may route them from the body (the lanes).
@@ -92,6 +92,14 @@ class Plan:
     family_chains: Mapping[str, Mapping[str, Chain]]
     models: tuple[OwnedModel, ...]  # every (model name, family) clients may send
     lane_models: tuple[LaneModel, ...]
+
+    def variant_chain(self, variant: VariantConfig) -> Chain:
+        """An experiment variant's chain: its provider's chat chain, failover included."""
+        return self.family_chains[wire.ModelFamily.CHAT][variant.provider]
+
+    def experiments_on(self, route_path: str) -> list[ExperimentConfig]:
+        return [e for e in self.config.experiments.values() if any(
+            r.path == route_path and e.applies_on(r) for r in self.config.routes)]
 
     @property
     def auto_chains(self) -> Mapping[str, Chain]:

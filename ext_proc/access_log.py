@@ -32,6 +32,7 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf import struct_pb2
 
 from ext_proc.admission import Admission, reserved
+from ext_proc.experiments import Variant, requested_model
 from ext_proc.ledger import Ledger, LedgerRecord, labels_json
 from ext_proc.metrics import GatewayMetrics, token_count
 from ext_proc.outcomes import RequestOutcome, outcome_for
@@ -111,7 +112,8 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             return
         key_id = tags.get(LogTag.KEY_ID, "")
         client = view.client(key_id)
-        provider = _answering(entry, view, route)
+        variant = _variant(entry, view)
+        provider = _answering(entry, view, route, variant)
         inputs = outputs = cached = None
         if 200 <= status < 300 and not coalesced:
             inputs, outputs, cached = _usage(entry)
@@ -124,7 +126,8 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             model=provider.model if provider else "", input_tokens=0 if coalesced else inputs,
             output_tokens=0 if coalesced else outputs, cached_tokens=cached,
             cost_usd=0.0 if coalesced else cost_usd(provider.price if provider else None, inputs, outputs),
-            price_version=view.version, status=status, outcome=outcome.value))
+            price_version=view.version, status=status, outcome=outcome.value,
+            experiment=variant.experiment if variant else "", variant=variant.name if variant else ""))
 
     def _settle(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView) -> None:
         """A request that held a reservation: it becomes the usage Envoy read from the answer."""
@@ -137,8 +140,8 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             return
         prompt, completion, _ = _usage(entry)
         route = view.routes.get(common.custom_tags.get(LogTag.ROUTE, ""))
-        self.admission.settle_later(view, entry.request.request_id, _answering(entry, view, route), prompt,
-                                    completion or 0)
+        answering = _answering(entry, view, route, _variant(entry, view))
+        self.admission.settle_later(view, entry.request.request_id, answering, prompt, completion or 0)
 
     def _count_answer(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView | None,
                       answers: dict[_AnswerKey, _Answers], *, retries_counted: bool) -> None:
@@ -148,8 +151,9 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
         route = view.routes.get(tags.get(LogTag.ROUTE, "")) if view is not None else None
         if view is None or route is None or status == 0:
             return  # a route gone with a newer version; a client gone before any answer (as the steps do)
-        route = view.labelled(route, tags.get(LogTag.KEY_ID))  # its client's labels
-        provider = _answering(entry, view, route)
+        variant = _variant(entry, view)
+        route = view.labelled(route, tags.get(LogTag.KEY_ID), variant)  # its client's labels, its variant's
+        provider = _answering(entry, view, route, variant)
         attempts = common.upstream_request_attempt_count or 1
         outcome = outcome_for(status, attempts)
         key = (route.path, tuple(route.labels.items()), provider.name if provider is not None else "",
@@ -216,16 +220,24 @@ class _Answers:
                                    unknown_inputs=self.unknown_inputs, unknown_outputs=self.unknown_outputs)
 
 
-def _answering(entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView, route: Route | None) -> Provider | None:
-    """The provider that answered, with the model it was sent (the one named, if it serves it, else
-    its first of the family); None when the gateway answered, not a provider."""
+def _answering(entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView, route: Route | None,
+               variant: Variant | None) -> Provider | None:
+    """The provider that answered, with the model it was sent (the one named, or its variant's, if
+    it serves it, else its first of the family); None when the gateway answered, not a provider."""
     if entry.response.response_code_details.startswith(wire.GATEWAY_DETAILS_PREFIX):
         return None
     tags = entry.common_properties.custom_tags
     provider = view.providers.get(tags.get(LogTag.PROVIDER, ""))
     if provider is not None and route is not None and route.handler in wire.FAMILY_OF_HANDLER:
-        provider = provider.serving(wire.FAMILY_OF_HANDLER[Handler(route.handler)], tags.get(LogTag.MODEL))
+        provider = provider.serving(wire.FAMILY_OF_HANDLER[Handler(route.handler)],
+                                    requested_model(variant, provider.name, tags.get(LogTag.MODEL)))
     return provider
+
+
+def _variant(entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView) -> Variant | None:
+    """The experiment variant that served the request, as its answer says (only one this version has)."""
+    headers = entry.response.response_headers
+    return view.variant(headers.get(wire.EXPERIMENT_HEADER), headers.get(wire.VARIANT_HEADER))
 
 
 def _usage(entry: accesslog_pb2.HTTPAccessLogEntry) -> tuple[int | None, int | None, int | None]:

@@ -30,6 +30,7 @@ from dataclasses import astuple, dataclass
 from ext_proc.ledger_stores import LedgerStore, LedgerStoreError, ledger_store
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.runtime import LedgerSettings
+from hapax import wire
 
 log = logging.getLogger("hapax.ext_proc")
 
@@ -57,10 +58,15 @@ class LedgerRecord:
     price_version: str
     status: int
     outcome: str
+    experiment: str = ""
+    variant: str = ""
+    region: str = ""
 
 
 def labels_json(labels: Mapping[str, str]) -> str:
-    return json.dumps(dict(labels), sort_keys=True, separators=(",", ":"))
+    """The labels column: the route's and its client's labels (an experiment's have columns of their own)."""
+    return json.dumps({k: v for k, v in labels.items() if k not in wire.EXPERIMENT_LABELS},
+                      sort_keys=True, separators=(",", ":"))
 
 
 class Ledger:

@@ -104,6 +104,10 @@ def open_ledger_file(path: Path) -> sqlite3.Connection:
     connection.execute("PRAGMA journal_mode=WAL")
     columns = ", ".join(f"{name} {kind}" for name, kind in wire.LEDGER_COLUMNS)
     connection.execute(f"CREATE TABLE IF NOT EXISTS {wire.LEDGER_TABLE} ({columns})")
+    present = {row[1] for row in connection.execute(f"PRAGMA table_info({wire.LEDGER_TABLE})")}
+    for name, kind in wire.LEDGER_COLUMNS:  # a file an earlier release created lacks the newer columns
+        if name not in present:
+            connection.execute(f"ALTER TABLE {wire.LEDGER_TABLE} ADD COLUMN {name} {kind}")
     connection.commit()
     return connection
 
@@ -153,6 +157,9 @@ class PostgresLedgerStore:
             self._connection = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
             columns = ", ".join(f"{name} {_postgres_type(kind)}" for name, kind in wire.LEDGER_COLUMNS)
             self._connection.execute(f"CREATE TABLE IF NOT EXISTS {wire.LEDGER_TABLE} ({columns})")
+            for name, kind in wire.LEDGER_COLUMNS:  # a table an earlier release created lacks the newer ones
+                self._connection.execute(
+                    f"ALTER TABLE {wire.LEDGER_TABLE} ADD COLUMN IF NOT EXISTS {name} {_postgres_type(kind)}")
             self._connection.execute(
                 f"CREATE INDEX IF NOT EXISTS {wire.LEDGER_TABLE}_time ON {wire.LEDGER_TABLE} (time)")
         return self._connection

@@ -5,10 +5,11 @@ plus ``route``, and ``provider`` and ``model`` where a provider is involved.
 Label values come from the configuration (``none`` when no provider answered),
 never from request contents, so cardinality stays bounded by the config.
 
-Label names follow the configuration too: they are the union of the routes'
-label keys. When a new version brings another key, the per-request families
-are created afresh with it (their counts restart, which ``rate()`` and
-``increase()`` treat as a counter reset).
+Label names follow the configuration too: they are the union of the routes' and
+clients' label keys, and ``experiment`` and ``variant`` on a gateway with experiments.
+When a new version brings another key, the per-request families are created afresh
+with it (their counts restart, which ``rate()`` and ``increase()`` treat as a counter
+reset).
 
 Names follow OpenTelemetry's GenAI conventions where they exist
 (``gen_ai_client_token_usage``, ``gen_ai_server_request_duration_seconds``,
@@ -41,6 +42,7 @@ from prometheus_client.registry import Collector
 from ext_proc.outcomes import RequestOutcome, StreamOutcome
 from ext_proc.provider_health import ProviderProber
 from ext_proc.runtime import Provider, Route, RuntimeView, cost_usd
+from hapax import wire
 from hapax.v1 import runtime_pb2
 
 log = logging.getLogger("hapax.ext_proc.metrics")
@@ -279,7 +281,8 @@ class GatewayMetrics:
         self._version = view.version
         self.config_version.labels(view.version).set(1)
         keys = tuple(sorted({key for route in view.routes.values() for key in route.labels}
-                            | {key for client in view.clients.values() for key in client.labels}))
+                            | {key for client in view.clients.values() for key in client.labels}
+                            | set(wire.EXPERIMENT_LABELS if view.experiments else ())))
         if keys != self._families.keys:
             self._families.unregister()
             self._families = _RequestFamilies(self.registry, keys)

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
+from ext_proc.experiments import Experiment, Variant
+from hapax import wire
 from hapax.v1 import runtime_pb2
 from hapax.wire import PROVIDER_REQUEST_HEADERS, ModelFamily
 
@@ -179,23 +181,39 @@ class RuntimeView:
     admission: AdmissionSettings | None = None  # None: no limits
     queue: QueueSettings | None = None  # None: no queue
     ledger: LedgerSettings | None = None  # None: no cost ledger
-    # (route path, key id) -> the route as that client's requests are labelled (labelled()).
-    _labelled: dict[tuple[str, str], Route] = field(default_factory=dict, compare=False, repr=False)
+    experiments: tuple[Experiment, ...] = ()
+    chains: Mapping[str, Chain] = field(default_factory=lambda: MappingProxyType({}))  # by cluster
+    # (route path, client name, experiment, variant) -> the route as such requests are labelled (labelled()).
+    _labelled: dict[tuple[str, str, str, str], Route] = field(default_factory=dict, compare=False, repr=False)
 
     def client(self, key_id: str | None) -> Client | None:
         return self.clients.get(key_id) if key_id else None
 
-    def labelled(self, route: Route, key_id: str | None) -> Route:
-        """``route`` with its client's metrics labels over its own: a client's requests are its
-        department's wherever they go. Built once per route and client."""
+    def labelled(self, route: Route, key_id: str | None, variant: Variant | None = None) -> Route:
+        """``route`` with its client's metrics labels over its own (a client's requests are its
+        department's wherever they go) and, on a gateway with experiments, the request's experiment
+        and variant ("" for none). Built once per route, client and variant."""
         client = self.client(key_id)
-        if client is None or not client.labels:
+        if (client is None or not client.labels) and not self.experiments:
             return route
-        cached = self._labelled.get((route.path, client.name))
+        key = (route.path, client.name if client else "", variant.experiment if variant else "",
+               variant.name if variant else "")
+        cached = self._labelled.get(key)
         if cached is None:
-            cached = self._labelled[(route.path, client.name)] = replace(
-                route, labels=MappingProxyType({**route.labels, **client.labels}))
+            labels = {**route.labels, **(client.labels if client else {}),
+                      **(variant.labels if variant else dict.fromkeys(wire.EXPERIMENT_LABELS, ""))}
+            cached = self._labelled[key] = replace(route, labels=MappingProxyType(labels))
         return cached
+
+    def experiment_for(self, route: str, model: str | None) -> Experiment | None:
+        """The experiment a request on ``route`` naming ``model`` belongs to, if any."""
+        return next((e for e in self.experiments if e.applies(route, model)), None)
+
+    def variant(self, experiment: str | None, name: str | None) -> Variant | None:
+        """The variant these header values name; None unless this version has it (a client may send anything)."""
+        if not experiment or not name:
+            return None
+        return next((v for e in self.experiments if e.name == experiment for v in e.variants if v.name == name), None)
 
     def chain_for(self, family: str, model: str | None) -> Chain | None:
         """Where a request of ``family`` naming ``model`` (None: ``auto``) goes; None: nowhere."""
@@ -237,7 +255,19 @@ class RuntimeView:
             ledger=LedgerSettings(Path(rt.ledger.directory) if rt.ledger.directory else None,
                                   rt.ledger.retention_days or LedgerSettings.retention_days, rt.ledger.store)
             if rt.HasField("ledger") else None,
+            experiments=tuple(_experiment(e, chains) for e in rt.experiments),
+            chains=MappingProxyType(chains),
         )
+
+
+def _experiment(e: runtime_pb2.Experiment, chains: Mapping[str, Chain]) -> Experiment:
+    for v in e.variants:
+        if v.chain not in chains:
+            raise InvalidRuntime(f"experiment {e.name}, variant {v.name}: no chain {v.chain}")
+    if not sum(v.buckets for v in e.variants):
+        raise InvalidRuntime(f"experiment {e.name}: no variant takes requests")
+    return Experiment(e.name, e.model, frozenset(e.routes), e.sticky_header.lower(), tuple(
+        Variant(e.name, v.name, v.provider, v.model, v.chain, v.buckets) for v in e.variants))
 
 
 def _clients(rt: runtime_pb2.Runtime) -> dict[str, Client]:

@@ -33,7 +33,7 @@ DEFAULT_BY = ("department",)
 # The columns a report can group by: the ledger's text dimensions, not its labels (grouped by
 # key instead), its per-request id, its time or its measures.
 GROUP_COLUMNS = tuple(name for name, sql_type in wire.LEDGER_COLUMNS
-                      if sql_type == "TEXT NOT NULL" and name != "labels")
+                      if sql_type.startswith("TEXT NOT NULL") and name != "labels")
 _LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # a metrics label's name (Prometheus' rule)
 _OPEN_TIMEOUT_S = 5.0  # a WAL reader waits only while a writer recovers or resets the WAL
 _DAY_S = 86400
@@ -195,11 +195,12 @@ def read_postgres_report(url: str, period: Period, by: tuple[str, ...]) -> Repor
 
 
 def _file_totals(path: Path, period: Period, by: tuple[str, ...]) -> Iterator[tuple[Group, date, Totals]]:
-    select, parameters = _query(by)
     try:
         with _read_only(path) as connection:
             if not _has_table(connection):  # a file its writer has just created
                 return
+            present = {row[1] for row in connection.execute(f"PRAGMA table_info({wire.LEDGER_TABLE})")}
+            select, parameters = _query(by, present)
             rows = connection.execute(select, (*parameters, period.start.timestamp(), period.end.timestamp()))
             yield from (_row_totals(row, len(by)) for row in rows.fetchall())
     except sqlite3.Error as err:
@@ -217,9 +218,10 @@ def _has_table(connection: sqlite3.Connection) -> bool:
     return found.fetchone() is not None
 
 
-def _query(by: tuple[str, ...]) -> tuple[str, list[str]]:
-    """Totals per group, UTC day and provider (a group's CSV rows name its providers)."""
-    keys = [key if key in GROUP_COLUMNS else "json_extract(labels, ?)" for key in by]
+def _query(by: tuple[str, ...], present: set[str]) -> tuple[str, list[str]]:
+    """Totals per group, UTC day and provider (a group's CSV rows name its providers). A column the
+    file lacks (an earlier release wrote it, read-only here) is empty for all its records."""
+    keys = [(key if key in present else "''") if key in GROUP_COLUMNS else "json_extract(labels, ?)" for key in by]
     parameters = [f'$."{key}"' for key in by if key not in GROUP_COLUMNS]
     positions = ", ".join(str(i) for i in range(1, len(by) + 3))
     select = (f"SELECT {', '.join(keys)}, CAST(time / {_DAY_S} AS INTEGER), provider, COUNT(*), "

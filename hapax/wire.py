@@ -66,8 +66,22 @@ FIRST_WORKER_HTTP_CLUSTER = "hapax_ext_proc_http"
 # client of that key: its labels and limits), Envoy's access log. Never sent to a provider.
 KEY_ID_HEADER = "x-hapax-key-id"
 
+# An A/B experiment's request (config ``experiments``): which experiment and which of its variants
+# serves it. Written: the experiment route's weighted cluster (request and response headers), or
+# the router step on a route it routes. Read: the upstream step (the variant's model), the access
+# log (from the answer's headers), the client (for its own analysis).
+EXPERIMENT_HEADER = "x-hapax-experiment"
+VARIANT_HEADER = "x-hapax-variant"
+# The series and ledger labels they become.
+EXPERIMENT_LABELS = ("experiment", "variant")
+# A user's bucket is the hash of its sticky header (else its key id) modulo this; each variant
+# holds a run of buckets. Written: the control plane (weights), Envoy (the hash). Read: the
+# router step, which assigns the requests it routes the same way (ext_proc/experiments.py).
+EXPERIMENT_BUCKETS = 10_000
+
 # What the gateway tells itself between steps: never from a client, never to a provider.
-STEP_REQUEST_HEADERS = (CHAIN_HEADER, VERSION_HEADER, START_HEADER, COALESCE_HEADER)
+STEP_REQUEST_HEADERS = (CHAIN_HEADER, VERSION_HEADER, START_HEADER, COALESCE_HEADER, EXPERIMENT_HEADER,
+                        VARIANT_HEADER)
 # Credentials a client may send to the gateway; none of them may reach a provider.
 # Removed by: the router step, and every body-routed lane route.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
@@ -347,6 +361,7 @@ LEDGER_COLUMNS = (
     ("request_id", "TEXT PRIMARY KEY"),   # x-request-id: one record per request, whoever writes it
     ("route", "TEXT NOT NULL"),           # the route's path
     ("labels", "TEXT NOT NULL"),          # JSON object: the route's and its client's metrics labels
+                                          # (an experiment's labels are columns of their own)
     ("key_id", "TEXT NOT NULL"),          # the client key's id ("" on an open gateway)
     ("client", "TEXT NOT NULL"),          # its client's name ("")
     ("provider", "TEXT NOT NULL"),        # the provider that answered ("": none did)
@@ -358,5 +373,9 @@ LEDGER_COLUMNS = (
     ("price_version", "TEXT NOT NULL"),   # the configuration version whose price table priced it
     ("status", "INTEGER NOT NULL"),       # the HTTP status the client got
     ("outcome", "TEXT NOT NULL"),         # hapax_requests_total's outcome
+    # Added after the first release: a file or table without them gets them (empty) when opened.
+    ("experiment", "TEXT NOT NULL DEFAULT ''"),  # its A/B experiment ("": none)
+    ("variant", "TEXT NOT NULL DEFAULT ''"),     # the experiment's variant that served it
+    ("region", "TEXT NOT NULL DEFAULT ''"),      # the region its request was routed for ("": none)
 )
 

@@ -35,7 +35,8 @@ WITH_LOCAL = WITH_LOCAL.replace("provider_preference:", "  local: {type: ollama,
 
 
 # MIXED with client keys, one client's models and routes, its limits, a department's budget
-# in Redis and the queue (the key line is a fixed example: no test here needs its key).
+# in Redis and the queue (the key line is a fixed example: no test here needs its key), and an
+# experiment whose two variants share a provider (a weighted cluster listed twice).
 KEYED = MIXED + """\
 clients:
   search:
@@ -54,6 +55,14 @@ ledger: {directory: /tmp/hapax-ledger-never-written}
 routes:
   - {path: /v1/chat/completions, handler: chat, dedup: true}
   - {path: /search/v1/chat/completions, handler: chat, metrics_labels: {department: search}}
+experiments:
+  summary:
+    model: auto
+    sticky_by: header x-user-id
+    variants:
+      a: {provider: claude, weight: 50}
+      b: {provider: openai, weight: 45}
+      c: {provider: openai, weight: 5}
 """
 
 

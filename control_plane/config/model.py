@@ -38,7 +38,7 @@ HEALTH_PATH = wire.HEALTH_PATH
 
 # Hapax sets these labels itself on every series; a route may not override them.
 RESERVED_LABELS = ("provider", "model", "route", "status", "status_class", "outcome", "handler",
-                   "gen_ai_token_type", "version", "result", "le", "quantile")
+                   "gen_ai_token_type", "version", "result", "le", "quantile", *wire.EXPERIMENT_LABELS)
 MAX_LABELS = 8  # every label multiplies the number of time series
 MAX_LABEL_VALUE_LENGTH = 64
 MAX_WORKERS = 64
@@ -328,6 +328,57 @@ class LedgerConfig:
 
 
 @dataclass(frozen=True)
+class VariantConfig:
+    """One arm of an experiment: a provider (with its chain, for failover) and the model it is sent."""
+
+    name: str
+    provider: str
+    model: str  # one the provider serves for chat; its default chat model when the file names none
+    weight: int  # relative to the experiment's other variants
+
+
+STICKY_CLIENT_KEY = "client_key"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """``experiments.NAME``: a model name's (or some routes') chat requests split between variants.
+
+    A user stays on one variant: Envoy hashes ``sticky_header`` (else the client key's id) into
+    one of wire.EXPERIMENT_BUCKETS buckets, and each variant holds a run of buckets in order.
+    """
+
+    name: str
+    variants: tuple[VariantConfig, ...]
+    model: str | None = None  # the model name split; None: any model on ``routes``
+    routes: tuple[str, ...] = ()  # the route paths it applies on; empty: every chat route
+    sticky_header: str | None = None  # None: the client key's id alone (sticky_by: client_key)
+
+    def __post_init__(self) -> None:
+        _freeze(self, "variants", tuple)
+        _freeze(self, "routes", tuple)
+
+    def buckets(self) -> tuple[int, ...]:
+        """Each variant's share of the buckets, in order (largest remainder): weights that keep their
+        ratio keep every user where they were, and a changed weight moves only the users between
+        the old boundary and the new."""
+        total = sum(v.weight for v in self.variants)
+        exact = [v.weight * wire.EXPERIMENT_BUCKETS / total for v in self.variants]
+        shares = [int(x) for x in exact]
+        by_remainder = sorted(range(len(exact)), key=lambda i: exact[i] - shares[i], reverse=True)
+        for i in by_remainder[:wire.EXPERIMENT_BUCKETS - sum(shares)]:
+            shares[i] += 1
+        return tuple(shares)
+
+    def applies_on(self, route: RouteConfig) -> bool:
+        return route.handler in EXPERIMENT_HANDLERS and (not self.routes or route.path in self.routes)
+
+
+# Experiments compare chat answers: what a chat or legacy completion request is sent.
+EXPERIMENT_HANDLERS = (wire.Handler.CHAT, wire.Handler.COMPLETION)
+
+
+@dataclass(frozen=True)
 class HapaxConfig:
     server: ServerConfig
     providers: Mapping[str, ProviderConfig]  # in file order
@@ -348,8 +399,10 @@ class HapaxConfig:
     limits: AdmissionConfig = AdmissionConfig()
     queue: QueueConfig | None = None  # None: no queue, a saturated provider's requests get 503
     ledger: LedgerConfig | None = None  # None: no cost ledger
+    experiments: Mapping[str, ExperimentConfig] = field(default_factory=FrozenMap)
 
     def __post_init__(self) -> None:
+        _freeze(self, "experiments", FrozenMap)
         if self.clients is not None:
             _freeze(self, "clients", FrozenMap)
         _freeze(self, "pricing", FrozenMap)

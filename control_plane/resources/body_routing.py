@@ -72,8 +72,8 @@ class LaneGroup:
     def model_matcher(self) -> metadata_pb2.MetadataMatcher:
         names = [value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=m)) for m in self.models]
         if len(names) == 1:
-            return _metadata_matcher(wire.BODY_MODEL, string_match=names[0].string_match)
-        return _metadata_matcher(wire.BODY_MODEL, or_match=value_pb2.OrMatcher(value_matchers=names))
+            return metadata_matcher(wire.BODY_MODEL, string_match=names[0].string_match)
+        return metadata_matcher(wire.BODY_MODEL, or_match=value_pb2.OrMatcher(value_matchers=names))
 
 
 def route_limits(plan: Plan, chain: Chain) -> tuple[int, float]:
@@ -118,7 +118,7 @@ def body_routed(plan: Plan, base: route_components_pb2.Route, lane: str, group: 
     route.CopyFrom(base)
     route.name = f"{lane}:{base.name}"
     route.match.dynamic_metadata.add().CopyFrom(group.model_matcher)
-    route.match.dynamic_metadata.append(_stream_matcher(stream))
+    route.match.dynamic_metadata.append(stream_matcher(stream))
     action = route.route
     action.ClearField("cluster_header")
     action.cluster_specifier_plugin = cluster_plugin_name(lane, group.family)
@@ -133,14 +133,14 @@ def body_routed(plan: Plan, base: route_components_pb2.Route, lane: str, group: 
     return route
 
 
-def _stream_matcher(stream: bool | None) -> metadata_pb2.MetadataMatcher:
+def stream_matcher(stream: bool | None) -> metadata_pb2.MetadataMatcher:
     if stream is not None:
-        return _metadata_matcher(wire.BODY_STREAM, bool_match=stream)
+        return metadata_matcher(wire.BODY_STREAM, bool_match=stream)
     either = [value_pb2.ValueMatcher(bool_match=b) for b in (True, False)]  # a boolean: not "yes", not null
-    return _metadata_matcher(wire.BODY_STREAM, or_match=value_pb2.OrMatcher(value_matchers=either))
+    return metadata_matcher(wire.BODY_STREAM, or_match=value_pb2.OrMatcher(value_matchers=either))
 
 
-def _metadata_matcher(key: str, **value) -> metadata_pb2.MetadataMatcher:
+def metadata_matcher(key: str, **value) -> metadata_pb2.MetadataMatcher:
     return metadata_pb2.MetadataMatcher(
         filter=REQUEST_NAMESPACE, path=[metadata_pb2.MetadataMatcher.PathSegment(key=key)],
         value=value_pb2.ValueMatcher(**value))

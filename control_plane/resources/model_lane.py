@@ -91,10 +91,7 @@ def model_routes(plan: Plan, groups: Sequence[LaneGroup], handler: str, base: ro
         # stream asked for the usage chunk) the upstream step reads from the request's metadata.
         route = body_routed(plan, base, MODEL_LANE, group, stream=None, disabled_ext_proc=disabled_ext_proc)
         route.name += f":{n}" if n > 1 else ""
-        route.request_headers_to_add.extend([
-            _set(wire.START_HEADER, "%START_TIME(%s.%6f)%"),  # unix time, as the router step writes it
-            *([_set(wire.VERSION_HEADER, version)] if version else []),
-        ])
+        route.request_headers_to_add.extend(step_headers(version))
         yield route
 
 
@@ -124,6 +121,13 @@ def _families(plan: Plan) -> list[str]:
     """The families some route of the model lane serves."""
     return list(dict.fromkeys(wire.FAMILY_OF_HANDLER[wire.Handler(r.handler)] for r in plan.config.routes
                               if r.handler in MODEL_LANE_HANDLERS))
+
+
+def step_headers(version: str) -> list[base_pb2.HeaderValueOption]:
+    """What the router step would have told the upstream step: when the request started, and the
+    runtime version it started under."""
+    return [_set(wire.START_HEADER, "%START_TIME(%s.%6f)%"),  # unix time, as the router step writes it
+            *([_set(wire.VERSION_HEADER, version)] if version else [])]
 
 
 def _set(key: str, value: str) -> base_pb2.HeaderValueOption:

@@ -184,8 +184,10 @@ def access_logger(grpc_cluster: str) -> accesslog_pb2.AccessLog:
         als_pb2.HttpGrpcAccessLogConfig(
             common_config=_grpc_log(grpc_cluster),
             # A stream the upstream step delivered is its to count (model_lane.py); a coalesced
-            # answer's tokens are its leader's (ext_proc/coalescing.py).
-            additional_response_headers_to_log=["content-type", wire.COALESCED_HEADER])))
+            # answer's tokens are its leader's (ext_proc/coalescing.py); an experiment's request is
+            # counted under its variant (experiments.py).
+            additional_response_headers_to_log=["content-type", wire.COALESCED_HEADER, wire.EXPERIMENT_HEADER,
+                                                wire.VARIANT_HEADER])))
 
 
 def hold_off_logger(grpc_cluster: str) -> accesslog_pb2.AccessLog:

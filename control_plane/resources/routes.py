@@ -1,7 +1,8 @@
 """The route configuration, ``hapax_routes``: what Envoy does with each client request.
 
 In order: ``GET /health`` to ext_proc's HTTP side (405 for any other method);
-for each configured route, the passthrough lane's routes, the model lane's,
+for each configured route, its experiments' routes (experiments.py), the passthrough
+lane's routes, the model lane's,
 then the ordinary provider route (whose cluster the router step names in the
 ``x-hapax-chain`` header) and a 405; last, a 404 in OpenAI's error shape that names
 the paths served, as many as fit in a body Envoy accepts.
@@ -22,7 +23,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 from control_plane.config.model import HapaxConfig, RouteConfig
 from control_plane.plan import Plan
 from control_plane.protobuf import duration, pack
-from control_plane.resources import admission, client_keys, model_lane, passthrough
+from control_plane.resources import admission, client_keys, experiments, model_lane, passthrough
 from control_plane.resources.ext_proc_filters import per_route_ext_proc, router_mode
 from control_plane.resources.listeners import alt_svc
 from control_plane.resources.names import (
@@ -196,8 +197,10 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
     passthrough_groups, model_groups = passthrough.lane_groups(plan), model_lane.model_groups(plan)
     for route in config.routes:
         base = provider_route(plan, route, keys, retry_policy)
-        # A route that coalesces requests takes no lane: identical requests meet in the router step.
+        # A route that coalesces requests takes no lane: identical requests meet in the router step
+        # (which assigns an experiment's requests itself). An experiment's route goes first.
         lanes = [] if route.dedup != "off" else [
+            *experiments.experiment_routes(plan, route.path, base, version, ext_proc_off),
             *passthrough.lane_routes(plan, passthrough_groups, route.handler, base, ext_proc_off),
             *model_lane.model_routes(plan, model_groups, route.handler, base, version, ext_proc_off)]
         for name, checked in admission.route_admission(config, route).items():

@@ -44,7 +44,17 @@ def runtime(plan: Plan, version: str) -> runtime_pb2.Runtime:
         out.models.add(name=owned.name, provider=owned.owner, chain=owned.chain.cluster, family=owned.family)
     out.auto_chains.update({family: chain.cluster for family, chain in plan.auto_chains.items()})
     _admission(config, out)
+    _experiments(plan, out)
     return out
+
+
+def _experiments(plan: Plan, out: runtime_pb2.Runtime) -> None:
+    for e in plan.config.experiments.values():
+        experiment = out.experiments.add(name=e.name, model=e.model or "", routes=list(e.routes),
+                                         sticky_header=e.sticky_header or "")
+        for variant, buckets in zip(e.variants, e.buckets(), strict=True):
+            experiment.variants.add(name=variant.name, provider=variant.provider, model=variant.model,
+                                    chain=plan.variant_chain(variant).cluster, buckets=buckets)
 
 
 def _admission(config: HapaxConfig, out: runtime_pb2.Runtime) -> None:

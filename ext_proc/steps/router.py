@@ -23,6 +23,7 @@ from ext_proc import client_request
 from ext_proc.client_request import AUTO_MODELS, ClientRequest
 from ext_proc.coalescing import LOST_LEADER, Coalescer, Flight, coalescing_key, determined
 from ext_proc.errors import GatewayError, invalid
+from ext_proc.experiments import Variant, requested_model
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.outcomes import RequestOutcome, outcome_for
 from ext_proc.runtime import Chain, Provider, Route, RuntimeView
@@ -92,9 +93,11 @@ class RouterStep(Step):
         self.request_id = ""
         self.stream_goes_on = False  # a stream's end (and its in-flight count) is the upstream step's
         self.request: ClientRequest | None = None  # once its body is read
+        self.headers: Mapping[str, str] = {}
+        self.variant: Variant | None = None  # its experiment's variant, if it is in one
 
     def request_headers(self, msg: pb.HttpHeaders, attributes: Attributes) -> pb.ProcessingResponse:
-        headers = header_map(msg)
+        headers = self.headers = header_map(msg)
         self.request_id = headers.get(REQUEST_ID_HEADER, "")
         path = headers.get(":path", "").split("?", 1)[0]
         route = self.view.routes.get(path)
@@ -115,20 +118,44 @@ class RouterStep(Step):
 
     def request_body(self, msg: pb.HttpBody, attributes: Attributes) -> pb.ProcessingResponse:
         req = self.request = client_request.parse(self.handler, msg.body)
-        chain = self.chain = self.chain_for(req)
+        variant = self._assign_variant(req)
+        chain = self.chain = self.view.chains[variant.chain] if variant is not None else self.chain_for(req)
         # The route's retry policy is shared by all chains, so the request's own
         # chain's attempts travel with it.
         retries = chain.attempts - 1
         set_headers = {CHAIN_HEADER: chain.cluster, wire.MAX_RETRIES_HEADER: str(retries),
                        VERSION_HEADER: self.view.version,
-                       START_HEADER: f"{time.time() - (time.monotonic() - self.started):.6f}"}
+                       START_HEADER: f"{time.time() - (time.monotonic() - self.started):.6f}",
+                       **self._variant_headers()}
         set_headers.update(self._coalesce(req))
         # The body itself is left alone here: the upstream step rewrites it for
         # the provider anyway. (A multi-MB body mutation at this step crashed
         # Envoy 1.40 with SIGSEGV; see tests/e2e/test_gateway_e2e.py.)
         common = pb.CommonResponse(clear_route_cache=True)
-        common.header_mutation.CopyFrom(mutation(set_headers, remove=CLIENT_CREDENTIAL_HEADERS))
+        remove = (*CLIENT_CREDENTIAL_HEADERS, *(() if variant else (wire.EXPERIMENT_HEADER, wire.VARIANT_HEADER)))
+        common.header_mutation.CopyFrom(mutation(set_headers, remove=remove))
         return continue_request_body(common)
+
+    def _assign_variant(self, req: ClientRequest) -> Variant | None:
+        """Its experiment's variant, assigned as Envoy assigns the requests it routes
+        (ext_proc/experiments.py); its series move to the variant's labels."""
+        route = self.route
+        assert route is not None
+        experiment = self.view.experiment_for(route.path, req.model)
+        if experiment is None:
+            return None
+        variant = self.variant = experiment.assign(self.headers)
+        self.route = self.view.labelled(self.view.routes.get(route.path, route), self.key_id, variant)
+        if self.metrics is not None:  # its in-flight count too: whoever sees its end counts it there
+            self.metrics.request_ended(route)
+            self.metrics.request_started(self.route)
+        return variant
+
+    def _variant_headers(self) -> dict[str, str]:
+        """For the upstream step (the variant's model) and the client (which variant served it)."""
+        variant = self.variant
+        return {} if variant is None else {wire.EXPERIMENT_HEADER: variant.experiment,
+                                           wire.VARIANT_HEADER: variant.name}
 
     def _coalesce(self, req: ClientRequest) -> dict[str, str]:
         """On a route with ``dedup``: lead an identical request's flight, or follow the one in flight
@@ -139,7 +166,10 @@ class RouterStep(Step):
         if route.dedup != "always" and not determined(req.body):
             return {}
         client = self.view.client(self.key_id)
-        self.flight_key = coalescing_key(client.name if client is not None else "", route.path, req.body)
+        # Identical requests on different variants get different answers: a variant is part of the scope.
+        scope = "\0".join([client.name if client is not None else "", *(self.variant.labels.values()
+                                                                         if self.variant else ())])
+        self.flight_key = coalescing_key(scope, route.path, req.body)
         flight, leading = self.coalescer.join(self.flight_key)
         if leading:
             self.flight = flight
@@ -168,13 +198,15 @@ class RouterStep(Step):
 
     def response_headers(self, msg: pb.HttpHeaders, attributes: Attributes) -> pb.ProcessingResponse:
         headers = header_map(msg)
-        response = continue_response_headers(pb.CommonResponse(header_mutation=mutation(remove=STEP_RESPONSE_HEADERS)))
+        response = continue_response_headers(pb.CommonResponse(
+            header_mutation=mutation(self._variant_headers(), remove=STEP_RESPONSE_HEADERS)))
         if UNAVAILABLE_HEADER in headers:
             response = self.unavailable()
         status = int(headers.get(":status", "0") or 0)
         provider = self.view.providers.get(headers.get(PROVIDER_HEADER, ""))
         if provider is not None and self.request is not None:  # as the upstream step sent it: with its model
-            provider = provider.serving(wire.FAMILY_OF_HANDLER[self.request.handler], self.request.model)
+            provider = provider.serving(wire.FAMILY_OF_HANDLER[self.request.handler],
+                                        requested_model(self.variant, provider.name, self.request.model))
         self.done = True
         if self.following:  # its answer is the leader's: counted here, streams too, as coalesced
             self._count(status, provider, RequestOutcome.COALESCED if status < 400 else outcome_for(status, 1))
@@ -224,9 +256,11 @@ class RouterStep(Step):
         providers = self.chain.providers if self.chain is not None else self.view.providers
         body = unavailable_json(self.reasons(providers) if self.reasons is not None else {})
         if body is None:  # every provider passes its probes: Envoy's own words are all there is
-            return continue_response_headers(pb.CommonResponse(header_mutation=mutation(remove=remove)))
+            return continue_response_headers(pb.CommonResponse(
+                header_mutation=mutation(self._variant_headers(), remove=remove)))
         return continue_response_headers(pb.CommonResponse(
-            status=pb.CommonResponse.CONTINUE_AND_REPLACE, header_mutation=mutation(remove=remove),
+            status=pb.CommonResponse.CONTINUE_AND_REPLACE,
+            header_mutation=mutation(self._variant_headers(), remove=remove),
             body_mutation=pb.BodyMutation(body=body)))
 
     def on_error(self, err: GatewayError) -> None:

@@ -33,6 +33,7 @@ from ext_proc import client_request
 from ext_proc.admission import Admission
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import GatewayError, error_json
+from ext_proc.experiments import Variant, requested_model
 from ext_proc.ledger import Ledger, LedgerRecord, labels_json
 from ext_proc.metrics import GatewayMetrics, token_count
 from ext_proc.outcomes import RequestOutcome, StreamOutcome
@@ -103,6 +104,7 @@ class Attempt:
     request_id: str
     request_start: float  # wall clock: when the router step first saw the request
     key_id: str = ""  # the client key's id, when the gateway checks keys
+    variant: Variant | None = None  # its experiment's variant, if it is in one
 
     @classmethod
     def read(cls, view: RuntimeView, provider: Provider, route_md: Mapping[str, str],
@@ -111,17 +113,19 @@ class Attempt:
         number = headers.get(ATTEMPT_HEADER, "")
         route = view.routes.get(route_md.get(RouteKey.ROUTE, ""))
         key_id = headers.get(wire.KEY_ID_HEADER, "")
-        if route is not None:  # counted as its client's department's
-            route = view.labelled(route, key_id)
+        variant = view.variant(headers.get(wire.EXPERIMENT_HEADER), headers.get(wire.VARIANT_HEADER))
+        if route is not None:  # counted as its client's department's, and under its variant
+            route = view.labelled(route, key_id, variant)
         return cls(view=view, provider=provider, route=route,
                    handler=route_md.get(RouteKey.HANDLER, ""), lane=route_md.get(RouteKey.LANE, ""),
                    number=int(number) if number.isdigit() else 1,
                    request_id=headers.get(REQUEST_ID_HEADER, ""),
-                   request_start=_seconds(headers.get(START_HEADER, ""), started), key_id=key_id)
+                   request_start=_seconds(headers.get(START_HEADER, ""), started), key_id=key_id, variant=variant)
 
     def serving(self, req: ClientRequest) -> Attempt:
         """This attempt with its provider as it serves ``req``: with the model it is sent (``Provider.serving``)."""
-        provider = self.provider.serving(FAMILY_OF_HANDLER[req.handler], req.model)
+        provider = self.provider.serving(FAMILY_OF_HANDLER[req.handler],
+                                         requested_model(self.variant, self.provider.name, req.model))
         return self if provider is self.provider else replace(self, provider=provider)
 
     def target_headers(self, out: ProviderRequest) -> dict[str, str]:
@@ -204,7 +208,9 @@ class UpstreamStep(Step):
         The answer is the gateway's, and Envoy's to retry (to the same member) or give the client.
         """
         self.done = True
-        chain = _request_chain(view, headers.get(CHAIN_HEADER, ""), route_md, read)
+        variant = view.variant(headers.get(wire.EXPERIMENT_HEADER), headers.get(wire.VARIANT_HEADER))
+        cluster = variant.chain if variant is not None else headers.get(CHAIN_HEADER, "")
+        chain = _request_chain(view, cluster, route_md, read)
         names = chain.providers if chain is not None else tuple(view.providers)
         body = unavailable_json(self.reasons(names) if self.reasons is not None else {}) or json.dumps(
             error_json("No provider could serve the request (none is in rotation).", "server_error",
@@ -414,7 +420,8 @@ class UpstreamStep(Step):
             client=client.name if client is not None else "", provider=attempt.provider.name,
             model=attempt.provider.model, input_tokens=inputs, output_tokens=outputs, cached_tokens=cached,
             cost_usd=cost_usd(attempt.provider.price, inputs, outputs), price_version=attempt.view.version,
-            status=200, outcome=outcome.value))
+            status=200, outcome=outcome.value, experiment=attempt.variant.experiment if attempt.variant else "",
+            variant=attempt.variant.name if attempt.variant else ""))
 
     def _count_usage(self) -> None:
         """Once per attempt: at the answer's end, or when the call ends first (finish)."""
@@ -451,10 +458,10 @@ class UpstreamStep(Step):
 
 
 def _request_chain(view: RuntimeView, cluster: str, route_md: Mapping[str, str], body: BodyRead) -> Chain | None:
-    """The chain the router step named (its cluster), or a model-lane request's: its model and route's handler."""
-    chains = [*view.auto_chains.values(), *(c for models in view.family_models.values() for c in models.values())]
+    """The chain named (by the router step, or an experiment's variant), or a model-lane request's:
+    its model and route's handler."""
     if cluster:
-        return next((c for c in chains if c.cluster == cluster), None)
+        return view.chains.get(cluster)
     handler, model = route_md.get(RouteKey.HANDLER, ""), body.model
     if handler not in FAMILY_OF_HANDLER or not model:
         return None

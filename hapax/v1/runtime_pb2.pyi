@@ -112,7 +112,7 @@ class Model(_message.Message):
     def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., chain: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
 
 class Runtime(_message.Message):
-    __slots__ = ("config_version", "providers", "routes", "chains", "models", "auto_chains", "clients", "keys_required", "admission", "queue", "ledger")
+    __slots__ = ("config_version", "providers", "routes", "chains", "models", "auto_chains", "clients", "keys_required", "admission", "queue", "ledger", "experiments")
     class AutoChainsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,7 @@ class Runtime(_message.Message):
     ADMISSION_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     LEDGER_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
     config_version: str
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     routes: _containers.RepeatedCompositeFieldContainer[Route]
@@ -142,7 +143,36 @@ class Runtime(_message.Message):
     admission: Admission
     queue: Queue
     ledger: Ledger
-    def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., auto_chains: _Optional[_Mapping[str, str]] = ..., clients: _Optional[_Iterable[_Union[Client, _Mapping]]] = ..., keys_required: _Optional[bool] = ..., admission: _Optional[_Union[Admission, _Mapping]] = ..., queue: _Optional[_Union[Queue, _Mapping]] = ..., ledger: _Optional[_Union[Ledger, _Mapping]] = ...) -> None: ...
+    experiments: _containers.RepeatedCompositeFieldContainer[Experiment]
+    def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., auto_chains: _Optional[_Mapping[str, str]] = ..., clients: _Optional[_Iterable[_Union[Client, _Mapping]]] = ..., keys_required: _Optional[bool] = ..., admission: _Optional[_Union[Admission, _Mapping]] = ..., queue: _Optional[_Union[Queue, _Mapping]] = ..., ledger: _Optional[_Union[Ledger, _Mapping]] = ..., experiments: _Optional[_Iterable[_Union[Experiment, _Mapping]]] = ...) -> None: ...
+
+class Experiment(_message.Message):
+    __slots__ = ("name", "model", "routes", "sticky_header", "variants")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    STICKY_HEADER_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: str
+    routes: _containers.RepeatedScalarFieldContainer[str]
+    sticky_header: str
+    variants: _containers.RepeatedCompositeFieldContainer[Variant]
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., routes: _Optional[_Iterable[str]] = ..., sticky_header: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ...) -> None: ...
+
+class Variant(_message.Message):
+    __slots__ = ("name", "provider", "chain", "model", "buckets")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    provider: str
+    chain: str
+    model: str
+    buckets: int
+    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., chain: _Optional[str] = ..., model: _Optional[str] = ..., buckets: _Optional[int] = ...) -> None: ...
 
 class Ledger(_message.Message):
     __slots__ = ("directory", "retention_days", "store")

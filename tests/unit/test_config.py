@@ -383,7 +383,8 @@ def test_unknown_key_suggests_close_match():
          "unknown key 'prot' (did you mean 'port'?)"),
         (with_provider("{type: ollama, model: m}") + "xyzzy: []", "xyzzy",
          "unknown key 'xyzzy' (expected one of: server, providers, provider_preference, routes, default_routes, "
-         "health_check, retry, pricing, logging, ext_proc, control_plane, clients, limits, queue, ledger)"),
+         "health_check, retry, pricing, logging, ext_proc, control_plane, clients, limits, queue, ledger, "
+         "experiments)"),
         (with_provider("{type: ollama, model: m}") + "1: x", "1", "expected a string key, got integer 1"),
     ],
 )
@@ -772,7 +773,7 @@ def test_route_structure_errors(routes, path, message):
         ("{provider: x}", "provider",
          "label 'provider' is reserved: Hapax sets it itself "
          "(reserved: provider, model, route, status, status_class, outcome, handler, gen_ai_token_type, version, "
-         "result, le, quantile)"),
+         "result, le, quantile, experiment, variant)"),
         ("{__name: x}", "__name", "invalid label name '__name': names starting with '__' are reserved by Prometheus"),
         ("{'team-name': x}", "team-name",
          "invalid label name 'team-name' (Prometheus label names match [a-zA-Z_][a-zA-Z0-9_]*)"),
@@ -787,7 +788,7 @@ def test_invalid_metrics_labels(labels, path, message):
 
 
 def test_reserved_label_names_are_all_rejected():
-    for name in ("provider", "model", "route", "status", "handler", "le", "quantile"):
+    for name in ("provider", "model", "route", "status", "handler", "le", "quantile", "experiment", "variant"):
         found = errors(with_route(f"{{path: /v1/x, handler: chat, metrics_labels: {{{name}: x}}}}"))
         assert f"routes[0].metrics_labels.{name}" in found
 

@@ -42,10 +42,12 @@ FULL = {
     "limits": {"departments": {"d": {"tokens_per_day": 1}}},
     "queue": {"timeout": 1},
     "ledger": {"retention_days": 1},
+    "experiments": {"e": {"model": "m", "variants": {"a": {"provider": "p", "weight": 1}}}},
 }
 
 # Sections whose keys are names the user chooses, as the reference writes them.
-NAMED = {"providers": "<name>", "pricing": "<model>", "clients": "<name>", "limits.departments": "<name>"}
+NAMED = {"providers": "<name>", "pricing": "<model>", "clients": "<name>", "limits.departments": "<name>",
+         "experiments": "<name>", "experiments.<name>.variants": "<name>"}
 
 # Sections the reference documents once for two places: a provider's health_check
 # overrides the top-level one key by key, with the same keys.
@@ -53,10 +55,10 @@ SAME_AS = {"providers.<name>.health_check": "health_check",
            "limits.departments.<name>": "clients.<name>.limits"}
 
 # Headings that document a section but are not its key path.
-HEADING_PATHS = {"Top-level keys": ""}
+HEADING_PATHS = {"Top-level keys": "", "Variants": "experiments.<name>.variants.<name>"}
 # The key path of each item of a section that is a mapping of names or a list.
 ITEM_PATHS = {"providers": "providers.<name>", "pricing": "pricing.<model>", "routes": "routes[]",
-              "clients": "clients.<name>"}
+              "clients": "clients.<name>", "experiments": "experiments.<name>"}
 
 
 def _validate_modules() -> Iterator[ModuleType]:

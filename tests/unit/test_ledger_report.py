@@ -43,7 +43,8 @@ def _record(when: str, labels: dict, provider: str, model: str, tokens: tuple[in
     return {"time": start.timestamp(), "request_id": f"{when}-{provider}-{model}", "route": "/v1/chat/completions",
             "labels": json.dumps(labels), "key_id": "0123456789ab", "client": "search-app",
             "provider": provider, "model": model, "input_tokens": tokens[0], "output_tokens": tokens[1],
-            "cached_tokens": None, "cost_usd": cost, "price_version": "v1", "status": 200, "outcome": "success"}
+            "cached_tokens": None, "cost_usd": cost, "price_version": "v1", "status": 200, "outcome": "success",
+            "experiment": "", "variant": "", "region": ""}
 
 
 SEARCH, ADS = {"department": "search", "team": "ranking"}, {"department": "ads"}
@@ -309,4 +310,5 @@ def test_a_csv_that_cannot_be_written_is_an_error_after_the_table(ledger, capsys
 
 
 def test_the_ledgers_dimensions_are_the_group_columns():
-    assert GROUP_COLUMNS == ("route", "key_id", "client", "provider", "model", "price_version", "outcome")
+    assert GROUP_COLUMNS == ("route", "key_id", "client", "provider", "model", "price_version", "outcome",
+                             "experiment", "variant", "region")

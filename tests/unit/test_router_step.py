@@ -128,9 +128,9 @@ def test_a_known_model_goes_to_its_owners_chain_with_that_chains_attempts(step, 
     assert common.clear_route_cache  # Envoy picks the route again, by the chain header
 
 
-def test_the_client_credentials_never_go_on(step):
+def test_the_client_credentials_never_go_on_nor_a_variant_the_client_claims(step):
     common = _route_to(step, "claude")
-    assert set(common.header_mutation.remove_headers) == set(CREDENTIALS)
+    assert set(common.header_mutation.remove_headers) == {*CREDENTIALS, "x-hapax-experiment", "x-hapax-variant"}
     assert not set(_set(common.header_mutation)) & set(CREDENTIALS)
     assert not common.HasField("body_mutation")  # the body is the upstream step's to rewrite
 

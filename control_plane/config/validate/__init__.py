@@ -13,7 +13,8 @@ section to its module:
 - ``control_plane``: where a fleet reaches the control plane, and its mutual TLS;
 - ``clients``: who may call (their keys' lines), their labels and limits; ``limits``: where
   the counters live and the departments' limits; ``queue``: waiting for a saturated provider;
-  ``ledger`` (settings): where the cost ledger is kept.
+  ``ledger`` (settings): where the cost ledger is kept;
+- ``experiments``: A/B model experiments, their variants and weights.
 
 ``values`` holds what they share: reading one value of a given kind, and the
 messages that describe a wrong one.
@@ -28,6 +29,7 @@ from control_plane.config.errors import _Issues
 from control_plane.config.model import HapaxConfig, HealthCheckConfig, ProviderConfig, RouteConfig
 from control_plane.config.validate.clients import Scope, _admission, _clients, _queue
 from control_plane.config.validate.control_plane import _control_plane
+from control_plane.config.validate.experiments import _experiments
 from control_plane.config.validate.providers import _health_check, _preference, _provider_names, _providers
 from control_plane.config.validate.routes import _served_routes
 from control_plane.config.validate.server import _base_dir, _server
@@ -36,7 +38,8 @@ from control_plane.config.validate.values import _expected, _reject_unknown_keys
 from hapax import wire
 
 _TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "default_routes", "health_check",
-                   "retry", "pricing", "logging", "ext_proc", "control_plane", "clients", "limits", "queue", "ledger")
+                   "retry", "pricing", "logging", "ext_proc", "control_plane", "clients", "limits", "queue", "ledger",
+                   "experiments")
 
 
 def _served_scope(providers: Mapping[str, ProviderConfig], routes: Sequence[RouteConfig]) -> Scope:
@@ -67,7 +70,9 @@ def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
     admission = _admission(root.get("limits"), issues)
     queue = _queue(root.get("queue"), issues)
     ledger = _ledger(root.get("ledger"), issues, _base_dir(source))
+    experiments = _experiments(root.get("experiments"), providers, routes, issues)
     if issues.errors:
         return None
     return HapaxConfig(server, providers, preference, routes, tuple(issues.warnings), source, retry, pricing,
-                       logging_config, ext_proc, control_plane, clients, admission, queue, ledger)
+                       logging_config, ext_proc, control_plane, clients, admission, queue, ledger,
+                       experiments)
