@@ -246,7 +246,7 @@ class RuntimeView:
             routes=MappingProxyType(routes),
             chain_for_model=MappingProxyType(family_models.get(ModelFamily.CHAT, {})),
             default_chain=chains[rt.chains[0].cluster],
-            models_json=_models_json(rt.models),
+            models_json=_models_json(rt.models, rt.experiments),
             family_models=MappingProxyType({f: MappingProxyType(m) for f, m in family_models.items()}),
             auto_chains=MappingProxyType({f: chains[c] for f, c in rt.auto_chains.items()}),
             clients=MappingProxyType(_clients(rt)),
@@ -286,11 +286,15 @@ def _admission(rt: runtime_pb2.Runtime) -> AdmissionSettings:
                                                for name, limits in a.departments.items()}))
 
 
-def _models_json(models) -> bytes:
-    """Every model name clients may send, once, by the provider that serves it first."""
+def _models_json(models, experiments) -> bytes:
+    """Every model name clients may send, once, by the provider that serves it first; an experiment's
+    own name is the gateway's."""
     owners: dict[str, str] = {}
     for model in models:
         owners.setdefault(model.name, model.provider)
+    for experiment in experiments:
+        if experiment.model:
+            owners.setdefault(experiment.model, "hapax")
     data = [{"id": name, "object": "model", "created": 0, "owned_by": owner} for name, owner in owners.items()]
     return json.dumps({"object": "list", "data": data}).encode()
 

@@ -537,7 +537,13 @@ class Supervisor:
         return {name: fake.base_url for name, fake in fakes.items()}
 
     def _print_ready(self, config, version: str) -> None:
-        from control_plane.config.served import access_line, preference_line, provider_line, route_lines
+        from control_plane.config.served import (
+            access_line,
+            experiment_lines,
+            preference_line,
+            provider_line,
+            route_lines,
+        )
 
         first, *more = route_lines(config)  # a config serves at least one route
         lines = [
@@ -553,6 +559,7 @@ class Supervisor:
             f"  Providers:    {provider_line(config)}",
             f"  Preference:   {preference_line(config)}",
             f"  Access:       {access_line(config)}",
+            *(f"  {'Experiments:' if n == 0 else '':<14}{line}" for n, line in enumerate(experiment_lines(config))),
             f"  Config:       {self.options.config_path or 'built-in default'} (version {version})",
             # What the control plane has logged, where the operator looks first: an empty key above all.
             *(f"  Warning:      {warning}" for warning in config.warnings),

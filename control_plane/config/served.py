@@ -53,6 +53,19 @@ def access_line(config: HapaxConfig) -> str:
     return f"client keys required ({len(config.clients)} clients, {keys} keys{limited}{store})"
 
 
+def experiment_lines(config: HapaxConfig, limit: int = MAX_LISTED_ROUTES) -> list[str]:
+    """Each experiment: what it splits, and its variants' shares (of the buckets) and providers."""
+    lines = []
+    for e in list(config.experiments.values())[:limit]:
+        takes = f"model {e.model}" if e.model else "every model"
+        where = f" on {', '.join(e.routes)}" if e.routes else ""
+        shares = ", ".join(f"{v.name} {buckets / 100:g}% ({v.provider}/{v.model})"
+                           for v, buckets in zip(e.variants, e.buckets(), strict=True))
+        lines.append(f"{e.name}: {takes}{where}: {shares}")
+    hidden = len(config.experiments) - limit
+    return [*lines, *([f"... and {hidden} more"] if hidden > 0 else [])]
+
+
 def _bounded(items: list[str], separator: str, limit: int) -> str:
     hidden = len(items) - limit
     listed = separator.join(items[:limit])

@@ -12,6 +12,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from control_plane.config import ConfigError, HapaxConfig, parse_config
+from control_plane.config.served import experiment_lines
 from control_plane.plan import make_plan
 from control_plane.resources.routes import route_configuration
 from control_plane.resources.runtime import runtime
@@ -225,3 +226,18 @@ def test_the_router_step_assigns_a_variant_sends_its_chain_and_counts_it_there()
     unassigned = (("department", ""), ("experiment", ""), ("route", "/v1/dedup/chat"), ("variant", ""))
     assigned = (("department", ""), ("experiment", "summary-test"), ("route", "/v1/dedup/chat"), ("variant", "b"))
     assert in_flight == {unassigned: 0.0, assigned: 1.0}
+
+
+def test_the_banner_names_each_experiment_with_its_variants_shares():
+    assert experiment_lines(parse(EXPERIMENT)) == [
+        "summary-test: model summary: a 90% (anthropic/claude-3-5-haiku-latest), b 10% (openai/gpt-4o)"]
+
+
+def test_an_experiments_model_is_listed_and_a_client_may_be_confined_to_it():
+    models = {m["id"]: m["owned_by"] for m in json.loads(view_of(EXPERIMENT).models_json)["data"]}
+    assert models["summary"] == "hapax" and models["gpt-4o"] == "openai"
+    confined = EXPERIMENT + """\
+clients:
+  app: {keys: ["0123456789ab:{SHA}QM1iQk32+VTlOatOudb57ErLcpE="], models: [summary]}
+"""
+    assert parse(confined).clients["app"].models == ("summary",)

@@ -42,8 +42,12 @@ _TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "defa
                    "experiments")
 
 
-def _served_scope(providers: Mapping[str, ProviderConfig], routes: Sequence[RouteConfig]) -> Scope:
+def _served_scope(providers: Mapping[str, ProviderConfig], routes: Sequence[RouteConfig], experiments: Any) -> Scope:
+    """What a client may be confined to: every model name served (an experiment's too) and route path."""
     models = {wire.AUTO_MODEL} | {name for p in providers.values() for name in (*p.models, *p.aliases)}
+    if isinstance(experiments, Mapping):
+        models |= {e["model"] for e in experiments.values()
+                   if isinstance(e, Mapping) and isinstance(e.get("model"), str)}
     return Scope(tuple(sorted(models)), tuple(route.path for route in routes))
 
 
@@ -66,7 +70,7 @@ def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
     logging_config = _logging(root.get("logging"), issues)
     ext_proc = _ext_proc(root.get("ext_proc"), issues)
     control_plane = _control_plane(root.get("control_plane"), issues, _base_dir(source))
-    clients = _clients(root.get("clients"), _served_scope(providers, routes), issues)
+    clients = _clients(root.get("clients"), _served_scope(providers, routes, root.get("experiments")), issues)
     admission = _admission(root.get("limits"), issues)
     queue = _queue(root.get("queue"), issues)
     ledger = _ledger(root.get("ledger"), issues, _base_dir(source))
