@@ -134,8 +134,14 @@ def _highest_price(view: RuntimeView, route: Route, model: str | None) -> tuple[
     family, chain = _chain(view, route, model)
     if not family:
         return None
-    names = chain.providers if chain is not None else tuple(view.providers)
-    prices = [p.serving(family, model).price for name in names if (p := view.providers.get(name)) is not None]
+    experiment = view.experiment_for(route.path, model)
+    if experiment is not None:  # Envoy picks the variant after this check: any of them may serve it
+        sent = [(name, variant.requested(name)) for variant in experiment.variants
+                for name in view.chains[variant.chain].providers]
+    else:
+        sent = [(name, model) for name in (chain.providers if chain is not None else tuple(view.providers))]
+    prices = [p.serving(family, requested).price for name, requested in sent
+              if (p := view.providers.get(name)) is not None]
     known = [price for price in prices if price is not None]
     return (max(p[0] for p in known), max(p[1] for p in known)) if known else None
 

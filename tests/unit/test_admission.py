@@ -77,6 +77,22 @@ def test_a_request_reserves_its_size_in_tokens_its_answers_limit_and_the_dearest
     assert worst_case(v, v.routes["/v1/embeddings"], entries(bytes="40"))[Metric.TOKENS] == 10
 
 
+def test_an_experiments_request_reserves_at_the_dearest_model_any_variant_may_send():
+    experiment = CONFIG.replace("routes:", """experiments:
+  summary-test:
+    model: summary
+    variants:
+      cheap: {provider: openai, weight: 50}
+      dear: {provider: openai, model: gpt-4o, weight: 50}
+routes:""").replace("{type: openai, model: gpt-4o-mini,", "{type: openai, model: gpt-4o-mini, "
+                    "models: {gpt-4o-mini: {}, gpt-4o: {}},").replace(
+        "gpt-4o-mini: {input: 1, output: 2}", "gpt-4o-mini: {input: 1, output: 2}\n  gpt-4o: {input: 50, output: 60}")
+    v = view(experiment)
+    amounts = worst_case(v, v.routes["/v1/chat/completions"], entries(bytes="400", max_tokens="100", model="summary"))
+    # Envoy picks the variant after the check: priced as variant dear's gpt-4o, the dearest sent.
+    assert amounts[Metric.SPEND] == 100 * 50 + 100 * 60
+
+
 def test_a_clients_limits_and_its_departments_both_hold_it():
     v = view()
     client = v.client(SEARCH.key_id)
