@@ -103,7 +103,10 @@ def method_lines(args: argparse.Namespace, plan: CorePlan | None = None) -> list
          "keys': Envoy's Lua + basic_auth check on every request), and plus limits on that client at 10^12 "
          "requests and tokens per minute and per day ('json with keys + limits': Envoy's rate limit filter asks "
          "ext_proc's admission service, embedded SQLite store, settled from the access log); their requests "
-         "(to A and B too) carry `Authorization: Bearer <that key>` instead of the SDK's placeholder. Each "
+         "(to A and B too) carry `Authorization: Bearer <that key>` instead of the SDK's placeholder. The "
+         "experiment scenario runs a `hapax serve` on C's configuration plus an A/B experiment on its model "
+         "(two variants of the JSON provider, 50/50, no user header: Envoy's weighted clusters, then the "
+         "upstream step). Each "
          "gateway apart is started only when the plan has its scenarios; its processes alone are measured in "
          "them."),
         ("P (with --portkey): Portkey's gateway (Node), pinned like C, told `x-portkey-provider: anthropic` and "

@@ -22,7 +22,10 @@ MODELS = {"json": "bench-json", "sse": "bench-sse", "paced": "bench-paced",
           "anthropic": "bench-anthropic",
           # The JSON answer again, through a Hapax whose config has client keys (and limits):
           # the passthrough lane, with Envoy's key check (and the admission check) on the way.
-          "keys": "bench-json", "limits": "bench-json"}
+          "keys": "bench-json", "limits": "bench-json",
+          # The JSON answer again, through a Hapax whose config splits this name between two
+          # variants (both the JSON provider): Envoy's weighted clusters, then the upstream step.
+          "experiment": "bench-experiment"}
 STREAMING = frozenset({"sse", "paced"})  # the kinds whose requests ask for a stream
 CREATED = 1_700_000_000  # a fixed timestamp: answers are byte-identical from run to run
 # Where the paced fake writes each chunk's send time (time.monotonic(), the

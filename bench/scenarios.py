@@ -22,7 +22,8 @@ SDK = "sdk"    # what the official OpenAI Python SDK sends: its headers, "stream
 KIND_NAMES = {"json": "json", "sse": "stream", "paced": "paced stream", "alias": "json via alias",
               "auto": "json model=auto", "anthropic": "json to Anthropic",
               "seed": "json seed config (Anthropic first, model=auto)",
-              "keys": "json with client keys", "limits": "json with keys + limits"}
+              "keys": "json with client keys", "limits": "json with keys + limits",
+              "experiment": "json in an A/B experiment"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ def _sdk(seconds: int, levels: tuple[int, ...], streams: tuple[int, ...], keyed:
         if kind == "json" and keyed:  # next to the plain lane's c=64, which they are compared with
             for keyed_kind in ("keys", "limits"):
                 plan += _closed(keyed_kind, "300B", seconds, 64, client=SDK)
+        if kind == "auto":  # an experiment's requests take the model lane's path, as auto's do
+            plan += _closed("experiment", "300B", seconds, 64, client=SDK)
         if kind == "json":  # its open-loop rate is half the C peak just measured
             plan.append(Scenario("json", "300B", OPEN, seconds + 2, peak_fraction=0.5, client=SDK))
     plan += _closed("sse", "300B", seconds, 16, client=SDK)

@@ -40,10 +40,11 @@ KINDS = ("json", "sse", "paced", "anthropic")  # the kinds of answer, one provid
 # model=auto (the router step: json is first in C's preference), by model=auto
 # through the seed's config with Anthropic first (a second Hapax), and the JSON
 # answer through a Hapax with client keys, and one with keys + limits.
-ALIASED = {"alias": "json", "auto": "json", "seed": "anthropic", "keys": "json", "limits": "json"}
+ALIASED = {"alias": "json", "auto": "json", "seed": "anthropic", "keys": "json", "limits": "json",
+           "experiment": "json"}
 # The kinds C serves from a `hapax serve` of their own (another config), started only when
 # a plan has them: C's main gateway's config has no seed routes, no keys and no limits.
-APART = ("seed", "keys", "limits")
+APART = ("seed", "keys", "limits", "experiment")
 # The kinds whose requests carry the bench client's key (Authorization: Bearer), to A and B too.
 KEYED = ("keys", "limits")
 # Limits no run comes near (a 10 s run at c=64 reserves some 10^8 tokens, 4096 a request
@@ -248,7 +249,18 @@ def apart_config(kind: str, fakes: Fakes, plan: CorePlan | None = None) -> dict:
     """The config of the gateway that serves ``kind`` (one of ``APART``)."""
     if kind == "seed":
         return seed_config(fakes, plan)
+    if kind == "experiment":
+        return experiment_config(fakes, plan)
     return keyed_config(fakes, plan, limits=kind == "limits")
+
+
+def experiment_config(fakes: Fakes, plan: CorePlan | None = None) -> dict:
+    """C's config with an A/B experiment on ``MODELS["experiment"]``: two variants of the JSON provider,
+    split 50/50 (the requests carry no user header: each is assigned at random)."""
+    config = hapax_config(fakes, plan)
+    variants = {name: {"provider": "json", "weight": 50} for name in ("a", "b")}
+    config["experiments"] = {"bench": {"model": MODELS["experiment"], "variants": variants}}
+    return config
 
 
 def hapax_command(config_path: Path, plan: CorePlan | None = None) -> list[str]:

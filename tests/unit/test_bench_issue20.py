@@ -122,6 +122,9 @@ def test_each_gateway_apart_gets_a_config_hapax_accepts() -> None:
     limits = limited.clients["bench"].limits  # type: ignore[index]
     assert limits.requests_per_minute == limits.tokens_per_day == NEVER_REACHED
     assert hapax_config(FAKES).get("clients") is None  # C's main gateway stays open
+    experiment = parse_config(yaml.safe_dump(apart_config("experiment", FAKES)), env={}).experiments["bench"]
+    assert experiment.buckets() == (5000, 5000) and {v.provider for v in experiment.variants} == {"json"}
+    assert "experiments" not in hapax_config(FAKES)  # nor does it have one
 
 
 def test_keyed_requests_carry_the_key_to_every_target(tmp_path) -> None:
