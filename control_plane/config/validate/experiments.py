@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from control_plane.config.errors import _index, _Issues, _join
+from control_plane.config.errors import _Issues, _join
 from control_plane.config.model import (
     EXPERIMENT_HANDLERS,
     STICKY_CLIENT_KEY,
@@ -22,11 +22,11 @@ from control_plane.config.model import (
     RouteConfig,
     VariantConfig,
 )
+from control_plane.config.validate.clients import _scope
 from control_plane.config.validate.providers import _forward_header_problem
 from control_plane.config.validate.values import (
     _expected,
     _integer,
-    _list,
     _mapping,
     _not_one_of,
     _quote,
@@ -71,7 +71,8 @@ def _experiment(name: str, value: Any, path: str, providers: Mapping[str, Provid
         return None
     _reject_unknown_keys(node, path, _EXPERIMENT_KEYS, issues)
     model = None if node.get("model") is None else _text(node["model"], _join(path, "model"), issues)
-    paths = _routes(node.get("routes"), _join(path, "routes"), routes, issues)
+    chat = [r.path for r in routes if r.handler in EXPERIMENT_HANDLERS]
+    paths = _scope(node.get("routes"), _join(path, "routes"), "chat or completion route", chat, issues)
     if node.get("model") is None and node.get("routes") is None:
         issues.error(path, "names neither a model nor routes: say which requests it splits "
                            "(model: the name clients send; routes: the paths whose every chat request it takes)")
@@ -80,25 +81,6 @@ def _experiment(name: str, value: Any, path: str, providers: Mapping[str, Provid
     if not variants:
         return None
     return ExperimentConfig(name, variants, model, paths, sticky)
-
-
-def _routes(value: Any, path: str, routes: Sequence[RouteConfig], issues: _Issues) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    items = _list(value, path, issues) or []
-    if not items:
-        issues.error(path, "lists no route: omit it to take every chat route")
-    chat = [r.path for r in routes if r.handler in EXPERIMENT_HANDLERS]
-    paths = []
-    for i, item in enumerate(items):
-        text = _string(item, _index(path, i), issues)
-        if text is None:
-            continue
-        if text not in chat:
-            issues.error(_index(path, i), _not_one_of("chat or completion route", text, chat))
-            continue
-        paths.append(text)
-    return tuple(paths)
 
 
 def _variants(value: Any, path: str, providers: Mapping[str, ProviderConfig],
