@@ -13,7 +13,7 @@ from pathlib import Path
 from control_plane.config.errors import ConfigError
 from control_plane.config.load import load_config, summarize
 from control_plane.config.served import route_lines
-from hapax import ledger_report, logs
+from hapax import focus_parquet, ledger_report, logs
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -86,14 +86,16 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from hapax import focus_csv
+    from hapax import focus
 
     by = tuple(dict.fromkeys(args.by or ledger_report.DEFAULT_BY))  # in order, once each
     try:
-        if args.csv:
-            focus_csv.columns(by)  # a clash fails before the ledger is read
+        if args.parquet:
+            focus_parquet.require()  # before anything is read or written
+        if args.csv or args.parquet:
+            focus.columns(by)  # a clash fails before the ledger is read
         period = ledger_report.Period.of(args.since, args.until, datetime.now(UTC))
-    except (focus_csv.ColumnClash, ledger_report.PeriodError) as err:
+    except (focus_parquet.ParquetUnavailable, focus.ColumnClash, ledger_report.PeriodError) as err:
         return _report_failed(err, 2)
     try:
         if args.ledger.startswith(ledger_report.POSTGRES_SCHEMES):
@@ -103,15 +105,21 @@ def _report(args: argparse.Namespace) -> int:
     except ledger_report.LedgerError as err:
         return _report_failed(err, 1)
     print(ledger_report.describe(report, Path(args.ledger)))
-    return _write_csv(report, args.csv) if args.csv else 0
+    return max(_write_file(report, args.csv, "csv"), _write_file(report, args.parquet, "parquet"))
 
 
-def _write_csv(report: ledger_report.Report, path: str) -> int:
+def _write_file(report: ledger_report.Report, path: str | None, kind: str) -> int:
+    """The report's FOCUS rows in a CSV or Parquet file, when asked for; 1 if it cannot be written."""
     from hapax import focus_csv
 
+    if not path:
+        return 0
     try:
-        with open(path, "w", newline="", encoding="utf-8") as out:
-            rows = focus_csv.write(report, out)
+        if kind == "csv":
+            with open(path, "w", newline="", encoding="utf-8") as out:
+                rows = focus_csv.write(report, out)
+        else:
+            rows = focus_parquet.write(report, Path(path))
     except OSError as err:
         return _report_failed(f"cannot write {path}: {err.strerror or err}", 1)
     print(f"Wrote {rows} rows (a group's day each) to {path}", file=sys.stderr)
@@ -183,6 +191,8 @@ def _add_report_arguments(report: argparse.ArgumentParser) -> None:
                              f"{', '.join(ledger_report.GROUP_COLUMNS)}; repeat for several")
     report.add_argument("--csv", metavar="OUT.csv",
                         help="also write one row per group and UTC day, in FinOps FOCUS column names")
+    report.add_argument("--parquet", metavar="OUT.parquet",
+                        help=f"the same rows as --csv, typed, in a Parquet file (needs {focus_parquet.INSTALL})")
 
 
 def _argument(parse: Callable[[str], object]) -> Callable[[str], object]:

@@ -8,9 +8,9 @@ waiting for a writer. Only the files of the months the period touches are opened
 A fleet's ledger in PostgreSQL (``--ledger postgresql://...``) is read with the same query in
 its dialect.
 
-The report is a table on stdout, one row per group, and optionally a CSV file with one row per
-group and UTC day in FinOps FOCUS column names: CSV is what Power BI, Tableau and the cloud
-cost tools import (``focus_csv``).
+The report is a table on stdout, one row per group, and optionally a CSV file, a Parquet file or
+both, with one row per group and UTC day in FinOps FOCUS column names (``focus``; ``focus_csv``,
+``focus_parquet``).
 """
 
 from __future__ import annotations
