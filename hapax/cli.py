@@ -186,9 +186,9 @@ def _add_report_arguments(report: argparse.ArgumentParser) -> None:
                         help="first UTC day (default: the first of the month the period ends in)")
     report.add_argument("--until", type=_argument(ledger_report.utc_day), metavar="YYYY-MM-DD",
                         help="last UTC day, included (default: up to now)")
-    report.add_argument("--by", action="append", type=_argument(ledger_report.group_key), metavar="KEY",
+    report.add_argument("--by", action="extend", type=_argument(ledger_report.group_keys), metavar="KEY[,KEY...]",
                         help="group by a metrics label (default: department) or a column: "
-                             f"{', '.join(ledger_report.GROUP_COLUMNS)}; repeat for several")
+                             f"{', '.join(ledger_report.GROUP_COLUMNS)}; several comma-separated or repeated")
     report.add_argument("--csv", metavar="OUT.csv",
                         help="also write one row per group and UTC day, in FinOps FOCUS column names")
     report.add_argument("--parquet", metavar="OUT.parquet",

@@ -63,6 +63,11 @@ def group_key(text: str) -> str:
     return text
 
 
+def group_keys(text: str) -> list[str]:
+    """``--by``'s value: one key, or several separated by commas (``experiment,variant``)."""
+    return [group_key(key) for key in text.split(",")]
+
+
 @dataclass(frozen=True)
 class Period:
     """From ``start`` (inclusive) to ``end`` (exclusive), both UTC."""

@@ -41,13 +41,13 @@ def _insert(connection: sqlite3.Connection, record: dict) -> None:
 
 
 def _record(when: str, labels: dict, provider: str, model: str, tokens: tuple[int | None, int | None],
-            cost: float) -> dict:
+            cost: float, experiment: str = "", variant: str = "") -> dict:
     start = datetime.fromisoformat(when).replace(tzinfo=UTC)
     return {"time": start.timestamp(), "request_id": f"{when}-{provider}-{model}", "route": "/v1/chat/completions",
             "labels": json.dumps(labels), "key_id": "0123456789ab", "client": "search-app",
             "provider": provider, "model": model, "input_tokens": tokens[0], "output_tokens": tokens[1],
             "cached_tokens": None, "cost_usd": cost, "price_version": "v1", "status": 200, "outcome": "success",
-            "experiment": "", "variant": "", "region": ""}
+            "experiment": experiment, "variant": variant, "region": ""}
 
 
 SEARCH, ADS = {"department": "search", "team": "ranking"}, {"department": "ads"}
@@ -409,3 +409,39 @@ def test_a_group_key_whose_parquet_column_would_be_a_measures_is_an_argument_err
     assert main(["report", "--ledger", str(ledger), *PERIOD, "--by", "requests", "--parquet", str(out)]) == 2
     assert "x_requests" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- experiments
+
+def test_by_experiment_and_variant_groups_on_their_columns_and_names_them_in_the_csv(tmp_path, capsys):
+    connection = _create(_ledger_file(tmp_path, 2026, 12))
+    for when, variant, tokens, cost in (("2026-12-01T10:00:00", "a", (100, 10), 0.002),
+                                        ("2026-12-01T11:00:00", "a", (200, 20), 0.004),
+                                        ("2026-12-01T12:00:00", "b", (300, 30), 0.009)):
+        _insert(connection, _record(when, SEARCH, "openai", "gpt-4o", tokens, cost, "summary-test", variant))
+    _insert(connection, _record("2026-12-01T13:00:00", SEARCH, "openai", "gpt-4o", (1, 1), 0.0001))  # none
+    connection.close()
+    out = tmp_path / "costs.csv"
+    code, rows, err = _report(capsys, "--ledger", str(tmp_path), *PERIOD, "--by", "experiment,variant",
+                              "--csv", str(out))
+    assert code == 0, err
+    assert rows[0][:2] == ["experiment", "variant"]
+    assert rows[1:] == [["summary-test", "b", "1", "300", "30", "0", "0.0090"],
+                        ["summary-test", "a", "2", "300", "30", "0", "0.0060"],
+                        ["(none)", "(none)", "1", "1", "1", "0", "0.0001"],
+                        ["total", "4", "601", "61", "0", "0.0151"]]
+    with out.open(newline="") as f:
+        written = [{k: row[k] for k in ("x_experiment", "x_variant", "x_requests", "BilledCost")}
+                   for row in csv.DictReader(f)]
+    assert written == [{"x_experiment": "(none)", "x_variant": "(none)", "x_requests": "1", "BilledCost": "0.0001"},
+                       {"x_experiment": "summary-test", "x_variant": "a", "x_requests": "2", "BilledCost": "0.006"},
+                       {"x_experiment": "summary-test", "x_variant": "b", "x_requests": "1", "BilledCost": "0.009"}]
+    # The comma-separated keys are the repeated --by's.
+    assert _report(capsys, "--ledger", str(tmp_path), *PERIOD, "--by", "experiment", "--by", "variant")[1] == rows
+
+
+def test_a_comma_separated_by_checks_each_key(ledger, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "--ledger", str(ledger), "--by", "experiment,cost-center"])
+    assert exit_.value.code == 2
+    assert "'cost-center'" in capsys.readouterr().err
