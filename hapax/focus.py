@@ -1,8 +1,8 @@
 """A cost report in FinOps FOCUS column names: one row per group and UTC day, its values typed.
 
 ``focus_csv`` and ``focus_parquet`` write these rows: CSV is what Power BI, Tableau and the cloud
-cost tools import, with nothing beyond the standard library; Parquet keeps the types (pandas,
-pyarrow, DuckDB, Spark, the data warehouses).
+cost tools import, with nothing beyond the standard library; Parquet keeps the types, for pandas,
+pyarrow and other Parquet readers.
 
 The column names and values follow the FOCUS specification, https://focus.finops.org/focus-specification/
 (v1.2 there; read in its source, github.com/FinOps-Open-Cost-and-Usage-Spec/FOCUS_Spec, under specification/):
