@@ -86,7 +86,7 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from hapax import focus
+    from hapax import focus, focus_csv
 
     by = tuple(dict.fromkeys(args.by or ledger_report.DEFAULT_BY))  # in order, once each
     try:
@@ -105,21 +105,13 @@ def _report(args: argparse.Namespace) -> int:
     except ledger_report.LedgerError as err:
         return _report_failed(err, 1)
     print(ledger_report.describe(report, Path(args.ledger)))
-    return max(_write_file(report, args.csv, "csv"), _write_file(report, args.parquet, "parquet"))
+    files = ((args.csv, focus_csv.write), (args.parquet, focus_parquet.write))
+    return max((_write_file(report, path, write) for path, write in files if path), default=0)
 
 
-def _write_file(report: ledger_report.Report, path: str | None, kind: str) -> int:
-    """The report's FOCUS rows in a CSV or Parquet file, when asked for; 1 if it cannot be written."""
-    from hapax import focus_csv
-
-    if not path:
-        return 0
+def _write_file(report: ledger_report.Report, path: str, write: Callable[[ledger_report.Report, Path], int]) -> int:
     try:
-        if kind == "csv":
-            with open(path, "w", newline="", encoding="utf-8") as out:
-                rows = focus_csv.write(report, out)
-        else:
-            rows = focus_parquet.write(report, Path(path))
+        rows = write(report, Path(path))
     except OSError as err:
         return _report_failed(f"cannot write {path}: {err.strerror or err}", 1)
     print(f"Wrote {rows} rows (a group's day each) to {path}", file=sys.stderr)

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import csv
 from datetime import datetime
-from typing import TextIO
+from pathlib import Path
 
 from hapax import focus
 from hapax.ledger_report import Report
 
 
-def write(report: Report, out: TextIO) -> int:
+def write(report: Report, path: Path) -> int:
     """The header, then a row per group and day, by day then group; how many rows."""
-    writer = csv.DictWriter(out, fieldnames=focus.columns(report.by), lineterminator="\n")
-    writer.writeheader()
     lines = focus.rows(report)
-    writer.writerows({name: _text(value) for name, value in row.items()} for row in lines)
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=focus.columns(report.by), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({name: _text(value) for name, value in row.items()} for row in lines)
     return len(lines)
 
 
