@@ -359,6 +359,17 @@ def test_the_parquet_file_holds_the_csvs_rows_and_values(ledger, capsys, tmp_pat
         "x_input_tokens": 2100, "x_output_tokens": 520, "x_requests": 3}
 
 
+def test_the_parquet_cost_is_the_csvs_to_ten_decimals(tmp_path, capsys):
+    connection = _create(_ledger_file(tmp_path, 2026, 12))
+    for n, cost in enumerate((0.1, 0.2, 0.00000000006)):  # 0.1 + 0.2 is 0.30000000000000004 in a float
+        _insert(connection, _record(f"2026-12-01T1{n}:00:00", SEARCH, "openai", "gpt-4o", (1, 1), cost))
+    connection.close()
+    code, csv_rows, table = _csv_and_parquet(tmp_path, tmp_path)
+    assert code == 0, capsys.readouterr().err
+    assert [row["BilledCost"] for row in csv_rows] == ["0.3000000001"]
+    assert table.column("BilledCost").to_pylist() == table.column("EffectiveCost").to_pylist() == [0.3000000001]
+
+
 def test_the_parquet_totals_are_the_tables(ledger, capsys, tmp_path):
     code, _, table = _csv_and_parquet(ledger, tmp_path)
     assert code == 0
