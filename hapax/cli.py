@@ -13,7 +13,7 @@ from pathlib import Path
 from control_plane.config.errors import ConfigError
 from control_plane.config.load import load_config, summarize
 from control_plane.config.served import route_lines
-from hapax import ledger_report, logs
+from hapax import focus_parquet, ledger_report, logs
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -86,14 +86,16 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from hapax import focus_csv
+    from hapax import focus, focus_csv
 
     by = tuple(dict.fromkeys(args.by or ledger_report.DEFAULT_BY))  # in order, once each
     try:
-        if args.csv:
-            focus_csv.columns(by)  # a clash fails before the ledger is read
+        if args.parquet:
+            focus_parquet.require()  # before anything is read or written
+        if args.csv or args.parquet:
+            focus.columns(by)  # a clash fails before the ledger is read
         period = ledger_report.Period.of(args.since, args.until, datetime.now(UTC))
-    except (focus_csv.ColumnClash, ledger_report.PeriodError) as err:
+    except (focus_parquet.ParquetUnavailable, focus.ColumnClash, ledger_report.PeriodError) as err:
         return _report_failed(err, 2)
     try:
         if args.ledger.startswith(ledger_report.POSTGRES_SCHEMES):
@@ -103,15 +105,13 @@ def _report(args: argparse.Namespace) -> int:
     except ledger_report.LedgerError as err:
         return _report_failed(err, 1)
     print(ledger_report.describe(report, Path(args.ledger)))
-    return _write_csv(report, args.csv) if args.csv else 0
+    files = ((args.csv, focus_csv.write), (args.parquet, focus_parquet.write))
+    return max((_write_file(report, path, write) for path, write in files if path), default=0)
 
 
-def _write_csv(report: ledger_report.Report, path: str) -> int:
-    from hapax import focus_csv
-
+def _write_file(report: ledger_report.Report, path: str, write: Callable[[ledger_report.Report, Path], int]) -> int:
     try:
-        with open(path, "w", newline="", encoding="utf-8") as out:
-            rows = focus_csv.write(report, out)
+        rows = write(report, Path(path))
     except OSError as err:
         return _report_failed(f"cannot write {path}: {err.strerror or err}", 1)
     print(f"Wrote {rows} rows (a group's day each) to {path}", file=sys.stderr)
@@ -178,11 +178,13 @@ def _add_report_arguments(report: argparse.ArgumentParser) -> None:
                         help="first UTC day (default: the first of the month the period ends in)")
     report.add_argument("--until", type=_argument(ledger_report.utc_day), metavar="YYYY-MM-DD",
                         help="last UTC day, included (default: up to now)")
-    report.add_argument("--by", action="append", type=_argument(ledger_report.group_key), metavar="KEY",
+    report.add_argument("--by", action="extend", type=_argument(ledger_report.group_keys), metavar="KEY[,KEY...]",
                         help="group by a metrics label (default: department) or a column: "
-                             f"{', '.join(ledger_report.GROUP_COLUMNS)}; repeat for several")
+                             f"{', '.join(ledger_report.GROUP_COLUMNS)}; several comma-separated or repeated")
     report.add_argument("--csv", metavar="OUT.csv",
                         help="also write one row per group and UTC day, in FinOps FOCUS column names")
+    report.add_argument("--parquet", metavar="OUT.parquet",
+                        help=f"the same rows as --csv, typed, in a Parquet file (needs {focus_parquet.INSTALL})")
 
 
 def _argument(parse: Callable[[str], object]) -> Callable[[str], object]:

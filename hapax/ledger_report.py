@@ -8,9 +8,9 @@ waiting for a writer. Only the files of the months the period touches are opened
 A fleet's ledger in PostgreSQL (``--ledger postgresql://...``) is read with the same query in
 its dialect.
 
-The report is a table on stdout, one row per group, and optionally a CSV file with one row per
-group and UTC day in FinOps FOCUS column names: CSV is what Power BI, Tableau and the cloud
-cost tools import (``focus_csv``).
+The report is a table on stdout, one row per group, and optionally a CSV file, a Parquet file or
+both, with one row per group and UTC day in FinOps FOCUS column names (``focus``; ``focus_csv``,
+``focus_parquet``).
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ def group_key(text: str) -> str:
     if text not in GROUP_COLUMNS and not _LABEL_KEY.fullmatch(text):
         raise ValueError(f"not a column ({', '.join(GROUP_COLUMNS)}) or a label name: {text!r}")
     return text
+
+
+def group_keys(text: str) -> list[str]:
+    """``--by``'s value: one key, or several separated by commas (``experiment,variant``)."""
+    return [group_key(key) for key in text.split(",")]
 
 
 @dataclass(frozen=True)
@@ -170,18 +175,22 @@ def read_postgres_report(url: str, period: Period, by: tuple[str, ...]) -> Repor
     parts = urlsplit(url)
     shown = f"PostgreSQL {parts.hostname or 'localhost'}{f':{parts.port}' if parts.port else ''}{parts.path}"
     report = Report(period, by, [], database=shown)
-    keys = [key if key in GROUP_COLUMNS else "(labels::jsonb ->> %s)" for key in by]
     parameters = [key for key in by if key not in GROUP_COLUMNS]
     positions = ", ".join(str(i) for i in range(1, len(by) + 3))
-    select = (f"SELECT {', '.join(keys)}, FLOOR(time / {_DAY_S})::bigint, provider, COUNT(*), "
-              "SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)), "
-              "SUM(CASE WHEN input_tokens IS NULL OR output_tokens IS NULL THEN 1 ELSE 0 END), SUM(cost_usd) "
-              f"FROM {wire.LEDGER_TABLE} WHERE time >= %s AND time < %s GROUP BY {positions}")
     try:
         with psycopg.connect(url, connect_timeout=int(_OPEN_TIMEOUT_S)) as connection:
-            found = connection.execute("SELECT to_regclass(%s)", (wire.LEDGER_TABLE,)).fetchone()
-            if found is None or found[0] is None:
+            present = {row[0] for row in connection.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
+                "AND NOT attisdropped", (wire.LEDGER_TABLE,))}
+            if not present:
                 return report  # no gateway has written to it yet
+            # A column an earlier release's table lacks (no newer gateway has connected) is empty.
+            keys = [(key if key in present else "''") if key in GROUP_COLUMNS else "(labels::jsonb ->> %s)"
+                    for key in by]
+            select = (f"SELECT {', '.join(keys)}, FLOOR(time / {_DAY_S})::bigint, provider, COUNT(*), "
+                      "SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)), "
+                      "SUM(CASE WHEN input_tokens IS NULL OR output_tokens IS NULL THEN 1 ELSE 0 END), "
+                      f"SUM(cost_usd) FROM {wire.LEDGER_TABLE} WHERE time >= %s AND time < %s GROUP BY {positions}")
             rows = connection.execute(select, (*parameters, period.start.timestamp(), period.end.timestamp()))
             for row in rows.fetchall():
                 day, provider, *counts, cost = row[len(by):]

@@ -93,11 +93,14 @@ def usage_of(answer) -> dict:
 
 
 def assert_report_reconciles(ledger: dict, rows: list[dict], metric_cost: float, tmp_path: Path, capsys) -> None:
-    """`hapax report` on the same ledger: its total is the records' and the metrics' cost, its CSV FOCUS's."""
+    """`hapax report` on the same ledger: its total is the records' and the metrics' cost, and so are its
+    CSV's and its Parquet file's, in FOCUS's columns."""
+    import pyarrow.parquet as pq
+
     today = time.strftime("%Y-%m-%d", time.gmtime())
-    out_csv = tmp_path / "report.csv"
+    out_csv, out_parquet = tmp_path / "report.csv", tmp_path / "report.parquet"
     assert main(["report", "--ledger", ledger.get("store") or ledger["directory"], "--since", today, "--until", today,
-                 "--csv", str(out_csv)]) == 0
+                 "--csv", str(out_csv), "--parquet", str(out_parquet)]) == 0
     table = capsys.readouterr().out
     total = next(line for line in table.splitlines() if line.startswith("total")).split()
     assert total[1] == str(len(rows)) and float(total[-1]) == pytest.approx(metric_cost, abs=1e-4)
@@ -106,6 +109,11 @@ def assert_report_reconciles(ledger: dict, rows: list[dict], metric_cost: float,
     assert {"BilledCost", "EffectiveCost", "ChargePeriodStart", "ConsumedQuantity", "x_department"} <= set(csv_rows[0])
     assert sum(float(r["BilledCost"]) for r in csv_rows) == pytest.approx(metric_cost)
     assert {r["x_department"] for r in csv_rows} == {"search"}
+    parquet_rows = pq.read_table(out_parquet).to_pylist()
+    assert list(parquet_rows[0]) == list(csv_rows[0])
+    assert sum(r["BilledCost"] for r in parquet_rows) == pytest.approx(metric_cost)
+    assert sum(r["x_requests"] for r in parquet_rows) == len(rows)
+    assert {r["x_department"] for r in parquet_rows} == {"search"}
 
 
 def test_every_request_makes_one_exact_record_and_a_restart_keeps_them(fakes, ledger, start_gateway, tmp_path,

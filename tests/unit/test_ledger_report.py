@@ -6,15 +6,18 @@ import csv
 import hashlib
 import json
 import sqlite3
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from hapax import wire
 from hapax.cli import main
-from hapax.focus_csv import FOCUS_COLUMNS
+from hapax.focus import FOCUS_COLUMNS, column_type
 from hapax.ledger_report import GROUP_COLUMNS
 
 
@@ -38,13 +41,13 @@ def _insert(connection: sqlite3.Connection, record: dict) -> None:
 
 
 def _record(when: str, labels: dict, provider: str, model: str, tokens: tuple[int | None, int | None],
-            cost: float) -> dict:
+            cost: float, experiment: str = "", variant: str = "") -> dict:
     start = datetime.fromisoformat(when).replace(tzinfo=UTC)
     return {"time": start.timestamp(), "request_id": f"{when}-{provider}-{model}", "route": "/v1/chat/completions",
             "labels": json.dumps(labels), "key_id": "0123456789ab", "client": "search-app",
             "provider": provider, "model": model, "input_tokens": tokens[0], "output_tokens": tokens[1],
             "cached_tokens": None, "cost_usd": cost, "price_version": "v1", "status": 200, "outcome": "success",
-            "experiment": "", "variant": "", "region": ""}
+            "experiment": experiment, "variant": variant, "region": ""}
 
 
 SEARCH, ADS = {"department": "search", "team": "ranking"}, {"department": "ads"}
@@ -241,14 +244,16 @@ def test_the_default_period_is_this_month_to_now(tmp_path, capsys):
 
 
 def test_no_ledger_file_in_the_period_is_said_and_not_an_error(ledger, capsys, tmp_path):
-    out = tmp_path / "costs.csv"
+    out, out_parquet = tmp_path / "costs.csv", tmp_path / "costs.parquet"
     code = main(["report", "--ledger", str(ledger), "--since", "2026-06-01", "--until", "2026-07-31",
-                 "--csv", str(out)])
+                 "--csv", str(out), "--parquet", str(out_parquet)])
     assert code == 0
     assert capsys.readouterr().out == (f"No ledger files for 2026-06-01 00:00 to 2026-08-01 00:00 UTC in {ledger} "
                                        "(looked for ledger-2026-06.sqlite, ledger-2026-07.sqlite).\n")
-    assert out.read_text().splitlines() == [",".join([*FOCUS_COLUMNS, "x_department", "x_input_tokens",
-                                                      "x_output_tokens", "x_requests"])]
+    header = [*FOCUS_COLUMNS, "x_department", "x_input_tokens", "x_output_tokens", "x_requests"]
+    assert out.read_text().splitlines() == [",".join(header)]
+    table = pq.read_table(out_parquet)
+    assert table.num_rows == 0 and table.column_names == header
 
 
 def test_a_file_without_requests_in_the_period_is_said(ledger, capsys):
@@ -312,3 +317,142 @@ def test_a_csv_that_cannot_be_written_is_an_error_after_the_table(ledger, capsys
 def test_the_ledgers_dimensions_are_the_group_columns():
     assert GROUP_COLUMNS == ("route", "key_id", "client", "provider", "model", "price_version", "outcome",
                              "experiment", "variant", "region")
+
+
+# ---------------------------------------------------------------- Parquet
+
+TEXT, COST, COUNT, UTC_TIME = pa.string(), pa.float64(), pa.int64(), pa.timestamp("us", tz="UTC")
+
+
+def _csv_and_parquet(ledger: Path, tmp_path: Path, *by: str) -> tuple[int, list[dict], pa.Table]:
+    out_csv, out_parquet = tmp_path / "costs.csv", tmp_path / "costs.parquet"
+    code = main(["report", "--ledger", str(ledger), *PERIOD, *by, "--csv", str(out_csv), "--parquet", str(out_parquet)])
+    with out_csv.open(newline="") as f:
+        return code, list(csv.DictReader(f)), pq.read_table(out_parquet)
+
+
+def test_the_parquet_file_has_the_focus_columns_typed(ledger, capsys, tmp_path):
+    code, _, table = _csv_and_parquet(ledger, tmp_path, "--by", "department", "--by", "model")
+    assert code == 0, capsys.readouterr().err
+    assert list(zip(table.schema.names, table.schema.types, strict=True)) == [
+        ("BilledCost", COST), ("BillingCurrency", TEXT), ("ChargeCategory", TEXT), ("ChargePeriodEnd", UTC_TIME),
+        ("ChargePeriodStart", UTC_TIME), ("ConsumedQuantity", COUNT), ("ConsumedUnit", TEXT), ("EffectiveCost", COST),
+        ("ProviderName", TEXT), ("ServiceName", TEXT), ("ServiceProviderName", TEXT), ("x_department", TEXT),
+        ("x_input_tokens", COUNT), ("x_model", TEXT), ("x_output_tokens", COUNT), ("x_requests", COUNT)]
+
+
+def test_the_parquet_file_holds_the_csvs_rows_and_values(ledger, capsys, tmp_path):
+    code, csv_rows, table = _csv_and_parquet(ledger, tmp_path)
+    assert code == 0
+    out = tmp_path / "costs.csv", tmp_path / "costs.parquet"
+    assert capsys.readouterr().err == "".join(f"Wrote 5 rows (a group's day each) to {path}\n" for path in out)
+    parquet_rows = table.to_pylist()
+    parse = {str: str, int: int, float: float, datetime: datetime.fromisoformat}  # "...Z" is UTC
+    assert [{k: parse[column_type(k)](v) for k, v in row.items()} for row in csv_rows] == parquet_rows
+    assert len(parquet_rows) == 5 and [list(row) for row in csv_rows] == [list(row) for row in parquet_rows]
+    # The CSV test's last row, typed: a UTC day, the cost as the CSV writes it.
+    assert parquet_rows[-1] | {"ServiceProviderName": None} == {
+        "BilledCost": 0.0315, "BillingCurrency": "USD", "ChargeCategory": "Usage",
+        "ChargePeriodEnd": datetime(2026, 12, 2, tzinfo=UTC), "ChargePeriodStart": datetime(2026, 12, 1, tzinfo=UTC),
+        "ConsumedQuantity": 2620, "ConsumedUnit": "Tokens", "EffectiveCost": 0.0315, "ProviderName": "(mixed)",
+        "ServiceName": "Hapax LLM gateway", "ServiceProviderName": None, "x_department": "search",
+        "x_input_tokens": 2100, "x_output_tokens": 520, "x_requests": 3}
+
+
+def test_the_parquet_cost_is_the_csvs_to_ten_decimals(tmp_path, capsys):
+    connection = _create(_ledger_file(tmp_path, 2026, 12))
+    for n, cost in enumerate((0.1, 0.2, 0.00000000006)):  # 0.1 + 0.2 is 0.30000000000000004 in a float
+        _insert(connection, _record(f"2026-12-01T1{n}:00:00", SEARCH, "openai", "gpt-4o", (1, 1), cost))
+    connection.close()
+    code, csv_rows, table = _csv_and_parquet(tmp_path, tmp_path)
+    assert code == 0, capsys.readouterr().err
+    assert [row["BilledCost"] for row in csv_rows] == ["0.3000000001"]
+    assert table.column("BilledCost").to_pylist() == table.column("EffectiveCost").to_pylist() == [0.3000000001]
+
+
+def test_the_parquet_totals_are_the_tables(ledger, capsys, tmp_path):
+    code, _, table = _csv_and_parquet(ledger, tmp_path)
+    assert code == 0
+    total = capsys.readouterr().out.splitlines()[-1].split()
+    assert total == ["total", "7", "3,410", "825", "2", "0.0481"]
+    sums = {name: sum(table.column(name).to_pylist()) for name in
+            ("x_requests", "x_input_tokens", "x_output_tokens", "ConsumedQuantity", "BilledCost", "EffectiveCost")}
+    assert [f"{sums[name]:,}" for name in ("x_requests", "x_input_tokens", "x_output_tokens")] == total[1:4]
+    assert sums["ConsumedQuantity"] == 3410 + 825
+    assert f"{sums['BilledCost']:.4f}" == f"{sums['EffectiveCost']:.4f}" == total[-1]
+    assert sums["BilledCost"] == pytest.approx(0.0481, abs=1e-12)
+
+
+def test_the_parquet_file_opens_with_pandas(ledger, capsys, tmp_path):
+    pandas = pytest.importorskip("pandas", reason="pandas is not a dependency; the test runs where it is installed")
+    code, csv_rows, _ = _csv_and_parquet(ledger, tmp_path)
+    assert code == 0
+    frame = pandas.read_parquet(tmp_path / "costs.parquet")
+    assert list(frame.columns) == list(csv_rows[0])
+    assert str(frame["ChargePeriodStart"].dt.tz) == "UTC"
+    assert frame["x_requests"].dtype == "int64" and frame["BilledCost"].dtype == "float64"
+    assert frame.groupby("x_department")["BilledCost"].sum().round(4).to_dict() == {
+        "(none)": 0.0001, "ads": 0.004, "search": 0.044}
+
+
+def test_without_pyarrow_parquet_fails_before_reading_anything_and_names_the_fix(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what `import pyarrow` finds when it is not installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    out_csv, out_parquet = tmp_path / "costs.csv", tmp_path / "costs.parquet"
+    assert main(["report", "--ledger", str(tmp_path / "no such ledger"), *PERIOD, "--csv", str(out_csv),
+                 "--parquet", str(out_parquet)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # no table: the (missing) ledger was not read
+    assert err == "hapax report: --parquet needs pyarrow, which is not installed: pip install 'hapax[parquet]'\n"
+    assert not out_csv.exists() and not out_parquet.exists()
+
+
+def test_a_parquet_file_that_cannot_be_written_is_an_error_after_the_table(ledger, capsys, tmp_path):
+    out = tmp_path / "no such directory" / "costs.parquet"
+    assert main(["report", "--ledger", str(ledger), *PERIOD, "--parquet", str(out)]) == 1
+    printed, err = capsys.readouterr()
+    assert "total" in printed
+    assert err.startswith(f"hapax report: cannot write {out}: ")
+
+
+def test_a_group_key_whose_parquet_column_would_be_a_measures_is_an_argument_error(ledger, capsys, tmp_path):
+    out = tmp_path / "costs.parquet"
+    assert main(["report", "--ledger", str(ledger), *PERIOD, "--by", "requests", "--parquet", str(out)]) == 2
+    assert "x_requests" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- experiments
+
+def test_by_experiment_and_variant_groups_on_their_columns_and_names_them_in_the_csv(tmp_path, capsys):
+    connection = _create(_ledger_file(tmp_path, 2026, 12))
+    for when, variant, tokens, cost in (("2026-12-01T10:00:00", "a", (100, 10), 0.002),
+                                        ("2026-12-01T11:00:00", "a", (200, 20), 0.004),
+                                        ("2026-12-01T12:00:00", "b", (300, 30), 0.009)):
+        _insert(connection, _record(when, SEARCH, "openai", "gpt-4o", tokens, cost, "summary-test", variant))
+    _insert(connection, _record("2026-12-01T13:00:00", SEARCH, "openai", "gpt-4o", (1, 1), 0.0001))  # none
+    connection.close()
+    out = tmp_path / "costs.csv"
+    code, rows, err = _report(capsys, "--ledger", str(tmp_path), *PERIOD, "--by", "experiment,variant",
+                              "--csv", str(out))
+    assert code == 0, err
+    assert rows[0][:2] == ["experiment", "variant"]
+    assert rows[1:] == [["summary-test", "b", "1", "300", "30", "0", "0.0090"],
+                        ["summary-test", "a", "2", "300", "30", "0", "0.0060"],
+                        ["(none)", "(none)", "1", "1", "1", "0", "0.0001"],
+                        ["total", "4", "601", "61", "0", "0.0151"]]
+    with out.open(newline="") as f:
+        written = [{k: row[k] for k in ("x_experiment", "x_variant", "x_requests", "BilledCost")}
+                   for row in csv.DictReader(f)]
+    assert written == [{"x_experiment": "(none)", "x_variant": "(none)", "x_requests": "1", "BilledCost": "0.0001"},
+                       {"x_experiment": "summary-test", "x_variant": "a", "x_requests": "2", "BilledCost": "0.006"},
+                       {"x_experiment": "summary-test", "x_variant": "b", "x_requests": "1", "BilledCost": "0.009"}]
+    # The comma-separated keys are the repeated --by's.
+    assert _report(capsys, "--ledger", str(tmp_path), *PERIOD, "--by", "experiment", "--by", "variant")[1] == rows
+
+
+def test_a_comma_separated_by_checks_each_key(ledger, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "--ledger", str(ledger), "--by", "experiment,cost-center"])
+    assert exit_.value.code == 2
+    assert "'cost-center'" in capsys.readouterr().err
