@@ -383,18 +383,6 @@ def test_the_parquet_totals_are_the_tables(ledger, capsys, tmp_path):
     assert sums["BilledCost"] == pytest.approx(0.0481, abs=1e-12)
 
 
-def test_the_parquet_file_opens_with_pandas(ledger, capsys, tmp_path):
-    pandas = pytest.importorskip("pandas", reason="pandas is not a dependency; the test runs where it is installed")
-    code, csv_rows, _ = _csv_and_parquet(ledger, tmp_path)
-    assert code == 0
-    frame = pandas.read_parquet(tmp_path / "costs.parquet")
-    assert list(frame.columns) == list(csv_rows[0])
-    assert str(frame["ChargePeriodStart"].dt.tz) == "UTC"
-    assert frame["x_requests"].dtype == "int64" and frame["BilledCost"].dtype == "float64"
-    assert frame.groupby("x_department")["BilledCost"].sum().round(4).to_dict() == {
-        "(none)": 0.0001, "ads": 0.004, "search": 0.044}
-
-
 def test_without_pyarrow_parquet_fails_before_reading_anything_and_names_the_fix(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # what `import pyarrow` finds when it is not installed
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
