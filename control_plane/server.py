@@ -418,8 +418,8 @@ def _add_port(server: grpc.aio.Server, listen: str, tls: FleetTls | None) -> int
     return server.add_secure_port(listen, credentials)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hapax-control-plane")
+def main(argv: list[str] | None = None, prog: str = "hapax-control-plane") -> int:
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--config", required=True)
     parser.add_argument("--listen", default=None,
                         help="ADS address: unix:/path (what hapax serve uses) or host:port "

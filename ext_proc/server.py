@@ -131,8 +131,8 @@ def _apply(view: RuntimeView, prober: ProviderProber | None, metrics: GatewayMet
     ledger.configure(view.ledger)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hapax-ext-proc")
+def main(argv: list[str] | None = None, prog: str = "hapax-ext-proc") -> int:
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--xds", required=True, help="control plane ADS address: unix:/path or host:port")
     parser.add_argument("--listen", default="127.0.0.1:0", help="gRPC for Envoy: unix:/path or host:port")
     parser.add_argument("--health-listen", default="127.0.0.1:0",

@@ -1,4 +1,5 @@
-"""The ``hapax`` command: ``serve``, ``validate``, ``keys create`` and ``report``."""
+"""The ``hapax`` command: ``serve``, ``validate``, ``keys create`` and ``report``; and the roles apart,
+``control-plane``, ``ext-proc`` and ``envoy`` (hapax/roles.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from control_plane.config.errors import ConfigError
 from control_plane.config.load import load_config, summarize
 from control_plane.config.served import route_lines
-from hapax import focus_parquet, ledger_report, logs
+from hapax import focus_parquet, ledger_report, logs, roles
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -166,9 +167,40 @@ def main(argv: list[str] | None = None) -> int:
     create = keys_sub.add_parser("create", help="print a new client key once, and the line the config stores")
     create.add_argument("client", help="the client (clients.NAME in hapax.yaml) the key is for")
     _add_report_arguments(sub.add_parser("report", help="what requests cost, from the cost ledger, by label or column"))
-    args = parser.parse_args(argv)
-    commands = {"serve": _serve, "validate": _validate, "keys": _keys_create, "report": _report}
+    # The roles apart take their own processes' options as they are (their --help lists them).
+    for role, what in (("control-plane", "the xDS control plane alone (one per fleet)"),
+                       ("ext-proc", "one ext_proc worker alone (beside each Envoy)")):
+        sub.add_parser(role, help=what, add_help=False).add_argument("options", nargs=argparse.REMAINDER)
+    roles.envoy_arguments(sub.add_parser("envoy", help="Envoy alone, for a control plane elsewhere"))
+    # argparse hands a role's options that look like its own (--help) back as unknown: they are the role's.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command not in ("control-plane", "ext-proc"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:
+        args.options = [*unknown, *args.options]
+    commands = {"serve": _serve, "validate": _validate, "keys": _keys_create, "report": _report,
+                "control-plane": _control_plane, "ext-proc": _ext_proc, "envoy": _envoy}
     return commands[args.command](args)
+
+
+def _control_plane(args: argparse.Namespace) -> int:
+    from control_plane.server import main as control_plane_main
+
+    return control_plane_main(args.options, prog="hapax control-plane")
+
+
+def _ext_proc(args: argparse.Namespace) -> int:
+    from ext_proc.server import main as ext_proc_main
+
+    return ext_proc_main(args.options, prog="hapax ext-proc")
+
+
+def _envoy(args: argparse.Namespace) -> int:
+    try:
+        return roles.run_envoy(args)
+    except (roles.RoleError, ConfigError) as err:
+        print(f"hapax envoy: {err}", file=sys.stderr)
+        return 2
 
 
 def _add_report_arguments(report: argparse.ArgumentParser) -> None:

@@ -356,6 +356,7 @@ def ext_proc_grpc_cluster(workers: int = 1, streams_per_worker: int = 1024) -> c
         per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=4 * MAX_REQUEST_BYTES),
         typed_extension_protocol_options=_http2_options(),
         outlier_detection=_worker_outlier_detection(),
+        health_checks=[_worker_health_check()],
     ))
     return cluster
 
@@ -396,8 +397,28 @@ def _worker_outlier_detection() -> outlier_detection_pb2.OutlierDetection:
     )
 
 
+def _worker_health_check() -> health_check_pb2.HealthCheck:
+    """A worker is in rotation while it accepts connections, checked every second.
+
+    Outlier detection sets a dead worker aside on its first refused connection, but only for a
+    second or two at a time: each time it is let back, one request fails on it. Under `hapax
+    serve` the supervisor restarts a worker within that; in a fleet, an ext_proc whose host or
+    pod is gone stays gone until the orchestrator replaces it, and failed a request every
+    second or two per Envoy meanwhile (tests/e2e/test_fleet_e2e.py). A refused connect marks it
+    unhealthy until one succeeds. With every worker down (a gateway of one), Envoy's panic
+    mode keeps trying them, as before.
+    """
+    return health_check_pb2.HealthCheck(
+        timeout=duration(1), interval=duration(1), no_traffic_interval=duration(1),
+        unhealthy_threshold=wrappers_pb2.UInt32Value(value=1),
+        healthy_threshold=wrappers_pb2.UInt32Value(value=1),
+        tcp_health_check=health_check_pb2.HealthCheck.TcpHealthCheck())
+
+
 def ext_proc_http_cluster() -> cluster_pb2.Cluster:
-    return _ext_proc_cluster(EXT_PROC_HTTP_CLUSTER)
+    cluster = _ext_proc_cluster(EXT_PROC_HTTP_CLUSTER)
+    cluster.health_checks.append(_worker_health_check())
+    return cluster
 
 
 def _ext_proc_cluster(name: str) -> cluster_pb2.Cluster:
