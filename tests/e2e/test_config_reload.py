@@ -431,3 +431,69 @@ def test_twenty_edits_under_load_take_effect_with_zero_failed_requests(load_fake
     assert load.failures == [], f"{len(load.failures)} failed calls of {sum(load.done)}:\n" + "\n".join(
         load.failures[:20])
     assert all(n > 0 for n in load.done)
+
+
+# ---------------------------------------------------------------- a Kubernetes ConfigMap
+
+
+class ConfigMapVolume:
+    """A directory as the kubelet mounts a ConfigMap: ``hapax.yaml`` -> ``..data/hapax.yaml``,
+    ``..data`` -> a timestamped directory; an update writes a new directory and swaps ``..data``
+    to it with one rename (atomic), then removes the old one. The file's own path never changes."""
+
+    def __init__(self, root, text: str) -> None:
+        self.root, self.generation = root, 0
+        root.mkdir()
+        self._write(text)
+        (root / "hapax.yaml").symlink_to("..data/hapax.yaml")
+
+    @property
+    def config_path(self):
+        return self.root / "hapax.yaml"
+
+    def update(self, text: str) -> None:
+        old = os.readlink(self.root / "..data")
+        self._write(text)
+        (self.root / old / "hapax.yaml").unlink()
+        (self.root / old).rmdir()
+
+    def _write(self, text: str) -> None:
+        self.generation += 1
+        data = self.root / f"..2026_12_05_00_00_00.{self.generation:09d}"
+        data.mkdir()
+        (data / "hapax.yaml").write_text(text)
+        link = self.root / "..data_tmp"
+        link.symlink_to(data.name)
+        os.replace(link, self.root / "..data")
+
+
+def test_a_configmap_update_is_applied_under_load_with_no_failed_request(fake, tmp_path):
+    from tests.conftest import Gateway
+
+    volume = ConfigMapVolume(tmp_path / "config", yaml.safe_dump(chat_config(fake)))
+    gateway = Gateway(chat_config(fake), tmp_path / "config")  # writes through the symlink, as mounted
+    try:
+        assert volume.config_path.is_symlink() and post(gateway.url + "/v1/chat/completions", CHAT) == 200
+        served = version(gateway)
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def call() -> None:
+            while not stop.is_set():
+                statuses.append(post(gateway.url + "/v1/chat/completions", CHAT))
+
+        callers = [threading.Thread(target=call, daemon=True) for _ in range(4)]
+        for caller in callers:
+            caller.start()
+        wait_for(lambda: len(statuses) >= 20, "traffic before the update")
+        volume.update(yaml.safe_dump(chat_config(fake, "/v1/configmap/chat")))
+        wait_for(lambda: post(gateway.url + "/v1/configmap/chat", CHAT) == 200, "the updated ConfigMap served")
+        settled = len(statuses)
+        wait_for(lambda: len(statuses) >= settled + 20, "traffic after the update")
+        stop.set()
+        for caller in callers:
+            caller.join(timeout=15)
+        assert version(gateway) != served and reloads(gateway, "invalid") == 0
+        assert len(statuses) > 40 and set(statuses) == {200}, sorted(set(statuses))
+    finally:
+        gateway.stop()
