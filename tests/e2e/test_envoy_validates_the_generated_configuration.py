@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
+import trustme
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
 from control_plane import resources as res
@@ -15,6 +17,7 @@ from control_plane.static_bootstrap import (
     envoy_validate,
     static_bootstrap,
 )
+from hapax import roles
 from hapax.envoy_process import envoy_binary
 from tests.certificates import make_certificates, separate_http3, shared_tls_and_http3
 from tests.seed import SEED_YAML
@@ -59,3 +62,30 @@ def test_envoy_validates_the_tls_and_http3_listeners_with_their_secrets(tmp_path
     certs = make_certificates(tmp_path)
     snapshot = build_snapshot(parse_config(config_text(certs), env={}), "v1", EXT_PROC)
     assert envoy_rejection(envoy_binary(), snapshot) == ""
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "mutual_tls"])
+def test_envoy_validates_the_bootstrap_hapax_envoy_writes_for_a_remote_control_plane(tmp_path, monkeypatch, tls):
+    """``hapax envoy``'s bootstrap (the role apart): the control plane by name, the routes' label tags."""
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "hapax.yaml").write_text(KEYED)
+    parser = argparse.ArgumentParser()
+    roles.envoy_arguments(parser)
+    options = ["--xds", "control-plane.hapax.svc:18000", "--config", str(tmp_path / "hapax.yaml"),
+               "--node-id", "envoy-0"]
+    if tls:
+        ca = trustme.CA()
+        issued = ca.issue_cert("envoy-0")
+        ca.cert_pem.write_to_path(tmp_path / "fleet-ca.pem")
+        issued.cert_chain_pems[0].write_to_path(tmp_path / "member.pem")
+        issued.private_key_pem.write_to_path(tmp_path / "member.key")
+        options += ["--xds-tls-cert", str(tmp_path / "member.pem"), "--xds-tls-key", str(tmp_path / "member.key"),
+                    "--xds-tls-ca", str(tmp_path / "fleet-ca.pem")]
+    command = roles.envoy_command(parser.parse_args(options), tmp_path)
+    bootstrap = Path(command[command.index("-c") + 1]).read_text()
+    assert "department" in bootstrap  # KEYED's route label tags Envoy's own stats
+    assert "control-plane.hapax.svc" in bootstrap and ("fleet-ca.pem" in bootstrap) == tls
+    assert not any(secret in bootstrap for secret in SECRETS.values())
+    result = envoy_validate(envoy_binary(), Path(command[command.index("-c") + 1]))
+    assert result.returncode == 0, result.stderr + result.stdout
