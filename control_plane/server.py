@@ -366,11 +366,8 @@ def _envoy_for_validation() -> Path | None:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    endpoints = ExtProcEndpoints(
-        grpc=tuple(Address.parse(a) for a in args.ext_proc_grpc),
-        http=tuple(Address.parse(a) for a in args.ext_proc_http),
-        verdicts=tuple(Address.parse(a) for a in args.ext_proc_verdicts),
-    )
+    endpoints = ExtProcEndpoints(grpc=tuple(args.ext_proc_grpc), http=tuple(args.ext_proc_http),
+                                 verdicts=tuple(args.ext_proc_verdicts))
     loaded = _read(Path(args.config))  # read before the first load: any edit from here on is seen
     plane = ControlPlane(Path(args.config), endpoints, args.port, args.metrics_port, args.validation_timeout)
     await plane.start()
@@ -418,16 +415,32 @@ def _add_port(server: grpc.aio.Server, listen: str, tls: FleetTls | None) -> int
     return server.add_secure_port(listen, credentials)
 
 
+def _ext_proc_address(text: str) -> Address:
+    """An ext_proc address Envoy is given as an endpoint: a Unix socket or an IP address, never a
+    name (endpoints are not resolved)."""
+    try:
+        address = Address.parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected unix:/path or ip:port") from None
+    if not address.path and not address.host_is_ip:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: an IP address or a Unix socket, not a name: every Envoy is given it as an endpoint, "
+            "which Envoy does not resolve (run ext_proc beside each Envoy, at the same local address)")
+    return address
+
+
 def main(argv: list[str] | None = None, prog: str = "hapax-control-plane") -> int:
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--config", required=True)
     parser.add_argument("--listen", default=None,
                         help="ADS address: unix:/path (what hapax serve uses) or host:port "
                              "(default: control_plane.listen, with control_plane.tls)")
-    parser.add_argument("--ext-proc-grpc", action="append", required=True)
-    parser.add_argument("--ext-proc-http", action="append", required=True)
-    parser.add_argument("--ext-proc-verdicts", action="append", required=True,
-                        help="host:port of each worker's provider verdicts (Envoy health-checks IPs only)")
+    parser.add_argument("--ext-proc-grpc", action="append", required=True, type=_ext_proc_address,
+                        help="unix:/path or ip:port of each ext_proc worker's gRPC, as every Envoy reaches it")
+    parser.add_argument("--ext-proc-http", action="append", required=True, type=_ext_proc_address,
+                        help="unix:/path or ip:port of each worker's HTTP side (/health, /metrics)")
+    parser.add_argument("--ext-proc-verdicts", action="append", required=True, type=_ext_proc_address,
+                        help="ip:port of each worker's provider verdicts (Envoy health-checks IPs only)")
     parser.add_argument("--port", type=int, default=None, help="override server.port of the file")
     parser.add_argument("--metrics-port", type=int, default=None, help="override server.metrics_port")
     parser.add_argument("--validation-timeout", type=float, default=VALIDATION_TIMEOUT,
