@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ext_proc.errors import GatewayError, invalid
+from ext_proc.inbound import messages_request
 from hapax import wire
 from hapax.wire import Handler
 
@@ -67,6 +68,9 @@ def parse(handler: str, raw: bytes) -> ClientRequest:
     if handler == Handler.EMBEDDINGS:
         _check_embeddings(body)
         return ClientRequest(Handler.EMBEDDINGS, model, False, body)
+    if handler == Handler.MESSAGES:  # Anthropic's shape in, the canonical chat the translators take
+        chat = messages_request.chat_body(body)
+        return ClientRequest(Handler.CHAT, chat["model"], bool(chat.get("stream")), chat)
     raise GatewayError(405, f"handler {handler!r} takes no request body", code="method_not_allowed")
 
 

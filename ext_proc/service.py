@@ -79,7 +79,7 @@ class Processor(pb_grpc.ExternalProcessorServicer):
                     response = dispatch(step, request)
                 except GatewayError as err:
                     step.on_error(err)
-                    yield error_response(err)
+                    yield error_response(err, step.error_body(err))
                     return
                 except Exception:
                     log.exception("ext_proc failed on a request", extra={"phase": phase})

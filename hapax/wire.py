@@ -252,6 +252,7 @@ class Handler(StrEnum):
     COMPLETION = "completion"
     EMBEDDINGS = "embeddings"
     MODELS = "models"
+    MESSAGES = "messages"  # Anthropic's Messages API, inbound: a chat to every provider
 
 
 class ModelFamily(StrEnum):
@@ -273,6 +274,7 @@ FAMILY_OF_HANDLER: Mapping[Handler, ModelFamily] = {
     Handler.CHAT: ModelFamily.CHAT,
     Handler.COMPLETION: ModelFamily.CHAT,
     Handler.EMBEDDINGS: ModelFamily.EMBEDDINGS,
+    Handler.MESSAGES: ModelFamily.CHAT,
 }
 
 

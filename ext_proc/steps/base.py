@@ -38,6 +38,10 @@ class Step:
     def response_body(self, msg: pb.HttpBody, attributes: Attributes) -> pb.ProcessingResponse:
         return continue_response_body()
 
+    def error_body(self, err: GatewayError) -> bytes:
+        """``err`` as the client's API words an error (an Anthropic client gets Anthropic's shape)."""
+        return err.body()
+
     def on_error(self, err: GatewayError) -> None:
         """The gateway answers ``err`` itself: the stream ends with that answer."""
 

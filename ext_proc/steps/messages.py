@@ -122,8 +122,10 @@ def unavailable_json(reasons: Mapping[str, str]) -> bytes | None:
                                  "provider_unavailable")).encode()
 
 
-def error_response(err: GatewayError) -> pb.ProcessingResponse:
-    return immediate(err.status, err.body(), f"{wire.GATEWAY_DETAILS_PREFIX}{err.code or err.type}")
+def error_response(err: GatewayError, body: bytes | None = None) -> pb.ProcessingResponse:
+    """``body``: the error in the route's API's shape (Step.error_body); OpenAI's by default."""
+    return immediate(err.status, err.body() if body is None else body,
+                     f"{wire.GATEWAY_DETAILS_PREFIX}{err.code or err.type}")
 
 
 # ---------------------------------------------------------------- attributes

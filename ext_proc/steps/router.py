@@ -24,6 +24,7 @@ from ext_proc.client_request import AUTO_MODELS, ClientRequest
 from ext_proc.coalescing import LOST_LEADER, Coalescer, Flight, coalescing_key, determined
 from ext_proc.errors import GatewayError, invalid
 from ext_proc.experiments import Variant, requested_model
+from ext_proc.inbound import shapes
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.outcomes import RequestOutcome, outcome_for
 from ext_proc.runtime import Chain, Provider, Route, RuntimeView
@@ -255,6 +256,8 @@ class RouterStep(Step):
         remove = (*STEP_RESPONSE_HEADERS, UNAVAILABLE_HEADER)
         providers = self.chain.providers if self.chain is not None else self.view.providers
         body = unavailable_json(self.reasons(providers) if self.reasons is not None else {})
+        if body is not None:
+            body = shapes.reshaped_error(self.handler, 503, body)
         if body is None:  # every provider passes its probes: Envoy's own words are all there is
             return continue_response_headers(pb.CommonResponse(
                 header_mutation=mutation(self._variant_headers(), remove=remove)))
@@ -262,6 +265,9 @@ class RouterStep(Step):
             status=pb.CommonResponse.CONTINUE_AND_REPLACE,
             header_mutation=mutation(self._variant_headers(), remove=remove),
             body_mutation=pb.BodyMutation(body=body)))
+
+    def error_body(self, err: GatewayError) -> bytes:
+        return shapes.error_body(self.handler, err)
 
     def on_error(self, err: GatewayError) -> None:
         if self.flight is not None:

@@ -34,6 +34,8 @@ from ext_proc.admission import Admission
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import GatewayError, error_json
 from ext_proc.experiments import Variant, requested_model
+from ext_proc.inbound import shapes
+from ext_proc.inbound.shapes import answer_shape, canonical_handler
 from ext_proc.ledger import Ledger, LedgerRecord, labels_json
 from ext_proc.metrics import GatewayMetrics, token_count
 from ext_proc.outcomes import RequestOutcome, StreamOutcome
@@ -59,7 +61,7 @@ from ext_proc.steps.messages import (
     unavailable_json,
 )
 from ext_proc.translators import ProviderRequest, ResponseStage, translator_for
-from ext_proc.translators.completions import ChainedStage, TextCompletionStage
+from ext_proc.translators.completions import ChainedStage
 from hapax import wire
 from hapax.wire import (
     ANSWER_ATTEMPT_HEADER,
@@ -134,9 +136,9 @@ class Attempt:
 
     def response_stage(self, req: ClientRequest) -> ResponseStage | None:
         stage = translator_for(self.provider.type).response(req, self.provider)
-        if req.handler != Handler.COMPLETION:
+        shape = answer_shape(self.handler)  # the route's API's, when it is not the canonical one
+        if shape is None:
             return stage
-        shape = TextCompletionStage()
         return shape if stage is None else ChainedStage(stage, shape)
 
 
@@ -191,7 +193,7 @@ class UpstreamStep(Step):
         provider = _provider(view, host.get(wire.HOST_PROVIDER_KEY, ""))
         self.attempt = attempt = Attempt.read(view, provider, route_md, headers, self.created)
         self._count_attempt(attempt)
-        if attempt.handler not in translator_for(provider.type).handlers:
+        if canonical_handler(attempt.handler) not in translator_for(provider.type).handlers:
             raise GatewayError(400, f"Provider '{provider.name}' ({provider.type}) does not serve "
                                f"the '{attempt.handler}' API.", code="unsupported_handler")
         as_sent = self._body_as_sent(attempt, body, headers)
@@ -361,6 +363,9 @@ class UpstreamStep(Step):
             self.hold_off(self.attempt.provider.name, seconds, status)
 
     # ---------------------------------------------------------------- the end
+
+    def error_body(self, err: GatewayError) -> bytes:
+        return shapes.error_body(self.attempt.handler if self.attempt is not None else "", err)
 
     def on_error(self, err: GatewayError) -> None:
         # Counted where the answer's end is seen: by the router step, or the access log on a lane.

@@ -140,6 +140,7 @@ def test_defaults_when_optional_keys_are_absent():
         ("/v1/completions", "completion", "v1"),
         ("/v1/embeddings", "embeddings", "v1"),
         ("/v1/models", "models", "v1"),
+        ("/v1/messages", "messages", "v1"),
     ]
     assert config.provider_preference == ("openai",)
     assert config.providers["openai"].timeout == 60.0
@@ -667,10 +668,10 @@ def test_unknown_handler_lists_handlers_and_suggests_one():
     found = errors(with_route("{path: /v1/x, handler: chta}"))
 
     assert found == {
-        "routes[0].handler": "unknown handler 'chta' (expected one of: chat, completion, embeddings, models); "
-                             "did you mean 'chat'?"
+        "routes[0].handler": "unknown handler 'chta' (expected one of: chat, completion, embeddings, models, "
+                             "messages); did you mean 'chat'?"
     }
-    assert HANDLERS == ("chat", "completion", "embeddings", "models")
+    assert HANDLERS == ("chat", "completion", "embeddings", "models", "messages")
 
 
 def test_department_routes_add_to_the_standard_openai_routes():
@@ -737,6 +738,7 @@ def test_route_lines_name_each_path_its_handler_and_where_it_comes_from():
         "/v1/chat/completions   chat (department=all)",  # replaces the standard one
         "/v1/completions        completion (standard)",
         "/v1/embeddings         embeddings (standard)",
+        "/v1/messages           messages (standard)",
     ]
 
 
@@ -963,7 +965,7 @@ def test_load_config_reads_the_file_and_names_it_as_source(tmp_path):
     assert config.source == str(path)
     assert summarize(config) == (
         f"{path}: valid — 2 providers (anthropic, openai), preference anthropic > openai, "
-        "5 routes, listening on 0.0.0.0:8080"
+        "6 routes, listening on 0.0.0.0:8080"
     )
 
 

@@ -1,0 +1,44 @@
+"""What differs by a route's client API once its request is canonical: the provider translator's
+API, the answer's shape and the gateway's own errors' shape."""
+
+from __future__ import annotations
+
+import json
+
+from ext_proc.errors import GatewayError
+from ext_proc.inbound.messages_answer import MessagesStage
+from ext_proc.inbound.messages_request import error_body as messages_error_body
+from ext_proc.inbound.messages_request import error_json
+from ext_proc.translators.base import ResponseStage
+from ext_proc.translators.completions import TextCompletionStage
+from hapax.wire import Handler
+
+
+def canonical_handler(handler: str) -> str:
+    """The API a provider translator serves for a route's handler: Messages requests are chats."""
+    return Handler.CHAT if handler == Handler.MESSAGES else handler
+
+
+def answer_shape(handler: str) -> ResponseStage | None:
+    """The stage that turns a canonical answer into the route's API's, if it has its own."""
+    if handler == Handler.COMPLETION:
+        return TextCompletionStage()
+    if handler == Handler.MESSAGES:
+        return MessagesStage()
+    return None
+
+
+def error_body(handler: str, err: GatewayError) -> bytes:
+    """The gateway's own error, in the route's API's error shape."""
+    return messages_error_body(err) if handler == Handler.MESSAGES else err.body()
+
+
+def reshaped_error(handler: str, status: int, openai_error: bytes) -> bytes:
+    """An error the gateway wrote in OpenAI's shape (the reasons no provider can serve), in the route's API's."""
+    if handler != Handler.MESSAGES:
+        return openai_error
+    try:
+        message = json.loads(openai_error)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = "No provider could serve the request."
+    return json.dumps(error_json(status, message)).encode()

@@ -1,0 +1,107 @@
+"""Clients written for Anthropic's Messages API, pointed at Hapax: the official ``anthropic`` SDK.
+
+``messages.create`` and ``messages.stream`` (text, tools, streamed tool input) against each
+provider type, translated through the canonical chat form; a failover from one provider type
+to another before the first byte; Anthropic's error shape for what the gateway refuses.
+"""
+
+from __future__ import annotations
+
+import anthropic
+import pytest
+
+from hapax.fakes import FakeAnthropic, FakeOllama, FakeOpenAI
+from hapax.fakes.faults import Status
+from tests.conftest import gateway_config
+
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest", "ollama": "llama3.2"}
+WEATHER = {"name": "get_weather", "description": "The weather in a city",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+@pytest.fixture(scope="module")
+def fakes(fake_host):
+    with fake_host.serving(FakeOpenAI(api_key="k", model=MODELS["openai"]),
+                           FakeAnthropic(api_key="k", model=MODELS["anthropic"]),
+                           FakeOllama(model=MODELS["ollama"])) as (openai_fake, anthropic_fake, ollama_fake):
+        yield {"openai": openai_fake, "anthropic": anthropic_fake, "ollama": ollama_fake}
+
+
+@pytest.fixture(scope="module")
+def gateway(fakes, start_gateway):
+    providers = {kind: {"type": kind, "model": MODELS[kind], "base_url": fake.base_url,
+                        **({"api_key": "k"} if kind != "ollama" else {})} for kind, fake in fakes.items()}
+    return start_gateway(gateway_config(providers, preference=["anthropic", "openai", "ollama"]))
+
+
+@pytest.fixture()
+def client(gateway, fakes) -> anthropic.Anthropic:
+    for fake in fakes.values():
+        fake.reset()
+        fake.clear_faults()
+    return anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0, timeout=30)
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_messages_create_is_answered_by_each_provider_type_with_usage(client, fakes, kind):
+    message = client.messages.create(model=MODELS[kind], max_tokens=64, system="Be brief.",
+                                     messages=[{"role": "user", "content": "Say hello"}])
+    assert message.type == "message" and message.role == "assistant"
+    assert message.content[0].type == "text" and message.content[0].text
+    assert message.stop_reason == "end_turn"
+    assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
+    assert len(fakes[kind].requests) == 1  # the named model's provider answered
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_messages_stream_carries_anthropics_event_sequence_and_the_final_usage(client, fakes, kind):
+    with client.messages.stream(model=MODELS[kind], max_tokens=64,
+                                messages=[{"role": "user", "content": "Tell me a story"}]) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    assert {"content_block_start", "content_block_delta", "content_block_stop", "message_delta"} <= set(kinds)
+    assert final.content[0].type == "text" and final.content[0].text
+    assert final.usage.output_tokens > 0
+    assert len(fakes[kind].requests) == 1
+
+
+# The Ollama fake answers no tool calls (hapax/fakes/ollama.py): its translator's are tested on their own.
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_tool_call_round_trip_in_anthropics_blocks(client, kind):
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    first = client.messages.create(model=MODELS[kind], max_tokens=64, tools=[WEATHER], messages=ask)
+    assert first.stop_reason == "tool_use"
+    call = next(block for block in first.content if block.type == "tool_use")
+    assert call.name == "get_weather" and isinstance(call.input, dict)
+    answered = client.messages.create(model=MODELS[kind], max_tokens=64, tools=[WEATHER], messages=[
+        *ask, {"role": "assistant", "content": [block.model_dump() for block in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "Sunny, 21 C"}]}])
+    assert answered.stop_reason == "end_turn" and answered.content[0].type == "text"
+
+
+def test_streamed_tool_input_arrives_as_input_json_deltas(client):
+    with client.messages.stream(model=MODELS["openai"], max_tokens=64, tools=[WEATHER],
+                                messages=[{"role": "user", "content": "Weather in Oslo?"}]) as stream:
+        deltas = [event.delta.type for event in stream if event.type == "content_block_delta"]
+        final = stream.get_final_message()
+    assert "input_json_delta" in deltas
+    call = next(block for block in final.content if block.type == "tool_use")
+    assert call.name == "get_weather" and call.input  # the partial JSON put together again
+
+
+def test_failover_crosses_from_an_anthropic_provider_to_an_openai_one_before_the_first_byte(client, fakes):
+    fakes["anthropic"].inject(Status(529), times=None, method="POST")
+    message = client.messages.create(model=MODELS["anthropic"], max_tokens=64,
+                                     messages=[{"role": "user", "content": "Still there?"}])
+    assert message.content[0].text and message.usage.output_tokens > 0
+    assert len(fakes["openai"].requests) == 1  # the next of the chain, in its own format
+
+
+def test_what_the_gateway_refuses_is_anthropics_error_shape(client):
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(model=MODELS["openai"], max_tokens=0, messages=[{"role": "user", "content": "x"}])
+    assert refused.value.status_code == 400
+    body = refused.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error" and "max_tokens" in body["error"]["message"]
