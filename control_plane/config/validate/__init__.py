@@ -13,7 +13,8 @@ section to its module:
 - ``control_plane``: where a fleet reaches the control plane, and its mutual TLS;
 - ``clients``: who may call (their keys' lines), their labels and limits; ``limits``: where
   the counters live and the departments' limits; ``queue``: waiting for a saturated provider;
-  ``ledger`` (settings): where the cost ledger is kept.
+  ``ledger`` (settings): where the cost ledger is kept;
+- ``regions``: geographic routing (the providers' ``region``) and data residency.
 
 ``values`` holds what they share: reading one value of a given kind, and the
 messages that describe a wrong one.
@@ -29,6 +30,7 @@ from control_plane.config.model import HapaxConfig, HealthCheckConfig, ProviderC
 from control_plane.config.validate.clients import Scope, _admission, _clients, _queue
 from control_plane.config.validate.control_plane import _control_plane
 from control_plane.config.validate.providers import _health_check, _preference, _provider_names, _providers
+from control_plane.config.validate.regions import _regions
 from control_plane.config.validate.routes import _served_routes
 from control_plane.config.validate.server import _base_dir, _server
 from control_plane.config.validate.settings import _ext_proc, _ledger, _logging, _pricing, _retry
@@ -36,7 +38,8 @@ from control_plane.config.validate.values import _expected, _reject_unknown_keys
 from hapax import wire
 
 _TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "default_routes", "health_check",
-                   "retry", "pricing", "logging", "ext_proc", "control_plane", "clients", "limits", "queue", "ledger")
+                   "retry", "pricing", "logging", "ext_proc", "control_plane", "clients", "limits", "queue", "ledger",
+                   "regions")
 
 
 def _served_scope(providers: Mapping[str, ProviderConfig], routes: Sequence[RouteConfig]) -> Scope:
@@ -67,7 +70,8 @@ def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
     admission = _admission(root.get("limits"), issues)
     queue = _queue(root.get("queue"), issues)
     ledger = _ledger(root.get("ledger"), issues, _base_dir(source))
+    regions = _regions(root.get("regions"), providers, issues, _base_dir(source))
     if issues.errors:
         return None
     return HapaxConfig(server, providers, preference, routes, tuple(issues.warnings), source, retry, pricing,
-                       logging_config, ext_proc, control_plane, clients, admission, queue, ledger)
+                       logging_config, ext_proc, control_plane, clients, admission, queue, ledger, regions)
