@@ -14,7 +14,7 @@ from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from hapax.v1 import runtime_pb2
-from hapax.wire import PROVIDER_REQUEST_HEADERS, ModelFamily
+from hapax.wire import GEO_COUNTRY_HEADER, PROVIDER_REQUEST_HEADERS, ModelFamily
 
 
 class InvalidRuntime(Exception):
@@ -164,6 +164,40 @@ class QueueSettings:
 
 
 @dataclass(frozen=True)
+class RegionRouting:
+    """Where a request comes from picks its chain (``regions:``), as Envoy's lane lookups pick it
+    (control_plane/resources/regional.py): a pinned department's region, else the region header,
+    else the country's region, else the home region."""
+
+    header: str
+    home: str
+    countries: Mapping[str, str]
+    residency: Mapping[str, str]  # department -> pinned region
+    # View key (a region, or "<region>.only") -> family -> model name -> chain; and family -> auto chain.
+    family_models: Mapping[str, Mapping[str, Mapping[str, Chain]]]
+    auto_chains: Mapping[str, Mapping[str, Chain]]
+
+    def view_key(self, headers: Mapping[str, str], department: str | None) -> str | None:
+        """The request's view; None: the home region's (the runtime's own chains)."""
+        pinned = self.residency.get(department) if department else None
+        if pinned is not None:
+            return f"{pinned}.only"
+        region = headers.get(self.header)
+        if region not in self.family_models:  # none, or none known: the client's country's, else home
+            region = self.countries.get(headers.get(GEO_COUNTRY_HEADER, ""))
+        return region if region in self.family_models and region != self.home else None
+
+    def pinned_department(self, *departments: str | None) -> str | None:
+        """The first of ``departments`` (the client's, then the route's) pinned to a region."""
+        return next((d for d in departments if d and d in self.residency), None)
+
+    def chain_for(self, key: str, family: str, model: str | None) -> Chain | None:
+        if model is None:
+            return self.auto_chains.get(key, {}).get(family)
+        return self.family_models.get(key, {}).get(family, {}).get(model)
+
+
+@dataclass(frozen=True)
 class RuntimeView:
     version: str
     providers: Mapping[str, Provider]
@@ -179,6 +213,7 @@ class RuntimeView:
     admission: AdmissionSettings | None = None  # None: no limits
     queue: QueueSettings | None = None  # None: no queue
     ledger: LedgerSettings | None = None  # None: no cost ledger
+    regions: RegionRouting | None = None  # None: no geographic routing
     # (route path, key id) -> the route as that client's requests are labelled (labelled()).
     _labelled: dict[tuple[str, str], Route] = field(default_factory=dict, compare=False, repr=False)
 
@@ -237,7 +272,26 @@ class RuntimeView:
             ledger=LedgerSettings(Path(rt.ledger.directory) if rt.ledger.directory else None,
                                   rt.ledger.retention_days or LedgerSettings.retention_days, rt.ledger.store)
             if rt.HasField("ledger") else None,
+            regions=_regions(rt, chains) if rt.HasField("regions") else None,
         )
+
+
+def _regions(rt: runtime_pb2.Runtime, chains: Mapping[str, Chain]) -> RegionRouting:
+    r = rt.regions
+    family_models: dict[str, dict[str, dict[str, Chain]]] = {}
+    auto: dict[str, dict[str, Chain]] = {}
+    for view in r.views:
+        models = family_models.setdefault(view.key, {})
+        for m in view.models:
+            if m.chain not in chains:
+                raise InvalidRuntime(f"region view {view.key}, model {m.name}: no chain {m.chain}")
+            models.setdefault(m.family, {})[m.name] = chains[m.chain]
+        for family, cluster in view.auto_chains.items():
+            if cluster not in chains:
+                raise InvalidRuntime(f"region view {view.key}, auto chain of {family}: no chain {cluster}")
+            auto.setdefault(view.key, {})[family] = chains[cluster]
+    return RegionRouting(r.header, r.home, MappingProxyType(dict(r.countries)), MappingProxyType(dict(r.residency)),
+                         MappingProxyType(family_models), MappingProxyType(auto))
 
 
 def _clients(rt: runtime_pb2.Runtime) -> dict[str, Client]:

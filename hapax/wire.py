@@ -66,6 +66,14 @@ FIRST_WORKER_HTTP_CLUSTER = "hapax_ext_proc_http"
 # client of that key: its labels and limits), Envoy's access log. Never sent to a provider.
 KEY_ID_HEADER = "x-hapax-key-id"
 
+# The request's region (``regions.header``, this by default): from a trusted edge, else removed.
+# Written: the edge or CDN in front of the gateway (Envoy removes it from any other peer).
+# Read: the lanes' cluster lookups (control_plane/resources/regional.py), the router step.
+DEFAULT_REGION_HEADER = "x-hapax-region"
+# The client address's country (ISO 3166 code), with ``regions.geoip``. Written: Envoy's geoip
+# filter, after Envoy removed any the client sent. Read: as the region header, when there is none.
+GEO_COUNTRY_HEADER = "x-hapax-geo-country"
+
 # What the gateway tells itself between steps: never from a client, never to a provider.
 STEP_REQUEST_HEADERS = (CHAIN_HEADER, VERSION_HEADER, START_HEADER, COALESCE_HEADER)
 # Credentials a client may send to the gateway; none of them may reach a provider.

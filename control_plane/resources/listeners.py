@@ -56,7 +56,7 @@ from control_plane.cel import MetadataPresent
 from control_plane.config.model import HapaxConfig
 from control_plane.plan import Plan
 from control_plane.protobuf import ads, duration, pack
-from control_plane.resources import admission, body_routing, client_keys, passthrough
+from control_plane.resources import admission, body_routing, client_keys, passthrough, regional
 from control_plane.resources.ext_proc_filters import router_ext_proc_filter
 from control_plane.resources.names import (
     EXT_PROC_CLUSTER,
@@ -419,6 +419,8 @@ def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
         # On the way back filters run in reverse: the compressor, first here, compresses last.
         http_filters=[
             compressor_filter(),
+            # First of what reads the request: the region header is the edge's, or nobody's.
+            *regional.region_filters(config),
             *client_keys.key_filters(config),
             *([passthrough.json_to_metadata_filter(reservations=config.limited, ledger=config.ledger is not None),
                body_routing.lane_model_filter()] if lane or config.reads_request_bodies else []),

@@ -22,7 +22,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 from control_plane.config.model import HapaxConfig, RouteConfig
 from control_plane.plan import Plan
 from control_plane.protobuf import duration, pack
-from control_plane.resources import admission, client_keys, model_lane, passthrough
+from control_plane.resources import admission, client_keys, model_lane, passthrough, regional
 from control_plane.resources.ext_proc_filters import per_route_ext_proc, router_mode
 from control_plane.resources.listeners import alt_svc
 from control_plane.resources.names import (
@@ -200,6 +200,10 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
         lanes = [] if route.dedup != "off" else [
             *passthrough.lane_routes(plan, passthrough_groups, route.handler, base, ext_proc_off),
             *model_lane.model_routes(plan, model_groups, route.handler, base, version, ext_proc_off)]
+        pinned = regional.pinned_region(config, route)
+        if pinned is not None:  # a pinned department's lanes take its region's lookups
+            for variant in lanes:
+                variant.route.cluster_specifier_plugin += regional.plugin_suffix(pinned)
         for name, checked in admission.route_admission(config, route).items():
             for variant in (*lanes, base):  # a limited department's route: every request is checked
                 variant.typed_per_filter_config[name].CopyFrom(checked)

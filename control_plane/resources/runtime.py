@@ -44,7 +44,24 @@ def runtime(plan: Plan, version: str) -> runtime_pb2.Runtime:
         out.models.add(name=owned.name, provider=owned.owner, chain=owned.chain.cluster, family=owned.family)
     out.auto_chains.update({family: chain.cluster for family, chain in plan.auto_chains.items()})
     _admission(config, out)
+    _regions(plan, out)
     return out
+
+
+def _regions(plan: Plan, out: runtime_pb2.Runtime) -> None:
+    """Each region view's chains, for the router step to pick as Envoy's lookups do (regional.py)."""
+    regions = plan.config.regions
+    if regions is None:
+        return
+    out.regions.CopyFrom(runtime_pb2.Regions(header=regions.header, home=regions.home))
+    if regions.geoip is not None:
+        out.regions.countries.update(dict(regions.geoip.countries))
+    out.regions.residency.update(dict(regions.residency))
+    for key, view in plan.views.items():
+        added = out.regions.views.add(key=key)
+        for owned in view.models:
+            added.models.add(name=owned.name, provider=owned.owner, chain=owned.chain.cluster, family=owned.family)
+        added.auto_chains.update({family: chain.cluster for family, chain in view.auto_chains.items()})
 
 
 def _admission(config: HapaxConfig, out: runtime_pb2.Runtime) -> None:

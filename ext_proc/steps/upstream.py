@@ -453,6 +453,9 @@ class UpstreamStep(Step):
 def _request_chain(view: RuntimeView, cluster: str, route_md: Mapping[str, str], body: BodyRead) -> Chain | None:
     """The chain the router step named (its cluster), or a model-lane request's: its model and route's handler."""
     chains = [*view.auto_chains.values(), *(c for models in view.family_models.values() for c in models.values())]
+    if cluster and view.regions is not None:  # a region's chain (the router step's pick) names its own providers
+        chains += [c for families in view.regions.family_models.values() for models in families.values()
+                   for c in models.values()]
     if cluster:
         return next((c for c in chains if c.cluster == cluster), None)
     handler, model = route_md.get(RouteKey.HANDLER, ""), body.model

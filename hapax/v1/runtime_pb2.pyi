@@ -112,7 +112,7 @@ class Model(_message.Message):
     def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., chain: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
 
 class Runtime(_message.Message):
-    __slots__ = ("config_version", "providers", "routes", "chains", "models", "auto_chains", "clients", "keys_required", "admission", "queue", "ledger")
+    __slots__ = ("config_version", "providers", "routes", "chains", "models", "auto_chains", "clients", "keys_required", "admission", "queue", "ledger", "regions")
     class AutoChainsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,7 @@ class Runtime(_message.Message):
     ADMISSION_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     LEDGER_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
     config_version: str
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     routes: _containers.RepeatedCompositeFieldContainer[Route]
@@ -142,7 +143,53 @@ class Runtime(_message.Message):
     admission: Admission
     queue: Queue
     ledger: Ledger
-    def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., auto_chains: _Optional[_Mapping[str, str]] = ..., clients: _Optional[_Iterable[_Union[Client, _Mapping]]] = ..., keys_required: _Optional[bool] = ..., admission: _Optional[_Union[Admission, _Mapping]] = ..., queue: _Optional[_Union[Queue, _Mapping]] = ..., ledger: _Optional[_Union[Ledger, _Mapping]] = ...) -> None: ...
+    regions: Regions
+    def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., auto_chains: _Optional[_Mapping[str, str]] = ..., clients: _Optional[_Iterable[_Union[Client, _Mapping]]] = ..., keys_required: _Optional[bool] = ..., admission: _Optional[_Union[Admission, _Mapping]] = ..., queue: _Optional[_Union[Queue, _Mapping]] = ..., ledger: _Optional[_Union[Ledger, _Mapping]] = ..., regions: _Optional[_Union[Regions, _Mapping]] = ...) -> None: ...
+
+class Regions(_message.Message):
+    __slots__ = ("header", "home", "countries", "residency", "views")
+    class CountriesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ResidencyEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    HOME_FIELD_NUMBER: _ClassVar[int]
+    COUNTRIES_FIELD_NUMBER: _ClassVar[int]
+    RESIDENCY_FIELD_NUMBER: _ClassVar[int]
+    VIEWS_FIELD_NUMBER: _ClassVar[int]
+    header: str
+    home: str
+    countries: _containers.ScalarMap[str, str]
+    residency: _containers.ScalarMap[str, str]
+    views: _containers.RepeatedCompositeFieldContainer[RegionView]
+    def __init__(self, header: _Optional[str] = ..., home: _Optional[str] = ..., countries: _Optional[_Mapping[str, str]] = ..., residency: _Optional[_Mapping[str, str]] = ..., views: _Optional[_Iterable[_Union[RegionView, _Mapping]]] = ...) -> None: ...
+
+class RegionView(_message.Message):
+    __slots__ = ("key", "models", "auto_chains")
+    class AutoChainsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_CHAINS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    models: _containers.RepeatedCompositeFieldContainer[Model]
+    auto_chains: _containers.ScalarMap[str, str]
+    def __init__(self, key: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., auto_chains: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Ledger(_message.Message):
     __slots__ = ("directory", "retention_days", "store")
