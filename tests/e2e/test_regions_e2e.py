@@ -1,0 +1,157 @@
+"""Geographic routing and data residency (``regions:``), through the real Envoy.
+
+Two regional deployments of one provider, fake OpenAI servers ``eu`` and ``us`` (each
+records every request it gets), behind a gateway whose home region is ``us``. Requests come
+from different loopback addresses: 127.0.0.1 is the trusted edge, 127.0.0.2 an untrusted
+client, 127.0.0.3 a client a (test-made) MaxMind database places in Germany.
+
+Each behaviour is checked on the three ways a request takes (docs/architecture.md: which way
+a request goes): a named OpenAI model takes the passthrough lane (Envoy alone), an alias the
+model lane (the upstream step), no model the ordinary route (the router step).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from urllib.parse import urlsplit
+
+import pytest
+
+from hapax.client_keys import new_key
+from hapax.fakes import FakeOpenAI, Status
+from tests.conftest import gateway_config, wait_for
+from tests.e2e.test_failover_e2e import envoy_health_flags, provider_states
+from tests.mmdb import write_country_db
+
+INTERVAL = 0.2  # health check interval
+EDGE, STRANGER, GERMAN = "127.0.0.1", "127.0.0.2", "127.0.0.3"
+MESSAGES = [{"role": "user", "content": "hello"}]
+# The three ways a request goes: passthrough lane, model lane, router step.
+BODIES = {"passthrough": {"model": "gpt-4o", "messages": MESSAGES},
+          "model_lane": {"model": "smart", "messages": MESSAGES},
+          "router_step": {"messages": MESSAGES}}
+ADS_ROUTE = "/v1/ads/chat/completions"
+WEB_KEY, WEB_LINE = new_key()
+ADS_KEY, ADS_LINE = new_key()  # a client of the ads department, on any route
+
+
+@pytest.fixture(scope="module")
+def fakes(fake_host):
+    with fake_host.serving(FakeOpenAI(api_key="k-eu", model="gpt-4o"),
+                           FakeOpenAI(api_key="k-us", model="gpt-4o")) as pair:
+        yield dict(zip(("eu", "us"), pair, strict=True))
+
+
+@pytest.fixture(scope="module")
+def gateway(fakes, start_gateway, tmp_path_factory):
+    database = write_country_db(tmp_path_factory.mktemp("geoip") / "countries.mmdb", {f"{GERMAN}/32": "DE"})
+    config = gateway_config(
+        {name: {"type": "openai", "model": "gpt-4o", "aliases": ["smart"], "api_key": f"k-{name}",
+                "base_url": fake.base_url, "region": name} for name, fake in fakes.items()},
+        routes=[{"path": ADS_ROUTE, "handler": "chat", "metrics_labels": {"department": "ads"}}])
+    config["health_check"] = {"interval": f"{int(INTERVAL * 1000)}ms", "timeout": "150ms",
+                              "unhealthy_threshold": 2, "healthy_threshold": 2}
+    config["clients"] = {"web": {"keys": [WEB_LINE.htpasswd]},
+                         "ads-app": {"keys": [ADS_LINE.htpasswd], "metrics_labels": {"department": "ads"}}}
+    config["regions"] = {"home": "us", "trusted_sources": [f"{EDGE}/32"],
+                         "geoip": {"database": str(database), "countries": {"DE": "eu"}},
+                         "residency": {"ads": "eu"}}
+    return start_gateway(config)
+
+
+@pytest.fixture()
+def ready(gateway, fakes, fake_host):
+    for fake in fakes.values():
+        fake.reset()
+        fake_host.run(fake.accept_connections())
+    wait_for(lambda: provider_states(gateway) == {"eu": "healthy", "us": "healthy"}, "both providers healthy")
+    wait_for(lambda: all(envoy_health_flags(gateway, p) == "healthy" for p in fakes), "Envoy to route to both")
+    return gateway
+
+
+def post(gateway, body: dict, *, source: str = EDGE, region: str | None = None, path: str = "/v1/chat/completions",
+         key: str = WEB_KEY) -> tuple[int, dict]:
+    """POST from ``source`` (a loopback address of this host): the gateway sees it as the peer."""
+    url = urlsplit(gateway.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30, source_address=(source, 0))
+    headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
+    if region is not None:
+        headers["x-hapax-region"] = region
+    try:
+        conn.request("POST", path, json.dumps(body), headers)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"null")
+    finally:
+        conn.close()
+
+
+def posts(fake) -> list:
+    return [r for r in fake.requests if r.method == "POST"]
+
+
+def test_a_trusted_region_header_sends_every_lane_to_that_region(ready, fakes):
+    for lane, body in BODIES.items():
+        status, answer = post(ready, body, region="eu")
+        assert status == 200, (lane, answer)
+    assert len(posts(fakes["eu"])) == len(BODIES)
+    assert posts(fakes["us"]) == []
+    assert all("x-hapax-region" not in r.headers for r in posts(fakes["eu"]))  # the region is the gateway's
+
+
+def test_a_request_without_a_region_goes_to_the_home_region(ready, fakes):
+    for lane, body in BODIES.items():
+        assert post(ready, body)[0] == 200, lane
+    assert len(posts(fakes["us"])) == len(BODIES)
+    assert posts(fakes["eu"]) == []
+
+
+def test_an_untrusted_peers_region_header_is_ignored(ready, fakes):
+    for lane, body in BODIES.items():
+        assert post(ready, body, source=STRANGER, region="eu")[0] == 200, lane
+    assert len(posts(fakes["us"])) == len(BODIES)
+    assert posts(fakes["eu"]) == []
+
+
+def test_the_client_address_country_picks_the_region_when_no_trusted_header_does(ready, fakes):
+    for lane, body in BODIES.items():
+        # Its own header (us) is not trusted: Germany is eu's.
+        assert post(ready, body, source=GERMAN, region="us")[0] == 200, lane
+    assert len(posts(fakes["eu"])) == len(BODIES)
+    assert posts(fakes["us"]) == []
+
+
+def test_eu_down_fails_over_to_us_and_the_failover_is_counted(ready, fakes):
+    before = ready.metric_total("hapax_failovers_total", provider="us")
+    fakes["eu"].inject(Status(503), times=None, method="POST")  # its API down; its probe still answers
+    for lane, body in BODIES.items():
+        status, answer = post(ready, body, region="eu")
+        assert status == 200, (lane, answer)
+    assert len(posts(fakes["eu"])) == len(BODIES)  # each tried eu first
+    assert len(posts(fakes["us"])) == len(BODIES)
+    wait_for(lambda: ready.metric_total("hapax_failovers_total", provider="us") == before + len(BODIES),
+             "every failover counted (the lanes' from Envoy's access log)")
+
+
+def test_a_pinned_department_is_served_in_its_region_whatever_the_header_says(ready, fakes):
+    for lane, body in BODIES.items():
+        assert post(ready, body, region="us", path=ADS_ROUTE)[0] == 200, lane
+    assert post(ready, BODIES["model_lane"], region="us", key=ADS_KEY)[0] == 200  # a pinned client, any route
+    assert len(posts(fakes["eu"])) == len(BODIES) + 1
+    assert posts(fakes["us"]) == []
+
+
+def test_a_pinned_department_gets_a_503_and_never_the_other_region_when_its_region_is_down(ready, fakes, fake_host):
+    fake_host.run(fakes["eu"].refuse_connections())
+    wait_for(lambda: "failed_active_hc" in envoy_health_flags(ready, "eu"), "Envoy to take eu out")
+    answers = [post(ready, body, region=region, path=ADS_ROUTE)
+               for body in BODIES.values() for region in (None, "us")]
+    answers += [post(ready, body, key=ADS_KEY) for body in BODIES.values()]  # the pinned client, standard route
+    for status, answer in answers:
+        assert status == 503, answer
+        assert answer["error"]["code"] == "provider_unavailable", answer
+        assert answer["error"]["type"] == "server_error", answer
+    assert posts(fakes["us"]) == []
+    # Anyone else still fails over.
+    assert post(ready, BODIES["model_lane"], region="eu")[0] == 200
+    assert len(posts(fakes["us"])) == 1
