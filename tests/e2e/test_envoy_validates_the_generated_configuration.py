@@ -18,7 +18,7 @@ from control_plane.static_bootstrap import (
 from hapax.envoy_process import envoy_binary
 from tests.certificates import make_certificates, separate_http3, shared_tls_and_http3
 from tests.seed import SEED_YAML
-from tests.snapshots import CAPPED, EXT_PROC, KEYED, MIXED, SECRETS, seed_snapshot
+from tests.snapshots import CAPPED, EXT_PROC, KEYED, MIXED, REGIONAL, SECRETS, seed_snapshot, with_geoip
 from tests.unit.test_passthrough import config as passthrough_config
 
 
@@ -32,6 +32,16 @@ def _validate(tmp_path: Path, bootstrap: bootstrap_pb2.Bootstrap):
 # KEYED: the key check, and the admission check of limits.
 @pytest.mark.parametrize("text", [SEED_YAML, MIXED, CAPPED, KEYED], ids=["seed", "mixed", "capped", "keyed"])
 def test_envoy_validate_accepts_the_generated_configuration(tmp_path, text):
+    tags = res.envoy_stats_tags(res.stats_label_keys(parse_config(text, env=SECRETS)))
+    result = _validate(tmp_path, static_bootstrap(seed_snapshot(text), stats_tags=tags))
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+# REGIONAL: the regional chains and lookups, the untrusted region header's filter; with GeoIP,
+# Envoy's geoip filter reading a (test-made) MaxMind database, which Envoy opens to validate.
+@pytest.mark.parametrize("geoip", [False, True], ids=["regions", "regions-geoip"])
+def test_envoy_validate_accepts_the_regional_configuration(tmp_path, geoip):
+    text = with_geoip(tmp_path) if geoip else REGIONAL
     tags = res.envoy_stats_tags(res.stats_label_keys(parse_config(text, env=SECRETS)))
     result = _validate(tmp_path, static_bootstrap(seed_snapshot(text), stats_tags=tags))
     assert result.returncode == 0, result.stderr + result.stdout
