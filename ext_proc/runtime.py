@@ -14,7 +14,7 @@ from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from hapax.v1 import runtime_pb2
-from hapax.wire import GEO_COUNTRY_HEADER, PROVIDER_REQUEST_HEADERS, ModelFamily
+from hapax.wire import GEO_COUNTRY_HEADER, KEY_ID_HEADER, PROVIDER_REQUEST_HEADERS, ModelFamily
 
 
 class InvalidRuntime(Exception):
@@ -231,6 +231,24 @@ class RuntimeView:
             cached = self._labelled[(route.path, client.name)] = replace(
                 route, labels=MappingProxyType({**route.labels, **client.labels}))
         return cached
+
+    def region_view(self, headers: Mapping[str, str], route_department: str | None) -> str | None:
+        """With regions, which view's chains a request takes, as Envoy's lane lookups pick them
+        (control_plane/resources/regional.py): a pinned department's (its client's first, then its
+        route's), else the region its (trusted) header or its country names; None: home's, the
+        runtime's own chains."""
+        if self.regions is None:
+            return None
+        client = self.client(headers.get(KEY_ID_HEADER))
+        department = self.regions.pinned_department(client.department if client is not None else None,
+                                                    route_department)
+        return self.regions.view_key(headers, department)
+
+    def chain_in(self, region_view: str | None, family: str, model: str | None) -> Chain | None:
+        """``chain_for`` in a region's view (``region_view``; None: home's)."""
+        if region_view is None or self.regions is None:
+            return self.chain_for(family, model)
+        return self.regions.chain_for(region_view, family, model)
 
     def chain_for(self, family: str, model: str | None) -> Chain | None:
         """Where a request of ``family`` naming ``model`` (None: ``auto``) goes; None: nowhere."""

@@ -102,7 +102,7 @@ class RouterStep(Step):
         if route is None:
             raise GatewayError(404, f"Unknown request URL: {path}.", code="unknown_url")
         self.key_id = headers.get(wire.KEY_ID_HEADER, "")
-        self.region_view = self._region_view(headers, route)
+        self.region_view = self.view.region_view(headers, route.labels.get("department"))
         route = self.view.labelled(route, self.key_id)  # its client's labels
         self.route, self.handler = route, route.handler
         if self.metrics is not None:
@@ -150,27 +150,11 @@ class RouterStep(Step):
         return {CHAIN_HEADER: wire.FIRST_WORKER_HTTP_CLUSTER, wire.MAX_RETRIES_HEADER: "0",
                 wire.COALESCE_HEADER: flight.id}
 
-    def _region_view(self, headers: Mapping[str, str], route: Route) -> str | None:
-        """Which region's chains the request takes, as Envoy's lane lookups pick them
-        (control_plane/resources/regional.py): a pinned department's (the client's first, then
-        the route's), else the region its trusted header or its country names; None: home."""
-        regions = self.view.regions
-        if regions is None:
-            return None
-        client = self.view.client(self.key_id)
-        department = regions.pinned_department(client.department if client is not None else None,
-                                               route.labels.get("department"))
-        return regions.view_key(headers, department)
-
     def chain_for(self, req: ClientRequest) -> Chain:
         """The chain of the request's model among its family's (``auto``: the family's preference order)."""
         family = wire.FAMILY_OF_HANDLER[req.handler]
         model = None if req.model is None or req.model in AUTO_MODELS else req.model
-        regions = self.view.regions
-        if regions is not None and self.region_view is not None:
-            chain = regions.chain_for(self.region_view, family, model)
-        else:
-            chain = self.view.chain_for(family, model)
+        chain = self.view.chain_in(self.region_view, family, model)  # with regions, the request's region's
         if chain is not None:
             return chain
         if model is None:

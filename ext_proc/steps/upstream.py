@@ -204,7 +204,7 @@ class UpstreamStep(Step):
         The answer is the gateway's, and Envoy's to retry (to the same member) or give the client.
         """
         self.done = True
-        chain = _request_chain(view, headers.get(CHAIN_HEADER, ""), route_md, read)
+        chain = _request_chain(view, headers, route_md, read)
         names = chain.providers if chain is not None else tuple(view.providers)
         body = unavailable_json(self.reasons(names) if self.reasons is not None else {}) or json.dumps(
             error_json("No provider could serve the request (none is in rotation).", "server_error",
@@ -450,8 +450,11 @@ class UpstreamStep(Step):
         return not self.streaming or stage.stream_outcome == StreamOutcome.COMPLETED
 
 
-def _request_chain(view: RuntimeView, cluster: str, route_md: Mapping[str, str], body: BodyRead) -> Chain | None:
-    """The chain the router step named (its cluster), or a model-lane request's: its model and route's handler."""
+def _request_chain(view: RuntimeView, headers: Mapping[str, str], route_md: Mapping[str, str],
+                   body: BodyRead) -> Chain | None:
+    """The chain the router step named (its cluster), or a model-lane request's: its model and route's
+    handler (with regions, in the request's region, as Envoy's lookup picked it)."""
+    cluster = headers.get(CHAIN_HEADER, "")
     chains = [*view.auto_chains.values(), *(c for models in view.family_models.values() for c in models.values())]
     if cluster and view.regions is not None:  # a region's chain (the router step's pick) names its own providers
         chains += [c for families in view.regions.family_models.values() for models in families.values()
@@ -461,7 +464,8 @@ def _request_chain(view: RuntimeView, cluster: str, route_md: Mapping[str, str],
     handler, model = route_md.get(RouteKey.HANDLER, ""), body.model
     if handler not in FAMILY_OF_HANDLER or not model:
         return None
-    return view.chain_for(FAMILY_OF_HANDLER[Handler(handler)], model)
+    region_view = view.region_view(headers, route_md.get("department"))
+    return view.chain_in(region_view, FAMILY_OF_HANDLER[Handler(handler)], model)
 
 
 def _provider(view: RuntimeView, name: str) -> Provider:
