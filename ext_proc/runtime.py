@@ -67,6 +67,7 @@ class Provider:
     # By model, those with a price.
     prices: Mapping[str, tuple[float, float]] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     max_concurrent_requests: int = 1024  # the queue's slots for it (its circuit breaker's limit)
+    region: str = ""  # the region it serves from (regions:); "": none
 
     def __repr__(self) -> str:  # never print the key
         return f"Provider(name={self.name!r}, type={self.type!r}, model={self.model!r})"
@@ -362,4 +363,5 @@ def _provider(p: runtime_pb2.Provider, known_types: frozenset[str]) -> Provider:
         prices=MappingProxyType({m.name: (m.price.input_per_million, m.price.output_per_million)
                                  for m in p.models if m.HasField("price")}),
         max_concurrent_requests=p.max_concurrent_requests or Provider.max_concurrent_requests,
+        region=p.region,
     )

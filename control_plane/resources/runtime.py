@@ -22,6 +22,7 @@ def runtime(plan: Plan, version: str) -> runtime_pb2.Runtime:
             base_url=p.base_url, cluster=provider_cluster_name(p.name),
             timeout_seconds=p.timeout, api_key=p.api_key, forward_headers=list(p.forward_headers),
             api_key_source=p.api_key_source, max_concurrent_requests=p.circuit_breaker.max_concurrent_requests,
+            region=p.region or "",
             health_check=runtime_pb2.HealthCheck(
                 interval_seconds=p.health_check.interval, timeout_seconds=p.health_check.timeout,
                 healthy_threshold=p.health_check.healthy_threshold,

@@ -131,6 +131,9 @@ def test_eu_down_fails_over_to_us_and_the_failover_is_counted(ready, fakes):
     assert len(posts(fakes["us"])) == len(BODIES)
     wait_for(lambda: ready.metric_total("hapax_failovers_total", provider="us") == before + len(BODIES),
              "every failover counted (the lanes' from Envoy's access log)")
+    # Each provider's region, to add any per-provider series up by region in a query.
+    assert ready.metric("hapax_provider_region_info", provider="us", region="us") == 1
+    assert ready.metric("hapax_provider_region_info", provider="eu", region="eu") == 1
 
 
 def test_a_pinned_department_is_served_in_its_region_whatever_the_header_says(ready, fakes):
