@@ -330,6 +330,8 @@ class AdmissionEntry(StrEnum):
     BYTES = "bytes"                  # content-length: the input's size, for its token estimate
     MAX_TOKENS = "max_tokens"        # the body's limits on the answer (json_to_metadata)
     MAX_COMPLETION_TOKENS = "max_completion_tokens"
+    REGION = "region"                # with regions: the (trusted) region header, which picks the chain
+    COUNTRY = "country"              # with regions.geoip: GEO_COUNTRY_HEADER
 
 
 # The queue's checks go to the same service under their own domain (a slot taken as the request

@@ -38,10 +38,12 @@ def test_envoy_validate_accepts_the_generated_configuration(tmp_path, text):
 
 
 # REGIONAL: the regional chains and lookups, the untrusted region header's filter; with GeoIP,
-# Envoy's geoip filter reading a (test-made) MaxMind database, which Envoy opens to validate.
-@pytest.mark.parametrize("geoip", [False, True], ids=["regions", "regions-geoip"])
+# Envoy's geoip filter reading a (test-made) MaxMind database, which Envoy opens to validate;
+# with limits and the queue, their descriptors' region entries.
+@pytest.mark.parametrize("geoip", [False, True], ids=["regions", "regions-geoip-limits-queue"])
 def test_envoy_validate_accepts_the_regional_configuration(tmp_path, geoip):
-    text = with_geoip(tmp_path) if geoip else REGIONAL
+    limited = "limits: {departments: {ads: {tokens_per_day: 1000}}}\nqueue: {max_waiting: 10}\n"
+    text = with_geoip(tmp_path, limited + REGIONAL) if geoip else REGIONAL  # geoip goes under regions: last
     tags = res.envoy_stats_tags(res.stats_label_keys(parse_config(text, env=SECRETS)))
     result = _validate(tmp_path, static_bootstrap(seed_snapshot(text), stats_tags=tags))
     assert result.returncode == 0, result.stderr + result.stdout

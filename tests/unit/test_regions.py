@@ -230,3 +230,37 @@ def test_the_router_step_picks_the_view_as_envoys_lookups_do(tmp_path):
     assert regions.chain_for("eu", "chat", "gpt-4o").cluster == "chain.openai-eu"
     assert regions.chain_for("eu.only", "chat", None).providers == (EU,)
     assert regions.chain_for("ap", "embeddings", None).providers == (AP, US, EU)
+
+
+# ---------------------------------------------------------------- limits and the queue
+
+
+def test_the_queue_and_the_reservation_take_the_requests_regional_chain():
+    from ext_proc.admission import _first_provider, _highest_price
+    from ext_proc.translators import TRANSLATORS
+    from hapax.wire import AdmissionEntry
+
+    text = REGIONAL + "queue: {max_waiting: 10}\npricing: {claude-3-haiku: {input: 100, output: 200}}\n"
+    view = RuntimeView.from_proto(runtime(make_plan(parse_config(text, env=SECRETS)), "v1"), frozenset(TRANSLATORS))
+    chat, ads = view.routes["/v1/chat/completions"], view.routes["/v1/ads/chat/completions"]
+    asked = {AdmissionEntry.MODEL: "gpt-4o"}
+    assert _first_provider(view, chat, asked) == US
+    assert _first_provider(view, chat, {**asked, AdmissionEntry.REGION: "ap"}) == AP
+    assert _first_provider(view, ads, {**asked, AdmissionEntry.REGION: "us"}) == EU  # pinned
+    assert _first_provider(view, chat, {**asked, AdmissionEntry.KEY_ID: ADS_KEY_ID}) == EU  # a pinned client
+    # The dearest provider a request may reach is its own chain's: claude (no region, dear) is on
+    # every unpinned chain, never on a pinned one.
+    assert _highest_price(view, chat, asked) == (100, 200)
+    assert _highest_price(view, ads, asked) == view.providers[EU].price
+
+
+def test_the_admission_descriptors_carry_the_region_with_regions_only(tmp_path):
+    from control_plane.resources.admission import descriptor_actions, region_actions
+
+    config = parse_config(with_geoip(tmp_path), env=SECRETS)
+    headers = [a.request_headers.header_name for a in region_actions(config)]
+    assert headers == ["x-hapax-region", wire.GEO_COUNTRY_HEADER]
+    plain = parse_config(TWO.replace(", region: eu", "").replace(", region: us", ""), env=SECRETS)
+    assert region_actions(plain) == []
+    first = descriptor_actions(region_actions(config)[0], plain)[0]
+    assert len(descriptor_actions(first, config)) == len(descriptor_actions(first, plain)) + 2
