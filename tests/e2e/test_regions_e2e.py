@@ -81,7 +81,10 @@ def post(gateway, body: dict, *, source: str = EDGE, region: str | None = None, 
     try:
         conn.request("POST", path, json.dumps(body), headers)
         resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"null")
+        raw = resp.read()
+        if resp.getheader("content-type", "").startswith("text/event-stream"):
+            return resp.status, {"stream": raw.decode()}
+        return resp.status, json.loads(raw or b"null")
     finally:
         conn.close()
 
@@ -97,6 +100,18 @@ def test_a_trusted_region_header_sends_every_lane_to_that_region(ready, fakes):
     assert len(posts(fakes["eu"])) == len(BODIES)
     assert posts(fakes["us"]) == []
     assert all("x-hapax-region" not in r.headers for r in posts(fakes["eu"]))  # the region is the gateway's
+
+
+def test_a_stream_follows_its_region_and_fails_over_from_it(ready, fakes):
+    stream = {"model": "smart", "messages": MESSAGES, "stream": True}
+    status, answer = post(ready, stream, region="eu")
+    assert status == 200 and "data: [DONE]" in answer["stream"], answer
+    assert [r.body["stream"] for r in posts(fakes["eu"])] == [True]
+    fakes["eu"].inject(Status(503), method="POST")  # once: before the stream's first byte
+    status, answer = post(ready, stream, region="eu")
+    assert status == 200 and "data: [DONE]" in answer["stream"], answer
+    assert len(posts(fakes["eu"])) == 2
+    assert len(posts(fakes["us"])) == 1
 
 
 def test_a_request_without_a_region_goes_to_the_home_region(ready, fakes):
