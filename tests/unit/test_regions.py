@@ -264,3 +264,11 @@ def test_the_admission_descriptors_carry_the_region_with_regions_only(tmp_path):
     assert region_actions(plain) == []
     first = descriptor_actions(region_actions(config)[0], plain)[0]
     assert len(descriptor_actions(first, config)) == len(descriptor_actions(first, plain)) + 2
+
+
+def test_hapax_validate_summarises_the_regions():
+    from control_plane.config.load import summarize
+
+    line = summarize(parse_config(REGIONAL, env=SECRETS))
+    assert "regions eu, us, ap (home us), ads pinned to eu" in line
+    assert "regions" not in summarize(parse_config(TWO.replace(", region: eu", "").replace(", region: us", "")))
