@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import address_pb2
 from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
 from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
 from envoy.extensions.filters.http.geoip.v3 import geoip_pb2
@@ -72,6 +73,15 @@ def pinned_clients(config: HapaxConfig) -> dict[str, str]:
 
 def plugin_suffix(region: str) -> str:
     return "@" + region_view_key(region, pinned=True)
+
+
+def pin(plan: Plan, route: route_components_pb2.Route, region: str, handler: str) -> None:
+    """A lane route of a department pinned to ``region``: its region's lookups, and its region's
+    chains' attempts (fewer providers: a retry beyond them would only go round them again)."""
+    route.route.cluster_specifier_plugin += plugin_suffix(region)
+    chain = plan.views[region_view_key(region, True)].auto_chains.get(wire.FAMILY_OF_HANDLER[wire.Handler(handler)])
+    if chain is not None:
+        route.route.retry_policy.num_retries.value = chain.attempts - 1
 
 
 def regional_lookups(plan: Plan, name: str, clusters: Callable[[str | None], Mapping[str, str]]

@@ -203,7 +203,7 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
         pinned = regional.pinned_region(config, route)
         if pinned is not None:  # a pinned department's lanes take its region's lookups
             for variant in lanes:
-                variant.route.cluster_specifier_plugin += regional.plugin_suffix(pinned)
+                regional.pin(plan, variant, pinned, route.handler)
         for name, checked in admission.route_admission(config, route).items():
             for variant in (*lanes, base):  # a limited department's route: every request is checked
                 variant.typed_per_filter_config[name].CopyFrom(checked)

@@ -16,7 +16,7 @@ from control_plane.resources.runtime import runtime
 from control_plane.snapshot import CLUSTER, LISTENER, ROUTE
 from ext_proc.runtime import RuntimeView
 from hapax import wire
-from tests.snapshots import REGIONAL, SECRETS, regional_lookup, snapshot_of, with_geoip
+from tests.snapshots import REGIONAL, SECRETS, effective_routes, regional_lookup, snapshot_of, with_geoip
 
 EU, US, AP = "openai-eu", "openai-us", "openai-ap"
 ADS_KEY_ID = "0123456789ab"
@@ -272,3 +272,15 @@ def test_hapax_validate_summarises_the_regions():
     line = summarize(parse_config(REGIONAL, env=SECRETS))
     assert "regions eu, us, ap (home us), ads pinned to eu" in line
     assert "regions" not in summarize(parse_config(TWO.replace(", region: eu", "").replace(", region: us", "")))
+
+
+def test_a_pinned_departments_lane_routes_retry_only_as_often_as_its_region_has_providers():
+    route_config = _route_config()
+    ads = [r for r in effective_routes(route_config.virtual_hosts[0])
+           if r.match.path == "/v1/ads/chat/completions" and r.route.cluster_specifier_plugin]
+    # eu has one provider: one retry (a one-provider chain retries once), not the three of a
+    # chain of every provider.
+    assert {r.route.retry_policy.num_retries.value for r in ads} == {1}
+    others = [r for r in effective_routes(route_config.virtual_hosts[0])
+              if r.match.path == "/v1/chat/completions" and r.route.cluster_specifier_plugin]
+    assert {r.route.retry_policy.num_retries.value for r in others} == {3}
