@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,10 @@ def regional_lookup(plugin, headers: dict[str, str]) -> dict[str, str]:
     plugin.extension.typed_config.Unpack(specifier)
     matcher = specifier.cluster_matcher
     while True:
+        if matcher.HasField("matcher_list"):  # the pinned clients' key ids, by region
+            matcher = next((m.on_match.matcher for m in matcher.matcher_list.matchers
+                            if _header_matches(m.predicate.single_predicate, headers)), matcher.on_no_match.matcher)
+            continue
         tree = matcher.matcher_tree
         header = HttpRequestHeaderMatchInput()
         if not tree.input.typed_config.Unpack(header):
@@ -198,3 +203,9 @@ def regional_lookup(plugin, headers: dict[str, str]) -> dict[str, str]:
         on_match.action.typed_config.Unpack(action)
         out[model] = action.cluster
     return out
+
+
+def _header_matches(predicate, headers: dict[str, str]) -> bool:
+    header = HttpRequestHeaderMatchInput()
+    predicate.input.typed_config.Unpack(header)
+    return re.fullmatch(predicate.value_match.safe_regex.regex, headers.get(header.header_name, "")) is not None

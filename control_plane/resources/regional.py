@@ -40,6 +40,8 @@ from envoy.type.matcher.v3 import http_inputs_pb2
 from google.protobuf import wrappers_pb2
 from xds.core.v3 import extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
+from xds.type.matcher.v3 import regex_pb2 as xds_regex_pb2
+from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from control_plane.config.model import HapaxConfig, RegionsConfig, RouteConfig
 from control_plane.plan import Plan, region_view_key
@@ -111,11 +113,28 @@ def _by_country(regions: RegionsConfig, views: Mapping[str, matcher_pb2.Matcher]
 
 def _by_key_id(clients: Mapping[str, str], views: Mapping[str, matcher_pb2.Matcher],
                otherwise: matcher_pb2.Matcher) -> matcher_pb2.Matcher:
-    """A pinned client's requests take its region's pinned lookup, wherever they come from."""
+    """A pinned client's requests take its region's pinned lookup, wherever they come from: one
+    matcher per pinned region (its clients' key ids in one expression), so the lookup grows with
+    keys plus models, not their product."""
     if not clients:
         return otherwise
-    return _header_tree(wire.KEY_ID_HEADER, {key_id: views[region_view_key(region, True)]
-                                             for key_id, region in clients.items()}, otherwise)
+    by_region: dict[str, list[str]] = {}
+    for key_id, region in clients.items():
+        by_region.setdefault(region, []).append(key_id)
+    key_id = extension_pb2.TypedExtensionConfig(
+        name=wire.KEY_ID_HEADER, typed_config=pack(http_inputs_pb2.HttpRequestHeaderMatchInput(
+            header_name=wire.KEY_ID_HEADER)))
+    matchers = [matcher_pb2.Matcher.MatcherList.FieldMatcher(
+        predicate=matcher_pb2.Matcher.MatcherList.Predicate(
+            single_predicate=matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
+                input=key_id, value_match=xds_string_pb2.StringMatcher(safe_regex=xds_regex_pb2.RegexMatcher(
+                    google_re2=xds_regex_pb2.RegexMatcher.GoogleRE2(),
+                    # Key ids are hex digits: nothing in them needs escaping.
+                    regex=f"^(?:{'|'.join(ids)})$")))),
+        on_match=matcher_pb2.Matcher.OnMatch(matcher=views[region_view_key(region, True)]))
+        for region, ids in by_region.items()]
+    return matcher_pb2.Matcher(matcher_list=matcher_pb2.Matcher.MatcherList(matchers=matchers),
+                               on_no_match=matcher_pb2.Matcher.OnMatch(matcher=otherwise))
 
 
 def _header_tree(header: str, by_value: Mapping[str, matcher_pb2.Matcher],

@@ -153,6 +153,8 @@ def test_the_lanes_lookups_pick_the_chain_by_pinned_client_then_region_header_th
         == "chain.openai-ap"  # a trusted header before the country
     pinned = regional_lookup(model_lane, {wire.KEY_ID_HEADER: ADS_KEY_ID, "x-hapax-region": "us"})
     assert set(pinned.values()) == {"chain.openai-eu@eu.only"}
+    unpinned = {wire.KEY_ID_HEADER: "ba9876543210", "x-hapax-region": "eu"}  # the web client's key
+    assert regional_lookup(model_lane, unpinned)["gpt-4o"] == "chain.openai-eu"
     passthrough = plugins["hapax.passthrough.chat"]
     assert regional_lookup(passthrough, {"x-hapax-region": "eu"})["gpt-4o"] == "lane.openai-eu"
     assert regional_lookup(passthrough, {})["gpt-4o"] == "lane.openai-us"
