@@ -191,7 +191,7 @@ def make_plan(config: HapaxConfig) -> Plan:
         same = {chain.providers: chain for chain in chains.values()}
         for region, pinned in [*((r, False) for r in regions.names),
                                *((r, True) for r in dict.fromkeys(regions.residency.values()))]:
-            view = _view(config, region, pinned, same, lane_clusters)
+            view = _view(config, region, pinned, models, same, lane_clusters)
             views[view.key] = view
             for view_chains in view.family_chains.values():
                 for chain in view_chains.values():
@@ -211,17 +211,24 @@ def _regional_order(config: HapaxConfig, region: str) -> tuple[str, ...]:
                         key=lambda name: ranks.get(config.providers[name].region or "", len(ranks))))
 
 
-def _view(config: HapaxConfig, region: str, pinned: bool, same: dict[tuple[str, ...], Chain],
+def _view(config: HapaxConfig, region: str, pinned: bool, served: tuple[OwnedModel, ...],
+          same: dict[tuple[str, ...], Chain],
           lane_clusters: dict[tuple[str, tuple[str, ...]], str]) -> RegionView:
     key = region_view_key(region, pinned)
     order = _regional_order(config, region)
-    if pinned:  # never another region's provider, nor one without a region
-        order = tuple(name for name in order if config.providers[name].region == region)
+    if pinned:  # never another region's provider, nor one without a region; every one of its own
+        order = tuple(name for name in dict.fromkeys((*order, *config.providers))
+                      if config.providers[name].region == region)
     family_chains = {family: _view_chains(config, family, order, key, same) for family in FAMILIES}
     models = _owned_models(config, family_chains, order)
     if pinned:  # a name only another region serves goes to the region's providers, as a failover would
         models = tuple(owned if owned.owner in owned.chain.providers else
                        OwnedModel(owned.name, owned.family, owned.chain.first, owned.chain) for owned in models)
+        # Validation sees to it (regions.residency: the region serves every family some provider
+        # serves); a name missing here would take the unpinned lookups, so it is never served.
+        missing = sorted({(o.name, o.family) for o in served} - {(o.name, o.family) for o in models})
+        if missing:
+            raise ValueError(f"the chains pinned to region {region} serve none of {missing}")
     return RegionView(key, region, pinned,
                       MappingProxyType({f: MappingProxyType(c) for f, c in family_chains.items() if c}),
                       models, _lane_models(config, models, lane_clusters))

@@ -286,3 +286,10 @@ def test_a_pinned_departments_lane_routes_retry_only_as_often_as_its_region_has_
     others = [r for r in effective_routes(route_config.virtual_hosts[0])
               if r.match.path == "/v1/chat/completions" and r.route.cluster_specifier_plugin]
     assert {r.route.retry_policy.num_retries.value for r in others} == {3}
+
+
+def test_a_pinned_region_uses_its_providers_even_those_left_out_of_the_preference():
+    text = TWO + "provider_preference: [us]\nregions: {home: us, residency: {ads: eu}}\n"
+    pinned = make_plan(parse_config(text)).views["eu.only"]
+    assert {chain.providers for chain in pinned.auto_chains.values()} == {("eu",)}
+    assert {o.chain.providers for o in pinned.models} == {("eu",)}
