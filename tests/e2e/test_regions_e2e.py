@@ -20,7 +20,7 @@ import pytest
 
 from hapax.client_keys import new_key
 from hapax.fakes import FakeOpenAI, Status
-from tests.conftest import gateway_config, wait_for
+from tests.conftest import gateway_config, save_config, wait_for
 from tests.e2e.test_failover_e2e import envoy_health_flags, provider_states
 from tests.mmdb import write_country_db
 
@@ -173,3 +173,31 @@ def test_a_pinned_department_gets_a_503_and_never_the_other_region_when_its_regi
     # Anyone else still fails over.
     assert post(ready, BODIES["model_lane"], region="eu")[0] == 200
     assert len(posts(fakes["us"])) == 1
+
+
+def test_regions_turned_on_and_off_by_a_reload_route_without_a_failed_request(fakes, start_gateway):
+    """The regional clusters arrive before the lookups that name them (make before break): every
+    request during both reloads is answered."""
+    providers = {name: {"type": "openai", "model": "gpt-4o", "aliases": ["smart"], "api_key": f"k-{name}",
+                        "base_url": fake.base_url} for name, fake in fakes.items()}
+    config = gateway_config(providers, preference=["us", "eu"])
+    gateway = start_gateway(config)
+    for fake in fakes.values():
+        fake.reset()
+    statuses = []
+
+    def reaches(region: str) -> bool:
+        before = len(posts(fakes[region]))
+        for body in BODIES.values():
+            status, _ = post(gateway, body, region="eu", key="unused")
+            statuses.append(status)
+        return len(posts(fakes[region])) == before + len(BODIES)
+
+    assert reaches("us")  # no regions: the header means nothing
+    regional = {**config, "providers": {name: {**p, "region": name} for name, p in providers.items()},
+                "regions": {"home": "us", "trusted_sources": [f"{EDGE}/32"]}}
+    save_config(gateway.config_path, regional)
+    wait_for(lambda: reaches("eu"), "the regions to apply")
+    save_config(gateway.config_path, config)
+    wait_for(lambda: reaches("us"), "the regions to go")
+    assert set(statuses) == {200}
