@@ -175,15 +175,17 @@ def test_a_pinned_department_gets_a_503_and_never_the_other_region_when_its_regi
     assert len(posts(fakes["us"])) == 1
 
 
-def test_regions_turned_on_and_off_by_a_reload_route_without_a_failed_request(fakes, start_gateway):
+def test_regions_turned_on_and_off_by_a_reload_route_without_a_failed_request(fakes, start_gateway, fake_host):
     """The regional clusters arrive before the lookups that name them (make before break): every
     request during both reloads is answered."""
+    for fake in fakes.values():  # as an earlier test may have left them
+        fake.reset()
+        fake_host.run(fake.accept_connections())
     providers = {name: {"type": "openai", "model": "gpt-4o", "aliases": ["smart"], "api_key": f"k-{name}",
                         "base_url": fake.base_url} for name, fake in fakes.items()}
     config = gateway_config(providers, preference=["us", "eu"])
     gateway = start_gateway(config)
-    for fake in fakes.values():
-        fake.reset()
+    wait_for(lambda: provider_states(gateway) == {"eu": "healthy", "us": "healthy"}, "both providers healthy")
     statuses = []
 
     def reaches(region: str) -> bool:
