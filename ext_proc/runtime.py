@@ -188,6 +188,11 @@ class RegionRouting:
             region = self.countries.get(headers.get(GEO_COUNTRY_HEADER, ""))
         return region if region in self.family_models and region != self.home else None
 
+    @staticmethod
+    def pinned_region(view_key: str | None) -> str | None:
+        """The region of a pinned view ("<region>.only"); None for any other."""
+        return view_key.removesuffix(".only") if view_key and view_key.endswith(".only") else None
+
     def pinned_department(self, *departments: str | None) -> str | None:
         """The first of ``departments`` (the client's, then the route's) pinned to a region."""
         return next((d for d in departments if d and d in self.residency), None)

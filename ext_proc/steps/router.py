@@ -25,7 +25,7 @@ from ext_proc.coalescing import LOST_LEADER, Coalescer, Flight, coalescing_key, 
 from ext_proc.errors import GatewayError, invalid
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.outcomes import RequestOutcome, outcome_for
-from ext_proc.runtime import Chain, Provider, Route, RuntimeView
+from ext_proc.runtime import Chain, Provider, RegionRouting, Route, RuntimeView
 from ext_proc.steps.base import Step
 from ext_proc.steps.messages import (
     Attributes,
@@ -224,7 +224,8 @@ class RouterStep(Step):
         """
         remove = (*STEP_RESPONSE_HEADERS, UNAVAILABLE_HEADER)
         providers = self.chain.providers if self.chain is not None else self.view.providers
-        body = unavailable_json(self.reasons(providers) if self.reasons is not None else {})
+        body = unavailable_json(self.reasons(providers) if self.reasons is not None else {},
+                                RegionRouting.pinned_region(self.region_view))
         if body is None:  # every provider passes its probes: Envoy's own words are all there is
             return continue_response_headers(pb.CommonResponse(header_mutation=mutation(remove=remove)))
         return continue_response_headers(pb.CommonResponse(

@@ -37,7 +37,7 @@ from ext_proc.ledger import Ledger, LedgerRecord, labels_json
 from ext_proc.metrics import GatewayMetrics, token_count
 from ext_proc.outcomes import RequestOutcome, StreamOutcome
 from ext_proc.provider_health import retry_after_seconds
-from ext_proc.runtime import Chain, Provider, Route, RuntimeView, cost_usd
+from ext_proc.runtime import Chain, Provider, RegionRouting, Route, RuntimeView, cost_usd
 from ext_proc.steps.base import Step
 from ext_proc.steps.messages import (
     BODY_AS_SENT,
@@ -206,7 +206,8 @@ class UpstreamStep(Step):
         self.done = True
         chain = _request_chain(view, headers, route_md, read)
         names = chain.providers if chain is not None else tuple(view.providers)
-        body = unavailable_json(self.reasons(names) if self.reasons is not None else {}) or json.dumps(
+        pinned = RegionRouting.pinned_region(view.region_view(headers, route_md.get("department")))
+        body = unavailable_json(self.reasons(names) if self.reasons is not None else {}, pinned) or json.dumps(
             error_json("No provider could serve the request (none is in rotation).", "server_error",
                        "provider_unavailable")).encode()
         return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(

@@ -169,6 +169,11 @@ def test_a_pinned_department_gets_a_503_and_never_the_other_region_when_its_regi
         assert status == 503, answer
         assert answer["error"]["code"] == "provider_unavailable", answer
         assert answer["error"]["type"] == "server_error", answer
+    # The router step says why (the lanes keep Envoy's words: their chain of one provider, retried
+    # once, has no member for the reasons): the region, and only its providers.
+    said = [a["error"]["message"] for _, a in answers if "could serve the request:" in a["error"]["message"]]
+    assert said and all(m.startswith("No provider in region eu, which this request's department may not leave")
+                        and m.endswith("eu: connection refused.") for m in said), said
     assert posts(fakes["us"]) == []
     # Anyone else still fails over.
     assert post(ready, BODIES["model_lane"], region="eu")[0] == 200

@@ -293,3 +293,18 @@ def test_a_pinned_region_uses_its_providers_even_those_left_out_of_the_preferenc
     pinned = make_plan(parse_config(text)).views["eu.only"]
     assert {chain.providers for chain in pinned.auto_chains.values()} == {("eu",)}
     assert {o.chain.providers for o in pinned.models} == {("eu",)}
+
+
+def test_a_pinned_requests_503_says_which_region_it_may_not_leave():
+    import json
+
+    from ext_proc.runtime import RegionRouting
+    from ext_proc.steps.messages import unavailable_json
+
+    assert RegionRouting.pinned_region("eu.only") == "eu"
+    assert RegionRouting.pinned_region("eu") is None and RegionRouting.pinned_region(None) is None
+    body = json.loads(unavailable_json({EU: "connection refused"}, "eu") or b"")
+    assert body["error"]["message"] == ("No provider in region eu, which this request's department may not leave "
+                                        f"(data residency) could serve the request: {EU}: connection refused.")
+    assert json.loads(unavailable_json({EU: "connection refused"}) or b"")["error"]["message"] == (
+        f"No provider could serve the request: {EU}: connection refused.")
