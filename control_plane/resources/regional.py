@@ -73,6 +73,18 @@ def pinned_clients(config: HapaxConfig) -> dict[str, str]:
             for line in client.keys}
 
 
+def residency(config: HapaxConfig) -> dict[str, tuple[list[str], list[str]]]:
+    """Pinned region -> (its departments, its pinned clients' key ids): whose requests stay there."""
+    if config.regions is None:
+        return {}
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for department, region in config.regions.residency.items():
+        out.setdefault(region, ([], []))[0].append(department)
+    for key_id, region in pinned_clients(config).items():
+        out[region][1].append(key_id)
+    return out
+
+
 def plugin_suffix(region: str) -> str:
     return "@" + region_view_key(region, pinned=True)
 

@@ -308,3 +308,21 @@ def test_a_pinned_requests_503_says_which_region_it_may_not_leave():
                                         f"(data residency) could serve the request: {EU}: connection refused.")
     assert json.loads(unavailable_json({EU: "connection refused"}) or b"")["error"]["message"] == (
         f"No provider could serve the request: {EU}: connection refused.")
+
+
+def test_envoys_own_503_of_a_pinned_lane_request_says_where_it_must_stay():
+    local = _hcm(REGIONAL).local_reply_config
+    pinned = [m for m in local.mappers if "region eu, which this request" in json_text(m)]
+    assert len(pinned) == 2  # the pinned clients' key ids, then the pinned routes' department
+    first = min(list(local.mappers).index(m) for m in pinned)
+    # Before Envoy's own words for a lane request (the last of the two replies that have them:
+    # the first is marked for the router step, which gives the reasons).
+    generic = max(i for i, m in enumerate(local.mappers) if json_text(m).startswith("No provider could serve"))
+    assert first < generic
+    plain = REGIONAL.split("regions:")[0].replace("    region: eu\n", "").replace("    region: us\n", "")
+    assert not [m for m in _hcm(plain.replace("    region: ap\n", "")).local_reply_config.mappers
+                if "data residency" in json_text(m)]
+
+
+def json_text(mapper) -> str:
+    return mapper.body_format_override.json_format.fields["error"].struct_value.fields["message"].string_value
