@@ -101,7 +101,11 @@ class RegionView:
         return {family: next(iter(chains.values())) for family, chains in self.family_chains.items() if chains}
 
     def chain_for(self, family: str, model: str) -> Chain | None:
-        return next((owned.chain for owned in self.models if owned.family == family and owned.name == model), None)
+        return self._chains.get((family, model))
+
+    @cached_property  # looked up for every model name of every lookup
+    def _chains(self) -> dict[tuple[str, str], Chain]:
+        return {(owned.family, owned.name): owned.chain for owned in self.models}
 
 
 def region_view_key(region: str, pinned: bool) -> str:
