@@ -184,9 +184,13 @@ class RegionRouting:
         if pinned is not None:
             return f"{pinned}.only"
         region = headers.get(self.header)
-        if region not in self.family_models:  # none, or none known: the client's country's, else home
+        if not self._is_region(region):  # none, or none known: the client's country's, else home
             region = self.countries.get(headers.get(GEO_COUNTRY_HEADER, ""))
-        return region if region in self.family_models and region != self.home else None
+        return region if self._is_region(region) and region != self.home else None
+
+    def _is_region(self, name: str | None) -> bool:
+        """A region's own view (not a pinned one, "<region>.only": no header may name that)."""
+        return name is not None and "." not in name and name in self.family_models
 
     @staticmethod
     def pinned_region(view_key: str | None) -> str | None:

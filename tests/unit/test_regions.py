@@ -227,6 +227,7 @@ def test_the_router_step_picks_the_view_as_envoys_lookups_do(tmp_path):
     assert regions.view_key({}, None) is None  # home: the runtime's own chains
     assert regions.view_key({"x-hapax-region": "eu"}, None) == "eu"
     assert regions.view_key({"x-hapax-region": "us"}, None) is None
+    assert regions.view_key({"x-hapax-region": "eu.only"}, None) is None  # a view key, not a region
     assert regions.view_key({"x-hapax-region": "mars", wire.GEO_COUNTRY_HEADER: "DE"}, None) == "eu"
     assert regions.view_key({"x-hapax-region": "ap"}, regions.pinned_department("search", "ads")) == "eu.only"
     assert regions.chain_for("eu", "chat", "gpt-4o").cluster == "chain.openai-eu"
