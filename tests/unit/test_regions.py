@@ -327,3 +327,28 @@ def test_envoys_own_503_of_a_pinned_lane_request_says_where_it_must_stay():
 
 def json_text(mapper) -> str:
     return mapper.body_format_override.json_format.fields["error"].struct_value.fields["message"].string_value
+
+
+@pytest.mark.parametrize("route_path", ["/v1/chat/completions", "/v1/ads/chat/completions"])
+def test_the_router_step_and_envoys_lookups_pick_the_same_chain_for_every_request(tmp_path, route_path):
+    import itertools
+
+    from ext_proc.translators import TRANSLATORS
+
+    text = with_geoip(tmp_path)
+    (route_config,) = snapshot_of(text).of_type(ROUTE).values()
+    plugins = {p.extension.name: p for p in route_config.cluster_specifier_plugins}
+    (lane_route,) = [r for r in route_config.virtual_hosts[0].routes
+                     if r.match.path == route_path and r.route.cluster_specifier_plugin.startswith("hapax.model.")]
+    plugin = plugins[lane_route.route.cluster_specifier_plugin]
+    view = RuntimeView.from_proto(runtime(make_plan(parse_config(text, env=SECRETS)), "v1"), frozenset(TRANSLATORS))
+    route = view.routes[route_path]
+    for region, country, key_id in itertools.product([None, "eu", "us", "ap", "mars", "eu.only"], [None, "DE", "US"],
+                                                     [None, ADS_KEY_ID, "ba9876543210"]):
+        headers = {k: v for k, v in {"x-hapax-region": region, wire.GEO_COUNTRY_HEADER: country,
+                                     wire.KEY_ID_HEADER: key_id}.items() if v is not None}
+        envoy = regional_lookup(plugin, headers)
+        region_view = view.region_view(headers, route.labels.get("department"))
+        for model in ("gpt-4o", "smart", "claude-3-haiku", "auto"):
+            chain = view.chain_in(region_view, "chat", None if model == "auto" else model)
+            assert chain is not None and envoy[model] == chain.cluster, (headers, model)
