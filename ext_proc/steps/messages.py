@@ -120,7 +120,7 @@ def unavailable_json(reasons: Mapping[str, str], pinned_region: str | None = Non
         return None
     said = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
     where = "" if pinned_region is None else (
-        f" in region {pinned_region}, which this request's department may not leave (data residency)")
+        f" in region {pinned_region}, which this request's department may not leave (data residency),")
     return json.dumps(error_json(f"No provider{where} could serve the request: {said}.", "server_error",
                                  "provider_unavailable")).encode()
 

@@ -306,7 +306,7 @@ def test_a_pinned_requests_503_says_which_region_it_may_not_leave():
     assert RegionRouting.pinned_region("eu") is None and RegionRouting.pinned_region(None) is None
     body = json.loads(unavailable_json({EU: "connection refused"}, "eu") or b"")
     assert body["error"]["message"] == ("No provider in region eu, which this request's department may not leave "
-                                        f"(data residency) could serve the request: {EU}: connection refused.")
+                                        f"(data residency), could serve the request: {EU}: connection refused.")
     assert json.loads(unavailable_json({EU: "connection refused"}) or b"")["error"]["message"] == (
         f"No provider could serve the request: {EU}: connection refused.")
 
