@@ -352,3 +352,18 @@ def test_the_router_step_and_envoys_lookups_pick_the_same_chain_for_every_reques
         for model in ("gpt-4o", "smart", "claude-3-haiku", "auto"):
             chain = view.chain_in(region_view, "chat", None if model == "auto" else model)
             assert chain is not None and envoy[model] == chain.cluster, (headers, model)
+
+
+def test_a_configured_region_header_is_the_one_removed_and_read():
+    text = REGIONAL.replace("  home: us\n", "  home: us\n  header: X-Edge-Region\n")
+    (untrusted,) = [f for f in _hcm(text).http_filters if f.name == regional.UNTRUSTED_REGION_FILTER]
+    wrapped = extension_matcher_pb2.ExtensionWithMatcher()
+    untrusted.typed_config.Unpack(wrapped)
+    assert "x-edge-region" in str(wrapped.extension_config.typed_config.value, "latin-1")
+    (route_config,) = snapshot_of(text).of_type(ROUTE).values()
+    model_lane = next(p for p in route_config.cluster_specifier_plugins if p.extension.name == "hapax.model.chat")
+    assert regional_lookup(model_lane, {"x-edge-region": "eu"})["gpt-4o"] == "chain.openai-eu"
+    assert regional_lookup(model_lane, {"x-hapax-region": "eu"})["gpt-4o"] == "chain.openai-us"
+    view = RuntimeView.from_proto(runtime(make_plan(parse_config(text, env=SECRETS)), "v1"),
+                                  frozenset({"openai", "anthropic"}))
+    assert view.region_view({"x-edge-region": "eu"}, None) == "eu"
