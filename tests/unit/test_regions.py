@@ -367,3 +367,13 @@ def test_a_configured_region_header_is_the_one_removed_and_read():
     view = RuntimeView.from_proto(runtime(make_plan(parse_config(text, env=SECRETS)), "v1"),
                                   frozenset({"openai", "anthropic"}))
     assert view.region_view({"x-edge-region": "eu"}, None) == "eu"
+
+
+def test_no_trusted_source_is_a_warning_that_the_header_is_never_honoured():
+    def regions_warnings(text: str) -> list[tuple[str, str]]:
+        return [(w.path, w.message) for w in parse_config(text).warnings if w.path.startswith("regions")]
+
+    assert regions_warnings(TWO + "regions: {home: us}\n") == [
+        ("regions.trusted_sources", "none: no peer's x-hapax-region header is honoured, so requests take their "
+                                    "country's region (geoip) or home's")]
+    assert regions_warnings(TWO + "regions: {home: us, trusted_sources: [10.0.0.0/8]}\n") == []

@@ -65,6 +65,9 @@ def _regions(value: Any, providers: Mapping[str, ProviderConfig], issues: _Issue
         issues.error("regions.home", "is required: the gateway's own region, for requests that name none")
     header = _header(node.get("header"), issues)
     trusted = _trusted_sources(node.get("trusted_sources"), issues)
+    if not trusted:
+        issues.warn("regions.trusted_sources", f"none: no peer's {header} header is honoured, so requests take "
+                                               "their country's region (geoip) or home's")
     failover = _failover(node.get("failover"), names, issues)
     geoip = _geoip(node.get("geoip"), names, issues, base_dir)
     residency = _residency(node.get("residency"), names, providers, issues)
