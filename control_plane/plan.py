@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
 from urllib.parse import urlsplit
@@ -85,13 +85,45 @@ class LaneModel:
 
 
 @dataclass(frozen=True)
+class RegionView:
+    """Where the requests of one region go (``regions:``): the same model names as the plan's,
+    each to a chain in that region's order; a pinned view's chains hold only the region's providers."""
+
+    key: str  # the region, or "<region>.only" for the departments pinned to it (region_view_key)
+    region: str
+    pinned: bool
+    family_chains: Mapping[str, Mapping[str, Chain]]
+    models: tuple[OwnedModel, ...]
+    lane_models: tuple[LaneModel, ...]
+
+    @property
+    def auto_chains(self) -> Mapping[str, Chain]:
+        return {family: next(iter(chains.values())) for family, chains in self.family_chains.items() if chains}
+
+    def chain_for(self, family: str, model: str) -> Chain | None:
+        return self._chains.get((family, model))
+
+    @cached_property  # looked up for every model name of every lookup
+    def _chains(self) -> dict[tuple[str, str], Chain]:
+        return {(owned.family, owned.name): owned.chain for owned in self.models}
+
+
+def region_view_key(region: str, pinned: bool) -> str:
+    # A region name has no ".": "eu.only" cannot be a region's own view.
+    return f"{region}.only" if pinned else region
+
+
+@dataclass(frozen=True)
 class Plan:
     config: HapaxConfig
     chains: Mapping[str, Chain]  # by cluster: every distinct chain, the chat family's auto chain first
     # family -> (first provider -> its chain): a family's chains hold only providers serving it.
+    # With regions, the home region's (the requests that name none).
     family_chains: Mapping[str, Mapping[str, Chain]]
     models: tuple[OwnedModel, ...]  # every (model name, family) clients may send
     lane_models: tuple[LaneModel, ...]
+    # With ``regions:``, by key: each region's view, then each pinned region's (region_view_key).
+    views: Mapping[str, RegionView] = field(default_factory=lambda: MappingProxyType({}))
 
     def variant_chain(self, variant: VariantConfig) -> Chain:
         """An experiment variant's chain: its provider's chat chain, failover included."""
@@ -112,8 +144,13 @@ class Plan:
         return next(iter(self.chains.values()))
 
     @property
+    def all_lane_models(self) -> tuple[LaneModel, ...]:
+        """The plan's lane models and every region view's: each lane cluster is one of theirs."""
+        return (*self.lane_models, *(lane for view in self.views.values() for lane in view.lane_models))
+
+    @property
     def lane_providers(self) -> frozenset[str]:
-        return frozenset(name for lane in self.lane_models for name in lane.providers)
+        return frozenset(name for lane in self.all_lane_models for name in lane.providers)
 
     @cached_property  # read per route: thousands of them
     def longest_chain(self) -> int:
@@ -150,15 +187,84 @@ class Plan:
 
 
 def make_plan(config: HapaxConfig) -> Plan:
-    family_chains = {family: _family_chains(config, family) for family in FAMILIES}
+    regions = config.regions
+    preference = config.provider_preference if regions is None else _regional_order(config, regions.home)
+    family_chains = {family: _family_chains(config, family, preference) for family in FAMILIES}
     chains: dict[str, Chain] = {}
     for by_first in family_chains.values():
         for chain in by_first.values():
             chains.setdefault(chain.cluster, chain)
-    models = _owned_models(config, family_chains)
+    models = _owned_models(config, family_chains, preference)
+    lane_clusters: dict[tuple[str, tuple[str, ...]], str] = {}
+    lanes = _lane_models(config, models, lane_clusters)
+    views = {}
+    if regions is not None:
+        # A chain is its providers in order: a view's chain that some chain already is, is that one.
+        same = {chain.providers: chain for chain in chains.values()}
+        for region, pinned in [*((r, False) for r in regions.names),
+                               *((r, True) for r in dict.fromkeys(regions.residency.values()))]:
+            view = _view(config, region, pinned, models, same, lane_clusters)
+            views[view.key] = view
+            for view_chains in view.family_chains.values():
+                for chain in view_chains.values():
+                    chains.setdefault(chain.cluster, chain)
     return Plan(config=config, chains=MappingProxyType(chains),
                 family_chains=MappingProxyType({f: MappingProxyType(c) for f, c in family_chains.items()}),
-                models=models, lane_models=_lane_models(config, models))
+                models=models, lane_models=lanes, views=MappingProxyType(views))
+
+
+def _regional_order(config: HapaxConfig, region: str) -> tuple[str, ...]:
+    """``provider_preference`` as a request from ``region`` tries it: the region's providers, then
+    each region of its failover order's, then the providers without a region (preference order
+    within each)."""
+    assert config.regions is not None
+    ranks = {r: n for n, r in enumerate(config.regions.order(region))}
+    return tuple(sorted(config.provider_preference,
+                        key=lambda name: ranks.get(config.providers[name].region or "", len(ranks))))
+
+
+def _view(config: HapaxConfig, region: str, pinned: bool, served: tuple[OwnedModel, ...],
+          same: dict[tuple[str, ...], Chain],
+          lane_clusters: dict[tuple[str, tuple[str, ...]], str]) -> RegionView:
+    key = region_view_key(region, pinned)
+    order = _regional_order(config, region)
+    if pinned:  # never another region's provider, nor one without a region; every one of its own
+        order = tuple(name for name in dict.fromkeys((*order, *config.providers))
+                      if config.providers[name].region == region)
+    family_chains = {family: _view_chains(config, family, order, key, same) for family in FAMILIES}
+    models = _owned_models(config, family_chains, order)
+    if pinned:  # a name only another region serves goes to the region's providers, as a failover would
+        models = tuple(owned if owned.owner in owned.chain.providers else
+                       OwnedModel(owned.name, owned.family, owned.chain.first, owned.chain) for owned in models)
+        # Validation sees to it (regions.residency: the region serves every family some provider
+        # serves); a name missing here would take the unpinned lookups, so it is never served.
+        missing = sorted({(o.name, o.family) for o in served} - {(o.name, o.family) for o in models})
+        if missing:
+            raise ValueError(f"the chains pinned to region {region} serve none of {missing}")
+    return RegionView(key, region, pinned,
+                      MappingProxyType({f: MappingProxyType(c) for f, c in family_chains.items() if c}),
+                      models, _lane_models(config, models, lane_clusters))
+
+
+def _view_chains(config: HapaxConfig, family: str, order: tuple[str, ...], key: str,
+                 same: dict[tuple[str, ...], Chain]) -> dict[str, Chain]:
+    """Per provider serving ``family``, the chain of a request it would serve first, in ``order``
+    (on a pinned view, a provider of another region is replaced by the region's own)."""
+    serving = [name for name in order if config.providers[name].serves(family)]
+    if not serving:
+        return {}
+    chains = {}
+    firsts = (*order, *(p for p in config.providers if p not in order))
+    for first in (name for name in firsts if config.providers[name].serves(family)):
+        providers = (first, *(p for p in serving if p != first)) if first in serving else tuple(serving)
+        chain = same.get(providers)
+        if chain is None:
+            cluster = f"{chain_cluster_name(providers[0], family)}@{key}"
+            attempts = config.retry.max_attempts or max(len(providers), 2)
+            chain = same[providers] = Chain(providers[0], providers, attempts,
+                                            max(config.providers[p].timeout for p in providers), cluster)
+        chains[first] = chain
+    return chains
 
 
 def provider_cluster_name(provider: str) -> str:
@@ -174,46 +280,51 @@ def base_path(provider: ProviderConfig) -> str:
     return urlsplit(provider.base_url).path.rstrip("/")
 
 
-def _family_chains(config: HapaxConfig, family: str) -> dict[str, Chain]:
-    """A chain per provider serving ``family``: preference order first, then the others.
+def _family_chains(config: HapaxConfig, family: str, preference: tuple[str, ...]) -> dict[str, Chain]:
+    """A chain per provider serving ``family``: ``preference`` order first, then the others.
 
     One whose providers are the same as its first's chat chain is that chain (the same
     cluster): a config whose providers each serve every family has the chains it always had.
     """
-    firsts = (*config.provider_preference, *(p for p in config.providers if p not in config.provider_preference))
+    firsts = (*preference, *(p for p in config.providers if p not in preference))
     serving = [name for name in firsts if config.providers[name].serves(family)]
     chains = {}
     for first in serving:
-        order = (first, *(p for p in config.provider_preference if p != first and p in serving))
-        chat = config.providers[first].serves(wire.ModelFamily.CHAT) and order == _chat_order(config, first)
+        order = (first, *(p for p in preference if p != first and p in serving))
+        chat = config.providers[first].serves(wire.ModelFamily.CHAT) and order == _chat_order(config, first,
+                                                                                              preference)
         cluster = chain_cluster_name(first, wire.ModelFamily.CHAT if chat else family)
         attempts = config.retry.max_attempts or max(len(order), 2)
         chains[first] = Chain(first, order, attempts, max(config.providers[p].timeout for p in order), cluster)
     return chains
 
 
-def _chat_order(config: HapaxConfig, first: str) -> tuple[str, ...]:
-    chat = [p for p in config.provider_preference if config.providers[p].serves(wire.ModelFamily.CHAT)]
+def _chat_order(config: HapaxConfig, first: str, preference: tuple[str, ...]) -> tuple[str, ...]:
+    chat = [p for p in preference if config.providers[p].serves(wire.ModelFamily.CHAT)]
     return (first, *(p for p in chat if p != first))
 
 
-def _owned_models(config: HapaxConfig, family_chains: Mapping[str, Mapping[str, Chain]]) -> tuple[OwnedModel, ...]:
+def _owned_models(config: HapaxConfig, family_chains: Mapping[str, Mapping[str, Chain]],
+                  preference: tuple[str, ...]) -> tuple[OwnedModel, ...]:
     """Per family, the first provider in preference order wins a model name both serve."""
     owned: dict[tuple[str, str], OwnedModel] = {}
-    for name in [*config.provider_preference, *config.providers]:
+    for name in [*preference, *config.providers]:
         p = config.providers[name]
         for model, families in p.models.items():
             names = (model, *p.aliases) if model == p.model else (model,)
             for family in families:
+                if name not in family_chains.get(family, {}):
+                    continue  # a pinned view whose region serves no such request: validation refused it
                 for alias in names:
                     owned.setdefault((alias, family), OwnedModel(alias, family, name, family_chains[family][name]))
     return tuple(owned.values())
 
 
-def _lane_models(config: HapaxConfig, models: Iterable[OwnedModel]) -> tuple[LaneModel, ...]:
+def _lane_models(config: HapaxConfig, models: Iterable[OwnedModel],
+                 clusters: dict[tuple[str, tuple[str, ...]], str]) -> tuple[LaneModel, ...]:
+    """``clusters``: (chain, lane providers) -> lane cluster, shared by the region views."""
     families = _lane_families(config)
     lanes = []
-    clusters: dict[tuple[str, tuple[str, ...]], str] = {}  # (chain, lane providers) -> lane cluster
     for owned in models:
         first = config.providers[owned.owner]
         if first.type != "openai" or owned.name not in first.models or owned.family not in families:

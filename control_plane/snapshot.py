@@ -132,7 +132,7 @@ def _clusters(plan: Plan, ext_proc: ExtProcEndpoints) -> list[cluster_pb2.Cluste
     out += [clusters.direct_cluster(plan.config.providers[name]) for name in capped]
     out += [clusters.chain_cluster(plan.config, chain) for chain in plan.chains.values()]
     lanes: dict[str, LaneModel] = {}  # lane models of one chain and the same providers share a cluster
-    for lane in plan.lane_models:
+    for lane in plan.all_lane_models:
         lanes.setdefault(lane.cluster, lane)
     out += [clusters.lane_cluster(plan, lane) for lane in lanes.values()]
     return out

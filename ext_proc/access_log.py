@@ -127,7 +127,8 @@ class AccessLogCounter(als_pb2_grpc.AccessLogServiceServicer):
             output_tokens=0 if coalesced else outputs, cached_tokens=cached,
             cost_usd=0.0 if coalesced else cost_usd(provider.price if provider else None, inputs, outputs),
             price_version=view.version, status=status, outcome=outcome.value,
-            experiment=variant.experiment if variant else "", variant=variant.name if variant else ""))
+            experiment=variant.experiment if variant else "", variant=variant.name if variant else "",
+            region=provider.region if provider else ""))
 
     def _settle(self, entry: accesslog_pb2.HTTPAccessLogEntry, view: RuntimeView) -> None:
         """A request that held a reservation: it becomes the usage Envoy read from the answer."""

@@ -116,22 +116,31 @@ def worst_case(view: RuntimeView, route: Route, entries: Mapping[str, str]) -> d
     if route.handler != Handler.EMBEDDINGS:
         asked = _int(entries.get(AdmissionEntry.MAX_COMPLETION_TOKENS)) or _int(entries.get(AdmissionEntry.MAX_TOKENS))
         outputs = asked if asked and asked > 0 else settings.default_max_tokens
-    price = _highest_price(view, route, entries.get(AdmissionEntry.MODEL))
+    price = _highest_price(view, route, entries)
     spend = math.ceil(inputs * price[0] + outputs * price[1]) if price else 0  # per million tokens = micro-USD
     return {Metric.REQUESTS: 1, Metric.TOKENS: _amount(inputs + outputs), Metric.SPEND: _amount(spend)}
 
 
-def _chain(view: RuntimeView, route: Route, model: str | None) -> tuple[str, Chain | None]:
-    """The request's family and the chain its model takes (None: the route serves no provider family)."""
+def _chain(view: RuntimeView, route: Route, entries: Mapping[str, str]) -> tuple[str, Chain | None]:
+    """The request's family and the chain its model takes (None: the route serves no provider family);
+    with regions, in the request's region, as Envoy and the router step pick it."""
     family = wire.FAMILY_OF_HANDLER.get(Handler(route.handler)) if route.handler in _HANDLERS else None
     if family is None:
         return "", None
-    return family, view.chain_for(family, None if model in (None, "", wire.AUTO_MODEL) else model)
+    model = entries.get(AdmissionEntry.MODEL)
+    region_view = None
+    if view.regions is not None:
+        headers = {view.regions.header: entries.get(AdmissionEntry.REGION, ""),
+                   wire.GEO_COUNTRY_HEADER: entries.get(AdmissionEntry.COUNTRY, ""),
+                   wire.KEY_ID_HEADER: entries.get(AdmissionEntry.KEY_ID, "")}
+        region_view = view.region_view(headers, route.labels.get("department"))
+    return family, view.chain_in(region_view, family, None if model in (None, "", wire.AUTO_MODEL) else model)
 
 
-def _highest_price(view: RuntimeView, route: Route, model: str | None) -> tuple[float, float] | None:
+def _highest_price(view: RuntimeView, route: Route, entries: Mapping[str, str]) -> tuple[float, float] | None:
     """The dearest provider of the request's chain, at the model each would be sent: failover may go there."""
-    family, chain = _chain(view, route, model)
+    model = entries.get(AdmissionEntry.MODEL)
+    family, chain = _chain(view, route, entries)
     if not family:
         return None
     experiment = view.experiment_for(route.path, model)
@@ -290,7 +299,7 @@ class AdmissionService(rls_pb2_grpc.RateLimitServiceServicer):
             self.queue.release(request_id)
             return _ok()
         route = view.routes.get(entries.get(AdmissionEntry.ROUTE, ""))
-        provider = _first_provider(view, route, entries.get(AdmissionEntry.MODEL)) if route is not None else None
+        provider = _first_provider(view, route, entries) if route is not None else None
         if view.queue is None or route is None or provider is None:
             return _ok()
         client = view.client(entries.get(AdmissionEntry.KEY_ID))
@@ -302,9 +311,9 @@ class AdmissionService(rls_pb2_grpc.RateLimitServiceServicer):
         return _queue_refused(result, provider, view.queue.timeout)
 
 
-def _first_provider(view: RuntimeView, route: Route, model: str | None) -> str | None:
+def _first_provider(view: RuntimeView, route: Route, entries: Mapping[str, str]) -> str | None:
     """Where the request goes first: the provider whose slots it waits for."""
-    _, chain = _chain(view, route, model)
+    _, chain = _chain(view, route, entries)
     return chain.providers[0] if chain is not None and chain.providers else None
 
 

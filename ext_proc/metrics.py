@@ -84,6 +84,25 @@ class ProviderHealthCollector(Collector):
         yield checks
 
 
+class ProviderRegionCollector(Collector):
+    """``hapax_provider_region_info{provider, region}``: 1 for each provider with a region (regions:),
+    from the runtime this worker serves. Every per-provider series (requests, failovers, retries,
+    cost) then adds up by region in a query, without a label of its own."""
+
+    def __init__(self, regions: Callable[[], Mapping[str, str]]) -> None:
+        self.regions = regions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        regions = self.regions()
+        if not regions:
+            return
+        family = GaugeMetricFamily("hapax_provider_region_info", "1 for each provider with a region: the region "
+                                   "it serves from", labels=["provider", "region"])
+        for provider, region in sorted(regions.items()):
+            family.add_metric([provider, region], 1.0)
+        yield family
+
+
 class QueueCollector:
     """``hapax_queue_waiting{department}``: requests waiting now, read from the queue at scrape time
     (it lives in the first worker, the one Envoy sends scrapes to)."""
@@ -212,7 +231,9 @@ class GatewayMetrics:
 
     def __init__(self, prober: ProviderProber) -> None:
         self.registry = CollectorRegistry()
-        self.collectors: list[Collector] = [ProviderHealthCollector(prober)]
+        self._provider_regions: Mapping[str, str] = {}
+        self.collectors: list[Collector] = [ProviderHealthCollector(prober),
+                                            ProviderRegionCollector(lambda: self._provider_regions)]
         self.streams = Counter(
             "hapax_streams",
             f"Streams a client received, by how they ended: only '{StreamOutcome.COMPLETED}' is a success",
@@ -280,6 +301,7 @@ class GatewayMetrics:
             self.config_version.labels(self._version).set(0)
         self._version = view.version
         self.config_version.labels(view.version).set(1)
+        self._provider_regions = {p.name: p.region for p in view.providers.values() if p.region}
         keys = tuple(sorted({key for route in view.routes.values() for key in route.labels}
                             | {key for client in view.clients.values() for key in client.labels}
                             | set(wire.EXPERIMENT_LABELS if view.experiments else ())))

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from ext_proc.experiments import Experiment, Variant
 from hapax import wire
 from hapax.v1 import runtime_pb2
-from hapax.wire import PROVIDER_REQUEST_HEADERS, ModelFamily
+from hapax.wire import GEO_COUNTRY_HEADER, KEY_ID_HEADER, PROVIDER_REQUEST_HEADERS, ModelFamily
 
 
 class InvalidRuntime(Exception):
@@ -69,6 +69,7 @@ class Provider:
     # By model, those with a price.
     prices: Mapping[str, tuple[float, float]] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     max_concurrent_requests: int = 1024  # the queue's slots for it (its circuit breaker's limit)
+    region: str = ""  # the region it serves from (regions:); "": none
 
     def __repr__(self) -> str:  # never print the key
         return f"Provider(name={self.name!r}, type={self.type!r}, model={self.model!r})"
@@ -166,6 +167,49 @@ class QueueSettings:
 
 
 @dataclass(frozen=True)
+class RegionRouting:
+    """Where a request comes from picks its chain (``regions:``), as Envoy's lane lookups pick it
+    (control_plane/resources/regional.py): a pinned department's region, else the region header,
+    else the country's region, else the home region."""
+
+    header: str
+    home: str
+    countries: Mapping[str, str]
+    residency: Mapping[str, str]  # department -> pinned region
+    # View key (a region, or "<region>.only") -> family -> model name -> chain; and family -> auto chain.
+    family_models: Mapping[str, Mapping[str, Mapping[str, Chain]]]
+    auto_chains: Mapping[str, Mapping[str, Chain]]
+
+    def view_key(self, headers: Mapping[str, str], department: str | None) -> str | None:
+        """The request's view; None: the home region's (the runtime's own chains)."""
+        pinned = self.residency.get(department) if department else None
+        if pinned is not None:
+            return f"{pinned}.only"
+        region = headers.get(self.header)
+        if not self._is_region(region):  # none, or none known: the client's country's, else home
+            region = self.countries.get(headers.get(GEO_COUNTRY_HEADER, ""))
+        return region if self._is_region(region) and region != self.home else None
+
+    def _is_region(self, name: str | None) -> bool:
+        """A region's own view (not a pinned one, "<region>.only": no header may name that)."""
+        return name is not None and "." not in name and name in self.family_models
+
+    @staticmethod
+    def pinned_region(view_key: str | None) -> str | None:
+        """The region of a pinned view ("<region>.only"); None for any other."""
+        return view_key.removesuffix(".only") if view_key and view_key.endswith(".only") else None
+
+    def pinned_department(self, *departments: str | None) -> str | None:
+        """The first of ``departments`` (the client's, then the route's) pinned to a region."""
+        return next((d for d in departments if d and d in self.residency), None)
+
+    def chain_for(self, key: str, family: str, model: str | None) -> Chain | None:
+        if model is None:
+            return self.auto_chains.get(key, {}).get(family)
+        return self.family_models.get(key, {}).get(family, {}).get(model)
+
+
+@dataclass(frozen=True)
 class RuntimeView:
     version: str
     providers: Mapping[str, Provider]
@@ -183,6 +227,7 @@ class RuntimeView:
     ledger: LedgerSettings | None = None  # None: no cost ledger
     experiments: tuple[Experiment, ...] = ()
     chains: Mapping[str, Chain] = field(default_factory=lambda: MappingProxyType({}))  # by cluster
+    regions: RegionRouting | None = None  # None: no geographic routing
     # (route path, client name, experiment, variant) -> the route as such requests are labelled (labelled()).
     _labelled: dict[tuple[str, str, str, str], Route] = field(default_factory=dict, compare=False, repr=False)
 
@@ -214,6 +259,23 @@ class RuntimeView:
         if not experiment or not name:
             return None
         return next((v for e in self.experiments if e.name == experiment for v in e.variants if v.name == name), None)
+    def region_view(self, headers: Mapping[str, str], route_department: str | None) -> str | None:
+        """With regions, which view's chains a request takes, as Envoy's lane lookups pick them
+        (control_plane/resources/regional.py): a pinned department's (its client's first, then its
+        route's), else the region its (trusted) header or its country names; None: home's, the
+        runtime's own chains."""
+        if self.regions is None:
+            return None
+        client = self.client(headers.get(KEY_ID_HEADER))
+        department = self.regions.pinned_department(client.department if client is not None else None,
+                                                    route_department)
+        return self.regions.view_key(headers, department)
+
+    def chain_in(self, region_view: str | None, family: str, model: str | None) -> Chain | None:
+        """``chain_for`` in a region's view (``region_view``; None: home's)."""
+        if region_view is None or self.regions is None:
+            return self.chain_for(family, model)
+        return self.regions.chain_for(region_view, family, model)
 
     def chain_for(self, family: str, model: str | None) -> Chain | None:
         """Where a request of ``family`` naming ``model`` (None: ``auto``) goes; None: nowhere."""
@@ -257,6 +319,7 @@ class RuntimeView:
             if rt.HasField("ledger") else None,
             experiments=tuple(_experiment(e, chains) for e in rt.experiments),
             chains=MappingProxyType(chains),
+            regions=_regions(rt, chains) if rt.HasField("regions") else None,
         )
 
 
@@ -268,6 +331,24 @@ def _experiment(e: runtime_pb2.Experiment, chains: Mapping[str, Chain]) -> Exper
         raise InvalidRuntime(f"experiment {e.name}: no variant takes requests")
     return Experiment(e.name, e.model, frozenset(e.routes), e.sticky_header.lower(), tuple(
         Variant(e.name, v.name, v.provider, v.model, v.chain, v.buckets) for v in e.variants))
+
+
+def _regions(rt: runtime_pb2.Runtime, chains: Mapping[str, Chain]) -> RegionRouting:
+    r = rt.regions
+    family_models: dict[str, dict[str, dict[str, Chain]]] = {}
+    auto: dict[str, dict[str, Chain]] = {}
+    for view in r.views:
+        models = family_models.setdefault(view.key, {})
+        for m in view.models:
+            if m.chain not in chains:
+                raise InvalidRuntime(f"region view {view.key}, model {m.name}: no chain {m.chain}")
+            models.setdefault(m.family, {})[m.name] = chains[m.chain]
+        for family, cluster in view.auto_chains.items():
+            if cluster not in chains:
+                raise InvalidRuntime(f"region view {view.key}, auto chain of {family}: no chain {cluster}")
+            auto.setdefault(view.key, {})[family] = chains[cluster]
+    return RegionRouting(r.header, r.home, MappingProxyType(dict(r.countries)), MappingProxyType(dict(r.residency)),
+                         MappingProxyType(family_models), MappingProxyType(auto))
 
 
 def _clients(rt: runtime_pb2.Runtime) -> dict[str, Client]:
@@ -324,4 +405,5 @@ def _provider(p: runtime_pb2.Provider, known_types: frozenset[str]) -> Provider:
         prices=MappingProxyType({m.name: (m.price.input_per_million, m.price.output_per_million)
                                  for m in p.models if m.HasField("price")}),
         max_concurrent_requests=p.max_concurrent_requests or Provider.max_concurrent_requests,
+        region=p.region,
     )

@@ -78,6 +78,13 @@ EXPERIMENT_LABELS = ("experiment", "variant")
 # holds a run of buckets. Written: the control plane (weights), Envoy (the hash). Read: the
 # router step, which assigns the requests it routes the same way (ext_proc/experiments.py).
 EXPERIMENT_BUCKETS = 10_000
+# The request's region (``regions.header``, this by default): from a trusted edge, else removed.
+# Written: the edge or CDN in front of the gateway (Envoy removes it from any other peer).
+# Read: the lanes' cluster lookups (control_plane/resources/regional.py), the router step.
+DEFAULT_REGION_HEADER = "x-hapax-region"
+# The client address's country (ISO 3166 code), with ``regions.geoip``. Written: Envoy's geoip
+# filter, after Envoy removed any the client sent. Read: as the region header, when there is none.
+GEO_COUNTRY_HEADER = "x-hapax-geo-country"
 
 # What the gateway tells itself between steps: never from a client, never to a provider.
 STEP_REQUEST_HEADERS = (CHAIN_HEADER, VERSION_HEADER, START_HEADER, COALESCE_HEADER, EXPERIMENT_HEADER,
@@ -338,6 +345,8 @@ class AdmissionEntry(StrEnum):
     BYTES = "bytes"                  # content-length: the input's size, for its token estimate
     MAX_TOKENS = "max_tokens"        # the body's limits on the answer (json_to_metadata)
     MAX_COMPLETION_TOKENS = "max_completion_tokens"
+    REGION = "region"                # with regions: the (trusted) region header, which picks the chain
+    COUNTRY = "country"              # with regions.geoip: GEO_COUNTRY_HEADER
 
 
 # The queue's checks go to the same service under their own domain (a slot taken as the request
@@ -378,6 +387,6 @@ LEDGER_COLUMNS = (
     # Added after the first release: a file or table without them gets them (empty) when opened.
     ("experiment", "TEXT NOT NULL DEFAULT ''"),  # its A/B experiment ("": none)
     ("variant", "TEXT NOT NULL DEFAULT ''"),     # the experiment's variant that served it
-    ("region", "TEXT NOT NULL DEFAULT ''"),      # the region its request was routed for ("": none)
+    ("region", "TEXT NOT NULL DEFAULT ''"),      # the region of the provider that answered (regions:)
 )
 

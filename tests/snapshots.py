@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from envoy.extensions.router.cluster_specifiers.matcher.v3.matcher_pb2 import ClusterAction, MatcherClusterSpecifier
+from envoy.type.matcher.v3.http_inputs_pb2 import HttpRequestHeaderMatchInput
 
 from control_plane.config import parse_config
 from control_plane.resources import Address, ExtProcEndpoints
 from control_plane.snapshot import Snapshot, build_snapshot
+from tests.mmdb import write_country_db
 from tests.seed import SEED_YAML
 
 SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-SECRET-aaaa", "OPENAI_API_KEY": "sk-oai-SECRET-bbbb"}
@@ -64,6 +68,57 @@ experiments:
       b: {provider: openai, weight: 45}
       c: {provider: openai, weight: 5}
 """
+
+
+# Geographic routing: three regional deployments of OpenAI (eu, us, ap), Anthropic without a
+# region, the ads department pinned to eu (a route of its own, and a client of it), ap failing
+# over to us first. (With geoip, see with_geoip: its database must be a file.)
+REGIONAL = """\
+providers:
+  openai-eu:
+    type: openai
+    model: gpt-4o
+    models: {text-embedding-3-small: {handler: embeddings}}
+    api_key: "${OPENAI_API_KEY}"
+    base_url: https://eu.openai.example.com/v1
+    region: eu
+  openai-us:
+    type: openai
+    model: gpt-4o
+    models: {text-embedding-3-small: {handler: embeddings}}
+    aliases: [smart]
+    api_key: "${OPENAI_API_KEY}"
+    region: us
+  openai-ap:
+    type: openai
+    model: gpt-4o
+    models: {text-embedding-3-small: {handler: embeddings}}
+    api_key: "${OPENAI_API_KEY}"
+    base_url: https://ap.openai.example.com/v1
+    region: ap
+  claude: {type: anthropic, model: claude-3-haiku, api_key: "${ANTHROPIC_API_KEY}"}
+provider_preference: [openai-us, openai-eu, openai-ap, claude]
+routes:
+  - {path: /v1/ads/chat/completions, handler: chat, metrics_labels: {department: ads}}
+  - {path: /v1/ads/embeddings, handler: embeddings, metrics_labels: {department: ads}}
+clients:
+  ads-app:
+    keys: ["0123456789ab:{SHA}QM1iQk32+VTlOatOudb57ErLcpE="]
+    metrics_labels: {department: ads}
+  web:
+    keys: ["ba9876543210:{SHA}QM1iQk32+VTlOatOudb57ErLcpE="]
+regions:
+  home: us
+  trusted_sources: [10.0.0.0/8, "2001:db8::/32"]
+  failover: {ap: [us]}
+  residency: {ads: eu}
+"""
+
+
+def with_geoip(folder: Path, text: str = REGIONAL) -> str:
+    """``text`` with a GeoIP database (written in ``folder``) placing 10.1.0.0/16 in Germany."""
+    database = write_country_db(folder / "countries.mmdb", {"10.1.0.0/16": "DE"})
+    return text + f"  geoip: {{database: {database}, countries: {{DE: eu, US: us}}}}\n"
 
 
 def snapshot_of(yaml_text: str = SEED_YAML, version: str = "v1", ext_proc: ExtProcEndpoints = EXT_PROC) -> Snapshot:
@@ -132,3 +187,34 @@ def cluster_lookup(plugin) -> dict[str, str]:
         on_match.action.typed_config.Unpack(action)
         out[model] = action.cluster
     return out
+
+
+def regional_lookup(plugin, headers: dict[str, str]) -> dict[str, str]:
+    """A lane's cluster specifier plugin as the request with ``headers`` sees it: model -> cluster
+    (with regions, a matcher of header trees over such tables: control_plane/resources/regional.py)."""
+    specifier = MatcherClusterSpecifier()
+    plugin.extension.typed_config.Unpack(specifier)
+    matcher = specifier.cluster_matcher
+    while True:
+        if matcher.HasField("matcher_list"):  # the pinned clients' key ids, by region
+            matcher = next((m.on_match.matcher for m in matcher.matcher_list.matchers
+                            if _header_matches(m.predicate.single_predicate, headers)), matcher.on_no_match.matcher)
+            continue
+        tree = matcher.matcher_tree
+        header = HttpRequestHeaderMatchInput()
+        if not tree.input.typed_config.Unpack(header):
+            break  # the model's table
+        on_match = tree.exact_match_map.map.get(headers.get(header.header_name, ""), matcher.on_no_match)
+        matcher = on_match.matcher
+    out = {}
+    for model, on_match in matcher.matcher_tree.exact_match_map.map.items():
+        action = ClusterAction()
+        on_match.action.typed_config.Unpack(action)
+        out[model] = action.cluster
+    return out
+
+
+def _header_matches(predicate, headers: dict[str, str]) -> bool:
+    header = HttpRequestHeaderMatchInput()
+    predicate.input.typed_config.Unpack(header)
+    return re.fullmatch(predicate.value_match.safe_regex.regex, headers.get(header.header_name, "")) is not None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from control_plane.config.env import _expand
 from control_plane.config.errors import ConfigError, ConfigIssue, _Issues, _plural
-from control_plane.config.model import HapaxConfig
+from control_plane.config.model import HapaxConfig, RegionsConfig
 from control_plane.config.validate import _build
 from control_plane.config.yaml_loader import _load_yaml, _YamlSyntaxError
 
@@ -67,6 +67,12 @@ def summarize(config: HapaxConfig) -> str:
         providers,
         f"preference {' > '.join(config.provider_preference)}",
         _plural(len(config.routes), "route"),
+        *([_regions_summary(config.regions)] if config.regions is not None else []),
         f"listening on {host}:{config.server.port}",
     ]
     return f"{config.source}: valid — {', '.join(parts)}"
+
+
+def _regions_summary(regions: RegionsConfig) -> str:
+    pinned = "".join(f", {department} pinned to {region}" for department, region in regions.residency.items())
+    return f"regions {', '.join(regions.names)} (home {regions.home}){pinned}"

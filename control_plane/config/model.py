@@ -199,6 +199,8 @@ class ProviderConfig:
     # Every model it serves -> the families each serves (FAMILIES), ``model`` first. Empty:
     # ``model`` alone, serving every family its type does (TYPE_FAMILIES).
     models: Mapping[str, tuple[str, ...]] = field(default_factory=FrozenMap)
+    # The region this deployment serves from (``regions:``); None: no region, tried after the regional ones.
+    region: str | None = None
 
     def __post_init__(self) -> None:
         _freeze(self, "aliases", tuple)
@@ -327,6 +329,49 @@ class LedgerConfig:
     store: str = field(default="", repr=False)  # postgresql://...: may hold a password
 
 
+DEFAULT_REGION_HEADER = wire.DEFAULT_REGION_HEADER
+
+
+@dataclass(frozen=True)
+class GeoIpConfig:
+    """``regions.geoip``: a MaxMind country database, read by Envoy's geoip filter, and each country's region."""
+
+    database: str  # absolute (relative to the config file's directory in the file)
+    countries: Mapping[str, str] = field(default_factory=FrozenMap)  # ISO 3166 code (upper case) -> region
+
+    def __post_init__(self) -> None:
+        _freeze(self, "countries", FrozenMap)
+
+
+@dataclass(frozen=True)
+class RegionsConfig:
+    """``regions:``: where a request comes from, the order its traffic fails over in, and the
+    departments whose requests never leave a region (data residency)."""
+
+    home: str  # the gateway's own region: requests with no (trusted) region
+    header: str = DEFAULT_REGION_HEADER  # lowercase
+    trusted_sources: tuple[str, ...] = ()  # CIDR ranges whose requests' header is honoured
+    # Every region -> the other regions in the order its traffic fails over to them (complete: every
+    # other region, the configured ones first, then the rest in file order).
+    failover: Mapping[str, tuple[str, ...]] = field(default_factory=FrozenMap)
+    geoip: GeoIpConfig | None = None
+    residency: Mapping[str, str] = field(default_factory=FrozenMap)  # department -> pinned region
+
+    def __post_init__(self) -> None:
+        _freeze(self, "trusted_sources", tuple)
+        _freeze(self, "failover", lambda m: FrozenMap((k, tuple(v)) for k, v in m.items()))
+        _freeze(self, "residency", FrozenMap)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every region, in the order the providers name them."""
+        return tuple(self.failover)
+
+    def order(self, region: str) -> tuple[str, ...]:
+        """The regions a request from ``region`` tries, its own first."""
+        return (region, *self.failover.get(region, ()))
+
+
 @dataclass(frozen=True)
 class VariantConfig:
     """One arm of an experiment: a provider (with its chain, for failover) and the model it is sent."""
@@ -400,6 +445,7 @@ class HapaxConfig:
     queue: QueueConfig | None = None  # None: no queue, a saturated provider's requests get 503
     ledger: LedgerConfig | None = None  # None: no cost ledger
     experiments: Mapping[str, ExperimentConfig] = field(default_factory=FrozenMap)
+    regions: RegionsConfig | None = None  # None: no geographic routing, one chain per first provider
 
     def __post_init__(self) -> None:
         _freeze(self, "experiments", FrozenMap)

@@ -62,7 +62,17 @@ def _check(name: str) -> route_components_pb2.RateLimit.Action:
     return Action(generic_key=Action.GenericKey(descriptor_key=AdmissionEntry.CHECK, descriptor_value=name))
 
 
-def descriptor_actions(first: route_components_pb2.RateLimit.Action) -> list[route_components_pb2.RateLimit.Action]:
+def region_actions(config: HapaxConfig) -> list[route_components_pb2.RateLimit.Action]:
+    """With regions, what picks the request's chain (its region, its country): the chain whose
+    providers it may reach (the dearest's price) and wait for (the queue's first provider)."""
+    if config.regions is None:
+        return []
+    country = [_header(wire.GEO_COUNTRY_HEADER, AdmissionEntry.COUNTRY)] if config.regions.geoip else []
+    return [_header(config.regions.header, AdmissionEntry.REGION), *country]
+
+
+def descriptor_actions(first: route_components_pb2.RateLimit.Action,
+                       config: HapaxConfig) -> list[route_components_pb2.RateLimit.Action]:
     """One descriptor; every entry may be absent but ``first``, which decides whether there is one
     (and so a check at all)."""
     dynamic, route = Action.MetaData.DYNAMIC, Action.MetaData.ROUTE_ENTRY
@@ -74,6 +84,7 @@ def descriptor_actions(first: route_components_pb2.RateLimit.Action) -> list[rou
         _metadata(wire.REQUEST_NAMESPACE, wire.BODY_MODEL, AdmissionEntry.MODEL, dynamic),
         _header("content-length", AdmissionEntry.BYTES),
         *(_metadata(wire.REQUEST_NAMESPACE, field, field, dynamic) for field in RESERVATION_BODY_FIELDS),
+        *region_actions(config),
     ]
 
 
@@ -113,9 +124,10 @@ def admission_filter(config: HapaxConfig) -> list[hcm_pb2.HttpFilter]:
     if not config.limited:
         return []
     key_ids = limited_key_ids(config)
+    limits = [route_components_pb2.RateLimit(actions=descriptor_actions(_key_is_one_of(key_ids), config))]
     return [_ask_ext_proc(
         ADMISSION_FILTER, wire.ADMISSION_DOMAIN, EXT_PROC_CLUSTER, CHECK_TIMEOUT_SECONDS,
-        [route_components_pb2.RateLimit(actions=descriptor_actions(_key_is_one_of(key_ids)))] if key_ids else [],
+        limits if key_ids else [],
         failure_mode_deny=config.limits.on_store_error == "closed",
         status_on_error=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable))]
 
@@ -129,7 +141,8 @@ def queue_filter(config: HapaxConfig) -> list[hcm_pb2.HttpFilter]:
     take = [_check(wire.QUEUE_TAKE), _header(wire.REQUEST_ID_HEADER, AdmissionEntry.REQUEST_ID),
             _header(wire.KEY_ID_HEADER, AdmissionEntry.KEY_ID),
             _metadata(METADATA_NAMESPACE, wire.RouteKey.ROUTE, AdmissionEntry.ROUTE, Action.MetaData.ROUTE_ENTRY),
-            _metadata(wire.REQUEST_NAMESPACE, wire.BODY_MODEL, AdmissionEntry.MODEL, Action.MetaData.DYNAMIC)]
+            _metadata(wire.REQUEST_NAMESPACE, wire.BODY_MODEL, AdmissionEntry.MODEL, Action.MetaData.DYNAMIC),
+            *region_actions(config)]
     release = [_check(wire.QUEUE_RELEASE), _header(wire.REQUEST_ID_HEADER, AdmissionEntry.REQUEST_ID)]
     # The wait is ext_proc's to bound (queue.timeout); the filter's time-out only bounds a stalled
     # worker. A queue that cannot be asked lets the request through, to Envoy's own circuit breaker.
@@ -148,7 +161,7 @@ def route_admission(config: HapaxConfig, route: RouteConfig) -> dict[str, any_pb
     if not config.limited or not department or not config.limits.departments.get(department):
         return {}
     always = rate_limit_pb2.RateLimitPerRoute(rate_limits=[
-        route_components_pb2.RateLimit(actions=descriptor_actions(_check(wire.ADMISSION_CHECK)))])
+        route_components_pb2.RateLimit(actions=descriptor_actions(_check(wire.ADMISSION_CHECK), config))])
     return {ADMISSION_FILTER: pack(always)}
 
 

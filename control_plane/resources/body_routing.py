@@ -93,20 +93,27 @@ def cluster_plugin_name(lane: str, family: str) -> str:
     return f"hapax.{lane}.{family}"
 
 
-def cluster_plugin(name: str, clusters: Mapping[str, str]) -> route_components_pb2.ClusterSpecifierPlugin:
+def cluster_plugin(name: str, clusters: Mapping[str, str] | matcher_pb2.Matcher
+                   ) -> route_components_pb2.ClusterSpecifierPlugin:
     """A lookup of the cluster by the body's model (filter state ``MODEL_FILTER_STATE``): one hash
-    lookup per request, and one entry per model in the whole configuration."""
+    lookup per request, and one entry per model in the whole configuration. (With regions, a
+    matcher of such lookups: regional.py.)"""
+    matcher = clusters if isinstance(clusters, matcher_pb2.Matcher) else model_matcher(clusters)
+    return route_components_pb2.ClusterSpecifierPlugin(extension=core_extension_pb2.TypedExtensionConfig(
+        name=name, typed_config=pack(cluster_matcher_pb2.MatcherClusterSpecifier(cluster_matcher=matcher))))
+
+
+def model_matcher(clusters: Mapping[str, str]) -> matcher_pb2.Matcher:
+    """The body's model -> its cluster."""
     def action(cluster: str) -> matcher_pb2.Matcher.OnMatch:
         return matcher_pb2.Matcher.OnMatch(action=extension_pb2.TypedExtensionConfig(
             name=cluster, typed_config=pack(cluster_matcher_pb2.ClusterAction(cluster=cluster))))
 
     model = extension_pb2.TypedExtensionConfig(
         name="model", typed_config=pack(network_inputs_pb2.FilterStateInput(key=MODEL_FILTER_STATE)))
-    matcher = matcher_pb2.Matcher(matcher_tree=matcher_pb2.Matcher.MatcherTree(
+    return matcher_pb2.Matcher(matcher_tree=matcher_pb2.Matcher.MatcherTree(
         input=model, exact_match_map=matcher_pb2.Matcher.MatcherTree.MatchMap(
             map={name: action(cluster) for name, cluster in clusters.items()})))
-    return route_components_pb2.ClusterSpecifierPlugin(extension=core_extension_pb2.TypedExtensionConfig(
-        name=name, typed_config=pack(cluster_matcher_pb2.MatcherClusterSpecifier(cluster_matcher=matcher))))
 
 
 def body_routed(plan: Plan, base: route_components_pb2.Route, lane: str, group: LaneGroup, *,

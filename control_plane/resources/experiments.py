@@ -27,12 +27,13 @@ from collections.abc import Iterator
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
 from control_plane.config.model import ExperimentConfig
 from control_plane.plan import Plan
 from control_plane.protobuf import duration
+from control_plane.resources import regional
 from control_plane.resources.body_routing import METADATA_NAMESPACE, metadata_matcher, stream_matcher
 from control_plane.resources.model_lane import step_headers
 from hapax import wire
@@ -58,6 +59,11 @@ def _experiment_route(plan: Plan, experiment: ExperimentConfig, base: route_comp
         route.match.dynamic_metadata.append(metadata_matcher(
             wire.BODY_MODEL, string_match=string_pb2.StringMatcher(exact=experiment.model)))
     route.match.dynamic_metadata.append(stream_matcher(None))  # not a boolean: the router step says why
+    pinned = regional.pinned_clients(plan.config)
+    if pinned:  # a pinned department's client is in no experiment: a variant's chain would leave its region
+        route.match.headers.append(route_components_pb2.HeaderMatcher(
+            name=wire.KEY_ID_HEADER, invert_match=True, string_match=string_pb2.StringMatcher(
+                safe_regex=regex_pb2.RegexMatcher(regex=f"^({'|'.join(sorted(pinned))})$"))))
     chains = [plan.variant_chain(v) for v in experiment.variants]
     action = route.route
     action.weighted_clusters.CopyFrom(route_components_pb2.WeightedCluster(

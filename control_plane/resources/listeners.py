@@ -16,7 +16,7 @@ per request on its stdout, apart from its own log on stderr (hapax/log_relay.py)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import (
@@ -46,7 +46,7 @@ from envoy.extensions.http.custom_response.local_response_policy.v3 import (
     local_response_policy_pb2,
 )
 from envoy.extensions.transport_sockets.quic.v3 import quic_transport_pb2
-from envoy.type.matcher.v3 import status_code_input_pb2
+from envoy.type.matcher.v3 import regex_pb2, status_code_input_pb2, string_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 from xds.core.v3 import extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
@@ -56,7 +56,7 @@ from control_plane.cel import MetadataPresent
 from control_plane.config.model import HapaxConfig
 from control_plane.plan import Plan
 from control_plane.protobuf import ads, duration, pack
-from control_plane.resources import admission, body_routing, client_keys, passthrough
+from control_plane.resources import admission, body_routing, client_keys, passthrough, regional
 from control_plane.resources.ext_proc_filters import router_ext_proc_filter
 from control_plane.resources.names import (
     EXT_PROC_CLUSTER,
@@ -166,15 +166,22 @@ def _overload_mappers(headers: Sequence[base_pb2.HeaderValueOption]) -> list[hcm
 
 
 def local_reply_config(headers: Sequence[base_pb2.HeaderValueOption] = (), *,
-                       router_step: bool = False) -> hcm_pb2.LocalReplyConfig:
+                       router_step: bool = False,
+                       residency: Mapping[str, tuple[list[str], list[str]]] | None = None) -> hcm_pb2.LocalReplyConfig:
     """Envoy's own replies as OpenAI error JSON; ``headers`` go on each reply mapped so.
 
     ``router_step``: the connection manager has the router step, which completes a 503
     provider_unavailable with the providers' reasons (_unavailable_to_router_step).
+    ``residency``: regional.residency, whose requests' 503 says which region they may not leave.
     """
     # Each flag's reply only with the status Envoy gives it: the custom response's 502 for a
     # provider's last 404 is a local reply too, and carries URX once the retries are spent.
     marked = [_unavailable_to_router_step(headers)] if router_step else []
+    # A pinned client's region first: its pin wins over its route's department's.
+    marked += [_pinned_unavailable(region, _key_is_one_of(key_ids), headers)
+               for region, (_, key_ids) in (residency or {}).items() if key_ids]
+    marked += [_pinned_unavailable(region, _department_is_one_of(departments), headers)
+               for region, (departments, _) in (residency or {}).items()]
     mappers = _overload_mappers(headers) + marked + [
         _json_mapper(
             accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
@@ -218,6 +225,32 @@ def _unavailable_to_router_step(headers: Sequence[base_pb2.HeaderValueOption]) -
     mark = base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=wire.UNAVAILABLE_HEADER, value="1"),
                                       append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
     return _json_mapper(routed, status, f"{text} (%LOCAL_REPLY_BODY%)", "server_error", code, [*headers, mark])
+
+
+def _pinned_unavailable(region: str, pinned: accesslog_pb2.AccessLogFilter,
+                        headers: Sequence[base_pb2.HeaderValueOption]) -> hcm_pb2.ResponseMapper:
+    """The 503 provider_unavailable of a lane request ``pinned`` to ``region`` (regions.residency),
+    which no router step words: it says where the request must stay."""
+    flags, status, text, code = _LOCAL_REPLY_ERRORS[-1]
+    on_a_lane = accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[
+        _flags_filter(flags), _status_is_filter(status), pinned]))
+    message = (f"No provider in region {region}, which this request's department may not leave (data residency), "
+               "could serve the request. (%LOCAL_REPLY_BODY%)")
+    return _json_mapper(on_a_lane, status, message, "server_error", code, headers)
+
+
+def _key_is_one_of(key_ids: Sequence[str]) -> accesslog_pb2.AccessLogFilter:
+    # Ids are hex digits: nothing in them needs escaping.
+    return accesslog_pb2.AccessLogFilter(header_filter=accesslog_pb2.HeaderFilter(
+        header=route_components_pb2.HeaderMatcher(name=wire.KEY_ID_HEADER, string_match=string_pb2.StringMatcher(
+            safe_regex=regex_pb2.RegexMatcher(regex=f"^(?:{'|'.join(key_ids)})$")))))
+
+
+def _department_is_one_of(departments: Sequence[str]) -> accesslog_pb2.AccessLogFilter:
+    """The route's ``department`` label (its metadata) is one of ``departments``."""
+    # CEL string literals: department names are the config's, their quotes and backslashes escaped.
+    names = ", ".join("'" + d.replace("\\", "\\\\").replace("'", "\\'") + "'" for d in departments)
+    return _details_filter(f"xds.route_metadata.filter_metadata['{METADATA_NAMESPACE}']['department'] in [{names}]")
 
 
 def _request_has(header: str) -> accesslog_pb2.AccessLogFilter:
@@ -419,6 +452,8 @@ def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
         # On the way back filters run in reverse: the compressor, first here, compresses last.
         http_filters=[
             compressor_filter(),
+            # First of what reads the request: the region header is the edge's, or nobody's.
+            *regional.region_filters(config),
             *client_keys.key_filters(config),
             *([passthrough.json_to_metadata_filter(reservations=config.limited, ledger=config.ledger is not None),
                body_routing.lane_model_filter()] if lane or config.reads_request_bodies else []),
@@ -437,7 +472,7 @@ def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
                 suppress_envoy_headers=True,
             ))),
         ],
-        local_reply_config=local_reply_config(router_step=True),
+        local_reply_config=local_reply_config(router_step=True, residency=regional.residency(config)),
         stream_idle_timeout=duration(300),
         # Edge limits, as Envoy's edge-proxy guidance sets them (docs/operations.md: Edge limits).
         # The headers, then the whole request, within a bound: a client that sends slowly holds

@@ -57,6 +57,7 @@ from envoy.config.route.v3 import route_components_pb2
 from google.protobuf import any_pb2
 
 from control_plane.plan import MODEL_LANE_HANDLERS, Chain, Plan
+from control_plane.resources import regional
 from control_plane.resources.body_routing import (
     LaneGroup,
     body_routed,
@@ -96,11 +97,27 @@ def model_routes(plan: Plan, groups: Sequence[LaneGroup], handler: str, base: ro
 
 
 def model_clusters(plan: Plan) -> Iterator[route_components_pb2.ClusterSpecifierPlugin]:
-    """Per family some route serves, the model lane's model -> chain cluster lookup its routes share."""
+    """Per family some route serves, the model lane's model -> chain cluster lookup its routes share
+    (with regions, one per region view: regional.py)."""
     for family in _families(plan):
         clusters = {model: chain.cluster for model, chain in lane_models(plan, family)}
-        if clusters:
-            yield cluster_plugin(cluster_plugin_name(MODEL_LANE, family), clusters)
+        if not clusters:
+            continue
+        name = cluster_plugin_name(MODEL_LANE, family)
+        if not plan.views:
+            yield cluster_plugin(name, clusters)
+            continue
+
+        def in_view(key: str | None, family: str = family, clusters: dict[str, str] = clusters) -> dict[str, str]:
+            if key is None:
+                return clusters
+            view = plan.views[key]
+            auto = view.auto_chains.get(family)
+            chains = {model: auto if model == wire.AUTO_MODEL else view.chain_for(family, model) for model in clusters}
+            return {model: chain.cluster if chain is not None else clusters[model] for model, chain in chains.items()}
+
+        for plugin, matcher in regional.regional_lookups(plan, name, in_view).items():
+            yield cluster_plugin(plugin, matcher)
 
 
 def lane_models(plan: Plan, family: str) -> Iterator[tuple[str, Chain]]:

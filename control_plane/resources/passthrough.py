@@ -64,7 +64,7 @@ from control_plane.cel import MetadataEquals, MetadataPresent, all_of
 from control_plane.config.model import HapaxConfig, ProviderConfig
 from control_plane.plan import LaneModel, Plan
 from control_plane.protobuf import ads, pack
-from control_plane.resources import provider_headers
+from control_plane.resources import provider_headers, regional
 from control_plane.resources.body_routing import (
     LANE_MODEL_FILTER,
     LaneGroup,
@@ -172,10 +172,31 @@ def lane_routes(plan: Plan, groups: Sequence[LaneGroup], handler: str, base: rou
 
 
 def lane_clusters(plan: Plan) -> Iterator[route_components_pb2.ClusterSpecifierPlugin]:
-    """Per family, the passthrough lane's model -> lane cluster lookup its routes share."""
+    """Per family, the passthrough lane's model -> lane cluster lookup its routes share (with
+    regions, one per region view: regional.py)."""
     for family in dict.fromkeys(lane.family for lane in plan.lane_models):
-        yield cluster_plugin(cluster_plugin_name(LANE, family),
-                             {lane.model: lane.cluster for lane in plan.lane_models if lane.family == family})
+        lanes = {lane.model: lane for lane in plan.lane_models if lane.family == family}
+        name = cluster_plugin_name(LANE, family)
+        if not plan.views:
+            yield cluster_plugin(name, {model: lane.cluster for model, lane in lanes.items()})
+            continue
+
+        def in_view(key: str | None, family: str = family, lanes: dict[str, LaneModel] = lanes) -> dict[str, str]:
+            """A model the view's lane serves as the route expects (its base path) takes the view's
+            lane cluster; any other the view's chain, whose upstream step translates each attempt."""
+            if key is None:
+                return {model: lane.cluster for model, lane in lanes.items()}
+            view = plan.views[key]
+            own = {lane.model: lane for lane in view.lane_models
+                   if lane.family == family and lane.model in lanes and lane.base_path == lanes[lane.model].base_path}
+            out = {}
+            for model, lane in lanes.items():
+                chain = view.chain_for(family, model)
+                out[model] = own[model].cluster if model in own else chain.cluster if chain else lane.cluster
+            return out
+
+        for plugin, matcher in regional.regional_lookups(plan, name, in_view).items():
+            yield cluster_plugin(plugin, matcher)
 
 
 def access_logger(grpc_cluster: str) -> accesslog_pb2.AccessLog:

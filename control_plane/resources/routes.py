@@ -23,7 +23,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 from control_plane.config.model import HapaxConfig, RouteConfig
 from control_plane.plan import Plan
 from control_plane.protobuf import duration, pack
-from control_plane.resources import admission, client_keys, experiments, model_lane, passthrough
+from control_plane.resources import admission, client_keys, experiments, model_lane, passthrough, regional
 from control_plane.resources.ext_proc_filters import per_route_ext_proc, router_mode
 from control_plane.resources.listeners import alt_svc
 from control_plane.resources.names import (
@@ -198,11 +198,16 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
     for route in config.routes:
         base = provider_route(plan, route, keys, retry_policy)
         # A route that coalesces requests takes no lane: identical requests meet in the router step
-        # (which assigns an experiment's requests itself). An experiment's route goes first.
+        # (which assigns an experiment's requests itself). An experiment's route goes first; a pinned
+        # department's requests are in no experiment (a variant's chain would leave its region).
+        pinned = regional.pinned_region(config, route)
         lanes = [] if route.dedup != "off" else [
-            *experiments.experiment_routes(plan, route.path, base, version, ext_proc_off),
+            *(experiments.experiment_routes(plan, route.path, base, version, ext_proc_off) if pinned is None else ()),
             *passthrough.lane_routes(plan, passthrough_groups, route.handler, base, ext_proc_off),
             *model_lane.model_routes(plan, model_groups, route.handler, base, version, ext_proc_off)]
+        if pinned is not None:  # a pinned department's lanes take its region's lookups
+            for variant in lanes:
+                regional.pin(plan, variant, pinned, route.handler)
         for name, checked in admission.route_admission(config, route).items():
             for variant in (*lanes, base):  # a limited department's route: every request is checked
                 variant.typed_per_filter_config[name].CopyFrom(checked)

@@ -22,6 +22,7 @@ def runtime(plan: Plan, version: str) -> runtime_pb2.Runtime:
             base_url=p.base_url, cluster=provider_cluster_name(p.name),
             timeout_seconds=p.timeout, api_key=p.api_key, forward_headers=list(p.forward_headers),
             api_key_source=p.api_key_source, max_concurrent_requests=p.circuit_breaker.max_concurrent_requests,
+            region=p.region or "",
             health_check=runtime_pb2.HealthCheck(
                 interval_seconds=p.health_check.interval, timeout_seconds=p.health_check.timeout,
                 healthy_threshold=p.health_check.healthy_threshold,
@@ -45,6 +46,7 @@ def runtime(plan: Plan, version: str) -> runtime_pb2.Runtime:
     out.auto_chains.update({family: chain.cluster for family, chain in plan.auto_chains.items()})
     _admission(config, out)
     _experiments(plan, out)
+    _regions(plan, out)
     return out
 
 
@@ -55,6 +57,22 @@ def _experiments(plan: Plan, out: runtime_pb2.Runtime) -> None:
         for variant, buckets in zip(e.variants, e.buckets(), strict=True):
             experiment.variants.add(name=variant.name, provider=variant.provider, model=variant.model,
                                     chain=plan.variant_chain(variant).cluster, buckets=buckets)
+
+
+def _regions(plan: Plan, out: runtime_pb2.Runtime) -> None:
+    """Each region view's chains, for the router step to pick as Envoy's lookups do (regional.py)."""
+    regions = plan.config.regions
+    if regions is None:
+        return
+    out.regions.CopyFrom(runtime_pb2.Regions(header=regions.header, home=regions.home))
+    if regions.geoip is not None:
+        out.regions.countries.update(dict(regions.geoip.countries))
+    out.regions.residency.update(dict(regions.residency))
+    for key, view in plan.views.items():
+        added = out.regions.views.add(key=key)
+        for owned in view.models:
+            added.models.add(name=owned.name, provider=owned.owner, chain=owned.chain.cluster, family=owned.family)
+        added.auto_chains.update({family: chain.cluster for family, chain in view.auto_chains.items()})
 
 
 def _admission(config: HapaxConfig, out: runtime_pb2.Runtime) -> None:

@@ -109,8 +109,9 @@ def immediate(status: int, body: bytes, details: str, content_type: str = "appli
     )
 
 
-def unavailable_json(reasons: Mapping[str, str]) -> bytes | None:
+def unavailable_json(reasons: Mapping[str, str], pinned_region: str | None = None) -> bytes | None:
     """503 provider_unavailable naming each provider's reason; None when no provider has one.
+    ``pinned_region``: the region the request's department may not leave (regions.residency).
 
     The reasons are short fixed words and numbers (provider_health: ProviderHealth.reason):
     never a key, never a provider's body.
@@ -118,7 +119,9 @@ def unavailable_json(reasons: Mapping[str, str]) -> bytes | None:
     if not reasons:
         return None
     said = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
-    return json.dumps(error_json(f"No provider could serve the request: {said}.", "server_error",
+    where = "" if pinned_region is None else (
+        f" in region {pinned_region}, which this request's department may not leave (data residency),")
+    return json.dumps(error_json(f"No provider{where} could serve the request: {said}.", "server_error",
                                  "provider_unavailable")).encode()
 
 

@@ -27,7 +27,7 @@ from ext_proc.experiments import Variant, requested_model
 from ext_proc.inbound import shapes
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.outcomes import RequestOutcome, outcome_for
-from ext_proc.runtime import Chain, Provider, Route, RuntimeView
+from ext_proc.runtime import Chain, Provider, RegionRouting, Route, RuntimeView
 from ext_proc.steps.base import Step
 from ext_proc.steps.messages import (
     Attributes,
@@ -96,6 +96,7 @@ class RouterStep(Step):
         self.request: ClientRequest | None = None  # once its body is read
         self.headers: Mapping[str, str] = {}
         self.variant: Variant | None = None  # its experiment's variant, if it is in one
+        self.region_view: str | None = None  # with regions: the view its chain comes from (None: home)
 
     def request_headers(self, msg: pb.HttpHeaders, attributes: Attributes) -> pb.ProcessingResponse:
         headers = self.headers = header_map(msg)
@@ -105,6 +106,7 @@ class RouterStep(Step):
         if route is None:
             raise GatewayError(404, f"Unknown request URL: {path}.", code="unknown_url")
         self.key_id = headers.get(wire.KEY_ID_HEADER, "")
+        self.region_view = self.view.region_view(headers, route.labels.get("department"))
         route = self.view.labelled(route, self.key_id)  # its client's labels
         self.route, self.handler = route, route.handler
         if self.metrics is not None:
@@ -143,7 +145,9 @@ class RouterStep(Step):
         route = self.route
         assert route is not None
         experiment = self.view.experiment_for(route.path, req.model)
-        if experiment is None:
+        # A pinned department's requests are in no experiment: a variant's chain would leave its region
+        # (Envoy's experiment routes leave them out alike: control_plane/resources/experiments.py).
+        if experiment is None or RegionRouting.pinned_region(self.region_view) is not None:
             return None
         variant = self.variant = experiment.assign(self.headers)
         self.route = self.view.labelled(self.view.routes.get(route.path, route), self.key_id, variant)
@@ -183,7 +187,7 @@ class RouterStep(Step):
         """The chain of the request's model among its family's (``auto``: the family's preference order)."""
         family = wire.FAMILY_OF_HANDLER[req.handler]
         model = None if req.model is None or req.model in AUTO_MODELS else req.model
-        chain = self.view.chain_for(family, model)
+        chain = self.view.chain_in(self.region_view, family, model)  # with regions, the request's region's
         if chain is not None:
             return chain
         if model is None:
@@ -255,7 +259,8 @@ class RouterStep(Step):
         """
         remove = (*STEP_RESPONSE_HEADERS, UNAVAILABLE_HEADER)
         providers = self.chain.providers if self.chain is not None else self.view.providers
-        body = unavailable_json(self.reasons(providers) if self.reasons is not None else {})
+        body = unavailable_json(self.reasons(providers) if self.reasons is not None else {},
+                                RegionRouting.pinned_region(self.region_view))
         if body is not None:
             body = shapes.reshaped_error(self.handler, 503, body)
         if body is None:  # every provider passes its probes: Envoy's own words are all there is

@@ -40,7 +40,7 @@ from ext_proc.ledger import Ledger, LedgerRecord, labels_json
 from ext_proc.metrics import GatewayMetrics, token_count
 from ext_proc.outcomes import RequestOutcome, StreamOutcome
 from ext_proc.provider_health import retry_after_seconds
-from ext_proc.runtime import Chain, Provider, Route, RuntimeView, cost_usd
+from ext_proc.runtime import Chain, Provider, RegionRouting, Route, RuntimeView, cost_usd
 from ext_proc.steps.base import Step
 from ext_proc.steps.messages import (
     BODY_AS_SENT,
@@ -212,9 +212,10 @@ class UpstreamStep(Step):
         self.done = True
         variant = view.variant(headers.get(wire.EXPERIMENT_HEADER), headers.get(wire.VARIANT_HEADER))
         cluster = variant.chain if variant is not None else headers.get(CHAIN_HEADER, "")
-        chain = _request_chain(view, cluster, route_md, read)
+        chain = _request_chain(view, cluster, headers, route_md, read)
         names = chain.providers if chain is not None else tuple(view.providers)
-        body = unavailable_json(self.reasons(names) if self.reasons is not None else {}) or json.dumps(
+        pinned = RegionRouting.pinned_region(view.region_view(headers, route_md.get("department")))
+        body = unavailable_json(self.reasons(names) if self.reasons is not None else {}, pinned) or json.dumps(
             error_json("No provider could serve the request (none is in rotation).", "server_error",
                        "provider_unavailable")).encode()
         return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
@@ -426,7 +427,7 @@ class UpstreamStep(Step):
             model=attempt.provider.model, input_tokens=inputs, output_tokens=outputs, cached_tokens=cached,
             cost_usd=cost_usd(attempt.provider.price, inputs, outputs), price_version=attempt.view.version,
             status=200, outcome=outcome.value, experiment=attempt.variant.experiment if attempt.variant else "",
-            variant=attempt.variant.name if attempt.variant else ""))
+            variant=attempt.variant.name if attempt.variant else "", region=attempt.provider.region))
 
     def _count_usage(self) -> None:
         """Once per attempt: at the answer's end, or when the call ends first (finish)."""
@@ -462,15 +463,17 @@ class UpstreamStep(Step):
         return not self.streaming or stage.stream_outcome == StreamOutcome.COMPLETED
 
 
-def _request_chain(view: RuntimeView, cluster: str, route_md: Mapping[str, str], body: BodyRead) -> Chain | None:
-    """The chain named (by the router step, or an experiment's variant), or a model-lane request's:
-    its model and route's handler."""
+def _request_chain(view: RuntimeView, cluster: str, headers: Mapping[str, str], route_md: Mapping[str, str],
+                   body: BodyRead) -> Chain | None:
+    """The chain named (by the router step, or an experiment's variant), or a model-lane request's: its
+    model and route's handler (with regions, in the request's region, as Envoy's lookup picked it)."""
     if cluster:
         return view.chains.get(cluster)
     handler, model = route_md.get(RouteKey.HANDLER, ""), body.model
     if handler not in FAMILY_OF_HANDLER or not model:
         return None
-    return view.chain_for(FAMILY_OF_HANDLER[Handler(handler)], model)
+    region_view = view.region_view(headers, route_md.get("department"))
+    return view.chain_in(region_view, FAMILY_OF_HANDLER[Handler(handler)], model)
 
 
 def _provider(view: RuntimeView, name: str) -> Provider:

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Provider(_message.Message):
-    __slots__ = ("name", "type", "model", "aliases", "base_url", "cluster", "timeout_seconds", "api_key", "health_check", "price", "forward_headers", "models", "api_key_source", "max_concurrent_requests")
+    __slots__ = ("name", "type", "model", "aliases", "base_url", "cluster", "timeout_seconds", "api_key", "health_check", "price", "forward_headers", "models", "api_key_source", "max_concurrent_requests", "region")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class Provider(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     API_KEY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     model: str
@@ -36,7 +37,8 @@ class Provider(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[ServedModel]
     api_key_source: str
     max_concurrent_requests: int
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., base_url: _Optional[str] = ..., cluster: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., api_key: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., price: _Optional[_Union[ModelPrice, _Mapping]] = ..., forward_headers: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., api_key_source: _Optional[str] = ..., max_concurrent_requests: _Optional[int] = ...) -> None: ...
+    region: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., base_url: _Optional[str] = ..., cluster: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., api_key: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., price: _Optional[_Union[ModelPrice, _Mapping]] = ..., forward_headers: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., api_key_source: _Optional[str] = ..., max_concurrent_requests: _Optional[int] = ..., region: _Optional[str] = ...) -> None: ...
 
 class ServedModel(_message.Message):
     __slots__ = ("name", "families", "price")
@@ -112,7 +114,7 @@ class Model(_message.Message):
     def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., chain: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
 
 class Runtime(_message.Message):
-    __slots__ = ("config_version", "providers", "routes", "chains", "models", "auto_chains", "clients", "keys_required", "admission", "queue", "ledger", "experiments")
+    __slots__ = ("config_version", "providers", "routes", "chains", "models", "auto_chains", "clients", "keys_required", "admission", "queue", "ledger", "experiments", "regions")
     class AutoChainsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +134,7 @@ class Runtime(_message.Message):
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     LEDGER_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
     config_version: str
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     routes: _containers.RepeatedCompositeFieldContainer[Route]
@@ -144,7 +147,8 @@ class Runtime(_message.Message):
     queue: Queue
     ledger: Ledger
     experiments: _containers.RepeatedCompositeFieldContainer[Experiment]
-    def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., auto_chains: _Optional[_Mapping[str, str]] = ..., clients: _Optional[_Iterable[_Union[Client, _Mapping]]] = ..., keys_required: _Optional[bool] = ..., admission: _Optional[_Union[Admission, _Mapping]] = ..., queue: _Optional[_Union[Queue, _Mapping]] = ..., ledger: _Optional[_Union[Ledger, _Mapping]] = ..., experiments: _Optional[_Iterable[_Union[Experiment, _Mapping]]] = ...) -> None: ...
+    regions: Regions
+    def __init__(self, config_version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., auto_chains: _Optional[_Mapping[str, str]] = ..., clients: _Optional[_Iterable[_Union[Client, _Mapping]]] = ..., keys_required: _Optional[bool] = ..., admission: _Optional[_Union[Admission, _Mapping]] = ..., queue: _Optional[_Union[Queue, _Mapping]] = ..., ledger: _Optional[_Union[Ledger, _Mapping]] = ..., experiments: _Optional[_Iterable[_Union[Experiment, _Mapping]]] = ..., regions: _Optional[_Union[Regions, _Mapping]] = ...) -> None: ...
 
 class Experiment(_message.Message):
     __slots__ = ("name", "model", "routes", "sticky_header", "variants")
@@ -173,6 +177,51 @@ class Variant(_message.Message):
     model: str
     buckets: int
     def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., chain: _Optional[str] = ..., model: _Optional[str] = ..., buckets: _Optional[int] = ...) -> None: ...
+
+class Regions(_message.Message):
+    __slots__ = ("header", "home", "countries", "residency", "views")
+    class CountriesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ResidencyEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    HOME_FIELD_NUMBER: _ClassVar[int]
+    COUNTRIES_FIELD_NUMBER: _ClassVar[int]
+    RESIDENCY_FIELD_NUMBER: _ClassVar[int]
+    VIEWS_FIELD_NUMBER: _ClassVar[int]
+    header: str
+    home: str
+    countries: _containers.ScalarMap[str, str]
+    residency: _containers.ScalarMap[str, str]
+    views: _containers.RepeatedCompositeFieldContainer[RegionView]
+    def __init__(self, header: _Optional[str] = ..., home: _Optional[str] = ..., countries: _Optional[_Mapping[str, str]] = ..., residency: _Optional[_Mapping[str, str]] = ..., views: _Optional[_Iterable[_Union[RegionView, _Mapping]]] = ...) -> None: ...
+
+class RegionView(_message.Message):
+    __slots__ = ("key", "models", "auto_chains")
+    class AutoChainsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_CHAINS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    models: _containers.RepeatedCompositeFieldContainer[Model]
+    auto_chains: _containers.ScalarMap[str, str]
+    def __init__(self, key: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., auto_chains: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Ledger(_message.Message):
     __slots__ = ("directory", "retention_days", "store")

@@ -21,7 +21,7 @@ from hapax import roles
 from hapax.envoy_process import envoy_binary
 from tests.certificates import make_certificates, separate_http3, shared_tls_and_http3
 from tests.seed import SEED_YAML
-from tests.snapshots import CAPPED, EXT_PROC, KEYED, MIXED, SECRETS, seed_snapshot
+from tests.snapshots import CAPPED, EXT_PROC, KEYED, MIXED, REGIONAL, SECRETS, seed_snapshot, with_geoip
 from tests.unit.test_passthrough import config as passthrough_config
 
 
@@ -35,6 +35,18 @@ def _validate(tmp_path: Path, bootstrap: bootstrap_pb2.Bootstrap):
 # KEYED: the key check, and the admission check of limits.
 @pytest.mark.parametrize("text", [SEED_YAML, MIXED, CAPPED, KEYED], ids=["seed", "mixed", "capped", "keyed"])
 def test_envoy_validate_accepts_the_generated_configuration(tmp_path, text):
+    tags = res.envoy_stats_tags(res.stats_label_keys(parse_config(text, env=SECRETS)))
+    result = _validate(tmp_path, static_bootstrap(seed_snapshot(text), stats_tags=tags))
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+# REGIONAL: the regional chains and lookups, the untrusted region header's filter; with GeoIP,
+# Envoy's geoip filter reading a (test-made) MaxMind database, which Envoy opens to validate;
+# with limits and the queue, their descriptors' region entries.
+@pytest.mark.parametrize("geoip", [False, True], ids=["regions", "regions-geoip-limits-queue"])
+def test_envoy_validate_accepts_the_regional_configuration(tmp_path, geoip):
+    limited = "limits: {departments: {ads: {tokens_per_day: 1000}}}\nqueue: {max_waiting: 10}\n"
+    text = with_geoip(tmp_path, limited + REGIONAL) if geoip else REGIONAL  # geoip goes under regions: last
     tags = res.envoy_stats_tags(res.stats_label_keys(parse_config(text, env=SECRETS)))
     result = _validate(tmp_path, static_bootstrap(seed_snapshot(text), stats_tags=tags))
     assert result.returncode == 0, result.stderr + result.stdout

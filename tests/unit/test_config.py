@@ -385,7 +385,7 @@ def test_unknown_key_suggests_close_match():
         (with_provider("{type: ollama, model: m}") + "xyzzy: []", "xyzzy",
          "unknown key 'xyzzy' (expected one of: server, providers, provider_preference, routes, default_routes, "
          "health_check, retry, pricing, logging, ext_proc, control_plane, clients, limits, queue, ledger, "
-         "experiments)"),
+         "experiments, regions)"),
         (with_provider("{type: ollama, model: m}") + "1: x", "1", "expected a string key, got integer 1"),
     ],
 )

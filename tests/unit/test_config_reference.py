@@ -30,7 +30,7 @@ REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 FULL = {
     "server": {"port": 8080, "tls": {"cert_file": "x.pem"}, "http3": {"enabled": False}},
     "providers": {"p": {"type": "openai", "model": "m", "health_check": {"interval": 5},
-                        "circuit_breaker": {"max_retries": 3}}},
+                        "circuit_breaker": {"max_retries": 3}, "region": "eu"}},
     "health_check": {"interval": 10},
     "routes": [{"path": "/v1/x", "handler": "chat", "dedup": True}],
     "retry": {"backoff": {"base_interval": 1}},
@@ -43,6 +43,7 @@ FULL = {
     "queue": {"timeout": 1},
     "ledger": {"retention_days": 1},
     "experiments": {"e": {"model": "m", "variants": {"a": {"provider": "p", "weight": 1}}}},
+    "regions": {"home": "eu", "geoip": {"database": "x.mmdb"}},
 }
 
 # Sections whose keys are names the user chooses, as the reference writes them.

@@ -22,6 +22,7 @@ from ext_proc.provider_health import ProviderProber
 from ext_proc.runtime import RuntimeView
 from ext_proc.steps.router import RouterStep
 from hapax import wire
+from tests.snapshots import REGIONAL, SECRETS
 
 PROVIDERS = """\
 providers:
@@ -241,3 +242,37 @@ clients:
   app: {keys: ["0123456789ab:{SHA}QM1iQk32+VTlOatOudb57ErLcpE="], models: [summary]}
 """
     assert parse(confined).clients["app"].models == ("summary",)
+
+
+# ---------------------------------------------------------------- with data residency
+
+REGIONAL_EXPERIMENT = REGIONAL + """\
+experiments:
+  summary: {model: gpt-4o, variants: {a: {provider: openai-us, weight: 50}, b: {provider: claude, weight: 50}}}
+"""
+
+
+def test_a_pinned_departments_requests_are_in_no_experiment():
+    config = parse_config(REGIONAL_EXPERIMENT, env=SECRETS)
+    routes = [r for r in route_configuration(make_plan(config)).virtual_hosts[0].routes
+              if r.name.startswith("experiment.")]
+    # No experiment route on the pinned department's route (ads is pinned to eu)...
+    assert not [r for r in routes if "/v1/ads/" in r.name] and routes
+    # ...and a pinned client (ads-app, key id 0123456789ab) skips it on any other route.
+    [key_match] = [h for h in routes[0].match.headers if h.name == wire.KEY_ID_HEADER]
+    assert key_match.invert_match and key_match.string_match.safe_regex.regex == "^(0123456789ab)$"
+    # The router step does alike: the pinned client's request gets its chain in eu, no variant.
+    view = RuntimeView.from_proto(runtime(make_plan(config), "v1"), frozenset({"openai", "anthropic"}))
+    step = RouterStep(view)
+    step.request_headers(_headers({":path": "/v1/chat/completions", ":method": "POST",
+                                   wire.KEY_ID_HEADER: "0123456789ab"}), None)
+    body = pb.HttpBody(body=json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+                       end_of_stream=True)
+    set_headers = {h.header.key: h.header.raw_value.decode()
+                   for h in step.request_body(body, None).request_body.response.header_mutation.set_headers}
+    assert step.variant is None and set_headers[wire.CHAIN_HEADER].endswith("@eu.only")
+    unpinned = RouterStep(view)
+    unpinned.request_headers(_headers({":path": "/v1/chat/completions", ":method": "POST"}), None)
+    unpinned.request_body(pb.HttpBody(body=json.dumps({"model": "gpt-4o", "messages": [
+        {"role": "user", "content": "hi"}]}).encode(), end_of_stream=True), None)
+    assert unpinned.variant is not None

@@ -63,6 +63,7 @@ FEATURE_METRICS = frozenset({
     "hapax_queue_waiting",
     "hapax_queue_wait_seconds_bucket",
     "hapax_ledger_records_total",
+    "hapax_provider_region_info",  # with regions: (tests/e2e/test_regions_e2e.py)
 })
 
 # What an operator opens the dashboard for: each must be on it.

@@ -15,6 +15,7 @@ section to its module:
   the counters live and the departments' limits; ``queue``: waiting for a saturated provider;
   ``ledger`` (settings): where the cost ledger is kept;
 - ``experiments``: A/B model experiments, their variants and weights.
+- ``regions``: geographic routing (the providers' ``region``) and data residency.
 
 ``values`` holds what they share: reading one value of a given kind, and the
 messages that describe a wrong one.
@@ -31,6 +32,7 @@ from control_plane.config.validate.clients import Scope, _admission, _clients, _
 from control_plane.config.validate.control_plane import _control_plane
 from control_plane.config.validate.experiments import _experiments
 from control_plane.config.validate.providers import _health_check, _preference, _provider_names, _providers
+from control_plane.config.validate.regions import _regions
 from control_plane.config.validate.routes import _served_routes
 from control_plane.config.validate.server import _base_dir, _server
 from control_plane.config.validate.settings import _ext_proc, _ledger, _logging, _pricing, _retry
@@ -39,7 +41,7 @@ from hapax import wire
 
 _TOP_LEVEL_KEYS = ("server", "providers", "provider_preference", "routes", "default_routes", "health_check",
                    "retry", "pricing", "logging", "ext_proc", "control_plane", "clients", "limits", "queue", "ledger",
-                   "experiments")
+                   "experiments", "regions")
 
 
 def _served_scope(providers: Mapping[str, ProviderConfig], routes: Sequence[RouteConfig], experiments: Any) -> Scope:
@@ -75,8 +77,9 @@ def _build(data: Any, source: str, issues: _Issues) -> HapaxConfig | None:
     queue = _queue(root.get("queue"), issues)
     ledger = _ledger(root.get("ledger"), issues, _base_dir(source))
     experiments = _experiments(root.get("experiments"), providers, routes, issues)
+    regions = _regions(root.get("regions"), providers, issues, _base_dir(source))
     if issues.errors:
         return None
     return HapaxConfig(server, providers, preference, routes, tuple(issues.warnings), source, retry, pricing,
                        logging_config, ext_proc, control_plane, clients, admission, queue, ledger,
-                       experiments)
+                       experiments, regions)

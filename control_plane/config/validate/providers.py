@@ -38,7 +38,7 @@ from control_plane.config.validate.values import (
 from hapax import wire
 
 _PROVIDER_KEYS = ("type", "model", "models", "api_key", "base_url", "timeout", "aliases", "health_check",
-                  "circuit_breaker", "forward_headers")
+                  "circuit_breaker", "forward_headers", "region")
 _MODEL_KEYS = ("handler",)
 _HEALTH_CHECK_KEYS = ("interval", "timeout", "healthy_threshold", "unhealthy_threshold")
 _CIRCUIT_BREAKER_KEYS = ("max_concurrent_requests", "max_pending_requests", "max_retries")
@@ -96,11 +96,24 @@ def _provider(
     health = _health_check(node.get("health_check"), _join(path, "health_check"), health_defaults, issues)
     breaker = _circuit_breaker(node.get("circuit_breaker"), _join(path, "circuit_breaker"), issues)
     forward = _forward_headers(node.get("forward_headers"), _join(path, "forward_headers"), issues)
+    region = None if node.get("region") is None else _region_name(node["region"], _join(path, "region"), issues)
     if not (name_ok and kind and model and base_url):
         return None
     variables = node["api_key"].variables if isinstance(node.get("api_key"), _Expanded) else ()
     return ProviderConfig(name, kind, model, api_key, base_url, timeout, aliases, health, breaker,
-                          forward_headers=forward, api_key_variables=variables, models=models)
+                          forward_headers=forward, api_key_variables=variables, models=models, region=region)
+
+
+REGION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # it names chain clusters: chain.<first>@<region>
+
+
+def _region_name(value: Any, path: str, issues: _Issues) -> str | None:
+    name = _string(value, path, issues)
+    if name is not None and not REGION_NAME.fullmatch(name):
+        issues.error(path, f"invalid region name {_quote(name)}: use lowercase letters, digits, '_' and '-', "
+                           "starting with a letter or digit (it names Envoy clusters)")
+        return None
+    return name
 
 
 def _health_check(value: Any, path: str, defaults: HealthCheckConfig, issues: _Issues) -> HealthCheckConfig:
