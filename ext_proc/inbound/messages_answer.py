@@ -9,9 +9,9 @@ import json
 import uuid
 from typing import Any
 
+from ext_proc.inbound.answer import AnswerShape
 from ext_proc.inbound.messages_request import error_json
-from ext_proc.sse import SseParser, encode
-from ext_proc.translators.base import ResponseStage
+from ext_proc.sse import encode
 
 # What each OpenAI finish_reason is in Anthropic's words.
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
@@ -70,40 +70,23 @@ def _error_message(body: Any) -> str:
     return "The provider's answer could not be read."
 
 
-class MessagesStage(ResponseStage):
+class MessagesStage(AnswerShape):
     """After the provider's stage: its OpenAI chat answer (JSON or chunks) as Anthropic's."""
 
     def __init__(self) -> None:
-        self._status = 0
-        self._streaming = False
-        self._parser = SseParser()
-        self._buffer = bytearray()
+        super().__init__()
         self._events = _EventWriter()
 
-    def headers(self, status: int, content_type: str) -> dict[str, str]:
-        self._status = status
-        self._streaming = content_type.startswith("text/event-stream") and status < 400
-        return {}
-
-    @property
-    def streams(self) -> bool:
-        return self._streaming
-
-    def body(self, piece: bytes, end_of_stream: bool) -> bytes:
-        if self._streaming:
-            events = self._parser.feed(piece) + (self._parser.finish() if end_of_stream else [])
-            out = b"".join(self._events.chunk(event.data) for event in events)
-            return out + (self._events.end() if end_of_stream else b"")
-        self._buffer += piece
-        if not end_of_stream:
-            return b""
-        try:
-            body = json.loads(self._buffer)
-        except json.JSONDecodeError:
-            body = None
-        if self._status >= 400 or not isinstance(body, dict) or "choices" not in body:
-            return json.dumps(error_json(self._status if self._status >= 400 else 502, _error_message(body))).encode()
+    def whole(self, body: Any, raw: bytes) -> bytes:
+        if self.status >= 400 or not isinstance(body, dict) or "choices" not in body:
+            return json.dumps(error_json(self.status if self.status >= 400 else 502, _error_message(body))).encode()
         return json.dumps(chat_to_message(body)).encode()
+
+    def event(self, data: str) -> bytes:
+        return self._events.chunk(data)
+
+    def stream_end(self) -> bytes:
+        return self._events.end()
 
 
 class _EventWriter:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 from ext_proc.errors import GatewayError
+from ext_proc.inbound.completions import TextCompletionStage
 from ext_proc.inbound.messages_answer import MessagesStage
 from ext_proc.inbound.messages_request import error_body as messages_error_body
 from ext_proc.inbound.messages_request import error_json
 from ext_proc.translators.base import ResponseStage
-from ext_proc.translators.completions import TextCompletionStage
 from hapax.wire import Handler
 
 

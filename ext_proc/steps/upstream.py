@@ -35,6 +35,7 @@ from ext_proc.client_request import ClientRequest
 from ext_proc.errors import GatewayError, error_json
 from ext_proc.experiments import Variant, requested_model
 from ext_proc.inbound import shapes
+from ext_proc.inbound.answer import ChainedStage
 from ext_proc.inbound.shapes import answer_shape, canonical_handler
 from ext_proc.ledger import Ledger, LedgerRecord, labels_json
 from ext_proc.metrics import GatewayMetrics, token_count
@@ -61,7 +62,6 @@ from ext_proc.steps.messages import (
     unavailable_json,
 )
 from ext_proc.translators import ProviderRequest, ResponseStage, translator_for
-from ext_proc.translators.completions import ChainedStage
 from hapax import wire
 from hapax.wire import (
     ANSWER_ATTEMPT_HEADER,

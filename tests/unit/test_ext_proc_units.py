@@ -14,13 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ext_proc import client_request
 from ext_proc.errors import GatewayError
+from ext_proc.inbound.completions import TextCompletionStage
 from ext_proc.metrics import GatewayMetrics
 from ext_proc.provider_health import ProviderProber
 from ext_proc.runtime import Chain, InvalidRuntime, RuntimeView
 from ext_proc.sse import SseParser, encode
 from ext_proc.steps.messages import hapax_metadata
 from ext_proc.steps.upstream import UpstreamStep
-from ext_proc.translators.completions import TextCompletionStage
 from hapax.v1 import runtime_pb2
 from hapax.wire import (
     DROPPED_PARAMS_HEADER,
