@@ -57,7 +57,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m venv --without-pip /opt/hapax \
  && pip --python /opt/hapax/bin/python install --no-cache-dir /wheels/hapax-*.whl \
  && /opt/hapax/bin/hapax --help >/dev/null \
- && test -x "$(/opt/hapax/bin/python -c 'from hapax.envoy_process import envoy_binary; print(envoy_binary())')"
+ && test -x "$(/opt/hapax/bin/python -c 'from hapax.envoy_process import envoy_binary; print(envoy_binary())')" \
+ && openssl version >/dev/null  # deploy/compose/fleet-certs.sh runs in this image (ca-certificates brings it)
 
 COPY --chmod=0755 deploy/docker/entrypoint.sh /usr/local/bin/hapax-entrypoint
 

@@ -349,8 +349,11 @@ def test_every_envoy_resolves_the_ext_proc_addresses_the_control_plane_hands_out
         assert flag(command, "--verdict-listen") == flag(plane["command"], "--ext-proc-verdicts")
         assert flag(command, "--verdict-listen").startswith("127.0.0.1:")  # Envoy health-checks IPs only
         assert flag(command, "--xds") == f"{plane_name}:{plane_port}"
-    for envoy in (s for s in fleet.values() if role(s) == "envoy"):
+    envoys = [s for s in fleet.values() if role(s) == "envoy"]
+    for envoy in envoys:
         assert flag(envoy["command"], "--xds") == f"{plane_name}:{plane_port}"
+    # The control plane tracks each node's rollout by its id: one id an Envoy.
+    assert len({flag(envoy["command"], "--node-id") for envoy in envoys}) == len(envoys)
 
 
 def test_the_role_commands_use_only_the_flags_each_role_takes():

@@ -247,6 +247,14 @@ def test_envoy_and_ext_proc_dial_the_control_plane_service_over_mutual_tls():
             f"{tls_mount}/member.pem", f"{tls_mount}/member.key", f"{tls_mount}/ca.pem"]
 
 
+def test_each_envoy_is_a_node_of_its_own_named_after_its_pod():
+    envoy = containers("gateway")["envoy"]
+    env = {e["name"]: e for e in envoy["env"]}
+    variable = re.fullmatch(r"\$\((\w+)\)", flag(envoy["args"], "--node-id")).group(1)
+
+    assert env[variable]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
 def test_the_role_commands_use_only_the_flags_each_role_takes():
     from control_plane.server import main as control_plane_main
     from ext_proc.server import main as ext_proc_main
