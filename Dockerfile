@@ -55,7 +55,7 @@ RUN groupadd --system --gid 10001 hapax \
 # all publish x86_64 and aarch64 wheels).
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m venv --without-pip /opt/hapax \
- && pip --python /opt/hapax/bin/python install --no-cache-dir /wheels/hapax-*.whl \
+ && pip --python /opt/hapax/bin/python install --no-cache-dir --root-user-action=ignore /wheels/hapax-*.whl \
  && /opt/hapax/bin/hapax --help >/dev/null \
  && test -x "$(/opt/hapax/bin/python -c 'from hapax.envoy_process import envoy_binary; print(envoy_binary())')" \
  && openssl version >/dev/null  # deploy/compose/fleet-certs.sh runs in this image (ca-certificates brings it)
