@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -46,7 +47,10 @@ class RuntimeSubscription:
         self.credentials = credentials
         self.on_update = on_update
         self.known_types = known_types
-        self.node_id = node_id or f"ext_proc-{os.getpid()}"
+        # The control plane tracks each node's rollout by this id. Without one given (a fleet, where
+        # `hapax serve` does not name the workers), the host's name keeps ext_procs apart whose pid
+        # is the same: process 1 of every container or pod.
+        self.node_id = node_id or f"ext_proc-{socket.gethostname()}-{os.getpid()}"
         self.view: RuntimeView | None = None
         # Recent versions, so that a request keeps the version it started under
         # even if a newer one arrives before its last attempt (see view_for).

@@ -104,20 +104,21 @@ class XdsClientTls:
 
 
 def xds_cluster(xds: str, tls: XdsClientTls | None = None) -> dict:
-    """The control plane, over HTTP/2: a Unix socket, loopback, or TCP with mutual TLS. By name (a
-    Kubernetes Service, say) it is resolved by DNS and again when its address changes."""
+    """The control plane, over HTTP/2: a Unix socket, loopback, or TCP with mutual TLS.
+
+    A host name (a compose service, a Kubernetes Service) is resolved by Envoy, again for each
+    new connection (LOGICAL_DNS), IPv4 first: a STATIC cluster takes IP addresses only."""
     address = LocalAddress.parse(xds)
     by_name = not address.path and not address.host_is_ip
     cluster: dict = {
         "name": "hapax_xds", "type": "LOGICAL_DNS" if by_name else "STATIC", "connect_timeout": "1s",
+        **({"dns_lookup_family": "V4_PREFERRED"} if by_name else {}),
         "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             "explicit_http_config": {"http2_protocol_options": {}}}},
         "load_assignment": {"cluster_name": "hapax_xds", "endpoints": [
             {"lb_endpoints": [{"endpoint": {"address": envoy_address(xds)}}]}]},
     }
-    if by_name:
-        cluster["dns_lookup_family"] = "V4_PREFERRED"
     if tls is not None:
         cluster["transport_socket"] = tls.transport_socket(address)
     return cluster

@@ -67,6 +67,14 @@ def test_it_runs_as_a_dedicated_user_and_restarts_on_failure() -> None:
     assert one("Restart") == "on-failure"
 
 
+def test_a_reload_that_comes_before_the_supervisor_handles_sighup_still_gets_it_restarted() -> None:
+    # Restart=on-failure counts SIGHUP, SIGINT, SIGTERM and SIGPIPE deaths as clean. hapax serve
+    # handles SIGTERM and SIGINT from its start (exit 0: a stop), and SIGHUP only from serve():
+    # before that, ExecReload's SIGHUP ends it by the signal, which must not leave it down.
+    assert "SIGHUP" in one("RestartForceExitStatus").split()
+    assert one("ExecReload").startswith("/bin/kill -HUP")
+
+
 def test_sigterm_reaches_the_supervisor_alone_which_stops_its_children() -> None:
     # control-group (the default) would SIGTERM every child at once, under the supervisor's feet.
     assert one("KillMode") == "mixed"
