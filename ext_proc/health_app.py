@@ -3,7 +3,10 @@
 ``/health`` is what Envoy routes ``GET /health`` to. A request that reaches it
 has crossed Envoy, so Envoy is up; ext_proc answers, so ext_proc is up; the
 control plane is up when the xDS stream is connected. It also reports every
-provider's health as ext_proc's prober sees it.
+provider's health as ext_proc's prober sees it. A control plane that is away
+does not make it 503: Envoy and ext_proc serve their last configuration, and a
+load balancer (a Kubernetes readiness probe) that took every gateway out while
+a fleet's control plane restarts would turn its restart into an outage.
 
 A provider is ``healthy`` only while it may serve (in rotation, last probe
 passed); ``/health`` is ``degraded`` (503) when none may (docs/operations.md).
@@ -96,7 +99,7 @@ def health_app(subscription: RuntimeSubscription, prober: ProviderProber,
         states = {name: prober.state(name) for name in (view.providers if view else ())}
         # No provider that may serve: every request would be a 503 provider_unavailable.
         providers_up = not states or any(_may_serve(state) for state in states.values())
-        ok = cp_up and view is not None and providers_up
+        ok = view is not None and providers_up
         body = {
             "status": "ok" if ok else "degraded",
             "components": {

@@ -61,3 +61,16 @@ async def test_a_provider_is_healthy_only_while_its_last_probe_passed(state, sho
     status, report = await _health({"a": state})
     assert report["providers"]["a"]["status"] == shown
     assert status == (503 if shown == "failing" else 200)
+
+
+async def test_a_control_plane_that_is_away_is_reported_but_leaves_the_gateway_serving():
+    prober = _Prober({"a": _probed()})
+    subscription = SimpleNamespace(view=SimpleNamespace(providers={"a": None}, version="v1"), connected=False,
+                                   status=runtime_pb2.ConfigStatus(), node_id="n", last_error="connection refused")
+    app = health_app(subscription, prober, GatewayMetrics(prober))  # type: ignore[arg-type]
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/health")
+        report = await resp.json()
+    assert resp.status == 200  # a fleet's control plane restarting must not take every gateway out
+    assert report["components"]["control_plane"] == {**report["components"]["control_plane"], "status": "down",
+                                                     "error": "connection refused"}
