@@ -262,6 +262,19 @@ class Handler(StrEnum):
     MESSAGES = "messages"  # Anthropic's Messages API, inbound: a chat to every provider
 
 
+# Anthropic's error type for each status (its API documents these), for the errors the gateway
+# gives a client of its Messages API (Handler.MESSAGES). Read: ext_proc's answers and errors
+# (ext_proc/inbound/), Envoy's own replies (control_plane/resources/listeners.py).
+ANTHROPIC_ERROR_TYPES: Mapping[int, str] = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+    408: "timeout_error", 413: "request_too_large", 429: "rate_limit_error", 431: "invalid_request_error",
+    500: "api_error", 502: "api_error", 503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error"}
+
+
+def anthropic_error_type(status: int) -> str:
+    return ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
 class ModelFamily(StrEnum):
     """What a model does, and so which requests it may serve: a chat model the chat and completion
     APIs (a legacy completion is sent as a chat), an embeddings model the embeddings API. Each

@@ -167,12 +167,15 @@ def _overload_mappers(headers: Sequence[base_pb2.HeaderValueOption]) -> list[hcm
 
 def local_reply_config(headers: Sequence[base_pb2.HeaderValueOption] = (), *,
                        router_step: bool = False,
-                       residency: Mapping[str, tuple[list[str], list[str]]] | None = None) -> hcm_pb2.LocalReplyConfig:
+                       residency: Mapping[str, tuple[list[str], list[str]]] | None = None,
+                       anthropic_routes: bool = False) -> hcm_pb2.LocalReplyConfig:
     """Envoy's own replies as OpenAI error JSON; ``headers`` go on each reply mapped so.
 
     ``router_step``: the connection manager has the router step, which completes a 503
     provider_unavailable with the providers' reasons (_unavailable_to_router_step).
     ``residency``: regional.residency, whose requests' 503 says which region they may not leave.
+    ``anthropic_routes``: some route serves Anthropic's Messages API; its requests get each reply
+    in Anthropic's error shape (_anthropic_twins).
     """
     # Each flag's reply only with the status Envoy gives it: the custom response's 502 for a
     # provider's last 404 is a local reply too, and carries URX once the retries are spent.
@@ -203,7 +206,37 @@ def local_reply_config(headers: Sequence[base_pb2.HeaderValueOption] = (), *,
         _details_filter(f"!response.code_details.startsWith('{wire.GATEWAY_DETAILS_PREFIX}')")]))
     mappers.append(_json_mapper(envoys_500, 500, "The gateway failed to handle the request "
                                 "(%RESPONSE_CODE_DETAILS%).", "server_error", "internal_error", headers))
-    return hcm_pb2.LocalReplyConfig(mappers=mappers)
+    return hcm_pb2.LocalReplyConfig(mappers=[*(_anthropic_twins(mappers) if anthropic_routes else ()), *mappers])
+
+
+# A request on a route of Anthropic's Messages API (its route's handler, in the route's metadata).
+_MESSAGES_ROUTE = _details_filter(
+    f"xds.route_metadata.filter_metadata['{wire.METADATA_NAMESPACE}']['{wire.RouteKey.HANDLER}'] == "
+    f"'{wire.Handler.MESSAGES}'")
+
+
+def _anthropic_twins(mappers: Sequence[hcm_pb2.ResponseMapper]) -> list[hcm_pb2.ResponseMapper]:
+    """Each OpenAI-shaped reply again, first, for the Messages API's routes: the same status,
+    headers and words, in Anthropic's error JSON (``{"type": "error", "error": {type, message}}``),
+    which the anthropic SDK reads. The route's filter goes last: it is looked at only for a reply
+    that the others already matched."""
+    twins = []
+    for mapper in mappers:
+        body_fields = mapper.body_format_override.json_format.fields
+        if "error" not in body_fields:  # (indexing a missing key would add it to the original)
+            continue
+        error = body_fields["error"].struct_value.fields
+        status = mapper.status_code.value
+        body = struct_pb2.Struct()
+        body.update({"type": "error", "error": {"type": wire.anthropic_error_type(status),
+                                                "message": error["message"].string_value}})
+        twins.append(hcm_pb2.ResponseMapper(
+            filter=accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(
+                filters=[mapper.filter, _MESSAGES_ROUTE])),
+            status_code=mapper.status_code,
+            body_format_override=substitution_format_string_pb2.SubstitutionFormatString(json_format=body),
+            headers_to_add=list(mapper.headers_to_add)))
+    return twins
 
 
 def _flags_filter(flags: Sequence[str]) -> accesslog_pb2.AccessLogFilter:
@@ -472,7 +505,9 @@ def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
                 suppress_envoy_headers=True,
             ))),
         ],
-        local_reply_config=local_reply_config(router_step=True, residency=regional.residency(config)),
+        local_reply_config=local_reply_config(
+            router_step=True, residency=regional.residency(config),
+            anthropic_routes=any(route.handler == wire.Handler.MESSAGES for route in config.routes)),
         stream_idle_timeout=duration(300),
         # Edge limits, as Envoy's edge-proxy guidance sets them (docs/operations.md: Edge limits).
         # The headers, then the whole request, within a bound: a client that sends slowly holds

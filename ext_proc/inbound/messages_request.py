@@ -14,13 +14,10 @@ import json
 from typing import Any
 
 from ext_proc.errors import GatewayError, invalid
+from hapax import wire
 
 ROLES = ("user", "assistant")
 TOOL_CHOICES = ("auto", "any", "tool", "none")
-# Anthropic's error type for each status (its API documents these).
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
-               502: "api_error", 503: "overloaded_error", 504: "api_error", 529: "overloaded_error"}
 # Fields of a Messages request that only tune Anthropic's own service, with no chat equivalent.
 IGNORED = frozenset({"service_tier", "container", "mcp_servers", "context_management"})
 KNOWN = frozenset({"model", "messages", "max_tokens", "system", "stream", "temperature", "top_p", "top_k",
@@ -28,8 +25,7 @@ KNOWN = frozenset({"model", "messages", "max_tokens", "system", "stream", "tempe
 
 
 def error_json(status: int, message: str) -> dict[str, Any]:
-    kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    return {"type": "error", "error": {"type": kind, "message": message}}
+    return {"type": "error", "error": {"type": wire.anthropic_error_type(status), "message": message}}
 
 
 def error_body(err: GatewayError) -> bytes:

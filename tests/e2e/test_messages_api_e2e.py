@@ -10,6 +10,7 @@ from __future__ import annotations
 import anthropic
 import pytest
 
+from hapax.client_keys import new_key
 from hapax.fakes import FakeAnthropic, FakeOllama, FakeOpenAI
 from hapax.fakes.faults import Status
 from tests.conftest import gateway_config
@@ -105,3 +106,21 @@ def test_what_the_gateway_refuses_is_anthropics_error_shape(client):
     body = refused.value.body
     assert isinstance(body, dict) and body["type"] == "error"
     assert body["error"]["type"] == "invalid_request_error" and "max_tokens" in body["error"]["message"]
+
+
+def test_envoys_own_refusal_on_a_messages_route_is_anthropics_error_shape(fakes, start_gateway):
+    """A missing key is refused by Envoy itself (the key check, before ext_proc): in Anthropic's shape."""
+    key, line = new_key()
+    config = gateway_config({"openai": {"type": "openai", "model": MODELS["openai"], "api_key": "k",
+                                        "base_url": fakes["openai"].base_url}})
+    config["clients"] = {"app": {"keys": [line.htpasswd]}}
+    gateway = start_gateway(config)
+    refused = anthropic.Anthropic(base_url=gateway.url, api_key="hpx-000000000000-" + "0" * 48, max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        refused.messages.create(model=MODELS["openai"], max_tokens=8, messages=[{"role": "user", "content": "x"}])
+    body = caught.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    assert body["error"]["type"] == "authentication_error" and "API key" in body["error"]["message"]
+    allowed = anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0)  # x-api-key: the client key
+    assert allowed.messages.create(model=MODELS["openai"], max_tokens=8,
+                                   messages=[{"role": "user", "content": "x"}]).content[0].text

@@ -113,7 +113,11 @@ SHARED_VOCABULARY = {"hapax", "provider", "prompt_tokens", "completion_tokens", 
                      "cached_tokens", "model", "stream", "include_usage", "metadata",
                      "authorization", "x-api-key", "api-key", "proxy-authorization",
                      "host", "content-type", "content-length", "accept", "accept-encoding",
-                     "auto"}  # also an OpenAI value (tool_choice, detail...), not only the model name
+                     "auto",  # also an OpenAI value (tool_choice, detail...), not only the model name
+                     # The APIs' error types (wire.ANTHROPIC_ERROR_TYPES): OpenAI's and Anthropic's share
+                     # some, and the translators read providers' errors by them.
+                     "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+                     "timeout_error", "request_too_large", "rate_limit_error", "api_error", "overloaded_error"}
 
 
 def _contract_literals() -> set[str]:

@@ -326,7 +326,11 @@ def test_envoys_own_503_of_a_pinned_lane_request_says_where_it_must_stay():
 
 
 def json_text(mapper) -> str:
-    return mapper.body_format_override.json_format.fields["error"].struct_value.fields["message"].string_value
+    """An OpenAI-shaped reply's message ("" for a Messages API route's twin, in Anthropic's shape)."""
+    body = mapper.body_format_override.json_format.fields
+    if "type" in body:
+        return ""
+    return body["error"].struct_value.fields["message"].string_value
 
 
 @pytest.mark.parametrize("route_path", ["/v1/chat/completions", "/v1/ads/chat/completions"])
