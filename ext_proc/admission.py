@@ -40,6 +40,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf import struct_pb2
 
+from ext_proc.inbound import shapes
 from ext_proc.limits import (
     LARGEST_AMOUNT,
     Limit,
@@ -280,11 +281,11 @@ class AdmissionService(rls_pb2_grpc.RateLimitServiceServicer):
             return _ok()
         entries = {entry.key: entry.value for entry in request.descriptors[0].entries}
         if request.domain == wire.QUEUE_DOMAIN:
-            return await self._queue(view, entries)
+            return _shaped(view, entries, await self._queue(view, entries), QUEUE_REFUSED_STATUS)
         if request.domain != wire.ADMISSION_DOMAIN:
             return _ok()
         try:
-            return await self.admission.reserve(view, entries)
+            return _shaped(view, entries, await self.admission.reserve(view, entries), LIMIT_REFUSED_STATUS)
         except LimitStoreUnavailable:
             # limits.on_store_error: closed. Envoy answers a failed check with its status_on_error.
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the limits' store did not answer")
@@ -309,6 +310,19 @@ class AdmissionService(rls_pb2_grpc.RateLimitServiceServicer):
         if result is Admitted.GO:
             return _ok()
         return _queue_refused(result, provider, view.queue.timeout)
+
+
+# The statuses Envoy's rate limit filters answer a refusal with (control_plane/resources/admission.py).
+LIMIT_REFUSED_STATUS, QUEUE_REFUSED_STATUS = 429, 503
+
+
+def _shaped(view: RuntimeView, entries: Mapping[str, str], response: rls_pb2.RateLimitResponse,
+            status: int) -> rls_pb2.RateLimitResponse:
+    """A refusal in the error shape of the request's route's API (Anthropic's on a Messages route)."""
+    route = view.routes.get(entries.get(AdmissionEntry.ROUTE, ""))
+    if response.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT and route is not None and response.raw_body:
+        response.raw_body = shapes.reshaped_error(route.handler, status, response.raw_body)
+    return response
 
 
 def _first_provider(view: RuntimeView, route: Route, entries: Mapping[str, str]) -> str | None:

@@ -133,6 +133,16 @@ def test_admitted_answers_carry_openais_headers_and_refused_ones_a_429_body(tmp_
     assert int(headers["retry-after"]) >= 1 and headers["content-type"] == "application/json"
 
 
+def test_a_refusal_on_a_messages_route_is_anthropics_error_shape(tmp_path):
+    v = view()
+    service = AdmissionService(lambda: v, Admission(None, tmp_path))
+    refused = check(service, route="/v1/messages", bytes="4000", max_tokens="10")  # over the day's 1,000 tokens
+    assert refused.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
+    body = json.loads(refused.raw_body)
+    assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+    assert "client search" in body["error"]["message"]
+
+
 def test_over_budget_the_429_names_the_budget(tmp_path):
     v = view(CONFIG.replace("budget: {usd: 1, period: day}", "budget: {usd: 0.01, period: day}"))
     service = AdmissionService(lambda: v, Admission(None, tmp_path))
