@@ -67,7 +67,7 @@ USER 10001:10001
 WORKDIR /tmp
 # 8080: the API (server.port); 9464: metrics, Envoy's stats, the detailed /health (server.metrics_port).
 EXPOSE 8080 9464
-# GET /health on the API port: 200 when Envoy, the control plane and ext_proc are up.
+# GET /health on the API port: 200 while this gateway can serve (docs/operations.md: Health).
 # HAPAX_HEALTH_URL: where, for a config with another server.port.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ.get('HAPAX_HEALTH_URL', 'http://127.0.0.1:8080/health'), timeout=2)"]
