@@ -25,7 +25,10 @@ MODELS = {"json": "bench-json", "sse": "bench-sse", "paced": "bench-paced",
           "keys": "bench-json", "limits": "bench-json",
           # The JSON answer again, through a Hapax whose config splits this name between two
           # variants (both the JSON provider): Envoy's weighted clusters, then the upstream step.
-          "experiment": "bench-experiment"}
+          "experiment": "bench-experiment",
+          # Anthropic's Messages API in, to the Anthropic provider's own model: its lane, the body
+          # as it came (control_plane/resources/passthrough.py), beside the OpenAI lane's "json".
+          "messages": "bench-anthropic"}
 STREAMING = frozenset({"sse", "paced"})  # the kinds whose requests ask for a stream
 CREATED = 1_700_000_000  # a fixed timestamp: answers are byte-identical from run to run
 # Where the paced fake writes each chunk's send time (time.monotonic(), the
@@ -82,6 +85,17 @@ SDK_HEADERS = {
 def sdk_chat_request(size: int, *, model: str, stream: bool) -> bytes:
     """``client.chat.completions.create(model=..., messages=[...], stream=...)`` as the SDK encodes it."""
     return _compact({"model": model, "stream": stream, "messages": [{"role": "user", "content": prompt(size)}]})
+
+
+# What the anthropic SDK sends of its own (not captured as SDK_HEADERS were: the headers the
+# Messages API requires, its key header and the SDK's user agent).
+ANTHROPIC_HEADERS = {"x-api-key": "sk-bench", "anthropic-version": "2023-06-01", "content-type": "application/json",
+                     "accept": "application/json", "user-agent": "Anthropic/Python"}
+
+
+def messages_request(size: int, *, model: str) -> bytes:
+    """``client.messages.create(model=..., max_tokens=..., messages=[...])``: a Messages body."""
+    return _compact({"max_tokens": 256, "messages": [{"role": "user", "content": prompt(size)}], "model": model})
 
 
 USAGE = {"prompt_tokens": 75, "completion_tokens": STREAM_CHUNKS, "total_tokens": 75 + STREAM_CHUNKS}

@@ -27,10 +27,11 @@ import yaml
 from bench import procstat
 from bench.bare_proxy import ENTRY_PREFIXES, bare_proxy_config
 from bench.fake_provider import ANTHROPIC_PREFIX, JSON_PREFIX, SSE_PREFIX, fake_provider_config
-from bench.payloads import MODELS, STREAMING, chat_request
+from bench.payloads import ANTHROPIC_HEADERS, MODELS, STREAMING, chat_request, messages_request
 from bench.pinning import CorePlan
 from bench.processes import Process, ProcessSet, StartError, start_envoy, wait_until
 from control_plane.defaults import default_config_text
+from hapax import wire
 from hapax.client_keys import new_key
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +42,10 @@ KINDS = ("json", "sse", "paced", "anthropic")  # the kinds of answer, one provid
 # through the seed's config with Anthropic first (a second Hapax), and the JSON
 # answer through a Hapax with client keys, and one with keys + limits.
 ALIASED = {"alias": "json", "auto": "json", "seed": "anthropic", "keys": "json", "limits": "json",
-           "experiment": "json"}
+           "experiment": "json", "messages": "anthropic"}
+# The kinds whose requests are Anthropic's Messages API (bench/payloads.py: messages_request), to
+# C's /v1/messages; A and B get the same body, and the fake answers it as any Anthropic request.
+MESSAGES_KINDS = ("messages",)
 # The kinds C serves from a `hapax serve` of their own (another config), started only when
 # a plan has them: C's main gateway's config has no seed routes, no keys and no limits.
 APART = ("seed", "keys", "limits", "experiment")
@@ -290,7 +294,8 @@ def start_hapax(procs: ProcessSet, workdir: Path, fakes: Fakes, plan: CorePlan |
     ``apart`` has no endpoint in C, and its scenarios cannot run.
     """
     proc, port = _start_gateway(procs, workdir, "hapax", hapax_config(fakes, plan), plan)
-    endpoints = {kind: Endpoint(port, CHAT_PATH) for kind in (*KINDS, *ALIASED) if kind not in APART}
+    endpoints = {kind: Endpoint(port, wire.ANTHROPIC_MESSAGES_PATH if kind in MESSAGES_KINDS else CHAT_PATH)
+                 for kind in (*KINDS, *ALIASED) if kind not in APART}
     target = Target("C", "Hapax (hapax serve)", endpoints, root=proc, fixed_pids=fakes.pids)
     _wait_answers(target, proc, list(endpoints))
     for kind in (k for k in APART if k in apart):
@@ -311,8 +316,12 @@ def _banner_value(banner: str, label: str) -> str:
 def _wait_answers(target: Target, proc: Process, kinds: list[str]) -> None:
     """Until every kind of request gets a 200: the providers' first health verdicts take a moment."""
     for kind in kinds:
-        url, body = target.endpoints[kind].url, chat_request(300, model=MODELS[kind], stream=kind in STREAMING)
-        headers = {**kind_headers(kind), **target.headers}
+        url = target.endpoints[kind].url
+        if kind in MESSAGES_KINDS:
+            body, headers = messages_request(300, model=MODELS[kind]), {**ANTHROPIC_HEADERS, **target.headers}
+        else:
+            body = chat_request(300, model=MODELS[kind], stream=kind in STREAMING)
+            headers = {**kind_headers(kind), **target.headers}
         wait_until(functools.partial(post_ok, url, body, headers), f"no 200 for a {kind} request", proc,
                    timeout=60)
 

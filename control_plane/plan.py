@@ -82,6 +82,9 @@ class LaneModel:
     base_path: str  # the lane providers' API path prefix, e.g. "/v1"
     chain: Chain  # the model's chain, which the lane cluster copies
     cluster: str  # the lane's cluster: lane models of one chain and the same providers share it
+    # The API its body is in and its providers speak: "openai" (chat, embeddings routes) or
+    # "anthropic" (Messages routes: an Anthropic provider takes a Messages body as it came).
+    api: str = "openai"
 
 
 @dataclass(frozen=True)
@@ -327,22 +330,29 @@ def _lane_models(config: HapaxConfig, models: Iterable[OwnedModel],
     lanes = []
     for owned in models:
         first = config.providers[owned.owner]
-        if first.type != "openai" or owned.name not in first.models or owned.family not in families:
+        if first.type not in families or owned.name not in first.models or owned.family not in families[first.type]:
             continue  # another API, an alias the body must be rewritten for, or no route to take it
         path = base_path(first)
         providers = tuple(name for name in owned.chain.providers
-                          if _serves_unchanged(config.providers[name], owned.name, owned.family, path))
+                          if _serves_unchanged(config.providers[name], first.type, owned.name, owned.family, path))
         key = (owned.chain.cluster, providers)
         if key not in clusters:
             clusters[key] = _lane_cluster_name(owned.chain.cluster, clusters.values())
-        lanes.append(LaneModel(owned.name, owned.family, owned.owner, providers, path, owned.chain, clusters[key]))
+        lanes.append(LaneModel(owned.name, owned.family, owned.owner, providers, path, owned.chain, clusters[key],
+                               first.type))
     return tuple(lanes)
 
 
-def _lane_families(config: HapaxConfig) -> frozenset[str]:
-    """The families some route's passthrough lane serves (a legacy completion is always translated)."""
-    return frozenset(wire.FAMILY_OF_HANDLER[wire.Handler(r.handler)] for r in config.routes
-                     if r.handler in (wire.Handler.CHAT, wire.Handler.EMBEDDINGS))
+# The handlers whose bodies a provider of a type takes as they are: OpenAI's chat and embeddings
+# (a legacy completion is always translated), Anthropic's Messages.
+LANE_HANDLERS: Mapping[str, tuple[str, ...]] = {
+    "openai": (wire.Handler.CHAT, wire.Handler.EMBEDDINGS), "anthropic": (wire.Handler.MESSAGES,)}
+
+
+def _lane_families(config: HapaxConfig) -> dict[str, frozenset[str]]:
+    """Per provider type, the families some route's passthrough lane serves."""
+    return {api: frozenset(wire.FAMILY_OF_HANDLER[wire.Handler(r.handler)] for r in config.routes
+                           if r.handler in handlers) for api, handlers in LANE_HANDLERS.items()}
 
 
 def _lane_cluster_name(chain_cluster: str, taken: Iterable[str]) -> str:
@@ -352,6 +362,6 @@ def _lane_cluster_name(chain_cluster: str, taken: Iterable[str]) -> str:
     return next(name for n in itertools.count(1) if (name := base if n == 1 else f"{base}.{n}") not in taken)
 
 
-def _serves_unchanged(provider: ProviderConfig, model: str, family: str, path: str) -> bool:
-    return (provider.type == "openai" and family in provider.models.get(model, ())
+def _serves_unchanged(provider: ProviderConfig, api: str, model: str, family: str, path: str) -> bool:
+    return (provider.type == api and family in provider.models.get(model, ())
             and base_path(provider) == path)

@@ -184,6 +184,10 @@ USAGE_NAMESPACE = "hapax.usage"
 PROMPT_TOKENS, COMPLETION_TOKENS = "prompt_tokens", "completion_tokens"
 # The prompt's tokens the provider served from its cache (usage.prompt_tokens_details), for the ledger.
 PROMPT_DETAILS, CACHED_TOKENS = "prompt_tokens_details", "cached_tokens"
+# An Anthropic answer's usage, which Envoy reads into the same keys (PROMPT_TOKENS,
+# COMPLETION_TOKENS, CACHED_TOKENS) for a Messages body an Anthropic provider took as it came.
+ANTHROPIC_USAGE = {"input_tokens": PROMPT_TOKENS, "output_tokens": COMPLETION_TOKENS,
+                   "cache_read_input_tokens": CACHED_TOKENS}
 
 # ext_proc request attributes the control plane asks Envoy for, and ext_proc reads.
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"  # Envoy's key for them
@@ -310,6 +314,14 @@ OPENAI_PATHS: Mapping[Handler, str] = {
     Handler.COMPLETION: OPENAI_CHAT_PATH,
     Handler.EMBEDDINGS: OPENAI_EMBEDDINGS_PATH,
 }
+
+# Anthropic's Messages API path under a provider's base path, and its version header. Used by
+# the passthrough lane's Messages routes (control plane) and the Anthropic translator (ext_proc).
+ANTHROPIC_MESSAGES_PATH = "/v1/messages"
+ANTHROPIC_VERSION_HEADER = "anthropic-version"
+# What a Messages body sent to an Anthropic provider as it came keeps of the client's headers,
+# beyond what every provider gets: the API version and the betas the body was written for.
+ANTHROPIC_AS_SENT_HEADERS = (ANTHROPIC_VERSION_HEADER, "anthropic-beta")
 
 # ---------------------------------------------------------------- the supervisor
 

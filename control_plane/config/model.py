@@ -483,5 +483,5 @@ DEFAULT_ROUTES: tuple[RouteConfig, ...] = (
     RouteConfig("/v1/completions", "completion"),
     RouteConfig("/v1/embeddings", "embeddings"),
     RouteConfig("/v1/models", "models"),
-    RouteConfig("/v1/messages", "messages"),  # Anthropic's Messages API, for clients written for it
+    RouteConfig(wire.ANTHROPIC_MESSAGES_PATH, "messages"),  # Anthropic's Messages API, for clients written for it
 )

@@ -67,6 +67,7 @@ class LaneGroup:
     models: tuple[str, ...]
     chain: Chain  # any of the models' chains: the route's attempts and idle limit are each one's
     base_path: str = ""
+    api: str = "openai"  # the passthrough lane's: what the body is and its providers take (plan.LaneModel)
 
     @cached_property  # one per group, copied into every department's route
     def model_matcher(self) -> metadata_pb2.MetadataMatcher:

@@ -24,6 +24,11 @@ An attempt that goes to a provider outside the lane (another type, another
 model or another base path) is an ordinary upstream ext_proc attempt,
 translated as always: failover does not depend on the lane.
 
+Anthropic's Messages API has a lane too (``LaneModel.api``): a Messages body naming an
+Anthropic-type provider's own model goes to it as it came, with the key in ``x-api-key`` and
+the client's ``anthropic-version`` kept (provider_headers.py), its answer's usage read under
+Anthropic's names (``wire.ANTHROPIC_USAGE``).
+
 What the lane checks: the body is a JSON object whose ``model`` is a string
 naming a lane model and whose ``stream`` is absent or ``false``, and the path has
 no query string (Envoy's rewrite would keep it; the model lane drops it). Anything
@@ -62,7 +67,7 @@ from xds.type.v3 import cel_pb2
 
 from control_plane.cel import MetadataEquals, MetadataPresent, all_of
 from control_plane.config.model import HapaxConfig, ProviderConfig
-from control_plane.plan import LaneModel, Plan
+from control_plane.plan import LANE_HANDLERS, LaneModel, Plan
 from control_plane.protobuf import ads, pack
 from control_plane.resources import provider_headers, regional
 from control_plane.resources.body_routing import (
@@ -88,7 +93,8 @@ LANE_FILTER = "hapax.passthrough"
 # The OpenAI API path of each handler the lane serves, under the provider's base path.
 # Keyed by the config's handler names (a wire.Handler is one).
 HANDLER_PATHS: dict[str, str] = {
-    handler: wire.OPENAI_PATHS[handler] for handler in (wire.Handler.CHAT, wire.Handler.EMBEDDINGS)}
+    **{handler: wire.OPENAI_PATHS[handler] for handler in (wire.Handler.CHAT, wire.Handler.EMBEDDINGS)},
+    wire.Handler.MESSAGES: wire.ANTHROPIC_MESSAGES_PATH}
 ALS_BUFFER_BYTES = 64 * 1024
 _JSON = regex_pb2.RegexMatcher(regex=r"^application/json(;.*)?$")
 
@@ -132,7 +138,10 @@ def json_to_metadata_filter(*, reservations: bool = False, ledger: bool = False)
             rules=[*(rule(["usage", key], wire.USAGE_NAMESPACE, key)
                      for key in (wire.PROMPT_TOKENS, wire.COMPLETION_TOKENS)),
                    *([rule(["usage", wire.PROMPT_DETAILS, wire.CACHED_TOKENS], wire.USAGE_NAMESPACE,
-                           wire.CACHED_TOKENS)] if ledger else [])]),
+                           wire.CACHED_TOKENS)] if ledger else []),
+                   # An Anthropic answer (a Messages body sent as it came): the same counts, its names.
+                   *(rule(["usage", field], wire.USAGE_NAMESPACE, key) for field, key in wire.ANTHROPIC_USAGE.items()
+                     if key != wire.CACHED_TOKENS or ledger)]),
     )
     return hcm_pb2.HttpFilter(name=JSON_TO_METADATA_FILTER, typed_config=pack(config))
 
@@ -146,9 +155,9 @@ def body_filters_disabled() -> dict[str, any_pb2.Any]:
 def lane_groups(plan: Plan) -> list[LaneGroup]:
     """The passthrough lane's routes, per department route: usually one per family, however many models."""
     groups = grouped(plan.lane_models,
-                     lambda lane: (lane.family, lane.base_path, *route_limits(plan, lane.chain)))
+                     lambda lane: (lane.api, lane.family, lane.base_path, *route_limits(plan, lane.chain)))
     return [LaneGroup(members[0].family, tuple(lane.model for lane in members), members[0].chain,
-                      members[0].base_path) for members in groups.values()]
+                      members[0].base_path, members[0].api) for members in groups.values()]
 
 
 def lane_routes(plan: Plan, groups: Sequence[LaneGroup], handler: str, base: route_components_pb2.Route,
@@ -158,8 +167,10 @@ def lane_routes(plan: Plan, groups: Sequence[LaneGroup], handler: str, base: rou
     if handler not in HANDLER_PATHS:
         return
     family = wire.FAMILY_OF_HANDLER[wire.Handler(handler)]
-    # A chat model is no embeddings request's lane, nor the other way round.
-    for n, group in enumerate((g for g in groups if g.family == family), 1):
+    api = next(api for api, handlers in LANE_HANDLERS.items() if handler in handlers)
+    # A chat model is no embeddings request's lane, nor the other way round; an OpenAI body is no
+    # Anthropic provider's, nor a Messages body an OpenAI provider's.
+    for n, group in enumerate((g for g in groups if g.family == family and g.api == api), 1):
         route = body_routed(plan, base, LANE, group, stream=False, disabled_ext_proc=disabled_ext_proc)
         route.name += f":{n}" if n > 1 else ""
         # The path exactly, query string and all: a rewrite would pass a query string on.
@@ -296,9 +307,10 @@ def _lane_attempt(provider: ProviderConfig) -> list[extension_pb2.TypedExtension
 
 
 def _injector(provider: ProviderConfig) -> extension_pb2.TypedExtensionConfig:
+    """The provider's key (secrets.key_header_value) in the header its API reads it from."""
     generic = generic_pb2.Generic(credential=secret_pb2.SdsSecretConfig(
         name=key_secret_name(provider.name),
-        sds_config=ads()))
+        sds_config=ads()), header="x-api-key" if provider.type == "anthropic" else "")
     injector = credential_injector_pb2.CredentialInjector(
         overwrite=True,
         credential=core_extension_pb2.TypedExtensionConfig(

@@ -30,8 +30,10 @@ _END = ""  # marks a trie node where an allowed name ends
 
 
 def kept_headers(provider: ProviderConfig) -> frozenset[str]:
-    """What an attempt to ``provider`` keeps of the request's headers (before its key is set)."""
-    return frozenset((*wire.PROVIDER_REQUEST_HEADERS, *provider.forward_headers))
+    """What an attempt to ``provider`` keeps of the request's headers (before its key is set): with a
+    Messages body sent as it came (an Anthropic provider), the version and betas it was written for."""
+    as_sent = wire.ANTHROPIC_AS_SENT_HEADERS if provider.type == "anthropic" else ()
+    return frozenset((*wire.PROVIDER_REQUEST_HEADERS, *provider.forward_headers, *as_sent))
 
 
 def allow_list_filter(provider: ProviderConfig) -> extension_pb2.TypedExtensionConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 
-from control_plane.config.model import HapaxConfig
+from control_plane.config.model import HapaxConfig, ProviderConfig
 from control_plane.plan import Plan
 from control_plane.protobuf import ads
 from control_plane.tls import Certificate
@@ -56,6 +56,12 @@ def key_secrets(plan: Plan) -> list[secret_pb2.Secret]:
     config = plan.config
     return [
         secret_pb2.Secret(name=key_secret_name(name), generic_secret=secret_pb2.GenericSecret(
-            secret=base_pb2.DataSource(inline_string=f"Bearer {config.providers[name].api_key}")))
+            secret=base_pb2.DataSource(inline_string=key_header_value(config.providers[name]))))
         for name in sorted(plan.lane_providers) if config.providers[name].api_key
     ]
+
+
+def key_header_value(provider: ProviderConfig) -> str:
+    """What its key header carries: ``Bearer <key>`` in OpenAI's Authorization, the key alone in
+    Anthropic's x-api-key (passthrough.py: key_header)."""
+    return provider.api_key if provider.type == "anthropic" else f"Bearer {provider.api_key}"

@@ -31,6 +31,7 @@ from ext_proc.translators.anthropic_request import dropped_fields, messages_body
 from ext_proc.translators.anthropic_response import AnthropicResponseStage
 from ext_proc.translators.anthropic_tools import AnswerShape
 from ext_proc.translators.base import ProviderRequest, ResponseStage, Translator, dumps
+from hapax import wire
 from hapax.wire import Handler
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -49,10 +50,10 @@ class AnthropicTranslator(Translator):
                           code="unsupported_handler")
         dropped = dropped_fields(req.body)  # first: a refused field is the answer
         body = messages_body(req.body, provider.model, req.stream)
-        headers = {"anthropic-version": ANTHROPIC_VERSION, "content-type": "application/json"}
+        headers = {wire.ANTHROPIC_VERSION_HEADER: ANTHROPIC_VERSION, "content-type": "application/json"}
         if provider.api_key:
             headers["x-api-key"] = provider.api_key
-        return ProviderRequest(path=provider.base_path + "/v1/messages",
+        return ProviderRequest(path=provider.base_path + wire.ANTHROPIC_MESSAGES_PATH,
                                body=dumps(body).encode(), set_headers=headers, dropped=dropped)
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage:
@@ -60,7 +61,7 @@ class AnthropicTranslator(Translator):
                                       clock=self._clock, shape=AnswerShape.of(req.body))
 
     def health_probe(self, provider: Provider) -> ProviderRequest:
-        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        headers = {wire.ANTHROPIC_VERSION_HEADER: ANTHROPIC_VERSION}
         if provider.api_key:
             headers["x-api-key"] = provider.api_key
         return ProviderRequest(path=provider.base_path + "/v1/models", body=b"", set_headers=headers)

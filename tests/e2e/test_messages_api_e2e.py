@@ -7,13 +7,16 @@ to another before the first byte; Anthropic's error shape for what the gateway r
 
 from __future__ import annotations
 
+import json
+
 import anthropic
 import pytest
 
 from hapax.client_keys import new_key
 from hapax.fakes import FakeAnthropic, FakeOllama, FakeOpenAI
 from hapax.fakes.faults import Status
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, wait_for
+from tests.raw_http import send
 
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest", "ollama": "llama3.2"}
 WEATHER = {"name": "get_weather", "description": "The weather in a city",
@@ -76,7 +79,7 @@ def test_a_tool_call_round_trip_in_anthropics_blocks(client, kind):
     call = next(block for block in first.content if block.type == "tool_use")
     assert call.name == "get_weather" and isinstance(call.input, dict)
     answered = client.messages.create(model=MODELS[kind], max_tokens=64, tools=[WEATHER], messages=[
-        *ask, {"role": "assistant", "content": [block.model_dump() for block in first.content]},
+        *ask, {"role": "assistant", "content": first.content},  # as Anthropic's docs show: the blocks as they came
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "Sunny, 21 C"}]}])
     assert answered.stop_reason == "end_turn" and answered.content[0].type == "text"
 
@@ -124,3 +127,23 @@ def test_envoys_own_refusal_on_a_messages_route_is_anthropics_error_shape(fakes,
     allowed = anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0)  # x-api-key: the client key
     assert allowed.messages.create(model=MODELS["openai"], max_tokens=8,
                                    messages=[{"role": "user", "content": "x"}]).content[0].text
+
+
+def test_an_anthropic_providers_own_model_takes_the_lane_its_body_as_it_came(gateway, fakes):
+    """Anthropic to Anthropic: Envoy alone sends the body as the client wrote it (top_k, which no chat
+    can say, included), with the provider's key in x-api-key and the client's version header."""
+    fakes["anthropic"].reset()
+    body = json.dumps({"model": MODELS["anthropic"], "max_tokens": 32, "top_k": 5,
+                       "messages": [{"role": "user", "content": "as it came"}]}).encode()
+    before = gateway.metric_total("gen_ai_client_token_usage_sum", provider="anthropic")
+    answer = send(gateway, "POST", "/v1/messages", body,
+                  {"anthropic-version": "2023-06-01", "x-api-key": "the-clients-own"})
+    assert answer.status == 200 and answer.json()["type"] == "message"
+    [received] = fakes["anthropic"].requests
+    assert received.raw == body  # not re-encoded: the lane, not a translation
+    assert received.headers["x-api-key"] == "k" and received.headers["anthropic-version"] == "2023-06-01"
+    assert "authorization" not in received.headers
+    usage = answer.json()["usage"]
+    # Envoy read the answer's usage (its own names) for the metrics, as for OpenAI's lane.
+    wait_for(lambda: gateway.metric_total("gen_ai_client_token_usage_sum", provider="anthropic")
+             == before + usage["input_tokens"] + usage["output_tokens"], "the lane's tokens counted")

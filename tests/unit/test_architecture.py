@@ -110,7 +110,8 @@ NOT_GATEWAY_CODE = ("hapax/fakes/", "hapax/v1/", "hapax/wire.py")
 # a translator sets for its provider, the headers of every HTTP request, the name of the
 # product in logger names and Envoy's stat prefix, "provider" as a metric label.
 SHARED_VOCABULARY = {"hapax", "provider", "prompt_tokens", "completion_tokens", "prompt_tokens_details",
-                     "cached_tokens", "model", "stream", "include_usage", "metadata",
+                     "cached_tokens", "input_tokens", "output_tokens", "cache_read_input_tokens",
+                     "model", "stream", "include_usage", "metadata",
                      "authorization", "x-api-key", "api-key", "proxy-authorization",
                      "host", "content-type", "content-length", "accept", "accept-encoding",
                      "auto",  # also an OpenAI value (tool_choice, detail...), not only the model name

@@ -48,12 +48,14 @@ def config():
     return parse_config(CONFIG)
 
 
-def test_only_an_openai_providers_own_model_name_takes_the_lane():
+def test_a_providers_own_model_name_takes_the_lane_of_its_api():
     lanes = {lane.model: lane for lane in make_plan(config()).lane_models}
-    # Not "fast" (an alias, rewritten), not claude's model (another API).
-    assert sorted(lanes) == ["gpt-4o", "llama-3-8b"]
+    # Not "fast" (an alias, rewritten); claude's model on the Messages API's lane (its body as it came).
+    assert sorted(lanes) == ["claude-3-haiku", "gpt-4o", "llama-3-8b"]
+    claude = lanes["claude-3-haiku"]
+    assert (claude.api, claude.providers, claude.base_path) == ("anthropic", ("claude",), "")
     gpt = lanes["gpt-4o"]
-    assert gpt.first == "openai" and gpt.base_path == "/v1"
+    assert gpt.first == "openai" and gpt.base_path == "/v1" and gpt.api == "openai"
     # Same model and API path: attempts stay on the lane; "proxied" has another base path.
     assert gpt.providers == ("openai", "second")
     assert lanes["llama-3-8b"].providers == ("vllm",)
@@ -118,7 +120,8 @@ def test_routes_no_lane_request_can_take_do_not_parse_the_body_in_envoy():
         # Both lanes (the model lane serves /v1/completions too, and the standard
         # /v1/embeddings beside the configured routes has both) and the routes they are variants of.
         assert parsed == (route.HasField("route") and route.match.path in (
-            "/v1/chat/completions", "/v1/completions", "/v1/eng/chat/completions", "/v1/embeddings")), route.name
+            "/v1/chat/completions", "/v1/completions", "/v1/eng/chat/completions", "/v1/embeddings",
+            "/v1/messages")), route.name
 
 
 def _upstream_filters(cluster):
@@ -154,7 +157,7 @@ def test_a_lane_has_its_own_copy_of_the_chain_and_chains_run_only_the_upstream_s
     clusters = build_snapshot(config(), "v1", EXT_PROC).of_type(CLUSTER)
     lanes = sorted(name for name in clusters if name.startswith("lane."))
     # One per lane model and family (the standard embeddings route has its own), named after its provider.
-    assert lanes == ["lane.openai", "lane.openai.embeddings", "lane.vllm", "lane.vllm.embeddings"]
+    assert lanes == ["lane.claude", "lane.openai", "lane.openai.embeddings", "lane.vllm", "lane.vllm.embeddings"]
     for lane in lanes:
         chain = clusters["chain." + lane.removeprefix("lane.")]
         assert _aggregate_members(clusters[lane]) == _aggregate_members(chain)
@@ -168,8 +171,10 @@ def test_a_lane_has_its_own_copy_of_the_chain_and_chains_run_only_the_upstream_s
 def test_provider_keys_reach_envoy_only_as_sds_secrets_of_the_lane_providers():
     snap = build_snapshot(config(), "v1", EXT_PROC)
     secrets = snap.of_type(SECRET)
-    assert sorted(secrets) == ["hapax_key.openai", "hapax_key.second"]  # vllm has no key, the others no lane
+    # vllm has no key, proxied no lane; claude's is the Messages lane's, the key alone (its x-api-key).
+    assert sorted(secrets) == ["hapax_key.claude", "hapax_key.openai", "hapax_key.second"]
     assert secrets["hapax_key.second"].generic_secret.secret.inline_string == "Bearer sk-second-LANE"
+    assert secrets["hapax_key.claude"].generic_secret.secret.inline_string == "sk-ant-LANE"
     for type_url in (CLUSTER, LISTENER, ROUTE):
         for msg in snap.of_type(type_url).values():
             blob = msg.SerializeToString()

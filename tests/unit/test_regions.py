@@ -158,7 +158,9 @@ def test_the_lanes_lookups_pick_the_chain_by_pinned_client_then_region_header_th
     passthrough = plugins["hapax.passthrough.chat"]
     assert regional_lookup(passthrough, {"x-hapax-region": "eu"})["gpt-4o"] == "lane.openai-eu"
     assert regional_lookup(passthrough, {})["gpt-4o"] == "lane.openai-us"
-    assert set(regional_lookup(passthrough, {wire.KEY_ID_HEADER: ADS_KEY_ID}).values()) == {"lane.openai-eu@eu.only"}
+    assert regional_lookup(passthrough, {wire.KEY_ID_HEADER: ADS_KEY_ID})["gpt-4o"] == "lane.openai-eu@eu.only"
+    # Claude (no region: never a pinned request's) takes the region's chain, translated there.
+    assert regional_lookup(passthrough, {wire.KEY_ID_HEADER: ADS_KEY_ID})["claude-3-haiku"] == "chain.openai-eu@eu.only"
 
 
 def test_a_pinned_departments_lane_routes_use_its_regions_lookups_whatever_the_header():

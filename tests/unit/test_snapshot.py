@@ -36,9 +36,10 @@ UNAVAILABLE = "hapax_unavailable"
 def test_seed_example_becomes_one_cluster_per_provider_and_a_chain_per_first_provider():
     clusters = seed_snapshot().of_type(CLUSTER)
     # Anthropic serves no embeddings: openai's embeddings chain is openai alone. The standard
-    # chat and embeddings routes give openai's own model a lane of each.
+    # chat and embeddings routes give openai's own model a lane of each, the Messages route
+    # anthropic's its own.
     assert {"provider.anthropic", "provider.openai", "chain.anthropic", "chain.openai",
-            "chain.openai.embeddings", "lane.openai", "lane.openai.embeddings",
+            "chain.openai.embeddings", "lane.openai", "lane.openai.embeddings", "lane.anthropic",
             res.EXT_PROC_CLUSTER, res.EXT_PROC_HTTP_CLUSTER, UNAVAILABLE} == set(clusters)
     # Every chain ends in the member that says why none of its providers can serve.
     assert _aggregate_members(clusters["chain.anthropic"]) == ["provider.anthropic", "provider.openai", UNAVAILABLE]

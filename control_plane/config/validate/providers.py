@@ -49,7 +49,7 @@ _PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # provider names become Env
 # What the gateway appends to each type's base_url (ext_proc's translators; docs/configuration.md: base_url).
 _APPENDED_PATHS = {
     "openai": (wire.OPENAI_CHAT_PATH, wire.OPENAI_EMBEDDINGS_PATH, wire.OPENAI_MODELS_PATH),
-    "anthropic": ("/v1/messages", "/v1/models"),
+    "anthropic": (wire.ANTHROPIC_MESSAGES_PATH, "/v1/models"),
     "ollama": ("/api/chat", "/api/embed", "/api/tags"),
 }
 # Path endings that repeat what the gateway appends: its requests would get the provider's 404.
