@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, wrappers_pb2
@@ -36,6 +35,7 @@ from control_plane.protobuf import duration
 from control_plane.resources import regional
 from control_plane.resources.body_routing import METADATA_NAMESPACE, metadata_matcher, stream_matcher
 from control_plane.resources.model_lane import step_headers
+from control_plane.resources.names import set_header
 from hapax import wire
 
 EXPERIMENT_ROUTE_PREFIX = "experiment."
@@ -85,7 +85,7 @@ def _experiment_route(plan: Plan, experiment: ExperimentConfig, base: route_comp
 
 def _entry(experiment: str, variant: str, cluster: str,
            buckets: int) -> route_components_pb2.WeightedCluster.ClusterWeight:
-    names = [_set(wire.EXPERIMENT_HEADER, experiment), _set(wire.VARIANT_HEADER, variant)]
+    names = [set_header(wire.EXPERIMENT_HEADER, experiment), set_header(wire.VARIANT_HEADER, variant)]
     return route_components_pb2.WeightedCluster.ClusterWeight(
         name=cluster, weight=wrappers_pb2.UInt32Value(value=buckets),
         request_headers_to_add=names, response_headers_to_add=names)
@@ -98,8 +98,3 @@ def _sticky(experiment: ExperimentConfig) -> list[route_components_pb2.RouteActi
             header=route_components_pb2.RouteAction.HashPolicy.Header(header_name=name), terminal=True)
 
     return [*([header(experiment.sticky_header)] if experiment.sticky_header else []), header(wire.KEY_ID_HEADER)]
-
-
-def _set(key: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value),
-                                      append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)

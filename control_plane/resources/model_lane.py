@@ -66,6 +66,7 @@ from control_plane.resources.body_routing import (
     grouped,
     route_limits,
 )
+from control_plane.resources.names import set_header
 from hapax import wire
 
 MODEL_LANE = wire.Lane.MODEL
@@ -143,10 +144,5 @@ def _families(plan: Plan) -> list[str]:
 def step_headers(version: str) -> list[base_pb2.HeaderValueOption]:
     """What the router step would have told the upstream step: when the request started, and the
     runtime version it started under."""
-    return [_set(wire.START_HEADER, "%START_TIME(%s.%6f)%"),  # unix time, as the router step writes it
-            *([_set(wire.VERSION_HEADER, version)] if version else [])]
-
-
-def _set(key: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value),
-                                      append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
+    return [set_header(wire.START_HEADER, "%START_TIME(%s.%6f)%"),  # unix time, as the router step writes it
+            *([set_header(wire.VERSION_HEADER, version)] if version else [])]

@@ -110,12 +110,11 @@ def direct_json(status: int, message: str, err_type: str, code: str) -> route_co
     return route_components_pb2.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=body))
 
 
+def set_header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    """A header a route or reply sets, replacing any the request or answer had."""
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value),
+                                      append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
+
+
 def json_headers(extra: dict[str, str] | None = None) -> list[base_pb2.HeaderValueOption]:
-    headers = {"content-type": "application/json", **(extra or {})}
-    return [
-        base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key=k, value=v),
-            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-        )
-        for k, v in headers.items()
-    ]
+    return [set_header(k, v) for k, v in {"content-type": "application/json", **(extra or {})}.items()]
