@@ -111,6 +111,15 @@ def test_what_the_gateway_refuses_is_anthropics_error_shape(client):
     assert body["error"]["type"] == "invalid_request_error" and "max_tokens" in body["error"]["message"]
 
 
+def test_a_malformed_or_mistyped_messages_body_is_a_400_in_anthropics_shape_and_the_gateway_serves_on(gateway, client):
+    for raw in (b'{"model": "claude', b'[]', b'{"model": 7, "max_tokens": 8, "messages": []}'):
+        answer = send(gateway, "POST", "/v1/messages", raw, {"anthropic-version": "2023-06-01"})
+        assert answer.status == 400, raw
+        assert answer.json()["type"] == "error" and answer.json()["error"]["type"] == "invalid_request_error", raw
+    assert client.messages.create(model=MODELS["openai"], max_tokens=8,
+                                  messages=[{"role": "user", "content": "still here"}]).content[0].text
+
+
 def test_envoys_own_refusal_on_a_messages_route_is_anthropics_error_shape(fakes, start_gateway):
     """A missing key is refused by Envoy itself (the key check, before ext_proc): in Anthropic's shape."""
     key, line = new_key()
