@@ -343,10 +343,11 @@ def _lane_models(config: HapaxConfig, models: Iterable[OwnedModel],
     return tuple(lanes)
 
 
-# The handlers whose bodies a provider of a type takes as they are: OpenAI's chat and embeddings
-# (a legacy completion is always translated), Anthropic's Messages.
+# The handlers whose bodies a provider of a type takes as they are: OpenAI's chat, embeddings and
+# Responses (a legacy completion is always translated), Anthropic's Messages.
 LANE_HANDLERS: Mapping[str, tuple[str, ...]] = {
-    "openai": (wire.Handler.CHAT, wire.Handler.EMBEDDINGS), "anthropic": (wire.Handler.MESSAGES,)}
+    "openai": (wire.Handler.CHAT, wire.Handler.EMBEDDINGS, wire.Handler.RESPONSES),
+    "anthropic": (wire.Handler.MESSAGES,)}
 
 
 def _lane_families(config: HapaxConfig) -> dict[str, frozenset[str]]:

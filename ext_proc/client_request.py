@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ext_proc.errors import GatewayError, invalid
-from ext_proc.inbound import messages_request
+from ext_proc.inbound import messages_request, responses_request
 from hapax import wire
 from hapax.wire import Handler
 
@@ -39,6 +39,12 @@ class ClientRequest:
     model: str | None       # as requested; None or "auto" = preference order
     stream: bool
     body: dict[str, Any]    # canonical OpenAI body: chat completion or embeddings
+    # The body in the client's own API, when a provider type speaks that API itself (the
+    # Responses API: OpenAI's) and so takes it as it came (Translator.native_request).
+    as_sent: dict[str, Any] | None = None
+    # What in ``as_sent`` the canonical body cannot carry ("" if nothing): only a provider that
+    # speaks the client's API itself can serve the request.
+    untranslatable: str = ""
 
     @classmethod
     def as_read(cls, handler: Handler, model: str, stream: bool, include_usage: bool) -> ClientRequest:
@@ -71,6 +77,11 @@ def parse(handler: str, raw: bytes) -> ClientRequest:
     if handler == Handler.MESSAGES:  # Anthropic's shape in, the canonical chat the translators take
         chat = messages_request.chat_body(body)
         return ClientRequest(Handler.CHAT, chat["model"], bool(chat.get("stream")), chat)
+    if handler == Handler.RESPONSES:  # OpenAI's Responses API in: kept as it came for OpenAI, a chat for the rest
+        translated = responses_request.chat_body(body)
+        chat = translated.chat
+        return ClientRequest(Handler.CHAT, chat["model"], bool(chat.get("stream")), chat, body,
+                             translated.untranslatable)
     raise GatewayError(405, f"handler {handler!r} takes no request body", code="method_not_allowed")
 
 

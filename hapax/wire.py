@@ -188,6 +188,11 @@ PROMPT_DETAILS, CACHED_TOKENS = "prompt_tokens_details", "cached_tokens"
 # COMPLETION_TOKENS, CACHED_TOKENS) for a Messages body an Anthropic provider took as it came.
 ANTHROPIC_USAGE = {"input_tokens": PROMPT_TOKENS, "output_tokens": COMPLETION_TOKENS,
                    "cache_read_input_tokens": CACHED_TOKENS}
+# A Response's usage (OpenAI's Responses API, a body an OpenAI provider took as it came) names its
+# counts as Anthropic does, but for the cached ones. Both, as paths under ``usage``.
+INPUT_OUTPUT_USAGE: tuple[tuple[tuple[str, ...], str], ...] = (
+    *(((name,), key) for name, key in ANTHROPIC_USAGE.items()),
+    (("input_tokens_details", "cached_tokens"), CACHED_TOKENS))
 
 # ext_proc request attributes the control plane asks Envoy for, and ext_proc reads.
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"  # Envoy's key for them
@@ -264,6 +269,7 @@ class Handler(StrEnum):
     EMBEDDINGS = "embeddings"
     MODELS = "models"
     MESSAGES = "messages"  # Anthropic's Messages API, inbound: a chat to every provider
+    RESPONSES = "responses"  # OpenAI's Responses API, inbound: a chat to every provider but OpenAI's
 
 
 # Anthropic's error type for each status (its API documents these), for the errors the gateway
@@ -299,6 +305,7 @@ FAMILY_OF_HANDLER: Mapping[Handler, ModelFamily] = {
     Handler.COMPLETION: ModelFamily.CHAT,
     Handler.EMBEDDINGS: ModelFamily.EMBEDDINGS,
     Handler.MESSAGES: ModelFamily.CHAT,
+    Handler.RESPONSES: ModelFamily.CHAT,
 }
 
 
@@ -308,6 +315,7 @@ FAMILY_OF_HANDLER: Mapping[Handler, ModelFamily] = {
 OPENAI_CHAT_PATH = "/chat/completions"
 OPENAI_EMBEDDINGS_PATH = "/embeddings"
 OPENAI_MODELS_PATH = "/models"
+OPENAI_RESPONSES_PATH = "/responses"  # the Responses API: an OpenAI provider takes its requests as they are
 # Each handler an OpenAI server serves; a legacy completion is sent as a chat.
 OPENAI_PATHS: Mapping[Handler, str] = {
     Handler.CHAT: OPENAI_CHAT_PATH,
@@ -370,6 +378,7 @@ class AdmissionEntry(StrEnum):
     BYTES = "bytes"                  # content-length: the input's size, for its token estimate
     MAX_TOKENS = "max_tokens"        # the body's limits on the answer (json_to_metadata)
     MAX_COMPLETION_TOKENS = "max_completion_tokens"
+    MAX_OUTPUT_TOKENS = "max_output_tokens"  # the Responses API's
     REGION = "region"                # with regions: the (trusted) region header, which picks the chain
     COUNTRY = "country"              # with regions.geoip: GEO_COUNTRY_HEADER
 

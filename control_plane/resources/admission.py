@@ -40,7 +40,8 @@ QUEUE_TIMEOUT_MARGIN_SECONDS = 5.0
 # refuse them). The check is one store round trip; a second bounds a stalled store.
 CHECK_TIMEOUT_SECONDS = 1.0
 # What json_to_metadata reads of a request body for the reservation (passthrough.py).
-RESERVATION_BODY_FIELDS = (AdmissionEntry.MAX_TOKENS, AdmissionEntry.MAX_COMPLETION_TOKENS)
+RESERVATION_BODY_FIELDS = (AdmissionEntry.MAX_TOKENS, AdmissionEntry.MAX_COMPLETION_TOKENS,
+                           AdmissionEntry.MAX_OUTPUT_TOKENS)
 
 # Envoy's reason for the 503 of a check that failed (failure_mode_deny), which listeners.py words.
 CHECK_FAILED_DETAILS = "rate_limiter_error"

@@ -94,7 +94,7 @@ LANE_FILTER = "hapax.passthrough"
 # Keyed by the config's handler names (a wire.Handler is one).
 HANDLER_PATHS: dict[str, str] = {
     **{handler: wire.OPENAI_PATHS[handler] for handler in (wire.Handler.CHAT, wire.Handler.EMBEDDINGS)},
-    wire.Handler.MESSAGES: wire.ANTHROPIC_MESSAGES_PATH}
+    wire.Handler.RESPONSES: wire.OPENAI_RESPONSES_PATH, wire.Handler.MESSAGES: wire.ANTHROPIC_MESSAGES_PATH}
 ALS_BUFFER_BYTES = 64 * 1024
 _JSON = regex_pb2.RegexMatcher(regex=r"^application/json(;.*)?$")
 
@@ -130,7 +130,8 @@ def json_to_metadata_filter(*, reservations: bool = False, ledger: bool = False)
                 rule(["stream_options", "include_usage"], REQUEST_NAMESPACE, wire.BODY_INCLUDE_USAGE),
                 # As strings: a rate limit descriptor takes only a string from metadata.
                 *(rule([field], REQUEST_NAMESPACE, field, typ=JTM.STRING)
-                  for field in (wire.AdmissionEntry.MAX_TOKENS, wire.AdmissionEntry.MAX_COMPLETION_TOKENS)
+                  for field in (wire.AdmissionEntry.MAX_TOKENS, wire.AdmissionEntry.MAX_COMPLETION_TOKENS,
+                                wire.AdmissionEntry.MAX_OUTPUT_TOKENS)
                   if reservations),
             ]),
         response_rules=JTM.MatchRules(
@@ -139,8 +140,9 @@ def json_to_metadata_filter(*, reservations: bool = False, ledger: bool = False)
                      for key in (wire.PROMPT_TOKENS, wire.COMPLETION_TOKENS)),
                    *([rule(["usage", wire.PROMPT_DETAILS, wire.CACHED_TOKENS], wire.USAGE_NAMESPACE,
                            wire.CACHED_TOKENS)] if ledger else []),
-                   # An Anthropic answer (a Messages body sent as it came): the same counts, its names.
-                   *(rule(["usage", field], wire.USAGE_NAMESPACE, key) for field, key in wire.ANTHROPIC_USAGE.items()
+                   # An Anthropic answer or a Response (a Messages or Responses body sent as it came):
+                   # the same counts, their names.
+                   *(rule(["usage", *fields], wire.USAGE_NAMESPACE, key) for fields, key in wire.INPUT_OUTPUT_USAGE
                      if key != wire.CACHED_TOKENS or ledger)]),
     )
     return hcm_pb2.HttpFilter(name=JSON_TO_METADATA_FILTER, typed_config=pack(config))

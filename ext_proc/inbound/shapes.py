@@ -5,26 +5,30 @@ from __future__ import annotations
 
 import json
 
+from ext_proc.client_request import ClientRequest
 from ext_proc.errors import GatewayError
 from ext_proc.inbound.completions import TextCompletionStage
 from ext_proc.inbound.messages_answer import MessagesStage
 from ext_proc.inbound.messages_request import error_body as messages_error_body
 from ext_proc.inbound.messages_request import error_json
+from ext_proc.inbound.responses_answer import ResponsesStage
 from ext_proc.translators.base import ResponseStage
 from hapax.wire import Handler
 
 
 def canonical_handler(handler: str) -> str:
-    """The API a provider translator serves for a route's handler: Messages requests are chats."""
-    return Handler.CHAT if handler == Handler.MESSAGES else handler
+    """The API a provider translator serves for a route's handler: Messages and Responses requests are chats."""
+    return Handler.CHAT if handler in (Handler.MESSAGES, Handler.RESPONSES) else handler
 
 
-def answer_shape(handler: str) -> ResponseStage | None:
+def answer_shape(handler: str, req: ClientRequest) -> ResponseStage | None:
     """The stage that turns a canonical answer into the route's API's, if it has its own."""
     if handler == Handler.COMPLETION:
         return TextCompletionStage()
     if handler == Handler.MESSAGES:
         return MessagesStage()
+    if handler == Handler.RESPONSES:
+        return ResponsesStage(req.as_sent or {})
     return None
 
 

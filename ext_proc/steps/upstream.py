@@ -134,9 +134,25 @@ class Attempt:
         """Where this attempt goes, and its credentials."""
         return {":path": out.path, ":authority": self.provider.host, **out.set_headers}
 
+    def speaks_natively(self, req: ClientRequest) -> bool:
+        """Whether this attempt's provider speaks the client's own API (OpenAI the Responses API)."""
+        return req.as_sent is not None and self.handler in translator_for(self.provider.type).native
+
+    def provider_request(self, req: ClientRequest) -> ProviderRequest:
+        translator = translator_for(self.provider.type)
+        if self.speaks_natively(req):
+            assert req.as_sent is not None
+            return translator.native_request(Handler(self.handler), req.as_sent, self.provider)
+        if req.untranslatable:
+            raise GatewayError(400, f"Provider '{self.provider.name}' ({self.provider.type}) cannot serve this "
+                               f"request: {req.untranslatable}.", code="untranslatable_request")
+        return translator.request(req, self.provider)
+
     def response_stage(self, req: ClientRequest) -> ResponseStage | None:
+        if self.speaks_natively(req):
+            return translator_for(self.provider.type).native_response(Handler(self.handler), self.provider)
         stage = translator_for(self.provider.type).response(req, self.provider)
-        shape = answer_shape(self.handler)  # the route's API's, when it is not the canonical one
+        shape = answer_shape(self.handler, req)  # the route's API's, when it is not the canonical one
         if shape is None:
             return stage
         return shape if stage is None else ChainedStage(stage, shape)
@@ -260,7 +276,7 @@ class UpstreamStep(Step):
         # through Envoy cheaper than the JSON itself.
         req = client_request.parse(attempt.handler, msg.body)
         attempt = self.attempt = attempt.serving(req)
-        out = translator_for(attempt.provider.type).request(req, attempt.provider)
+        out = attempt.provider_request(req)
         assert out.body is not None  # a translated request always has a body
         self.stage = attempt.response_stage(req)
         self.dropped = out.dropped

@@ -130,6 +130,11 @@ class ConvertingResponseStage(ResponseStage):
 class Translator(ABC):
     type: ClassVar[str]
     handlers: ClassVar[frozenset[Handler]]
+    # The client APIs besides the canonical ones this provider speaks itself (OpenAI: the Responses
+    # API): a request in one goes to it as the client sent it, but for its model (native_request),
+    # and the answer comes back as the provider gave it (native_response). Every other provider
+    # gets the canonical request its translator translates.
+    native: ClassVar[frozenset[Handler]] = frozenset()
 
     @abstractmethod
     def request(self, req: ClientRequest, provider: Provider) -> ProviderRequest:
@@ -146,6 +151,14 @@ class Translator(ABC):
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage | None:
         """None when the provider's answer reaches the client untouched."""
         return None
+
+    def native_request(self, api: Handler, body: dict[str, Any], provider: Provider) -> ProviderRequest:
+        """The request in the client's own API ``api`` (one of ``native``), to this provider."""
+        raise NotImplementedError(f"{self.type} speaks no client API of its own")
+
+    def native_response(self, api: Handler, provider: Provider) -> ResponseStage:
+        """The stage that reads (and passes) this provider's answer in ``api``."""
+        raise NotImplementedError(f"{self.type} speaks no client API of its own")
 
     @abstractmethod
     def health_probe(self, provider: Provider) -> ProviderRequest:

@@ -11,6 +11,7 @@ is the gateway's base_url or model, and becomes a 502 naming the provider.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from ext_proc.client_request import ClientRequest
 from ext_proc.outcomes import StreamOutcome
@@ -25,6 +26,7 @@ from ext_proc.translators.base import (
     provider_not_found,
 )
 from ext_proc.translators.openai_chunks import DONE, error_event
+from ext_proc.translators.openai_responses import ResponsesPassStage
 from hapax import wire
 from hapax.wire import Handler
 
@@ -37,6 +39,7 @@ BASE_URL_CONVENTION = ("an openai-type base_url ends in the API's version, as ht
 class OpenAITranslator(Translator):
     type = "openai"
     handlers = frozenset(PATHS)
+    native = frozenset({Handler.RESPONSES})
 
     def request(self, req: ClientRequest, provider: Provider) -> ProviderRequest:
         body = dict(req.body)
@@ -60,6 +63,15 @@ class OpenAITranslator(Translator):
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage | None:
         return OpenAIResponseStage(provider, include_usage=req.include_usage)
+
+    def native_request(self, api: Handler, body: dict[str, Any], provider: Provider) -> ProviderRequest:
+        # A Responses stream always ends with its usage (response.completed): nothing to ask for.
+        return ProviderRequest(path=provider.base_path + wire.OPENAI_RESPONSES_PATH,
+                               body=dumps({**body, "model": provider.model}).encode(),
+                               set_headers=_credentials(provider))
+
+    def native_response(self, api: Handler, provider: Provider) -> ResponseStage:
+        return ResponsesPassStage(provider)
 
     def health_probe(self, provider: Provider) -> ProviderRequest:
         return ProviderRequest(path=provider.base_path + wire.OPENAI_MODELS_PATH, body=b"",

@@ -141,6 +141,7 @@ def test_defaults_when_optional_keys_are_absent():
         ("/v1/embeddings", "embeddings", "v1"),
         ("/v1/models", "models", "v1"),
         ("/v1/messages", "messages", "v1"),
+        ("/v1/responses", "responses", "v1"),
     ]
     assert config.provider_preference == ("openai",)
     assert config.providers["openai"].timeout == 60.0
@@ -669,9 +670,9 @@ def test_unknown_handler_lists_handlers_and_suggests_one():
 
     assert found == {
         "routes[0].handler": "unknown handler 'chta' (expected one of: chat, completion, embeddings, models, "
-                             "messages); did you mean 'chat'?"
+                             "messages, responses); did you mean 'chat'?"
     }
-    assert HANDLERS == ("chat", "completion", "embeddings", "models", "messages")
+    assert HANDLERS == ("chat", "completion", "embeddings", "models", "messages", "responses")
 
 
 def test_department_routes_add_to_the_standard_openai_routes():
@@ -739,6 +740,7 @@ def test_route_lines_name_each_path_its_handler_and_where_it_comes_from():
         "/v1/completions        completion (standard)",
         "/v1/embeddings         embeddings (standard)",
         "/v1/messages           messages (standard)",
+        "/v1/responses          responses (standard)",
     ]
 
 
@@ -965,7 +967,7 @@ def test_load_config_reads_the_file_and_names_it_as_source(tmp_path):
     assert config.source == str(path)
     assert summarize(config) == (
         f"{path}: valid — 2 providers (anthropic, openai), preference anthropic > openai, "
-        "6 routes, listening on 0.0.0.0:8080"
+        "7 routes, listening on 0.0.0.0:8080"
     )
 
 

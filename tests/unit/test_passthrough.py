@@ -121,7 +121,7 @@ def test_routes_no_lane_request_can_take_do_not_parse_the_body_in_envoy():
         # /v1/embeddings beside the configured routes has both) and the routes they are variants of.
         assert parsed == (route.HasField("route") and route.match.path in (
             "/v1/chat/completions", "/v1/completions", "/v1/eng/chat/completions", "/v1/embeddings",
-            "/v1/messages")), route.name
+            "/v1/messages", "/v1/responses")), route.name
 
 
 def _upstream_filters(cluster):
