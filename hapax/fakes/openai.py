@@ -1,4 +1,4 @@
-"""Fake OpenAI API: chat completions, legacy completions, embeddings and models."""
+"""Fake OpenAI API: chat completions, the Responses API, legacy completions, embeddings and models."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from .content import (
     text_of,
     tool_arguments,
 )
+from .openai_responses import ResponsesEndpoint
 
 _FINGERPRINT = "fp_hapax_fake"
 _DONE = b"data: [DONE]\n\n"
@@ -49,7 +50,7 @@ class _Turn:
 
 
 class FakeOpenAI(FakeProvider):
-    """Chat and legacy completions (both streaming), embeddings and the model list."""
+    """Chat, Responses and legacy completions (all streaming), embeddings and the model list."""
 
     label = "fake-openai"
     default_model = "gpt-4o-mini"
@@ -78,6 +79,9 @@ class FakeOpenAI(FakeProvider):
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post("/v1/chat/completions", self._chat),
+            # The Responses API serves the same chat models, so the account's model check is chat's.
+            web.post("/v1/responses", ResponsesEndpoint(self, lambda model: self._check_model(model, "chat"),
+                                                        _body).create),
             web.post("/v1/completions", self._completions),
             web.post("/v1/embeddings", self._embeddings),
             web.get("/v1/models", self._models),
