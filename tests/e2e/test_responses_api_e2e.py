@@ -1,0 +1,159 @@
+"""Clients written for OpenAI's Responses API, pointed at Hapax: the official ``openai`` SDK's
+``responses.create``.
+
+JSON and stream against each provider type: to OpenAI the body goes as the client wrote it (its
+lane, or the upstream step's native request), to Anthropic and Ollama it is translated through
+the canonical chat; a function-calling round trip; a failover from OpenAI to Anthropic before the
+first byte; what only OpenAI can serve (state it holds) refused by name elsewhere; errors in
+OpenAI's shape; tokens counted as a chat's.
+"""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from hapax.fakes import FakeAnthropic, FakeOllama, FakeOpenAI
+from hapax.fakes.faults import Status
+from tests.conftest import gateway_config, wait_for
+from tests.raw_http import send
+
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest", "ollama": "llama3.2"}
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city", "strict": True,
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                          "additionalProperties": False}}
+
+
+@pytest.fixture(scope="module")
+def fakes(fake_host):
+    with fake_host.serving(FakeOpenAI(api_key="k", model=MODELS["openai"]),
+                           FakeAnthropic(api_key="k", model=MODELS["anthropic"]),
+                           FakeOllama(model=MODELS["ollama"])) as (openai_fake, anthropic_fake, ollama_fake):
+        yield {"openai": openai_fake, "anthropic": anthropic_fake, "ollama": ollama_fake}
+
+
+@pytest.fixture(scope="module")
+def gateway(fakes, start_gateway):
+    providers = {kind: {"type": kind, "model": MODELS[kind], "base_url": fake.base_url,
+                        **({"api_key": "k"} if kind != "ollama" else {})} for kind, fake in fakes.items()}
+    return start_gateway(gateway_config(providers, preference=["openai", "anthropic", "ollama"]))
+
+
+@pytest.fixture()
+def client(gateway, fakes) -> openai.OpenAI:
+    for fake in fakes.values():
+        fake.reset()
+        fake.clear_faults()
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_responses_create_is_answered_by_each_provider_type_with_usage(client, fakes, kind):
+    response = client.responses.create(model=MODELS[kind], instructions="Be brief.", input="Say hello",
+                                       max_output_tokens=64)
+    assert response.object == "response" and response.status == "completed"
+    assert response.output_text and response.output[0].type == "message"
+    assert response.usage is not None and response.usage.input_tokens > 0 and response.usage.output_tokens > 0
+    assert response.instructions == "Be brief."  # the Response echoes the request, translated or not
+    [received] = fakes[kind].requests  # the named model's provider answered
+    if kind == "openai":  # it speaks the Responses API: the client's own body
+        assert received.path == "/v1/responses" and received.body["instructions"] == "Be brief."
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_a_responses_stream_carries_the_event_sequence_and_the_final_usage(client, fakes, kind):
+    stream = client.responses.create(model=MODELS[kind], input="Tell me a story", stream=True)
+    events = list(stream)
+    kinds = [event.type for event in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert {"response.output_item.added", "response.output_text.delta", "response.output_item.done"} <= set(kinds)
+    assert [event.sequence_number for event in events] == sorted(event.sequence_number for event in events)
+    text = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    final = events[-1].response
+    assert text and final.output_text == text
+    assert final.usage is not None and final.usage.output_tokens > 0
+    assert len(fakes[kind].requests) == 1
+
+
+# The Ollama fake answers no tool calls (hapax/fakes/ollama.py): its translator's are tested on their own.
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_function_call_round_trip_in_responses_items(client, kind):
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    first = client.responses.create(model=MODELS[kind], input=ask, tools=[WEATHER])
+    call = next(item for item in first.output if item.type == "function_call")
+    assert call.name == "get_weather" and isinstance(json.loads(call.arguments), dict)
+    answered = client.responses.create(model=MODELS[kind], tools=[WEATHER], input=[
+        *ask, *[item.model_dump(exclude_none=True) for item in first.output],  # the items as they came
+        {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 21 C"}])
+    assert answered.status == "completed" and answered.output_text
+
+
+def test_streamed_function_arguments_arrive_as_their_deltas(client):
+    events = list(client.responses.create(model=MODELS["anthropic"], input="Weather in Oslo?", tools=[WEATHER],
+                                          stream=True))
+    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    done = next(e for e in events if e.type == "response.function_call_arguments.done")
+    assert deltas and json.loads(deltas) == json.loads(done.arguments)
+    [call] = [item for item in events[-1].response.output if item.type == "function_call"]
+    assert call.name == "get_weather" and json.loads(call.arguments) == json.loads(deltas)
+
+
+def test_an_openai_providers_own_model_takes_the_lane_its_body_as_it_came(gateway, fakes, client):
+    body = json.dumps({"model": MODELS["openai"], "input": "as it came", "store": False,
+                       "include": ["message.output_text.logprobs"], "top_logprobs": 2}).encode()
+    before = gateway.metric_total("gen_ai_client_token_usage_sum", provider="openai")
+    answer = send(gateway, "POST", "/v1/responses", body, {"authorization": "Bearer the-clients-own"})
+    assert answer.status == 200 and answer.json()["object"] == "response"
+    [received] = fakes["openai"].requests
+    assert received.raw == body  # not re-encoded: Envoy alone, as for a chat
+    assert received.headers["authorization"] == "Bearer k"
+    usage = answer.json()["usage"]
+    wait_for(lambda: gateway.metric_total("gen_ai_client_token_usage_sum", provider="openai")
+             == before + usage["input_tokens"] + usage["output_tokens"], "the lane's tokens counted")
+
+
+def test_a_stream_to_openai_goes_as_the_client_wrote_it_and_its_tokens_are_counted(gateway, fakes, client):
+    before = gateway.metric_total("gen_ai_client_token_usage_sum", provider="openai")
+    events = list(client.responses.create(model=MODELS["openai"], input="count me", stream=True,
+                                          reasoning={"summary": "auto"}, truncation="auto"))
+    [received] = fakes["openai"].requests
+    assert received.path == "/v1/responses"
+    assert received.body["reasoning"] == {"summary": "auto"} and received.body["truncation"] == "auto"
+    usage = events[-1].response.usage
+    wait_for(lambda: gateway.metric_total("gen_ai_client_token_usage_sum", provider="openai")
+             == before + usage.input_tokens + usage.output_tokens, "the stream's tokens counted")
+
+
+def test_failover_crosses_from_openai_to_anthropic_before_the_first_byte(client, fakes):
+    fakes["openai"].inject(Status(500), times=None, method="POST")
+    response = client.responses.create(model=MODELS["openai"], input="Still there?")
+    assert response.output_text and response.usage.output_tokens > 0
+    assert len(fakes["anthropic"].requests) == 1  # the next of the chain, translated
+    stream = list(client.responses.create(model=MODELS["openai"], input="And streaming?", stream=True))
+    assert stream[-1].type == "response.completed" and len(fakes["anthropic"].requests) == 2
+
+
+def test_what_only_openai_holds_goes_to_openai_and_is_refused_by_name_elsewhere(client, fakes):
+    # OpenAI holds its responses: the id reaches it (and the fake, which keeps none, says so).
+    with pytest.raises(openai.BadRequestError) as at_openai:
+        client.responses.create(model=MODELS["openai"], input="go on", previous_response_id="resp_abc")
+    assert at_openai.value.code == "previous_response_not_found" and len(fakes["openai"].requests) == 1
+    # An Anthropic model cannot continue OpenAI's state: a 400 saying why, the provider never asked.
+    with pytest.raises(openai.BadRequestError) as elsewhere:
+        client.responses.create(model=MODELS["anthropic"], input="go on", previous_response_id="resp_abc")
+    assert elsewhere.value.code == "untranslatable_request"
+    assert "previous_response_id" in elsewhere.value.message and "keeps no responses" in elsewhere.value.message
+    assert fakes["anthropic"].requests == []
+
+
+def test_what_the_gateway_refuses_is_openais_error_shape_and_it_serves_on(gateway, client):
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=MODELS["anthropic"], input="x", max_output_tokens=4)
+    assert refused.value.status_code == 400 and refused.value.param == "max_output_tokens"
+    for raw in (b'{"model": "gpt', b"[]", b'{"model": 7, "input": "x"}'):
+        answer = send(gateway, "POST", "/v1/responses", raw, {})
+        assert answer.status == 400, raw
+        assert answer.json()["error"]["type"] == "invalid_request_error", raw
+    assert client.responses.create(model=MODELS["ollama"], input="still here").output_text
