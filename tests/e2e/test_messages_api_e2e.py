@@ -156,3 +156,26 @@ def test_an_anthropic_providers_own_model_takes_the_lane_its_body_as_it_came(gat
     # Envoy read the answer's usage (its own names) for the metrics, as for OpenAI's lane.
     wait_for(lambda: gateway.metric_total("gen_ai_client_token_usage_sum", provider="anthropic")
              == before + usage["input_tokens"] + usage["output_tokens"], "the lane's tokens counted")
+
+
+def test_a_client_written_for_anthropic_is_answered_by_an_openai_only_gateway_with_usage(fakes, start_gateway):
+    """Claude Code and the like name Claude models: the operator's alias maps one to an OpenAI model."""
+    config = gateway_config({"openai": {"type": "openai", "model": MODELS["openai"], "api_key": "k",
+                                        "base_url": fakes["openai"].base_url, "aliases": ["claude-sonnet-4-5"]}})
+    gateway = start_gateway(config)
+    fakes["openai"].reset()
+    client = anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0, timeout=30)
+    message = client.messages.create(model="claude-sonnet-4-5", max_tokens=64,
+                                     messages=[{"role": "user", "content": "Who answers?"}])
+    assert message.content[0].type == "text" and "fake-openai" in message.content[0].text
+    assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
+    [received] = fakes["openai"].requests
+    assert received.path == "/v1/chat/completions" and received.body["model"] == MODELS["openai"]
+    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=64,
+                                messages=[{"role": "user", "content": "And streaming?"}]) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].text and final.usage.output_tokens > 0
+    # A Claude model nobody configured is Anthropic's not_found_error, which the SDK reads.
+    with pytest.raises(anthropic.NotFoundError) as unknown:
+        client.messages.create(model="claude-opus-4-1", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+    assert unknown.value.body["error"]["type"] == "not_found_error"
