@@ -419,8 +419,8 @@ class ExperimentConfig:
         return route.handler in EXPERIMENT_HANDLERS and (not self.routes or route.path in self.routes)
 
 
-# Experiments compare chat answers: what a chat or legacy completion request is sent.
-EXPERIMENT_HANDLERS = (wire.Handler.CHAT, wire.Handler.COMPLETION)
+# Experiments compare chat answers: what a chat, legacy completion, Messages or Responses request is sent.
+EXPERIMENT_HANDLERS = (wire.Handler.CHAT, wire.Handler.COMPLETION, wire.Handler.MESSAGES, wire.Handler.RESPONSES)
 
 
 @dataclass(frozen=True)

@@ -252,7 +252,8 @@ class UpstreamStep(Step):
                       headers: Mapping[str, str]) -> pb.ProcessingResponse | None:
         """On the model lane, what Envoy read of the body may show the provider takes it as it is:
         then only the path and headers change, and the body is not sent here."""
-        if attempt.lane != Lane.MODEL or not body.model or body.stream is None:
+        if (attempt.lane != Lane.MODEL or not body.model or body.stream is None
+                or canonical_handler(attempt.handler) != attempt.handler):  # an experiment's Messages or Responses
             return None
         req = ClientRequest.as_read(Handler(attempt.handler), body.model, body.stream, body.include_usage)
         attempt = self.attempt = attempt.serving(req)

@@ -219,3 +219,30 @@ def test_a_client_cannot_claim_a_variant_outside_an_experiment(gateway, fakes):
     assert all(not k.startswith("x-hapax-") for k in openai_fake.requests[0].headers)
     time.sleep(0.6)  # an access log flush
     assert served(gateway, "b") == before
+
+
+def test_messages_and_responses_clients_are_in_the_experiment_each_answered_in_its_own_api(gateway, fakes):
+    """The same users on the Messages and Responses APIs: Envoy gives each the variant it gives their chats,
+    each variant's provider is sent the variant's model, and every answer is in the client's API."""
+    openai_fake, anthropic_fake = fakes
+    users = [f"api-user-{n}" for n in range(60)]
+    expected = {user: predicted((90, 10)).assign({"x-user-id": user}).name for user in users}
+    assert set(expected.values()) == {"a", "b"}  # both variants are exercised
+    for path, body, kind in (
+            ("/v1/messages", {"model": "summary", "max_tokens": 32,
+                              "messages": [{"role": "user", "content": "summarise"}]}, "message"),
+            ("/v1/responses", {"model": "summary", "input": "summarise"}, "response")):
+        openai_fake.reset(), anthropic_fake.reset()
+        connection = connect(gateway)
+        try:
+            answers = {user: send(gateway, "POST", path, body, {"x-user-id": user}, connection) for user in users}
+        finally:
+            connection.close()
+        assert {a.status for a in answers.values()} == {200}, path
+        assert {user: a.headers[wire.VARIANT_HEADER] for user, a in answers.items()} == expected, path
+        assert {(a.json().get("type") or a.json().get("object")) for a in answers.values()} == {kind}, path
+        assert [r.body["model"] for r in openai_fake.requests] == ["gpt-4o"] * sum(
+            1 for v in expected.values() if v == "b"), path
+        assert len(anthropic_fake.requests) == sum(1 for v in expected.values() if v == "a"), path
+    # The Responses API's variant b went to OpenAI as the client wrote it, its model aside.
+    assert {r.path for r in openai_fake.requests} == {"/v1/responses"}
