@@ -15,9 +15,13 @@ from typing import Any
 
 from ext_proc.errors import GatewayError, invalid
 from ext_proc.inbound import messages_request, responses_request
+from ext_proc.inbound.translated import Translated
 from hapax import wire
 from hapax.wire import Handler
 
+# The client APIs besides OpenAI's, each with what makes the canonical chat of its requests.
+INBOUND: dict[str, Callable[[dict[str, Any]], Translated]] = {
+    Handler.MESSAGES: messages_request.chat_body, Handler.RESPONSES: responses_request.chat_body}
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 AUTO_MODELS = frozenset({"", wire.AUTO_MODEL})
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
@@ -39,8 +43,8 @@ class ClientRequest:
     model: str | None       # as requested; None or "auto" = preference order
     stream: bool
     body: dict[str, Any]    # canonical OpenAI body: chat completion or embeddings
-    # The body in the client's own API, when a provider type speaks that API itself (the
-    # Responses API: OpenAI's) and so takes it as it came (Translator.native_request).
+    # The body in the client's own API, when a provider type speaks that API itself (Anthropic
+    # the Messages API, OpenAI the Responses API) and so takes it as it came (Translator.native_request).
     as_sent: dict[str, Any] | None = None
     # What in ``as_sent`` the canonical body cannot carry ("" if nothing): only a provider that
     # speaks the client's API itself can serve the request.
@@ -74,11 +78,8 @@ def parse(handler: str, raw: bytes) -> ClientRequest:
     if handler == Handler.EMBEDDINGS:
         _check_embeddings(body)
         return ClientRequest(Handler.EMBEDDINGS, model, False, body)
-    if handler == Handler.MESSAGES:  # Anthropic's shape in, the canonical chat the translators take
-        chat = messages_request.chat_body(body)
-        return ClientRequest(Handler.CHAT, chat["model"], bool(chat.get("stream")), chat)
-    if handler == Handler.RESPONSES:  # OpenAI's Responses API in: kept as it came for OpenAI, a chat for the rest
-        translated = responses_request.chat_body(body)
+    if handler in INBOUND:  # another API's shape in: kept as it came for its own provider, a chat for the rest
+        translated = INBOUND[handler](body)
         chat = translated.chat
         return ClientRequest(Handler.CHAT, chat["model"], bool(chat.get("stream")), chat, body,
                              translated.untranslatable)

@@ -14,14 +14,17 @@ import json
 from typing import Any
 
 from ext_proc.errors import GatewayError, invalid
+from ext_proc.inbound.translated import Translated, untranslatable
 from hapax import wire
 
 ROLES = ("user", "assistant")
 TOOL_CHOICES = ("auto", "any", "tool", "none")
-# Fields of a Messages request that only tune Anthropic's own service, with no chat equivalent.
-IGNORED = frozenset({"service_tier", "container", "mcp_servers", "context_management"})
+# Fields of a Messages request that only tune Anthropic's own service: a translation drops them.
+IGNORED = frozenset({"service_tier", "context_management"})
+# Fields only Anthropic can serve (it runs the container, calls the MCP servers).
+ANTHROPIC_RUN = ("container", "mcp_servers")
 KNOWN = frozenset({"model", "messages", "max_tokens", "system", "stream", "temperature", "top_p", "top_k",
-                   "stop_sequences", "tools", "tool_choice", "metadata", "thinking"}) | IGNORED
+                   "stop_sequences", "tools", "tool_choice", "metadata", "thinking"}) | IGNORED | set(ANTHROPIC_RUN)
 
 
 def error_json(status: int, message: str) -> dict[str, Any]:
@@ -32,7 +35,7 @@ def error_body(err: GatewayError) -> bytes:
     return json.dumps(error_json(err.status, err.message)).encode()
 
 
-def chat_body(body: dict[str, Any]) -> dict[str, Any]:
+def chat_body(body: dict[str, Any]) -> Translated:
     """The canonical OpenAI chat body of a Messages request; a 400 for what Anthropic's API refuses."""
     unknown = sorted(set(body) - KNOWN)
     if unknown:
@@ -53,7 +56,8 @@ def chat_body(body: dict[str, Any]) -> dict[str, Any]:
     if stream:  # the usage chunk is what message_delta's usage comes from
         chat.update(stream=True, stream_options={"include_usage": True})
     _sampling(body, chat)
-    _tools(body, chat)
+    reasons = [f"'{name}'" for name in ANTHROPIC_RUN if body.get(name)]
+    _tools(body, chat, reasons)
     metadata = body.get("metadata")
     user = metadata.get("user_id") if isinstance(metadata, dict) else None
     if isinstance(user, str) and user:
@@ -61,7 +65,7 @@ def chat_body(body: dict[str, Any]) -> dict[str, Any]:
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
         chat["reasoning_effort"] = _effort(thinking.get("budget_tokens"))
-    return chat
+    return Translated(chat, untranslatable(reasons, "Messages API", "Anthropic runs it"))
 
 
 def _system(system: Any) -> list[dict[str, Any]]:
@@ -190,12 +194,19 @@ def _sampling(body: dict[str, Any], chat: dict[str, Any]) -> None:
             chat["stop"] = stops
 
 
-def _tools(body: dict[str, Any], chat: dict[str, Any]) -> None:
+def _tools(body: dict[str, Any], chat: dict[str, Any], reasons: list[str]) -> None:
     tools = body.get("tools")
     if tools is not None:
         if not isinstance(tools, list):
             raise invalid("tools: Input should be a valid list", param="tools")
-        chat["tools"] = [_tool(t, i) for i, t in enumerate(tools)]
+        functions = []
+        for i, tool in enumerate(tools):
+            if isinstance(tool, dict) and tool.get("type") not in (None, "custom"):
+                reasons.append(f"the server tool {tool['type']!r}")  # Anthropic runs it
+            else:
+                functions.append(_tool(tool, i))
+        if functions:
+            chat["tools"] = functions
     choice = body.get("tool_choice")
     if choice is None:
         return
@@ -213,9 +224,6 @@ def _tools(body: dict[str, Any], chat: dict[str, Any]) -> None:
 def _tool(tool: Any, i: int) -> dict[str, Any]:
     if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
         raise invalid(f"tools.{i}.name: Field required", param="tools")
-    if tool.get("type") not in (None, "custom"):
-        raise invalid(f"tools.{i}.type: the server tool {tool['type']!r} is Anthropic's own; this gateway "
-                      "passes client tools only", param="tools")
     function: dict[str, Any] = {"name": tool["name"], "parameters": tool.get("input_schema") or {"type": "object"}}
     if isinstance(tool.get("description"), str):
         function["description"] = tool["description"]

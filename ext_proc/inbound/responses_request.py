@@ -15,10 +15,10 @@ Errors are OpenAI's error JSON, as the Responses API gives them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from ext_proc.errors import invalid
+from ext_proc.inbound.translated import Translated, untranslatable
 
 ROLES = ("user", "assistant", "system", "developer")
 TOOL_CHOICES = ("auto", "none", "required")
@@ -36,14 +36,6 @@ SERVICE_ONLY = frozenset({"store", "service_tier", "truncation", "include", "pro
 # Fields only a provider holding state, or running the work itself, can serve.
 STATEFUL = ("previous_response_id", "conversation", "prompt", "background")
 KNOWN = MAPPED | SERVICE_ONLY | frozenset(STATEFUL)
-
-
-@dataclass(frozen=True)
-class Translated:
-    """A Responses request as the canonical chat, and what in it no chat can carry ("" if nothing)."""
-
-    chat: dict[str, Any]
-    untranslatable: str = ""
 
 
 def chat_body(body: dict[str, Any]) -> Translated:
@@ -72,12 +64,8 @@ def chat_body(body: dict[str, Any]) -> Translated:
             chat[name] = body[name]
     if body.get("top_logprobs"):  # asks for log probabilities: a provider that cannot give them refuses
         chat.update(logprobs=True, top_logprobs=body["top_logprobs"])
-    untranslatable = ""
-    if reasons:
-        untranslatable = (f"{', '.join(reasons)} {'needs' if len(reasons) == 1 else 'need'} a provider that speaks "
-                          "the Responses API itself (it holds the state or runs the tool); this gateway keeps no "
-                          "responses")
-    return Translated(chat, untranslatable)
+    return Translated(chat, untranslatable(reasons, "Responses API", "it holds the state or runs the tool; "
+                                                                    "this gateway keeps no responses"))
 
 
 def _flag(body: dict[str, Any], name: str) -> bool:

@@ -134,6 +134,12 @@ class Attempt:
         """Where this attempt goes, and its credentials."""
         return {":path": out.path, ":authority": self.provider.host, **out.set_headers}
 
+    def native_headers(self) -> frozenset[str]:
+        """The client's headers this attempt keeps beyond its provider's: its API's, when the provider
+        speaks the route's API itself (every request on such a route has its body as sent)."""
+        translator = translator_for(self.provider.type)
+        return translator.native_headers if self.handler in translator.native else frozenset()
+
     def speaks_natively(self, req: ClientRequest) -> bool:
         """Whether this attempt's provider speaks the client's own API (OpenAI the Responses API)."""
         return req.as_sent is not None and self.handler in translator_for(self.provider.type).native
@@ -191,6 +197,8 @@ class UpstreamStep(Step):
         # A stream sent as it is: its answer's headers reach the client without the step.
         self.headers_unread = False
         self.answer_status = 0
+        # The headers of the client's own API it sent and a native request keeps as they are.
+        self.clients_own: frozenset[str] = frozenset()
 
     # ---------------------------------------------------------------- the request
 
@@ -213,9 +221,11 @@ class UpstreamStep(Step):
             raise GatewayError(400, f"Provider '{provider.name}' ({provider.type}) does not serve "
                                f"the '{attempt.handler}' API.", code="unsupported_handler")
         as_sent = self._body_as_sent(attempt, body, headers)
+        native_headers = attempt.native_headers()
+        self.clients_own = frozenset(name for name in headers if name in native_headers)
         # A body to rewrite comes next: this attempt's own headers are set with it.
         return as_sent or continue_request_headers(pb.CommonResponse(
-            header_mutation=mutation(remove=not_kept(headers, provider.kept_headers))))
+            header_mutation=mutation(remove=not_kept(headers, provider.kept_headers | native_headers))))
 
     def _unavailable(self, view: RuntimeView, headers: Mapping[str, str],
                      route_md: Mapping[str, str], read: BodyRead) -> pb.ProcessingResponse:
@@ -281,7 +291,8 @@ class UpstreamStep(Step):
         assert out.body is not None  # a translated request always has a body
         self.stage = attempt.response_stage(req)
         self.dropped = out.dropped
-        set_headers = {**attempt.target_headers(out),
+        set_headers = {**{name: value for name, value in attempt.target_headers(out).items()
+                          if name not in self.clients_own},  # a native request's version and betas: the client's
                        "content-type": "application/json", "content-length": str(len(out.body))}
         common = pb.CommonResponse(header_mutation=mutation(set_headers))  # the rest went with the headers
         common.body_mutation.body = out.body

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import invalid
 from ext_proc.runtime import Provider
+from ext_proc.translators.anthropic_messages import MessagesPassStage
 from ext_proc.translators.anthropic_request import dropped_fields, messages_body
 from ext_proc.translators.anthropic_response import AnthropicResponseStage
 from ext_proc.translators.anthropic_tools import AnswerShape
@@ -40,6 +42,8 @@ ANTHROPIC_VERSION = "2023-06-01"
 class AnthropicTranslator(Translator):
     type = "anthropic"
     handlers = frozenset({Handler.CHAT, Handler.COMPLETION})
+    native = frozenset({Handler.MESSAGES})
+    native_headers = frozenset(wire.ANTHROPIC_AS_SENT_HEADERS)
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -50,11 +54,16 @@ class AnthropicTranslator(Translator):
                           code="unsupported_handler")
         dropped = dropped_fields(req.body)  # first: a refused field is the answer
         body = messages_body(req.body, provider.model, req.stream)
-        headers = {wire.ANTHROPIC_VERSION_HEADER: ANTHROPIC_VERSION, "content-type": "application/json"}
-        if provider.api_key:
-            headers["x-api-key"] = provider.api_key
         return ProviderRequest(path=provider.base_path + wire.ANTHROPIC_MESSAGES_PATH,
-                               body=dumps(body).encode(), set_headers=headers, dropped=dropped)
+                               body=dumps(body).encode(), set_headers=_headers(provider), dropped=dropped)
+
+    def native_request(self, api: Handler, body: dict[str, Any], provider: Provider) -> ProviderRequest:
+        return ProviderRequest(path=provider.base_path + wire.ANTHROPIC_MESSAGES_PATH,
+                               body=dumps({**body, "model": provider.model}).encode(),
+                               set_headers=_headers(provider))
+
+    def native_response(self, api: Handler, provider: Provider) -> ResponseStage:
+        return MessagesPassStage(provider)
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage:
         return AnthropicResponseStage(provider, stream=req.stream, include_usage=req.include_usage,
@@ -65,3 +74,10 @@ class AnthropicTranslator(Translator):
         if provider.api_key:
             headers["x-api-key"] = provider.api_key
         return ProviderRequest(path=provider.base_path + "/v1/models", body=b"", set_headers=headers)
+
+
+def _headers(provider: Provider) -> dict[str, str]:
+    headers = {wire.ANTHROPIC_VERSION_HEADER: ANTHROPIC_VERSION, "content-type": "application/json"}
+    if provider.api_key:
+        headers["x-api-key"] = provider.api_key
+    return headers

@@ -135,6 +135,9 @@ class Translator(ABC):
     # and the answer comes back as the provider gave it (native_response). Every other provider
     # gets the canonical request its translator translates.
     native: ClassVar[frozenset[Handler]] = frozenset()
+    # The client's request headers a native request keeps (its API's version and betas): the
+    # client's own value wins over the one native_request sets.
+    native_headers: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def request(self, req: ClientRequest, provider: Provider) -> ProviderRequest:

@@ -179,3 +179,31 @@ def test_a_client_written_for_anthropic_is_answered_by_an_openai_only_gateway_wi
     with pytest.raises(anthropic.NotFoundError) as unknown:
         client.messages.create(model="claude-opus-4-1", max_tokens=8, messages=[{"role": "user", "content": "x"}])
     assert unknown.value.body["error"]["type"] == "not_found_error"
+
+
+def test_a_stream_to_an_anthropic_provider_goes_as_the_client_wrote_it_with_its_betas(gateway, fakes, client):
+    """Not the lane (a stream): the upstream step sends the client's own body (top_k, which no chat can
+    say, included) with its anthropic-beta header, and counts the tokens from Anthropic's events."""
+    before = gateway.metric_total("gen_ai_client_token_usage_sum", provider="anthropic")
+    with client.messages.stream(model=MODELS["anthropic"], max_tokens=64, extra_body={"top_k": 3},
+                                messages=[{"role": "user", "content": "as I wrote it"}],
+                                extra_headers={"anthropic-beta": "fine-grained-tool-streaming-2025-05-14"}) as stream:
+        final = stream.get_final_message()
+    [received] = fakes["anthropic"].requests
+    assert received.body["top_k"] == 3 and received.body["stream"] is True
+    assert received.headers["anthropic-beta"] == "fine-grained-tool-streaming-2025-05-14"
+    assert received.headers["x-api-key"] == "k"
+    total = final.usage.input_tokens + final.usage.output_tokens
+    wait_for(lambda: gateway.metric_total("gen_ai_client_token_usage_sum", provider="anthropic") == before + total,
+             "the stream's tokens counted")
+
+
+def test_a_server_tool_only_anthropic_runs_is_refused_by_name_for_an_openai_model(client, fakes):
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(model=MODELS["openai"], max_tokens=32,
+                               tools=[{"type": "web_search_20250305", "name": "web_search"}],
+                               messages=[{"role": "user", "content": "news?"}])
+    body = refused.value.body
+    assert isinstance(body, dict) and body["error"]["type"] == "invalid_request_error"
+    assert "web_search_20250305" in body["error"]["message"] and "Anthropic runs it" in body["error"]["message"]
+    assert fakes["openai"].requests == []

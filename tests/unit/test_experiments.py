@@ -174,7 +174,8 @@ def test_the_experiment_route_goes_before_the_lanes_and_splits_by_the_sticky_has
 
 def test_a_dedup_route_has_no_experiment_route_and_the_router_step_assigns_its_requests():
     assert [r.name for r in _experiment_routes(EXPERIMENT)] == [
-        "experiment.summary-test:chat:/v1/chat/completions", "experiment.summary-test:completion:/v1/completions"]
+        "experiment.summary-test:chat:/v1/chat/completions", "experiment.summary-test:completion:/v1/completions",
+        "experiment.summary-test:messages:/v1/messages", "experiment.summary-test:responses:/v1/responses"]
 
 
 def test_an_experiment_on_routes_alone_takes_any_model_there():

@@ -6,14 +6,19 @@ import json
 
 import pytest
 
+from ext_proc import client_request
 from ext_proc.errors import GatewayError
 from ext_proc.inbound.messages_answer import MessagesStage, chat_to_message
 from ext_proc.inbound.messages_request import chat_body, error_body
+from ext_proc.outcomes import StreamOutcome
 from ext_proc.sse import SseParser
+from ext_proc.translators.anthropic_messages import MessagesPassStage
+from hapax.wire import Handler
+from tests.translator_helpers import make_provider
 
 
 def test_a_messages_request_becomes_the_canonical_chat():
-    chat = chat_body({
+    translated = chat_body({
         "model": "m", "max_tokens": 100, "system": [{"type": "text", "text": "Be brief.",
                                                      "cache_control": {"type": "ephemeral"}}],
         "messages": [
@@ -28,6 +33,8 @@ def test_a_messages_request_becomes_the_canonical_chat():
         "tools": [{"name": "f", "description": "d", "input_schema": {"type": "object"}}],
         "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
         "thinking": {"type": "enabled", "budget_tokens": 5000}})
+    chat = translated.chat
+    assert translated.untranslatable == ""
     assert chat["messages"] == [
         {"role": "system", "content": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]},
         {"role": "user", "content": [{"type": "text", "text": "Look"},
@@ -53,8 +60,6 @@ def test_a_messages_request_becomes_the_canonical_chat():
      "temperature: Input should be between 0 and 1"),
     ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}], "n": 2},
      "n: Extra inputs are not permitted"),
-    ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}],
-      "tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools.0.type: the server tool"),
 ])
 def test_what_anthropics_api_refuses_is_a_400(body, message):
     with pytest.raises(GatewayError) as refused:
@@ -118,3 +123,51 @@ def test_a_provider_error_is_anthropics_error_shape_json_or_mid_stream():
     assert events[-1] == ("error", {"type": "error", "error": {"type": "api_error",
                                                                "message": "provider went away"}})
     assert "message_stop" not in [name for name, _ in events]
+
+
+def test_what_only_anthropic_runs_is_kept_for_it_and_named_for_a_provider_that_must_translate():
+    raw = {"model": "claude-x", "max_tokens": 50, "messages": [{"role": "user", "content": "news?"}],
+           "tools": [{"type": "web_search_20250305", "name": "web_search"}, {"name": "f", "input_schema": {}}],
+           "mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "x"}]}
+    req = client_request.parse(Handler.MESSAGES, json.dumps(raw).encode())
+    assert req.as_sent == raw  # an Anthropic provider gets it all, as it came
+    assert [t["function"]["name"] for t in req.body["tools"]] == ["f"]  # the client's own tool translates
+    assert req.untranslatable == ("'mcp_servers', the server tool 'web_search_20250305' need a provider that "
+                                  "speaks the Messages API itself (Anthropic runs it)")
+
+
+ANTHROPIC = make_provider("anthropic", "an", "claude-x", "http://an", api_key="k", base_path="")
+
+
+def test_an_anthropic_providers_stream_passes_as_it_came_and_its_usage_is_read_from_start_and_delta():
+    stage = MessagesPassStage(ANTHROPIC)
+    stage.headers(200, "text/event-stream")
+    raw = (b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":10,'
+           b'"cache_read_input_tokens":4,"output_tokens":1}}}\n\n'
+           b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+           b'"delta":{"type":"text_delta","text":"Hi"}}\n\n'
+           b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+           b'"usage":{"output_tokens":7}}\n\n'
+           b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+    assert stage.body(raw[:50], False) + stage.body(raw[50:], True) == raw
+    assert stage.stream_outcome == StreamOutcome.COMPLETED
+    # prompt tokens include the cache reads, as a translated answer's do
+    assert stage.usage == {"prompt_tokens": 14, "completion_tokens": 7, "total_tokens": 21,
+                           "prompt_tokens_details": {"cached_tokens": 4}}
+
+
+def test_an_anthropic_stream_cut_short_ends_with_anthropics_error_event():
+    stage = MessagesPassStage(ANTHROPIC)
+    stage.headers(200, "text/event-stream")
+    out = stage.body(b'event: message_start\ndata: {"type":"message_start","message":{}}\n\n', True)
+    last = SseParser().feed(out)[-1]
+    assert stage.stream_outcome == StreamOutcome.ENDED_EARLY
+    assert last.event == "error" and json.loads(last.data)["error"]["type"] == "api_error"
+
+
+def test_a_404_from_an_anthropic_provider_is_a_502_naming_it_in_anthropics_shape():
+    stage = MessagesPassStage(ANTHROPIC)
+    stage.headers(404, "application/json")
+    body = json.loads(stage.body(b'{"type":"error","error":{"type":"not_found_error","message":"no"}}', True))
+    assert stage.status_override == 502
+    assert body["type"] == "error" and body["error"]["type"] == "api_error" and "'an'" in body["error"]["message"]

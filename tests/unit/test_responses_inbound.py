@@ -72,8 +72,8 @@ def test_the_parsed_request_keeps_the_clients_body_for_a_provider_that_speaks_it
     assert (req.handler, req.model, req.stream, req.as_sent) == (Handler.CHAT, "gpt-4o", False, raw)
     # What only OpenAI can serve is not a 400 here: it is, for a provider that must translate it.
     assert req.untranslatable == ("'previous_response_id', the 'web_search' tool need a provider that speaks the "
-                                  "Responses API itself (it holds the state or runs the tool); this gateway keeps "
-                                  "no responses")
+                                  "Responses API itself (it holds the state or runs the tool; this gateway keeps "
+                                  "no responses)")
 
 
 @pytest.mark.parametrize(("body", "param", "code"), [

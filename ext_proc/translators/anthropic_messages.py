@@ -1,0 +1,106 @@
+"""An Anthropic provider's Messages API answers, to a client that spoke the Messages API.
+
+They pass as they came. The gateway reads them on their way: a JSON message for its usage, a
+stream event by event for its end (``message_stop``: completed; ``error``: the provider's error)
+and its usage (``message_start`` has the input's, ``message_delta`` the output's), so metrics,
+limits and the ledger count it as a chat. A stream the provider cuts short ends with Anthropic's
+``error`` event. A 404 is the gateway's configuration (base_url or model): a 502 naming the
+provider, in Anthropic's error shape, as the client reads errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ext_proc.outcomes import StreamOutcome
+from ext_proc.runtime import Provider
+from ext_proc.sse import SseParser, encode
+from ext_proc.translators.anthropic_response import BASE_URL_CONVENTION, usage
+from ext_proc.translators.base import ResponseStage, dumps, json_or_none, provider_not_found
+from hapax import wire
+
+
+def _error(status: int, message: str) -> bytes:
+    return dumps({"type": "error", "error": {"type": wire.anthropic_error_type(status), "message": message}}).encode()
+
+
+class MessagesPassStage(ResponseStage):
+    """Passes a Messages answer through unchanged, reading its usage and its stream's end."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self._mode = "error"
+        self._parser = SseParser()
+        self._buffer = bytearray()
+        self._usage: dict[str, Any] = {}  # Anthropic's, as the stream's events add to it
+
+    def headers(self, status: int, content_type: str) -> dict[str, str]:
+        media = content_type.split(";", 1)[0].strip().lower()
+        if status == 404:
+            self._mode = "not_found"
+        else:
+            self._mode = "error" if status >= 400 else "stream" if media == "text/event-stream" else "json"
+        return {}
+
+    @property
+    def streams(self) -> bool:
+        return self._mode == "stream"
+
+    @property
+    def reads_body(self) -> bool:
+        return self._mode != "error"  # Anthropic's error JSON is what the client expects
+
+    @property
+    def reads_json_only_for_usage(self) -> bool:
+        return self._mode == "json"
+
+    def body(self, piece: bytes, end_of_stream: bool) -> bytes:
+        if self._mode != "stream":
+            return self._whole(piece, end_of_stream)
+        events = self._parser.feed(piece) + (self._parser.finish() if end_of_stream else [])
+        out = bytearray()
+        for event in events:
+            if self.stream_outcome:
+                break  # nothing a provider sends after its end is part of the answer
+            out += self._pass(event.data, event.event)
+        if end_of_stream and not self.stream_outcome:
+            self.stream_outcome = StreamOutcome.ENDED_EARLY
+            out += encode(_error(502, "provider stream ended unexpectedly").decode(), "error")
+        return bytes(out)
+
+    def _whole(self, piece: bytes, end_of_stream: bool) -> bytes:
+        self._buffer += piece
+        if not end_of_stream:
+            return b""
+        raw, self._buffer = bytes(self._buffer), bytearray()
+        answer = json_or_none(raw)
+        if self._mode == "not_found":
+            self.status_override = 502
+            error = answer.get("error") if isinstance(answer, dict) else None
+            message = error.get("message") if isinstance(error, dict) else None
+            said = provider_not_found(self.provider, BASE_URL_CONVENTION, raw,
+                                      message if isinstance(message, str) else None)
+            return _error(502, said["error"]["message"])
+        if not isinstance(answer, dict) or answer.get("type") != "message":
+            self.status_override = 502
+            return _error(502, f"The provider '{self.provider.name}' answered a Messages API request with "
+                               "something that is not a message.")
+        if isinstance(answer.get("usage"), dict):
+            self.usage = usage(answer["usage"])
+        return raw
+
+    def _pass(self, data: str, name: str) -> bytes:
+        event = json_or_none(data)
+        kind = event.get("type") if isinstance(event, dict) else None
+        if kind == "message_start" and isinstance(event, dict):
+            message = event.get("message")
+            if isinstance(message, dict) and isinstance(message.get("usage"), dict):
+                self._usage.update(message["usage"])
+        elif kind == "message_delta" and isinstance(event, dict) and isinstance(event.get("usage"), dict):
+            self._usage.update({k: v for k, v in event["usage"].items() if v is not None})
+        elif kind == "message_stop":
+            self.stream_outcome = StreamOutcome.COMPLETED
+            self.usage = usage(self._usage)
+        elif kind == "error":
+            self.stream_outcome = StreamOutcome.PROVIDER_ERROR
+        return encode(data, None if name == "message" else name)
