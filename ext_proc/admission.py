@@ -114,7 +114,7 @@ def worst_case(view: RuntimeView, route: Route, entries: Mapping[str, str]) -> d
     size = _int(entries.get(AdmissionEntry.BYTES))
     inputs = math.ceil(size / BYTES_PER_TOKEN) if size is not None else settings.default_max_tokens
     outputs = 0
-    if route.handler != Handler.EMBEDDINGS:
+    if route.handler not in (Handler.EMBEDDINGS, Handler.COUNT_TOKENS):  # neither is answered in tokens
         asked = next((value for field in (AdmissionEntry.MAX_COMPLETION_TOKENS, AdmissionEntry.MAX_TOKENS,
                                           AdmissionEntry.MAX_OUTPUT_TOKENS) if (value := _int(entries.get(field)))),
                      None)

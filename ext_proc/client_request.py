@@ -39,7 +39,7 @@ LEGACY_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 @dataclass(frozen=True)
 class ClientRequest:
-    handler: Handler        # chat | completion | embeddings
+    handler: Handler        # chat | completion | embeddings | count_tokens (a prompt to count)
     model: str | None       # as requested; None or "auto" = preference order
     stream: bool
     body: dict[str, Any]    # canonical OpenAI body: chat completion or embeddings
@@ -78,6 +78,10 @@ def parse(handler: str, raw: bytes) -> ClientRequest:
     if handler == Handler.EMBEDDINGS:
         _check_embeddings(body)
         return ClientRequest(Handler.EMBEDDINGS, model, False, body)
+    if handler == Handler.COUNT_TOKENS:  # Anthropic counts it as it came; the gateway estimates the chat
+        translated = messages_request.count_body(body)
+        return ClientRequest(Handler.COUNT_TOKENS, translated.chat["model"], False, translated.chat, body,
+                             translated.untranslatable)
     if handler in INBOUND:  # another API's shape in: kept as it came for its own provider, a chat for the rest
         translated = INBOUND[handler](body)
         chat = translated.chat

@@ -270,6 +270,7 @@ class Handler(StrEnum):
     MODELS = "models"
     MESSAGES = "messages"  # Anthropic's Messages API, inbound: a chat to every provider
     RESPONSES = "responses"  # OpenAI's Responses API, inbound: a chat to every provider but OpenAI's
+    COUNT_TOKENS = "count_tokens"  # the Messages API's token count: Anthropic's, else the gateway's estimate
 
 
 # Anthropic's error type for each status (its API documents these), for the errors the gateway
@@ -279,6 +280,10 @@ ANTHROPIC_ERROR_TYPES: Mapping[int, str] = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
     408: "timeout_error", 413: "request_too_large", 429: "rate_limit_error", 431: "invalid_request_error",
     500: "api_error", 502: "api_error", 503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error"}
+
+
+# The handlers of Anthropic's API, whose errors are all in Anthropic's shape.
+ANTHROPIC_HANDLERS = (Handler.MESSAGES, Handler.COUNT_TOKENS)
 
 
 def anthropic_error_type(status: int) -> str:
@@ -306,6 +311,7 @@ FAMILY_OF_HANDLER: Mapping[Handler, ModelFamily] = {
     Handler.EMBEDDINGS: ModelFamily.EMBEDDINGS,
     Handler.MESSAGES: ModelFamily.CHAT,
     Handler.RESPONSES: ModelFamily.CHAT,
+    Handler.COUNT_TOKENS: ModelFamily.CHAT,
 }
 
 
@@ -326,6 +332,11 @@ OPENAI_PATHS: Mapping[Handler, str] = {
 # Anthropic's Messages API path under a provider's base path, and its version header. Used by
 # the passthrough lane's Messages routes (control plane) and the Anthropic translator (ext_proc).
 ANTHROPIC_MESSAGES_PATH = "/v1/messages"
+ANTHROPIC_COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+# On a token count the gateway estimated itself (no provider of the chain counts tokens), its
+# answer says so. Written: ext_proc's upstream step (ext_proc/inbound/count_tokens.py).
+TOKEN_COUNT_HEADER = "x-hapax-token-count"
+TOKEN_COUNT_ESTIMATED = "estimated"
 ANTHROPIC_VERSION_HEADER = "anthropic-version"
 # What a Messages body sent to an Anthropic provider as it came keeps of the client's headers,
 # beyond what every provider gets: the API version and the betas the body was written for.

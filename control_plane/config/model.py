@@ -484,5 +484,6 @@ DEFAULT_ROUTES: tuple[RouteConfig, ...] = (
     RouteConfig("/v1/embeddings", "embeddings"),
     RouteConfig("/v1/models", "models"),
     RouteConfig(wire.ANTHROPIC_MESSAGES_PATH, "messages"),  # Anthropic's Messages API, for clients written for it
+    RouteConfig(wire.ANTHROPIC_COUNT_TOKENS_PATH, "count_tokens"),  # and its token count
     RouteConfig("/v1" + wire.OPENAI_RESPONSES_PATH, "responses"),  # OpenAI's Responses API
 )

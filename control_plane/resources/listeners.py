@@ -209,10 +209,10 @@ def local_reply_config(headers: Sequence[base_pb2.HeaderValueOption] = (), *,
     return hcm_pb2.LocalReplyConfig(mappers=[*(_anthropic_twins(mappers) if anthropic_routes else ()), *mappers])
 
 
-# A request on a route of Anthropic's Messages API (its route's handler, in the route's metadata).
+# A request on a route of Anthropic's API (its route's handler, in the route's metadata).
 _MESSAGES_ROUTE = _details_filter(
-    f"xds.route_metadata.filter_metadata['{wire.METADATA_NAMESPACE}']['{wire.RouteKey.HANDLER}'] == "
-    f"'{wire.Handler.MESSAGES}'")
+    f"xds.route_metadata.filter_metadata['{wire.METADATA_NAMESPACE}']['{wire.RouteKey.HANDLER}'] in "
+    f"[{', '.join(repr(str(handler)) for handler in wire.ANTHROPIC_HANDLERS)}]")
 
 
 def _anthropic_twins(mappers: Sequence[hcm_pb2.ResponseMapper]) -> list[hcm_pb2.ResponseMapper]:
@@ -507,7 +507,7 @@ def http_connection_manager(plan: Plan) -> hcm_pb2.HttpConnectionManager:
         ],
         local_reply_config=local_reply_config(
             router_step=True, residency=regional.residency(config),
-            anthropic_routes=any(route.handler == wire.Handler.MESSAGES for route in config.routes)),
+            anthropic_routes=any(route.handler in wire.ANTHROPIC_HANDLERS for route in config.routes)),
         stream_idle_timeout=duration(300),
         # Edge limits, as Envoy's edge-proxy guidance sets them (docs/operations.md: Edge limits).
         # The headers, then the whole request, within a bound: a client that sends slowly holds

@@ -43,7 +43,8 @@ from hapax import wire
 # Keyed by the config's handler names (a wire.Handler is one).
 HANDLER_METHODS: dict[str, str] = {
     wire.Handler.CHAT: "POST", wire.Handler.COMPLETION: "POST", wire.Handler.EMBEDDINGS: "POST",
-    wire.Handler.MODELS: "GET", wire.Handler.MESSAGES: "POST", wire.Handler.RESPONSES: "POST"}
+    wire.Handler.MODELS: "GET", wire.Handler.MESSAGES: "POST", wire.Handler.RESPONSES: "POST",
+    wire.Handler.COUNT_TOKENS: "POST"}
 
 # The 404 names what is served while it fits, then counts the rest: hundreds of department
 # routes do not fit in a body Envoy accepts (names.py). Half its cap leaves the JSON room to

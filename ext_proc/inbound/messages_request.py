@@ -25,6 +25,9 @@ IGNORED = frozenset({"service_tier", "context_management"})
 ANTHROPIC_RUN = ("container", "mcp_servers")
 KNOWN = frozenset({"model", "messages", "max_tokens", "system", "stream", "temperature", "top_p", "top_k",
                    "stop_sequences", "tools", "tool_choice", "metadata", "thinking"}) | IGNORED | set(ANTHROPIC_RUN)
+# What a token count request takes: the prompt's fields, not the answer's.
+COUNT_KNOWN = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "context_management",
+                         *ANTHROPIC_RUN})
 
 
 def error_json(status: int, message: str) -> dict[str, Any]:
@@ -37,31 +40,49 @@ def error_body(err: GatewayError) -> bytes:
 
 def chat_body(body: dict[str, Any]) -> Translated:
     """The canonical OpenAI chat body of a Messages request; a 400 for what Anthropic's API refuses."""
-    unknown = sorted(set(body) - KNOWN)
-    if unknown:
-        raise invalid(f"{unknown[0]}: Extra inputs are not permitted", param=unknown[0])
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise invalid("model: Field required" if model is None else "model: Input should be a valid string",
-                      param="model")
+    _check_known(body, KNOWN)
     max_tokens = body.get("max_tokens")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise invalid("max_tokens: Field required" if max_tokens is None
                       else "max_tokens: Input should be an integer greater than or equal to 1", param="max_tokens")
-    chat: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
-                            "messages": [*_system(body.get("system")), *_conversation(body.get("messages"))]}
+    translated = _translated(body)
+    chat = translated.chat
+    chat["max_tokens"] = max_tokens
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise invalid("stream: Input should be a valid boolean", param="stream")
     if stream:  # the usage chunk is what message_delta's usage comes from
         chat.update(stream=True, stream_options={"include_usage": True})
     _sampling(body, chat)
-    reasons = [f"'{name}'" for name in ANTHROPIC_RUN if body.get(name)]
-    _tools(body, chat, reasons)
     metadata = body.get("metadata")
     user = metadata.get("user_id") if isinstance(metadata, dict) else None
     if isinstance(user, str) and user:
         chat["user"] = user
+    return translated
+
+
+def count_body(body: dict[str, Any]) -> Translated:
+    """A token count request (``/v1/messages/count_tokens``): the prompt of a Messages request, as a chat."""
+    _check_known(body, COUNT_KNOWN)
+    return _translated(body)
+
+
+def _check_known(body: dict[str, Any], known: frozenset[str]) -> None:
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise invalid(f"{unknown[0]}: Extra inputs are not permitted", param=unknown[0])
+
+
+def _translated(body: dict[str, Any]) -> Translated:
+    """What a Messages request and a count request share: the model, the conversation, tools and thinking."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("model: Field required" if model is None else "model: Input should be a valid string",
+                      param="model")
+    chat: dict[str, Any] = {"model": model,
+                            "messages": [*_system(body.get("system")), *_conversation(body.get("messages"))]}
+    reasons = [f"'{name}'" for name in ANTHROPIC_RUN if body.get(name)]
+    _tools(body, chat, reasons)
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
         chat["reasoning_effort"] = _effort(thinking.get("budget_tokens"))

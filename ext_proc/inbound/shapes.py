@@ -13,12 +13,12 @@ from ext_proc.inbound.messages_request import error_body as messages_error_body
 from ext_proc.inbound.messages_request import error_json
 from ext_proc.inbound.responses_answer import ResponsesStage
 from ext_proc.translators.base import ResponseStage
-from hapax.wire import Handler
+from hapax.wire import ANTHROPIC_HANDLERS, Handler
 
 
 def canonical_handler(handler: str) -> str:
     """The API a provider translator serves for a route's handler: Messages and Responses requests are chats."""
-    return Handler.CHAT if handler in (Handler.MESSAGES, Handler.RESPONSES) else handler
+    return Handler.CHAT if handler in (Handler.MESSAGES, Handler.RESPONSES, Handler.COUNT_TOKENS) else handler
 
 
 def answer_shape(handler: str, req: ClientRequest) -> ResponseStage | None:
@@ -34,12 +34,12 @@ def answer_shape(handler: str, req: ClientRequest) -> ResponseStage | None:
 
 def error_body(handler: str, err: GatewayError) -> bytes:
     """The gateway's own error, in the route's API's error shape."""
-    return messages_error_body(err) if handler == Handler.MESSAGES else err.body()
+    return messages_error_body(err) if handler in ANTHROPIC_HANDLERS else err.body()
 
 
 def reshaped_error(handler: str, status: int, openai_error: bytes) -> bytes:
     """An error the gateway wrote in OpenAI's shape (the reasons no provider can serve), in the route's API's."""
-    if handler != Handler.MESSAGES:
+    if handler not in ANTHROPIC_HANDLERS:
         return openai_error
     try:
         message = json.loads(openai_error)["error"]["message"]

@@ -34,7 +34,7 @@ from ext_proc.admission import Admission
 from ext_proc.client_request import ClientRequest
 from ext_proc.errors import GatewayError, error_json
 from ext_proc.experiments import Variant, requested_model
-from ext_proc.inbound import shapes
+from ext_proc.inbound import count_tokens, shapes
 from ext_proc.inbound.answer import ChainedStage
 from ext_proc.inbound.shapes import answer_shape, canonical_handler
 from ext_proc.ledger import Ledger, LedgerRecord, labels_json
@@ -287,6 +287,8 @@ class UpstreamStep(Step):
         # through Envoy cheaper than the JSON itself.
         req = client_request.parse(attempt.handler, msg.body)
         attempt = self.attempt = attempt.serving(req)
+        if req.handler == Handler.COUNT_TOKENS and not attempt.speaks_natively(req):
+            return self._estimated_count(req)
         out = attempt.provider_request(req)
         assert out.body is not None  # a translated request always has a body
         self.stage = attempt.response_stage(req)
@@ -298,6 +300,17 @@ class UpstreamStep(Step):
         common.body_mutation.body = out.body
         self.sent = time.monotonic()
         return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+
+    def _estimated_count(self, req: ClientRequest) -> pb.ProcessingResponse:
+        """A token count this attempt's provider cannot make (it is not Anthropic's): the gateway's estimate,
+        as Anthropic's answer, saying it is one."""
+        self.done = True
+        body = json.dumps({"input_tokens": count_tokens.estimate(req.body)}).encode()
+        return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=200),
+            headers=mutation({"content-type": "application/json",
+                              wire.TOKEN_COUNT_HEADER: wire.TOKEN_COUNT_ESTIMATED}),
+            body=body, details=f"{wire.GATEWAY_DETAILS_PREFIX}estimated_token_count"))
 
     # ---------------------------------------------------------------- the answer
 

@@ -42,7 +42,7 @@ ANTHROPIC_VERSION = "2023-06-01"
 class AnthropicTranslator(Translator):
     type = "anthropic"
     handlers = frozenset({Handler.CHAT, Handler.COMPLETION})
-    native = frozenset({Handler.MESSAGES})
+    native = frozenset({Handler.MESSAGES, Handler.COUNT_TOKENS})
     native_headers = frozenset(wire.ANTHROPIC_AS_SENT_HEADERS)
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
@@ -58,12 +58,12 @@ class AnthropicTranslator(Translator):
                                body=dumps(body).encode(), set_headers=_headers(provider), dropped=dropped)
 
     def native_request(self, api: Handler, body: dict[str, Any], provider: Provider) -> ProviderRequest:
-        return ProviderRequest(path=provider.base_path + wire.ANTHROPIC_MESSAGES_PATH,
-                               body=dumps({**body, "model": provider.model}).encode(),
+        path = wire.ANTHROPIC_COUNT_TOKENS_PATH if api == Handler.COUNT_TOKENS else wire.ANTHROPIC_MESSAGES_PATH
+        return ProviderRequest(path=provider.base_path + path, body=dumps({**body, "model": provider.model}).encode(),
                                set_headers=_headers(provider))
 
     def native_response(self, api: Handler, provider: Provider) -> ResponseStage:
-        return MessagesPassStage(provider)
+        return MessagesPassStage(provider, counting=api == Handler.COUNT_TOKENS)
 
     def response(self, req: ClientRequest, provider: Provider) -> ResponseStage:
         return AnthropicResponseStage(provider, stream=req.stream, include_usage=req.include_usage,

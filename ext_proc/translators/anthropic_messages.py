@@ -25,10 +25,13 @@ def _error(status: int, message: str) -> bytes:
 
 
 class MessagesPassStage(ResponseStage):
-    """Passes a Messages answer through unchanged, reading its usage and its stream's end."""
+    """Passes a Messages answer through unchanged, reading its usage and its stream's end.
 
-    def __init__(self, provider: Provider) -> None:
+    ``counting``: the answer is a token count (``{"input_tokens": N}``), which spends no tokens."""
+
+    def __init__(self, provider: Provider, *, counting: bool = False) -> None:
         self.provider = provider
+        self.counting = counting
         self._mode = "error"
         self._parser = SseParser()
         self._buffer = bytearray()
@@ -81,10 +84,12 @@ class MessagesPassStage(ResponseStage):
             said = provider_not_found(self.provider, BASE_URL_CONVENTION, raw,
                                       message if isinstance(message, str) else None)
             return _error(502, said["error"]["message"])
-        if not isinstance(answer, dict) or answer.get("type") != "message":
+        if self.counting and isinstance(answer, dict) and isinstance(answer.get("input_tokens"), int):
+            return raw
+        if not isinstance(answer, dict) or answer.get("type") != "message" or self.counting:
             self.status_override = 502
             return _error(502, f"The provider '{self.provider.name}' answered a Messages API request with "
-                               "something that is not a message.")
+                               f"something that is not {'a token count' if self.counting else 'a message'}.")
         if isinstance(answer.get("usage"), dict):
             self.usage = usage(answer["usage"])
         return raw

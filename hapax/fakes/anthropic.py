@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from .anthropic_rules import check_body
+from .anthropic_rules import check_body, check_count_body
 from .base import FakeProvider, RequestError, recorded, sse_event
 from .content import (
     Reply,
@@ -77,7 +77,8 @@ class FakeAnthropic(FakeProvider):
     }
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1/messages", self._messages), web.get("/v1/models", self._models)]
+        return [web.post("/v1/messages", self._messages), web.post("/v1/messages/count_tokens", self._count_tokens),
+                web.get("/v1/models", self._models)]
 
     # -- wire format hooks ------------------------------------------------------
 
@@ -117,6 +118,19 @@ class FakeAnthropic(FakeProvider):
         reply["content"], reply["stop_reason"] = [b.block for b in turn.blocks], turn.stop_reason
         reply["usage"]["output_tokens"] = turn.output_tokens
         return await self.send_json(request, reply)
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        """The prompt's input tokens, counted as a message's answer counts them."""
+        body = _body(request)
+        for field in ("model", "messages"):
+            if field not in body:
+                raise RequestError(400, f"{field}: Field required")
+        messages = body["messages"]
+        if not isinstance(body["model"], str) or not isinstance(messages, list) or not messages:
+            raise RequestError(400, "messages: at least one message is required")
+        _check_roles(messages)
+        check_count_body(body)
+        return await self.send_json(request, {"input_tokens": prompt_tokens(_prompt_texts(body, messages))})
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         entry = {

@@ -19,6 +19,8 @@ TOP_LEVEL_FIELDS = frozenset({
     "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
     "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
 })
+# A token count's: the prompt's fields.
+COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
 # Block type -> the fields it may carry (besides "type").
 BLOCK_FIELDS: dict[str, frozenset[str]] = {
     "text": frozenset({"text", "cache_control", "citations"}),
@@ -47,8 +49,18 @@ def check_body(body: dict[str, Any]) -> None:
     """Raises the real API's 400 for the first rule ``body`` breaks."""
     _check_fields(body, TOP_LEVEL_FIELDS, "")
     _check_metadata(body.get("metadata"))
-    _check_system(body.get("system"))
     _check_sampling(body)
+    _check_prompt(body)
+
+
+def check_count_body(body: dict[str, Any]) -> None:
+    """The same for a token count (``/v1/messages/count_tokens``): a prompt, without the answer's fields."""
+    _check_fields(body, COUNT_FIELDS, "")
+    _check_prompt(body)
+
+
+def _check_prompt(body: dict[str, Any]) -> None:
+    _check_system(body.get("system"))
     tools = _check_tools(body.get("tools"))
     _check_tool_choice(body.get("tool_choice"), tools)
     messages = body.get("messages") or []
@@ -278,7 +290,7 @@ def _check_thinking(body: dict[str, Any]) -> None:
     budget = thinking.get("budget_tokens")
     if not isinstance(budget, int) or budget < MIN_THINKING_BUDGET:
         _reject(f"thinking.enabled.budget_tokens: Input should be greater than or equal to {MIN_THINKING_BUDGET}")
-    if budget >= body.get("max_tokens", 0):
+    if "max_tokens" in body and budget >= body["max_tokens"]:  # a count has no max_tokens
         _reject("max_tokens must be greater than thinking.budget_tokens")
     _check_thinking_compatibility(body)
 

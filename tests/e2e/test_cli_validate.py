@@ -55,7 +55,7 @@ def test_seed_example_is_valid_with_a_one_line_summary_and_key_warnings(seed):
     assert summary.startswith(f"{seed}: valid")
     assert "2 providers (anthropic, openai)" in summary
     assert "preference anthropic > openai" in summary
-    assert "7 routes" in summary  # the department route and the six standard ones
+    assert "8 routes" in summary  # the department route and the seven standard ones
     assert [line.split() for line in listed] == [
         ["/v1/marketing/completions", "completion", "(department=marketing)"],
         ["/v1/chat/completions", "chat", "(standard)"],
@@ -63,6 +63,7 @@ def test_seed_example_is_valid_with_a_one_line_summary_and_key_warnings(seed):
         ["/v1/embeddings", "embeddings", "(standard)"],
         ["/v1/models", "models", "(standard)"],
         ["/v1/messages", "messages", "(standard)"],
+        ["/v1/messages/count_tokens", "count_tokens", "(standard)"],
         ["/v1/responses", "responses", "(standard)"],
     ]
     warnings = lines(result.stderr)

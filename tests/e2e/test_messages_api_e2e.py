@@ -207,3 +207,20 @@ def test_a_server_tool_only_anthropic_runs_is_refused_by_name_for_an_openai_mode
     assert isinstance(body, dict) and body["error"]["type"] == "invalid_request_error"
     assert "web_search_20250305" in body["error"]["message"] and "Anthropic runs it" in body["error"]["message"]
     assert fakes["openai"].requests == []
+
+
+def test_count_tokens_is_anthropics_own_count_for_its_models_and_the_gateways_estimate_elsewhere(
+        gateway, client, fakes):
+    ask = [{"role": "user", "content": "How many tokens is this prompt?"}]
+    counted = client.messages.count_tokens(model=MODELS["anthropic"], system="Be brief.", messages=ask)
+    [received] = fakes["anthropic"].requests
+    assert received.path == "/v1/messages/count_tokens" and received.body["system"] == "Be brief."
+    answered = client.messages.create(model=MODELS["anthropic"], max_tokens=16, system="Be brief.", messages=ask)
+    assert counted.input_tokens == answered.usage.input_tokens  # the provider's own count, exact
+    raw = send(gateway, "POST", "/v1/messages/count_tokens", {"model": MODELS["openai"], "messages": ask},
+               {"anthropic-version": "2023-06-01"})
+    assert raw.status == 200 and raw.headers["x-hapax-token-count"] == "estimated"
+    assert raw.json()["input_tokens"] > 0 and fakes["openai"].requests == []  # no provider asked
+    with pytest.raises(anthropic.BadRequestError) as refused:  # a count takes no answer's fields
+        client.messages.count_tokens(model=MODELS["openai"], messages=ask, extra_body={"max_tokens": 5})
+    assert refused.value.body["error"]["type"] == "invalid_request_error"

@@ -94,7 +94,7 @@ def test_an_unknown_path_among_500_routes_gets_a_bounded_404_naming_the_first_pa
     assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", None, "unknown_url")
     served = sorted([_path(d) for d in range(DEPARTMENTS)]
                     + ["/health", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
-                       "/v1/messages", "/v1/responses"])
+                       "/v1/messages", "/v1/messages/count_tokens", "/v1/responses"])
     listed = error["message"].split(": ", 1)[1].split(" and ", 1)[0].split(", ")
     assert listed == served[:len(listed)] and len(listed) > 1
     assert f" and {len(served) - len(listed)} more " in error["message"]

@@ -141,6 +141,7 @@ def test_defaults_when_optional_keys_are_absent():
         ("/v1/embeddings", "embeddings", "v1"),
         ("/v1/models", "models", "v1"),
         ("/v1/messages", "messages", "v1"),
+        ("/v1/messages/count_tokens", "count_tokens", "v1"),
         ("/v1/responses", "responses", "v1"),
     ]
     assert config.provider_preference == ("openai",)
@@ -670,9 +671,9 @@ def test_unknown_handler_lists_handlers_and_suggests_one():
 
     assert found == {
         "routes[0].handler": "unknown handler 'chta' (expected one of: chat, completion, embeddings, models, "
-                             "messages, responses); did you mean 'chat'?"
+                             "messages, responses, count_tokens); did you mean 'chat'?"
     }
-    assert HANDLERS == ("chat", "completion", "embeddings", "models", "messages", "responses")
+    assert HANDLERS == ("chat", "completion", "embeddings", "models", "messages", "responses", "count_tokens")
 
 
 def test_department_routes_add_to_the_standard_openai_routes():
@@ -734,13 +735,14 @@ def test_route_lines_name_each_path_its_handler_and_where_it_comes_from():
                               "  - {path: /v1/chat/completions, handler: chat, metrics_labels: {department: all}}"))
 
     assert route_lines(config) == [
-        "/v1/sales/completions  completion (department=sales, team=emea)",
-        "/v1/models             models (standard)",  # configured exactly as the standard one
-        "/v1/chat/completions   chat (department=all)",  # replaces the standard one
-        "/v1/completions        completion (standard)",
-        "/v1/embeddings         embeddings (standard)",
-        "/v1/messages           messages (standard)",
-        "/v1/responses          responses (standard)",
+        "/v1/sales/completions      completion (department=sales, team=emea)",
+        "/v1/models                 models (standard)",  # configured exactly as the standard one
+        "/v1/chat/completions       chat (department=all)",  # replaces the standard one
+        "/v1/completions            completion (standard)",
+        "/v1/embeddings             embeddings (standard)",
+        "/v1/messages               messages (standard)",
+        "/v1/messages/count_tokens  count_tokens (standard)",
+        "/v1/responses              responses (standard)",
     ]
 
 
@@ -967,7 +969,7 @@ def test_load_config_reads_the_file_and_names_it_as_source(tmp_path):
     assert config.source == str(path)
     assert summarize(config) == (
         f"{path}: valid — 2 providers (anthropic, openai), preference anthropic > openai, "
-        "7 routes, listening on 0.0.0.0:8080"
+        "8 routes, listening on 0.0.0.0:8080"
     )
 
 

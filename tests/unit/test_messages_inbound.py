@@ -8,6 +8,7 @@ import pytest
 
 from ext_proc import client_request
 from ext_proc.errors import GatewayError
+from ext_proc.inbound.count_tokens import estimate
 from ext_proc.inbound.messages_answer import MessagesStage, chat_to_message
 from ext_proc.inbound.messages_request import chat_body, error_body
 from ext_proc.outcomes import StreamOutcome
@@ -171,3 +172,24 @@ def test_a_404_from_an_anthropic_provider_is_a_502_naming_it_in_anthropics_shape
     body = json.loads(stage.body(b'{"type":"error","error":{"type":"not_found_error","message":"no"}}', True))
     assert stage.status_override == 502
     assert body["type"] == "error" and body["error"]["type"] == "api_error" and "'an'" in body["error"]["message"]
+
+
+def test_a_token_count_request_is_the_prompt_as_a_chat_and_refuses_the_answers_fields():
+    raw = {"model": "claude-x", "system": "Be brief.", "messages": [{"role": "user", "content": "hello"}]}
+    req = client_request.parse(Handler.COUNT_TOKENS, json.dumps(raw).encode())
+    assert (req.handler, req.model, req.stream, req.as_sent) == (Handler.COUNT_TOKENS, "claude-x", False, raw)
+    assert req.body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]
+    with pytest.raises(GatewayError) as refused:
+        client_request.parse(Handler.COUNT_TOKENS, json.dumps({**raw, "max_tokens": 5}).encode())
+    assert refused.value.message == "max_tokens: Extra inputs are not permitted"
+
+
+def test_the_gateways_token_estimate_grows_with_the_words_images_and_tools_and_errs_high():
+    text = "word " * 400  # 2,000 characters: about 400 to 500 tokens by any tokenizer of English
+    base = estimate({"messages": [{"role": "user", "content": text}]})
+    assert base == 4 + 500
+    with_image = estimate({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}]})
+    assert with_image == base + 1600
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    assert estimate({"messages": [{"role": "user", "content": text}], "tools": [tool]}) > base

@@ -99,7 +99,7 @@ def _provider_paths(snapshot) -> set[str]:
 def test_the_seeds_department_route_leaves_the_standard_openai_routes_to_envoy_and_ext_proc():
     snapshot = seed_snapshot()
     standard = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/messages",
-                "/v1/responses"}
+                "/v1/responses", "/v1/messages/count_tokens"}
     assert _provider_paths(snapshot) == standard | {"/v1/marketing/completions"}
     # ext_proc's router step serves by the same list: a path it lacks would be a 404 there.
     assert {r.path for r in snapshot.of_type(RUNTIME)["hapax"].routes} == standard | {"/v1/marketing/completions"}
