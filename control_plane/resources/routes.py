@@ -14,10 +14,12 @@ from collections import Counter
 from collections.abc import Sequence
 
 from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import (
     previous_priorities_config_pb2,
 )
+from envoy.extensions.router.cluster_specifiers.lua.v3 import lua_pb2 as lua_cluster_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
 from control_plane.config.model import HapaxConfig, RouteConfig
@@ -50,6 +52,7 @@ HANDLER_METHODS: dict[str, str] = {
 # routes do not fit in a body Envoy accepts (names.py). Half its cap leaves the JSON room to
 # spare and still names a dozen long paths or some fifty short ones, more than anyone reads.
 NOT_FOUND_BODY_BYTES = MAX_DIRECT_RESPONSE_BYTES // 2
+ROUTER_CHAIN_PLUGIN = "hapax.router.chain"
 _NOT_FOUND = ("invalid_request_error", "unknown_url")
 
 # Every attempt asks its provider for an uncompressed answer, whatever the client accepts:
@@ -102,6 +105,25 @@ def _retry_policy(plan: Plan) -> route_components_pb2.RetryPolicy:
     )
 
 
+def router_chain_plugin(plan: Plan) -> route_components_pb2.ClusterSpecifierPlugin:
+    """The router step's routes' cluster: the chain the step names (``x-hapax-chain``), and until it has,
+    the first chain.
+
+    Not the header alone (``cluster_header``): a route without a cluster yet is one Envoy's rate
+    limit filters pass by without a word, and those are the limit and queue checks, which run
+    before the router step. With ``cluster_header`` every request the router step routes (``auto``,
+    a ``dedup`` route, another API translated) went unchecked. The step sets the header and clears
+    the route cache, and the request goes to the chain it named; a chain it names that does not
+    exist is still Envoy's "cluster not found"."""
+    source = (f"function envoy_on_route(route_handle)\n"
+              f"  return route_handle:headers():get(\"{wire.CHAIN_HEADER}\") or \"{plan.default_chain.cluster}\"\n"
+              f"end\n")
+    config = lua_cluster_pb2.LuaConfig(source_code=base_pb2.DataSource(inline_string=source),
+                                       default_cluster=plan.default_chain.cluster)
+    return route_components_pb2.ClusterSpecifierPlugin(extension=core_extension_pb2.TypedExtensionConfig(
+        name=ROUTER_CHAIN_PLUGIN, typed_config=pack(config)))
+
+
 def provider_route(plan: Plan, route: RouteConfig, label_keys: tuple[str, ...] = (),
                    retry_policy: route_components_pb2.RetryPolicy | None = None) -> route_components_pb2.Route:
     """``retry_policy``: ``_retry_policy(plan)``, when the caller has built it once for many routes."""
@@ -110,7 +132,7 @@ def provider_route(plan: Plan, route: RouteConfig, label_keys: tuple[str, ...] =
         name=f"{route.handler}:{route.path}",
         match=route_components_pb2.RouteMatch(path=route.path, headers=method_is(method)),
         route=route_components_pb2.RouteAction(
-            cluster_header=wire.CHAIN_HEADER,
+            cluster_specifier_plugin=ROUTER_CHAIN_PLUGIN,
             # Generations can stream for minutes: bound idleness, not total time.
             # Each attempt has its own idle limit; the client's stream may sit idle
             # through every attempt of the chain before the first byte (any chain here:
@@ -223,7 +245,8 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         # The lanes' model -> cluster lookups, once for every department route.
-        cluster_specifier_plugins=[*passthrough.lane_clusters(plan), *model_lane.model_clusters(plan)],
+        cluster_specifier_plugins=[router_chain_plugin(plan), *passthrough.lane_clusters(plan),
+                                   *model_lane.model_clusters(plan)],
         virtual_hosts=[route_components_pb2.VirtualHost(
             name="hapax", domains=["*"], routes=routes, retry_policy=shared,
             typed_per_filter_config={**share_filter_configs(routes), **client_keys.virtual_host_keys(config)},

@@ -187,3 +187,35 @@ def test_only_requests_a_limit_may_hold_are_checked(fake, start_gateway):
     statuses = [send(gateway, "POST", "/marketing/v1/chat/completions", body(),
                      {"authorization": f"Bearer {free_key}"}).status for _ in range(3)]
     assert statuses == [200, 200, 429]
+
+
+def test_a_limit_holds_the_requests_the_router_step_routes_as_it_holds_a_lanes(fake, start_gateway):
+    """Envoy's rate limit filter asks about a request only once its route has a cluster: the router
+    step's route names its chain from a header the step sets later, so every request it routes
+    (model auto, a dedup route, the Messages and Responses APIs to a translating provider) once went
+    unchecked. Each must be refused as a lane's is, in its API's shape."""
+    key, line = new_key()
+    config = limited_config(fake, {"search": {"keys": [line.htpasswd], "limits": {"tokens_per_minute": 3000}}})
+    config["routes"] = [{"path": "/v1/dedup/chat/completions", "handler": "chat", "dedup": "always"}]
+    gateway = start_gateway(config)
+    ask = [{"role": "user", "content": "x"}]
+    over = {  # each asks for more than the minute's 3,000 tokens
+        "lane": ("/v1/chat/completions", {"model": "gpt-4o-mini", "max_tokens": 5000, "messages": ask}),
+        "auto": ("/v1/chat/completions", {"model": "auto", "max_tokens": 5000, "messages": ask}),
+        "dedup": ("/v1/dedup/chat/completions", {"model": "gpt-4o-mini", "max_tokens": 5000, "messages": ask}),
+        "stream": ("/v1/chat/completions", {"model": "gpt-4o-mini", "max_tokens": 5000, "messages": ask,
+                                            "stream": True}),
+        "messages": ("/v1/messages", {"model": "gpt-4o-mini", "max_tokens": 5000, "messages": ask}),
+        "responses": ("/v1/responses", {"model": "auto", "max_output_tokens": 5000, "input": "x"}),
+    }
+    fake.reset()
+    answers = {name: send(gateway, "POST", path, fields, {"authorization": f"Bearer {key}"})
+               for name, (path, fields) in over.items()}
+    assert {name: a.status for name, a in answers.items()} == dict.fromkeys(over, 429)
+    assert fake.requests == []
+    assert answers["messages"].json()["error"]["type"] == "rate_limit_error"  # Anthropic's shape there
+    assert answers["auto"].error()["code"] == "rate_limit_exceeded"
+    # A request within the limit on the same routes is served.
+    within = send(gateway, "POST", "/v1/chat/completions", {"model": "auto", "max_tokens": 50, "messages": ask},
+                  {"authorization": f"Bearer {key}"})
+    assert within.status == 200

@@ -11,13 +11,17 @@ OpenAI's shape; tokens counted as a chat's.
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
 
+from hapax.client_keys import new_key
 from hapax.fakes import FakeAnthropic, FakeOllama, FakeOpenAI
-from hapax.fakes.faults import Status
+from hapax.fakes.faults import Latency, Status
 from tests.conftest import gateway_config, wait_for
+from tests.e2e.test_ledger_e2e import records
 from tests.raw_http import send
 
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest", "ollama": "llama3.2"}
@@ -47,6 +51,20 @@ def client(gateway, fakes) -> openai.OpenAI:
         fake.reset()
         fake.clear_faults()
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+
+
+def settled_tokens(gateway, provider: str) -> float:
+    """The provider's token count once an earlier test's answers are all in: the access log brings a
+    lane's in batches (every 250 ms), so a count read too soon would be short of them."""
+    def read() -> float:
+        return gateway.metric_total("gen_ai_client_token_usage_sum", provider=provider)
+    previous = read()
+    while True:
+        time.sleep(0.6)
+        now = read()
+        if now == previous:
+            return now
+        previous = now
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
@@ -103,7 +121,7 @@ def test_streamed_function_arguments_arrive_as_their_deltas(client):
 def test_an_openai_providers_own_model_takes_the_lane_its_body_as_it_came(gateway, fakes, client):
     body = json.dumps({"model": MODELS["openai"], "input": "as it came", "store": False,
                        "include": ["message.output_text.logprobs"], "top_logprobs": 2}).encode()
-    before = gateway.metric_total("gen_ai_client_token_usage_sum", provider="openai")
+    before = settled_tokens(gateway, "openai")
     answer = send(gateway, "POST", "/v1/responses", body, {"authorization": "Bearer the-clients-own"})
     assert answer.status == 200 and answer.json()["object"] == "response"
     [received] = fakes["openai"].requests
@@ -115,7 +133,7 @@ def test_an_openai_providers_own_model_takes_the_lane_its_body_as_it_came(gatewa
 
 
 def test_a_stream_to_openai_goes_as_the_client_wrote_it_and_its_tokens_are_counted(gateway, fakes, client):
-    before = gateway.metric_total("gen_ai_client_token_usage_sum", provider="openai")
+    before = settled_tokens(gateway, "openai")
     events = list(client.responses.create(model=MODELS["openai"], input="count me", stream=True,
                                           reasoning={"summary": "auto"}, truncation="auto"))
     [received] = fakes["openai"].requests
@@ -157,3 +175,52 @@ def test_what_the_gateway_refuses_is_openais_error_shape_and_it_serves_on(gatewa
         assert answer.status == 400, raw
         assert answer.json()["error"]["type"] == "invalid_request_error", raw
     assert client.responses.create(model=MODELS["ollama"], input="still here").output_text
+
+
+RESEARCH = "/v1/research/responses"
+
+
+@pytest.fixture(scope="module")
+def governed(fakes, start_gateway, tmp_path_factory):
+    """A department's Responses route with a client key, a token limit, the ledger and coalescing."""
+    key, line = new_key()
+    providers = {kind: {"type": kind, "model": MODELS[kind], "base_url": fakes[kind].base_url, "api_key": "k"}
+                 for kind in ("openai", "anthropic")}
+    config = gateway_config(providers, preference=["openai", "anthropic"], routes=[
+        {"path": RESEARCH, "handler": "responses", "metrics_labels": {"department": "research"}, "dedup": "always"}])
+    config["clients"] = {"research-app": {"keys": [line.htpasswd], "limits": {"tokens_per_minute": 3000}}}
+    config["pricing"] = {MODELS["anthropic"]: {"input": 3.0, "output": 4.0}}
+    ledger = {"directory": str(tmp_path_factory.mktemp("ledger"))}
+    config["ledger"] = ledger
+    return start_gateway(config), key, ledger
+
+
+def test_a_departments_responses_route_is_labelled_recorded_limited_and_coalesced(governed, fakes):
+    gateway, key, ledger = governed
+    for fake in fakes.values():
+        fake.reset(), fake.clear_faults()
+    client = openai.OpenAI(base_url=gateway.url + "/v1/research", api_key=key, max_retries=0, timeout=30)
+    events = list(client.responses.create(model=MODELS["anthropic"], input="for the ledger", stream=True))
+    usage = events[-1].response.usage
+    # Labelled: the route's department on its series.
+    wait_for(lambda: gateway.metric_total("hapax_requests_total", route=RESEARCH, department="research") == 1,
+             "the request counted under its department")
+    # Recorded: the stream's ledger record has the Responses usage, priced.
+    wait_for(lambda: any(r["route"] == RESEARCH for r in records(ledger)), "the stream's ledger record")
+    [record] = [r for r in records(ledger) if r["route"] == RESEARCH]
+    assert (record["provider"], record["input_tokens"], record["output_tokens"], record["status"]) == (
+        "anthropic", usage.input_tokens, usage.output_tokens, 200)
+    assert record["cost_usd"] == pytest.approx((usage.input_tokens * 3.0 + usage.output_tokens * 4.0) / 1e6)
+    # Limited: max_output_tokens is what a Responses request reserves, so one above the limit is refused.
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.responses.create(model=MODELS["anthropic"], input="too much", max_output_tokens=5000)
+    assert refused.value.code == "rate_limit_exceeded"
+    # Coalesced: identical requests in flight at once reach the provider once, each answered as a Response.
+    fakes["openai"].reset()
+    fakes["openai"].inject(Latency(1.5), times=None, method="POST")
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda _: client.responses.create(model=MODELS["openai"], input="same question"),
+                                range(3)))
+    assert len(fakes["openai"].requests) == 1
+    assert {a.output_text for a in answers} == {answers[0].output_text} and all(a.object == "response"
+                                                                                 for a in answers)

@@ -21,7 +21,8 @@ def test_every_route_to_a_provider_asks_it_for_an_uncompressed_answer():
               if r.HasField("route") and r.route.cluster != res.EXT_PROC_HTTP_CLUSTER]
     kinds = {r.name.split(":")[0] for r in routes}
     # Both lanes and the router step's routes (the standard ones besides the configured).
-    assert kinds == {"passthrough", "model", "chat", "completion", "embeddings", "models", "messages", "responses", "count_tokens"}
+    assert kinds == {"passthrough", "model", "chat", "completion", "embeddings", "models", "messages", "responses",
+                     "count_tokens"}
     for route in routes:
         [asked] = [h for h in route.request_headers_to_add if h.header.key == "accept-encoding"]
         assert asked.header.value == "identity", route.name

@@ -10,6 +10,7 @@ from control_plane import resources as res
 from control_plane.config import parse_config
 from control_plane.plan import make_plan
 from control_plane.resources import body_routing, model_lane, passthrough
+from control_plane.resources.routes import ROUTER_CHAIN_PLUGIN
 from control_plane.snapshot import ROUTE, build_snapshot
 from tests.snapshots import EXT_PROC, cluster_lookup, effective_routes, lane_model_names, lane_route
 from tests.unit.test_passthrough import CONFIG
@@ -100,7 +101,7 @@ def test_a_gateway_serving_only_its_model_list_has_no_lane():
     text = ("providers:\n  claude: {type: anthropic, model: claude-3-haiku, api_key: k}\n"
             "default_routes: false\nroutes:\n  - {path: /v1/models, handler: models}\n")
     assert not [r for r in _routes(text) if r.name.startswith("model:")]
-    assert not _route_config(text).cluster_specifier_plugins
+    assert [p.extension.name for p in _route_config(text).cluster_specifier_plugins] == [ROUTER_CHAIN_PLUGIN]
     hcm_filters = [f.name for f in res.http_connection_manager(make_plan(parse_config(text))).http_filters]
     assert passthrough.JSON_TO_METADATA_FILTER not in hcm_filters  # no lane: bodies are not read in Envoy
     assert body_routing.LANE_MODEL_FILTER not in hcm_filters
@@ -149,7 +150,8 @@ def test_every_model_a_lane_route_takes_has_a_cluster_in_its_routes_lookup():
     # the other would send a lane request to no cluster (Envoy's 503) or leave a model off its lane.
     for text in (CONFIG, config_text(12, 9)):
         routes = _route_config(text)
-        lookups = {p.extension.name: cluster_lookup(p) for p in routes.cluster_specifier_plugins}
+        lookups = {p.extension.name: cluster_lookup(p) for p in routes.cluster_specifier_plugins
+                   if p.extension.name != ROUTER_CHAIN_PLUGIN}
         used = set()
         for route in effective_routes(routes.virtual_hosts[0]):
             if route.match.dynamic_metadata:

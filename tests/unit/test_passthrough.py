@@ -17,6 +17,7 @@ from control_plane import resources as res
 from control_plane.config import parse_config
 from control_plane.plan import make_plan
 from control_plane.resources import body_routing, passthrough, provider_headers
+from control_plane.resources.routes import ROUTER_CHAIN_PLUGIN
 from control_plane.snapshot import (
     CLUSTER,
     LISTENER,
@@ -109,7 +110,7 @@ def test_the_lanes_cluster_lookup_reads_the_model_json_to_metadata_read():
     assert value.format_string.text_format_source.inline_string == "%DYNAMIC_METADATA(hapax.request:model)%"
     plugins = {p.extension.name for p in res.route_configuration(make_plan(config())).cluster_specifier_plugins}
     assert plugins == {"hapax.passthrough.chat", "hapax.passthrough.embeddings", "hapax.model.chat",
-                       "hapax.model.embeddings"}
+                       "hapax.model.embeddings", ROUTER_CHAIN_PLUGIN}
 
 
 def test_routes_no_lane_request_can_take_do_not_parse_the_body_in_envoy():

@@ -13,6 +13,7 @@ from bench.xds_fanout import measure_fanout
 from control_plane.config import parse_config
 from control_plane.resources import passthrough
 from control_plane.resources.ext_proc_filters import EXT_PROC_FILTER
+from control_plane.resources.routes import ROUTER_CHAIN_PLUGIN
 from control_plane.snapshot import ROUTE, Snapshot, build_snapshot
 from tests.snapshots import effective_routes
 
@@ -65,7 +66,7 @@ def test_the_number_of_routes_does_not_depend_on_the_number_of_models():
     assert len(_vhost(large).routes) == len(_vhost(small).routes)
     plugins = next(iter(large.of_type(ROUTE).values())).cluster_specifier_plugins
     assert {p.extension.name for p in plugins} == {"hapax.passthrough.chat", "hapax.passthrough.embeddings",
-                                                   "hapax.model.chat", "hapax.model.embeddings"}
+                                                   "hapax.model.chat", "hapax.model.embeddings", ROUTER_CHAIN_PLUGIN}
 
 
 def test_aggregate_members_are_quadratic_in_preferred_providers():
@@ -82,7 +83,8 @@ def test_ext_proc_off_is_said_once_on_the_virtual_host_and_the_routes_that_run_i
     assert off.disabled and not off.HasField("overrides")
     # Only the ordinary provider routes (the router step's) carry a config of their own.
     own = {r.name for r in vhost.routes if EXT_PROC_FILTER in r.typed_per_filter_config}
-    assert own == {r.name for r in vhost.routes if r.HasField("route") and r.route.cluster_header}
+    assert own == {r.name for r in vhost.routes
+                   if r.HasField("route") and r.route.cluster_specifier_plugin == ROUTER_CHAIN_PLUGIN}
     # json_to_metadata runs on the lanes' paths only: not every route configures it, so it stays per route.
     assert passthrough.JSON_TO_METADATA_FILTER not in vhost.typed_per_filter_config
     applied = {r.name: r.typed_per_filter_config for r in effective_routes(vhost)}

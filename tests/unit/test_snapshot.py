@@ -8,12 +8,13 @@ import pytest
 import yaml
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.router.cluster_specifiers.lua.v3 import lua_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from control_plane import resources as res
 from control_plane.config import parse_config
 from control_plane.plan import make_plan
-from control_plane.resources.routes import route_configuration
+from control_plane.resources.routes import ROUTER_CHAIN_PLUGIN, route_configuration
 from control_plane.snapshot import (
     CLUSTER,
     ENDPOINT,
@@ -27,6 +28,7 @@ from control_plane.snapshot import (
     build_snapshot,
     make_snapshot,
 )
+from hapax import wire
 from tests.seed import SEED_YAML
 from tests.snapshots import MIXED, SECRETS, effective_routes, seed_snapshot
 
@@ -86,7 +88,7 @@ def test_routes_carry_the_department_route_and_gateway_routes():
     # The ordinary route, after the lanes' variants of it (which Envoy picks from the body).
     marketing = next(r for r in routes if r.match.path == "/v1/marketing/completions" and r.HasField("route")
                      and not r.match.dynamic_metadata)
-    assert marketing.route.cluster_header == "x-hapax-chain"
+    assert marketing.route.cluster_specifier_plugin == ROUTER_CHAIN_PLUGIN  # the chain the router step names
     assert marketing.metadata.filter_metadata["hapax"]["department"] == "marketing"
 
 
@@ -307,3 +309,17 @@ def test_the_chains_last_member_is_never_health_checked_and_tells_the_upstream_s
     [host] = unavailable.load_assignment.endpoints[0].lb_endpoints
     assert host.metadata.filter_metadata["hapax"]["unavailable"] == "true"
     assert "provider" not in host.metadata.filter_metadata["hapax"]  # never counted as a provider
+
+
+def test_the_router_steps_routes_have_a_cluster_before_the_step_names_the_chain():
+    """Envoy's limit and queue checks (rate limit filters, before the router step) ask about a request
+    only once its route has a cluster: the router's routes have the first chain until the step names
+    one in x-hapax-chain (then that one, or Envoy's "cluster not found" for a name it does not have)."""
+    snapshot = seed_snapshot()
+    (route_config,) = snapshot.of_type(ROUTE).values()
+    [plugin] = [p for p in route_config.cluster_specifier_plugins if p.extension.name == ROUTER_CHAIN_PLUGIN]
+    config = lua_pb2.LuaConfig()
+    plugin.extension.typed_config.Unpack(config)
+    assert config.default_cluster in snapshot.of_type(CLUSTER) and config.default_cluster.startswith("chain.")
+    assert (f'route_handle:headers():get("{wire.CHAIN_HEADER}") or "{config.default_cluster}"'
+            in config.source_code.inline_string)
