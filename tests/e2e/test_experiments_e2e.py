@@ -241,8 +241,9 @@ def test_messages_and_responses_clients_are_in_the_experiment_each_answered_in_i
         assert {a.status for a in answers.values()} == {200}, path
         assert {user: a.headers[wire.VARIANT_HEADER] for user, a in answers.items()} == expected, path
         assert {(a.json().get("type") or a.json().get("object")) for a in answers.values()} == {kind}, path
-        assert [r.body["model"] for r in openai_fake.requests] == ["gpt-4o"] * sum(
-            1 for v in expected.values() if v == "b"), path
-        assert len(anthropic_fake.requests) == sum(1 for v in expected.values() if v == "a"), path
+        asked = [r for r in openai_fake.requests if r.method == "POST"]  # not the health checks
+        assert [r.body["model"] for r in asked] == ["gpt-4o"] * sum(1 for v in expected.values() if v == "b"), path
+        assert len([r for r in anthropic_fake.requests if r.method == "POST"]) == sum(
+            1 for v in expected.values() if v == "a"), path
     # The Responses API's variant b went to OpenAI as the client wrote it, its model aside.
-    assert {r.path for r in openai_fake.requests} == {"/v1/responses"}
+    assert {r.path for r in asked} == {"/v1/responses"}
