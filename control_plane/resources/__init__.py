@@ -19,8 +19,8 @@ Shape of the data plane (see docs/architecture.md):
   per-attempt filter adds the key itself where the provider takes the body as it
   is (``passthrough``).
 - The router-level ext_proc step reads the client request once, picks the chain
-  and names it in the ``x-hapax-chain`` header, which the route uses as
-  ``cluster_header``. A request whose body names a known model can skip it: the
+  and names it in the ``x-hapax-chain`` header, which the route's cluster
+  specifier reads (``routes.router_chain_plugin``). A request whose body names a known model can skip it: the
   lanes' routes are picked from the body (``passthrough``, ``model_lane``).
 
 Which module builds what (``control_plane.snapshot`` puts them together):
