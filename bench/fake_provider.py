@@ -9,6 +9,8 @@ limits a measurement. It answers, on loopback only:
   chunk and ``data: [DONE]``, sent as ONE body (direct_response cannot pace
   it): streams through this fake measure throughput, not chunk timing (that is
   bench/paced_fake.py's job);
+- ``POST /json/.../responses``: an OpenAI ``response`` (what ``/v1/responses`` answers a
+  non-streaming request), for the Responses API's lane;
 - ``POST /anthropic/...``: an Anthropic ``message`` (what ``/v1/messages`` answers
   a non-streaming request), for Hapax's and Portkey's Anthropic translation;
 - ``GET .../models``: 200, which is what Hapax's provider health probe asks.
@@ -19,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.envoy_static import http_connection_manager, listener, static_bootstrap
-from bench.payloads import anthropic_message, chat_completion, models_list, sse_events
+from bench.payloads import anthropic_message, chat_completion, models_list, openai_response, sse_events
 
 JSON_PREFIX = "/json/"
 SSE_PREFIX = "/sse/"
@@ -45,6 +47,8 @@ def routes() -> list[dict[str, Any]]:
     sse = b"".join(sse_events())
     return [
         {"match": _get(r".*/models"), **_direct(200, models_list(), "application/json")},
+        {"match": {"safe_regex": {"regex": f"^{JSON_PREFIX}.*/responses$"}},
+         **_direct(200, openai_response(), "application/json")},
         {"match": {"prefix": JSON_PREFIX}, **_direct(200, chat_completion(), "application/json")},
         {"match": {"prefix": SSE_PREFIX}, **_direct(200, sse, "text/event-stream")},
         {"match": {"prefix": ANTHROPIC_PREFIX}, **_direct(200, anthropic_message(), "application/json")},

@@ -106,6 +106,7 @@ def sdk_goals(measurements: Sequence[Measurement], portkey: bool = False) -> lis
            # Issue #25: Anthropic's lane (a Messages body to an Anthropic provider, as it came) keeps
            # the OpenAI lane's ratio to bare Envoy, within the same fraction.
            _kept_goal(measurements, "messages", "Anthropic Messages to Anthropic (c=64): C/B, of the OpenAI lane's"),
+           _kept_goal(measurements, "responses", "OpenAI Responses to OpenAI (c=64): C/B, of the chat lane's"),
            _portkey_goal(measurements, portkey)]
     for streams, limit in ((1, 2.0), (8, 3.0)):
         rounds = _with_b_and_c(find_rounds(measurements, kind="paced", load=TIMING, connections=streams, client=SDK))

@@ -28,7 +28,10 @@ MODELS = {"json": "bench-json", "sse": "bench-sse", "paced": "bench-paced",
           "experiment": "bench-experiment",
           # Anthropic's Messages API in, to the Anthropic provider's own model: its lane, the body
           # as it came (control_plane/resources/passthrough.py), beside the OpenAI lane's "json".
-          "messages": "bench-anthropic"}
+          "messages": "bench-anthropic",
+          # OpenAI's Responses API in, to the JSON provider's own model: the OpenAI lane to its
+          # /responses, the body as it came, beside the chat lane's "json".
+          "responses": "bench-json"}
 STREAMING = frozenset({"sse", "paced"})  # the kinds whose requests ask for a stream
 CREATED = 1_700_000_000  # a fixed timestamp: answers are byte-identical from run to run
 # Where the paced fake writes each chunk's send time (time.monotonic(), the
@@ -93,6 +96,11 @@ ANTHROPIC_HEADERS = {"x-api-key": "sk-bench", "anthropic-version": "2023-06-01",
                      "accept": "application/json", "user-agent": "Anthropic/Python"}
 
 
+def responses_request(size: int, *, model: str) -> bytes:
+    """``client.responses.create(model=..., input=...)``: a Responses body."""
+    return _compact({"input": prompt(size), "model": model})
+
+
 def messages_request(size: int, *, model: str) -> bytes:
     """``client.messages.create(model=..., max_tokens=..., messages=[...])``: a Messages body."""
     return _compact({"max_tokens": 256, "messages": [{"role": "user", "content": prompt(size)}], "model": model})
@@ -108,6 +116,17 @@ def chat_completion() -> bytes:
         "choices": [{"index": 0, "finish_reason": "stop",
                      "message": {"role": "assistant", "content": "word " * STREAM_CHUNKS}}],
         "usage": USAGE,
+    })
+
+
+def openai_response() -> bytes:
+    """What OpenAI's POST /v1/responses answers for a non-streaming request: the same text and usage."""
+    return _compact({
+        "id": "resp_bench", "object": "response", "created_at": CREATED, "status": "completed", "model": "bench",
+        "output": [{"type": "message", "id": "msg_bench", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": "word " * STREAM_CHUNKS, "annotations": []}]}],
+        "usage": {"input_tokens": USAGE["prompt_tokens"], "output_tokens": USAGE["completion_tokens"],
+                  "total_tokens": USAGE["total_tokens"]},
     })
 
 

@@ -13,18 +13,16 @@ from bench.http1 import encode_request
 from bench.measurement import Measurement, percentile
 from bench.openloop import open_loop
 from bench.payloads import (
-    ANTHROPIC_HEADERS,
     MODELS,
     PROMPT_SIZES,
     SDK_HEADERS,
     chat_request,
-    messages_request,
     sdk_chat_request,
 )
 from bench.pinning import CorePlan
 from bench.scenarios import CLOSED, FAST, OPEN, SDK, TIMING, Scenario
 from bench.streams import stream_timing
-from bench.targets import MESSAGES_KINDS, Target, kind_headers
+from bench.targets import Target, api_request, kind_headers
 from bench.wrk import run_wrk, write_script
 
 CLIENT = "client"  # the load generator: wrk (a child) or this process's asyncio generators
@@ -115,15 +113,17 @@ class Runner:
         return procstat.core_busy_seconds((self.plan.measured,)), procstat.core_busy_seconds(self.plan.load)
 
     def _body(self, scenario: Scenario) -> bytes:
-        if scenario.kind in MESSAGES_KINDS:
-            return messages_request(PROMPT_SIZES[scenario.prompt], model=MODELS[scenario.kind])
+        request = api_request(scenario.kind, PROMPT_SIZES[scenario.prompt])
+        if request is not None:
+            return request[0]
         shape = sdk_chat_request if scenario.client == SDK else chat_request
         return shape(PROMPT_SIZES[scenario.prompt], model=MODELS[scenario.kind], stream=scenario.stream)
 
     def _headers(self, scenario: Scenario, target: Target) -> dict[str, str]:
         # The keyed kinds' key replaces the SDK's placeholder (Bearer sk-bench), for A, B and C alike.
-        if scenario.kind in MESSAGES_KINDS:
-            return {**ANTHROPIC_HEADERS, **target.headers}
+        request = api_request(scenario.kind, PROMPT_SIZES[scenario.prompt])
+        if request is not None:
+            return {**request[1], **target.headers}
         return {**(SDK_HEADERS if scenario.client == SDK else {}), **kind_headers(scenario.kind), **target.headers}
 
     def _script(self, scenario: Scenario, target: Target) -> Path:

@@ -24,7 +24,8 @@ KIND_NAMES = {"json": "json", "sse": "stream", "paced": "paced stream", "alias":
               "seed": "json seed config (Anthropic first, model=auto)",
               "keys": "json with client keys", "limits": "json with keys + limits",
               "experiment": "json in an A/B experiment",
-              "messages": "Anthropic Messages to Anthropic (its lane)"}
+              "messages": "Anthropic Messages to Anthropic (its lane)",
+              "responses": "OpenAI Responses to OpenAI (its lane)"}
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,9 @@ def _sdk(seconds: int, levels: tuple[int, ...], streams: tuple[int, ...], keyed:
         if kind == "json" and keyed:  # next to the plain lane's c=64, which they are compared with
             for keyed_kind in ("keys", "limits"):
                 plan += _closed(keyed_kind, "300B", seconds, 64, client=SDK)
-        if kind == "json":  # Anthropic's lane beside OpenAI's, compared with it (issue #25)
+        if kind == "json":  # Anthropic's lane and the Responses API's beside the chat lane (issue #25)
             plan += _closed("messages", "300B", seconds, 64, client=SDK)
+            plan += _closed("responses", "300B", seconds, 64, client=SDK)
         if kind == "auto":  # an experiment's requests take the model lane's path, as auto's do
             plan += _closed("experiment", "300B", seconds, 64, client=SDK)
         if kind == "json":  # its open-loop rate is half the C peak just measured

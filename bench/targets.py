@@ -27,7 +27,15 @@ import yaml
 from bench import procstat
 from bench.bare_proxy import ENTRY_PREFIXES, bare_proxy_config
 from bench.fake_provider import ANTHROPIC_PREFIX, JSON_PREFIX, SSE_PREFIX, fake_provider_config
-from bench.payloads import ANTHROPIC_HEADERS, MODELS, STREAMING, chat_request, messages_request
+from bench.payloads import (
+    ANTHROPIC_HEADERS,
+    MODELS,
+    SDK_HEADERS,
+    STREAMING,
+    chat_request,
+    messages_request,
+    responses_request,
+)
 from bench.pinning import CorePlan
 from bench.processes import Process, ProcessSet, StartError, start_envoy, wait_until
 from control_plane.defaults import default_config_text
@@ -42,10 +50,11 @@ KINDS = ("json", "sse", "paced", "anthropic")  # the kinds of answer, one provid
 # through the seed's config with Anthropic first (a second Hapax), and the JSON
 # answer through a Hapax with client keys, and one with keys + limits.
 ALIASED = {"alias": "json", "auto": "json", "seed": "anthropic", "keys": "json", "limits": "json",
-           "experiment": "json", "messages": "anthropic"}
-# The kinds whose requests are Anthropic's Messages API (bench/payloads.py: messages_request), to
-# C's /v1/messages; A and B get the same body, and the fake answers it as any Anthropic request.
-MESSAGES_KINDS = ("messages",)
+           "experiment": "json", "messages": "anthropic", "responses": "json"}
+# The kinds whose requests are another client API's (bench/payloads.py: messages_request,
+# responses_request), to C's path for that API; A and B get the same body, and the fake answers
+# it in that API (an Anthropic message; a Response on a path ending in /responses).
+API_PATHS = {"messages": wire.ANTHROPIC_MESSAGES_PATH, "responses": "/v1" + wire.OPENAI_RESPONSES_PATH}
 # The kinds C serves from a `hapax serve` of their own (another config), started only when
 # a plan has them: C's main gateway's config has no seed routes, no keys and no limits.
 APART = ("seed", "keys", "limits", "experiment")
@@ -158,6 +167,15 @@ def client_key() -> tuple[str, str]:
     return key, line.htpasswd
 
 
+def api_request(kind: str, size: int) -> tuple[bytes, dict[str, str]] | None:
+    """The body and headers of a kind whose requests are another client API's (API_PATHS), as its SDK sends them."""
+    if kind == "messages":
+        return messages_request(size, model=MODELS[kind]), ANTHROPIC_HEADERS
+    if kind == "responses":
+        return responses_request(size, model=MODELS[kind]), SDK_HEADERS
+    return None
+
+
 def kind_headers(kind: str) -> dict[str, str]:
     """Headers a kind's requests carry, whatever the client shape: the key, for the keyed kinds.
 
@@ -173,14 +191,16 @@ def target_a(fakes: Fakes) -> Target:
         "paced": Endpoint(fakes.paced_port, CHAT_PATH),
         "anthropic": Endpoint(fakes.envoy_port, ANTHROPIC_PREFIX + "v1/messages"),
     }
-    return Target("A", "fake provider (direct)", {**answers, **{kind: answers[of] for kind, of in ALIASED.items()}},
-                  fixed_pids=fakes.pids)
+    endpoints = {**answers, **{kind: answers[of] for kind, of in ALIASED.items()},
+                 "responses": Endpoint(fakes.envoy_port, JSON_PREFIX.rstrip("/") + API_PATHS["responses"])}
+    return Target("A", "fake provider (direct)", endpoints, fixed_pids=fakes.pids)
 
 
 def start_bare_envoy(procs: ProcessSet, envoy: Path, workdir: Path, fakes: Fakes, plan: CorePlan | None) -> Target:
     proc, port = start_envoy(procs, "bare-envoy", bare_proxy_config(fakes.envoy_port, fakes.paced_port),
                              envoy, workdir, prefix=plan.taskset() if plan else [], concurrency=1 if plan else None)
-    endpoints = {kind: Endpoint(port, ENTRY_PREFIXES[ALIASED.get(kind, kind)] + "chat/completions")
+    endpoints = {kind: Endpoint(port, ENTRY_PREFIXES[ALIASED.get(kind, kind)]
+                                + ("responses" if kind == "responses" else "chat/completions"))
                  for kind in (*KINDS, *ALIASED)}
     return Target("B", "bare Envoy -> fake", endpoints, root=proc, fixed_pids=fakes.pids)
 
@@ -294,7 +314,7 @@ def start_hapax(procs: ProcessSet, workdir: Path, fakes: Fakes, plan: CorePlan |
     ``apart`` has no endpoint in C, and its scenarios cannot run.
     """
     proc, port = _start_gateway(procs, workdir, "hapax", hapax_config(fakes, plan), plan)
-    endpoints = {kind: Endpoint(port, wire.ANTHROPIC_MESSAGES_PATH if kind in MESSAGES_KINDS else CHAT_PATH)
+    endpoints = {kind: Endpoint(port, API_PATHS.get(kind, CHAT_PATH))
                  for kind in (*KINDS, *ALIASED) if kind not in APART}
     target = Target("C", "Hapax (hapax serve)", endpoints, root=proc, fixed_pids=fakes.pids)
     _wait_answers(target, proc, list(endpoints))
@@ -317,8 +337,9 @@ def _wait_answers(target: Target, proc: Process, kinds: list[str]) -> None:
     """Until every kind of request gets a 200: the providers' first health verdicts take a moment."""
     for kind in kinds:
         url = target.endpoints[kind].url
-        if kind in MESSAGES_KINDS:
-            body, headers = messages_request(300, model=MODELS[kind]), {**ANTHROPIC_HEADERS, **target.headers}
+        request = api_request(kind, 300)
+        if request is not None:
+            body, headers = request[0], {**request[1], **target.headers}
         else:
             body = chat_request(300, model=MODELS[kind], stream=kind in STREAMING)
             headers = {**kind_headers(kind), **target.headers}

@@ -178,3 +178,23 @@ def test_a_target_over_rounds_is_judged_on_the_median_round_and_lists_each() -> 
     goal = next(g for g in sdk_goals(measured) if g.what.startswith("JSON, OpenAI provider, model named"))
     assert goal.met is True
     assert goal.measured == "0.420 (median of 0.300, 0.450, 0.420)"
+
+
+def test_the_responses_kind_sends_a_responses_body_to_each_targets_responses_path_and_the_fake_answers_one(
+        tmp_path) -> None:
+    """A, B and C get the same Responses body, on a path ending in /responses, where the fake answers a
+    Response: C's is the OpenAI lane to the JSON provider's own model (its /responses)."""
+    from bench.fake_provider import routes
+    from bench.payloads import MODELS, openai_response, responses_request
+    from bench.targets import API_PATHS, api_request
+
+    body, headers = api_request("responses", 300)
+    assert body == responses_request(300, model=MODELS["responses"]) and headers == SDK_HEADERS
+    assert json.loads(body)["model"] == hapax_config(FAKES)["providers"]["json"]["model"]
+    assert target_a(FAKES).endpoints["responses"].url.endswith("/json/v1/responses")
+    assert API_PATHS["responses"] == "/v1/responses"
+    [route] = [r for r in routes() if r["match"].get("safe_regex", {}).get("regex", "").endswith("/responses$")]
+    assert route["direct_response"]["body"]["inline_string"] == openai_response().decode()
+    assert json.loads(openai_response())["object"] == "response"
+    runner = Runner([], tmp_path, 0.01)
+    assert runner._body(Scenario("responses", "300B", CLOSED, 1, 64, client=SDK)) == body
