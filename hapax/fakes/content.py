@@ -76,16 +76,35 @@ def embedding_base64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
-def tool_arguments(parameters: Any, user_text: str) -> dict[str, Any]:
-    """Arguments for the fake tool call.
+# A value of each JSON schema type, for the properties a schema requires besides the first.
+_TYPED_VALUES: dict[str, Any] = {"number": 1.5, "integer": 1, "boolean": True, "array": [], "object": {},
+                                 "null": None}
 
-    Filling the first declared property (when the schema has one) gives the
-    arguments real content to stream in pieces, which an empty ``{}`` would not.
+
+def tool_arguments(parameters: Any, user_text: str) -> dict[str, Any]:
+    """Arguments for the fake tool call, valid against the schema as a real model's are.
+
+    Filling the first declared property (when the schema has one) with the user's text gives the
+    arguments real content to stream in pieces, which an empty ``{}`` would not; every other
+    property the schema requires gets a value of its type (a strict schema requires them all).
     """
     properties = parameters.get("properties") if isinstance(parameters, dict) else None
-    if isinstance(properties, dict) and properties:
-        return {next(iter(properties)): user_text}
-    return {}
+    if not isinstance(properties, dict) or not properties:
+        return {}
+    required = parameters.get("required") if isinstance(parameters.get("required"), list) else []
+    first = next(iter(properties))
+    out: dict[str, Any] = {first: _typed(properties[first], user_text)}
+    for name in required:
+        if name in properties and name not in out:
+            out[name] = _typed(properties[name], name)
+    return out
+
+
+def _typed(schema: Any, text: str) -> Any:
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    if isinstance(kind, list):  # ["string", "null"]: the first that is not null
+        kind = next((k for k in kind if k != "null"), "string")
+    return _TYPED_VALUES.get(kind, text) if isinstance(kind, str) else text
 
 
 def text_of(content: Any) -> str:

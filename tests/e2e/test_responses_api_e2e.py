@@ -230,3 +230,20 @@ def test_a_departments_responses_route_is_labelled_recorded_limited_and_coalesce
     assert len(posted(fakes["openai"])) == 1
     assert {a.output_text for a in answers} == {answers[0].output_text} and all(a.object == "response"
                                                                                  for a in answers)
+
+
+def test_structured_output_and_reasoning_come_back_as_responses_items_from_anthropic(client):
+    """text.format becomes Anthropic's forced JSON tool and back, so the SDK's parse() reads the object;
+    reasoning.effort becomes extended thinking, which comes back as a reasoning item."""
+    from pydantic import BaseModel
+
+    class Weather(BaseModel):
+        city: str
+        celsius: float
+
+    parsed = client.responses.parse(model=MODELS["anthropic"], input="Weather in Rome?", text_format=Weather)
+    assert isinstance(parsed.output_parsed, Weather) and parsed.output_parsed.city
+    thought = client.responses.create(model=MODELS["anthropic"], input="Think first: 2+2?",
+                                      reasoning={"effort": "low"}, max_output_tokens=4000)
+    assert [item.type for item in thought.output][:2] == ["reasoning", "message"]
+    assert thought.output[0].content[0].text and thought.output_text
