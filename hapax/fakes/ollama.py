@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from .base import FakeProvider, RequestError, ndjson_line, recorded
-from .content import Reply, compose_reply, embed, last_user_text, prompt_tokens, text_of
+from .content import Reply, compose_reply, embed, last_user_text, prompt_tokens, text_of, tool_arguments
 
 # Pretend each token takes this long, so durations are plausible and deterministic.
 _NS_PER_TOKEN = 1_000_000
@@ -78,11 +78,18 @@ class FakeOllama(FakeProvider):
         body = _body(request)
         model = self._require_model(body)
         messages = _messages(body)
-        reply = compose_reply(self.label, last_user_text(messages), _num_predict(body))
+        tool = _tool_to_call(body.get("tools"), messages)
+        if tool is not None:  # a model that supports tools calls one right after a user turn
+            calls = [{"function": {"name": tool["name"],
+                                   "arguments": tool_arguments(tool.get("parameters"), last_user_text(messages))}}]
+            reply = Reply(("",) * max(1, len(str(calls)) // 4), truncated=False)  # the call's tokens, counted
+        else:
+            calls = []
+            reply = compose_reply(self.label, last_user_text(messages), _num_predict(body))
         counts = self._without_omitted(_counts(prompt_tokens(text_of(m.get("content")) for m in messages), reply))
         if body.get("stream", True) is not False:  # Ollama streams unless told not to
-            return await self.send_stream(request, _chat_lines(model, reply, counts))
-        final = {**_line(model, reply.text), **counts}
+            return await self.send_stream(request, _chat_lines(model, reply, counts, calls))
+        final = {**_line(model, reply.text, calls), **counts}
         return await self.send_json(request, final)
 
     async def _embed(self, request: web.Request) -> web.StreamResponse:
@@ -161,11 +168,27 @@ def _inputs(value: Any) -> list[str]:
 # -- response building ---------------------------------------------------------------
 
 
-def _line(model: str, content: str) -> dict[str, Any]:
+def _tool_to_call(tools: Any, messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The function the fake "decides" to call: the first offered, only right after a user turn."""
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and isinstance(t.get("function"), dict)
+                                              and isinstance(t["function"].get("name"), str) for t in tools):
+        raise RequestError(400, "invalid tools: expected an array of {type: function, function: {name, ...}}")
+    if not tools or not messages or messages[-1].get("role") != "user":
+        return None
+    function: dict[str, Any] = tools[0]["function"]
+    return function
+
+
+def _line(model: str, content: str, calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:  # Ollama gives a call's arguments as an object, and no call id
+        message["tool_calls"] = calls
     return {
         "model": model,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
-        "message": {"role": "assistant", "content": content},
+        "message": message,
         "done": False,
     }
 
@@ -185,7 +208,11 @@ def _counts(prompt_count: int, reply: Reply) -> dict[str, Any]:
     }
 
 
-def _chat_lines(model: str, reply: Reply, counts: dict[str, Any]) -> Iterator[bytes]:
-    for chunk in reply.chunks:
-        yield ndjson_line(_line(model, chunk))
+def _chat_lines(model: str, reply: Reply, counts: dict[str, Any],
+                calls: list[dict[str, Any]]) -> Iterator[bytes]:
+    if calls:  # Ollama streams a tool call whole, in one line
+        yield ndjson_line(_line(model, "", calls))
+    else:
+        for chunk in reply.chunks:
+            yield ndjson_line(_line(model, chunk))
     yield ndjson_line({**_line(model, ""), **counts})

@@ -75,8 +75,7 @@ def test_messages_stream_carries_anthropics_event_sequence_and_the_final_usage(c
     assert len(posted(fakes[kind])) == 1
 
 
-# The Ollama fake answers no tool calls (hapax/fakes/ollama.py): its translator's are tested on their own.
-@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("kind", list(MODELS))
 def test_a_tool_call_round_trip_in_anthropics_blocks(client, kind):
     ask = [{"role": "user", "content": "Weather in Paris?"}]
     first = client.messages.create(model=MODELS[kind], max_tokens=64, tools=[WEATHER], messages=ask)

@@ -100,8 +100,7 @@ def test_a_responses_stream_carries_the_event_sequence_and_the_final_usage(clien
     assert len(posted(fakes[kind])) == 1
 
 
-# The Ollama fake answers no tool calls (hapax/fakes/ollama.py): its translator's are tested on their own.
-@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("kind", list(MODELS))
 def test_a_function_call_round_trip_in_responses_items(client, kind):
     ask = [{"role": "user", "content": "Weather in Paris?"}]
     first = client.responses.create(model=MODELS[kind], input=ask, tools=[WEATHER])

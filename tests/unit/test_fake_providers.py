@@ -525,6 +525,26 @@ async def test_ollama_streams_ndjson_by_default(session, ollama):
     assert final["total_duration"] > 0
 
 
+async def test_ollama_calls_the_offered_tool_after_a_user_turn_with_object_arguments_and_answers_its_result(
+        session, ollama):
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        "required": ["city", "days"]}}}
+    asked = [{"role": "user", "content": "Weather in Oslo?"}]
+    payload = {"model": "llama3.2", "messages": asked, "tools": [weather], "stream": False}
+    body = await (await fetch(session, "POST", f"{ollama.base_url}/api/chat", payload)).json()
+    [call] = body["message"]["tool_calls"]
+    assert call == {"function": {"name": "get_weather", "arguments": {"city": "Weather in Oslo?", "days": 1}}}
+    assert body["message"]["content"] == "" and body["done_reason"] == "stop"
+    lines = ndjson((await read_all(await open_stream(session, f"{ollama.base_url}/api/chat",
+                                                     {**payload, "stream": True})))[0])
+    assert lines[0]["message"]["tool_calls"] == [call] and lines[-1]["done"] is True  # one line, whole
+    answered = [*asked, body["message"], {"role": "tool", "content": "sunny"}]
+    after = await (await fetch(session, "POST", f"{ollama.base_url}/api/chat",
+                               {**payload, "messages": answered})).json()
+    assert "tool_calls" not in after["message"] and after["message"]["content"]
+
+
 async def test_ollama_non_stream_is_one_object_and_honours_num_predict(session, ollama):
     payload = {
         "model": "llama3.2:latest",  # the same model as the configured "llama3.2"
