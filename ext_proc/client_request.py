@@ -49,6 +49,8 @@ class ClientRequest:
     # What in ``as_sent`` the canonical body cannot carry ("" if nothing): only a provider that
     # speaks the client's API itself can serve the request.
     untranslatable: str = ""
+    # The fields of ``as_sent`` the canonical body leaves out: a translated attempt reports them.
+    dropped: tuple[str, ...] = ()
 
     @classmethod
     def as_read(cls, handler: Handler, model: str, stream: bool, include_usage: bool) -> ClientRequest:
@@ -86,7 +88,7 @@ def parse(handler: str, raw: bytes) -> ClientRequest:
         translated = INBOUND[handler](body)
         chat = translated.chat
         return ClientRequest(Handler.CHAT, chat["model"], bool(chat.get("stream")), chat, body,
-                             translated.untranslatable)
+                             translated.untranslatable, translated.dropped)
     raise GatewayError(405, f"handler {handler!r} takes no request body", code="method_not_allowed")
 
 

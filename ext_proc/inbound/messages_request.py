@@ -11,20 +11,22 @@ gateway's own (``error_body``) and, in messages_answer.py, the providers'. Pure 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from ext_proc.errors import GatewayError, invalid
-from ext_proc.inbound.translated import Translated, untranslatable
+from ext_proc.inbound.translated import Translated, asked, untranslatable
 from hapax import wire
 
 ROLES = ("user", "assistant")
 TOOL_CHOICES = ("auto", "any", "tool", "none")
-# Fields of a Messages request that only tune Anthropic's own service: a translation drops them.
-IGNORED = frozenset({"service_tier", "context_management"})
+# Fields of a Messages request no chat can say (Anthropic's sampling and service): a translation
+# drops them, and reports those set to ask for something (not these values).
+IGNORED: dict[str, tuple[Any, ...]] = {"service_tier": ("auto",), "context_management": (), "top_k": ()}
 # Fields only Anthropic can serve (it runs the container, calls the MCP servers).
 ANTHROPIC_RUN = ("container", "mcp_servers")
-KNOWN = frozenset({"model", "messages", "max_tokens", "system", "stream", "temperature", "top_p", "top_k",
-                   "stop_sequences", "tools", "tool_choice", "metadata", "thinking"}) | IGNORED | set(ANTHROPIC_RUN)
+KNOWN = frozenset({"model", "messages", "max_tokens", "system", "stream", "temperature", "top_p",
+                   "stop_sequences", "tools", "tool_choice", "metadata", "thinking", *IGNORED, *ANTHROPIC_RUN})
 # What a token count request takes: the prompt's fields, not the answer's.
 COUNT_KNOWN = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "context_management",
                          *ANTHROPIC_RUN})
@@ -58,7 +60,7 @@ def chat_body(body: dict[str, Any]) -> Translated:
     user = metadata.get("user_id") if isinstance(metadata, dict) else None
     if isinstance(user, str) and user:
         chat["user"] = user
-    return translated
+    return replace(translated, dropped=asked(body, IGNORED))
 
 
 def count_body(body: dict[str, Any]) -> Translated:

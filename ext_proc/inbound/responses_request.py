@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from ext_proc.errors import invalid
-from ext_proc.inbound.translated import Translated, untranslatable
+from ext_proc.inbound.translated import Translated, asked, untranslatable
 
 ROLES = ("user", "assistant", "system", "developer")
 TOOL_CHOICES = ("auto", "none", "required")
@@ -30,12 +30,14 @@ MAPPED = frozenset({"model", "input", "instructions", "tools", "tool_choice", "t
                     "temperature", "top_p", "stream", "parallel_tool_calls", "reasoning", "user",
                     "safety_identifier", "top_logprobs"})
 # Fields that tune OpenAI's own service (storage, tiers, caching, what its events carry): a
-# translated request drops them.
-SERVICE_ONLY = frozenset({"store", "service_tier", "truncation", "include", "prompt_cache_key",
-                          "prompt_cache_retention", "max_tool_calls", "metadata", "stream_options"})
+# translated request drops them, and reports those set to ask for something (not these values).
+SERVICE_ONLY: dict[str, tuple[Any, ...]] = {
+    "store": (False,), "service_tier": ("auto", "default"), "truncation": ("disabled",), "include": ([],),
+    "prompt_cache_key": (), "prompt_cache_retention": (), "max_tool_calls": (), "metadata": ({},),
+    "stream_options": ({},)}
 # Fields only a provider holding state, or running the work itself, can serve.
 STATEFUL = ("previous_response_id", "conversation", "prompt", "background")
-KNOWN = MAPPED | SERVICE_ONLY | frozenset(STATEFUL)
+KNOWN = MAPPED | frozenset(SERVICE_ONLY) | frozenset(STATEFUL)
 
 
 def chat_body(body: dict[str, Any]) -> Translated:
@@ -65,7 +67,8 @@ def chat_body(body: dict[str, Any]) -> Translated:
     if body.get("top_logprobs"):  # asks for log probabilities: a provider that cannot give them refuses
         chat.update(logprobs=True, top_logprobs=body["top_logprobs"])
     return Translated(chat, untranslatable(reasons, "Responses API", "it holds the state or runs the tool; "
-                                                                    "this gateway keeps no responses"))
+                                                                    "this gateway keeps no responses"),
+                      asked(body, SERVICE_ONLY))
 
 
 def _flag(body: dict[str, Any], name: str) -> bool:

@@ -17,6 +17,16 @@ from typing import Any
 class Translated:
     chat: dict[str, Any]  # the canonical OpenAI chat body
     untranslatable: str = ""  # what no chat can carry, in words ("" if nothing)
+    # The client's fields the chat leaves out, sorted: a translated attempt reports them in
+    # x-hapax-dropped-params, beside the ones its provider's translator drops (never silently).
+    dropped: tuple[str, ...] = ()
+
+
+def asked(body: dict[str, Any], defaults: dict[str, Any]) -> tuple[str, ...]:
+    """The fields of ``defaults`` that ``body`` sets to something other than their default (and null):
+    a field at its default asks for nothing, so dropping it is no loss to report."""
+    return tuple(sorted(name for name, default in defaults.items()
+                        if body.get(name) is not None and body[name] not in default))
 
 
 def untranslatable(reasons: Sequence[str], api: str, why: str) -> str:

@@ -292,7 +292,8 @@ class UpstreamStep(Step):
         out = attempt.provider_request(req)
         assert out.body is not None  # a translated request always has a body
         self.stage = attempt.response_stage(req)
-        self.dropped = out.dropped
+        # The client API's own fields its translation left out, beside the provider's (none if native).
+        self.dropped = out.dropped if attempt.speaks_natively(req) else tuple(sorted({*out.dropped, *req.dropped}))
         set_headers = {**{name: value for name, value in attempt.target_headers(out).items()
                           if name not in self.clients_own},  # a native request's version and betas: the client's
                        "content-type": "application/json", "content-length": str(len(out.body))}

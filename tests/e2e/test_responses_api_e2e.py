@@ -246,3 +246,14 @@ def test_structured_output_and_reasoning_come_back_as_responses_items_from_anthr
                                       reasoning={"effort": "low"}, max_output_tokens=4000)
     assert [item.type for item in thought.output][:2] == ["reasoning", "message"]
     assert thought.output[0].content[0].text and thought.output_text
+
+
+def test_a_translated_request_reports_the_fields_its_provider_was_not_sent(gateway):
+    """To Anthropic, store and metadata (OpenAI's service) and top_p... are decided field by field:
+    what is left out is named in x-hapax-dropped-params, never dropped silently; to OpenAI nothing is."""
+    body = {"input": "x", "store": True, "metadata": {"team": "a"}, "top_p": 0.5}
+    to_anthropic = send(gateway, "POST", "/v1/responses", {"model": MODELS["anthropic"], **body}, {})
+    assert to_anthropic.status == 200
+    assert to_anthropic.headers["x-hapax-dropped-params"] == "metadata, store"
+    events = send(gateway, "POST", "/v1/responses", {"model": MODELS["openai"], "stream": True, **body}, {})
+    assert events.status == 200 and "x-hapax-dropped-params" not in events.headers  # native: sent as it came

@@ -193,3 +193,9 @@ def test_the_gateways_token_estimate_grows_with_the_words_images_and_tools_and_e
     assert with_image == base + 1600
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     assert estimate({"messages": [{"role": "user", "content": text}], "tools": [tool]}) > base
+
+
+def test_what_a_messages_translation_leaves_out_is_reported_unless_it_asks_for_nothing():
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    assert chat_body({**body, "top_k": 5, "service_tier": "standard_only"}).dropped == ("service_tier", "top_k")
+    assert chat_body({**body, "service_tier": "auto"}).dropped == ()

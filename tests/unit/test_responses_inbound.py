@@ -230,3 +230,12 @@ def test_a_404_from_an_openai_provider_on_the_responses_path_is_a_502_naming_it(
     body = json.loads(stage.body(b'{"error":{"message":"Invalid URL (POST /v1/responses)"}}', True))
     assert stage.status_override == 502
     assert "'oa'" in body["error"]["message"] and "Responses API" in body["error"]["message"]
+
+
+def test_what_a_translation_leaves_out_is_reported_unless_it_asks_for_nothing():
+    asks = chat_body({"model": "m", "input": "x", "store": True, "metadata": {"a": "b"}, "truncation": "auto",
+                      "service_tier": "flex", "include": ["reasoning.encrypted_content"]})
+    assert asks.dropped == ("include", "metadata", "service_tier", "store", "truncation")
+    defaults = chat_body({"model": "m", "input": "x", "store": False, "metadata": {}, "truncation": "disabled",
+                          "service_tier": "auto", "include": []})
+    assert defaults.dropped == ()
