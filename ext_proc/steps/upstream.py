@@ -141,7 +141,7 @@ class Attempt:
         return translator.native_headers if self.handler in translator.native else frozenset()
 
     def speaks_natively(self, req: ClientRequest) -> bool:
-        """Whether this attempt's provider speaks the client's own API (OpenAI the Responses API)."""
+        """Whether this attempt's provider speaks the client's own API (Anthropic Messages, OpenAI Responses)."""
         return req.as_sent is not None and self.handler in translator_for(self.provider.type).native
 
     def provider_request(self, req: ClientRequest) -> ProviderRequest:
