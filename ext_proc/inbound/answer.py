@@ -12,6 +12,17 @@ from ext_proc.sse import SseParser
 from ext_proc.translators.base import ResponseStage
 
 
+def chat_chunk(data: str) -> dict[str, Any] | None:
+    """A canonical stream event's chunk: None for ``[DONE]`` and for anything not a JSON object."""
+    if data == "[DONE]":
+        return None
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError:
+        return None
+    return chunk if isinstance(chunk, dict) else None
+
+
 class AnswerShape(ResponseStage):
     """A ResponseStage for a client API's own shape: subclasses say what a whole answer, a stream
     event and a stream's end become."""

@@ -9,7 +9,7 @@ import json
 import uuid
 from typing import Any
 
-from ext_proc.inbound.answer import AnswerShape
+from ext_proc.inbound.answer import AnswerShape, chat_chunk
 from ext_proc.inbound.messages_request import error_json
 from ext_proc.sse import encode
 
@@ -101,13 +101,8 @@ class _EventWriter:
         self.usage: dict[str, Any] = {}
 
     def chunk(self, data: str) -> bytes:
-        if data == "[DONE]" or self.stopped:
-            return b""
-        try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError:
-            return b""
-        if not isinstance(chunk, dict):
+        chunk = chat_chunk(data)
+        if chunk is None or self.stopped:
             return b""
         if "error" in chunk:
             self.stopped = True

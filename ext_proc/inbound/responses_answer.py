@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 from ext_proc.errors import error_json
-from ext_proc.inbound.answer import AnswerShape
+from ext_proc.inbound.answer import AnswerShape, chat_chunk
 from ext_proc.sse import encode
 
 # What each chat finish_reason leaves a Response: its status, and why it is incomplete.
@@ -165,13 +165,8 @@ class _EventWriter:
         self.chat_usage: Any = None
 
     def chunk(self, data: str) -> bytes:
-        if data == "[DONE]" or self.stopped:
-            return b""
-        try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError:
-            return b""
-        if not isinstance(chunk, dict):
+        chunk = chat_chunk(data)
+        if chunk is None or self.stopped:
             return b""
         out = b"" if self.started else self._start(chunk)
         if "error" in chunk:

@@ -14,9 +14,10 @@ from typing import Any
 
 from ext_proc.outcomes import StreamOutcome
 from ext_proc.runtime import Provider
-from ext_proc.sse import SseParser, encode
+from ext_proc.sse import encode
 from ext_proc.translators.anthropic_response import BASE_URL_CONVENTION, usage
-from ext_proc.translators.base import ResponseStage, dumps, json_or_none, provider_not_found
+from ext_proc.translators.base import dumps, json_or_none, provider_not_found
+from ext_proc.translators.passing import PassingStage, error_message
 from hapax import wire
 
 
@@ -24,66 +25,17 @@ def _error(status: int, message: str) -> bytes:
     return dumps({"type": "error", "error": {"type": wire.anthropic_error_type(status), "message": message}}).encode()
 
 
-class MessagesPassStage(ResponseStage):
+class MessagesPassStage(PassingStage):
     """Passes a Messages answer through unchanged, reading its usage and its stream's end.
 
     ``counting``: the answer is a token count (``{"input_tokens": N}``), which spends no tokens."""
 
     def __init__(self, provider: Provider, *, counting: bool = False) -> None:
-        self.provider = provider
+        super().__init__(provider)
         self.counting = counting
-        self._mode = "error"
-        self._parser = SseParser()
-        self._buffer = bytearray()
         self._usage: dict[str, Any] = {}  # Anthropic's, as the stream's events add to it
 
-    def headers(self, status: int, content_type: str) -> dict[str, str]:
-        media = content_type.split(";", 1)[0].strip().lower()
-        if status == 404:
-            self._mode = "not_found"
-        else:
-            self._mode = "error" if status >= 400 else "stream" if media == "text/event-stream" else "json"
-        return {}
-
-    @property
-    def streams(self) -> bool:
-        return self._mode == "stream"
-
-    @property
-    def reads_body(self) -> bool:
-        return self._mode != "error"  # Anthropic's error JSON is what the client expects
-
-    @property
-    def reads_json_only_for_usage(self) -> bool:
-        return self._mode == "json"
-
-    def body(self, piece: bytes, end_of_stream: bool) -> bytes:
-        if self._mode != "stream":
-            return self._whole(piece, end_of_stream)
-        events = self._parser.feed(piece) + (self._parser.finish() if end_of_stream else [])
-        out = bytearray()
-        for event in events:
-            if self.stream_outcome:
-                break  # nothing a provider sends after its end is part of the answer
-            out += self._pass(event.data, event.event)
-        if end_of_stream and not self.stream_outcome:
-            self.stream_outcome = StreamOutcome.ENDED_EARLY
-            out += encode(_error(502, "provider stream ended unexpectedly").decode(), "error")
-        return bytes(out)
-
-    def _whole(self, piece: bytes, end_of_stream: bool) -> bytes:
-        self._buffer += piece
-        if not end_of_stream:
-            return b""
-        raw, self._buffer = bytes(self._buffer), bytearray()
-        answer = json_or_none(raw)
-        if self._mode == "not_found":
-            self.status_override = 502
-            error = answer.get("error") if isinstance(answer, dict) else None
-            message = error.get("message") if isinstance(error, dict) else None
-            said = provider_not_found(self.provider, BASE_URL_CONVENTION, raw,
-                                      message if isinstance(message, str) else None)
-            return _error(502, said["error"]["message"])
+    def whole(self, raw: bytes, answer: Any) -> bytes:
         if self.counting and isinstance(answer, dict) and isinstance(answer.get("input_tokens"), int):
             return raw
         if not isinstance(answer, dict) or answer.get("type") != "message" or self.counting:
@@ -94,7 +46,14 @@ class MessagesPassStage(ResponseStage):
             self.usage = usage(answer["usage"])
         return raw
 
-    def _pass(self, data: str, name: str) -> bytes:
+    def not_found(self, raw: bytes, answer: Any) -> bytes:
+        said = provider_not_found(self.provider, BASE_URL_CONVENTION, raw, error_message(answer))
+        return _error(502, said["error"]["message"])
+
+    def cut_short(self) -> bytes:
+        return encode(_error(502, "provider stream ended unexpectedly").decode(), "error")
+
+    def event(self, data: str, name: str) -> bytes:
         event = json_or_none(data)
         kind = event.get("type") if isinstance(event, dict) else None
         if kind == "message_start" and isinstance(event, dict):

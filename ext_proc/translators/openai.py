@@ -16,7 +16,7 @@ from typing import Any
 from ext_proc.client_request import ClientRequest
 from ext_proc.outcomes import StreamOutcome
 from ext_proc.runtime import Provider
-from ext_proc.sse import SseParser, encode
+from ext_proc.sse import encode
 from ext_proc.translators.base import (
     ProviderRequest,
     ResponseStage,
@@ -27,6 +27,7 @@ from ext_proc.translators.base import (
 )
 from ext_proc.translators.openai_chunks import DONE, error_event
 from ext_proc.translators.openai_responses import ResponsesPassStage
+from ext_proc.translators.passing import PassingStage
 from hapax import wire
 from hapax.wire import Handler
 
@@ -82,62 +83,23 @@ def _credentials(provider: Provider) -> dict[str, str]:
     return {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
 
 
-class OpenAIResponseStage(ResponseStage):
+class OpenAIResponseStage(PassingStage):
     """Passes an OpenAI answer through unchanged but for the usage chunk, and reads it."""
 
     def __init__(self, provider: Provider, *, include_usage: bool) -> None:
-        self.provider = provider
+        super().__init__(provider)
         self.include_usage = include_usage
-        self._mode = "error"
-        self._parser = SseParser()
-        self._buffer = bytearray()
 
-    def headers(self, status: int, content_type: str) -> dict[str, str]:
-        media = content_type.split(";", 1)[0].strip().lower()
-        if status == 404:
-            self._mode = "not_found"  # read whole, and answered as the 502 it is
-        else:
-            self._mode = "error" if status >= 400 else "stream" if media == "text/event-stream" else "json"
-        return {}
-
-    @property
-    def streams(self) -> bool:
-        return self._mode == "stream"
-
-    @property
-    def reads_body(self) -> bool:
-        return self._mode != "error"  # an error is already what the client expects
-
-    @property
-    def reads_json_only_for_usage(self) -> bool:
-        return self._mode == "json"
-
-    def body(self, piece: bytes, end_of_stream: bool) -> bytes:
-        if self._mode in ("json", "not_found"):
-            return self._json(piece, end_of_stream)
-        events = self._parser.feed(piece) + (self._parser.finish() if end_of_stream else [])
-        out = bytearray()
-        for event in events:
-            if self.stream_outcome:
-                break  # nothing a provider sends after its end is part of the answer
-            out += self._pass(event.data, event.event)
-        if end_of_stream and not self.stream_outcome:
-            self.stream_outcome = StreamOutcome.ENDED_EARLY
-            out += error_event("provider stream ended unexpectedly")
-        return bytes(out)
-
-    def _json(self, piece: bytes, end_of_stream: bool) -> bytes:
-        self._buffer += piece
-        if not end_of_stream:
-            return b""
-        raw, self._buffer = bytes(self._buffer), bytearray()
-        answer = json_or_none(raw)
-        if self._mode == "not_found":
-            self.status_override = 502
-            return dumps(self._not_found(raw, answer)).encode()
+    def whole(self, raw: bytes, answer: object) -> bytes:
         if isinstance(answer, dict) and isinstance(answer.get("usage"), dict):
             self.usage = answer["usage"]
         return raw
+
+    def not_found(self, raw: bytes, answer: object) -> bytes:
+        return dumps(self._not_found(raw, answer)).encode()
+
+    def cut_short(self) -> bytes:
+        return error_event("provider stream ended unexpectedly")
 
     def _not_found(self, raw: bytes, answer: object) -> dict[str, object]:
         """A 404 for the path or the model (OpenAI's error JSON, or an OpenAI-compatible server's)."""
@@ -151,7 +113,7 @@ class OpenAIResponseStage(ResponseStage):
         return provider_not_found(self.provider, BASE_URL_CONVENTION, raw,
                                   message if isinstance(message, str) else None, about_model=code == "model_not_found")
 
-    def _pass(self, data: str, name: str) -> bytes:
+    def event(self, data: str, name: str) -> bytes:
         if data == "[DONE]":
             self.stream_outcome = StreamOutcome.COMPLETED
             return DONE

@@ -15,8 +15,9 @@ from typing import Any
 from ext_proc.errors import error_json
 from ext_proc.outcomes import StreamOutcome
 from ext_proc.runtime import Provider
-from ext_proc.sse import SseParser, encode
-from ext_proc.translators.base import ResponseStage, dumps, json_or_none, provider_not_found
+from ext_proc.sse import encode
+from ext_proc.translators.base import dumps, json_or_none, provider_not_found
+from ext_proc.translators.passing import PassingStage, error_message
 
 # The events that end a Responses stream, and how.
 ENDINGS = {"response.completed": StreamOutcome.COMPLETED, "response.incomplete": StreamOutcome.COMPLETED,
@@ -37,66 +38,14 @@ def chat_usage(usage: Any) -> dict[str, Any] | None:
     return out
 
 
-class ResponsesPassStage(ResponseStage):
+class ResponsesPassStage(PassingStage):
     """Passes a Responses answer through unchanged, reading its usage and its stream's end."""
 
     def __init__(self, provider: Provider) -> None:
-        self.provider = provider
-        self._mode = "error"
-        self._parser = SseParser()
-        self._buffer = bytearray()
+        super().__init__(provider)
         self._sequence = 0  # the next sequence_number: an error the gateway adds continues the provider's
 
-    def headers(self, status: int, content_type: str) -> dict[str, str]:
-        media = content_type.split(";", 1)[0].strip().lower()
-        if status == 404:
-            self._mode = "not_found"
-        else:
-            self._mode = "error" if status >= 400 else "stream" if media == "text/event-stream" else "json"
-        return {}
-
-    @property
-    def streams(self) -> bool:
-        return self._mode == "stream"
-
-    @property
-    def reads_body(self) -> bool:
-        return self._mode != "error"  # OpenAI's error JSON is what the client expects
-
-    @property
-    def reads_json_only_for_usage(self) -> bool:
-        return self._mode == "json"
-
-    def body(self, piece: bytes, end_of_stream: bool) -> bytes:
-        if self._mode != "stream":
-            return self._whole(piece, end_of_stream)
-        events = self._parser.feed(piece) + (self._parser.finish() if end_of_stream else [])
-        out = bytearray()
-        for event in events:
-            if self.stream_outcome:
-                break  # nothing a provider sends after its end is part of the answer
-            out += self._pass(event.data, event.event)
-        if end_of_stream and not self.stream_outcome:
-            self.stream_outcome = StreamOutcome.ENDED_EARLY
-            out += encode(dumps({"type": "error", "code": "server_error", "param": None,
-                                 "message": "provider stream ended unexpectedly",
-                                 "sequence_number": self._sequence}), "error")
-        return bytes(out)
-
-    def _whole(self, piece: bytes, end_of_stream: bool) -> bytes:
-        self._buffer += piece
-        if not end_of_stream:
-            return b""
-        raw, self._buffer = bytes(self._buffer), bytearray()
-        answer = json_or_none(raw)
-        if self._mode == "not_found":
-            self.status_override = 502
-            error = answer.get("error") if isinstance(answer, dict) else None
-            message = error.get("message") if isinstance(error, dict) else None
-            return dumps(provider_not_found(self.provider, CONVENTION, raw,
-                                            message if isinstance(message, str) else None,
-                                            about_model=isinstance(error, dict)
-                                            and error.get("code") == "model_not_found")).encode()
+    def whole(self, raw: bytes, answer: Any) -> bytes:
         if not isinstance(answer, dict) or answer.get("object") != "response":
             self.status_override = 502
             return dumps(error_json(f"The provider '{self.provider.name}' answered a Responses API request with "
@@ -105,7 +54,17 @@ class ResponsesPassStage(ResponseStage):
         self.usage = chat_usage(answer.get("usage"))
         return raw
 
-    def _pass(self, data: str, name: str) -> bytes:
+    def not_found(self, raw: bytes, answer: Any) -> bytes:
+        code = answer.get("error", {}).get("code") if isinstance(answer, dict) else None
+        return dumps(provider_not_found(self.provider, CONVENTION, raw, error_message(answer),
+                                        about_model=code == "model_not_found")).encode()
+
+    def cut_short(self) -> bytes:
+        return encode(dumps({"type": "error", "code": "server_error", "param": None,
+                             "message": "provider stream ended unexpectedly", "sequence_number": self._sequence}),
+                      "error")
+
+    def event(self, data: str, name: str) -> bytes:
         event = json_or_none(data)
         kind = event.get("type") if isinstance(event, dict) else None
         if isinstance(event, dict) and isinstance(event.get("sequence_number"), int):

@@ -13,34 +13,24 @@ import anthropic
 import pytest
 
 from hapax.client_keys import new_key
-from hapax.fakes import FakeAnthropic, FakeOllama, FakeOpenAI
 from hapax.fakes.faults import Status
 from tests.conftest import gateway_config, wait_for
+from tests.inbound_apis import MODELS, one_fake_per_type, one_provider_per_type, posted
 from tests.raw_http import send
 
-MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest", "ollama": "llama3.2"}
 WEATHER = {"name": "get_weather", "description": "The weather in a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 
 
-def posted(fake) -> list:
-    """What the fake was asked, its health checks (GET) aside: one may land at any time."""
-    return [r for r in fake.requests if r.method == "POST"]
-
-
 @pytest.fixture(scope="module")
 def fakes(fake_host):
-    with fake_host.serving(FakeOpenAI(api_key="k", model=MODELS["openai"]),
-                           FakeAnthropic(api_key="k", model=MODELS["anthropic"]),
-                           FakeOllama(model=MODELS["ollama"])) as (openai_fake, anthropic_fake, ollama_fake):
-        yield {"openai": openai_fake, "anthropic": anthropic_fake, "ollama": ollama_fake}
+    with one_fake_per_type(fake_host) as fakes:
+        yield fakes
 
 
 @pytest.fixture(scope="module")
 def gateway(fakes, start_gateway):
-    providers = {kind: {"type": kind, "model": MODELS[kind], "base_url": fake.base_url,
-                        **({"api_key": "k"} if kind != "ollama" else {})} for kind, fake in fakes.items()}
-    return start_gateway(gateway_config(providers, preference=["anthropic", "openai", "ollama"]))
+    return start_gateway(one_provider_per_type(fakes, ["anthropic", "openai", "ollama"]))
 
 
 @pytest.fixture()
