@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ext_proc.inbound.answer import AnswerShape
+from ext_proc.inbound.answer import AnswerShape, chat_chunk
 from ext_proc.sse import encode
 
 
@@ -51,12 +51,7 @@ class TextCompletionStage(AnswerShape):
 
     @staticmethod
     def _convert(data: str) -> str:
-        if data == "[DONE]":
-            return data
-        try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError:
-            return data
-        if not isinstance(chunk, dict) or "error" in chunk or "choices" not in chunk:
-            return data
+        chunk = chat_chunk(data)
+        if chunk is None or "error" in chunk or "choices" not in chunk:
+            return data  # [DONE], an error, anything else: as it came
         return json.dumps(chat_to_text_completion(chunk, chunk=True))
