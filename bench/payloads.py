@@ -90,15 +90,32 @@ def sdk_chat_request(size: int, *, model: str, stream: bool) -> bytes:
     return _compact({"model": model, "stream": stream, "messages": [{"role": "user", "content": prompt(size)}]})
 
 
-# What the anthropic SDK sends of its own (not captured as SDK_HEADERS were: the headers the
-# Messages API requires, its key header and the SDK's user agent).
-ANTHROPIC_HEADERS = {"x-api-key": "sk-bench", "anthropic-version": "2023-06-01", "content-type": "application/json",
-                     "accept": "application/json", "user-agent": "Anthropic/Python"}
+# What the official anthropic Python SDK (anthropic 2.17.0) sends, captured as SDK_HEADERS were
+# (bench/sdk_capture.py): its key as Authorization: Bearer, its own API version, x-stainless-*.
+ANTHROPIC_SDK_VERSION = "2.17.0"
+ANTHROPIC_HEADERS = {
+    "accept-encoding": "gzip, deflate",
+    "x-stainless-timeout": "600",
+    "x-stainless-retry-count": "0",
+    "x-stainless-read-timeout": "600",
+    "accept": "application/json",
+    "content-type": "application/json",
+    "user-agent": f"Anthropic/Python {ANTHROPIC_SDK_VERSION}",
+    "x-stainless-lang": "python",
+    "x-stainless-package-version": ANTHROPIC_SDK_VERSION,
+    "x-stainless-os": "Linux",
+    "x-stainless-arch": "x64",
+    "x-stainless-runtime": "CPython",
+    "x-stainless-runtime-version": "3.11.7",
+    "authorization": "Bearer sk-bench",
+    "x-stainless-async": "false",
+    "anthropic-version": "2026-10-21",
+}
 
 
 def responses_request(size: int, *, model: str) -> bytes:
     """``client.responses.create(model=..., input=...)``: a Responses body."""
-    return _compact({"input": prompt(size), "model": model})
+    return _compact({"model": model, "input": prompt(size)})
 
 
 def messages_request(size: int, *, model: str) -> bytes:

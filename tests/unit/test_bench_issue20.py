@@ -198,3 +198,17 @@ def test_the_responses_kind_sends_a_responses_body_to_each_targets_responses_pat
     assert json.loads(openai_response())["object"] == "response"
     runner = Runner([], tmp_path, 0.01)
     assert runner._body(Scenario("responses", "300B", CLOSED, 1, 64, client=SDK)) == body
+
+
+def test_the_responses_and_messages_shapes_match_the_installed_sdks() -> None:
+    """As for chat: the bench's Responses and Messages requests are what the SDKs really send."""
+    from bench.payloads import ANTHROPIC_HEADERS, messages_request, responses_request
+    from bench.sdk_capture import capture_messages, capture_responses
+
+    responses = capture_responses(content="th", model="gpt-4o-mini")
+    assert responses.body == responses_request(2, model="gpt-4o-mini")
+    assert {k.lower() for k, _ in responses.headers} - {"host", "connection", "content-length"} == set(SDK_HEADERS)
+    messages = capture_messages(content="th", model="claude-x")
+    assert messages.body == messages_request(2, model="claude-x")
+    sent = {k.lower(): v for k, v in messages.headers if k.lower() not in ("host", "connection", "content-length")}
+    assert sent == ANTHROPIC_HEADERS
