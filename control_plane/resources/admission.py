@@ -166,6 +166,16 @@ def route_admission(config: HapaxConfig, route: RouteConfig) -> dict[str, any_pb
     return {ADMISSION_FILTER: pack(always)}
 
 
+def not_queued(config: HapaxConfig, route: RouteConfig) -> dict[str, any_pb2.Any]:
+    """A ``dedup`` route's requests take no slot: a follower never reaches the provider (it is given
+    its leader's answer), and which request leads is only known in the router step, after the take.
+    Holding slots for followers would starve the other requests to that provider in the very burst
+    coalescing is for."""
+    if config.queue is None or route.dedup == "off":
+        return {}
+    return {QUEUE_FILTER: pack(route_components_pb2.FilterConfig(disabled=True))}
+
+
 def not_admitted_here(config: HapaxConfig) -> dict[str, any_pb2.Any]:
     """For a route no limit covers and that waits for no provider (``/health``): no check."""
     off = pack(route_components_pb2.FilterConfig(disabled=True))

@@ -234,6 +234,8 @@ def route_configuration(plan: Plan, label_keys: tuple[str, ...] | None = None,
         for name, checked in admission.route_admission(config, route).items():
             for variant in (*lanes, base):  # a limited department's route: every request is checked
                 variant.typed_per_filter_config[name].CopyFrom(checked)
+        for name, off in admission.not_queued(config, route).items():  # a dedup route has no lanes
+            base.typed_per_filter_config[name].CopyFrom(off)
         if lanes or (config.reads_request_bodies and route.handler != wire.Handler.MODELS):
             lane_paths.add(route.path)  # its body is read: to pick a lane, to check or reserve by its fields
         routes += [*lanes, base]

@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import yaml
+from envoy.config.route.v3 import route_components_pb2
 
+from control_plane import resources as res
+from control_plane.config import parse_config
+from control_plane.plan import make_plan
+from control_plane.resources.admission import QUEUE_FILTER
 from ext_proc.queue import Admitted, FairQueue
 
 NO_LIMIT = 1000  # waiting requests allowed, when a test is not about the bound
@@ -135,3 +141,18 @@ def test_a_release_of_an_unknown_request_changes_nothing_and_a_second_take_is_no
 
     queue = asyncio.run(scenario())
     assert queue.in_use["openai"] == 1
+
+
+def test_a_dedup_routes_requests_take_no_slot_and_the_other_routes_do():
+    """Followers never reach the provider: a slot held for each would starve the provider's other
+    requests in the very burst coalescing is for (control_plane/resources/admission.py: not_queued)."""
+    config = {"providers": {"openai": {"type": "openai", "model": "gpt-4o-mini", "api_key": "k",
+                                       "base_url": "http://127.0.0.1:9/v1"}},
+              "queue": {"timeout": "5s"},
+              "routes": [{"path": "/v1/d/chat/completions", "handler": "chat", "dedup": "always"}]}
+    routes = res.route_configuration(make_plan(parse_config(yaml.safe_dump(config)))).virtual_hosts[0].routes
+    router = {r.match.path: r for r in routes if r.name.startswith("chat:")}
+    off = route_components_pb2.FilterConfig()
+    router["/v1/d/chat/completions"].typed_per_filter_config[QUEUE_FILTER].Unpack(off)
+    assert off.disabled
+    assert QUEUE_FILTER not in router["/v1/chat/completions"].typed_per_filter_config
