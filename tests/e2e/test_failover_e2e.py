@@ -41,8 +41,7 @@ def fakes(fake_host):
         yield fakes
 
 
-@pytest.fixture(scope="module")
-def gateway(fakes, start_gateway):
+def failover_config(fakes) -> dict:
     primary, secondary = fakes
     config = gateway_config(
         {"primary": {"type": "openai", "model": "gpt-4o-mini", "api_key": "k-primary",
@@ -52,11 +51,15 @@ def gateway(fakes, start_gateway):
         preference=["primary", "secondary"])
     config["health_check"] = {"interval": f"{int(INTERVAL * 1000)}ms", "timeout": "150ms",
                               "unhealthy_threshold": UNHEALTHY, "healthy_threshold": HEALTHY}
-    return start_gateway(config)
+    return config
 
 
-@pytest.fixture()
-def client(gateway, fakes, fake_host):
+@pytest.fixture(scope="module")
+def gateway(fakes, start_gateway):
+    return start_gateway(failover_config(fakes))
+
+
+def _ready_client(gateway, fakes) -> openai.OpenAI:
     for fake in fakes:
         fake.reset()
     wait_for(lambda: provider_states(gateway) == {"primary": "healthy", "secondary": "healthy"},
@@ -65,6 +68,21 @@ def client(gateway, fakes, fake_host):
     wait_for(lambda: all(envoy_health_flags(gateway, p) == "healthy" for p in ("primary", "secondary")),
              "Envoy to route to both providers")
     return openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0, timeout=30)
+
+
+@pytest.fixture()
+def client(gateway, fakes):
+    return _ready_client(gateway, fakes)
+
+
+@pytest.fixture()
+def own_client(fakes, start_gateway):
+    """A gateway of the test's own, for a test whose failures get the primary ejected by Envoy's outlier
+    detection (10 s): every later test on the module's gateway would wait that out (a fresh gateway
+    starts in less)."""
+    gateway = start_gateway(failover_config(fakes))
+    yield _ready_client(gateway, fakes)
+    gateway.stop()
 
 
 def provider_states(gateway) -> dict[str, str]:
@@ -91,7 +109,8 @@ REQUESTS = 200
 
 @pytest.mark.parametrize("fault", [Status(500), Status(503), Status(429, retry_after=1), Reset(), "refuse"],
                          ids=["500", "503", "429", "reset", "refused"])
-def test_failover_survives_primary_failures(client, fakes, fake_host, fault):
+def test_failover_survives_primary_failures(own_client, fakes, fake_host, fault):
+    client = own_client
     primary, secondary = fakes
     if fault == "refuse":
         fake_host.run(primary.refuse_connections())
@@ -365,7 +384,8 @@ def test_max_attempts_one_means_no_failover(fake_host, start_gateway):
         fake_host.run(secondary.stop())
 
 
-def test_concurrent_requests_all_fail_over(client, fakes):
+def test_concurrent_requests_all_fail_over(own_client, fakes):
+    client = own_client
     # Retries in flight are counted against the chain cluster: a default limit
     # of 3 would leave most of 24 concurrent failovers unserved.
     primary, secondary = fakes
