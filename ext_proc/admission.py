@@ -115,9 +115,7 @@ def worst_case(view: RuntimeView, route: Route, entries: Mapping[str, str]) -> d
     inputs = math.ceil(size / BYTES_PER_TOKEN) if size is not None else settings.default_max_tokens
     outputs = 0
     if route.handler not in (Handler.EMBEDDINGS, Handler.COUNT_TOKENS):  # neither is answered in tokens
-        asked = next((value for field in (AdmissionEntry.MAX_COMPLETION_TOKENS, AdmissionEntry.MAX_TOKENS,
-                                          AdmissionEntry.MAX_OUTPUT_TOKENS) if (value := _int(entries.get(field)))),
-                     None)
+        asked = next((value for field in wire.RESERVATION_FIELDS if (value := _int(entries.get(field)))), None)
         outputs = asked if asked and asked > 0 else settings.default_max_tokens
     price = _highest_price(view, route, entries)
     spend = math.ceil(inputs * price[0] + outputs * price[1]) if price else 0  # per million tokens = micro-USD

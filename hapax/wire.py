@@ -394,6 +394,13 @@ class AdmissionEntry(StrEnum):
     COUNTRY = "country"              # with regions.geoip: GEO_COUNTRY_HEADER
 
 
+# The body's limits on the answer a reservation reads, the first present winning (a chat's newer
+# field over its older; the Responses API's own). Written: Envoy (json_to_metadata, the admission
+# descriptor: control plane). Read: ext_proc's admission.
+RESERVATION_FIELDS = (AdmissionEntry.MAX_COMPLETION_TOKENS, AdmissionEntry.MAX_TOKENS,
+                      AdmissionEntry.MAX_OUTPUT_TOKENS)
+
+
 # The queue's checks go to the same service under their own domain (a slot taken as the request
 # starts, given back when its stream is done): the descriptor's first entry says which.
 QUEUE_DOMAIN = "hapax.queue"

@@ -39,9 +39,6 @@ QUEUE_TIMEOUT_MARGIN_SECONDS = 5.0
 # Envoy's default is 20 ms: a busy worker would let requests through unchecked (or, closed,
 # refuse them). The check is one store round trip; a second bounds a stalled store.
 CHECK_TIMEOUT_SECONDS = 1.0
-# What json_to_metadata reads of a request body for the reservation (passthrough.py).
-RESERVATION_BODY_FIELDS = (AdmissionEntry.MAX_TOKENS, AdmissionEntry.MAX_COMPLETION_TOKENS,
-                           AdmissionEntry.MAX_OUTPUT_TOKENS)
 
 # Envoy's reason for the 503 of a check that failed (failure_mode_deny), which listeners.py words.
 CHECK_FAILED_DETAILS = "rate_limiter_error"
@@ -84,7 +81,7 @@ def descriptor_actions(first: route_components_pb2.RateLimit.Action,
         _metadata(METADATA_NAMESPACE, wire.RouteKey.ROUTE, AdmissionEntry.ROUTE, route),
         _metadata(wire.REQUEST_NAMESPACE, wire.BODY_MODEL, AdmissionEntry.MODEL, dynamic),
         _header("content-length", AdmissionEntry.BYTES),
-        *(_metadata(wire.REQUEST_NAMESPACE, field, field, dynamic) for field in RESERVATION_BODY_FIELDS),
+        *(_metadata(wire.REQUEST_NAMESPACE, field, field, dynamic) for field in wire.RESERVATION_FIELDS),
         *region_actions(config),
     ]
 

@@ -130,8 +130,7 @@ def json_to_metadata_filter(*, reservations: bool = False, ledger: bool = False)
                 rule(["stream_options", "include_usage"], REQUEST_NAMESPACE, wire.BODY_INCLUDE_USAGE),
                 # As strings: a rate limit descriptor takes only a string from metadata.
                 *(rule([field], REQUEST_NAMESPACE, field, typ=JTM.STRING)
-                  for field in (wire.AdmissionEntry.MAX_TOKENS, wire.AdmissionEntry.MAX_COMPLETION_TOKENS,
-                                wire.AdmissionEntry.MAX_OUTPUT_TOKENS)
+                  for field in wire.RESERVATION_FIELDS
                   if reservations),
             ]),
         response_rules=JTM.MatchRules(
