@@ -144,18 +144,21 @@ class Attempt:
         """Whether this attempt's provider speaks the client's own API (Anthropic Messages, OpenAI Responses)."""
         return req.as_sent is not None and self.handler in translator_for(self.provider.type).native
 
-    def provider_request(self, req: ClientRequest) -> ProviderRequest:
+    def provider_request(self, req: ClientRequest, native: bool) -> ProviderRequest:
+        """``native``: ``speaks_natively(req)``. A translated request's dropped fields are its client API's
+        (what the canonical chat left out) and its provider's (what the translator left out)."""
         translator = translator_for(self.provider.type)
-        if self.speaks_natively(req):
+        if native:
             assert req.as_sent is not None
             return translator.native_request(Handler(self.handler), req.as_sent, self.provider)
         if req.untranslatable:
             raise GatewayError(400, f"Provider '{self.provider.name}' ({self.provider.type}) cannot serve this "
                                f"request: {req.untranslatable}.", code="untranslatable_request")
-        return translator.request(req, self.provider)
+        out = translator.request(req, self.provider)
+        return replace(out, dropped=tuple(sorted({*out.dropped, *req.dropped}))) if req.dropped else out
 
-    def response_stage(self, req: ClientRequest) -> ResponseStage | None:
-        if self.speaks_natively(req):
+    def response_stage(self, req: ClientRequest, native: bool = False) -> ResponseStage | None:
+        if native:
             return translator_for(self.provider.type).native_response(Handler(self.handler), self.provider)
         stage = translator_for(self.provider.type).response(req, self.provider)
         shape = answer_shape(self.handler, req)  # the route's API's, when it is not the canonical one
@@ -287,13 +290,13 @@ class UpstreamStep(Step):
         # through Envoy cheaper than the JSON itself.
         req = client_request.parse(attempt.handler, msg.body)
         attempt = self.attempt = attempt.serving(req)
-        if req.handler == Handler.COUNT_TOKENS and not attempt.speaks_natively(req):
+        native = attempt.speaks_natively(req)
+        if req.handler == Handler.COUNT_TOKENS and not native:
             return self._estimated_count(req)
-        out = attempt.provider_request(req)
+        out = attempt.provider_request(req, native)
         assert out.body is not None  # a translated request always has a body
-        self.stage = attempt.response_stage(req)
-        # The client API's own fields its translation left out, beside the provider's (none if native).
-        self.dropped = out.dropped if attempt.speaks_natively(req) else tuple(sorted({*out.dropped, *req.dropped}))
+        self.stage = attempt.response_stage(req, native)
+        self.dropped = out.dropped
         set_headers = {**{name: value for name, value in attempt.target_headers(out).items()
                           if name not in self.clients_own},  # a native request's version and betas: the client's
                        "content-type": "application/json", "content-length": str(len(out.body))}
