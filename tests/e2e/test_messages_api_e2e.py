@@ -186,7 +186,7 @@ def test_a_stream_to_an_anthropic_provider_goes_as_the_client_wrote_it_with_its_
     [received] = posted(fakes["anthropic"])
     assert received.body["top_k"] == 3 and received.body["stream"] is True
     assert received.headers["anthropic-beta"] == "fine-grained-tool-streaming-2025-05-14"
-    assert received.headers["x-api-key"] == "k"
+    assert received.headers["x-api-key"] == "k" and "authorization" not in received.headers  # not the client's
     total = final.usage.input_tokens + final.usage.output_tokens
     wait_for(lambda: gateway.metric_total("gen_ai_client_token_usage_sum", provider="anthropic") == before + total,
              "the stream's tokens counted")

@@ -133,6 +133,7 @@ def test_a_stream_to_openai_goes_as_the_client_wrote_it_and_its_tokens_are_count
     [received] = posted(fakes["openai"])
     assert received.path == "/v1/responses"
     assert received.body["reasoning"] == {"summary": "auto"} and received.body["truncation"] == "auto"
+    assert received.headers["authorization"] == "Bearer k"  # the provider's key, never the client's
     usage = events[-1].response.usage
     wait_for(lambda: gateway.metric_total("gen_ai_client_token_usage_sum", provider="openai")
              == before + usage.input_tokens + usage.output_tokens, "the stream's tokens counted")
