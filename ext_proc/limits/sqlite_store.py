@@ -69,7 +69,7 @@ class SqliteLimitStore:
         # WAL: readers (states) never wait for the writer. synchronous=NORMAL is durable
         # across a crash of the process; a power cut may lose the last transactions, which
         # for usage counters is a few requests' worth.
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._when_free("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         with self._setup_transaction() as db:
             for statement in SCHEMA:
@@ -147,6 +147,26 @@ class SqliteLimitStore:
                 if not _busy(error) or time.monotonic() >= deadline:
                     raise LimitStoreUnavailable(f"SQLite limit store {self.path}: {error}") from error
             await asyncio.sleep(wait)
+            wait = min(2 * wait, LONGEST_WAIT)
+
+    def _when_free(self, statement: str) -> None:
+        """``statement``, tried again while another connection holds the file, up to ``busy_timeout``.
+
+        For the switch of a new file to WAL, which needs the file to itself: when the workers start
+        together, each holding a read lock while it asks for that, SQLite answers all but one
+        "locked" at once, without its busy handler (which would deadlock them). In the
+        constructor, which cannot await: the sleeps block, as SQLite's busy handler does there.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        wait = FIRST_WAIT
+        while True:
+            try:
+                self._db.execute(statement)
+                return
+            except sqlite3.OperationalError as error:
+                if not _busy(error) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(wait)
             wait = min(2 * wait, LONGEST_WAIT)
 
     @contextlib.contextmanager

@@ -13,6 +13,7 @@ import datetime
 import multiprocessing
 import sqlite3
 import stat
+import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
@@ -505,3 +506,26 @@ async def test_store_from_url_chooses_the_store_by_scheme(tmp_path: Path) -> Non
     for url in ("sqlite://relative.db", "http://127.0.0.1/limits"):
         with pytest.raises(ValueError):
             store_from_url(url)
+
+
+def test_workers_opening_a_new_sqlite_file_at_once_all_open_it(tmp_path: Path) -> None:
+    """ext_proc's workers start together and open the same embedded store. Switching a new file to WAL
+    needs it to itself, and SQLite answers a second switcher "locked" at once, without its busy handler:
+    it failed about one start in seven with four openers, before the switch was tried again."""
+    for round_ in range(40):
+        start, failures = threading.Barrier(4), []
+        openers = [threading.Thread(target=_open_at_once, args=(tmp_path / f"limits-{round_}.db", start, failures))
+                   for _ in range(4)]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join(timeout=10)
+        assert failures == [], f"round {round_}"
+
+
+def _open_at_once(path: Path, start: threading.Barrier, failures: list[str]) -> None:
+    start.wait()
+    try:
+        asyncio.run(SqliteLimitStore(path).close())
+    except LimitStoreUnavailable as error:
+        failures.append(str(error))
